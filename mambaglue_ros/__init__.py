@@ -6,3 +6,22 @@ import pkgutil
 __path__ = pkgutil.extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
+
+__all__ = ["Matcher", "FeatureExtractor", "Features", "MatchResult"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import mambaglue_ros.msg` (ROS tooling) should not pay for importing torch.
+    if name == "Matcher":
+        from .matcher import Matcher
+
+        return Matcher
+    if name == "FeatureExtractor":
+        from .features import FeatureExtractor
+
+        return FeatureExtractor
+    if name in ("Features", "MatchResult"):
+        from . import types
+
+        return getattr(types, name)
+    raise AttributeError(f"module 'mambaglue_ros' has no attribute {name!r}")

@@ -1,0 +1,175 @@
+"""``mambaglue`` command line: one entry point, one subcommand per job.
+
+    mambaglue match IMG0 IMG1 [--features xfeat] [--viz out.png] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .features import FRONT_ENDS
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3); a clear error for a missing or unreadable file."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise SystemExit(f"error: image not found: {path}")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SystemExit(f"error: cannot decode image: {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def draw_matches(image0: np.ndarray, image1: np.ndarray, points0: np.ndarray, points1: np.ndarray,
+                 scores: np.ndarray, max_lines: int = 2000) -> np.ndarray:
+    """Side-by-side RGB canvas with match lines coloured by score (red = low, green = high)."""
+    import cv2
+
+    def rgb(img: np.ndarray) -> np.ndarray:
+        return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+
+    a, b = rgb(image0), rgb(image1)
+    h = max(a.shape[0], b.shape[0])
+    canvas = np.zeros((h, a.shape[1] + b.shape[1], 3), np.uint8)
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1]:] = b
+    order = np.argsort(scores)[-max_lines:]  # draw the best last so they stay visible
+    for i in order:
+        s = float(np.clip(scores[i], 0, 1))
+        color = (int(255 * (1 - s)), int(255 * s), 40)
+        p0 = tuple(int(round(v)) for v in points0[i])
+        p1 = (int(round(points1[i][0])) + a.shape[1], int(round(points1[i][1])))
+        cv2.line(canvas, p0, p1, color, 1, cv2.LINE_AA)
+        cv2.circle(canvas, p0, 2, color, -1, cv2.LINE_AA)
+        cv2.circle(canvas, p1, 2, color, -1, cv2.LINE_AA)
+    return canvas
+
+
+def add_matcher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", default="aliked", choices=FRONT_ENDS)
+    p.add_argument("--weights", default=None, help="MambaGlue checkpoint (default: shipped, else LightGlue warm start)")
+    p.add_argument("--extractor-weights", default=None, help="front-end weights (required for superpoint)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--resize-max", type=int, default=None, help="downscale so the longer side is at most this")
+    p.add_argument("--alpha", type=float, default=0.95, help="early-exit threshold in (0, 1]")
+    p.add_argument("--no-exit", action="store_true", help="run every layer")
+    p.add_argument("--no-pruning", action="store_true")
+
+
+def make_matcher(args: argparse.Namespace):
+    from .matcher import Matcher
+
+    return Matcher(features=args.features, weights=args.weights, device=args.device,
+                   max_keypoints=args.max_keypoints, resize_max=args.resize_max,
+                   alpha=None if args.no_exit else args.alpha, pruning=not args.no_pruning,
+                   extractor_weights=args.extractor_weights)
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    import cv2
+
+    image0, image1 = read_image(args.image0), read_image(args.image1)
+    matcher = make_matcher(args)
+    result = matcher.match(image0, image1)
+    t = result.timings_ms
+    print(f"features={args.features} weights={matcher.weights_source} device={matcher.device}")
+    print(f"keypoints: {len(result.keypoints0)} / {len(result.keypoints1)}   matches: {len(result)}   "
+          f"stop layer: {result.stop_layer}/{result.num_layers}")
+    print(f"time: extract {t['extract']:.1f} ms (both images), match {t['match']:.1f} ms, total {t['total']:.1f} ms")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "features": args.features, "weights": matcher.weights_source,
+            "image_size0": list(image0.shape[1::-1]), "image_size1": list(image1.shape[1::-1]),
+            "keypoints0": result.keypoints0.round(3).tolist(), "keypoints1": result.keypoints1.round(3).tolist(),
+            "matches": result.matches.tolist(), "scores": result.scores.round(5).tolist(),
+            "stop_layer": result.stop_layer, "num_layers": result.num_layers, "time_ms": t}))
+        print(f"wrote {args.json}")
+    if args.viz:
+        canvas = draw_matches(image0, image1, result.points0, result.points1, result.scores)
+        Path(args.viz).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(args.viz, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        print(f"wrote {args.viz}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Embedded default: a bundled photo and its warp by a known homography, MambaGlue vs LightGlue."""
+    import cv2
+    from skimage import data
+
+    from .matcher import Matcher
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    H = np.array([[0.9, 0.08, 20.0], [-0.06, 0.95, 12.0], [2e-4, 1e-4, 1.0]])
+    image0 = cv2.resize(data.astronaut(), (640, 480), interpolation=cv2.INTER_AREA)
+    image1 = cv2.warpPerspective(image0, H, (640, 480))
+    rows = []
+    for features in args.features:
+        mamba = Matcher(features=features, device=args.device, max_keypoints=args.max_keypoints)
+        light = Matcher(features=features, weights="lightglue", mixer="attention", regressor="linear",
+                        device=args.device, max_keypoints=args.max_keypoints)
+        f0, f1 = mamba.extract(image0), mamba.extract(image1)  # same keypoints for both methods
+        for name, matcher in (("mambaglue", mamba), ("lightglue", light)):
+            matcher.match_features(f0, f1)  # warm-up
+            r = matcher.match_features(f0, f1)
+            proj = cv2.perspectiveTransform(r.points0.reshape(-1, 1, 2).astype(np.float64), H).reshape(-1, 2)
+            precision = float(np.mean(np.linalg.norm(proj - r.points1, axis=1) < 3)) if len(r) else 0.0
+            rows.append((features, name, matcher.weights_source, len(f0), len(r), precision, r.stop_layer,
+                         r.num_layers, r.timings_ms["match"]))
+            canvas = draw_matches(image0, image1, r.points0, r.points1, r.scores)
+            cv2.imwrite(str(out / f"{features}_{name}.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    print(f"{'features':8} {'method':10} {'keypoints':>9} {'matches':>7} {'prec@3px':>8} {'stop':>5} {'ms':>7}  weights")
+    for f, name, src, k, m, p, stop, n, ms in rows:
+        print(f"{f:8} {name:10} {k:9d} {m:7d} {p:8.3f} {stop:>2}/{n:<2} {ms:7.1f}  {src}")
+    (out / "demo.json").write_text(json.dumps([dict(zip(
+        ("features", "method", "weights", "keypoints", "matches", "precision_3px", "stop_layer", "num_layers",
+         "match_ms"), row)) for row in rows], indent=1))
+    print(f"wrote {out}/demo.json and match images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mambaglue", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("match", help="match two images, print counts and timings, draw the matches")
+    p.add_argument("image0")
+    p.add_argument("image1")
+    add_matcher_args(p)
+    p.add_argument("--viz", help="write a side-by-side match image (PNG)")
+    p.add_argument("--json", help="write keypoints, matches, scores, stop layer, timings as JSON")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("demo", help="the embedded default: a bundled photo pair, MambaGlue vs LightGlue")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--features", nargs="+", default=["xfeat", "aliked"], choices=FRONT_ENDS)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

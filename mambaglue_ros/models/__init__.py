@@ -1,0 +1,1 @@
+"""Networks: the MambaGlue matcher, the selective scan, SuperPoint."""

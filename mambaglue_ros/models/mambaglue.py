@@ -1,0 +1,484 @@
+"""MambaGlue: LightGlue whose self blocks gain a Mamba branch, with a deep confidence regressor.
+
+Reference: Ryoo et al., "MambaGlue: Fast and Robust Local Feature Matching With Mamba"
+(arXiv 2502.00462). Where the paper is silent we follow LightGlue (Lindenberger et al., ICCV 2023)
+so that LightGlue weights load into the shared parts and, with the Mamba-side FFN input columns
+at zero, the warm-started network reproduces LightGlue exactly.
+
+Shapes: B pairs, M / N keypoints in image 0 / 1, d = descriptor_dim, h heads.
+Keypoints enter as pixels (x, y) with the image size (W, H) and are normalised to [-1, 1].
+Keypoint order matters for the Mamba scan: the front ends give them sorted by detection score.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ssm import selective_scan
+
+MIXERS = ("attention", "attention+mamba", "mamba")
+REGRESSORS = ("deep", "linear")
+
+
+def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, N, 2) -> [-1, 1] around the image centre, scaled by the longer side / 2."""
+    size = size.to(kpts)
+    shift = size / 2
+    scale = size.max(-1).values / 2
+    return (kpts - shift[:, None]) / scale[:, None, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x = x.unflatten(-1, (-1, 2))
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(start_dim=-2)
+
+
+def apply_rotary(freqs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Rotary positional encoding: freqs (2, B, 1, N, dh) = (cos, sin); t (B, h, N, dh)."""
+    return (t * freqs[0]) + (rotate_half(t) * freqs[1])
+
+
+class LearnableFourierPositionalEncoding(nn.Module):
+    """Rotary frequencies from keypoint coordinates (LightGlue): (B, N, 2) -> (2, B, 1, N, dh)."""
+
+    def __init__(self, M: int, dim: int, gamma: float = 1.0) -> None:
+        super().__init__()
+        self.Wr = nn.Linear(M, dim // 2, bias=False)
+        nn.init.normal_(self.Wr.weight.data, mean=0, std=gamma**-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.Wr(x)
+        emb = torch.stack([torch.cos(projected), torch.sin(projected)], 0).unsqueeze(-3)
+        return emb.repeat_interleave(2, dim=-1)
+
+
+class MambaBranch(nn.Module):
+    """The Mamba side of the MambaAttention mixer, over the keypoints of one image.
+
+    in_proj d -> 2d split into x and z; x: depthwise conv1d (kernel 5, 'same' padding: the keypoint
+    set has no causal direction, so the conv looks both ways) -> SiLU -> selective scan (state N)
+    with input-dependent (Δ, B, C); z: SiLU gate branch. One out_proj is shared by y and z.
+    Returns (y, z), each (B, L, d).
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 5, dt_rank: int | None = None,
+                 dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        super().__init__()
+        self.dim, self.d_state = dim, d_state
+        self.dt_rank = dt_rank or math.ceil(dim / 16)
+        self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
+        self.conv1d = nn.Conv1d(dim, dim, d_conv, padding=d_conv // 2, groups=dim, bias=True)
+        self.x_proj = nn.Linear(dim, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, dim, bias=True)
+        # Mamba's initialisation: Δ = softplus(dt_proj(.)) starts log-uniform in [dt_min, dt_max].
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        # S4D-real initialisation: A = -(1..N) for every channel.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(dim, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, L, d); mask: (B, L) True for real tokens (padding sits at the end of a sequence)."""
+        L = x.shape[1]
+        xz = self.in_proj(x)
+        u, z = xz.chunk(2, dim=-1)
+        if mask is not None:
+            # Zeroed padding = the conv's own zero padding, and the scan is causal, so padded pairs give
+            # the same outputs on their real tokens as unpadded ones.
+            u = u * mask[..., None].to(u.dtype)
+        u = F.silu(self.conv1d(u.transpose(1, 2))[..., :L])  # (B, d, L)
+        x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, r + 2N)
+        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(u, delta, A, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(),
+                           D=self.D.float(), z=None, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = self.out_proj(y.transpose(1, 2))
+        z = self.out_proj(F.silu(z))
+        return y, z
+
+
+def make_ffn(in_dim: int, dim: int) -> nn.Sequential:
+    """Message FFN: in_dim -> 2d -> LayerNorm -> GELU -> d (LightGlue's, wider input for MambaGlue)."""
+    return nn.Sequential(nn.Linear(in_dim, 2 * dim), nn.LayerNorm(2 * dim, elementwise_affine=True),
+                         nn.GELU(), nn.Linear(2 * dim, dim))
+
+
+class SelfBlock(nn.Module):
+    """Self block with the MambaAttention mixer.
+
+    message = FFN(concat[x, attention message, Mamba y, gate z]); x <- x + message.
+    mixer 'attention' drops y and z (= LightGlue), 'mamba' drops the attention message.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mixer: str = "attention+mamba", d_state: int = 16) -> None:
+        super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; choose from {MIXERS}")
+        self.dim, self.num_heads, self.mixer = dim, num_heads, mixer
+        self.use_attention = "attention" in mixer
+        self.use_mamba = "mamba" in mixer
+        if self.use_attention:
+            self.Wqkv = nn.Linear(dim, 3 * dim, bias=True)
+            self.out_proj = nn.Linear(dim, dim, bias=True)
+        if self.use_mamba:
+            self.mamba = MambaBranch(dim, d_state=d_state)
+        n_inputs = 1 + self.use_attention + 2 * self.use_mamba
+        self.ffn = make_ffn(n_inputs * dim, dim)
+
+    def attention(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)  # LightGlue's layout
+        q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+        q, k = apply_rotary(encoding, q), apply_rotary(encoding, k)
+        attn_mask = None if mask is None else (mask[:, None, :, None] & mask[:, None, None, :])
+        context = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=attn_mask)
+        if mask is not None:
+            context = context.nan_to_num()  # fully masked (padding) rows
+        return self.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
+
+    def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [x]
+        if self.use_attention:
+            parts.append(self.attention(x, encoding, mask))
+        if self.use_mamba:
+            parts.extend(self.mamba(x, mask))
+        return x + self.ffn(torch.cat(parts, -1))
+
+
+class CrossBlock(nn.Module):
+    """Bidirectional cross attention with a shared similarity matrix (LightGlue)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.to_qk = nn.Linear(dim, dim, bias=True)
+        self.to_v = nn.Linear(dim, dim, bias=True)
+        self.to_out = nn.Linear(dim, dim, bias=True)
+        self.ffn = make_ffn(2 * dim, dim)
+
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, mask0: torch.Tensor | None = None,
+                mask1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+        qk0, qk1 = heads(self.to_qk(x0)) * self.scale**0.5, heads(self.to_qk(x1)) * self.scale**0.5
+        v0, v1 = heads(self.to_v(x0)), heads(self.to_v(x1))
+        sim = torch.einsum("bhid, bhjd -> bhij", qk0, qk1)
+        if mask0 is not None:
+            sim = sim.masked_fill(~(mask0[:, None, :, None] & mask1[:, None, None, :]), -float("inf"))
+        attn01 = F.softmax(sim, dim=-1)
+        attn10 = F.softmax(sim.transpose(-2, -1).contiguous(), dim=-1)
+        m0 = torch.einsum("bhij, bhjd -> bhid", attn01, v1)
+        m1 = torch.einsum("bhji, bhjd -> bhid", attn10.transpose(-2, -1), v0)
+        if mask0 is not None:
+            m0, m1 = m0.nan_to_num(), m1.nan_to_num()
+        m0 = self.to_out(m0.transpose(1, 2).flatten(start_dim=-2))
+        m1 = self.to_out(m1.transpose(1, 2).flatten(start_dim=-2))
+        return x0 + self.ffn(torch.cat([x0, m0], -1)), x1 + self.ffn(torch.cat([x1, m1], -1))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mixer: str, d_state: int) -> None:
+        super().__init__()
+        self.self_attn = SelfBlock(dim, num_heads, mixer, d_state)
+        self.cross_attn = CrossBlock(dim, num_heads)
+
+    def forward(self, desc0, desc1, enc0, enc1, mask0=None, mask1=None):
+        desc0 = self.self_attn(desc0, enc0, mask0)
+        desc1 = self.self_attn(desc1, enc1, mask1)
+        return self.cross_attn(desc0, desc1, mask0, mask1)
+
+
+class ConfidenceRegressor(nn.Module):
+    """Per-point confidence that the point's assignment is final, on detached features.
+
+    'deep' (MambaGlue): d -> d/2 -> d/4 -> 1 with ReLU, sigmoid. 'linear' (LightGlue): d -> 1, sigmoid.
+    """
+
+    def __init__(self, dim: int, kind: str = "deep") -> None:
+        super().__init__()
+        if kind not in REGRESSORS:
+            raise ValueError(f"unknown regressor {kind!r}; choose from {REGRESSORS}")
+        if kind == "deep":
+            self.token = nn.Sequential(nn.Linear(dim, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim // 4), nn.ReLU(),
+                                       nn.Linear(dim // 4, 1), nn.Sigmoid())
+        else:
+            self.token = nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())
+
+    def forward(self, desc: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) -> (B, N) in [0, 1]."""
+        return self.token(desc.detach()).squeeze(-1)
+
+
+def sigmoid_log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """Log assignment (B, M+1, N+1) from similarity (B, M, N) and matchability logits (B, M, 1), (B, N, 1)."""
+    b, m, n = sim.shape
+    certainties = F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
+    scores0 = F.log_softmax(sim, 2)
+    scores1 = F.log_softmax(sim.transpose(-1, -2).contiguous(), 2).transpose(-1, -2)
+    scores = sim.new_full((b, m + 1, n + 1), 0)
+    scores[:, :m, :n] = scores0 + scores1 + certainties
+    scores[:, :-1, -1] = F.logsigmoid(-z0.squeeze(-1))
+    scores[:, -1, :-1] = F.logsigmoid(-z1.squeeze(-1))
+    return scores
+
+
+class MatchAssignment(nn.Module):
+    """Dual-softmax similarity + matchability (LightGlue)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.matchability = nn.Linear(dim, 1, bias=True)
+        self.final_proj = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, desc0: torch.Tensor, desc1: torch.Tensor,
+                mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> torch.Tensor:
+        d = desc0.shape[-1]
+        mdesc0, mdesc1 = self.final_proj(desc0) / d**0.25, self.final_proj(desc1) / d**0.25
+        sim = torch.einsum("bmd,bnd->bmn", mdesc0, mdesc1)
+        z0, z1 = self.matchability(desc0), self.matchability(desc1)
+        if mask0 is not None:
+            # Padding never matches: -inf similarity and -inf matchability logits.
+            valid = mask0[:, :, None] & mask1[:, None, :]
+            sim = sim.masked_fill(~valid, -1e4)
+            z0 = z0.masked_fill(~mask0[..., None], -1e4)
+            z1 = z1.masked_fill(~mask1[..., None], -1e4)
+        return sigmoid_log_double_softmax(sim, z0, z1)
+
+    def get_matchability(self, desc: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.matchability(desc)).squeeze(-1)
+
+
+def filter_matches(scores: torch.Tensor, th: float):
+    """Mutual nearest neighbours above a threshold from a log assignment (B, M+1, N+1).
+
+    Returns matches0 (B, M) (index into image 1 or -1), matches1 (B, N), mscores0 (B, M), mscores1 (B, N).
+    """
+    max0, max1 = scores[:, :-1, :-1].max(2), scores[:, :-1, :-1].max(1)
+    m0, m1 = max0.indices, max1.indices
+    indices0 = torch.arange(m0.shape[1], device=m0.device)[None]
+    indices1 = torch.arange(m1.shape[1], device=m1.device)[None]
+    mutual0 = indices0 == m1.gather(1, m0)
+    mutual1 = indices1 == m0.gather(1, m1)
+    max0_exp = max0.values.exp()
+    zero = max0_exp.new_tensor(0)
+    mscores0 = torch.where(mutual0, max0_exp, zero)
+    mscores1 = torch.where(mutual1, mscores0.gather(1, m1), zero)
+    valid0 = mutual0 & (mscores0 > th)
+    valid1 = mutual1 & valid0.gather(1, m1)
+    m0 = torch.where(valid0, m0, -1)
+    m1 = torch.where(valid1, m1, -1)
+    return m0, m1, mscores0, mscores1
+
+
+class MambaGlue(nn.Module):
+    """The matcher network. Configuration is a dict of defaults; see ``default_conf``.
+
+    ``forward(data)`` takes ``data = {"keypoints0": (B, M, 2) px, "keypoints1": (B, N, 2) px,
+    "descriptors0": (B, M, Din), "descriptors1": (B, N, Din), "image_size0": (B, 2) (W, H),
+    "image_size1": (B, 2)}`` and optional ``"mask0"``/``"mask1"`` (B, M)/(B, N) bool for padded batches.
+    It returns matches0 (B, M), matches1 (B, N), matching_scores0/1, and ``stop`` (layers run).
+    """
+
+    default_conf: dict[str, Any] = {
+        "input_dim": 128,  # descriptor size of the front end (ALIKED/DISK 128, XFeat 64, SuperPoint 256)
+        "descriptor_dim": 256,
+        "n_layers": 9,
+        "num_heads": 4,
+        "mixer": "attention+mamba",  # 'attention' (= LightGlue) | 'attention+mamba' (MambaGlue) | 'mamba'
+        "regressor": "deep",  # confidence regressor: 'deep' (MambaGlue) | 'linear' (LightGlue)
+        "d_state": 16,  # Mamba state size N
+        "early_exit": True,
+        "alpha": 0.95,  # exit when the fraction of confident points >= alpha
+        "pruning": True,
+        "beta": 0.99,  # width confidence: prune points with matchability < 1 - beta (and confident)
+        "filter_threshold": 0.1,  # match score threshold
+        "pruning_min_points": -1,  # prune only above this many points (-1: always; LightGlue uses 1024 on CUDA)
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown MambaGlue options {sorted(unknown)}")
+        self.conf = {**self.default_conf, **conf}
+        c = self.conf
+        d, h, n = c["descriptor_dim"], c["num_heads"], c["n_layers"]
+        if d % h:
+            raise ValueError(f"descriptor_dim {d} is not divisible by num_heads {h}")
+        self.input_proj = nn.Linear(c["input_dim"], d, bias=True) if c["input_dim"] != d else nn.Identity()
+        self.posenc = LearnableFourierPositionalEncoding(2, d // h)
+        self.transformers = nn.ModuleList([TransformerLayer(d, h, c["mixer"], c["d_state"]) for _ in range(n)])
+        self.log_assignment = nn.ModuleList([MatchAssignment(d) for _ in range(n)])
+        self.token_confidence = nn.ModuleList([ConfidenceRegressor(d, c["regressor"]) for _ in range(n - 1)])
+        self.register_buffer("confidence_thresholds",
+                             torch.tensor([self.confidence_threshold(i) for i in range(n)]), persistent=False)
+
+    def confidence_threshold(self, layer_index: int) -> float:
+        """λ_ℓ = 0.8 + 0.1 exp(-4ℓ/L): early layers must be more confident to count."""
+        return min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / self.conf["n_layers"]), 0.0), 1.0)
+
+    def encode(self, data: dict[str, torch.Tensor]):
+        kpts0 = normalize_keypoints(data["keypoints0"], data["image_size0"])
+        kpts1 = normalize_keypoints(data["keypoints1"], data["image_size1"])
+        dtype = self.posenc.Wr.weight.dtype
+        desc0 = self.input_proj(data["descriptors0"].detach().to(dtype))
+        desc1 = self.input_proj(data["descriptors1"].detach().to(dtype))
+        return desc0, desc1, self.posenc(kpts0.to(dtype)), self.posenc(kpts1.to(dtype))
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+        c = self.conf
+        mask0, mask1 = data.get("mask0"), data.get("mask1")
+        b, m = data["keypoints0"].shape[:2]
+        n = data["keypoints1"].shape[1]
+        device = data["keypoints0"].device
+        if m == 0 or n == 0:
+            return self._empty_output(b, m, n, device)
+        desc0, desc1, enc0, enc1 = self.encode(data)
+
+        # Pruning changes the point count per pair, so it runs for single unpadded pairs only.
+        do_prune = c["pruning"] and b == 1 and mask0 is None
+        do_exit = c["early_exit"]
+        num_points = (mask0.sum(-1) + mask1.sum(-1)) if mask0 is not None else torch.full((b,), m + n, device=device)
+        ind0 = torch.arange(m, device=device)[None]
+        ind1 = torch.arange(n, device=device)[None]
+        token0 = token1 = None
+        L = c["n_layers"]
+        for i in range(L):
+            desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
+            if i == L - 1:
+                break
+            if do_exit or do_prune:
+                token0, token1 = self.token_confidence[i](desc0), self.token_confidence[i](desc1)
+            if do_exit and self.check_if_stop(token0, token1, i, num_points, mask0, mask1):
+                break
+            if do_prune:
+                if desc0.shape[1] > c["pruning_min_points"]:
+                    keep0 = self.pruning_mask(token0, self.log_assignment[i].get_matchability(desc0), i)
+                    keep0 = torch.where(keep0[0])[0]
+                    ind0, desc0, enc0 = ind0[:, keep0], desc0[:, keep0], enc0[..., keep0, :]
+                if desc1.shape[1] > c["pruning_min_points"]:
+                    keep1 = self.pruning_mask(token1, self.log_assignment[i].get_matchability(desc1), i)
+                    keep1 = torch.where(keep1[0])[0]
+                    ind1, desc1, enc1 = ind1[:, keep1], desc1[:, keep1], enc1[..., keep1, :]
+        stop = i + 1
+        if desc0.shape[1] == 0 or desc1.shape[1] == 0:
+            out = self._empty_output(b, m, n, device)
+            out["stop"] = stop
+            return out
+        scores = self.log_assignment[i](desc0, desc1, mask0, mask1)
+        m0, m1, ms0, ms1 = filter_matches(scores, c["filter_threshold"])
+        if do_prune:  # back to the original indices
+            full_m0 = torch.full((b, m), -1, device=device, dtype=torch.long)
+            full_m1 = torch.full((b, n), -1, device=device, dtype=torch.long)
+            full_m0[:, ind0[0]] = torch.where(m0 == -1, -1, ind1.gather(1, m0.clamp(min=0)))
+            full_m1[:, ind1[0]] = torch.where(m1 == -1, -1, ind0.gather(1, m1.clamp(min=0)))
+            full_s0 = ms0.new_zeros((b, m))
+            full_s1 = ms1.new_zeros((b, n))
+            full_s0[:, ind0[0]] = ms0
+            full_s1[:, ind1[0]] = ms1
+            m0, m1, ms0, ms1 = full_m0, full_m1, full_s0, full_s1
+        if mask0 is not None:
+            m0 = m0.masked_fill(~mask0, -1)
+            m1 = m1.masked_fill(~mask1, -1)
+        return {"matches0": m0, "matches1": m1, "matching_scores0": ms0, "matching_scores1": ms1,
+                "stop": stop, "log_assignment": scores if not do_prune else None,
+                "kept0": int(desc0.shape[1]), "kept1": int(desc1.shape[1])}  # points left after pruning
+
+    def check_if_stop(self, token0, token1, layer_index, num_points, mask0=None, mask1=None) -> bool:
+        """Exit when, in every pair, the fraction of confident points reaches α.
+
+        Points pruned earlier count as confident (they were confident when pruned), as in LightGlue.
+        """
+        th = self.confidence_thresholds[layer_index]
+        low0, low1 = token0 < th, token1 < th
+        if mask0 is not None:
+            low0, low1 = low0 & mask0, low1 & mask1
+        unconfident = low0.sum(-1) + low1.sum(-1)
+        ratio = 1.0 - unconfident.float() / num_points.float()
+        return bool((ratio >= self.conf["alpha"]).all())
+
+    def pruning_mask(self, confidences, matchability, layer_index) -> torch.Tensor:
+        """Keep points that may still match, and any point whose assignment is not settled yet."""
+        keep = matchability > (1 - self.conf["beta"])
+        if confidences is not None:
+            keep |= confidences <= self.confidence_thresholds[layer_index]
+        return keep
+
+    def forward_train(self, data: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """All layers, no exit or pruning: per-layer log assignments (for the NLL at every layer, so any
+        layer can exit) and per-layer confidences and descriptors (for the regressor stage)."""
+        mask0, mask1 = data.get("mask0"), data.get("mask1")
+        desc0, desc1, enc0, enc1 = self.encode(data)
+        scores, conf0, conf1 = [], [], []
+        for i in range(self.conf["n_layers"]):
+            desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
+            scores.append(self.log_assignment[i](desc0, desc1, mask0, mask1))
+            if i < self.conf["n_layers"] - 1:
+                conf0.append(self.token_confidence[i](desc0))
+                conf1.append(self.token_confidence[i](desc1))
+        return {"log_assignment": scores, "confidence0": conf0, "confidence1": conf1}
+
+    def _empty_output(self, b: int, m: int, n: int, device: torch.device) -> dict[str, Any]:
+        return {"matches0": torch.full((b, m), -1, dtype=torch.long, device=device),
+                "matches1": torch.full((b, n), -1, dtype=torch.long, device=device),
+                "matching_scores0": torch.zeros((b, m), device=device),
+                "matching_scores1": torch.zeros((b, n), device=device), "stop": 0, "log_assignment": None,
+                "kept0": 0, "kept1": 0}
+
+
+def lightglue_state_dict_to_mambaglue(sd: dict[str, torch.Tensor], model: MambaGlue) -> dict[str, torch.Tensor]:
+    """Map a LightGlue checkpoint (cvg/kornia layouts, LighterGlue's ``matcher.`` prefix) onto ``model``.
+
+    Shared parts are copied; the self-block FFN's first layer gets LightGlue's weights in the columns
+    of [x, attention message] and zeros in the Mamba columns (y, z), so the network reproduces
+    LightGlue exactly at initialisation. Mamba parameters and the deep regressor keep their fresh
+    initialisation (the linear regressor takes LightGlue's token confidence).
+    Returns a full state dict for ``model.load_state_dict(..., strict=True)``.
+    """
+    sd = {k[len("matcher."):] if k.startswith("matcher.") else k: v for k, v in sd.items()
+          if not k.startswith("extractor.")}
+    n = model.conf["n_layers"]
+    for i in range(n):  # the original release names blocks self_attn.{i} / cross_attn.{i}
+        sd = {k.replace(f"self_attn.{i}.", f"transformers.{i}.self_attn.")
+              .replace(f"cross_attn.{i}.", f"transformers.{i}.cross_attn."): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not (k.startswith("log_assignment.") and k.endswith(".r"))}
+    target = model.state_dict()
+    for key, value in sd.items():
+        shared = key.startswith(("transformers.", "log_assignment.", "posenc.", "input_proj."))
+        if (shared and key in target and target[key].shape != value.shape
+                and not (key.endswith("self_attn.ffn.0.weight") and value.shape[0] == target[key].shape[0])):
+            raise ValueError(f"LightGlue checkpoint shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                             f"model {tuple(target[key].shape)}")
+    out: dict[str, torch.Tensor] = {}
+    d = model.conf["descriptor_dim"]
+    for key, value in target.items():
+        if key in sd and sd[key].shape == value.shape:
+            out[key] = sd[key].to(value.dtype)
+        elif key.endswith("self_attn.ffn.0.weight") and key in sd:
+            w = torch.zeros_like(value)
+            src = sd[key]  # (2d, 2d) over [x, attention message]
+            if model.conf["mixer"] == "mamba":
+                w[:, :d] = src[:, :d]  # only x carries over; no attention message in this variant
+            else:
+                w[:, : src.shape[1]] = src
+            out[key] = w
+        else:
+            out[key] = value  # fresh initialisation (Mamba branch, deep regressor)
+    expected_shared = [k for k in out if k.startswith(("transformers.", "log_assignment.", "posenc."))
+                       and ".mamba." not in k]
+    missing = [k for k in expected_shared if k not in sd]
+    if missing:
+        raise ValueError(f"LightGlue checkpoint does not fit this configuration (d={d}, layers={n}): "
+                         f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return out

@@ -1,0 +1,65 @@
+"""Plain data types shared by the core, the node and the tools."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Features:
+    """Local features of one image, as every front end returns them.
+
+    keypoints:   (N, 2) float32 tensor, pixel (x, y) in the *original* image.
+    descriptors: (N, D) float32 tensor, L2-normalised.
+    scores:      (N,) float32 tensor, detection scores, sorted descending (the scan order).
+    image_size:  (width, height) of the original image in pixels.
+    """
+
+    keypoints: torch.Tensor
+    descriptors: torch.Tensor
+    scores: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def to(self, device: torch.device | str) -> "Features":
+        return Features(self.keypoints.to(device), self.descriptors.to(device),
+                        self.scores.to(device), self.image_size)
+
+
+@dataclass
+class MatchResult:
+    """Correspondences between image 0 and image 1 (numpy, on the host).
+
+    keypoints0: (N0, 2) float32, all keypoints of image 0 (pixels, original image).
+    keypoints1: (N1, 2) float32, all keypoints of image 1.
+    matches:    (M, 2) int64, index pairs into keypoints0 / keypoints1.
+    scores:     (M,) float32 match confidence in [0, 1].
+    stop_layer: layers run before exit (== num_layers when no early exit happened).
+    num_layers: depth of the network.
+    timings_ms: wall times, e.g. {"extract": ..., "match": ..., "total": ...}.
+    """
+
+    keypoints0: np.ndarray
+    keypoints1: np.ndarray
+    matches: np.ndarray
+    scores: np.ndarray
+    stop_layer: int
+    num_layers: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def points0(self) -> np.ndarray:
+        """(M, 2) matched pixel coordinates in image 0."""
+        return self.keypoints0[self.matches[:, 0]]
+
+    @property
+    def points1(self) -> np.ndarray:
+        """(M, 2) matched pixel coordinates in image 1."""
+        return self.keypoints1[self.matches[:, 1]]
+
+    def __len__(self) -> int:
+        return int(self.matches.shape[0])

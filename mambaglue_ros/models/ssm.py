@@ -7,9 +7,10 @@ For every batch b, channel d and state n, with input-dependent step size, B and 
 
 `selective_scan` has the signature of mamba_ssm's `selective_scan_fn`, so it dispatches to that
 CUDA kernel when the package is installed and the inputs are on a GPU, and otherwise runs
-`_scan_torch`, a chunked scan in plain PyTorch that is exact (same recurrence, no approximation),
-differentiable through autograd and fast enough on CPU for keypoint sets (L = 256..4096).
-`selective_scan_ref` is the step-by-step recurrence, kept for tests.
+`_scan_torch`, a chunked scan in plain PyTorch: exact (the same recurrence, no approximation, no
+overflow whatever delta and A), differentiable (hand-written backward, linear in L) and fast
+enough on CPU for keypoint sets (L = 256..4096); it runs on any device. `selective_scan_ref` is
+the step-by-step recurrence, kept for tests.
 """
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available"]
 
-# Steps per chunk of the torch scan. Chosen with benchmarks/bench_scan.py on CPU (2 threads,
-# D=512, N=16): the cost is (2 T + L / T) Python-level steps on (B, L/T, D, N) slabs, so T near
-# sqrt(L) keeps both the step count and the per-step slabs moderate; see _chunk_size.
-MIN_CHUNK = 16
-MAX_CHUNK = 64
+# The torch scan works on (batch, K, N, dim) slabs, K = number of chunks, for 2 T + K Python-level
+# steps (T = L / K steps per chunk). K ~ sqrt(L) keeps that step count lowest; the cap keeps a slab
+# at 4 MiB of float32 so the working set stays in cache and malloc recycles it (bigger batches get
+# fewer, longer chunks). Measured with benchmarks/bench_scan.py on CPU, 1 and 2 threads, D=512,
+# N=16: T = 32 at L=1024 is at or near the best, T = 8 or 128 up to 2x slower.
+MAX_SLAB = 1 << 20
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,6 +86,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     if backend not in ("torch", "ref"):
         raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'cuda', 'torch' or 'ref'")
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if backend == "ref":
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
     dtype_in = u.dtype
     dtype = torch.float64 if dtype_in == torch.float64 else torch.float32
@@ -91,7 +96,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)  # same threshold (20) as the CUDA kernel
-    y = _scan_torch(u, delta, A, B, C) if backend == "torch" else _scan_loop(u, delta, A, B, C)
+    y = _scan_torch(u, delta, A, B, C)
     if D is not None:
         y = y + u * D.to(dtype)[:, None]
     if z is not None:
@@ -103,8 +108,28 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        C: torch.Tensor, D: Optional[torch.Tensor] = None,
                        z: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
                        delta_softplus: bool = False) -> torch.Tensor:
-    """The step-by-step recurrence: obviously correct, slow. Same arguments as selective_scan."""
-    return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend="ref")
+    """The recurrence one time step at a time, for tests: obviously correct, slow (its backward is
+    quadratic in L). Same arguments and shapes as selective_scan; shares no code with it."""
+    dtype_in = u.dtype
+    dtype = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = u.shape
+    h = u.new_zeros(batch, dim, A.shape[1])  # (b, d, N)
+    ys = []
+    for t in range(L):
+        dt = delta[:, :, t, None]  # (b, d, 1)
+        h = torch.exp(dt * A) * h + dt * u[:, :, t, None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) if ys else u.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + u * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(dtype_in)
 
 
 def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -123,83 +148,168 @@ def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
             raise ValueError(f"{name} must be {shape}, got {tuple(t.shape)}")
 
 
-def _scan_loop(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-               C: torch.Tensor) -> torch.Tensor:
-    """Core scan, one time step at a time. u, delta: (b, d, L); A: (d, N); B, C: (b, N, L)."""
-    batch, dim, L = u.shape
-    h = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(L):
-        dt = delta[:, :, t, None]  # (b, d, 1)
-        h = torch.exp(dt * A) * h + (dt * u[:, :, t, None]) * B[:, None, :, t]
-        ys.append((h * C[:, None, :, t]).sum(-1))
-    return torch.stack(ys, -1) if ys else u.new_zeros(batch, dim, 0)
-
-
-def _chunk_size(L: int) -> int:
-    """Chunk length T for a sequence of length L: about sqrt(L), within [MIN_CHUNK, MAX_CHUNK]."""
-    return max(MIN_CHUNK, min(MAX_CHUNK, 1 << round(math.log2(max(L, 1)) / 2)))
+def _chunk_size(L: int, width: int) -> int:
+    """Steps per chunk T for a sequence of length L whose one step is width = batch * N * dim values."""
+    K = 1 << round(math.log2(max(L, 1)) / 2)  # power of two nearest sqrt(L)
+    K = max(1, min(K, MAX_SLAB // width))
+    return -(-L // K)
 
 
 def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                 C: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
     """Core scan, chunked. u, delta: (b, d, L); A: (d, N); B, C: (b, N, L). Returns (b, d, L).
 
-    Why this shape of algorithm. The sequence is cut into K chunks of T steps. Each chunk is first
-    scanned from a zero state, but all K chunks *at once*: the loop runs over the T steps inside a
-    chunk and every step updates a (b, K, d, N) slab. A loop over the K chunks then carries the
-    true state from one chunk to the next, and a second pass over the T steps, started from those
-    states, gives the outputs. That is 2 T + K Python-level steps instead of L, each doing one
-    multiply-add on a slab (autograd records a few nodes per step, so backward is linear too).
-
-    Rejected closed forms, for the record. Mamba-2's SSD computes a chunk with a T x T decay
-    matrix, which is cheap there because A is one scalar per head; here A is (d, N), so that matrix
-    is (b, d, N, T, T), T times the work of the scan itself. The cumulative-sum form,
-    h[t] = exp(S[t]) * cumsum_s(exp(-S[s]) x[s]) with S = cumsum(delta * A), needs exp(-S), which
-    overflows float32 once a chunk decays by more than about e^-88 (easy: delta ~ 1, A ~ -16 gives
-    that in six steps), so it needs a data-dependent chunk size; it also costs two exp passes
-    where this scheme needs one. Here every factor is exp(delta * A) <= 1 (or a product of them):
-    nothing can overflow, whatever delta and A are, and it is the recurrence itself, not a
-    rearrangement of it, so the rounding is that of the step-by-step loop.
+    Lays the inputs out as (b, K, T, c): K chunks of T steps, channels last, so that step i of all
+    chunks is one strided view with a contiguous last dim; _ChunkedScan does the rest. These
+    layout changes stay under autograd (they are cheap copies); the scan itself has a hand-written
+    backward. (MambaGlue's delta and u are transposes of (b, L, d) tensors, so the transposing
+    copies are often free.)
     """
     batch, dim, L = u.shape
     N = A.shape[1]
     if L == 0:
         return u.new_zeros(batch, dim, 0)
-    T = min(chunk or _chunk_size(L), L)
+    T = min(chunk or _chunk_size(L, batch * N * dim), L)
     K = -(-L // T)
     pad = K * T - L
+    dtu = delta * u
     if pad:
-        # Padded steps at the end have delta = 0 (decay 1) and x = 0: they change no state and
+        # Padded steps at the end have delta = 0 (decay 1) and input 0: they change no state and
         # their outputs are cut off below.
-        u, delta, B, C = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
+        delta, dtu, B, C = (F.pad(t, (0, pad)) for t in (delta, dtu, B, C))
 
-    def steps(t: torch.Tensor) -> torch.Tensor:
-        """(b, c, K*T) -> (T, b, K, c), contiguous: step i of every chunk is one slab t[i]."""
-        return t.reshape(batch, t.shape[1], K, T).permute(3, 0, 2, 1).contiguous()
+    def chunked(t: torch.Tensor) -> torch.Tensor:
+        """(b, c, K*T) -> (b, K, T, c), contiguous."""
+        return t.transpose(1, 2).contiguous().view(batch, K, T, t.shape[1])
 
-    dt = steps(delta)  # (T, b, K, d)
-    # Discretisation (zero-order hold for A, Euler for B, as in Mamba): both (T, b, K, d, N).
-    decay = torch.exp(dt[..., None] * A)
-    x = steps(delta * u)[..., None] * steps(B)[:, :, :, None, :]
-    decay_t, x_t = decay.unbind(0), x.unbind(0)  # unbind, not indexing: one node in backward
-    C_t = steps(C).unbind(0)  # T x (b, K, N)
+    A2 = (A * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
+    y = _ChunkedScan.apply(chunked(delta), chunked(dtu), A2, chunked(B), chunked(C))
+    return y.view(batch, K * T, dim)[:, :L].transpose(1, 2)
 
-    # 1) Every chunk from a zero state: its final state.
-    h = x_t[0]
-    for i in range(1, T):
-        h = torch.addcmul(x_t[i], decay_t[i], h)
-    # 2) Carry the state across chunks. A chunk's total decay exp(A * sum(delta)) needs no product.
-    chunk_decay = torch.exp(delta.reshape(batch, dim, K, T).sum(-1).transpose(1, 2)[..., None] * A)
-    starts = [u.new_zeros(batch, dim, N)]
-    for end_k, decay_k in zip(h.unbind(1)[:-1], chunk_decay.unbind(1)[:-1]):
-        starts.append(torch.addcmul(end_k, decay_k, starts[-1]))
-    h = torch.stack(starts, 1)  # (b, K, d, N): the state entering each chunk
-    # 3) Every chunk again from its true start state, reading out y at each step. y[i] as a
-    # batched matrix-vector product over (b, K): (d, N) @ (N, 1).
-    ys = []
+
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked scan with a hand-written backward.
+
+    Shapes: delta, dtu (= delta * u): (b, K, T, d); A2 (= A log2 e, transposed): (N, d);
+    B, C: (b, K, T, N). Output y: (b, K, T, d). States are (b, K, N, d) slabs: state n of channel d
+    for every chunk, at one step i of the chunk.
+
+    Algorithm. The sequence is cut into K chunks of T steps. 1) Every chunk is scanned from a zero
+    state, all K chunks at once: the loop runs over the T steps of a chunk, each step one
+    multiply-add on a slab. 2) A loop over the K chunks carries the true state from each chunk's end
+    to the next chunk's start (a chunk's total decay is exp(A * sum(delta)), no product needed).
+    3) The T steps again, from the true start states, reading out y. That is 2 T + K Python-level
+    steps instead of L. Forward never holds a whole (b, L, N, d) tensor and keeps only the K start
+    states for backward. Backward recomputes the states from the starts (it holds them and the
+    decays, two (b, L, N, d) tensors, while it runs) and runs the same scheme backwards in time on
+    the adjoint h'[i] = C[i] y'[i] + exp(delta[i+1] A) h'[i+1].
+
+    Why not a closed form per chunk. Mamba-2's SSD computes a chunk with a T x T decay matrix,
+    cheap there because A is one scalar per head; here A is (d, N), so that matrix is
+    (b, d, N, T, T), T times the work of the scan itself. The cumulative-sum form
+    h[t] = exp(S[t]) * cumsum_s(exp(-S[s]) x[s]), S = cumsum(delta A), needs exp(-S), which
+    overflows float32 once a chunk decays by more than about e^-88 (delta ~ 1 and A ~ -16 do that in
+    six steps), so it would need a data-dependent chunk size, and it costs two exp and two cumsum
+    passes over (b, L, N, d). Here every factor is exp(delta A) <= 1 or a product of them: nothing
+    can overflow whatever delta and A are, and it is the recurrence itself, not a rearrangement,
+    so it rounds like the step-by-step loop (measured: float32 within 4e-7 of float64).
+
+    Why a hand-written backward: under plain autograd every small op of every step records a node
+    and saves its inputs, and backward through the broadcast products spends its time in
+    reductions; measured on CPU it was ~10x the forward, against ~2.5x here. Why per-step slabs
+    rather than whole-sequence tensors: on CPU, touching freshly allocated memory (page faults)
+    costs several times a multiply pass, and a (1, 1024, 16, 512) float32 tensor is 32 MiB, about
+    where malloc stops recycling memory, while slabs 1/T that size are recycled step to step. So
+    the decay is formed per step (exp2: same accuracy as exp, ~1 ulp, and several times faster
+    on CPU in current PyTorch), formed again in a later pass rather than kept, and the input
+    delta B u is only ever added as a broadcast product.
+    """
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> torch.Tensor:
+        starts = _chunk_starts(delta, dtu, A2, B)
+        # 3) The T steps again from the true chunk starts, reading out y = C . h: a batched
+        # (N,) @ (N, d) product.
+        ys = []
+        h = starts
+        for i in range(delta.shape[2]):
+            h, _ = _step(h, delta, dtu, A2, B, i, in_place=i > 0)  # never write into starts
+            ys.append(torch.einsum("bknd,bkn->bkd", h, C[:, :, i]))
+        ctx.save_for_backward(delta, dtu, A2, B, C, starts)
+        return torch.stack(ys, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        delta, dtu, A2, B, C, starts = ctx.saved_tensors
+        gy = gy.contiguous()
+        batch, K, T, dim = delta.shape
+        # States h[i-1] (hs[i]) and decays at every step: recomputed from the saved chunk starts.
+        hs = [starts]
+        decays = []
+        for i in range(T):
+            h, decay = _step(hs[-1], delta, dtu, A2, B, i, in_place=False)
+            hs.append(h)
+            decays.append(decay)
+
+        def adjoint_in(q: torch.Tensor, i: int) -> torch.Tensor:
+            """h'[i] = C[i] y'[i] + q, q the adjoint coming back from step i + 1."""
+            return torch.addcmul(q, C[:, :, i, :, None], gy[:, :, i, None, :])
+
+        # 1) Adjoint of every chunk with nothing coming from its right; what leaves its start.
+        q = torch.zeros_like(starts)
+        for i in reversed(range(T)):
+            q = decays[i] * adjoint_in(q, i)
+        # 2) Carry from right to left: arriving[k] is what reaches the end of chunk k.
+        chunk_decay = torch.exp2(delta.sum(2)[:, :, None] * A2)
+        arriving = [torch.zeros_like(starts[:, 0])]
+        for k in range(K - 1, 0, -1):
+            arriving.append(torch.addcmul(q[:, k], chunk_decay[:, k], arriving[-1]))
+        q = torch.stack(arriving[::-1], 1)
+        # 3) The true adjoint, step by step from the right, and the gradients it gives.
+        g_delta, g_dtu, g_B, g_C = [], [], [], []
+        g_A2 = torch.zeros_like(starts)  # summed over b, K at the end
+        for i in reversed(range(T)):
+            gh = adjoint_in(q, i)
+            g_C.append(torch.einsum("bknd,bkd->bkn", hs[i + 1], gy[:, :, i]))
+            # x = dtu * B
+            g_dtu.append(torch.einsum("bknd,bkn->bkd", gh, B[:, :, i]))
+            g_B.append(torch.einsum("bknd,bkd->bkn", gh, dtu[:, :, i]))
+            q = decays[i] * gh
+            # decay = exp2(z), z = delta A2: dz = ln2 * decay * h[i-1] * h'[i] = ln2 * q * h[i-1]
+            gz = q * hs[i]
+            g_delta.append((gz * A2).sum(2))
+            g_A2.addcmul_(gz, delta[:, :, i, None])
+        ln2 = math.log(2.0)
+        return (torch.stack(g_delta[::-1], 2) * ln2, torch.stack(g_dtu[::-1], 2), g_A2.sum((0, 1)) * ln2,
+                torch.stack(g_B[::-1], 2), torch.stack(g_C[::-1], 2))
+
+
+def _step(h: torch.Tensor, delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
+          i: int, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the recurrence at step i of every chunk: h <- exp(delta A) h + delta B u.
+
+    Discretisation as in Mamba: zero-order hold for A, Euler for B. h: (b, K, N, d). Returns the
+    new state (h itself when in_place) and the decay exp(delta A), a fresh (b, K, N, d) slab. The
+    input delta B u is added as a broadcast product, never formed as a slab of its own.
+    """
+    decay = torch.mul(delta[:, :, i, None], A2).exp2_()
+    h = h.mul_(decay) if in_place else h * decay
+    return h.addcmul_(dtu[:, :, i, None], B[:, :, i, :, None]), decay
+
+
+def _chunk_starts(delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor,
+                  B: torch.Tensor) -> torch.Tensor:
+    """The state entering every chunk, (b, K, N, d): steps 1) and 2) of _ChunkedScan."""
+    batch, K, T, dim = delta.shape
+    # 1) Every chunk from a zero state, all chunks at once: the state at each chunk's end.
+    h = delta.new_zeros(batch, K, A2.shape[0], dim)
     for i in range(T):
-        h = torch.addcmul(x_t[i], decay_t[i], h)
-        ys.append(torch.matmul(h, C_t[i][..., None])[..., 0])  # (b, K, d)
-    y = torch.stack(ys, -1)  # (b, K, d, T)
-    return y.permute(0, 2, 1, 3).reshape(batch, dim, K * T)[..., :L]
+        h, _ = _step(h, delta, dtu, A2, B, i, in_place=True)
+    # 2) Carry across chunks. A chunk's total decay is exp(A * sum(delta)), <= 1: no product needed.
+    chunk_decay = torch.exp2(delta.sum(2)[:, :, None] * A2)  # (b, K, N, d)
+    starts = [torch.zeros_like(h[:, 0])]
+    for k in range(K - 1):
+        starts.append(torch.addcmul(h[:, k], chunk_decay[:, k], starts[-1]))
+    return torch.stack(starts, 1)

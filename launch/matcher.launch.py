@@ -1,0 +1,62 @@
+"""Start the MambaGlue matcher node.
+
+    ros2 launch mambaglue_ros matcher.launch.py image:=/camera/image_raw camera_info:=/camera/camera_info
+    ros2 launch mambaglue_ros matcher.launch.py mode:=stereo \
+        left_image:=/stereo/left/image_rect right_image:=/stereo/right/image_rect \
+        left_camera_info:=/stereo/left/camera_info right_camera_info:=/stereo/right/camera_info
+
+The decisions (default params file per mode, remappings, argument checks) live in
+mambaglue_ros/ros/launch_config.py, plain Python with unit tests; this file only reads the
+launch arguments inside an OpaqueFunction, where their values are known.
+"""
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from mambaglue_ros.ros import launch_config
+
+# launch arguments that remap one of the node's input topics (an empty value keeps the default)
+TOPIC_ARGUMENTS = ("image", "camera_info", "left_image", "right_image",
+                   "left_camera_info", "right_camera_info")
+
+
+def _launch_setup(context, *args, **kwargs):
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
+
+    node_kwargs = launch_config.node_arguments(
+        mode=value("mode"),
+        params_file=value("params_file"),
+        namespace=value("namespace"),
+        use_sim_time=value("use_sim_time"),
+        remaps={name: value(name) for name in TOPIC_ARGUMENTS},
+        share_dir=get_package_share_directory("mambaglue_ros"),
+        log_level=value("log_level"),
+    )
+    return [Node(package="mambaglue_ros", executable="matcher_node",
+                 output="screen", emulate_tty=True, **node_kwargs)]
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("mode", default_value="mono",
+                              description="mono (temporal pairs) or stereo (rectified left/right pairs)"),
+        DeclareLaunchArgument("params_file", default_value="",
+                              description="parameters YAML; empty = config/matcher.yaml (mono) "
+                                          "or config/stereo.yaml (stereo) of this package"),
+        DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (bag playback with --clock)"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="debug, info, warn, error or fatal"),
+        DeclareLaunchArgument("image", default_value="",
+                              description="mono: image topic (also remaps image/compressed)"),
+        DeclareLaunchArgument("camera_info", default_value="", description="mono: camera_info topic"),
+        DeclareLaunchArgument("left_image", default_value="", description="stereo: rectified left image"),
+        DeclareLaunchArgument("right_image", default_value="", description="stereo: rectified right image"),
+        DeclareLaunchArgument("left_camera_info", default_value="", description="stereo: left camera_info"),
+        DeclareLaunchArgument("right_camera_info", default_value="", description="stereo: right camera_info"),
+        OpaqueFunction(function=_launch_setup),
+    ])

@@ -1,0 +1,838 @@
+"""Relative pose from matches: monocular (essential matrix), stereo (PnP), homography, frame helpers.
+
+Conventions
+-----------
+* Camera frames are **optical** frames (REP-103 "_optical"): x right, y down, z forward.
+* Pixels are (x, y) = (column, row); intrinsics ``K`` are 3x3 pinhole matrices, no distortion
+  (undistort/rectify before matching).
+* A transform ``T_a_b`` (4x4) maps point coordinates from frame b to frame a:
+  ``X_a = T_a_b @ X_b``; equivalently it is the pose of frame b expressed in frame a.
+  ``compose(T_a_b, T_b_c) == T_a_c``.
+* A relative pose between two frames of one camera is ``T_0_1``: it maps points from camera-1
+  (the newer frame) coordinates to camera-0 (the older/reference frame) coordinates, i.e. it is
+  the pose of camera 1 in camera 0's frame. Odometry accumulates as ``T_odom_1 = T_odom_0 @ T_0_1``.
+  (OpenCV's ``recoverPose`` / ``solvePnP`` return the inverse, ``T_1_0``; we convert.)
+* Covariances are 6x6 in the ROS ``PoseWithCovariance`` order (x, y, z, rx, ry, rz): translation
+  first, then rotation about x, y, z in radians. Both parts are expressed in the reference frame
+  (camera 0): the perturbed pose is ``R = exp([d_theta]_x) R_hat``, ``t = t_hat + d_t``.
+* Monocular translation has no scale: ``t`` is unit norm (``metric=False``). Its covariance gets
+  ``scale_variance`` (default 1e6, i.e. a standard deviation of 1000 "units") along the
+  translation direction, so a filter fusing it effectively ignores the magnitude but still uses
+  the direction, whose covariance (and the rotation's) comes from the inlier Sampson residuals.
+* Pure rotation / too little parallax (median rotation-compensated disparity below
+  ``min_parallax_px``): the translation direction is unobservable, so ``estimate_pose_mono``
+  returns a rotation-only pose: ``t = 0`` and an isotropic translation covariance of
+  ``scale_variance``. The rotation comes from a robust Kabsch fit on bearing vectors.
+
+Residual variance is floored at ``(sigma_floor_px)^2`` (0.1 px) so exact synthetic data or a lucky
+inlier set cannot produce a zero (singular) covariance.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import cv2
+import numpy as np
+
+# REP-103: body x forward, y left, z up; optical z forward, x right, y down.
+# R_BODY_OPTICAL maps optical-frame coordinates to body-frame coordinates (columns = optical axes
+# expressed in the body frame). Its quaternion (x, y, z, w) is the familiar (-0.5, 0.5, -0.5, 0.5).
+R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
+                           [-1.0, 0.0, 0.0],
+                           [0.0, -1.0, 0.0]])
+R_OPTICAL_BODY = R_BODY_OPTICAL.T.copy()
+T_BODY_OPTICAL = np.eye(4)
+T_BODY_OPTICAL[:3, :3] = R_BODY_OPTICAL
+T_OPTICAL_BODY = np.eye(4)
+T_OPTICAL_BODY[:3, :3] = R_OPTICAL_BODY
+
+DEFAULT_SCALE_VARIANCE = 1e6
+SIGMA_FLOOR_PX = 0.1
+
+
+@dataclass
+class RelativePose:
+    """Relative pose ``T_0_1`` of camera 1 (newer) in camera 0 (reference) coordinates.
+
+    R:           (3, 3) rotation, maps camera-1 vectors to camera-0 vectors.
+    t:           (3,) position of camera 1 in camera 0 (metric units of the calibration when
+                 ``metric``, else unit norm, or zero for a rotation-only estimate).
+    covariance:  (6, 6) over (x, y, z, rx, ry, rz), see the module docstring.
+    num_inliers: correspondences supporting the pose.
+    num_matches: correspondences given to the estimator (finite ones).
+    metric:      True for stereo/PnP (metric translation), False for monocular.
+    """
+
+    R: np.ndarray
+    t: np.ndarray
+    covariance: np.ndarray
+    num_inliers: int
+    num_matches: int
+    metric: bool
+
+    def as_matrix(self) -> np.ndarray:
+        """(4, 4) homogeneous ``T_0_1``."""
+        return make_transform(self.R, self.t)
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.num_inliers / max(self.num_matches, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small SE(3) / SO(3) helpers
+# ---------------------------------------------------------------------------------------------
+def make_transform(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation + (3,) translation -> (4, 4) homogeneous transform."""
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
+    return T
+
+
+def compose(T_a_b: np.ndarray, T_b_c: np.ndarray) -> np.ndarray:
+    """``T_a_c = T_a_b @ T_b_c`` (4x4 each)."""
+    return np.asarray(T_a_b, dtype=np.float64) @ np.asarray(T_b_c, dtype=np.float64)
+
+
+def invert(T_a_b: np.ndarray) -> np.ndarray:
+    """``T_b_a`` from ``T_a_b`` using the rigid-body structure (no general matrix inverse)."""
+    R, t = T_a_b[:3, :3], T_a_b[:3, 3]
+    return make_transform(R.T, -R.T @ t)
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """(3,) -> (3, 3) cross-product matrix, ``skew(a) @ b == cross(a, b)``."""
+    x, y, z = v
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
+def so3_exp(w: np.ndarray) -> np.ndarray:
+    """Rotation vector (3,) [rad] -> (3, 3) rotation (Rodrigues)."""
+    w = np.asarray(w, dtype=np.float64)
+    theta = float(np.linalg.norm(w))
+    W = skew(w)
+    if theta < 1e-8:  # second-order Taylor expansion keeps it exact to float precision
+        return np.eye(3) + W + 0.5 * W @ W
+    return np.eye(3) + np.sin(theta) / theta * W + (1.0 - np.cos(theta)) / theta**2 * W @ W
+
+
+def so3_log(R: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> rotation vector (3,) [rad] (via the quaternion: stable near 0 and pi)."""
+    x, y, z, w = matrix_to_quaternion(R)
+    v = np.array([x, y, z])
+    s = float(np.linalg.norm(v))
+    if s < 1e-12:
+        return 2.0 * v  # small angle: q ~ (w/2, 1)
+    return 2.0 * np.arctan2(s, w) * v / s
+
+
+def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
+    """Angle [deg] of the rotation taking R_a to R_b (geodesic distance on SO(3))."""
+    return float(np.degrees(np.linalg.norm(so3_log(np.asarray(R_a).T @ np.asarray(R_b)))))
+
+
+def translation_direction_error_deg(t_a: np.ndarray, t_b: np.ndarray) -> float:
+    """Angle [deg] between two translation directions (sign matters, range [0, 180]).
+
+    Returns nan when either vector has (near) zero length: there is no direction to compare.
+    """
+    a, b = np.asarray(t_a, dtype=np.float64).ravel(), np.asarray(t_b, dtype=np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na < 1e-12 or nb < 1e-12:
+        return float("nan")
+    # atan2 of |cross| and dot is accurate for tiny angles, unlike arccos of the dot product.
+    return float(np.degrees(np.arctan2(np.linalg.norm(np.cross(a, b)), float(a @ b))))
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> unit quaternion (x, y, z, w), w >= 0 (ROS/Eigen component order).
+
+    Shepperd's method: pick the largest of (w, x, y, z) to divide by, so it is stable everywhere
+    (including 180 deg rotations where w -> 0).
+    """
+    R = np.asarray(R, dtype=np.float64)
+    tr = R[0, 0] + R[1, 1] + R[2, 2]
+    diag = np.array([tr, R[0, 0], R[1, 1], R[2, 2]])
+    k = int(np.argmax(diag))
+    if k == 0:
+        s = 2.0 * np.sqrt(max(1.0 + tr, 0.0))  # s = 4w
+        q = np.array([(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s])
+    elif k == 1:
+        s = 2.0 * np.sqrt(max(1.0 + R[0, 0] - R[1, 1] - R[2, 2], 0.0))  # s = 4x
+        q = np.array([0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s])
+    elif k == 2:
+        s = 2.0 * np.sqrt(max(1.0 - R[0, 0] + R[1, 1] - R[2, 2], 0.0))  # s = 4y
+        q = np.array([(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s])
+    else:
+        s = 2.0 * np.sqrt(max(1.0 - R[0, 0] - R[1, 1] + R[2, 2], 0.0))  # s = 4z
+        q = np.array([(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s])
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) (normalised here) -> (3, 3) rotation."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def pose_covariance_adjoint(T_a_c: np.ndarray, R_b_c_rel: np.ndarray, lever_arm: bool = True) -> np.ndarray:
+    """(6, 6) Jacobian that moves a relative-pose covariance from camera frame c to frame a.
+
+    For ``T_a0_a1 = T_ac T_c0_c1 T_ac^-1`` with our left-perturbation convention
+    (``d_theta_a = R_ac d_theta``, ``d_t_a = R_ac d_t + [R_a t_ac]_x d_theta_a`` where ``R_a`` is
+    the rotation of ``T_a0_a1``). ``R_b_c_rel`` is that relative rotation in frame a.
+    ``lever_arm=False`` drops the translation/rotation coupling (scale-free monocular poses).
+    """
+    R_ac, t_ac = T_a_c[:3, :3], T_a_c[:3, 3]
+    A = np.zeros((6, 6))
+    A[:3, :3] = R_ac
+    A[3:, 3:] = R_ac
+    if lever_arm:
+        A[:3, 3:] = skew(R_b_c_rel @ t_ac) @ R_ac
+    return A
+
+
+def relative_pose_in_base(pose: RelativePose, T_base_camera: np.ndarray) -> RelativePose:
+    """Express an optical-frame relative pose ``T_c0_c1`` as ``T_b0_b1`` of the rigidly attached base.
+
+    ``T_b0_b1 = T_bc T_c0_c1 T_bc^-1`` and the covariance is moved with the adjoint-like Jacobian
+    ``A Sigma A^T`` (see ``pose_covariance_adjoint``).
+
+    Monocular poses (``metric=False``) have no scale, so the metric lever arm ``t_bc`` cannot be
+    combined with them: only the rotation part of ``T_base_camera`` is applied (the result stays a
+    unit/zero-norm direction and ``metric`` stays False).
+    """
+    T_bc = np.asarray(T_base_camera, dtype=np.float64).copy()
+    if not pose.metric:
+        T_bc[:3, 3] = 0.0
+    T_b = T_bc @ pose.as_matrix() @ invert(T_bc)
+    A = pose_covariance_adjoint(T_bc, T_b[:3, :3], lever_arm=pose.metric)
+    cov = A @ pose.covariance @ A.T
+    return RelativePose(T_b[:3, :3], T_b[:3, 3].copy(), 0.5 * (cov + cov.T), pose.num_inliers,
+                        pose.num_matches, pose.metric)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+def _as_points(pts: np.ndarray, name: str) -> tuple[np.ndarray | None, str]:
+    try:
+        p = np.asarray(pts, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, f"{name} is not numeric"
+    if p.ndim != 2 or p.shape[1] != 2:
+        if p.size == 0:
+            return np.zeros((0, 2)), ""
+        return None, f"{name} must be (N, 2), got shape {p.shape}"
+    return p, ""
+
+
+def _check_K(K: np.ndarray, name: str) -> tuple[np.ndarray | None, str]:
+    try:
+        K = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, f"{name} is not numeric"
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+        return None, f"{name} must be a finite 3x3 matrix"
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or abs(np.linalg.det(K)) < 1e-12:
+        return None, f"{name} is not a valid intrinsic matrix"
+    return K, ""
+
+
+def _check_transform(T: np.ndarray, name: str) -> tuple[np.ndarray | None, str]:
+    try:
+        T = np.asarray(T, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, f"{name} is not numeric"
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return None, f"{name} must be a finite 4x4 matrix"
+    R = T[:3, :3]
+    if np.abs(R.T @ R - np.eye(3)).max() > 1e-5 or np.linalg.det(R) < 0:
+        return None, f"{name} rotation is not a proper rotation"
+    return T, ""
+
+
+def _finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    ok = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        ok &= np.all(np.isfinite(a), axis=1)
+    return ok
+
+
+def _num_distinct(pts: np.ndarray, tol: float = 1e-6) -> int:
+    if len(pts) == 0:
+        return 0
+    return int(len(np.unique(np.round(pts / tol).astype(np.int64), axis=0)))
+
+
+def _valid_covariance(cov: np.ndarray) -> bool:
+    if cov.shape != (6, 6) or not np.all(np.isfinite(cov)):
+        return False
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def _normalise(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(N, 2) pixels -> (N, 3) homogeneous normalised image coordinates (z = 1)."""
+    h = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
+    return h @ np.linalg.inv(K).T
+
+
+def _numeric_jacobian(fn: Callable[[np.ndarray], np.ndarray], dim: int, eps: float = 1e-6) -> np.ndarray:
+    """Central-difference Jacobian (M, dim) of ``fn`` (dim,) -> (M,) at 0."""
+    cols = []
+    for i in range(dim):
+        d = np.zeros(dim)
+        d[i] = eps
+        cols.append((fn(d) - fn(-d)) / (2 * eps))
+    return np.stack(cols, axis=1)
+
+
+def _never_raise(fn: Callable[..., tuple[RelativePose | None, str]]) -> Callable[..., tuple[RelativePose | None, str]]:
+    """Safety net for the node: a numerical corner case nobody foresaw becomes a reason, not a crash."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> tuple[RelativePose | None, str]:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError, IndexError, np.linalg.LinAlgError, cv2.error, FloatingPointError) as e:
+            return None, f"pose estimation failed ({type(e).__name__}: {e})"
+    return wrapper
+
+
+def _covariance_from_jacobian(J: np.ndarray, sigma2: float) -> np.ndarray | None:
+    """``(J^T J)^-1 sigma^2`` or None when J^T J is (numerically) singular."""
+    JtJ = J.T @ J
+    if not np.all(np.isfinite(JtJ)):
+        return None
+    w = np.linalg.eigvalsh(JtJ)
+    if w[0] <= 1e-12 * max(w[-1], 1e-300):
+        return None
+    cov = np.linalg.inv(JtJ) * sigma2
+    return 0.5 * (cov + cov.T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Monocular: essential matrix
+# ---------------------------------------------------------------------------------------------
+def _sampson(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """Sampson distances (N,) [normalised units] for ``x0^T E x1 = 0`` with ``E = [t]_x R`` (T_0_1)."""
+    E = skew(t) @ R
+    Ex1 = x1 @ E.T
+    Etx0 = x0 @ E
+    num = np.sum(x0 * Ex1, axis=1)
+    den = np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx0[:, 0] ** 2 + Etx0[:, 1] ** 2)
+    return num / np.maximum(den, 1e-15)
+
+
+def _tangent_basis(t: np.ndarray) -> np.ndarray:
+    """(3, 2) orthonormal basis of the plane orthogonal to unit vector t."""
+    a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    b1 = np.cross(t, a)
+    b1 /= np.linalg.norm(b1)
+    return np.stack([b1, np.cross(t, b1)], axis=1)
+
+
+def _perturb_mono(R: np.ndarray, t: np.ndarray, B: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """5-dof perturbation: d[:3] rotation (left, frame 0), d[3:] direction along the basis B."""
+    t_new = t + B @ d[3:]
+    return so3_exp(d[:3]) @ R, t_new / np.linalg.norm(t_new)
+
+
+def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray,
+                      iters: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt on the inlier Sampson distances over the 5-dof (R, unit t)."""
+    lam = 1e-3
+    cost = float(np.sum(_sampson(R, t, x0, x1) ** 2))
+    for _ in range(iters):
+        B = _tangent_basis(t)
+        r = _sampson(R, t, x0, x1)
+        J = _numeric_jacobian(lambda d: _sampson(*_perturb_mono(R, t, B, d), x0, x1), 5)
+        JtJ, g = J.T @ J, J.T @ r
+        improved = False
+        for _ in range(5):
+            try:
+                step = -np.linalg.solve(JtJ + lam * np.diag(np.diag(JtJ) + 1e-12), g)
+            except np.linalg.LinAlgError:
+                break
+            R_new, t_new = _perturb_mono(R, t, B, step)
+            new_cost = float(np.sum(_sampson(R_new, t_new, x0, x1) ** 2))
+            if np.isfinite(new_cost) and new_cost < cost:
+                R, t, improved = R_new, t_new, True
+                converged = cost - new_cost < 1e-10 * cost
+                cost, lam = new_cost, lam * 0.3
+                break
+            lam *= 10.0
+        if not improved or converged:
+            break
+    return R, t
+
+
+def _cheirality(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """(N,) bool: the two rays of each match meet in front of both cameras (``l0 x0 = l1 R x1 + t``)."""
+    a, b = x0, x1 @ R.T
+    # Least squares for (l0, l1) in [a, -b] [l0, l1]^T = t via the 2x2 normal equations.
+    aa, bb, ab = np.sum(a * a, 1), np.sum(b * b, 1), np.sum(a * b, 1)
+    at, bt = a @ t, b @ t
+    det = aa * bb - ab * ab
+    safe = np.where(np.abs(det) < 1e-15, 1e-15, det)
+    l0 = (bb * at - ab * bt) / safe
+    l1 = (ab * at - aa * bt) / safe
+    return (np.abs(det) > 1e-15) & (l0 > 0) & (l1 > 0)
+
+
+def _kabsch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation R minimising sum ||a_i - R b_i||^2 for (N, 3) unit vectors."""
+    U, _, Vt = np.linalg.svd(a.T @ b)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
+def _rotation_residuals(R: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """(N, 2) difference in normalised coordinates between x0 and x1 rotated into frame 0."""
+    p = x1 @ R.T
+    z = np.where(np.abs(p[:, 2]) < 1e-9, 1e-9, p[:, 2])
+    return x0[:, :2] - p[:, :2] / z[:, None]
+
+
+def _fit_rotation_only(x0: np.ndarray, x1: np.ndarray, init: np.ndarray,
+                       thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Robust Kabsch: fit on ``init`` rows, then re-select rows within ``thr`` and refit."""
+    b0 = x0 / np.linalg.norm(x0, axis=1, keepdims=True)
+    b1 = x1 / np.linalg.norm(x1, axis=1, keepdims=True)
+    sel = init.copy()
+    R = _kabsch(b0[sel], b1[sel])
+    for _ in range(3):
+        err = np.linalg.norm(_rotation_residuals(R, x0, x1), axis=1)
+        new_sel = err < thr
+        if new_sel.sum() < 3:
+            break
+        sel = new_sel
+        R = _kabsch(b0[sel], b1[sel])
+    return R, sel
+
+
+@_never_raise
+def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
+                       ransac_px: float = 1.0, confidence: float = 0.999, min_matches: int = 30,
+                       min_inliers: int = 20, min_parallax_px: float = 2.0,
+                       scale_variance: float = DEFAULT_SCALE_VARIANCE, max_iters: int = 10000,
+                       refine: bool = True) -> tuple[RelativePose | None, str]:
+    """Relative pose ``T_0_1`` (unit translation) from 2D-2D matches of a monocular camera.
+
+    Args:
+        pts0, pts1: (N, 2) matched pixels in image 0 (reference, older) and image 1 (newer).
+            Rows with non-finite values are dropped.
+        K0, K1: (3, 3) intrinsics of the two images.
+        ransac_px: MAGSAC threshold in pixels (converted to normalised units by the mean focal).
+        min_matches: finite matches required; min_inliers: inliers passing the cheirality check.
+        min_parallax_px: below this median rotation-compensated disparity, a rotation-only pose
+            (t = 0) is returned (see module docstring).
+        scale_variance: translation variance along the (unknown-scale) translation direction.
+        refine: Levenberg-Marquardt on the inlier Sampson distances after RANSAC.
+
+    Returns:
+        (pose, reason): pose is None on failure and ``reason`` says why; on success reason is
+        "ok" or describes the rotation-only fallback.
+    """
+    p0, why = _as_points(pts0, "pts0")
+    if p0 is None:
+        return None, why
+    p1, why = _as_points(pts1, "pts1")
+    if p1 is None:
+        return None, why
+    if len(p0) != len(p1):
+        return None, f"pts0 and pts1 differ in length ({len(p0)} != {len(p1)})"
+    K0, why = _check_K(K0, "K0")
+    if K0 is None:
+        return None, why
+    K1, why = _check_K(K1, "K1")
+    if K1 is None:
+        return None, why
+    ok = _finite_rows(p0, p1)
+    p0, p1 = p0[ok], p1[ok]
+    n = len(p0)
+    need = max(int(min_matches), 5)
+    if n < need:
+        return None, f"too few matches ({n} < {need})"
+    if min(_num_distinct(p0), _num_distinct(p1)) < 5:
+        return None, "degenerate matches (fewer than 5 distinct points)"
+
+    focal = float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
+    thr = float(ransac_px) / focal
+    x0, x1 = _normalise(p0, K0), _normalise(p1, K1)
+    try:
+        # OpenCV's points1/points2 are our 0/1; its E satisfies x1^T E x0 = 0.
+        E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], np.eye(3), method=cv2.USAC_MAGSAC,
+                                       prob=confidence, threshold=thr, maxIters=int(max_iters))
+    except cv2.error as e:
+        return None, f"essential matrix estimation failed ({str(e).strip().splitlines()[-1]})"
+    if E is None or E.shape != (3, 3) or mask is None or not np.all(np.isfinite(E)):
+        return None, "essential matrix estimation failed (no model)"
+    ransac_inl = mask.ravel().astype(bool)
+    if ransac_inl.sum() < min_inliers:
+        return None, f"too few RANSAC inliers ({int(ransac_inl.sum())} < {min_inliers})"
+
+    # Parallax test: how well does a pure rotation explain the RANSAC inliers? If the median
+    # rotation-compensated disparity is tiny, the translation direction is noise.
+    R_rot, rot_inl = _fit_rotation_only(x0, x1, ransac_inl, 3.0 * thr)
+    parallax_px = float(np.median(np.linalg.norm(_rotation_residuals(R_rot, x0[ransac_inl], x1[ransac_inl]),
+                                                 axis=1))) * focal
+    if parallax_px < min_parallax_px:
+        return _rotation_only_pose(R_rot, x0[rot_inl], x1[rot_inl], n, focal, scale_variance,
+                                   min_inliers, parallax_px, min_parallax_px)
+
+    try:
+        _, R_10, t_10, chir = cv2.recoverPose(E, x0[:, :2], x1[:, :2], np.eye(3),
+                                                   mask=mask.copy())
+    except cv2.error as e:
+        return None, f"pose recovery failed ({str(e).strip().splitlines()[-1]})"
+    inl = chir.ravel().astype(bool) if chir is not None else np.zeros(n, dtype=bool)
+    if int(inl.sum()) < min_inliers:
+        return None, f"too few inliers passing the cheirality check ({int(inl.sum())} < {min_inliers})"
+
+    # OpenCV: X1 = R_10 X0 + t_10. Ours: T_0_1 = inverse.
+    R = R_10.T
+    t = -R_10.T @ t_10.ravel()
+    if not np.all(np.isfinite(t)) or np.linalg.norm(t) < 1e-9:
+        return None, "degenerate translation"
+    t = t / np.linalg.norm(t)
+    if refine:
+        # RANSAC's model is only as good as its best minimal sample: polish on the inliers, then
+        # re-select inliers with the better model (a consistent set) and polish again.
+        for _ in range(3):
+            R, t = _refine_essential(R, t, x0[inl], x1[inl])
+            new_inl = (np.abs(_sampson(R, t, x0, x1)) < 2.0 * thr) & _cheirality(R, t, x0, x1)
+            if new_inl.sum() < min_inliers or np.array_equal(new_inl, inl):
+                break
+            inl = new_inl
+
+    r = _sampson(R, t, x0[inl], x1[inl])
+    dof = max(len(r) - 5, 1)
+    sigma2 = max(float(r @ r) / dof, (SIGMA_FLOOR_PX / focal) ** 2)
+    B = _tangent_basis(t)
+    J = _numeric_jacobian(lambda d: _sampson(*_perturb_mono(R, t, B, d), x0[inl], x1[inl]), 5)
+    cov5 = _covariance_from_jacobian(J, sigma2)
+    if cov5 is None:
+        return None, "degenerate geometry (singular information matrix)"
+    # 5-dof (rotation, direction) -> 6x6 (x, y, z, rx, ry, rz), plus the unknown scale.
+    M = np.zeros((6, 5))
+    M[:3, 3:] = B
+    M[3:, :3] = np.eye(3)
+    cov = M @ cov5 @ M.T
+    cov[:3, :3] += float(scale_variance) * np.outer(t, t)
+    cov = 0.5 * (cov + cov.T)
+    if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t)) and _valid_covariance(cov)):
+        return None, "invalid pose or covariance (non-finite or not positive definite)"
+    return RelativePose(R, t, cov, int(inl.sum()), n, metric=False), "ok"
+
+
+
+def _rotation_only_pose(R: np.ndarray, x0: np.ndarray, x1: np.ndarray, n: int, focal: float,
+                        scale_variance: float, min_inliers: int, parallax_px: float,
+                        min_parallax_px: float) -> tuple[RelativePose | None, str]:
+    """Rotation-only result for (near) zero parallax: t = 0, isotropic translation variance."""
+    if len(x0) < min_inliers:
+        return None, f"too few inliers for a rotation-only pose ({len(x0)} < {min_inliers})"
+    r = _rotation_residuals(R, x0, x1).ravel()
+    sigma2 = max(float(r @ r) / max(len(r) - 3, 1), (SIGMA_FLOOR_PX / focal) ** 2)
+    J = _numeric_jacobian(lambda d: _rotation_residuals(so3_exp(d) @ R, x0, x1).ravel(), 3)
+    cov_rot = _covariance_from_jacobian(J, sigma2)
+    if cov_rot is None:
+        return None, "degenerate geometry (singular information matrix)"
+    cov = np.zeros((6, 6))
+    cov[:3, :3] = float(scale_variance) * np.eye(3)
+    cov[3:, 3:] = cov_rot
+    if not (np.all(np.isfinite(R)) and _valid_covariance(cov)):
+        return None, "invalid pose or covariance (non-finite or not positive definite)"
+    pose = RelativePose(R, np.zeros(3), cov, len(x0), n, metric=False)
+    return pose, (f"low parallax (median {parallax_px:.2f} px < {min_parallax_px:.2f} px): "
+                  "rotation only")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stereo: triangulation + PnP
+# ---------------------------------------------------------------------------------------------
+def triangulate_stereo(pts_left: np.ndarray, pts_right: np.ndarray, K_left: np.ndarray,
+                       K_right: np.ndarray, T_left_right: np.ndarray, max_reproj_px: float = 1.0,
+                       min_depth: float = 0.1, max_depth: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    """Triangulate stereo matches into the left camera frame.
+
+    Args:
+        pts_left, pts_right: (N, 2) matched pixels in the left/right images (same instant).
+        K_left, K_right: (3, 3) intrinsics. T_left_right: (4, 4) pose of the right camera in the
+            left camera frame (maps right-camera points to left-camera points), metric.
+        max_reproj_px: keep points whose reprojection error is below this in both images.
+        min_depth, max_depth: accepted depth range [calibration units] in both cameras. The upper
+            bound drops far points whose tiny disparity makes their depth unreliable.
+
+    Returns:
+        points: (N, 3) float64 in the left camera frame (rows that are not valid are zero).
+        valid: (N,) bool.
+    """
+    pl, _ = _as_points(pts_left, "pts_left")
+    pr, _ = _as_points(pts_right, "pts_right")
+    n = len(pl) if pl is not None else 0
+    empty = np.zeros((n, 3)), np.zeros(n, dtype=bool)
+    Kl, _ = _check_K(K_left, "K_left")
+    Kr, _ = _check_K(K_right, "K_right")
+    T_lr, _ = _check_transform(T_left_right, "T_left_right")
+    if pl is None or pr is None or Kl is None or Kr is None or T_lr is None or len(pr) != n or n == 0:
+        return empty
+    finite = _finite_rows(pl, pr)
+    T_rl = invert(T_lr)
+    P_l = Kl @ np.eye(3, 4)
+    P_r = Kr @ T_rl[:3, :]
+    # Non-finite rows would poison the SVD of their own row only, but keep cv2 away from them.
+    pl_s, pr_s = np.where(finite[:, None], pl, 0.0), np.where(finite[:, None], pr, 0.0)
+    try:
+        Xh = cv2.triangulatePoints(P_l, P_r, pl_s.T.copy(), pr_s.T.copy())
+    except cv2.error:
+        return empty
+    w = Xh[3]
+    ok = finite & (np.abs(w) > 1e-12)
+    X = np.zeros((n, 3))
+    X[ok] = (Xh[:3, ok] / w[ok]).T
+    Xr = X @ T_rl[:3, :3].T + T_rl[:3, 3]
+    ok &= (X[:, 2] > min_depth) & (X[:, 2] < max_depth) & (Xr[:, 2] > min_depth) & (Xr[:, 2] < max_depth)
+
+    def reproj(P: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        h = np.concatenate([X, np.ones((n, 1))], axis=1) @ P.T
+        z = np.where(np.abs(h[:, 2]) < 1e-12, 1e-12, h[:, 2])
+        return np.linalg.norm(h[:, :2] / z[:, None] - pts, axis=1)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok &= (reproj(P_l, pl_s) < max_reproj_px) & (reproj(P_r, pr_s) < max_reproj_px)
+    ok &= np.all(np.isfinite(X), axis=1)
+    X[~ok] = 0.0
+    return X, ok
+
+
+def _solve_pnp_ransac(obj: np.ndarray, img: np.ndarray, K: np.ndarray, ransac_px: float,
+                      confidence: float, max_iters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """USAC-MAGSAC PnP when this OpenCV has it, else classic RANSAC with SQPnP. -> rvec, tvec, inliers."""
+    try:
+        params = cv2.UsacParams()
+        params.threshold = float(ransac_px)
+        params.confidence = float(confidence)
+        params.maxIterations = int(max_iters)
+        params.score = cv2.SCORE_METHOD_MAGSAC
+        params.sampler = cv2.SAMPLING_UNIFORM
+        params.loMethod = cv2.LOCAL_OPTIM_SIGMA
+        params.loIterations = 10
+        params.loSampleSize = 14
+        params.final_polisher = cv2.MAGSAC
+        params.final_polisher_iterations = 10
+        ok, _, rvec, tvec, inliers = cv2.solvePnPRansac(obj, img, K.copy(), None, params=params)
+        if ok and inliers is not None and len(inliers) > 0:
+            return rvec, tvec, inliers.ravel()
+    except (cv2.error, AttributeError, TypeError):
+        pass
+    try:
+        ok, rvec, tvec, inliers = cv2.solvePnPRansac(obj, img, K, None, iterationsCount=int(max_iters),
+                                                     reprojectionError=float(ransac_px),
+                                                     confidence=float(confidence),
+                                                     flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error:
+        return None
+    if not ok or inliers is None:
+        return None
+    return rvec, tvec, inliers.ravel()
+
+
+@_never_raise
+def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, ransac_px: float = 2.0,
+                      confidence: float = 0.999, min_matches: int = 20, min_inliers: int = 15,
+                      max_iters: int = 1000) -> tuple[RelativePose | None, str]:
+    """Metric ``T_0_1`` from 3D points in camera 0 and their pixels in camera 1.
+
+    Args:
+        points3d_0: (N, 3) points in the camera-0 frame (e.g. from ``triangulate_stereo``).
+        pts1: (N, 2) their observed pixels in image 1. Rows with non-finite values are dropped.
+        K1: (3, 3) intrinsics of image 1.
+        ransac_px: reprojection threshold [px].
+
+    Covariance: ``(J^T J)^-1 sigma^2`` with J the inlier reprojection Jacobian (from
+    ``cv2.projectPoints``, chained to our 6-dof parametrisation) and sigma^2 the inlier residual
+    variance per coordinate (``sum r^2 / (2 n - 6)``, floored at (0.1 px)^2).
+    """
+    try:
+        X = np.asarray(points3d_0, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None, "points3d_0 is not numeric"
+    if X.size == 0:
+        X = np.zeros((0, 3))
+    if X.ndim != 2 or X.shape[1] != 3:
+        return None, f"points3d_0 must be (N, 3), got shape {X.shape}"
+    p1, why = _as_points(pts1, "pts1")
+    if p1 is None:
+        return None, why
+    if len(X) != len(p1):
+        return None, f"points3d_0 and pts1 differ in length ({len(X)} != {len(p1)})"
+    K1, why = _check_K(K1, "K1")
+    if K1 is None:
+        return None, why
+    ok = _finite_rows(X, p1)
+    X, p1 = X[ok], p1[ok]
+    n = len(X)
+    need = max(int(min_matches), 6)
+    if n < need:
+        return None, f"too few 3D-2D matches ({n} < {need})"
+    if min(_num_distinct(X), _num_distinct(p1)) < 4:
+        return None, "degenerate matches (fewer than 4 distinct points)"
+
+    sol = _solve_pnp_ransac(X, p1, K1, ransac_px, confidence, max_iters)
+    if sol is None:
+        return None, "PnP RANSAC found no model"
+    rvec, tvec, inl_idx = sol
+    inl = np.zeros(n, dtype=bool)
+    inl[inl_idx[(inl_idx >= 0) & (inl_idx < n)]] = True
+    if inl.sum() < min_inliers:
+        return None, f"too few PnP inliers ({int(inl.sum())} < {min_inliers})"
+    try:
+        # Polish on the RANSAC inliers, re-select inliers with the polished pose, polish again.
+        for _ in range(2):
+            rvec, tvec = cv2.solvePnPRefineLM(X[inl], p1[inl], K1, None, rvec.copy(), tvec.copy())
+            proj = cv2.projectPoints(X, rvec, tvec, K1, None)[0].reshape(-1, 2)
+            new_inl = np.linalg.norm(proj - p1, axis=1) < ransac_px
+            if new_inl.sum() < min_inliers or np.array_equal(new_inl, inl):
+                break
+            inl = new_inl
+        Xi, pi = X[inl], p1[inl]
+        proj, J_cv = cv2.projectPoints(Xi, rvec, tvec, K1, None)
+    except cv2.error as e:
+        return None, f"PnP refinement failed ({str(e).strip().splitlines()[-1]})"
+    if not (np.all(np.isfinite(rvec)) and np.all(np.isfinite(tvec))):
+        return None, "PnP produced a non-finite pose"
+    r = (proj.reshape(-1, 2) - pi).ravel()
+    # Cheirality: a valid solution has (nearly) all inliers in front of camera 1.
+    R_10 = cv2.Rodrigues(rvec)[0]
+    depth1 = Xi @ R_10[2] + tvec.ravel()[2]
+    if np.mean(depth1 > 0) < 0.5:
+        return None, "PnP solution puts the points behind the camera"
+    sigma2 = max(float(r @ r) / max(len(r) - 6, 1), SIGMA_FLOOR_PX ** 2)
+
+    T_10 = make_transform(R_10, tvec.ravel())
+    T_01 = invert(T_10)
+
+    def cv_params(d: np.ndarray) -> np.ndarray:
+        # our perturbation (d_t, d_theta in frame 0) -> OpenCV (rvec, tvec) of T_1_0
+        T = make_transform(so3_exp(d[3:]) @ T_01[:3, :3], T_01[:3, 3] + d[:3])
+        Ti = invert(T)
+        return np.concatenate([cv2.Rodrigues(Ti[:3, :3])[0].ravel(), Ti[:3, 3]])
+
+    G = _numeric_jacobian(cv_params, 6)
+    J = J_cv[:, :6] @ G  # columns of projectPoints' jacobian: rvec (3), tvec (3), then intrinsics
+    cov = _covariance_from_jacobian(J, sigma2)
+    if cov is None or not _valid_covariance(cov):
+        return None, "degenerate geometry (singular information matrix)"
+    return RelativePose(T_01[:3, :3], T_01[:3, 3].copy(), cov, int(inl.sum()), n, metric=True), "ok"
+
+
+
+def estimate_pose_stereo(stereo_left0: np.ndarray, stereo_right0: np.ndarray, temporal_idx: np.ndarray,
+                         left1: np.ndarray, K_left: np.ndarray, K_right: np.ndarray,
+                         T_left_right: np.ndarray, ransac_px: float = 2.0, confidence: float = 0.999,
+                         min_matches: int = 20, min_inliers: int = 15, max_reproj_px: float = 1.0,
+                         min_depth: float = 0.1, max_depth: float = 100.0
+                         ) -> tuple[RelativePose | None, str]:
+    """Metric ``T_0_1`` of the left camera from stereo matches at t-1 and temporal matches t-1 -> t.
+
+    Args:
+        stereo_left0, stereo_right0: (S, 2) stereo matches at time t-1 (row-aligned pixels).
+        temporal_idx: (M,) int, for each temporal match the row of the stereo match it starts from
+            (see ``join_stereo_temporal`` to build it from two MatchResults).
+        left1: (M, 2) pixels in the left image at time t of the temporal matches.
+        K_left, K_right, T_left_right: calibration, see ``triangulate_stereo``.
+        The rest: see ``triangulate_stereo`` and ``estimate_pose_pnp``.
+    """
+    X, valid = triangulate_stereo(stereo_left0, stereo_right0, K_left, K_right, T_left_right,
+                                  max_reproj_px=max_reproj_px, min_depth=min_depth, max_depth=max_depth)
+    try:
+        idx = np.asarray(temporal_idx, dtype=np.int64).ravel()
+    except (TypeError, ValueError):
+        return None, "temporal_idx is not an integer array"
+    p1, why = _as_points(left1, "left1")
+    if p1 is None:
+        return None, why
+    if len(idx) != len(p1):
+        return None, f"temporal_idx and left1 differ in length ({len(idx)} != {len(p1)})"
+    in_range = (idx >= 0) & (idx < len(X))
+    keep = np.zeros(len(idx), dtype=bool)
+    keep[in_range] = valid[idx[in_range]]
+    if int(valid.sum()) == 0:
+        return None, "no valid stereo points (triangulation failed or all out of range)"
+    return estimate_pose_pnp(X[idx[keep]], p1[keep], K_left, ransac_px=ransac_px, confidence=confidence,
+                             min_matches=min_matches, min_inliers=min_inliers)
+
+
+def join_stereo_temporal(stereo_matches: np.ndarray, temporal_matches: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Link temporal matches to stereo matches through their shared left(t-1) keypoint index.
+
+    Args:
+        stereo_matches: (S, 2) index pairs (left0 keypoint, right0 keypoint).
+        temporal_matches: (M, 2) index pairs (left0 keypoint, left1 keypoint), same left0 set.
+
+    Returns:
+        temporal_idx: (K,) rows of ``stereo_matches`` and rows: (K,) rows of ``temporal_matches``,
+        for the temporal matches whose left0 keypoint also has a stereo match.
+    """
+    s = np.asarray(stereo_matches, dtype=np.int64).reshape(-1, 2)
+    m = np.asarray(temporal_matches, dtype=np.int64).reshape(-1, 2)
+    if len(s) == 0 or len(m) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lut = np.full(max(int(s[:, 0].max()), int(m[:, 0].max())) + 1, -1, dtype=np.int64)
+    lut[s[:, 0]] = np.arange(len(s))
+    row = lut[m[:, 0]]
+    has = row >= 0
+    return row[has], np.nonzero(has)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Homography (evaluation)
+# ---------------------------------------------------------------------------------------------
+def estimate_homography(pts0: np.ndarray, pts1: np.ndarray, ransac_px: float = 3.0,
+                        method: Literal["magsac", "dlt"] = "magsac", confidence: float = 0.999,
+                        max_iters: int = 10000) -> tuple[np.ndarray | None, np.ndarray]:
+    """Homography H (3x3, ``p1 ~ H p0``) from (N, 2) pixel matches.
+
+    method: "magsac" (robust, USAC-MAGSAC with ``ransac_px``) or "dlt" (least squares on all
+    points: the inlier mask is then all rows used).
+
+    Returns (H or None, (N,) bool inlier mask). Non-finite rows are never inliers.
+    """
+    if method not in ("magsac", "dlt"):
+        raise ValueError(f"unknown homography method {method!r} (use 'magsac' or 'dlt')")
+    p0, _ = _as_points(pts0, "pts0")
+    p1, _ = _as_points(pts1, "pts1")
+    if p0 is None or p1 is None or len(p0) != len(p1):
+        n = len(p0) if p0 is not None else 0
+        return None, np.zeros(n, dtype=bool)
+    n = len(p0)
+    mask = np.zeros(n, dtype=bool)
+    ok = _finite_rows(p0, p1)
+    if ok.sum() < 4 or min(_num_distinct(p0[ok]), _num_distinct(p1[ok])) < 4:
+        return None, mask
+    try:
+        if method == "magsac":
+            H, m = cv2.findHomography(p0[ok], p1[ok], cv2.USAC_MAGSAC, float(ransac_px),
+                                      maxIters=int(max_iters), confidence=float(confidence))
+        else:
+            H, m = cv2.findHomography(p0[ok], p1[ok], 0)
+    except cv2.error:
+        return None, mask
+    if H is None or H.shape != (3, 3) or not np.all(np.isfinite(H)) or abs(H[2, 2]) < 1e-12:
+        return None, mask
+    mask[np.nonzero(ok)[0]] = m.ravel().astype(bool) if m is not None else True
+    return H / H[2, 2], mask

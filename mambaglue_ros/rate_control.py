@@ -1,0 +1,174 @@
+"""Hold a target frame rate by steering the matcher's early-exit threshold alpha (and keypoints).
+
+MambaGlue stops after the layer at which a fraction ``alpha`` of the points is confident: a higher
+alpha runs more layers (more accurate, slower). ``AlphaController.update(latency_ms)`` is called
+once per processed frame with the measured per-frame latency and returns the (alpha,
+max_keypoints) to use for the next frame.
+
+Design
+------
+* Latency is smoothed with an exponential moving average (``smoothing`` = weight of the newest
+  sample), so single slow frames (GC, scheduling) do not move the knobs.
+* Budget: ``1000 / target_rate_hz * headroom`` ms. The headroom (default 0.9) leaves room for
+  the latency jitter so that frames still finish within the frame period.
+* Error: ``e = log(budget / latency_ema)`` (> 0: slack, < 0: over budget). Working on the log
+  makes the step size relative, the same for a 10 ms and a 100 ms pipeline.
+* Asymmetric deadband: any overshoot (e < 0) is acted on; slack is only used once it exceeds
+  ``deadband`` (e.g. 0.15 = latency 14 % under budget). The latency is a step function of alpha
+  (whole layers), so a symmetric setpoint would make alpha chatter between two layer counts;
+  the band lets it settle at the highest layer count that fits.
+* PI step (velocity form) on alpha: ``d_alpha = ki * e' + kp * (e' - e'_prev)`` where ``e'`` is
+  the deadbanded error; alpha is clamped to [alpha_min, alpha_max] (clamping the output in the
+  velocity form is the anti-windup).
+* Keypoint budget (``adapt_keypoints``), priority: alpha is the first knob. Keypoints shrink
+  only once alpha sits at alpha_min and the pipeline is still over budget; with slack, the
+  keypoint budget grows back to ``max_keypoints`` *before* alpha is raised again. Fewer
+  keypoints lose coverage of the image (hurting pose accuracy and robustness more than fewer
+  refinement layers), so they are the last resort and the first thing restored. Keypoints
+  change multiplicatively: ``K *= exp(keypoint_gain * e')``.
+* ``target_rate_hz = 0``: fixed mode, alpha and keypoints never change.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DEFAULT_RATE_CONFIG: dict[str, Any] = {
+    "target_rate_hz": 0.0,   # 0 = fixed alpha mode
+    "alpha_min": 0.80,
+    "alpha_max": 1.0,
+    "alpha_init": 0.95,
+    "adapt_keypoints": False,
+    "min_keypoints": 256,
+    "max_keypoints": 1024,   # also the initial keypoint budget
+    "headroom": 0.9,         # budget = period * headroom
+    "smoothing": 0.2,        # EMA weight of the newest latency sample, in (0, 1]
+    "gain": 0.02,            # ki: alpha change per frame per unit log error
+    "proportional_gain": 0.05,  # kp
+    "deadband": 0.15,        # slack (log units) tolerated before alpha is raised
+    "keypoint_gain": 0.1,    # K *= exp(keypoint_gain * e') per frame (small: the EMA lags)
+}
+
+
+def validate_rate_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``config``; raises ValueError naming the bad key."""
+    cfg = dict(DEFAULT_RATE_CONFIG)
+    if config:
+        unknown = set(config) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown rate control option(s): {sorted(unknown)}")
+        cfg.update(config)
+    for key in ("target_rate_hz", "alpha_min", "alpha_max", "alpha_init", "headroom", "smoothing",
+                "gain", "proportional_gain", "deadband", "keypoint_gain"):
+        try:
+            cfg[key] = float(cfg[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {cfg[key]!r}") from None
+        if not math.isfinite(cfg[key]):
+            raise ValueError(f"{key} must be finite, got {cfg[key]}")
+    for key in ("min_keypoints", "max_keypoints"):
+        if isinstance(cfg[key], bool) or int(cfg[key]) != cfg[key]:
+            raise ValueError(f"{key} must be an integer, got {cfg[key]!r}")
+        cfg[key] = int(cfg[key])
+    cfg["adapt_keypoints"] = bool(cfg["adapt_keypoints"])
+    if cfg["target_rate_hz"] < 0:
+        raise ValueError(f"target_rate_hz must be >= 0 (0 = fixed alpha), got {cfg['target_rate_hz']}")
+    if not 0.0 < cfg["alpha_min"] <= 1.0 or not 0.0 < cfg["alpha_max"] <= 1.0:
+        raise ValueError(f"alpha bounds must be in (0, 1], got [{cfg['alpha_min']}, {cfg['alpha_max']}]")
+    if cfg["alpha_min"] > cfg["alpha_max"]:
+        raise ValueError(f"alpha_min ({cfg['alpha_min']}) > alpha_max ({cfg['alpha_max']})")
+    if not cfg["alpha_min"] <= cfg["alpha_init"] <= cfg["alpha_max"]:
+        raise ValueError(f"alpha_init ({cfg['alpha_init']}) outside [alpha_min, alpha_max] = "
+                         f"[{cfg['alpha_min']}, {cfg['alpha_max']}]")
+    if cfg["min_keypoints"] < 1:
+        raise ValueError(f"min_keypoints must be >= 1, got {cfg['min_keypoints']}")
+    if cfg["min_keypoints"] > cfg["max_keypoints"]:
+        raise ValueError(f"min_keypoints ({cfg['min_keypoints']}) > max_keypoints ({cfg['max_keypoints']})")
+    if not 0.0 < cfg["headroom"] <= 1.0:
+        raise ValueError(f"headroom must be in (0, 1], got {cfg['headroom']}")
+    if not 0.0 < cfg["smoothing"] <= 1.0:
+        raise ValueError(f"smoothing must be in (0, 1], got {cfg['smoothing']}")
+    for key in ("gain", "proportional_gain", "deadband", "keypoint_gain"):
+        if cfg[key] < 0:
+            raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+    return cfg
+
+
+class AlphaController:
+    """PI controller on log latency that steers alpha (then the keypoint budget) to a target rate.
+
+    Args:
+        config: options overriding ``DEFAULT_RATE_CONFIG`` (see the module docstring).
+
+    Attributes:
+        alpha: current early-exit threshold, in [alpha_min, alpha_max].
+        max_keypoints: current keypoint budget, in [min_keypoints, max_keypoints].
+        latency_ema_ms: smoothed latency (None before the first sample).
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = validate_rate_config(config)
+        self.reset()
+
+    @property
+    def fixed(self) -> bool:
+        return self.config["target_rate_hz"] == 0.0
+
+    @property
+    def budget_ms(self) -> float:
+        """Latency the controller aims under [ms] (inf in fixed mode)."""
+        if self.fixed:
+            return math.inf
+        return 1000.0 / self.config["target_rate_hz"] * self.config["headroom"]
+
+    def reset(self) -> None:
+        """Back to the initial alpha / keypoints, forget the latency history."""
+        self.alpha = self.config["alpha_init"]
+        self._keypoints = float(self.config["max_keypoints"])
+        self.latency_ema_ms: float | None = None
+        self._prev_error = 0.0
+
+    @property
+    def max_keypoints(self) -> int:
+        return int(round(self._keypoints))
+
+    def update(self, latency_ms: float) -> tuple[float, int]:
+        """Feed one frame's latency [ms]; returns (alpha, max_keypoints) for the next frame.
+
+        Non-finite or non-positive latencies are ignored (the current settings are returned).
+        """
+        cfg = self.config
+        try:
+            latency = float(latency_ms)
+        except (TypeError, ValueError):
+            return self.alpha, self.max_keypoints
+        if self.fixed or not math.isfinite(latency) or latency <= 0.0:
+            return self.alpha, self.max_keypoints
+        s = cfg["smoothing"]
+        self.latency_ema_ms = (latency if self.latency_ema_ms is None
+                               else (1.0 - s) * self.latency_ema_ms + s * latency)
+        e = math.log(self.budget_ms / self.latency_ema_ms)
+        # Asymmetric deadband: react to any overshoot, only to slack beyond the band (see docstring).
+        if e > cfg["deadband"]:
+            e_band = e - cfg["deadband"]
+        elif e < 0.0:
+            e_band = e
+        else:
+            e_band = 0.0
+        d_alpha = cfg["gain"] * e_band + cfg["proportional_gain"] * (e_band - self._prev_error)
+        self._prev_error = e_band
+
+        kp_min, kp_max = float(cfg["min_keypoints"]), float(cfg["max_keypoints"])
+        at_alpha_min = self.alpha <= cfg["alpha_min"] + 1e-12
+        if cfg["adapt_keypoints"] and e_band < 0.0 and at_alpha_min:
+            # Last resort: alpha cannot go lower and we are still over budget.
+            self._keypoints = max(kp_min, self._keypoints * math.exp(cfg["keypoint_gain"] * e_band))
+            return self.alpha, self.max_keypoints
+        if cfg["adapt_keypoints"] and e_band > 0.0 and self._keypoints < kp_max:
+            # Restore the keypoint budget before spending slack on alpha.
+            self._keypoints = min(kp_max, self._keypoints * math.exp(cfg["keypoint_gain"] * e_band))
+            return self.alpha, self.max_keypoints
+        if cfg["adapt_keypoints"] and d_alpha > 0.0 and self._keypoints < kp_max:
+            d_alpha = 0.0  # priority: no alpha increase (e.g. the P term unwinding) before keypoints are back
+        self.alpha = min(cfg["alpha_max"], max(cfg["alpha_min"], self.alpha + d_alpha))
+        return self.alpha, self.max_keypoints

@@ -1,0 +1,473 @@
+"""Conversions between ROS 2 messages and the numpy arrays the core works with.
+
+Images: the core takes numpy uint8 images, either (H, W) gray or (H, W, 3) RGB
+(see ``mambaglue_ros.features``). ``image_to_numpy`` and ``compressed_to_numpy`` return exactly
+that, whatever the camera's encoding; ``numpy_to_image`` goes the other way (debug image, tests).
+
+Also here: CameraInfo -> intrinsics (and the stereo baseline), ``MatchResult`` -> ``Matches``,
+4x4 poses -> ``PoseWithCovarianceStamped`` / ``Odometry``, and stamp <-> nanoseconds.
+
+Only standard message packages are needed (sensor_msgs, geometry_msgs, nav_msgs, std_msgs,
+builtin_interfaces); our ``Matches`` message is imported when it is first used so the image
+helpers also work where the message package has not been built.
+"""
+from __future__ import annotations
+
+import array
+import sys
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from ..geometry import matrix_to_quaternion
+from ..types import MatchResult
+
+try:  # real ROS installs have cv_bridge; the PyPI wheels do not (we fall back to our decoder)
+    from cv_bridge import CvBridge as _CvBridge
+except ImportError:  # pragma: no cover - depends on the install
+    _CvBridge = None
+
+NS_PER_S = 1_000_000_000
+
+# encoding -> (dtype, channels, colour order of the channels). "8UC1"/"8UC3" carry no colour
+# semantics; like cv_bridge we read them as mono8 / bgr8.
+ENCODINGS: dict[str, tuple[np.dtype, int, str]] = {
+    "mono8": (np.dtype(np.uint8), 1, "gray"),
+    "8UC1": (np.dtype(np.uint8), 1, "gray"),
+    "mono16": (np.dtype(np.uint16), 1, "gray"),
+    "rgb8": (np.dtype(np.uint8), 3, "rgb"),
+    "bgr8": (np.dtype(np.uint8), 3, "bgr"),
+    "8UC3": (np.dtype(np.uint8), 3, "bgr"),
+    "rgba8": (np.dtype(np.uint8), 4, "rgba"),
+    "bgra8": (np.dtype(np.uint8), 4, "bgra"),
+}
+
+# 16-bit images are reduced to 8 bit by a fixed right shift, not by per-frame min-max scaling:
+# a fixed mapping keeps the brightness of consecutive frames consistent, which is what the
+# detector thresholds and the matcher expect (min-max would change contrast with scene content).
+# It is also what the core does with uint16 arrays. 12-bit sensors that publish mono16
+# unshifted look dark with >> 8; pass mono16_shift=4 for them.
+MONO16_SHIFT = 8
+
+# Covariance put on quantities we do not estimate (e.g. Odometry twist when none is given):
+# large and positive, so fusing filters ignore the value instead of trusting a zero.
+UNKNOWN_VARIANCE = 1e6
+
+
+class ImageConversionError(ValueError):
+    """An image message cannot be turned into a numpy image; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CameraInfoError(ValueError):
+    """A CameraInfo message is unusable (uncalibrated, non-finite, inconsistent)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+def _check_image_layout(msg: Image) -> tuple[np.dtype, int, str]:
+    """Validate encoding and sizes of an Image message; returns ENCODINGS[msg.encoding]."""
+    if msg.encoding not in ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(ENCODINGS)})")
+    dtype, channels, order = ENCODINGS[msg.encoding]
+    if msg.width == 0 or msg.height == 0:
+        raise ImageConversionError(f"empty image: {msg.width}x{msg.height} pixels")
+    row_bytes = msg.width * channels * dtype.itemsize
+    if msg.step < row_bytes:
+        raise ImageConversionError(
+            f"step {msg.step} B is smaller than a row of {msg.width} px x {channels} channel(s) "
+            f"x {dtype.itemsize} B = {row_bytes} B ({msg.encoding})")
+    if len(msg.data) != msg.step * msg.height:
+        raise ImageConversionError(
+            f"data has {len(msg.data)} B but step x height = {msg.step} x {msg.height} "
+            f"= {msg.step * msg.height} B")
+    return dtype, channels, order
+
+
+def _decode_raw(msg: Image, dtype: np.dtype, channels: int) -> np.ndarray:
+    """Raw pixels as (H, W) or (H, W, C) in the message's dtype, native byte order.
+
+    Zero-copy for 8-bit data: the result is a (possibly strided, when ``step`` has padding)
+    view of ``msg.data``; it keeps the buffer alive, and changes to ``msg.data`` show through.
+    """
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+    # Cut the row padding in bytes first: step need not be a multiple of the pixel size.
+    pixels = rows[:, : msg.width * channels * dtype.itemsize]
+    if dtype.itemsize > 1:
+        pixels = pixels.view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
+        if not pixels.dtype.isnative:  # byte swap into a native copy
+            pixels = pixels.astype(dtype)
+    if channels > 1:
+        return pixels.reshape(msg.height, msg.width, channels)
+    return pixels.reshape(msg.height, msg.width)
+
+
+def _decode_cv_bridge(msg: Image) -> np.ndarray:  # pragma: no cover - needs a ROS install
+    """cv_bridge 'passthrough' decode (copies). Only used for layouts it handles correctly."""
+    try:
+        return np.asarray(_CvBridge().imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+    except Exception as exc:  # CvBridgeError or numpy errors, both mean "bad message"
+        raise ImageConversionError(f"cv_bridge could not decode the image: {exc}") from exc
+
+
+def _to_gray_or_rgb(pixels: np.ndarray, order: str, mono16_shift: int) -> np.ndarray:
+    """(H, W) / (H, W, C) pixels in ``order`` -> (H, W) gray or (H, W, 3) RGB uint8."""
+    if pixels.dtype == np.uint16:
+        shifted = pixels >> mono16_shift
+        if mono16_shift < 8:  # values may exceed 8 bit after a small shift: saturate
+            shifted = np.minimum(shifted, 255)
+        pixels = shifted.astype(np.uint8)
+    if order == "gray" or order == "rgb":
+        return pixels
+    if order == "bgr":
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    if order == "rgba":
+        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+    if order == "bgra":
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
+    raise AssertionError(f"unknown channel order {order}")  # ENCODINGS and this list disagree
+
+
+def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
+                   use_cv_bridge: bool | None = None) -> np.ndarray:
+    """sensor_msgs/Image -> numpy uint8 image for the core.
+
+    Returns (H, W) uint8 for mono8 / 8UC1 / mono16, (H, W, 3) uint8 **RGB** for rgb8 / bgr8 /
+    8UC3 (read as bgr8) / rgba8 / bgra8 (alpha dropped). mono16 becomes ``value >> mono16_shift``
+    (saturated at 255), honouring ``is_bigendian``. Row padding (``step > width * pixel size``)
+    is skipped.
+
+    mono8 / 8UC1 / rgb8 come back as zero-copy views of ``msg.data`` (strided when rows are
+    padded); every other encoding is converted into a new contiguous array.
+
+    The sizes are always validated here first. cv_bridge, when importable (real ROS installs),
+    decodes the layouts it handles correctly (rows a whole number of pixels, no byte swap);
+    ``use_cv_bridge=False`` forces our decoder, which also does those. The final conversion to
+    gray/RGB is ours in both cases, so the result is identical.
+
+    Raises:
+        ImageConversionError: unsupported encoding, zero size, ``len(data) != step * height``
+            or ``step < width * channels * bytes per channel``.
+    """
+    dtype, channels, order = _check_image_layout(msg)
+    if use_cv_bridge is None:
+        use_cv_bridge = _CvBridge is not None
+    pixel_bytes = channels * dtype.itemsize
+    needs_swap = dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big")
+    # cv_bridge mis-reads rows that are not a whole number of pixels, its byte swap uses an
+    # API numpy 2 removed, and it always copies: mono8/rgb8 stay zero-copy with ours.
+    zero_copy = dtype.itemsize == 1 and order in ("gray", "rgb")
+    if use_cv_bridge and not zero_copy and not needs_swap and msg.step % pixel_bytes == 0:
+        pixels = _decode_cv_bridge(msg)
+    else:
+        pixels = _decode_raw(msg, dtype, channels)
+    return _to_gray_or_rgb(pixels, order, mono16_shift)
+
+
+def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIFT) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG or PNG, as image_transport's compressed plugin sends)
+    -> (H, W) gray or (H, W, 3) RGB uint8 (16-bit PNG: ``>> mono16_shift``).
+
+    The format string (e.g. "jpeg", "rgb8; jpeg compressed bgr8") is only used to reject
+    compressedDepth; the image codec is detected from the bytes.
+
+    Raises:
+        ImageConversionError: empty data, compressedDepth, or bytes OpenCV cannot decode.
+    """
+    if "compresseddepth" in msg.format.lower().replace(" ", ""):
+        raise ImageConversionError(f"compressedDepth images are not supported (format '{msg.format}')")
+    if len(msg.data) == 0:
+        raise ImageConversionError("compressed image has no data")
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.size == 0:
+        raise ImageConversionError(
+            f"could not decode {len(msg.data)} B of compressed image data (format '{msg.format}'): "
+            "corrupt or not JPEG/PNG")
+    if decoded.dtype not in (np.uint8, np.uint16):
+        raise ImageConversionError(f"decoded image has unsupported depth {decoded.dtype}")
+    # OpenCV decodes colour as BGR(A) whatever the publisher's original encoding was.
+    if decoded.ndim == 3 and decoded.shape[2] == 1:
+        decoded = decoded[..., 0]
+    if decoded.ndim == 2:
+        order = "gray"
+    elif decoded.shape[2] == 3:
+        order = "bgr"
+    elif decoded.shape[2] == 4:
+        order = "bgra"
+    else:
+        raise ImageConversionError(f"decoded image has {decoded.shape[2]} channels")
+    return _to_gray_or_rgb(decoded, order, mono16_shift)
+
+
+def numpy_to_image(array_: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """numpy image -> sensor_msgs/Image in ``encoding`` (no padding, little-endian).
+
+    ``array_`` must already be in that encoding's layout: (H, W) for mono8 / 8UC1 (uint8) and
+    mono16 (uint16); (H, W, 3) uint8 for rgb8 / bgr8 / 8UC3; (H, W, 4) uint8 for rgba8 / bgra8.
+    No colour conversion is done (the debug image is drawn in RGB and published as rgb8).
+
+    Raises:
+        ImageConversionError: unknown encoding, or dtype / shape not matching it.
+    """
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported image encoding '{encoding}' (supported: {', '.join(ENCODINGS)})")
+    dtype, channels, _ = ENCODINGS[encoding]
+    expected_ndim = 2 if channels == 1 else 3
+    if array_.dtype != dtype or array_.ndim != expected_ndim or (
+            channels > 1 and array_.shape[2] != channels):
+        layout = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise ImageConversionError(
+            f"{encoding} needs a {layout} {dtype} array, got {array_.shape} {array_.dtype}")
+    if array_.shape[0] == 0 or array_.shape[1] == 0:
+        raise ImageConversionError(f"empty image: {array_.shape[1]}x{array_.shape[0]} pixels")
+    data = np.ascontiguousarray(array_, dtype=dtype.newbyteorder("<"))
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(array_.shape[0]), int(array_.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * channels * dtype.itemsize
+    # array('B', bytes) skips the generated setter's per-element check (~1 ms for VGA RGB).
+    msg.data = array.array("B", data.tobytes())
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# Camera calibration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CameraModel:
+    """Calibration of one camera, from sensor_msgs/CameraInfo.
+
+    K: (3, 3) float64 intrinsics of the raw image, pixels.
+    D: (n,) float64 distortion coefficients (``distortion_model`` says which).
+    R: (3, 3) float64 rectification rotation (identity for a monocular camera).
+    P: (3, 4) float64 projection of the rectified image; for the right camera of a rectified
+       stereo pair P[0, 3] = Tx = -fx' * baseline (metres).
+    image_size: (width, height) pixels.
+    frame_id: optical frame of the camera.
+    """
+
+    K: np.ndarray
+    D: np.ndarray
+    R: np.ndarray
+    P: np.ndarray
+    distortion_model: str
+    image_size: tuple[int, int]
+    frame_id: str
+
+    @classmethod
+    def from_msg(cls, msg: CameraInfo) -> "CameraModel":
+        """Validated model of ``msg``; raises CameraInfoError (see ``camera_info_to_K``)."""
+        K, size = camera_info_to_K(msg)
+        R = np.asarray(msg.r, dtype=np.float64).reshape(3, 3)
+        P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+        if not (np.isfinite(R).all() and np.isfinite(P).all()):
+            raise CameraInfoError("camera_info R or P has non-finite values")
+        if not R.any():  # some drivers leave R all zero for monocular cameras
+            R = np.eye(3)
+        return cls(K, np.asarray(msg.d, dtype=np.float64), R, P, msg.distortion_model, size,
+                   msg.header.frame_id)
+
+    @property
+    def K_rect(self) -> np.ndarray:
+        """(3, 3) intrinsics of the rectified image, P[:, :3]; K when P is unset (all zero)."""
+        return self.P[:, :3].copy() if self.P[0, 0] > 0 else self.K.copy()
+
+    @property
+    def baseline_m(self) -> float:
+        """Stereo baseline from P: ``-Tx / fx'`` (metres; > 0 for the right camera, 0 for the left)."""
+        if not self.P[0, 0] > 0:
+            raise CameraInfoError("camera_info P is unset (fx' = 0): no rectified projection")
+        return float(-self.P[0, 3] / self.P[0, 0])
+
+
+def camera_info_to_K(msg: CameraInfo) -> tuple[np.ndarray, tuple[int, int]]:
+    """CameraInfo -> (K (3, 3) float64 in pixels, (width, height) in pixels).
+
+    Raises:
+        CameraInfoError: zero image size, an uncalibrated camera (fx or fy zero, K all zero),
+            non-finite entries, or a last row of K other than (0, 0, 1).
+    """
+    if msg.width == 0 or msg.height == 0:
+        raise CameraInfoError(f"camera_info has zero image size {msg.width}x{msg.height}")
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(K).all():
+        raise CameraInfoError(f"camera_info K has non-finite values: {K.ravel().tolist()}")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise CameraInfoError(
+            f"camera_info K has zero/negative focal length (fx={K[0, 0]}, fy={K[1, 1]}): "
+            "camera not calibrated?")
+    if not np.allclose(K[2], (0.0, 0.0, 1.0)):
+        raise CameraInfoError(f"camera_info K last row must be (0, 0, 1), got {K[2].tolist()}")
+    return K, (int(msg.width), int(msg.height))
+
+
+def stereo_baseline(left: CameraInfo, right: CameraInfo) -> float:
+    """Baseline in metres of a rectified pair: right P[0,3] = Tx = -fx' * B (left Tx is 0).
+
+    Raises CameraInfoError when P is unset or the baseline is not positive.
+    """
+    left_model, right_model = CameraModel.from_msg(left), CameraModel.from_msg(right)
+    baseline = right_model.baseline_m - left_model.baseline_m
+    if not baseline > 0:
+        raise CameraInfoError(
+            f"stereo baseline {baseline:.4f} m is not positive: right camera P[0,3] (Tx) should be "
+            "-fx' * baseline (are left and right swapped?)")
+    return baseline
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+# --------------------------------------------------------------------------------------------
+def stamp_to_ns(stamp: Time) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    """Integer nanoseconds -> builtin_interfaces/Time (nanosec always in [0, 1e9))."""
+    sec, nanosec = divmod(int(ns), NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _as_stamp(stamp: Time | int) -> Time:
+    return ns_to_stamp(stamp) if isinstance(stamp, int) else stamp
+
+
+# --------------------------------------------------------------------------------------------
+# Matches
+# --------------------------------------------------------------------------------------------
+def _array(typecode: str, values: np.ndarray) -> array.array:
+    """numpy -> array.array without the generated setter's per-element Python check."""
+    dtype = {"f": np.float32, "I": np.uint32}[typecode]
+    return array.array(typecode, np.ascontiguousarray(values, dtype=dtype).tobytes())
+
+
+def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, stamp1: Time | int,
+                      frame_id0: str, frame_id1: str, pair_kind: int,
+                      image_size0: tuple[int, int], image_size1: tuple[int, int],
+                      features: str, alpha: float, latency_ms: float):
+    """MatchResult -> mambaglue_ros/Matches (see msg/Matches.msg for the layout).
+
+    header: stamp and frame_id of image 1 (the newer / right image).
+    stamp0, stamp1: Time or integer nanoseconds of image 0 and 1.
+    pair_kind: Matches.PAIR_TEMPORAL (0) or Matches.PAIR_STEREO (1).
+    image_size0/1: (width, height) pixels of the original images.
+    alpha: exit threshold used, -1.0 when early exit is disabled.
+    latency_ms: matcher wall time in milliseconds.
+    """
+    from mambaglue_ros.msg import Matches
+
+    matches = np.asarray(result.matches).reshape(-1, 2)
+    msg = Matches()
+    msg.header = header
+    msg.pair_kind = int(pair_kind)
+    msg.stamp0, msg.stamp1 = _as_stamp(stamp0), _as_stamp(stamp1)
+    msg.frame_id0, msg.frame_id1 = frame_id0, frame_id1
+    msg.width0, msg.height0 = int(image_size0[0]), int(image_size0[1])
+    msg.width1, msg.height1 = int(image_size1[0]), int(image_size1[1])
+    msg.num_keypoints0 = int(len(result.keypoints0))
+    msg.num_keypoints1 = int(len(result.keypoints1))
+    msg.keypoints0 = _array("f", np.asarray(result.keypoints0).reshape(-1, 2)[matches[:, 0]].ravel())
+    msg.keypoints1 = _array("f", np.asarray(result.keypoints1).reshape(-1, 2)[matches[:, 1]].ravel())
+    msg.indices0 = _array("I", matches[:, 0])
+    msg.indices1 = _array("I", matches[:, 1])
+    msg.scores = _array("f", np.asarray(result.scores).reshape(-1))
+    if len(msg.scores) != len(matches):
+        raise ValueError(f"{len(matches)} matches but {len(msg.scores)} scores")
+    msg.features = features
+    msg.stop_layer = int(result.stop_layer)
+    msg.num_layers = int(result.num_layers)
+    msg.alpha = float(alpha)
+    msg.latency_ms = float(latency_ms)
+    return msg
+
+
+def matches_msg_to_numpy(msg) -> dict[str, np.ndarray]:
+    """Matches -> {"points0": (N, 2) float32, "points1": (N, 2) float32, "indices0": (N,) uint32,
+    "indices1": (N,) uint32, "scores": (N,) float32} (zero-copy views of the message arrays)."""
+    return {
+        "points0": np.frombuffer(msg.keypoints0, dtype=np.float32).reshape(-1, 2),
+        "points1": np.frombuffer(msg.keypoints1, dtype=np.float32).reshape(-1, 2),
+        "indices0": np.frombuffer(msg.indices0, dtype=np.uint32),
+        "indices1": np.frombuffer(msg.indices1, dtype=np.uint32),
+        "scores": np.frombuffer(msg.scores, dtype=np.float32),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Poses
+# --------------------------------------------------------------------------------------------
+def _check_pose(T: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    T = np.asarray(T, dtype=np.float64)
+    cov = np.asarray(cov, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ValueError(f"pose must be a finite (4, 4) matrix, got shape {T.shape}")
+    R = T[:3, :3]
+    if not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+        raise ValueError("pose rotation is not a proper rotation matrix (R^T R != I or det < 0)")
+    if cov.shape != (6, 6) or not np.isfinite(cov).all():
+        raise ValueError(f"covariance must be a finite (6, 6) matrix, got shape {cov.shape}")
+    return T, cov
+
+
+def _fill_pose(pose, T: np.ndarray) -> None:
+    """Write T (4x4) into a geometry_msgs/Pose."""
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
+    qx, qy, qz, qw = (float(v) for v in matrix_to_quaternion(T[:3, :3]))
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
+
+
+def pose_with_covariance_msg(T: np.ndarray, cov: np.ndarray, header: Header) -> PoseWithCovarianceStamped:
+    """4x4 pose + 6x6 covariance -> geometry_msgs/PoseWithCovarianceStamped.
+
+    T: (4, 4) float, pose of the child in ``header.frame_id`` (translation in metres).
+    cov: (6, 6) float, ROS order (x, y, z, rot about x, rot about y, rot about z); m^2 / rad^2.
+    """
+    T, cov = _check_pose(T, cov)
+    msg = PoseWithCovarianceStamped()
+    msg.header = header
+    _fill_pose(msg.pose.pose, T)
+    msg.pose.covariance = cov.ravel()  # float64[36] field: a numpy array is accepted as is
+    return msg
+
+
+def odometry_msg(T: np.ndarray, cov: np.ndarray, header: Header, child_frame_id: str,
+                 twist: np.ndarray | None = None, twist_cov: np.ndarray | None = None) -> Odometry:
+    """4x4 pose (+ optional twist) -> nav_msgs/Odometry.
+
+    T, cov: pose of ``child_frame_id`` in ``header.frame_id`` and its (6, 6) covariance (ROS order).
+    twist: (6,) [vx, vy, vz, wx, wy, wz] in m/s and rad/s, expressed in ``child_frame_id``.
+    twist_cov: (6, 6); defaults to UNKNOWN_VARIANCE on the diagonal. Without ``twist`` the twist
+        is zero with UNKNOWN_VARIANCE, so filters fusing this odometry do not take it as "still".
+    """
+    T, cov = _check_pose(T, cov)
+    msg = Odometry()
+    msg.header = header
+    msg.child_frame_id = child_frame_id
+    _fill_pose(msg.pose.pose, T)
+    msg.pose.covariance = cov.ravel()
+    if twist is not None:
+        vx, vy, vz, wx, wy, wz = (float(x) for x in np.asarray(twist, dtype=np.float64).reshape(6))
+        linear, angular = msg.twist.twist.linear, msg.twist.twist.angular
+        linear.x, linear.y, linear.z = vx, vy, vz
+        angular.x, angular.y, angular.z = wx, wy, wz
+    if twist_cov is None or twist is None:
+        twist_cov = np.eye(6) * UNKNOWN_VARIANCE
+    msg.twist.covariance = np.asarray(twist_cov, dtype=np.float64).reshape(36)
+    return msg

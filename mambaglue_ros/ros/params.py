@@ -1,0 +1,312 @@
+"""The matcher node's parameters: one table, its validation, and ROS params-file loading.
+
+The table is plain Python so that tests, tools and the launch logic can use it without rclpy.
+The node declares every entry with ``declare_parameters(node)`` (ranges and read-only flags go
+into the ParameterDescriptor, so ``ros2 param describe`` shows them and rclpy enforces them), and
+checks runtime changes with ``validate_changes`` in its on-set-parameters callback.
+
+ROS parameters are typed: a float parameter set to an integer (``alpha: 1`` in YAML) is refused
+by rclpy, so ``validate`` refuses it too, with a hint to write ``1.0``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+# frame ids as tf2 accepts them: no leading slash, no whitespace
+_FRAME_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# REP-103 camera optical frame (x right, y down, z forward) -> body frame (x forward, y left,
+# z up): R_base_camera = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]], quaternion (x, y, z, w) =
+# (-0.5, 0.5, -0.5, 0.5). Same as `static_transform_publisher ... -0.5 0.5 -0.5 0.5`.
+OPTICAL_TO_BODY = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default (its type is the parameter's type) and constraints.
+
+    choices: allowed string values. low/high: inclusive numeric bounds (None = open).
+    read_only: True when the node cannot apply a change at runtime (set it at startup).
+    """
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    read_only: bool = True
+
+    @property
+    def kind(self) -> type:
+        """bool, int, float, str or list (list of floats)."""
+        return type(self.default)
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # --- pipeline -------------------------------------------------------------------------
+    ParamSpec("mode", "mono", "mono: temporal pairs from one camera; stereo: rectified left/right pairs",
+              choices=("mono", "stereo")),
+    ParamSpec("features", "auto", "front end; auto = xfeat on CPU, aliked on CUDA",
+              choices=("auto", "xfeat", "aliked", "disk", "superpoint")),
+    ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
+    ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
+    ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
+    ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
+              low=64, high=8192, read_only=False),
+    ParamSpec("detection_threshold", 0.0, "minimum detection score; 0 = keep the top max_keypoints",
+              low=0.0, read_only=False),
+    ParamSpec("resize_max", 0, "downscale so the longest image side is at most this (px); 0 = never",
+              low=0, high=8192),
+    ParamSpec("early_exit", True, "stop the matcher when the confidence regressor says so",
+              read_only=False),
+    ParamSpec("alpha", 0.95, "early-exit threshold: fraction of confident points needed to stop",
+              low=0.5, high=1.0, read_only=False),
+    ParamSpec("target_rate_hz", 0.0, "adapt alpha to reach this frame rate; 0 = fixed alpha",
+              low=0.0, high=1000.0, read_only=False),
+    ParamSpec("alpha_min", 0.8, "lowest alpha the rate controller may use", low=0.5, high=1.0,
+              read_only=False),
+    ParamSpec("alpha_max", 1.0, "highest alpha the rate controller may use", low=0.5, high=1.0,
+              read_only=False),
+    ParamSpec("adapt_keypoints", False, "let the rate controller also lower max_keypoints",
+              read_only=False),
+    ParamSpec("min_keypoints", 256, "lowest max_keypoints the rate controller may use",
+              low=64, high=8192, read_only=False),
+    ParamSpec("filter_threshold", 0.1, "minimum match confidence", low=0.0, high=1.0,
+              read_only=False),
+    # --- input ----------------------------------------------------------------------------
+    ParamSpec("transport", "raw", "image subscription: raw (Image) or compressed (CompressedImage)",
+              choices=("raw", "compressed")),
+    ParamSpec("qos_reliability", "best_effort", "image subscription reliability",
+              choices=("best_effort", "reliable")),
+    ParamSpec("qos_depth", 5, "image subscription queue depth", low=1, high=100),
+    ParamSpec("sync_slop", 0.0, "stereo: max left/right stamp difference (s); 0 = exact stamps",
+              low=0.0, high=10.0),
+    ParamSpec("queue_size", 1, "frames waiting for the matcher; 1 = always the latest frame",
+              low=1, high=100),
+    ParamSpec("max_image_pixels", 16777216, "images larger than this (width x height) are rejected",
+              low=4096, high=268435456, read_only=False),
+    # --- tracking and pose ----------------------------------------------------------------
+    ParamSpec("keyframe_policy", "previous", "mono reference image: previous frame or last keyframe",
+              choices=("previous", "keyframe"), read_only=False),
+    ParamSpec("keyframe_min_matches", 100, "new keyframe when matches to the keyframe drop below this",
+              low=0, high=8192, read_only=False),
+    ParamSpec("keyframe_max_parallax_px", 40.0, "new keyframe when median parallax exceeds this (px)",
+              low=0.0, high=10000.0, read_only=False),
+    ParamSpec("min_matches", 30, "fewer matches: no pose is estimated", low=5, high=8192,
+              read_only=False),
+    ParamSpec("min_inliers", 15, "fewer RANSAC inliers: the pose is rejected", low=5, high=8192,
+              read_only=False),
+    ParamSpec("ransac_px", 1.0, "RANSAC inlier threshold (px)", low=0.01, high=100.0,
+              read_only=False),
+    # --- frames and outputs ---------------------------------------------------------------
+    ParamSpec("odom_frame", "odom", "fixed frame of ~/odom and of the TF published"),
+    ParamSpec("base_frame", "base_link", "robot body frame (child of ~/odom)"),
+    ParamSpec("camera_frame", "", "camera optical frame; empty = camera_info header frame_id"),
+    ParamSpec("camera_to_base", list(OPTICAL_TO_BODY),
+              "T_base_camera as x y z (m) qx qy qz qw; default: camera at base origin, REP-103 optical axes"),
+    ParamSpec("publish_tf", False, "broadcast odom_frame -> base_frame on /tf", read_only=False),
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages (s)", low=0.1, high=60.0),
+)
+
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def defaults() -> dict[str, Any]:
+    """{name: default} for every parameter (lists are fresh copies)."""
+    return {s.name: list(s.default) if isinstance(s.default, list) else s.default for s in PARAMETERS}
+
+
+def _type_reason(spec: ParamSpec, value: Any) -> str | None:
+    kind = spec.kind
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{spec.name} must be true or false, got {value!r}"
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{spec.name} must be an integer, got {value!r}"
+        return None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, float):
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            hint = f" (write {float(value)!r}: ROS parameters are typed)" if is_int else ""
+            return f"{spec.name} must be a floating-point number, got {value!r}{hint}"
+        if not math.isfinite(value):
+            return f"{spec.name} must be finite, got {value!r}"
+        return None
+    if kind is str:
+        return None if isinstance(value, str) else f"{spec.name} must be a string, got {value!r}"
+    if kind is list:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, float) and not isinstance(v, bool) for v in value):
+            return f"{spec.name} must be a list of floating-point numbers (write 0.0, not 0), got {value!r}"
+        return None
+    raise AssertionError(f"unhandled parameter type {kind}")
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Check one parameter value on its own; returns the reason it is invalid, or None if valid.
+
+    Cross-parameter constraints (alpha within [alpha_min, alpha_max], ...) are ``validate_all``'s.
+    """
+    if name == "use_sim_time":  # declared by rclpy itself; params files often set it
+        return None if isinstance(value, bool) else f"use_sim_time must be true or false, got {value!r}"
+    if name.startswith("qos_overrides."):  # rclpy's QoS override parameters, checked by rclpy
+        return None
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter '{name}'"
+    reason = _type_reason(spec, value)
+    if reason:
+        return reason
+    if spec.choices is not None and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}; got '{value}'"
+    if spec.kind in (int, float):
+        if name == "resize_max" and value != 0 and value < 64:
+            return f"resize_max must be 0 (no downscale) or 64..8192 px, got {value}"
+        if spec.low is not None and value < spec.low:
+            return f"{name} must be >= {spec.low}, got {value}"
+        if spec.high is not None and value > spec.high:
+            return f"{name} must be <= {spec.high}, got {value}"
+    if name == "device" and not _DEVICE.match(value):
+        return f"device must be auto, cpu, cuda or cuda:N; got '{value}'"
+    if name in ("odom_frame", "base_frame") and not _FRAME_ID.match(value):
+        return f"{name} must be a non-empty frame id without leading '/' or spaces, got '{value}'"
+    if name == "camera_frame" and value and not _FRAME_ID.match(value):
+        return f"camera_frame must be empty or a frame id without leading '/' or spaces, got '{value}'"
+    if name == "camera_to_base":
+        if len(value) != 7:
+            return f"camera_to_base needs 7 numbers (x y z qx qy qz qw), got {len(value)}"
+        if not all(math.isfinite(v) for v in value):
+            return f"camera_to_base must be finite, got {list(value)}"
+        norm = math.sqrt(sum(v * v for v in value[3:]))
+        if abs(norm - 1.0) > 1e-2:
+            return f"camera_to_base quaternion (qx qy qz qw) must have unit norm, has {norm:.4f}"
+    return None
+
+
+def validate_all(params: Mapping[str, Any]) -> list[str]:
+    """Every reason ``params`` is invalid (empty list when valid): unknown names, each value,
+    and the cross-parameter constraints. Missing names are checked with their defaults."""
+    merged = defaults()
+    merged.update(params)
+    reasons = [r for name, value in params.items() if (r := validate(name, value))]
+    if reasons:  # cross checks on ill-typed values would only add noise
+        return reasons
+    if not merged["alpha_min"] <= merged["alpha"] <= merged["alpha_max"]:
+        reasons.append(f"need alpha_min <= alpha <= alpha_max, got {merged['alpha_min']} <= "
+                       f"{merged['alpha']} <= {merged['alpha_max']}")
+    if merged["min_keypoints"] > merged["max_keypoints"]:
+        reasons.append(f"need min_keypoints <= max_keypoints, got {merged['min_keypoints']} > "
+                       f"{merged['max_keypoints']}")
+    if merged["min_inliers"] > merged["min_matches"]:
+        reasons.append(f"need min_inliers <= min_matches, got {merged['min_inliers']} > "
+                       f"{merged['min_matches']}")
+    if merged["features"] == "superpoint" and not merged["extractor_weights"]:
+        reasons.append("features 'superpoint' needs extractor_weights (no SuperPoint weights are packaged)")
+    return reasons
+
+
+def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> list[str]:
+    """Reasons to refuse a runtime change (for the on-set-parameters callback).
+
+    current: the node's parameter values now; changes: {name: new value}. Checks each new value,
+    that read-only parameters are not changed, and the cross constraints on the merged values.
+    """
+    reasons = [f"{name} cannot be changed at runtime (read-only; restart the node)"
+               for name, value in changes.items()
+               if name in SPECS and SPECS[name].read_only and value != current.get(name)]
+    merged = dict(current)
+    merged.update(changes)
+    return reasons + validate_all(merged)
+
+
+def descriptor(spec: ParamSpec):
+    """rcl_interfaces/ParameterDescriptor for ``spec`` (imports rclpy's message types lazily)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only)
+    constraints = []
+    if spec.choices:
+        constraints.append("one of: " + ", ".join(spec.choices))
+    if spec.name == "resize_max":
+        constraints.append("0 or 64..8192")
+    # rclpy enforces a range only when both ends are set; open ranges are checked by validate()
+    if spec.low is not None and spec.high is not None:
+        if spec.kind is float:
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
+        elif spec.kind is int:
+            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    elif spec.low is not None:
+        constraints.append(f">= {spec.low}")
+    desc.additional_constraints = "; ".join(constraints)
+    return desc
+
+
+def declare_parameters(node) -> dict[str, Any]:
+    """Declare every parameter on an rclpy node; returns {name: value after overrides}.
+
+    Raises ValueError listing every problem when the overrides (params file, -p) are invalid,
+    so a bad configuration stops the node at startup with all reasons at once.
+    """
+    values = {}
+    for spec in PARAMETERS:
+        param = node.declare_parameter(spec.name, defaults()[spec.name], descriptor(spec))
+        values[spec.name] = param.value
+    reasons = validate_all(values)
+    if reasons:
+        raise ValueError("invalid parameters:\n  " + "\n  ".join(reasons))
+    return values
+
+
+def _flatten(prefix: str, tree: Mapping[str, Any], out: dict[str, Any]) -> None:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(name + ".", value, out)  # nested YAML maps are dotted ROS names
+        else:
+            out[name] = value
+
+
+def _section_applies(key: str, node_name: str | None) -> bool:
+    if node_name is None or key in ("/**", "**"):
+        return True
+    key = key.rstrip("/")
+    node_name = node_name.lstrip("/")
+    # "name", "/name", "/ns/name", "/**/name" all name the node
+    return key.lstrip("/") == node_name or key.endswith("/" + node_name)
+
+
+def load_params_yaml(path: str | Path, node_name: str | None = None) -> dict[str, Any]:
+    """Read a ROS 2 params file into {name: value}.
+
+    The file maps node names (``/**`` for every node, ``name``, ``/ns/name``) to
+    ``{ros__parameters: {...}}``; nested maps become dotted names. Sections are merged in file
+    order, so a later node-specific section overrides ``/**``. With ``node_name`` only the
+    sections that apply to that node are used; with None, all of them.
+
+    Raises ValueError when the file does not have that structure.
+    """
+    with open(path, encoding="utf-8") as f:
+        document = yaml.safe_load(f)
+    if not isinstance(document, Mapping) or not document:
+        raise ValueError(f"{path}: a params file maps node names to {{ros__parameters: ...}}")
+    params: dict[str, Any] = {}
+    for key, section in document.items():
+        if not isinstance(section, Mapping) or "ros__parameters" not in section:
+            raise ValueError(f"{path}: section '{key}' has no 'ros__parameters' key")
+        if _section_applies(str(key), node_name):
+            _flatten("", section["ros__parameters"] or {}, params)
+    return params
+
+
+def check_params_file(path: str | Path, node_name: str | None = None) -> list[str]:
+    """``validate_all`` on a params file (reasons prefixed by the file name)."""
+    return [f"{path}: {reason}" for reason in validate_all(load_params_yaml(path, node_name))]

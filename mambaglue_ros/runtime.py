@@ -1,0 +1,193 @@
+"""Plain-Python run-time pieces of the node: the latest-frame slot and the statistics behind diagnostics.
+
+Kept free of ROS so tests (and the replay tool) use them directly.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, Deque
+
+import numpy as np
+
+
+class FrameSlot:
+    """Bounded hand-off from the ROS callbacks to the inference worker: newest frames win.
+
+    ``put`` never blocks; when the slot is full the *oldest* waiting frame is dropped and counted,
+    so the worker always processes the most recent input and latency stays bounded under overload.
+    """
+
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._items: Deque[Any] = collections.deque()
+        self._capacity = int(capacity)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+        self.received = 0
+
+    def put(self, item: Any) -> bool:
+        """Add a frame; returns True when an older frame had to be dropped for it."""
+        with self._cond:
+            self.received += 1
+            dropped = False
+            while len(self._items) >= self._capacity:
+                self._items.popleft()
+                self.dropped += 1
+                dropped = True
+            self._items.append(item)
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The oldest waiting frame, or None on timeout / after ``close``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout=timeout):
+                return None
+            if self._closed:
+                return None
+            return self._items.popleft()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class RateMeter:
+    """Event rate over a sliding time window (Hz)."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = float(window_s)
+        self._times: Deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self._trim(now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            if len(self._times) < 2:
+                return 0.0
+            span = max(now - self._times[0], self._times[-1] - self._times[0])
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+
+class RuntimeStats:
+    """Counters and sliding windows for the diagnostics: rates, latency percentiles, match quality.
+
+    Thread-safe: callbacks count inputs, the worker records processed frames, the timer reads.
+    """
+
+    COUNTERS = ("frames_in", "frames_processed", "frames_dropped", "bad_input", "out_of_order", "resets",
+                "pose_failures", "errors", "no_camera_info", "oversized")
+
+    def __init__(self, window: int = 100, window_s: float = 5.0) -> None:
+        self.counters = {name: 0 for name in self.COUNTERS}
+        self.input_rate = RateMeter(window_s)
+        self.processed_rate = RateMeter(window_s)
+        self._latency: Deque[float] = collections.deque(maxlen=window)
+        self._keypoints: Deque[int] = collections.deque(maxlen=window)
+        self._matches: Deque[int] = collections.deque(maxlen=window)
+        self._inlier_ratio: Deque[float] = collections.deque(maxlen=window)
+        self._stop_layer: Deque[int] = collections.deque(maxlen=window)
+        self._pose_ok: Deque[bool] = collections.deque(maxlen=window)
+        self.last_failure = ""
+        self.last_error = ""
+        self.last_error_time = -1e9
+        self.last_input_time = -1e9
+        self._lock = threading.Lock()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def input(self) -> None:
+        self.count("frames_in")
+        self.input_rate.tick()
+        self.last_input_time = time.monotonic()
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.counters["errors"] += 1
+            self.last_error = message
+            self.last_error_time = time.monotonic()
+
+    def processed(self, latency_ms: float, keypoints: int, matches: int | None, stop_layer: int | None,
+                  pose_ok: bool | None, inlier_ratio: float | None, failure: str = "") -> None:
+        self.processed_rate.tick()
+        with self._lock:
+            self.counters["frames_processed"] += 1
+            self._latency.append(float(latency_ms))
+            self._keypoints.append(int(keypoints))
+            if matches is not None:
+                self._matches.append(int(matches))
+            if stop_layer is not None:
+                self._stop_layer.append(int(stop_layer))
+            if pose_ok is not None:
+                self._pose_ok.append(bool(pose_ok))
+                if pose_ok and inlier_ratio is not None:
+                    self._inlier_ratio.append(float(inlier_ratio))
+                if not pose_ok:
+                    self.counters["pose_failures"] += 1
+                    self.last_failure = failure
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the diagnostics report, as plain numbers (NaN-free: 0 when there is no data)."""
+        with self._lock:
+            lat = np.array(self._latency) if self._latency else np.zeros(1)
+
+            def mean(values) -> float:
+                return float(np.mean(values)) if values else 0.0
+
+            return {
+                **self.counters,
+                "input_rate_hz": self.input_rate.rate(),
+                "processed_rate_hz": self.processed_rate.rate(),
+                "latency_p50_ms": float(np.percentile(lat, 50)),
+                "latency_p95_ms": float(np.percentile(lat, 95)),
+                "keypoints": mean(self._keypoints),
+                "matches": mean(self._matches),
+                "inlier_ratio": mean(self._inlier_ratio),
+                "mean_stop_layer": mean(self._stop_layer),
+                "pose_success_ratio": mean(self._pose_ok) if self._pose_ok else 0.0,
+                "last_failure": self.last_failure,
+                "last_error": self.last_error,
+                "seconds_since_error": time.monotonic() - self.last_error_time,
+                "seconds_since_input": time.monotonic() - self.last_input_time,
+            }
+
+
+def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera_info: bool) -> tuple[int, str]:
+    """(level, reason): 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus levels)."""
+    if snapshot["seconds_since_error"] < 5.0:
+        return 2, f"processing error: {snapshot['last_error']}"
+    if snapshot["frames_in"] == 0:
+        return 1, "no input images yet"
+    if not has_camera_info:
+        return 1, "waiting for camera_info: frames are skipped"
+    if snapshot["seconds_since_input"] > 5.0:
+        return 1, f"no input for {snapshot['seconds_since_input']:.0f} s"
+    if target_rate_hz > 0 and snapshot["processed_rate_hz"] < 0.8 * min(target_rate_hz, snapshot["input_rate_hz"]):
+        return 1, (f"processing {snapshot['processed_rate_hz']:.1f} Hz, below the target "
+                   f"{target_rate_hz:.1f} Hz")
+    if snapshot["frames_processed"] >= 10 and snapshot["pose_success_ratio"] < 0.5:
+        return 1, f"pose failing on most frames ({snapshot['last_failure']})"
+    return 0, "ok"

@@ -1,0 +1,318 @@
+"""Frame-to-frame state for visual odometry, without ROS: the node and the replay/eval tools use it.
+
+Any matcher with the ``Matcher`` interface works (``extract``, ``match_features``, ``features``,
+``alpha``, ``max_keypoints``): the learned MambaGlue one or ``baselines.OrbMatcher``.
+
+Reference policy (``config["policy"]``):
+* ``"previous"``: every frame is matched against the frame before it.
+* ``"keyframe"``: frames are matched against the current keyframe; the keyframe is replaced by
+  the current frame once the match count drops below ``keyframe_min_matches`` or the median pixel
+  displacement of the matches exceeds ``keyframe_max_parallax_px``.
+
+Each image is extracted once; the reference's ``Features`` are cached.
+
+Odometry: ``T_odom_cam = T_odom_ref @ T_ref_cur`` (camera optical frame, see ``geometry``).
+* Mono has no scale: every estimate has a unit-norm translation (or zero for a rotation-only,
+  low-parallax estimate), so the trajectory advances by unit-length steps per *reference* change
+  ("previous": one unit per frame; "keyframe": each frame is one unit from its keyframe, and the
+  next keyframe starts there). The direction and rotation are meaningful, the length is not.
+* Stereo is metric (units of the stereo baseline).
+
+Failures (too few matches/inliers, black frames): ``pose`` is None with a ``reason``, the
+accumulated pose is left unchanged (not reset) and the current frame becomes the reference if it
+has enough keypoints to be one (so tracking resumes on the next frame; the motion over the failed
+interval is lost); a frame with too few keypoints (e.g. black) never replaces the reference.
+A stamp that goes backwards (bag loop, clock reset) calls ``reset()``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .geometry import RelativePose, estimate_pose_mono, estimate_pose_pnp, triangulate_stereo
+from .types import Features, MatchResult
+
+DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
+    "policy": "previous",             # "previous" | "keyframe"
+    "keyframe_min_matches": 100,      # new keyframe below this many matches to it
+    "keyframe_max_parallax_px": 40.0,  # ... or above this median match displacement [px]
+    "min_matches": 30,                # matches required to attempt a pose
+    "min_inliers": 20,                # inliers required to accept it
+    "ransac_px": 1.0,                 # mono: MAGSAC threshold [px]
+    "confidence": 0.999,
+    "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
+    "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
+    "pnp_ransac_px": 2.0,             # stereo: PnP reprojection threshold [px]
+    "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
+    "min_depth": 0.1,                 # stereo: accepted depth range [baseline units]
+    "max_depth": 100.0,
+}
+
+
+class MatcherLike(Protocol):
+    features: str
+    alpha: float | None
+    max_keypoints: int
+
+    def extract(self, image: np.ndarray) -> Features: ...
+
+    def match_features(self, feats0: Features, feats1: Features) -> MatchResult: ...
+
+
+@dataclass
+class FrameResult:
+    """What one ``process`` call produced.
+
+    stamp_ns:           stamp of this frame.
+    reference_stamp_ns: stamp of the frame it was matched against (None without a reference).
+    temporal:           reference(left) <-> current(left) matches (None without a reference).
+    stereo:             current left <-> right matches (StereoTracker only).
+    pose:               ``T_ref_cur`` (camera ref -> current, see geometry), None on failure.
+    reason:             "ok", a note (e.g. rotation only) or why ``pose`` is None.
+    T_odom_cam:         (4, 4) accumulated pose of the current camera in the odometry frame
+                        (the first frame's camera); unchanged on failure.
+    num_inliers:        inliers of the pose (0 without pose).
+    inlier_ratio:       inliers / correspondences given to the estimator (0 without pose).
+    is_keyframe:        this frame is now the reference for the next one.
+    reset:              the tracker was reset before this frame (stamp went backwards).
+    timings_ms:         wall times: extract, match, pose, total.
+    """
+
+    stamp_ns: int
+    reference_stamp_ns: int | None
+    temporal: MatchResult | None
+    stereo: MatchResult | None
+    pose: RelativePose | None
+    reason: str
+    T_odom_cam: np.ndarray
+    num_inliers: int = 0
+    inlier_ratio: float = 0.0
+    is_keyframe: bool = False
+    reset: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Reference:
+    feats: Features
+    stamp_ns: int
+    T_odom: np.ndarray
+    features_name: str
+    points3d: np.ndarray | None = None  # stereo: (N, 3) per left keypoint, camera frame
+    has3d: np.ndarray | None = None     # stereo: (N,) bool
+
+
+def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``config``; raises ValueError naming the bad key."""
+    cfg = dict(DEFAULT_TRACKING_CONFIG)
+    if config:
+        unknown = set(config) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown tracking option(s): {sorted(unknown)}")
+        cfg.update(config)
+    if cfg["policy"] not in ("previous", "keyframe"):
+        raise ValueError(f"policy must be 'previous' or 'keyframe', got {cfg['policy']!r}")
+    for key in ("keyframe_min_matches", "min_matches", "min_inliers"):
+        if int(cfg[key]) < 0:
+            raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+        cfg[key] = int(cfg[key])
+    for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "stereo_max_reproj_px",
+                "scale_variance", "max_depth"):
+        if not float(cfg[key]) > 0:
+            raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    if not 0.0 < float(cfg["confidence"]) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {cfg['confidence']}")
+    if not 0.0 <= float(cfg["min_depth"]) < float(cfg["max_depth"]):
+        raise ValueError(f"need 0 <= min_depth < max_depth, got {cfg['min_depth']}, {cfg['max_depth']}")
+    return cfg
+
+
+def median_parallax_px(match: MatchResult) -> float:
+    """Median pixel displacement of the matches (0 without matches)."""
+    if len(match) == 0:
+        return 0.0
+    return float(np.median(np.linalg.norm(match.points1 - match.points0, axis=1)))
+
+
+class _TrackerBase:
+    """Reference/keyframe bookkeeping and odometry accumulation shared by mono and stereo."""
+
+    def __init__(self, matcher: MatcherLike, config: dict[str, Any] | None) -> None:
+        self.matcher = matcher
+        self.config = validate_tracking_config(config)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the reference and restart the odometry at identity."""
+        self.reference: _Reference | None = None
+        self.T_odom_cam = np.eye(4)
+        self.last_stamp_ns: int | None = None
+
+    def _begin(self, stamp_ns: int) -> bool:
+        """Stamp bookkeeping; returns True when the tracker was reset for this frame."""
+        stamp_ns = int(stamp_ns)
+        was_reset = self.last_stamp_ns is not None and stamp_ns < self.last_stamp_ns
+        if was_reset:
+            self.reset()
+        self.last_stamp_ns = stamp_ns
+        # Features of another front end cannot be matched against the cached reference.
+        if self.reference is not None and self.reference.features_name != self.matcher.features:
+            self.reference = None
+        return was_reset
+
+    def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
+                pose: RelativePose | None, reason: str) -> FrameResult:
+        """Accumulate the pose, decide whether this frame becomes the reference, build the result.
+
+        ``reference`` is this frame packaged as a reference (its T_odom is filled in here) and
+        ``usable`` says whether it can serve as one (enough keypoints / stereo points).
+        """
+        ref = self.reference
+        if pose is not None and ref is not None:
+            self.T_odom_cam = ref.T_odom @ pose.as_matrix()
+        reference.T_odom = self.T_odom_cam.copy()
+        if ref is None or pose is None or self.config["policy"] == "previous":
+            new_ref = usable
+        else:
+            new_ref = usable and (len(match) < self.config["keyframe_min_matches"]
+                                  or median_parallax_px(match) > self.config["keyframe_max_parallax_px"])
+        if new_ref:
+            self.reference = reference
+        return FrameResult(
+            stamp_ns=int(stamp_ns),
+            reference_stamp_ns=None if ref is None else ref.stamp_ns,
+            temporal=match, stereo=None, pose=pose, reason=reason,
+            T_odom_cam=self.T_odom_cam.copy(),
+            num_inliers=0 if pose is None else pose.num_inliers,
+            inlier_ratio=0.0 if pose is None else pose.inlier_ratio,
+            is_keyframe=new_ref)
+
+
+class MonoTracker(_TrackerBase):
+    """Monocular visual odometry (unit-scale translation, see the module docstring).
+
+    Args:
+        matcher: the feature matcher (see ``MatcherLike``).
+        K: (3, 3) intrinsics of the (undistorted) images.
+        config: options overriding ``DEFAULT_TRACKING_CONFIG``.
+    """
+
+    def __init__(self, matcher: MatcherLike, K: np.ndarray, config: dict[str, Any] | None = None) -> None:
+        self.K = np.asarray(K, dtype=np.float64)
+        super().__init__(matcher, config)
+
+    def process(self, image: np.ndarray, stamp_ns: int) -> FrameResult:
+        """One image (HxW gray or HxWx3 RGB) at ``stamp_ns`` -> FrameResult."""
+        t0 = time.perf_counter()
+        was_reset = self._begin(stamp_ns)
+        feats = self.matcher.extract(image)
+        t1 = time.perf_counter()
+        ref, match, pose = self.reference, None, None
+        timings = {"extract": (t1 - t0) * 1e3}
+        if ref is None:
+            reason = "no reference frame yet"
+        else:
+            match = self.matcher.match_features(ref.feats, feats)
+            t2 = time.perf_counter()
+            timings["match"] = (t2 - t1) * 1e3
+            cfg = self.config
+            if len(match) < cfg["min_matches"]:
+                reason = f"too few matches ({len(match)} < {cfg['min_matches']})"
+            else:
+                pose, reason = estimate_pose_mono(
+                    match.points0, match.points1, self.K, self.K, ransac_px=cfg["ransac_px"],
+                    confidence=cfg["confidence"], min_matches=cfg["min_matches"],
+                    min_inliers=cfg["min_inliers"], min_parallax_px=cfg["min_parallax_px"],
+                    scale_variance=cfg["scale_variance"])
+            timings["pose"] = (time.perf_counter() - t2) * 1e3
+        if ref is None and len(feats) < self.config["min_matches"]:
+            reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
+        usable = len(feats) >= self.config["min_matches"]
+        this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features)
+        result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        result.reset = was_reset
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        result.timings_ms = timings
+        return result
+
+
+class StereoTracker(_TrackerBase):
+    """Stereo visual odometry: triangulate left<->right matches, PnP on left(ref)<->left(t).
+
+    Args:
+        matcher: the feature matcher (see ``MatcherLike``).
+        K_left, K_right: (3, 3) intrinsics of the rectified/undistorted pair.
+        T_left_right: (4, 4) pose of the right camera in the left camera frame (metric).
+        config: options overriding ``DEFAULT_TRACKING_CONFIG``.
+
+    Poses and ``T_odom_cam`` are those of the left camera, metric.
+    """
+
+    def __init__(self, matcher: MatcherLike, K_left: np.ndarray, K_right: np.ndarray,
+                 T_left_right: np.ndarray, config: dict[str, Any] | None = None) -> None:
+        self.K_left = np.asarray(K_left, dtype=np.float64)
+        self.K_right = np.asarray(K_right, dtype=np.float64)
+        self.T_left_right = np.asarray(T_left_right, dtype=np.float64)
+        super().__init__(matcher, config)
+
+    def _triangulate(self, stereo: MatchResult, num_left: int) -> tuple[np.ndarray, np.ndarray]:
+        """3D point (left camera frame) per left keypoint, with a validity mask."""
+        cfg = self.config
+        points = np.zeros((num_left, 3))
+        has3d = np.zeros(num_left, dtype=bool)
+        if len(stereo) == 0:
+            return points, has3d
+        X, ok = triangulate_stereo(stereo.points0, stereo.points1, self.K_left, self.K_right,
+                                   self.T_left_right, max_reproj_px=cfg["stereo_max_reproj_px"],
+                                   min_depth=cfg["min_depth"], max_depth=cfg["max_depth"])
+        idx = stereo.matches[:, 0]
+        points[idx[ok]] = X[ok]
+        has3d[idx[ok]] = True
+        return points, has3d
+
+    def process(self, left: np.ndarray, right: np.ndarray, stamp_ns: int) -> FrameResult:
+        """One stereo pair at ``stamp_ns`` -> FrameResult (pose of the left camera)."""
+        t0 = time.perf_counter()
+        was_reset = self._begin(stamp_ns)
+        feats_l = self.matcher.extract(left)
+        feats_r = self.matcher.extract(right)
+        t1 = time.perf_counter()
+        stereo = self.matcher.match_features(feats_l, feats_r)
+        points3d, has3d = self._triangulate(stereo, len(feats_l))
+        t2 = time.perf_counter()
+        timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
+        ref, match, pose = self.reference, None, None
+        cfg = self.config
+        if ref is None:
+            reason = "no reference frame yet"
+        else:
+            match = self.matcher.match_features(ref.feats, feats_l)
+            t3 = time.perf_counter()
+            timings["match"] = (t3 - t2) * 1e3
+            idx0, idx1 = match.matches[:, 0], match.matches[:, 1]
+            with3d = ref.has3d[idx0] if len(match) else np.zeros(0, dtype=bool)
+            if len(match) < cfg["min_matches"]:
+                reason = f"too few matches ({len(match)} < {cfg['min_matches']})"
+            elif int(with3d.sum()) < cfg["min_matches"]:
+                reason = (f"too few matches with a stereo depth ({int(with3d.sum())} < "
+                          f"{cfg['min_matches']})")
+            else:
+                pose, reason = estimate_pose_pnp(
+                    ref.points3d[idx0[with3d]], match.keypoints1[idx1[with3d]], self.K_left,
+                    ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
+                    min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"])
+            timings["pose"] = (time.perf_counter() - t3) * 1e3
+        if ref is None and int(has3d.sum()) < cfg["min_matches"]:
+            reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"
+        # A stereo reference needs depths, not just keypoints.
+        usable = int(has3d.sum()) >= cfg["min_matches"]
+        this = _Reference(feats_l, int(stamp_ns), np.eye(4), self.matcher.features, points3d, has3d)
+        result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        result.stereo = stereo
+        result.reset = was_reset
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        result.timings_ms = timings
+        return result

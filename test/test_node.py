@@ -1,0 +1,250 @@
+"""The real matcher node over loopback DDS: synthetic scenes with known motion in, checked outputs out."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mambaglue_ros import geometry as G
+from mambaglue_ros.synthetic import make_sequence
+
+from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+
+pytestmark = pytest.mark.ros
+
+N_FRAMES = 7
+
+
+def start(ros_context, overrides: dict):
+    """MatcherNode + a test node on one multithreaded executor in a background thread."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros.node import MatcherNode
+
+    node = MatcherNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    io = rclpy.create_node("test_io", context=ros_context)
+    executor = MultiThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    executor.add_node(io)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return node, io, executor
+
+
+def stop(node, io, executor):
+    executor.shutdown()
+    node.destroy_node()
+    io.destroy_node()
+
+
+def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str):
+    from mambaglue_ros.ros import convert as C
+
+    msg = C.numpy_to_image(image, "rgb8")
+    msg.header.stamp = C.ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def depth_reprojection_error(frame0, frame1, pts0: np.ndarray, pts1: np.ndarray) -> np.ndarray:
+    """Pixel error of matches against the ground truth: back-project with the rendered depth, re-project."""
+    K = frame0.K
+    u = np.clip(np.round(pts0).astype(int), 0, [frame0.depth.shape[1] - 1, frame0.depth.shape[0] - 1])
+    z = frame0.depth[u[:, 1], u[:, 0]]
+    rays = np.linalg.inv(K) @ np.c_[pts0, np.ones(len(pts0))].T
+    X0 = rays * z
+    T_1_0 = G.invert(frame1.T_world_left) @ frame0.T_world_left
+    X1 = T_1_0[:3, :3] @ X0 + T_1_0[:3, 3:4]
+    proj = (K @ X1).T
+    return np.linalg.norm(proj[:, :2] / proj[:, 2:3] - pts1, axis=1)
+
+
+@pytest.fixture(scope="module")
+def mono_sequence():
+    # 5 Hz at 1 m/s: 20 cm between frames, enough parallax for a well-posed essential matrix
+    seq = make_sequence(n_frames=N_FRAMES, rate_hz=5.0, stereo=False, trajectory="orbit", seed=1, speed_mps=1.0)
+    return [seq.frame(i) for i in range(N_FRAMES)]
+
+
+def test_mono_node_matches_and_pose(ros_context, mono_sequence):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    # XFeat keypoints sit on integer pixels: a 0.5 px MAGSAC threshold gave the most accurate poses
+    node, io, executor = start(ros_context, {"features": "xfeat", "mode": "mono", "max_keypoints": 1024,
+                                             "qos_reliability": "reliable", "ransac_px": 0.5})
+    try:
+        out = Collector(io)
+        pub = io.create_publisher(Image, "image", 10)
+        info = io.create_publisher(CameraInfo, "camera_info", 10)
+        wait_for_subscribers(pub, info)
+        frames = mono_sequence
+        info.publish(camera_info_msg(frames[0].K, 640, 480, "cam_optical"))
+        assert wait_for(lambda: "left" in node.camera, timeout=10)
+        for i, f in enumerate(frames):
+            info.publish(camera_info_msg(f.K, 640, 480, "cam_optical"))
+            pub.publish(image_msg(f.left, f.stamp_ns, "cam_optical"))
+            # lossless: wait for this frame's result before sending the next one
+            assert wait_for(lambda: out.count("matches") >= i, timeout=30), f"no matches for frame {i}"
+        assert wait_for(lambda: out.count("pose") >= N_FRAMES - 1 and out.count("diag") >= 1, timeout=10)
+        matches = out.get("matches")
+        assert len(matches) == N_FRAMES - 1
+        stamps = [f.stamp_ns for f in frames]
+        for k, m in enumerate(matches, start=1):
+            n = len(m.scores)
+            assert n > 200, f"frame {k}: only {n} matches"
+            assert m.pair_kind == m.PAIR_TEMPORAL
+            assert m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == stamps[k]
+            assert m.stamp0.sec * 10**9 + m.stamp0.nanosec == stamps[k - 1]
+            assert m.header.frame_id == m.frame_id0 == "cam_optical"
+            assert (m.width0, m.height0, m.width1, m.height1) == (640, 480, 640, 480)
+            assert len(m.keypoints0) == len(m.keypoints1) == 2 * n and len(m.indices0) == n
+            assert max(m.indices0) < m.num_keypoints0 and max(m.indices1) < m.num_keypoints1
+            assert m.features == "xfeat" and 1 <= m.stop_layer <= m.num_layers == 6
+            assert m.latency_ms > 0 and np.all(np.isfinite(np.asarray(m.scores)))
+            pts0 = np.asarray(m.keypoints0, dtype=np.float64).reshape(-1, 2)
+            pts1 = np.asarray(m.keypoints1, dtype=np.float64).reshape(-1, 2)
+            err = depth_reprojection_error(frames[k - 1], frames[k], pts0, pts1)
+            assert np.mean(err < 3.0) > 0.85, f"frame {k}: {np.mean(err < 3):.0%} of matches agree with the motion"
+        for k, p in enumerate(out.get("pose"), start=1):
+            q = p.pose.pose.orientation
+            R = G.quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
+            t = np.array([p.pose.pose.position.x, p.pose.pose.position.y, p.pose.pose.position.z])
+            T_true = G.invert(frames[k - 1].T_world_left) @ frames[k].T_world_left
+            assert G.rotation_angle_deg(R, T_true[:3, :3]) < 2.0
+            assert G.translation_direction_error_deg(t, T_true[:3, 3]) < 10.0
+            cov = np.asarray(p.pose.covariance).reshape(6, 6)
+            assert np.all(np.isfinite(cov)) and np.allclose(cov, cov.T)
+            # unit-norm translation: the covariance says the scale is unknown
+            assert abs(np.linalg.norm(t) - 1.0) < 1e-6 and np.max(np.diag(cov)[:3]) > 1e3
+            assert p.header.frame_id == "cam_optical"
+        odom = out.get("odom")[-1]
+        assert odom.header.frame_id == "odom" and odom.child_frame_id == "base_link"
+        assert wait_for(lambda: int(out.latest_diagnostics().get("frames_processed", 0)) >= N_FRAMES, timeout=5)
+        diag = out.latest_diagnostics()
+        for key in ("input_rate_hz", "processed_rate_hz", "latency_p50_ms", "latency_p95_ms", "frames_dropped",
+                    "keypoints", "matches", "inlier_ratio", "alpha", "mean_stop_layer", "device"):
+            assert key in diag
+        assert float(diag["matches"]) > 200 and int(diag["bad_input"]) == 0 and diag["level"] == 0
+    finally:
+        stop(node, io, executor)
+
+
+def test_stereo_node_metric_translation(ros_context):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    seq = make_sequence(n_frames=5, rate_hz=10.0, stereo=True, trajectory="forward", seed=2, baseline_m=0.2,
+                        speed_mps=1.0)
+    frames = [seq.frame(i) for i in range(len(seq))]
+    node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable"})
+    try:
+        out = Collector(io)
+        left = io.create_publisher(Image, "left/image_rect", 10)
+        right = io.create_publisher(Image, "right/image_rect", 10)
+        linfo = io.create_publisher(CameraInfo, "left/camera_info", 10)
+        rinfo = io.create_publisher(CameraInfo, "right/camera_info", 10)
+        wait_for_subscribers(left, right, linfo, rinfo)
+        linfo.publish(camera_info_msg(frames[0].K, 640, 480, "left_optical"))
+        rinfo.publish(camera_info_msg(frames[0].K, 640, 480, "right_optical", baseline_m=seq.rig.baseline_m))
+        assert wait_for(lambda: {"left", "right"} <= set(node.camera), timeout=10)
+        for i, f in enumerate(frames):
+            linfo.publish(camera_info_msg(f.K, 640, 480, "left_optical"))
+            rinfo.publish(camera_info_msg(f.K, 640, 480, "right_optical", baseline_m=seq.rig.baseline_m))
+            left.publish(image_msg(f.left, f.stamp_ns, "left_optical"))
+            right.publish(image_msg(f.right, f.stamp_ns, "right_optical"))
+            # each stereo frame gives a stereo pair, and from the second on a temporal one
+            assert wait_for(lambda: out.count("matches") >= 2 * i + 1, timeout=40), f"frame {i}"
+        assert wait_for(lambda: out.count("pose") >= len(frames) - 1, timeout=10)
+        kinds = [m.pair_kind for m in out.get("matches")]
+        assert kinds.count(1) == len(frames) and kinds.count(0) == len(frames) - 1
+        stereo = [m for m in out.get("matches") if m.pair_kind == 1]
+        for m in stereo:
+            pts0 = np.asarray(m.keypoints0).reshape(-1, 2)
+            pts1 = np.asarray(m.keypoints1).reshape(-1, 2)
+            assert len(pts0) > 200 and m.frame_id1 == "right_optical"
+            assert np.mean(np.abs(pts0[:, 1] - pts1[:, 1]) < 2.0) > 0.9  # rectified: same rows
+        # a pair whose halves differ in size is refused with a warning; the node keeps running
+        before = node.stats.counters["bad_input"]
+        stamp = frames[-1].stamp_ns + 100_000_000
+        left.publish(image_msg(frames[0].left, stamp, "left_optical"))
+        right.publish(image_msg(frames[0].right[:240, :320].copy(), stamp, "right_optical"))
+        assert wait_for(lambda: node.stats.counters["bad_input"] > before, timeout=10)
+        assert node.worker.is_alive()
+        for k, p in enumerate(out.get("pose"), start=1):
+            t = np.array([p.pose.pose.position.x, p.pose.pose.position.y, p.pose.pose.position.z])
+            t_true = (G.invert(frames[k - 1].T_world_left) @ frames[k].T_world_left)[:3, 3]
+            assert np.linalg.norm(t - t_true) < 0.10 * np.linalg.norm(t_true), (t, t_true)
+            cov = np.asarray(p.pose.covariance).reshape(6, 6)
+            assert np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0) and np.max(np.diag(cov)[:3]) < 0.01
+    finally:
+        stop(node, io, executor)
+
+
+def test_parameters_validated_at_start_and_at_run_time(ros_context):
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros.node import MatcherNode
+
+    from rclpy.exceptions import InvalidParameterValueException
+
+    # out of the declared range: rclpy refuses it; out of our own checks: ValueError with the reason
+    with pytest.raises(InvalidParameterValueException, match="alpha"):
+        MatcherNode(context=ros_context, parameter_overrides=[Parameter("alpha", value=3.0)])
+    with pytest.raises(ValueError, match="features"):
+        MatcherNode(context=ros_context, parameter_overrides=[Parameter("features", value="sift")])
+
+    node, io, executor = start(ros_context, {"features": "xfeat"})
+    try:
+        bad = [Parameter("alpha", value=1.5), Parameter("mode", value="stereo"),
+               Parameter("max_keypoints", value=10), Parameter("alpha_min", value=0.99)]
+        for param in bad:
+            result = node.set_parameters([param])[0]
+            assert not result.successful and result.reason, param.name
+        assert node.set_parameters([Parameter("alpha", value=0.9)])[0].successful
+        node._apply_pending()  # the worker does this before each frame
+        assert node.matcher.alpha == pytest.approx(0.9)
+        assert node.set_parameters([Parameter("max_keypoints", value=512)])[0].successful
+        node._apply_pending()
+        assert node.matcher.max_keypoints == 512
+    finally:
+        stop(node, io, executor)
+
+
+def test_node_survives_bad_images(ros_context, mono_sequence):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    node, io, executor = start(ros_context, {"features": "xfeat", "qos_reliability": "reliable"})
+    try:
+        out = Collector(io)
+        pub = io.create_publisher(Image, "image", 10)
+        info = io.create_publisher(CameraInfo, "camera_info", 10)
+        wait_for_subscribers(pub, info)
+        f0, f1, f2 = mono_sequence[:3]
+        info.publish(camera_info_msg(f0.K, 640, 480, "cam"))
+        assert wait_for(lambda: "left" in node.camera, timeout=10)
+        pub.publish(image_msg(f0.left, f0.stamp_ns, "cam"))
+        processed = lambda n: lambda: node.stats.counters["frames_processed"] >= n  # noqa: E731
+        assert wait_for(processed(1), timeout=30)
+        odd = Image(height=4, width=4, encoding="yuv422_yuy2", step=8, data=bytes(32))
+        empty = Image(height=0, width=0, encoding="rgb8", step=0, data=b"")
+        short = Image(height=480, width=640, encoding="rgb8", step=1920, data=bytes(100))
+        for bad in (odd, empty, short):
+            bad.header.stamp.sec = 1
+            pub.publish(bad)
+            time.sleep(0.05)
+        # an all-black frame has no keypoints: no pose, and it must not replace the reference
+        pub.publish(image_msg(np.zeros((480, 640, 3), np.uint8), f0.stamp_ns + 30_000_000, "cam"))
+        assert wait_for(processed(2), timeout=30)
+        pub.publish(image_msg(f1.left, f1.stamp_ns, "cam"))
+        assert wait_for(lambda: out.count("pose") >= 1, timeout=30)
+        matches = out.get("matches")
+        assert matches[-1].stamp0.sec * 10**9 + matches[-1].stamp0.nanosec == f0.stamp_ns
+        assert wait_for(lambda: int(out.latest_diagnostics().get("bad_input", 0)) >= 3, timeout=10)
+        assert node.worker.is_alive()
+        for m in out.get("matches"):
+            assert np.all(np.isfinite(np.asarray(m.keypoints0)))
+    finally:
+        stop(node, io, executor)

@@ -1,0 +1,234 @@
+"""Selective scan: the chunked torch scan against the step-by-step reference, dtypes, dispatch, CUDA.
+
+Errors are measured normwise: max|actual - expected| / max|expected| over the whole tensor (an
+elementwise relative error means nothing for outputs that pass near zero). Tolerances:
+  float64 torch scan vs float64 reference:  1e-10 (measured ~1e-15)
+  float32 torch scan vs float64 reference:  2e-5  (measured <= 4e-7, same as the float32 reference)
+  bfloat16 / float16 input vs float32 result: 2e-2 / 4e-3 (the cast of inputs and output)
+  CUDA kernel vs torch scan, float32:        1e-4  (different summation orders, fast exp)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaglue_ros.models import ssm
+from mambaglue_ros.models.ssm import cuda_scan_available, selective_scan, selective_scan_ref
+
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+HAS_CUDA = torch.cuda.is_available()
+
+
+def make_inputs(batch: int, dim: int, L: int, N: int, seed: int = 0, scale: float = 1.0,
+                dtype: torch.dtype = torch.float64, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Random inputs in the ranges Mamba uses: delta around softplus(0), A = -exp(normal).
+
+    scale multiplies delta and A, so scale = 10 gives decays up to e^-1000 per step (states reset
+    within a step or two), which a cumulative-sum closed form could not represent in float32.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    x = {"u": rand(batch, dim, L), "delta": rand(batch, dim, L) * 0.5 * scale,
+         "A": -torch.exp(rand(dim, N)) * scale, "B": rand(batch, N, L), "C": rand(batch, N, L),
+         "D": rand(dim), "z": rand(batch, dim, L), "delta_bias": rand(dim) * 0.5}
+    return {k: v.to(dtype=dtype, device=device) for k, v in x.items()}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Normwise relative error max|actual - expected| / max|expected| (0 for empty tensors)."""
+    if expected.numel() == 0:
+        return 0.0
+    diff = (actual.double().cpu() - expected.double().cpu()).abs().max()
+    return (diff / expected.double().abs().max().clamp_min(1e-30)).item()
+
+
+def run(fn, x: dict[str, torch.Tensor], used: tuple[str, ...], gy: Optional[torch.Tensor] = None,
+        **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """fn on the inputs named in used (the others None): output and gradients of <y, gy>."""
+    leaves = {k: x[k].detach().clone().requires_grad_() for k in used}
+    y = fn(**{k: leaves.get(k) for k in ARGS}, **kwargs)
+    if gy is None:
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad(y, list(leaves.values()), gy.to(y), allow_unused=True)
+    return y.detach(), {k: g for k, g in zip(leaves, grads)}
+
+
+def check_against_ref(x32_or_64: dict[str, torch.Tensor], x64: dict[str, torch.Tensor],
+                      used: tuple[str, ...], softplus: bool, tol: float, **kwargs) -> None:
+    """Torch scan on x32_or_64 vs the float64 reference on x64: output and every gradient."""
+    gy = torch.randn(x64["u"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y_ref, g_ref = run(selective_scan_ref, x64, used, gy, delta_softplus=softplus)
+    y, g = run(selective_scan, x32_or_64, used, gy, delta_softplus=softplus, **kwargs)
+    assert y.dtype == x32_or_64["u"].dtype and y.shape == y_ref.shape
+    assert torch.isfinite(y).all()
+    assert rel_err(y, y_ref) < tol, ("y", rel_err(y, y_ref))
+    for k in used:
+        assert g[k] is not None and g[k].shape == x64[k].shape, k
+        assert torch.isfinite(g[k]).all(), k
+        assert rel_err(g[k], g_ref[k]) < tol, (k, rel_err(g[k], g_ref[k]))
+
+
+SHAPES = [  # (batch, dim, L, N): L=1; L not a multiple of the chunk (37 -> 8 chunks of 5); batch > 1
+    (1, 4, 1, 2), (2, 6, 37, 4), (3, 5, 100, 16), (1, 3, 257, 8)]
+OPTIONS = [  # (inputs used, delta_softplus)
+    (("u", "delta", "A", "B", "C"), False),
+    (("u", "delta", "A", "B", "C", "D"), True),
+    (("u", "delta", "A", "B", "C", "z"), False),
+    (("u", "delta", "A", "B", "C", "delta_bias"), True),
+    (ARGS, True)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("used,softplus", OPTIONS)
+def test_torch_scan_matches_reference_float64(shape, used, softplus):
+    x = make_inputs(*shape)
+    check_against_ref(x, x, used, softplus, tol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("used,softplus", [OPTIONS[0], OPTIONS[-1]])
+def test_torch_scan_float32_matches_float64_reference(shape, used, softplus):
+    x64 = make_inputs(*shape)
+    x32 = {k: v.float() for k, v in x64.items()}
+    check_against_ref(x32, x64, used, softplus, tol=2e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_strong_decay_stays_finite_and_exact(dtype, tol):
+    # delta * A down to about -1000 per step: exp(-sum(delta A)) would overflow any float.
+    x64 = make_inputs(2, 6, 150, 16, seed=3, scale=10.0)
+    x = {k: v.to(dtype) for k, v in x64.items()}
+    check_against_ref(x, x64, ARGS, True, tol=tol)
+
+
+def test_long_sequence_float32():
+    # L=1024 uses 32 chunks of 32 steps: the carry between chunks is exercised many times.
+    x64 = make_inputs(1, 4, 1024, 16, seed=5)
+    x32 = {k: v.float() for k, v in x64.items()}
+    y_ref = selective_scan_ref(**x64, delta_softplus=True)
+    y = selective_scan(**x32, delta_softplus=True)
+    assert rel_err(y, y_ref) < 2e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 50, 51, 200])
+def test_any_chunk_size(chunk):
+    # The core directly: every chunk length gives the reference (50 = L, 51 and 200 > L).
+    x = make_inputs(2, 5, 50, 3, seed=7)
+    used = ("u", "delta", "A", "B", "C")
+    y_ref, g_ref = run(selective_scan_ref, x, used)
+
+    def core(u, delta, A, B, C, **_):
+        return ssm._scan_torch(u, delta, A, B, C, chunk=chunk)
+
+    y, g = run(core, x, used)
+    assert rel_err(y, y_ref) < 1e-10
+    for k in used:
+        assert rel_err(g[k], g_ref[k]) < 1e-10, k
+
+
+def test_chunked_scan_gradcheck():
+    # The hand-written backward against finite differences, on the autograd.Function itself.
+    g = torch.Generator().manual_seed(11)
+    b, K, T, d, N = 2, 3, 4, 5, 3
+    delta = (torch.rand(b, K, T, d, generator=g, dtype=torch.float64) * 0.8).requires_grad_()
+    dtu = torch.randn(b, K, T, d, generator=g, dtype=torch.float64).requires_grad_()
+    A2 = (-torch.rand(N, d, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    B = torch.randn(b, K, T, N, generator=g, dtype=torch.float64).requires_grad_()
+    C = torch.randn(b, K, T, N, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(ssm._ChunkedScan.apply, (delta, dtu, A2, B, C))
+
+
+def test_chunk_size_choice():
+    # ~sqrt(L) chunks, capped so a (batch, K, N, dim) slab stays at MAX_SLAB values.
+    assert ssm._chunk_size(1, 16 * 512) == 1
+    assert ssm._chunk_size(1024, 16 * 512) == 32
+    assert ssm._chunk_size(37, 16 * 4) == 5
+    T = ssm._chunk_size(4096, 8 * 16 * 512)
+    assert 8 * 16 * 512 * -(-4096 // T) <= ssm.MAX_SLAB
+
+
+@pytest.mark.parametrize("backend", ["torch", "ref"])
+def test_empty_sequence(backend):
+    x = make_inputs(2, 4, 0, 3, dtype=torch.float32)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    y = selective_scan(**leaves, delta_softplus=True, backend=backend)
+    assert y.shape == (2, 4, 0) and y.dtype == torch.float32
+    y.sum().backward()  # a graph that runs, gradients of empty inputs are empty
+    assert leaves["u"].grad.shape == (2, 4, 0)
+    assert leaves["D"].grad is not None and torch.equal(leaves["D"].grad, torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
+def test_low_precision_inputs(dtype, tol):
+    x = make_inputs(2, 8, 64, 16, seed=2, dtype=torch.float32)
+    x_low = {k: v.to(dtype) for k, v in x.items()}
+    y_low = selective_scan(**x_low, delta_softplus=True)
+    assert y_low.dtype == dtype
+    # Against fp32 on the same (rounded) inputs, the only difference is the output cast...
+    y_same = selective_scan(**{k: v.float() for k, v in x_low.items()}, delta_softplus=True)
+    assert rel_err(y_low, y_same) < torch.finfo(dtype).eps
+    # ...and against the fp32 inputs, also the input rounding.
+    y32 = selective_scan(**x, delta_softplus=True)
+    assert rel_err(y_low, y32) < tol
+    # Gradients come back in the input dtype.
+    leaves = {k: v.clone().requires_grad_() for k, v in x_low.items()}
+    selective_scan(**leaves, delta_softplus=True).float().sum().backward()
+    assert all(v.grad.dtype == dtype and torch.isfinite(v.grad.float()).all() for v in leaves.values())
+
+
+def test_auto_backend_on_cpu_is_torch_scan():
+    x = make_inputs(1, 4, 20, 3, dtype=torch.float32)
+    assert torch.equal(selective_scan(**x), selective_scan(**x, backend="torch"))
+
+
+def test_bad_arguments():
+    x = make_inputs(1, 4, 20, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend"):
+        selective_scan(**x, backend="triton")
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan(**{**x, "B": x["B"][:, :, :10]})
+    if not cuda_scan_available():
+        with pytest.raises(RuntimeError, match="mamba_ssm"):
+            selective_scan(**x, backend="cuda")
+
+
+def test_cuda_scan_available_is_bool():
+    assert isinstance(cuda_scan_available(), bool)
+    if not HAS_CUDA:
+        assert cuda_scan_available() is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", [(2, 6, 37, 4), (1, 64, 300, 16)])
+def test_torch_scan_on_cuda_matches_cpu(shape):
+    x = make_inputs(*shape, seed=4, dtype=torch.float32)
+    x_gpu = {k: v.cuda() for k, v in x.items()}
+    y_cpu, g_cpu = run(selective_scan, x, ARGS, delta_softplus=True, backend="torch")
+    y_gpu, g_gpu = run(selective_scan, x_gpu, ARGS, delta_softplus=True, backend="torch")
+    assert y_gpu.is_cuda
+    assert rel_err(y_gpu, y_cpu) < 2e-5
+    for k in ARGS:
+        assert rel_err(g_gpu[k], g_cpu[k]) < 2e-5, k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_scan_available(),
+                    reason="needs a CUDA device and the mamba_ssm package (CUDA-only build)")
+@pytest.mark.parametrize("shape", [(2, 6, 37, 4), (2, 192, 512, 16)])
+@pytest.mark.parametrize("used,softplus", [OPTIONS[0], OPTIONS[-1]])
+def test_cuda_kernel_matches_torch_scan(shape, used, softplus):
+    x = make_inputs(*shape, seed=6, dtype=torch.float32, device="cuda")
+    y_t, g_t = run(selective_scan, x, used, delta_softplus=softplus, backend="torch")
+    y_k, g_k = run(selective_scan, x, used, delta_softplus=softplus, backend="cuda")
+    y_auto = selective_scan(**{k: x[k] for k in used}, delta_softplus=softplus)  # auto = kernel
+    assert rel_err(y_auto, y_k) < 1e-6
+    assert rel_err(y_k, y_t) < 1e-4
+    for k in used:
+        assert rel_err(g_k[k], g_t[k]) < 1e-4, k

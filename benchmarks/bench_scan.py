@@ -3,9 +3,11 @@
 Prints, for L keypoints at D=512 channels, N=16 states, batch 1: forward and forward+backward
 milliseconds (median of repeats after a warm-up) of selective_scan_ref and of the torch scan, and
 of a Linear(256, 512) on the same L tokens for scale. The reference is skipped (shown as "-")
-where one run of it would take too long: its backward is quadratic in L.
+where one run of it would take too long: its backward is quadratic in L. T is the chunk length
+the torch scan picks; --chunks 16 32 64 also times the torch scan with those chunk lengths.
 
     python benchmarks/bench_scan.py [--threads 2] [--repeats 7] [--lengths 256 512 1024 2048]
+                                    [--chunks 16 32 64]
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from mambaglue_ros.models.ssm import _chunk_size, selective_scan, selective_scan_ref
+from mambaglue_ros.models.ssm import _chunk_size, _scan_torch, selective_scan, selective_scan_ref
 
 D, N = 512, 16
 REF_MAX_SECONDS = 3.0  # skip the reference where a single run takes longer than this
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--chunks", type=int, nargs="*", default=[])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,6 +107,17 @@ def main() -> None:
             ours = time_scan(selective_scan, L, backward, args.repeats, None)
             row += [fmt(ref), fmt(ours), fmt(time_linear(L, backward, args.repeats))]
         print(f"{L:>5} {_chunk_size(L, D * N):>3} | {' '.join(row[:3])} | {' '.join(row[3:])}", flush=True)
+    if args.chunks:
+        print(f"\ntorch scan core with a given chunk length T: fwd / f+b ms")
+        print(f"{'L':>5} | " + " ".join(f"{'T=' + str(T):>15}" for T in args.chunks))
+        for L in args.lengths:
+            cells = []
+            for T in args.chunks:
+                def core(u, delta, A, B, C, T=T, **_):
+                    return _scan_torch(u, delta, A, B, C, chunk=T)
+                f, fb = (time_scan(core, L, backward, args.repeats, None) for backward in (False, True))
+                cells.append(f"{f:6.1f} / {fb:6.1f}")
+            print(f"{L:>5} | " + " ".join(f"{c:>15}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class OrbMatcher:
 
     features = "orb"
     num_layers = 0
+    device = "cpu"
+    weights_source = "none (ORB)"
 
     def __init__(self, max_keypoints: int = 1024, max_hamming: int = 64, scale_factor: float = 1.2,
                  n_levels: int = 8, fast_threshold: int = 20) -> None:

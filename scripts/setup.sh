@@ -46,6 +46,14 @@ fi
 # Message package: build msg/ with cmake into the venv (see README "Messages").
 bash "$ROOT/scripts/build_msgs.sh" "$VENV"
 
+# colcon in a venv of its own (it pins setuptools<80); only the colcon build test uses it.
+COLCON_VENV="${MAMBAGLUE_COLCON_VENV:-$ROOT/.venv-colcon}"
+if [ ! -x "$COLCON_VENV/bin/colcon" ]; then
+  log "colcon (for the colcon build test) in $COLCON_VENV"
+  python3 -m venv "$COLCON_VENV"
+  quiet "$COLCON_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$ROOT/requirements-colcon.txt"
+fi
+
 log "installing mambaglue_ros (editable)"
 # compat mode puts the repo on sys.path through a .pth, so our package and the generated
 # message module (site-packages/mambaglue_ros/msg) merge through pkgutil.extend_path.

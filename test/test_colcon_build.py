@@ -31,7 +31,10 @@ def _colcon() -> str | None:
     if on_path:
         return on_path
     beside = Path(sys.executable).parent / "colcon"
-    return str(beside) if beside.exists() else None
+    if beside.exists():
+        return str(beside)
+    own_venv = ROOT / ".venv-colcon" / "bin" / "colcon"  # made by scripts/setup.sh
+    return str(own_venv) if own_venv.exists() else None
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def colcon_install(tmp_path_factory):
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not on PATH")
     ws = tmp_path_factory.mktemp("colcon_ws")
-    env = dict(os.environ, MAMBAGLUE_COLCON_WS=str(ws), PYTHON=sys.executable)
+    env = dict(os.environ, MAMBAGLUE_COLCON_WS=str(ws), PYTHON=sys.executable, COLCON=_colcon())
     proc = subprocess.run(["bash", str(SCRIPT), str(prefix)], env=env, capture_output=True,
                           text=True, timeout=300)
     output = proc.stdout + proc.stderr

@@ -248,3 +248,27 @@ def test_node_survives_bad_images(ros_context, mono_sequence):
             assert np.all(np.isfinite(np.asarray(m.keypoints0)))
     finally:
         stop(node, io, executor)
+
+
+@pytest.mark.parametrize("matcher", ["lightglue", "orb"])
+def test_baseline_matchers_through_the_same_node(ros_context, mono_sequence, matcher):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    node, io, executor = start(ros_context, {"features": "xfeat", "matcher": matcher, "qos_reliability": "reliable"})
+    try:
+        out = Collector(io)
+        pub = io.create_publisher(Image, "image", 10)
+        info = io.create_publisher(CameraInfo, "camera_info", 10)
+        wait_for_subscribers(pub, info)
+        info.publish(camera_info_msg(mono_sequence[0].K, 640, 480, "cam"))
+        assert wait_for(lambda: "left" in node.camera, timeout=10)
+        for i, f in enumerate(mono_sequence[:3]):
+            pub.publish(image_msg(f.left, f.stamp_ns, "cam"))
+            assert wait_for(lambda: node.stats.counters["frames_processed"] > i, timeout=30)
+        assert wait_for(lambda: out.count("matches") >= 2, timeout=10)
+        m = out.get("matches")[-1]
+        assert m.features == ("orb" if matcher == "orb" else "xfeat") and len(m.scores) > 100
+        expected = {"lightglue": "lightglue:", "orb": "none (ORB)"}[matcher]
+        assert node.matcher.weights_source.startswith(expected)
+    finally:
+        stop(node, io, executor)

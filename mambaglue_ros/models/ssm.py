@@ -24,12 +24,15 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available"]
 
-# The torch scan works on (batch, K, N, dim) slabs, K = number of chunks, for 2 T + K Python-level
-# steps (T = L / K steps per chunk). K ~ sqrt(L) keeps that step count lowest; the cap keeps a slab
-# at 4 MiB of float32 so the working set stays in cache and malloc recycles it (bigger batches get
-# fewer, longer chunks). Measured with benchmarks/bench_scan.py on CPU, 1 and 2 threads, D=512,
-# N=16: T = 32 at L=1024 is at or near the best, T = 8 or 128 up to 2x slower.
-MAX_SLAB = 1 << 20
+# Chunking of the torch scan: K chunks of T steps, worked on as (batch, K, N, dim) slabs for
+# 2 T + K Python-level steps. Wide slabs mean few steps (little Python and dispatch overhead), but
+# past a few MiB they fall out of cache and cost page faults; chunks shorter than MIN_CHUNK steps
+# make the K-step carry loop dominate. Measured with `benchmarks/bench_scan.py --chunks` on CPU
+# (1 and 2 threads, D=512, N=16): slabs of 2^19 values (2 MiB float32) with T >= 8 are at or
+# within noise of the best chunk length for L = 256..4096 (L=1024: T=16, K=64); T = 128 is up to
+# 2x slower at short L, and chunk lengths near the best differ by ~10%.
+SLAB = 1 << 19
+MIN_CHUNK = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,8 +153,7 @@ def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
 
 def _chunk_size(L: int, width: int) -> int:
     """Steps per chunk T for a sequence of length L whose one step is width = batch * N * dim values."""
-    K = 1 << round(math.log2(max(L, 1)) / 2)  # power of two nearest sqrt(L)
-    K = max(1, min(K, MAX_SLAB // width))
+    K = max(1, min(SLAB // width, L // MIN_CHUNK))
     return -(-L // K)
 
 
@@ -162,8 +164,7 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
     Lays the inputs out as (b, K, T, c): K chunks of T steps, channels last, so that step i of all
     chunks is one strided view with a contiguous last dim; _ChunkedScan does the rest. These
     layout changes stay under autograd (they are cheap copies); the scan itself has a hand-written
-    backward. (MambaGlue's delta and u are transposes of (b, L, d) tensors, so the transposing
-    copies are often free.)
+    backward. (MambaGlue's delta is the transpose of a (b, L, d) tensor: that copy is free.)
     """
     batch, dim, L = u.shape
     N = A.shape[1]
@@ -180,11 +181,21 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
 
     def chunked(t: torch.Tensor) -> torch.Tensor:
         """(b, c, K*T) -> (b, K, T, c), contiguous."""
-        return t.transpose(1, 2).contiguous().view(batch, K, T, t.shape[1])
+        return _transposed(t).view(batch, K, T, t.shape[1])
 
     A2 = (A * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
     y = _ChunkedScan.apply(chunked(delta), chunked(dtu), A2, chunked(B), chunked(C))
-    return y.view(batch, K * T, dim)[:, :L].transpose(1, 2)
+    # Back to (b, d, L), contiguous like the CUDA kernel's output (and like u, so that the
+    # skip and gate that follow run on one memory layout).
+    return _transposed(y.view(batch, K * T, dim)[:, :L])
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    """(b, m, n) -> (b, n, m), contiguous (free when t is the transpose of a contiguous tensor)."""
+    if t.transpose(1, 2).is_contiguous():
+        return t.transpose(1, 2)
+    # Per batch item: PyTorch's 2-D transposing copy is ~5x faster on CPU than its 3-D one.
+    return torch.stack([t_b.t().contiguous() for t_b in t])
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -232,9 +243,9 @@ class _ChunkedScan(torch.autograd.Function):
         # 3) The T steps again from the true chunk starts, reading out y = C . h: a batched
         # (N,) @ (N, d) product.
         ys = []
-        h = starts
+        h, buf = starts, torch.empty_like(starts)
         for i in range(delta.shape[2]):
-            h, _ = _step(h, delta, dtu, A2, B, i, in_place=i > 0)  # never write into starts
+            h, _ = _step(h, delta, dtu, A2, B, i, in_place=i > 0, buf=buf)  # never write into starts
             ys.append(torch.einsum("bknd,bkn->bkd", h, C[:, :, i]))
         ctx.save_for_backward(delta, dtu, A2, B, C, starts)
         return torch.stack(ys, 2)
@@ -253,14 +264,15 @@ class _ChunkedScan(torch.autograd.Function):
             hs.append(h)
             decays.append(decay)
 
-        def adjoint_in(q: torch.Tensor, i: int) -> torch.Tensor:
-            """h'[i] = C[i] y'[i] + q, q the adjoint coming back from step i + 1."""
-            return torch.addcmul(q, C[:, :, i, :, None], gy[:, :, i, None, :])
+        def adjoint_in_(q: torch.Tensor, i: int) -> torch.Tensor:
+            """h'[i] = C[i] y'[i] + q, q the adjoint coming back from step i + 1; in place in q."""
+            return q.addcmul_(C[:, :, i, :, None], gy[:, :, i, None, :])
 
+        # In-place updates of one slab below: a fresh slab per op would cost page faults.
         # 1) Adjoint of every chunk with nothing coming from its right; what leaves its start.
         q = torch.zeros_like(starts)
         for i in reversed(range(T)):
-            q = decays[i] * adjoint_in(q, i)
+            q = adjoint_in_(q, i).mul_(decays[i])
         # 2) Carry from right to left: arriving[k] is what reaches the end of chunk k.
         chunk_decay = torch.exp2(delta.sum(2)[:, :, None] * A2)
         arriving = [torch.zeros_like(starts[:, 0])]
@@ -270,31 +282,33 @@ class _ChunkedScan(torch.autograd.Function):
         # 3) The true adjoint, step by step from the right, and the gradients it gives.
         g_delta, g_dtu, g_B, g_C = [], [], [], []
         g_A2 = torch.zeros_like(starts)  # summed over b, K at the end
+        gz = torch.empty_like(starts)
         for i in reversed(range(T)):
-            gh = adjoint_in(q, i)
+            gh = adjoint_in_(q, i)
             g_C.append(torch.einsum("bknd,bkd->bkn", hs[i + 1], gy[:, :, i]))
             # x = dtu * B
             g_dtu.append(torch.einsum("bknd,bkn->bkd", gh, B[:, :, i]))
             g_B.append(torch.einsum("bknd,bkd->bkn", gh, dtu[:, :, i]))
-            q = decays[i] * gh
+            q = gh.mul_(decays[i])
             # decay = exp2(z), z = delta A2: dz = ln2 * decay * h[i-1] * h'[i] = ln2 * q * h[i-1]
-            gz = q * hs[i]
-            g_delta.append((gz * A2).sum(2))
+            torch.mul(q, hs[i], out=gz)
             g_A2.addcmul_(gz, delta[:, :, i, None])
+            g_delta.append(gz.mul_(A2).sum(2))
         ln2 = math.log(2.0)
         return (torch.stack(g_delta[::-1], 2) * ln2, torch.stack(g_dtu[::-1], 2), g_A2.sum((0, 1)) * ln2,
                 torch.stack(g_B[::-1], 2), torch.stack(g_C[::-1], 2))
 
 
 def _step(h: torch.Tensor, delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
-          i: int, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+          i: int, in_place: bool, buf: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the recurrence at step i of every chunk: h <- exp(delta A) h + delta B u.
 
     Discretisation as in Mamba: zero-order hold for A, Euler for B. h: (b, K, N, d). Returns the
-    new state (h itself when in_place) and the decay exp(delta A), a fresh (b, K, N, d) slab. The
-    input delta B u is added as a broadcast product, never formed as a slab of its own.
+    new state (h itself when in_place) and the decay exp(delta A), written into buf if given (a
+    fresh slab costs page faults; forward reuses one), else a fresh (b, K, N, d) slab. The input
+    delta B u is added as a broadcast product, never formed as a slab of its own.
     """
-    decay = torch.mul(delta[:, :, i, None], A2).exp2_()
+    decay = torch.mul(delta[:, :, i, None], A2, out=buf).exp2_()
     h = h.mul_(decay) if in_place else h * decay
     return h.addcmul_(dtu[:, :, i, None], B[:, :, i, :, None]), decay
 
@@ -305,8 +319,9 @@ def _chunk_starts(delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor,
     batch, K, T, dim = delta.shape
     # 1) Every chunk from a zero state, all chunks at once: the state at each chunk's end.
     h = delta.new_zeros(batch, K, A2.shape[0], dim)
+    buf = torch.empty_like(h)
     for i in range(T):
-        h, _ = _step(h, delta, dtu, A2, B, i, in_place=True)
+        h, _ = _step(h, delta, dtu, A2, B, i, in_place=True, buf=buf)
     # 2) Carry across chunks. A chunk's total decay is exp(A * sum(delta)), <= 1: no product needed.
     chunk_decay = torch.exp2(delta.sum(2)[:, :, None] * A2)  # (b, K, N, d)
     starts = [torch.zeros_like(h[:, 0])]

@@ -68,6 +68,25 @@ def pose_params_to_matrix(values: list[float]) -> np.ndarray:
     return T
 
 
+def build_matcher(p: dict[str, Any], features: str):
+    """The matcher the parameters ask for (MambaGlue, LightGlue on the same front end, or ORB)."""
+    if p["matcher"] == "orb":
+        from ..baselines import OrbMatcher
+
+        return OrbMatcher(max_keypoints=p["max_keypoints"])
+    from ..matcher import Matcher
+
+    options: dict[str, Any] = {"filter_threshold": p["filter_threshold"]}
+    weights = p["weights"] or None
+    if p["matcher"] == "lightglue":  # LightGlue = our network with the attention mixer and its own head
+        options.update(mixer="attention", regressor="linear")
+        weights = "lightglue"
+    return Matcher(features=features, weights=weights, device=p["device"], max_keypoints=p["max_keypoints"],
+                   detection_threshold=p["detection_threshold"] or None, resize_max=p["resize_max"] or None,
+                   alpha=p["alpha"] if p["early_exit"] else None,
+                   extractor_weights=p["extractor_weights"] or None, **options)
+
+
 def resolve_features(features: str, device: str) -> str:
     """'auto' -> XFeat on CPU (real time on small CPUs), ALIKED on CUDA (more accurate, GPU-fast)."""
     if features != "auto":
@@ -87,15 +106,10 @@ class MatcherNode(Node):
         self._pending: dict[str, Any] = {}
         self.mode = self.p["mode"]
 
-        from ..matcher import Matcher
-
         self.features = resolve_features(self.p["features"], self.p["device"])
-        self.matcher = Matcher(
-            features=self.features, weights=self.p["weights"] or None, device=self.p["device"],
-            max_keypoints=self.p["max_keypoints"], detection_threshold=self.p["detection_threshold"] or None,
-            resize_max=self.p["resize_max"] or None,
-            alpha=self.p["alpha"] if self.p["early_exit"] else None,
-            extractor_weights=self.p["extractor_weights"] or None, filter_threshold=self.p["filter_threshold"])
+        self.matcher = build_matcher(self.p, self.features)
+        if self.p["matcher"] == "orb":
+            self.features = "orb"
         self.controller = AlphaController(self._rate_config())
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None
@@ -177,9 +191,9 @@ class MatcherNode(Node):
             self.matcher.max_keypoints = self.p["max_keypoints"]
         if changes.keys() & {"alpha", "early_exit"}:
             self.matcher.alpha = self.p["alpha"] if self.p["early_exit"] else None
-        if "filter_threshold" in changes:
+        if "filter_threshold" in changes and hasattr(self.matcher, "net"):
             self.matcher.net.conf["filter_threshold"] = self.p["filter_threshold"]
-        if "detection_threshold" in changes:
+        if "detection_threshold" in changes and hasattr(self.matcher, "extractor"):
             self.matcher.extractor.detection_threshold = self.p["detection_threshold"] or None
         if self.tracker is not None and changes.keys() & {"keyframe_policy", "keyframe_min_matches",
                                                           "keyframe_max_parallax_px", "min_matches",

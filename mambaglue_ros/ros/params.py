@@ -56,6 +56,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("mono", "stereo")),
     ParamSpec("features", "auto", "front end; auto = xfeat on CPU, aliked on CUDA",
               choices=("auto", "xfeat", "aliked", "disk", "superpoint")),
+    ParamSpec("matcher", "mambaglue", "matcher: mambaglue; lightglue (same front end, LightGlue weights, for "
+              "comparisons); orb (ORB + brute force, the classical baseline; features is then ignored)",
+              choices=("mambaglue", "lightglue", "orb")),
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),

@@ -1,0 +1,87 @@
+"""The node as users start it: the `matcher_node` console script with a params file, in its own process."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mambaglue_ros.synthetic import make_sequence
+
+from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+
+pytestmark = pytest.mark.ros
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matcher_node_command(*ros_args: str) -> list[str]:
+    script = Path(sys.executable).parent / "matcher_node"
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "mambaglue_ros.ros.node"]
+    return exe + ["--ros-args", "--params-file", str(ROOT / "config" / "matcher.yaml"), *ros_args]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_console_script_runs_and_shuts_down_cleanly(ros_context, sig):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from mambaglue_ros.ros import convert as C
+
+    # the child inherits ROS_AUTOMATIC_DISCOVERY_RANGE / ROS_DOMAIN_ID / ROS_LOG_DIR from conftest
+    proc = subprocess.Popen(matcher_node_command("-p", "features:=xfeat", "-p", "qos_reliability:=reliable",
+                                                 "-r", "__ns:=/robot"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    io = rclpy.create_node("test_process_io", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(io)
+    try:
+        out = Collector(io, namespace="/robot")
+        pub = io.create_publisher(Image, "/robot/image", 10)
+        info = io.create_publisher(CameraInfo, "/robot/camera_info", 10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (pub.get_subscription_count() and info.get_subscription_count()):
+            executor.spin_once(timeout_sec=0.1)
+            assert proc.poll() is None, proc.stdout.read()
+        wait_for_subscribers(pub, info, timeout=1)
+        seq = make_sequence(n_frames=3, rate_hz=5.0, stereo=False, seed=3, speed_mps=1.0)
+        for f in seq:
+            info.publish(camera_info_msg(f.K, 640, 480, "cam"))
+            time.sleep(0.2)
+            msg = C.numpy_to_image(f.left, "rgb8")
+            msg.header.stamp = C.ns_to_stamp(f.stamp_ns)
+            msg.header.frame_id = "cam"
+            pub.publish(msg)
+            t_end = time.monotonic() + 30
+            while time.monotonic() < t_end and out.count("matches") < f.index:
+                executor.spin_once(timeout_sec=0.1)
+        assert out.count("matches") >= 1, "no /robot/matches from the node process"
+        m = out.get("matches")[-1]
+        assert len(m.scores) > 100 and m.features == "xfeat"
+        # shut down while it may still be working: no traceback, exit code 0
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+        assert "Traceback" not in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        executor.shutdown()
+        io.destroy_node()
+
+
+def test_startup_errors_are_one_clear_line(tmp_path):
+    missing = tmp_path / "no_such_weights.pt"
+    proc = subprocess.run(matcher_node_command("-p", "features:=xfeat", "-p", f"weights:={missing}"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "no_such_weights.pt" in proc.stderr and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(matcher_node_command("-p", "features:=sift"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "features" in proc.stderr and "Traceback" not in proc.stderr

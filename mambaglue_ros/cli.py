@@ -1,6 +1,12 @@
 """``mambaglue`` command line: one entry point, one subcommand per job.
 
     mambaglue match IMG0 IMG1 [--features xfeat] [--viz out.png] [--json out.json]
+    mambaglue demo [--out out/demo]     synthetic stereo bag -> node -> RPE/ATE table + plots
+    mambaglue demo-pair [--out DIR]     photo pair, MambaGlue vs LightGlue
+    mambaglue bag-from-euroc MAV0 OUT | bag-from-kitti SEQ OUT | demo-bag OUT
+    mambaglue replay BAG --out DIR [--params config/stereo.yaml] [--lossless] [--matcher mambaglue lightglue orb]
+    mambaglue train --config config/train_xfeat.yaml [--stage 1|2|both] [--max-minutes M] [--resume]
+    mambaglue eval-homography --images DIR --pairs N --features xfeat --methods mambaglue,lightglue --json out.json
 """
 from __future__ import annotations
 
@@ -101,8 +107,8 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Embedded default: a bundled photo and its warp by a known homography, MambaGlue vs LightGlue."""
+def cmd_demo_pair(args: argparse.Namespace) -> int:
+    """A bundled photo and its warp by a known homography, MambaGlue vs LightGlue (the former demo)."""
     import cv2
     from skimage import data
 
@@ -151,12 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write keypoints, matches, scores, stop layer, timings as JSON")
     p.set_defaults(func=cmd_match)
 
-    p = sub.add_parser("demo", help="the embedded default: a bundled photo pair, MambaGlue vs LightGlue")
-    p.add_argument("--out", default="out/demo")
+    from .bags import add_demo_arguments, add_subcommands as add_bag_commands
+    p = sub.add_parser("demo", help="the embedded default: synthetic stereo bag -> the node (lossless) -> "
+                       "RPE/ATE table and plots, MambaGlue vs LightGlue vs ORB")
+    add_demo_arguments(p)
+
+    p = sub.add_parser("demo-pair", help="a bundled photo pair, MambaGlue vs LightGlue (matches, precision, time)")
+    p.add_argument("--out", default="out/demo-pair")
     p.add_argument("--features", nargs="+", default=["xfeat", "aliked"], choices=FRONT_ENDS)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-keypoints", type=int, default=1024)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo_pair)
+    add_bag_commands(sub)  # bag-from-euroc, bag-from-kitti, demo-bag, replay
+
+    from .training.train import add_arguments as add_train_args, run_cli as run_train
+    p = sub.add_parser("train", help="train MambaGlue on synthetic homography pairs (stage 1 matcher, stage 2 regressor)")
+    add_train_args(p)
+    p.set_defaults(func=run_train)
+
+    from .evaluation.homography import add_arguments as add_eval_args, run_cli as run_eval
+    p = sub.add_parser("eval-homography", help="precision, recall, homography AUC, speed: MambaGlue vs LightGlue")
+    add_eval_args(p)
+    p.set_defaults(func=run_eval)
     return parser
 
 

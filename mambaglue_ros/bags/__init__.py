@@ -1,0 +1,179 @@
+"""Rosbag2 tools: dataset converters, replay through the real node, trajectory metrics, reports.
+
+    mambaglue bag-from-euroc MAV0_DIR OUT [--storage mcap|sqlite3] [--max-frames N] [--gt FILE] [--raw]
+    mambaglue bag-from-kitti SEQ_DIR OUT [--storage mcap|sqlite3] [--max-frames N] [--rate-hz 10]
+    mambaglue demo-bag OUT [--frames 40] [--trajectory forward]
+    mambaglue replay BAG --out DIR [--params config/stereo.yaml] [--rate R | --lossless]
+                     [--matcher mambaglue lightglue orb] [--features xfeat] [--mode mono|stereo]
+    mambaglue demo [--out out/demo]          (demo bag -> node, lossless -> table + plots)
+
+Modules: ``convert`` (bags from EuRoC / KITTI / the synthetic room, reading helpers),
+``replay`` (the node in-process over loopback DDS, recording, per-frame probe), ``metrics``
+(association, Umeyama, ATE, RPE, TUM files; numpy only), ``report`` (table, plots).
+Only ``replay`` needs rclpy; the CLI imports lazily.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+METHODS = ("mambaglue", "lightglue", "orb")
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _friendly(fn):
+    """CLI errors the shared ``main`` does not catch (existing outputs, unreadable bags): one line, exit 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        from rosbags.rosbag2 import ReaderError, WriterError
+
+        try:
+            return fn(args)
+        except (FileExistsError, ReaderError, WriterError, KeyError) as e:
+            print(f"error: {e}", flush=True)
+            return 2
+    return wrapper
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants NAME=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)  # typed like a params file: 1.0 is a float, 1 an int
+    return out
+
+
+@_friendly
+def cmd_bag_from_euroc(args: argparse.Namespace) -> int:
+    from .convert import convert_euroc, describe
+
+    summary = convert_euroc(args.mav0, args.out, storage=args.storage, gt_path=args.gt, max_frames=args.max_frames,
+                            rectify=not args.raw, log=_log)
+    _log(describe(summary) + ("" if args.raw else " (rectified with OpenCV stereoRectify)"))
+    return 0
+
+
+@_friendly
+def cmd_bag_from_kitti(args: argparse.Namespace) -> int:
+    from .convert import convert_kitti, describe
+
+    summary = convert_kitti(args.seq, args.out, storage=args.storage, rate_hz=args.rate_hz,
+                            max_frames=args.max_frames, stereo=False if args.mono else None, log=_log)
+    _log(describe(summary))
+    return 0
+
+
+@_friendly
+def cmd_demo_bag(args: argparse.Namespace) -> int:
+    from .convert import describe, write_demo_bag
+
+    summary = write_demo_bag(args.out, n_frames=args.frames, width=args.width, height=args.height,
+                             rate_hz=args.rate_hz, trajectory=args.trajectory, seed=args.seed,
+                             speed_mps=args.speed, noise_std=args.noise, storage=args.storage, color=args.color,
+                             log=_log)
+    _log(describe(summary) + f", ground-truth path {summary['gt_path_m']:.2f} m")
+    return 0
+
+
+@_friendly
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import ReplayConfig, replay_methods
+
+    cfg = ReplayConfig(bag=args.bag, out=args.out, params=args.params, overrides=_parse_set(args.set),
+                       mode=args.mode, features=args.features, lossless=args.lossless,
+                       rate=args.rate if args.rate is not None else 1.0, max_frames=args.max_frames, start=args.start,
+                       frame_timeout_s=args.frame_timeout, left_topic=args.left_topic, right_topic=args.right_topic,
+                       force=args.force, plots=not args.no_plots)
+    replay_methods(cfg, args.matcher, _log)
+    _log(f"wrote {args.out}/report.json, table.txt, plots, output bag(s)")
+    return 0
+
+
+@_friendly
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: synthetic stereo bag -> the node (lossless) -> metrics table and plots."""
+    from .replay import run_demo
+
+    run_demo(args.out, n_frames=args.frames, methods=tuple(args.matcher), features=args.features,
+             device=args.device, max_keypoints=args.max_keypoints, log=_log)
+    return 0
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--frames", type=int, default=40, help="stereo frames of the synthetic sequence (10 Hz)")
+    p.add_argument("--matcher", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="methods to compare (each runs the node once)")
+    p.add_argument("--features", default="xfeat", choices=("xfeat", "aliked", "disk"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.set_defaults(func=cmd_demo)
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register bag-from-euroc, bag-from-kitti, demo-bag and replay on the ``mambaglue`` CLI."""
+    storage = dict(choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage (default mcap)")
+
+    p = sub.add_parser("bag-from-euroc", help="EuRoC/ASL mav0 folder -> rectified stereo rosbag2 with ground truth")
+    p.add_argument("mav0", metavar="MAV0_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--storage", **storage)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--gt", default=None, help="ground truth TUM file of the body (IMU) frame (default: "
+                   "mav0/state_groundtruth_estimate0/data.csv or MAV0_DIR/../groundtruth_tum.txt)")
+    p.add_argument("--raw", action="store_true", help="write the raw distorted images (image_raw) instead")
+    p.set_defaults(func=cmd_bag_from_euroc)
+
+    p = sub.add_parser("bag-from-kitti", help="KITTI odometry sequence -> rosbag2 (mono left; stereo if image_1 exists)")
+    p.add_argument("seq", metavar="SEQ_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--storage", **storage)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--rate-hz", type=float, default=10.0, help="frame rate when there is no times.txt")
+    p.add_argument("--mono", action="store_true", help="left camera only even if right images exist")
+    p.set_defaults(func=cmd_bag_from_kitti)
+
+    p = sub.add_parser("demo-bag", help="synthetic stereo sequence (textured room, exact ground truth) -> rosbag2")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--rate-hz", type=float, default=10.0)
+    p.add_argument("--trajectory", default="forward", choices=("forward", "orbit", "figure8"))
+    p.add_argument("--speed", type=float, default=0.5, help="m/s")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian image noise, grey levels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--color", action="store_true", help="rgb8 images instead of mono8")
+    p.add_argument("--storage", **storage)
+    p.set_defaults(func=cmd_demo_bag)
+
+    p = sub.add_parser("replay", help="play a bag through the real matcher node, record outputs, evaluate vs GT")
+    p.add_argument("bag", metavar="BAG")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--params", default=None, help="node params file (e.g. config/stereo.yaml)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, help="play at R x the recorded rate (default 1)")
+    pace.add_argument("--lossless", action="store_true",
+                      help="publish a frame, wait for the node's result, then the next (evaluation)")
+    p.add_argument("--matcher", nargs="+", default=["mambaglue"], choices=METHODS,
+                   help="one or more methods (several: DIR/<method>/ each plus a comparison)")
+    p.add_argument("--features", default=None, choices=("xfeat", "aliked", "disk", "superpoint"))
+    p.add_argument("--mode", default=None, choices=("mono", "stereo"))
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="more node parameters")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--start", type=int, default=0, help="skip this many frames")
+    p.add_argument("--frame-timeout", type=float, default=120.0, help="lossless: seconds to wait per frame")
+    p.add_argument("--left-topic", default=None)
+    p.add_argument("--right-topic", default=None)
+    p.add_argument("--force", action="store_true", help="replace an earlier output bag in DIR")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_replay)

@@ -102,18 +102,21 @@ def main() -> None:
         for backward in (False, True):
             ref = None
             if not skip_ref[backward]:
-                ref = time_scan(selective_scan_ref, L, backward, max(1, args.repeats // 2), REF_MAX_SECONDS)
+                ref = time_scan(selective_scan_ref, L, backward, max(1, args.repeats // 2),
+                                REF_MAX_SECONDS)
                 skip_ref[backward] = ref is None
             ours = time_scan(selective_scan, L, backward, args.repeats, None)
             row += [fmt(ref), fmt(ours), fmt(time_linear(L, backward, args.repeats))]
-        print(f"{L:>5} {_chunk_size(L, D * N):>3} | {' '.join(row[:3])} | {' '.join(row[3:])}", flush=True)
+        T = _chunk_size(L, D * N)
+        print(f"{L:>5} {T:>3} | {' '.join(row[:3])} | {' '.join(row[3:])}", flush=True)
     if args.chunks:
-        print(f"\ntorch scan core with a given chunk length T: fwd / f+b ms")
+        print("\ntorch scan (softplus + core, no skip) with chunk length T: fwd / f+b ms")
         print(f"{'L':>5} | " + " ".join(f"{'T=' + str(T):>15}" for T in args.chunks))
         for L in args.lengths:
             cells = []
             for T in args.chunks:
-                def core(u, delta, A, B, C, T=T, **_):
+                def core(u, delta, A, B, C, delta_bias, T=T, **_):
+                    delta = torch.nn.functional.softplus(delta + delta_bias[:, None])
                     return _scan_torch(u, delta, A, B, C, chunk=T)
                 f, fb = (time_scan(core, L, backward, args.repeats, None) for backward in (False, True))
                 cells.append(f"{f:6.1f} / {fb:6.1f}")

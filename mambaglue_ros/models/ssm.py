@@ -7,10 +7,10 @@ For every batch b, channel d and state n, with input-dependent step size, B and 
 
 `selective_scan` has the signature of mamba_ssm's `selective_scan_fn`, so it dispatches to that
 CUDA kernel when the package is installed and the inputs are on a GPU, and otherwise runs
-`_scan_torch`, a chunked scan in plain PyTorch: exact (the same recurrence, no approximation, no
-overflow whatever delta and A), differentiable (hand-written backward, linear in L) and fast
-enough on CPU for keypoint sets (L = 256..4096); it runs on any device. `selective_scan_ref` is
-the step-by-step recurrence, kept for tests.
+`_scan_torch`, a chunked scan in plain PyTorch: exact (the same recurrence, no approximation, and
+no intermediate that overflows where the recurrence itself does not), differentiable (hand-written
+backward, linear in L) and fast enough on CPU for keypoint sets (L = 256..4096); it runs on any
+device. `selective_scan_ref` is the step-by-step recurrence, kept for tests.
 """
 from __future__ import annotations
 
@@ -75,16 +75,18 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     float64 inputs) whatever the input dtype.
     """
     if backend == "auto":
-        backend = "cuda" if u.is_cuda and cuda_scan_available() else "torch"
+        kernel_dtype = u.dtype in (torch.float32, torch.float16, torch.bfloat16)  # no float64 kernel
+        backend = "cuda" if u.is_cuda and kernel_dtype and cuda_scan_available() else "torch"
     if backend == "cuda":
         fn = _cuda_scan_fn()
         if fn is None or not u.is_cuda:
             raise RuntimeError("backend='cuda' needs the mamba_ssm package and inputs on a CUDA device")
         if u.shape[-1] == 0:  # the kernel is not written for empty sequences; the answer is known
             return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend="torch")
-        # The kernel wants fp32 A / D / delta_bias and unit-stride last dims; it handles the rest.
-        return fn(u, delta, A.float(), B.contiguous(), C.contiguous(),
-                  None if D is None else D.float(), z,
+        # The kernel checks dtypes: delta, B, C, z as u; A, D, delta_bias float32. It makes the
+        # last dims unit-stride itself.
+        return fn(u, delta.to(u.dtype), A.float(), B.to(u.dtype), C.to(u.dtype),
+                  None if D is None else D.float(), None if z is None else z.to(u.dtype),
                   None if delta_bias is None else delta_bias.float(), delta_softplus)
     if backend not in ("torch", "ref"):
         raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'cuda', 'torch' or 'ref'")
@@ -300,7 +302,8 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def _step(h: torch.Tensor, delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
-          i: int, in_place: bool, buf: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+          i: int, in_place: bool,
+          buf: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the recurrence at step i of every chunk: h <- exp(delta A) h + delta B u.
 
     Discretisation as in Mamba: zero-order hold for A, Euler for B. h: (b, K, N, d). Returns the

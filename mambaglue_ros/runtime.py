@@ -97,7 +97,11 @@ class RuntimeStats:
     """
 
     COUNTERS = ("frames_in", "frames_processed", "frames_dropped", "bad_input", "out_of_order", "resets",
-                "pose_failures", "errors", "no_camera_info", "oversized")
+                "pose_failures", "errors", "no_camera_info", "oversized", "bad_camera_info", "size_mismatch",
+                "gaps")
+    # counters of frames refused before processing (named in the "nothing processed" warning)
+    SKIP_COUNTERS = ("bad_input", "oversized", "size_mismatch", "out_of_order", "no_camera_info", "errors",
+                     "sync_dropped")
 
     def __init__(self, window: int = 100, window_s: float = 5.0) -> None:
         self.counters = {name: 0 for name in self.COUNTERS}
@@ -113,6 +117,8 @@ class RuntimeStats:
         self.last_error = ""
         self.last_error_time = -1e9
         self.last_input_time = -1e9
+        self.first_input_time: float | None = None
+        self.last_processed_time = -1e9
         self._lock = threading.Lock()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -123,6 +129,8 @@ class RuntimeStats:
         self.count("frames_in")
         self.input_rate.tick()
         self.last_input_time = time.monotonic()
+        if self.first_input_time is None:
+            self.first_input_time = self.last_input_time
 
     def error(self, message: str) -> None:
         with self._lock:
@@ -135,6 +143,7 @@ class RuntimeStats:
         self.processed_rate.tick()
         with self._lock:
             self.counters["frames_processed"] += 1
+            self.last_processed_time = time.monotonic()
             self._latency.append(float(latency_ms))
             self._keypoints.append(int(keypoints))
             if matches is not None:
@@ -157,6 +166,11 @@ class RuntimeStats:
             def mean(values) -> float:
                 return float(np.mean(values)) if values else 0.0
 
+            now = time.monotonic()
+            # time since a frame was last processed, counted from the first input (0 before any input)
+            without_output = (0.0 if self.first_input_time is None
+                              else now - max(self.last_processed_time, self.first_input_time))
+
             return {
                 **self.counters,
                 "input_rate_hz": self.input_rate.rate(),
@@ -170,8 +184,9 @@ class RuntimeStats:
                 "pose_success_ratio": mean(self._pose_ok) if self._pose_ok else 0.0,
                 "last_failure": self.last_failure,
                 "last_error": self.last_error,
-                "seconds_since_error": time.monotonic() - self.last_error_time,
-                "seconds_since_input": time.monotonic() - self.last_input_time,
+                "seconds_since_error": now - self.last_error_time,
+                "seconds_since_input": now - self.last_input_time,
+                "seconds_without_output": without_output,
             }
 
 
@@ -185,6 +200,10 @@ def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera
         return 1, "waiting for camera_info: frames are skipped"
     if snapshot["seconds_since_input"] > 5.0:
         return 1, f"no input for {snapshot['seconds_since_input']:.0f} s"
+    if snapshot.get("seconds_without_output", 0.0) > 5.0:  # input flows, yet every frame is refused
+        skipped = ", ".join(f"{k}={snapshot[k]}" for k in RuntimeStats.SKIP_COUNTERS if snapshot.get(k))
+        return 1, (f"input arrives but no frame was processed for {snapshot['seconds_without_output']:.0f} s"
+                   + (f" ({skipped})" if skipped else " (stereo pairs not forming?)"))
     if target_rate_hz > 0 and snapshot["processed_rate_hz"] < 0.8 * min(target_rate_hz, snapshot["input_rate_hz"]):
         return 1, (f"processing {snapshot['processed_rate_hz']:.1f} Hz, below the target "
                    f"{target_rate_hz:.1f} Hz")

@@ -163,6 +163,16 @@ class _TrackerBase:
             self.reference = None
         return was_reset
 
+    def _drop_reference_if_resized(self, image_size: tuple[int, int]) -> str | None:
+        """Forget a reference of another image size (the camera changed resolution): one K cannot
+        describe both images, so the pose would be wrong. The odometry continues from this frame."""
+        ref = self.reference
+        if ref is None or tuple(ref.feats.image_size) == tuple(image_size):
+            return None
+        self.reference = None
+        return (f"image size changed from {ref.feats.image_size[0]}x{ref.feats.image_size[1]} to "
+                f"{image_size[0]}x{image_size[1]}: new reference, no pose for this frame")
+
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
                 pose: RelativePose | None, reason: str) -> FrameResult:
         """Accumulate the pose, decide whether this frame becomes the reference, build the result.
@@ -210,10 +220,11 @@ class MonoTracker(_TrackerBase):
         was_reset = self._begin(stamp_ns)
         feats = self.matcher.extract(image)
         t1 = time.perf_counter()
+        resized = self._drop_reference_if_resized(feats.image_size)
         ref, match, pose = self.reference, None, None
         timings = {"extract": (t1 - t0) * 1e3}
         if ref is None:
-            reason = "no reference frame yet"
+            reason = resized or "no reference frame yet"
         else:
             match = self.matcher.match_features(ref.feats, feats)
             t2 = time.perf_counter()
@@ -284,10 +295,11 @@ class StereoTracker(_TrackerBase):
         points3d, has3d = self._triangulate(stereo, len(feats_l))
         t2 = time.perf_counter()
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
+        resized = self._drop_reference_if_resized(feats_l.image_size)
         ref, match, pose = self.reference, None, None
         cfg = self.config
         if ref is None:
-            reason = "no reference frame yet"
+            reason = resized or "no reference frame yet"
         else:
             match = self.matcher.match_features(ref.feats, feats_l)
             t3 = time.perf_counter()

@@ -46,7 +46,7 @@ def reprojection_error(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray) -> n
     return np.linalg.norm(proj - kpts1, axis=1)
 
 
-@pytest.mark.parametrize("features", ["xfeat", "aliked"])
+@pytest.mark.parametrize("features", ["xfeat", "aliked", "disk"])
 def test_warm_start_equals_kornia_lightglue(features, photo_pair):
     torch.manual_seed(0)
     extractor = FeatureExtractor(features, max_keypoints=1024)

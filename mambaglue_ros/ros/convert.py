@@ -68,6 +68,14 @@ class ImageConversionError(ValueError):
         self.reason = reason
 
 
+class OversizedImageError(ImageConversionError):
+    """An image has more pixels than allowed (``max_image_pixels``); raised before decoding it."""
+
+    def __init__(self, width: int, height: int, max_pixels: int):
+        super().__init__(f"{width}x{height} image ({width * height} px) is above the limit of {max_pixels} px")
+        self.width, self.height, self.max_pixels = int(width), int(height), int(max_pixels)
+
+
 class CameraInfoError(ValueError):
     """A CameraInfo message is unusable (uncalibrated, non-finite, inconsistent)."""
 
@@ -175,14 +183,61 @@ def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
     return _to_gray_or_rgb(pixels, order, mono16_shift)
 
 
-def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIFT) -> np.ndarray:
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None for other or unreadable data.
+
+    Lets a size limit be enforced before decoding: a few kB of compressed data can declare an
+    image of gigabytes (a decompression bomb).
+    """
+    head = bytes(data[:8])
+    if head == b"\x89PNG\r\n\x1a\n":
+        ihdr = bytes(data[8:24])
+        if len(ihdr) == 16 and ihdr[4:8] == b"IHDR":
+            return int.from_bytes(ihdr[8:12], "big"), int.from_bytes(ihdr[12:16], "big")
+        return None
+    if head[:2] != b"\xff\xd8":
+        return None
+    view = memoryview(bytes(data[:1 << 20]) if len(data) > 1 << 20 else bytes(data))  # headers come first
+    pos = 2
+    while pos + 4 <= len(view):
+        if view[pos] != 0xFF:
+            return None
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        length = int.from_bytes(view[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(view):
+                return None
+            height = int.from_bytes(view[pos + 5:pos + 7], "big")
+            width = int.from_bytes(view[pos + 7:pos + 9], "big")
+            return width, height
+        pos += 2 + length
+    return None
+
+
+def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIFT,
+                        max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (JPEG or PNG, as image_transport's compressed plugin sends)
     -> (H, W) gray or (H, W, 3) RGB uint8 (16-bit PNG: ``>> mono16_shift``).
 
     The format string (e.g. "jpeg", "rgb8; jpeg compressed bgr8") is only used to reject
     compressedDepth; the image codec is detected from the bytes.
 
+    max_pixels: refuse images with more pixels; for PNG and JPEG the size is read from the
+        header, before anything is decoded (other codecs: checked after decoding).
+
     Raises:
+        OversizedImageError: more than ``max_pixels`` pixels.
         ImageConversionError: empty data, compressedDepth, or bytes OpenCV cannot decode.
     """
     if "compresseddepth" in msg.format.lower().replace(" ", ""):
@@ -190,11 +245,17 @@ def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIF
     if len(msg.data) == 0:
         raise ImageConversionError("compressed image has no data")
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    if max_pixels is not None:
+        size = compressed_image_size(buffer)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise OversizedImageError(size[0], size[1], max_pixels)
     decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:
         raise ImageConversionError(
             f"could not decode {len(msg.data)} B of compressed image data (format '{msg.format}'): "
             "corrupt or not JPEG/PNG")
+    if max_pixels is not None and decoded.shape[0] * decoded.shape[1] > max_pixels:
+        raise OversizedImageError(decoded.shape[1], decoded.shape[0], max_pixels)
     if decoded.dtype not in (np.uint8, np.uint16):
         raise ImageConversionError(f"decoded image has unsupported depth {decoded.dtype}")
     # OpenCV decodes colour as BGR(A) whatever the publisher's original encoding was.
@@ -390,6 +451,9 @@ def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, s
     msg.scores = _array("f", np.asarray(result.scores).reshape(-1))
     if len(msg.scores) != len(matches):
         raise ValueError(f"{len(matches)} matches but {len(msg.scores)} scores")
+    if not (np.isfinite(msg.keypoints0).all() and np.isfinite(msg.keypoints1).all()
+            and np.isfinite(msg.scores).all()):
+        raise ValueError("non-finite keypoints or scores: Matches not built")
     msg.features = features
     msg.stop_layer = int(result.stop_layer)
     msg.num_layers = int(result.num_layers)
@@ -463,6 +527,8 @@ def odometry_msg(T: np.ndarray, cov: np.ndarray, header: Header, child_frame_id:
     _fill_pose(msg.pose.pose, T)
     msg.pose.covariance = cov.ravel()
     if twist is not None:
+        if not (np.isfinite(twist).all() and (twist_cov is None or np.isfinite(twist_cov).all())):
+            raise ValueError("twist and its covariance must be finite")
         vx, vy, vz, wx, wy, wz = (float(x) for x in np.asarray(twist, dtype=np.float64).reshape(6))
         linear, angular = msg.twist.twist.linear, msg.twist.twist.angular
         linear.x, linear.y, linear.z = vx, vy, vz

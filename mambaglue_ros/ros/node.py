@@ -17,6 +17,7 @@ them, the reason goes to diagnostics, and tracking continues from the next frame
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -46,6 +47,12 @@ from .sync import StereoSynchronizer
 
 NS = 1_000_000_000
 BACKWARD_RESET_S = 1.0  # a stamp this far back is a bag loop / clock reset, not a late frame
+# A forward stamp gap longer than this (dropped frames, paused bag, camera restart): the frame is
+# still matched against the reference (the relative pose does not depend on time, and a failed
+# match is reported as a pose failure), but the average motion over the gap is no velocity, so
+# ~/odom gets an unknown twist for that step. Counted in `gaps`.
+LONG_GAP_S = 5.0
+WARN_PERIOD_S = 5.0  # the same kind of warning is logged at most once per period
 
 
 @dataclass
@@ -87,6 +94,56 @@ def build_matcher(p: dict[str, Any], features: str):
                    extractor_weights=p["extractor_weights"] or None, **options)
 
 
+def _rule_value(text: str) -> Any:
+    """A ``-p name:=value`` value typed as rcl types it (``1e-3`` is a double, ``0x10`` an int, ``on`` true)."""
+    import yaml
+
+    t = text.strip()
+    for parse in (lambda v: int(v, 0), float):
+        try:
+            return parse(t)
+        except ValueError:
+            pass
+    if t.lower() in ("true", "yes", "on", "false", "no", "off"):
+        return t.lower() in ("true", "yes", "on")
+    try:
+        return yaml.safe_load(t)
+    except yaml.YAMLError:
+        return t
+
+
+def unapplied_parameter_rules(argv: list[str], values: dict[str, Any], node_name: str) -> list[str]:
+    """Reasons for ``-p name:=value`` command-line rules whose value the node did not get.
+
+    rcl silently keeps a params-file value when a ``-p`` rule for the same name has another type
+    (``-p max_keypoints:=lots`` over ``max_keypoints: 1024`` in the file): the node would run with a
+    value the user did not ask for. Rules for other nodes (``other:name:=v``) are ignored.
+    """
+    rules, in_ros_args, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg in ("-p", "--param") and i + 1 < len(argv):
+            rules.append(argv[i + 1])
+            i += 1
+        i += 1
+    reasons = []
+    for rule in rules:
+        target, sep, text = rule.partition(":=")
+        node, _, name = target.rpartition(":")
+        if not sep or name not in values or (node and node.lstrip("/") not in (node_name, "**")):
+            continue
+        wanted = _rule_value(text)
+        if wanted != values[name]:
+            reason = P.validate(name, wanted) or f"{name} is {values[name]!r}"
+            reasons.append(f"-p {rule} was not applied (rcl keeps the params-file value {values[name]!r} when the "
+                           f"types differ): {reason}")
+    return reasons
+
+
 def resolve_features(features: str, device: str) -> str:
     """'auto' -> XFeat on CPU (real time on small CPUs), ALIKED on CUDA (more accurate, GPU-fast)."""
     if features != "auto":
@@ -98,13 +155,22 @@ def resolve_features(features: str, device: str) -> str:
 
 
 class MatcherNode(Node):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, command_line: list[str] | None = None, **kwargs: Any) -> None:
+        """command_line: the process arguments (``main`` passes them) to check that every ``-p`` rule
+        took effect; kwargs go to rclpy's Node."""
         super().__init__("mambaglue_matcher", **kwargs)
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
+        unapplied = unapplied_parameter_rules(command_line or [], self.p, self.get_name())
+        if unapplied:
+            raise ValueError("invalid parameters:\n  " + "\n  ".join(unapplied))
         self.stats = RuntimeStats()
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
+        self._warned: dict[str, float] = {}
         self.mode = self.p["mode"]
+        from ..features import MIN_IMAGE_SIDE
+
+        self.min_image_side = MIN_IMAGE_SIDE
 
         self.features = resolve_features(self.p["features"], self.p["device"])
         self.matcher = build_matcher(self.p, self.features)
@@ -135,19 +201,23 @@ class MatcherNode(Node):
 
         image_type = CompressedImage if self.p["transport"] == "compressed" else Image
         suffix = "/compressed" if self.p["transport"] == "compressed" else ""
+        guard = self._guarded
         if self.mode == "mono":
-            self.create_subscription(image_type, "image" + suffix, self._on_mono_image, qos)
-            self.create_subscription(CameraInfo, "camera_info", lambda m: self._on_camera_info("left", m), qos)
+            self.create_subscription(image_type, "image" + suffix, guard(self._on_mono_image), qos)
+            self.create_subscription(CameraInfo, "camera_info", guard(lambda m: self._on_camera_info("left", m)),
+                                     qos)
         else:
             self.sync = StereoSynchronizer(self._on_stereo_pair, slop_s=self.p["sync_slop"], queue_size=10)
-            self.create_subscription(image_type, "left/image_rect" + suffix, self._on_left, qos)
-            self.create_subscription(image_type, "right/image_rect" + suffix, self._on_right, qos)
-            self.create_subscription(CameraInfo, "left/camera_info", lambda m: self._on_camera_info("left", m), qos)
-            self.create_subscription(CameraInfo, "right/camera_info", lambda m: self._on_camera_info("right", m), qos)
+            self.create_subscription(image_type, "left/image_rect" + suffix, guard(self._on_left), qos)
+            self.create_subscription(image_type, "right/image_rect" + suffix, guard(self._on_right), qos)
+            self.create_subscription(CameraInfo, "left/camera_info",
+                                     guard(lambda m: self._on_camera_info("left", m)), qos)
+            self.create_subscription(CameraInfo, "right/camera_info",
+                                     guard(lambda m: self._on_camera_info("right", m)), qos)
 
         self.slot = FrameSlot(self.p["queue_size"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
+        self.create_timer(self.p["diagnostics_period_s"], guard(self._publish_diagnostics))
         self._running = True
         self.worker = threading.Thread(target=self._work, name="mambaglue-worker", daemon=True)
         self.worker.start()
@@ -201,22 +271,64 @@ class MatcherNode(Node):
             self.tracker.config.update(self._tracking_config())
         self.get_logger().info(f"parameters changed: {changes}")
 
+    # ------------------------------------------------------------------ logging and fault containment
+    def _warn(self, kind: str, text: str, error: bool = False, details: str = "") -> None:
+        """Log a warning (or error) at most once per WARN_PERIOD_S per kind of problem.
+
+        The kind is ``kind`` plus the text with its numbers blanked, so a stream of bad frames does
+        not flood the log, yet every different problem is reported (rclpy's throttling is per call
+        site: one bad encoding would hide a later size error for the same period).
+        """
+        key = kind + ":" + re.sub(r"\d+(\.\d+)?", "#", text)[:200]
+        now = time.monotonic()
+        with self._lock:
+            last = self._warned.get(key)
+            if last is not None and now - last < WARN_PERIOD_S:
+                return
+            if len(self._warned) > 256:  # bounded: forget what is past its period
+                self._warned = {k: t for k, t in self._warned.items() if now - t < WARN_PERIOD_S}
+            self._warned[key] = now
+        logger = self.get_logger()
+        (logger.error if error else logger.warning)(text + details)
+
+    def _guarded(self, callback):
+        """Wrap an executor callback: an unexpected exception is counted in ``errors`` and logged
+        instead of propagating out of ``spin`` (which would stop the node)."""
+        def run(*args):
+            try:
+                return callback(*args)
+            except Exception as e:  # noqa: BLE001 - the node must outlive any one message
+                if not self.context.ok():
+                    return None  # shutting down
+                self.stats.error(f"{type(e).__name__}: {e}")
+                self._warn("errors", f"callback failed: {type(e).__name__}: {e}", error=True,
+                           details="\n" + traceback.format_exc(limit=3))
+                return None
+        return run
+
     # ------------------------------------------------------------------ input callbacks (executor thread)
     def _decode(self, msg) -> np.ndarray | None:
+        max_pixels = self.p["max_image_pixels"]
         try:
-            if isinstance(msg, CompressedImage):
-                image = C.compressed_to_numpy(msg)
+            if isinstance(msg, CompressedImage):  # the size is read from the header before decoding
+                image = C.compressed_to_numpy(msg, max_pixels=max_pixels)
             else:
+                if msg.width * msg.height > max_pixels:  # refused before any conversion
+                    raise C.OversizedImageError(msg.width, msg.height, max_pixels)
                 image = C.image_to_numpy(msg)
+        except C.OversizedImageError as e:
+            self.stats.count("oversized")
+            self._warn("oversized", f"skipping image: {e} (raise max_image_pixels, and set resize_max to "
+                                    "process large images)")
+            return None
         except C.ImageConversionError as e:
             self.stats.count("bad_input")
-            self.get_logger().warning(f"skipping image: {e}", throttle_duration_sec=5.0)
+            self._warn("bad_input", f"skipping image: {e}")
             return None
-        if image.shape[0] * image.shape[1] > self.p["max_image_pixels"]:
-            self.stats.count("oversized")
-            self.get_logger().warning(
-                f"skipping {image.shape[1]}x{image.shape[0]} image: above max_image_pixels="
-                f"{self.p['max_image_pixels']} (use resize_max to process large images)", throttle_duration_sec=5.0)
+        if min(image.shape[:2]) < self.min_image_side:
+            self.stats.count("bad_input")
+            self._warn("bad_input", f"skipping image: {image.shape[1]}x{image.shape[0]} is too small (less than "
+                                    f"{self.min_image_side} px a side: no features can be detected)")
             return None
         return image
 
@@ -224,14 +336,18 @@ class MatcherNode(Node):
         try:
             model = C.CameraModel.from_msg(msg)
         except (C.CameraInfoError, ValueError) as e:
-            self.stats.count("bad_input")
-            self.get_logger().warning(f"ignoring {side} camera_info: {e}", throttle_duration_sec=5.0)
+            self.stats.count("bad_camera_info")
+            self._warn("bad_camera_info", f"ignoring {side} camera_info: {e}"
+                       + (" (keeping the previous one)" if side in self.camera else ""))
             return
         with self._lock:
             old = self.camera.get(side)
             self.camera[side] = model
-        if old is not None and not (np.allclose(old.K, model.K) and np.allclose(old.P, model.P)):
-            self.get_logger().warning(f"{side} camera_info changed: using the new calibration")
+        if old is not None and not (np.allclose(old.K, model.K) and np.allclose(old.P, model.P)
+                                    and old.image_size == model.image_size):
+            self._warn("camera_info_changed", f"{side} camera_info changed: using the new calibration "
+                                              f"(fx {old.K[0, 0]:.1f} -> {model.K[0, 0]:.1f}, size "
+                                              f"{old.image_size} -> {model.image_size})")
 
     def _enqueue(self, frame: Frame) -> None:
         if self.slot.put(frame):
@@ -256,8 +372,8 @@ class MatcherNode(Node):
             return
         if left.shape[:2] != right.shape[:2]:
             self.stats.count("bad_input")
-            self.get_logger().warning(f"skipping stereo pair: left {left.shape[1]}x{left.shape[0]} and right "
-                                      f"{right.shape[1]}x{right.shape[0]} differ", throttle_duration_sec=5.0)
+            self._warn("bad_input", f"skipping stereo pair: left {left.shape[1]}x{left.shape[0]} and right "
+                                    f"{right.shape[1]}x{right.shape[0]} differ")
             return
         self._enqueue(Frame(C.stamp_to_ns(left_msg.header.stamp), left_msg.header, left, right,
                             right_msg.header))
@@ -266,35 +382,54 @@ class MatcherNode(Node):
     def _work(self) -> None:
         while self._running:
             frame = self.slot.get(timeout=0.2)
-            if frame is None:
-                continue
             try:
+                # also while no frame comes: a change (e.g. max_image_pixels) may be what lets frames in
                 self._apply_pending()
-                self._process(frame)
+                if frame is not None:
+                    self._process(frame)
             except Exception as e:  # never let one frame kill the node
+                if not self._running or not self.context.ok():
+                    break  # shutdown (SIGINT/SIGTERM) raced with this frame: publishers are gone
                 self.stats.error(f"{type(e).__name__}: {e}")
-                self.get_logger().error(f"frame {frame.stamp_ns} failed: {type(e).__name__}: {e}\n"
-                                        f"{traceback.format_exc(limit=3)}", throttle_duration_sec=5.0)
+                where = f"frame {frame.stamp_ns}" if frame is not None else "parameter update"
+                self._warn("errors", f"{where} failed: {type(e).__name__}: {e}", error=True,
+                           details="\n" + traceback.format_exc(limit=3))
                 if type(e).__name__ == "OutOfMemoryError":
-                    self._shrink_budget()
+                    try:
+                        self._shrink_budget()
+                    except Exception as e2:  # noqa: BLE001
+                        self.get_logger().error(f"could not reduce the keypoint budget: {e2}")
 
     def _shrink_budget(self) -> None:
         """CUDA out of memory: halve the keypoint budget (not below 64) and carry on."""
         import torch
 
-        torch.cuda.empty_cache()
-        new = max(64, self.matcher.max_keypoints // 2)
-        self.get_logger().warning(f"out of memory: reducing max_keypoints to {new}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        old = self.matcher.max_keypoints
+        new = max(64, old // 2)
+        if new == old:
+            self.get_logger().error(f"out of memory at the smallest keypoint budget ({old}): frame skipped")
+            return
+        self.get_logger().warning(f"out of memory: frame skipped, reducing max_keypoints {old} -> {new}")
         self.matcher.max_keypoints = new
         self.p["max_keypoints"] = new
+        self.p["min_keypoints"] = min(self.p["min_keypoints"], new)  # the controller needs min <= max
         self.controller = AlphaController(self._rate_config())
 
-    def _ensure_tracker(self) -> bool:
+    def _ensure_tracker(self, frame: Frame) -> bool:
         with self._lock:
             left, right = self.camera.get("left"), self.camera.get("right")
         if left is None or (self.mode == "stereo" and right is None):
             self.stats.count("no_camera_info")
-            self.get_logger().warning("no camera_info yet: skipping frame", throttle_duration_sec=5.0)
+            self._warn("no_camera_info", "no camera_info yet: skipping frame")
+            return False
+        size = (frame.image.shape[1], frame.image.shape[0])
+        if tuple(left.image_size) != size:  # the intrinsics are for another resolution: poses would be wrong
+            self.stats.count("size_mismatch")
+            self._warn("size_mismatch", f"skipping frame: image is {size[0]}x{size[1]} but camera_info is for "
+                                        f"{left.image_size[0]}x{left.image_size[1]} (binning/ROI are not "
+                                        "supported: publish camera_info for the image size)")
             return False
         if self.mode == "mono":
             if self.tracker is None:
@@ -303,9 +438,9 @@ class MatcherNode(Node):
         else:
             baseline = right.baseline_m
             if not baseline > 0:
-                self.stats.count("bad_input")
-                self.get_logger().warning("right camera_info has no positive baseline (P[0,3] = -fx*B): "
-                                          "skipping frame", throttle_duration_sec=5.0)
+                self.stats.count("bad_camera_info")
+                self._warn("bad_camera_info", "right camera_info has no positive baseline (P[0,3] = -fx*B): "
+                                              "skipping frame")
                 return False
             T_lr = np.eye(4)
             T_lr[0, 3] = baseline
@@ -320,14 +455,18 @@ class MatcherNode(Node):
             back_s = (self.last_stamp_ns - frame.stamp_ns) / NS
             if back_s < BACKWARD_RESET_S:
                 self.stats.count("out_of_order")
-                self.get_logger().warning(f"dropping frame: stamp not newer than the last one ({back_s * 1e3:.1f} "
-                                          "ms back; duplicate or out of order)", throttle_duration_sec=5.0)
+                self._warn("out_of_order", "dropping frame: stamp not newer than the last one ("
+                           + ("duplicate stamp" if back_s == 0 else f"{back_s * 1e3:.1f} ms back, out of order") + ")")
                 return
             self.get_logger().warning(f"stamp jumped back {back_s:.1f} s (bag loop?): resetting tracking")
             self.stats.count("resets")
             self._reset()
-        if not self._ensure_tracker():
+        if not self._ensure_tracker(frame):
             return
+        if self.last_stamp_ns is not None and frame.stamp_ns - self.last_stamp_ns > LONG_GAP_S * NS:
+            self.stats.count("gaps")
+            self._warn("gaps", f"{(frame.stamp_ns - self.last_stamp_ns) / NS:.1f} s since the last frame: matching "
+                               "against the old reference; no velocity is published for this step")
         self.last_stamp_ns = frame.stamp_ns
         t0 = time.perf_counter()
         if self.mode == "mono":
@@ -400,12 +539,15 @@ class MatcherNode(Node):
         A = np.zeros((6, 6))
         A[:3, :3] = R
         A[3:, 3:] = R
-        self.odom_cov = self.odom_cov + A @ rel.covariance @ A.T
-        self.T_odom_base = self.T_odom_base @ T_rel
+        odom_cov = self.odom_cov + A @ rel.covariance @ A.T
+        T_odom_base = self.T_odom_base @ T_rel
+        if not (np.isfinite(odom_cov).all() and np.isfinite(T_odom_base).all()):
+            raise ValueError("non-finite odometry step: not accumulated, not published")
+        self.odom_cov, self.T_odom_base = odom_cov, T_odom_base
         dt = (frame.stamp_ns - result.reference_stamp_ns) / NS if result.reference_stamp_ns else 0.0
         header = Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"])
         twist = twist_cov = None
-        if dt > 0:
+        if 0 < dt <= LONG_GAP_S:  # over a long gap the mean motion is no velocity: twist stays unknown
             twist = np.concatenate([T_rel[:3, 3] / dt, G.so3_log(T_rel[:3, :3]) / dt])
             twist_cov = rel.covariance / dt**2
         self.pub_odom.publish(C.odometry_msg(self.T_odom_base, self.odom_cov, header, self.p["base_frame"],
@@ -445,6 +587,8 @@ class MatcherNode(Node):
         snap = self.stats.snapshot()
         if self.mode == "stereo":
             snap["frames_dropped"] += self.sync.dropped  # unpaired / late stereo halves
+            snap.update(sync_dropped=self.sync.dropped, sync_duplicates=self.sync.duplicates,
+                        sync_resets=self.sync.resets, sync_pairs=self.sync.emitted)
         with self._lock:
             has_info = "left" in self.camera and (self.mode == "mono" or "right" in self.camera)
         level, reason = diagnostic_level(snap, self.p["target_rate_hz"], has_info)
@@ -469,10 +613,14 @@ class MatcherNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except Exception as e:  # a malformed --ros-args rule (e.g. `-p name:=` with no value)
+        print(f"[matcher_node] error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     node = None
     try:
-        node = MatcherNode()
+        node = MatcherNode(command_line=sys.argv if args is None else args)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -1,0 +1,599 @@
+"""Two-stage MambaGlue training on synthetic homography pairs (CPU-friendly, resumable, time-budgeted).
+
+Stage 1 (matcher): warm start from the front end's LightGlue weights (the Mamba branch and the Mamba
+columns of the self-block FFNs start fresh / at zero, so step 0 *is* LightGlue), then fine-tune with
+LightGlue's assignment NLL at every layer. AdamW with two learning rates: ``lr`` for the warm-started
+parameters and ``lr_new`` for the new ones (Mamba branch, the Mamba columns of the FFN input layer; the
+warm columns of that same tensor get ``lr`` exactly: their Adam step is rescaled after each update).
+Stage 2 (regressor): matcher frozen, the per-layer deep confidence regressors learn, with BCE, whether
+each point's current assignment is already the final one.
+
+    mambaglue train --config config/train_xfeat.yaml [--stage 1|2|both] [--max-minutes M] [--resume] [--out DIR]
+
+Outputs in the run folder (``out_dir`` of the config, or ``--out``):
+    stage{1,2}_state.pt   resumable training state (model fp32, optimiser, step, data position, time, log)
+    stage{1,2}_best.pt    the model with the best validation loss (fp32 state dict + numbers)
+    stage{1,2}_log.jsonl  loss curve and validations
+    mambaglue_<features>.pt  the release checkpoint (fp16, ``weights.save_checkpoint``) after stage 2;
+                          also copied to ``export`` when the config names a path
+    summary.json          numbers for the model card
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import weights as W
+from ..matcher import build_network
+from ..models.mambaglue import MambaGlue, filter_matches
+from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
+                      net_inputs, split_photos)
+from .homography import warp_points_torch
+from .losses import confidence_loss, confidence_targets, matcher_loss, nll_loss
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "features": "xfeat",
+    "seed": 0,
+    "out_dir": "out/train_xfeat",
+    "export": None,  # copy the release checkpoint here after stage 2
+    "hardware": None,  # text for the checkpoint metadata (default: detected)
+    "threads": 0,  # torch threads (0 = torch's default)
+    "data": {
+        "images": "/work/shared/data/photos/train",
+        "holdout_every": 14,  # every n-th photo (sorted) is held out for validation / checkpoint picking
+        "cache_dir": "out/cache",
+        "max_keypoints": 512,
+        "train_pairs": 1000,
+        "val_pairs": 64,
+        "difficulty": 0.8,
+        "size": [640, 480],
+        "photometric": 1.0,
+        "pos_th": 3.0,
+        "neg_th": 5.0,
+    },
+    "model": {"mixer": "attention+mamba", "regressor": "deep"},
+    "stage1": {
+        "batch_size": 8,
+        "lr": 1.0e-4,  # warm-started (LightGlue) parameters
+        "lr_new": 1.0e-3,  # Mamba branch and the Mamba columns of the self-block FFN input layer
+        "weight_decay": 0.0,
+        "weight_decay_new": 0.01,
+        "warmup_steps": 20,
+        "min_lr_factor": 0.1,  # cosine decay to this fraction of the lr over the budget
+        "clip_grad": 1.0,
+        "gamma": 1.0,  # layer weights gamma ** (L - 1 - l); 1 = every layer counts the same
+        "nll_balance": 0.5,
+        "max_minutes": 35.0,
+        "max_steps": 0,  # 0 = until the time budget
+        "ckpt_every": 50,
+        "val_every": 200,
+        "log_every": 10,
+    },
+    "stage2": {
+        "batch_size": 8,
+        "lr": 1.0e-3,
+        "weight_decay": 0.01,
+        "warmup_steps": 10,
+        "min_lr_factor": 0.1,
+        "clip_grad": 1.0,
+        "max_minutes": 10.0,
+        "max_steps": 0,
+        "ckpt_every": 50,
+        "val_every": 100,
+        "log_every": 10,
+        "init": "best",  # matcher weights for stage 2: 'best' or 'last' of stage 1
+    },
+}
+
+
+# ------------------------------------------------------------------------------------------ config
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            out[k] = _merge(base[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Defaults <- YAML file <- overrides (nested dicts merge)."""
+    cfg = DEFAULTS
+    if path is not None:
+        text = Path(path).read_text()
+        cfg = _merge(cfg, yaml.safe_load(text) or {})
+    cfg = _merge(cfg, overrides)
+    unknown = set(cfg) - set(DEFAULTS)
+    for section in ("data", "model", "stage1", "stage2"):
+        unknown |= {f"{section}.{k}" for k in set(cfg[section]) - set(DEFAULTS[section])}
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    return cfg
+
+
+def hardware_string(cfg: dict[str, Any]) -> str:
+    if cfg.get("hardware"):
+        return str(cfg["hardware"])
+    return (f"{os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, PairCache | None]:
+    """Build (or reuse) the training and validation feature caches of a config."""
+    d = cfg["data"]
+    photos = list_images(d["images"])
+    train_photos, val_photos = split_photos(photos, int(d["holdout_every"]))
+    common = dict(features=cfg["features"], max_keypoints=int(d["max_keypoints"]), difficulty=float(d["difficulty"]),
+                  size=tuple(d["size"]), photometric=float(d["photometric"]))
+    extractor = None
+    caches: list[PairCache | None] = []
+    for name, subset, n, seed in (("train", train_photos, d["train_pairs"], cfg["seed"]),
+                                  ("val", val_photos, d["val_pairs"], cfg["seed"] + 7919)):
+        if not subset or int(n) <= 0:
+            caches.append(None)
+            continue
+        spec = CacheSpec(photos=[str(p.resolve()) for p in subset], num_pairs=int(n), seed=int(seed), **common)
+        folder = cache_folder(d["cache_dir"], spec, name)
+        if not (folder / "cache.json").is_file() or PairCache(folder).meta["num_pairs"] < int(n):
+            if extractor is None:
+                from ..features import FeatureExtractor
+
+                extractor = FeatureExtractor(cfg["features"], max_keypoints=int(d["max_keypoints"]))
+        build_cache(spec, folder, extractor, progress=progress)
+        caches.append(PairCache(folder, int(n)))
+    if caches[0] is None:
+        raise ValueError("no training pairs: data.train_pairs must be > 0 and some photos must be left for training")
+    return caches[0], caches[1]
+
+
+def load_batch(cache: PairCache, idx: list[int], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return collate([cache[i] for i in idx], float(cfg["data"]["pos_th"]), float(cfg["data"]["neg_th"]))
+
+
+# ------------------------------------------------------------------------------------------ model / optimiser
+def build_model(cfg: dict[str, Any]) -> MambaGlue:
+    torch.manual_seed(int(cfg["seed"]))  # the fresh Mamba branch and regressor initialisation
+    net, _ = build_network(cfg["features"], "lightglue", mixer=cfg["model"]["mixer"],
+                           regressor=cfg["model"]["regressor"], early_exit=False, pruning=False)
+    return net
+
+
+def mixed_columns(net: MambaGlue) -> dict[str, int]:
+    """Self-block FFN input weights that hold warm (LightGlue) and new (Mamba) columns: name -> #warm columns."""
+    out = {}
+    d = net.conf["descriptor_dim"]
+    for i, layer in enumerate(net.transformers):
+        sb = layer.self_attn
+        if sb.use_mamba:
+            out[f"transformers.{i}.self_attn.ffn.0.weight"] = d * (1 + int(sb.use_attention))
+    return out
+
+
+class MatcherOptimizer:
+    """AdamW over the matcher (not the regressors) with a warm lr and a new lr, exact per column."""
+
+    def __init__(self, net: MambaGlue, s: dict[str, Any]) -> None:
+        self.mixed = mixed_columns(net)
+        self.ratio = float(s["lr"]) / float(s["lr_new"])
+        self.named = {n: p for n, p in net.named_parameters() if not n.startswith("token_confidence.")}
+        warm = [p for n, p in self.named.items() if ".mamba." not in n and n not in self.mixed]
+        new = [p for n, p in self.named.items() if ".mamba." in n]
+        mixed = [self.named[n] for n in self.mixed]
+        self.opt = torch.optim.AdamW([
+            {"params": warm, "lr": float(s["lr"]), "weight_decay": float(s["weight_decay"]), "name": "warm"},
+            {"params": new, "lr": float(s["lr_new"]), "weight_decay": float(s["weight_decay_new"]), "name": "new"},
+            {"params": mixed, "lr": float(s["lr_new"]), "weight_decay": 0.0, "name": "mixed"},
+        ])
+        for g in self.opt.param_groups:
+            g["base_lr"] = g["lr"]
+
+    def step(self) -> None:
+        before = {n: self.named[n].detach()[:, :c].clone() for n, c in self.mixed.items()}
+        self.opt.step()
+        with torch.no_grad():  # the warm columns move at lr, not lr_new (AdamW's step is linear in lr)
+            for n, c in self.mixed.items():
+                w = self.named[n]
+                w[:, :c] = before[n] + (w[:, :c] - before[n]) * self.ratio
+
+    def set_lr_factor(self, f: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.opt.load_state_dict(sd)
+        for g in self.opt.param_groups:
+            g.setdefault("base_lr", g["lr"])
+
+
+class RegressorOptimizer(MatcherOptimizer):
+    def __init__(self, net: MambaGlue, s: dict[str, Any]) -> None:  # noqa: D107 - AdamW over the regressors only
+        self.mixed, self.ratio, self.named = {}, 1.0, {}
+        params = [p for n, p in net.named_parameters() if n.startswith("token_confidence.")]
+        self.opt = torch.optim.AdamW(params, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
+        for g in self.opt.param_groups:
+            g["base_lr"] = g["lr"]
+
+
+def lr_factor(step: int, progress: float, s: dict[str, Any]) -> float:
+    """Linear warm-up, then cosine from 1 to ``min_lr_factor`` over the run's progress in [0, 1]."""
+    warm = int(s.get("warmup_steps", 0))
+    if warm and step < warm:
+        return (step + 1) / warm
+    lo = float(s.get("min_lr_factor", 0.1))
+    return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+# ------------------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(net: MambaGlue, cache: PairCache | None, cfg: dict[str, Any], batch_size: int = 8,
+             alpha: float = 0.95) -> dict[str, float]:
+    """Validation numbers on held-out pairs: NLL (mean over layers, final layer), final-layer precision and
+    recall (mutual matches above the filter threshold, correct = reprojection error < pos_th px),
+    regressor BCE / accuracy, and a simulated early exit at ``alpha`` (mean stop layer, precision there)."""
+    if cache is None or len(cache) == 0:
+        return {}
+    was_training = net.training
+    net.eval()
+    th = net.conf["filter_threshold"]
+    L = net.conf["n_layers"]
+    sums: dict[str, float] = {}
+    count = 0
+
+    def add(key: str, value: float, weight: float = 1.0) -> None:
+        sums[key] = sums.get(key, 0.0) + value * weight
+
+    for start in range(0, len(cache), batch_size):
+        idx = list(range(start, min(len(cache), start + batch_size)))
+        batch = load_batch(cache, idx, cfg)
+        data = net_inputs(batch)
+        out = net.forward_train(data)
+        las = out["log_assignment"]
+        b = len(idx)
+        loss, per_layer = matcher_loss(las, batch["gt_matches0"], batch["gt_matches1"], 1.0)
+        add("nll_mean", float(loss), b)
+        add("nll_final", per_layer[-1], b)
+        add("nll_first", per_layer[0], b)
+        closs, accs = confidence_loss(out["confidence0"], out["confidence1"], las, batch["mask0"], batch["mask1"])
+        add("conf_bce", float(closs), b)
+        add("conf_acc", sum(accs) / len(accs), b)
+        # per pair: matches at the final layer and at the simulated exit layer
+        conf_thr = net.confidence_thresholds
+        for k in range(b):
+            m0 = batch["mask0"][k]
+            m1 = batch["mask1"][k]
+            n0, n1 = int(m0.sum()), int(m1.sum())
+            exit_layer = L - 1
+            for li in range(L - 1):
+                c = torch.cat([out["confidence0"][li][k, :n0], out["confidence1"][li][k, :n1]])
+                if float((c >= conf_thr[li]).float().mean()) >= alpha:  # check_if_stop: unconfident = c < th
+                    exit_layer = li
+                    break
+            add("stop_layer", exit_layer + 1)
+            gt0 = batch["gt_matches0"][k, :n0]
+            num_gt = int((gt0 >= 0).sum())
+            for name, li in (("final", L - 1), ("exit", exit_layer)):
+                la = las[li][k: k + 1]
+                la = torch.cat([la[:, :n0, :n1], la[:, :n0, -1:]], 2)
+                la = torch.cat([la, torch.cat([las[li][k: k + 1, -1:, :n1], las[li][k: k + 1, -1:, -1:]], 2)], 1)
+                mm0 = filter_matches(la, th)[0][0]
+                valid = mm0 >= 0
+                i0 = torch.where(valid)[0]
+                if len(i0):
+                    p0 = batch["keypoints0"][k, i0]
+                    p1 = batch["keypoints1"][k, mm0[i0]]
+                    err = (warp_points_torch(p0, batch["H_0to1"][k]) - p1.double()).norm(dim=-1)
+                    correct = err < float(cfg["data"]["pos_th"])
+                    add(f"precision_{name}", float(correct.float().mean()))
+                    hit = int((gt0[i0] == mm0[i0]).sum())
+                else:
+                    add(f"precision_{name}", 0.0)
+                    hit = 0
+                add(f"recall_{name}", hit / max(num_gt, 1))
+                add(f"matches_{name}", float(len(i0)))
+        count += b
+    net.train(was_training)
+    return {k: round(v / count, 5) for k, v in sums.items()}
+
+
+# ------------------------------------------------------------------------------------------ training loop
+def _state_path(out: Path, stage: int) -> Path:
+    return out / f"stage{stage}_state.pt"
+
+
+def _save_state(path: Path, net: MambaGlue, opt: MatcherOptimizer, st: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), **st}, tmp)
+    tmp.replace(path)
+
+
+def _append_log(out: Path, stage: int, record: dict[str, Any]) -> None:
+    with open(out / f"stage{stage}_log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache, val_cache: PairCache | None,
+              net: MambaGlue, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one stage until its time budget or step limit; returns its summary."""
+    s = cfg[f"stage{stage}"]
+    out.mkdir(parents=True, exist_ok=True)
+    if stage == 1:
+        for n, p in net.named_parameters():
+            p.requires_grad_(not n.startswith("token_confidence."))
+        opt: MatcherOptimizer = MatcherOptimizer(net, s)
+    else:
+        for n, p in net.named_parameters():
+            p.requires_grad_(n.startswith("token_confidence."))
+        opt = RegressorOptimizer(net, s)
+    st: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "elapsed_s": 0.0, "best_val": None, "best_step": None,
+                          "history": [], "val_history": []}
+    path = _state_path(out, stage)
+    if resume and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved.pop("model"))
+        opt.load_state_dict(saved.pop("optimizer"))
+        st.update(saved)
+        log.info("stage %d: resumed at step %d (%.1f min done)", stage, st["step"], st["elapsed_s"] / 60)
+    elif not resume:
+        for f in (path, out / f"stage{stage}_log.jsonl", out / f"stage{stage}_best.pt"):
+            f.unlink(missing_ok=True)
+    budget_s = float(s["max_minutes"]) * 60.0
+    max_steps = int(s["max_steps"] or 0)
+    bs = int(s["batch_size"])
+    steps_per_epoch = math.ceil(len(train_cache) / bs)
+    L = net.conf["n_layers"]
+    torch.manual_seed(int(cfg["seed"]) + 1000 * stage + st["step"])
+
+    def progress_of(elapsed: float) -> float:
+        p = elapsed / budget_s if budget_s > 0 else 0.0
+        return max(p, st["step"] / max_steps) if max_steps else p
+
+    def do_validate() -> dict[str, Any]:
+        t = time.perf_counter()
+        v = validate(net, val_cache, cfg)
+        v["step"] = st["step"]
+        v["val_s"] = round(time.perf_counter() - t, 1)
+        st["val_history"].append(v)
+        _append_log(out, stage, {"val": v})
+        key = "nll_mean" if stage == 1 else "conf_bce"
+        if v and (st["best_val"] is None or v[key] < st["best_val"]):
+            st["best_val"], st["best_step"] = v[key], st["step"]
+            torch.save({"model": net.state_dict(), "step": st["step"], "val": v}, out / f"stage{stage}_best.pt")
+        log.info("stage %d step %d validation: %s", stage, st["step"],
+                 {k: v[k] for k in sorted(v) if k in ("nll_mean", "nll_final", "precision_final", "recall_final",
+                                                       "conf_bce", "conf_acc", "stop_layer", "precision_exit")})
+        return v
+
+    if st["step"] == 0 and not st["val_history"] and val_cache is not None:
+        do_validate()  # the starting point (stage 1: the LightGlue warm start)
+    net.train()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps or None, initial=st["step"], desc=f"stage {stage}", unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter() - st["elapsed_s"]
+    running: list[float] = []
+    stop = False
+    while not stop:
+        for pos, idx in iterate_batches(train_cache, bs, int(cfg["seed"]) + stage, st["epoch"], st["pos"]):
+            elapsed = time.perf_counter() - t_start
+            if (max_steps and st["step"] >= max_steps) or (budget_s > 0 and elapsed >= budget_s):
+                stop = True
+                break
+            f = lr_factor(st["step"], progress_of(elapsed), s)
+            opt.set_lr_factor(f)
+            batch = load_batch(train_cache, idx, cfg)
+            data = net_inputs(batch)
+            if stage == 1:
+                out_t = net.forward_train(data)
+                loss, per_layer = matcher_loss(out_t["log_assignment"], batch["gt_matches0"], batch["gt_matches1"],
+                                               float(s["gamma"]), float(s["nll_balance"]))
+                extra = {"nll_first": round(per_layer[0], 4), "nll_final": round(per_layer[-1], 4)}
+            else:
+                out_t = net.forward_train(data)  # frozen matcher: autograd only tracks the regressors
+                loss, accs = confidence_loss(out_t["confidence0"], out_t["confidence1"], out_t["log_assignment"],
+                                             batch["mask0"], batch["mask1"])
+                extra = {"acc_first": round(accs[0], 4), "acc_last": round(accs[-1], 4)}
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage {stage}: non-finite loss at step {st['step']}")
+            opt.zero_grad()
+            loss.backward()
+            params = [p for p in net.parameters() if p.requires_grad]
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, float(s["clip_grad"]))) if s["clip_grad"] else 0.0
+            opt.step()
+            st["step"] += 1
+            st["pos"] = pos
+            running.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{f:.2f}", ep=st["epoch"])
+            if st["step"] % int(s["log_every"]) == 0:
+                rec = {"step": st["step"], "epoch": st["epoch"], "loss": round(sum(running) / len(running), 5),
+                       "lr_factor": round(f, 4), "grad_norm": round(gnorm, 4),
+                       "time_s": round(time.perf_counter() - t_start, 1), **extra}
+                running = []
+                st["history"].append(rec)
+                _append_log(out, stage, rec)
+                if bar is None:
+                    log.info("stage %d %s", stage, rec)
+            if val_cache is not None and st["step"] % int(s["val_every"]) == 0:
+                do_validate()
+                net.train()
+            if st["step"] % int(s["ckpt_every"]) == 0:
+                st["elapsed_s"] = time.perf_counter() - t_start
+                _save_state(path, net, opt, st)
+        else:
+            st["epoch"] += 1
+            st["pos"] = 0
+    if bar is not None:
+        bar.close()
+    st["elapsed_s"] = time.perf_counter() - t_start
+    if val_cache is not None and (not st["val_history"] or st["val_history"][-1]["step"] != st["step"]):
+        do_validate()
+    _save_state(path, net, opt, st)
+    net.eval()
+    summary = {"stage": stage, "steps": st["step"], "epochs": round(st["step"] / steps_per_epoch, 2),
+               "wall_time_s": round(st["elapsed_s"], 1), "batch_size": bs, "best_step": st["best_step"],
+               "validation_start": st["val_history"][0] if st["val_history"] else None,
+               "validation_best": next((v for v in st["val_history"] if v["step"] == st["best_step"]), None),
+               "validation_last": st["val_history"][-1] if st["val_history"] else None,
+               "loss_curve": _curve_summary(st["history"]), "layers": L}
+    (out / f"stage{stage}_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _curve_summary(history: list[dict[str, Any]], points: int = 10) -> list[dict[str, Any]]:
+    """About ``points`` evenly spaced records of the loss curve."""
+    if not history:
+        return []
+    stride = max(1, len(history) // points)
+    picked = history[::stride]
+    if picked[-1] is not history[-1]:
+        picked.append(history[-1])
+    return picked
+
+
+def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best") -> str:
+    """Load the best (or last) model of a finished stage into ``net``; returns which file was used."""
+    best = out / f"stage{stage}_best.pt"
+    last = _state_path(out, stage)
+    path = best if which == "best" and best.is_file() else last
+    if not path.is_file():
+        raise FileNotFoundError(f"stage {stage} has no saved model in {out}: run stage {stage} first")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return path.name
+
+
+def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any]) -> Path:
+    """The release checkpoint (fp16) in the run folder, and its copy at ``cfg['export']`` if set."""
+    conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"]}
+    path = out / f"mambaglue_{cfg['features']}.pt"
+    W.save_checkpoint(path, net, cfg["features"], conf, meta=meta, half=True)
+    if cfg.get("export"):
+        dst = Path(cfg["export"])
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dst)
+    return path
+
+
+def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_dir: str | None = None,
+          progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Run stage 1, stage 2 or both for a config (see ``load_config``); returns the summary."""
+    if int(cfg.get("threads") or 0) > 0:
+        torch.set_num_threads(int(cfg["threads"]))
+    out = Path(out_dir or cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.perf_counter()
+    train_cache, val_cache = make_caches(cfg, progress=progress)
+    cache_s = time.perf_counter() - t0
+    net = build_model(cfg)
+    summary_path = out / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update({"features": cfg["features"], "config": cfg, "hardware": hardware_string(cfg),
+                    "train_pairs": len(train_cache), "val_pairs": len(val_cache) if val_cache else 0,
+                    "cache_s": round(cache_s, 1), "train_cache": str(train_cache.folder),
+                    "val_cache": str(val_cache.folder) if val_cache else None})
+    commands = summary.setdefault("commands", [])
+    if command:
+        commands.append(command)
+    if stage in ("1", "both"):
+        summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
+        summary_path.write_text(json.dumps(summary, indent=1))
+    if stage in ("2", "both"):
+        used = load_stage_weights(net, out, 1, cfg["stage2"]["init"])
+        matcher_before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("token_confidence.")}
+        summary["stage2"] = run_stage(2, cfg, out, train_cache, val_cache, net, resume, progress)
+        summary["stage2"]["matcher_from"] = used
+        summary["stage2"]["exported"] = load_stage_weights(net, out, 2, "best")
+        changed = [k for k, v in net.state_dict().items() if k in matcher_before and not torch.equal(v, matcher_before[k])]
+        if changed:
+            raise RuntimeError(f"stage 2 changed matcher weights: {changed[:3]}")
+        # the fp16 release checkpoint, checked by loading it back the way users do
+        s1, s2 = summary.get("stage1") or {}, summary["stage2"]
+        d = cfg["data"]
+        meta = {
+            "data": {"images": d["images"], "holdout_every": d["holdout_every"], "train_pairs": len(train_cache),
+                     "val_pairs": len(val_cache) if val_cache else 0, "max_keypoints": d["max_keypoints"],
+                     "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
+                     "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
+            "init": f"LightGlue weights of {cfg['features']} (warm start)",
+            "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},
+            "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
+            "wall_time_s": {"stage1": s1.get("wall_time_s"), "stage2": s2["wall_time_s"], "cache": round(cache_s, 1)},
+            "hardware": hardware_string(cfg),
+            "command": summary.get("commands", []),
+            "validation": {"stage1_start": s1.get("validation_start"), "stage1_best": s1.get("validation_best"),
+                           "stage2_last": s2.get("validation_last")},
+            "config": {k: cfg[k] for k in ("model", "stage1", "stage2")},
+        }
+        path = export(net, cfg, out, meta)
+        reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False)
+        summary["export"] = {"path": str(path), "copied_to": cfg.get("export"), "size_mb": round(path.stat().st_size / 2**20, 2),
+                             "validation_fp16": validate(reloaded, val_cache, cfg)}
+        summary_path.write_text(json.dumps(summary, indent=1))
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training config (YAML), e.g. config/train_xfeat.yaml")
+    p.add_argument("--stage", default="both", choices=("1", "2", "both"))
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="time budget of each stage run now (total over resumes); overrides the config")
+    p.add_argument("--max-steps", type=int, default=None, help="step limit of each stage run now (0 = none)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's saved state")
+    p.add_argument("--out", default=None, help="run folder (default: out_dir of the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    over: dict[str, Any] = {}
+    for key, val in (("max_minutes", args.max_minutes), ("max_steps", args.max_steps)):
+        if val is not None:
+            over.setdefault("stage1", {})[key] = val
+            over.setdefault("stage2", {})[key] = val
+    cfg = load_config(args.config, **over)
+    command = "mambaglue " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    summary = train(cfg, args.stage, args.resume, args.out, progress=not args.no_progress, command=command)
+    for stage in ("stage1", "stage2"):
+        if stage in summary:
+            s = summary[stage]
+            print(f"{stage}: {s['steps']} steps ({s['epochs']} epochs) in {s['wall_time_s'] / 60:.1f} min; "
+                  f"validation start {_short(s['validation_start'])} -> last {_short(s['validation_last'])}")
+    if "export" in summary:
+        e = summary["export"]
+        print(f"checkpoint: {e['path']} ({e['size_mb']} MB)" + (f", copied to {e['copied_to']}" if e["copied_to"] else ""))
+    return 0
+
+
+def _short(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "-"
+    keys = ("nll_mean", "precision_final", "recall_final", "conf_bce", "stop_layer", "precision_exit")
+    return "{" + ", ".join(f"{k}={v[k]:.4g}" for k in keys if k in v) + "}"

@@ -1,0 +1,229 @@
+"""Training: pair generator, ground truth, losses, optimiser, resume, regressor stage, export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mambaglue_ros import weights as W
+from mambaglue_ros.matcher import build_network
+from mambaglue_ros.training.dataset import (CacheSpec, PairCache, build_cache, collate, epoch_order, list_images,
+                                            net_inputs)
+from mambaglue_ros.training.homography import gt_matches_from_homography, make_pair, warp_points
+from mambaglue_ros.training.losses import confidence_loss, confidence_targets, matcher_loss, nll_loss
+from mambaglue_ros.training.train import MatcherOptimizer, build_model, load_config, train
+
+PHOTOS = Path("/work/shared/data/photos/train")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, and far faster than two on a busy shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    """Four photos: links to the shared corpus when present, else skimage's bundled images."""
+    folder = tmp_path_factory.mktemp("photos")
+    if PHOTOS.is_dir() and len(list_images(PHOTOS)) >= 4:
+        for p in [list_images(PHOTOS)[i] for i in (0, 70, 150, 250)]:
+            (folder / p.name).symlink_to(p)
+    else:
+        from skimage import data
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket"):
+            cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def _photo(photo_dir: Path) -> np.ndarray:
+    p = list_images(photo_dir)[0]
+    return cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+
+
+# ------------------------------------------------------------------------------------------ ground truth
+def test_gt_assignment_hand_made():
+    H = torch.tensor([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)  # shift right by 10 px
+    k0 = torch.tensor([[0, 0], [50, 50], [100, 100], [200, 200], [300, 300]], dtype=torch.float32)
+    k1 = torch.tensor([[10, 0],      # exact partner of 0
+                       [61, 50],     # 1 px from 1 -> match
+                       [114, 100],   # 4 px from 2 -> ambiguous (3..5 px): ignored, both sides
+                       [400, 400],   # nothing near -> unmatched
+                       [311, 300],   # 1 px from 4 -> match
+                       [312, 300]],  # 2 px from 4 but not its nearest -> ignored (not mutual, < 5 px)
+                      dtype=torch.float32)
+    m0, m1 = gt_matches_from_homography(k0[None], k1[None], H[None], pos_th=3, neg_th=5)
+    assert m0[0].tolist() == [0, 1, -2, -1, 4]
+    assert m1[0].tolist() == [0, 1, -2, -1, 4, -2]
+
+
+def test_gt_uses_the_larger_of_both_reprojection_errors():
+    H = torch.diag(torch.tensor([2.0, 2.0, 1.0], dtype=torch.float64))  # image 1 = image 0 zoomed 2x
+    k0 = torch.tensor([[10, 10], [50, 50]], dtype=torch.float32)
+    # 21,20: 1 px in image 1, 0.5 px in image 0 -> 1 px, match; 104,100: 4 px / 2 px -> 4 px, ignored
+    k1 = torch.tensor([[21, 20], [104, 100]], dtype=torch.float32)
+    m0, m1 = gt_matches_from_homography(k0[None], k1[None], H[None])
+    assert m0[0].tolist() == [0, -2] and m1[0].tolist() == [0, -2]
+    # padding is ignored
+    m0, m1 = gt_matches_from_homography(k0[None], k1[None], H[None], valid0=torch.tensor([[True, False]]),
+                                        valid1=torch.tensor([[True, True]]))
+    assert m0[0].tolist() == [0, -2]
+
+
+# ------------------------------------------------------------------------------------------ pairs
+def test_pair_generator_is_deterministic_and_h_maps_the_views(photo_dir):
+    img = _photo(photo_dir)
+    a, b = make_pair(img, 7, 0.8), make_pair(img, 7, 0.8)
+    assert np.array_equal(a.image0, b.image0) and np.array_equal(a.image1, b.image1)
+    assert np.array_equal(a.H_0to1, b.H_0to1)
+    assert not np.allclose(make_pair(img, 8, 0.8).H_0to1, a.H_0to1)
+    assert a.image0.shape == a.image1.shape == (480, 640, 3)
+    # difficulty 0: both views are the same crop
+    assert np.allclose(make_pair(img, 7, 0.0, photometric=0).H_0to1, np.eye(3), atol=1e-4)
+    # views are inside the photo
+    h, w = img.shape[:2]
+    for H in (a.H0, a.H1):
+        c = warp_points(np.array([[0, 0], [639, 0], [639, 479], [0, 479]]), H)
+        assert np.all(c >= -1e-6) and np.all(c[:, 0] <= w - 1 + 1e-6) and np.all(c[:, 1] <= h - 1 + 1e-6)
+    # H_0to1 maps view 0 onto view 1: pixels agree at warped points (no photometric change)
+    for seed in (1, 2, 3):
+        p = make_pair(img, seed, 1.0, photometric=0)
+        g0 = cv2.cvtColor(p.image0, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        g1 = cv2.cvtColor(p.image1, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        ys, xs = np.mgrid[20:460:8, 20:620:8]
+        pts0 = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+        pts1 = warp_points(pts0, p.H_0to1)
+        inside = (pts1[:, 0] > 2) & (pts1[:, 0] < 637) & (pts1[:, 1] > 2) & (pts1[:, 1] < 477)
+        assert inside.sum() > 200
+        v0 = g0[pts0[inside, 1].astype(int), pts0[inside, 0].astype(int)]
+        v1 = cv2.remap(g1, pts1[inside, 0].astype(np.float32)[:, None], pts1[inside, 1].astype(np.float32)[:, None],
+                       cv2.INTER_LINEAR).ravel()
+        wrong = cv2.remap(g1, pts0[inside, 0].astype(np.float32)[:, None], pts0[inside, 1].astype(np.float32)[:, None],
+                          cv2.INTER_LINEAR).ravel()
+        err, base = np.median(np.abs(v0 - v1)), np.median(np.abs(v0 - wrong))
+        assert err < 6 and err < 0.5 * base, (seed, err, base)
+
+
+# ------------------------------------------------------------------------------------------ cache + losses
+@pytest.fixture(scope="module")
+def tiny_cache(photo_dir, tmp_path_factory) -> PairCache:
+    spec = CacheSpec(features="xfeat", max_keypoints=128, photos=[str(p) for p in list_images(photo_dir)],
+                     num_pairs=4, seed=0, difficulty=0.8, size=(320, 240))
+    folder = build_cache(spec, tmp_path_factory.mktemp("cache"), progress=False)
+    return PairCache(folder)
+
+
+def test_cache_is_reused_and_checked(tiny_cache, photo_dir):
+    assert len(tiny_cache) == 4
+    item = tiny_cache[0]
+    assert item["keypoints0"].shape[1] == 2 and item["descriptors0"].shape[1] == 64
+    assert item["descriptors0"].dtype == torch.float16 and item["H_0to1"].shape == (3, 3)
+    spec = CacheSpec(features="xfeat", max_keypoints=64, photos=[str(p) for p in list_images(photo_dir)],
+                     num_pairs=4, seed=0, size=(320, 240))
+    with pytest.raises(ValueError, match="other parameters"):
+        build_cache(spec, tiny_cache.folder, progress=False)
+    assert epoch_order(10, 0, 1) == epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
+
+
+def test_losses_are_finite_and_decrease(tiny_cache):
+    torch.manual_seed(0)
+    cfg = load_config(None, features="xfeat")
+    net = build_model(cfg).train()
+    batch = collate([tiny_cache[i] for i in range(2)])  # xfeat, 128 keypoints, d=96: cheap
+    assert int((batch["gt_matches0"] >= 0).sum()) > 10  # the pairs have real ground-truth matches
+    data = net_inputs(batch)
+    opt = MatcherOptimizer(net, {**cfg["stage1"], "lr": 3e-4, "lr_new": 1e-3})
+    losses = []
+    for _ in range(20):
+        out = net.forward_train(data)
+        loss, per_layer = matcher_loss(out["log_assignment"], batch["gt_matches0"], batch["gt_matches1"])
+        assert torch.isfinite(loss) and len(per_layer) == 6
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+    # the NLL of a perfect assignment is 0, of a uniform one log(N+1)
+    la = out["log_assignment"][-1].detach()
+    nll, parts = nll_loss(la, batch["gt_matches0"], batch["gt_matches1"])
+    assert float(nll) > 0 and torch.isfinite(parts["nll_pos"]).all()
+    # confidence targets: the final layer agrees with itself; BCE finite
+    t0, t1 = confidence_targets(la[:, :, :], la)
+    assert bool((t0 == 1).all()) and bool((t1 == 1).all())
+    closs, accs = confidence_loss(out["confidence0"], out["confidence1"], out["log_assignment"],
+                                  batch["mask0"], batch["mask1"])
+    assert torch.isfinite(closs) and len(accs) == 5
+
+
+def test_warm_columns_move_at_the_warm_lr(tiny_cache):
+    cfg = load_config(None, features="xfeat")
+    net = build_model(cfg).train()
+    name = "transformers.0.self_attn.ffn.0.weight"
+    w = dict(net.named_parameters())[name]
+    before = w.detach().clone()
+    opt = MatcherOptimizer(net, {**cfg["stage1"], "lr": 0.0, "lr_new": 1e-3})
+    batch = collate([tiny_cache[0], tiny_cache[1]])
+    out = net.forward_train(net_inputs(batch))
+    matcher_loss(out["log_assignment"], batch["gt_matches0"], batch["gt_matches1"])[0].backward()
+    opt.step()
+    d = net.conf["descriptor_dim"]
+    assert torch.equal(w.detach()[:, : 2 * d], before[:, : 2 * d])  # warm columns (lr 0) unchanged
+    assert not torch.equal(w.detach()[:, 2 * d:], before[:, 2 * d:])  # Mamba columns learn
+    assert torch.equal(dict(net.named_parameters())["transformers.0.cross_attn.to_qk.weight"].detach(),
+                       build_model(cfg).state_dict()["transformers.0.cross_attn.to_qk.weight"])
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
+    base = {"features": "xfeat", "out_dir": str(tmp_path / "run"), "hardware": "test CPU",
+            "data": {"images": str(photo_dir), "holdout_every": 4, "cache_dir": str(tmp_path / "cache"),
+                     "max_keypoints": 128, "train_pairs": 4, "val_pairs": 2, "size": [320, 240]},
+            "stage1": {"batch_size": 2, "max_steps": 3, "ckpt_every": 1, "val_every": 100, "log_every": 1},
+            "stage2": {"batch_size": 2, "max_steps": 2, "ckpt_every": 1, "val_every": 100, "log_every": 1}}
+    s = train(load_config(None, **base), "1", progress=False)
+    assert s["stage1"]["steps"] == 3
+    state = torch.load(tmp_path / "run" / "stage1_state.pt", weights_only=True)
+    assert state["step"] == 3 and state["pos"] == 2 and state["epoch"] == 1  # 3 batches of 2 over 4 pairs
+    s = train(load_config(None, **{**base, "stage1": {**base["stage1"], "max_steps": 5}}), "1", resume=True,
+              progress=False)
+    assert s["stage1"]["steps"] == 5
+    assert [r["step"] for r in s["stage1"]["loss_curve"]][-1] == 5
+    assert len([r for r in torch.load(tmp_path / "run" / "stage1_state.pt", weights_only=True)["history"]]) == 5
+    # stage 2: the matcher stays as stage 1 left it, the regressors change
+    stage1 = torch.load(tmp_path / "run" / "stage1_best.pt", weights_only=True)["model"]
+    s = train(load_config(None, **base), "2", progress=False)
+    stage2 = torch.load(tmp_path / "run" / "stage2_state.pt", weights_only=True)["model"]
+    for k, v in stage1.items():
+        if k.startswith("token_confidence."):
+            continue
+        assert torch.equal(v, stage2[k]), k
+    assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1 if k.startswith("token_confidence."))
+    # the release checkpoint loads the way users load it
+    path = Path(s["export"]["path"])
+    assert path.stat().st_size < 30 * 2**20
+    ckpt = W.load_checkpoint(path, features="xfeat")
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert {"data", "steps", "wall_time_s", "hardware", "command", "validation"} <= set(ckpt["meta"])
+    assert ckpt["meta"]["steps"] == {"stage1": 5, "stage2": 2}
+    net, src = build_network("xfeat", str(path))
+    assert src.startswith("checkpoint:") and net.conf["mixer"] == "attention+mamba" and net.conf["regressor"] == "deep"
+    exported = torch.load(tmp_path / "run" / "stage2_best.pt", weights_only=True)["model"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, exported[k].half().float()), k
+
+
+def test_config_files_parse():
+    root = Path(__file__).resolve().parents[1]
+    for name in ("train_xfeat.yaml", "train_aliked.yaml"):
+        cfg = load_config(root / "config" / name)
+        assert cfg["features"] in name and cfg["stage1"]["lr_new"] > cfg["stage1"]["lr"]
+    with pytest.raises(ValueError, match="unknown config keys"):
+        load_config(None, stage1={"learning_rate": 1.0})

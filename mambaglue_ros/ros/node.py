@@ -172,6 +172,10 @@ class MatcherNode(Node):
 
         self.min_image_side = MIN_IMAGE_SIDE
 
+        if self.p["num_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(self.p["num_threads"])
         self.features = resolve_features(self.p["features"], self.p["device"])
         self.matcher = build_matcher(self.p, self.features)
         if self.p["matcher"] == "orb":

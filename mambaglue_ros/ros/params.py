@@ -62,6 +62,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
+    ParamSpec("num_threads", 0, "CPU threads for torch; 0 = torch's default (all cores). On a CPU shared with "
+              "other processes, 1-2 avoids thread oversubscription, which can slow inference many times",
+              low=0, high=256),
     ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
               low=64, high=8192, read_only=False),
     ParamSpec("detection_threshold", 0.0, "minimum detection score; 0 = keep the top max_keypoints",

@@ -272,3 +272,32 @@ def test_baseline_matchers_through_the_same_node(ros_context, mono_sequence, mat
         assert node.matcher.weights_source.startswith(expected)
     finally:
         stop(node, io, executor)
+
+
+def test_debug_image_only_while_subscribed(ros_context, mono_sequence):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    node, io, executor = start(ros_context, {"features": "xfeat", "qos_reliability": "reliable"})
+    try:
+        pub = io.create_publisher(Image, "image", 10)
+        info = io.create_publisher(CameraInfo, "camera_info", 10)
+        wait_for_subscribers(pub, info)
+        info.publish(camera_info_msg(mono_sequence[0].K, 640, 480, "cam"))
+        assert wait_for(lambda: "left" in node.camera, timeout=10)
+        built = []
+        original = node._publish_debug
+        node._publish_debug = lambda *a: (built.append(1), original(*a))
+        f0, f1, f2 = mono_sequence[:3]
+        pub.publish(image_msg(f0.left, f0.stamp_ns, "cam"))
+        assert wait_for(lambda: node.stats.counters["frames_processed"] >= 1, timeout=30)
+        pub.publish(image_msg(f1.left, f1.stamp_ns, "cam"))
+        assert wait_for(lambda: node.stats.counters["frames_processed"] >= 2, timeout=30)
+        assert not built, "the debug image was built with nobody subscribed"
+        images = []
+        io.create_subscription(Image, "/mambaglue_matcher/debug_image", images.append, 2)
+        assert wait_for(lambda: node.pub_debug.get_subscription_count() > 0, timeout=15)
+        pub.publish(image_msg(f2.left, f2.stamp_ns, "cam"))
+        assert wait_for(lambda: len(images) >= 1, timeout=30)
+        assert (images[0].width, images[0].height, images[0].encoding) == (1280, 480, "rgb8")
+    finally:
+        stop(node, io, executor)

@@ -7,6 +7,8 @@
     mambaglue replay BAG --out DIR [--params config/stereo.yaml] [--lossless] [--matcher mambaglue lightglue orb]
     mambaglue train --config config/train_xfeat.yaml [--stage 1|2|both] [--max-minutes M] [--resume]
     mambaglue eval-homography --images DIR --pairs N --features xfeat --methods mambaglue,lightglue --json out.json
+    mambaglue bench --json out.json [--plots DIR] [--features aliked] [--keypoints 256,512,1024,2048] [--repeats 7]
+    mambaglue export-onnx --features xfeat --out model.onnx [--layers N] [--keypoints K]
 """
 from __future__ import annotations
 
@@ -179,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-homography", help="precision, recall, homography AUC, speed: MambaGlue vs LightGlue")
     add_eval_args(p)
     p.set_defaults(func=run_eval)
+
+    from .evaluation.bench import add_arguments as add_bench_args, run_cli as run_bench
+    p = sub.add_parser("bench", help="speed: MambaGlue vs LightGlue (ours and kornia's) per keypoint count, "
+                       "front ends, pairs/s, memory")
+    add_bench_args(p)
+    p.set_defaults(func=run_bench)
+
+    from .export import add_arguments as add_export_args, run_cli as run_export
+    p = sub.add_parser("export-onnx", help="export the matcher (fixed layers and keypoints) to ONNX, "
+                       "checked with onnxruntime")
+    add_export_args(p)
+    p.set_defaults(func=run_export)
     return parser
 
 

@@ -343,8 +343,9 @@ def json_safe(obj: Any) -> Any:
 
 def format_table(result: dict[str, Any]) -> str:
     cols = ("precision", "recall", "auc@1px", "auc@3px", "auc@5px", "auc_dlt@1px", "auc_dlt@3px", "auc_dlt@5px",
-            "mean_matches", "mean_stop_layer", "ms_per_pair", "pairs_per_s")
-    heads = ("prec", "recall", "AUC@1", "AUC@3", "AUC@5", "DLT@1", "DLT@3", "DLT@5", "matches", "stop", "ms", "pairs/s")
+            "mean_matches", "mean_stop_layer", "ms_per_pair", "median_ms_per_pair", "pairs_per_s")
+    heads = ("prec", "recall", "AUC@1", "AUC@3", "AUC@5", "DLT@1", "DLT@3", "DLT@5", "matches", "stop", "ms", "med ms",
+             "pairs/s")
     width = max(12, *(len(m) for m in result["methods"]))
     lines = [f"{result['pairs']} pairs, {result['features']}, {result['max_keypoints']} keypoints "
              f"(mean {result['mean_keypoints']}), MAGSAC {result['ransac_px']} px",
@@ -353,16 +354,17 @@ def format_table(result: dict[str, Any]) -> str:
         vals = []
         for c in cols:
             v = s[c]
-            vals.append(f"{v:7.1f}" if c in ("mean_matches", "ms_per_pair", "pairs_per_s") else
+            vals.append(f"{v:7.1f}" if c in ("mean_matches", "ms_per_pair", "median_ms_per_pair", "pairs_per_s") else
                         f"{v:7.2f}" if c == "mean_stop_layer" else f"{v:7.4f}")
         lines.append(f"{m:<{width}} " + " ".join(vals))
     for m, rows in result.get("alpha_sweep", {}).items():
         lines.append(f"alpha sweep, {m}:")
-        lines.append(f"  {'alpha':>6} {'prec':>7} {'recall':>7} {'AUC@3':>7} {'AUC@5':>7} {'matches':>7} {'stop':>5} {'ms':>7}")
+        lines.append(f"  {'alpha':>6} {'prec':>7} {'recall':>7} {'AUC@3':>7} {'AUC@5':>7} {'matches':>7} {'stop':>5} {'ms':>7} {'med ms':>7}")
         for r in rows:
             a = "none" if r["alpha"] is None else f"{r['alpha']:.2f}"
             lines.append(f"  {a:>6} {r['precision']:7.4f} {r['recall']:7.4f} {r['auc@3px']:7.4f} {r['auc@5px']:7.4f} "
-                         f"{r['mean_matches']:7.1f} {r['mean_stop_layer']:5.2f} {r['ms_per_pair']:7.1f}")
+                         f"{r['mean_matches']:7.1f} {r['mean_stop_layer']:5.2f} {r['ms_per_pair']:7.1f} "
+                         f"{r['median_ms_per_pair']:7.1f}")
     return "\n".join(lines)
 
 

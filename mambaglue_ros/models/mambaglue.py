@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ssm import selective_scan
+from .ssm import cuda_scan_available, selective_scan
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -62,8 +62,8 @@ class MambaBranch(nn.Module):
 
     in_proj d -> 2d split into x and z; x: depthwise conv1d (kernel 5, 'same' padding: the keypoint
     set has no causal direction, so the conv looks both ways) -> SiLU -> selective scan (state N)
-    with input-dependent (Δ, B, C); z: SiLU gate branch. One out_proj is shared by y and z.
-    Returns (y, z), each (B, L, d).
+    with input-dependent (Δ, B, C); z: SiLU gate branch. One out_proj is shared by y and z; ``forward``
+    stops before it (SelfBlock folds it into the FFN).
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 5, dt_rank: int | None = None,
@@ -87,24 +87,115 @@ class MambaBranch(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, L, d); mask: (B, L) True for real tokens (padding sits at the end of a sequence)."""
-        L = x.shape[1]
-        xz = self.in_proj(x)
-        u, z = xz.chunk(2, dim=-1)
+        """x: (B, L, d); mask: (B, L) True for real tokens (padding sits at the end of a sequence).
+
+        Returns (y, silu(z)), each (B, L, d), *before* the shared out_proj: SelfBlock folds out_proj into
+        the FFN's first layer (``SelfBlock.ffn_weight``), which saves two d x d products per token.
+        """
+        u, z = self.in_proj(x).chunk(2, dim=-1)
         if mask is not None:
             # Zeroed padding = the conv's own zero padding, and the scan is causal, so padded pairs give
             # the same outputs on their real tokens as unpadded ones.
             u = u * mask[..., None].to(u.dtype)
-        u = F.silu(self.conv1d(u.transpose(1, 2))[..., :L])  # (B, d, L)
-        x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, r + 2N)
-        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
+        u = F.silu(depthwise_conv(u, self.conv1d))
+        dt, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # (B, L, d); the bias goes in as delta_bias
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(u, delta, A, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(),
+        if use_inference_scan(u, self.d_state):
+            return selective_scan_inference(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float()), F.silu(z)
+        # Training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views).
+        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
                            D=self.D.float(), z=None, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        y = self.out_proj(y.transpose(1, 2))
-        z = self.out_proj(F.silu(z))
-        return y, z
+        return y.transpose(1, 2), F.silu(z)
+
+
+def depthwise_conv(u: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv``'s depthwise convolution along the sequence of u (B, L, d), output (B, L, d) ('same' padding).
+
+    The same sum as ``conv(u.transpose(1, 2))[..., :L].transpose(1, 2)``, written as k shifted products in
+    the (B, L, d) layout that the projections and the scan use: no transposed copies either side.
+    """
+    k, pad = conv.kernel_size[0], conv.padding[0]
+    L = u.shape[1]
+    w = conv.weight[:, 0].t()  # (k, d)
+    padded = F.pad(u, (0, 0, pad, k - 1 - pad))
+    out = torch.addcmul(conv.bias, padded[:, :L], w[0])
+    for j in range(1, k):
+        out.addcmul_(padded[:, j: j + L], w[j])
+    return out
+
+
+# Largest (batch, L, N, d) float buffer for which inference uses selective_scan_inference; above it, the
+# chunked scan of ssm.py, which never holds one (a fresh buffer much larger than this costs page faults).
+INFERENCE_SCAN_BYTES = 16 << 20
+
+
+def use_inference_scan(u: torch.Tensor, d_state: int) -> bool:
+    """selective_scan_inference for u (B, L, d) where no gradient is wanted, its buffer is small, and no
+    CUDA kernel takes the scan."""
+    if torch.is_grad_enabled() or (u.is_cuda and cuda_scan_available()):
+        return False
+    return u.numel() * d_state * 4 <= INFERENCE_SCAN_BYTES
+
+
+def selective_scan_inference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                             D: torch.Tensor, delta_bias: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Forward-only selective scan in the (batch, L, channels) layout, for inference and ONNX export.
+
+    u, delta: (b, L, d), delta before delta_bias and softplus; A: (d, N); B, C: (b, L, N); D, delta_bias: (d,).
+    Returns y (b, L, d) in u's dtype: h[t] = exp(delta[t] A) h[t-1] + delta[t] B[t] u[t], y[t] = C[t] h[t] + D u[t], as
+    ``ssm.selective_scan(..., delta_softplus=True)`` (same recurrence and chunking: chunks of T steps side by
+    side, then a carry from chunk to chunk), arranged for inference: the decays exp(delta A) of all steps are
+    formed in one op into a (b, L, N, d) buffer, which the second pass overwrites with the states, so a step is
+    two ops on a (b, L/T, N, d) slab and the read-out C h is one batched product at the end. About 4T + L/T
+    small ops instead of ssm's 9T + L/T (Python and dispatch cost are most of the scan at d = 96), at the
+    price of that buffer (see INFERENCE_SCAN_BYTES). With L fixed, the loops trace into a plain graph.
+    chunk: steps per chunk T (default about sqrt(L / 2)).
+    """
+    b, L, d = u.shape
+    N = A.shape[1]
+    dtype_in = u.dtype  # computed in float32 (float64 for float64 inputs), as ssm's torch scan does
+    dtype = torch.float64 if dtype_in == torch.float64 else torch.float32
+    u, delta, A, B, C, D, delta_bias = (t.to(dtype) for t in (u, delta, A, B, C, D, delta_bias))
+    T = min(L, chunk or math.ceil(math.sqrt(L / 2)))  # measured best on CPU, near the 4T + L/T minimum
+    K = -(-L // T)
+    delta = F.softplus(delta + delta_bias)
+    x = delta * u
+    if K * T != L:  # padded steps: delta = 0 (decay 1) and no input, outputs cut off below
+        delta, x, B, C = (F.pad(t, (0, 0, 0, K * T - L)) for t in (delta, x, B, C))
+    delta, x = delta.view(b, K, T, 1, d), x.view(b, K, T, 1, d)
+    B, C = B.reshape(b, K, T, N, 1), C.reshape(b, K, T, 1, N)
+    A2 = (A * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e), faster
+    h = torch.mul(delta, A2).exp2_()  # (b, K, T, N, d): the decays (then, in place, the states)
+    # Traced for export, no in-place writes: into slices of h they would become scatters of all of h.
+    in_place = not torch.compiler.is_compiling()
+
+    def step(state: torch.Tensor, i: int, into: torch.Tensor | None = None) -> torch.Tensor:
+        """state * decay[i] + x[i] B[i] on a (b, K, N, d) slab (in place: in ``into``, else in state)."""
+        if not in_place:
+            return torch.addcmul(state * h[:, :, i], x[:, :, i], B[:, :, i])
+        return (state.mul_(h[:, :, i]) if into is None else into.mul_(state)).addcmul_(x[:, :, i], B[:, :, i])
+
+    end = x[:, :, 0] * B[:, :, 0]  # 1) every chunk from a zero state, all chunks at once: their end states
+    for i in range(1, T):
+        end = step(end, i)
+    decay = torch.exp2(delta.sum(2) * A2)  # 2) a chunk's total decay; carry the state across chunks
+    starts = [torch.zeros_like(end[:, 0])]
+    for k in range(K - 1):
+        starts.append(torch.addcmul(end[:, k], decay[:, k], starts[-1]))
+    state = torch.stack(starts, 1)
+    if in_place:  # 3) every chunk from its true start: all states (into h), then y = C h in one product
+        for i in range(T):
+            state = step(state, i, into=h[:, :, i])
+        y = torch.matmul(C, h)
+    else:
+        ys = []
+        for i in range(T):
+            state = step(state, i)
+            ys.append(torch.matmul(C[:, :, i], state))
+        y = torch.stack(ys, 2)
+    y = y.view(b, K * T, d)[:, :L]
+    return (y + u * D).to(dtype_in)
 
 
 def make_ffn(in_dim: int, dim: int) -> nn.Sequential:
@@ -118,6 +209,8 @@ class SelfBlock(nn.Module):
 
     message = FFN(concat[x, attention message, Mamba y, gate z]); x <- x + message.
     mixer 'attention' drops y and z (= LightGlue), 'mamba' drops the attention message.
+    y and z share the Mamba out_proj, which is linear and followed by the FFN's first (linear) layer, so
+    the two are applied as one: the FFN's columns for y and z times out_proj (``ffn_weight``).
     """
 
     def __init__(self, dim: int, num_heads: int, mixer: str = "attention+mamba", d_state: int = 16) -> None:
@@ -134,6 +227,7 @@ class SelfBlock(nn.Module):
             self.mamba = MambaBranch(dim, d_state=d_state)
         n_inputs = 1 + self.use_attention + 2 * self.use_mamba
         self.ffn = make_ffn(n_inputs * dim, dim)
+        self._folded: tuple | None = None  # ffn_weight()'s cache for inference
 
     def attention(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)  # LightGlue's layout
@@ -145,13 +239,50 @@ class SelfBlock(nn.Module):
             context = context.nan_to_num()  # fully masked (padding) rows
         return self.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
 
+    def ffn_weight(self) -> torch.Tensor:
+        """The FFN's first-layer weight for the input [x, message, y, silu(z)] (Mamba's out_proj folded in).
+
+        ffn[0].weight @ [.., out_proj(y), out_proj(s)] = [.., W_y @ out_proj, W_z @ out_proj] @ [.., y, s].
+        Without a Mamba branch: ffn[0].weight itself. Under autograd (gradients reach both factors) and when
+        traced for export, the product is formed every call; for inference it is cached until either weight
+        changes: an in-place update bumps the version counter that a weight shares with the detached copy
+        kept here, and ``.to()`` or ``.half()`` give it new storage (the kept copy holds on to the old one,
+        so its address cannot come back).
+        """
+        w = self.ffn[0].weight
+        if not self.use_mamba:
+            return w
+        wo = self.mamba.out_proj.weight
+        n = w.shape[1] - 2 * self.dim
+
+        def fold() -> torch.Tensor:
+            return torch.cat([w[:, :n], w[:, n: n + self.dim] @ wo, w[:, n + self.dim:] @ wo], 1)
+
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return fold()
+        cached = self._folded
+        try:
+            if (cached is not None and all(a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a._version == v
+                                           for a, b, v in zip(cached[0], (w, wo), cached[1]))):
+                return cached[2]
+            refs = (w.detach(), wo.detach())
+            self._folded = (refs, tuple(r._version for r in refs), fold())
+        except RuntimeError:  # inference tensors (made under inference_mode) have no version counter
+            return fold()
+        return self._folded[2]
+
     def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x]
         if self.use_attention:
             parts.append(self.attention(x, encoding, mask))
         if self.use_mamba:
             parts.extend(self.mamba(x, mask))
-        return x + self.ffn(torch.cat(parts, -1))
+        return x + self.feed_forward(torch.cat(parts, -1))
+
+    def feed_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The message FFN on [x, message, y, silu(z)], its first layer with ``ffn_weight``."""
+        first, rest = self.ffn[0], self.ffn[1:]
+        return rest(F.linear(inputs, self.ffn_weight(), first.bias))
 
 
 class CrossBlock(nn.Module):
@@ -173,18 +304,39 @@ class CrossBlock(nn.Module):
 
         qk0, qk1 = heads(self.to_qk(x0)) * self.scale**0.5, heads(self.to_qk(x1)) * self.scale**0.5
         v0, v1 = heads(self.to_v(x0)), heads(self.to_v(x1))
-        sim = torch.einsum("bhid, bhjd -> bhij", qk0, qk1)
-        if mask0 is not None:
-            sim = sim.masked_fill(~(mask0[:, None, :, None] & mask1[:, None, None, :]), -float("inf"))
-        attn01 = F.softmax(sim, dim=-1)
-        attn10 = F.softmax(sim.transpose(-2, -1).contiguous(), dim=-1)
-        m0 = torch.einsum("bhij, bhjd -> bhid", attn01, v1)
-        m1 = torch.einsum("bhji, bhjd -> bhid", attn10.transpose(-2, -1), v0)
-        if mask0 is not None:
-            m0, m1 = m0.nan_to_num(), m1.nan_to_num()
+        mask = None if mask0 is None else (mask0[:, None, :, None] & mask1[:, None, None, :])
+        m0 = softmax_attention(qk0, qk1, v1, mask)
+        m1 = softmax_attention(qk1, qk0, v0, None if mask is None else mask.transpose(-1, -2))
         m0 = self.to_out(m0.transpose(1, 2).flatten(start_dim=-2))
         m1 = self.to_out(m1.transpose(1, 2).flatten(start_dim=-2))
         return x0 + self.ffn(torch.cat([x0, m0], -1)), x1 + self.ffn(torch.cat([x1, m1], -1))
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                      block_bytes: int = 1 << 21) -> torch.Tensor:
+    """softmax(q k^T) v for the cross block: q (B, h, M, dh), k (B, h, N, dh) already scaled, v (B, h, N, dv).
+
+    LightGlue forms the similarity q0 k1^T once and takes its softmax along each axis, which needs a
+    transposed copy of an M x N matrix per head. Here each direction is its own product, in blocks of
+    query rows whose similarity fits in ``block_bytes`` (cache): about 30 % faster on a CPU, and the same
+    numbers (q1 k0^T is (q0 k1^T)^T: the same dot products; every row's softmax is taken as LightGlue takes
+    it; measured equal to the bit on CPU). On CUDA: the fused attention kernel (what LightGlue uses there).
+    mask: (B, 1, M, N) bool, True where attention is allowed; fully masked rows give 0.
+    """
+    if q.is_cuda:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return out if mask is None else out.nan_to_num()
+    b, h, m, n = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    rows = max(16, block_bytes // max(1, b * h * n * q.element_size()))
+    kt = k.transpose(-1, -2)
+    out = []
+    for i in range(0, m, rows):
+        sim = q[:, :, i: i + rows] @ kt
+        if mask is not None:
+            sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
+        out.append(F.softmax(sim, dim=-1) @ v)
+    out = out[0] if len(out) == 1 else torch.cat(out, 2)
+    return out if mask is None else out.nan_to_num()
 
 
 class TransformerLayer(nn.Module):
@@ -220,12 +372,19 @@ class ConfidenceRegressor(nn.Module):
         return self.token(desc.detach()).squeeze(-1)
 
 
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """(b, m, n) -> (b, n, m) contiguous, as 2-D transposing copies: on a CPU ~5x faster than PyTorch's 3-D one."""
+    if x.shape[0] == 1:
+        return x[0].t().contiguous()[None]
+    return torch.stack([xb.t().contiguous() for xb in x]) if x.shape[0] else x.transpose(1, 2).contiguous()
+
+
 def sigmoid_log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
     """Log assignment (B, M+1, N+1) from similarity (B, M, N) and matchability logits (B, M, 1), (B, N, 1)."""
     b, m, n = sim.shape
     certainties = F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
     scores0 = F.log_softmax(sim, 2)
-    scores1 = F.log_softmax(sim.transpose(-1, -2).contiguous(), 2).transpose(-1, -2)
+    scores1 = transposed(F.log_softmax(transposed(sim), 2))  # LightGlue's column softmax, to the bit
     scores = sim.new_full((b, m + 1, n + 1), 0)
     scores[:, :m, :n] = scores0 + scores1 + certainties
     scores[:, :-1, -1] = F.logsigmoid(-z0.squeeze(-1))

@@ -1,0 +1,82 @@
+"""`mambaglue bench` on tiny settings: the JSON, CSV and plots it writes have the promised fields and types.
+
+No timing assertions: the numbers depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mambaglue_ros.cli import main as cli_main
+from mambaglue_ros.evaluation import bench
+
+pytest.importorskip("kornia.feature")
+pytest.importorskip("skimage.data")
+
+
+def test_bench_cli_json_fields(tmp_path):
+    out = tmp_path / "bench" / "out.json"
+    plots = tmp_path / "plots"
+    rc = cli_main(["bench", "--json", str(out), "--plots", str(plots), "--features", "xfeat", "--keypoints", "128",
+                   "--repeats", "1", "--warmup", "0", "--extractors", "xfeat,superpoint", "--threads", "1",
+                   "--device", "cpu"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    for key, kind in (("device", str), ("torch", str), ("kornia", str), ("threads", int), ("features", str),
+                      ("weights_source", str), ("num_layers", int), ("repeats", int)):
+        assert isinstance(r[key], kind), key
+    assert r["device_type"] == "cpu" and r["threads"] == 1 and r["features"] == "xfeat"
+    assert r["num_layers"] == 6
+    assert r["weights_source"].startswith(("lightglue:", "checkpoint:"))
+    assert set(r["matcher_ms"]) == set(bench.METHODS)
+    for section in ("matcher_ms", "matcher_cpu_ms", "stop_layer", "matches", "peak_mb", "peak_increase_mb",
+                    "pairs_per_s"):
+        for method in bench.METHODS:
+            assert set(r[section][method]) == {"128"}, (section, method)
+    for method in bench.METHODS:
+        assert r["matcher_ms"][method]["128"] > 0
+        assert r["pairs_per_s"][method]["128"] > 0
+        assert 1 <= r["stop_layer"][method]["128"] <= 6
+        assert r["matches"][method]["128"] >= 0
+        assert r["peak_mb"][method]["128"] is None or r["peak_mb"][method]["128"] > 0
+        assert r["peak_increase_mb"][method]["128"] is None or r["peak_increase_mb"][method]["128"] >= -1.0
+    for method in ("mambaglue", "lightglue", "lightglue_kornia"):  # full depth
+        assert r["stop_layer"][method]["128"] == 6
+    # ours with mixer 'attention' on LightGlue's weights is LightGlue: same matches as kornia's
+    assert r["matches"]["lightglue"]["128"] == r["matches"]["lightglue_kornia"]["128"]
+    n0, n1 = r["keypoints"]["128"]
+    assert 0 < n0 <= 128 and 0 < n1 <= 128
+    assert r["image_size"]["128"] == [640, 480]
+    assert r["frontend_extract_ms"]["128"] > 0
+    assert set(r["extractor_ms"]) == {"xfeat", "superpoint"}  # SuperPoint with random weights
+    assert all(v > 0 for v in r["extractor_ms"].values())
+    assert all(isinstance(v, int) for v in r["extractor_keypoints"].values())
+    assert r["ratios"]["mambaglue/lightglue_kornia"]["128"] > 0
+    assert len(r["load_average_start"]) == 3 and isinstance(r["peak_rss_mb_process"], float)
+
+    rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    assert {row["name"] for row in rows if row["kind"] == "matcher"} == set(bench.METHODS)
+    assert {row["name"] for row in rows if row["kind"] == "extractor"} == {"xfeat", "superpoint"}
+    assert (plots / "bench_matcher_xfeat.png").stat().st_size > 0
+    assert (plots / "bench_extractors.png").stat().st_size > 0
+
+
+def test_bench_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--json", str(tmp_path / "x.json"), "--keypoints", "abc"])
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--json", str(tmp_path / "x.json"), "--methods", "mambaglue,nope"])
+    # SuperPoint has no LightGlue weights: it can be timed as a front end, not matched
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--json", str(tmp_path / "x.json"), "--features", "superpoint"])
+
+
+def test_interleaved_rotates_and_reports():
+    calls = []
+    res = bench.interleaved({"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}, repeats=3,
+                            device=bench.resolve_device("cpu"), warmup=1, memory=True)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds in rotating order
+    assert set(res["ms"]) == set(res["cpu_ms"]) == {"a", "b"} and res["outputs"] == {"a": 1, "b": 2}
+    assert set(res["peak_mb"]) <= {"a", "b"} and set(res["peak_increase_mb"]) <= {"a", "b"}

@@ -450,11 +450,11 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
         axes[1].plot(ks, [result["pairs_per_s"][name][str(k)] for k in ks], style, marker="o", label=name)
     for ax, title in ((axes[0], "matcher ms per pair"), (axes[1], "pairs/s (extract 2 + match)")):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("keypoints per image")
         ax.set_title(f"{title} - {result['features']}")
         ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result['device']}, torch {result['torch']}, {result['threads']} threads", fontsize=8)
     fig.tight_layout()

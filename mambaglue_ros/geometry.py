@@ -24,6 +24,14 @@ Conventions
   returns a rotation-only pose: ``t = 0`` and an isotropic translation covariance of
   ``scale_variance``. The rotation comes from a robust Kabsch fit on bearing vectors.
 
+* Small field of view and forward motion make the essential matrix ill-conditioned: a rotation
+  error of a degree or two trades against a translation-direction error of 20-40 degrees with
+  almost the same number of inliers (the bas-relief ambiguity). One RANSAC run lands in that wrong
+  basin now and then. ``estimate_pose_mono`` therefore draws several hypotheses from differently
+  configured robust estimators (MAGSAC at three thresholds, USAC_ACCURATE, RANSAC, LMedS),
+  polishes each on its inliers and keeps the one with the lowest truncated (MSAC) Sampson cost
+  over all matches: the basin that explains the data best, not the first one sampled.
+
 Residual variance is floored at ``(sigma_floor_px)^2`` (0.1 px) so exact synthetic data or a lucky
 inlier set cannot produce a zero (singular) covariance.
 """
@@ -422,12 +430,80 @@ def _fit_rotation_only(x0: np.ndarray, x1: np.ndarray, init: np.ndarray,
     return R, sel
 
 
+# (method, threshold factor): hypotheses for the mono pose, in order of preference. Different
+# sampling and scoring land in different basins of the cost (see the module docstring).
+ESSENTIAL_ESTIMATORS: tuple[tuple[int, float], ...] = (
+    (cv2.USAC_MAGSAC, 1.0), (cv2.USAC_MAGSAC, 0.5), (cv2.USAC_MAGSAC, 2.0),
+    (cv2.USAC_ACCURATE, 1.0), (cv2.RANSAC, 1.0), (cv2.LMEDS, 1.0),
+)
+
+
+def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence: float, max_iters: int,
+                          count: int) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], str]:
+    """Up to ``count`` distinct (R, unit t, cheirality inliers, RANSAC inliers) candidates for ``T_0_1``.
+
+    The first estimator's model comes first.
+
+    Returns the candidates and, when there are none, why.
+    """
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    why = "essential matrix estimation failed (no model)"
+    for method, factor in ESSENTIAL_ESTIMATORS[:max(int(count), 1)]:
+        try:
+            # OpenCV's points1/points2 are our 0/1; its E satisfies x1^T E x0 = 0.
+            E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], np.eye(3), method=method, prob=confidence,
+                                           threshold=thr * factor, maxIters=int(max_iters))
+        except cv2.error as e:
+            why = f"essential matrix estimation failed ({str(e).strip().splitlines()[-1]})"
+            continue
+        if E is None or mask is None or E.shape[1:] != (3,) or not np.all(np.isfinite(E)):
+            continue
+        E = E[:3]  # a degenerate sample may give up to three stacked solutions: the first is best-scored
+        try:
+            _, R_10, t_10, chir = cv2.recoverPose(E, x0[:, :2], x1[:, :2], np.eye(3), mask=mask.copy())
+        except cv2.error as e:
+            why = f"pose recovery failed ({str(e).strip().splitlines()[-1]})"
+            continue
+        # OpenCV: X1 = R_10 X0 + t_10. Ours: T_0_1 = inverse.
+        R, t = R_10.T, -R_10.T @ t_10.ravel()
+        if not np.all(np.isfinite(t)) or np.linalg.norm(t) < 1e-9:
+            why = "degenerate translation"
+            continue
+        t = t / np.linalg.norm(t)
+        if any(rotation_angle_deg(R, Rb) < 0.05 and translation_direction_error_deg(t, tb) < 0.5 for Rb, tb, _, _ in out):
+            continue  # the same model again: polishing it twice would only cost time
+        inl = chir.ravel().astype(bool) if chir is not None else np.zeros(len(x0), dtype=bool)
+        out.append((R, t, inl, mask.ravel().astype(bool)))
+    return out, why
+
+
+def _polish_essential(R: np.ndarray, t: np.ndarray, inl: np.ndarray, x0: np.ndarray, x1: np.ndarray, thr: float,
+                      min_inliers: int, rounds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine on the inliers, re-select inliers with the better model (a consistent set), repeat."""
+    for _ in range(rounds):
+        if inl.sum() < min_inliers:
+            break
+        R, t = _refine_essential(R, t, x0[inl], x1[inl])
+        new_inl = (np.abs(_sampson(R, t, x0, x1)) < 2.0 * thr) & _cheirality(R, t, x0, x1)
+        if new_inl.sum() < min_inliers or np.array_equal(new_inl, inl):
+            break
+        inl = new_inl
+    return R, t, inl
+
+
+def _msac_cost(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray, thr: float) -> float:
+    """Truncated squared Sampson cost over all matches; points behind a camera cost the maximum."""
+    r2 = np.minimum(_sampson(R, t, x0, x1) ** 2, thr * thr)
+    return float(np.sum(np.where(_cheirality(R, t, x0, x1), r2, thr * thr)))
+
+
 @_never_raise
 def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: np.ndarray,
                        ransac_px: float = 1.0, confidence: float = 0.999, min_matches: int = 30,
                        min_inliers: int = 20, min_parallax_px: float = 2.0,
                        scale_variance: float = DEFAULT_SCALE_VARIANCE, max_iters: int = 10000,
-                       refine: bool = True) -> tuple[RelativePose | None, str]:
+                       refine: bool = True, hypotheses: int = len(ESSENTIAL_ESTIMATORS)
+                       ) -> tuple[RelativePose | None, str]:
     """Relative pose ``T_0_1`` (unit translation) from 2D-2D matches of a monocular camera.
 
     Args:
@@ -440,6 +516,8 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
             (t = 0) is returned (see module docstring).
         scale_variance: translation variance along the (unknown-scale) translation direction.
         refine: Levenberg-Marquardt on the inlier Sampson distances after RANSAC.
+        hypotheses: how many robust estimators of ``ESSENTIAL_ESTIMATORS`` propose a model; the
+            polished model with the lowest MSAC cost wins (1 = MAGSAC alone).
 
     Returns:
         (pose, reason): pose is None on failure and ``reason`` says why; on success reason is
@@ -471,19 +549,14 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
     focal = float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
     thr = float(ransac_px) / focal
     x0, x1 = _normalise(p0, K0), _normalise(p1, K1)
-    try:
-        # OpenCV's points1/points2 are our 0/1; its E satisfies x1^T E x0 = 0.
-        E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], np.eye(3), method=cv2.USAC_MAGSAC,
-                                       prob=confidence, threshold=thr, maxIters=int(max_iters))
-    except cv2.error as e:
-        return None, f"essential matrix estimation failed ({str(e).strip().splitlines()[-1]})"
-    if E is None or E.shape != (3, 3) or mask is None or not np.all(np.isfinite(E)):
-        return None, "essential matrix estimation failed (no model)"
-    ransac_inl = mask.ravel().astype(bool)
+    hyps, why = _essential_hypotheses(x0, x1, thr, confidence, max_iters, hypotheses)
+    if not hyps:
+        return None, why
+    ransac_inl = hyps[0][3]  # the first (MAGSAC) model's inliers: the parallax test below
     if ransac_inl.sum() < min_inliers:
         return None, f"too few RANSAC inliers ({int(ransac_inl.sum())} < {min_inliers})"
 
-    # Parallax test: how well does a pure rotation explain the RANSAC inliers? If the median
+    # Parallax test: how well does a pure rotation explain the inliers? If the median
     # rotation-compensated disparity is tiny, the translation direction is noise.
     R_rot, rot_inl = _fit_rotation_only(x0, x1, ransac_inl, 3.0 * thr)
     parallax_px = float(np.median(np.linalg.norm(_rotation_residuals(R_rot, x0[ransac_inl], x1[ransac_inl]),
@@ -492,30 +565,18 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
         return _rotation_only_pose(R_rot, x0[rot_inl], x1[rot_inl], n, focal, scale_variance,
                                    min_inliers, parallax_px, min_parallax_px)
 
-    try:
-        _, R_10, t_10, chir = cv2.recoverPose(E, x0[:, :2], x1[:, :2], np.eye(3),
-                                                   mask=mask.copy())
-    except cv2.error as e:
-        return None, f"pose recovery failed ({str(e).strip().splitlines()[-1]})"
-    inl = chir.ravel().astype(bool) if chir is not None else np.zeros(n, dtype=bool)
+    # RANSAC's model is only as good as its best minimal sample: polish every hypothesis briefly,
+    # keep the one that explains all matches best, then polish that one to convergence.
+    scored = []
+    for R, t, inl, _ in hyps:
+        if refine:
+            R, t, inl = _polish_essential(R, t, inl, x0, x1, thr, min_inliers, rounds=1)
+        scored.append((_msac_cost(R, t, x0, x1, 2.0 * thr), R, t, inl))
+    _, R, t, inl = min(scored, key=lambda c: c[0])
+    if refine:
+        R, t, inl = _polish_essential(R, t, inl, x0, x1, thr, min_inliers, rounds=3)
     if int(inl.sum()) < min_inliers:
         return None, f"too few inliers passing the cheirality check ({int(inl.sum())} < {min_inliers})"
-
-    # OpenCV: X1 = R_10 X0 + t_10. Ours: T_0_1 = inverse.
-    R = R_10.T
-    t = -R_10.T @ t_10.ravel()
-    if not np.all(np.isfinite(t)) or np.linalg.norm(t) < 1e-9:
-        return None, "degenerate translation"
-    t = t / np.linalg.norm(t)
-    if refine:
-        # RANSAC's model is only as good as its best minimal sample: polish on the inliers, then
-        # re-select inliers with the better model (a consistent set) and polish again.
-        for _ in range(3):
-            R, t = _refine_essential(R, t, x0[inl], x1[inl])
-            new_inl = (np.abs(_sampson(R, t, x0, x1)) < 2.0 * thr) & _cheirality(R, t, x0, x1)
-            if new_inl.sum() < min_inliers or np.array_equal(new_inl, inl):
-                break
-            inl = new_inl
 
     r = _sampson(R, t, x0[inl], x1[inl])
     dof = max(len(r) - 5, 1)

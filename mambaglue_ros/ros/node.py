@@ -241,7 +241,7 @@ class MatcherNode(Node):
         return {"policy": self.p["keyframe_policy"], "keyframe_min_matches": self.p["keyframe_min_matches"],
                 "keyframe_max_parallax_px": self.p["keyframe_max_parallax_px"],
                 "min_matches": self.p["min_matches"], "min_inliers": self.p["min_inliers"],
-                "ransac_px": self.p["ransac_px"]}
+                "ransac_px": self.p["ransac_px"], "pose_hypotheses": self.p["pose_hypotheses"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
@@ -271,7 +271,7 @@ class MatcherNode(Node):
             self.matcher.extractor.detection_threshold = self.p["detection_threshold"] or None
         if self.tracker is not None and changes.keys() & {"keyframe_policy", "keyframe_min_matches",
                                                           "keyframe_max_parallax_px", "min_matches",
-                                                          "min_inliers", "ransac_px"}:
+                                                          "min_inliers", "ransac_px", "pose_hypotheses"}:
             self.tracker.config.update(self._tracking_config())
         self.get_logger().info(f"parameters changed: {changes}")
 

@@ -483,7 +483,16 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
     path = best if which == "best" and best.is_file() else last
     if not path.is_file():
         raise FileNotFoundError(f"stage {stage} has no saved model in {out}: run stage {stage} first")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    own = net.state_dict()
+    # stage 2 may train another regressor kind (linear vs deep ablation) on the same stage-1 matcher:
+    # confidence heads that do not fit keep their fresh initialisation; the matcher must fit exactly
+    for key in [k for k in saved if k.startswith("token_confidence.") and (k not in own or own[k].shape != saved[k].shape)]:
+        del saved[key]
+    for key in own:
+        if key.startswith("token_confidence.") and key not in saved:
+            saved[key] = own[key]
+    net.load_state_dict(saved, strict=True)
     return path.name
 
 

@@ -7,6 +7,7 @@
     mambaglue replay BAG --out DIR [--params config/stereo.yaml] [--lossless] [--matcher mambaglue lightglue orb]
     mambaglue train --config config/train_xfeat.yaml [--stage 1|2|both] [--max-minutes M] [--resume]
     mambaglue eval-homography --images DIR --pairs N --features xfeat --methods mambaglue,lightglue --json out.json
+    mambaglue eval-pose [--euroc DIR] [--kitti DIR] --features xfeat --methods mambaglue,lightglue,orb --json out.json
     mambaglue bench --json out.json [--plots DIR] [--features aliked] [--keypoints 256,512,1024,2048] [--repeats 7]
     mambaglue export-onnx --features xfeat --out model.onnx [--layers N] [--keypoints K]
 """
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-homography", help="precision, recall, homography AUC, speed: MambaGlue vs LightGlue")
     add_eval_args(p)
     p.set_defaults(func=run_eval)
+
+    from .evaluation.pose import add_arguments as add_pose_args, run_cli as run_pose
+    p = sub.add_parser("eval-pose", help="relative pose AUC on EuRoC stereo and KITTI pairs: MambaGlue vs "
+                       "LightGlue vs ORB")
+    add_pose_args(p)
+    p.set_defaults(func=run_pose)
 
     from .evaluation.bench import add_arguments as add_bench_args, run_cli as run_bench
     p = sub.add_parser("bench", help="speed: MambaGlue vs LightGlue (ours and kornia's) per keypoint count, "

@@ -64,12 +64,15 @@ def test_corner_and_reprojection_errors():
         parse_alphas("1.5")
     with pytest.raises(ValueError):
         parse_methods("mambaglue,superglue")
+    assert parse_methods("mambaglue,lightglue+bf16") == ["mambaglue", "lightglue+bf16"]
+    with pytest.raises(ValueError):
+        parse_methods("mambaglue+fp8")
 
 
 def test_eval_on_three_pairs_writes_json_and_plots(photo_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     rc = cli_main(["eval-homography", "--images", str(photo_dir), "--pairs", "3", "--seed", "0", "--features", "xfeat",
-                   "--methods", "mambaglue,lightglue", "--max-keypoints", "128", "--size", "320x240",
+                   "--methods", "mambaglue,lightglue,mambaglue+bf16", "--max-keypoints", "128", "--size", "320x240",
                    "--alphas", "0.9,none", "--json", str(out), "--plots", str(tmp_path / "plots"), "--no-progress"])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -85,6 +88,7 @@ def test_eval_on_three_pairs_writes_json_and_plots(photo_dir, tmp_path, capsys):
         assert [r["alpha"] for r in res["alpha_sweep"][m]] == [0.9, None]
         assert res["alpha_sweep"][m][1]["mean_stop_layer"] == 6  # exit off: every layer runs
     assert res["weights"]["lightglue"].startswith("lightglue:")
+    assert abs(res["methods"]["mambaglue+bf16"]["precision"] - res["methods"]["mambaglue"]["precision"]) < 0.1
     # warm-start / trained LightGlue weights match this synthetic data well
     assert res["methods"]["lightglue"]["precision"] > 0.5
     assert "lightglue" in capsys.readouterr().out

@@ -97,6 +97,30 @@ def test_empty_and_tiny_inputs(xfeat_matcher):
     assert r.matches.shape[1] == 2 and len(r) <= 1
 
 
+def test_bf16_precision_agrees_with_fp32():
+    """bf16 autocast (the CPU's fast reduced precision) finds nearly the same matches; outputs stay fp32."""
+    m32 = Matcher(features="xfeat", device="cpu", alpha=None)
+    m16 = Matcher(features="xfeat", device="cpu", alpha=None, precision="bf16")
+    f0 = random_features(400, 64, seed=11)
+    f1 = perturbed(f0, 12)
+    a, b = m32.match_features(f0, f1), m16.match_features(f0, f1)
+    assert len(a) > 100 and b.scores.dtype == np.float32 and np.all(np.isfinite(b.scores))
+    same = len({tuple(r) for r in a.matches} & {tuple(r) for r in b.matches})
+    # random descriptors make many near-ties (bf16 has 8 mantissa bits): real pairs agree closer (README)
+    assert same >= 0.85 * max(len(a), len(b)), (same, len(a), len(b))
+    common = {tuple(r): s for r, s in zip(a.matches, a.scores)}
+    diffs = [abs(common[tuple(r)] - s) for r, s in zip(b.matches, b.scores) if tuple(r) in common]
+    assert np.median(diffs) < 0.15  # scores move (~0.07 median here); matches are what users consume
+
+
+def test_precision_choices():
+    with pytest.raises(ValueError, match="precision"):
+        Matcher(features="xfeat", device="cpu", precision="int8")
+    with pytest.warns(UserWarning, match="fp16 needs CUDA"):
+        m = Matcher(features="xfeat", device="cpu", precision="fp16")
+    assert m.precision == "fp32"
+
+
 def test_pruning_keeps_valid_indices():
     import cv2
     from skimage import data

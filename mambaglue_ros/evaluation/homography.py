@@ -14,6 +14,7 @@ Methods (all get the same keypoints: every image is extracted once, then each ma
     lightglue       our network with the front end's LightGlue weights, mixer 'attention', the linear
                     (LightGlue) confidence head: LightGlue itself, with its adaptive exit (alpha 0.95) and pruning
     mambaglue@PATH  a MambaGlue checkpoint file
+    METHOD+bf16     any of the above under bf16 autocast (``Matcher(precision='bf16')``)
 
 Metrics per method (means over pairs unless noted):
     precision      matches whose reprojection error is < 3 px / all matches (error = the larger of the two
@@ -212,9 +213,10 @@ def parse_methods(text: str) -> list[str]:
     if not methods:
         raise ValueError("--methods is empty")
     for m in methods:
-        if m not in ("mambaglue", "lightglue") and not m.startswith("mambaglue@"):
-            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH")
-        if m.startswith("mambaglue@") and not Path(m.split("@", 1)[1]).is_file():
+        base = m[: -len("+bf16")] if m.endswith("+bf16") else m
+        if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
+            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16)")
+        if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):
         raise ValueError(f"--methods names a method twice: {text}")
@@ -240,8 +242,12 @@ def parse_alphas(text: str | None) -> list[float | None]:
 
 
 def build_matcher(method: str, features: str, device: str = "cpu", max_keypoints: int = 1024, **options: Any):
+    """A method name -> its Matcher: ``mambaglue``, ``lightglue``, ``mambaglue@PATH``; a ``+bf16`` suffix
+    runs it under bf16 autocast (e.g. ``mambaglue+bf16``)."""
     from ..matcher import Matcher
 
+    if method.endswith("+bf16"):
+        method, options = method[: -len("+bf16")], {**options, "precision": "bf16"}
     if method == "lightglue":
         return Matcher(features, weights="lightglue", mixer="attention", regressor="linear", device=device,
                        max_keypoints=max_keypoints, **options)

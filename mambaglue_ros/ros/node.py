@@ -91,7 +91,7 @@ def build_matcher(p: dict[str, Any], features: str):
     return Matcher(features=features, weights=weights, device=p["device"], max_keypoints=p["max_keypoints"],
                    detection_threshold=p["detection_threshold"] or None, resize_max=p["resize_max"] or None,
                    alpha=p["alpha"] if p["early_exit"] else None,
-                   extractor_weights=p["extractor_weights"] or None, **options)
+                   extractor_weights=p["extractor_weights"] or None, precision=p["precision"], **options)
 
 
 def _rule_value(text: str) -> Any:

@@ -62,6 +62,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
+    ParamSpec("precision", "fp32", "matcher arithmetic: fp32; bf16 (autocast, faster on CPUs with AVX512-BF16/AMX "
+              "and on GPUs); fp16 (CUDA only)", choices=("fp32", "bf16", "fp16")),
     ParamSpec("num_threads", 0, "CPU threads for torch; 0 = torch's default (all cores). On a CPU shared with "
               "other processes, 1-2 avoids thread oversubscription, which can slow inference many times",
               low=0, high=256),

@@ -218,6 +218,15 @@ def test_node_survives_bad_images(ros_context, mono_sequence):
     from sensor_msgs.msg import CameraInfo, Image
 
     node, io, executor = start(ros_context, {"features": "xfeat", "qos_reliability": "reliable"})
+    events: list[tuple[str, int, bool]] = []
+
+    def broken_observer(*_):
+        raise RuntimeError("observer bug")
+
+    # the in-process hook (bag replay uses it): a raising observer is removed, the others keep going
+    node.add_observer(broken_observer)
+    node.add_observer(lambda event, frame, result=None, ms=None: events.append((event, frame.stamp_ns,
+                                                                                result is not None)))
     try:
         out = Collector(io)
         pub = io.create_publisher(Image, "image", 10)
@@ -247,6 +256,9 @@ def test_node_survives_bad_images(ros_context, mono_sequence):
         assert node.worker.is_alive()
         for m in out.get("matches"):
             assert np.all(np.isfinite(np.asarray(m.keypoints0)))
+        assert broken_observer not in node._observers
+        assert events[:3] == [("start", f0.stamp_ns, False), ("result", f0.stamp_ns, True), ("end", f0.stamp_ns, False)]
+        assert ("result", f1.stamp_ns, True) in events
     finally:
         stop(node, io, executor)
 

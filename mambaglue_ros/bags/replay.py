@@ -19,7 +19,7 @@ Pacing.
   shows frames_in vs frames_processed.
 
 Per-frame data (latency, matches, inliers, reasons) comes from a probe on the in-process node
-(``NodeProbe``): it wraps the node instance's ``_process`` / ``_publish`` to see each
+(``NodeProbe``): it registers with the node's ``add_observer`` hook to see each
 ``FrameResult``. The recorded bag has what any subscriber sees: ``matches``,
 ``~/relative_pose``, ``~/odom``, ``/diagnostics`` (raw CDR from ``raw=True`` subscriptions,
 written unchanged) and a copy of the input's ground truth.
@@ -206,8 +206,8 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, str | None], max_f
 # Node probe and recorder
 # --------------------------------------------------------------------------------------------
 class NodeProbe:
-    """Per-frame results of an in-process ``MatcherNode``: wraps the instance's ``_process``
-    (start / end time of every frame the worker takes) and ``_publish`` (the FrameResult).
+    """Per-frame results of an in-process ``MatcherNode``, through its ``add_observer`` hook: start / end
+    time of every frame the worker takes, and its FrameResult.
 
     ``records[stamp_ns]``: dict with t_start, t_end (perf_counter s), processed (bool: the tracker
     ran), latency_ms (the node's own tracker latency), matches, stereo_matches, inliers,
@@ -219,26 +219,17 @@ class NodeProbe:
         self.records: dict[int, dict[str, Any]] = {}
         self.cond = threading.Condition()
         self.busy = 0
-        process, publish = node._process, node._publish
+        node.add_observer(self._observe)
 
-        def probed_process(frame: Any) -> None:
-            with self.cond:
+    def _observe(self, event: str, frame: Any, result: Any = None, latency_ms: float | None = None) -> None:
+        with self.cond:
+            rec = self.records.setdefault(frame.stamp_ns, {})
+            if event == "start":
                 self.busy += 1
-                self.records.setdefault(frame.stamp_ns, {})["t_start"] = time.perf_counter()
-            try:
-                process(frame)
-            finally:
-                with self.cond:
-                    rec = self.records[frame.stamp_ns]
-                    rec["t_end"] = time.perf_counter()
-                    rec.setdefault("processed", False)
-                    self.busy -= 1
-                    self.cond.notify_all()
-
-        def probed_publish(frame: Any, result: Any, latency_ms: float) -> None:
-            temporal, stereo = result.temporal, result.stereo
-            with self.cond:
-                self.records.setdefault(frame.stamp_ns, {}).update(
+                rec["t_start"] = time.perf_counter()
+            elif event == "result":
+                temporal, stereo = result.temporal, result.stereo
+                rec.update(
                     processed=True, latency_ms=float(latency_ms),
                     matches=None if temporal is None else len(temporal),
                     stereo_matches=None if stereo is None else len(stereo),
@@ -246,10 +237,11 @@ class NodeProbe:
                     pose=result.pose is not None, reason=result.reason,
                     reference_stamp_ns=result.reference_stamp_ns, keyframe=bool(result.is_keyframe),
                     stop_layer=None if temporal is None else int(temporal.stop_layer))
-            publish(frame, result, latency_ms)
-
-        node._process = probed_process
-        node._publish = probed_publish
+            elif event == "end":
+                rec["t_end"] = time.perf_counter()
+                rec.setdefault("processed", False)
+                self.busy -= 1
+                self.cond.notify_all()
 
     def wait_done(self, stamp_ns: int, timeout: float, also: Callable[[], bool] = lambda: False) -> bool:
         """Until the worker has finished the frame ``stamp_ns`` (or ``also()``), at most ``timeout`` s."""

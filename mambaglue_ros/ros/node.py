@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import rclpy
@@ -220,6 +220,7 @@ class MatcherNode(Node):
                                      guard(lambda m: self._on_camera_info("right", m)), qos)
 
         self.slot = FrameSlot(self.p["queue_size"])
+        self._observers: list[Callable[..., None]] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(self.p["diagnostics_period_s"], guard(self._publish_diagnostics))
         self._running = True
@@ -382,6 +383,25 @@ class MatcherNode(Node):
         self._enqueue(Frame(C.stamp_to_ns(left_msg.header.stamp), left_msg.header, left, right,
                             right_msg.header))
 
+    # ------------------------------------------------------------------ in-process observers
+    def add_observer(self, observer: Callable[..., None]) -> None:
+        """Call ``observer(event, frame, result=None, latency_ms=None)`` on the worker thread.
+
+        Events: ``"start"`` when the worker takes a frame, ``"result"`` after its outputs are published
+        (with the ``FrameResult`` and the tracker latency), ``"end"`` when it is done with the frame
+        (also for frames it skipped). For in-process tools such as bag replay and tests; observers must
+        be quick, and an observer that raises is logged and removed, never stops the node.
+        """
+        self._observers.append(observer)
+
+    def _notify(self, event: str, frame: Frame, result: Any = None, latency_ms: float | None = None) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, frame, result, latency_ms)
+            except Exception as e:  # a tool's bug must not take the node down
+                self._observers.remove(observer)
+                self.get_logger().error(f"observer {observer!r} raised {type(e).__name__}: {e}; removed")
+
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
         while self._running:
@@ -390,7 +410,11 @@ class MatcherNode(Node):
                 # also while no frame comes: a change (e.g. max_image_pixels) may be what lets frames in
                 self._apply_pending()
                 if frame is not None:
-                    self._process(frame)
+                    self._notify("start", frame)
+                    try:
+                        self._process(frame)
+                    finally:
+                        self._notify("end", frame)
             except Exception as e:  # never let one frame kill the node
                 if not self._running or not self.context.ok():
                     break  # shutdown (SIGINT/SIGTERM) raced with this frame: publishers are gone
@@ -479,6 +503,7 @@ class MatcherNode(Node):
             result = self.tracker.process(frame.image, frame.right, frame.stamp_ns)
         latency_ms = (time.perf_counter() - t0) * 1e3
         self._publish(frame, result, latency_ms)
+        self._notify("result", frame, result, latency_ms)
         alpha, max_kp = self.controller.update(latency_ms)
         if not self.controller.fixed:
             if self.p["early_exit"]:

@@ -58,3 +58,15 @@ def ros_context():
 def pytest_configure(config):
     # lark (pulled in by rclpy's type-description support) imports deprecated sre_* modules
     config.addinivalue_line("filterwarnings", "ignore:module 'sre_:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is as fast, and far faster than two on a busy shared CPU.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from mambaglue_ros.cli import main as cli_main
 from mambaglue_ros.evaluation.homography import (auc, corner_error, evaluate, hpatches_pairs, parse_alphas,
@@ -18,12 +17,7 @@ from mambaglue_ros.training.homography import warp_points
 PHOTOS = Path("/work/shared/data/photos/val")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from mambaglue_ros.bags.convert import euroc_rectification, read_euroc_sensor_yaml
 from mambaglue_ros.cli import main as cli_main
@@ -22,12 +21,7 @@ needs_data = pytest.mark.skipif(not (EUROC.is_dir() and KITTI.is_dir()),
                                 reason=f"shared data not present ({EUROC}, {KITTI})")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pose_auc_by_hand():

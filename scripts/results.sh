@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every command behind the README's result tables, in order. Each step is one of the documented CLI
+# commands; run a single step with `bash scripts/results.sh STEP` (steps below), or all with `all`.
+# Needs ../shared/data (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 CPU cores.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+M="${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/mambaglue"
+PY="${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python"
+DATA="${MAMBAGLUE_DATA:-$ROOT/../shared/data}"
+VAL="$DATA/photos/val"
+ALPHAS=0.8,0.85,0.9,0.95,1.0,none
+
+train_xfeat() {   # shipped mambaglue_ros/weights/mambaglue_xfeat.pt (see its model card for the exact runs)
+  "$M" train --config config/train_xfeat.yaml --stage both --no-progress
+}
+train_aliked() {  # shipped mambaglue_ros/weights/mambaglue_aliked.pt
+  "$M" train --config config/train_aliked.yaml --stage 1 --max-minutes 60 --no-progress
+  "$M" train --config config/train_aliked.yaml --stage 2 --no-progress
+}
+ablations() {     # XFeat, same data / steps / learning rates as train_xfeat
+  "$M" train --config config/ablations/xfeat_attention.yaml --stage both --no-progress
+  "$M" train --config config/ablations/xfeat_mamba.yaml --stage both --no-progress
+  mkdir -p out/ablation_xfeat_linear && cp out/train_xfeat/stage1_best.pt out/ablation_xfeat_linear/
+  "$M" train --config config/ablations/xfeat_linear.yaml --stage 2 --no-progress
+}
+eval_xfeat() {    # homography table, alpha sweep, ablation table, bf16 (one run, same keypoints)
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt,mambaglue+bf16,lightglue+bf16 \
+    --alphas "$ALPHAS" --sweep-methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
+    --json out/eval_xfeat.json --plots out/plots --no-progress
+}
+eval_aliked() {
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods mambaglue,lightglue \
+    --alphas "$ALPHAS" --json out/eval_aliked.json --plots out/plots --no-progress
+}
+eval_pose() {
+  "$M" eval-pose --features xfeat --methods mambaglue,lightglue,orb --json out/eval_pose_xfeat.json --plots out/plots --no-progress
+}
+replays() {
+  "$M" demo --out out/demo
+  [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+}
+speed() {         # run on a quiet machine: ratios within one run are what to compare
+  "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1
+  "$M" bench --json out/bench/bench_aliked.json --plots out/bench --features aliked --threads 1 --extractors xfeat,aliked,disk,superpoint
+  "$PY" benchmarks/node_rate.py --json out/node_rate.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --json out/node_rate_5hz.json
+}
+
+steps=(train_xfeat train_aliked ablations eval_xfeat eval_aliked eval_pose replays speed)
+if [ "${1:-}" = all ]; then
+  for s in "${steps[@]}"; do "$s"; done
+elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then
+  "$1"
+else
+  echo "usage: bash scripts/results.sh all|$(IFS='|'; echo "${steps[*]}")" >&2
+  exit 2
+fi

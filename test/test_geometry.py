@@ -387,3 +387,22 @@ def test_mono_pose_escapes_the_bas_relief_basin(case):
     # the chosen model explains the matches at least as well as MAGSAC's alone (what was fixed)
     single, _ = estimate_pose_mono(p0, p1, K_, K_, ransac_px=1.0, hypotheses=1)
     assert single is not None and pose.num_inliers >= single.num_inliers - 5
+
+
+def test_stereo_points_sit_on_their_left_rays_so_standstill_gives_identity():
+    """A vertical rectification residual in the right image (0.4 px here) must not become motion:
+    DLT would split it between both images, every frame, and a standstill would drift (EuRoC did)."""
+    rng = np.random.default_rng(4)
+    X = np.c_[rng.uniform(-2, 2, 300), rng.uniform(-1.5, 1.5, 300), rng.uniform(2, 8, 300)]
+    T_lr = make_transform(np.eye(3), np.array([0.11, 0.0, 0.0]))
+    pl = (X / X[:, 2:]) @ K.T
+    Xr = X - T_lr[:3, 3]
+    pr = (Xr / Xr[:, 2:]) @ K.T
+    pl, pr = pl[:, :2], pr[:, :2] + np.array([0.0, 0.4])
+    P, ok = triangulate_stereo(pl, pr, K, K, T_lr)
+    assert ok.mean() > 0.95
+    proj = P[ok] @ K.T
+    np.testing.assert_allclose(proj[:, :2] / proj[:, 2:], pl[ok], atol=1e-9)
+    pose, reason = estimate_pose_pnp(P[ok], pl[ok], K)  # the same left pixels one frame later
+    assert pose is not None, reason
+    assert np.linalg.norm(pose.t) < 1e-6 and rotation_angle_deg(pose.R, np.eye(3)) < 1e-6

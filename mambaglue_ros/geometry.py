@@ -27,10 +27,10 @@ Conventions
 * Small field of view and forward motion make the essential matrix ill-conditioned: a rotation
   error of a degree or two trades against a translation-direction error of 20-40 degrees with
   almost the same number of inliers (the bas-relief ambiguity). One RANSAC run lands in that wrong
-  basin now and then. ``estimate_pose_mono`` therefore draws several hypotheses from differently
-  configured robust estimators (MAGSAC at three thresholds, USAC_ACCURATE, RANSAC, LMedS),
-  polishes each on its inliers and keeps the one with the lowest truncated (MSAC) Sampson cost
-  over all matches: the basin that explains the data best, not the first one sampled.
+  basin now and then. ``estimate_pose_mono`` therefore runs MAGSAC with several random seeds (a few
+  ms each), polishes each distinct model on its inliers and keeps the one with the lowest truncated
+  (MSAC) Sampson cost over all matches: the basin that explains the data best, not the first one
+  sampled.
 
 Residual variance is floored at ``(sigma_floor_px)^2`` (0.1 px) so exact synthetic data or a lucky
 inlier set cannot produce a zero (singular) covariance.
@@ -57,6 +57,8 @@ T_OPTICAL_BODY = np.eye(4)
 T_OPTICAL_BODY[:3, :3] = R_OPTICAL_BODY
 
 DEFAULT_SCALE_VARIANCE = 1e6
+DEFAULT_POSE_HYPOTHESES = 6  # seeded MAGSAC runs per mono pose
+MAX_POSE_HYPOTHESES = 32
 SIGMA_FLOOR_PX = 0.1
 
 
@@ -430,29 +432,31 @@ def _fit_rotation_only(x0: np.ndarray, x1: np.ndarray, init: np.ndarray,
     return R, sel
 
 
-# (method, threshold factor): hypotheses for the mono pose, in order of preference. Different
-# sampling and scoring land in different basins of the cost (see the module docstring).
-ESSENTIAL_ESTIMATORS: tuple[tuple[int, float], ...] = (
-    (cv2.USAC_MAGSAC, 1.0), (cv2.USAC_MAGSAC, 0.5), (cv2.USAC_MAGSAC, 2.0),
-    (cv2.USAC_ACCURATE, 1.0), (cv2.RANSAC, 1.0), (cv2.LMEDS, 1.0),
-)
+def _magsac_params(thr: float, confidence: float, max_iters: int, seed: int) -> cv2.UsacParams:
+    """OpenCV's USAC_MAGSAC preset with our threshold and an explicit random seed."""
+    p = cv2.UsacParams()
+    p.threshold, p.confidence, p.maxIterations, p.randomGeneratorState = thr, confidence, int(max_iters), int(seed)
+    p.sampler, p.score = cv2.SAMPLING_UNIFORM, cv2.SCORE_METHOD_MAGSAC
+    p.loMethod, p.loIterations, p.loSampleSize = cv2.LOCAL_OPTIM_SIGMA, 10, 50
+    p.final_polisher, p.final_polisher_iterations = cv2.MAGSAC, 10
+    return p
 
 
 def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence: float, max_iters: int,
                           count: int) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], str]:
-    """Up to ``count`` distinct (R, unit t, cheirality inliers, RANSAC inliers) candidates for ``T_0_1``.
+    """Distinct (R, unit t, cheirality inliers, RANSAC inliers) candidates for ``T_0_1`` from ``count``
+    MAGSAC runs with different random seeds (a few ms each); seed 0's model comes first.
 
-    The first estimator's model comes first.
-
-    Returns the candidates and, when there are none, why.
+    Candidates in the same basin (rotation within 0.1 deg, direction within 1 deg) are kept once.
     """
     out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     why = "essential matrix estimation failed (no model)"
-    for method, factor in ESSENTIAL_ESTIMATORS[:max(int(count), 1)]:
+    eye, no_dist = np.eye(3), np.zeros((1, 5))
+    for seed in range(max(int(count), 1)):
         try:
             # OpenCV's points1/points2 are our 0/1; its E satisfies x1^T E x0 = 0.
-            E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], np.eye(3), method=method, prob=confidence,
-                                           threshold=thr * factor, maxIters=int(max_iters))
+            E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], eye, eye, no_dist, no_dist,
+                                           _magsac_params(thr, confidence, max_iters, seed))
         except cv2.error as e:
             why = f"essential matrix estimation failed ({str(e).strip().splitlines()[-1]})"
             continue
@@ -460,7 +464,7 @@ def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence
             continue
         E = E[:3]  # a degenerate sample may give up to three stacked solutions: the first is best-scored
         try:
-            _, R_10, t_10, chir = cv2.recoverPose(E, x0[:, :2], x1[:, :2], np.eye(3), mask=mask.copy())
+            _, R_10, t_10, chir = cv2.recoverPose(E, x0[:, :2], x1[:, :2], eye, mask=mask.copy())
         except cv2.error as e:
             why = f"pose recovery failed ({str(e).strip().splitlines()[-1]})"
             continue
@@ -470,8 +474,8 @@ def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence
             why = "degenerate translation"
             continue
         t = t / np.linalg.norm(t)
-        if any(rotation_angle_deg(R, Rb) < 0.05 and translation_direction_error_deg(t, tb) < 0.5 for Rb, tb, _, _ in out):
-            continue  # the same model again: polishing it twice would only cost time
+        if any(rotation_angle_deg(R, Rb) < 0.1 and translation_direction_error_deg(t, tb) < 1.0 for Rb, tb, _, _ in out):
+            continue  # the same basin again: polishing it twice would only cost time
         inl = chir.ravel().astype(bool) if chir is not None else np.zeros(len(x0), dtype=bool)
         out.append((R, t, inl, mask.ravel().astype(bool)))
     return out, why
@@ -502,7 +506,7 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
                        ransac_px: float = 1.0, confidence: float = 0.999, min_matches: int = 30,
                        min_inliers: int = 20, min_parallax_px: float = 2.0,
                        scale_variance: float = DEFAULT_SCALE_VARIANCE, max_iters: int = 10000,
-                       refine: bool = True, hypotheses: int = len(ESSENTIAL_ESTIMATORS)
+                       refine: bool = True, hypotheses: int = DEFAULT_POSE_HYPOTHESES
                        ) -> tuple[RelativePose | None, str]:
     """Relative pose ``T_0_1`` (unit translation) from 2D-2D matches of a monocular camera.
 
@@ -516,8 +520,8 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
             (t = 0) is returned (see module docstring).
         scale_variance: translation variance along the (unknown-scale) translation direction.
         refine: Levenberg-Marquardt on the inlier Sampson distances after RANSAC.
-        hypotheses: how many robust estimators of ``ESSENTIAL_ESTIMATORS`` propose a model; the
-            polished model with the lowest MSAC cost wins (1 = MAGSAC alone).
+        hypotheses: MAGSAC runs with different random seeds; the polished model with the lowest MSAC
+            cost over all matches wins (1 = a single MAGSAC run).
 
     Returns:
         (pose, reason): pose is None on failure and ``reason`` says why; on success reason is

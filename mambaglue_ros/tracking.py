@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .geometry import ESSENTIAL_ESTIMATORS, RelativePose, estimate_pose_mono, estimate_pose_pnp, triangulate_stereo
+from .geometry import MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp, triangulate_stereo
 from .types import Features, MatchResult
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
@@ -42,7 +42,7 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "min_matches": 30,                # matches required to attempt a pose
     "min_inliers": 20,                # inliers required to accept it
     "ransac_px": 1.0,                 # mono: MAGSAC threshold [px]
-    "pose_hypotheses": 6,             # mono: robust estimators proposing a model, best MSAC cost wins
+    "pose_hypotheses": 6,             # mono: seeded MAGSAC runs proposing a model, best MSAC cost wins
     "confidence": 0.999,
     "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
@@ -116,8 +116,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         cfg.update(config)
     if cfg["policy"] not in ("previous", "keyframe"):
         raise ValueError(f"policy must be 'previous' or 'keyframe', got {cfg['policy']!r}")
-    if not 1 <= int(cfg["pose_hypotheses"]) <= len(ESSENTIAL_ESTIMATORS):
-        raise ValueError(f"pose_hypotheses must be in 1..{len(ESSENTIAL_ESTIMATORS)}, got {cfg['pose_hypotheses']}")
+    if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
+        raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
     for key in ("keyframe_min_matches", "min_matches", "min_inliers"):
         if int(cfg[key]) < 0:

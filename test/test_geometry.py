@@ -376,7 +376,7 @@ def test_mono_pose_escapes_the_bas_relief_basin(case):
     """Real XFeat + MambaGlue matches of two frames of the synthetic orbit sequence (20 cm steps at
     5 Hz, 60 deg FOV) on which one MAGSAC run converges to a pose 30-38 deg off in translation
     direction with 2-3 deg of rotation error: almost as many inliers, a worse fit. The hypotheses of
-    several robust estimators, scored by the MSAC cost over all matches, find the right basin."""
+    several seeded MAGSAC runs, scored by the MSAC cost over all matches, find the right basin."""
     data = np.load(Path(__file__).parent / "data" / "mono_bas_relief_matches.npz")
     p0, p1 = data[f"{case}_pts0"].astype(np.float64), data[f"{case}_pts1"].astype(np.float64)
     T_true, K_ = data[f"{case}_T_0_1"], data["K"]

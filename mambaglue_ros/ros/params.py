@@ -114,8 +114,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec("ransac_px", 1.0, "RANSAC inlier threshold (px)", low=0.01, high=100.0,
               read_only=False),
-    ParamSpec("pose_hypotheses", 6, "mono: robust estimators proposing an essential matrix; the one "
-              "explaining all matches best wins (1 = MAGSAC only, fastest)", low=1, high=6, read_only=False),
+    ParamSpec("pose_hypotheses", 6, "mono: MAGSAC runs with different seeds proposing an essential matrix; "
+              "the one explaining all matches best wins (1 = a single run, fastest)", low=1, high=32, read_only=False),
     # --- frames and outputs ---------------------------------------------------------------
     ParamSpec("odom_frame", "odom", "fixed frame of ~/odom and of the TF published"),
     ParamSpec("base_frame", "base_link", "robot body frame (child of ~/odom)"),

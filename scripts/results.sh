@@ -28,11 +28,11 @@ eval_xfeat() {    # homography table, alpha sweep, ablation table, bf16 (one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
     --methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt,mambaglue+bf16,lightglue+bf16 \
     --alphas "$ALPHAS" --sweep-methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
-    --json out/eval_xfeat.json --plots out/plots --no-progress
+    --json out/eval_xfeat.json --plots out/plots --threads 1 --no-progress
 }
 eval_aliked() {
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods mambaglue,lightglue \
-    --alphas "$ALPHAS" --json out/eval_aliked.json --plots out/plots --no-progress
+    --alphas "$ALPHAS" --json out/eval_aliked.json --plots out/plots --threads 1 --no-progress
 }
 eval_pose() {
   "$M" eval-pose --features xfeat --methods mambaglue,lightglue,orb --json out/eval_pose_xfeat.json --plots out/plots --no-progress

@@ -393,10 +393,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 on a busy CPU")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods)
     alphas = parse_alphas(args.alphas)
     sweep_methods = parse_methods(args.sweep_methods) if args.sweep_methods else None

@@ -47,6 +47,10 @@ replays() {
 speed() {         # run on a quiet machine: ratios within one run are what to compare
   "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1
   "$M" bench --json out/bench/bench_aliked.json --plots out/bench --features aliked --threads 1 --extractors xfeat,aliked,disk,superpoint
+  "$M" bench --json out/bench/bench_xfeat_easy.json --features xfeat --threads 1 --pair easy --keypoints 512,1024 --extractors none \
+    --methods mambaglue_adaptive,lightglue_adaptive,lightglue_kornia_adaptive
+  "$M" bench --json out/bench/bench_aliked_easy.json --features aliked --threads 1 --pair easy --keypoints 512,1024 --extractors none \
+    --methods mambaglue_adaptive,lightglue_adaptive,lightglue_kornia_adaptive
   "$PY" benchmarks/node_rate.py --json out/node_rate.json
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --json out/node_rate_5hz.json
 }

@@ -67,6 +67,18 @@ def test_bench_cli_json_fields(tmp_path):
     assert (plots / "bench_extractors.png").stat().st_size > 0
 
 
+def test_bench_easy_pair_adaptive_only(tmp_path):
+    out = tmp_path / "easy.json"
+    rc = cli_main(["bench", "--json", str(out), "--features", "xfeat", "--keypoints", "128", "--repeats", "1",
+                   "--warmup", "0", "--extractors", "none", "--threads", "1", "--device", "cpu", "--pair", "easy",
+                   "--methods", "mambaglue_adaptive,lightglue_adaptive"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["pair"] == "easy" and set(r["matcher_ms"]) == {"mambaglue_adaptive", "lightglue_adaptive"}
+    assert r["ratios"]["mambaglue_adaptive/lightglue_adaptive"]["128"] > 0 and r["extractor_ms"] == {}
+    assert r["matches"]["lightglue_adaptive"]["128"] > 30  # an easy pair matches well
+
+
 def test_bench_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["bench", "--json", str(tmp_path / "x.json"), "--keypoints", "abc"])

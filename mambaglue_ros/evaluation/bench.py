@@ -4,7 +4,8 @@
                     [--repeats 7] [--warmup 2] [--extractors xfeat,aliked,disk,superpoint] [--device auto]
 
 Matchers, all on the same keypoints and descriptors (real features of a photo and its warp by a known
-homography: skimage's astronaut at 640x480, at 1024x768 for more than 1024 keypoints):
+homography: skimage's astronaut at 640x480, at 1024x768 for more than 1024 keypoints; ``--pair easy``: a
+video-like small motion, where adaptive depth pays off most):
 
     mambaglue                   our network with ``Matcher(features)``'s default weights (trained if shipped,
                                 else the LightGlue warm start: see ``weights_source``), exit and pruning off
@@ -52,6 +53,11 @@ from ..types import Features
 
 # The photo pair: a moderate homography (rotation, shear, perspective), image-0 pixels -> image-1 pixels.
 H_PAIR = np.array([[0.9, 0.08, 20.0], [-0.06, 0.95, 12.0], [2e-4, 1e-4, 1.0]])
+# An easy pair, as consecutive video frames: 1 deg of rotation, 2 % zoom, a few pixels of shift. Where
+# adaptive depth pays off most.
+H_EASY = np.array([[1.02 * np.cos(np.radians(1.0)), -1.02 * np.sin(np.radians(1.0)), 6.0],
+                   [1.02 * np.sin(np.radians(1.0)), 1.02 * np.cos(np.radians(1.0)), -4.0], [0.0, 0.0, 1.0]])
+PAIRS = {"moderate": H_PAIR, "easy": H_EASY}
 METHODS = ("mambaglue", "mambaglue_adaptive", "lightglue", "lightglue_adaptive", "lightglue_kornia",
            "lightglue_kornia_adaptive", "mambaglue_bf16", "lightglue_bf16")
 BF16 = {"mambaglue_bf16": "mambaglue", "lightglue_bf16": "lightglue"}  # the same networks under bf16 autocast
@@ -69,14 +75,14 @@ def image_size_for(keypoints: int) -> tuple[int, int]:
     return EXTRACTOR_SIZE if keypoints <= 1024 else (1024, 768)
 
 
-def photo_pair(keypoints: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """skimage's astronaut resized for ``keypoints`` and its warp by ``H_PAIR``: RGB uint8."""
+def photo_pair(keypoints: int = 1024, pair: str = "moderate") -> tuple[np.ndarray, np.ndarray]:
+    """skimage's astronaut resized for ``keypoints`` and its warp by ``PAIRS[pair]``: RGB uint8."""
     import cv2
     from skimage import data
 
     size = image_size_for(keypoints)
     image0 = cv2.resize(data.astronaut(), size, interpolation=cv2.INTER_AREA)
-    return image0, cv2.warpPerspective(image0, H_PAIR, size)
+    return image0, cv2.warpPerspective(image0, PAIRS[pair], size)
 
 
 def extract_pair(features: str, keypoints: int, image0: np.ndarray, image1: np.ndarray,
@@ -317,7 +323,7 @@ def _stop_and_matches(name: str, out: dict[str, Any]) -> tuple[int, int]:
 def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 2048), repeats: int = 7,
         warmup: int = 2, extractors: tuple[str, ...] = FRONT_ENDS, device: str = "auto",
         weights: str | None = None, threads: int | None = None, methods: tuple[str, ...] = METHODS,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        pair: str = "moderate", log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-able result (see the module docstring)."""
     if features not in MATCH_FRONT_ENDS:
         raise ValueError(f"matching benchmark needs LightGlue weights: features must be one of {MATCH_FRONT_ENDS}")
@@ -333,7 +339,7 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
         "schema": 1, "device": device_name(dev), "device_type": dev.type, "torch": torch.__version__,
         "kornia": kornia.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_average_start": load_average(), "features": features, "repeats": repeats, "warmup": warmup,
-        "image": "skimage astronaut and its warp by H_PAIR", "memory": "cuda_max_allocated" if dev.type == "cuda"
+        "image": f"skimage astronaut and its warp by the {pair} homography", "pair": pair, "memory": "cuda_max_allocated" if dev.type == "cuda"
         else "peak_rss (VmHWM, reset per call; includes the process baseline)",
     }
     log(f"bench: {result['device']}, torch {result['torch']}, {result['threads']} threads, "
@@ -362,7 +368,7 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
         result["keypoints"], result["image_size"], result["frontend_extract_ms"] = {}, {}, {}
         extractor = FeatureExtractor(features, max_keypoints=max(keypoints), device=dev)
         for k in keypoints:
-            image0, image1 = photo_pair(k)
+            image0, image1 = photo_pair(k, pair)
             extractor.set_max_keypoints(k)
             f0, f1 = extractor.extract(image0), extractor.extract(image1)
             ext = interleaved({"extract": lambda: extractor.extract(image0)}, max(1, min(repeats, 3)), dev,
@@ -521,6 +527,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="MambaGlue weights (default: Matcher's default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--pair", default="moderate", choices=tuple(PAIRS),
+                   help="photo pair: moderate homography, or easy (video-like: 1 deg, 2 %% zoom, a few px)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -528,7 +536,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     result = run(features=args.features, keypoints=args.keypoints, repeats=args.repeats, warmup=args.warmup,
                  extractors=args.extractors, device=args.device, weights=args.weights, threads=args.threads,
-                 methods=args.methods or METHODS)
+                 methods=args.methods or METHODS, pair=args.pair)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -41,6 +41,7 @@ replays() {
   "$M" demo --out out/demo
   [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
   "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 keyframe_policy=previous --force
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
   "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
 }

@@ -6,6 +6,7 @@ the frames at --input-hz for --seconds, and reads the node's own /diagnostics. W
 
     .venv/bin/python benchmarks/node_rate.py --json out/node_rate.json
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --target-hz 5
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,mono:aliked --precision bf16
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 
 
 def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: float, target_hz: float,
-        frames: list) -> dict:
+        frames: list, precision: str = "fp32", threads: int = 0) -> dict:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -38,7 +39,8 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz}
+    overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
+                 "precision": precision, "num_threads": threads}
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("bench_io", context=ctx)
     ex = MultiThreadedExecutor(context=ctx)
@@ -77,7 +79,8 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
               "dropped": snap["frames_dropped"], "processed_hz": snap["frames_processed"] / seconds,
               "latency_p50_ms": snap["latency_p50_ms"], "latency_p95_ms": snap["latency_p95_ms"],
               "mean_stop_layer": snap["mean_stop_layer"], "num_layers": node.matcher.num_layers,
-              "alpha_end": node.matcher.alpha, "weights": node.matcher.weights_source}
+              "alpha_end": node.matcher.alpha, "weights": node.matcher.weights_source, "precision": precision,
+              "threads": threads or "default"}
     ex.shutdown()
     node.destroy_node()
     io.destroy_node()
@@ -92,6 +95,8 @@ def main() -> int:
     ap.add_argument("--input-hz", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--target-hz", type=float, default=0.0)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
     import torch
@@ -102,12 +107,13 @@ def main() -> int:
     rows = []
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames))
+        rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
+                        args.precision, args.threads))
         r = rows[-1]
         print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz -> processed "
               f"{r['processed_hz']:.2f} Hz, latency p50 {r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, "
               f"dropped {r['dropped']}/{r['frames_in']}, stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
-              f"alpha {r['alpha_end']}", flush=True)
+              f"alpha {r['alpha_end']}, {r['precision']}", flush=True)
     info = {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
     if args.json:

@@ -54,6 +54,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
     --methods mambaglue_adaptive,lightglue_adaptive,lightglue_kornia_adaptive
   "$PY" benchmarks/node_rate.py --json out/node_rate.json
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --json out/node_rate_5hz.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
 steps=(train_xfeat train_aliked ablations eval_xfeat eval_aliked eval_pose replays speed)

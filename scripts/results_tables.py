@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Print the README's result tables (markdown) from the JSON files that `scripts/results.sh` writes.
+
+    .venv/bin/python scripts/results_tables.py [--out out]
+
+Every number in the README's results section is printed by this script from those files; a table whose
+file is missing is skipped with a note. Method labels: ``mambaglue@out/ablation_xfeat_<name>/...`` becomes
+the ablation's name.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def label(method: str) -> str:
+    m = re.match(r"mambaglue@.*ablation_xfeat_(\w+)/", method)
+    if m:
+        return {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
+                "linear": "attention+Mamba, linear regressor"}.get(m.group(1), m.group(1))
+    return {"mambaglue": "MambaGlue (shipped)", "lightglue": "LightGlue (released weights)",
+            "mambaglue+bf16": "MambaGlue, bf16", "lightglue+bf16": "LightGlue, bf16", "orb": "ORB"}.get(method, method)
+
+
+def md(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def homography(r: dict[str, Any]) -> str:
+    rows = []
+    for m, s in r["methods"].items():
+        rows.append([label(m), s["precision"], s["recall"], s["auc@1px"], s["auc@3px"], s["auc@5px"], s["auc_dlt@3px"],
+                     round(s["mean_matches"]), f"{s['mean_stop_layer']:.2f} / {s['num_layers']}",
+                     round(s["median_ms_per_pair"])])
+    head = f"{r['features']}, {r['pairs']} pairs, seed {r['seed']}, {r['max_keypoints']} keypoints, alpha 0.95 unless 'exit off'"
+    return head + "\n\n" + md(["method", "precision", "recall", "AUC@1px", "AUC@3px", "AUC@5px", "AUC@3px DLT",
+                               "matches", "stop layer", "ms/pair (median)"], rows)
+
+
+def sweep(r: dict[str, Any]) -> str:
+    rows = []
+    for m, entries in r.get("alpha_sweep", {}).items():
+        for e in entries:
+            rows.append([label(m), "off" if e["alpha"] is None else e["alpha"], e["precision"], e["auc@3px"],
+                         f"{e['mean_stop_layer']:.2f}", round(e["median_ms_per_pair"])])
+    return f"alpha sweep ({r['features']})\n\n" + md(["method", "alpha", "precision", "AUC@3px", "stop layer",
+                                                      "ms/pair (median)"], rows)
+
+
+def pose(r: dict[str, Any]) -> str:
+    rows = []
+    for name, ds in r["datasets"].items():
+        for m, s in ds["methods"].items():
+            rows.append([name, label(m), s["pairs"], s["auc@5"], s["auc@10"], s["auc@20"], f"{s['median_err_deg']:.2f}",
+                         round(s["matches"]), round(s["inliers"]), s["failures"]])
+    return f"relative pose ({r['features']}, {r['max_keypoints']} keypoints)\n\n" + md(
+        ["dataset", "method", "pairs", "AUC@5°", "AUC@10°", "AUC@20°", "median err °", "matches", "inliers", "failures"], rows)
+
+
+def replay(name: str, r: dict[str, Any]) -> str:
+    rows = []
+    for m, s in r.get("methods", {r.get("method", "?"): r}).items():
+        rows.append([label(m), f"{s['frames_processed']}/{s['frames_in']}", s["poses"], f"{s['ate_m']:.4f}",
+                     f"{s['rpe_trans_m']:.4f}", f"{s['rpe_rot_deg']:.3f}", round(s["mean_matches"]),
+                     f"{s['mean_inlier_ratio']:.2f}", round(s["latency_ms_p50"]), round(s["latency_ms_p95"])])
+    return f"replay: {name}\n\n" + md(["method", "processed", "poses", "ATE m", "RPE trans m", "RPE rot °", "matches",
+                                      "inlier ratio", "latency p50 ms", "p95 ms"], rows)
+
+
+def bench(r: dict[str, Any]) -> str:
+    ks = list(r["keypoints"])
+    rows = [[m] + [f"{per[k]:.1f}" + (f" (stop {r['stop_layer'][m][k]})" if "adaptive" in m else "") for k in ks]
+            for m, per in r["matcher_ms"].items()]
+    rows += [[ratio] + [f"{per[k]:.2f}x" for k in ks] for ratio, per in r.get("ratios", {}).items()]
+    head = (f"bench {r['features']} ({r.get('pair', 'moderate')} pair), {r['device']}, torch {r['torch']}, "
+            f"{r['threads']} thread(s), load {r['load_average_start']} -> {r['load_average_end']}")
+    out = head + "\n\n" + md(["matcher ms/pair"] + [f"{k} kp" for k in ks], rows)
+    if r.get("extractor_ms"):
+        out += "\n\n" + md(["front end (640x480)", "ms/image", "keypoints"],
+                           [[n, f"{ms:.1f}", r["extractor_keypoints"].get(n, "")] for n, ms in r["extractor_ms"].items()])
+    return out
+
+
+def node_rate(name: str, r: dict[str, Any]) -> str:
+    rows = [[x["mode"], x["features"], x["max_keypoints"], x.get("precision", "fp32"), x["input_hz"], x["target_hz"] or "-",
+             f"{x['processed_hz']:.2f}", round(x["latency_p50_ms"]), round(x["latency_p95_ms"]),
+             f"{x['mean_stop_layer']:.1f}/{x['num_layers']}", x["alpha_end"]] for x in r["runs"]]
+    return f"node rate: {name} ({r['machine']})\n\n" + md(
+        ["mode", "features", "keypoints", "precision", "input Hz", "target Hz", "processed Hz", "latency p50 ms",
+         "p95 ms", "stop layer", "alpha at end"], rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="out", help="the results folder of scripts/results.sh")
+    out = Path(ap.parse_args().out)
+    sections: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("eval_xfeat.json", homography), ("eval_xfeat.json", sweep), ("eval_aliked.json", homography),
+        ("eval_aliked.json", sweep), ("eval_pose_xfeat.json", pose),
+        ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
+        ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
+        ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),
+        ("kitti/report.json", lambda r: replay("KITTI clip (mono, Sim(3)-aligned)", r)),
+        ("bench/bench_xfeat.json", bench), ("bench/bench_aliked.json", bench),
+        ("bench/bench_xfeat_easy.json", bench), ("bench/bench_aliked_easy.json", bench),
+        ("node_rate.json", lambda r: node_rate("default", r)), ("node_rate_5hz.json", lambda r: node_rate("5 Hz target", r)),
+        ("node_rate_bf16.json", lambda r: node_rate("bf16", r)),
+    ]
+    for name, fn in sections:
+        r = load(out / name)
+        print(f"<!-- {out / name} -->")
+        print(fn(r) if r is not None else f"({out / name} missing: run scripts/results.sh)")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

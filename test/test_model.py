@@ -193,6 +193,16 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(W.WeightsError, match="truncated.pt"):
         build_network("xfeat", str(tmp_path / "truncated.pt"))
+    # xz-compressed checkpoints (the shipped ALIKED one): same tensors, smaller file, same safe loader
+    xz = tmp_path / "mg.pt.xz"
+    W.save_checkpoint(xz, net, "xfeat", net.conf, half=False)
+    assert xz.stat().st_size < path.stat().st_size
+    from_xz, _ = build_network("xfeat", str(xz))
+    for (k, a), b in zip(net.state_dict().items(), from_xz.state_dict().values()):
+        assert torch.equal(a, b), k
+    (tmp_path / "truncated.pt.xz").write_bytes(xz.read_bytes()[:1000])
+    with pytest.raises(W.WeightsError, match="truncated.pt.xz"):
+        build_network("xfeat", str(tmp_path / "truncated.pt.xz"))
 
 
 class _Exploit:
@@ -225,3 +235,16 @@ def test_url_weights_need_matching_sha(tmp_path):
         W.resolve(url, sha256=bad, cache_dir=cache)
     with pytest.raises(W.WeightsError, match="needs its SHA-256"):
         W.resolve(url)
+
+
+@pytest.mark.parametrize("features", ["xfeat", "aliked"])
+def test_shipped_trained_weights_load_by_default(features):
+    """Both CPU front ends ship trained MambaGlue weights (fp16, under 30 MB) and load without options."""
+    path = W.packaged_checkpoint(features)
+    assert path is not None and path.stat().st_size < 30e6
+    net, source = build_network(features)
+    assert source == f"checkpoint:{path.name}"
+    assert net.conf["mixer"] == "attention+mamba" and net.conf["regressor"] == "deep"
+    ckpt = W.load_checkpoint(path, features)
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert ckpt["meta"]["steps"]["stage1"] > 0 and ckpt["meta"]["steps"]["stage2"] > 0

@@ -504,7 +504,10 @@ def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any])
     if cfg.get("export"):
         dst = Path(cfg["export"])
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dst)
+        if dst.name.endswith(".xz"):  # the release file compressed (see weights.packaged_checkpoint)
+            W.save_checkpoint(dst, net, cfg["features"], conf, meta=meta, half=True)
+        else:
+            shutil.copyfile(path, dst)
     return path
 
 

@@ -30,6 +30,11 @@ eval_xfeat() {    # homography table, alpha sweep, ablation table, bf16 (one run
     --alphas "$ALPHAS" --sweep-methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
     --json out/eval_xfeat.json --plots out/plots --threads 1 --no-progress
 }
+eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods mambaglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt \
+    --alphas none --json out/eval_xfeat_ablation_full_depth.json --threads 1 --no-progress
+}
 eval_aliked() {
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods mambaglue,lightglue \
     --alphas "$ALPHAS" --json out/eval_aliked.json --plots out/plots --threads 1 --no-progress
@@ -57,7 +62,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations eval_xfeat eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -106,7 +106,8 @@ def main() -> int:
     ap.add_argument("--out", default="out", help="the results folder of scripts/results.sh")
     out = Path(ap.parse_args().out)
     sections: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-        ("eval_xfeat.json", homography), ("eval_xfeat.json", sweep), ("eval_aliked.json", homography),
+        ("eval_xfeat.json", homography), ("eval_xfeat.json", sweep), ("eval_xfeat_ablation_full_depth.json", sweep),
+        ("eval_aliked.json", homography),
         ("eval_aliked.json", sweep), ("eval_pose_xfeat.json", pose),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),

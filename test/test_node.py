@@ -134,13 +134,16 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
         stop(node, io, executor)
 
 
-def test_stereo_node_metric_translation(ros_context):
+@pytest.mark.parametrize("policy", ["previous", "keyframe"])
+def test_stereo_node_metric_translation(ros_context, policy):
     from sensor_msgs.msg import CameraInfo, Image
 
+    # keyframe policy: slow motion, so frames 2.. are matched against an older keyframe
     seq = make_sequence(n_frames=5, rate_hz=10.0, stereo=True, trajectory="forward", seed=2, baseline_m=0.2,
-                        speed_mps=1.0)
+                        speed_mps=1.0 if policy == "previous" else 0.3)
     frames = [seq.frame(i) for i in range(len(seq))]
-    node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable"})
+    node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
+                                             "keyframe_policy": policy})
     try:
         out = Collector(io)
         left = io.create_publisher(Image, "left/image_rect", 10)
@@ -174,6 +177,16 @@ def test_stereo_node_metric_translation(ros_context):
         right.publish(image_msg(frames[0].right[:240, :320].copy(), stamp, "right_optical"))
         assert wait_for(lambda: node.stats.counters["bad_input"] > before, timeout=10)
         assert node.worker.is_alive()
+        # accumulated odometry (base frame: REP-103 body axes) against the true motion of the whole run;
+        # with the keyframe policy the relative poses are to the keyframe and must compose with its pose
+        odom = out.get("odom")[-1].pose.pose.position
+        t_true = G.R_BODY_OPTICAL @ (G.invert(frames[0].T_world_left) @ frames[-1].T_world_left)[:3, 3]
+        t_odom = np.array([odom.x, odom.y, odom.z])
+        assert np.linalg.norm(t_odom - t_true) < 0.1 * np.linalg.norm(t_true), (t_odom, t_true)
+        if policy == "keyframe":
+            stamp0 = [m.stamp0.sec * 10**9 + m.stamp0.nanosec for m in out.get("matches") if m.pair_kind == 0]
+            assert stamp0.count(frames[0].stamp_ns) >= 2  # the keyframe really served several frames
+            return
         for k, p in enumerate(out.get("pose"), start=1):
             t = np.array([p.pose.pose.position.x, p.pose.pose.position.y, p.pose.pose.position.z])
             t_true = (G.invert(frames[k - 1].T_world_left) @ frames[k].T_world_left)[:3, 3]

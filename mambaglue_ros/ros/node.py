@@ -187,6 +187,9 @@ class MatcherNode(Node):
         self.last_stamp_ns: int | None = None
         self.T_odom_base = np.eye(4)
         self.odom_cov = np.zeros((6, 6))
+        # pose and covariance of the tracker's reference frame (keyframe): relative poses are to it
+        self.T_odom_base_ref = np.eye(4)
+        self.odom_cov_ref = np.zeros((6, 6))
         self.images: dict[int, np.ndarray] = {}  # recent images by stamp, for the debug image
         self._tf = self._make_tf_broadcaster()
 
@@ -522,6 +525,9 @@ class MatcherNode(Node):
             self.tracker.reset()
         self.T_odom_base = np.eye(4)
         self.odom_cov = np.zeros((6, 6))
+        # pose and covariance of the tracker's reference frame (keyframe): relative poses are to it
+        self.T_odom_base_ref = np.eye(4)
+        self.odom_cov_ref = np.zeros((6, 6))
         self.images.clear()
         self.last_stamp_ns = None
 
@@ -554,6 +560,8 @@ class MatcherNode(Node):
             self.pub_pose.publish(C.pose_with_covariance_msg(result.pose.as_matrix(), result.pose.covariance,
                                                              Header(stamp=frame.header.stamp, frame_id=cam_frame)))
             self._publish_odometry(frame, result)
+        if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
+            self.T_odom_base_ref, self.odom_cov_ref = self.T_odom_base.copy(), self.odom_cov.copy()
         # keep the reference image (and this one, which may become the next reference)
         keep = {frame.stamp_ns: frame.image}
         if result.reference_stamp_ns in self.images and not result.is_keyframe:
@@ -563,13 +571,15 @@ class MatcherNode(Node):
     def _publish_odometry(self, frame: Frame, result) -> None:
         rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
         T_rel = rel.as_matrix()
-        # First-order propagation: the step covariance, rotated into the odom frame, adds up.
-        R = self.T_odom_base[:3, :3]
+        # The pose is relative to the tracker's reference (the previous frame, or the keyframe), so it
+        # composes with the reference's odometry pose, not with the last frame's. First-order
+        # propagation: the step covariance, rotated into the odom frame, adds to the reference's.
+        R = self.T_odom_base_ref[:3, :3]
         A = np.zeros((6, 6))
         A[:3, :3] = R
         A[3:, 3:] = R
-        odom_cov = self.odom_cov + A @ rel.covariance @ A.T
-        T_odom_base = self.T_odom_base @ T_rel
+        odom_cov = self.odom_cov_ref + A @ rel.covariance @ A.T
+        T_odom_base = self.T_odom_base_ref @ T_rel
         if not (np.isfinite(odom_cov).all() and np.isfinite(T_odom_base).all()):
             raise ValueError("non-finite odometry step: not accumulated, not published")
         self.odom_cov, self.T_odom_base = odom_cov, T_odom_base

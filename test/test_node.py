@@ -327,3 +327,10 @@ def test_debug_image_only_while_subscribed(ros_context, mono_sequence):
         assert (images[0].width, images[0].height, images[0].encoding) == (1280, 480, "rgb8")
     finally:
         stop(node, io, executor)
+
+
+def test_torch_threads_leave_a_core_for_ros():
+    from mambaglue_ros.ros.node import torch_threads
+
+    assert torch_threads(0, 2) == 1 and torch_threads(0, 8) == 7 and torch_threads(0, 1) == 1
+    assert torch_threads(3, 2) == 3  # an explicit value is the user's call

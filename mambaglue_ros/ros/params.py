@@ -64,9 +64,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
     ParamSpec("precision", "fp32", "matcher arithmetic: fp32; bf16 (autocast, faster on CPUs with AVX512-BF16/AMX "
               "and on GPUs); fp16 (CUDA only)", choices=("fp32", "bf16", "fp16")),
-    ParamSpec("num_threads", 0, "CPU threads for torch; 0 = torch's default (all cores). On a CPU shared with "
-              "other processes, 1-2 avoids thread oversubscription, which can slow inference many times",
-              low=0, high=256),
+    ParamSpec("num_threads", 0, "CPU threads for torch; 0 = all cores but one (the ROS callbacks need one: "
+              "oversubscribed OpenMP threads slow inference many times). On a CPU shared with other processes, "
+              "use fewer", low=0, high=256),
     ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
               low=64, high=8192, read_only=False),
     ParamSpec("detection_threshold", 0.0, "minimum detection score; 0 = keep the top max_keypoints",

@@ -442,17 +442,21 @@ def _magsac_params(thr: float, confidence: float, max_iters: int, seed: int) -> 
     return p
 
 
-def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence: float, max_iters: int,
-                          count: int) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], str]:
-    """Distinct (R, unit t, cheirality inliers, RANSAC inliers) candidates for ``T_0_1`` from ``count``
-    MAGSAC runs with different random seeds (a few ms each); seed 0's model comes first.
+Hypothesis = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # R, unit t, cheirality / RANSAC inliers
 
-    Candidates in the same basin (rotation within 0.1 deg, direction within 1 deg) are kept once.
+
+def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence: float, max_iters: int,
+                          seeds: range, known: list[Hypothesis] | None = None) -> tuple[list[Hypothesis], str]:
+    """Distinct (R, unit t, cheirality inliers, RANSAC inliers) candidates for ``T_0_1``, one MAGSAC run
+    (a few ms) per random seed, in seed order.
+
+    Candidates in the same basin as an earlier one or one of ``known`` (rotation within 0.1 deg,
+    direction within 1 deg) are dropped.
     """
-    out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    out: list[Hypothesis] = []
     why = "essential matrix estimation failed (no model)"
     eye, no_dist = np.eye(3), np.zeros((1, 5))
-    for seed in range(max(int(count), 1)):
+    for seed in seeds:
         try:
             # OpenCV's points1/points2 are our 0/1; its E satisfies x1^T E x0 = 0.
             E, mask = cv2.findEssentialMat(x0[:, :2], x1[:, :2], eye, eye, no_dist, no_dist,
@@ -474,7 +478,8 @@ def _essential_hypotheses(x0: np.ndarray, x1: np.ndarray, thr: float, confidence
             why = "degenerate translation"
             continue
         t = t / np.linalg.norm(t)
-        if any(rotation_angle_deg(R, Rb) < 0.1 and translation_direction_error_deg(t, tb) < 1.0 for Rb, tb, _, _ in out):
+        if any(rotation_angle_deg(R, Rb) < 0.1 and translation_direction_error_deg(t, tb) < 1.0
+               for Rb, tb, _, _ in (known or []) + out):
             continue  # the same basin again: polishing it twice would only cost time
         inl = chir.ravel().astype(bool) if chir is not None else np.zeros(len(x0), dtype=bool)
         out.append((R, t, inl, mask.ravel().astype(bool)))
@@ -553,7 +558,7 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
     focal = float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
     thr = float(ransac_px) / focal
     x0, x1 = _normalise(p0, K0), _normalise(p1, K1)
-    hyps, why = _essential_hypotheses(x0, x1, thr, confidence, max_iters, hypotheses)
+    hyps, why = _essential_hypotheses(x0, x1, thr, confidence, max_iters, range(1))
     if not hyps:
         return None, why
     ransac_inl = hyps[0][3]  # the first (MAGSAC) model's inliers: the parallax test below
@@ -569,6 +574,8 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
         return _rotation_only_pose(R_rot, x0[rot_inl], x1[rot_inl], n, focal, scale_variance,
                                    min_inliers, parallax_px, min_parallax_px)
 
+    # More seeds only once there is parallax (a rotation-only frame does not need them).
+    hyps += _essential_hypotheses(x0, x1, thr, confidence, max_iters, range(1, max(int(hypotheses), 1)), hyps)[0]
     # RANSAC's model is only as good as its best minimal sample: polish every hypothesis briefly,
     # keep the one that explains all matches best, then polish that one to convergence.
     scored = []

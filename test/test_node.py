@@ -179,6 +179,7 @@ def test_stereo_node_metric_translation(ros_context, policy):
         assert node.worker.is_alive()
         # accumulated odometry (base frame: REP-103 body axes) against the true motion of the whole run;
         # with the keyframe policy the relative poses are to the keyframe and must compose with its pose
+        assert wait_for(lambda: out.count("odom") >= len(frames) - 1, timeout=10)  # DDS may trail the poses
         odom = out.get("odom")[-1].pose.pose.position
         t_true = G.R_BODY_OPTICAL @ (G.invert(frames[0].T_world_left) @ frames[-1].T_world_left)[:3, 3]
         t_odom = np.array([odom.x, odom.y, odom.z])

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.plots import pyplot, save_figure
 from .metrics import Trajectory
 
 NS = 1_000_000_000
@@ -61,13 +62,6 @@ def format_table(reports: dict[str, dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _top_view_axes(first_camera_pose: np.ndarray) -> tuple[int, int]:
@@ -82,7 +76,7 @@ def _top_view_axes(first_camera_pose: np.ndarray) -> tuple[int, int]:
 def plot_trajectory(path: Path, series: list[dict[str, Any]], gt: Trajectory | None) -> None:
     """Top view (left) and the vertical coordinate over time (right), ground truth and aligned
     estimates."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, axv) = plt.subplots(1, 2, figsize=(11, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     names = "xyz"
     with_gt = gt is not None and any(s["evaluation"] and s["evaluation"]["aligned"] is not None for s in series)
@@ -126,13 +120,11 @@ def plot_trajectory(path: Path, series: list[dict[str, Any]], gt: Trajectory | N
     ax.legend(fontsize=8)
     ax.set_title("trajectory, top view")
     axv.set_title("vertical")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_rpe(path: Path, series: list[dict[str, Any]]) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     for s in series:
         ev = s["evaluation"]
@@ -151,13 +143,11 @@ def plot_rpe(path: Path, series: list[dict[str, Any]]) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     ax1.set_title("relative pose error per frame pair")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_matches(path: Path, series: list[dict[str, Any]]) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for k, s in enumerate(series):
         color = f"C{k}"
@@ -171,13 +161,11 @@ def plot_matches(path: Path, series: list[dict[str, Any]]) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.set_title("temporal matches and pose inliers per frame")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_latency(path: Path, series: list[dict[str, Any]]) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     values = {s["name"]: [r["latency_ms"] for r in s["frames"] if r["latency_ms"] is not None] for s in series}
     everything = [v for vs in values.values() for v in vs]
@@ -191,13 +179,11 @@ def plot_latency(path: Path, series: list[dict[str, Any]]) -> None:
     ax.set_ylabel("frames")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_rate(path: Path, series: list[dict[str, Any]]) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, s in enumerate(series):
         pubs = sorted(r["t_pub"] for r in s["frames"] if r["t_pub"] is not None)
@@ -215,9 +201,7 @@ def plot_rate(path: Path, series: list[dict[str, Any]]) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("input vs processed frames")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _hz(v: float | None) -> str:

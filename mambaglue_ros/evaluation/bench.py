@@ -453,11 +453,9 @@ def write_csv(result: dict[str, Any], path: Path) -> Path:
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     ks = [int(k) for k in result["keypoints"]]
@@ -475,20 +473,16 @@ def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result['device']}, torch {result['torch']}, {result['threads']} threads", fontsize=8)
-    fig.tight_layout()
     paths.append(folder / f"bench_matcher_{result['features']}.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
     if result["extractor_ms"]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         names = list(result["extractor_ms"])
         ax.bar(names, [result["extractor_ms"][n] for n in names])
         ax.set_ylabel("ms per image (640x480)")
         ax.set_title("front-end extraction")
-        fig.tight_layout()
         paths.append(folder / "bench_extractors.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, paths[-1])
     return paths
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on robots and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,12 +23,22 @@ def _plt():
     return plt
 
 
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (PNG, 110 dpi, parent folders created) and close ``fig``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def _errors(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.inf if r[key] is None else r[key] for r in rows], dtype=np.float64)
 
 
 def plot_auc(result: dict[str, Any], path: Path, max_px: float = 10.0) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, title in ((axes[0], "error_magsac", "MAGSAC"), (axes[1], "error_dlt", "DLT (all matches)")):
         for m, rows in result["per_pair"].items():
@@ -43,14 +54,11 @@ def plot_auc(result: dict[str, Any], path: Path, max_px: float = 10.0) -> Path:
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("fraction of pairs")
     fig.suptitle(f"{result['features']}, {result['pairs']} pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_alpha_sweep(result: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m, rows in result["alpha_sweep"].items():
         t = [r.get("median_ms_per_pair", r["ms_per_pair"]) for r in rows]
@@ -65,14 +73,11 @@ def plot_alpha_sweep(result: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"early-exit threshold alpha: accuracy vs time ({result['features']}, {result['pairs']} pairs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_stop_layers(result: dict[str, Any], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     methods = list(result["per_pair"])
     n_layers = int(next(iter(result["methods"].values()))["num_layers"])
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -87,10 +92,7 @@ def plot_stop_layers(result: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(1, n_layers + 1))
     ax.legend(fontsize=8)
     ax.set_title(f"adaptive depth ({result['features']}, default alpha)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_plots(result: dict[str, Any], folder: str | Path) -> list[Path]:

@@ -365,9 +365,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot_curves(result: dict[str, Any], path: str | Path, max_deg: float = 30.0) -> Path:
     """Cumulative error curves (fraction of pairs with error <= x), one subplot per dataset, methods overlaid."""
-    from .plots import _plt
+    from .plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     names = list(result["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True, squeeze=False)
     x = np.linspace(0.0, max_deg, 301)
@@ -386,12 +386,7 @@ def plot_curves(result: dict[str, Any], path: str | Path, max_deg: float = 30.0)
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("fraction of pairs")
     fig.suptitle(f"relative pose, {result['features']}, {result['max_keypoints']} keypoints")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ CLI

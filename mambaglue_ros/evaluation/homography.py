@@ -208,12 +208,17 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ methods
+def split_precision(method: str) -> tuple[str, str]:
+    """``"mambaglue+bf16"`` -> ``("mambaglue", "bf16")``; without the suffix the precision is fp32."""
+    return (method[: -len("+bf16")], "bf16") if method.endswith("+bf16") else (method, "fp32")
+
+
 def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty")
     for m in methods:
-        base = m[: -len("+bf16")] if m.endswith("+bf16") else m
+        base = split_precision(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
             raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
@@ -246,8 +251,8 @@ def build_matcher(method: str, features: str, device: str = "cpu", max_keypoints
     runs it under bf16 autocast (e.g. ``mambaglue+bf16``)."""
     from ..matcher import Matcher
 
-    if method.endswith("+bf16"):
-        method, options = method[: -len("+bf16")], {**options, "precision": "bf16"}
+    method, precision = split_precision(method)
+    options = {**options, "precision": precision}
     if method == "lightglue":
         return Matcher(features, weights="lightglue", mixer="attention", regressor="linear", device=device,
                        max_keypoints=max_keypoints, **options)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every command behind the README's result tables, in order. Each step is one of the documented CLI
+# Every command behind the result tables (README headline, docs/results.md), in order. Each step is one of the documented CLI
 # commands; run a single step with `bash scripts/results.sh STEP` (steps below), or all with `all`.
 # Needs ../shared/data (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 CPU cores.
 set -euo pipefail

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Print the README's result tables (markdown) from the JSON files that `scripts/results.sh` writes.
+"""Print the result tables (markdown) of README.md and docs/results.md from the JSON files that
+`scripts/results.sh` writes.
 
     .venv/bin/python scripts/results_tables.py [--out out]
 
-Every number in the README's results section is printed by this script from those files; a table whose
-file is missing is skipped with a note. Method labels: ``mambaglue@out/ablation_xfeat_<name>/...`` becomes
+Every number in the README's headline table (first section) and in docs/results.md (the sections after it)
+is printed by this script from those files; a table whose file is missing is skipped with a note. Method labels: ``mambaglue@out/ablation_xfeat_<name>/...`` becomes
 the ablation's name.
 """
 from __future__ import annotations
@@ -46,6 +47,20 @@ def homography(r: dict[str, Any]) -> str:
     head = f"{r['features']}, {r['pairs']} pairs, seed {r['seed']}, {r['max_keypoints']} keypoints, alpha 0.95 unless 'exit off'"
     return head + "\n\n" + md(["method", "precision", "recall", "AUC@1px", "AUC@3px", "AUC@5px", "AUC@3px DLT",
                                "matches", "stop layer", "ms/pair (median)"], rows)
+
+
+def headline(runs: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """README headline: MambaGlue against LightGlue per front end (rows of the homography tables)."""
+    rows = []
+    for front_end, r in runs:
+        if r is None:
+            continue
+        for m in ("mambaglue", "lightglue"):
+            s = r["methods"].get(m)
+            if s is not None:
+                rows.append([front_end, label(m), s["precision"], s["recall"], s["auc@3px"],
+                             f"{s['mean_stop_layer']:.2f} / {s['num_layers']}", round(s["median_ms_per_pair"])])
+    return md(["front end", "method", "precision", "recall", "AUC@3px", "stop layer", "ms/pair (median)"], rows)
 
 
 def sweep(r: dict[str, Any]) -> str:
@@ -118,6 +133,11 @@ def main() -> int:
         ("node_rate.json", lambda r: node_rate("default", r)), ("node_rate_5hz.json", lambda r: node_rate("5 Hz target", r)),
         ("node_rate_bf16.json", lambda r: node_rate("bf16", r)),
     ]
+    print("<!-- README.md: headline (out/eval_xfeat.json, out/eval_aliked.json) -->")
+    print(headline([("XFeat", load(out / "eval_xfeat.json")), ("ALIKED", load(out / "eval_aliked.json"))]))
+    print()
+    print("<!-- docs/results.md -->")
+    print()
     for name, fn in sections:
         r = load(out / name)
         print(f"<!-- {out / name} -->")

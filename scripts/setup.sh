@@ -43,7 +43,7 @@ if [ "$CUDA" = 1 ]; then
     || log "WARNING: CUDA Mamba kernels failed to build; the PyTorch scan will be used"
 fi
 
-# Message package: build msg/ with cmake into the venv (see README "Messages").
+# Message package: build msg/ with cmake into the venv (see docs/development.md "Messages").
 bash "$ROOT/scripts/build_msgs.sh" "$VENV"
 
 # colcon in a venv of its own (it pins setuptools<80); only the colcon build test uses it.

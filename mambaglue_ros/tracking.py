@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -79,6 +79,8 @@ class FrameResult:
     inlier_ratio:       inliers / correspondences given to the estimator (0 without pose).
     is_keyframe:        this frame is now the reference for the next one.
     reset:              the tracker was reset before this frame (stamp went backwards).
+    keypoints:          (N, 2) float32 pixels of all keypoints of this (left) image, the index
+                        space of ``temporal.matches[:, 1]`` and ``stereo.matches[:, 0]``.
     timings_ms:         wall times: extract, match, pose, total.
     """
 
@@ -94,6 +96,7 @@ class FrameResult:
     is_keyframe: bool = False
     reset: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    keypoints: np.ndarray | None = None
 
 
 @dataclass
@@ -132,6 +135,13 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not 0.0 <= float(cfg["min_depth"]) < float(cfg["max_depth"]):
         raise ValueError(f"need 0 <= min_depth < max_depth, got {cfg['min_depth']}, {cfg['max_depth']}")
     return cfg
+
+
+def _keypoints_numpy(feats: Features) -> np.ndarray:
+    """(N, 2) float32 numpy copy of the keypoints (tensor on any device, or array)."""
+    k = feats.keypoints
+    k = k.detach().cpu().numpy() if hasattr(k, "detach") else np.asarray(k)
+    return np.asarray(k, dtype=np.float32).reshape(-1, 2)
 
 
 def median_parallax_px(match: MatchResult) -> float:
@@ -216,6 +226,9 @@ class MonoTracker(_TrackerBase):
 
     def __init__(self, matcher: MatcherLike, K: np.ndarray, config: dict[str, Any] | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
+        # (N, 2) image pixels -> (N, 2) pixels of the ideal pinhole K (lens distortion removed);
+        # None: the images are undistorted already
+        self.undistort: Callable[[np.ndarray], np.ndarray] | None = None
         super().__init__(matcher, config)
 
     def process(self, image: np.ndarray, stamp_ns: int) -> FrameResult:
@@ -237,8 +250,11 @@ class MonoTracker(_TrackerBase):
             if len(match) < cfg["min_matches"]:
                 reason = f"too few matches ({len(match)} < {cfg['min_matches']})"
             else:
+                pts0, pts1 = match.points0, match.points1
+                if self.undistort is not None:
+                    pts0, pts1 = self.undistort(pts0), self.undistort(pts1)
                 pose, reason = estimate_pose_mono(
-                    match.points0, match.points1, self.K, self.K, ransac_px=cfg["ransac_px"],
+                    pts0, pts1, self.K, self.K, ransac_px=cfg["ransac_px"],
                     confidence=cfg["confidence"], min_matches=cfg["min_matches"],
                     min_inliers=cfg["min_inliers"], min_parallax_px=cfg["min_parallax_px"],
                     scale_variance=cfg["scale_variance"], hypotheses=cfg["pose_hypotheses"])
@@ -249,6 +265,7 @@ class MonoTracker(_TrackerBase):
         this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features)
         result = self._finish(stamp_ns, this, usable, match, pose, reason)
         result.reset = was_reset
+        result.keypoints = _keypoints_numpy(feats)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms = timings
         return result
@@ -329,6 +346,7 @@ class StereoTracker(_TrackerBase):
         result = self._finish(stamp_ns, this, usable, match, pose, reason)
         result.stereo = stereo
         result.reset = was_reset
+        result.keypoints = _keypoints_numpy(feats_l)
         timings["total"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms = timings
         return result

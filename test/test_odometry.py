@@ -1,0 +1,129 @@
+"""Odometry composition, covariance propagation and twist, checked against Monte-Carlo sampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambaglue_ros import geometry as G
+from mambaglue_ros.odometry import (OdometryIntegrator, between_covariance, body_twist, compose_covariance)
+
+
+def perturb(T: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Left perturbation in the parent frame (geometry's convention): R = exp(d_theta) R, t = t + d_t."""
+    out = np.eye(4)
+    out[:3, :3] = G.so3_exp(delta[3:]) @ T[:3, :3]
+    out[:3, 3] = T[:3, 3] + delta[:3]
+    return out
+
+
+def error(T: np.ndarray, T_hat: np.ndarray) -> np.ndarray:
+    """The perturbation taking T_hat to T (inverse of ``perturb``)."""
+    return np.concatenate([T[:3, 3] - T_hat[:3, 3], G.so3_log(T[:3, :3] @ T_hat[:3, :3].T)])
+
+
+def sample_covariance(fn, means, covs, n=15000, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    nominal = fn(*means)
+    draws = [rng.multivariate_normal(np.zeros(6), c, size=n) for c in covs]
+    errors = np.array([error(fn(*[perturb(T, d[k]) for T, d in zip(means, draws)]), nominal) for k in range(n)])
+    return np.cov(errors.T)
+
+
+def random_pose(rng, angle=0.4, dist=1.0) -> np.ndarray:
+    return G.make_transform(G.so3_exp(rng.normal(0, angle, 3)), rng.normal(0, dist, 3))
+
+
+def random_cov(rng, sigma_t=0.05, sigma_r=0.03) -> np.ndarray:
+    A = rng.normal(0, 1, (6, 6)) * np.r_[[sigma_t] * 3, [sigma_r] * 3][:, None] * 0.5
+    return A @ A.T + np.diag(np.r_[[sigma_t**2] * 3, [sigma_r**2] * 3])
+
+
+def assert_cov_close(predicted, sampled, rtol=0.08):
+    scale = np.sqrt(np.outer(np.diag(sampled), np.diag(sampled)))
+    assert np.all(np.abs(predicted - sampled) <= rtol * scale + 1e-9), (predicted, sampled)
+
+
+def test_yaw_uncertainty_spreads_across_a_1m_step():
+    """The issue's numbers: yaw sigma 0.1 rad, then a 1 m step ahead -> ~0.01 m^2 across the step."""
+    cov_ref = np.diag([0.0, 0.0, 0.0, 0.0, 0.0, 0.1**2])
+    step = G.make_transform(np.eye(3), [1.0, 0.0, 0.0])
+    cov = compose_covariance(np.eye(4), cov_ref, step, np.zeros((6, 6)))
+    assert cov[1, 1] == pytest.approx(0.01)  # across track (y)
+    assert cov[0, 0] == pytest.approx(0.0)   # along track: first order unaffected
+    assert cov[1, 5] == pytest.approx(0.01)  # position and heading errors are correlated
+
+
+def test_composed_covariance_matches_monte_carlo():
+    rng = np.random.default_rng(3)
+    T_ab, T_bc = random_pose(rng), random_pose(rng)
+    cov_ab, cov_bc = random_cov(rng), random_cov(rng)
+    sampled = sample_covariance(lambda a, b: a @ b, [T_ab, T_bc], [cov_ab, cov_bc])
+    assert_cov_close(compose_covariance(T_ab, cov_ab, T_bc, cov_bc), sampled)
+    # what the node did before: the reference's covariance added without the lever arm
+    R = np.kron(np.eye(2), T_ab[:3, :3])
+    old = cov_ab + R @ cov_bc @ R.T
+    scale = np.sqrt(np.outer(np.diag(sampled), np.diag(sampled)))
+    assert np.any(np.abs(old - sampled) > 0.08 * scale)
+
+
+def test_between_covariance_matches_monte_carlo():
+    rng = np.random.default_rng(4)
+    T_ra, T_rb = random_pose(rng), random_pose(rng)
+    cov_ra, cov_rb = random_cov(rng), random_cov(rng)
+    T_ab, cov = between_covariance(T_ra, cov_ra, T_rb, cov_rb)
+    np.testing.assert_allclose(T_ab, G.invert(T_ra) @ T_rb, atol=1e-12)
+    sampled = sample_covariance(lambda a, b: G.invert(a) @ b, [T_ra, T_rb], [cov_ra, cov_rb])
+    assert_cov_close(cov, sampled)
+
+
+def test_twist_is_in_the_child_frame_with_its_covariance():
+    # the body drove 1 m along its own x while turning 90 deg left, in 0.5 s: at the end of the
+    # step the previous x axis is the body's -y axis
+    T = G.make_transform(G.so3_exp([0.0, 0.0, np.pi / 2]), [1.0, 0.0, 0.0])
+    twist, cov = body_twist(T, np.diag([1e-4] * 3 + [1e-5] * 3), 0.5)
+    np.testing.assert_allclose(twist, [0.0, -2.0, 0.0, 0.0, 0.0, np.pi], atol=1e-12)
+    rng = np.random.default_rng(5)
+    T_step, cov_step = random_pose(rng, angle=0.2, dist=0.3), random_cov(rng)
+    rng_s = np.random.default_rng(6)
+    draws = rng_s.multivariate_normal(np.zeros(6), cov_step, size=15000)
+    samples = np.array([body_twist(perturb(T_step, d), np.zeros((6, 6)), 0.1)[0] for d in draws])
+    _, predicted = body_twist(T_step, cov_step, 0.1)
+    assert_cov_close(predicted, np.cov(samples.T))
+
+
+def test_integrator_keyframe_policy_twist_is_instantaneous():
+    """Two frames against one keyframe: the twist is the motion between them, not since the keyframe."""
+    odom = OdometryIntegrator()
+    cov = np.diag([1e-4] * 3 + [1e-6] * 3)
+    step = G.make_transform(np.eye(3), [0.1, 0.0, 0.0])  # 0.1 m per 0.1 s = 1 m/s forward
+    odom.step(0, 0, np.eye(4), np.zeros((6, 6)))
+    odom.set_reference(0)
+    first = odom.step(100_000_000, 0, step, cov)
+    assert first.twist is not None  # the keyframe itself had a pose: velocity from it
+    out = odom.step(200_000_000, 0, step @ step, cov)  # still relative to the keyframe
+    np.testing.assert_allclose(out.twist, [1.0, 0, 0, 0, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(out.T_odom_base[:3, 3], [0.2, 0, 0], atol=1e-12)
+    assert np.all(np.isfinite(out.twist_covariance)) and np.all(np.diag(out.twist_covariance) > 0)
+
+
+def test_integrator_covariance_grows_and_resets():
+    odom = OdometryIntegrator()
+    cov = np.diag([1e-4] * 3 + [1e-4] * 3)
+    step = G.make_transform(G.so3_exp([0, 0, 0.05]), [0.5, 0.0, 0.0])
+    stamp, traces = 0, []
+    odom.set_reference(stamp)
+    for k in range(1, 20):
+        out = odom.step(k, stamp, step, cov)
+        odom.set_reference(k)
+        stamp = k
+        traces.append(np.trace(out.covariance[:3, :3]))
+    assert all(b > a for a, b in zip(traces, traces[1:]))
+    # position variance grows faster than linearly: heading errors swing the later steps
+    assert traces[-1] > 19 * np.trace(cov[:3, :3]) * 2
+    with pytest.raises(ValueError, match="reference"):
+        odom.step(100, 3, step, cov)
+    with pytest.raises(ValueError, match="non-finite"):
+        odom.step(100, stamp, step * np.nan, cov)
+    start = G.make_transform(np.eye(3), [1.0, 2.0, 0.0])
+    odom.reset(start, np.eye(6) * 1e-2)
+    np.testing.assert_allclose(odom.step(200, 0, np.eye(4), np.zeros((6, 6))).T_odom_base, start)

@@ -1,0 +1,142 @@
+"""Persistent feature tracks for VIO / SLAM back ends (no ROS).
+
+A back end (VINS-Mono/Fusion's estimator, an OpenVINS-style feature store) wants every feature
+observed in a frame with an id that stays the same for as long as the feature is seen. The
+tracker only links two images at a time (reference <-> current, left <-> right); this module
+turns those links into ids:
+
+* a keypoint of the current frame matched to a reference keypoint inherits that keypoint's id;
+  every other keypoint starts a new track (new id, age 1);
+* when the current frame becomes the tracker's reference (every frame with the "previous"
+  policy, each keyframe with the "keyframe" policy, or after a tracking failure) its ids become
+  the ones the next frames inherit from, so with either policy a scene point keeps its id for
+  as long as it is matched;
+* stereo: a right keypoint matched to a left keypoint carries the left keypoint's id (camera 1).
+
+Per observation: pixel (as published), undistorted normalised coordinates (x/z, y/z), pixel
+velocity and normalised velocity (since the track's previous observation in the same camera;
+zero for a new track) and age (frames the track has been observed in, this one included).
+Ids are never reused within a ``TrackManager`` (they restart at 0 only on ``reset``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass
+class TrackFrame:
+    """The observations of one frame, N = left keypoints + right observations.
+
+    stamp_ns: this frame; reference_stamp_ns: the frame the ids were inherited from (None: all new).
+    ids: (N,) int64 track ids; camera: (N,) uint8, 0 = left/mono, 1 = right.
+    pixels: (N, 2) float pixels in the camera's image; normalized: (N, 2) undistorted (x/z, y/z).
+    velocity_px: (N, 2) px/s; velocity_normalized: (N, 2) 1/s; age: (N,) frames observed (>= 1).
+    """
+
+    stamp_ns: int
+    reference_stamp_ns: int | None
+    ids: np.ndarray
+    camera: np.ndarray
+    pixels: np.ndarray
+    normalized: np.ndarray
+    velocity_px: np.ndarray
+    velocity_normalized: np.ndarray
+    age: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.ids))
+
+    def of_camera(self, cam: int) -> np.ndarray:
+        """(N,) bool mask of the observations in camera ``cam``."""
+        return self.camera == cam
+
+
+class TrackManager:
+    """Assigns persistent ids to keypoints from the tracker's per-frame matches."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every track; ids start again at 0."""
+        self.next_id = 0
+        self.reference_stamp_ns: int | None = None
+        self._reference_ids = np.zeros(0, dtype=np.int64)
+        # (id, camera) -> (stamp_ns, pixel (2,), normalised (2,), age)
+        self._last: dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray, int]] = {}
+
+    def _new_ids(self, n: int) -> np.ndarray:
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        return ids
+
+    def update(self, stamp_ns: int, keypoints: np.ndarray, normalized: np.ndarray,
+               temporal_matches: np.ndarray | None, reference_stamp_ns: int | None, is_reference: bool,
+               stereo_matches: np.ndarray | None = None, right_keypoints: np.ndarray | None = None,
+               right_normalized: np.ndarray | None = None) -> TrackFrame:
+        """One processed frame -> its observations with track ids.
+
+        keypoints, normalized: (N, 2) all left keypoints of this frame (pixels, undistorted
+            normalised coordinates).
+        temporal_matches: (M, 2) int indices (reference keypoint, current keypoint), or None.
+        reference_stamp_ns: stamp of the frame they refer to; ids are inherited only when it is the
+            reference this manager knows (after a reset the first frame starts every track).
+        is_reference: this frame is now the tracker's reference (``FrameResult.is_keyframe``).
+        stereo_matches: (S, 2) int indices (left keypoint, right keypoint) with ``right_keypoints``
+            and ``right_normalized`` (R, 2): right observations share the left keypoint's id.
+        """
+        stamp_ns = int(stamp_ns)
+        kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+        norm = np.asarray(normalized, dtype=np.float64).reshape(-1, 2)
+        if len(kp) != len(norm):
+            raise ValueError(f"{len(kp)} keypoints but {len(norm)} normalised points")
+        ids = np.full(len(kp), -1, dtype=np.int64)
+        inherited = None
+        if (temporal_matches is not None and reference_stamp_ns is not None
+                and int(reference_stamp_ns) == self.reference_stamp_ns):
+            m = np.asarray(temporal_matches, dtype=np.int64).reshape(-1, 2)
+            ok = (m[:, 0] < len(self._reference_ids)) & (m[:, 1] < len(kp))
+            ids[m[ok, 1]] = self._reference_ids[m[ok, 0]]
+            inherited = self.reference_stamp_ns
+        fresh = ids < 0
+        ids[fresh] = self._new_ids(int(fresh.sum()))
+
+        cams = [np.zeros(len(kp), dtype=np.uint8)]
+        all_ids, all_px, all_norm = [ids], [kp], [norm]
+        if stereo_matches is not None and right_keypoints is not None and right_normalized is not None:
+            s = np.asarray(stereo_matches, dtype=np.int64).reshape(-1, 2)
+            rk = np.asarray(right_keypoints, dtype=np.float64).reshape(-1, 2)
+            rn = np.asarray(right_normalized, dtype=np.float64).reshape(-1, 2)
+            all_ids.append(ids[s[:, 0]])
+            all_px.append(rk[s[:, 1]])
+            all_norm.append(rn[s[:, 1]])
+            cams.append(np.ones(len(s), dtype=np.uint8))
+        ids_all = np.concatenate(all_ids)
+        cam = np.concatenate(cams)
+        px = np.concatenate(all_px)
+        nrm = np.concatenate(all_norm)
+
+        vel_px = np.zeros_like(px)
+        vel_n = np.zeros_like(nrm)
+        age = np.ones(len(ids_all), dtype=np.int64)
+        last = {}
+        for k, key in enumerate(zip(ids_all.tolist(), cam.tolist())):
+            prev = self._last.get(key)
+            if prev is not None and prev[0] < stamp_ns:
+                dt = (stamp_ns - prev[0]) / NS_PER_S
+                vel_px[k] = (px[k] - prev[1]) / dt
+                vel_n[k] = (nrm[k] - prev[2]) / dt
+                age[k] = prev[3] + 1
+            last[key] = (stamp_ns, px[k], nrm[k], int(age[k]))
+        if is_reference:
+            self.reference_stamp_ns = stamp_ns
+            self._reference_ids = ids.copy()
+        # keep only what can still be continued: this frame's tracks and the reference's
+        keep = set(self._reference_ids.tolist())
+        self._last = {key: v for key, v in self._last.items() if key[0] in keep}
+        self._last.update(last)
+        return TrackFrame(stamp_ns, inherited, ids_all, cam, px, nrm, vel_px, vel_n, age)

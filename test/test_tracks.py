@@ -1,0 +1,151 @@
+"""Persistent track ids and the tracking state machine, with the real trackers on exact matches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambaglue_ros import geometry as G
+from mambaglue_ros.tracking import MonoTracker, StereoTracker
+from mambaglue_ros.tracking_state import TrackingState, TrackingStateMachine
+from mambaglue_ros.tracks import TrackManager
+
+from fake_matcher import FakeMatcher, FakeView, view, world_points
+
+K = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
+NS = 100_000_000  # 10 Hz
+
+
+def normalized(px: np.ndarray) -> np.ndarray:
+    return (px - K[:2, 2]) / np.diag(K)[:2]
+
+
+def poses(n: int, step_m: float = 0.05) -> list[np.ndarray]:
+    return [G.make_transform(G.so3_exp([0.0, 0.01 * i, 0.0]), [step_m * i, 0.0, 0.02 * i]) for i in range(n)]
+
+
+def run_mono(policy: str, frames: list, config=None):
+    tracker = MonoTracker(FakeMatcher(), K, {"policy": policy, "min_matches": 20, "min_inliers": 15,
+                                             "keyframe_max_parallax_px": 25.0, **(config or {})})
+    tracks = TrackManager()
+    out = []
+    for k, v in enumerate(frames):
+        r = tracker.process(v, k * NS)
+        f = tracks.update(k * NS, r.keypoints, normalized(r.keypoints),
+                          None if r.temporal is None else r.temporal.matches, r.reference_stamp_ns, r.is_keyframe)
+        out.append((r, f, v))
+    return out
+
+
+def id_of_world_point(frame, v, world_id: int) -> int | None:
+    """Track id the manager gave the keypoint of ``world_id`` (fake keypoints are in view order)."""
+    where = np.flatnonzero(v.ids == world_id)
+    return None if len(where) == 0 else int(frame.ids[where[0]])
+
+
+@pytest.mark.parametrize("policy", ["previous", "keyframe"])
+def test_ids_persist_with_both_policies(policy):
+    pts = world_points(300, seed=2)
+    frames = [view(pts, T, K) for T in poses(15)]
+    out = run_mono(policy, frames)
+    visible = set(frames[0].ids.tolist()).intersection(*[set(v.ids.tolist()) for v in frames])
+    assert len(visible) > 100
+    keyframes = sum(r.is_keyframe for r, _, _ in out)
+    if policy == "keyframe":
+        assert 1 < keyframes < 15  # the reference changed, and not every frame
+    for wid in list(visible)[:50]:
+        ids = {id_of_world_point(f, v, wid) for _, f, v in out}
+        assert len(ids) == 1, (wid, ids)  # one id over all 15 frames
+    r, f, v = out[-1]
+    assert np.all(f.age[np.isin(v.ids, list(visible))] == 15)
+    # pixel velocity: the displacement since the previous frame over 0.1 s
+    prev_v = out[-2][2]
+    wid = next(iter(visible))
+    i, j = np.flatnonzero(v.ids == wid)[0], np.flatnonzero(prev_v.ids == wid)[0]
+    np.testing.assert_allclose(f.velocity_px[i], (v.pixels[i] - prev_v.pixels[j]) / 0.1, rtol=1e-5)
+    np.testing.assert_allclose(f.velocity_normalized[i], f.velocity_px[i] / 400.0, rtol=1e-5)
+    assert len(set(f.ids.tolist())) == len(f)  # unique within a frame
+
+
+def test_new_points_get_new_ids_and_ids_are_never_reused():
+    pts = world_points(200, seed=3)
+    frames = [view(pts[:150], np.eye(4), K), view(pts, poses(2)[1], K)]
+    out = run_mono("previous", frames)
+    f0, f1 = out[0][1], out[1][1]
+    new = ~np.isin(f1.ids, f0.ids)
+    assert new.sum() == np.sum(frames[1].ids >= 150) and np.all(f1.age[new] == 1)
+    assert np.all(f1.velocity_px[new] == 0) and f1.ids[new].min() > f0.ids.max()
+
+
+def test_ids_survive_an_occlusion_gap():
+    """Black frames (no keypoints) do not replace the reference: ids continue after the gap."""
+    pts = world_points(300, seed=4)
+    T = poses(8, step_m=0.02)
+    black = FakeView(np.zeros((0, 2)), np.zeros(0, dtype=np.int64))
+    frames = [view(pts, T[0], K), view(pts, T[1], K), black, black, black, view(pts, T[5], K), view(pts, T[6], K)]
+    out = run_mono("previous", frames)
+    states = TrackingStateMachine()
+    seen = [states.frame(k * NS, r.pose is not None, r.reason).state for k, (r, _, _) in enumerate(out)]
+    assert seen == [TrackingState.INITIALIZING, TrackingState.OK, TrackingState.LOST, TrackingState.LOST,
+                    TrackingState.LOST, TrackingState.OK, TrackingState.OK]
+    wid = int(frames[0].ids[0])
+    assert id_of_world_point(out[0][1], frames[0], wid) == id_of_world_point(out[6][1], frames[6], wid)
+    # velocity over the gap: since the last observation, 0.4 s before
+    f5, v5, v1 = out[5][1], frames[5], frames[1]
+    i, j = np.flatnonzero(v5.ids == wid)[0], np.flatnonzero(v1.ids == wid)[0]
+    np.testing.assert_allclose(f5.velocity_px[i], (v5.pixels[i] - v1.pixels[j]) / 0.4, rtol=1e-5)
+
+
+def test_stereo_right_observations_share_the_left_id():
+    pts = world_points(300, seed=5)
+    baseline = 0.2
+    T_lr = G.make_transform(np.eye(3), [baseline, 0.0, 0.0])
+    tracker = StereoTracker(FakeMatcher(), K, K, T_lr, {"min_matches": 20, "min_inliers": 15})
+    tracks = TrackManager()
+    out = []
+    for k, T in enumerate(poses(6)):
+        left, right = view(pts, T, K), view(pts, T @ T_lr, K)
+        r = tracker.process(left, right, k * NS)
+        rk = r.stereo.keypoints1
+        f = tracks.update(k * NS, r.keypoints, normalized(r.keypoints),
+                          None if r.temporal is None else r.temporal.matches, r.reference_stamp_ns,
+                          r.is_keyframe, r.stereo.matches, rk, normalized(rk))
+        out.append((f, left, right))
+        assert k == 0 or r.pose is not None
+    f, left, right = out[-1]
+    assert f.of_camera(1).sum() > 100
+    def world_ids(v, pixels):
+        """world id of each observation, found by its pixel in the fake view"""
+        d = np.linalg.norm(v.pixels[None] - pixels[:, None], axis=2)
+        assert np.all(d.min(axis=1) < 1e-3)
+        return v.ids[d.argmin(axis=1)]
+
+    left_world = dict(zip(f.ids[f.of_camera(0)].tolist(), world_ids(left, f.pixels[f.of_camera(0)]).tolist()))
+    right_world = world_ids(right, f.pixels[f.of_camera(1)])
+    # a right observation's id is that of the left keypoint of the same scene point
+    assert all(left_world[t] == w for t, w in zip(f.ids[f.of_camera(1)].tolist(), right_world.tolist()))
+    # every right observation has a left observation with the same id
+    assert set(f.ids[f.of_camera(1)].tolist()) <= set(f.ids[f.of_camera(0)].tolist())
+    first = out[0][0]
+    common = np.intersect1d(first.ids[first.of_camera(1)], f.ids[f.of_camera(1)])
+    assert len(common) > 50  # right-camera tracks persist too
+    assert np.all(f.age[f.of_camera(1)][np.isin(f.ids[f.of_camera(1)], common)] == 6)
+
+
+def test_reset_and_states():
+    sm = TrackingStateMachine()
+    assert sm.frame(1, False, "no reference frame yet").state == TrackingState.INITIALIZING
+    ok = sm.frame(2, True, "")
+    assert (ok.state, ok.reason, ok.last_pose_stamp_ns) == (TrackingState.OK, "ok", 2)
+    lost = sm.frame(3, False, "too few matches (3 < 30)")
+    assert (lost.state, lost.frames_since_last_pose, lost.last_pose_stamp_ns) == (TrackingState.LOST, 1, 2)
+    assert sm.frame(4, False, "too few matches").frames_since_last_pose == 2
+    reset = sm.reset(5, "reset service")
+    assert (reset.state, reset.reason, reset.resets) == (TrackingState.RESET, "reset service", 1)
+    assert sm.frame(6, False, "no reference frame yet").state == TrackingState.INITIALIZING
+    tm = TrackManager()
+    f = tm.update(0, np.zeros((3, 2)), np.zeros((3, 2)), None, None, True)
+    tm.reset()
+    assert tm.update(1, np.zeros((2, 2)), np.zeros((2, 2)), np.array([[0, 0]]), 0, True).ids.tolist() == [0, 1]
+    assert f.ids.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="normalised"):
+        tm.update(2, np.zeros((2, 2)), np.zeros((3, 2)), None, None, True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build msg/ into a venv that holds the pip-installed ROS 2 wheels (no /opt/ros needed).
+# Build msg/ and srv/ into a venv that holds the pip-installed ROS 2 wheels (no /opt/ros needed).
 # Usage: scripts/build_msgs.sh VENV   (skips the build when the inputs are unchanged)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,8 +9,9 @@ BUILD="$VENV/build/mambaglue_msgs"
 STAMP="$BUILD/.inputs.sha256"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
-inputs_hash() { cat "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$0" | sha256sum | cut -d' ' -f1; }
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(inputs_hash)" ] && [ -d "$SITE/mambaglue_ros/msg" ]; then
+inputs_hash() { cat "$ROOT"/msg/*.msg "$ROOT"/srv/*.srv "$ROOT/CMakeLists.txt" "$ROOT/package.xml" "$0" | sha256sum | cut -d' ' -f1; }
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(inputs_hash)" ] && [ -d "$SITE/mambaglue_ros/msg" ] \
+    && [ -d "$SITE/mambaglue_ros/srv" ]; then
   echo "[build_msgs] up to date"; exit 0
 fi
 
@@ -37,4 +38,4 @@ rm -f "$SITE/mambaglue_ros/__init__.py"
 # "uninstall" it (deleting the generated msg files) when it installs the project.
 rm -rf "$SITE"/mambaglue_ros-*.egg-info
 inputs_hash >"$STAMP"
-echo "[build_msgs] built mambaglue_ros/msg into $VENV"
+echo "[build_msgs] built mambaglue_ros/msg and mambaglue_ros/srv into $VENV"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import FRONT_ENDS
+from .visualization import draw_matches  # noqa: F401  (also importable from here, as before)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -34,31 +35,6 @@ def read_image(path: str) -> np.ndarray:
     if bgr is None:
         raise SystemExit(f"error: cannot decode image: {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def draw_matches(image0: np.ndarray, image1: np.ndarray, points0: np.ndarray, points1: np.ndarray,
-                 scores: np.ndarray, max_lines: int = 2000) -> np.ndarray:
-    """Side-by-side RGB canvas with match lines coloured by score (red = low, green = high)."""
-    import cv2
-
-    def rgb(img: np.ndarray) -> np.ndarray:
-        return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-
-    a, b = rgb(image0), rgb(image1)
-    h = max(a.shape[0], b.shape[0])
-    canvas = np.zeros((h, a.shape[1] + b.shape[1], 3), np.uint8)
-    canvas[: a.shape[0], : a.shape[1]] = a
-    canvas[: b.shape[0], a.shape[1]:] = b
-    order = np.argsort(scores)[-max_lines:]  # draw the best last so they stay visible
-    for i in order:
-        s = float(np.clip(scores[i], 0, 1))
-        color = (int(255 * (1 - s)), int(255 * s), 40)
-        p0 = tuple(int(round(v)) for v in points0[i])
-        p1 = (int(round(points1[i][0])) + a.shape[1], int(round(points1[i][1])))
-        cv2.line(canvas, p0, p1, color, 1, cv2.LINE_AA)
-        cv2.circle(canvas, p0, 2, color, -1, cv2.LINE_AA)
-        cv2.circle(canvas, p1, 2, color, -1, cv2.LINE_AA)
-    return canvas
 
 
 def add_matcher_args(p: argparse.ArgumentParser) -> None:

@@ -628,7 +628,7 @@ class MatcherNode(Node):
         self._tf.sendTransform(t)
 
     def _publish_debug(self, image0: np.ndarray, image1: np.ndarray, match, header: Header) -> None:
-        from ..cli import draw_matches
+        from ..visualization import draw_matches
 
         canvas = draw_matches(image0, image1, match.points0, match.points1, match.scores)
         self.pub_debug.publish(C.numpy_to_image(canvas, "rgb8", header))

@@ -3,7 +3,9 @@
 Set at import time, before any test module imports rclpy (rclpy reads them at init):
   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST  Fast DDS discovers over 127.0.0.1 only (no multicast
                                            out of the machine's network interface).
-  ROS_DOMAIN_ID=100 + pid % 100            parallel test runs on one machine do not see each other.
+  ROS_DOMAIN_ID=100..199                    parallel test runs on one machine do not see each other: each
+                                           run holds an flock on /tmp/mambaglue_ros_domain_<id>.lock for
+                                           its id (pid % 100 first), so two runs never share one.
   ROS_LOG_DIR=<temp dir>                   rclpy log files do not land in ~/.ros/log.
 Subprocesses started by tests inherit them.
 """
@@ -18,7 +20,30 @@ import pytest
 
 _LOG_DIR = tempfile.mkdtemp(prefix="mambaglue_ros_test_log_")
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+
+
+def _claim_domain_id() -> int:
+    """A ROS domain id in 100..199 that no other test run on this machine holds (an flock on a lock
+    file, released when this process exits). pid % 100 alone collided between concurrent runs, and a
+    run that saw another run's topics could fail for reasons that had nothing to do with it."""
+    import fcntl
+
+    start = os.getpid() % 100
+    for k in range(100):
+        domain = 100 + (start + k) % 100
+        handle = open(os.path.join(tempfile.gettempdir(), f"mambaglue_ros_domain_{domain}.lock"), "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _DOMAIN_LOCK.append(handle)  # keep it open (and locked) for the life of this process
+        return domain
+    return 100 + start  # every id held: fall back to the old choice
+
+
+_DOMAIN_LOCK: list = []
+os.environ["ROS_DOMAIN_ID"] = str(_claim_domain_id())
 os.environ["ROS_LOG_DIR"] = _LOG_DIR
 os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range
 atexit.register(shutil.rmtree, _LOG_DIR, ignore_errors=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from mambaglue_ros import geometry as G
 from mambaglue_ros.synthetic import make_sequence
 
-from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+from ros_harness import Collector, camera_info_msg, check_outputs, wait_for, wait_for_subscribers
 
 pytestmark = pytest.mark.ros
 
@@ -79,6 +78,7 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
                                              "qos_reliability": "reliable"})
     try:
         out = Collector(io)
+        out.wait_matched()  # outputs published before the match would be lost
         pub = io.create_publisher(Image, "image", 10)
         info = io.create_publisher(CameraInfo, "camera_info", 10)
         wait_for_subscribers(pub, info)
@@ -90,7 +90,8 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
             pub.publish(image_msg(f.left, f.stamp_ns, "cam_optical"))
             # lossless: the node keeps only the newest frame, so wait until this one is processed
             assert wait_for(lambda: node.stats.counters["frames_processed"] > i, timeout=60), f"frame {i} not processed"
-        assert wait_for(lambda: out.count("pose") >= N_FRAMES - 1 and out.count("diag") >= 1, timeout=10)
+        assert wait_for(lambda: out.count("pose") >= N_FRAMES - 1 and out.count("odom") >= N_FRAMES - 1
+                        and out.count("diag") >= 1, timeout=10)
         matches = out.get("matches")
         assert len(matches) == N_FRAMES - 1
         stamps = [f.stamp_ns for f in frames]
@@ -104,7 +105,8 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
             assert (m.width0, m.height0, m.width1, m.height1) == (640, 480, 640, 480)
             assert len(m.keypoints0) == len(m.keypoints1) == 2 * n and len(m.indices0) == n
             assert max(m.indices0) < m.num_keypoints0 and max(m.indices1) < m.num_keypoints1
-            assert m.features == "xfeat" and 1 <= m.stop_layer <= m.num_layers == 6 and 0 < m.alpha <= 1
+            assert m.features == "xfeat" and 1 <= m.stop_layer <= m.num_layers == 6
+            assert m.alpha == pytest.approx(0.95, abs=1e-6)  # the default, no rate controller
             assert m.latency_ms > 0 and np.all(np.isfinite(np.asarray(m.scores)))
             pts0 = np.asarray(m.keypoints0, dtype=np.float64).reshape(-1, 2)
             pts1 = np.asarray(m.keypoints1, dtype=np.float64).reshape(-1, 2)
@@ -130,6 +132,8 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
                     "keypoints", "matches", "inlier_ratio", "alpha", "mean_stop_layer", "device"):
             assert key in diag
         assert float(diag["matches"]) > 200 and int(diag["bad_input"]) == 0 and diag["level"] == 0
+        counts = check_outputs(out)  # finite, in range, one-to-one, stamps increasing
+        assert counts == {"matches": N_FRAMES - 1, "pose": N_FRAMES - 1, "odom": N_FRAMES - 1}
     finally:
         stop(node, io, executor)
 
@@ -146,6 +150,7 @@ def test_stereo_node_metric_translation(ros_context, policy):
                                              "keyframe_policy": policy})
     try:
         out = Collector(io)
+        out.wait_matched()  # outputs published before the match would be lost
         left = io.create_publisher(Image, "left/image_rect", 10)
         right = io.create_publisher(Image, "right/image_rect", 10)
         linfo = io.create_publisher(CameraInfo, "left/camera_info", 10)
@@ -162,6 +167,7 @@ def test_stereo_node_metric_translation(ros_context, policy):
             # each stereo frame gives a stereo pair, and from the second on a temporal one
             assert wait_for(lambda: out.count("matches") >= 2 * i + 1, timeout=40), f"frame {i}"
         assert wait_for(lambda: out.count("pose") >= len(frames) - 1, timeout=10)
+        check_outputs(out)
         kinds = [m.pair_kind for m in out.get("matches")]
         assert kinds.count(1) == len(frames) and kinds.count(0) == len(frames) - 1
         stereo = [m for m in out.get("matches") if m.pair_kind == 1]
@@ -243,6 +249,7 @@ def test_node_survives_bad_images(ros_context, mono_sequence):
                                                                                 result is not None)))
     try:
         out = Collector(io)
+        out.wait_matched()  # outputs published before the match would be lost
         pub = io.create_publisher(Image, "image", 10)
         info = io.create_publisher(CameraInfo, "camera_info", 10)
         wait_for_subscribers(pub, info)
@@ -255,10 +262,10 @@ def test_node_survives_bad_images(ros_context, mono_sequence):
         odd = Image(height=4, width=4, encoding="yuv422_yuy2", step=8, data=bytes(32))
         empty = Image(height=0, width=0, encoding="rgb8", step=0, data=b"")
         short = Image(height=480, width=640, encoding="rgb8", step=1920, data=bytes(100))
-        for bad in (odd, empty, short):
+        for k, bad in enumerate((odd, empty, short), start=1):
             bad.header.stamp.sec = 1
             pub.publish(bad)
-            time.sleep(0.05)
+            assert wait_for(lambda: node.stats.counters["bad_input"] >= k, timeout=10), node.stats.counters
         # an all-black frame has no keypoints: no pose, and it must not replace the reference
         pub.publish(image_msg(np.zeros((480, 640, 3), np.uint8), f0.stamp_ns + 30_000_000, "cam"))
         assert wait_for(processed(2), timeout=30)
@@ -284,6 +291,7 @@ def test_baseline_matchers_through_the_same_node(ros_context, mono_sequence, mat
     node, io, executor = start(ros_context, {"features": "xfeat", "matcher": matcher, "qos_reliability": "reliable"})
     try:
         out = Collector(io)
+        out.wait_matched()  # outputs published before the match would be lost
         pub = io.create_publisher(Image, "image", 10)
         info = io.create_publisher(CameraInfo, "camera_info", 10)
         wait_for_subscribers(pub, info)

@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mambaglue_ros.synthetic import make_sequence
 
-from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+from ros_harness import FRAME_FATES, Collector, camera_info_msg, wait_for_subscribers
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,22 +43,35 @@ def test_console_script_runs_and_shuts_down_cleanly(ros_context, sig):
         out = Collector(io, namespace="/robot")
         pub = io.create_publisher(Image, "/robot/image", 10)
         info = io.create_publisher(CameraInfo, "/robot/camera_info", 10)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (pub.get_subscription_count() and info.get_subscription_count()):
-            executor.spin_once(timeout_sec=0.1)
-            assert proc.poll() is None, proc.stdout.read()
+
+        def spin_until(predicate, timeout: float) -> bool:
+            t_end = time.monotonic() + timeout
+            while time.monotonic() < t_end and not predicate():
+                executor.spin_once(timeout_sec=0.1)
+                assert proc.poll() is None, proc.stdout.read()
+            return predicate()
+        # the process imports torch and loads weights first: discovery may take long; then wait for the
+        # match both ways (its inputs, our output subscriptions)
+        assert spin_until(lambda: pub.get_subscription_count() and info.get_subscription_count(), 60)
         wait_for_subscribers(pub, info, timeout=1)
-        seq = make_sequence(n_frames=3, rate_hz=5.0, stereo=False, seed=3, speed_mps=1.0)
-        for f in seq:
+        out.wait_matched()
+
+        def accounted(n: int) -> bool:
+            """The node's diagnostics account for ``n`` input frames (processed or skipped)."""
+            d = out.latest_diagnostics()
+            return bool(d) and int(d["frames_in"]) >= n and int(d["frames_in"]) == sum(int(d[k]) for k in FRAME_FATES)
+        seq = make_sequence(n_frames=4, rate_hz=5.0, stereo=False, seed=3, speed_mps=1.0)
+        for i, f in enumerate(seq):
+            # camera_info and image travel on different topics, so the first image may overtake its
+            # camera_info and be skipped (no_camera_info); each frame waits until the node accounted
+            # for the one before, so the later frames find the calibration in place
             info.publish(camera_info_msg(f.K, 640, 480, "cam"))
-            time.sleep(0.2)
             msg = C.numpy_to_image(f.left, "rgb8")
             msg.header.stamp = C.ns_to_stamp(f.stamp_ns)
             msg.header.frame_id = "cam"
             pub.publish(msg)
-            t_end = time.monotonic() + 30
-            while time.monotonic() < t_end and out.count("matches") < f.index:
-                executor.spin_once(timeout_sec=0.1)
+            assert spin_until(lambda: accounted(i + 1), 60), out.latest_diagnostics()
+        assert spin_until(lambda: out.count("matches") >= 1, 10), out.latest_diagnostics()
         assert out.count("matches") >= 1, "no /robot/matches from the node process"
         m = out.get("matches")[-1]
         assert len(m.scores) > 100 and m.features == "xfeat"

@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (1024, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
-    assert len(params.PARAMETERS) == len(params.SPECS) == 38
+    assert len(params.PARAMETERS) == len(params.SPECS) == 43
 
 
 def test_default_camera_to_base_is_rep103_optical_to_body():
@@ -311,8 +311,12 @@ def test_launch_file_structure():
     assert kw["package"].value == "mambaglue_ros" and kw["executable"].value == "matcher_node"
     imports = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {"launch", "launch.actions", "launch_ros.actions", "mambaglue_ros.ros"} <= imports
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")
-    assert fn is not None
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"]
+    # it returns one LaunchDescription that holds the declared arguments and the OpaqueFunction
+    (ret,) = [n for n in ast.walk(fn) if isinstance(n, ast.Return)]
+    assert isinstance(ret.value, ast.Call) and ret.value.func.id == "LaunchDescription"
+    held = {c.func.id for c in ret.value.args[0].elts if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+    assert held == {"DeclareLaunchArgument", "OpaqueFunction"}, held
 
 
 def test_launch_file_runs_against_stub_launch_modules(monkeypatch):

@@ -23,24 +23,16 @@ import pytest
 
 from mambaglue_ros.synthetic import default_K, make_sequence
 
-from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+from ros_harness import (FRAME_FATES, NS, Collector, LogRecorder, camera_info_msg, check_outputs, stamp_ns, wait_for,
+                         wait_for_subscribers)
 
 pytestmark = pytest.mark.ros
 
 W, H = 320, 240
-NS = 1_000_000_000
 BASE = {"features": "xfeat", "max_keypoints": 256, "qos_reliability": "reliable", "qos_depth": 10,
         "device": "cpu", "diagnostics_period_s": 0.2}
-# frames that reach the worker, or are refused on the way (each input frame lands in exactly one)
-FRAME_FATES = ("frames_processed", "frames_dropped", "bad_input", "oversized", "size_mismatch", "out_of_order",
-               "no_camera_info", "errors")
-
 
 # ---------------------------------------------------------------------------------------------- harness
-def stamp_ns(stamp) -> int:
-    return stamp.sec * NS + stamp.nanosec
-
-
 class Rig:
     """MatcherNode + a test node (publishers, output collector, /rosout log) on one executor."""
 
@@ -57,10 +49,12 @@ class Rig:
         params = {**BASE, "mode": mode, "transport": transport, **overrides}
         self.node = MatcherNode(context=ros_context,
                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        self.log = LogRecorder(self.node)  # what the node logs, observed in-process
         self.io = rclpy.create_node("reliability_io", context=ros_context)
-        self.logs: list[tuple[int, str]] = []
+        # /rosout as a user sees it; only ``rosout_logged`` reads it (after waiting for the match)
+        self.rosout: list[tuple[int, str]] = []
         self._log_lock = threading.Lock()
-        self.io.create_subscription(Log, "/rosout", self._on_log, QoSProfile(
+        self.rosout_sub = self.io.create_subscription(Log, "/rosout", self._on_log, QoSProfile(
             depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.out = Collector(self.io)
         self.executor = MultiThreadedExecutor(context=ros_context)
@@ -80,11 +74,22 @@ class Rig:
             self.linfo = self.io.create_publisher(CameraInfo, "left/camera_info", 10)
             self.rinfo = self.io.create_publisher(CameraInfo, "right/camera_info", 10)
             wait_for_subscribers(self.left, self.right, self.linfo, self.rinfo)
+        self.out.wait_matched()
 
     def _on_log(self, msg) -> None:
         if msg.name.endswith("mambaglue_matcher"):
             with self._log_lock:
-                self.logs.append((msg.level, msg.msg))
+                self.rosout.append((int.from_bytes(msg.level, "little") if isinstance(msg.level, bytes)
+                                    else msg.level, msg.msg))
+
+    def wait_rosout_matched(self) -> None:
+        """Until the /rosout subscription is matched with the node's /rosout publisher (and the test
+        node's own): a line logged before the match may never be delivered."""
+        assert wait_for(lambda: self.rosout_sub.get_publisher_count() >= 2, timeout=15), "/rosout not matched"
+
+    def rosout_logged(self, text: str, level: int = 30) -> bool:
+        with self._log_lock:
+            return any(lv >= level and text in m for lv, m in self.rosout)
 
     def stop(self) -> None:
         self.executor.shutdown()
@@ -118,13 +123,13 @@ class Rig:
         return find()
 
     def logged(self, text: str, level: int = 30) -> bool:
-        """A log line of at least ``level`` (30 = WARN) containing ``text`` reached /rosout."""
-        with self._log_lock:
-            return any(lv >= level and text in m for lv, m in self.logs)
+        """The node logged a line of at least ``level`` (30 = WARN) containing ``text``."""
+        return self.log.logged(text, level)
 
     def wait_logged(self, text: str, level: int = 30) -> None:
+        """The node logs from its worker thread after it updates the counters: wait for the line."""
         assert wait_for(lambda: self.logged(text, level), timeout=10), (
-            f"no /rosout line with {text!r}; got {[m for _, m in self.logs][-10:]}")
+            f"no log line with {text!r}; got {[m for _, m in self.log.get()][-10:]}")
 
     def diag_agrees(self) -> dict:
         """Wait for a /diagnostics message whose counters equal the node's; return it."""
@@ -166,55 +171,6 @@ def raw_msg(width: int, height: int, encoding: str, step: int, data: bytes, stam
     return msg
 
 
-def check_outputs(out: Collector) -> dict[str, int]:
-    """Every output is well-formed: finite numbers, indices in range, sizes consistent, stamps increasing."""
-    counts = {}
-    matches = out.get("matches")
-    last = {}
-    for m in matches:
-        n = len(m.scores)
-        k0 = np.asarray(m.keypoints0, np.float64).reshape(-1, 2)
-        k1 = np.asarray(m.keypoints1, np.float64).reshape(-1, 2)
-        i0, i1 = np.asarray(m.indices0), np.asarray(m.indices1)
-        assert len(k0) == len(k1) == len(i0) == len(i1) == n
-        assert np.all(np.isfinite(k0)) and np.all(np.isfinite(k1)) and np.all(np.isfinite(m.scores))
-        assert np.all((np.asarray(m.scores) >= 0) & (np.asarray(m.scores) <= 1))
-        if n:
-            assert i0.max() < m.num_keypoints0 and i1.max() < m.num_keypoints1
-            assert len(set(i0.tolist())) == n and len(set(i1.tolist())) == n  # one-to-one
-        for k, (w, h) in ((k0, (m.width0, m.height0)), (k1, (m.width1, m.height1))):
-            assert np.all(k >= -1.0) and np.all(k[:, 0] <= w) and np.all(k[:, 1] <= h), (w, h)
-        ran = m.num_keypoints0 > 0 and m.num_keypoints1 > 0  # without keypoints no layer runs: stop_layer 0
-        assert (1 if ran else 0) <= m.stop_layer <= m.num_layers and np.isfinite(m.latency_ms) and np.isfinite(m.alpha)
-        t0, t1 = stamp_ns(m.stamp0), stamp_ns(m.stamp1)
-        assert stamp_ns(m.header.stamp) == t1
-        if m.pair_kind == m.PAIR_TEMPORAL:
-            assert t0 < t1
-            if "t" in last:  # the node resets on a backward jump: then a new stamp run starts
-                assert t1 > last["t"] or t1 < last["t"] - NS
-            last["t"] = t1
-    counts["matches"] = len(matches)
-    for p in out.get("pose"):
-        q = p.pose.pose.orientation
-        pos = p.pose.pose.position
-        values = np.array([q.x, q.y, q.z, q.w, pos.x, pos.y, pos.z, *p.pose.covariance])
-        assert np.all(np.isfinite(values)) and abs(np.linalg.norm(values[:4]) - 1) < 1e-6
-        cov = np.asarray(p.pose.covariance).reshape(6, 6)
-        assert np.allclose(cov, cov.T) and np.all(np.diag(cov) >= 0)
-    counts["pose"] = out.count("pose")
-    for o in out.get("odom"):
-        tw = o.twist.twist
-        values = np.array([o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z,
-                           o.pose.pose.orientation.w, tw.linear.x, tw.linear.y, tw.linear.z,
-                           tw.angular.x, tw.angular.y, tw.angular.z, *o.pose.covariance, *o.twist.covariance])
-        assert np.all(np.isfinite(values))
-    counts["odom"] = out.count("odom")
-    for d in out.get("diag"):
-        for kv in d.status[0].values:
-            assert kv.value.lower() not in ("nan", "inf", "-inf"), (kv.key, kv.value)
-    return counts
-
-
 def check_alive(rig: Rig) -> None:
     assert rig.node.worker.is_alive(), "the worker thread died"
     assert rig.thread.is_alive(), "the executor stopped spinning"
@@ -236,6 +192,7 @@ def test_bad_raw_images(ros_context, frames):
         f = frames
         K = f[0].K
         rig.set_info(K)
+        rig.wait_rosout_matched()
         t = f[0].stamp_ns
         rig.image.publish(image_msg(f[0].left, t))
         rig.wait_counter("frames_processed", 1)
@@ -262,6 +219,8 @@ def test_bad_raw_images(ros_context, frames):
             rig.wait_logged(text)
             check_alive(rig)
         assert rig.logged("max_image_pixels")
+        # and the warnings reach /rosout, where a user sees them (the subscription was matched first)
+        assert wait_for(lambda: rig.rosout_logged("empty image: 0x0"), timeout=20), rig.rosout[-5:]
 
         # right layout, wrong size for the calibration: the intrinsics would not fit
         t += 10_000_000
@@ -674,15 +633,17 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
             return real(*args, **kw)
         monkeypatch.setattr(rig.node.matcher, "match_features", flaky)
-        budgets = []
-        for i in range(1, 5):  # 512 -> 256 -> 128 -> 64 -> (64: cannot shrink further)
+        # 512 -> 256 -> 128 -> 64 -> (64: cannot shrink further). The worker counts the error before it
+        # shrinks the budget and logs: wait for the log line of each step, not for the counter.
+        steps = ["reducing max_keypoints 512 -> 256", "reducing max_keypoints 256 -> 128",
+                 "reducing max_keypoints 128 -> 64", "out of memory at the smallest keypoint budget (64)"]
+        for i, text in enumerate(steps, start=1):
             rig.image.publish(image_msg(f[i].left, f[i].stamp_ns))
             rig.wait_counter("errors", i)
-            budgets.append(rig.node.matcher.max_keypoints)
-        assert budgets == [256, 128, 64, 64]
+            rig.wait_logged(text, level=40 if "smallest" in text else 30)
+        assert wait_for(lambda: rig.node.matcher.max_keypoints == 64, timeout=5), rig.node.matcher.max_keypoints
         assert rig.node.p["min_keypoints"] <= rig.node.p["max_keypoints"] == 64
-        rig.wait_logged("reducing max_keypoints 128 -> 64")
-        rig.wait_logged("out of memory at the smallest keypoint budget (64)", level=40)
+        assert oom_left[0] == 0 and rig.counter("errors") == 4
         assert wait_for(lambda: rig.out.latest_diagnostics().get("level") == 2, timeout=5)  # ERROR while recent
         check_alive(rig)
         processed = rig.counter("frames_processed")
@@ -698,12 +659,11 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
             result.keypoints1[result.matches[:, 1]] = np.nan
             return result
         monkeypatch.setattr(rig.node.matcher, "match_features", poisoned)
-        errors, matches = rig.counter("errors"), rig.out.count("matches")
-        rig.image.publish(image_msg(f[6].left, f[5].stamp_ns + 50_000_000))
+        errors = rig.counter("errors")
+        poisoned_stamp = f[5].stamp_ns + 50_000_000
+        rig.image.publish(image_msg(f[6].left, poisoned_stamp))
         rig.wait_counter("errors", errors + 1)
         rig.wait_logged("non-finite", level=40)
-        time.sleep(0.3)
-        assert rig.out.count("matches") == matches
         monkeypatch.setattr(rig.node.matcher, "match_features", real)
 
         # an unexpected exception in a subscription callback: counted, logged, the node keeps going
@@ -720,6 +680,10 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
         processed = rig.counter("frames_processed")
         rig.image.publish(image_msg(f[7].left, f[7].stamp_ns))
         rig.wait_counter("frames_processed", processed + 1)
+        # one reliable publisher delivers in order: once frame 7's matches are here, the poisoned
+        # frame's would have been too
+        rig.match_for(f[7].stamp_ns)
+        assert not [m for m in rig.out.get("matches") if stamp_ns(m.header.stamp) == poisoned_stamp]
         check_alive(rig)
         check_outputs(rig.out)
     finally:

@@ -59,16 +59,29 @@ def test_lossless_stereo_replay_through_the_node(demo_bag, tmp_path):
 
 
 def test_rate_replay_drops_what_the_node_cannot_keep_up_with(demo_bag, tmp_path):
-    """At 4x the recorded rate (40 Hz) the CPU node cannot keep up: the latest frame wins and the
-    report's counts add up."""
+    """At 4x the recorded rate (40 Hz: a frame every 25 ms) the CPU node, which needs far longer per
+    stereo frame, cannot keep up: frames are dropped, the newest frame always wins, and the counts add up.
+
+    Reliable transport, so every drop is the node's own (best effort may also lose frames on the way),
+    and nothing here depends on how fast this machine is at the moment: the node processes the newest
+    frame whatever happened before it. The old bounds (>= 2 frames processed, input above 10 Hz) failed
+    when the shared CPU stalled the worker until every frame had arrived (then only the last one runs).
+    """
     cfg = RP.ReplayConfig(bag=demo_bag, out=tmp_path / "rate", mode="stereo", features="xfeat", lossless=False,
-                          rate=4.0, overrides={"device": "cpu"}, plots=False)
-    report, _ = RP.replay(cfg, log=lambda _: None)
+                          rate=4.0, overrides={"device": "cpu", "qos_reliability": "reliable"}, plots=False)
+    report, series = RP.replay(cfg, log=lambda _: None)
     assert report["pacing"] == "rate x4"
-    assert report["frames_in"] == N_FRAMES and 2 <= report["frames_processed"] <= N_FRAMES
-    assert report["frames_processed"] + report["frames_dropped"] == N_FRAMES
+    assert report["frames_in"] == N_FRAMES and report["frames_processed"] + report["frames_dropped"] == N_FRAMES
+    processed = [row["index"] for row in series["frames"] if row["processed"]]
+    assert len(processed) == report["frames_processed"]
+    assert processed and processed[-1] == N_FRAMES - 1, processed  # the newest frame wins
+    # cannot keep up (measured in this run): a frame takes longer than the input period, so frames drop
+    assert report["latency_ms_p50"] > 1e3 / report["input_rate_hz"], (report["latency_ms_p50"],
+                                                                      report["input_rate_hz"])
+    assert report["frames_dropped"] >= 1
     assert report["poses"] == report["frames_processed"] - 1 - report["pose_failures"]
-    assert report["input_rate_hz"] > 10.0
+    # the player never runs ahead of its schedule (it may fall behind on a busy machine)
+    assert report["input_rate_hz"] <= 4.0 * report["bag_rate_hz"] * 1.05
 
 
 def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path):

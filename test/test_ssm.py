@@ -202,10 +202,20 @@ def test_bad_arguments():
             selective_scan(**x, backend="cuda")
 
 
-def test_cuda_scan_available_is_bool():
-    assert isinstance(cuda_scan_available(), bool)
-    if not HAS_CUDA:
-        assert cuda_scan_available() is False
+def test_cuda_scan_available_iff_cuda_and_mamba_ssm(monkeypatch):
+    """The kernel is used exactly when CUDA is there and mamba_ssm's scan imports."""
+    import importlib.util
+
+    has_kernel = importlib.util.find_spec("mamba_ssm") is not None
+    assert cuda_scan_available() is (HAS_CUDA and has_kernel)
+    # either condition missing switches it off (the other one forced on)
+    monkeypatch.setattr(ssm, "_cuda_scan_fn", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_scan_available() is False
+    monkeypatch.setattr(ssm, "_cuda_scan_fn", lambda: object())
+    assert cuda_scan_available() is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_scan_available() is False
 
 
 @pytest.mark.gpu

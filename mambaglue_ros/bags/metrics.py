@@ -17,8 +17,12 @@ Conventions (as in the rest of the package):
   ``delta_unit="m"``: j is the first pose at least ``delta`` metres of ground-truth path after i,
   and the errors are also given divided by that path length (per metre, KITTI style).
 
-The same definitions as evo's ``evo_ape`` / ``evo_rpe`` (translation part, ``--align`` /
-``--correct_scale``), which is not a dependency.
+* Drift (KITTI devkit): translation % and rotation deg/100 m over segments of fixed path length
+  (100..800 m, or 10..50 m for short clips), see :func:`drift`.
+
+ATE and RPE have the same definitions as evo's ``evo_ape`` / ``evo_rpe`` (translation part,
+``--align`` / ``--correct_scale``); ``test/test_metrics_evo.py`` checks them against evo on the
+same TUM files.
 """
 from __future__ import annotations
 
@@ -308,6 +312,51 @@ def rpe(est: Trajectory, gt: Trajectory, delta: float = 1, delta_unit: str = "fr
     return out
 
 
+KITTI_LENGTHS_M = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0)
+SHORT_LENGTHS_M = (10.0, 20.0, 30.0, 40.0, 50.0)
+
+
+def drift(est: Trajectory, gt: Trajectory, lengths_m: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """KITTI odometry drift (the devkit's ``calcSequenceErrors``) of associated trajectories.
+
+    For every start frame i and segment length L: j is the first frame whose ground-truth path
+    from i reaches L; the error ``E = inv(inv(G_i) G_j) (inv(P_i) P_j)`` gives the translation
+    drift |t(E)| / L and the rotation drift angle(R(E)) / L. The devkit uses L = 100..800 m and
+    every 10th start frame; here every start frame, and ``lengths_m`` = the KITTI lengths the
+    ground-truth path covers, else 10..50 m (short clips). Drift needs no alignment: it is relative.
+
+    Returns {"lengths_m", "segments", "trans_pct" (mean, %), "rot_deg_per_100m" (mean), "per_length":
+    {L: {"segments", "trans_pct", "rot_deg_per_100m"}}}; None values when no segment fits.
+    """
+    if len(est) != len(gt):
+        raise ValueError("drift() needs associated trajectories of equal length")
+    steps = np.linalg.norm(np.diff(gt.positions, axis=0), axis=1)
+    dist = np.concatenate([[0.0], np.cumsum(steps)])
+    total = float(dist[-1]) if len(dist) else 0.0
+    if lengths_m is None:
+        lengths_m = tuple(L for L in KITTI_LENGTHS_M if L <= total) or tuple(L for L in SHORT_LENGTHS_M if L <= total)
+    t_all, r_all, per_length = [], [], {}
+    for L in lengths_m:
+        t_err, r_err = [], []
+        for i in range(len(gt)):
+            j = int(np.searchsorted(dist, dist[i] + L - 1e-9, side="left"))
+            if j >= len(gt):
+                break
+            Q = inv_se3(gt.poses[i]) @ gt.poses[j]
+            P = inv_se3(est.poses[i]) @ est.poses[j]
+            E = inv_se3(Q) @ P
+            t_err.append(float(np.linalg.norm(E[:3, 3])) / L)
+            r_err.append(rotation_angle_deg(E[:3, :3]) / L)
+        per_length[float(L)] = {"segments": len(t_err),
+                                "trans_pct": 100.0 * float(np.mean(t_err)) if t_err else None,
+                                "rot_deg_per_100m": 100.0 * float(np.mean(r_err)) if r_err else None}
+        t_all += t_err
+        r_all += r_err
+    return {"lengths_m": [float(L) for L in lengths_m], "segments": len(t_all),
+            "trans_pct": 100.0 * float(np.mean(t_all)) if t_all else None,
+            "rot_deg_per_100m": 100.0 * float(np.mean(r_all)) if r_all else None, "per_length": per_length}
+
+
 # --------------------------------------------------------------------------------------------
 # Node outputs -> camera trajectory
 # --------------------------------------------------------------------------------------------
@@ -339,7 +388,9 @@ def evaluate(est: Trajectory, gt: Trajectory, alignment: str = "se3", max_diff_n
     summary: dict[str, Any] = {"associated": int(len(ia)), "alignment": alignment, "scale": None,
                                "ate_m": None, "rpe_trans_m": None, "rpe_rot_deg": None,
                                "rpe_trans_per_m": None, "rpe_rot_deg_per_m": None, "rpe_delta_m": delta_m,
-                               "gt_path_m": path_length(g.positions), "est_path_m": None}
+                               "gt_path_m": path_length(g.positions), "est_path_m": None,
+                               "drift_pct": None, "drift_deg_per_100m": None, "drift_lengths_m": None,
+                               "step_ratio_median": None}
     result: dict[str, Any] = {"summary": summary, "est_assoc": e, "gt_assoc": g, "aligned": None}
     if len(ia) < 2:
         return result
@@ -352,6 +403,17 @@ def evaluate(est: Trajectory, gt: Trajectory, alignment: str = "se3", max_diff_n
         "rpe_trans_m": r1["trans"]["rmse"], "rpe_rot_deg": r1["rot"]["rmse"],
         "rpe_trans_per_m": rm["trans_per_m"]["mean"], "rpe_rot_deg_per_m": rm["rot_per_m"]["mean"],
         "rpe_pairs_per_m": rm["trans_per_m"]["n"], "est_path_m": path_length(aligned.positions)})
+    if alignment != "sim3":  # drift is relative, but a scale-free (mono) estimate has no metric drift
+        d = drift(e, g)
+        summary.update({"drift_pct": d["trans_pct"], "drift_deg_per_100m": d["rot_deg_per_100m"],
+                        "drift_lengths_m": d["lengths_m"]})
+        result["drift"] = d
+        # step length estimate / truth per associated frame pair (scale bias of metric odometry)
+        t_est = np.linalg.norm(np.diff(e.positions, axis=0), axis=1)
+        t_gt = np.linalg.norm(np.diff(g.positions, axis=0), axis=1)
+        moving = t_gt > 1e-3  # 1 mm: below, the ratio is noise over noise (standstill)
+        if moving.any():
+            summary["step_ratio_median"] = float(np.median(t_est[moving] / t_gt[moving]))
     result.update({"aligned": aligned, "alignment_info": info, "ate_errors": a["errors"], "rpe_frame": r1,
                    "rpe_m": rm})
     return result

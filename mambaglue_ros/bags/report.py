@@ -29,6 +29,9 @@ COLUMNS = (  # (header, report key, format, scale)
     ("RPE deg/fr", "rpe_rot_deg", "{:.3f}", None),
     ("RPE %/m", "rpe_trans_per_m", "{:.2f}", 100.0),
     ("deg/m", "rpe_rot_deg_per_m", "{:.3f}", None),
+    ("drift %", "drift_pct", "{:.2f}", None),
+    ("deg/100m", "drift_deg_per_100m", "{:.2f}", None),
+    ("step ratio", "step_ratio_median", "{:.3f}", None),
     ("matches", "mean_matches", "{:.0f}", None),
     ("inl.ratio", "mean_inlier_ratio", "{:.3f}", None),
     ("lat p50 ms", "latency_ms_p50", "{:.0f}", None),
@@ -46,8 +49,9 @@ def _cell(value: Any, fmt: str, scale: float | None) -> str:
 
 def format_table(reports: dict[str, dict[str, Any]]) -> str:
     """One row per method. ATE after se3 (stereo) / sim3 (mono) alignment; RPE per frame pair
-    and per metre of ground-truth path (% and deg/m over ~1 m segments); latency = node tracker
-    time per frame."""
+    and per metre of ground-truth path (% and deg/m over ~1 m segments); KITTI-style drift (% and
+    deg/100 m over 100..800 m segments, 10..50 m on short clips; metric runs only); median step
+    length ratio estimate/truth; latency = node tracker time per frame."""
     headers = ["method"] + [c[0] for c in COLUMNS]
     rows = [[name] + [_cell(r.get(key), fmt, scale) for _, key, fmt, scale in COLUMNS] for name, r in reports.items()]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]

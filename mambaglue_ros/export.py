@@ -58,14 +58,21 @@ class ExportableMatcher(nn.Module):
                 descriptors1: torch.Tensor, image_size0: torch.Tensor, image_size1: torch.Tensor,
                 mask0: torch.Tensor, mask1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         data = {"keypoints0": keypoints0, "keypoints1": keypoints1, "descriptors0": descriptors0,
-                "descriptors1": descriptors1, "image_size0": image_size0, "image_size1": image_size1}
-        desc0, desc1, enc0, enc1 = self.net.encode(data)
+                "descriptors1": descriptors1, "image_size0": image_size0, "image_size1": image_size1,
+                "mask0": mask0, "mask1": mask1}
+        set0, set1 = self.net.encode(data)  # tokens in scan order (Hilbert: padding last)
+        desc0, desc1, enc0, enc1 = set0["desc"], set1["desc"], set0["enc"], set1["enc"]
+        tmask0, tmask1 = set0["mask"], set1["mask"]
         for i in range(self.layers):
-            desc0, desc1 = self.net.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
-        scores = self.net.log_assignment[self.layers - 1](desc0, desc1, mask0, mask1)
+            desc0, desc1 = self.net.transformers[i](desc0, desc1, enc0, enc1, tmask0, tmask1)
+        scores = self.net.log_assignment[self.layers - 1](desc0, desc1, tmask0, tmask1)
         m0, m1, s0, s1 = mg.filter_matches(scores, self.net.conf["filter_threshold"])
-        m0, m1 = m0.masked_fill(~mask0, -1), m1.masked_fill(~mask1, -1)
-        return m0, m1, s0 * mask0, s1 * mask1, scores
+        m0, m1, s0, s1 = m0.masked_fill(~tmask0, -1), m1.masked_fill(~tmask1, -1), s0 * tmask0, s1 * tmask1
+        if self.net.reorders:
+            k0, k1 = keypoints0.shape[1], keypoints1.shape[1]
+            m0, m1, s0, s1 = mg.to_input_order(m0, m1, s0, s1, set0["index"], set1["index"], k0, k1)
+            scores = mg.unpermute_assignment(scores, set0["index"], set1["index"])
+        return m0, m1, s0, s1, scores
 
 
 @contextlib.contextmanager

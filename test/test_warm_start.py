@@ -46,15 +46,16 @@ def reprojection_error(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray) -> n
     return np.linalg.norm(proj - kpts1, axis=1)
 
 
-@pytest.mark.parametrize("features", ["xfeat", "aliked", "disk"])
-def test_warm_start_equals_kornia_lightglue(features, photo_pair):
+@pytest.mark.parametrize("features,scan_order", [("xfeat", "score"), ("xfeat", "hilbert"), ("aliked", "hilbert"),
+                                                 ("disk", "score")])
+def test_warm_start_equals_kornia_lightglue(features, scan_order, photo_pair):
     torch.manual_seed(0)
     extractor = FeatureExtractor(features, max_keypoints=1024)
     f0, f1 = extractor.extract(photo_pair[0]), extractor.extract(photo_pair[1])
     assert len(f0) > 500 and len(f1) > 500
 
     ours = Matcher(features=features, weights="lightglue", device="cpu", alpha=None, pruning=False,
-                   mixer="attention+mamba")
+                   mixer="attention+mamba", scan_order=scan_order)
     # The Mamba branch is live (random, non-zero), only its FFN columns are zero.
     mamba = ours.net.transformers[0].self_attn.mamba
     assert mamba.in_proj.weight.abs().sum() > 0
@@ -71,7 +72,9 @@ def test_warm_start_equals_kornia_lightglue(features, photo_pair):
 
     assert result.stop_layer == ours.num_layers == ref["stop"]
     np.testing.assert_array_equal(result.matches, ref_matches)
-    np.testing.assert_allclose(result.scores, ref_scores, atol=1e-4, rtol=0)
+    # Equal up to float rounding: the zero Mamba columns widen the FFN's first product (another GEMM blocking)
+    # and Hilbert order runs the attention sums in another order. Measured: at most 1.7e-4 (XFeat), one score.
+    np.testing.assert_allclose(result.scores, ref_scores, atol=3e-4, rtol=0)
 
     err = reprojection_error(result.points0, result.points1, H_TRUE)
     precision = float((err < 3.0).mean())
@@ -79,13 +82,16 @@ def test_warm_start_equals_kornia_lightglue(features, photo_pair):
     assert precision > 0.90, f"{features}: only {precision:.1%} of {len(result)} matches within 3 px"
 
 
-def test_attention_mixer_is_lightglue_and_mamba_columns_zero():
-    net, source = build_network("xfeat", "lightglue", mixer="attention+mamba")
+@pytest.mark.parametrize("message,width", [("gated", 3), ("concat", 4)])
+def test_attention_mixer_is_lightglue_and_mamba_columns_zero(message, width):
+    # gated: FFN([x, attention, out_proj(y * silu(z))]) = the paper's three branches (3d); concat (version 1):
+    # FFN([x, attention, out_proj(y), out_proj(silu(z))]) (4d)
+    net, source = build_network("xfeat", "lightglue", mixer="attention+mamba", mamba_message=message)
     assert source.startswith("lightglue:")
     d = net.conf["descriptor_dim"]
     for layer in net.transformers:
         w = layer.self_attn.ffn[0].weight
-        assert w.shape == (2 * d, 4 * d)
+        assert w.shape == (2 * d, width * d)
         assert torch.count_nonzero(w[:, 2 * d:]) == 0
         assert torch.count_nonzero(w[:, : 2 * d]) > 0
     plain, _ = build_network("xfeat", "lightglue", mixer="attention")

@@ -7,7 +7,10 @@ at zero, the warm-started network reproduces LightGlue exactly.
 
 Shapes: B pairs, M / N keypoints in image 0 / 1, d = descriptor_dim, h heads.
 Keypoints enter as pixels (x, y) with the image size (W, H) and are normalised to [-1, 1].
-Keypoint order matters for the Mamba scan: the front ends give them sorted by detection score.
+Keypoint order matters for the Mamba scan (attention does not care): ``scan_order='hilbert'`` serialises
+each image's keypoints along a Hilbert curve over their coordinates, so neighbours in the sequence are
+neighbours in the image and the conv / scan add *local* context next to attention's global context;
+``'score'`` keeps the front end's detection-score order (the version-1 checkpoints).
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from .ssm import cuda_scan_available, selective_scan
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
+SCAN_ORDERS = ("score", "hilbert")
+MAMBA_MESSAGES = ("gated", "concat")
+HILBERT_BITS = 10  # 1024 x 1024 grid over the normalised image: finer than any keypoint spacing we use
 
 
 def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -30,6 +36,52 @@ def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     shift = size / 2
     scale = size.max(-1).values / 2
     return (kpts - shift[:, None]) / scale[:, None, None]
+
+
+def hilbert_index(kpts: torch.Tensor, bits: int = HILBERT_BITS) -> torch.Tensor:
+    """Position along a Hilbert curve: normalised keypoints (..., 2) in [-1, 1] -> (...) int64 in [0, 4^bits).
+
+    The curve visits the cells of a 2^bits x 2^bits grid so that consecutive indices are adjacent cells:
+    sorting by it is a spatially coherent serialisation of a keypoint set (as point-cloud Mamba models use).
+    """
+    n = 1 << bits
+    q = ((kpts.detach().float().clamp(-1, 1) + 1) * (0.5 * (n - 1))).round().long()
+    x, y = q[..., 0], q[..., 1]
+    d = torch.zeros_like(x)
+    s = n // 2
+    while s > 0:
+        rx, ry = (x & s) > 0, (y & s) > 0
+        d += s * s * ((3 * rx.long()) ^ ry.long())
+        flip = rx & ~ry  # rotate the quadrant so the sub-curve joins its neighbours
+        x, y = torch.where(flip, n - 1 - x, x), torch.where(flip, n - 1 - y, y)
+        x, y = torch.where(ry, x, y), torch.where(ry, y, x)
+        s //= 2
+    return d
+
+
+def scan_permutation(kpts: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hilbert order of each set: normalised keypoints (B, N, 2), mask (B, N) -> permutation (B, N).
+
+    Padding (mask False) goes last, so a padded set keeps its real tokens first, in the same order as alone.
+    """
+    key = hilbert_index(kpts)
+    if mask is not None:
+        key = key.masked_fill(~mask, 1 << (2 * HILBERT_BITS))  # past every cell of the curve
+    # Ties (points in one cell) break by input position, in the key itself: a plain sort is then
+    # deterministic, and exports (ONNX has no stable sort).
+    k = key.shape[1]
+    return torch.argsort(key * k + torch.arange(k, device=key.device), dim=1)
+
+
+def gather_points(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, N, ...) -> (B, K, ...) with x[b, index[b, k]]; index (B, K)."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+
+def gather_encoding(enc: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rotary encoding (2, B, 1, N, dh) -> (2, B, 1, K, dh) at the points index (B, K)."""
+    idx = index[None, :, None, :, None].expand(enc.shape[0], -1, enc.shape[2], -1, enc.shape[-1])
+    return enc.gather(3, idx)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,55 +110,84 @@ class LearnableFourierPositionalEncoding(nn.Module):
 
 
 class MambaBranch(nn.Module):
-    """The Mamba side of the MambaAttention mixer, over the keypoints of one image.
+    """The Mamba side of the MambaAttention mixer, over the keypoints of one image (in scan order).
 
-    in_proj d -> 2d split into x and z; x: depthwise conv1d (kernel 5, 'same' padding: the keypoint
-    set has no causal direction, so the conv looks both ways) -> SiLU -> selective scan (state N)
-    with input-dependent (Δ, B, C); z: SiLU gate branch. One out_proj is shared by y and z; ``forward``
-    stops before it (SelfBlock folds it into the FFN).
+    in_proj d -> 2 d_inner split into x and z (d_inner = expand * d); x: depthwise conv1d (kernel 5, 'same'
+    padding: the keypoint set has no causal direction, so the conv looks both ways) -> SiLU -> selective scan
+    (state N) with input-dependent (Δ, B, C); z: SiLU gate. ``bidirectional`` adds a second scan over the
+    reversed sequence with the same parameters (the per-token Δ, B, C are shared, so the two scans run as one
+    batched call) and averages the two, so every token gets context from both sides, not only from the tokens
+    before it. ``message``: 'gated' = Mamba's own output y ⊙ silu(z) (one d-wide message after out_proj);
+    'concat' = y and silu(z) side by side, ungated (version-1 checkpoints). ``forward`` stops before out_proj
+    (SelfBlock folds it into the FFN).
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 5, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+                 dt_min: float = 1e-3, dt_max: float = 0.1, expand: float = 1.0, bidirectional: bool = False,
+                 message: str = "gated") -> None:
         super().__init__()
-        self.dim, self.d_state = dim, d_state
+        if message not in MAMBA_MESSAGES:
+            raise ValueError(f"unknown Mamba message {message!r}; choose from {MAMBA_MESSAGES}")
+        inner = max(1, int(round(dim * expand)))
+        self.dim, self.inner, self.d_state = dim, inner, d_state
+        self.bidirectional, self.message = bool(bidirectional), message
         self.dt_rank = dt_rank or math.ceil(dim / 16)
-        self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
-        self.conv1d = nn.Conv1d(dim, dim, d_conv, padding=d_conv // 2, groups=dim, bias=True)
-        self.x_proj = nn.Linear(dim, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, dim, bias=True)
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.conv1d = nn.Conv1d(inner, inner, d_conv, padding=d_conv // 2, groups=inner, bias=True)
+        self.x_proj = nn.Linear(inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
         # Mamba's initialisation: Δ = softplus(dt_proj(.)) starts log-uniform in [dt_min, dt_max].
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.exp(torch.rand(inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         # S4D-real initialisation: A = -(1..N) for every channel.
-        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(dim, 1)
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
-        self.D = nn.Parameter(torch.ones(dim))
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.D = nn.Parameter(torch.ones(inner))
+        self.out_proj = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def num_outputs(self) -> int:
+        """How many d_inner-wide tensors ``forward`` returns (each goes through out_proj into the FFN)."""
+        return 1 if self.message == "gated" else 2
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """x: (B, L, d); mask: (B, L) True for real tokens (padding sits at the end of a sequence).
 
-        Returns (y, silu(z)), each (B, L, d), *before* the shared out_proj: SelfBlock folds out_proj into
-        the FFN's first layer (``SelfBlock.ffn_weight``), which saves two d x d products per token.
+        Returns (y ⊙ silu(z),) for 'gated', (y, silu(z)) for 'concat', each (B, L, d_inner), *before* the
+        out_proj that SelfBlock folds into the FFN's first layer (``SelfBlock.ffn_weight``).
         """
         u, z = self.in_proj(x).chunk(2, dim=-1)
         if mask is not None:
-            # Zeroed padding = the conv's own zero padding, and the scan is causal, so padded pairs give
-            # the same outputs on their real tokens as unpadded ones.
+            # Zeroed padding = the conv's own zero padding; after the conv it is zeroed again so that the
+            # reversed scan, which meets the padding first, starts its real tokens from a zero state.
             u = u * mask[..., None].to(u.dtype)
         u = F.silu(depthwise_conv(u, self.conv1d))
+        if mask is not None and self.bidirectional:
+            u = u * mask[..., None].to(u.dtype)
         dt, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight)  # (B, L, d); the bias goes in as delta_bias
+        delta = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); the bias goes in as delta_bias
+        if self.bidirectional:  # both directions in one call: the reversed sequences as extra batch entries
+            b = u.shape[0]
+            u, delta, Bm, Cm = (torch.cat([t, t.flip(1)], 0) for t in (u, delta, Bm, Cm))
+        y = self.scan(u, delta, Bm, Cm)
+        if self.bidirectional:
+            y = 0.5 * (y[:b] + y[b:].flip(1))
+        z = F.silu(z)
+        return (y * z,) if self.message == "gated" else (y, z)
+
+    def scan(self, u: torch.Tensor, delta: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor) -> torch.Tensor:
+        """The selective scan along L of u, delta (B, L, d_inner), Bm, Cm (B, L, N) -> y (B, L, d_inner)."""
         A = -torch.exp(self.A_log.float())
+        if u.shape[1] == 0:
+            return u
         if use_inference_scan(u, self.d_state):
-            return selective_scan_inference(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float()), F.silu(z)
+            return selective_scan_inference(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float())
         # Training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views).
         y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
                            D=self.D.float(), z=None, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        return y.transpose(1, 2), F.silu(z)
+        return y.transpose(1, 2)
 
 
 def depthwise_conv(u: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -153,6 +234,8 @@ def selective_scan_inference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     chunk: steps per chunk T (default about sqrt(L / 2)).
     """
     b, L, d = u.shape
+    if L == 0:  # every keypoint of the image pruned: nothing to scan (the chunk size below would be 0)
+        return u.clone()
     N = A.shape[1]
     dtype_in = u.dtype  # computed in float32 (float64 for float64 inputs), as ssm's torch scan does
     dtype = torch.float64 if dtype_in == torch.float64 else torch.float32
@@ -205,15 +288,17 @@ def make_ffn(in_dim: int, dim: int) -> nn.Sequential:
 
 
 class SelfBlock(nn.Module):
-    """Self block with the MambaAttention mixer.
+    """Self block with the MambaAttention mixer: parallel branches, concatenated into the message FFN.
 
-    message = FFN(concat[x, attention message, Mamba y, gate z]); x <- x + message.
-    mixer 'attention' drops y and z (= LightGlue), 'mamba' drops the attention message.
-    y and z share the Mamba out_proj, which is linear and followed by the FFN's first (linear) layer, so
-    the two are applied as one: the FFN's columns for y and z times out_proj (``ffn_weight``).
+    message = FFN(concat[x, attention message, Mamba message(s)]); x <- x + message. With the 'gated' Mamba
+    message the FFN input is 3d (direct, attention, Mamba: the paper's three branches); 'concat' (version 1)
+    feeds y and silu(z) separately (4d). mixer 'attention' drops the Mamba branch (= LightGlue), 'mamba' the
+    attention message. Mamba's out_proj is linear and followed by the FFN's first (linear) layer, so the two
+    are applied as one: the FFN's Mamba columns times out_proj (``ffn_weight``).
     """
 
-    def __init__(self, dim: int, num_heads: int, mixer: str = "attention+mamba", d_state: int = 16) -> None:
+    def __init__(self, dim: int, num_heads: int, mixer: str = "attention+mamba", d_state: int = 16,
+                 mamba_expand: float = 1.0, bidirectional: bool = False, mamba_message: str = "gated") -> None:
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"unknown mixer {mixer!r}; choose from {MIXERS}")
@@ -223,10 +308,12 @@ class SelfBlock(nn.Module):
         if self.use_attention:
             self.Wqkv = nn.Linear(dim, 3 * dim, bias=True)
             self.out_proj = nn.Linear(dim, dim, bias=True)
+        n_mamba = 0
         if self.use_mamba:
-            self.mamba = MambaBranch(dim, d_state=d_state)
-        n_inputs = 1 + self.use_attention + 2 * self.use_mamba
-        self.ffn = make_ffn(n_inputs * dim, dim)
+            self.mamba = MambaBranch(dim, d_state=d_state, expand=mamba_expand, bidirectional=bidirectional,
+                                     message=mamba_message)
+            n_mamba = self.mamba.num_outputs
+        self.ffn = make_ffn((1 + self.use_attention + n_mamba) * dim, dim)
         self._folded: tuple | None = None  # ffn_weight()'s cache for inference
 
     def attention(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -240,23 +327,24 @@ class SelfBlock(nn.Module):
         return self.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
 
     def ffn_weight(self) -> torch.Tensor:
-        """The FFN's first-layer weight for the input [x, message, y, silu(z)] (Mamba's out_proj folded in).
+        """The FFN's first-layer weight for the input [x, message, Mamba output(s)] (Mamba's out_proj folded in).
 
-        ffn[0].weight @ [.., out_proj(y), out_proj(s)] = [.., W_y @ out_proj, W_z @ out_proj] @ [.., y, s].
-        Without a Mamba branch: ffn[0].weight itself. Under autograd (gradients reach both factors) and when
-        traced for export, the product is formed every call; for inference it is cached until either weight
-        changes: an in-place update bumps the version counter that a weight shares with the detached copy
-        kept here, and ``.to()`` or ``.half()`` give it new storage (the kept copy holds on to the old one,
-        so its address cannot come back).
+        ffn[0].weight @ [.., out_proj(m_1), .., out_proj(m_k)] = [.., W_1 @ out_proj, .., W_k @ out_proj] @
+        [.., m_1, .., m_k]. Without a Mamba branch: ffn[0].weight itself. Under autograd (gradients reach both
+        factors) and when traced for export, the product is formed every call; for inference it is cached until
+        either weight changes: an in-place update bumps the version counter that a weight shares with the
+        detached copy kept here, and ``.to()`` or ``.half()`` give it new storage (the kept copy holds on to
+        the old one, so its address cannot come back).
         """
         w = self.ffn[0].weight
         if not self.use_mamba:
             return w
         wo = self.mamba.out_proj.weight
-        n = w.shape[1] - 2 * self.dim
+        k = self.mamba.num_outputs
+        n = w.shape[1] - k * self.dim
 
         def fold() -> torch.Tensor:
-            return torch.cat([w[:, :n], w[:, n: n + self.dim] @ wo, w[:, n + self.dim:] @ wo], 1)
+            return torch.cat([w[:, :n]] + [w[:, n + j * self.dim: n + (j + 1) * self.dim] @ wo for j in range(k)], 1)
 
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return fold()
@@ -280,7 +368,7 @@ class SelfBlock(nn.Module):
         return x + self.feed_forward(torch.cat(parts, -1))
 
     def feed_forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The message FFN on [x, message, y, silu(z)], its first layer with ``ffn_weight``."""
+        """The message FFN on [x, message, Mamba output(s)], its first layer with ``ffn_weight``."""
         first, rest = self.ffn[0], self.ffn[1:]
         return rest(F.linear(inputs, self.ffn_weight(), first.bias))
 
@@ -340,9 +428,9 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mixer: str, d_state: int) -> None:
+    def __init__(self, dim: int, num_heads: int, mixer: str, d_state: int, **mamba: Any) -> None:
         super().__init__()
-        self.self_attn = SelfBlock(dim, num_heads, mixer, d_state)
+        self.self_attn = SelfBlock(dim, num_heads, mixer, d_state, **mamba)
         self.cross_attn = CrossBlock(dim, num_heads)
 
     def forward(self, desc0, desc1, enc0, enc1, mask0=None, mask1=None):
@@ -440,6 +528,40 @@ def filter_matches(scores: torch.Tensor, th: float):
     return m0, m1, mscores0, mscores1
 
 
+def to_input_order(m0: torch.Tensor, m1: torch.Tensor, ms0: torch.Tensor, ms1: torch.Tensor, ind0: torch.Tensor,
+                   ind1: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, ...]:
+    """Matches and scores over tokens back to the input points.
+
+    m0 (B, K0) token of image 1 or -1, m1 (B, K1), ms0/ms1 their scores; ind0 (B, K0) / ind1 (B, K1): the input
+    position of each token (a permutation, or a subset after pruning); m, n: input point counts. Returns
+    matches0 (B, m), matches1 (B, n) as input indices (-1 for unmatched or pruned points) and their scores.
+    """
+    b = m0.shape[0]
+    m0, m1 = (torch.where(mi == -1, -1, other.gather(1, mi.clamp(min=0))) for mi, other in ((m0, ind1), (m1, ind0)))
+    if ind0.shape[1] == m and ind1.shape[1] == n:  # permutations: gather through the inverses (no scatter)
+        inv0, inv1 = torch.argsort(ind0, dim=1), torch.argsort(ind1, dim=1)
+        return m0.gather(1, inv0), m1.gather(1, inv1), ms0.gather(1, inv0), ms1.gather(1, inv1)
+    m0 = torch.full((b, m), -1, device=m0.device, dtype=m0.dtype).scatter(1, ind0, m0)
+    m1 = torch.full((b, n), -1, device=m1.device, dtype=m1.dtype).scatter(1, ind1, m1)
+    return m0, m1, ms0.new_zeros((b, m)).scatter(1, ind0, ms0), ms1.new_zeros((b, n)).scatter(1, ind1, ms1)
+
+
+def unpermute_assignment(scores: torch.Tensor, ind0: torch.Tensor, ind1: torch.Tensor,
+                         inv0: torch.Tensor | None = None, inv1: torch.Tensor | None = None) -> torch.Tensor:
+    """A log assignment over tokens (B, M+1, N+1) back to the input order of the points.
+
+    ind0 (B, M), ind1 (B, N): input position of each token (permutations); inv0/inv1: their inverses (computed
+    when not given). The dustbin row and column stay last.
+    """
+    b, m, n = scores.shape[0], scores.shape[1] - 1, scores.shape[2] - 1
+    if inv0 is None:
+        inv0, inv1 = torch.argsort(ind0, dim=1), torch.argsort(ind1, dim=1)
+    rows = torch.cat([inv0, inv0.new_full((b, 1), m)], 1)
+    cols = torch.cat([inv1, inv1.new_full((b, 1), n)], 1)
+    scores = scores.gather(1, rows[:, :, None].expand(b, m + 1, n + 1))
+    return scores.gather(2, cols[:, None, :].expand(b, m + 1, n + 1))
+
+
 class MambaGlue(nn.Module):
     """The matcher network. Configuration is a dict of defaults; see ``default_conf``.
 
@@ -457,6 +579,10 @@ class MambaGlue(nn.Module):
         "mixer": "attention+mamba",  # 'attention' (= LightGlue) | 'attention+mamba' (MambaGlue) | 'mamba'
         "regressor": "deep",  # confidence regressor: 'deep' (MambaGlue) | 'linear' (LightGlue)
         "d_state": 16,  # Mamba state size N
+        "mamba_expand": 0.5,  # Mamba inner width / d (0.5: half the in_proj and scan cost of 1.0)
+        "mamba_message": "gated",  # 'gated' out_proj(y * silu(z)), 3d FFN input | 'concat' [y, silu(z)], 4d (v1)
+        "bidirectional": True,  # a second scan over the reversed sequence (shared parameters)
+        "scan_order": "hilbert",  # keypoint order of the scan: 'hilbert' (spatial) | 'score' (detection score, v1)
         "early_exit": True,
         "alpha": 0.95,  # exit when the fraction of confident points >= alpha
         "pruning": True,
@@ -477,40 +603,67 @@ class MambaGlue(nn.Module):
             raise ValueError(f"descriptor_dim {d} is not divisible by num_heads {h}")
         self.input_proj = nn.Linear(c["input_dim"], d, bias=True) if c["input_dim"] != d else nn.Identity()
         self.posenc = LearnableFourierPositionalEncoding(2, d // h)
-        self.transformers = nn.ModuleList([TransformerLayer(d, h, c["mixer"], c["d_state"]) for _ in range(n)])
+        if c["scan_order"] not in SCAN_ORDERS:
+            raise ValueError(f"unknown scan_order {c['scan_order']!r}; choose from {SCAN_ORDERS}")
+        mamba = {"mamba_expand": float(c["mamba_expand"]), "bidirectional": bool(c["bidirectional"]),
+                 "mamba_message": c["mamba_message"]}
+        self.transformers = nn.ModuleList([TransformerLayer(d, h, c["mixer"], c["d_state"], **mamba)
+                                           for _ in range(n)])
         self.log_assignment = nn.ModuleList([MatchAssignment(d) for _ in range(n)])
         self.token_confidence = nn.ModuleList([ConfidenceRegressor(d, c["regressor"]) for _ in range(n - 1)])
         self.register_buffer("confidence_thresholds",
                              torch.tensor([self.confidence_threshold(i) for i in range(n)]), persistent=False)
 
+    @property
+    def reorders(self) -> bool:
+        """Whether the tokens run in another order than the input (Hilbert scan order with a Mamba branch)."""
+        return self.conf["scan_order"] == "hilbert" and self.conf["mixer"] != "attention"
+
     def confidence_threshold(self, layer_index: int) -> float:
         """λ_ℓ = 0.8 + 0.1 exp(-4ℓ/L): early layers must be more confident to count."""
         return min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / self.conf["n_layers"]), 0.0), 1.0)
 
-    def encode(self, data: dict[str, torch.Tensor]):
-        kpts0 = normalize_keypoints(data["keypoints0"], data["image_size0"])
-        kpts1 = normalize_keypoints(data["keypoints1"], data["image_size1"])
+    def encode(self, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ...]:
+        """Projected descriptors, rotary encodings, masks and the scan order of both images.
+
+        Returns one dict per image: desc (B, K, d), enc (2, B, 1, K, dh), mask (B, K) or None, and index
+        (B, K) = the input position of each token. With ``scan_order='hilbert'`` and a Mamba branch the
+        tokens are in Hilbert order (attention, cross attention and the assignment do not depend on the
+        order, the scan does); ``index`` maps every result back to the input order.
+        """
         dtype = self.posenc.Wr.weight.dtype
-        desc0 = self.input_proj(data["descriptors0"].detach().to(dtype))
-        desc1 = self.input_proj(data["descriptors1"].detach().to(dtype))
-        return desc0, desc1, self.posenc(kpts0.to(dtype)), self.posenc(kpts1.to(dtype))
+        sets = []
+        for side in "01":
+            kpts = normalize_keypoints(data[f"keypoints{side}"], data[f"image_size{side}"])
+            desc = self.input_proj(data[f"descriptors{side}"].detach().to(dtype))
+            enc = self.posenc(kpts.to(dtype))
+            mask = data.get(f"mask{side}")
+            b, k = kpts.shape[:2]
+            if self.reorders:
+                index = scan_permutation(kpts, mask)
+                desc, enc = gather_points(desc, index), gather_encoding(enc, index)
+                mask = None if mask is None else mask.gather(1, index)
+            else:
+                index = torch.arange(k, device=kpts.device)[None].expand(b, k)
+            sets.append({"desc": desc, "enc": enc, "mask": mask, "index": index})
+        return tuple(sets)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         c = self.conf
-        mask0, mask1 = data.get("mask0"), data.get("mask1")
         b, m = data["keypoints0"].shape[:2]
         n = data["keypoints1"].shape[1]
         device = data["keypoints0"].device
         if m == 0 or n == 0:
             return self._empty_output(b, m, n, device)
-        desc0, desc1, enc0, enc1 = self.encode(data)
+        set0, set1 = self.encode(data)
+        desc0, enc0, mask0, ind0 = set0["desc"], set0["enc"], set0["mask"], set0["index"]
+        desc1, enc1, mask1, ind1 = set1["desc"], set1["enc"], set1["mask"], set1["index"]
 
-        # Pruning changes the point count per pair, so it runs for single unpadded pairs only.
+        # Pruning changes the point count per pair, so it runs for single unpadded pairs only. It keeps the
+        # scan order (kept tokens stay in sequence), but every later token's scan state changes with it.
         do_prune = c["pruning"] and b == 1 and mask0 is None
         do_exit = c["early_exit"]
         num_points = (mask0.sum(-1) + mask1.sum(-1)) if mask0 is not None else torch.full((b,), m + n, device=device)
-        ind0 = torch.arange(m, device=device)[None]
-        ind1 = torch.arange(n, device=device)[None]
         token0 = token1 = None
         L = c["n_layers"]
         for i in range(L):
@@ -530,6 +683,8 @@ class MambaGlue(nn.Module):
                     keep1 = self.pruning_mask(token1, self.log_assignment[i].get_matchability(desc1), i)
                     keep1 = torch.where(keep1[0])[0]
                     ind1, desc1, enc1 = ind1[:, keep1], desc1[:, keep1], enc1[..., keep1, :]
+                if desc0.shape[1] == 0 or desc1.shape[1] == 0:
+                    break  # nothing left to match on one side
         stop = i + 1
         if desc0.shape[1] == 0 or desc1.shape[1] == 0:
             out = self._empty_output(b, m, n, device)
@@ -537,21 +692,13 @@ class MambaGlue(nn.Module):
             return out
         scores = self.log_assignment[i](desc0, desc1, mask0, mask1)
         m0, m1, ms0, ms1 = filter_matches(scores, c["filter_threshold"])
-        if do_prune:  # back to the original indices
-            full_m0 = torch.full((b, m), -1, device=device, dtype=torch.long)
-            full_m1 = torch.full((b, n), -1, device=device, dtype=torch.long)
-            full_m0[:, ind0[0]] = torch.where(m0 == -1, -1, ind1.gather(1, m0.clamp(min=0)))
-            full_m1[:, ind1[0]] = torch.where(m1 == -1, -1, ind0.gather(1, m1.clamp(min=0)))
-            full_s0 = ms0.new_zeros((b, m))
-            full_s1 = ms1.new_zeros((b, n))
-            full_s0[:, ind0[0]] = ms0
-            full_s1[:, ind1[0]] = ms1
-            m0, m1, ms0, ms1 = full_m0, full_m1, full_s0, full_s1
         if mask0 is not None:
-            m0 = m0.masked_fill(~mask0, -1)
-            m1 = m1.masked_fill(~mask1, -1)
+            m0, m1 = m0.masked_fill(~mask0, -1), m1.masked_fill(~mask1, -1)
+        if do_prune or self.reorders:
+            m0, m1, ms0, ms1 = to_input_order(m0, m1, ms0, ms1, ind0, ind1, m, n)
+            scores = None if do_prune else unpermute_assignment(scores, ind0, ind1)
         return {"matches0": m0, "matches1": m1, "matching_scores0": ms0, "matching_scores1": ms1,
-                "stop": stop, "log_assignment": scores if not do_prune else None,
+                "stop": stop, "log_assignment": scores,
                 "kept0": int(desc0.shape[1]), "kept1": int(desc1.shape[1])}  # points left after pruning
 
     def check_if_stop(self, token0, token1, layer_index, num_points, mask0=None, mask1=None) -> bool:
@@ -576,16 +723,18 @@ class MambaGlue(nn.Module):
 
     def forward_train(self, data: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """All layers, no exit or pruning: per-layer log assignments (for the NLL at every layer, so any
-        layer can exit) and per-layer confidences and descriptors (for the regressor stage)."""
-        mask0, mask1 = data.get("mask0"), data.get("mask1")
-        desc0, desc1, enc0, enc1 = self.encode(data)
+        layer can exit) and per-layer confidences (for the regressor stage), all in the input point order."""
+        set0, set1 = self.encode(data)
+        desc0, enc0, mask0, ind0 = set0["desc"], set0["enc"], set0["mask"], set0["index"]
+        desc1, enc1, mask1, ind1 = set1["desc"], set1["enc"], set1["mask"], set1["index"]
+        inv0, inv1 = torch.argsort(ind0, dim=1), torch.argsort(ind1, dim=1)  # token of each input point
         scores, conf0, conf1 = [], [], []
         for i in range(self.conf["n_layers"]):
             desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
-            scores.append(self.log_assignment[i](desc0, desc1, mask0, mask1))
+            scores.append(unpermute_assignment(self.log_assignment[i](desc0, desc1, mask0, mask1), ind0, ind1, inv0, inv1))
             if i < self.conf["n_layers"] - 1:
-                conf0.append(self.token_confidence[i](desc0))
-                conf1.append(self.token_confidence[i](desc1))
+                conf0.append(self.token_confidence[i](desc0).gather(1, inv0))
+                conf1.append(self.token_confidence[i](desc1).gather(1, inv1))
         return {"log_assignment": scores, "confidence0": conf0, "confidence1": conf1}
 
     def _empty_output(self, b: int, m: int, n: int, device: torch.device) -> dict[str, Any]:

@@ -7,8 +7,9 @@ parameters match (otherwise it is an error, so a changed config never mixes sile
 a partly built cache is completed where it stopped.
 
 Pair k of a cache uses photo ``k % len(photos)`` (photos sorted by name) and seed
-``pair_seed(seed, k)``; ``make_pair`` is a pure function of (photo, seed, difficulty), so a cache is
-reproducible from its ``cache.json``.
+``pair_seed(seed, k)``; a share ``video_fraction`` of the pairs (a fixed choice per pair) are video-like
+small motions (``make_video_pair``), the others ``make_pair`` homographies. Both are pure functions of
+(photo, seed, parameters), so a cache is reproducible from its ``cache.json``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .homography import DEFAULT_SIZE, gt_matches_from_homography, make_pair
+from .homography import DEFAULT_SIZE, gt_matches_from_homography, make_pair, make_video_pair
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,25 @@ class CacheSpec:
     difficulty: float = 0.8
     size: tuple[int, int] = DEFAULT_SIZE
     photometric: float = 1.0
+    video_fraction: float = 0.0  # share of video-like small-motion pairs (``make_video_pair``)
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": self.features, "max_keypoints": int(self.max_keypoints), "photos": list(self.photos),
-                "num_pairs": int(self.num_pairs), "seed": int(self.seed), "difficulty": float(self.difficulty),
-                "size": [int(self.size[0]), int(self.size[1])], "photometric": float(self.photometric)}
+        out = {"features": self.features, "max_keypoints": int(self.max_keypoints), "photos": list(self.photos),
+               "num_pairs": int(self.num_pairs), "seed": int(self.seed), "difficulty": float(self.difficulty),
+               "size": [int(self.size[0]), int(self.size[1])], "photometric": float(self.photometric)}
+        if self.video_fraction:  # absent when 0, so caches made before the option keep their keys
+            out["video_fraction"] = float(self.video_fraction)
+        return out
+
+    def is_video_pair(self, index: int) -> bool:
+        """Whether pair ``index`` is a video-like pair: a fixed, well-mixed choice per (seed, index)."""
+        return (pair_seed(self.seed + 0x51DE0, index) % 10_000) < self.video_fraction * 10_000
+
+    def make(self, photo: np.ndarray, index: int):
+        """Pair ``index`` of this set from its photo (a pure function of the spec and the index)."""
+        if self.is_video_pair(index):
+            return make_video_pair(photo, pair_seed(self.seed, index), tuple(self.size), self.photometric)
+        return make_pair(photo, pair_seed(self.seed, index), self.difficulty, tuple(self.size), self.photometric)
 
     def key(self) -> str:
         blob = json.dumps({k: v for k, v in self.to_json().items() if k != "num_pairs"}, sort_keys=True)
@@ -121,8 +136,7 @@ def build_cache(spec: CacheSpec, folder: str | Path, extractor: Any = None, prog
                 if len(photos) > 64:
                     photos.clear()
                 photos[pi] = read_rgb(spec.photos[pi])
-            pair = make_pair(photos[pi], pair_seed(spec.seed, k), spec.difficulty, tuple(spec.size),
-                             spec.photometric)
+            pair = spec.make(photos[pi], k)
             f0, f1 = extractor.extract(pair.image0), extractor.extract(pair.image1)
             arrays = {"H_0to1": pair.H_0to1, "seed": np.int64(pair.seed), "photo": np.int64(pi)}
             for side, f in ((0, f0), (1, f1)):

@@ -146,6 +146,50 @@ def make_pair(image: np.ndarray, seed: int, difficulty: float = 0.8, size: tuple
     return HomographyPair(views[0], views[1], H_0to1, H0, H1, int(seed), float(difficulty))
 
 
+# Video-like motion between consecutive frames (what the node matches): small rotation, zoom, shift, tilt.
+VIDEO_MAX_ANGLE_DEG = 3.0
+VIDEO_MAX_ZOOM = 0.07  # scale in [1 - z, 1 + z]
+VIDEO_MAX_SHIFT = 0.06  # fraction of the view size
+VIDEO_MAX_TILT = 0.02  # corner displacement, fraction of the view size
+
+
+def make_video_pair(image: np.ndarray, seed: int, size: tuple[int, int] = DEFAULT_SIZE,
+                    photometric: float = 1.0) -> HomographyPair:
+    """Two views of ``image`` related by a small, video-like motion; a pure function of its arguments.
+
+    View 0 is a mild random view (as in ``make_pair`` at difficulty 0.8); view 1 is view 0 moved by up to
+    ±3° rotation, ±7 % zoom, ±6 % shift and 2 % corner tilt, as between consecutive frames of a moving camera
+    (large overlap, small motion: the pairs on which early exit should fire). Consecutive frames share their
+    exposure, so the photometric change between the views is half as strong as in ``make_pair``.
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    image = np.ascontiguousarray(image[..., :3])
+    out_w, out_h = int(size[0]), int(size[1])
+    img_h, img_w = image.shape[:2]
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, 0x56494430]))
+    H0 = _view_homography(rng, img_w, img_h, out_w, out_h, 0.4, rotate=False, centre=None)
+    wh = np.array([out_w - 1.0, out_h - 1.0])
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64) * wh
+    angle = np.deg2rad(rng.uniform(-1, 1) * VIDEO_MAX_ANGLE_DEG)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    scale = 1.0 + rng.uniform(-1, 1) * VIDEO_MAX_ZOOM
+    centre = wh / 2
+    quad = (corners - centre) @ rot.T * scale + centre + rng.uniform(-1, 1, 2) * VIDEO_MAX_SHIFT * wh
+    quad += rng.uniform(-1, 1, (4, 2)) * VIDEO_MAX_TILT * wh
+    # view-1 pixels -> view-0 pixels, then view 0 -> photo
+    H_1to0 = cv2.getPerspectiveTransform(corners.astype(np.float32), quad.astype(np.float32)).astype(np.float64)
+    H1 = H0 @ H_1to0
+    views = []
+    for H in (H0, H1):
+        view = cv2.warpPerspective(image, H, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=cv2.BORDER_REFLECT101)
+        views.append(photometric_augment(view, rng, 0.5 * photometric) if photometric > 0 else view)
+    H_0to1 = np.linalg.inv(H_1to0)
+    H_0to1 /= H_0to1[2, 2]
+    return HomographyPair(views[0], views[1], H_0to1, H0, H1, int(seed), 0.0)
+
+
 # ------------------------------------------------------------------------------------------ ground truth
 def gt_matches_from_homography(kpts0: torch.Tensor, kpts1: torch.Tensor, H_0to1: torch.Tensor,
                                pos_th: float = 3.0, neg_th: float = 5.0,

@@ -63,10 +63,13 @@ DEFAULTS: dict[str, Any] = {
         "difficulty": 0.8,
         "size": [640, 480],
         "photometric": 1.0,
+        "video_fraction": 0.0,  # share of video-like small-motion pairs (consecutive-frame matching)
         "pos_th": 3.0,
         "neg_th": 5.0,
     },
-    "model": {"mixer": "attention+mamba", "regressor": "deep"},
+    # network options (see MambaGlue.default_conf); the shape options come from the LightGlue warm start
+    "model": {"mixer": "attention+mamba", "regressor": "deep", "scan_order": "hilbert", "bidirectional": True,
+              "mamba_message": "gated", "mamba_expand": 0.5},
     "stage1": {
         "batch_size": 8,
         "lr": 1.0e-4,  # warm-started (LightGlue) parameters
@@ -141,7 +144,8 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
     photos = list_images(d["images"])
     train_photos, val_photos = split_photos(photos, int(d["holdout_every"]))
     common = dict(features=cfg["features"], max_keypoints=int(d["max_keypoints"]), difficulty=float(d["difficulty"]),
-                  size=tuple(d["size"]), photometric=float(d["photometric"]))
+                  size=tuple(d["size"]), photometric=float(d["photometric"]),
+                  video_fraction=float(d.get("video_fraction", 0.0)))
     extractor = None
     caches: list[PairCache | None] = []
     for name, subset, n, seed in (("train", train_photos, d["train_pairs"], cfg["seed"]),
@@ -170,8 +174,7 @@ def load_batch(cache: PairCache, idx: list[int], cfg: dict[str, Any]) -> dict[st
 # ------------------------------------------------------------------------------------------ model / optimiser
 def build_model(cfg: dict[str, Any]) -> MambaGlue:
     torch.manual_seed(int(cfg["seed"]))  # the fresh Mamba branch and regressor initialisation
-    net, _ = build_network(cfg["features"], "lightglue", mixer=cfg["model"]["mixer"],
-                           regressor=cfg["model"]["regressor"], early_exit=False, pruning=False)
+    net, _ = build_network(cfg["features"], "lightglue", **cfg["model"], early_exit=False, pruning=False)
     return net
 
 

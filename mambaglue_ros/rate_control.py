@@ -2,8 +2,11 @@
 
 MambaGlue stops after the layer at which a fraction ``alpha`` of the points is confident: a higher
 alpha runs more layers (more accurate, slower). ``AlphaController.update(latency_ms)`` is called
-once per processed frame with the measured per-frame latency and returns the (alpha,
-max_keypoints) to use for the next frame.
+once per processed frame with the measured per-frame time and returns the (alpha, max_keypoints)
+to use for the next frame. With the node's two-stage pipeline (``pipeline.py``) that time is the
+*cycle* time (the busier stage's time per frame), which sets the processed rate; without it, the
+latency. The node also takes frames no faster than the target (``pipeline.RateGate``), so spare
+time goes into accuracy instead of into frames above the target.
 
 Design
 ------
@@ -20,7 +23,7 @@ Design
 * PI step (velocity form) on alpha: ``d_alpha = ki * e' + kp * (e' - e'_prev)`` where ``e'`` is
   the deadbanded error; alpha is clamped to [alpha_min, alpha_max] (clamping the output in the
   velocity form is the anti-windup).
-* Keypoint budget (``adapt_keypoints``), priority: alpha is the first knob. Keypoints shrink
+* Keypoint budget (``adapt_keypoints``, on by default), priority: alpha is the first knob. Keypoints shrink
   only once alpha sits at alpha_min and the pipeline is still over budget; with slack, the
   keypoint budget grows back to ``max_keypoints`` *before* alpha is raised again. Fewer
   keypoints lose coverage of the image (hurting pose accuracy and robustness more than fewer
@@ -38,7 +41,7 @@ DEFAULT_RATE_CONFIG: dict[str, Any] = {
     "alpha_min": 0.80,
     "alpha_max": 1.0,
     "alpha_init": 0.95,
-    "adapt_keypoints": False,
+    "adapt_keypoints": True,  # alpha alone cannot reach a camera rate on a small CPU (alpha_min still runs layers)
     "min_keypoints": 256,
     "max_keypoints": 1024,   # also the initial keypoint budget
     "headroom": 0.9,         # budget = period * headroom
@@ -127,6 +130,7 @@ class AlphaController:
         self._keypoints = float(self.config["max_keypoints"])
         self.latency_ema_ms: float | None = None
         self._prev_error = 0.0
+        self.state = "fixed" if self.fixed else "starting"
 
     @property
     def max_keypoints(self) -> int:
@@ -162,13 +166,31 @@ class AlphaController:
         at_alpha_min = self.alpha <= cfg["alpha_min"] + 1e-12
         if cfg["adapt_keypoints"] and e_band < 0.0 and at_alpha_min:
             # Last resort: alpha cannot go lower and we are still over budget.
+            self.state = "over budget at the floor" if self._keypoints <= kp_min else "lowering keypoints"
             self._keypoints = max(kp_min, self._keypoints * math.exp(cfg["keypoint_gain"] * e_band))
             return self.alpha, self.max_keypoints
         if cfg["adapt_keypoints"] and e_band > 0.0 and self._keypoints < kp_max:
             # Restore the keypoint budget before spending slack on alpha.
+            self.state = "raising keypoints"
             self._keypoints = min(kp_max, self._keypoints * math.exp(cfg["keypoint_gain"] * e_band))
             return self.alpha, self.max_keypoints
         if cfg["adapt_keypoints"] and d_alpha > 0.0 and self._keypoints < kp_max:
             d_alpha = 0.0  # priority: no alpha increase (e.g. the P term unwinding) before keypoints are back
+        old = self.alpha
         self.alpha = min(cfg["alpha_max"], max(cfg["alpha_min"], self.alpha + d_alpha))
+        if self.alpha < old:
+            self.state = "lowering alpha"
+        elif self.alpha > old:
+            self.state = "raising alpha"
+        elif e_band < 0.0:
+            self.state = "over budget at the floor"  # alpha at alpha_min, keypoints not adaptable
+        else:
+            self.state = "at the ceiling" if e_band > 0.0 else "holding"
         return self.alpha, self.max_keypoints
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The controller's state for /diagnostics: what it does now, its budget and the time it holds
+        under it [ms] (0 before the first frame; budget 0 in fixed mode)."""
+        return {"rate_control": self.state, "rate_budget_ms": 0.0 if self.fixed else self.budget_ms,
+                "rate_time_ema_ms": self.latency_ema_ms or 0.0, "rate_alpha": self.alpha,
+                "rate_max_keypoints": self.max_keypoints}

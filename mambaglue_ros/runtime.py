@@ -61,6 +61,10 @@ class FrameSlot:
         with self._cond:
             return len(self._items)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
 
 class RateMeter:
     """Event rate over a sliding time window (Hz)."""

@@ -75,15 +75,24 @@ def test_converges_to_reachable_target_without_oscillating(target_hz):
 
 
 def test_unreachable_and_easy_targets_pin_alpha_at_a_bound():
-    # 500 Hz: even one layer (11 ms) is too slow -> alpha_min (keypoints not adapted by default).
-    ctrl = AlphaController({"target_rate_hz": 500.0})
+    # 500 Hz: even one layer (11 ms) is too slow -> alpha_min; with adapt_keypoints off that is all.
+    ctrl = AlphaController({"target_rate_hz": 500.0, "adapt_keypoints": False})
     alphas, kps, _ = simulate(ctrl, LatencyModel(seed=1), 200)
     assert alphas[-1] == pytest.approx(0.80)
     assert np.all(kps == 1024)
+    assert ctrl.diagnostics()["rate_control"] == "over budget at the floor"
+    # By default the keypoint budget is the next knob: down to min_keypoints, and it says so.
+    ctrl = AlphaController({"target_rate_hz": 500.0})
+    alphas, kps, _ = simulate(ctrl, LatencyModel(seed=1), 400)
+    assert alphas[-1] == pytest.approx(0.80) and kps[-1] == DEFAULT_RATE_CONFIG["min_keypoints"]
+    assert ctrl.diagnostics()["rate_control"] == "over budget at the floor"
     # 5 Hz: all 9 layers (51 ms) fit in the 180 ms budget -> alpha_max.
     ctrl = AlphaController({"target_rate_hz": 5.0, "alpha_init": 0.85})
     alphas, _, _ = simulate(ctrl, LatencyModel(seed=2), 200)
     assert alphas[-1] == pytest.approx(1.0)
+    state = ctrl.diagnostics()
+    assert state["rate_control"] == "at the ceiling" and state["rate_budget_ms"] == pytest.approx(180.0)
+    assert 0 < state["rate_time_ema_ms"] < 180.0 and state["rate_max_keypoints"] == 1024
 
 
 def test_alpha_always_within_bounds():

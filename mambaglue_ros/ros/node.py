@@ -39,6 +39,7 @@ from std_msgs.msg import Header
 from geometry_msgs.msg import PoseWithCovarianceStamped
 
 from .. import geometry as G
+from ..pipeline import ExtractionStage, PrefetchingMatcher, torch_threads
 from ..rate_control import AlphaController
 from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
 from ..tracking import MonoTracker, StereoTracker
@@ -74,14 +75,6 @@ def pose_params_to_matrix(values: list[float]) -> np.ndarray:
     T[:3, :3] = G.quaternion_to_matrix(np.array([qx, qy, qz, qw]))
     T[:3, 3] = (x, y, z)
     return T
-
-
-def torch_threads(requested: int, available: int) -> int:
-    """Torch CPU threads for the matcher: ``requested`` if > 0, else all but one of ``available``
-    (at least 1). The ROS callbacks (image conversion, publishing) need a core of their own: when torch's
-    OpenMP threads spin-wait against them, inference slows many times (measured: 0.15 Hz instead of
-    ~5 Hz for XFeat mono on 2 cores)."""
-    return int(requested) if requested > 0 else max(1, int(available) - 1)
 
 
 def build_matcher(p: dict[str, Any], features: str):
@@ -184,11 +177,12 @@ class MatcherNode(Node):
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = torch_threads(self.p["num_threads"], cores)
+        threads = torch_threads(self.p["num_threads"], cores, pipelined=self.p["pipeline"])
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.features = resolve_features(self.p["features"], self.p["device"])
-        self.matcher = build_matcher(self.p, self.features)
+        # stage 1 of the pipeline computes ahead what the tracker asks this matcher for (pipeline.py)
+        self.matcher = PrefetchingMatcher(build_matcher(self.p, self.features))
         if self.p["matcher"] == "orb":
             self.features = "orb"
         self.controller = AlphaController(self._rate_config())
@@ -234,6 +228,10 @@ class MatcherNode(Node):
                                      guard(lambda m: self._on_camera_info("right", m)), qos)
 
         self.slot = FrameSlot(self.p["queue_size"])
+        self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
+            [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
+            enabled=self.p["pipeline"], stamp_ns=lambda f: f.stamp_ns)
+        self.stage.set_rate(self.p["target_rate_hz"])
         self._observers: list[Callable[..., None]] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(self.p["diagnostics_period_s"], guard(self._publish_diagnostics))
@@ -276,6 +274,7 @@ class MatcherNode(Node):
         if changes.keys() & {"target_rate_hz", "alpha", "alpha_min", "alpha_max", "adapt_keypoints",
                              "min_keypoints", "max_keypoints"}:
             self.controller = AlphaController(self._rate_config())
+            self.stage.set_rate(self.p["target_rate_hz"])
         if "max_keypoints" in changes:
             self.matcher.max_keypoints = self.p["max_keypoints"]
         if changes.keys() & {"alpha", "early_exit"}:
@@ -419,7 +418,7 @@ class MatcherNode(Node):
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
         while self._running:
-            frame = self.slot.get(timeout=0.2)
+            frame = self.stage.get(timeout=0.2)
             try:
                 # also while no frame comes: a change (e.g. max_image_pixels) may be what lets frames in
                 self._apply_pending()
@@ -510,15 +509,14 @@ class MatcherNode(Node):
             self._warn("gaps", f"{(frame.stamp_ns - self.last_stamp_ns) / NS:.1f} s since the last frame: matching "
                                "against the old reference; no velocity is published for this step")
         self.last_stamp_ns = frame.stamp_ns
-        t0 = time.perf_counter()
         if self.mode == "mono":
             result = self.tracker.process(frame.image, frame.stamp_ns)
         else:
             result = self.tracker.process(frame.image, frame.right, frame.stamp_ns)
-        latency_ms = (time.perf_counter() - t0) * 1e3
+        latency_ms, cycle_ms = self.stage.finish()  # latency since extraction began; cycle: the busier stage
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
-        alpha, max_kp = self.controller.update(latency_ms)
+        alpha, max_kp = self.controller.update(cycle_ms)
         if not self.controller.fixed:
             if self.p["early_exit"]:
                 self.matcher.alpha = alpha
@@ -648,7 +646,8 @@ class MatcherNode(Node):
                   "alpha": self.matcher.alpha if self.matcher.alpha is not None else -1.0,
                   "max_keypoints": self.matcher.max_keypoints, "device": str(self.matcher.device),
                   "features": self.features, "weights": self.matcher.weights_source, "mode": self.mode,
-                  "num_layers": self.matcher.num_layers, "target_rate_hz": self.p["target_rate_hz"]}
+                  "num_layers": self.matcher.num_layers, "target_rate_hz": self.p["target_rate_hz"],
+                  **self.controller.diagnostics(), **self.stage.diagnostics()}
         status.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
                          for k, v in values.items()]
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
@@ -657,6 +656,7 @@ class MatcherNode(Node):
     def destroy_node(self) -> None:
         self._running = False
         self.slot.close()
+        self.stage.close()
         if self.worker.is_alive():
             self.worker.join(timeout=5.0)
         super().destroy_node()

@@ -62,11 +62,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
-    ParamSpec("precision", "fp32", "matcher arithmetic: fp32; bf16 (autocast, faster on CPUs with AVX512-BF16/AMX "
-              "and on GPUs); fp16 (CUDA only)", choices=("fp32", "bf16", "fp16")),
-    ParamSpec("num_threads", 0, "CPU threads for torch; 0 = all cores but one (the ROS callbacks need one: "
-              "oversubscribed OpenMP threads slow inference many times). On a CPU shared with other processes, "
-              "use fewer", low=0, high=256),
+    ParamSpec("precision", "auto", "matcher arithmetic: auto = fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, "
+              "else fp32; fp32; bf16 (autocast, faster on CPUs with AVX512-BF16/AMX and on GPUs); fp16 (CUDA only)",
+              choices=("auto", "fp32", "bf16", "fp16")),
+    ParamSpec("num_threads", 0, "CPU threads for torch; 0 = with the pipeline half the cores (one per stage), "
+              "without it all cores but one (the ROS callbacks need one: oversubscribed OpenMP threads slow "
+              "inference many times). On a CPU shared with other processes, use fewer", low=0, high=256),
+    ParamSpec("pipeline", True, "extract frame t+1 on a second thread while frame t is matched (two cores busy, "
+              "latest frame only, bounded latency); false = one worker thread does both"),
     ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
               low=64, high=8192, read_only=False),
     ParamSpec("detection_threshold", 0.0, "minimum detection score; 0 = keep the top max_keypoints",
@@ -83,8 +86,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec("alpha_max", 1.0, "highest alpha the rate controller may use", low=0.5, high=1.0,
               read_only=False),
-    ParamSpec("adapt_keypoints", False, "let the rate controller also lower max_keypoints",
-              read_only=False),
+    ParamSpec("adapt_keypoints", True, "let the rate controller also lower max_keypoints (once alpha is at "
+              "alpha_min; restored first when there is headroom)", read_only=False),
     ParamSpec("min_keypoints", 256, "lowest max_keypoints the rate controller may use",
               low=64, high=8192, read_only=False),
     ParamSpec("filter_threshold", 0.1, "minimum match confidence", low=0.0, high=1.0,

@@ -1,0 +1,391 @@
+"""Two-stage frame pipeline for the node: the front end runs on frame t+1 while the matcher works on frame t.
+
+Plain Python (threads, no ROS, no torch import), so the node, the replay tool and the tests share it.
+
+Why two stages. On a small CPU the matcher network is a long chain of small operations that one core runs
+about as fast as two (OpenMP's fork/join costs as much as it saves at ~1000 keypoints, and spinning OpenMP
+threads starve the ROS callbacks). The front end is one independent convolution network per image. So one
+thread per stage, one intra-op torch thread each, uses two cores without OpenMP: frame t+1 is extracted on
+core 1 while frame t is matched on core 2, and the processed rate is set by the slower stage instead of by
+the sum of both.
+
+Semantics kept from the single-thread worker:
+
+* Latest frame only. Stage 1 takes a frame from the ``FrameSlot`` (newest wins) and hands it to stage 2
+  through a one-place hand-off; it takes no new frame while the hand-off is full, so no extracted frame is
+  ever thrown away and at most one frame is in flight per stage.
+* Bounded latency. Stage 1 starts the next extraction *just in time*: when the matcher is expected to be
+  done with its frame (the matcher's running mean time minus the front end's, with a margin), not as soon as
+  the matcher starts. Starting early would take an older frame and make it wait in the hand-off for the
+  difference: latency (extraction start -> outputs) would be two matcher times instead of one matcher plus
+  one front end time.
+* One clock for the rate controller. ``finish()`` returns the frame's latency (from the start of its
+  extraction) and its *cycle time*, the busier stage's time for that frame: with two stages in flight the
+  cycle time, not the latency, sets the processed rate, so that is what the controller must hold under its
+  budget.
+
+``PrefetchingMatcher`` is the seam: the tracker calls ``extract(image)`` (and, for stereo, the left/right
+``match_features``) as before and gets what stage 1 already computed for that very image object.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .runtime import FrameSlot
+
+__all__ = ["PrefetchingMatcher", "ExtractionStage", "RateGate", "torch_threads", "quiet_openmp",
+           "MeanTime"]
+
+
+def quiet_openmp(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """OpenMP threads sleep instead of spinning while they wait for work (``OMP_WAIT_POLICY=PASSIVE``).
+
+    A spinning OpenMP worker keeps a core busy between parallel regions, which starves the ROS callbacks and
+    the other pipeline stage on a small CPU. The OpenMP runtime reads the variable once, when it is loaded
+    (with torch), so this must run before ``import torch``: ``mambaglue_ros.ros`` calls it on import. A value
+    the user set is kept.
+    """
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def torch_threads(requested: int, available: int, pipelined: bool = False) -> int:
+    """Intra-op torch threads: ``requested`` if > 0; else, pipelined, one per stage on half of the cores
+    (at least 1: two stages on two cores), and without the pipeline all cores but one (the ROS callbacks need
+    one). torch's thread count is per process, so both stages get the same number."""
+    if requested > 0:
+        return int(requested)
+    return max(1, int(available) // 2) if pipelined else max(1, int(available) - 1)
+
+
+class MeanTime:
+    """Exponential moving average of a duration [ms] (None before the first sample)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = float(weight)
+        self.value: float | None = None
+
+    def update(self, ms: float) -> float:
+        if math.isfinite(ms) and ms >= 0:
+            self.value = ms if self.value is None else (1 - self.weight) * self.value + self.weight * ms
+        return self.value if self.value is not None else ms
+
+
+class PrefetchingMatcher:
+    """A matcher whose ``extract`` (and left/right ``match_features``) can be computed ahead, on another thread.
+
+    Wraps any matcher with the ``Matcher`` interface; every other attribute (``alpha``, ``device``, ``net``,
+    ...) is the wrapped matcher's, read and written through. ``prefetch(images, stereo)`` extracts the
+    images (and matches the first two when ``stereo``) and keeps the results keyed by the *identity* of the
+    image arrays; ``extract(image)`` returns the kept features of that very array once (and computes them
+    when there are none), so a tracker that calls ``extract`` gets the work stage 1 did. An exception raised
+    while prefetching is kept and raised by the call that would have computed the result, so it surfaces on
+    the frame it belongs to, in the worker's error handling.
+
+    Keypoint budget changes (``max_keypoints = k``, from the rate controller) are applied by the thread that
+    extracts, before its next extraction: the front end is never reconfigured halfway through an image, and
+    the worker never waits for an extraction to finish.
+    """
+
+    MAX_KEPT = 8  # results of at most two frames in flight (stage 1 and the hand-off), stereo: 2 images each
+
+    def __init__(self, matcher: Any) -> None:
+        object.__setattr__(self, "_inner", matcher)
+        object.__setattr__(self, "_kept", {})  # id(obj) -> (obj, result or exception)
+        object.__setattr__(self, "_kept_lock", threading.Lock())
+        object.__setattr__(self, "_extract_lock", threading.Lock())
+        object.__setattr__(self, "_budget", None)  # keypoint budget waiting to be applied
+
+    # ------------------------------------------------------------------ pass-through
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "max_keypoints":
+            self._set_budget(value)
+        else:
+            setattr(self._inner, name, value)
+
+    @property
+    def inner(self) -> Any:
+        """The wrapped matcher."""
+        return self._inner
+
+    @property
+    def max_keypoints(self) -> int:
+        budget = self._budget
+        return int(budget) if budget is not None else int(self._inner.max_keypoints)
+
+    def _set_budget(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"max_keypoints must be >= 1, got {value}")
+        if self._extract_lock.acquire(blocking=False):  # no extraction in flight: apply now
+            try:
+                self._inner.max_keypoints = int(value)
+                object.__setattr__(self, "_budget", None)
+            finally:
+                self._extract_lock.release()
+        else:
+            object.__setattr__(self, "_budget", int(value))
+
+    # ------------------------------------------------------------------ computing ahead
+    def _extract_now(self, image: Any) -> Any:
+        with self._extract_lock:
+            budget = self._budget
+            if budget is not None:
+                self._inner.max_keypoints = budget
+                object.__setattr__(self, "_budget", None)
+            return self._inner.extract(image)
+
+    def _keep(self, owners: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """Compute now and keep the result (or its exception) under the identity of ``owners``."""
+        try:
+            result: Any = compute()
+        except Exception as e:  # kept, raised on the frame it belongs to
+            result = e
+        with self._kept_lock:
+            kept = self._kept
+            kept[tuple(map(id, owners))] = (owners, result)
+            while len(kept) > self.MAX_KEPT:  # a frame dropped after stage 1 (reset, shutdown): forget it
+                kept.pop(next(iter(kept)))
+        return result
+
+    def _take(self, owners: tuple[Any, ...]) -> tuple[bool, Any]:
+        """(True, result) kept for exactly these objects (removed: each result is used once), else (False, None)."""
+        with self._kept_lock:
+            key = tuple(map(id, owners))
+            entry = self._kept.get(key)
+            if entry is None or any(a is not b for a, b in zip(entry[0], owners)):
+                return False, None
+            del self._kept[key]
+        if isinstance(entry[1], Exception):
+            raise entry[1]
+        return True, entry[1]
+
+    def prefetch(self, images: Sequence[Any], stereo: bool = False) -> None:
+        """Extract ``images`` (and match images[0] with images[1] when ``stereo``) for later ``extract`` /
+        ``match_features`` calls on the same objects. Never raises: errors are kept (see the class)."""
+        feats = [self._keep((image,), lambda image=image: self._extract_now(image)) for image in images]
+        if stereo and len(feats) >= 2 and not any(isinstance(f, Exception) for f in feats[:2]):
+            f0, f1 = feats[0], feats[1]
+            self._keep((f0, f1), lambda: self._inner.match_features(f0, f1))
+
+    def extract(self, image: Any) -> Any:
+        """Features of ``image``: the prefetched ones for this very object, else computed now."""
+        found, feats = self._take((image,))
+        return feats if found else self._extract_now(image)
+
+    def match_features(self, feats0: Any, feats1: Any) -> Any:
+        """A prefetched match of exactly these two feature objects, else computed now."""
+        found, result = self._take((feats0, feats1))
+        return result if found else self._inner.match_features(feats0, feats1)
+
+    def forget(self) -> None:
+        """Drop everything computed ahead."""
+        with self._kept_lock:
+            self._kept.clear()
+
+
+class RateGate:
+    """Lets frames through at most at ``rate_hz`` by their stamps (0 = every frame).
+
+    A frame passes when its stamp reaches the next due time; the due time then advances by one period, so
+    a 20 Hz camera gated at 10 Hz gives every other frame and a 25 Hz one gives 10 Hz on average (not the
+    8.3 Hz that "one period after the last frame taken" gives). A stamp far from the schedule (start, a gap,
+    a bag loop) restarts it.
+    """
+
+    def __init__(self, rate_hz: float = 0.0) -> None:
+        self.rate_hz = float(rate_hz)
+        self._due_ns: int | None = None
+        self.skipped = 0
+
+    def set_rate(self, rate_hz: float) -> None:
+        """New rate (0 = every frame); the schedule restarts at the next frame."""
+        self.rate_hz, self._due_ns = float(rate_hz), None
+
+    def admit(self, stamp_ns: int) -> bool:
+        if self.rate_hz <= 0:
+            return True
+        period = int(1e9 / self.rate_hz)
+        due = self._due_ns
+        if due is None or stamp_ns < due - 2 * period or stamp_ns > due + 2 * period:
+            self._due_ns = stamp_ns + period
+            return True
+        if stamp_ns < due - period // 20:  # 5 % tolerance: stamps jitter around a nominal camera period
+            self.skipped += 1
+            return False
+        self._due_ns = due + period
+        return True
+
+
+@dataclass
+class FrameTiming:
+    """When stage 1 started a frame and how long its extraction took (None: the worker extracts itself)."""
+
+    started: float
+    extract_ms: float | None
+
+
+class ExtractionStage:
+    """Stage 1: runs ``prefetch(frame)`` on the newest frame of ``source``, one frame ahead of the worker.
+
+    Args:
+        source: the callbacks' frame slot (newest frame wins), or a function returning the slot in use (the
+            node makes a new one when it is deactivated and activated again).
+        prefetch: does the front-end work for one frame (e.g. ``PrefetchingMatcher.prefetch`` on its images);
+            its exceptions are counted in ``errors`` and the frame goes on (the worker meets the error again).
+        enabled: False = no thread; ``get`` reads ``source`` directly (the worker does all the work).
+        stamp_ns: the frame's stamp, for the rate gate.
+        margin: the just-in-time start leaves this fraction of the extraction time as slack.
+
+    The worker (stage 2) calls ``get`` for its next frame and ``finish`` when the frame's outputs are out.
+    """
+
+    def __init__(self, source: FrameSlot | Callable[[], FrameSlot], prefetch: Callable[[Any], None],
+                 enabled: bool = True,
+                 stamp_ns: Callable[[Any], int] | None = None, margin: float = 0.25,
+                 name: str = "mambaglue-extract") -> None:
+        self._source = source if callable(source) else (lambda: source)
+        self.prefetch, self.enabled = prefetch, bool(enabled)
+        self.stamp_ns, self.margin = stamp_ns, float(margin)
+        self.gate = RateGate(0.0)
+        self.extract_time = MeanTime()
+        self.process_time = MeanTime()
+        self.errors = 0
+        self.last_error = ""
+        self.timing: FrameTiming | None = None  # of the frame the worker holds
+        self._cond = threading.Condition()
+        self._ready: tuple[Any, FrameTiming] | None = None
+        self._busy_since: float | None = None  # when the worker took its frame (None: idle)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ stage 1 (own thread)
+    def _start_at(self) -> float | None:
+        """perf_counter time to start the next extraction (None = now). Caller holds the lock."""
+        busy, process, extract = self._busy_since, self.process_time.value, self.extract_time.value
+        if busy is None or process is None or extract is None:
+            return None
+        return busy + (process - (1.0 + self.margin) * extract) / 1e3
+
+    def _take_frame(self) -> Any | None:
+        """The next frame to extract, past the rate gate; None on timeout or close."""
+        source = self._source()
+        if source.closed:  # the node is shutting down or inactive: wait instead of spinning on a closed slot
+            with self._cond:
+                self._cond.wait(timeout=0.2)
+            return None
+        frame = source.get(timeout=0.2)
+        if frame is None or self.stamp_ns is None or self.gate.admit(self.stamp_ns(frame)):
+            return frame
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                # the hand-off must be free, then wait until the worker is about done with its frame
+                while not self._closed:
+                    if self._ready is None:
+                        start_at = self._start_at()
+                        now = time.perf_counter()
+                        if start_at is None or now >= start_at:
+                            break
+                        self._cond.wait(timeout=start_at - now)  # woken early when the worker goes idle
+                    else:
+                        self._cond.wait(timeout=0.5)
+                if self._closed:
+                    return
+            frame = self._take_frame()
+            if frame is None:
+                continue
+            started = time.perf_counter()
+            try:
+                self.prefetch(frame)
+            except Exception as e:  # the worker meets it again on this frame, in its error handling
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+            extract_ms = (time.perf_counter() - started) * 1e3
+            with self._cond:
+                self.extract_time.update(extract_ms)
+                self._ready = (frame, FrameTiming(started, extract_ms))
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ stage 2 (the worker)
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The next frame for the worker (features prefetched), or None on timeout / after ``close``.
+
+        Calling it means the worker is done with its previous frame.
+        """
+        if not self.enabled:
+            if self.timing is not None:  # the worker is done with its previous frame
+                self.process_time.update((time.perf_counter() - self.timing.started) * 1e3)
+                self.timing = None
+            frame = self._source().get(timeout=timeout)
+            if frame is not None and self.stamp_ns is not None and not self.gate.admit(self.stamp_ns(frame)):
+                frame = None
+            self.timing = None if frame is None else FrameTiming(time.perf_counter(), None)
+            return frame
+        with self._cond:
+            self._idle()
+            if not self._cond.wait_for(lambda: self._ready is not None or self._closed, timeout=timeout):
+                return None
+            if self._closed:
+                return None
+            frame, self.timing = self._ready
+            self._ready = None
+            self._busy_since = time.perf_counter()
+            self._cond.notify_all()
+            return frame
+
+    def _idle(self) -> None:
+        if self._busy_since is not None:
+            self.process_time.update((time.perf_counter() - self._busy_since) * 1e3)
+            self._busy_since = None
+            self._cond.notify_all()
+
+    def finish(self) -> tuple[float, float]:
+        """(latency_ms, cycle_ms) of the worker's current frame, now that its outputs are out.
+
+        latency_ms: since the start of its extraction. cycle_ms: the busier stage's time for it (the
+        worker's time since it took the frame, or the extraction's if that was longer); without the
+        pipeline the two are the same. The rate controller holds cycle_ms under its budget.
+        """
+        now = time.perf_counter()
+        timing = self.timing or FrameTiming(now, None)
+        latency_ms = (now - timing.started) * 1e3
+        if not self.enabled or timing.extract_ms is None or self._busy_since is None:
+            return latency_ms, latency_ms
+        return latency_ms, max(timing.extract_ms, (now - self._busy_since) * 1e3)
+
+    def set_rate(self, rate_hz: float) -> None:
+        """Take frames at most at ``rate_hz`` (by stamp; 0 = all): the target rate of the rate controller."""
+        if rate_hz != self.gate.rate_hz:
+            self.gate.set_rate(rate_hz)
+
+    @property
+    def skipped(self) -> int:
+        """Frames left out by the rate gate."""
+        return self.gate.skipped
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Pipeline state for /diagnostics: on/off, mean stage times [ms] (0 before the first frame; the
+        extraction is part of the worker's time without the pipeline), frames the rate gate left out."""
+        return {"pipeline": self.enabled, "extract_ms": self.extract_time.value or 0.0,
+                "worker_ms": self.process_time.value or 0.0, "frames_rate_skipped": self.skipped,
+                "extract_errors": self.errors}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._ready = None
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)

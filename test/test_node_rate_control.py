@@ -1,0 +1,151 @@
+"""The rate controller wired into the real node: a matcher with a known cost, a target rate, the knobs it turns.
+
+The node's matcher is an ORB matcher (real matches and poses) whose ``match_features`` costs a known time that
+grows with alpha and with the keypoint budget, scaled by a ``load`` the test sets. The test watches the frames
+through the node's observer hook and its /diagnostics, over loopback DDS. The camera thread paces frames
+like a 20 Hz camera; nothing waits on a sleep for an event.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mambaglue_ros.baselines import OrbMatcher
+from mambaglue_ros.synthetic import make_sequence
+
+from ros_harness import Collector, camera_info_msg, wait_for, wait_for_subscribers
+
+pytestmark = pytest.mark.ros
+
+INPUT_HZ = 20.0
+TARGET_HZ = 2.0  # budget 1000 / 2 * 0.9 = 450 ms: the simulated cost dominates even on a loaded CPU
+
+
+class CostlyOrb(OrbMatcher):
+    """ORB with a matcher cost of ``load * (0.7 + 2 (alpha - 0.8)) * K / 1024`` seconds per pair.
+
+    At load 1: alpha 0.95 with 1024 keypoints costs 1 s, alpha 0.8 costs 0.7 s, so at 2 Hz (450 ms budget)
+    alpha must reach its floor and the keypoints drop to ~650. At load 0.1 everything fits (100 ms at most).
+    """
+
+    load = 1.0
+
+    def cost_s(self) -> float:
+        return self.load * (0.7 + 2.0 * (self.alpha - 0.8)) * self.max_keypoints / 1024
+
+    def match_features(self, feats0, feats1):
+        time.sleep(self.cost_s())  # the simulated network time
+        return super().match_features(feats0, feats1)
+
+
+@pytest.fixture
+def costly_node(ros_context, monkeypatch):
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros import node as node_module
+
+    matchers: list[CostlyOrb] = []
+
+    def build(p, features):
+        matchers.append(CostlyOrb(max_keypoints=p["max_keypoints"]))
+        matchers[-1].alpha = p["alpha"]  # ORB has no early exit of its own; the cost model reads alpha
+        return matchers[-1]
+
+    monkeypatch.setattr(node_module, "build_matcher", build)
+    overrides = {"matcher": "orb", "target_rate_hz": TARGET_HZ, "qos_reliability": "reliable",
+                 "diagnostics_period_s": 0.2, "pose_hypotheses": 1}
+    node = node_module.MatcherNode(context=ros_context,
+                                   parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    io = rclpy.create_node("rate_io", context=ros_context)
+    executor = MultiThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    executor.add_node(io)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        yield node, io, matchers[0]
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+
+
+def test_controller_turns_alpha_then_keypoints_and_gives_them_back(costly_node):
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from mambaglue_ros.ros import convert as C
+
+    node, io, matcher = costly_node
+    frames = [f for f in make_sequence(n_frames=8, rate_hz=INPUT_HZ, stereo=False, trajectory="forward", seed=3)]
+    out = Collector(io)
+    pub_image = io.create_publisher(Image, "image", 5)
+    pub_info = io.create_publisher(CameraInfo, "camera_info", 5)
+    wait_for_subscribers(pub_image, pub_info)
+    out.wait_matched()
+    h, w = frames[0].left.shape[:2]
+    pub_info.publish(camera_info_msg(frames[0].K, w, h, "cam"))
+    assert wait_for(lambda: "left" in node.camera, timeout=10)
+
+    seen: list[tuple[int, float, int]] = []  # (stamp, alpha, keypoint budget) of every processed frame
+    lock = threading.Lock()
+
+    def observe(event, frame, result=None, latency_ms=None):
+        if event == "result":
+            with lock:
+                seen.append((frame.stamp_ns, node.matcher.alpha, node.matcher.max_keypoints))
+
+    node.add_observer(observe)
+
+    def history():
+        with lock:
+            return list(seen)
+
+    stop = threading.Event()
+
+    def camera():
+        i = 0
+        while not stop.is_set():
+            msg = C.numpy_to_image(frames[i % len(frames)].left, "rgb8")
+            msg.header.stamp = C.ns_to_stamp(int(1.7e18) + int(i * 1e9 / INPUT_HZ))
+            msg.header.frame_id = "cam"
+            pub_image.publish(msg)
+            i += 1
+            stop.wait(1.0 / INPUT_HZ)  # camera pacing, not synchronisation
+
+    thread = threading.Thread(target=camera, daemon=True)
+    thread.start()
+    try:
+        # 1) Over budget: alpha goes to its floor first, then the keypoint budget comes down until the
+        #    matcher fits 450 ms, and /diagnostics says what the controller does.
+        assert wait_for(lambda: any(kp < 1024 for _, _, kp in history()), timeout=60), history()[-5:]
+        h1 = history()
+        first_cut = next(i for i, (_, _, kp) in enumerate(h1) if kp < 1024)
+        assert h1[first_cut - 1][1] == pytest.approx(0.8)  # alpha was at alpha_min before any keypoint went
+        assert all(kp == 1024 for _, a, kp in h1 if a > 0.8 + 1e-9)
+        assert wait_for(lambda: matcher.cost_s() < 0.450, timeout=60), (matcher.alpha, matcher.max_keypoints)
+        assert wait_for(lambda: out.latest_diagnostics().get("rate_control") in (
+            "lowering keypoints", "holding", "over budget at the floor"), timeout=10)
+        diag = out.latest_diagnostics()
+        assert float(diag["rate_budget_ms"]) == pytest.approx(450.0)
+        assert float(diag["rate_time_ema_ms"]) > 0 and int(diag["rate_max_keypoints"]) < 1024
+        assert diag["pipeline"] == "True"
+        # the stage gate takes frames at the target rate at most: processed stamps >= 500 ms apart
+        stamps = [s for s, _, _ in history()]
+        assert min(b - a for a, b in zip(stamps, stamps[1:])) >= 475_000_000
+        assert int(out.latest_diagnostics()["frames_rate_skipped"]) > 0
+
+        # 2) Headroom (the load drops to a tenth): the keypoints come back first, then alpha rises.
+        n_before = len(history())
+        matcher.load = 0.1
+        assert wait_for(lambda: history()[-1][1] >= 0.99, timeout=60), history()[-5:]
+        h2 = history()[n_before:]
+        restored = next(i for i, (_, _, kp) in enumerate(h2) if kp == 1024)
+        assert all(a == pytest.approx(h2[0][1]) for _, a, _ in h2[:restored + 1])  # alpha waited for them
+        assert wait_for(lambda: out.latest_diagnostics().get("rate_control") in ("at the ceiling", "holding"),
+                        timeout=10)
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -1,0 +1,288 @@
+"""Tests for mambaglue_ros.pipeline: the node's two-stage pipeline, without ROS and without a network.
+
+Synchronisation is by events and the stage's own condition, never by sleeps.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from mambaglue_ros.pipeline import ExtractionStage, PrefetchingMatcher, RateGate, quiet_openmp, torch_threads
+from mambaglue_ros.runtime import FrameSlot
+
+WAIT = 10.0  # generous: only a broken pipeline waits this long
+
+
+class FakeMatcher:
+    """The ``Matcher`` interface with counted calls; ``extract`` can be held on an event."""
+
+    features = "fake"
+
+    def __init__(self) -> None:
+        self.alpha = 0.95
+        self.max_keypoints = 1024
+        self.extract_calls = 0
+        self.match_calls = 0
+        self.hold: threading.Event | None = None
+        self.entered = threading.Event()
+        self.fail_on: object | None = None
+
+    def extract(self, image):
+        self.extract_calls += 1
+        self.entered.set()
+        if self.hold is not None:
+            assert self.hold.wait(WAIT)
+        if image is self.fail_on:
+            raise RuntimeError("bad image")
+        return ("feats", int(image.sum()), self.max_keypoints)
+
+    def match_features(self, f0, f1):
+        self.match_calls += 1
+        return ("match", f0, f1)
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((4, 4), value, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- PrefetchingMatcher
+def test_prefetched_features_are_used_once_for_that_very_image():
+    inner = FakeMatcher()
+    m = PrefetchingMatcher(inner)
+    a, a_copy = image(1), image(1)
+    m.prefetch([a])
+    assert inner.extract_calls == 1
+    assert m.extract(a) == ("feats", 16, 1024) and inner.extract_calls == 1  # computed ahead, not again
+    assert m.extract(a) == ("feats", 16, 1024) and inner.extract_calls == 2  # used once: then computed
+    m.prefetch([a])
+    m.extract(a_copy)  # equal content, another object: not the prefetched result
+    assert inner.extract_calls == 4
+
+
+def test_stereo_match_is_prefetched_for_exactly_the_prefetched_features():
+    inner = FakeMatcher()
+    m = PrefetchingMatcher(inner)
+    left, right = image(1), image(2)
+    m.prefetch([left, right], stereo=True)
+    assert inner.match_calls == 1
+    fl, fr = m.extract(left), m.extract(right)
+    assert m.match_features(fl, fr) == ("match", fl, fr) and inner.match_calls == 1
+    m.match_features(fl, fr)  # used once
+    assert inner.match_calls == 2
+    m.match_features(fr, fl)  # another pair is never served from the cache
+    assert inner.match_calls == 3
+
+
+def test_prefetch_errors_surface_on_the_frame_they_belong_to():
+    inner = FakeMatcher()
+    m = PrefetchingMatcher(inner)
+    bad, good = image(3), image(4)
+    inner.fail_on = bad
+    m.prefetch([bad, good], stereo=True)  # never raises on the stage-1 thread
+    assert inner.match_calls == 0  # no stereo match of a failed extraction
+    with pytest.raises(RuntimeError, match="bad image"):
+        m.extract(bad)
+    assert m.extract(good)[0] == "feats"
+
+
+def test_attributes_pass_through_and_cache_is_bounded():
+    inner = FakeMatcher()
+    m = PrefetchingMatcher(inner)
+    m.alpha = 0.9
+    assert inner.alpha == 0.9 and m.alpha == 0.9 and m.features == "fake" and m.inner is inner
+    images = [image(i) for i in range(3 * PrefetchingMatcher.MAX_KEPT)]
+    for im in images:
+        m.prefetch([im])
+    assert len(m._kept) == PrefetchingMatcher.MAX_KEPT
+    m.forget()
+    assert not m._kept
+
+
+def test_keypoint_budget_waits_for_the_extraction_in_flight():
+    inner = FakeMatcher()
+    inner.hold = threading.Event()
+    m = PrefetchingMatcher(inner)
+    t = threading.Thread(target=m.prefetch, args=([image(1)],))
+    t.start()
+    assert inner.entered.wait(WAIT)
+    m.max_keypoints = 256  # the worker does not block on the extraction in flight ...
+    assert inner.max_keypoints == 1024 and m.max_keypoints == 256  # ... and reads what it asked for
+    inner.hold.set()
+    t.join(WAIT)
+    assert m.extract(image(2))[2] == 256  # applied before the next extraction
+    m.max_keypoints = 512  # nothing in flight: applied at once
+    assert inner.max_keypoints == 512
+    with pytest.raises(ValueError):
+        m.max_keypoints = 0
+
+
+# ---------------------------------------------------------------------------------------------- ExtractionStage
+class Frame:
+    def __init__(self, stamp_ns: int) -> None:
+        self.stamp_ns = stamp_ns
+
+
+def test_stage_extracts_ahead_newest_frame_first_and_drops_nothing_it_extracted():
+    slot = FrameSlot(1)
+    extracted: list[int] = []
+    held = threading.Event()
+    release = threading.Event()
+
+    def prefetch(frame: Frame) -> None:
+        extracted.append(frame.stamp_ns)
+        if frame.stamp_ns == 1:
+            held.set()
+            assert release.wait(WAIT)
+
+    stage = ExtractionStage(slot, prefetch, stamp_ns=lambda f: f.stamp_ns)
+    try:
+        slot.put(Frame(1))
+        assert held.wait(WAIT)
+        for stamp in (2, 3, 4):  # arrive while frame 1 is being extracted: only the newest waits
+            slot.put(Frame(stamp))
+        assert slot.dropped == 2
+        release.set()
+        first = stage.get(timeout=WAIT)
+        assert first.stamp_ns == 1 and stage.timing.extract_ms is not None
+        second = stage.get(timeout=WAIT)  # extracted while the worker held frame 1
+        assert second.stamp_ns == 4
+        assert extracted == [1, 4]
+        latency_ms, cycle_ms = stage.finish()
+        assert latency_ms >= cycle_ms >= stage.timing.extract_ms >= 0
+    finally:
+        stage.close()
+        slot.close()
+    assert stage._thread is not None and not stage._thread.is_alive()
+
+
+def test_stage_holds_at_most_one_extracted_frame():
+    slot = FrameSlot(1)
+    count = {"n": 0}
+    done = threading.Condition()
+
+    def prefetch(frame: Frame) -> None:
+        with done:
+            count["n"] += 1
+            done.notify_all()
+
+    stage = ExtractionStage(slot, prefetch)
+    try:
+        slot.put(Frame(1))
+        with done:
+            assert done.wait_for(lambda: count["n"] == 1, WAIT)
+        slot.put(Frame(2))  # the hand-off is full (the worker has not taken frame 1): frame 2 waits in the slot
+        with stage._cond:
+            assert stage._cond.wait_for(lambda: stage._ready is not None, WAIT)
+        assert count["n"] == 1 and len(slot) == 1
+        assert stage.get(timeout=WAIT).stamp_ns == 1
+        assert stage.get(timeout=WAIT).stamp_ns == 2
+    finally:
+        stage.close()
+        slot.close()
+
+
+def test_just_in_time_start_leaves_the_margin_of_an_extraction():
+    stage = ExtractionStage(FrameSlot(1), lambda f: None, enabled=False)
+    assert stage._start_at() is None  # idle worker: start now
+    stage._busy_since = 100.0
+    assert stage._start_at() is None  # no timing yet: start now
+    stage.process_time.update(120.0)
+    stage.extract_time.update(40.0)
+    # the worker needs 120 ms, an extraction 40 ms (+25 %): start 70 ms after the worker took its frame
+    assert stage._start_at() == pytest.approx(100.0 + 0.070)
+    stage.extract_time = type(stage.extract_time)()
+    stage.extract_time.update(200.0)  # extraction is the slower stage: never wait
+    assert stage._start_at() < 100.0
+
+
+def test_disabled_stage_is_the_slot_itself():
+    slot = FrameSlot(1)
+    stage = ExtractionStage(slot, lambda f: pytest.fail("no prefetch without the pipeline"), enabled=False)
+    assert stage._thread is None
+    slot.put(Frame(5))
+    assert stage.get(timeout=WAIT).stamp_ns == 5
+    latency_ms, cycle_ms = stage.finish()
+    assert latency_ms == cycle_ms >= 0
+    assert stage.get(timeout=0.01) is None
+    assert stage.diagnostics()["pipeline"] is False and stage.diagnostics()["worker_ms"] >= 0
+
+
+def test_stage_survives_a_prefetch_error_and_a_replaced_slot():
+    slots = [FrameSlot(1)]
+
+    def prefetch(frame: Frame) -> None:
+        raise ValueError("front end failed")
+
+    stage = ExtractionStage(lambda: slots[-1], prefetch)
+    try:
+        slots[-1].put(Frame(1))
+        assert stage.get(timeout=WAIT).stamp_ns == 1  # the worker still gets it and meets the error itself
+        assert stage.errors == 1 and "front end failed" in stage.last_error
+        slots[-1].close()  # node deactivated: a new slot replaces the old one
+        slots.append(FrameSlot(1))
+        slots[-1].put(Frame(2))
+        assert stage.get(timeout=WAIT).stamp_ns == 2
+    finally:
+        stage.close()
+
+
+def test_rate_gate_in_the_stage_skips_frames_by_stamp():
+    slot = FrameSlot(1)
+    stage = ExtractionStage(slot, lambda f: None, enabled=False, stamp_ns=lambda f: f.stamp_ns)
+    stage.set_rate(10.0)
+    taken = []
+    for i in range(10):  # 20 Hz input
+        slot.put(Frame(i * 50_000_000))
+        frame = stage.get(timeout=0.01)
+        if frame is not None:
+            taken.append(frame.stamp_ns // 50_000_000)
+    assert taken == [0, 2, 4, 6, 8] and stage.skipped == 5
+
+
+# ---------------------------------------------------------------------------------------------- RateGate
+@pytest.mark.parametrize("input_hz, expected_hz", [(20.0, 10.0), (25.0, 10.0), (30.0, 10.0), (8.0, 8.0)])
+def test_rate_gate_holds_the_target_on_average(input_hz, expected_hz):
+    gate = RateGate(10.0)
+    period = 1e9 / input_hz
+    stamps = [int(1.7e18 + i * period) for i in range(int(20 * input_hz))]  # 20 s
+    passed = [s for s in stamps if gate.admit(s)]
+    rate = (len(passed) - 1) / ((passed[-1] - passed[0]) / 1e9)
+    assert rate == pytest.approx(expected_hz, rel=0.03)
+
+
+def test_rate_gate_restarts_after_a_jump_and_off_passes_everything():
+    gate = RateGate(10.0)
+    assert gate.admit(0) and not gate.admit(50_000_000) and gate.admit(100_000_000)
+    assert gate.admit(10_000_000_000)  # 10 s later (gap): restart, no burst of "late" frames
+    assert not gate.admit(10_050_000_000)
+    assert gate.admit(5_000_000_000)  # back in time (bag loop): restart
+    gate.set_rate(0.0)
+    assert all(gate.admit(s) for s in range(0, 10_000_000, 1_000_000))
+
+
+# ---------------------------------------------------------------------------------------------- threads, OpenMP
+def test_torch_threads_one_per_stage():
+    assert torch_threads(0, 2, pipelined=True) == 1 and torch_threads(0, 8, pipelined=True) == 4
+    assert torch_threads(0, 1, pipelined=True) == 1
+    assert torch_threads(0, 2) == 1 and torch_threads(0, 8) == 7  # without the pipeline: all cores but one
+    assert torch_threads(3, 2, pipelined=True) == 3  # an explicit value is the user's call
+
+
+def test_openmp_is_told_not_to_spin_before_torch_loads():
+    env = {}
+    quiet_openmp(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    quiet_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice stays
+    # The node's package sets it on import, before its modules import torch.
+    code = ("import os, sys; import mambaglue_ros.ros; "
+            "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["False", "PASSIVE"], out.stderr

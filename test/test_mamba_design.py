@@ -207,3 +207,16 @@ def test_video_pairs_are_small_motions_and_h_maps_the_views():
         assert inside.mean() > 0.7 and np.abs(v0 - v1).mean() < 25
     print("mean corner motion, video vs homography pairs:", np.mean(video_motion), np.mean(homography_motion))
     assert np.mean(video_motion) < 0.5 * np.mean(homography_motion)
+
+
+def test_eval_method_suffixes_turn_off_pruning_and_set_precision():
+    from mambaglue_ros.evaluation.homography import build_matcher, parse_methods, split_suffixes
+
+    assert split_suffixes("mambaglue+noprune+bf16") == ("mambaglue", {"precision": "bf16", "pruning": False})
+    assert split_suffixes("mambaglue+bf16+noprune") == ("mambaglue", {"precision": "bf16", "pruning": False})
+    assert split_suffixes("lightglue") == ("lightglue", {"precision": "fp32"})
+    assert parse_methods("mambaglue,mambaglue+noprune") == ["mambaglue", "mambaglue+noprune"]
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_methods("mambaglue+prune")
+    assert build_matcher("mambaglue+noprune", "xfeat").net.conf["pruning"] is False
+    assert build_matcher("mambaglue", "xfeat").net.conf["pruning"] is True

@@ -208,9 +208,21 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ methods
-def split_precision(method: str) -> tuple[str, str]:
-    """``"mambaglue+bf16"`` -> ``("mambaglue", "bf16")``; without the suffix the precision is fp32."""
-    return (method[: -len("+bf16")], "bf16") if method.endswith("+bf16") else (method, "fp32")
+METHOD_SUFFIXES = {"+bf16": {"precision": "bf16"}, "+noprune": {"pruning": False}}
+
+
+def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
+    """``"mambaglue+noprune+bf16"`` -> ``("mambaglue", {"pruning": False, "precision": "bf16"})``: the base
+    method and the Matcher options of its suffixes (``+bf16`` autocast, ``+noprune`` pruning off)."""
+    options: dict[str, Any] = {"precision": "fp32"}
+    found = True
+    while found:
+        found = False
+        for suffix, opts in METHOD_SUFFIXES.items():
+            if method.endswith(suffix):
+                method, found = method[: -len(suffix)], True
+                options.update(opts)
+    return method, options
 
 
 def parse_methods(text: str) -> list[str]:
@@ -218,9 +230,9 @@ def parse_methods(text: str) -> list[str]:
     if not methods:
         raise ValueError("--methods is empty")
     for m in methods:
-        base = split_precision(m)[0]
+        base = split_suffixes(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
-            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16)")
+            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16, +noprune)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):
@@ -248,11 +260,11 @@ def parse_alphas(text: str | None) -> list[float | None]:
 
 def build_matcher(method: str, features: str, device: str = "cpu", max_keypoints: int = 1024, **options: Any):
     """A method name -> its Matcher: ``mambaglue``, ``lightglue``, ``mambaglue@PATH``; a ``+bf16`` suffix
-    runs it under bf16 autocast (e.g. ``mambaglue+bf16``)."""
+    runs it under bf16 autocast (e.g. ``mambaglue+bf16``), ``+noprune`` without point pruning."""
     from ..matcher import Matcher
 
-    method, precision = split_precision(method)
-    options = {**options, "precision": precision}
+    method, suffix_options = split_suffixes(method)
+    options = {**options, **suffix_options}
     if method == "lightglue":
         return Matcher(features, weights="lightglue", mixer="attention", regressor="linear", device=device,
                        max_keypoints=max_keypoints, **options)

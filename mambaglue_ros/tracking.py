@@ -32,7 +32,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .geometry import MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp, triangulate_stereo
+from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
+                       refine_stereo_matches, triangulate_stereo)
 from .types import Features, MatchResult
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
@@ -48,6 +49,9 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
     "pnp_ransac_px": 2.0,             # stereo: PnP reprojection threshold [px]
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
+    "pnp_weighted": True,             # stereo: refine with per-point covariances (geometry.refine_pose_weighted)
+    "pixel_sigma_px": 1.0,            # stereo: keypoint noise [px] of the weighting
+    "stereo_refine": False,           # stereo: sub-pixel disparity by row correlation (geometry.refine_stereo_matches)
     "min_depth": 0.1,                 # stereo: accepted depth range [baseline units]
     "max_depth": 100.0,
 }
@@ -126,7 +130,7 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
-    for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "stereo_max_reproj_px",
+    for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "pixel_sigma_px", "stereo_max_reproj_px",
                 "scale_variance", "max_depth"):
         if not float(cfg[key]) > 0:
             raise ValueError(f"{key} must be > 0, got {cfg[key]}")
@@ -290,16 +294,23 @@ class StereoTracker(_TrackerBase):
         self.T_left_right = np.asarray(T_left_right, dtype=np.float64)
         super().__init__(matcher, config)
 
-    def _triangulate(self, stereo: MatchResult, num_left: int) -> tuple[np.ndarray, np.ndarray]:
-        """3D point (left camera frame) per left keypoint, with a validity mask."""
+    def _triangulate(self, stereo: MatchResult, num_left: int, left: np.ndarray | None = None,
+                     right: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """3D point (left camera frame) per left keypoint, with a validity mask. With the images,
+        the right pixels are refined to sub-pixel disparities first (``stereo_refine``)."""
         cfg = self.config
         points = np.zeros((num_left, 3))
         has3d = np.zeros(num_left, dtype=bool)
         if len(stereo) == 0:
             return points, has3d
-        X, ok = triangulate_stereo(stereo.points0, stereo.points1, self.K_left, self.K_right,
+        pts_right, refined = stereo.points1, np.ones(len(stereo), dtype=bool)
+        if cfg["stereo_refine"] and left is not None and right is not None:
+            pts_right, refined = refine_stereo_matches(left, right, stereo.points0, stereo.points1, self.K_left,
+                                                       self.K_right)
+        X, ok = triangulate_stereo(stereo.points0, pts_right, self.K_left, self.K_right,
                                    self.T_left_right, max_reproj_px=cfg["stereo_max_reproj_px"],
                                    min_depth=cfg["min_depth"], max_depth=cfg["max_depth"])
+        ok &= refined
         idx = stereo.matches[:, 0]
         points[idx[ok]] = X[ok]
         has3d[idx[ok]] = True
@@ -313,7 +324,7 @@ class StereoTracker(_TrackerBase):
         feats_r = self.matcher.extract(right)
         t1 = time.perf_counter()
         stereo = self.matcher.match_features(feats_l, feats_r)
-        points3d, has3d = self._triangulate(stereo, len(feats_l))
+        points3d, has3d = self._triangulate(stereo, len(feats_l), left, right)
         t2 = time.perf_counter()
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
         resized = self._drop_reference_if_resized(feats_l.image_size)
@@ -336,7 +347,9 @@ class StereoTracker(_TrackerBase):
                 pose, reason = estimate_pose_pnp(
                     ref.points3d[idx0[with3d]], match.keypoints1[idx1[with3d]], self.K_left,
                     ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
-                    min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"])
+                    min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
+                    baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
+                    pixel_sigma_px=cfg["pixel_sigma_px"])
             timings["pose"] = (time.perf_counter() - t3) * 1e3
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"

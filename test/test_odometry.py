@@ -82,6 +82,8 @@ def test_twist_is_in_the_child_frame_with_its_covariance():
     T = G.make_transform(G.so3_exp([0.0, 0.0, np.pi / 2]), [1.0, 0.0, 0.0])
     twist, cov = body_twist(T, np.diag([1e-4] * 3 + [1e-5] * 3), 0.5)
     np.testing.assert_allclose(twist, [0.0, -2.0, 0.0, 0.0, 0.0, np.pi], atol=1e-12)
+    old = np.concatenate([T[:3, 3], G.so3_log(T[:3, :3])]) / 0.5  # what the node did: reference frame
+    assert np.linalg.norm(old - twist) > 1.0
     rng = np.random.default_rng(5)
     T_step, cov_step = random_pose(rng, angle=0.2, dist=0.3), random_cov(rng)
     rng_s = np.random.default_rng(6)
@@ -92,18 +94,21 @@ def test_twist_is_in_the_child_frame_with_its_covariance():
 
 
 def test_integrator_keyframe_policy_twist_is_instantaneous():
-    """Two frames against one keyframe: the twist is the motion between them, not since the keyframe."""
+    """Two frames against one keyframe: the twist is the motion between them, not the mean since the keyframe."""
     odom = OdometryIntegrator()
     cov = np.diag([1e-4] * 3 + [1e-6] * 3)
-    step = G.make_transform(np.eye(3), [0.1, 0.0, 0.0])  # 0.1 m per 0.1 s = 1 m/s forward
     odom.step(0, 0, np.eye(4), np.zeros((6, 6)))
     odom.set_reference(0)
-    first = odom.step(100_000_000, 0, step, cov)
-    assert first.twist is not None  # the keyframe itself had a pose: velocity from it
-    out = odom.step(200_000_000, 0, step @ step, cov)  # still relative to the keyframe
-    np.testing.assert_allclose(out.twist, [1.0, 0, 0, 0, 0, 0], atol=1e-9)
-    np.testing.assert_allclose(out.T_odom_base[:3, 3], [0.2, 0, 0], atol=1e-12)
-    assert np.all(np.isfinite(out.twist_covariance)) and np.all(np.diag(out.twist_covariance) > 0)
+    first = odom.step(100_000_000, 0, G.make_transform(np.eye(3), [0.1, 0.0, 0.0]), cov)
+    np.testing.assert_allclose(first.twist, [1.0, 0, 0, 0, 0, 0], atol=1e-9)  # from the keyframe's own pose
+    # accelerating: 0.1 m in the first 0.1 s, 0.3 m in the next; still relative to the keyframe
+    out = odom.step(200_000_000, 0, G.make_transform(np.eye(3), [0.4, 0.0, 0.0]), cov)
+    np.testing.assert_allclose(out.twist, [3.0, 0, 0, 0, 0, 0], atol=1e-9)  # not the 2 m/s mean since the keyframe
+    np.testing.assert_allclose(out.T_odom_base[:3, 3], [0.4, 0, 0], atol=1e-12)
+    # two estimates against the keyframe, taken as independent: twice the step covariance / dt^2
+    np.testing.assert_allclose(np.diag(out.twist_covariance)[:3], 2e-4 / 0.01, rtol=1e-3)  # + a small lever arm
+    odom.set_reference(300_000_000)  # a reference without a pose (tracking failed there): no twist across it
+    assert odom.step(400_000_000, 300_000_000, np.eye(4), cov).twist is None
 
 
 def test_integrator_covariance_grows_and_resets():

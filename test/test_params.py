@@ -195,6 +195,7 @@ def test_config_files_load_and_validate(mode):
     expected["mode"] = mode
     if mode == "stereo":  # metric stereo poses: matching against a keyframe removes accumulation at standstill
         expected["keyframe_policy"] = "keyframe"
+        expected["ransac_px"] = 2.0  # the PnP threshold the stereo results were measured with
     assert loaded == expected  # the files document the defaults (and the one deliberate stereo choice)
 
 

@@ -202,7 +202,7 @@ def test_bad_raw_images(ros_context, frames):
             (raw_msg(0, 0, "rgb8", 0, b""), "bad_input", "empty image: 0x0"),
             (raw_msg(1, 1, "rgb8", 3, bytes(3)), "bad_input", "1x1 is too small"),
             (raw_msg(8, 8, "mono8", 8, bytes(64)), "bad_input", "is too small"),  # same kind as 1x1
-            (raw_msg(W, H, "yuv422_yuy2", W * 2, bytes(W * 2 * H)), "bad_input", "unsupported image encoding 'yuv422"),
+            (raw_msg(W, H, "16SC1", W * 2, bytes(W * 2 * H)), "bad_input", "unsupported image encoding '16SC1'"),  # yuv422/bayer are decoded
             (raw_msg(W, H, "32FC1", W * 4, bytes(W * 4 * H)), "bad_input", "unsupported image encoding '32FC1'"),
             (raw_msg(W, H, "rgb8", rgb_row, bytes(100)), "bad_input", "data has 100 B but step x height"),
             # the same kind of problem again within 5 s: counted, but logged once per 5 s

@@ -48,6 +48,22 @@ ENCODINGS: dict[str, tuple[np.dtype, int, str]] = {
     "bgra8": (np.dtype(np.uint8), 4, "bgra"),
 }
 
+# Camera encodings we decode but never produce (as cv_bridge converts them): Bayer mosaics are
+# demosaiced (OpenCV names a pattern by its second row's first two pixels, hence RGGB -> BayerBG),
+# packed YUV 4:2:2 is converted to RGB. ROS "yuv422" is UYVY, "yuv422_yuy2" is YUYV.
+_BAYER = {"rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
+          "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB}
+_YUV422 = {"uyvy": cv2.COLOR_YUV2RGB_UYVY, "yuyv": cv2.COLOR_YUV2RGB_YUY2}
+DECODE_ENCODINGS: dict[str, tuple[np.dtype, int, str]] = {
+    **ENCODINGS,
+    **{f"bayer_{pattern}{bits}": (np.dtype(np.uint8 if bits == 8 else np.uint16), 1, f"bayer_{pattern}")
+       for pattern in _BAYER for bits in (8, 16)},
+    "yuv422": (np.dtype(np.uint8), 2, "uyvy"),
+    "uyvy": (np.dtype(np.uint8), 2, "uyvy"),
+    "yuv422_yuy2": (np.dtype(np.uint8), 2, "yuyv"),
+    "yuyv": (np.dtype(np.uint8), 2, "yuyv"),
+}
+
 # 16-bit images are reduced to 8 bit by a fixed right shift, not by per-frame min-max scaling:
 # a fixed mapping keeps the brightness of consecutive frames consistent, which is what the
 # detector thresholds and the matcher expect (min-max would change contrast with scene content).
@@ -84,11 +100,11 @@ class CameraInfoError(ValueError):
 # Images
 # --------------------------------------------------------------------------------------------
 def _check_image_layout(msg: Image) -> tuple[np.dtype, int, str]:
-    """Validate encoding and sizes of an Image message; returns ENCODINGS[msg.encoding]."""
-    if msg.encoding not in ENCODINGS:
+    """Validate encoding and sizes of an Image message; returns DECODE_ENCODINGS[msg.encoding]."""
+    if msg.encoding not in DECODE_ENCODINGS:
         raise ImageConversionError(
-            f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(ENCODINGS)})")
-    dtype, channels, order = ENCODINGS[msg.encoding]
+            f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(DECODE_ENCODINGS)})")
+    dtype, channels, order = DECODE_ENCODINGS[msg.encoding]
     if msg.width == 0 or msg.height == 0:
         raise ImageConversionError(f"empty image: {msg.width}x{msg.height} pixels")
     row_bytes = msg.width * channels * dtype.itemsize
@@ -138,6 +154,10 @@ def _to_gray_or_rgb(pixels: np.ndarray, order: str, mono16_shift: int) -> np.nda
         pixels = shifted.astype(np.uint8)
     if order == "gray" or order == "rgb":
         return pixels
+    if order.startswith("bayer_"):
+        return cv2.cvtColor(np.ascontiguousarray(pixels), _BAYER[order[len("bayer_"):]])
+    if order in _YUV422:
+        return cv2.cvtColor(np.ascontiguousarray(pixels), _YUV422[order])
     if order == "bgr":
         return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
     if order == "rgba":
@@ -152,9 +172,10 @@ def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
     """sensor_msgs/Image -> numpy uint8 image for the core.
 
     Returns (H, W) uint8 for mono8 / 8UC1 / mono16, (H, W, 3) uint8 **RGB** for rgb8 / bgr8 /
-    8UC3 (read as bgr8) / rgba8 / bgra8 (alpha dropped). mono16 becomes ``value >> mono16_shift``
-    (saturated at 255), honouring ``is_bigendian``. Row padding (``step > width * pixel size``)
-    is skipped.
+    8UC3 (read as bgr8) / rgba8 / bgra8 (alpha dropped), Bayer (bayer_rggb8/bggr8/gbrg8/grbg8 and
+    their 16-bit versions: demosaiced) and packed YUV 4:2:2 (yuv422 = UYVY, yuv422_yuy2 = YUYV).
+    16-bit data becomes ``value >> mono16_shift`` (saturated at 255), honouring ``is_bigendian``.
+    Row padding (``step > width * pixel size``) is skipped.
 
     mono8 / 8UC1 / rgb8 come back as zero-copy views of ``msg.data`` (strided when rows are
     padded); every other encoding is converted into a new contiguous array.
@@ -379,11 +400,18 @@ def camera_info_to_K(msg: CameraInfo) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def stereo_baseline(left: CameraInfo, right: CameraInfo) -> float:
-    """Baseline in metres of a rectified pair: right P[0,3] = Tx = -fx' * B (left Tx is 0).
+    """Baseline in metres of a rectified pair (see ``stereo_baseline_m``)."""
+    return stereo_baseline_m(CameraModel.from_msg(left), CameraModel.from_msg(right))
+
+
+def stereo_baseline_m(left_model: CameraModel, right_model: CameraModel) -> float:
+    """Baseline in metres of a rectified pair: each P[0,3] = Tx = -fx' * (position of that camera
+    along x in the rectified frame of the reference camera), so the baseline is the difference of
+    ``-Tx / fx'`` of right and left. The left Tx is usually 0, but not always (a driver whose
+    reference camera is neither of the two, e.g. a centre-referenced rig).
 
     Raises CameraInfoError when P is unset or the baseline is not positive.
     """
-    left_model, right_model = CameraModel.from_msg(left), CameraModel.from_msg(right)
     baseline = right_model.baseline_m - left_model.baseline_m
     if not baseline > 0:
         raise CameraInfoError(
@@ -536,4 +564,132 @@ def odometry_msg(T: np.ndarray, cov: np.ndarray, header: Header, child_frame_id:
     if twist_cov is None or twist is None:
         twist_cov = np.eye(6) * UNKNOWN_VARIANCE
     msg.twist.covariance = np.asarray(twist_cov, dtype=np.float64).reshape(36)
+    return msg
+
+
+def null_odometry_msg(header: Header, child_frame_id: str) -> Odometry:
+    """rtabmap's "null odometry" (publish_null_when_lost): every pose and twist field zero, the
+    quaternion included (an invalid rotation that marks the message as "no pose"), and
+    UNKNOWN_VARIANCE on the covariance diagonals so a filter that fuses it anyway ignores it."""
+    msg = Odometry()
+    msg.header = header
+    msg.child_frame_id = child_frame_id
+    msg.pose.pose.orientation.w = 0.0
+    msg.pose.covariance = (np.eye(6) * UNKNOWN_VARIANCE).ravel()
+    msg.twist.covariance = (np.eye(6) * UNKNOWN_VARIANCE).ravel()
+    return msg
+
+
+def pose_msg_to_matrix(pose) -> np.ndarray:
+    """geometry_msgs/Pose -> (4, 4). Raises ValueError for a non-finite pose or a quaternion whose
+    norm is far from 1 (an all-zero quaternion is no rotation)."""
+    p, q = pose.position, pose.orientation
+    t = np.array([p.x, p.y, p.z], dtype=np.float64)
+    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
+    if not (np.isfinite(t).all() and np.isfinite(quat).all()):
+        raise ValueError("pose has non-finite values")
+    norm = float(np.linalg.norm(quat))
+    if abs(norm - 1.0) > 1e-2:
+        raise ValueError(f"pose orientation must be a unit quaternion, has norm {norm:.4f}")
+    from ..geometry import make_transform, quaternion_to_matrix
+
+    return make_transform(quaternion_to_matrix(quat), t)
+
+
+def relative_pose_msg(T_cam: np.ndarray, cov_cam: np.ndarray, T_base: np.ndarray, cov_base: np.ndarray,
+                      header: Header, reference_stamp: Time | int, keyframe_id: int, child_frame_id: str,
+                      base_frame_id: str, metric: bool, num_inliers: int, num_matches: int):
+    """mambaglue_ros/RelativePose (see msg/RelativePose.msg).
+
+    T_cam, cov_cam: (4, 4) T_cref_ccur and (6, 6) covariance in the reference camera frame.
+    T_base, cov_base: the same motion of the body, T_bref_bcur, and its covariance.
+    header: stamp of the current frame, frame_id = reference camera optical frame.
+    """
+    from mambaglue_ros.msg import RelativePose
+
+    T_cam, cov_cam = _check_pose(T_cam, cov_cam)
+    T_base, cov_base = _check_pose(T_base, cov_base)
+    msg = RelativePose()
+    msg.header = header
+    msg.reference_stamp = _as_stamp(reference_stamp)
+    msg.keyframe_id = int(keyframe_id)
+    msg.child_frame_id = child_frame_id
+    msg.base_frame_id = base_frame_id
+    msg.metric = bool(metric)
+    msg.num_inliers, msg.num_matches = int(num_inliers), int(num_matches)
+    _fill_pose(msg.pose.pose, T_cam)
+    msg.pose.covariance = cov_cam.ravel()
+    _fill_pose(msg.pose_base.pose, T_base)
+    msg.pose_base.covariance = cov_base.ravel()
+    return msg
+
+
+def _f32(values: np.ndarray) -> array.array:
+    values = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("non-finite track values")
+    return _array("f", values.ravel())
+
+
+def tracks_msg(frame, header: Header, right_frame_id: str, num_cameras: int):
+    """tracks.TrackFrame -> mambaglue_ros/Tracks (see msg/Tracks.msg).
+
+    header: stamp of the frame, frame_id = left (mono) camera optical frame.
+    """
+    from mambaglue_ros.msg import Tracks
+
+    msg = Tracks()
+    msg.header = header
+    if frame.reference_stamp_ns is not None:
+        msg.reference_stamp = ns_to_stamp(frame.reference_stamp_ns)
+    msg.right_frame_id = right_frame_id
+    msg.num_cameras = int(num_cameras)
+    msg.ids = array.array("Q", np.asarray(frame.ids, dtype=np.uint64).tobytes())
+    msg.camera = array.array("B", np.asarray(frame.camera, dtype=np.uint8).tobytes())
+    msg.pixels = _f32(frame.pixels)
+    msg.normalized = _f32(frame.normalized)
+    msg.velocity = _f32(frame.velocity_px)
+    msg.normalized_velocity = _f32(frame.velocity_normalized)
+    msg.age = _array("I", np.asarray(frame.age))
+    return msg
+
+
+def tracks_cloud_msg(frame, header: Header, num_cameras: int):
+    """tracks.TrackFrame -> sensor_msgs/PointCloud in the layout VINS-Mono's feature tracker publishes
+    (``feature_tracker/feature``): points = (x, y, 1) undistorted normalised coordinates; channels
+    ``id`` (= track id * num_cameras + camera, VINS's multi-camera numbering; the track id itself for
+    mono), ``u``, ``v`` (pixels), ``velocity_x``, ``velocity_y`` (normalised-plane velocity, 1/s,
+    which is what VINS computes). Channel values are float32, so ids are exact up to 2^24.
+    """
+    from geometry_msgs.msg import Point32
+    from sensor_msgs.msg import ChannelFloat32, PointCloud
+
+    msg = PointCloud()
+    msg.header = header
+    norm = np.asarray(frame.normalized, dtype=np.float64)
+    if not np.isfinite(norm).all():
+        raise ValueError("non-finite track values")
+    msg.points = [Point32(x=float(x), y=float(y), z=1.0) for x, y in norm]
+    ids = np.asarray(frame.ids, dtype=np.float64) * int(num_cameras) + np.asarray(frame.camera)
+    columns = {"id": ids, "u": frame.pixels[:, 0], "v": frame.pixels[:, 1],
+               "velocity_x": frame.velocity_normalized[:, 0], "velocity_y": frame.velocity_normalized[:, 1]}
+    msg.channels = [ChannelFloat32(name=name, values=_f32(values)) for name, values in columns.items()]
+    return msg
+
+
+def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_matches: int,
+               num_inliers: int):
+    """tracking_state.StatusReport -> mambaglue_ros/TrackingStatus (see msg/TrackingStatus.msg)."""
+    from mambaglue_ros.msg import TrackingStatus
+
+    msg = TrackingStatus()
+    msg.header = header
+    msg.state = int(report.state)
+    msg.reason = str(report.reason)
+    msg.frames_since_last_pose = int(report.frames_since_last_pose)
+    if report.last_pose_stamp_ns is not None:
+        msg.last_pose_stamp = ns_to_stamp(report.last_pose_stamp_ns)
+    msg.keyframe_id = int(keyframe_id)
+    msg.num_tracks, msg.num_matches, msg.num_inliers = int(num_tracks), int(num_matches), int(num_inliers)
+    msg.resets = int(report.resets)
     return msg

@@ -1,19 +1,29 @@
-"""``matcher_node``: camera topics -> /matches, relative pose, odometry, debug image, diagnostics.
+"""``matcher_node``: camera topics -> /matches, tracks, tracking status, relative poses, odometry, diagnostics.
 
 Thin glue. The callbacks only convert and enqueue (latest frame wins, drops counted); one worker
-thread runs the pipeline (``tracking`` -> ``Matcher`` -> ``geometry``) off the executor, then
-publishes. Everything it calls is plain Python tested without ROS.
+thread runs the pipeline (``tracking`` -> ``Matcher`` -> ``geometry``; ``tracks``,
+``tracking_state`` and ``odometry`` for the back-end outputs) off the executor, then publishes.
+Everything it calls is plain Python tested without ROS.
 
 Topics (relative names, so namespaces and remaps work):
   in   mono:   image (sensor_msgs/Image) or image/compressed (transport:=compressed), camera_info
        stereo: left/image_rect, right/image_rect (or .../compressed), left/camera_info, right/camera_info
   out  matches (mambaglue_ros/Matches): temporal pairs, and stereo pairs in stereo mode
-       ~/relative_pose (PoseWithCovarianceStamped): current camera in the reference camera's optical frame
+       ~/tracks (mambaglue_ros/Tracks): every keypoint of each processed frame with a persistent track id
+       ~/tracks_cloud (sensor_msgs/PointCloud, publish_tracks_cloud): the same in the VINS feature layout
+       ~/status (mambaglue_ros/TrackingStatus): OK / LOST / INITIALIZING / RESET per frame and at resets
+       ~/relative_pose_ref (mambaglue_ros/RelativePose): T_ref_cur with both stamps and the keyframe id
+       ~/relative_pose (PoseWithCovarianceStamped): the same pose without the reference (compatibility)
        ~/odom (nav_msgs/Odometry): odom_frame -> base_frame (REP-105), twist in base_frame
        ~/debug_image (Image): reference | current with matches, built only while someone subscribes
-       /diagnostics (DiagnosticArray) every diagnostics_period_s
+       /diagnostics (DiagnosticArray) every diagnostics_period_s (steady clock)
+  srv  ~/reset (std_srvs/Trigger): odometry back to initial_pose; ~/set_pose (mambaglue_ros/SetPose)
 Frames without a pose (too few matches/inliers): no relative pose and no odometry is published for
-them, the reason goes to diagnostics, and tracking continues from the next frame.
+them (a null odometry with publish_null_when_lost), ~/status says LOST and why, and tracking
+continues from the next frame.
+
+``matcher_node --lifecycle`` runs ``LifecycleMatcherNode`` (configure / activate / deactivate /
+cleanup, for Nav2-style bring-up).
 """
 from __future__ import annotations
 
@@ -31,23 +41,38 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 from geometry_msgs.msg import PoseWithCovarianceStamped
 
 from .. import geometry as G
+from ..camera_model import PointUndistorter
+from ..odometry import OdometryIntegrator
 from ..pipeline import ExtractionStage, PrefetchingMatcher, torch_threads
 from ..rate_control import AlphaController
 from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
 from ..tracking import MonoTracker, StereoTracker
+from ..tracking_state import TrackingState, TrackingStateMachine
+from ..tracks import TrackManager
 from . import convert as C
 from . import params as P
 from .sync import StereoSynchronizer
 
+NODE_NAME = "mambaglue_matcher"
 NS = 1_000_000_000
+REFLECT_PERIOD_S = 1.0  # values the node changes itself (rate controller) show as parameters at most this often
 BACKWARD_RESET_S = 1.0  # a stamp this far back is a bag loop / clock reset, not a late frame
 # A forward stamp gap longer than this (dropped frames, paused bag, camera restart): the frame is
 # still matched against the reference (the relative pose does not depend on time, and a failed
@@ -160,7 +185,14 @@ class MatcherNode(Node):
     def __init__(self, command_line: list[str] | None = None, **kwargs: Any) -> None:
         """command_line: the process arguments (``main`` passes them) to check that every ``-p`` rule
         took effect; kwargs go to rclpy's Node."""
-        super().__init__("mambaglue_matcher", **kwargs)
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_parameters(command_line)
+        self._configure()
+        self._activate()
+
+    # ------------------------------------------------------------------ set-up in steps (the lifecycle node calls them one by one)
+    def _init_parameters(self, command_line: list[str] | None) -> None:
+        """Declare and check the parameters; state that lives as long as the node."""
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
         unapplied = unapplied_parameter_rules(command_line or [], self.p, self.get_name())
         if unapplied:
@@ -169,11 +201,21 @@ class MatcherNode(Node):
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
         self._warned: dict[str, float] = {}
+        self._internal = threading.local()  # set while the node writes its own parameters
+        self._reflect_pending: dict[str, Any] = {}  # values the node changed itself, to show as parameters
+        self._observers: list[Callable[..., None]] = []
+        self._running = False
+        self._active = False
+        self.worker: threading.Thread | None = None
+        self._entities: list[Any] = []  # publishers, subscriptions, services, timers made by _configure
         self.mode = self.p["mode"]
         from ..features import MIN_IMAGE_SIDE
 
         self.min_image_side = MIN_IMAGE_SIDE
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    def _configure(self) -> None:
+        """Load the matcher, create the tracking state, publishers, services and subscriptions."""
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -189,12 +231,14 @@ class MatcherNode(Node):
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None
         self.camera: dict[str, C.CameraModel] = {}
+        self._calibration_changed = False
         self.last_stamp_ns: int | None = None
-        self.T_odom_base = np.eye(4)
-        self.odom_cov = np.zeros((6, 6))
-        # pose and covariance of the tracker's reference frame (keyframe): relative poses are to it
-        self.T_odom_base_ref = np.eye(4)
-        self.odom_cov_ref = np.zeros((6, 6))
+        self.odometry = OdometryIntegrator(max_twist_dt_s=LONG_GAP_S)
+        self.odometry.reset(pose_params_to_matrix(self.p["initial_pose"]))
+        self.tracks = TrackManager()
+        self.tracking_state = TrackingStateMachine()
+        self.keyframe_id = 0  # id of the tracker's reference frame; 0 = none yet
+        self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
         self.images: dict[int, np.ndarray] = {}  # recent images by stamp, for the debug image
         self._tf = self._make_tf_broadcaster()
 
@@ -202,46 +246,91 @@ class MatcherNode(Node):
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.p["qos_depth"], reliability=reliability,
                          durability=qos_profile_sensor_data.durability)
-        from ..msg import Matches
+        from ..msg import Matches, RelativePose, TrackingStatus, Tracks
+        from ..srv import SetPose
 
         self.Matches = Matches
+        keep = self._entities.append
         self.pub_matches = self.create_publisher(Matches, "matches", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/relative_pose", 10)
+        self.pub_relative = self.create_publisher(RelativePose, "~/relative_pose_ref", 10)
         self.pub_odom = self.create_publisher(Odometry, "~/odom", 10)
+        self.pub_tracks = self.create_publisher(Tracks, "~/tracks", 10)
+        self.pub_tracks_cloud = self.create_publisher(PointCloud, "~/tracks_cloud", 10)
+        self.pub_status = self.create_publisher(TrackingStatus, "~/status", 10)
         self.pub_debug = self.create_publisher(Image, "~/debug_image", 2)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for pub in (self.pub_matches, self.pub_pose, self.pub_relative, self.pub_odom, self.pub_tracks,
+                    self.pub_tracks_cloud, self.pub_status, self.pub_debug, self.pub_diag):
+            keep(pub)
+        guard = self._guarded
+        keep(self.create_service(Trigger, "~/reset", guard(self._on_reset_service)))
+        keep(self.create_service(SetPose, "~/set_pose", guard(self._on_set_pose_service)))
 
         image_type = CompressedImage if self.p["transport"] == "compressed" else Image
         suffix = "/compressed" if self.p["transport"] == "compressed" else ""
-        guard = self._guarded
+        # `qos_overrides.<topic>.subscription.<policy>` parameters (params file) override `qos`
+        overrides = QoSOverridingOptions.with_default_policies()
+
+        def subscribe(msg_type, topic: str, callback) -> None:
+            keep(self.create_subscription(msg_type, topic, guard(callback), qos, qos_overriding_options=overrides))
+
         if self.mode == "mono":
-            self.create_subscription(image_type, "image" + suffix, guard(self._on_mono_image), qos)
-            self.create_subscription(CameraInfo, "camera_info", guard(lambda m: self._on_camera_info("left", m)),
-                                     qos)
+            subscribe(image_type, "image" + suffix, self._on_mono_image)
+            subscribe(CameraInfo, "camera_info", lambda m: self._on_camera_info("left", m))
         else:
             self.sync = StereoSynchronizer(self._on_stereo_pair, slop_s=self.p["sync_slop"], queue_size=10)
-            self.create_subscription(image_type, "left/image_rect" + suffix, guard(self._on_left), qos)
-            self.create_subscription(image_type, "right/image_rect" + suffix, guard(self._on_right), qos)
-            self.create_subscription(CameraInfo, "left/camera_info",
-                                     guard(lambda m: self._on_camera_info("left", m)), qos)
-            self.create_subscription(CameraInfo, "right/camera_info",
-                                     guard(lambda m: self._on_camera_info("right", m)), qos)
+            subscribe(image_type, "left/image_rect" + suffix, self._on_left)
+            subscribe(image_type, "right/image_rect" + suffix, self._on_right)
+            subscribe(CameraInfo, "left/camera_info", lambda m: self._on_camera_info("left", m))
+            subscribe(CameraInfo, "right/camera_info", lambda m: self._on_camera_info("right", m))
 
         self.slot = FrameSlot(self.p["queue_size"])
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
             [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
             enabled=self.p["pipeline"], stamp_ns=lambda f: f.stamp_ns)
         self.stage.set_rate(self.p["target_rate_hz"])
-        self._observers: list[Callable[..., None]] = []
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(self.p["diagnostics_period_s"], guard(self._publish_diagnostics))
-        self._running = True
-        self.worker = threading.Thread(target=self._work, name="mambaglue-worker", daemon=True)
-        self.worker.start()
+        # a steady clock: under use_sim_time a paused /clock (bag paused or ended) must not stop
+        # the diagnostics that would tell why nothing comes out
+        keep(self.create_timer(self.p["diagnostics_period_s"], guard(self._publish_diagnostics),
+                               clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self.get_logger().info(
             f"mode={self.mode} features={self.features} weights={self.matcher.weights_source} "
             f"device={self.matcher.device} max_keypoints={self.matcher.max_keypoints} "
             f"alpha={self.matcher.alpha} target_rate_hz={self.p['target_rate_hz']}")
+
+    def _activate(self) -> None:
+        """Start the worker; frames are accepted from now on."""
+        self._running = True
+        self.worker = threading.Thread(target=self._work, name="mambaglue-worker", daemon=True)
+        self.worker.start()
+        self._active = True
+
+    def _deactivate(self) -> None:
+        """Refuse new frames and stop the worker (what it holds is kept for a later activation)."""
+        self._active = False
+        self._running = False
+        if getattr(self, "slot", None) is not None:
+            self.slot.close()
+        if self.worker is not None and self.worker.is_alive():
+            self.worker.join(timeout=5.0)
+        self.worker = None
+        if getattr(self, "slot", None) is not None:
+            self.slot = FrameSlot(self.p["queue_size"])
+
+    def _cleanup(self) -> None:
+        """Destroy what ``_configure`` made (after ``_deactivate``)."""
+        for entity in reversed(self._entities):
+            destroy = {Publisher: self.destroy_publisher, Subscription: self.destroy_subscription,
+                       Service: self.destroy_service, Timer: self.destroy_timer}
+            for kind, fn in destroy.items():
+                if isinstance(entity, kind):
+                    fn(entity)
+        self._entities.clear()
+        if getattr(self, "stage", None) is not None:
+            self.stage.close()
+        self.tracker = None
+        self.matcher = None
 
     # ------------------------------------------------------------------ parameters
     def _rate_config(self) -> dict[str, Any]:
@@ -254,16 +343,41 @@ class MatcherNode(Node):
         return {"policy": self.p["keyframe_policy"], "keyframe_min_matches": self.p["keyframe_min_matches"],
                 "keyframe_max_parallax_px": self.p["keyframe_max_parallax_px"],
                 "min_matches": self.p["min_matches"], "min_inliers": self.p["min_inliers"],
-                "ransac_px": self.p["ransac_px"], "pose_hypotheses": self.p["pose_hypotheses"]}
+                # mono: the essential-matrix (Sampson) threshold; stereo: the PnP reprojection threshold
+                "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
+                "pose_hypotheses": self.p["pose_hypotheses"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        if getattr(self._internal, "writing", False):  # the node showing a value it already applied
+            return SetParametersResult(successful=True)
         changes = {p.name: p.value for p in params}
-        reasons = P.validate_changes(self.p, changes)
-        if reasons:
-            return SetParametersResult(successful=False, reason="; ".join(reasons))
         with self._lock:  # applied by the worker between frames
-            self._pending.update(changes)
+            # validated against the changes still waiting for the worker too: alpha:=0.85 then
+            # alpha_min:=0.9 must not both pass because each is fine against the values in effect
+            reasons = P.validate_changes({**self.p, **self._pending}, changes)
+            if reasons:
+                return SetParametersResult(successful=False, reason="; ".join(reasons))
+            self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})
         return SetParametersResult(successful=True)
+
+    def _show_as_parameters(self, values: dict[str, Any]) -> None:
+        """Queue values the node changed itself (OOM keypoint cut, rate controller) to be written to
+        its ROS parameters, so ``ros2 param get`` shows what is in effect (executor thread does it)."""
+        with self._lock:
+            self._reflect_pending.update(values)
+
+    def _write_shown_parameters(self) -> None:
+        """Write queued own values to the ROS parameters (executor thread; parameter services run in
+        the same callback group, so this never interleaves with a user's change)."""
+        with self._lock:
+            values, self._reflect_pending = self._reflect_pending, {}
+        if not values:
+            return
+        self._internal.writing = True
+        try:
+            self.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        finally:
+            self._internal.writing = False
 
     def _apply_pending(self) -> None:
         with self._lock:
@@ -329,11 +443,11 @@ class MatcherNode(Node):
         max_pixels = self.p["max_image_pixels"]
         try:
             if isinstance(msg, CompressedImage):  # the size is read from the header before decoding
-                image = C.compressed_to_numpy(msg, max_pixels=max_pixels)
+                image = C.compressed_to_numpy(msg, max_pixels=max_pixels, mono16_shift=self.p["mono16_shift"])
             else:
                 if msg.width * msg.height > max_pixels:  # refused before any conversion
                     raise C.OversizedImageError(msg.width, msg.height, max_pixels)
-                image = C.image_to_numpy(msg)
+                image = C.image_to_numpy(msg, mono16_shift=self.p["mono16_shift"])
         except C.OversizedImageError as e:
             self.stats.count("oversized")
             self._warn("oversized", f"skipping image: {e} (raise max_image_pixels, and set resize_max to "
@@ -353,6 +467,8 @@ class MatcherNode(Node):
     def _on_camera_info(self, side: str, msg: CameraInfo) -> None:
         try:
             model = C.CameraModel.from_msg(msg)
+            if self.mode == "mono" and not self.p["rectified_input"]:
+                PointUndistorter(model.K, model.D, model.distortion_model)  # a model we can undo?
         except (C.CameraInfoError, ValueError) as e:
             self.stats.count("bad_camera_info")
             self._warn("bad_camera_info", f"ignoring {side} camera_info: {e}"
@@ -360,10 +476,15 @@ class MatcherNode(Node):
             return
         with self._lock:
             old = self.camera.get(side)
+            changed = old is not None and not (
+                np.allclose(old.K, model.K) and np.allclose(old.P, model.P) and old.image_size == model.image_size
+                and old.D.shape == model.D.shape and np.allclose(old.D, model.D)
+                and old.distortion_model == model.distortion_model)
             self.camera[side] = model
-        if old is not None and not (np.allclose(old.K, model.K) and np.allclose(old.P, model.P)
-                                    and old.image_size == model.image_size):
-            self._warn("camera_info_changed", f"{side} camera_info changed: using the new calibration "
+            self._calibration_changed |= changed
+        if changed:
+            self._warn("camera_info_changed", f"{side} camera_info changed: using the new calibration, tracking "
+                                              "restarts from the next frame "
                                               f"(fx {old.K[0, 0]:.1f} -> {model.K[0, 0]:.1f}, size "
                                               f"{old.image_size} -> {model.image_size})")
 
@@ -372,16 +493,22 @@ class MatcherNode(Node):
             self.stats.count("frames_dropped")
 
     def _on_mono_image(self, msg) -> None:
+        if not self._active:  # lifecycle node while inactive
+            return
         self.stats.input()
         image = self._decode(msg)
         if image is not None:
             self._enqueue(Frame(C.stamp_to_ns(msg.header.stamp), msg.header, image))
 
     def _on_left(self, msg) -> None:
+        if not self._active:
+            return
         self.stats.input()
         self.sync.add_left(msg)
 
     def _on_right(self, msg) -> None:
+        if not self._active:
+            return
         self.sync.add_right(msg)
 
     def _on_stereo_pair(self, left_msg, right_msg) -> None:
@@ -422,6 +549,7 @@ class MatcherNode(Node):
             try:
                 # also while no frame comes: a change (e.g. max_image_pixels) may be what lets frames in
                 self._apply_pending()
+                self._apply_reset_requests()
                 if frame is not None:
                     self._notify("start", frame)
                     try:
@@ -441,6 +569,25 @@ class MatcherNode(Node):
                     except Exception as e2:  # noqa: BLE001
                         self.get_logger().error(f"could not reduce the keypoint budget: {e2}")
 
+    def _show_controller_values(self) -> None:
+        """The rate controller's alpha / max_keypoints become the parameters' values (at most once per
+        REFLECT_PERIOD_S), so the parameters show what is in effect and later changes are validated
+        against it."""
+        now = time.monotonic()
+        if now - getattr(self, "_last_reflect", -REFLECT_PERIOD_S) < REFLECT_PERIOD_S:
+            return
+        values = {}
+        if self.p["early_exit"] and self.matcher.alpha is not None:
+            values["alpha"] = float(self.matcher.alpha)
+        if self.p["adapt_keypoints"]:
+            values["max_keypoints"] = int(self.matcher.max_keypoints)
+        values = {k: v for k, v in values.items() if v != self.p[k]}
+        if values:
+            self._last_reflect = now
+            with self._lock:
+                self.p.update(values)
+            self._show_as_parameters(values)
+
     def _shrink_budget(self) -> None:
         """CUDA out of memory: halve the keypoint budget (not below 64) and carry on."""
         import torch
@@ -454,13 +601,16 @@ class MatcherNode(Node):
             return
         self.get_logger().warning(f"out of memory: frame skipped, reducing max_keypoints {old} -> {new}")
         self.matcher.max_keypoints = new
-        self.p["max_keypoints"] = new
-        self.p["min_keypoints"] = min(self.p["min_keypoints"], new)  # the controller needs min <= max
+        with self._lock:
+            self.p["max_keypoints"] = new
+            self.p["min_keypoints"] = min(self.p["min_keypoints"], new)  # the controller needs min <= max
         self.controller = AlphaController(self._rate_config())
+        self._show_as_parameters({"max_keypoints": new, "min_keypoints": self.p["min_keypoints"]})
 
     def _ensure_tracker(self, frame: Frame) -> bool:
         with self._lock:
             left, right = self.camera.get("left"), self.camera.get("right")
+            calibration_changed, self._calibration_changed = self._calibration_changed, False
         if left is None or (self.mode == "stereo" and right is None):
             self.stats.count("no_camera_info")
             self._warn("no_camera_info", "no camera_info yet: skipping frame")
@@ -473,22 +623,32 @@ class MatcherNode(Node):
                                         "supported: publish camera_info for the image size)")
             return False
         if self.mode == "mono":
+            # raw input: matched points are undistorted with K and D; rectified input: the pinhole is P
+            self.undistort_left = PointUndistorter(left.K, left.D, left.distortion_model, left.P,
+                                                   rectified=self.p["rectified_input"])
             if self.tracker is None:
-                self.tracker = MonoTracker(self.matcher, left.K, self._tracking_config())
-            self.tracker.K = left.K
+                self.tracker = MonoTracker(self.matcher, self.undistort_left.K_pinhole, self._tracking_config())
+            self.tracker.K = self.undistort_left.K_pinhole
+            self.tracker.undistort = self.undistort_left.pixels if self.undistort_left.distorted else None
         else:
-            baseline = right.baseline_m
-            if not baseline > 0:
+            try:  # both Tx: the left one is not always 0
+                baseline = C.stereo_baseline_m(left, right)
+            except C.CameraInfoError as e:
                 self.stats.count("bad_camera_info")
-                self._warn("bad_camera_info", "right camera_info has no positive baseline (P[0,3] = -fx*B): "
-                                              "skipping frame")
+                self._warn("bad_camera_info", f"right camera_info has no positive baseline (P[0,3] = -fx*B): "
+                                              f"skipping frame ({e})")
                 return False
             T_lr = np.eye(4)
             T_lr[0, 3] = baseline
+            self.undistort_left = PointUndistorter(left.K, None, P=left.P, rectified=True)
+            self.undistort_right = PointUndistorter(right.K, None, P=right.P, rectified=True)
             if self.tracker is None:
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
                                              self._tracking_config())
             self.tracker.K_left, self.tracker.K_right, self.tracker.T_left_right = left.K_rect, right.K_rect, T_lr
+        if calibration_changed and self.tracker.reference is not None:
+            # the reference's features (and stereo points) belong to the old calibration
+            self._reset(frame.stamp_ns, "camera_info changed: tracking restarts from this frame")
         return True
 
     def _process(self, frame: Frame) -> None:
@@ -499,9 +659,11 @@ class MatcherNode(Node):
                 self._warn("out_of_order", "dropping frame: stamp not newer than the last one ("
                            + ("duplicate stamp" if back_s == 0 else f"{back_s * 1e3:.1f} ms back, out of order") + ")")
                 return
-            self.get_logger().warning(f"stamp jumped back {back_s:.1f} s (bag loop?): resetting tracking")
+            self.get_logger().warning(f"stamp jumped back {back_s:.1f} s (bag loop?): resetting tracking; "
+                                      "~/odom continues from its last pose, ~/status says RESET")
             self.stats.count("resets")
-            self._reset()
+            self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
+            self.last_stamp_ns = None
         if not self._ensure_tracker(frame):
             return
         if self.last_stamp_ns is not None and frame.stamp_ns - self.last_stamp_ns > LONG_GAP_S * NS:
@@ -522,6 +684,7 @@ class MatcherNode(Node):
                 self.matcher.alpha = alpha
             if max_kp != self.matcher.max_keypoints:
                 self.matcher.max_keypoints = max_kp
+            self._show_controller_values()
         match = result.temporal
         self.stats.processed(latency_ms, keypoints=len(match.keypoints1) if match is not None else 0,
                              matches=len(match) if match is not None else None,
@@ -529,16 +692,69 @@ class MatcherNode(Node):
                              pose_ok=None if match is None else result.pose is not None,
                              inlier_ratio=result.inlier_ratio, failure=result.reason)
 
-    def _reset(self) -> None:
+    def _reset(self, stamp_ns: int, reason: str, T_odom_base: np.ndarray | None = None,
+               covariance: np.ndarray | None = None) -> None:
+        """Restart tracking from the next frame (worker thread) and publish RESET.
+
+        Without ``T_odom_base`` the odometry keeps its pose and covariance (a stamp jump, a new
+        calibration: a jump of ~/odom would look like motion to a consumer); with it, it starts there.
+        """
         if self.tracker is not None:
             self.tracker.reset()
-        self.T_odom_base = np.eye(4)
-        self.odom_cov = np.zeros((6, 6))
-        # pose and covariance of the tracker's reference frame (keyframe): relative poses are to it
-        self.T_odom_base_ref = np.eye(4)
-        self.odom_cov_ref = np.zeros((6, 6))
+        self.tracks.reset()
+        if T_odom_base is None:
+            self.odometry.reset(self.odometry.T_odom_base, self.odometry.covariance)
+        else:
+            self.odometry.reset(T_odom_base, covariance)
         self.images.clear()
-        self.last_stamp_ns = None
+        report = self.tracking_state.reset(stamp_ns, reason)
+        self.pub_status.publish(C.status_msg(report, Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"]),
+                                             self.keyframe_id, 0, 0, 0))
+
+    def _request_reset(self, T_odom_base: np.ndarray, covariance: np.ndarray, reason: str,
+                       timeout_s: float = 10.0) -> bool:
+        """From a service: reset on the worker between frames and wait for it (True when done)."""
+        done = threading.Event()
+        with self._lock:
+            self._reset_requests.append((T_odom_base, covariance, reason, done))
+        if self.worker is None or not self.worker.is_alive():  # inactive lifecycle node: no race
+            self._apply_reset_requests()
+        return done.wait(timeout_s)
+
+    def _apply_reset_requests(self) -> None:
+        with self._lock:
+            requests, self._reset_requests = self._reset_requests, []
+        for T, cov, reason, done in requests:
+            self._reset(self.get_clock().now().nanoseconds, reason, T, cov)
+            done.set()
+
+    def _on_reset_service(self, request, response):
+        """~/reset (std_srvs/Trigger): odometry back to ``initial_pose``, tracking restarts."""
+        T = pose_params_to_matrix(self.p["initial_pose"])
+        response.success = self._request_reset(T, np.zeros((6, 6)), "reset service")
+        response.message = ("odometry reset to initial_pose" if response.success
+                            else "reset queued: the worker is busy, it applies it before the next frame")
+        return response
+
+    def _on_set_pose_service(self, request, response):
+        """~/set_pose (mambaglue_ros/SetPose): odometry to the given pose, tracking restarts."""
+        msg = request.pose
+        frame = msg.header.frame_id.lstrip("/")
+        cov = np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
+        try:
+            if frame and frame != self.p["odom_frame"]:
+                raise ValueError(f"pose is in frame '{frame}', the odometry frame is '{self.p['odom_frame']}'")
+            T = C.pose_msg_to_matrix(msg.pose.pose)
+            if not (np.isfinite(cov).all() and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > -1e-12)):
+                raise ValueError("covariance must be finite, symmetric and positive semi-definite")
+        except ValueError as e:
+            response.success, response.message = False, f"set_pose refused: {e}"
+            self._warn("set_pose", response.message)
+            return response
+        response.success = self._request_reset(T, cov, "set_pose")
+        response.message = ("odometry set" if response.success
+                            else "set_pose queued: the worker is busy, it applies it before the next frame")
+        return response
 
     # ------------------------------------------------------------------ outputs
     def _frame_id(self, header: Header, side: str = "left") -> str:
@@ -568,40 +784,64 @@ class MatcherNode(Node):
         if result.pose is not None:
             self.pub_pose.publish(C.pose_with_covariance_msg(result.pose.as_matrix(), result.pose.covariance,
                                                              Header(stamp=frame.header.stamp, frame_id=cam_frame)))
-            self._publish_odometry(frame, result)
+            rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
+            self.pub_relative.publish(C.relative_pose_msg(
+                result.pose.as_matrix(), result.pose.covariance, rel.as_matrix(), rel.covariance, header,
+                result.reference_stamp_ns, self.keyframe_id, cam_frame, self.p["base_frame"], result.pose.metric,
+                result.pose.num_inliers, result.pose.num_matches))
+            self._publish_odometry(frame, result, rel)
+        report = self.tracking_state.frame(frame.stamp_ns, result.pose is not None, result.reason)
+        if (result.pose is None and report.state == TrackingState.LOST and self.p["publish_null_when_lost"]):
+            self.pub_odom.publish(C.null_odometry_msg(Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"]),
+                                                      self.p["base_frame"]))
+        tracks = self._update_tracks(frame, result)
         if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
-            self.T_odom_base_ref, self.odom_cov_ref = self.T_odom_base.copy(), self.odom_cov.copy()
+            self.odometry.set_reference(frame.stamp_ns)
+            self.keyframe_id += 1
+        self._publish_tracks(frame, tracks, header)
+        num_left = int(np.sum(tracks.camera == 0))
+        self.pub_status.publish(C.status_msg(
+            report, Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"]), self.keyframe_id, num_left,
+            len(result.temporal) if result.temporal is not None else 0, result.num_inliers))
         # keep the reference image (and this one, which may become the next reference)
         keep = {frame.stamp_ns: frame.image}
         if result.reference_stamp_ns in self.images and not result.is_keyframe:
             keep[result.reference_stamp_ns] = self.images[result.reference_stamp_ns]
         self.images = keep
 
-    def _publish_odometry(self, frame: Frame, result) -> None:
-        rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
-        T_rel = rel.as_matrix()
-        # The pose is relative to the tracker's reference (the previous frame, or the keyframe), so it
-        # composes with the reference's odometry pose, not with the last frame's. First-order
-        # propagation: the step covariance, rotated into the odom frame, adds to the reference's.
-        R = self.T_odom_base_ref[:3, :3]
-        A = np.zeros((6, 6))
-        A[:3, :3] = R
-        A[3:, 3:] = R
-        odom_cov = self.odom_cov_ref + A @ rel.covariance @ A.T
-        T_odom_base = self.T_odom_base_ref @ T_rel
-        if not (np.isfinite(odom_cov).all() and np.isfinite(T_odom_base).all()):
-            raise ValueError("non-finite odometry step: not accumulated, not published")
-        self.odom_cov, self.T_odom_base = odom_cov, T_odom_base
-        dt = (frame.stamp_ns - result.reference_stamp_ns) / NS if result.reference_stamp_ns else 0.0
+    def _publish_odometry(self, frame: Frame, result, rel) -> None:
+        """``rel``: the relative pose in the base frame. It is relative to the tracker's reference (the
+        previous frame, or the keyframe), so it composes with the reference's odometry pose; the
+        covariance includes the lever arm of the reference's rotation error (see ``odometry``)."""
+        step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, rel.as_matrix(), rel.covariance)
         header = Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"])
-        twist = twist_cov = None
-        if 0 < dt <= LONG_GAP_S:  # over a long gap the mean motion is no velocity: twist stays unknown
-            twist = np.concatenate([T_rel[:3, 3] / dt, G.so3_log(T_rel[:3, :3]) / dt])
-            twist_cov = rel.covariance / dt**2
-        self.pub_odom.publish(C.odometry_msg(self.T_odom_base, self.odom_cov, header, self.p["base_frame"],
-                                             twist=twist, twist_cov=twist_cov))
+        # twist: body velocity in base_frame since the previous frame with a pose (None over long gaps)
+        self.pub_odom.publish(C.odometry_msg(step.T_odom_base, step.covariance, header, self.p["base_frame"],
+                                             twist=step.twist, twist_cov=step.twist_covariance))
         if self.p["publish_tf"] and self._tf is not None:
             self._broadcast_tf(header)
+
+    def _update_tracks(self, frame: Frame, result):
+        """Track ids for this frame's keypoints (left; and right observations with a stereo match)."""
+        kp = result.keypoints if result.keypoints is not None else np.zeros((0, 2), np.float32)
+        stereo = result.stereo
+        right_kp = right_norm = None
+        if stereo is not None:
+            right_kp = np.asarray(stereo.keypoints1, dtype=np.float64).reshape(-1, 2)
+            right_norm = self.undistort_right.normalized(right_kp)
+        return self.tracks.update(
+            frame.stamp_ns, kp, self.undistort_left.normalized(kp),
+            None if result.temporal is None else result.temporal.matches, result.reference_stamp_ns,
+            result.is_keyframe, None if stereo is None else stereo.matches, right_kp, right_norm)
+
+    def _publish_tracks(self, frame: Frame, tracks, header: Header) -> None:
+        cams = 2 if self.mode == "stereo" else 1
+        right_frame = ""
+        if self.mode == "stereo":
+            right_frame = self.p["camera_frame"] or self._frame_id(frame.right_header, "right")
+        self.pub_tracks.publish(C.tracks_msg(tracks, header, right_frame, cams))
+        if self.p["publish_tracks_cloud"]:
+            self.pub_tracks_cloud.publish(C.tracks_cloud_msg(tracks, header, cams))
 
     def _make_tf_broadcaster(self):
         try:
@@ -619,8 +859,8 @@ class MatcherNode(Node):
         t.header = header
         t.child_frame_id = self.p["base_frame"]
         t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
-            float(v) for v in self.T_odom_base[:3, 3])
-        q = G.matrix_to_quaternion(self.T_odom_base[:3, :3])
+            float(v) for v in self.odometry.T_odom_base[:3, 3])
+        q = G.matrix_to_quaternion(self.odometry.T_odom_base[:3, :3])
         t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = (
             float(v) for v in q)
         self._tf.sendTransform(t)
@@ -632,6 +872,7 @@ class MatcherNode(Node):
         self.pub_debug.publish(C.numpy_to_image(canvas, "rgb8", header))
 
     def _publish_diagnostics(self) -> None:
+        self._write_shown_parameters()
         snap = self.stats.snapshot()
         if self.mode == "stereo":
             snap["frames_dropped"] += self.sync.dropped  # unpaired / late stereo halves
@@ -640,6 +881,7 @@ class MatcherNode(Node):
         with self._lock:
             has_info = "left" in self.camera and (self.mode == "mono" or "right" in self.camera)
         level, reason = diagnostic_level(snap, self.p["target_rate_hz"], has_info)
+        snap["tracking_state"] = self.tracking_state.state.name
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: matcher",
                                   message=reason, hardware_id=str(self.matcher.device))
         values = {**{k: v for k, v in snap.items() if k not in ("seconds_since_error",)},
@@ -654,12 +896,50 @@ class MatcherNode(Node):
                                               status=[status]))
 
     def destroy_node(self) -> None:
-        self._running = False
-        self.slot.close()
-        self.stage.close()
-        if self.worker.is_alive():
-            self.worker.join(timeout=5.0)
+        self._deactivate()
+        if getattr(self, "stage", None) is not None:
+            self.stage.close()
         super().destroy_node()
+
+
+class LifecycleMatcherNode(MatcherNode, LifecycleNode):
+    """The matcher as a managed (lifecycle) node: parameters are declared at construction; configure
+    loads the matcher and creates publishers, services and subscriptions; activate starts the worker
+    (frames are ignored while inactive); deactivate stops it; cleanup destroys what configure made."""
+
+    def __init__(self, command_line: list[str] | None = None, **kwargs: Any) -> None:
+        LifecycleNode.__init__(self, NODE_NAME, **kwargs)
+        self._init_parameters(command_line)
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as e:  # weights missing, bad device, ...: stay unconfigured, say why
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def active(self) -> bool:
+        return self._active
 
 
 def main(args: list[str] | None = None) -> int:
@@ -669,8 +949,10 @@ def main(args: list[str] | None = None) -> int:
         print(f"[matcher_node] error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     node = None
+    command_line = sys.argv if args is None else args
+    node_class = LifecycleMatcherNode if "--lifecycle" in command_line else MatcherNode
     try:
-        node = MatcherNode(command_line=sys.argv if args is None else args)
+        node = node_class(command_line=command_line)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

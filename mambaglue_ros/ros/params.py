@@ -26,6 +26,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # z up): R_base_camera = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]], quaternion (x, y, z, w) =
 # (-0.5, 0.5, -0.5, 0.5). Same as `static_transform_publisher ... -0.5 0.5 -0.5 0.5`.
 OPTICAL_TO_BODY = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
+IDENTITY_POSE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               low=1, high=100),
     ParamSpec("max_image_pixels", 16777216, "images larger than this (width x height) are rejected",
               low=4096, high=268435456, read_only=False),
+    ParamSpec("mono16_shift", 8, "mono16 (and 16-bit PNG) images become 8 bit as value >> mono16_shift "
+              "(saturated): 8 for full-range 16-bit data, 4 for 12-bit and 2 for 10-bit cameras",
+              low=0, high=8, read_only=False),
+    ParamSpec("rectified_input", False, "mono: the images are rectified (image_rect): use P and ignore D. "
+              "false (image_raw): matched points are undistorted with K and D before the pose and the "
+              "normalised track coordinates (stereo input is always rectified)"),
     # --- tracking and pose ----------------------------------------------------------------
     ParamSpec("keyframe_policy", "previous", "mono reference image: previous frame or last keyframe",
               choices=("previous", "keyframe"), read_only=False),
@@ -115,7 +122,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec("min_inliers", 15, "fewer RANSAC inliers: the pose is rejected", low=5, high=8192,
               read_only=False),
-    ParamSpec("ransac_px", 1.0, "RANSAC inlier threshold (px)", low=0.01, high=100.0,
+    ParamSpec("ransac_px", 1.0, "RANSAC inlier threshold (px): mono essential matrix (Sampson distance), "
+              "stereo PnP (reprojection error; config/stereo.yaml uses 2.0)", low=0.01, high=100.0,
               read_only=False),
     ParamSpec("pose_hypotheses", 6, "mono: MAGSAC runs with different seeds proposing an essential matrix; "
               "the one explaining all matches best wins (1 = a single run, fastest)", low=1, high=32, read_only=False),
@@ -126,6 +134,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("camera_to_base", list(OPTICAL_TO_BODY),
               "T_base_camera as x y z (m) qx qy qz qw; default: camera at base origin, REP-103 optical axes"),
     ParamSpec("publish_tf", False, "broadcast odom_frame -> base_frame on /tf", read_only=False),
+    ParamSpec("initial_pose", list(IDENTITY_POSE), "pose of base_frame in odom_frame at start and after "
+              "~/reset, as x y z (m) qx qy qz qw"),
+    ParamSpec("publish_null_when_lost", False, "while tracking is LOST, publish ~/odom with an all-zero pose "
+              "and a huge covariance (rtabmap's null odometry) instead of nothing", read_only=False),
+    ParamSpec("publish_tracks_cloud", False, "also publish ~/tracks_cloud (sensor_msgs/PointCloud in the "
+              "VINS feature layout: points (x, y, 1) normalised, channels id, u, v, velocity_x, velocity_y)",
+              read_only=False),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages (s)", low=0.1, high=60.0),
 )
 
@@ -193,14 +208,14 @@ def validate(name: str, value: Any) -> str | None:
         return f"{name} must be a non-empty frame id without leading '/' or spaces, got '{value}'"
     if name == "camera_frame" and value and not _FRAME_ID.match(value):
         return f"camera_frame must be empty or a frame id without leading '/' or spaces, got '{value}'"
-    if name == "camera_to_base":
+    if name in ("camera_to_base", "initial_pose"):
         if len(value) != 7:
-            return f"camera_to_base needs 7 numbers (x y z qx qy qz qw), got {len(value)}"
+            return f"{name} needs 7 numbers (x y z qx qy qz qw), got {len(value)}"
         if not all(math.isfinite(v) for v in value):
-            return f"camera_to_base must be finite, got {list(value)}"
+            return f"{name} must be finite, got {list(value)}"
         norm = math.sqrt(sum(v * v for v in value[3:]))
         if abs(norm - 1.0) > 1e-2:
-            return f"camera_to_base quaternion (qx qy qz qw) must have unit norm, has {norm:.4f}"
+            return f"{name} quaternion (qx qy qz qw) must have unit norm, has {norm:.4f}"
     return None
 
 

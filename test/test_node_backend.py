@@ -1,0 +1,534 @@
+"""The node as a SLAM / VIO front end (issue 14): inputs it must honour, outputs a back end reads.
+
+Most checks call the node's own methods on a node built in-process (no DDS needed to see what the
+worker would do with a frame); the DDS loopback tests wait for discovery before publishing and
+feed frames one at a time where every frame must be processed (the node keeps only the newest).
+"""
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mambaglue_ros import geometry as G
+from mambaglue_ros.ros import convert as C
+
+from ros_harness import camera_info_msg, wait_for, wait_for_subscribers
+
+pytestmark = pytest.mark.ros
+
+K = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
+
+
+def make_node(ros_context, overrides: dict, lifecycle: bool = False):
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros.node import LifecycleMatcherNode, MatcherNode
+
+    cls = LifecycleMatcherNode if lifecycle else MatcherNode
+    # ORB: these checks are about the node's plumbing, not the learned matcher (fast to build)
+    params = {"matcher": "orb", "features": "xfeat", **overrides}
+    return cls(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def spin(ros_context, *nodes):
+    from rclpy.executors import MultiThreadedExecutor
+
+    executor = MultiThreadedExecutor(context=ros_context)
+    for n in nodes:
+        executor.add_node(n)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    return executor
+
+
+def frame(image: np.ndarray, stamp_ns: int, right: np.ndarray | None = None):
+    from std_msgs.msg import Header
+
+    from mambaglue_ros.ros.node import Frame
+
+    header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id="cam")
+    return Frame(stamp_ns, header, image, right, None if right is None else Header(stamp=header.stamp, frame_id="r"))
+
+
+def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str):
+    msg = C.numpy_to_image(image, "rgb8")
+    msg.header.stamp = C.ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def info(K_: np.ndarray, D=None, P=None, frame_id: str = "cam", size=(640, 480)):
+    msg = camera_info_msg(K_, size[0], size[1], frame_id)
+    if D is not None:
+        msg.d = [float(v) for v in D]
+    if P is not None:
+        msg.p = [float(v) for v in np.asarray(P).ravel()]
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------
+# 7: distortion
+# ------------------------------------------------------------------------------------------------
+def test_mono_undistorts_matched_points_with_camera_info_D(ros_context):
+    D = [-0.3, 0.1, 0.0, 0.0, 0.0]
+    node = make_node(ros_context, {})
+    try:
+        node._on_camera_info("left", info(K, D))
+        assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
+        assert node.tracker.undistort is not None  # before: K only, D ignored
+        corner = np.array([[5.0, 5.0]])
+        moved = node.tracker.undistort(corner)
+        assert np.linalg.norm(moved - corner) > 20  # barrel distortion pulled the corner in by tens of px
+    finally:
+        node.destroy_node()
+    # rectified input: P is the pinhole, D is not applied again
+    P = np.c_[K * [[0.9], [0.9], [1.0]], np.zeros(3)]
+    node = make_node(ros_context, {"rectified_input": True})
+    try:
+        node._on_camera_info("left", info(K, D, P))
+        assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
+        assert node.tracker.undistort is None and np.allclose(node.tracker.K, P[:, :3])
+    finally:
+        node.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# 8: calibration changes, stereo baseline
+# ------------------------------------------------------------------------------------------------
+def test_new_calibration_resets_the_reference(ros_context):
+    from mambaglue_ros.tracking_state import TrackingState
+
+    node = make_node(ros_context, {})
+    statuses = []
+    node.pub_status = SimpleNamespace(publish=statuses.append)  # what the worker publishes, seen in-process
+    try:
+        node._on_camera_info("left", info(K))
+        img = np.zeros((480, 640), np.uint8)
+        assert node._ensure_tracker(frame(img, 1))
+        node.tracker.reference = object()  # stands for the features of a processed frame
+        node._on_camera_info("left", info(K))  # the same calibration again: nothing happens
+        assert node._ensure_tracker(frame(img, 2)) and node.tracker.reference is not None
+        K2 = K.copy()
+        K2[0, 0] = K2[1, 1] = 380.0
+        node._on_camera_info("left", info(K2))
+        assert node._ensure_tracker(frame(img, 3))
+        assert node.tracker.reference is None and np.allclose(node.tracker.K, K2)
+        assert [s.state for s in statuses] == [TrackingState.RESET]
+        assert "camera_info changed" in statuses[0].reason
+    finally:
+        node.destroy_node()
+
+
+def test_stereo_baseline_uses_both_Tx(ros_context):
+    node = make_node(ros_context, {"mode": "stereo"})
+    try:
+        P_left = np.c_[K, [-400.0 * 0.05, 0.0, 0.0]]   # a rig referenced 5 cm left of the left camera
+        P_right = np.c_[K, [-400.0 * 0.25, 0.0, 0.0]]
+        node._on_camera_info("left", info(K, P=P_left))
+        node._on_camera_info("right", info(K, P=P_right, frame_id="r"))
+        img = np.zeros((480, 640), np.uint8)
+        assert node._ensure_tracker(frame(img, 1, img))
+        assert node.tracker.T_left_right[0, 3] == pytest.approx(0.20)  # before: 0.25 (right Tx only)
+    finally:
+        node.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# 9: parameters
+# ------------------------------------------------------------------------------------------------
+def test_changes_are_validated_against_pending_ones(ros_context):
+    from rclpy.parameter import Parameter
+
+    node = make_node(ros_context, {})
+    try:
+        node._running = False  # keep the worker from applying the first change in between
+        node.slot.close()
+        node.worker.join(timeout=10)
+        assert node.set_parameters([Parameter("alpha", value=0.85)])[0].successful
+        result = node.set_parameters([Parameter("alpha_min", value=0.9)])[0]
+        assert not result.successful and "alpha_min <= alpha" in result.reason
+        node._apply_pending()
+        assert node.p["alpha"] == 0.85 and node.p["alpha_min"] == 0.8
+    finally:
+        node.destroy_node()
+
+
+def test_values_the_node_changes_itself_show_as_parameters(ros_context):
+    node = make_node(ros_context, {"max_keypoints": 512, "min_keypoints": 512, "diagnostics_period_s": 0.1})
+    executor = spin(ros_context, node)
+    try:
+        node._shrink_budget()  # what an out-of-memory error does
+        assert node.matcher.max_keypoints == 256
+        assert wait_for(lambda: node.get_parameter("max_keypoints").value == 256, timeout=10)
+        assert node.get_parameter("min_keypoints").value == 256
+        # and they are what later changes are checked against
+        from rclpy.parameter import Parameter
+
+        assert not node.set_parameters([Parameter("min_keypoints", value=300)])[0].successful
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# 10: encodings
+# ------------------------------------------------------------------------------------------------
+def test_mono16_shift_parameter_and_bayer_input(ros_context):
+    from sensor_msgs.msg import Image
+
+    node = make_node(ros_context, {"mono16_shift": 4})
+    try:
+        twelve_bit = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) % 4096)
+        msg = Image(height=64, width=80, encoding="mono16", step=160, data=twelve_bit.astype("<u2").tobytes())
+        out = node._decode(msg)
+        np.testing.assert_array_equal(out, np.minimum(twelve_bit >> 4, 255))  # before: >> 8, nearly black
+        y, x = np.mgrid[0:64, 0:80]
+        rgb = np.stack([x * 3, y * 3, 255 - x * 2], -1).astype(np.uint8)
+        mosaic = rgb[..., 1].copy()
+        mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+        mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+        out = node._decode(Image(height=64, width=80, encoding="bayer_rggb8", step=80, data=mosaic.tobytes()))
+        assert out is not None and out.shape == (64, 80, 3)  # before: refused
+        np.testing.assert_array_equal(out[2:-2, 2:-2], rgb[2:-2, 2:-2])
+    finally:
+        node.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# 11: stereo RANSAC threshold, stamps jumping back, diagnostics under a paused /clock
+# ------------------------------------------------------------------------------------------------
+def test_stereo_pnp_threshold_follows_ransac_px(ros_context):
+    from rclpy.parameter import Parameter
+
+    node = make_node(ros_context, {"mode": "stereo", "ransac_px": 3.0})
+    try:
+        node._on_camera_info("left", info(K))
+        node._on_camera_info("right", info(K, P=np.c_[K, [-40.0, 0.0, 0.0]], frame_id="r"))
+        img = np.zeros((480, 640), np.uint8)
+        assert node._ensure_tracker(frame(img, 1, img))
+        assert node.tracker.config["pnp_ransac_px"] == 3.0  # before: always 2.0
+        node.set_parameters([Parameter("ransac_px", value=1.5)])
+        node._apply_pending()
+        assert node.tracker.config["pnp_ransac_px"] == 1.5
+    finally:
+        node.destroy_node()
+
+
+def test_diagnostics_keep_coming_while_sim_time_is_paused(ros_context):
+    from diagnostic_msgs.msg import DiagnosticArray
+    import rclpy
+
+    # use_sim_time with no /clock at all: ROS time stays at 0, as with a paused bag
+    node = make_node(ros_context, {"use_sim_time": True, "diagnostics_period_s": 0.2})
+    io = rclpy.create_node("diag_listener", context=ros_context)
+    got = []
+    sub = io.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
+    executor = spin(ros_context, node, io)
+    try:
+        assert wait_for(lambda: sub.get_publisher_count() > 0, timeout=15)
+        assert wait_for(lambda: len(got) >= 2, timeout=10)  # before: a ROS-time timer never fired
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        io.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# 12: QoS overrides
+# ------------------------------------------------------------------------------------------------
+def test_qos_overrides_apply_to_the_image_subscription(ros_context):
+    from rclpy.qos import ReliabilityPolicy
+
+    node = make_node(ros_context, {"qos_reliability": "best_effort",
+                                   "qos_overrides./image.subscription.reliability": "reliable",
+                                   "qos_overrides./image.subscription.depth": 7})
+    try:
+        sub = next(s for s in node.subscriptions if s.topic_name == "/image")
+        assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # before: ignored
+        assert sub.qos_profile.depth == 7
+        assert node.get_parameter("qos_overrides./image.subscription.reliability").value == "reliable"
+    finally:
+        node.destroy_node()
+
+
+# ------------------------------------------------------------------------------------------------
+# the done-when loopback: tracks, status, reset, set_pose, no NaN, covariance vs Monte Carlo
+# ------------------------------------------------------------------------------------------------
+W, H = 320, 240
+N_BEFORE, N_GAP, N_AFTER = 11, 3, 3  # frames before the occlusion, black frames, frames after it
+INITIAL_POSE = [1.0, 2.0, 0.0, 0.0, 0.0, 0.38268343236508984, 0.9238795325112867]  # 45 deg yaw
+
+
+@pytest.fixture(scope="module")
+def stereo_frames():
+    from mambaglue_ros.synthetic import make_sequence
+
+    n = N_BEFORE + N_GAP + N_AFTER + 4
+    seq = make_sequence(n_frames=n, rate_hz=10.0, width=W, height=H, stereo=True, trajectory="forward", seed=2,
+                        baseline_m=0.2, speed_mps=0.5)
+    return seq, [seq.frame(i) for i in range(n)]
+
+
+def _so3_exp_batch(w: np.ndarray) -> np.ndarray:
+    theta = np.linalg.norm(w, axis=1)[:, None, None]
+    Wx = np.zeros((len(w), 3, 3))
+    Wx[:, 0, 1], Wx[:, 0, 2], Wx[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+    Wx -= Wx.transpose(0, 2, 1)
+    safe = np.where(theta < 1e-12, 1.0, theta)
+    a = np.where(theta < 1e-12, 1.0, np.sin(safe) / safe)
+    b = np.where(theta < 1e-12, 0.5, (1 - np.cos(safe)) / safe**2)
+    return np.eye(3) + a * Wx + b * Wx @ Wx
+
+
+def _perturb_batch(T: np.ndarray, d: np.ndarray) -> np.ndarray:
+    out = np.tile(np.eye(4), (len(d), 1, 1))
+    out[:, :3, :3] = _so3_exp_batch(d[:, 3:]) @ T[:3, :3]
+    out[:, :3, 3] = T[:3, 3] + d[:, :3]
+    return out
+
+
+def _error_batch(S: np.ndarray, T: np.ndarray) -> np.ndarray:
+    dR = S[:, :3, :3] @ T[:3, :3].T
+    rot = np.array([G.so3_log(R) for R in dR])
+    return np.c_[S[:, :3, 3] - T[:3, 3], rot]
+
+
+def pose_of(msg_pose) -> np.ndarray:
+    return C.pose_msg_to_matrix(msg_pose)
+
+
+def monte_carlo_odometry(relative, T0, n=4000, seed=0):
+    """Compose the published relative poses (body frame) by sampling: {stamp: (nominal T, sampled cov)}.
+
+    relative: [(stamp, reference_stamp, T_ref_cur, cov)] in order. A reference without a pose of its
+    own (tracking failed there) sits where the odometry was: the last sampled pose.
+    """
+    rng = np.random.default_rng(seed)
+    samples, nominal, out = {}, {}, {}
+    current_S, current_T = np.tile(T0, (n, 1, 1)), T0
+    for stamp, ref, T, cov in relative:
+        base_S, base_T = samples.get(ref, current_S), nominal.get(ref, current_T)
+        d = rng.multivariate_normal(np.zeros(6), cov, size=n)
+        S = base_S @ _perturb_batch(T, d)
+        Tn = base_T @ T
+        samples[stamp], nominal[stamp] = S, Tn
+        current_S, current_T = S, Tn
+        out[stamp] = (Tn, np.cov(_error_batch(S, Tn).T))
+    return out
+
+
+class BackendOutputs:
+    """Everything a back end would read from the node, kept as it arrives."""
+
+    def __init__(self, io, ns: str = "/mambaglue_matcher") -> None:
+        from nav_msgs.msg import Odometry
+        from sensor_msgs.msg import PointCloud
+
+        from mambaglue_ros.msg import RelativePose, TrackingStatus, Tracks
+
+        self.lock = threading.Lock()
+        self.data: dict[str, list] = {k: [] for k in ("tracks", "cloud", "status", "relative", "odom")}
+        kinds = {"tracks": (Tracks, "tracks"), "cloud": (PointCloud, "tracks_cloud"),
+                 "status": (TrackingStatus, "status"), "relative": (RelativePose, "relative_pose_ref"),
+                 "odom": (Odometry, "odom")}
+        self.subs = [io.create_subscription(t, f"{ns}/{topic}", self._keep(key), 100)
+                     for key, (t, topic) in kinds.items()]
+
+    def _keep(self, key):
+        def cb(msg):
+            with self.lock:
+                self.data[key].append(msg)
+        return cb
+
+    def get(self, key):
+        with self.lock:
+            return list(self.data[key])
+
+    def count(self, key):
+        with self.lock:
+            return len(self.data[key])
+
+
+def finite_everywhere(out: BackendOutputs) -> None:
+    for t in out.get("tracks"):
+        for field in (t.pixels, t.normalized, t.velocity, t.normalized_velocity):
+            assert np.all(np.isfinite(np.asarray(field)))
+        n = len(t.ids)
+        assert len(t.camera) == len(t.age) == n and len(t.pixels) == len(t.normalized) == 2 * n
+    for c in out.get("cloud"):
+        assert all(np.isfinite([p.x, p.y, p.z]).all() for p in c.points)
+        assert [ch.name for ch in c.channels] == ["id", "u", "v", "velocity_x", "velocity_y"]
+        assert all(len(ch.values) == len(c.points) and np.all(np.isfinite(ch.values)) for ch in c.channels)
+    for r in out.get("relative"):
+        for pose in (r.pose, r.pose_base):
+            values = [pose.pose.position.x, pose.pose.position.y, pose.pose.position.z, pose.pose.orientation.w,
+                      *pose.covariance]
+            assert np.all(np.isfinite(values))
+    for o in out.get("odom"):
+        tw = o.twist.twist
+        values = [o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z, o.pose.pose.orientation.x,
+                  o.pose.pose.orientation.w, tw.linear.x, tw.linear.y, tw.angular.z, *o.pose.covariance,
+                  *o.twist.covariance]
+        assert np.all(np.isfinite(values))
+
+
+def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frames):
+    import rclpy
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_srvs.srv import Trigger
+
+    from mambaglue_ros.msg import TrackingStatus as TS
+    from mambaglue_ros.srv import SetPose
+
+    seq, frames = stereo_frames
+    node = make_node(ros_context, {"matcher": "mambaglue", "mode": "stereo", "qos_reliability": "reliable",
+                                   "max_keypoints": 512, "publish_tracks_cloud": True,
+                                   "publish_null_when_lost": True, "initial_pose": INITIAL_POSE,
+                                   "camera_to_base": [0.1, 0.0, 0.2, -0.5, 0.5, -0.5, 0.5]})
+    io = rclpy.create_node("backend_io", context=ros_context)
+    out = BackendOutputs(io)
+    left = io.create_publisher(Image, "left/image_rect", 10)
+    right = io.create_publisher(Image, "right/image_rect", 10)
+    linfo = io.create_publisher(CameraInfo, "left/camera_info", 10)
+    rinfo = io.create_publisher(CameraInfo, "right/camera_info", 10)
+    reset = io.create_client(Trigger, "/mambaglue_matcher/reset")
+    set_pose = io.create_client(SetPose, "/mambaglue_matcher/set_pose")
+    executor = spin(ros_context, node, io)
+    K_ = frames[0].K
+    black = np.zeros((H, W, 3), np.uint8)
+    sent = [0]
+
+    def send(f, dark: bool = False) -> None:
+        """One stereo frame; returns once the node processed it and its status arrived."""
+        i = sent[0]
+        linfo.publish(info(K_, frame_id="left_optical", size=(W, H)))
+        rinfo.publish(info(K_, P=np.c_[K_, [-K_[0, 0] * seq.rig.baseline_m, 0, 0]], frame_id="right_optical",
+                           size=(W, H)))
+        left.publish(image_msg(black if dark else f.left, f.stamp_ns, "left_optical"))
+        right.publish(image_msg(black if dark else f.right, f.stamp_ns, "right_optical"))
+        assert wait_for(lambda: node.stats.counters["frames_processed"] > i, timeout=60), f"frame {i}"
+        sent[0] += 1
+        assert wait_for(lambda: sum(s.state != TS.RESET for s in out.get("status")) >= sent[0], timeout=10)
+
+    def call(client, request):
+        future = client.call_async(request)
+        assert wait_for(future.done, timeout=30)
+        return future.result()
+
+    try:
+        wait_for_subscribers(left, right, linfo, rinfo)
+        assert wait_for(lambda: all(s.get_publisher_count() > 0 for s in out.subs), timeout=15)
+        assert reset.wait_for_service(timeout_sec=15) and set_pose.wait_for_service(timeout_sec=15)
+        linfo.publish(info(K_, frame_id="left_optical", size=(W, H)))
+        rinfo.publish(info(K_, P=np.c_[K_, [-K_[0, 0] * seq.rig.baseline_m, 0, 0]], frame_id="right_optical",
+                           size=(W, H)))
+        assert wait_for(lambda: {"left", "right"} <= set(node.camera), timeout=10)
+
+        k = 0
+        for _ in range(N_BEFORE):
+            send(frames[k]); k += 1
+        for _ in range(N_GAP):  # occlusion: the camera moves on, the images are black
+            send(frames[k], dark=True); k += 1
+        for _ in range(N_AFTER):
+            send(frames[k]); k += 1
+        before_reset = list(out.get("status"))
+        states = [s.state for s in before_reset]
+        assert states[0] == TS.INITIALIZING and set(states[1:N_BEFORE]) == {TS.OK}, states
+        assert states[N_BEFORE:N_BEFORE + N_GAP] == [TS.LOST] * N_GAP, states
+        assert TS.OK in states[N_BEFORE + N_GAP:], states  # tracking came back
+        lost = before_reset[N_BEFORE + N_GAP - 1]
+        assert lost.frames_since_last_pose == N_GAP and "too few" in lost.reason
+        assert C.stamp_to_ns(lost.last_pose_stamp) == frames[N_BEFORE - 1].stamp_ns
+
+        # --- tracks: one message per frame, a static scene point keeps its id for >= 10 frames
+        tracks = out.get("tracks")
+        assert wait_for(lambda: out.count("tracks") >= sent[0], timeout=10)
+        tracks = out.get("tracks")[:N_BEFORE]
+        first = tracks[0]
+        persistent = set(np.asarray(first.ids)[np.asarray(first.camera) == 0].tolist())
+        for t in tracks[1:10]:
+            persistent &= set(np.asarray(t.ids)[np.asarray(t.camera) == 0].tolist())
+        assert len(persistent) >= 3, len(persistent)  # (7 of 512 keypoints at 320x240 when written)
+        f0 = frames[0]
+        for tid in sorted(persistent)[:20]:  # the same scene point: back-project once, re-project everywhere
+            i0 = list(first.ids).index(tid)
+            u0 = np.asarray(first.pixels).reshape(-1, 2)[i0]
+            z = f0.depth[int(round(u0[1])), int(round(u0[0]))]
+            X_world = f0.T_world_left @ np.r_[np.linalg.inv(K_) @ np.r_[u0, 1.0] * z, 1.0]
+            for j, t in enumerate(tracks[1:10], start=1):
+                X = G.invert(frames[j].T_world_left) @ X_world
+                u = (K_ @ X[:3])[:2] / X[2]
+                ij = list(t.ids).index(tid)
+                # re-detected keypoints wander by a pixel or two; another scene point would be far off
+                assert np.linalg.norm(np.asarray(t.pixels).reshape(-1, 2)[ij] - u) < 5.0, (tid, j)
+                assert t.age[ij] == j + 1
+        right_ids = set(np.asarray(tracks[5].ids)[np.asarray(tracks[5].camera) == 1].tolist())
+        assert len(right_ids) > 20 and right_ids <= set(np.asarray(tracks[5].ids).tolist())
+        assert out.count("cloud") >= N_BEFORE
+
+        # --- odometry covariance against Monte Carlo over the segment before the reset
+        assert wait_for(lambda: out.count("relative") >= N_BEFORE - 1, timeout=10)
+        relative = [(C.stamp_to_ns(r.header.stamp), C.stamp_to_ns(r.reference_stamp), pose_of(r.pose_base.pose),
+                     np.asarray(r.pose_base.covariance).reshape(6, 6)) for r in out.get("relative")]
+        T0 = C.pose_msg_to_matrix(SimpleNamespace(position=SimpleNamespace(x=1.0, y=2.0, z=0.0),
+                                                  orientation=SimpleNamespace(x=0.0, y=0.0, z=INITIAL_POSE[5],
+                                                                              w=INITIAL_POSE[6])))
+        predicted = monte_carlo_odometry(relative, T0)
+        odoms = {C.stamp_to_ns(o.header.stamp): o for o in out.get("odom") if o.pose.pose.orientation.w != 0}
+        traces = []
+        for stamp, (Tn, cov_mc) in predicted.items():
+            o = odoms[stamp]
+            np.testing.assert_allclose(pose_of(o.pose.pose), Tn, atol=1e-6)
+            cov = np.asarray(o.pose.covariance).reshape(6, 6)
+            scale = np.sqrt(np.outer(np.diag(cov_mc), np.diag(cov_mc)))
+            assert np.all(np.abs(cov - cov_mc) <= 0.1 * scale + 1e-15), (stamp, cov, cov_mc)
+            traces.append(np.trace(cov[:3, :3]))
+        assert len(traces) >= N_BEFORE - 1 + N_AFTER - 1
+        assert all(b > a for a, b in zip(traces, traces[1:])), traces  # uncertainty only grows
+        # while lost: rtabmap's null odometry, nothing else
+        null = [o for o in out.get("odom") if o.pose.pose.orientation.w == 0]
+        assert len(null) == N_GAP and all(o.pose.covariance[0] >= 1e6 for o in null)
+
+        # --- ~/reset: RESET, then the odometry starts again at initial_pose
+        response = call(reset, Trigger.Request())
+        assert response.success, response.message
+        assert wait_for(lambda: out.get("status")[-1].state == TS.RESET, timeout=10)
+        assert out.get("status")[-1].reason == "reset service"
+        n_odom = len(odoms)
+        send(frames[k]); k += 1
+        send(frames[k]); k += 1
+        assert [s.state for s in out.get("status")[-2:]] == [TS.INITIALIZING, TS.OK]
+        assert wait_for(lambda: len([o for o in out.get("odom") if o.pose.pose.orientation.w != 0]) > n_odom, timeout=10)
+        after = out.get("odom")[-1]
+        moved = G.invert(T0) @ pose_of(after.pose.pose)
+        assert np.linalg.norm(moved[:3, 3]) < 0.15  # one frame (5 cm) from initial_pose, not from before
+        assert after.pose.covariance[0] < 1e-3
+        assert out.get("tracks")[-2].reference_stamp.sec == 0  # every track new after the reset
+
+        # --- ~/set_pose: RESET, the odometry continues from the given pose with its covariance
+        request = SetPose.Request()
+        request.pose.header.frame_id = "odom"
+        request.pose.pose.pose.position.x = -3.0
+        request.pose.pose.pose.orientation.w = 1.0
+        request.pose.pose.covariance = (np.eye(6) * 0.01).ravel()
+        assert call(set_pose, request).success
+        assert out.get("status")[-1].reason == "set_pose" or wait_for(
+            lambda: out.get("status")[-1].reason == "set_pose", timeout=10)
+        bad = SetPose.Request()
+        bad.pose.header.frame_id = "map"
+        bad.pose.pose.pose.orientation.w = 1.0
+        answer = call(set_pose, bad)
+        assert not answer.success and "odometry frame is 'odom'" in answer.message
+        send(frames[k]); k += 1
+        send(frames[k]); k += 1
+        assert wait_for(lambda: out.get("odom")[-1].pose.pose.position.x < -2.5, timeout=10)
+        last = out.get("odom")[-1]
+        assert abs(last.pose.pose.position.x + 3.0) < 0.15 and last.pose.covariance[0] >= 0.01
+        finite_everywhere(out)
+        assert node.worker.is_alive()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        io.destroy_node()

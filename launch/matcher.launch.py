@@ -1,6 +1,8 @@
 """Start the MambaGlue matcher node.
 
     ros2 launch mambaglue_ros matcher.launch.py image:=/camera/image_raw camera_info:=/camera/camera_info
+    ros2 launch mambaglue_ros matcher.launch.py image:=/camera/image_raw transport:=compressed
+    ros2 launch mambaglue_ros matcher.launch.py params_file:=/my/stereo.yaml lifecycle:=true
     ros2 launch mambaglue_ros matcher.launch.py mode:=stereo \
         left_image:=/stereo/left/image_rect right_image:=/stereo/right/image_rect \
         left_camera_info:=/stereo/left/camera_info right_camera_info:=/stereo/right/camera_info
@@ -34,6 +36,8 @@ def _launch_setup(context, *args, **kwargs):
         remaps={name: value(name) for name in TOPIC_ARGUMENTS},
         share_dir=get_package_share_directory("mambaglue_ros"),
         log_level=value("log_level"),
+        transport=value("transport"),
+        lifecycle=value("lifecycle"),
     )
     return [Node(package="mambaglue_ros", executable="matcher_node",
                  output="screen", emulate_tty=True, **node_kwargs)]
@@ -41,11 +45,18 @@ def _launch_setup(context, *args, **kwargs):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("mode", default_value="mono",
-                              description="mono (temporal pairs) or stereo (rectified left/right pairs)"),
+        DeclareLaunchArgument("mode", default_value="",
+                              description="mono (temporal pairs) or stereo (rectified left/right pairs); "
+                                          "empty = the params file's mode (mono without a params file)"),
         DeclareLaunchArgument("params_file", default_value="",
                               description="parameters YAML; empty = config/matcher.yaml (mono) "
                                           "or config/stereo.yaml (stereo) of this package"),
+        DeclareLaunchArgument("transport", default_value="",
+                              description="raw (sensor_msgs/Image) or compressed (<image>/compressed); "
+                                          "empty = the params file's transport"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="start the lifecycle (managed) node: configure and activate it "
+                                          "with a lifecycle manager (Nav2) or `ros2 lifecycle set`"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (bag playback with --clock)"),

@@ -296,7 +296,8 @@ def _error_batch(S: np.ndarray, T: np.ndarray) -> np.ndarray:
 
 
 def pose_of(msg_pose) -> np.ndarray:
-    return C.pose_msg_to_matrix(msg_pose)
+    q, t = msg_pose.orientation, msg_pose.position
+    return G.make_transform(G.quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w])), [t.x, t.y, t.z])
 
 
 def monte_carlo_odometry(relative, T0, n=4000, seed=0):
@@ -532,3 +533,36 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
         executor.shutdown()
         node.destroy_node()
         io.destroy_node()
+
+
+def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
+    from mambaglue_ros.synthetic import make_sequence
+    from mambaglue_ros.tracking_state import TrackingState
+
+    seq = make_sequence(n_frames=4, rate_hz=5.0, stereo=False, trajectory="orbit", seed=1, speed_mps=1.0)
+    f = [seq.frame(i) for i in range(4)]
+    node = make_node(ros_context, {})
+    odom, status = [], []
+    node.pub_odom = SimpleNamespace(publish=odom.append)  # what the worker publishes, seen in-process
+    node.pub_status = SimpleNamespace(publish=status.append)
+    try:
+        node._running = False
+        node.slot.close()
+        node.worker.join(timeout=10)
+        node._on_camera_info("left", info(f[0].K))
+        node._process(frame(f[0].left, f[0].stamp_ns))
+        node._process(frame(f[1].left, f[1].stamp_ns))
+        assert len(odom) == 1
+        before = pose_of(odom[-1].pose.pose)
+        back = f[1].stamp_ns - 5 * 10**9  # a bag loop
+        node._process(frame(f[2].left, back))
+        resets = [s for s in status if s.state == TrackingState.RESET]
+        assert len(resets) == 1 and "stamp jumped back 5.0 s" in resets[0].reason  # before: only a log line
+        node._process(frame(f[3].left, back + 200_000_000))
+        assert len(odom) == 2, [s.reason for s in status]
+        after = pose_of(odom[-1].pose.pose)
+        # continues from the last pose (one unit-length mono step away), not from identity
+        assert np.linalg.norm(after[:3, 3] - before[:3, 3]) == pytest.approx(1.0, abs=1e-6)
+        assert np.linalg.norm(after[:3, 3]) > 1.2
+    finally:
+        node.destroy_node()

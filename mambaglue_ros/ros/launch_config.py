@@ -3,14 +3,22 @@
 The launch file only reads its arguments and hands them to ``node_arguments``; everything that
 can go wrong (unknown mode, a remap that does not apply to the mode, a bad log level) is decided
 and tested here.
+
+Precedence: an argument given on the command line (``mode:=``, ``transport:=``) overrides the
+params file; an empty one leaves the file's value in effect (``params_file:=config/stereo.yaml``
+alone runs stereo).
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Mapping
 
+from .params import load_params_yaml
+
 PACKAGE = "mambaglue_ros"
 EXECUTABLE = "matcher_node"
+NODE_NAME = "mambaglue_matcher"
+TRANSPORTS = ("raw", "compressed")
 
 # default params file per mode, relative to the package's share directory
 DEFAULT_PARAMS = {"mono": "config/matcher.yaml", "stereo": "config/stereo.yaml"}
@@ -33,8 +41,10 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 # every argument launch/matcher.launch.py declares -> its default (a test keeps the two in step)
 LAUNCH_ARGUMENTS: dict[str, str] = {
-    "mode": "mono",
+    "mode": "",
     "params_file": "",
+    "transport": "",
+    "lifecycle": "false",
     "namespace": "",
     "use_sim_time": "false",
     "log_level": "info",
@@ -60,10 +70,11 @@ def parse_bool(value: bool | str) -> bool:
 
 
 def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bool | str,
-                   remaps: Mapping[str, str], share_dir: str, log_level: str = "info") -> dict[str, Any]:
+                   remaps: Mapping[str, str], share_dir: str, log_level: str = "info", transport: str = "",
+                   lifecycle: bool | str = False) -> dict[str, Any]:
     """Keyword arguments for launch_ros ``Node(package=PACKAGE, executable=EXECUTABLE, **kw)``.
 
-    mode: "mono" or "stereo".
+    mode: "mono", "stereo", or "" = the params file's mode (mono without a params file).
     params_file: YAML path; empty = ``share_dir/DEFAULT_PARAMS[mode]``.
     namespace: node namespace ("" = none).
     use_sim_time: bool or launch string ("true"/"false").
@@ -71,17 +82,32 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
         ignored, a non-empty one that does not apply to ``mode`` is an error.
     share_dir: the package's share directory (get_package_share_directory(PACKAGE)).
     log_level: debug | info | warn | error | fatal.
+    transport: "raw", "compressed", or "" = the params file's transport.
+    lifecycle: start the lifecycle (managed) node, ``matcher_node --lifecycle``.
 
     Returns {"parameters": [params file, overrides], "remappings": [(from, to), ...],
     "namespace": str, "arguments": [...]}.
     """
     mode = mode.strip().lower()
+    params_file = params_file.strip()
+    overrides: dict[str, Any] = {}
+    if mode:
+        overrides["mode"] = mode  # an explicit mode wins over the file's
+    elif params_file:
+        mode = str(load_params_yaml(params_file, NODE_NAME).get("mode", "mono")).strip().lower()
+    else:
+        mode = "mono"
     if mode not in DEFAULT_PARAMS:
         raise ValueError(f"mode must be mono or stereo, got '{mode}'")
     level = log_level.strip().lower()
     if level not in LOG_LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got '{log_level}'")
-    params_file = params_file.strip() or os.path.join(share_dir, DEFAULT_PARAMS[mode])
+    transport = transport.strip().lower()
+    if transport and transport not in TRANSPORTS:
+        raise ValueError(f"transport must be raw or compressed, got '{transport}'")
+    if transport:
+        overrides["transport"] = transport
+    params_file = params_file or os.path.join(share_dir, DEFAULT_PARAMS[mode])
 
     remappings: list[tuple[str, str]] = []
     applicable = REMAP_ARGUMENTS[mode]
@@ -99,9 +125,9 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
             remappings.append((topic + _COMPRESSED_SUFFIX, target.rstrip("/") + _COMPRESSED_SUFFIX))
 
     return {
-        # the explicit mode wins over the file's, so mode:=stereo with a custom file is coherent
-        "parameters": [params_file, {"mode": mode, "use_sim_time": parse_bool(use_sim_time)}],
+        # explicit arguments win over the file's values; empty ones leave the file in charge
+        "parameters": [params_file, {**overrides, "use_sim_time": parse_bool(use_sim_time)}],
         "remappings": remappings,
         "namespace": namespace.strip(),
-        "arguments": ["--ros-args", "--log-level", level],
+        "arguments": (["--lifecycle"] if parse_bool(lifecycle) else []) + ["--ros-args", "--log-level", level],
     }

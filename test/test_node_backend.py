@@ -591,3 +591,39 @@ def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
         assert np.linalg.norm(after[:3, 3]) > 1.2
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize("policy", ["previous", "keyframe"])
+def test_mono_tracks_from_the_node_keep_their_ids(ros_context, policy):
+    """The node's glue: ids persist with either policy, normalised coordinates are K^-1 (u, v, 1)."""
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=6, rate_hz=10.0, stereo=False, trajectory="orbit", seed=1, speed_mps=0.3)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {"keyframe_policy": policy, "min_inliers": 15})
+    tracks, rel = [], []
+    node.pub_tracks = SimpleNamespace(publish=tracks.append)
+    node.pub_relative = SimpleNamespace(publish=rel.append)
+    try:
+        node._running = False
+        node.slot.close()
+        node.worker.join(timeout=10)
+        node._on_camera_info("left", info(f[0].K))
+        for fr in f:
+            node._process(frame(fr.left, fr.stamp_ns))
+        assert len(tracks) == len(f) and len(rel) == len(f) - 1
+        refs = {C.stamp_to_ns(r.reference_stamp) for r in rel}
+        assert (len(refs) < len(rel)) == (policy == "keyframe")  # a keyframe served several frames
+        assert len({r.keyframe_id for r in rel}) == len(refs)
+        common = set(tracks[0].ids)
+        for t in tracks[1:]:
+            common &= set(t.ids)
+        assert len(common) > 20, len(common)
+        for t in tracks:
+            px = np.asarray(t.pixels).reshape(-1, 2)
+            norm = np.asarray(t.normalized).reshape(-1, 2)
+            np.testing.assert_allclose(norm, (px - f[0].K[:2, 2]) / np.diag(f[0].K)[:2], atol=1e-5)
+        ages = {i: a for i, a in zip(tracks[-1].ids, tracks[-1].age)}
+        assert all(ages[i] == len(f) for i in common)
+    finally:
+        node.destroy_node()

@@ -40,7 +40,14 @@ def test_console_script_runs_and_shuts_down_cleanly(ros_context, sig):
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(io)
     try:
+        from rcl_interfaces.msg import Log
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
         out = Collector(io, namespace="/robot")
+        rosout: list[str] = []
+        rosout_sub = io.create_subscription(
+            Log, "/rosout", lambda m: rosout.append(m.msg) if m.name.endswith("mambaglue_matcher") else None,
+            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         pub = io.create_publisher(Image, "/robot/image", 10)
         info = io.create_publisher(CameraInfo, "/robot/camera_info", 10)
 
@@ -55,6 +62,10 @@ def test_console_script_runs_and_shuts_down_cleanly(ros_context, sig):
         assert spin_until(lambda: pub.get_subscription_count() and info.get_subscription_count(), 60)
         wait_for_subscribers(pub, info, timeout=1)
         out.wait_matched()
+        # a warning reaches /rosout, where users see it: matched first (our own node's publisher + the process's)
+        assert spin_until(lambda: rosout_sub.get_publisher_count() >= 2, 30), "/rosout not matched"
+        pub.publish(Image(height=1, width=1, encoding="rgb8", step=3, data=bytes(3)))
+        assert spin_until(lambda: any("1x1 is too small" in m for m in rosout), 20), rosout[-5:]
 
         def accounted(n: int) -> bool:
             """The node's diagnostics account for ``n`` input frames (processed or skipped)."""
@@ -70,7 +81,7 @@ def test_console_script_runs_and_shuts_down_cleanly(ros_context, sig):
             msg.header.stamp = C.ns_to_stamp(f.stamp_ns)
             msg.header.frame_id = "cam"
             pub.publish(msg)
-            assert spin_until(lambda: accounted(i + 1), 60), out.latest_diagnostics()
+            assert spin_until(lambda: accounted(i + 2), 60), out.latest_diagnostics()  # + the 1x1 image
         assert spin_until(lambda: out.count("matches") >= 1, 10), out.latest_diagnostics()
         assert out.count("matches") >= 1, "no /robot/matches from the node process"
         m = out.get("matches")[-1]

@@ -1,7 +1,7 @@
 """Reliability of the real node over loopback DDS: bad input, stamp and calibration anomalies,
 bursts, faults, bad files and configuration. The node never dies and never lies.
 
-Every bad input must give (1) a warning on /rosout naming the problem, (2) a counter in
+Every bad input must give (1) a logged warning naming the problem, (2) a counter in
 /diagnostics, (3) no crash (the worker thread and the executor keep running, good frames after
 it are processed) and (4) nothing non-finite or inconsistent published. Every test ends with
 ``check_outputs`` (all outputs well-formed) and ``check_accounting`` (every input frame is in
@@ -34,14 +34,18 @@ BASE = {"features": "xfeat", "max_keypoints": 256, "qos_reliability": "reliable"
 
 # ---------------------------------------------------------------------------------------------- harness
 class Rig:
-    """MatcherNode + a test node (publishers, output collector, /rosout log) on one executor."""
+    """MatcherNode + a test node (publishers, output collector) on one executor; the node's log lines
+    are observed in-process (``LogRecorder``).
+
+    Not through /rosout: a node here received nothing from it in 3 of 16 runs, even after waiting for
+    the subscription to match. Likely cause: rcl keeps one /rosout publisher per logger *name*, and
+    an earlier test's ``mambaglue_matcher`` in the same process, finalised late, unregisters the name.
+    A real process holds one node; test_node_process.py checks /rosout delivery there."""
 
     def __init__(self, ros_context, overrides: dict, mode: str = "mono", transport: str = "raw"):
         import rclpy
-        from rcl_interfaces.msg import Log
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         from mambaglue_ros.ros.node import MatcherNode
@@ -51,11 +55,6 @@ class Rig:
                                 parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self.log = LogRecorder(self.node)  # what the node logs, observed in-process
         self.io = rclpy.create_node("reliability_io", context=ros_context)
-        # /rosout as a user sees it; only ``rosout_logged`` reads it (after waiting for the match)
-        self.rosout: list[tuple[int, str]] = []
-        self._log_lock = threading.Lock()
-        self.rosout_sub = self.io.create_subscription(Log, "/rosout", self._on_log, QoSProfile(
-            depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.out = Collector(self.io)
         self.executor = MultiThreadedExecutor(context=ros_context)
         self.executor.add_node(self.node)
@@ -75,21 +74,6 @@ class Rig:
             self.rinfo = self.io.create_publisher(CameraInfo, "right/camera_info", 10)
             wait_for_subscribers(self.left, self.right, self.linfo, self.rinfo)
         self.out.wait_matched()
-
-    def _on_log(self, msg) -> None:
-        if msg.name.endswith("mambaglue_matcher"):
-            with self._log_lock:
-                self.rosout.append((int.from_bytes(msg.level, "little") if isinstance(msg.level, bytes)
-                                    else msg.level, msg.msg))
-
-    def wait_rosout_matched(self) -> None:
-        """Until the /rosout subscription is matched with the node's /rosout publisher (and the test
-        node's own): a line logged before the match may never be delivered."""
-        assert wait_for(lambda: self.rosout_sub.get_publisher_count() >= 2, timeout=15), "/rosout not matched"
-
-    def rosout_logged(self, text: str, level: int = 30) -> bool:
-        with self._log_lock:
-            return any(lv >= level and text in m for lv, m in self.rosout)
 
     def stop(self) -> None:
         self.executor.shutdown()
@@ -192,7 +176,6 @@ def test_bad_raw_images(ros_context, frames):
         f = frames
         K = f[0].K
         rig.set_info(K)
-        rig.wait_rosout_matched()
         t = f[0].stamp_ns
         rig.image.publish(image_msg(f[0].left, t))
         rig.wait_counter("frames_processed", 1)
@@ -219,8 +202,6 @@ def test_bad_raw_images(ros_context, frames):
             rig.wait_logged(text)
             check_alive(rig)
         assert rig.logged("max_image_pixels")
-        # and the warnings reach /rosout, where a user sees them (the subscription was matched first)
-        assert wait_for(lambda: rig.rosout_logged("empty image: 0x0"), timeout=20), rig.rosout[-5:]
 
         # right layout, wrong size for the calibration: the intrinsics would not fit
         t += 10_000_000
@@ -624,7 +605,10 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
         rig.set_info(f[0].K)
         rig.image.publish(image_msg(f[0].left, f[0].stamp_ns))
         rig.wait_counter("frames_processed", 1)
-        real = rig.node.matcher.match_features
+        # the node wraps its Matcher (pipeline.PrefetchingMatcher): inject into the Matcher itself, or the
+        # wrapper's match_features would call the injected function, which calls the wrapper ...
+        inner = getattr(rig.node.matcher, "inner", rig.node.matcher)
+        real = inner.match_features
         oom_left = [4]
 
         def flaky(*args, **kw):
@@ -632,7 +616,7 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
                 oom_left[0] -= 1
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
             return real(*args, **kw)
-        monkeypatch.setattr(rig.node.matcher, "match_features", flaky)
+        monkeypatch.setattr(inner, "match_features", flaky)
         # 512 -> 256 -> 128 -> 64 -> (64: cannot shrink further). The worker counts the error before it
         # shrinks the budget and logs: wait for the log line of each step, not for the counter.
         steps = ["reducing max_keypoints 512 -> 256", "reducing max_keypoints 256 -> 128",
@@ -658,18 +642,18 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
             result.keypoints1 = result.keypoints1.copy()
             result.keypoints1[result.matches[:, 1]] = np.nan
             return result
-        monkeypatch.setattr(rig.node.matcher, "match_features", poisoned)
+        monkeypatch.setattr(inner, "match_features", poisoned)
         errors = rig.counter("errors")
         poisoned_stamp = f[5].stamp_ns + 50_000_000
         rig.image.publish(image_msg(f[6].left, poisoned_stamp))
         rig.wait_counter("errors", errors + 1)
         rig.wait_logged("non-finite", level=40)
-        monkeypatch.setattr(rig.node.matcher, "match_features", real)
+        monkeypatch.setattr(inner, "match_features", real)
 
         # an unexpected exception in a subscription callback: counted, logged, the node keeps going
         from mambaglue_ros.ros import convert as C
 
-        def broken(msg):
+        def broken(msg, **kwargs):
             raise RuntimeError("decoder exploded (injected)")
         monkeypatch.setattr(C, "image_to_numpy", broken)
         errors = rig.counter("errors")
@@ -799,6 +783,11 @@ def test_bad_weights_and_configuration_stop_the_process_with_one_clear_error(bad
         failures += [f for proc, args, texts in batch if (f := _startup_failure(proc, args, texts))]
     assert not failures, "\n".join(failures)
     assert not marker.exists(), "the pickle payload ran"
+    # positive control: the same file unpickled without weights_only does run the payload
+    import torch
+
+    torch.load(d / "evil.pt", weights_only=False)
+    assert marker.is_dir()
 
 
 def test_unapplied_parameter_rules_are_found():

@@ -12,8 +12,9 @@ Runs ``StereoTracker`` offline (no ROS) with the real matcher on a KITTI odometr
    disparity does (``--gt-sensitivity``) are used. Per band: median depth ratio stereo/GT and the
    median disparity error (stereo - GT) in pixels.
 3. PnP translation vs depth errors (frame pairs i-1 -> i): the median step ratio of the PnP
-   with the stereo depths, with only near points, with only far points, and with the GT depths
-   put in for the same points (what is left is the PnP's own contribution).
+   with the stereo depths (equal pixel weights, and weighted by each point's depth covariance),
+   with only near (< 20 m) points, with only far points, and with the GT depths put in for the
+   same points (what is left is the PnP's own contribution).
 
 Matcher outputs are cached (``--cache``), so re-running the analysis after a geometry change
 costs seconds. Example:
@@ -287,8 +288,9 @@ def pnp_vs_depth(data: dict[str, Any], matcher: Any, config: dict[str, Any], bia
     n = len(data["left"]) if frames is None else min(frames, len(data["left"]))
     cfg = tr.config
     gt_rows = bias["rows"]
-    results: dict[str, list[float]] = {"stereo_all": [], "stereo_near": [], "stereo_far": [], "same_pts_stereo": [],
-                                       "same_pts_gt_depth": []}
+    baseline = float(np.linalg.norm(data["T_left_right"][:3, 3]))
+    results: dict[str, list[float]] = {"stereo_all": [], "stereo_all_weighted": [], "stereo_near": [], "stereo_far": [],
+                                       "same_pts_stereo": [], "same_pts_gt_depth": []}
     prev = None
     for k in range(n):
         img_l, img_r = read_gray(data["left"][k]), read_gray(data["right"][k])
@@ -303,12 +305,15 @@ def pnp_vs_depth(data: dict[str, Any], matcher: Any, config: dict[str, Any], bia
             T_gt = np.linalg.inv(data["poses"][k - 1]) @ data["poses"][k]
             gl = float(np.linalg.norm(T_gt[:3, 3]))
 
-            def ratio(P: np.ndarray, p: np.ndarray) -> float:
+            def ratio(P: np.ndarray, p: np.ndarray, weighted: bool = False) -> float:
                 pose, _ = estimate_pose_pnp(P, p, data["K"], ransac_px=cfg["pnp_ransac_px"],
-                                            confidence=cfg["confidence"], min_matches=12, min_inliers=8)
+                                            confidence=cfg["confidence"], min_matches=12, min_inliers=8,
+                                            baseline=baseline if weighted else None,
+                                            pixel_sigma_px=cfg["pixel_sigma_px"])
                 return np.nan if pose is None else float(np.linalg.norm(pose.t) / gl)
 
             results["stereo_all"].append(ratio(P3, p1))
+            results["stereo_all_weighted"].append(ratio(P3, p1, weighted=True))
             near = P3[:, 2] < near_m
             results["stereo_near"].append(ratio(P3[near], p1[near]))
             results["stereo_far"].append(ratio(P3[~near], p1[~near]))

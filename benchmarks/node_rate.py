@@ -68,7 +68,7 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 
 def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: float, target_hz: float,
-        frames: list, precision: str = "auto", threads: int = 0, pipeline: bool = True,
+        frames: list, precision: str = "auto", threads: int = 0, pipeline: bool | None = None,
         device: str = "auto") -> dict:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -82,7 +82,9 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
-                 "precision": precision, "num_threads": threads, "pipeline": pipeline, "device": device}
+                 "precision": precision, "num_threads": threads, "device": device}
+    if pipeline is not None:
+        overrides["pipeline"] = pipeline
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("bench_io", context=ctx)
     ex = MultiThreadedExecutor(context=ctx)
@@ -144,6 +146,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     windows = [sum(1 for t in processed_at if a <= t < a + 5.0) / 5.0
                for a in np.arange(t_count + elapsed / 2, t_count + elapsed - 4.999, 5.0)]
     lat = np.array(latencies) if latencies else np.zeros(1)
+    pipeline = node.stage.enabled
     result = {"mode": mode, "features": features, "max_keypoints": keypoints, "input_hz": input_hz,
               "target_hz": target_hz, "pipeline": pipeline, "seconds": elapsed,
               "frames_in": snap["frames_in"] - in0, "processed": processed,
@@ -181,8 +184,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--target-hz", type=float, default=0.0)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    ap.add_argument("--pipeline", default="on", choices=("on", "off", "both"),
-                    help="the node's two-stage pipeline; both = off and on, interleaved per configuration")
+    ap.add_argument("--pipeline", default="default", choices=("default", "on", "off", "both"),
+                    help="the node's two-stage pipeline (default: the node's default); both = off, then on")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--json")
@@ -193,7 +196,7 @@ def main() -> int:
 
     frames = list(make_sequence(n_frames=20, rate_hz=args.input_hz, stereo=True, trajectory="forward", seed=0))
     rows = []
-    pipelines = {"on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
+    pipelines = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
         for pipeline in pipelines:
@@ -204,7 +207,7 @@ def main() -> int:
             steady = (f", 5 s windows (last half) {min(r['window_hz_last_half']):.1f}-"
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
-                  f"pipeline={'on ' if pipeline else 'off'} -> processed {r['processed_hz']:.2f} Hz, latency p50 "
+                  f"pipeline={'on ' if r['pipeline'] else 'off'} -> processed {r['processed_hz']:.2f} Hz, latency p50 "
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, dropped {r['dropped']}/"
                   f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
                   f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "

@@ -29,6 +29,12 @@ Design
   keypoints lose coverage of the image (hurting pose accuracy and robustness more than fewer
   refinement layers), so they are the last resort and the first thing restored. Keypoints
   change multiplicatively: ``K *= exp(keypoint_gain * e')``.
+* Pose hypotheses (``adapt_pose_hypotheses``, on by default): the mono pose polishes up to
+  ``max_pose_hypotheses`` MAGSAC models per frame (tens of ms on a small CPU, no matter how few
+  keypoints). Once alpha and the keypoint budget are at their floors and the frame is still over
+  budget, the hypotheses go down one at a time (every ``hypothesis_patience`` frames, so the
+  smoothed latency can follow) to 1; with slack they come back *first*, before keypoints and alpha
+  (they guard against the bas-relief ambiguity, a gross error rather than a small one).
 * ``target_rate_hz = 0``: fixed mode, alpha and keypoints never change.
 """
 from __future__ import annotations
@@ -50,6 +56,9 @@ DEFAULT_RATE_CONFIG: dict[str, Any] = {
     "proportional_gain": 0.05,  # kp
     "deadband": 0.15,        # slack (log units) tolerated before alpha is raised
     "keypoint_gain": 0.1,    # K *= exp(keypoint_gain * e') per frame (small: the EMA lags)
+    "adapt_pose_hypotheses": True,
+    "max_pose_hypotheses": 6,  # the node passes its pose_hypotheses parameter
+    "hypothesis_patience": 5,  # frames between two steps of the pose hypotheses
 }
 
 
@@ -69,11 +78,15 @@ def validate_rate_config(config: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"{key} must be a number, got {cfg[key]!r}") from None
         if not math.isfinite(cfg[key]):
             raise ValueError(f"{key} must be finite, got {cfg[key]}")
-    for key in ("min_keypoints", "max_keypoints"):
+    for key in ("min_keypoints", "max_keypoints", "max_pose_hypotheses", "hypothesis_patience"):
         if isinstance(cfg[key], bool) or int(cfg[key]) != cfg[key]:
             raise ValueError(f"{key} must be an integer, got {cfg[key]!r}")
         cfg[key] = int(cfg[key])
     cfg["adapt_keypoints"] = bool(cfg["adapt_keypoints"])
+    cfg["adapt_pose_hypotheses"] = bool(cfg["adapt_pose_hypotheses"])
+    if cfg["max_pose_hypotheses"] < 1 or cfg["hypothesis_patience"] < 1:
+        raise ValueError(f"max_pose_hypotheses and hypothesis_patience must be >= 1, got "
+                         f"{cfg['max_pose_hypotheses']}, {cfg['hypothesis_patience']}")
     if cfg["target_rate_hz"] < 0:
         raise ValueError(f"target_rate_hz must be >= 0 (0 = fixed alpha), got {cfg['target_rate_hz']}")
     if not 0.0 < cfg["alpha_min"] <= 1.0 or not 0.0 < cfg["alpha_max"] <= 1.0:
@@ -131,6 +144,8 @@ class AlphaController:
         self.latency_ema_ms: float | None = None
         self._prev_error = 0.0
         self.state = "fixed" if self.fixed else "starting"
+        self.pose_hypotheses = self.config["max_pose_hypotheses"]
+        self._since_hypothesis_step = 0
 
     @property
     def max_keypoints(self) -> int:
@@ -164,6 +179,24 @@ class AlphaController:
 
         kp_min, kp_max = float(cfg["min_keypoints"]), float(cfg["max_keypoints"])
         at_alpha_min = self.alpha <= cfg["alpha_min"] + 1e-12
+        at_keypoints_min = not cfg["adapt_keypoints"] or self._keypoints <= kp_min
+        self._since_hypothesis_step += 1
+        patient = self._since_hypothesis_step >= cfg["hypothesis_patience"]
+        if cfg["adapt_pose_hypotheses"] and e_band < 0.0 and at_alpha_min and at_keypoints_min \
+                and self.pose_hypotheses > 1:
+            # Last knob: fewer pose hypotheses, one at a time.
+            self.state = "lowering pose hypotheses"
+            if patient:
+                self.pose_hypotheses -= 1
+                self._since_hypothesis_step = 0
+            return self.alpha, self.max_keypoints
+        if cfg["adapt_pose_hypotheses"] and e_band > 0.0 and self.pose_hypotheses < cfg["max_pose_hypotheses"]:
+            # Slack: the pose hypotheses come back first.
+            self.state = "raising pose hypotheses"
+            if patient:
+                self.pose_hypotheses += 1
+                self._since_hypothesis_step = 0
+            return self.alpha, self.max_keypoints
         if cfg["adapt_keypoints"] and e_band < 0.0 and at_alpha_min:
             # Last resort: alpha cannot go lower and we are still over budget.
             self.state = "over budget at the floor" if self._keypoints <= kp_min else "lowering keypoints"
@@ -193,4 +226,4 @@ class AlphaController:
         under it [ms] (0 before the first frame; budget 0 in fixed mode)."""
         return {"rate_control": self.state, "rate_budget_ms": 0.0 if self.fixed else self.budget_ms,
                 "rate_time_ema_ms": self.latency_ema_ms or 0.0, "rate_alpha": self.alpha,
-                "rate_max_keypoints": self.max_keypoints}
+                "rate_max_keypoints": self.max_keypoints, "rate_pose_hypotheses": self.pose_hypotheses}

@@ -57,7 +57,7 @@ def costly_node(ros_context, monkeypatch):
 
     monkeypatch.setattr(node_module, "build_matcher", build)
     overrides = {"matcher": "orb", "target_rate_hz": TARGET_HZ, "qos_reliability": "reliable",
-                 "diagnostics_period_s": 0.2, "pose_hypotheses": 1, "pipeline": True}  # the path with more wiring
+                 "diagnostics_period_s": 0.2, "pose_hypotheses": 2, "pipeline": True}  # the path with more wiring
     node = node_module.MatcherNode(context=ros_context,
                                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("rate_io", context=ros_context)
@@ -131,6 +131,8 @@ def test_controller_turns_alpha_then_keypoints_and_gives_them_back(costly_node):
         diag = out.latest_diagnostics()
         assert float(diag["rate_budget_ms"]) == pytest.approx(450.0)
         assert float(diag["rate_time_ema_ms"]) > 0 and int(diag["rate_max_keypoints"]) < 1024
+        # pose hypotheses are the knob after the keypoints: untouched while the keypoints have room
+        assert int(diag["rate_pose_hypotheses"]) == 2 and node.tracker.config["pose_hypotheses"] == 2
         assert diag["pipeline"] == "True"
         # the stage gate takes frames at the target rate at most: processed stamps >= 500 ms apart
         stamps = [s for s, _, _ in history()]

@@ -178,3 +178,33 @@ def test_reset_restores_initial_state():
     assert ctrl.alpha < 0.95
     ctrl.reset()
     assert (ctrl.alpha, ctrl.max_keypoints, ctrl.latency_ema_ms) == (0.95, 1024, None)
+
+
+def test_pose_hypotheses_are_the_last_knob_and_come_back_first():
+    # 500 Hz: alpha, then keypoints, then the pose hypotheses (one step per patience frames) hit their floors.
+    ctrl = AlphaController({"target_rate_hz": 500.0, "max_pose_hypotheses": 6})
+    model = LatencyModel(seed=7)
+    alpha, kp, hyps, keypoints = ctrl.alpha, ctrl.max_keypoints, [], []
+    for _ in range(400):
+        alpha, kp = ctrl.update(model(alpha, kp))
+        hyps.append(ctrl.pose_hypotheses)
+        keypoints.append(kp)
+    first_drop = hyps.index(5)
+    assert keypoints[first_drop] == DEFAULT_RATE_CONFIG["min_keypoints"] and alpha == pytest.approx(0.8)
+    assert hyps[-1] == 1 and ctrl.diagnostics()["rate_pose_hypotheses"] == 1
+    assert all(b - a in (0, -1) for a, b in zip(hyps, hyps[1:]))  # one step at a time
+    steps = [i for i, (a, b) in enumerate(zip(hyps, hyps[1:])) if a != b]
+    assert min(b - a for a, b in zip(steps, steps[1:])) >= DEFAULT_RATE_CONFIG["hypothesis_patience"]
+    # Headroom (the load drops to a hundredth): hypotheses back to 6 before any keypoint comes back.
+    model.load = 0.01
+    for _ in range(200):
+        before_kp = ctrl.max_keypoints
+        alpha, kp = ctrl.update(model(alpha, kp))
+        if kp > before_kp:
+            assert ctrl.pose_hypotheses == 6
+    assert ctrl.pose_hypotheses == 6 and ctrl.max_keypoints == 1024
+    # Off: never changes.
+    ctrl = AlphaController({"target_rate_hz": 500.0, "adapt_pose_hypotheses": False})
+    for _ in range(300):
+        ctrl.update(50.0)
+    assert ctrl.pose_hypotheses == DEFAULT_RATE_CONFIG["max_pose_hypotheses"]

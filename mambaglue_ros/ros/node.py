@@ -337,7 +337,7 @@ class MatcherNode(Node):
         return {"target_rate_hz": self.p["target_rate_hz"], "alpha_min": self.p["alpha_min"],
                 "alpha_max": self.p["alpha_max"], "alpha_init": self.p["alpha"],
                 "adapt_keypoints": self.p["adapt_keypoints"], "min_keypoints": self.p["min_keypoints"],
-                "max_keypoints": self.p["max_keypoints"]}
+                "max_keypoints": self.p["max_keypoints"], "max_pose_hypotheses": self.p["pose_hypotheses"]}
 
     def _tracking_config(self) -> dict[str, Any]:
         return {"policy": self.p["keyframe_policy"], "keyframe_min_matches": self.p["keyframe_min_matches"],
@@ -386,7 +386,7 @@ class MatcherNode(Node):
         if not changes:
             return
         if changes.keys() & {"target_rate_hz", "alpha", "alpha_min", "alpha_max", "adapt_keypoints",
-                             "min_keypoints", "max_keypoints"}:
+                             "min_keypoints", "max_keypoints", "pose_hypotheses"}:
             self.controller = AlphaController(self._rate_config())
             self.stage.set_rate(self.p["target_rate_hz"])
         if "max_keypoints" in changes:
@@ -684,6 +684,8 @@ class MatcherNode(Node):
                 self.matcher.alpha = alpha
             if max_kp != self.matcher.max_keypoints:
                 self.matcher.max_keypoints = max_kp
+            if self.tracker is not None:  # the controller's last knob (pose time does not shrink with keypoints)
+                self.tracker.config["pose_hypotheses"] = self.controller.pose_hypotheses
             self._show_controller_values()
         match = result.temporal
         self.stats.processed(latency_ms, keypoints=len(match.keypoints1) if match is not None else 0,
@@ -763,12 +765,35 @@ class MatcherNode(Node):
         return header.frame_id or (self.camera[side].frame_id if side in self.camera else "camera_optical_frame")
 
     def _publish(self, frame: Frame, result, latency_ms: float) -> None:
+        # Bookkeeping first: a message that cannot be built (non-finite values raise) must not leave
+        # the odometry, the track ids or the tracking state out of step with the tracker.
+        rel = step = None
+        if result.pose is not None:
+            rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
+            try:
+                step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, rel.as_matrix(), rel.covariance)
+            except ValueError as e:
+                self.stats.error(f"ValueError: {e}")
+                self._warn("errors", f"frame {frame.stamp_ns}: {e}: no odometry for this frame", error=True)
+        keyframe_id = self.keyframe_id  # the reference this frame was matched against
+        report = self.tracking_state.frame(frame.stamp_ns, result.pose is not None, result.reason)
+        tracks = self._update_tracks(frame, result)
+        if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
+            self.odometry.set_reference(frame.stamp_ns)
+            self.keyframe_id += 1
+        ref_image = self.images.get(result.reference_stamp_ns) if result.reference_stamp_ns is not None else None
+        # keep the reference image (and this one, which may become the next reference)
+        keep = {frame.stamp_ns: frame.image}
+        if ref_image is not None and not result.is_keyframe:
+            keep[result.reference_stamp_ns] = ref_image
+        self.images = keep
+
         alpha = self.matcher.alpha if self.matcher.alpha is not None else -1.0
         size = (frame.image.shape[1], frame.image.shape[0])
         cam_frame = self._frame_id(frame.header)
         header = Header(stamp=frame.header.stamp, frame_id=cam_frame)
+        odom_header = Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"])
         if result.temporal is not None and result.reference_stamp_ns is not None:
-            ref_image = self.images.get(result.reference_stamp_ns)
             ref_size = size if ref_image is None else (ref_image.shape[1], ref_image.shape[0])
             self.pub_matches.publish(C.build_matches_msg(
                 result.temporal, header, result.reference_stamp_ns, frame.stamp_ns, cam_frame, cam_frame,
@@ -782,40 +807,24 @@ class MatcherNode(Node):
                 result.stereo, header, frame.stamp_ns, frame.stamp_ns, cam_frame, right_frame,
                 self.Matches.PAIR_STEREO, size, size, self.features, alpha, result.timings_ms.get("stereo", 0.0)))
         if result.pose is not None:
-            self.pub_pose.publish(C.pose_with_covariance_msg(result.pose.as_matrix(), result.pose.covariance,
-                                                             Header(stamp=frame.header.stamp, frame_id=cam_frame)))
-            rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
+            self.pub_pose.publish(C.pose_with_covariance_msg(result.pose.as_matrix(), result.pose.covariance, header))
             self.pub_relative.publish(C.relative_pose_msg(
                 result.pose.as_matrix(), result.pose.covariance, rel.as_matrix(), rel.covariance, header,
-                result.reference_stamp_ns, self.keyframe_id, cam_frame, self.p["base_frame"], result.pose.metric,
+                result.reference_stamp_ns, keyframe_id, cam_frame, self.p["base_frame"], result.pose.metric,
                 result.pose.num_inliers, result.pose.num_matches))
-            self._publish_odometry(frame, result, rel)
-        report = self.tracking_state.frame(frame.stamp_ns, result.pose is not None, result.reason)
-        if (result.pose is None and report.state == TrackingState.LOST and self.p["publish_null_when_lost"]):
-            self.pub_odom.publish(C.null_odometry_msg(Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"]),
-                                                      self.p["base_frame"]))
-        tracks = self._update_tracks(frame, result)
-        if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
-            self.odometry.set_reference(frame.stamp_ns)
-            self.keyframe_id += 1
+        if step is not None:
+            self._publish_odometry(step, odom_header)
+        elif report.state == TrackingState.LOST and self.p["publish_null_when_lost"]:
+            self.pub_odom.publish(C.null_odometry_msg(odom_header, self.p["base_frame"]))
         self._publish_tracks(frame, tracks, header)
-        num_left = int(np.sum(tracks.camera == 0))
         self.pub_status.publish(C.status_msg(
-            report, Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"]), self.keyframe_id, num_left,
+            report, odom_header, self.keyframe_id, int(np.sum(tracks.camera == 0)),
             len(result.temporal) if result.temporal is not None else 0, result.num_inliers))
-        # keep the reference image (and this one, which may become the next reference)
-        keep = {frame.stamp_ns: frame.image}
-        if result.reference_stamp_ns in self.images and not result.is_keyframe:
-            keep[result.reference_stamp_ns] = self.images[result.reference_stamp_ns]
-        self.images = keep
 
-    def _publish_odometry(self, frame: Frame, result, rel) -> None:
-        """``rel``: the relative pose in the base frame. It is relative to the tracker's reference (the
-        previous frame, or the keyframe), so it composes with the reference's odometry pose; the
-        covariance includes the lever arm of the reference's rotation error (see ``odometry``)."""
-        step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, rel.as_matrix(), rel.covariance)
-        header = Header(stamp=frame.header.stamp, frame_id=self.p["odom_frame"])
-        # twist: body velocity in base_frame since the previous frame with a pose (None over long gaps)
+    def _publish_odometry(self, step, header: Header) -> None:
+        """``step`` (odometry.OdometryStep): the relative pose composed with its reference's odometry
+        pose, covariance propagated with the lever arm (see ``odometry``); the twist is the body
+        velocity in base_frame since the previous frame with a pose (None over long gaps)."""
         self.pub_odom.publish(C.odometry_msg(step.T_odom_base, step.covariance, header, self.p["base_frame"],
                                              twist=step.twist, twist_cov=step.twist_covariance))
         if self.p["publish_tf"] and self._tf is not None:

@@ -94,6 +94,8 @@ class TrackManager:
         norm = np.asarray(normalized, dtype=np.float64).reshape(-1, 2)
         if len(kp) != len(norm):
             raise ValueError(f"{len(kp)} keypoints but {len(norm)} normalised points")
+        # a keypoint without finite coordinates gets no id and is left out (never published)
+        valid = np.isfinite(kp).all(axis=1) & np.isfinite(norm).all(axis=1)
         ids = np.full(len(kp), -1, dtype=np.int64)
         inherited = None
         if (temporal_matches is not None and reference_stamp_ns is not None
@@ -102,15 +104,17 @@ class TrackManager:
             ok = (m[:, 0] < len(self._reference_ids)) & (m[:, 1] < len(kp))
             ids[m[ok, 1]] = self._reference_ids[m[ok, 0]]
             inherited = self.reference_stamp_ns
-        fresh = ids < 0
+        ids[~valid] = -1
+        fresh = (ids < 0) & valid
         ids[fresh] = self._new_ids(int(fresh.sum()))
 
-        cams = [np.zeros(len(kp), dtype=np.uint8)]
-        all_ids, all_px, all_norm = [ids], [kp], [norm]
+        cams = [np.zeros(int(valid.sum()), dtype=np.uint8)]
+        all_ids, all_px, all_norm = [ids[valid]], [kp[valid]], [norm[valid]]
         if stereo_matches is not None and right_keypoints is not None and right_normalized is not None:
             s = np.asarray(stereo_matches, dtype=np.int64).reshape(-1, 2)
             rk = np.asarray(right_keypoints, dtype=np.float64).reshape(-1, 2)
             rn = np.asarray(right_normalized, dtype=np.float64).reshape(-1, 2)
+            s = s[(ids[s[:, 0]] >= 0) & np.isfinite(rk[s[:, 1]]).all(axis=1) & np.isfinite(rn[s[:, 1]]).all(axis=1)]
             all_ids.append(ids[s[:, 0]])
             all_px.append(rk[s[:, 1]])
             all_norm.append(rn[s[:, 1]])
@@ -132,7 +136,7 @@ class TrackManager:
                 vel_n[k] = (nrm[k] - prev[2]) / dt
                 age[k] = prev[3] + 1
             last[key] = (stamp_ns, px[k], nrm[k], int(age[k]))
-        if is_reference:
+        if is_reference:  # (-1 for keypoints without an id: their matches start new tracks)
             self.reference_stamp_ns = stamp_ns
             self._reference_ids = ids.copy()
         # keep only what can still be continued: this frame's tracks and the reference's

@@ -627,3 +627,43 @@ def test_mono_tracks_from_the_node_keep_their_ids(ros_context, policy):
         assert all(ages[i] == len(f) for i in common)
     finally:
         node.destroy_node()
+
+
+def test_a_frame_that_cannot_be_published_leaves_the_state_in_step(ros_context):
+    """Non-finite matcher output makes the frame fail (nothing of it published), but the odometry,
+    track ids and status continue with the next frame: the bookkeeping happened before publishing."""
+    from mambaglue_ros.synthetic import make_sequence
+    from mambaglue_ros.tracking_state import TrackingState
+
+    seq = make_sequence(n_frames=4, rate_hz=10.0, stereo=False, trajectory="orbit", seed=1, speed_mps=0.5)
+    f = [seq.frame(i) for i in range(4)]
+    node = make_node(ros_context, {})
+    odom, status, tracks = [], [], []
+    node.pub_odom = SimpleNamespace(publish=odom.append)
+    node.pub_status = SimpleNamespace(publish=status.append)
+    node.pub_tracks = SimpleNamespace(publish=tracks.append)
+    inner = getattr(node.matcher, "inner", node.matcher)
+    real = inner.match_features
+
+    def poisoned(*args, **kw):
+        result = real(*args, **kw)
+        result.keypoints1 = result.keypoints1.copy()
+        result.keypoints1[result.matches[:, 1]] = np.nan
+        return result
+    try:
+        node._running = False
+        node.slot.close()
+        node.worker.join(timeout=10)
+        node._on_camera_info("left", info(f[0].K))
+        node._process(frame(f[0].left, f[0].stamp_ns))
+        node._process(frame(f[1].left, f[1].stamp_ns))
+        inner.match_features = poisoned
+        with pytest.raises(ValueError, match="non-finite"):
+            node._process(frame(f[2].left, f[2].stamp_ns))
+        inner.match_features = real
+        node._process(frame(f[3].left, f[3].stamp_ns))
+        assert len(odom) == 2 and status[-1].state == TrackingState.OK, [s.reason for s in status]
+        assert C.stamp_to_ns(odom[-1].header.stamp) == f[3].stamp_ns
+        assert all(np.all(np.isfinite(np.asarray(t.velocity))) for t in tracks)
+    finally:
+        node.destroy_node()

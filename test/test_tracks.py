@@ -149,3 +149,16 @@ def test_reset_and_states():
     assert f.ids.tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="normalised"):
         tm.update(2, np.zeros((2, 2)), np.zeros((3, 2)), None, None, True)
+
+
+def test_non_finite_keypoints_get_no_id_and_do_not_poison_later_frames():
+    tm = TrackManager()
+    kp = np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0]])
+    f0 = tm.update(0, kp, normalized(kp), None, None, True)
+    bad = kp.copy()
+    bad[1] = np.nan  # e.g. a matcher bug
+    f1 = tm.update(NS, bad, normalized(bad), np.array([[0, 0], [1, 1], [2, 2]]), 0, True)
+    assert f1.ids.tolist() == [f0.ids[0], f0.ids[2]] and np.all(np.isfinite(f1.velocity_px))
+    f2 = tm.update(2 * NS, kp + 1, normalized(kp + 1), np.array([[0, 0], [1, 1], [2, 2]]), NS, True)
+    assert f2.ids[0] == f0.ids[0] and f2.ids[2] == f0.ids[2] and f2.ids[1] not in f0.ids  # new track
+    assert np.all(np.isfinite(f2.velocity_px)) and np.all(np.isfinite(f2.velocity_normalized))

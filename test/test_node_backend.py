@@ -526,7 +526,8 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
         send(frames[k]); k += 1
         send(frames[k]); k += 1
         assert [s.state for s in out.get("status")[-2:]] == [TS.INITIALIZING, TS.OK]
-        assert wait_for(lambda: len([o for o in out.get("odom") if o.pose.pose.orientation.w != 0]) > n_odom, timeout=10)
+        real_odom = lambda: [o for o in out.get("odom") if o.pose.pose.orientation.w != 0]  # noqa: E731
+        assert wait_for(lambda: len(real_odom()) > n_odom, timeout=10)
         after = out.get("odom")[-1]
         moved = G.invert(T0) @ pose_of(after.pose.pose)
         assert np.linalg.norm(moved[:3, 3]) < 0.15  # one frame (5 cm) from initial_pose, not from before

@@ -190,7 +190,7 @@ class MatcherNode(Node):
         self._configure()
         self._activate()
 
-    # ------------------------------------------------------------------ set-up in steps (the lifecycle node calls them one by one)
+    # ------------------------------------------------------------------ set-up in steps (lifecycle: one per transition)
     def _init_parameters(self, command_line: list[str] | None) -> None:
         """Declare and check the parameters; state that lives as long as the node."""
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
@@ -710,8 +710,8 @@ class MatcherNode(Node):
             self.odometry.reset(T_odom_base, covariance)
         self.images.clear()
         report = self.tracking_state.reset(stamp_ns, reason)
-        self.pub_status.publish(C.status_msg(report, Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"]),
-                                             self.keyframe_id, 0, 0, 0))
+        header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"])
+        self.pub_status.publish(C.status_msg(report, header, self.keyframe_id, 0, 0, 0))
 
     def _request_reset(self, T_odom_base: np.ndarray, covariance: np.ndarray, reason: str,
                        timeout_s: float = 10.0) -> bool:

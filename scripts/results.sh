@@ -65,6 +65,8 @@ replays() {
   "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 keyframe_policy=previous --force
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
   "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+  "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+  mkdir -p docs/results && cp out/kitti_stereo/trajectory.png docs/results/kitti_stereo_trajectory.png
 }
 speed() {         # run on a quiet machine: ratios within one run are what to compare
   "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1

@@ -97,6 +97,26 @@ def replay(name: str, r: dict[str, Any]) -> str:
                                       "inlier ratio", "latency p50 ms", "p95 ms"], rows)
 
 
+def stereo_replay(name: str, r: dict[str, Any]) -> str:
+    """Metric (stereo) replay: RPE per metre, KITTI-style drift and the median step-length ratio too."""
+    def f(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else fmt.format(v * scale)
+
+    rows = []
+    for m, s in r.get("methods", {r.get("method", "?"): r}).items():
+        rows.append([label(m), f"{s['frames_processed']}/{s['frames_in']}", s["poses"], f(s["ate_m"], "{:.4f}"),
+                     f(s.get("rpe_trans_per_m"), "{:.2f}", 100.0), f(s.get("rpe_rot_deg_per_m"), "{:.3f}"),
+                     f(s.get("drift_pct"), "{:.2f}"), f(s.get("drift_deg_per_100m"), "{:.2f}"),
+                     f(s.get("step_ratio_median"), "{:.3f}"), round(s["mean_matches"]), f"{s['mean_inlier_ratio']:.2f}",
+                     round(s["latency_ms_p50"])])
+    first = next(iter(r.get("methods", {"": r}).values()))
+    lengths = first.get("drift_lengths_m") or []
+    seg = f"{lengths[0]:g}..{lengths[-1]:g} m" if lengths else "-"
+    return f"replay: {name}\n\n" + md(["method", "processed", "poses", "ATE m", "RPE %/m", "RPE °/m",
+                                        f"drift % ({seg})", "drift °/100 m", "step ratio", "matches",
+                                        "inlier ratio", "latency p50 ms"], rows)
+
+
 def bench(r: dict[str, Any]) -> str:
     ks = list(r["keypoints"])
     rows = [[m] + [f"{per[k]:.1f}" + (f" (stop {r['stop_layer'][m][k]})" if "adaptive" in m else "") for k in ks]
@@ -134,6 +154,7 @@ def main() -> int:
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),
         ("kitti/report.json", lambda r: replay("KITTI clip (mono, Sim(3)-aligned)", r)),
+        ("kitti_stereo/report.json", lambda r: stereo_replay("KITTI clip (stereo, config/stereo.yaml)", r)),
         ("bench/bench_xfeat.json", bench), ("bench/bench_aliked.json", bench),
         ("bench/bench_xfeat_easy.json", bench), ("bench/bench_aliked_easy.json", bench),
         ("node_rate.json", lambda r: node_rate("default", r)), ("node_rate_5hz.json", lambda r: node_rate("5 Hz target", r)),

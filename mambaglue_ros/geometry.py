@@ -1005,14 +1005,19 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
 
     T_10 = make_transform(R_10, tvec.ravel())
     T_01 = invert(T_10)
+    weighted_note = ""
     if baseline is not None and baseline > 0:
-        sigma_d = float(disparity_sigma_px) if disparity_sigma_px else np.sqrt(2.0) * pixel_sigma_px
-        cov_X = stereo_point_covariance(X, K1, float(baseline), pixel_sigma_px, sigma_d)
-        T_w, inl_w, cov_w = refine_pose_weighted(T_01, X, cov_X, p1, K1, pixel_sigma_px)
-        if cov_w is None or inl_w.sum() < min_inliers or not _valid_covariance(cov_w) \
-                or not np.all(np.isfinite(T_w)):
-            return None, f"weighted PnP refinement failed ({int(inl_w.sum())} inliers)"
-        return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True), "ok"
+        # keypoint noise: the configured one, or more where the inlier residuals say so (blur, a weaker
+        # front end); robust scale of the equal-weight inliers (truncated by ransac_px, so a lower bound)
+        sigma_px = max(float(pixel_sigma_px), 1.4826 * float(np.median(np.abs(r))) if len(r) else 0.0)
+        sigma_d = float(disparity_sigma_px) if disparity_sigma_px else np.sqrt(2.0) * sigma_px
+        cov_X = stereo_point_covariance(X, K1, float(baseline), sigma_px, sigma_d)
+        T_w, inl_w, cov_w = refine_pose_weighted(T_01, X, cov_X, p1, K1, sigma_px)
+        if cov_w is not None and inl_w.sum() >= min_inliers and _valid_covariance(cov_w) \
+                and np.all(np.isfinite(T_w)):
+            return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True), "ok"
+        # keep the equal-weight pose rather than lose the frame
+        weighted_note = f" (equal weights: the weighted refinement kept {int(inl_w.sum())} inliers)"
 
     def cv_params(d: np.ndarray) -> np.ndarray:
         # our perturbation (d_t, d_theta in frame 0) -> OpenCV (rvec, tvec) of T_1_0
@@ -1027,7 +1032,7 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
     cov = _covariance_from_jacobian(J, sigma2)
     if cov is None or not _valid_covariance(cov):
         return None, "degenerate geometry (singular information matrix)"
-    return RelativePose(T_01[:3, :3], T_01[:3, 3].copy(), cov, int(inl.sum()), n, metric=True), "ok"
+    return RelativePose(T_01[:3, :3], T_01[:3, 3].copy(), cov, int(inl.sum()), n, metric=True), "ok" + weighted_note
 
 
 

@@ -119,3 +119,16 @@ def test_stereo_depth_limit_follows_baseline_focal_length_and_noise():
     assert limit(707.09, 0.537, pixel_sigma_px=0.5) == pytest.approx(2 * limit(707.09, 0.537))
     with pytest.raises(ValueError, match="min_disparity_sigmas"):
         validate_tracking_config({"min_disparity_sigmas": 0.0})
+
+
+def test_weighted_pnp_adapts_to_noisier_keypoints():
+    """Keypoints three times noisier than ``pixel_sigma_px`` says: the noise scale comes from the
+    inlier residuals, so the chi-square gate does not throw the good matches away."""
+    from mambaglue_ros.geometry import estimate_pose_pnp
+
+    for seed in range(3):
+        X, p1, K, b, T_01 = _stereo_scene(seed, sigma_px=3.0)
+        pose, why = estimate_pose_pnp(X, p1, K, ransac_px=8.0, baseline=b, pixel_sigma_px=1.0)
+        assert pose is not None and why == "ok", why
+        assert pose.inlier_ratio > 0.75
+        assert np.linalg.norm(pose.t - T_01[:3, 3]) < 0.05

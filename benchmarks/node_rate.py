@@ -84,7 +84,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
                  "precision": precision, "num_threads": threads, "device": device}
     if pipeline is not None:
-        overrides["pipeline"] = pipeline
+        overrides["pipeline"] = "on" if pipeline else "off"
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("bench_io", context=ctx)
     ex = MultiThreadedExecutor(context=ctx)

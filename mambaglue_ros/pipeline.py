@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from .runtime import FrameSlot
 
-__all__ = ["PrefetchingMatcher", "ExtractionStage", "RateGate", "torch_threads", "quiet_openmp",
+__all__ = ["PrefetchingMatcher", "ExtractionStage", "RateGate", "torch_threads", "quiet_openmp", "pipeline_enabled",
            "MeanTime"]
 
 
@@ -51,6 +51,15 @@ def quiet_openmp(environ: dict[str, str] | os._Environ = os.environ) -> None:
     the user set is kept.
     """
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pipeline_enabled(setting: str, target_rate_hz: float) -> bool:
+    """The node's ``pipeline`` parameter: 'on', 'off', or 'auto' = on when a target rate is set (the rate
+    controller shrinks the matcher's share of the frame, so overlapping the front end pays; at the full budget
+    on 2 vCPUs the pipeline measured no faster and added latency: docs/results.md, Real time)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"pipeline must be auto, on or off, got {setting!r}")
+    return setting == "on" or (setting == "auto" and target_rate_hz > 0)
 
 
 def torch_threads(requested: int, available: int, pipelined: bool = False) -> int:

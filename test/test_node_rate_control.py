@@ -57,7 +57,7 @@ def costly_node(ros_context, monkeypatch):
 
     monkeypatch.setattr(node_module, "build_matcher", build)
     overrides = {"matcher": "orb", "target_rate_hz": TARGET_HZ, "qos_reliability": "reliable",
-                 "diagnostics_period_s": 0.2, "pose_hypotheses": 2, "pipeline": True}  # the path with more wiring
+                 "diagnostics_period_s": 0.2, "pose_hypotheses": 2, "pipeline": "on"}  # the path with more wiring
     node = node_module.MatcherNode(context=ros_context,
                                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("rate_io", context=ros_context)
@@ -120,7 +120,7 @@ def test_controller_turns_alpha_then_keypoints_and_gives_them_back(costly_node):
     try:
         # 1) Over budget: alpha goes to its floor first, then the keypoint budget comes down until the
         #    matcher fits 450 ms, and /diagnostics says what the controller does.
-        assert wait_for(lambda: any(kp < 1024 for _, _, kp in history()), timeout=60), history()[-5:]
+        assert wait_for(lambda: any(kp < 1024 for _, _, kp in history()), timeout=60), (history()[-5:], out.latest_diagnostics())
         h1 = history()
         first_cut = next(i for i, (_, _, kp) in enumerate(h1) if kp < 1024)
         assert h1[first_cut - 1][1] == pytest.approx(0.8)  # alpha was at alpha_min before any keypoint went

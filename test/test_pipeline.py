@@ -12,7 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from mambaglue_ros.pipeline import ExtractionStage, PrefetchingMatcher, RateGate, quiet_openmp, torch_threads
+from mambaglue_ros.pipeline import (ExtractionStage, PrefetchingMatcher, RateGate, pipeline_enabled, quiet_openmp,
+                                    torch_threads)
 from mambaglue_ros.runtime import FrameSlot
 
 WAIT = 10.0  # generous: only a broken pipeline waits this long
@@ -266,6 +267,13 @@ def test_rate_gate_restarts_after_a_jump_and_off_passes_everything():
 
 
 # ---------------------------------------------------------------------------------------------- threads, OpenMP
+def test_pipeline_auto_is_on_with_a_target_rate():
+    assert pipeline_enabled("auto", 10.0) and not pipeline_enabled("auto", 0.0)
+    assert pipeline_enabled("on", 0.0) and not pipeline_enabled("off", 10.0)
+    with pytest.raises(ValueError):
+        pipeline_enabled("yes", 0.0)
+
+
 def test_torch_threads_one_per_stage():
     assert torch_threads(0, 2, pipelined=True) == 1 and torch_threads(0, 8, pipelined=True) == 4
     assert torch_threads(0, 1, pipelined=True) == 1

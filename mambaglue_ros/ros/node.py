@@ -60,7 +60,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from .. import geometry as G
 from ..camera_model import PointUndistorter
 from ..odometry import OdometryIntegrator
-from ..pipeline import ExtractionStage, PrefetchingMatcher, torch_threads
+from ..pipeline import ExtractionStage, PrefetchingMatcher, pipeline_enabled, torch_threads
 from ..rate_control import AlphaController
 from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
 from ..tracking import MonoTracker, StereoTracker
@@ -219,7 +219,8 @@ class MatcherNode(Node):
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = torch_threads(self.p["num_threads"], cores, pipelined=self.p["pipeline"])
+        self.pipelined = pipeline_enabled(self.p["pipeline"], self.p["target_rate_hz"])
+        threads = torch_threads(self.p["num_threads"], cores, pipelined=self.pipelined)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.features = resolve_features(self.p["features"], self.p["device"])
@@ -288,7 +289,7 @@ class MatcherNode(Node):
         self.slot = FrameSlot(self.p["queue_size"])
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
             [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
-            enabled=self.p["pipeline"], stamp_ns=lambda f: f.stamp_ns)
+            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns)
         self.stage.set_rate(self.p["target_rate_hz"])
         # a steady clock: under use_sim_time a paused /clock (bag paused or ended) must not stop
         # the diagnostics that would tell why nothing comes out
@@ -678,7 +679,8 @@ class MatcherNode(Node):
         latency_ms, cycle_ms = self.stage.finish()  # latency since extraction began; cycle: the busier stage
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
-        alpha, max_kp = self.controller.update(cycle_ms)
+        # only matched frames tell the controller what a frame costs (a first frame only extracts)
+        alpha, max_kp = self.controller.update(cycle_ms if result.temporal is not None else float("nan"))
         if not self.controller.fixed:
             if self.p["early_exit"]:
                 self.matcher.alpha = alpha

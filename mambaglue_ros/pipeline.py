@@ -53,13 +53,14 @@ def quiet_openmp(environ: dict[str, str] | os._Environ = os.environ) -> None:
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def pipeline_enabled(setting: str, target_rate_hz: float) -> bool:
-    """The node's ``pipeline`` parameter: 'on', 'off', or 'auto' = on when a target rate is set (the rate
-    controller shrinks the matcher's share of the frame, so overlapping the front end pays; at the full budget
-    on 2 vCPUs the pipeline measured no faster and added latency: docs/results.md, Real time)."""
+def pipeline_enabled(setting: str, target_rate_hz: float, stereo: bool = False) -> bool:
+    """The node's ``pipeline`` parameter: 'on', 'off', or 'auto' = on in stereo (stage 1 also does the
+    left/right match, so the stages are balanced) or when a target rate is set (the rate controller shrinks
+    the matcher's share of the frame, so overlapping the front end pays); off for mono at the full budget,
+    where on 2 vCPUs it measured no faster and added latency (docs/results.md, Real time)."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"pipeline must be auto, on or off, got {setting!r}")
-    return setting == "on" or (setting == "auto" and target_rate_hz > 0)
+    return setting == "on" or (setting == "auto" and (stereo or target_rate_hz > 0))
 
 
 def torch_threads(requested: int, available: int, pipelined: bool = False) -> int:

@@ -269,6 +269,7 @@ def test_rate_gate_restarts_after_a_jump_and_off_passes_everything():
 # ---------------------------------------------------------------------------------------------- threads, OpenMP
 def test_pipeline_auto_is_on_with_a_target_rate():
     assert pipeline_enabled("auto", 10.0) and not pipeline_enabled("auto", 0.0)
+    assert pipeline_enabled("auto", 0.0, stereo=True) and not pipeline_enabled("off", 0.0, stereo=True)
     assert pipeline_enabled("on", 0.0) and not pipeline_enabled("off", 10.0)
     with pytest.raises(ValueError):
         pipeline_enabled("yes", 0.0)

@@ -219,7 +219,7 @@ class MatcherNode(Node):
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.pipelined = pipeline_enabled(self.p["pipeline"], self.p["target_rate_hz"])
+        self.pipelined = pipeline_enabled(self.p["pipeline"], self.p["target_rate_hz"], self.p["mode"] == "stereo")
         threads = torch_threads(self.p["num_threads"], cores, pipelined=self.pipelined)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)

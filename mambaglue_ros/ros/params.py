@@ -70,9 +70,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "without it all cores but one (the ROS callbacks need one: oversubscribed OpenMP threads slow "
               "inference many times). On a CPU shared with other processes, use fewer", low=0, high=256),
     ParamSpec("pipeline", "auto", "on: extract frame t+1 on a second thread while frame t is matched (latest frame "
-              "only, bounded latency); off: one worker thread does both; auto: on when target_rate_hz > 0 at start "
-              "(the controller shrinks the matcher's work, so overlapping the front end pays: measured +21 % on 2 "
-              "vCPUs), off otherwise (at full budget it measured no faster, with ~1.4x the latency)",
+              "only, bounded latency); off: one worker thread does both; auto: on in stereo (stage 1 also does the "
+              "left/right match: measured +43 % on 2 vCPUs) and when target_rate_hz > 0 at start (+21 %), off for "
+              "mono at the full budget (measured no faster, with ~1.4x the latency)",
               choices=("auto", "on", "off")),
     ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
               low=64, high=8192, read_only=False),

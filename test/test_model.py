@@ -1,6 +1,7 @@
 """MambaGlue network behaviour: batching, early exit, pruning, empty inputs, training, checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -28,7 +29,7 @@ def perturbed(f: Features, seed: int) -> Features:
 
 
 def live_mamba(net: MambaGlue, seed: int = 0) -> MambaGlue:
-    """Give the zero-initialised Mamba FFN columns random values so the branch affects the output."""
+    """Random values in the Mamba FFN columns (checkpoint round trips: every tensor must survive)."""
     g = torch.Generator().manual_seed(seed)
     d = net.conf["descriptor_dim"]
     with torch.no_grad():
@@ -38,51 +39,131 @@ def live_mamba(net: MambaGlue, seed: int = 0) -> MambaGlue:
     return net
 
 
+def warp(image: np.ndarray, angle_deg: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` rotated and scaled about its centre, then shifted; and the 3x3 map of image -> warp."""
+    import cv2
+
+    h, w = image.shape[:2]
+    A = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
+    A[:, 2] += shift
+    return cv2.warpAffine(image, A, (w, h)), np.vstack([A, [0.0, 0.0, 1.0]])
+
+
+def correct_fraction(r, H: np.ndarray, px: float = 3.0) -> float:
+    p = np.c_[r.points0, np.ones(len(r))] @ H.T
+    return float((np.linalg.norm(p[:, :2] / p[:, 2:] - r.points1, axis=1) < px).mean())
+
+
 @pytest.fixture(scope="module")
 def xfeat_matcher() -> Matcher:
-    m = Matcher(features="xfeat", weights="lightglue", device="cpu", alpha=None, pruning=False)
-    live_mamba(m.net)
+    """The shipped XFeat checkpoint (trained Mamba branch and regressor) through the normal loader."""
+    m = Matcher(features="xfeat", device="cpu", alpha=None, pruning=False, max_keypoints=512)
+    assert m.weights_source == f"checkpoint:{W.packaged_checkpoint('xfeat').name}"
     return m
 
 
-def test_padded_batch_equals_single_pairs(xfeat_matcher):
-    f0a = random_features(300, 64, seed=1)
-    f0b = random_features(180, 64, seed=2)
-    pairs = [(f0a, perturbed(f0a, 3)), (f0b, perturbed(f0b, 4))]
-    # make the second pair ragged on both sides
-    f1b = pairs[1][1]
-    pairs[1] = (f0b, Features(f1b.keypoints[:150], f1b.descriptors[:150], f1b.scores[:150], f1b.image_size))
+@pytest.fixture(scope="module")
+def real_pairs(xfeat_matcher):
+    """XFeat features of real photos: name -> (features0, features1, H_0to1).
+    identity: the same image twice; easy: 1 deg, 2 % zoom, a few pixels (video-like); hard: 25 deg, 0.8x."""
+    import cv2
+    from skimage import data
+
+    coffee = cv2.resize(data.coffee(), (640, 480))
+    astronaut = cv2.resize(data.astronaut(), (640, 480))
+    pairs = {}
+    for name, (img, angle, scale, shift) in {"identity": (coffee, 0, 1.0, (0, 0)), "easy": (coffee, 1, 1.02, (3, 2)),
+                                             "hard": (astronaut, 25, 0.8, (10, -5))}.items():
+        img1, H = warp(img, angle, scale, shift)
+        pairs[name] = (xfeat_matcher.extract(img), xfeat_matcher.extract(img1), H)
+    return pairs
+
+
+@contextlib.contextmanager
+def alpha(matcher: Matcher, value: float | None):
+    old = matcher.alpha
+    matcher.alpha = value
+    try:
+        yield matcher
+    finally:
+        matcher.alpha = old
+
+
+def test_padded_batch_equals_single_pairs(xfeat_matcher, real_pairs):
+    f0a, f1a, _ = real_pairs["easy"]
+    f0b, f1b, _ = real_pairs["hard"]
+    # ragged on both sides
+    pairs = [(f0a, f1a), (Features(f0b.keypoints[:400], f0b.descriptors[:400], f0b.scores[:400], f0b.image_size),
+                          Features(f1b.keypoints[:300], f1b.descriptors[:300], f1b.scores[:300], f1b.image_size))]
     singles = [xfeat_matcher.match_features(a, b) for a, b in pairs]
     batched = xfeat_matcher.match_batch(pairs)
     for s, b in zip(singles, batched):
-        assert len(s) > 10  # the perturbed pairs really match
+        assert len(s) > 100  # real pairs really match
         np.testing.assert_array_equal(s.matches, b.matches)
-        np.testing.assert_allclose(s.scores, b.scores, atol=1e-4)  # masked SDPA takes another kernel
+        # masked SDPA takes another kernel: scores round apart (1.7e-4 measured on these real pairs)
+        np.testing.assert_allclose(s.scores, b.scores, atol=5e-4)
 
 
-def test_early_exit_and_depth(xfeat_matcher):
-    f0 = random_features(256, 64, seed=5)
-    f1 = perturbed(f0, 6)
+def test_early_exit_and_depth(xfeat_matcher, real_pairs):
+    """The exit mechanism: a regressor forced confident exits after layer 1, forced unsure runs all 6."""
+    f0, f1, _ = real_pairs["easy"]
     full = xfeat_matcher.match_features(f0, f1)
     assert full.stop_layer == full.num_layers == 6
-    regressor_out = xfeat_matcher.net.token_confidence[0].token[-2]
-    bias = regressor_out.bias.detach().clone()
-    xfeat_matcher.alpha = 0.95
+    # the last linear layer of every layer's confidence regressor
+    outputs = [tc.token[-2] for tc in xfeat_matcher.net.token_confidence]
+    biases = [o.bias.detach().clone() for o in outputs]
     try:
-        with torch.no_grad():
-            regressor_out.bias.fill_(20.0)  # every point confident after layer 1 -> exit there
-        early = xfeat_matcher.match_features(f0, f1)
-        with torch.no_grad():
-            regressor_out.bias.fill_(-20.0)  # no point confident -> run to the end
-        late = xfeat_matcher.match_features(f0, f1)
+        with alpha(xfeat_matcher, 0.95):
+            with torch.no_grad():
+                for o in outputs:
+                    o.bias.fill_(20.0)  # every point confident after layer 1 -> exit there
+            early = xfeat_matcher.match_features(f0, f1)
+            with torch.no_grad():
+                for o in outputs:
+                    o.bias.fill_(-20.0)  # no point ever confident -> run to the end
+            late = xfeat_matcher.match_features(f0, f1)
     finally:
-        xfeat_matcher.alpha = None
         with torch.no_grad():
-            regressor_out.bias.copy_(bias)
+            for o, b in zip(outputs, biases):
+                o.bias.copy_(b)
     assert early.stop_layer == 1
     assert late.stop_layer == 6
     with pytest.raises(ValueError):
         xfeat_matcher.alpha = 1.5
+
+
+def test_early_exit_on_an_easy_pair_keeps_the_full_depth_matches(xfeat_matcher, real_pairs):
+    """The trained regressor at the default alpha stops early on easy pairs, and the matches it stops
+    with are the full-depth ones. Measured when written: identity exits after 3 of 6 layers with every
+    point matched; the video-like pair after 5, 262 of 270 full-depth matches kept, 0.885 vs 0.881 correct."""
+    f0, f1, _ = real_pairs["identity"]
+    with alpha(xfeat_matcher, 0.95):
+        same = xfeat_matcher.match_features(f0, f1)
+    assert same.stop_layer <= 4 and len(same) >= 0.95 * len(f0)
+    assert np.mean(same.matches[:, 0] == same.matches[:, 1]) > 0.99  # each point with itself
+    f0, f1, H = real_pairs["easy"]
+    full = xfeat_matcher.match_features(f0, f1)
+    with alpha(xfeat_matcher, 0.95):
+        early = xfeat_matcher.match_features(f0, f1)
+    assert early.stop_layer < full.stop_layer == 6
+    common = len({tuple(m) for m in early.matches} & {tuple(m) for m in full.matches})
+    assert common >= 0.95 * len(full), (common, len(early), len(full))
+    assert correct_fraction(early, H) >= correct_fraction(full, H) - 0.02
+
+
+def test_batch_exits_when_every_pair_is_done(xfeat_matcher, real_pairs):
+    """``match_batch`` with early exit stops at the layer where the last pair is done: the identity pair
+    alone exits earlier than the warped one, together they run as deep as the warped one, which then
+    gets exactly its own matches."""
+    easy, hard = real_pairs["identity"][:2], real_pairs["hard"][:2]
+    with alpha(xfeat_matcher, 0.95):
+        singles = [xfeat_matcher.match_features(*easy), xfeat_matcher.match_features(*hard)]
+        batched = xfeat_matcher.match_batch([easy, hard])
+    assert singles[0].stop_layer < singles[1].stop_layer < 6, [s.stop_layer for s in singles]
+    assert [b.stop_layer for b in batched] == [singles[1].stop_layer] * 2
+    np.testing.assert_array_equal(batched[1].matches, singles[1].matches)
+    assert len(batched[0]) >= len(singles[0])  # deeper never hurts the easy pair here (all points matched)
 
 
 def test_empty_and_tiny_inputs(xfeat_matcher):
@@ -96,20 +177,21 @@ def test_empty_and_tiny_inputs(xfeat_matcher):
     assert r.matches.shape[1] == 2 and len(r) <= 1
 
 
-def test_bf16_precision_agrees_with_fp32():
-    """bf16 autocast (the CPU's fast reduced precision) finds nearly the same matches; outputs stay fp32."""
-    m32 = Matcher(features="xfeat", device="cpu", alpha=None)
-    m16 = Matcher(features="xfeat", device="cpu", alpha=None, precision="bf16")
-    f0 = random_features(400, 64, seed=11)
-    f1 = perturbed(f0, 12)
-    a, b = m32.match_features(f0, f1), m16.match_features(f0, f1)
-    assert len(a) > 100 and b.scores.dtype == np.float32 and np.all(np.isfinite(b.scores))
-    same = len({tuple(r) for r in a.matches} & {tuple(r) for r in b.matches})
-    # random descriptors make many near-ties (bf16 has 8 mantissa bits): real pairs agree closer (README)
-    assert same >= 0.85 * max(len(a), len(b)), (same, len(a), len(b))
-    common = {tuple(r): s for r, s in zip(a.matches, a.scores)}
-    diffs = [abs(common[tuple(r)] - s) for r, s in zip(b.matches, b.scores) if tuple(r) in common]
-    assert np.median(diffs) < 0.15  # scores move (~0.07 median here); matches are what users consume
+def test_bf16_precision_agrees_with_fp32(real_pairs):
+    """bf16 autocast (the CPU's fast reduced precision) finds nearly the same matches; outputs stay fp32.
+    Measured on these real pairs when written: 94-96 % of the matches shared, median score change < 0.001."""
+    m32 = Matcher(features="xfeat", device="cpu", alpha=None, max_keypoints=512)
+    m16 = Matcher(features="xfeat", device="cpu", alpha=None, max_keypoints=512, precision="bf16")
+    for name in ("easy", "hard"):
+        f0, f1, H = real_pairs[name]
+        a, b = m32.match_features(f0, f1), m16.match_features(f0, f1)
+        assert len(a) > 150 and b.scores.dtype == np.float32 and np.all(np.isfinite(b.scores))
+        same = len({tuple(r) for r in a.matches} & {tuple(r) for r in b.matches})
+        assert same >= 0.9 * max(len(a), len(b)), (name, same, len(a), len(b))
+        common = {tuple(r): s for r, s in zip(a.matches, a.scores)}
+        diffs = [abs(common[tuple(r)] - s) for r, s in zip(b.matches, b.scores) if tuple(r) in common]
+        assert np.median(diffs) < 0.01, (name, np.median(diffs))
+        assert correct_fraction(b, H) >= correct_fraction(a, H) - 0.03
 
 
 def test_precision_choices():

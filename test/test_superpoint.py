@@ -149,14 +149,19 @@ def test_batch_matches_single_images(model: SuperPoint) -> None:
             torch.testing.assert_close(batch[key][i], single[i][key][0], atol=1e-5, rtol=1e-5)
 
 
-def test_heatmap_pixel_order(model: SuperPoint) -> None:
-    """Bin c of cell (i, j) is pixel (8i + c // 8, 8j + c % 8) (LightGlue's reshape order)."""
-    logits = torch.randn(1, 65, 3, 4)
-    prob = torch.softmax(logits, 1)[:, :-1]
-    b, _, h, w = prob.shape
-    ref = prob.permute(0, 2, 3, 1).reshape(b, h, w, 8, 8).permute(0, 1, 3, 2, 4)
-    ref = ref.reshape(b, h * 8, w * 8)
-    torch.testing.assert_close(F.pixel_shuffle(prob, 8)[:, 0], ref)
+def test_heatmap_pixel_order() -> None:
+    """Bin c of cell (i, j) is pixel (8i + c // 8, 8j + c % 8) (LightGlue's reshape order), in our
+    ``dense``: a detector head that always votes for bin 29 puts every cell's peak at row 3, column 5."""
+    sp = make_model(0)
+    with torch.no_grad():
+        sp.convPb.weight.zero_()
+        sp.convPb.bias.zero_()
+        sp.convPb.bias[29] = 10.0  # 29 = 3 * 8 + 5
+    heatmap, _ = sp.dense(torch.rand(1, 1, 24, 32))
+    assert heatmap.shape == (1, 24, 32)
+    cells = heatmap[0].reshape(3, 8, 4, 8).permute(0, 2, 1, 3).reshape(12, 64)  # (cell, pixel in cell)
+    assert (cells.argmax(-1) == 29).all()
+    assert torch.allclose(cells[:, 29], torch.full((12,), float(torch.softmax(sp.convPb.bias, 0)[29])))
 
 
 def test_extract_features_returns_types(model: SuperPoint) -> None:

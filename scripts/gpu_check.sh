@@ -95,9 +95,9 @@ install() {
 }
 
 if [ -n "$DRY" ]; then
-  PY="$ROOT/.venv/bin/python"
+  PY="${MAMBAGLUE_PY:-$ROOT/.venv/bin/python}"
   DEVICE=cpu
-  printf 'install\tskipped\t0\t(dry run: the repo .venv)\n' >>"$OUT/steps.tsv"
+  printf 'install\tskipped\t0\t(dry run: %s)\n' "$PY" >>"$OUT/steps.tsv"
 else
   DEVICE=cuda
   PY=""

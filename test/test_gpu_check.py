@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     out = tmp_path / "gpu"
     proc = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--dry-run", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=480, env=dict(os.environ))
+                          cwd=ROOT, capture_output=True, text=True, timeout=480,
+                          env={**os.environ, "MAMBAGLUE_PY": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {s["step"]: s["status"] for s in report["steps"]}

@@ -48,9 +48,10 @@ def test_bench_cli_json_fields(tmp_path):
             assert r["peak_mb"][method]["128"] is None and r["peak_increase_mb"][method]["128"] is None
     for method in ("mambaglue", "lightglue", "lightglue_kornia", "mambaglue_bf16", "lightglue_bf16"):  # full depth
         assert r["stop_layer"][method]["128"] == 6
-    # bf16 autocast: nearly the same matches as fp32 (8 mantissa bits move a few borderline ones)
+    # bf16 autocast: nearly the same matches as fp32 (8 mantissa bits move a few borderline ones; 0-1 of
+    # about 50 measured at 128 keypoints)
     for name in ("mambaglue", "lightglue"):
-        assert abs(r["matches"][f"{name}_bf16"]["128"] - r["matches"][name]["128"]) <= 0.1 * r["matches"][name]["128"] + 2
+        assert abs(r["matches"][f"{name}_bf16"]["128"] - r["matches"][name]["128"]) <= 0.05 * r["matches"][name]["128"] + 1
     # ours with mixer 'attention' on LightGlue's weights is LightGlue: same matches as kornia's
     assert r["matches"]["lightglue"]["128"] == r["matches"]["lightglue_kornia"]["128"]
     n0, n1 = r["keypoints"]["128"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ def photo_dir(tmp_path_factory) -> Path:
     else:
         from skimage import data
 
+        warnings.warn(f"{PHOTOS} absent: eval-homography tests use scikit-image's bundled photos instead")
         for name in ("astronaut", "coffee", "chelsea"):
             cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
     return folder
@@ -73,18 +75,22 @@ def test_eval_on_three_pairs_writes_json_and_plots(photo_dir, tmp_path, capsys):
     assert res["pairs"] == 3 and res["features"] == "xfeat" and res["seed"] == 0
     keys = {"precision", "recall", "auc@1px", "auc@3px", "auc@5px", "auc_dlt@1px", "auc_dlt@3px", "auc_dlt@5px",
             "pairs_per_s", "mean_stop_layer", "mean_matches"}
+    # measured on the shared validation photos when written: precision 0.62 / 0.59, recall 0.89 / 0.88,
+    # AUC@3px 0.22 / 0.18 (MambaGlue / LightGlue); a broken matcher or ground truth gives ~0
     for m in ("mambaglue", "lightglue"):
         s = res["methods"][m]
         assert keys <= set(s)
-        assert 0.0 <= s["precision"] <= 1.0 and 0.0 <= s["recall"] <= 1.0
+        assert 0.45 < s["precision"] <= 1.0 and 0.75 < s["recall"] <= 1.0, (m, s)
         assert all(0.0 <= s[k] <= 1.0 for k in keys if k.startswith("auc"))
+        assert s["auc@3px"] > 0.1 and s["auc@5px"] >= s["auc@3px"] >= s["auc@1px"], (m, s)
         assert 1 <= s["mean_stop_layer"] <= 6 and s["pairs_per_s"] > 0
         assert [r["alpha"] for r in res["alpha_sweep"][m]] == [0.9, None]
         assert res["alpha_sweep"][m][1]["mean_stop_layer"] == 6  # exit off: every layer runs
     assert res["weights"]["lightglue"].startswith("lightglue:")
-    assert abs(res["methods"]["mambaglue+bf16"]["precision"] - res["methods"]["mambaglue"]["precision"]) < 0.1
-    # warm-start / trained LightGlue weights match this synthetic data well
-    assert res["methods"]["lightglue"]["precision"] > 0.5
+    # same pairs, same keypoints: the shipped MambaGlue is not worse than LightGlue (the control of this run)
+    assert res["methods"]["mambaglue"]["precision"] >= res["methods"]["lightglue"]["precision"] - 0.05
+    # bf16 moves a few borderline matches: 0.014 measured
+    assert abs(res["methods"]["mambaglue+bf16"]["precision"] - res["methods"]["mambaglue"]["precision"]) < 0.05
     assert "lightglue" in capsys.readouterr().out
     for name in ("homography_auc_xfeat.png", "stop_layers_xfeat.png", "alpha_sweep_xfeat.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000

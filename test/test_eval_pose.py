@@ -17,8 +17,8 @@ from mambaglue_ros.geometry import invert, make_transform, so3_exp
 
 EUROC = Path("/work/shared/data/euroc_v101_micro")
 KITTI = Path("/work/shared/data/kitti_seq1")
-needs_data = pytest.mark.skipif(not (EUROC.is_dir() and KITTI.is_dir()),
-                                reason=f"shared data not present ({EUROC}, {KITTI})")
+needs_euroc = pytest.mark.skipif(not EUROC.is_dir(), reason=f"shared EuRoC clip not present ({EUROC})")
+needs_kitti = pytest.mark.skipif(not KITTI.is_dir(), reason=f"shared KITTI clip not present ({KITTI})")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,7 +65,7 @@ def test_ground_truth_convention_on_synthetic_points():
     assert few["failed"] and few["err_deg"] == FAILED_DEG
 
 
-@needs_data
+@needs_euroc
 def test_euroc_ground_truth_matches_the_stereo_rectification():
     """Points projected through the distorted EuRoC cameras, undistorted into the K of the dataset: ~0 error.
     The extrinsic also agrees with ``euroc_rectification`` (rectified right camera: +baseline along x)."""
@@ -88,7 +88,7 @@ def test_euroc_ground_truth_matches_the_stereo_rectification():
     assert ds.load(pair.image0).shape == (480, 752)
 
 
-@needs_data
+@needs_kitti
 def test_kitti_pairs():
     k1, k3 = kitti_datasets(KITTI, steps=(1, 3))
     assert (len(k1.pairs), len(k3.pairs)) == (50, 48)
@@ -115,7 +115,8 @@ def test_bad_options_and_folders(tmp_path, capsys, monkeypatch):
     assert "euroc: skipped" in out.out and "kitti: skipped" in out.out and "no dataset to evaluate" in out.err
 
 
-@needs_data
+@needs_euroc
+@needs_kitti
 def test_short_run_on_real_data(tmp_path):
     out = tmp_path / "pose.json"
     rc = cli_main(["eval-pose", "--features", "xfeat", "--methods", "mambaglue,lightglue,orb", "--stride", "10",
@@ -127,13 +128,15 @@ def test_short_run_on_real_data(tmp_path):
     for name, d in result["datasets"].items():
         assert set(d["methods"]) == {"mambaglue", "lightglue", "orb"}
         for m, s in d["methods"].items():
-            assert s["pairs"] == 3
-            assert all(0.0 <= s[f"auc@{t}"] <= 1.0 for t in (5, 10, 20))
-            assert s["matches"] > 0 and s["ms_per_pair"] > 0
+            assert s["pairs"] == 3 and s["failures"] == 0
+            assert 0.0 <= s["auc@5"] <= s["auc@10"] <= s["auc@20"] <= 1.0
+            assert s["matches"] > 100 and s["ms_per_pair"] > 0
     for m in ("mambaglue", "lightglue"):
-        # KITTI, 1.2 m forward per frame: the learned matchers get the pose to about a degree (0.5-0.9 measured)
-        assert result["datasets"]["kitti_k1"]["methods"][m]["median_err_deg"] < 3.0
+        # KITTI, 1.2 m forward per frame: the learned matchers get the pose to about a degree (0.5-1.2
+        # measured), AUC@20 0.96-0.97
+        kitti = result["datasets"]["kitti_k1"]["methods"][m]
+        assert kitti["median_err_deg"] < 2.5 and kitti["auc@20"] > 0.85, (m, kitti)
         # EuRoC stereo, 0.11 m baseline: the translation direction is weakly constrained (7-17 deg measured);
-        # a wrong ground-truth convention would give ~180
-        assert result["datasets"]["euroc_stereo"]["methods"][m]["median_err_deg"] < 30.0
+        # a wrong ground-truth convention would give ~180, ORB on these pairs gives ~86
+        assert result["datasets"]["euroc_stereo"]["methods"][m]["median_err_deg"] < 25.0
     assert (tmp_path / "pose_auc_xfeat.png").is_file()

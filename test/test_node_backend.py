@@ -461,9 +461,10 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
             send(frames[k]); k += 1
         before_reset = list(out.get("status"))
         states = [s.state for s in before_reset]
-        assert states[0] == TS.INITIALIZING and set(states[1:N_BEFORE]) == {TS.OK}, states
-        assert states[N_BEFORE:N_BEFORE + N_GAP] == [TS.LOST] * N_GAP, states
-        assert TS.OK in states[N_BEFORE + N_GAP:], states  # tracking came back
+        why = [(s.state, s.reason) for s in before_reset]
+        assert states[0] == TS.INITIALIZING and set(states[1:N_BEFORE]) == {TS.OK}, why
+        assert states[N_BEFORE:N_BEFORE + N_GAP] == [TS.LOST] * N_GAP, why
+        assert TS.OK in states[N_BEFORE + N_GAP:], why  # tracking came back
         lost = before_reset[N_BEFORE + N_GAP - 1]
         assert lost.frames_since_last_pose == N_GAP and "too few" in lost.reason
         assert C.stamp_to_ns(lost.last_pose_stamp) == frames[N_BEFORE - 1].stamp_ns

@@ -252,6 +252,7 @@ class ExtractionStage:
         enabled: False = no thread; ``get`` reads ``source`` directly (the worker does all the work).
         stamp_ns: the frame's stamp, for the rate gate.
         margin: the just-in-time start leaves this fraction of the extraction time as slack.
+        on_skip: called for each frame the rate gate leaves out (the node counts it as dropped).
 
     The worker (stage 2) calls ``get`` for its next frame and ``finish`` when the frame's outputs are out.
     """
@@ -259,10 +260,10 @@ class ExtractionStage:
     def __init__(self, source: FrameSlot | Callable[[], FrameSlot], prefetch: Callable[[Any], None],
                  enabled: bool = True,
                  stamp_ns: Callable[[Any], int] | None = None, margin: float = 0.25,
-                 name: str = "mambaglue-extract") -> None:
+                 name: str = "mambaglue-extract", on_skip: Callable[[], None] | None = None) -> None:
         self._source = source if callable(source) else (lambda: source)
         self.prefetch, self.enabled = prefetch, bool(enabled)
-        self.stamp_ns, self.margin = stamp_ns, float(margin)
+        self.stamp_ns, self.margin, self.on_skip = stamp_ns, float(margin), on_skip
         self.gate = RateGate(0.0)
         self.extract_time = MeanTime()
         self.process_time = MeanTime()
@@ -272,6 +273,7 @@ class ExtractionStage:
         self._cond = threading.Condition()
         self._ready: tuple[Any, FrameTiming] | None = None
         self._busy_since: float | None = None  # when the worker took its frame (None: idle)
+        self._extracting = False  # stage 1 holds a frame it took from the slot
         self._closed = False
         self._thread: threading.Thread | None = None
         if self.enabled:
@@ -294,9 +296,25 @@ class ExtractionStage:
                 self._cond.wait(timeout=0.2)
             return None
         frame = source.get(timeout=0.2)
-        if frame is None or self.stamp_ns is None or self.gate.admit(self.stamp_ns(frame)):
-            return frame
-        return None
+        if frame is not None and not self._admit(frame):
+            return None
+        if frame is not None:
+            with self._cond:
+                self._extracting = True
+        return frame
+
+    def _admit(self, frame: Any) -> bool:
+        if self.stamp_ns is None or self.gate.admit(self.stamp_ns(frame)):
+            return True
+        if self.on_skip is not None:
+            self.on_skip()
+        return False
+
+    def __len__(self) -> int:
+        """Frames stage 1 holds: being extracted, or extracted and waiting for the worker (0..2). With the
+        slot's length and the worker's state this says whether the node is idle (bag replay waits for it)."""
+        with self._cond:
+            return int(self._extracting) + int(self._ready is not None)
 
     def _run(self) -> None:
         while True:
@@ -326,6 +344,7 @@ class ExtractionStage:
             with self._cond:
                 self.extract_time.update(extract_ms)
                 self._ready = (frame, FrameTiming(started, extract_ms))
+                self._extracting = False
                 self._cond.notify_all()
 
     # ------------------------------------------------------------------ stage 2 (the worker)
@@ -339,7 +358,7 @@ class ExtractionStage:
                 self.process_time.update((time.perf_counter() - self.timing.started) * 1e3)
                 self.timing = None
             frame = self._source().get(timeout=timeout)
-            if frame is not None and self.stamp_ns is not None and not self.gate.admit(self.stamp_ns(frame)):
+            if frame is not None and not self._admit(frame):
                 frame = None
             self.timing = None if frame is None else FrameTiming(time.perf_counter(), None)
             return frame
@@ -396,6 +415,7 @@ class ExtractionStage:
         with self._cond:
             self._closed = True
             self._ready = None
+            self._extracting = False
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)

@@ -142,8 +142,10 @@ def test_stage_extracts_ahead_newest_frame_first_and_drops_nothing_it_extracted(
 
     stage = ExtractionStage(slot, prefetch, stamp_ns=lambda f: f.stamp_ns)
     try:
+        assert len(stage) == 0
         slot.put(Frame(1))
         assert held.wait(WAIT)
+        assert len(stage) == 1  # a frame in flight outside the slot: the node is not idle
         for stamp in (2, 3, 4):  # arrive while frame 1 is being extracted: only the newest waits
             slot.put(Frame(stamp))
         assert slot.dropped == 2
@@ -234,7 +236,9 @@ def test_stage_survives_a_prefetch_error_and_a_replaced_slot():
 
 def test_rate_gate_in_the_stage_skips_frames_by_stamp():
     slot = FrameSlot(1)
-    stage = ExtractionStage(slot, lambda f: None, enabled=False, stamp_ns=lambda f: f.stamp_ns)
+    skipped = []
+    stage = ExtractionStage(slot, lambda f: None, enabled=False, stamp_ns=lambda f: f.stamp_ns,
+                            on_skip=lambda: skipped.append(1))
     stage.set_rate(10.0)
     taken = []
     for i in range(10):  # 20 Hz input
@@ -242,7 +246,7 @@ def test_rate_gate_in_the_stage_skips_frames_by_stamp():
         frame = stage.get(timeout=0.01)
         if frame is not None:
             taken.append(frame.stamp_ns // 50_000_000)
-    assert taken == [0, 2, 4, 6, 8] and stage.skipped == 5
+    assert taken == [0, 2, 4, 6, 8] and stage.skipped == 5 and len(skipped) == 5  # counted as dropped
 
 
 # ---------------------------------------------------------------------------------------------- RateGate

@@ -254,7 +254,8 @@ class NodeProbe:
         quiet_since = None
         while time.monotonic() < deadline:
             with self.cond:
-                idle = self.busy == 0 and len(self.node.slot) == 0
+                # frames wait in the slot, in the pipeline's first stage, or run in the worker
+                idle = self.busy == 0 and len(self.node.slot) == 0 and len(self.node.stage) == 0
             if idle:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= settle_s:

@@ -289,8 +289,7 @@ class MatcherNode(Node):
         self.slot = FrameSlot(self.p["queue_size"])
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
             [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
-            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns,
-            on_skip=lambda: self.stats.count("frames_dropped"))  # left out to hold target_rate_hz
+            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns)
         self.stage.set_rate(self.p["target_rate_hz"])
         # a steady clock: under use_sim_time a paused /clock (bag paused or ended) must not stop
         # the diagnostics that would tell why nothing comes out
@@ -969,6 +968,10 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as e:  # startup errors (weights, parameters): one clear line, non-zero exit
+        if node is not None and not rclpy.ok():
+            # SIGINT/SIGTERM shut the context down while spin was building its wait set ("the given
+            # context is not valid"): that is the requested shutdown, not an error
+            return 0
         print(f"[matcher_node] error: {e}", file=sys.stderr)
         return 1
     finally:

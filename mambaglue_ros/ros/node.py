@@ -289,7 +289,8 @@ class MatcherNode(Node):
         self.slot = FrameSlot(self.p["queue_size"])
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
             [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
-            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns)
+            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns,
+            on_skip=lambda: self.stats.count("frames_dropped"))  # left out to hold target_rate_hz
         self.stage.set_rate(self.p["target_rate_hz"])
         # a steady clock: under use_sim_time a paused /clock (bag paused or ended) must not stop
         # the diagnostics that would tell why nothing comes out

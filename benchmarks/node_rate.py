@@ -107,11 +107,15 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
         msgs.append(pair)
     latencies: list[float] = []
     processed_at: list[float] = []
+    steps: dict[str, list[float]] = {}  # the tracker's own wall times per frame: extract, stereo, match, pose
 
     def observe(event, frame, result=None, latency_ms=None):
         if event == "result":
             latencies.append(latency_ms)
             processed_at.append(time.monotonic())
+            for k, v in result.timings_ms.items():
+                if k != "total":
+                    steps.setdefault(k, []).append(v)
 
     warmup_s = 3.0  # first frames pay for lazy initialisation; not counted
     t0 = time.monotonic()
@@ -154,6 +158,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
               "processed_hz": processed / elapsed,
               "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
               "stage_cpu_ms": stage_cpu, "thread_cpu_percent": busy,
+              "tracker_ms_median": {k: float(np.median(v)) for k, v in steps.items()},
               "quiet_estimate_hz": 1000.0 / max(max(stage_cpu.values()), 1e-9) if pipeline
               else 1000.0 / max(sum(stage_cpu.values()), 1e-9),
               "window_hz_last_half": windows,
@@ -211,7 +216,9 @@ def main() -> int:
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, dropped {r['dropped']}/"
                   f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
                   f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "
-                  f"-> {r['quiet_estimate_hz']:.1f} Hz with a core per stage{steady}; load {r['load_average'][0]}",
+                  f"-> {r['quiet_estimate_hz']:.1f} Hz with a core per stage{steady}; tracker ms (median): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["tracker_ms_median"].items())
+                  + f"; load {r['load_average'][0]}",
                   flush=True)
     info = {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()}

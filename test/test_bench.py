@@ -38,9 +38,10 @@ def test_bench_cli_json_fields(tmp_path):
             assert set(r[section][method]) == {"128"}, (section, method)
     for method in bench.METHODS:
         assert r["matcher_ms"][method]["128"] > 0
-        assert r["pairs_per_s"][method]["128"] > 0
+        # end-to-end pairs per second include both extractions: fewer than matching alone
+        assert 0 < r["pairs_per_s"][method]["128"] < 1000.0 / r["matcher_ms"][method]["128"]
         assert 1 <= r["stop_layer"][method]["128"] <= 6
-        assert r["matches"][method]["128"] >= 0
+        assert r["matches"][method]["128"] > 25  # 46-55 of 128 keypoints measured on this pair
         if peak_measurable:  # peak RSS exactly where the kernel lets us reset it; None elsewhere
             assert r["peak_mb"][method]["128"] >= r["peak_increase_mb"][method]["128"] >= -1.0
             assert r["peak_mb"][method]["128"] > 50  # torch alone is more than that

@@ -126,7 +126,8 @@ KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_seq1"
 def test_kitti_clip_replay_ate_near_the_readme_figure(tmp_path):
     """The README's KITTI replay, as results.sh runs it: the clip (51 frames, ~60 m) -> bag -> the node
     in mono with config/matcher.yaml, lossless, Sim(3)-aligned ATE. docs/results.md: ATE 0.0465 m for
-    MambaGlue (ORB: 2.47 m); a broken matcher, pose or odometry chain is metres off, not centimetres."""
+    MambaGlue (ORB: 2.47 m); a broken matcher, pose or odometry chain is metres off, not centimetres.
+    Measured when written: ATE 0.041 m, 92 s for the whole test on the loaded 2-core machine."""
     bag = tmp_path / "kitti"
     BC.convert_kitti(KITTI, bag)
     cfg = RP.ReplayConfig(bag=bag, out=tmp_path / "out", params=ROOT / "config" / "matcher.yaml", lossless=True,

@@ -39,7 +39,7 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
   V2=out/train_xfeat_v2/mambaglue_xfeat.pt; CTRL=out/ablation_xfeat_attention/mambaglue_xfeat.pt
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
     --methods "mambaglue@$V2,mambaglue@$V2+noprune,mambaglue@$CTRL,lightglue,mambaglue" \
-    --alphas "$ALPHAS" --sweep-methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
+    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
     --json out/eval_design_xfeat.json --plots out/plots_design --threads 1 --no-progress
   "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
     --json out/eval_pose_design_xfeat.json --no-progress

@@ -196,6 +196,8 @@ def test_config_files_load_and_validate(mode):
     if mode == "stereo":  # metric stereo poses: matching against a keyframe removes accumulation at standstill
         expected["keyframe_policy"] = "keyframe"
         expected["ransac_px"] = 2.0  # the PnP threshold the stereo results were measured with
+        # a car's matches move ~16 px per frame: at 40 px the keyframe was 5 frames (6 m) back (KITTI 6.0 -> 1.5 %/m)
+        expected["keyframe_max_parallax_px"] = 3.0
     assert loaded == expected  # the files document the defaults (and the one deliberate stereo choice)
 
 

@@ -186,6 +186,10 @@ def test_rate_controller_values_show_as_parameters(ros_context):
         assert node.p["alpha"] == 0.83
         # a user's change is checked against the values in effect
         assert not node.set_parameters([Parameter("alpha_min", value=0.85)])[0].successful
+        # the shown budget is not the ceiling: a controller rebuilt by another change can grow back to 1024
+        assert node.set_parameters([Parameter("target_rate_hz", value=4.0)])[0].successful
+        node._apply_pending()  # what the worker does between frames
+        assert node.controller.config["max_keypoints"] == 1024
     finally:
         executor.shutdown()
         node.destroy_node()

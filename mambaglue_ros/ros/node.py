@@ -194,6 +194,9 @@ class MatcherNode(Node):
     def _init_parameters(self, command_line: list[str] | None) -> None:
         """Declare and check the parameters; state that lives as long as the node."""
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
+        # The keypoint ceiling: the user's max_keypoints (or the OOM cut). The rate controller's current budget
+        # is shown in the max_keypoints parameter too, but must not become the ceiling of the next controller.
+        self._keypoint_ceiling = int(self.p["max_keypoints"])
         unapplied = unapplied_parameter_rules(command_line or [], self.p, self.get_name())
         if unapplied:
             raise ValueError("invalid parameters:\n  " + "\n  ".join(unapplied))
@@ -339,7 +342,7 @@ class MatcherNode(Node):
         return {"target_rate_hz": self.p["target_rate_hz"], "alpha_min": self.p["alpha_min"],
                 "alpha_max": self.p["alpha_max"], "alpha_init": self.p["alpha"],
                 "adapt_keypoints": self.p["adapt_keypoints"], "min_keypoints": self.p["min_keypoints"],
-                "max_keypoints": self.p["max_keypoints"], "max_pose_hypotheses": self.p["pose_hypotheses"]}
+                "max_keypoints": self._keypoint_ceiling, "max_pose_hypotheses": self.p["pose_hypotheses"]}
 
     def _tracking_config(self) -> dict[str, Any]:
         return {"policy": self.p["keyframe_policy"], "keyframe_min_matches": self.p["keyframe_min_matches"],
@@ -387,6 +390,8 @@ class MatcherNode(Node):
             self.p.update(changes)
         if not changes:
             return
+        if "max_keypoints" in changes:  # a user's change (the node's own values bypass the pending queue)
+            self._keypoint_ceiling = int(self.p["max_keypoints"])
         if changes.keys() & {"target_rate_hz", "alpha", "alpha_min", "alpha_max", "adapt_keypoints",
                              "min_keypoints", "max_keypoints", "pose_hypotheses"}:
             self.controller = AlphaController(self._rate_config())
@@ -604,7 +609,7 @@ class MatcherNode(Node):
         self.get_logger().warning(f"out of memory: frame skipped, reducing max_keypoints {old} -> {new}")
         self.matcher.max_keypoints = new
         with self._lock:
-            self.p["max_keypoints"] = new
+            self.p["max_keypoints"] = self._keypoint_ceiling = new
             self.p["min_keypoints"] = min(self.p["min_keypoints"], new)  # the controller needs min <= max
         self.controller = AlphaController(self._rate_config())
         self._show_as_parameters({"max_keypoints": new, "min_keypoints": self.p["min_keypoints"]})

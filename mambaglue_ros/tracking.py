@@ -141,6 +141,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
                 "stereo_max_reproj_px", "scale_variance", "max_depth"):
         if not float(cfg[key]) > 0:
             raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+    if cfg["ba_window"] == 1:
+        raise ValueError("ba_window must be 0 (off) or >= 2 keyframes, got 1")
     if not 0.0 < float(cfg["confidence"]) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {cfg['confidence']}")
     if not 0.0 <= float(cfg["min_depth"]) < float(cfg["max_depth"]):

@@ -334,6 +334,8 @@ class MatcherNode(Node):
         self._entities.clear()
         if getattr(self, "stage", None) is not None:
             self.stage.close()
+        if hasattr(self.tracker, "close"):  # the stereo tracker's bundle-adjustment thread
+            self.tracker.close()
         self.tracker = None
         self.matcher = None
 
@@ -350,7 +352,9 @@ class MatcherNode(Node):
                 "min_matches": self.p["min_matches"], "min_inliers": self.p["min_inliers"],
                 # mono: the essential-matrix (Sampson) threshold; stereo: the PnP reprojection threshold
                 "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
-                "pose_hypotheses": self.p["pose_hypotheses"]}
+                "pose_hypotheses": self.p["pose_hypotheses"],
+                # stereo only (the mono tracker ignores them)
+                "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         if getattr(self._internal, "writing", False):  # the node showing a value it already applied
@@ -916,6 +920,8 @@ class MatcherNode(Node):
         self._deactivate()
         if getattr(self, "stage", None) is not None:
             self.stage.close()
+        if hasattr(getattr(self, "tracker", None), "close"):  # the stereo tracker's bundle-adjustment thread
+            self.tracker.close()
         super().destroy_node()
 
 

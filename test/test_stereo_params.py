@@ -1,0 +1,68 @@
+"""The stereo tracker's window bundle adjustment and PnP re-admission as node parameters."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from mambaglue_ros.ros import params
+from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, StereoTracker, validate_tracking_config
+
+
+def test_defaults_are_the_trackers():
+    d = params.defaults()
+    assert (d["ba_window"], d["pnp_readmit"]) == (0, False)
+    assert d["ba_window"] == DEFAULT_TRACKING_CONFIG["ba_window"]
+    assert d["pnp_readmit"] == DEFAULT_TRACKING_CONFIG["pnp_readmit"]
+    # the window and its thread are made when the tracker starts: not changeable at runtime
+    assert params.SPECS["ba_window"].read_only and params.SPECS["pnp_readmit"].read_only
+    assert params.validate_changes(d, {"ba_window": 5}) == [
+        "ba_window cannot be changed at runtime (read-only; restart the node)"]
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("ba_window", 1, "ba_window must be 0 (off) or 2..50 keyframes"),
+    ("ba_window", -1, "ba_window must be >= 0, got -1"),
+    ("ba_window", 51, "ba_window must be <= 50, got 51"),
+    ("ba_window", 5.0, "ba_window must be an integer, got 5.0"),
+    ("pnp_readmit", 1, "pnp_readmit must be true or false, got 1"),
+])
+def test_invalid_values_are_rejected(name, value, reason):
+    got = params.validate(name, value)
+    assert got is not None and reason in got, got
+
+
+def test_valid_values():
+    for value in (0, 2, 5, 50):
+        assert params.validate("ba_window", value) is None
+    assert params.validate("pnp_readmit", True) is None
+    with pytest.raises(ValueError, match="ba_window must be 0"):
+        validate_tracking_config({"ba_window": 1})
+
+
+def test_descriptor_says_the_gap():
+    pytest.importorskip("rcl_interfaces.msg")
+    d = params.descriptor(params.SPECS["ba_window"])
+    assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == (0, 50)
+    assert d.additional_constraints == "0 or 2..50"
+
+
+def test_node_passes_them_to_the_stereo_tracker():
+    pytest.importorskip("rclpy")
+    from mambaglue_ros.ros.node import MatcherNode
+
+    p = params.defaults()
+    p.update(mode="stereo", ba_window=4, pnp_readmit=True)
+    config = MatcherNode._tracking_config(types.SimpleNamespace(p=p))
+    assert (config["ba_window"], config["pnp_readmit"]) == (4, True)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    T_lr = np.eye(4)
+    T_lr[0, 3] = 0.1
+    tracker = StereoTracker(types.SimpleNamespace(features="orb"), K, K, T_lr, config)
+    try:
+        assert tracker._ba_enabled() and tracker.config["pnp_readmit"] is True
+    finally:
+        tracker.close()
+    off = MatcherNode._tracking_config(types.SimpleNamespace(p=params.defaults()))
+    assert not StereoTracker(types.SimpleNamespace(features="orb"), K, K, T_lr, off)._ba_enabled()

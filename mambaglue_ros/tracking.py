@@ -16,6 +16,9 @@ Odometry: ``T_odom_cam = T_odom_ref @ T_ref_cur`` (camera optical frame, see ``g
   low-parallax estimate), so the trajectory advances by unit-length steps per *reference* change
   ("previous": one unit per frame; "keyframe": each frame is one unit from its keyframe, and the
   next keyframe starts there). The direction and rotation are meaningful, the length is not.
+  With ``mono_window`` (>= 3 keyframes) the newest pose's rotation and direction are refined jointly
+  with the last keyframes' edges over their three-view tracks (``geometry.refine_mono_window``);
+  the published step stays unit length: the window sees only relative step lengths, not a scale.
 * Stereo is metric (units of the stereo baseline).
 
 Failures (too few matches/inliers, black frames): ``pose`` is None with a ``reason``, the
@@ -33,7 +36,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
-                       refine_stereo_matches, triangulate_stereo)
+                       refine_mono_window, refine_stereo_matches, triangulate_stereo)
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
@@ -45,6 +48,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "min_inliers": 20,                # inliers required to accept it
     "ransac_px": 1.0,                 # mono: MAGSAC threshold [px]
     "pose_hypotheses": 6,             # mono: seeded MAGSAC runs proposing a model, best MSAC cost wins
+    "mono_window": 0,                 # mono: refine rotation and direction jointly over this many keyframes
+                                      # (geometry.refine_mono_window); 0 = off, else >= 3
     "confidence": 0.999,
     "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
@@ -133,7 +138,7 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
         raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
-    for key in ("keyframe_min_matches", "min_matches", "min_inliers", "ba_window"):
+    for key in ("keyframe_min_matches", "min_matches", "min_inliers", "ba_window", "mono_window"):
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
@@ -143,6 +148,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"{key} must be > 0, got {cfg[key]}")
     if cfg["ba_window"] == 1:
         raise ValueError("ba_window must be 0 (off) or >= 2 keyframes, got 1")
+    if cfg["mono_window"] in (1, 2):
+        raise ValueError(f"mono_window must be 0 (off) or >= 3 keyframes (two edges), got {cfg['mono_window']}")
     if not 0.0 < float(cfg["confidence"]) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {cfg['confidence']}")
     if not 0.0 <= float(cfg["min_depth"]) < float(cfg["max_depth"]):
@@ -242,7 +249,60 @@ class MonoTracker(_TrackerBase):
         # (N, 2) image pixels -> (N, 2) pixels of the ideal pinhole K (lens distortion removed);
         # None: the images are undistorted already
         self.undistort: Callable[[np.ndarray], np.ndarray] | None = None
+        # mono_window: the last keyframes as (stamp, (N, 3) normalised points, links to the previous
+        # keyframe, R, t of the edge from it) for the window refinement
+        self._window: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
         super().__init__(matcher, config)
+
+    def reset(self) -> None:
+        super().reset()
+        self._window = []
+
+    def _normalised(self, feats: Features) -> np.ndarray:
+        """(N, 3) normalised image points (z = 1) of all keypoints, lens distortion removed."""
+        kp = _keypoints_numpy(feats).astype(np.float64)
+        if self.undistort is not None and len(kp):
+            kp = np.asarray(self.undistort(kp), dtype=np.float64)
+        return np.c_[kp, np.ones(len(kp))] @ np.linalg.inv(self.K).T
+
+    def _refine_in_window(self, pose: RelativePose, match: MatchResult, x_cur: np.ndarray) -> RelativePose:
+        """The newest edge refined jointly with the window's earlier keyframes (rotation and unit
+        direction; its scale stays unknown): the edges before it are already published, so only
+        this one changes what is reported. The covariance stays the pairwise one."""
+        edges = self._window[1:]
+        if not edges or not np.linalg.norm(pose.t) > 0:
+            return pose
+        x = [self._window[0][1]] + [e[1] for e in edges] + [x_cur]
+        links = [e[2] for e in edges] + [np.asarray(match.matches, dtype=np.int64)]
+        R = np.array([e[3] for e in edges] + [pose.R])
+        t = np.array([e[4] for e in edges] + [pose.t])
+        focal = float(0.5 * (self.K[0, 0] + self.K[1, 1]))
+        try:
+            out = refine_mono_window(x, links, R, t, focal, gate_px=3.0 * float(self.config["ransac_px"]))
+        except (ValueError, IndexError, np.linalg.LinAlgError, FloatingPointError):
+            out = None  # a numerical corner case keeps the pairwise pose rather than losing the frame
+        if out is None or not (np.all(np.isfinite(out.R[-1])) and np.all(np.isfinite(out.t[-1]))):
+            return pose
+        return RelativePose(out.R[-1], out.t[-1], pose.covariance, pose.num_inliers, pose.num_matches, pose.metric)
+
+    def _update_window(self, result: FrameResult, x_cur: np.ndarray) -> None:
+        """A new keyframe joins the window after its reference, or starts a new window (no pose, a
+        rotation-only pose, or a reference that is not the newest keyframe)."""
+        size = int(self.config["mono_window"])
+        if not result.is_keyframe:
+            return
+        pose = result.pose
+        linked = (pose is not None and result.temporal is not None and np.linalg.norm(pose.t) > 0
+                  and bool(self._window) and self._window[-1][0] == result.reference_stamp_ns)
+        if linked:
+            self._window.append((result.stamp_ns, x_cur, np.asarray(result.temporal.matches, dtype=np.int64),
+                                 pose.R, pose.t))
+            if len(self._window) > size - 1:  # with the next frame, the refinement spans `size` keyframes
+                del self._window[:len(self._window) - (size - 1)]
+                first = self._window[0]
+                self._window[0] = (first[0], first[1], None, None, None)
+        else:
+            self._window = [(result.stamp_ns, x_cur, None, None, None)]
 
     def process(self, image: np.ndarray, stamp_ns: int) -> FrameResult:
         """One image (HxW gray or HxWx3 RGB) at ``stamp_ns`` -> FrameResult."""
@@ -251,7 +311,7 @@ class MonoTracker(_TrackerBase):
         feats = self.matcher.extract(image)
         t1 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)
-        ref, match, pose = self.reference, None, None
+        ref, match, pose, x_cur = self.reference, None, None, None
         timings = {"extract": (t1 - t0) * 1e3}
         if ref is None:
             reason = resized or "no reference frame yet"
@@ -271,12 +331,18 @@ class MonoTracker(_TrackerBase):
                     confidence=cfg["confidence"], min_matches=cfg["min_matches"],
                     min_inliers=cfg["min_inliers"], min_parallax_px=cfg["min_parallax_px"],
                     scale_variance=cfg["scale_variance"], hypotheses=cfg["pose_hypotheses"])
+                if pose is not None and cfg["mono_window"] and self._window \
+                        and self._window[-1][0] == ref.stamp_ns:
+                    x_cur = self._normalised(feats)
+                    pose = self._refine_in_window(pose, match, x_cur)
             timings["pose"] = (time.perf_counter() - t2) * 1e3
         if ref is None and len(feats) < self.config["min_matches"]:
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
         this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features)
         result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        if self.config["mono_window"] and result.is_keyframe:
+            self._update_window(result, x_cur if x_cur is not None else self._normalised(feats))
         result.reset = was_reset
         result.keypoints = _keypoints_numpy(feats)
         timings["total"] = (time.perf_counter() - t0) * 1e3

@@ -1,4 +1,5 @@
-"""The stereo tracker's window bundle adjustment and PnP re-admission as node parameters."""
+"""Window options of the trackers as node parameters: the stereo window bundle adjustment and PnP
+re-admission, the mono window refinement."""
 from __future__ import annotations
 
 import types
@@ -7,12 +8,13 @@ import numpy as np
 import pytest
 
 from mambaglue_ros.ros import params
-from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, StereoTracker, validate_tracking_config
+from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, MonoTracker, StereoTracker, validate_tracking_config
 
 
 def test_defaults_are_the_trackers():
     d = params.defaults()
-    assert (d["ba_window"], d["pnp_readmit"]) == (0, False)
+    assert (d["ba_window"], d["pnp_readmit"], d["mono_window"]) == (0, False, 0)
+    assert d["mono_window"] == DEFAULT_TRACKING_CONFIG["mono_window"]
     assert d["ba_window"] == DEFAULT_TRACKING_CONFIG["ba_window"]
     assert d["pnp_readmit"] == DEFAULT_TRACKING_CONFIG["pnp_readmit"]
     # the window and its thread are made when the tracker starts: not changeable at runtime
@@ -27,6 +29,8 @@ def test_defaults_are_the_trackers():
     ("ba_window", 51, "ba_window must be <= 50, got 51"),
     ("ba_window", 5.0, "ba_window must be an integer, got 5.0"),
     ("pnp_readmit", 1, "pnp_readmit must be true or false, got 1"),
+    ("mono_window", 2, "mono_window must be 0 (off) or 3..20 keyframes"),
+    ("mono_window", 21, "mono_window must be <= 20, got 21"),
 ])
 def test_invalid_values_are_rejected(name, value, reason):
     got = params.validate(name, value)
@@ -37,6 +41,8 @@ def test_valid_values():
     for value in (0, 2, 5, 50):
         assert params.validate("ba_window", value) is None
     assert params.validate("pnp_readmit", True) is None
+    for value in (0, 3, 20):
+        assert params.validate("mono_window", value) is None
     with pytest.raises(ValueError, match="ba_window must be 0"):
         validate_tracking_config({"ba_window": 1})
 
@@ -46,6 +52,7 @@ def test_descriptor_says_the_gap():
     d = params.descriptor(params.SPECS["ba_window"])
     assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == (0, 50)
     assert d.additional_constraints == "0 or 2..50"
+    assert params.descriptor(params.SPECS["mono_window"]).additional_constraints == "0 or 3..20"
 
 
 def test_node_passes_them_to_the_stereo_tracker():
@@ -66,3 +73,6 @@ def test_node_passes_them_to_the_stereo_tracker():
         tracker.close()
     off = MatcherNode._tracking_config(types.SimpleNamespace(p=params.defaults()))
     assert not StereoTracker(types.SimpleNamespace(features="orb"), K, K, T_lr, off)._ba_enabled()
+    p.update(mode="mono", mono_window=4)
+    mono = MonoTracker(types.SimpleNamespace(features="orb"), K, MatcherNode._tracking_config(types.SimpleNamespace(p=p)))
+    assert mono.config["mono_window"] == 4

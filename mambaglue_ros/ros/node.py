@@ -352,7 +352,7 @@ class MatcherNode(Node):
                 "min_matches": self.p["min_matches"], "min_inliers": self.p["min_inliers"],
                 # mono: the essential-matrix (Sampson) threshold; stereo: the PnP reprojection threshold
                 "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
-                "pose_hypotheses": self.p["pose_hypotheses"],
+                "pose_hypotheses": self.p["pose_hypotheses"], "mono_window": self.p["mono_window"],
                 # stereo only (the mono tracker ignores them)
                 "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"]}
 

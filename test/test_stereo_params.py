@@ -74,5 +74,6 @@ def test_node_passes_them_to_the_stereo_tracker():
     off = MatcherNode._tracking_config(types.SimpleNamespace(p=params.defaults()))
     assert not StereoTracker(types.SimpleNamespace(features="orb"), K, K, T_lr, off)._ba_enabled()
     p.update(mode="mono", mono_window=4)
-    mono = MonoTracker(types.SimpleNamespace(features="orb"), K, MatcherNode._tracking_config(types.SimpleNamespace(p=p)))
+    mono_config = MatcherNode._tracking_config(types.SimpleNamespace(p=p))
+    mono = MonoTracker(types.SimpleNamespace(features="orb"), K, mono_config)
     assert mono.config["mono_window"] == 4

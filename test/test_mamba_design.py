@@ -10,19 +10,9 @@ from mambaglue_ros.matcher import build_network
 from mambaglue_ros.models.mambaglue import (MambaBranch, MambaGlue, hilbert_index, scan_permutation,
                                            selective_scan_inference)
 from mambaglue_ros.training.homography import make_pair, make_video_pair, warp_points
+from test_model import live_mamba as live  # random values in the zero-initialised Mamba FFN columns
 
 SIZE = torch.tensor([[640.0, 480.0]])
-
-
-def live(net: MambaGlue, seed: int = 0) -> MambaGlue:
-    """Random values in the (zero-initialised) Mamba FFN columns so that the branch changes the output."""
-    g = torch.Generator().manual_seed(seed)
-    d = net.conf["descriptor_dim"]
-    with torch.no_grad():
-        for layer in net.transformers:
-            w = layer.self_attn.ffn[0].weight
-            w[:, 2 * d:] = 0.05 * torch.randn(w[:, 2 * d:].shape, generator=g)
-    return net
 
 
 def pair(m: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -118,6 +118,26 @@ def photometric_augment(image: np.ndarray, rng: np.random.Generator, strength: f
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+def _photo_and_rng(image: np.ndarray, seed: int, stream: int) -> tuple[np.ndarray, np.random.Generator]:
+    """The photo as contiguous uint8 RGB, and the generator of one pair (``stream`` tells pair kinds apart)."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream]))
+    return np.ascontiguousarray(image[..., :3]), rng
+
+
+def _render_views(image: np.ndarray, Hs: tuple[np.ndarray, ...], size: tuple[int, int], rng: np.random.Generator,
+                  photometric: float) -> list[np.ndarray]:
+    """One view per homography (view pixels -> photo pixels), each with its own photometric augmentation."""
+    views = []
+    for H in Hs:
+        # warpPerspective with WARP_INVERSE_MAP: view(x) = photo(H x), H = view -> photo
+        view = cv2.warpPerspective(image, H, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                   borderMode=cv2.BORDER_REFLECT101)
+        views.append(photometric_augment(view, rng, photometric) if photometric > 0 else view)
+    return views
+
+
 def make_pair(image: np.ndarray, seed: int, difficulty: float = 0.8, size: tuple[int, int] = DEFAULT_SIZE,
               photometric: float = 1.0) -> HomographyPair:
     """Two views of ``image`` (uint8 RGB/gray) with their homography; a pure function of its arguments.
@@ -126,21 +146,13 @@ def make_pair(image: np.ndarray, seed: int, difficulty: float = 0.8, size: tuple
     the views; view 0 is a mild view (half the difficulty, no rotation), view 1 the full one.
     photometric: strength of the photometric augmentation (0 = none), drawn independently per view.
     """
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    image = np.ascontiguousarray(image[..., :3])
+    image, rng = _photo_and_rng(image, seed, 0x4D47)
     out_w, out_h = int(size[0]), int(size[1])
     img_h, img_w = image.shape[:2]
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, 0x4D47]))
     H0 = _view_homography(rng, img_w, img_h, out_w, out_h, 0.5 * difficulty, rotate=False, centre=None)
     c0 = warp_points(np.array([[(out_w - 1) / 2, (out_h - 1) / 2]]), H0)[0]
     H1 = _view_homography(rng, img_w, img_h, out_w, out_h, difficulty, rotate=True, centre=c0)
-    views = []
-    for H in (H0, H1):
-        # warpPerspective with WARP_INVERSE_MAP: view(x) = photo(H x), H = view -> photo
-        view = cv2.warpPerspective(image, H, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REFLECT101)
-        views.append(photometric_augment(view, rng, photometric) if photometric > 0 else view)
+    views = _render_views(image, (H0, H1), (out_w, out_h), rng, photometric)
     H_0to1 = np.linalg.inv(H1) @ H0
     H_0to1 /= H_0to1[2, 2]
     return HomographyPair(views[0], views[1], H_0to1, H0, H1, int(seed), float(difficulty))
@@ -162,12 +174,9 @@ def make_video_pair(image: np.ndarray, seed: int, size: tuple[int, int] = DEFAUL
     (large overlap, small motion: the pairs on which early exit should fire). Consecutive frames share their
     exposure, so the photometric change between the views is half as strong as in ``make_pair``.
     """
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    image = np.ascontiguousarray(image[..., :3])
+    image, rng = _photo_and_rng(image, seed, 0x56494430)
     out_w, out_h = int(size[0]), int(size[1])
     img_h, img_w = image.shape[:2]
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, 0x56494430]))
     H0 = _view_homography(rng, img_w, img_h, out_w, out_h, 0.4, rotate=False, centre=None)
     wh = np.array([out_w - 1.0, out_h - 1.0])
     corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64) * wh
@@ -180,11 +189,7 @@ def make_video_pair(image: np.ndarray, seed: int, size: tuple[int, int] = DEFAUL
     # view-1 pixels -> view-0 pixels, then view 0 -> photo
     H_1to0 = cv2.getPerspectiveTransform(corners.astype(np.float32), quad.astype(np.float32)).astype(np.float64)
     H1 = H0 @ H_1to0
-    views = []
-    for H in (H0, H1):
-        view = cv2.warpPerspective(image, H, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REFLECT101)
-        views.append(photometric_augment(view, rng, 0.5 * photometric) if photometric > 0 else view)
+    views = _render_views(image, (H0, H1), (out_w, out_h), rng, 0.5 * photometric)
     H_0to1 = np.linalg.inv(H_1to0)
     H_0to1 /= H_0to1[2, 2]
     return HomographyPair(views[0], views[1], H_0to1, H0, H1, int(seed), 0.0)

@@ -138,14 +138,19 @@ def test_stereo_baseline_uses_both_Tx(ros_context):
 # ------------------------------------------------------------------------------------------------
 # 9: parameters
 # ------------------------------------------------------------------------------------------------
+def stop_worker(node) -> None:
+    """Stop the node's worker thread, so a test drives ``_process`` / ``_apply_pending`` itself, in-process."""
+    node._running = False
+    node.slot.close()
+    node.worker.join(timeout=10)
+
+
 def test_changes_are_validated_against_pending_ones(ros_context):
     from rclpy.parameter import Parameter
 
     node = make_node(ros_context, {})
     try:
-        node._running = False  # keep the worker from applying the first change in between
-        node.slot.close()
-        node.worker.join(timeout=10)
+        stop_worker(node)  # keep the worker from applying the first change in between
         assert node.set_parameters([Parameter("alpha", value=0.85)])[0].successful
         result = node.set_parameters([Parameter("alpha_min", value=0.9)])[0]
         assert not result.successful and "alpha_min <= alpha" in result.reason
@@ -577,9 +582,7 @@ def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
     node.pub_odom = SimpleNamespace(publish=odom.append)  # what the worker publishes, seen in-process
     node.pub_status = SimpleNamespace(publish=status.append)
     try:
-        node._running = False
-        node.slot.close()
-        node.worker.join(timeout=10)
+        stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
         node._process(frame(f[0].left, f[0].stamp_ns))
         node._process(frame(f[1].left, f[1].stamp_ns))
@@ -611,9 +614,7 @@ def test_mono_tracks_from_the_node_keep_their_ids(ros_context, policy):
     node.pub_tracks = SimpleNamespace(publish=tracks.append)
     node.pub_relative = SimpleNamespace(publish=rel.append)
     try:
-        node._running = False
-        node.slot.close()
-        node.worker.join(timeout=10)
+        stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
         for fr in f:
             node._process(frame(fr.left, fr.stamp_ns))
@@ -657,9 +658,7 @@ def test_a_frame_that_cannot_be_published_leaves_the_state_in_step(ros_context):
         result.keypoints1[result.matches[:, 1]] = np.nan
         return result
     try:
-        node._running = False
-        node.slot.close()
-        node.worker.join(timeout=10)
+        stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
         node._process(frame(f[0].left, f[0].stamp_ns))
         node._process(frame(f[1].left, f[1].stamp_ns))

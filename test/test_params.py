@@ -93,6 +93,13 @@ def test_runtime_changeable_parameters():
     ("queue_size", 0, "queue_size must be >= 1, got 0"),
     ("queue_size", 101, "queue_size must be <= 100, got 101"),
     ("no_such_param", 1, "unknown parameter 'no_such_param'"),
+    ("ba_window", 1, "ba_window must be 0 (off) or 2..50 keyframes"),
+    ("ba_window", -1, "ba_window must be >= 0, got -1"),
+    ("ba_window", 51, "ba_window must be <= 50, got 51"),
+    ("ba_window", 5.0, "ba_window must be an integer, got 5.0"),
+    ("pnp_readmit", 1, "pnp_readmit must be true or false, got 1"),
+    ("mono_window", 2, "mono_window must be 0 (off) or 3..20 keyframes"),
+    ("mono_window", 21, "mono_window must be <= 20, got 21"),
 ])
 def test_invalid_values_are_rejected_with_a_reason(name, value, reason):
     got = params.validate(name, value)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mambaglue_ros.geometry import (_normalise, _sampson_E, _sampson_E_jacobian, estimate_pose_mono, invert,
+from mambaglue_ros.geometry import (_normalise, _numeric_jacobian, _perturb_mono, _sampson, _sampson_E,
+                                    _sampson_E_jacobian, _sampson_pose_jacobian, _tangent_basis, estimate_pose_mono, invert,
                                     make_transform, refine_mono_window, rotation_angle_deg, so3_exp,
                                     translation_direction_error_deg)
 from mambaglue_ros.tracking import MonoTracker, validate_tracking_config
@@ -53,6 +54,21 @@ def test_sampson_jacobian_matches_finite_differences():
         d[c] = 1e-6
         numeric[:, c] = (_sampson_E(E + d.reshape(3, 3), a, b) - _sampson_E(E - d.reshape(3, 3), a, b)) / 2e-6
     np.testing.assert_allclose(_sampson_E_jacobian(E, a, b), numeric, atol=1e-7)
+
+
+def test_pose_jacobian_matches_finite_differences():
+    """The mono LM's analytic 5-dof Jacobian (rotation, direction on the tangent plane) against central
+    differences of the perturbation it linearises, at a generic pose and away from the identity."""
+    rng = np.random.default_rng(1)
+    a, b = np.c_[rng.normal(size=(40, 2)), np.ones(40)], np.c_[rng.normal(size=(40, 2)), np.ones(40)]
+    for R, t in ((so3_exp(np.array([0.3, -0.2, 0.1])), np.array([0.6, -0.3, 0.74])),
+                 (so3_exp(np.array([-1.2, 0.4, 0.9])), np.array([0.0, 0.0, 1.0]))):
+        t = t / np.linalg.norm(t)
+        B = _tangent_basis(t)
+        numeric = _numeric_jacobian(lambda d: _sampson(*_perturb_mono(R, t, B, d), a, b), 5)
+        analytic = _sampson_pose_jacobian(R, t, B, a, b)
+        assert np.abs(analytic).max() > 0.1
+        np.testing.assert_allclose(analytic, numeric, atol=1e-6)
 
 
 def test_window_refinement_beats_the_pairwise_poses():

@@ -36,15 +36,31 @@ design_xfeat() {  # issue 11: the v2 design and its attention-only control, same
   "$M" train --config config/ablations/xfeat_attention.yaml --stage both --no-progress
 }
 eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1 weights; pruning off; alpha sweep
-  V2=out/train_xfeat_v2/mambaglue_xfeat.pt; CTRL=out/ablation_xfeat_attention/mambaglue_xfeat.pt
+  local V2=${1:-out/train_xfeat_v2}/mambaglue_xfeat.pt CTRL=${2:-out/ablation_xfeat_attention}/mambaglue_xfeat.pt
+  local TAG=${3:-design_xfeat}
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
     --methods "mambaglue@$V2,mambaglue@$V2+noprune,mambaglue@$CTRL,lightglue,mambaglue" \
     --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
-    --json out/eval_design_xfeat.json --plots out/plots_design --threads 1 --no-progress
+    --json "out/eval_$TAG.json" --plots "out/plots_$TAG" --threads 1 --no-progress
   "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
-    --json out/eval_pose_design_xfeat.json --no-progress
-  "$M" bench --json out/bench/bench_design_xfeat_easy.json --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
+    --json "out/eval_pose_$TAG.json" --no-progress
+  "$M" bench --json "out/bench/bench_${TAG}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
     --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
+}
+design_xfeat_long() {  # issue 11's longer budget: the same two runs at 1000 matcher + 200 regressor steps (resumable:
+                       # re-running this step continues each run from its last checkpoint)
+  local cfg out
+  for run in "config/train_xfeat.yaml out/train_xfeat_v2_long" \
+             "config/ablations/xfeat_attention.yaml out/ablation_xfeat_attention_long"; do
+    read -r cfg out <<<"$run"
+    "$M" train --config "$cfg" --stage 1 --max-steps 1000 --out "$out" --no-progress \
+      $([ -f "$out/stage1_state.pt" ] && echo --resume)
+    "$M" train --config "$cfg" --stage 2 --max-steps 200 --out "$out" --no-progress \
+      $([ -f "$out/stage2_state.pt" ] && echo --resume)
+  done
+}
+eval_design_xfeat_long() {
+  eval_design_xfeat out/train_xfeat_v2_long out/ablation_xfeat_attention_long design_xfeat_long
 }
 eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
@@ -80,7 +96,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long eval_design_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

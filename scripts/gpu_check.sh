@@ -118,7 +118,7 @@ DRY_JSON=$([ -n "$DRY" ] && echo true || echo false)
 step environment 60 "$PY" - "$OUT/environment.json" "$DRY_JSON" <<'PYEOF'
 import importlib.util, json, platform, sys
 import torch
-from mambaglue_ros.models.ssm import cuda_scan_available
+from mambaglue_ros.models.ssm import cuda_scan_available, triton_scan_available
 from mambaglue_ros.matcher import resolve_precision
 cuda = torch.cuda.is_available()
 info = {"dry_run": sys.argv[2] == "true", "python": platform.python_version(), "torch": torch.__version__,
@@ -126,7 +126,7 @@ info = {"dry_run": sys.argv[2] == "true", "python": platform.python_version(), "
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
         "mamba_ssm": importlib.util.find_spec("mamba_ssm") is not None, "cuda_scan_kernel": cuda_scan_available(),
-        "triton": importlib.util.find_spec("triton") is not None,
+        "triton": importlib.util.find_spec("triton") is not None, "triton_scan_kernel": triton_scan_available(),
         "precision_auto": resolve_precision("auto", torch.device("cuda" if cuda else "cpu"))}
 open(sys.argv[1], "w").write(json.dumps(info, indent=1))
 print(json.dumps(info, indent=1))

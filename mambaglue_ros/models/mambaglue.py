@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ssm import cuda_scan_available, selective_scan
+from .ssm import cuda_scan_available, selective_scan, triton_scan_available
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -214,7 +214,7 @@ INFERENCE_SCAN_BYTES = 16 << 20
 def use_inference_scan(u: torch.Tensor, d_state: int) -> bool:
     """selective_scan_inference for u (B, L, d) where no gradient is wanted, its buffer is small, and no
     CUDA kernel takes the scan."""
-    if torch.is_grad_enabled() or (u.is_cuda and cuda_scan_available()):
+    if torch.is_grad_enabled() or (u.is_cuda and (cuda_scan_available() or triton_scan_available())):
         return False
     return u.numel() * d_state * 4 <= INFERENCE_SCAN_BYTES
 

@@ -1,4 +1,4 @@
-"""Selective scan (Mamba's S6 recurrence) with a CUDA and a pure-PyTorch backend.
+"""Selective scan (Mamba's S6 recurrence) with CUDA (mamba_ssm), Triton and pure-PyTorch backends.
 
 For every batch b, channel d and state n, with input-dependent step size, B and C:
 
@@ -6,7 +6,8 @@ For every batch b, channel d and state n, with input-dependent step size, B and 
     y[t] = sum_n C[n, t] * h[t] + D[d] * u[t],   then   y[t] *= silu(z[t])   if z is given
 
 `selective_scan` has the signature of mamba_ssm's `selective_scan_fn`, so it dispatches to that
-CUDA kernel when the package is installed and the inputs are on a GPU, and otherwise runs
+CUDA kernel when the package is installed and the inputs are on a GPU; without it, inference on a GPU
+runs our Triton kernel (`ssm_triton.py`, forward only) when triton is installed; otherwise it runs
 `_scan_torch`, a chunked scan in plain PyTorch: exact (the same recurrence, no approximation, and
 no intermediate that overflows where the recurrence itself does not), differentiable (hand-written
 backward, linear in L) and fast enough on CPU for keypoint sets (L = 256..4096); it runs on any
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available"]
+__all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available", "triton_scan_available"]
 
 # Chunking of the torch scan: K chunks of T steps, worked on as (batch, K, N, dim) slabs for
 # 2 T + K Python-level steps. Wide slabs mean few steps (little Python and dispatch overhead), but
@@ -55,6 +56,31 @@ def cuda_scan_available() -> bool:
     return torch.cuda.is_available() and _cuda_scan_fn() is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_scan_fn() -> Optional[Callable]:
+    """Our Triton kernel (``ssm_triton.selective_scan_triton``), or None where triton cannot be imported."""
+    try:
+        from mambaglue_ros.models.ssm_triton import selective_scan_triton
+    except Exception:
+        return None
+    return selective_scan_triton
+
+
+def triton_scan_available() -> bool:
+    """True when our Triton selective-scan kernel can run on a GPU of this machine (inference only)."""
+    return torch.cuda.is_available() and _triton_scan_fn() is not None
+
+
+def _triton_applies(u: torch.Tensor, tensors: tuple[Optional[torch.Tensor], ...], delta_softplus: bool) -> bool:
+    """The Triton kernel takes this call: a GPU, no gradient wanted (it has no backward), softplus steps
+    (decays <= 1: its prefix products cannot overflow) and a sequence one program holds."""
+    from_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not (u.is_cuda and delta_softplus and not from_grad and triton_scan_available()):
+        return False
+    from mambaglue_ros.models.ssm_triton import MAX_L
+    return u.shape[-1] <= MAX_L
+
+
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
@@ -69,14 +95,27 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     z:          (batch, dim, L) gate, y *= silu(z).
     delta_bias: (dim,) added to delta before the softplus.
     delta_softplus: apply softplus to delta (after delta_bias).
-    backend:    "auto" (the CUDA kernel when available and u is on a GPU, else "torch"),
-                "cuda", "torch" (chunked PyTorch scan) or "ref" (step-by-step loop, slow).
+    backend:    "auto" (on a GPU: mamba_ssm's kernel when installed, else our Triton kernel for
+                inference with softplus steps; otherwise "torch"), "cuda" (mamba_ssm), "triton"
+                (ssm_triton, forward only; on a CPU only under TRITON_INTERPRET=1), "torch" (chunked
+                PyTorch scan) or "ref" (step-by-step loop, slow).
     Returns y: (batch, dim, L), dtype of u. The torch backends compute in float32 (float64 for
     float64 inputs) whatever the input dtype.
     """
     if backend == "auto":
         kernel_dtype = u.dtype in (torch.float32, torch.float16, torch.bfloat16)  # no float64 kernel
-        backend = "cuda" if u.is_cuda and kernel_dtype and cuda_scan_available() else "torch"
+        if u.is_cuda and kernel_dtype and cuda_scan_available():
+            backend = "cuda"
+        elif kernel_dtype and _triton_applies(u, (u, delta, A, B, C, D, z, delta_bias), delta_softplus):
+            backend = "triton"
+        else:
+            backend = "torch"
+    if backend == "triton":
+        fn = _triton_scan_fn()
+        if fn is None:
+            raise RuntimeError("backend='triton' needs the triton package")
+        _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "cuda":
         fn = _cuda_scan_fn()
         if fn is None or not u.is_cuda:
@@ -89,7 +128,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                   None if D is None else D.float(), None if z is None else z.to(u.dtype),
                   None if delta_bias is None else delta_bias.float(), delta_softplus)
     if backend not in ("torch", "ref"):
-        raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'cuda', 'torch' or 'ref'")
+        raise ValueError(f"unknown backend {backend!r}: expected 'auto', 'cuda', 'triton', 'torch' or 'ref'")
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -68,7 +68,7 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 
 def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: float, target_hz: float,
-        frames: list, precision: str = "auto", threads: int = 0, pipeline: bool | None = None,
+        frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
         device: str = "auto") -> dict:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -82,7 +82,9 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
-                 "precision": precision, "num_threads": threads, "device": device}
+                 "num_threads": threads, "device": device}
+    if precision is not None:  # None: the node's own default
+        overrides["precision"] = precision
     if pipeline is not None:
         overrides["pipeline"] = "on" if pipeline else "off"
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
@@ -165,7 +167,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
               "mean_stop_layer": snap["mean_stop_layer"], "num_layers": node.matcher.num_layers,
               "alpha_end": node.matcher.alpha, "keypoints_end": node.matcher.max_keypoints, "knobs": knobs,
               "rate_control": node.controller.diagnostics(), "weights": node.matcher.weights_source,
-              "precision": precision, "precision_used": getattr(node.matcher, "precision", "n/a"),
+              "precision": precision or "node default", "precision_used": getattr(node.matcher, "precision", "n/a"),
               "device": str(node.matcher.device), "threads": torch_threads_now(),
               "load_average": [round(x, 2) for x in os.getloadavg()]}
     ex.shutdown()
@@ -188,7 +190,8 @@ def main() -> int:
     ap.add_argument("--input-hz", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--target-hz", type=float, default=0.0)
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                    help="the node's precision parameter (default: the node's default)")
     ap.add_argument("--pipeline", default="default", choices=("default", "on", "off", "both"),
                     help="the node's two-stage pipeline (default: the node's default); both = off, then on")
     ap.add_argument("--device", default="auto")

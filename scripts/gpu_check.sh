@@ -169,9 +169,9 @@ step bench 150 "$PY" -m mambaglue_ros.cli bench --json "$OUT/bench.json" --devic
 step multi_camera 90 "$PY" benchmarks/multi_camera.py --device "$DEVICE" --features "$BENCH_FEAT" \
   --keypoints "$MC_KP" --streams "$STREAMS" --repeats 5 --json "$OUT/multi_camera.json"
 
-# 4. the node on the GPU (default parameters: precision auto = fp16 on CUDA, pipeline on)
+# 4. the node on the GPU (default parameters but precision auto = fp16 on CUDA; pipeline on)
 step node_rate 120 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
-  --seconds "$NODE_S" --json "$OUT/node_rate.json"
+  --seconds "$NODE_S" --precision auto --json "$OUT/node_rate.json"
 
 # ---------------------------------------------------------------------------------------------- report
 "$PY" benchmarks/gpu_report.py "$OUT"

@@ -25,8 +25,9 @@ import triton.language as tl
 # Longest sequence one program scans; longer ones go to the torch scan. 4096 keypoints is the largest
 # budget the node accepts.
 MAX_L = 4096
-# Elements of one (BLOCK_D, BLOCK_L) tile: bounds the registers a program holds.
-TILE = 8192
+# Elements of one (BLOCK_D, BLOCK_L) tile: bounds the registers a program holds (about seven fp32 tiles
+# live at once: 4096 elements over 8 warps is 16 per thread each).
+TILE = 4096
 
 
 @triton.jit
@@ -98,5 +99,6 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     _scan_kernel[grid](u, delta, A, B, C, D_, z_, bias_, y, dim, L,
                        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *y.stride(),
                        N=N, BLOCK_D=block_d, BLOCK_L=block_l, HAS_D=D is not None, HAS_Z=z is not None,
-                       HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus))
+                       HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                       num_warps=8 if block_d * block_l >= 2048 else 4)
     return y

@@ -252,3 +252,72 @@ def test_config_files_parse():
         assert cfg["features"] in name and cfg["stage1"]["lr_new"] > cfg["stage1"]["lr"]
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, stage1={"learning_rate": 1.0})
+
+
+# ------------------------------------------------------------------------------------------ rendered pairs
+def test_render_pair_projections_land_on_the_same_surface_point():
+    """Depth projection of a rendered pair: the colour at a pixel and at its projection agree (textures have
+    no lighting), far better than at a random other projected pixel; projecting back returns to the pixel;
+    and in a pair with parallax some points are hidden (NaN) in the other view."""
+    from mambaglue_ros.geometry import invert
+    from mambaglue_ros.training.render_pairs import make_render_pair, project_with_depth
+
+    hidden_any = False
+    for seed in range(3):
+        p = make_render_pair(seed, size=(320, 240))
+        assert p.image0.shape == (240, 320, 3) and np.isfinite(p.depth0).all()
+        rng = np.random.default_rng(seed)
+        pts = np.c_[rng.integers(0, 320, 1500), rng.integers(0, 240, 1500)].astype(float)
+        q = project_with_depth(pts, p.depth0, p.depth1, p.K, p.T_1_0)
+        hidden_any |= bool(np.isnan(q).any())
+        ok = np.isfinite(q).all(1) & (q[:, 0] >= 0) & (q[:, 0] <= 319) & (q[:, 1] >= 0) & (q[:, 1] <= 239)
+        assert ok.sum() > 300, (seed, ok.sum())
+        c0 = p.image0[pts[ok, 1].astype(int), pts[ok, 0].astype(int)].astype(float)
+        c1 = p.image1[np.rint(q[ok, 1]).astype(int), np.rint(q[ok, 0]).astype(int)].astype(float)
+        same = np.median(np.abs(c0 - c1).mean(1))
+        shuffled = np.median(np.abs(c0 - c1[rng.permutation(len(c1))]).mean(1))
+        assert same < 12 and same < 0.3 * shuffled, (seed, same, shuffled)
+        back = project_with_depth(np.rint(q[ok]), p.depth1, p.depth0, p.K, invert(p.T_1_0))
+        assert np.nanmedian(np.linalg.norm(back - pts[ok], axis=1)) < 1.0
+        # a different relative pose moves the projections by pixels: the pose is really used
+        wrong = project_with_depth(pts[ok], p.depth0, p.depth1, p.K, invert(p.T_1_0))
+        assert np.nanmedian(np.linalg.norm(wrong - q[ok], axis=1)) > 3.0
+    assert hidden_any
+
+
+def test_render_share_in_a_cache_and_mixed_batches(photo_dir, tmp_path):
+    """A cache with rendered pairs: the share is a fixed choice per pair that keeps every video pair of the
+    same seed, rendered pairs store depth projections (no homography), and a batch mixing both kinds gets
+    ground truth from each pair's own geometry, the homography pairs exactly as before."""
+    photos = [str(p) for p in list_images(photo_dir)]
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        CacheSpec(features="xfeat", max_keypoints=64, photos=photos, num_pairs=4, seed=0, video_fraction=0.6,
+                  render_fraction=0.5)
+    plain = CacheSpec(features="xfeat", max_keypoints=64, photos=photos, num_pairs=4, seed=0, video_fraction=0.4)
+    mixed = CacheSpec(features="xfeat", max_keypoints=64, photos=photos, num_pairs=4, seed=0, video_fraction=0.4,
+                      render_fraction=0.3)
+    assert "render_fraction" not in plain.to_json() and plain.key() != mixed.key()
+    kinds = [mixed.pair_kind(k) for k in range(2000)]
+    assert [k for k in range(2000) if plain.is_video_pair(k)] == [k for k in range(2000) if kinds[k] == "video"]
+    assert abs(kinds.count("render") / 2000 - 0.3) < 0.04
+    first_render = kinds.index("render")
+    first_homography = kinds.index("homography")
+    spec = CacheSpec(features="xfeat", max_keypoints=128, photos=photos, num_pairs=max(first_render,
+                     first_homography) + 1, seed=0, size=(320, 240), video_fraction=0.4, render_fraction=0.3)
+    cache = PairCache(build_cache(spec, tmp_path / "cache", progress=False))
+    rendered, homography = cache[first_render], cache[first_homography]
+    assert torch.isnan(rendered["H_0to1"]).all() and rendered["proj0_1"].shape == rendered["keypoints0"].shape
+    assert "proj0_1" not in homography and torch.isfinite(homography["H_0to1"]).all()
+    batch = collate([homography, rendered])
+    alone = collate([homography])
+    n0, n1 = (int(homography[f"keypoints{s}"].shape[0]) for s in (0, 1))
+    assert torch.equal(batch["gt_matches0"][0, :n0], alone["gt_matches0"][0, :n0])
+    assert torch.equal(batch["gt_matches1"][0, :n1], alone["gt_matches1"][0, :n1])
+    ref = gt_matches_from_homography(homography["keypoints0"][None].float(), homography["keypoints1"][None].float(),
+                                     homography["H_0to1"][None], 3.0, 5.0)
+    assert torch.equal(alone["gt_matches0"], ref[0])
+    m0 = batch["gt_matches0"][1, : rendered["keypoints0"].shape[0]]
+    i0 = torch.where(m0 >= 0)[0]
+    assert len(i0) > 20  # a rendered pair 1-8 frames apart shares many points
+    err = (rendered["proj0_1"][i0].double() - rendered["keypoints1"][m0[i0]].double()).norm(dim=-1)
+    assert float(err.max()) < 3.0

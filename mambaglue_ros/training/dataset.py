@@ -1,15 +1,17 @@
-"""Feature cache of synthetic homography pairs, and batches for training.
+"""Feature cache of synthetic training pairs, and batches for training.
 
 A cache is a folder with one ``pair_NNNNNN.npz`` per pair (keypoints, descriptors (float16), scores,
-image sizes, H_0to1, source image, seed) and ``cache.json`` with the parameters that made it. Building it
+image sizes, H_0to1 (NaN for rendered pairs, which store each keypoint's depth projection into the other
+view as proj0_1 / proj1_0 instead), source image, seed) and ``cache.json`` with the parameters that made it. Building it
 runs the front end once per view; training epochs then only read the files. A cache is reused only when its
 parameters match (otherwise it is an error, so a changed config never mixes silently with old pairs), and
 a partly built cache is completed where it stopped.
 
 Pair k of a cache uses photo ``k % len(photos)`` (photos sorted by name) and seed
 ``pair_seed(seed, k)``; a share ``video_fraction`` of the pairs (a fixed choice per pair) are video-like
-small motions (``make_video_pair``), the others ``make_pair`` homographies. Both are pure functions of
-(photo, seed, parameters), so a cache is reproducible from its ``cache.json``.
+small motions (``make_video_pair``), a share ``render_fraction`` are rendered-room pairs with parallax and
+occlusions (``render_pairs.make_render_pair``), the others ``make_pair`` homographies. All are pure
+functions of (photo, seed, parameters), so a cache is reproducible from its ``cache.json``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import cv2
 import numpy as np
 import torch
 
-from .homography import DEFAULT_SIZE, gt_matches_from_homography, make_pair, make_video_pair
+from .homography import DEFAULT_SIZE, gt_matches_from_projections, make_pair, make_video_pair, warp_points_torch
+from .render_pairs import make_render_pair, project_with_depth
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,12 @@ class CacheSpec:
     size: tuple[int, int] = DEFAULT_SIZE
     photometric: float = 1.0
     video_fraction: float = 0.0  # share of video-like small-motion pairs (``make_video_pair``)
+    render_fraction: float = 0.0  # share of rendered-room pairs with parallax and depth (``make_render_pair``)
+
+    def __post_init__(self) -> None:
+        shares = {"video_fraction": self.video_fraction, "render_fraction": self.render_fraction}
+        if not all(0.0 <= v <= 1.0 for v in shares.values()) or sum(shares.values()) > 1.0:
+            raise ValueError(f"pair shares must lie in [0, 1] and sum to at most 1, got {shares}")
 
     def to_json(self) -> dict[str, Any]:
         out = {"features": self.features, "max_keypoints": int(self.max_keypoints), "photos": list(self.photos),
@@ -84,15 +93,31 @@ class CacheSpec:
                "size": [int(self.size[0]), int(self.size[1])], "photometric": float(self.photometric)}
         if self.video_fraction:  # absent when 0, so caches made before the option keep their keys
             out["video_fraction"] = float(self.video_fraction)
+        if self.render_fraction:
+            out["render_fraction"] = float(self.render_fraction)
         return out
 
-    def is_video_pair(self, index: int) -> bool:
-        """Whether pair ``index`` is a video-like pair: a fixed, well-mixed choice per (seed, index)."""
-        return (pair_seed(self.seed + 0x51DE0, index) % 10_000) < self.video_fraction * 10_000
+    def pair_kind(self, index: int) -> str:
+        """'video', 'render' or 'homography' for pair ``index``: a fixed, well-mixed choice per (seed, index)
+        (one uniform draw: the video share first, so adding rendered pairs keeps every video pair)."""
+        u = pair_seed(self.seed + 0x51DE0, index) % 10_000
+        if u < self.video_fraction * 10_000:
+            return "video"
+        if u < (self.video_fraction + self.render_fraction) * 10_000:
+            return "render"
+        return "homography"
 
-    def make(self, photo: np.ndarray, index: int):
-        """Pair ``index`` of this set from its photo (a pure function of the spec and the index)."""
-        if self.is_video_pair(index):
+    def is_video_pair(self, index: int) -> bool:
+        """Whether pair ``index`` is a video-like pair."""
+        return self.pair_kind(index) == "video"
+
+    def make(self, photo: np.ndarray | None, index: int):
+        """Pair ``index`` of this set from its photo (a pure function of the spec and the index); rendered
+        pairs use the renderer's own textures (photo unused)."""
+        kind = self.pair_kind(index)
+        if kind == "render":
+            return make_render_pair(pair_seed(self.seed, index), tuple(self.size))
+        if kind == "video":
             return make_video_pair(photo, pair_seed(self.seed, index), tuple(self.size), self.photometric)
         return make_pair(photo, pair_seed(self.seed, index), self.difficulty, tuple(self.size), self.photometric)
 
@@ -132,18 +157,27 @@ def build_cache(spec: CacheSpec, folder: str | Path, extractor: Any = None, prog
         t0 = time.perf_counter()
         for k in iterator:
             pi = k % len(spec.photos)
-            if pi not in photos:
+            rendered = spec.pair_kind(k) == "render"
+            if pi not in photos and not rendered:
                 if len(photos) > 64:
                     photos.clear()
                 photos[pi] = read_rgb(spec.photos[pi])
-            pair = spec.make(photos[pi], k)
+            pair = spec.make(None if rendered else photos[pi], k)
             f0, f1 = extractor.extract(pair.image0), extractor.extract(pair.image1)
-            arrays = {"H_0to1": pair.H_0to1, "seed": np.int64(pair.seed), "photo": np.int64(pi)}
+            arrays = {"seed": np.int64(pair.seed), "photo": np.int64(-1 if rendered else pi)}
             for side, f in ((0, f0), (1, f1)):
                 arrays[f"keypoints{side}"] = f.keypoints.cpu().numpy().astype(np.float32)
                 arrays[f"descriptors{side}"] = f.descriptors.cpu().numpy().astype(np.float16)
                 arrays[f"scores{side}"] = f.scores.cpu().numpy().astype(np.float32)
                 arrays[f"image_size{side}"] = np.array(f.image_size, dtype=np.int64)
+            if rendered:  # no homography: each keypoint's exact position in the other view (NaN: hidden there)
+                arrays["H_0to1"] = np.full((3, 3), np.nan)
+                arrays["proj0_1"] = project_with_depth(arrays["keypoints0"], pair.depth0, pair.depth1, pair.K,
+                                                       pair.T_1_0).astype(np.float32)
+                arrays["proj1_0"] = project_with_depth(arrays["keypoints1"], pair.depth1, pair.depth0, pair.K,
+                                                       np.linalg.inv(pair.T_1_0)).astype(np.float32)
+            else:
+                arrays["H_0to1"] = pair.H_0to1
             tmp = folder / f".pair_{k:06d}.tmp.npz"
             np.savez(tmp, **arrays)
             tmp.replace(folder / f"pair_{k:06d}.npz")
@@ -206,9 +240,20 @@ def collate(pairs: Sequence[dict[str, torch.Tensor]], pos_th: float = 3.0, neg_t
             mask[i, :n] = True
         data[f"keypoints{side}"], data[f"descriptors{side}"] = kpts, desc
         data[f"image_size{side}"], data[f"mask{side}"] = sizes, mask
-    data["H_0to1"] = torch.stack([p["H_0to1"].double() for p in pairs])
-    m0, m1 = gt_matches_from_homography(data["keypoints0"], data["keypoints1"], data["H_0to1"], pos_th, neg_th,
-                                        data["mask0"], data["mask1"])
+    data["H_0to1"] = torch.stack([p["H_0to1"].double() for p in pairs])  # NaN for rendered pairs
+    # Every keypoint's true position in the other view: the homography warp, or the stored depth projection.
+    for side, other, key in ((0, 1, "proj0_1"), (1, 0, "proj1_0")):
+        proj = torch.full(data[f"keypoints{side}"].shape, float("inf"), dtype=torch.float64)
+        for i, p in enumerate(pairs):
+            n = int(p[f"keypoints{side}"].shape[0])
+            if key in p:
+                proj[i, :n] = p[key].double()
+            else:
+                H = data["H_0to1"][i] if side == 0 else torch.linalg.inv(data["H_0to1"][i])
+                proj[i, :n] = warp_points_torch(data[f"keypoints{side}"][i, :n], H)
+        data[key] = proj
+    m0, m1 = gt_matches_from_projections(data["keypoints0"], data["keypoints1"], data["proj0_1"], data["proj1_0"],
+                                         pos_th, neg_th, data["mask0"], data["mask1"])
     data["gt_matches0"], data["gt_matches1"] = m0, m1
     return data
 

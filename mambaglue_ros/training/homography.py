@@ -202,12 +202,27 @@ def gt_matches_from_homography(kpts0: torch.Tensor, kpts1: torch.Tensor, H_0to1:
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth assignment of two keypoint sets under a homography (LightGlue's rule).
 
-    kpts0 (B, M, 2), kpts1 (B, N, 2) pixels; H_0to1 (B, 3, 3). Distance of (i, j) = the larger of the two
-    reprojection errors ||H k0_i - k1_j|| and ||k0_i - H^-1 k1_j|| (so it is symmetric in the views).
-    (i, j) is a match when they are mutual nearest neighbours under that distance and it is < pos_th;
-    a point whose nearest candidate is farther than neg_th (in both directions, by the max) is unmatched.
-    Everything between is ambiguous and ignored by the loss. valid0/1 (B, M)/(B, N) mark real points in
-    padded batches (padding is labelled ignored).
+    kpts0 (B, M, 2), kpts1 (B, N, 2) pixels; H_0to1 (B, 3, 3). The keypoints' positions in the other view
+    are their warps by H and H^-1; the rule is ``gt_matches_from_projections``'s.
+    """
+    H = H_0to1.double()
+    return gt_matches_from_projections(kpts0, kpts1, warp_points_torch(kpts0, H),
+                                       warp_points_torch(kpts1, torch.linalg.inv(H)), pos_th, neg_th, valid0, valid1)
+
+
+def gt_matches_from_projections(kpts0: torch.Tensor, kpts1: torch.Tensor, kp0_1: torch.Tensor, kp1_0: torch.Tensor,
+                                pos_th: float = 3.0, neg_th: float = 5.0,
+                                valid0: torch.Tensor | None = None, valid1: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth assignment of two keypoint sets from each keypoint's true position in the other view.
+
+    kpts0 (B, M, 2), kpts1 (B, N, 2) pixels; kp0_1 (B, M, 2): kpts0 in view 1, kp1_0 (B, N, 2): kpts1 in view
+    0 (a homography warp, or a depth projection with NaN / inf where the point is hidden or has no
+    position). Distance of (i, j) = the larger of the two reprojection errors ||kp0_1_i - k1_j|| and
+    ||k0_i - kp1_0_j|| (so it is symmetric in the views). (i, j) is a match when they are mutual nearest
+    neighbours under that distance and it is < pos_th; a point whose nearest candidate is farther than
+    neg_th (in both directions, by the max) is unmatched. Everything between is ambiguous and ignored by
+    the loss. valid0/1 (B, M)/(B, N) mark real points in padded batches (padding is labelled ignored).
 
     Returns gt_matches0 (B, M) and gt_matches1 (B, N), long: index of the partner, -1 = unmatched
     (dustbin), -2 = ignored.
@@ -217,11 +232,8 @@ def gt_matches_from_homography(kpts0: torch.Tensor, kpts1: torch.Tensor, H_0to1:
     if m == 0 or n == 0:
         return (torch.full((b, m), -1, dtype=torch.long, device=kpts0.device),
                 torch.full((b, n), -1, dtype=torch.long, device=kpts0.device))
-    H = H_0to1.double()
-    kp0_1 = warp_points_torch(kpts0, H)
-    kp1_0 = warp_points_torch(kpts1, torch.linalg.inv(H))
-    dist0 = (kp0_1[:, :, None] - kpts1.double()[:, None]).norm(dim=-1)
-    dist1 = (kpts0.double()[:, :, None] - kp1_0[:, None]).norm(dim=-1)
+    dist0 = (kp0_1.double()[:, :, None] - kpts1.double()[:, None]).norm(dim=-1)
+    dist1 = (kpts0.double()[:, :, None] - kp1_0.double()[:, None]).norm(dim=-1)
     dist = torch.maximum(dist0, dist1)
     dist = torch.where(torch.isnan(dist), torch.full_like(dist, float("inf")), dist)
     if valid0 is not None:

@@ -49,7 +49,7 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
 }
 design_xfeat_long() {  # issue 11's longer budget: the same two runs at 1000 matcher + 200 regressor steps (resumable:
                        # re-running this step continues each run from its last checkpoint)
-  local cfg out
+  local cfg out run
   for run in "config/train_xfeat.yaml out/train_xfeat_v2_long" \
              "config/ablations/xfeat_attention.yaml out/ablation_xfeat_attention_long"; do
     read -r cfg out <<<"$run"

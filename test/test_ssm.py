@@ -302,19 +302,44 @@ def test_triton_kernel_matches_reference_interpreted():
         assert err < 2e-5, (case, err)  # float32 in the kernel, as the float32 torch scan (measured <= 2e-7)
 
 
+def test_a_failing_triton_kernel_switches_itself_off(monkeypatch):
+    """Where the kernel cannot run (a GPU Triton cannot compile for, a broken install), "auto" logs it once
+    and the torch scan takes over for the rest of the process; an explicit backend='triton' raises."""
+    def broken(*args):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(ssm, "_triton_scan_fn", lambda: broken)
+    monkeypatch.setattr(ssm, "_triton_failed", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert triton_scan_available()
+    with pytest.raises(RuntimeError, match="no kernel"):
+        ssm._run_triton(False, 1, 2)
+    assert triton_scan_available()
+    assert ssm._run_triton(True, 1, 2) is None
+    assert not triton_scan_available() and "no kernel" in ssm._triton_failed
+    monkeypatch.setattr(ssm, "_triton_failed", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (6, 1))  # Pascal: not offered
+    assert not triton_scan_available()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not triton_scan_available(), reason="needs a CUDA device and the triton package")
 @pytest.mark.parametrize("shape", [(2, 6, 37, 4), (4, 48, 1024, 16), (2, 96, 4096, 16)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_kernel_on_cuda_matches_torch_scan(shape, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_triton_kernel_on_cuda_matches_torch_scan(shape, dtype, layout):
     """Compiled on the GPU: equal to the torch scan (float32 accumulation in both), and what "auto" runs
-    for inference where mamba_ssm is not installed."""
+    for inference where mamba_ssm is not installed. 'transposed': (b, L, c) tensors seen as (b, c, L), the
+    views MambaGlue passes."""
     x = make_inputs(*shape, seed=6, dtype=dtype, device="cuda")
+    if layout == "transposed":
+        x = {k: v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v for k, v in x.items()}
     with torch.no_grad():
         y_k = selective_scan(**x, delta_softplus=True, backend="triton")
         y_t = selective_scan(**x, delta_softplus=True, backend="torch")
         assert y_k.dtype == dtype
-        assert rel_err(y_k, y_t) < (1e-4 if dtype == torch.float32 else 4e-3)
+        assert rel_err(y_k, y_t) < {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}[dtype]
         if not cuda_scan_available():
             assert rel_err(selective_scan(**x, delta_softplus=True), y_k) == 0.0  # auto = the Triton kernel
     # with a gradient wanted, auto must not pick the forward-only kernel

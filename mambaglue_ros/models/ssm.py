@@ -16,8 +16,9 @@ device. `selective_scan_ref` is the step-by-step recurrence, kept for tests.
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,9 +67,17 @@ def _triton_scan_fn() -> Optional[Callable]:
     return selective_scan_triton
 
 
+# Set when the Triton kernel failed on this machine (e.g. it cannot compile for the GPU): the torch scan
+# takes over for the rest of the process instead of every frame raising.
+_triton_failed: Optional[str] = None
+
+
 def triton_scan_available() -> bool:
-    """True when our Triton selective-scan kernel can run on a GPU of this machine (inference only)."""
-    return torch.cuda.is_available() and _triton_scan_fn() is not None
+    """True when our Triton selective-scan kernel can run on this machine's GPU (inference only): triton
+    imports, the GPU is Volta (compute capability 7.0) or newer, and the kernel has not failed here."""
+    if _triton_failed is not None or not torch.cuda.is_available() or _triton_scan_fn() is None:
+        return False
+    return torch.cuda.get_device_capability() >= (7, 0)
 
 
 def _triton_applies(u: torch.Tensor, tensors: tuple[Optional[torch.Tensor], ...], delta_softplus: bool) -> bool:
@@ -77,8 +86,25 @@ def _triton_applies(u: torch.Tensor, tensors: tuple[Optional[torch.Tensor], ...]
     from_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not (u.is_cuda and delta_softplus and not from_grad and triton_scan_available()):
         return False
+    if torch.cuda.get_device_capability(u.device) < (7, 0):
+        return False
     from mambaglue_ros.models.ssm_triton import MAX_L
     return u.shape[-1] <= MAX_L
+
+
+def _run_triton(auto: bool, *args: Any) -> Optional[torch.Tensor]:
+    """The Triton kernel on ``args``; with ``auto``, a failure is logged once and switches the kernel off
+    (None: the caller runs the torch scan), otherwise it raises."""
+    global _triton_failed
+    try:
+        return _triton_scan_fn()(*args)
+    except Exception as e:
+        if not auto:
+            raise
+        _triton_failed = f"{type(e).__name__}: {e}"
+        logging.getLogger(__name__).warning("Triton selective scan failed (%s); using the PyTorch scan from now on",
+                                            _triton_failed.splitlines()[0][:300])
+        return None
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -102,7 +128,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Returns y: (batch, dim, L), dtype of u. The torch backends compute in float32 (float64 for
     float64 inputs) whatever the input dtype.
     """
-    if backend == "auto":
+    auto = backend == "auto"
+    if auto:
         kernel_dtype = u.dtype in (torch.float32, torch.float16, torch.bfloat16)  # no float64 kernel
         if u.is_cuda and kernel_dtype and cuda_scan_available():
             backend = "cuda"
@@ -111,11 +138,13 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         else:
             backend = "torch"
     if backend == "triton":
-        fn = _triton_scan_fn()
-        if fn is None:
+        if _triton_scan_fn() is None:
             raise RuntimeError("backend='triton' needs the triton package")
         _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y = _run_triton(auto, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if y is not None:
+            return y
+        backend = "torch"
     if backend == "cuda":
         fn = _cuda_scan_fn()
         if fn is None or not u.is_cuda:

@@ -16,6 +16,7 @@ against ``selective_scan_ref`` on a GPU and, on a CPU, under Triton's interprete
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -36,7 +37,9 @@ def _first_order(a1, b1, a2, b2):
     return a1 * a2, b1 * a2 + b2
 
 
-@triton.jit
+# L and dim change with every frame's keypoint count: not specialising on their values (only the power-of-two
+# block sizes are compile-time) keeps the number of compiled variants to a handful.
+@triton.jit(do_not_specialize=["dim", "L"])
 def _scan_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
                  dim, L,
                  su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n, sB_b, sB_n, sB_l, sC_b, sC_n, sC_l,
@@ -93,12 +96,14 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     block_d = max(1, min(triton.next_power_of_2(dim), TILE // block_l))
     A = A.float()
     dummy = A  # a valid pointer for the inputs that are absent (never read: their flags are False)
-    D_, bias_ = (t.float() if t is not None else dummy for t in (D, delta_bias))
+    D_, bias_ = (t.float().contiguous() if t is not None else dummy for t in (D, delta_bias))  # read unit-stride
     z_ = z if z is not None else u
     grid = (batch, triton.cdiv(dim, block_d))
-    _scan_kernel[grid](u, delta, A, B, C, D_, z_, bias_, y, dim, L,
-                       *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(), *y.stride(),
-                       N=N, BLOCK_D=block_d, BLOCK_L=block_l, HAS_D=D is not None, HAS_Z=z is not None,
-                       HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                       num_warps=8 if block_d * block_l >= 2048 else 4)
+    # Triton launches on the current device: make it u's (device: cuda:1 in the node).
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        _scan_kernel[grid](u, delta, A, B, C, D_, z_, bias_, y, dim, L,
+                           *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_.stride(),
+                           *y.stride(), N=N, BLOCK_D=block_d, BLOCK_L=block_l, HAS_D=D is not None,
+                           HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                           num_warps=8 if block_d * block_l >= 2048 else 4)
     return y

@@ -196,13 +196,16 @@ def main() -> int:
                     help="the node's two-stage pipeline (default: the node's default); both = off, then on")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
+    ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
     ap.add_argument("--json")
     args = ap.parse_args()
     import torch
 
     from mambaglue_ros.synthetic import make_sequence
 
-    frames = list(make_sequence(n_frames=20, rate_hz=args.input_hz, stereo=True, trajectory="forward", seed=0))
+    stereo = any(c.split(":")[0] == "stereo" for c in args.configs.split(","))  # right images only when needed
+    frames = list(make_sequence(n_frames=args.frames, rate_hz=args.input_hz, stereo=stereo, trajectory="forward",
+                                seed=0))
     rows = []
     pipelines = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
     for cfg in args.configs.split(","):

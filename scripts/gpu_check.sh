@@ -136,10 +136,10 @@ PYEOF
 if [ -n "$DRY" ]; then
   # same commands, tiny sizes: the plan runs end to end on the CPU
   BENCH_KP=64; BENCH_REP=1; BENCH_FEAT=xfeat; STREAMS=1,2; MC_KP=64; NODE_CFG=mono:xfeat
-  NODE_S=2; NODE_HZ=10
+  NODE_S=2; NODE_HZ=10; NODE_FRAMES=6
 else
   BENCH_KP=512,1024,2048; BENCH_REP=20; BENCH_FEAT=aliked; STREAMS=1,8,32,64; MC_KP=1024
-  NODE_CFG=mono:aliked,mono:xfeat,stereo:aliked; NODE_S=10; NODE_HZ=100
+  NODE_CFG=mono:aliked,mono:xfeat,stereo:aliked; NODE_S=10; NODE_HZ=100; NODE_FRAMES=20
 fi
 
 # 1. CUDA scan equivalence: the PyTorch scan on the GPU vs the CPU, and mamba_ssm's kernel (where installed)
@@ -171,7 +171,7 @@ step multi_camera 90 "$PY" benchmarks/multi_camera.py --device "$DEVICE" --featu
 
 # 4. the node on the GPU (default parameters but precision auto = fp16 on CUDA; pipeline on)
 step node_rate 120 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
-  --seconds "$NODE_S" --precision auto --json "$OUT/node_rate.json"
+  --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"
 
 # ---------------------------------------------------------------------------------------------- report
 "$PY" benchmarks/gpu_report.py "$OUT"

@@ -365,7 +365,9 @@ def test_soak_over_a_thousand_frames(ros_context):
                rss_slope_mb_per_1000_frames=slope)
         # CPU shared with other work: generous ratio plus a few ms; a leak-like trend doubles it
         assert last[0] < 1.5 * first[0] + 5 and last[1] < 1.5 * first[1] + 5, (first, last)
-        # < 1 MB per 1000 frames: a leak of one 160x120 gray image (19 kB) per frame would be 19 MB
-        assert abs(slope) < 1.0, f"RSS grows {slope:.2f} MB per 1000 frames"
+        # A leak of one 160x120 gray image (19 kB) per frame is 19 MB per 1000 frames; the bound catches any
+        # per-frame leak from 3 kB up. Allocator steps over the 600-frame second half measured 0.07 and 1.04 MB
+        # per 1000 frames in two fresh-clone runs (the 1.04 failed the 1.0 bound this test had with 2000 frames).
+        assert abs(slope) < 3.0, f"RSS grows {slope:.2f} MB per 1000 frames"
     finally:
         node.close()

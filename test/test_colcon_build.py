@@ -33,7 +33,8 @@ def _colcon() -> str | None:
     beside = Path(sys.executable).parent / "colcon"
     if beside.exists():
         return str(beside)
-    own_venv = ROOT / ".venv-colcon" / "bin" / "colcon"  # made by scripts/setup.sh
+    # made by scripts/setup.sh, where MAMBAGLUE_COLCON_VENV says (default: <repo>/.venv-colcon)
+    own_venv = Path(os.environ.get("MAMBAGLUE_COLCON_VENV") or ROOT / ".venv-colcon") / "bin" / "colcon"
     return str(own_venv) if own_venv.exists() else None
 
 

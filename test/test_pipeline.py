@@ -260,6 +260,16 @@ def test_rate_gate_holds_the_target_on_average(input_hz, expected_hz):
     assert rate == pytest.approx(expected_hz, rel=0.03)
 
 
+def test_rate_gate_keeps_its_schedule_when_a_frame_is_taken_late():
+    # 2 Hz gate on a 20 Hz camera; the frame due at 500 ms is first seen at 600 ms (stage 1 was busy). The next
+    # frame is due at 1000 ms, not 1100 ms: a 400 ms gap, so the mean rate stays 2 Hz (the node test checks
+    # the mean gap for this reason).
+    gate, ms = RateGate(2.0), 1_000_000
+    assert gate.admit(0) and gate.admit(600 * ms)
+    assert not gate.admit(900 * ms) and gate.admit(1000 * ms)
+    assert not gate.admit(1450 * ms) and gate.admit(1500 * ms)
+
+
 def test_rate_gate_restarts_after_a_jump_and_off_passes_everything():
     gate = RateGate(10.0)
     assert gate.admit(0) and not gate.admit(50_000_000) and gate.admit(100_000_000)

@@ -474,6 +474,9 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
         assert states[0] == TS.INITIALIZING and set(states[1:N_BEFORE]) == {TS.OK}, why
         assert states[N_BEFORE:N_BEFORE + N_GAP] == [TS.LOST] * N_GAP, why
         assert TS.OK in states[N_BEFORE + N_GAP:], why  # tracking came back
+        # no target rate: the knobs the frames were matched with are the parameters (stereo: no hypotheses)
+        knobs = {(round(s.alpha, 6), s.max_keypoints, s.pose_hypotheses, s.rate_control) for s in before_reset}
+        assert knobs == {(round(float(np.float32(node.p["alpha"])), 6), 512, 0, "fixed")}, knobs
         lost = before_reset[N_BEFORE + N_GAP - 1]
         assert lost.frames_since_last_pose == N_GAP and "too few" in lost.reason
         assert C.stamp_to_ns(lost.last_pose_stamp) == frames[N_BEFORE - 1].stamp_ns

@@ -81,10 +81,15 @@ def test_controller_turns_alpha_then_keypoints_and_gives_them_back(costly_node):
     node, io, matcher = costly_node
     frames = [f for f in make_sequence(n_frames=8, rate_hz=INPUT_HZ, stereo=False, trajectory="forward", seed=3)]
     out = Collector(io)
+    from mambaglue_ros.msg import TrackingStatus
+
+    statuses: list = []  # ~/status, kept as it arrives (the Collector does not take it)
+    status_sub = io.create_subscription(TrackingStatus, "/mambaglue_matcher/status", statuses.append, 50)
     pub_image = io.create_publisher(Image, "image", 5)
     pub_info = io.create_publisher(CameraInfo, "camera_info", 5)
     wait_for_subscribers(pub_image, pub_info)
     out.wait_matched()
+    assert wait_for(lambda: status_sub.get_publisher_count() > 0, timeout=15)
     h, w = frames[0].left.shape[:2]
     pub_info.publish(camera_info_msg(frames[0].K, w, h, "cam"))
     assert wait_for(lambda: "left" in node.camera, timeout=10)
@@ -141,6 +146,15 @@ def test_controller_turns_alpha_then_keypoints_and_gives_them_back(costly_node):
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         assert sum(gaps) / len(gaps) >= 475_000_000, gaps
         assert int(out.latest_diagnostics()["frames_rate_skipped"]) > 0
+        # ~/status carries the knobs each frame was matched with: the same values the observer saw
+        by_stamp = {s: (a, kp) for s, a, kp in history()}
+        status = [m for m in list(statuses) if C.stamp_to_ns(m.header.stamp) in by_stamp]
+        assert len(status) >= len(by_stamp) - 2  # the newest frames' messages may still be on their way
+        for m in status:
+            alpha, kp = by_stamp[C.stamp_to_ns(m.header.stamp)]
+            assert (m.alpha, m.max_keypoints) == (pytest.approx(alpha, abs=1e-6), kp)
+        assert {m.max_keypoints for m in status} > {1024} and all(m.pose_hypotheses == 2 for m in status)
+        assert statuses[-1].rate_control not in ("", "fixed")
 
         # 2) Headroom (the load drops to a tenth): the keypoints come back first, then alpha rises.
         n_before = len(history())

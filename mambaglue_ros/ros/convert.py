@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -678,8 +679,12 @@ def tracks_cloud_msg(frame, header: Header, num_cameras: int):
 
 
 def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_matches: int,
-               num_inliers: int):
-    """tracking_state.StatusReport -> mambaglue_ros/TrackingStatus (see msg/TrackingStatus.msg)."""
+               num_inliers: int, controls: dict[str, Any] | None = None):
+    """tracking_state.StatusReport -> mambaglue_ros/TrackingStatus (see msg/TrackingStatus.msg).
+
+    controls: what the frame was matched with: ``alpha`` (None = exit off), ``max_keypoints``,
+    ``pose_hypotheses`` (0 where none are tried) and ``rate_control`` (the controller's state).
+    """
     from mambaglue_ros.msg import TrackingStatus
 
     msg = TrackingStatus()
@@ -692,4 +697,10 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     msg.keyframe_id = int(keyframe_id)
     msg.num_tracks, msg.num_matches, msg.num_inliers = int(num_tracks), int(num_matches), int(num_inliers)
     msg.resets = int(report.resets)
+    if controls is not None:
+        alpha = controls.get("alpha")
+        msg.alpha = -1.0 if alpha is None else float(alpha)
+        msg.max_keypoints = int(controls.get("max_keypoints", 0))
+        msg.pose_hypotheses = int(controls.get("pose_hypotheses", 0))
+        msg.rate_control = str(controls.get("rate_control", ""))
     return msg

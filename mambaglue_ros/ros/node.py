@@ -12,6 +12,7 @@ Topics (relative names, so namespaces and remaps work):
        ~/tracks (mambaglue_ros/Tracks): every keypoint of each processed frame with a persistent track id
        ~/tracks_cloud (sensor_msgs/PointCloud, publish_tracks_cloud): the same in the VINS feature layout
        ~/status (mambaglue_ros/TrackingStatus): OK / LOST / INITIALIZING / RESET per frame and at resets
+         (with the alpha / keypoint budget the frame was matched with and the rate controller's state)
        ~/relative_pose_ref (mambaglue_ros/RelativePose): T_ref_cur with both stamps and the keyframe id
        ~/relative_pose (PoseWithCovarianceStamped): the same pose without the reference (compatibility)
        ~/odom (nav_msgs/Odometry): odom_frame -> base_frame (REP-105), twist in base_frame
@@ -723,7 +724,7 @@ class MatcherNode(Node):
         self.images.clear()
         report = self.tracking_state.reset(stamp_ns, reason)
         header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"])
-        self.pub_status.publish(C.status_msg(report, header, self.keyframe_id, 0, 0, 0))
+        self.pub_status.publish(C.status_msg(report, header, self.keyframe_id, 0, 0, 0, self._controls()))
 
     def _request_reset(self, T_odom_base: np.ndarray, covariance: np.ndarray, reason: str,
                        timeout_s: float = 10.0) -> bool:
@@ -831,7 +832,14 @@ class MatcherNode(Node):
         self._publish_tracks(frame, tracks, header)
         self.pub_status.publish(C.status_msg(
             report, odom_header, self.keyframe_id, int(np.sum(tracks.camera == 0)),
-            len(result.temporal) if result.temporal is not None else 0, result.num_inliers))
+            len(result.temporal) if result.temporal is not None else 0, result.num_inliers, self._controls()))
+
+    def _controls(self) -> dict[str, Any]:
+        """The rate controller's knobs as they are now (for ~/status: what the frame just published used)."""
+        mono_tracker = self.tracker is not None and self.mode == "mono"
+        return {"alpha": self.matcher.alpha, "max_keypoints": self.matcher.max_keypoints,
+                "pose_hypotheses": self.tracker.config["pose_hypotheses"] if mono_tracker else 0,
+                "rate_control": self.controller.state}
 
     def _publish_odometry(self, step, header: Header) -> None:
         """``step`` (odometry.OdometryStep): the relative pose composed with its reference's odometry

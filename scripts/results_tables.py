@@ -24,12 +24,14 @@ def load(path: Path) -> dict[str, Any] | None:
 def label(method: str) -> str:
     if method.endswith("+noprune"):
         return label(method[: -len("+noprune")]) + ", pruning off"
-    if re.match(r"mambaglue@.*train_xfeat_v2/", method):
-        return "MambaGlue v2 design (Hilbert, bidirectional, gated)"
-    m = re.match(r"mambaglue@.*ablation_xfeat_(\w+)/", method)
+    if re.match(r"mambaglue@.*train_xfeat_v2(_long)?/", method):
+        long = "_long/" in method
+        return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + (", 1000 + 200 steps" if long else "")
+    m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?/", method)
     if m:
-        return {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
+        name = {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
                 "linear": "attention+Mamba, linear regressor"}.get(m.group(1), m.group(1))
+        return name + (", 1000 + 200 steps" if m.group(2) else "")
     return {"mambaglue": "MambaGlue (shipped)", "lightglue": "LightGlue (released weights)",
             "mambaglue+bf16": "MambaGlue, bf16", "lightglue+bf16": "LightGlue, bf16", "orb": "ORB"}.get(method, method)
 
@@ -150,6 +152,8 @@ def main() -> int:
         ("eval_aliked.json", sweep), ("eval_pose_xfeat.json", pose),
         ("eval_design_xfeat.json", homography), ("eval_design_xfeat.json", sweep),
         ("eval_pose_design_xfeat.json", pose), ("bench/bench_design_xfeat_easy.json", bench),
+        ("eval_design_xfeat_long.json", homography), ("eval_design_xfeat_long.json", sweep),
+        ("eval_pose_design_xfeat_long.json", pose), ("bench/bench_design_xfeat_long_easy.json", bench),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

@@ -65,6 +65,25 @@ ablations_xfeat_long() {  # issue 11's one-factor ablations of v2, and the v1 de
 eval_design_xfeat_long() {
   eval_design_xfeat out/train_xfeat_v2_long out/ablation_xfeat_attention_long design_xfeat_long
 }
+regressor_xfeat_long() {  # issue 11: both longer runs' deep regressors again, 600 steps (the shipped model had 575)
+  local run                # instead of 200, on the same frozen stage-1 matchers
+  for run in train_xfeat_v2_long:config/train_xfeat.yaml ablation_xfeat_attention_long:config/ablations/xfeat_attention.yaml; do
+    mkdir -p "out/${run%%:*}_reg600" && cp "out/${run%%:*}/stage1_best.pt" "out/${run%%:*}_reg600/"
+    "$M" train --config "${run#*:}" --stage 2 --max-steps 600 --out "out/${run%%:*}_reg600" --no-progress
+  done
+}
+eval_regressor_xfeat_long() {  # the 600-step regressors (full depth is the frozen matcher's: eval_design_xfeat_long)
+  local V2=out/train_xfeat_v2_long_reg600/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_attention_long_reg600/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL" \
+    --alphas 0.9,0.95,1.0 --sweep-methods "mambaglue@$V2,mambaglue@$CTRL" \
+    --json out/eval_design_xfeat_long_reg600.json --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL" --json out/eval_pose_design_xfeat_long_reg600.json \
+    --no-progress
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --json out/regressor_calibration_long.json \
+    --methods "mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_attention_long/mambaglue_xfeat.pt,mambaglue@$V2,mambaglue@$CTRL"
+  "$M" bench --json out/bench/bench_design_xfeat_long_reg600_easy.json --features xfeat --threads 1 --pair easy \
+    --keypoints 512,1024 --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
+}
 eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
     --methods mambaglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt \
@@ -99,7 +118,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

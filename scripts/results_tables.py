@@ -24,14 +24,13 @@ def load(path: Path) -> dict[str, Any] | None:
 def label(method: str) -> str:
     if method.endswith("+noprune"):
         return label(method[: -len("+noprune")]) + ", pruning off"
-    if re.match(r"mambaglue@.*train_xfeat_v2(_long)?/", method):
-        long = "_long/" in method
-        return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + (", 1000 + 200 steps" if long else "")
-    m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?/", method)
+    budget = ", 1000 + 600 steps" if "_long_reg600/" in method else ", 1000 + 200 steps" if "_long/" in method else ""
+    if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
+        return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
+    m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)
     if m:
-        name = {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
-                "linear": "attention+Mamba, linear regressor"}.get(m.group(1), m.group(1))
-        return name + (", 1000 + 200 steps" if m.group(2) else "")
+        return {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
+                "linear": "attention+Mamba, linear regressor"}.get(m.group(1), m.group(1)) + budget
     return {"mambaglue": "MambaGlue (shipped)", "lightglue": "LightGlue (released weights)",
             "mambaglue+bf16": "MambaGlue, bf16", "lightglue+bf16": "LightGlue, bf16", "orb": "ORB"}.get(method, method)
 
@@ -133,6 +132,20 @@ def bench(r: dict[str, Any]) -> str:
     return out
 
 
+def calibration(r: dict[str, Any]) -> str:
+    """benchmarks/regressor_calibration.py: layer 3 of each network on homography pairs, and its stop at 0.95."""
+    rows = []
+    for key, s in r.items():
+        method, kind = key.split(" | ")
+        if kind != "homography":
+            continue
+        video = r.get(f"{method} | video")
+        rows.append([label(method), s["agree"][2], s["conf"][2], s["confident"][2], s["missed"][2],
+                     f"{s['stop']['0.95']:.2f} / {video['stop']['0.95']:.2f}" if video else f"{s['stop']['0.95']:.2f}"])
+    return "early exit, layer 3 on homography pairs (30 pairs per kind)\n\n" + md(
+        ["network", "agree", "mean confidence", "> λ", "missed", "stop at α 0.95: homography / video"], rows)
+
+
 def node_rate(name: str, r: dict[str, Any]) -> str:
     rows = [[x["mode"], x["features"], x["max_keypoints"], x.get("precision", "fp32"), x["input_hz"], x["target_hz"] or "-",
              f"{x['processed_hz']:.2f}", round(x["latency_p50_ms"]), round(x["latency_p95_ms"]),
@@ -153,7 +166,10 @@ def main() -> int:
         ("eval_design_xfeat.json", homography), ("eval_design_xfeat.json", sweep),
         ("eval_pose_design_xfeat.json", pose), ("bench/bench_design_xfeat_easy.json", bench),
         ("eval_design_xfeat_long.json", homography), ("eval_design_xfeat_long.json", sweep),
-        ("eval_pose_design_xfeat_long.json", pose), ("bench/bench_design_xfeat_long_easy.json", bench),
+        ("eval_pose_design_xfeat_long.json", pose),
+        ("eval_design_xfeat_long_reg600.json", homography), ("eval_design_xfeat_long_reg600.json", sweep),
+        ("eval_pose_design_xfeat_long_reg600.json", pose), ("regressor_calibration_long.json", calibration),
+        ("bench/bench_design_xfeat_long_reg600_easy.json", bench),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

@@ -24,16 +24,7 @@ import numpy as np
 import torch
 
 from mambaglue_ros.evaluation.homography import build_matcher, synthetic_pairs
-from mambaglue_ros.training.dataset import list_images, pair_seed, read_rgb
-from mambaglue_ros.training.homography import make_video_pair
 from mambaglue_ros.training.losses import confidence_targets
-
-
-def video_pairs(images: str, num_pairs: int, seed: int):
-    photos = list_images(images)
-    for k in range(num_pairs):
-        p = make_video_pair(read_rgb(photos[k % len(photos)]), pair_seed(seed, k), (640, 480))
-        yield p.image0, p.image1
 
 
 def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
@@ -85,8 +76,8 @@ def main() -> int:
     for method in args.methods.split(","):
         matcher = build_matcher(method, args.features, "cpu", args.keypoints)
         for kind in ("homography", "video"):
-            pairs = ((p.image0, p.image1) for p in synthetic_pairs(args.images, args.pairs, args.seed)) \
-                if kind == "homography" else video_pairs(args.images, args.pairs, args.seed)
+            pairs = ((p.image0, p.image1)
+                     for p in synthetic_pairs(args.images, args.pairs, args.seed, video=kind == "video"))
             s = layer_stats(matcher, pairs, alphas)
             report[f"{method} | {kind}"] = s
             stops = ", ".join(f"α {a}: {v:.2f}" for a, v in s["stop"].items())

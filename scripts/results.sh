@@ -44,8 +44,11 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
     --json "out/eval_$TAG.json" --plots "out/plots_$TAG" --threads 1 --no-progress
   "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,lightglue" \
     --json "out/eval_pose_$TAG.json" --no-progress
-  "$M" bench --json "out/bench/bench_${TAG}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
-    --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
+  bench_easy "$V2" "$TAG"
+}
+bench_easy() {  # WEIGHTS TAG: adaptive and full depth against our LightGlue on the easy (video-like) pair
+  "$M" bench --json "out/bench/bench_${2}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
+    --extractors none --weights "$1" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
 }
 train_long() {  # CFG OUT: 1000 matcher + 200 regressor steps, each stage resumed from its last checkpoint
   "$M" train --config "$1" --stage 1 --max-steps 1000 --out "$2" --no-progress $([ -f "$2/stage1_state.pt" ] && echo --resume)
@@ -81,8 +84,7 @@ eval_regressor_xfeat_long() {  # the 600-step regressors (full depth is the froz
     --no-progress
   "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --json out/regressor_calibration_long.json \
     --methods "mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_attention_long/mambaglue_xfeat.pt,mambaglue@$V2,mambaglue@$CTRL"
-  "$M" bench --json out/bench/bench_design_xfeat_long_reg600_easy.json --features xfeat --threads 1 --pair easy \
-    --keypoints 512,1024 --extractors none --weights "$V2" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
+  bench_easy "$V2" design_xfeat_long_reg600
 }
 eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \

@@ -102,6 +102,16 @@ def test_synthetic_pairs_are_a_fixed_set(photo_dir):
     assert [p.name for p in a] == [p.name for p in b] and len(a) == 4
     assert all(np.array_equal(x.H_0to1, y.H_0to1) and np.array_equal(x.image1, y.image1) for x, y in zip(a, b))
     assert not np.allclose(a[0].H_0to1, next(synthetic_pairs(photo_dir, 1, seed=2, size=(160, 120))).H_0to1)
+    # video=True: the same photos and seeds through make_video_pair (small motions, not these homographies)
+    from mambaglue_ros.training.dataset import list_images, pair_seed, read_rgb
+    from mambaglue_ros.training.homography import make_video_pair
+
+    v = list(synthetic_pairs(photo_dir, 2, seed=1, size=(160, 120), video=True))
+    photos = list_images(photo_dir)
+    for k, pair in enumerate(v):
+        ref = make_video_pair(read_rgb(photos[k % len(photos)]), pair_seed(1, k), (160, 120))
+        assert np.array_equal(pair.H_0to1, ref.H_0to1) and np.array_equal(pair.image1, ref.image1)
+    assert not np.allclose(v[0].H_0to1, a[0].H_0to1)
 
 
 def _write_hpatches(root: Path, photo: np.ndarray) -> dict[str, np.ndarray]:

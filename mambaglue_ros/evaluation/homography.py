@@ -45,7 +45,7 @@ import torch
 
 from ..geometry import estimate_homography
 from ..training.dataset import list_images, pair_seed, read_rgb
-from ..training.homography import gt_matches_from_homography, make_pair, warp_points
+from ..training.homography import gt_matches_from_homography, make_pair, make_video_pair, warp_points
 from ..types import Features, MatchResult
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,12 @@ class EvalPair:
 
 
 def synthetic_pairs(images: str | Path, num_pairs: int, seed: int, difficulty: float = 0.8,
-                    size: tuple[int, int] = (640, 480), photometric: float = 1.0) -> Iterator[EvalPair]:
-    """The fixed synthetic set of (folder, num_pairs, seed, difficulty): pair k from photo k % #photos."""
+                    size: tuple[int, int] = (640, 480), photometric: float = 1.0,
+                    video: bool = False) -> Iterator[EvalPair]:
+    """The fixed synthetic set of (folder, num_pairs, seed, difficulty): pair k from photo k % #photos.
+
+    video: small, video-like motions (``make_video_pair``; ``difficulty`` unused) instead of homographies.
+    """
     photos = list_images(images)
     cache: dict[int, np.ndarray] = {}
     for k in range(int(num_pairs)):
@@ -72,7 +76,8 @@ def synthetic_pairs(images: str | Path, num_pairs: int, seed: int, difficulty: f
         if pi not in cache:
             cache.clear()
             cache[pi] = read_rgb(photos[pi])
-        p = make_pair(cache[pi], pair_seed(seed, k), difficulty, size, photometric)
+        p = (make_video_pair(cache[pi], pair_seed(seed, k), size, photometric) if video
+             else make_pair(cache[pi], pair_seed(seed, k), difficulty, size, photometric))
         yield EvalPair(f"{photos[pi].stem}#{k}", p.image0, p.image1, p.H_0to1)
 
 

@@ -679,7 +679,7 @@ def tracks_cloud_msg(frame, header: Header, num_cameras: int):
 
 
 def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_matches: int,
-               num_inliers: int, controls: dict[str, Any] | None = None):
+               num_inliers: int, controls: dict[str, Any]):
     """tracking_state.StatusReport -> mambaglue_ros/TrackingStatus (see msg/TrackingStatus.msg).
 
     controls: what the frame was matched with: ``alpha`` (None = exit off), ``max_keypoints``,
@@ -697,10 +697,7 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     msg.keyframe_id = int(keyframe_id)
     msg.num_tracks, msg.num_matches, msg.num_inliers = int(num_tracks), int(num_matches), int(num_inliers)
     msg.resets = int(report.resets)
-    if controls is not None:
-        alpha = controls.get("alpha")
-        msg.alpha = -1.0 if alpha is None else float(alpha)
-        msg.max_keypoints = int(controls.get("max_keypoints", 0))
-        msg.pose_hypotheses = int(controls.get("pose_hypotheses", 0))
-        msg.rate_control = str(controls.get("rate_control", ""))
+    msg.alpha = -1.0 if controls["alpha"] is None else float(controls["alpha"])
+    msg.max_keypoints, msg.pose_hypotheses = int(controls["max_keypoints"]), int(controls["pose_hypotheses"])
+    msg.rate_control = str(controls["rate_control"])
     return msg

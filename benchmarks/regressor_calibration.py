@@ -70,6 +70,10 @@ def main() -> int:
     ap.add_argument("--alphas", default="0.9,0.95,0.99")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if not Path(args.images).is_dir():
+        ap.error(f"--images: no such folder: {args.images}")
+    if args.pairs < 1:
+        ap.error("--pairs must be at least 1")
     torch.set_num_threads(1)
     alphas = [float(a) for a in args.alphas.split(",")]
     report = {}

@@ -71,7 +71,7 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
         device: str = "auto") -> dict:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -89,7 +89,10 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
         overrides["pipeline"] = "on" if pipeline else "off"
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("bench_io", context=ctx)
-    ex = MultiThreadedExecutor(context=ctx)
+    # one executor thread, as the node's own main (rclpy.spin): rclpy's MultiThreadedExecutor (9.1.x) re-yields
+    # callbacks still queued in its pool and spins holding the GIL meanwhile (ros2/rclpy#1452, fixed upstream
+    # by #1547); in-process it stalled the node's two stages for seconds and halved the measured rate
+    ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     ex.add_node(io)
     threading.Thread(target=ex.spin, daemon=True).start()

@@ -363,7 +363,7 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
     material: probe records, recorded messages, publish times, node stats and settings."""
     ensure_ros_env()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
@@ -387,7 +387,9 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
         names = sorted({topic for f in frames[:1] for topic, _ in f.messages})
         pubs = {t: io.create_publisher(CameraInfo if t.endswith("camera_info") else Image, t, qos) for t in names}
         clock = io.create_publisher(Clock, "/clock", 10)
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        # one executor thread, as the node's own main (rclpy.spin): rclpy's MultiThreadedExecutor (9.1.x) spins
+        # holding the GIL while a callback waits in its pool (ros2/rclpy#1452) and starves the node's threads
+        executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         executor.add_node(io)
         spin = threading.Thread(target=executor.spin, name="replay-executor", daemon=True)

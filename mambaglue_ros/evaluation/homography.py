@@ -281,15 +281,16 @@ def build_matcher(method: str, features: str, device: str = "cpu", max_keypoints
 def evaluate(pairs: Iterator[EvalPair] | Sequence[EvalPair], features: str, methods: Sequence[str],
              max_keypoints: int = 1024, alphas: Sequence[float | None] = (), sweep_methods: Sequence[str] | None = None,
              device: str = "cpu", pos_th: float = 3.0, ransac_px: float = 3.0, progress: bool = True,
-             matchers: dict[str, Any] | None = None) -> dict[str, Any]:
+             matchers: dict[str, Any] | None = None, extractor_precision: str = "fp32") -> dict[str, Any]:
     """Extract every pair once, match it with every method, and (optionally) sweep alpha.
 
     Returns the result dict written as JSON (``methods``, ``alpha_sweep``, ``per_pair`` ...).
-    ``matchers`` may pass ready matchers by method name (tests).
+    ``matchers`` may pass ready matchers by method name (tests). ``extractor_precision``: the front end's
+    arithmetic ('bf16' = what the node's ``precision: auto`` runs on a CPU with native bf16).
     """
     from ..features import FeatureExtractor
 
-    extractor = FeatureExtractor(features, max_keypoints=max_keypoints, device=device)
+    extractor = FeatureExtractor(features, max_keypoints=max_keypoints, device=device, precision=extractor_precision)
     matchers = dict(matchers or {})
     for m in methods:
         if m not in matchers:
@@ -330,6 +331,7 @@ def evaluate(pairs: Iterator[EvalPair] | Sequence[EvalPair], features: str, meth
         "methods": {m: summarize(rows[m]) for m in methods},
         "weights": {m: matchers[m].weights_source for m in methods},
         "pairs": len(prepared), "features": features, "max_keypoints": max_keypoints,
+        "extractor_precision": extractor_precision,
         "mean_keypoints": round(float(np.mean([(len(p[1]) + len(p[2])) / 2 for p in prepared])), 1),
         "extract_s_per_pair": round(extract_s / len(prepared), 4),
         "ransac_px": ransac_px, "pos_th": pos_th, "device": device,
@@ -376,7 +378,9 @@ def format_table(result: dict[str, Any]) -> str:
              "pairs/s")
     width = max(12, *(len(m) for m in result["methods"]))
     lines = [f"{result['pairs']} pairs, {result['features']}, {result['max_keypoints']} keypoints "
-             f"(mean {result['mean_keypoints']}), MAGSAC {result['ransac_px']} px",
+             f"(mean {result['mean_keypoints']}), MAGSAC {result['ransac_px']} px"
+             + (f", front end in {result['extractor_precision']}" if result.get("extractor_precision", "fp32") != "fp32"
+                else ""),
              f"{'method':<{width}} " + " ".join(f"{h:>7}" for h in heads)]
     for m, s in result["methods"].items():
         vals = []
@@ -409,6 +413,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default="xfeat", choices=("xfeat", "aliked", "disk"))
     p.add_argument("--methods", default="mambaglue,lightglue", help="comma list: mambaglue, lightglue, mambaglue@PATH")
     p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--extractor-precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="front end arithmetic for every method (bf16: what the node's precision 'auto' runs on a "
+                        "CPU with native bf16; fp16: CUDA only)")
     p.add_argument("--alphas", default=None, help="alpha sweep, comma list of values in (0, 1] and 'none' (exit off)")
     p.add_argument("--sweep-methods", default=None, help="methods swept over --alphas (default: all of --methods)")
     p.add_argument("--ransac-px", type=float, default=3.0)
@@ -441,7 +448,8 @@ def run_cli(args: argparse.Namespace) -> int:
                    "size": [w, h], "photometric": args.photometric}
     t0 = time.perf_counter()
     result = evaluate(pairs, args.features, methods, args.max_keypoints, alphas, sweep_methods, args.device,
-                      ransac_px=args.ransac_px, progress=not args.no_progress)
+                      ransac_px=args.ransac_px, progress=not args.no_progress,
+                      extractor_precision=args.extractor_precision)
     result.update(dataset)
     result["seed"] = args.seed
     result["wall_time_s"] = round(time.perf_counter() - t0, 1)

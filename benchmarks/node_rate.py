@@ -67,7 +67,7 @@ def all_threads_cpu_ms() -> dict[str, float]:
 STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 
-def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: float, target_hz: float,
+def run(mode: str, features: str, keypoints: int | None, input_hz: float, seconds: float, target_hz: float,
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
         device: str = "auto") -> dict:
     import rclpy
@@ -81,13 +81,16 @@ def run(mode: str, features: str, keypoints: int, input_hz: float, seconds: floa
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    overrides = {"mode": mode, "features": features, "max_keypoints": keypoints, "target_rate_hz": target_hz,
-                 "num_threads": threads, "device": device}
+    overrides = {"mode": mode, "features": features, "target_rate_hz": target_hz, "num_threads": threads,
+                 "device": device}
+    if keypoints is not None:  # None: the node's own default
+        overrides["max_keypoints"] = keypoints
     if precision is not None:  # None: the node's own default
         overrides["precision"] = precision
     if pipeline is not None:
         overrides["pipeline"] = "on" if pipeline else "off"
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    keypoints = int(node.p["max_keypoints"])  # the budget it starts with (the rate controller may lower it)
     io = rclpy.create_node("bench_io", context=ctx)
     # one executor thread, as the node's own main (rclpy.spin): rclpy's MultiThreadedExecutor (9.1.x) re-yields
     # callbacks still queued in its pool and spins holding the GIL meanwhile (ros2/rclpy#1452, fixed upstream
@@ -189,7 +192,7 @@ def torch_threads_now() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="mono:xfeat,stereo:xfeat,mono:aliked,stereo:aliked")
-    ap.add_argument("--keypoints", type=int, default=1024)
+    ap.add_argument("--keypoints", type=int, default=None, help="max_keypoints (default: the node's own default)")
     ap.add_argument("--input-hz", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--target-hz", type=float, default=0.0)

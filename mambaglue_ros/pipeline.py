@@ -19,10 +19,11 @@ Semantics kept from the single-thread worker:
   the matcher starts. Starting early would take an older frame and make it wait in the hand-off for the
   difference: latency (extraction start -> outputs) would be two matcher times instead of one matcher plus
   one front end time.
-* One clock for the rate controller. ``finish()`` returns the frame's latency (from the start of its
-  extraction) and its *cycle time*, the busier stage's time for that frame: with two stages in flight the
-  cycle time, not the latency, sets the processed rate, so that is what the controller must hold under its
-  budget.
+* Clocks for the rate controller. ``finish()`` returns the frame's latency (from the start of its
+  extraction), its *cycle time*, the busier stage's time for that frame (with two stages in flight the
+  cycle time, not the latency, sets the processed rate), and the worker's own time. The node holds the
+  cycle time under the controller's budget in stereo, where stage 1 also runs the left/right match; in mono
+  stage 1 is the front end alone, which no knob of the controller speeds up, so it holds the worker's time.
 
 ``PrefetchingMatcher`` is the seam: the tracker calls ``extract(image)`` (and, for stereo, the left/right
 ``match_features``) as before and gets what stage 1 already computed for that very image object.
@@ -53,14 +54,14 @@ def quiet_openmp(environ: dict[str, str] | os._Environ = os.environ) -> None:
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def pipeline_enabled(setting: str, target_rate_hz: float, stereo: bool = False) -> bool:
-    """The node's ``pipeline`` parameter: 'on', 'off', or 'auto' = on in stereo (stage 1 also does the
-    left/right match, so the stages are balanced) or when a target rate is set (the rate controller shrinks
-    the matcher's share of the frame, so overlapping the front end pays); off for mono at the full budget,
-    where on 2 vCPUs it measured no faster and added latency (docs/results.md, Real time)."""
+def pipeline_enabled(setting: str, target_rate_hz: float, stereo: bool = False, cuda: bool = False) -> bool:
+    """The node's ``pipeline`` parameter: 'on', 'off', or 'auto' = on when the network runs on the CPU (each
+    stage gets a core: measured +37 % processed rate at 1024 keypoints and +59 % at 512 for mono XFeat on 2
+    vCPUs, docs/results.md, Real time); on CUDA, on in stereo (stage 1 also does the left/right match) or when a
+    target rate is set, and off for mono at a fixed rate (not measured on a GPU yet)."""
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"pipeline must be auto, on or off, got {setting!r}")
-    return setting == "on" or (setting == "auto" and (stereo or target_rate_hz > 0))
+    return setting == "on" or (setting == "auto" and (not cuda or stereo or target_rate_hz > 0))
 
 
 def torch_threads(requested: int, available: int, pipelined: bool = False) -> int:
@@ -109,6 +110,7 @@ class PrefetchingMatcher:
         object.__setattr__(self, "_kept_lock", threading.Lock())
         object.__setattr__(self, "_extract_lock", threading.Lock())
         object.__setattr__(self, "_budget", None)  # keypoint budget waiting to be applied
+        object.__setattr__(self, "_ahead_ms", {})  # kind -> ms of work done ahead and since taken (take_ahead_ms)
 
     # ------------------------------------------------------------------ pass-through
     def __getattr__(self, name: str) -> Any:
@@ -151,15 +153,18 @@ class PrefetchingMatcher:
                 object.__setattr__(self, "_budget", None)
             return self._inner.extract(image)
 
-    def _keep(self, owners: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        """Compute now and keep the result (or its exception) under the identity of ``owners``."""
+    def _keep(self, owners: tuple[Any, ...], compute: Callable[[], Any], kind: str) -> Any:
+        """Compute now and keep the result (or its exception) under the identity of ``owners``, with the
+        wall time it took (``kind``: 'extract' or 'stereo')."""
+        started = time.perf_counter()
         try:
             result: Any = compute()
         except Exception as e:  # kept, raised on the frame it belongs to
             result = e
+        ms = (time.perf_counter() - started) * 1e3
         with self._kept_lock:
             kept = self._kept
-            kept[tuple(map(id, owners))] = (owners, result)
+            kept[tuple(map(id, owners))] = (owners, result, kind, ms)
             while len(kept) > self.MAX_KEPT:  # a frame dropped after stage 1 (reset, shutdown): forget it
                 kept.pop(next(iter(kept)))
         return result
@@ -172,6 +177,8 @@ class PrefetchingMatcher:
             if entry is None or any(a is not b for a, b in zip(entry[0], owners)):
                 return False, None
             del self._kept[key]
+            kind, ms = entry[2], entry[3]
+            self._ahead_ms[kind] = self._ahead_ms.get(kind, 0.0) + ms
         if isinstance(entry[1], Exception):
             raise entry[1]
         return True, entry[1]
@@ -179,10 +186,10 @@ class PrefetchingMatcher:
     def prefetch(self, images: Sequence[Any], stereo: bool = False) -> None:
         """Extract ``images`` (and match images[0] with images[1] when ``stereo``) for later ``extract`` /
         ``match_features`` calls on the same objects. Never raises: errors are kept (see the class)."""
-        feats = [self._keep((image,), lambda image=image: self._extract_now(image)) for image in images]
+        feats = [self._keep((image,), lambda image=image: self._extract_now(image), "extract") for image in images]
         if stereo and len(feats) >= 2 and not any(isinstance(f, Exception) for f in feats[:2]):
             f0, f1 = feats[0], feats[1]
-            self._keep((f0, f1), lambda: self._inner.match_features(f0, f1))
+            self._keep((f0, f1), lambda: self._inner.match_features(f0, f1), "stereo")
 
     def extract(self, image: Any) -> Any:
         """Features of ``image``: the prefetched ones for this very object, else computed now."""
@@ -194,10 +201,20 @@ class PrefetchingMatcher:
         found, result = self._take((feats0, feats1))
         return result if found else self._inner.match_features(feats0, feats1)
 
+    def take_ahead_ms(self) -> dict[str, float]:
+        """Wall time [ms] by kind ('extract', 'stereo') of the results computed ahead that ``extract`` /
+        ``match_features`` handed out since the last call; cleared. The caller timed those calls at ~0 ms:
+        this is the work they stand for (the node adds it to the frame's timings)."""
+        with self._kept_lock:
+            ahead = dict(self._ahead_ms)
+            self._ahead_ms.clear()
+        return ahead
+
     def forget(self) -> None:
         """Drop everything computed ahead."""
         with self._kept_lock:
             self._kept.clear()
+            self._ahead_ms.clear()
 
 
 class RateGate:
@@ -380,19 +397,20 @@ class ExtractionStage:
             self._busy_since = None
             self._cond.notify_all()
 
-    def finish(self) -> tuple[float, float]:
-        """(latency_ms, cycle_ms) of the worker's current frame, now that its outputs are out.
+    def finish(self) -> tuple[float, float, float]:
+        """(latency_ms, cycle_ms, worker_ms) of the worker's current frame, now that its outputs are out.
 
-        latency_ms: since the start of its extraction. cycle_ms: the busier stage's time for it (the
-        worker's time since it took the frame, or the extraction's if that was longer); without the
-        pipeline the two are the same. The rate controller holds cycle_ms under its budget.
+        latency_ms: since the start of its extraction. worker_ms: the worker's time since it took the frame.
+        cycle_ms: the busier stage's time for it (worker_ms, or the extraction's if that was longer), which
+        sets the processed rate. Without the pipeline all three are the same.
         """
         now = time.perf_counter()
         timing = self.timing or FrameTiming(now, None)
         latency_ms = (now - timing.started) * 1e3
         if not self.enabled or timing.extract_ms is None or self._busy_since is None:
-            return latency_ms, latency_ms
-        return latency_ms, max(timing.extract_ms, (now - self._busy_since) * 1e3)
+            return latency_ms, latency_ms, latency_ms
+        worker_ms = (now - self._busy_since) * 1e3
+        return latency_ms, max(timing.extract_ms, worker_ms), worker_ms
 
     def set_rate(self, rate_hz: float) -> None:
         """Take frames at most at ``rate_hz`` (by stamp; 0 = all): the target rate of the rate controller."""

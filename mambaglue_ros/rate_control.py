@@ -4,8 +4,9 @@ MambaGlue stops after the layer at which a fraction ``alpha`` of the points is c
 alpha runs more layers (more accurate, slower). ``AlphaController.update(latency_ms)`` is called
 once per processed frame with the measured per-frame time and returns the (alpha, max_keypoints)
 to use for the next frame. With the node's two-stage pipeline (``pipeline.py``) that time is the
-*cycle* time (the busier stage's time per frame), which sets the processed rate; without it, the
-latency. The node also takes frames no faster than the target (``pipeline.RateGate``), so spare
+time of the stage the knobs act on: in stereo the *cycle* time (the busier stage's time per frame, which
+sets the processed rate), in mono the worker's (stage 1 there is the front end alone); without the
+pipeline, the latency. The node also takes frames no faster than the target (``pipeline.RateGate``), so spare
 time goes into accuracy instead of into frames above the target.
 
 Design

@@ -98,15 +98,32 @@ eval_aliked() {
 eval_pose() {
   "$M" eval-pose --features xfeat --methods mambaglue,lightglue,orb --json out/eval_pose_xfeat.json --plots out/plots --no-progress
 }
-replays() {
+replays() {       # at max_keypoints 1024, the node's default before 512 (the README figures); realtime_512 below for 512
   "$M" demo --out out/demo
   [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
-  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
-  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 keyframe_policy=previous --force
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 keyframe_policy=previous --force
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
-  "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
-  "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo --lossless --matcher mambaglue lightglue orb --set num_threads=1 --force
+  "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
+  "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
   mkdir -p docs/results && cp out/kitti_stereo/trajectory.png docs/results/kitti_stereo_trajectory.png
+}
+realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it gains live (--rate 1: the node drops
+                  # what it cannot keep up with); node rate on a quiet machine, pipeline off against on
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  for kp in 1024 512; do
+    for cfg in matcher stereo; do
+      "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_${cfg}_kp$kp --lossless --matcher mambaglue --set num_threads=1 max_keypoints=$kp --force --no-plots
+      "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_rt_${cfg}_kp$kp --matcher mambaglue --set max_keypoints=$kp --force --no-plots
+    done
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods mambaglue --max-keypoints $kp --json out/eval_kp$kp.json --threads 1 --no-progress
+  done
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods mambaglue --max-keypoints 512 --extractor-precision bf16 --json out/eval_kp512_bf16fe.json --threads 1 --no-progress
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --seconds 20 --json out/node_rate_defaults.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --keypoints 512 --pipeline both --seconds 20 --json out/node_rate_both512.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --keypoints 1024 --pipeline both --seconds 20 --json out/node_rate_both1024.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60 --json out/node_rate_target10.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --seconds 60 --json out/node_rate_target5.json
 }
 speed() {         # run on a quiet machine: ratios within one run are what to compare
   "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1
@@ -120,7 +137,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

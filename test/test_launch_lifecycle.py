@@ -68,7 +68,7 @@ def test_lifecycle_node_transitions(ros_context):
         # the standard lifecycle services a lifecycle manager (Nav2) calls
         services = {s.srv_name for s in node.services}
         assert {"/mambaglue_matcher/change_state", "/mambaglue_matcher/get_state"} <= services
-        assert node.get_parameter("max_keypoints").value == 1024  # parameters exist before configure
+        assert node.get_parameter("max_keypoints").value == 512  # parameters exist before configure
         assert not hasattr(node, "pub_tracks") and node.worker is None
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert state() == State.PRIMARY_STATE_INACTIVE

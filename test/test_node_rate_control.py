@@ -57,7 +57,8 @@ def costly_node(ros_context, monkeypatch):
 
     monkeypatch.setattr(node_module, "build_matcher", build)
     overrides = {"matcher": "orb", "target_rate_hz": TARGET_HZ, "qos_reliability": "reliable",
-                 "diagnostics_period_s": 0.2, "pose_hypotheses": 2, "pipeline": "on"}  # the path with more wiring
+                 "diagnostics_period_s": 0.2, "pose_hypotheses": 2, "pipeline": "on",
+                 "max_keypoints": 1024}  # the path with more wiring
     node = node_module.MatcherNode(context=ros_context,
                                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("rate_io", context=ros_context)

@@ -26,7 +26,7 @@ def test_defaults_are_valid_and_as_specified():
     assert params.validate_all(d) == []
     assert all(params.validate(name, value) is None for name, value in d.items())
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
-    assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (1024, 0.95, 1, 5)
+    assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
     assert len(params.PARAMETERS) == len(params.SPECS) == 47
 
@@ -119,7 +119,7 @@ def test_valid_edge_values():
 @pytest.mark.parametrize("values, reason", [
     ({"alpha": 0.7}, "need alpha_min <= alpha <= alpha_max, got 0.8 <= 0.7 <= 1.0"),
     ({"alpha_max": 0.9}, "need alpha_min <= alpha <= alpha_max, got 0.8 <= 0.95 <= 0.9"),
-    ({"min_keypoints": 2048}, "need min_keypoints <= max_keypoints, got 2048 > 1024"),
+    ({"min_keypoints": 2048}, "need min_keypoints <= max_keypoints, got 2048 > 512"),
     ({"max_keypoints": 128}, "need min_keypoints <= max_keypoints, got 256 > 128"),
     ({"min_inliers": 40}, "need min_inliers <= min_matches, got 40 > 30"),
     ({"features": "superpoint"},

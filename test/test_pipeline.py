@@ -79,6 +79,29 @@ def test_stereo_match_is_prefetched_for_exactly_the_prefetched_features():
     assert inner.match_calls == 3
 
 
+def test_work_done_ahead_is_reported_once_with_its_own_time(monkeypatch):
+    # the tracker times a prefetched extract() / match_features() at ~0 ms; take_ahead_ms() gives the node the
+    # time the work took in stage 1, for the frame that used it, once
+    import mambaglue_ros.pipeline as P
+
+    clock = iter(range(0, 1000, 5))  # each perf_counter() call: 5 s later, so every kept result took 5000 ms
+    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+    m = PrefetchingMatcher(FakeMatcher())
+    left, right, other = image(1), image(2), image(3)
+    m.prefetch([left, right], stereo=True)
+    m.prefetch([other])
+    assert m.take_ahead_ms() == {}  # computed, not yet used
+    fl, fr = m.extract(left), m.extract(right)
+    m.match_features(fl, fr)
+    assert m.take_ahead_ms() == {"extract": 10000.0, "stereo": 5000.0}
+    assert m.take_ahead_ms() == {}
+    m.extract(image(4))  # computed now, by the caller, who timed it itself
+    assert m.take_ahead_ms() == {}
+    m.forget()
+    m.extract(other)  # forgotten: computed again, nothing was done ahead
+    assert m.take_ahead_ms() == {}
+
+
 def test_prefetch_errors_surface_on_the_frame_they_belong_to():
     inner = FakeMatcher()
     m = PrefetchingMatcher(inner)
@@ -155,8 +178,8 @@ def test_stage_extracts_ahead_newest_frame_first_and_drops_nothing_it_extracted(
         second = stage.get(timeout=WAIT)  # extracted while the worker held frame 1
         assert second.stamp_ns == 4
         assert extracted == [1, 4]
-        latency_ms, cycle_ms = stage.finish()
-        assert latency_ms >= cycle_ms >= stage.timing.extract_ms >= 0
+        latency_ms, cycle_ms, worker_ms = stage.finish()
+        assert latency_ms >= cycle_ms >= stage.timing.extract_ms >= 0 and cycle_ms >= worker_ms >= 0
     finally:
         stage.close()
         slot.close()
@@ -209,8 +232,8 @@ def test_disabled_stage_is_the_slot_itself():
     assert stage._thread is None
     slot.put(Frame(5))
     assert stage.get(timeout=WAIT).stamp_ns == 5
-    latency_ms, cycle_ms = stage.finish()
-    assert latency_ms == cycle_ms >= 0
+    latency_ms, cycle_ms, worker_ms = stage.finish()
+    assert latency_ms == cycle_ms == worker_ms >= 0
     assert stage.get(timeout=0.01) is None
     assert stage.diagnostics()["pipeline"] is False and stage.diagnostics()["worker_ms"] >= 0
 
@@ -281,9 +304,10 @@ def test_rate_gate_restarts_after_a_jump_and_off_passes_everything():
 
 
 # ---------------------------------------------------------------------------------------------- threads, OpenMP
-def test_pipeline_auto_is_on_with_a_target_rate():
-    assert pipeline_enabled("auto", 10.0) and not pipeline_enabled("auto", 0.0)
-    assert pipeline_enabled("auto", 0.0, stereo=True) and not pipeline_enabled("off", 0.0, stereo=True)
+def test_pipeline_auto_is_on_on_the_cpu_and_on_cuda_with_stereo_or_a_target_rate():
+    assert pipeline_enabled("auto", 0.0) and pipeline_enabled("auto", 10.0)  # CPU: a core per stage
+    assert pipeline_enabled("auto", 10.0, cuda=True) and not pipeline_enabled("auto", 0.0, cuda=True)
+    assert pipeline_enabled("auto", 0.0, stereo=True, cuda=True) and not pipeline_enabled("off", 0.0, stereo=True)
     assert pipeline_enabled("on", 0.0) and not pipeline_enabled("off", 10.0)
     with pytest.raises(ValueError):
         pipeline_enabled("yes", 0.0)

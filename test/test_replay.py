@@ -38,7 +38,8 @@ def test_lossless_stereo_replay_through_the_node(demo_bag, tmp_path):
     # metric stereo on exact synthetic data: a few mm per 5 cm step
     assert report["ate_m"] < 0.02 and report["rpe_trans_m"] < 0.02 and report["rpe_rot_deg"] < 0.5
     assert report["gt_path_m"] == pytest.approx(0.25, rel=0.05)
-    assert report["mean_matches"] > 200 and 0.5 < report["mean_inlier_ratio"] <= 1.0
+    # of at most 512 keypoints per image (the default; 196 when written): a broken matcher finds few
+    assert report["mean_matches"] > 150 and 0.5 < report["mean_inlier_ratio"] <= 1.0
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p95"]
     out = tmp_path / "out"
     on_disk = json.loads((out / "report.json").read_text())
@@ -138,7 +139,7 @@ def test_kitti_clip_replay_ate_near_the_readme_figure(kitti_bag, tmp_path):
     Measured when written: ATE 0.041 m, 92 s for the whole test on the loaded 2-core machine."""
     bag = kitti_bag
     cfg = RP.ReplayConfig(bag=bag, out=tmp_path / "out", params=ROOT / "config" / "matcher.yaml", lossless=True,
-                          overrides={"device": "cpu"}, plots=False)
+                          overrides={"device": "cpu", "max_keypoints": 1024}, plots=False)  # as results.sh replays
     report, _ = RP.replay(cfg, log=lambda _: None)
     assert report["mode"] == "mono" and report["alignment"] == "sim3"
     assert report["frames_in"] == report["frames_processed"] == 51 and report["frames_lost_timeout"] == 0
@@ -156,7 +157,7 @@ def test_kitti_stereo_replay_drift_near_the_readme_figure(kitti_bag, tmp_path):
     figure (with margin for thread-timing differences) and ORB's; the step-length check catches a scale
     bias such as the held-out clip's step ratio of 1.11 (docs/results.md, stereo odometry)."""
     cfg = RP.ReplayConfig(bag=kitti_bag, out=tmp_path / "out", params=ROOT / "config" / "stereo.yaml", lossless=True,
-                          overrides={"device": "cpu"}, plots=False)
+                          overrides={"device": "cpu", "max_keypoints": 1024}, plots=False)  # as results.sh replays
     report, _ = RP.replay(cfg, log=lambda _: None)
     assert report["mode"] == "stereo" and report["alignment"] == "se3" and report["scale"] == 1.0
     assert report["frames_in"] == report["frames_processed"] == 51 and report["frames_lost_timeout"] == 0

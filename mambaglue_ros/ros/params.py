@@ -65,6 +65,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
     # fp32 by default: bf16 autocast on this kind of CPU serves frames ~1.75x faster but the process holds
     # ~0.9 GB more (oneDNN's bf16 kernels and weight copies; RSS 1.32 GB vs 0.38 GB in test_soak's overload run).
+    # The front end alone in bf16 (1.35x faster XFeat, one image size) costs keypoint localisation: AUC@3px
+    # 0.32 -> 0.24 at 512 keypoints (docs/results.md, Real time).
     ParamSpec("precision", "fp32", "matcher arithmetic: fp32; auto = fp16 on CUDA, bf16 on CPUs with "
               "AVX512-BF16/AMX, else fp32; bf16 (autocast: faster on such CPUs and on GPUs, ~0.9 GB more memory "
               "on a CPU); fp16 (CUDA only)",
@@ -73,11 +75,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "without it all cores but one (the ROS callbacks need one: oversubscribed OpenMP threads slow "
               "inference many times). On a CPU shared with other processes, use fewer", low=0, high=256),
     ParamSpec("pipeline", "auto", "on: extract frame t+1 on a second thread while frame t is matched (latest frame "
-              "only, bounded latency); off: one worker thread does both; auto: on in stereo (stage 1 also does the "
-              "left/right match: measured +43 % on 2 vCPUs) and when target_rate_hz > 0 at start (+21 %), off for "
-              "mono at the full budget (measured no faster, with ~1.4x the latency)",
+              "only, bounded latency); off: one worker thread does both; auto: on when the network runs on the CPU "
+              "(measured +37 % processed rate at 1024 keypoints, +59 % at 512, mono XFeat on 2 vCPUs), and on CUDA in "
+              "stereo (stage 1 also does the left/right match) or when target_rate_hz > 0 at start",
               choices=("auto", "on", "off")),
-    ParamSpec("max_keypoints", 1024, "keypoints per image (top-k by detection score)",
+    # 512: the node keeps up with a 10 Hz camera on a 2-core CPU (mono XFeat 11.4 Hz, stereo 6.2 Hz, against
+    # 5.1 / 3.7 Hz at 1024); lossless KITTI replays lose some accuracy (mono 1.07 -> 1.35 %/m, stereo 1.37 ->
+    # 1.95 %/m), live ones gain (fewer dropped frames). docs/results.md, Real time; a GPU affords 1024+.
+    ParamSpec("max_keypoints", 512, "keypoints per image (top-k by detection score); 1024-2048 where the "
+              "hardware keeps up (GPU)",
               low=64, high=8192, read_only=False),
     ParamSpec("detection_threshold", 0.0, "minimum detection score; 0 = keep the top max_keypoints",
               low=0.0, read_only=False),

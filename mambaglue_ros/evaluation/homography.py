@@ -286,7 +286,7 @@ def evaluate(pairs: Iterator[EvalPair] | Sequence[EvalPair], features: str, meth
 
     Returns the result dict written as JSON (``methods``, ``alpha_sweep``, ``per_pair`` ...).
     ``matchers`` may pass ready matchers by method name (tests). ``extractor_precision``: the front end's
-    arithmetic ('bf16' = what the node's ``precision: auto`` runs on a CPU with native bf16).
+    arithmetic for every method ('bf16': bf16 autocast, ``FeatureExtractor(precision=...)``).
     """
     from ..features import FeatureExtractor
 
@@ -414,8 +414,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="mambaglue,lightglue", help="comma list: mambaglue, lightglue, mambaglue@PATH")
     p.add_argument("--max-keypoints", type=int, default=1024)
     p.add_argument("--extractor-precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="front end arithmetic for every method (bf16: what the node's precision 'auto' runs on a "
-                        "CPU with native bf16; fp16: CUDA only)")
+                   help="front end arithmetic for every method (bf16: autocast, faster on CPUs with AVX512-BF16 "
+                        "or AMX; fp16: CUDA only)")
     p.add_argument("--alphas", default=None, help="alpha sweep, comma list of values in (0, 1] and 'none' (exit off)")
     p.add_argument("--sweep-methods", default=None, help="methods swept over --alphas (default: all of --methods)")
     p.add_argument("--ransac-px", type=float, default=3.0)

@@ -81,7 +81,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("auto", "on", "off")),
     # 512: the node keeps up with a 10 Hz camera on a 2-core CPU (mono XFeat 11.4 Hz, stereo 6.2 Hz, against
     # 5.1 / 3.7 Hz at 1024); lossless KITTI replays lose some accuracy (mono 1.07 -> 1.35 %/m, stereo 1.37 ->
-    # 1.95 %/m), live ones gain (fewer dropped frames). docs/results.md, Real time; a GPU affords 1024+.
+    # 1.95 %/m); a live mono replay gains (at 1024 half the frames were dropped). docs/results.md, Real time.
     ParamSpec("max_keypoints", 512, "keypoints per image (top-k by detection score); 1024-2048 where the "
               "hardware keeps up (GPU)",
               low=64, high=8192, read_only=False),

@@ -5,6 +5,10 @@ Synchronisation rules (a flaky test is a defect): before provoking an event, wai
 endpoints that will carry it are *matched* (``wait_for_subscribers`` for the node's inputs,
 ``Collector.wait_matched`` for its outputs), or observe the node in-process (``LogRecorder`` for its
 log lines, ``MatcherNode.add_observer`` for frames). Never sleep to let something arrive.
+
+Executors: tests spin the node on one ``SingleThreadedExecutor`` thread, as its ``main`` does
+(``rclpy.spin``). rclpy 9.1's ``MultiThreadedExecutor`` re-yields callbacks still queued in its pool and
+loops holding the GIL meanwhile (ros2/rclpy#1452): it starved the node's worker threads for seconds.
 """
 from __future__ import annotations
 

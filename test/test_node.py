@@ -17,16 +17,16 @@ N_FRAMES = 7
 
 
 def start(ros_context, overrides: dict):
-    """MatcherNode + a test node on one multithreaded executor in a background thread."""
+    """MatcherNode + a test node on one single-threaded executor in a background thread."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from mambaglue_ros.ros.node import MatcherNode
 
     node = MatcherNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("test_io", context=ros_context)
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)  # as the node's main (rclpy.spin); see ros_harness
     executor.add_node(node)
     executor.add_node(io)
     thread = threading.Thread(target=executor.spin, daemon=True)

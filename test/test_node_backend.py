@@ -34,9 +34,9 @@ def make_node(ros_context, overrides: dict, lifecycle: bool = False):
 
 
 def spin(ros_context, *nodes):
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)  # as the node's main (rclpy.spin); see ros_harness
     for n in nodes:
         executor.add_node(n)
     threading.Thread(target=executor.spin, daemon=True).start()

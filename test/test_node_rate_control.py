@@ -43,7 +43,7 @@ class CostlyOrb(OrbMatcher):
 @pytest.fixture
 def costly_node(ros_context, monkeypatch):
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from mambaglue_ros.ros import node as node_module
@@ -62,7 +62,7 @@ def costly_node(ros_context, monkeypatch):
     node = node_module.MatcherNode(context=ros_context,
                                    parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     io = rclpy.create_node("rate_io", context=ros_context)
-    executor = MultiThreadedExecutor(context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)  # as the node's main (rclpy.spin); see ros_harness
     executor.add_node(node)
     executor.add_node(io)
     threading.Thread(target=executor.spin, daemon=True).start()

@@ -44,7 +44,7 @@ class Rig:
 
     def __init__(self, ros_context, overrides: dict, mode: str = "mono", transport: str = "raw"):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -56,7 +56,7 @@ class Rig:
         self.log = LogRecorder(self.node)  # what the node logs, observed in-process
         self.io = rclpy.create_node("reliability_io", context=ros_context)
         self.out = Collector(self.io)
-        self.executor = MultiThreadedExecutor(context=ros_context)
+        self.executor = SingleThreadedExecutor(context=ros_context)  # as the node's main; see ros_harness
         self.executor.add_node(self.node)
         self.executor.add_node(self.io)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -268,9 +268,14 @@ def test_overload_latency_bounded_drops_counted_memory_flat(ros_context):
                rss_slope_mb_per_min=rss_slope)
 
         assert len(sent) / duration > 4.0 / T, "the test could not publish at 5x the service rate"
-        # latency bounded: the newest frame waits for at most one frame in work, never in a queue
-        assert p95 < 2.0 * proc_p95, f"latency p95 {p95 * 1e3:.0f} ms >= 2 x processing p95 {proc_p95 * 1e3:.0f} ms"
-        assert queueing_p95 < S, f"queueing delay p95 {queueing_p95 * 1e3:.0f} ms >= service time {S * 1e3:.0f} ms"
+        # latency bounded: the newest frame waits for at most one frame in work, never in a queue. With the
+        # two-stage pipeline (the default on a CPU) that is one frame in work per stage: it may wait for stage 1
+        # to finish the frame before it, then for the worker to, so up to one service time per stage
+        stages = 2 if diag.get("pipeline") == "True" else 1
+        assert queueing_p95 < stages * S, (f"queueing delay p95 {queueing_p95 * 1e3:.0f} ms >= {stages} x service "
+                                           f"time {S * 1e3:.0f} ms")
+        assert p95 < proc_p95 + stages * S, (f"latency p95 {p95 * 1e3:.0f} ms >= processing p95 "
+                                             f"{proc_p95 * 1e3:.0f} ms + {stages} x service time {S * 1e3:.0f} ms")
         assert S < 3.0 * T, f"service time under load {S * 1e3:.0f} ms vs {T * 1e3:.0f} ms unloaded"
         # drops counted; every input accounted for (frames still in work at the snapshot: at most 2)
         assert c["frames_dropped"] > 0.5 * c["frames_in"]

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 from .runtime import FrameSlot
 
 __all__ = ["PrefetchingMatcher", "ExtractionStage", "RateGate", "torch_threads", "quiet_openmp", "pipeline_enabled",
+           "controlled_time_ms",
            "MeanTime"]
 
 
@@ -62,6 +63,15 @@ def pipeline_enabled(setting: str, target_rate_hz: float, stereo: bool = False, 
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"pipeline must be auto, on or off, got {setting!r}")
     return setting == "on" or (setting == "auto" and (not cuda or stereo or target_rate_hz > 0))
+
+
+def controlled_time_ms(stereo: bool, cycle_ms: float, worker_ms: float) -> float:
+    """The per-frame time the rate controller holds under its budget (``ExtractionStage.finish``'s clocks):
+    the time of the stage its knobs (alpha, keypoints, pose hypotheses) act on. Stereo: the busier stage's,
+    since stage 1 also runs the left/right match. Mono: the worker's, since stage 1 is the front end alone,
+    which no knob speeds up (holding it under the budget drove alpha and keypoints to their floors for
+    nothing). Without the pipeline the two are the same."""
+    return float(cycle_ms if stereo else worker_ms)
 
 
 def torch_threads(requested: int, available: int, pipelined: bool = False) -> int:

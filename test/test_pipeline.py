@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from mambaglue_ros.pipeline import (ExtractionStage, PrefetchingMatcher, RateGate, pipeline_enabled, quiet_openmp,
-                                    torch_threads)
+from mambaglue_ros.pipeline import (ExtractionStage, PrefetchingMatcher, RateGate, controlled_time_ms, pipeline_enabled,
+                                    quiet_openmp, torch_threads)
 from mambaglue_ros.runtime import FrameSlot
 
 WAIT = 10.0  # generous: only a broken pipeline waits this long
@@ -311,6 +311,13 @@ def test_pipeline_auto_is_on_on_the_cpu_and_on_cuda_with_stereo_or_a_target_rate
     assert pipeline_enabled("on", 0.0) and not pipeline_enabled("off", 10.0)
     with pytest.raises(ValueError):
         pipeline_enabled("yes", 0.0)
+
+
+def test_controller_holds_the_stage_its_knobs_act_on():
+    # mono: stage 1 is the front end alone (no knob speeds it up): the worker's time, even when extraction is
+    # the busier stage; stereo: stage 1 also matches left/right, so the busier stage's time
+    assert controlled_time_ms(stereo=False, cycle_ms=120.0, worker_ms=80.0) == 80.0
+    assert controlled_time_ms(stereo=True, cycle_ms=120.0, worker_ms=80.0) == 120.0
 
 
 def test_torch_threads_one_per_stage():

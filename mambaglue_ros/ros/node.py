@@ -61,7 +61,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from .. import geometry as G
 from ..camera_model import PointUndistorter
 from ..odometry import OdometryIntegrator
-from ..pipeline import ExtractionStage, PrefetchingMatcher, pipeline_enabled, torch_threads
+from ..pipeline import ExtractionStage, PrefetchingMatcher, controlled_time_ms, pipeline_enabled, torch_threads
 from ..rate_control import AlphaController
 from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
 from ..tracking import MonoTracker, StereoTracker
@@ -696,10 +696,7 @@ class MatcherNode(Node):
         for kind, ms in self.matcher.take_ahead_ms().items():
             result.timings_ms[kind] = result.timings_ms.get(kind, 0.0) + ms
         latency_ms, cycle_ms, worker_ms = self.stage.finish()  # since extraction began; the busier stage; worker
-        # what the controller's knobs (alpha, keypoints, pose hypotheses) change: in stereo stage 1 also runs the
-        # left/right match, so the busier stage; in mono stage 1 is the front end alone, which no knob speeds up
-        # (holding it under the budget drove keypoints and alpha to their floors for nothing), so the worker
-        controlled_ms = cycle_ms if self.mode == "stereo" else worker_ms
+        controlled_ms = controlled_time_ms(self.mode == "stereo", cycle_ms, worker_ms)
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
         # only matched frames tell the controller what a frame costs (a first frame only extracts)

@@ -108,7 +108,6 @@ class FeatureExtractor(torch.nn.Module):
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.precision = "fp32" if precision == "fp16" and self.device.type != "cuda" else precision
-        self.fp16 = self.precision == "fp16"
         self.descriptor_dim = MATCHER_CONF[name]["input_dim"]
         self.net = self._build(name, weights).to(self.device).eval()
 

@@ -57,7 +57,9 @@ T_OPTICAL_BODY = np.eye(4)
 T_OPTICAL_BODY[:3, :3] = R_OPTICAL_BODY
 
 DEFAULT_SCALE_VARIANCE = 1e6
-DEFAULT_POSE_HYPOTHESES = 6  # seeded MAGSAC runs per mono pose
+DEFAULT_POSE_HYPOTHESES = 6  # seeded MAGSAC runs per mono pose (at most)
+DEFAULT_POSE_SETTLE = 2  # ... stopped early once this many runs in a row do not lower the best cost
+POSE_SETTLE_GAIN = 0.01  # by more than this fraction (seeds of one basin differ by less: noise in the sample)
 MAX_POSE_HYPOTHESES = 32
 SIGMA_FLOOR_PX = 0.1
 
@@ -348,9 +350,9 @@ def _sampson(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np
 def _tangent_basis(t: np.ndarray) -> np.ndarray:
     """(3, 2) orthonormal basis of the plane orthogonal to unit vector t."""
     a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    b1 = np.cross(t, a)
+    b1 = skew(t) @ a  # t x a (np.cross's generic axis handling costs more than the LM step it serves)
     b1 /= np.linalg.norm(b1)
-    return np.stack([b1, np.cross(t, b1)], axis=1)
+    return np.stack([b1, skew(t) @ b1], axis=1)
 
 
 def _perturb_mono(R: np.ndarray, t: np.ndarray, B: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -377,10 +379,10 @@ def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarr
                       iters: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Levenberg-Marquardt on the inlier Sampson distances over the 5-dof (R, unit t)."""
     lam = 1e-3
-    cost = float(np.sum(_sampson(R, t, x0, x1) ** 2))
+    r = _sampson(R, t, x0, x1)
+    cost = float(r @ r)
     for _ in range(iters):
         B = _tangent_basis(t)
-        r = _sampson(R, t, x0, x1)
         J = _sampson_pose_jacobian(R, t, B, x0, x1)
         JtJ, g = J.T @ J, J.T @ r
         improved = False
@@ -390,9 +392,10 @@ def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarr
             except np.linalg.LinAlgError:
                 break
             R_new, t_new = _perturb_mono(R, t, B, step)
-            new_cost = float(np.sum(_sampson(R_new, t_new, x0, x1) ** 2))
+            r_new = _sampson(R_new, t_new, x0, x1)
+            new_cost = float(r_new @ r_new)
             if np.isfinite(new_cost) and new_cost < cost:
-                R, t, improved = R_new, t_new, True
+                R, t, r, improved = R_new, t_new, r_new, True
                 converged = cost - new_cost < 1e-10 * cost
                 cost, lam = new_cost, lam * 0.3
                 break
@@ -525,8 +528,8 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
                        ransac_px: float = 1.0, confidence: float = 0.999, min_matches: int = 30,
                        min_inliers: int = 20, min_parallax_px: float = 2.0,
                        scale_variance: float = DEFAULT_SCALE_VARIANCE, max_iters: int = 10000,
-                       refine: bool = True, hypotheses: int = DEFAULT_POSE_HYPOTHESES
-                       ) -> tuple[RelativePose | None, str]:
+                       refine: bool = True, hypotheses: int = DEFAULT_POSE_HYPOTHESES,
+                       settle: int = DEFAULT_POSE_SETTLE) -> tuple[RelativePose | None, str]:
     """Relative pose ``T_0_1`` (unit translation) from 2D-2D matches of a monocular camera.
 
     Args:
@@ -539,8 +542,11 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
             (t = 0) is returned (see module docstring).
         scale_variance: translation variance along the (unknown-scale) translation direction.
         refine: Levenberg-Marquardt on the inlier Sampson distances after RANSAC.
-        hypotheses: MAGSAC runs with different random seeds; the polished model with the lowest MSAC
-            cost over all matches wins (1 = a single MAGSAC run).
+        hypotheses: MAGSAC runs with different random seeds, at most; the polished model with the lowest
+            MSAC cost over all matches wins (1 = a single MAGSAC run).
+        settle: stop seeding once this many runs in a row have not lowered the best MSAC cost by more than
+            ``POSE_SETTLE_GAIN`` (0 = always run ``hypotheses``). Where the data pin the model down (most
+            frames of a moving camera) every seed finds it again: further runs cost time and change nothing.
 
     Returns:
         (pose, reason): pose is None on failure and ``reason`` says why; on success reason is
@@ -588,15 +594,30 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
         return _rotation_only_pose(R_rot, x0[rot_inl], x1[rot_inl], n, focal, scale_variance,
                                    min_inliers, parallax_px, min_parallax_px)
 
-    # More seeds only once there is parallax (a rotation-only frame does not need them).
-    hyps += _essential_hypotheses(x0, x1, thr, confidence, max_iters, range(1, max(int(hypotheses), 1)), hyps)[0]
-    # RANSAC's model is only as good as its best minimal sample: polish every hypothesis briefly,
-    # keep the one that explains all matches best, then polish that one to convergence.
-    scored = []
-    for R, t, inl, _ in hyps:
+    # More seeds only once there is parallax (a rotation-only frame does not need them). RANSAC's model is
+    # only as good as its best minimal sample: polish every hypothesis briefly, keep the one that explains all
+    # matches best, then polish that one to convergence. Seeding stops early (RANSAC's adaptive termination,
+    # one level up) once `settle` runs in a row have not lowered the best cost: where the data pin the model
+    # down, every seed finds it again and more runs change nothing.
+    def polished(hyp: Hypothesis) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        R, t, inl, _ = hyp
         if refine:
             R, t, inl = _polish_essential(R, t, inl, x0, x1, thr, min_inliers, rounds=1)
-        scored.append((_msac_cost(R, t, x0, x1, 2.0 * thr), R, t, inl))
+        return _msac_cost(R, t, x0, x1, 2.0 * thr), R, t, inl
+
+    scored = [polished(hyps[0])]
+    best, repeats = scored[0][0], 0
+    for seed in range(1, max(int(hypotheses), 1)):
+        if 0 < int(settle) <= repeats:
+            break
+        new, _ = _essential_hypotheses(x0, x1, thr, confidence, max_iters, range(seed, seed + 1), hyps)
+        if new:  # else no model, or the same model as an earlier seed
+            hyps += new
+            scored.append(polished(new[0]))
+            if scored[-1][0] < (1.0 - POSE_SETTLE_GAIN) * best:
+                best, repeats = scored[-1][0], 0
+                continue
+        repeats += 1
     _, R, t, inl = min(scored, key=lambda c: c[0])
     if refine:
         R, t, inl = _polish_essential(R, t, inl, x0, x1, thr, min_inliers, rounds=3)

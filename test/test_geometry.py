@@ -389,6 +389,27 @@ def test_mono_pose_escapes_the_bas_relief_basin(case):
     assert single is not None and pose.num_inliers >= single.num_inliers - 5
 
 
+def test_mono_pose_stops_seeding_once_the_runs_agree(monkeypatch):
+    """``settle``: once two runs in a row do not improve on the best model, further seeds are not run.
+    Counted through OpenCV's findEssentialMat; the pose is the one all six seeds give."""
+    import mambaglue_ros.geometry as geometry
+
+    calls = []
+    find = geometry.cv2.findEssentialMat
+    monkeypatch.setattr(geometry.cv2, "findEssentialMat", lambda *a, **k: calls.append(1) or find(*a, **k))
+    _, p0, p1, _ = two_views(seed=3)
+    every, _ = estimate_pose_mono(p0, p1, K, K, hypotheses=6, settle=0)
+    assert len(calls) == 6
+    calls.clear()
+    settled, _ = estimate_pose_mono(p0, p1, K, K, hypotheses=6, settle=2)
+    assert len(calls) == 3  # seed 0, then two runs that do not improve on its model
+    assert settled is not None and every is not None
+    assert rotation_angle_deg(settled.R, every.R) < 1e-6 and translation_direction_error_deg(settled.t, every.t) < 1e-6
+    calls.clear()
+    estimate_pose_mono(p0, p1, K, K, hypotheses=2, settle=2)  # the cap still holds
+    assert len(calls) == 2
+
+
 def test_stereo_points_sit_on_their_left_rays_so_standstill_gives_identity():
     """A vertical rectification residual in the right image (0.4 px here) must not become motion:
     DLT would split it between both images, every frame, and a standstill would drift (EuRoC did)."""

@@ -50,19 +50,19 @@ bench_easy() {  # WEIGHTS TAG: adaptive and full depth against our LightGlue on 
   "$M" bench --json "out/bench/bench_${2}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
     --extractors none --weights "$1" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
 }
-train_long() {  # CFG OUT: 1000 matcher + 200 regressor steps, each stage resumed from its last checkpoint
+train_long() {  # CFG OUT [REGRESSOR_STEPS]: 1000 matcher + 200 (or REGRESSOR_STEPS) regressor steps, each stage resumed
   "$M" train --config "$1" --stage 1 --max-steps 1000 --out "$2" --no-progress $([ -f "$2/stage1_state.pt" ] && echo --resume)
-  "$M" train --config "$1" --stage 2 --max-steps 200 --out "$2" --no-progress $([ -f "$2/stage2_state.pt" ] && echo --resume)
+  "$M" train --config "$1" --stage 2 --max-steps "${3:-200}" --out "$2" --no-progress $([ -f "$2/stage2_state.pt" ] && echo --resume)
 }
 design_xfeat_long() {  # issue 11's longer budget: v2 and its attention-only control (re-running continues them)
   train_long config/train_xfeat.yaml out/train_xfeat_v2_long
   train_long config/ablations/xfeat_attention.yaml out/ablation_xfeat_attention_long
 }
-ablations_xfeat_long() {  # issue 11's one-factor ablations of v2, and the v1 design, at the same budget
+ablations_xfeat_long() {  # issue 11's one-factor ablations of v2, and the v1 design, at the budget of the *_reg600 runs
   local cfg
   for cfg in config/ablations/xfeat_v2_score_order.yaml config/ablations/xfeat_v2_forward_only.yaml \
              config/ablations/xfeat_v2_concat.yaml config/ablations/xfeat_v1design.yaml; do
-    train_long "$cfg" "out/ablation_$(basename "$cfg" .yaml)_long"
+    train_long "$cfg" "out/ablation_$(basename "$cfg" .yaml)_long" 600
   done
 }
 eval_design_xfeat_long() {

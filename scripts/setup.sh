@@ -58,4 +58,7 @@ log "installing mambaglue_ros (editable)"
 # compat mode puts the repo on sys.path through a .pth, so our package and the generated
 # message module (site-packages/mambaglue_ros/msg) merge through pkgutil.extend_path.
 quiet "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=compat
+log "CPU selective-scan kernel (C++, about a minute once; without a compiler the slower torch scan runs)"
+"$PY" -m mambaglue_ros.models.ssm_cpu \
+  || log "WARNING: the CPU scan kernel did not build (needs g++ and the Python headers); the torch scan will be used"
 "$PY" -c 'import mambaglue_ros, mambaglue_ros.msg; print("[setup] ok:", mambaglue_ros.__version__)'

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ssm import cuda_scan_available, selective_scan, triton_scan_available
+from .ssm_cpu import cpu_scan, selective_scan_cpu
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -182,6 +183,8 @@ class MambaBranch(nn.Module):
         A = -torch.exp(self.A_log.float())
         if u.shape[1] == 0:
             return u
+        if use_cpu_kernel(u):
+            return selective_scan_cpu(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float())
         if use_inference_scan(u, self.d_state):
             return selective_scan_inference(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float())
         # Training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views).
@@ -209,6 +212,17 @@ def depthwise_conv(u: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 # Largest (batch, L, N, d) float buffer for which inference uses selective_scan_inference; above it, the
 # chunked scan of ssm.py, which never holds one (a fresh buffer much larger than this costs page faults).
 INFERENCE_SCAN_BYTES = 16 << 20
+
+
+def use_cpu_kernel(u: torch.Tensor) -> bool:
+    """The C++ scan (``ssm_cpu``) for u (B, L, d) on the CPU where no gradient is wanted, it is built for this
+    machine, and nothing traces the network (export and torch.compile need the torch ops); float64 stays on
+    the torch scan, which computes in float64."""
+    if u.device.type != "cpu" or torch.is_grad_enabled() or u.dtype == torch.float64:
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return cpu_scan() is not None
 
 
 def use_inference_scan(u: torch.Tensor, d_state: int) -> bool:

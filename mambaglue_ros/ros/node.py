@@ -308,6 +308,9 @@ class MatcherNode(Node):
             f"mode={self.mode} features={self.features} weights={self.matcher.weights_source} "
             f"device={self.matcher.device} max_keypoints={self.matcher.max_keypoints} "
             f"alpha={self.matcher.alpha} target_rate_hz={self.p['target_rate_hz']}")
+        if self.p["matcher"] == "mambaglue" and str(self.matcher.device).startswith("cpu"):
+            from ..models.ssm_cpu import cpu_scan_status  # the scan kernel in use, or why the slower torch scan
+            self.get_logger().info(f"CPU selective scan: {cpu_scan_status()}")
 
     def _activate(self) -> None:
         """Start the worker; frames are accepted from now on."""

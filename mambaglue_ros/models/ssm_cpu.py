@@ -1,0 +1,166 @@
+"""The CPU fast path of the selective scan: ``selective_scan_cpu.cpp``, built once per machine.
+
+Why. On a CPU the torch scan (``selective_scan_inference``) is ~4T + L/T small ops plus a (b, L, N, d)
+buffer of decays; it is 3/4 of the Mamba branch's time and the main reason MambaGlue costs more than
+LightGlue per layer. The C++ loop keeps the state in cache and computes each decay where it is used:
+3-4x faster on this project's CPU, equal to float32 rounding (``test/test_ssm.py``).
+
+How it is built. ``torch.utils.cpp_extension`` compiles the source with the machine's C++ compiler and
+ninja (``-O3 -ffast-math -march=native``: the channel loop vectorises, exp2 through glibc's vector math
+library) into ``MAMBAGLUE_KERNEL_DIR`` (default ``~/.cache/mambaglue_ros/kernels``). The build is keyed by a
+hash of the source, the torch and Python versions and the CPU's instruction-set flags, so a cache shared
+between machines never loads code built for another CPU. Building takes about a minute, so it never happens
+implicitly in a running node: ``scripts/setup.sh`` builds it (``python -m mambaglue_ros.models.ssm_cpu``),
+and at run time ``cpu_scan()`` only loads what was built. Without a compiler, or before the build, the torch
+scan runs (same results, slower), and ``cpu_scan_status()`` says why.
+
+``MAMBAGLUE_CPU_SCAN=0`` switches the kernel off (benchmarks compare both).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+__all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "selective_scan_cpu", "kernel_dir"]
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+CFLAGS = ["-O3", "-ffast-math", "-march=native"]
+
+
+def kernel_dir() -> Path:
+    """Where built kernels live: ``$MAMBAGLUE_KERNEL_DIR`` or ``~/.cache/mambaglue_ros/kernels``."""
+    env = os.environ.get("MAMBAGLUE_KERNEL_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "mambaglue_ros" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("flags")), platform.machine())
+    except OSError:
+        return platform.machine()
+
+
+def extension_name() -> str:
+    """Module name of this machine's build: changes with the source, torch, Python and the CPU's flags."""
+    key = "\n".join([SOURCE.read_text(), torch.__version__, sys.version, " ".join(CFLAGS), _cpu_flags()])
+    return "mambaglue_scan_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _built_library(name: str) -> Optional[Path]:
+    found = sorted((kernel_dir() / name).glob(f"{name}*.so"))
+    return found[0] if found else None
+
+
+_modules: dict[str, ModuleType] = {}  # loaded once per process: an extension module is not initialised twice
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    if name not in _modules:
+        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[name] = module
+    return _modules[name]
+
+
+def build_cpu_scan(verbose: bool = False) -> ModuleType:
+    """Compile (or load, when this machine's build exists) the CPU kernel; raises with the compiler's error."""
+    from torch.utils.cpp_extension import load
+
+    name = extension_name()
+    built = _built_library(name)
+    if built is not None:
+        return _load(built, name)
+    out = kernel_dir() / name
+    out.mkdir(parents=True, exist_ok=True)
+    # torch looks for ninja on PATH; the venv's own (pip 'ninja') counts even when the venv is not activated
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    _modules[name] = load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(out),
+                          verbose=verbose)
+    cpu_scan.cache_clear()
+    return _modules[name]
+
+
+_status = "not loaded yet"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_scan() -> Optional[ModuleType]:
+    """This machine's built kernel module, or None (not built, switched off, or failing to load). Never
+    compiles (see the module docstring); the reason for None is in ``cpu_scan_status()``."""
+    global _status
+    if os.environ.get("MAMBAGLUE_CPU_SCAN", "1") == "0":
+        _status = "off (MAMBAGLUE_CPU_SCAN=0)"
+        return None
+    try:
+        name = extension_name()
+        built = _built_library(name)
+        if built is None:
+            _status = (f"not built for this machine (run `python -m mambaglue_ros.models.ssm_cpu`; looked in "
+                       f"{kernel_dir() / name})")
+            return None
+        module = _load(built, name)
+    except Exception as e:  # a broken build must not break the package: the torch scan takes over
+        _status = f"failed to load: {type(e).__name__}: {e}"
+        log.warning("CPU selective-scan kernel %s", _status)
+        return None
+    _status = f"loaded from {built}"
+    return module
+
+
+def cpu_scan_status() -> str:
+    """Why ``cpu_scan()`` returned what it did (for logs and diagnostics)."""
+    cpu_scan()
+    return _status
+
+
+def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+    """``selective_scan_inference``'s arguments and result (y (b, L, d) in u's dtype), through the C++ kernel,
+    computed in float32. Call only where ``cpu_scan()`` is not None."""
+    f32 = torch.float32
+    A2 = (A.to(f32) * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
+    y = cpu_scan().selective_scan_cpu(u.to(f32), delta.to(f32), A2, B.to(f32), C.to(f32), D.to(f32),
+                                      delta_bias.to(f32))
+    return y.to(u.dtype)
+
+
+def main() -> int:
+    """Build this machine's kernel and check it against the torch scan (``scripts/setup.sh`` runs this)."""
+    import argparse
+
+    from mambaglue_ros.models.mambaglue import selective_scan_inference
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    build_cpu_scan(verbose=args.verbose)
+    g = torch.Generator().manual_seed(0)
+    b, L, d, N = 2, 300, 48, 16
+    u, delta = torch.randn(b, L, d, generator=g), torch.randn(b, L, d, generator=g) - 2
+    A, B, C = -torch.rand(d, N, generator=g) * 8, torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.1
+    ref = selective_scan_inference(u, delta, A, B, C, D, bias)
+    err = float((selective_scan_cpu(u, delta, A, B, C, D, bias) - ref).abs().max() / ref.abs().max())
+    print(f"CPU selective-scan kernel: {cpu_scan_status()}; max relative difference to the torch scan {err:.1e}")
+    return 0 if err < 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

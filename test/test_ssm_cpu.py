@@ -1,0 +1,96 @@
+"""The C++ selective scan for the CPU (``models/ssm_cpu.py``): same results as the torch scan, used where it
+applies, and a clear reason where it is not available. ``scripts/setup.sh`` builds it; the equivalence tests
+skip (with the reason) where it could not be built."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaglue_ros.models.mambaglue as mg
+from mambaglue_ros.matcher import build_network
+from mambaglue_ros.models import ssm_cpu
+from mambaglue_ros.models.mambaglue import selective_scan_inference, use_cpu_kernel
+from test_mamba_design import pair
+from test_model import live_mamba
+
+KERNEL = ssm_cpu.cpu_scan()
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason=f"CPU scan kernel: {ssm_cpu.cpu_scan_status()}")
+
+
+def scan_inputs(b: int, L: int, d: int, N: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, L, d, generator=g)
+    delta = torch.randn(b, L, d, generator=g) * 2 - 1  # softplus steps from ~0.01 to past its threshold
+    delta[..., 0] = 25.0  # above softplus' threshold (20): the step is delta itself
+    A = -torch.exp(torch.rand(d, N, generator=g) * 3)  # decays from mild to strong
+    B, C = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
+    return u, delta, A, B, C, D, bias
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 5, 3), (3, 300, 48, 16), (2, 1024, 96, 16)])
+def test_kernel_matches_the_torch_scan(shape):
+    args = scan_inputs(*shape)
+    ref = selective_scan_inference(*args)
+    out = ssm_cpu.selective_scan_cpu(*args)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out).all()
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+@needs_kernel
+def test_kernel_takes_low_precision_inputs_like_the_torch_scan():
+    args = scan_inputs(2, 64, 16, 8, seed=1)
+    low = tuple(t.to(torch.bfloat16) for t in args)
+    out, ref = ssm_cpu.selective_scan_cpu(*low), selective_scan_inference(*low)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version):
+    torch.manual_seed(0)
+    overrides = {} if version == "v2" else {"scan_order": "score", "bidirectional": False, "mamba_message": "concat",
+                                             "mamba_expand": 1.0}
+    net, _ = build_network("xfeat", "lightglue", early_exit=False, pruning=False, **overrides)
+    net = live_mamba(net).eval()
+    data = pair(300, 250, seed=3)
+    calls = []
+    kernel = mg.selective_scan_cpu
+    monkeypatch.setattr(mg, "selective_scan_cpu", lambda *a: calls.append(a[0].shape) or kernel(*a))
+    with torch.inference_mode():
+        fast = net(data)
+        assert len(calls) == 2 * net.conf["n_layers"]  # per self block, one scan per image (300 and 250 points)
+        monkeypatch.setattr(mg, "cpu_scan", lambda: None)  # the torch scan
+        slow = net(data)
+    assert torch.equal(fast["matches0"], slow["matches0"])
+    # float32 rounding (1e-7 in the scan) grows through six layers; the matches are the same
+    torch.testing.assert_close(fast["matching_scores0"], slow["matching_scores0"], rtol=0, atol=1e-3)
+
+
+def test_gradients_float64_and_other_devices_keep_the_torch_scan():
+    u = torch.zeros(1, 4, 2)
+    with torch.enable_grad():
+        assert not use_cpu_kernel(u)
+    with torch.no_grad():
+        assert not use_cpu_kernel(u.double())
+        assert use_cpu_kernel(u) == (KERNEL is not None)
+
+
+def test_switched_off_or_not_built_says_why(monkeypatch, tmp_path):
+    try:
+        monkeypatch.setenv("MAMBAGLUE_CPU_SCAN", "0")
+        ssm_cpu.cpu_scan.cache_clear()
+        assert ssm_cpu.cpu_scan() is None and "MAMBAGLUE_CPU_SCAN=0" in ssm_cpu.cpu_scan_status()
+        monkeypatch.setenv("MAMBAGLUE_CPU_SCAN", "1")
+        monkeypatch.setenv("MAMBAGLUE_KERNEL_DIR", str(tmp_path))  # nothing built there; nothing gets compiled
+        ssm_cpu.cpu_scan.cache_clear()
+        assert ssm_cpu.cpu_scan() is None
+        status = ssm_cpu.cpu_scan_status()
+        assert "not built" in status and str(tmp_path) in status
+        assert not list(tmp_path.iterdir())
+    finally:
+        monkeypatch.undo()
+        ssm_cpu.cpu_scan.cache_clear()

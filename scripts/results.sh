@@ -125,6 +125,9 @@ realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it 
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60 --json out/node_rate_target10.json
   "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 5 --seconds 60 --json out/node_rate_target5.json
 }
+pose_settle() {   # mono pose: cost and accuracy of stopping the seeded MAGSAC runs early (settle 0 = all six)
+  "$PY" benchmarks/pose_mono.py --kitti "$DATA/kitti_seq1" --settle 0,2,3 --json out/pose_mono.json
+}
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)
   local pair
@@ -151,7 +154,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -72,6 +72,28 @@ def empty_features(dim: int, image_size: tuple[int, int], device: torch.device |
                     torch.zeros((0,), device=device), image_size)
 
 
+def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold every BatchNorm2d that follows a Conv2d in an ``nn.Sequential`` into the convolution (in place; eval
+    mode only: the running statistics become the convolution's scale and bias, torch's ``fuse_conv_bn_eval``).
+
+    XFeat's conv-BN-ReLU blocks then skip one pass over every feature map: the same outputs to float rounding, a
+    few percent less time per image on the CPU. (ALIKED calls its norms outside an ``nn.Sequential``; they stay.)
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if net.training:
+        raise ValueError("fold_batchnorm needs a network in eval mode (it bakes in the running statistics)")
+    for module in net.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) \
+                    and bn.track_running_stats and conv.out_channels == bn.num_features:
+                module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+    return net
+
+
 class FeatureExtractor(torch.nn.Module):
     """A front end with its pretrained weights.
 
@@ -109,7 +131,7 @@ class FeatureExtractor(torch.nn.Module):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         self.precision = "fp32" if precision == "fp16" and self.device.type != "cuda" else precision
         self.descriptor_dim = MATCHER_CONF[name]["input_dim"]
-        self.net = self._build(name, weights).to(self.device).eval()
+        self.net = fold_batchnorm(self._build(name, weights).eval()).to(self.device)
 
     def _build(self, name: str, weights: str | None) -> torch.nn.Module:
         import kornia.feature as KF

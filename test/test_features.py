@@ -116,3 +116,19 @@ def test_bf16_front_end_finds_the_same_points(photo):
     assert FeatureExtractor("xfeat", precision="fp16").precision == "fp32"  # fp16 is CUDA only
     with pytest.raises(ValueError, match="precision"):
         FeatureExtractor("xfeat", precision="int8")
+
+
+def test_folded_batchnorm_gives_the_same_features(photo):
+    """XFeat's conv-BN pairs are folded into the convolutions: no BatchNorm2d is left, and the unfolded
+    network finds the same keypoints with the same descriptors (to float rounding)."""
+    name = "xfeat"
+    fe = FeatureExtractor(name, max_keypoints=512)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fe.net.modules())
+    folded = fe.extract(photo)
+    fe.net = fe._build(name, None).eval()  # the same weights, unfolded
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in fe.net.modules())
+    plain = fe.extract(photo)
+    assert len(folded) == len(plain) > 100
+    np.testing.assert_array_equal(folded.keypoints.numpy(), plain.keypoints.numpy())
+    torch.testing.assert_close(folded.descriptors, plain.descriptors, rtol=0, atol=1e-4)
+    torch.testing.assert_close(folded.scores, plain.scores, rtol=0, atol=1e-4)

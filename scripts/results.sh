@@ -53,6 +53,7 @@ bench_easy() {  # WEIGHTS TAG: adaptive and full depth against our LightGlue on 
 train_long() {  # CFG OUT [REGRESSOR_STEPS]: 1000 matcher + 200 (or REGRESSOR_STEPS) regressor steps, each stage resumed
   "$M" train --config "$1" --stage 1 --max-steps 1000 --out "$2" --no-progress $([ -f "$2/stage1_state.pt" ] && echo --resume)
   "$M" train --config "$1" --stage 2 --max-steps "${3:-200}" --out "$2" --no-progress $([ -f "$2/stage2_state.pt" ] && echo --resume)
+  touch "$2/DONE"  # both stages finished (eval steps pick up only finished runs)
 }
 design_xfeat_long() {  # issue 11's longer budget: v2 and its attention-only control (re-running continues them)
   train_long config/train_xfeat.yaml out/train_xfeat_v2_long
@@ -85,6 +86,17 @@ eval_regressor_xfeat_long() {  # the 600-step regressors (full depth is the froz
   "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --json out/regressor_calibration_long.json \
     --methods "mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_attention_long/mambaglue_xfeat.pt,mambaglue@$V2,mambaglue@$CTRL"
   bench_easy "$V2" design_xfeat_long_reg600
+}
+eval_ablations_xfeat_long() {  # the one-factor ablations of v2 that have finished, with v2 and its control (600-step
+                               # regressors) in the same run: alpha 0.95 and full depth
+  local V2=out/train_xfeat_v2_long_reg600/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_attention_long_reg600/mambaglue_xfeat.pt
+  local methods="mambaglue@$V2,mambaglue@$CTRL" cfg run
+  for cfg in xfeat_v2_score_order xfeat_v2_forward_only xfeat_v2_concat xfeat_v1design; do
+    run=out/ablation_${cfg}_long/mambaglue_xfeat.pt
+    [ -f "out/ablation_${cfg}_long/DONE" ] && [ -f "$run" ] && methods="$methods,mambaglue@$run"
+  done
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "$methods" \
+    --alphas 0.95,none --json out/eval_ablations_xfeat_long.json --threads 1 --no-progress
 }
 eval_ablation_depth() {  # the mixers at full depth (exit off), so regressor choice does not blur the mixer comparison
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
@@ -154,7 +166,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

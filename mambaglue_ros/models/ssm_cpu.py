@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Optional
@@ -69,16 +70,18 @@ def _built_library(name: str) -> Optional[Path]:
 
 
 _modules: dict[str, ModuleType] = {}  # loaded once per process: an extension module is not initialised twice
+_load_lock = threading.Lock()  # the node's two pipeline stages may ask for the kernel at the same moment
 
 
 def _load(path: Path, name: str) -> ModuleType:
-    if name not in _modules:
-        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[name] = module
-    return _modules[name]
+    with _load_lock:
+        if name not in _modules:
+            loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+            spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _modules[name] = module
+        return _modules[name]
 
 
 def build_cpu_scan(verbose: bool = False) -> ModuleType:
@@ -92,11 +95,17 @@ def build_cpu_scan(verbose: bool = False) -> ModuleType:
     out = kernel_dir() / name
     out.mkdir(parents=True, exist_ok=True)
     # torch looks for ninja on PATH; the venv's own (pip 'ninja') counts even when the venv is not activated
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    _modules[name] = load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(out),
-                          verbose=verbose)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        module = load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, build_directory=str(out),
+                      verbose=verbose)
+    finally:
+        os.environ["PATH"] = path
+    with _load_lock:
+        _modules[name] = module
     cpu_scan.cache_clear()
-    return _modules[name]
+    return module
 
 
 _status = "not loaded yet"
@@ -126,7 +135,7 @@ def cpu_scan() -> Optional[ModuleType]:
     return module
 
 
-_torch_scan_only = 0  # > 0 inside torch_scan_only(): benchmarks time the same network both ways
+_torch_scan_only = 0  # > 0 inside torch_scan_only(): benchmarks time the same network both ways (process-wide)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ setup(
         "console_scripts": [
             "mambaglue = mambaglue_ros.cli:main",
             "matcher_node = mambaglue_ros.ros.node:main",
+            "multi_camera_node = mambaglue_ros.ros.multi_camera:main",
         ]
     },
 )

@@ -1,5 +1,6 @@
 """Several cameras, one matcher: pairs/s of one batched forward pass (``Matcher.match_batch``) for N streams
-against N separate ``match_features`` calls, on the same features, interleaved under the same load.
+against N separate ``match_features`` calls, on the same features, interleaved under the same load; and the
+multi-camera node's path (N camera threads asking at once through ``batching.BatchingMatcher``).
 
 Each "camera" contributes one temporal pair per frame; the pairs have different keypoint counts (real
 features of different photo pairs), so the batch is padded to the longest set, which is what a multi-camera
@@ -17,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mambaglue_ros.batching import BatchingMatcher  # noqa: E402
 from mambaglue_ros.evaluation import bench  # noqa: E402
 from mambaglue_ros.matcher import Matcher  # noqa: E402
 
@@ -47,11 +50,23 @@ def stream_pairs(matcher: Matcher, n: int, keypoints: int, seed: int = 0) -> lis
     return pairs
 
 
-def measure(matcher: Matcher, pairs: list, repeats: int) -> dict[str, float]:
-    """Median wall time [ms] of N separate calls and of one batched call, interleaved."""
+def measure(matcher: Matcher, pairs: list, repeats: int, max_wait_ms: float = 2.0) -> dict[str, float]:
+    """Median wall time [ms] of N separate calls, of one batched call, and of N camera threads asking at once
+    through the multi-camera node's ``BatchingMatcher`` (thread hand-offs included), interleaved; and that
+    batcher's mean batch size."""
     device = matcher.device
+    batcher = BatchingMatcher(matcher, max_batch=len(pairs), max_wait_ms=max_wait_ms)
+    clients = [batcher.client() for _ in pairs]
+
+    def cameras_at_once() -> None:
+        threads = [threading.Thread(target=c.match_features, args=p) for c, p in zip(clients, pairs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     calls = {"separate": lambda: [matcher.match_features(a, b) for a, b in pairs],
-             "batched": lambda: matcher.match_batch(pairs)}
+             "batched": lambda: matcher.match_batch(pairs), "batcher": cameras_at_once}
     times: dict[str, list[float]] = {k: [] for k in calls}
     for fn in calls.values():  # warm-up (CUDA kernels, allocator, autotuning)
         fn()
@@ -62,7 +77,8 @@ def measure(matcher: Matcher, pairs: list, repeats: int) -> dict[str, float]:
             calls[name]()
             bench.sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    batcher.close()
+    return {**{k: statistics.median(v) for k, v in times.items()}, "mean_batch": batcher.pairs / max(batcher.batches, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batcher's wait for a batch to fill")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -86,16 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {bench.device_name(matcher.device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.features} {args.keypoints} kp, precision {matcher.precision}, alpha {matcher.alpha}, "
           f"load {bench.load_average()}")
-    print("| streams N | N separate calls, ms | one batch, ms | pairs/s separate | pairs/s batched | speed-up |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| streams N | N separate calls, ms | one batch, ms | N cameras through the batcher, ms (mean batch) | "
+          "pairs/s separate | pairs/s batched | pairs/s batcher | speed-up (batched, batcher) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in streams:
-        ms = measure(matcher, all_pairs[:n], args.repeats)
-        row = {"streams": n, "separate_ms": ms["separate"], "batched_ms": ms["batched"],
-               "pairs_per_s_separate": 1000.0 * n / ms["separate"], "pairs_per_s_batched": 1000.0 * n / ms["batched"]}
+        ms = measure(matcher, all_pairs[:n], args.repeats, args.max_wait_ms)
+        row = {"streams": n, "separate_ms": ms["separate"], "batched_ms": ms["batched"], "batcher_ms": ms["batcher"],
+               "batcher_mean_batch": ms["mean_batch"],
+               "pairs_per_s_separate": 1000.0 * n / ms["separate"], "pairs_per_s_batched": 1000.0 * n / ms["batched"],
+               "pairs_per_s_batcher": 1000.0 * n / ms["batcher"]}
         row["speedup"] = row["pairs_per_s_batched"] / row["pairs_per_s_separate"]
+        row["speedup_batcher"] = row["pairs_per_s_batcher"] / row["pairs_per_s_separate"]
         rows.append(row)
-        print(f"| {n} | {ms['separate']:.1f} | {ms['batched']:.1f} | {row['pairs_per_s_separate']:.1f} | "
-              f"{row['pairs_per_s_batched']:.1f} | {row['speedup']:.2f}x |", flush=True)
+        print(f"| {n} | {ms['separate']:.1f} | {ms['batched']:.1f} | {ms['batcher']:.1f} ({ms['mean_batch']:.1f}) | "
+              f"{row['pairs_per_s_separate']:.1f} | {row['pairs_per_s_batched']:.1f} | {row['pairs_per_s_batcher']:.1f} | "
+              f"{row['speedup']:.2f}x, {row['speedup_batcher']:.2f}x |", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({

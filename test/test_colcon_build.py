@@ -68,7 +68,7 @@ def test_colcon_build_install_layout(colcon_install):
     pkg = inst / "lib" / version / "site-packages" / PKG
 
     # our Python package and the generated messages share one directory
-    for name in ("matcher.py", "cli.py", "features.py", "types.py", "ros/__init__.py",
+    for name in ("matcher.py", "cli.py", "features.py", "types.py", "ros/__init__.py", "models/selective_scan_cpu.cpp",
                  "msg/__init__.py", "msg/_matches.py"):
         assert (pkg / name).is_file(), f"missing {name} in {pkg}"
     init = (pkg / "__init__.py").read_text()
@@ -79,7 +79,8 @@ def test_colcon_build_install_layout(colcon_install):
         assert (inst / "lib" / f"lib{PKG}__rosidl_typesupport_{ts}.so").is_file()
 
     # `ros2 run mambaglue_ros <exe>` looks in lib/<package>
-    for exe, module in (("matcher_node", "mambaglue_ros.ros.node"), ("mambaglue", "mambaglue_ros.cli")):
+    for exe, module in (("matcher_node", "mambaglue_ros.ros.node"), ("mambaglue", "mambaglue_ros.cli"),
+                        ("multi_camera_node", "mambaglue_ros.ros.multi_camera")):
         path = inst / "lib" / PKG / exe
         assert path.is_file() and os.access(path, os.X_OK), f"lib/{PKG}/{exe} missing or not executable"
         text = path.read_text()

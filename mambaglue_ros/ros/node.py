@@ -183,9 +183,12 @@ def resolve_features(features: str, device: str) -> str:
 
 
 class MatcherNode(Node):
-    def __init__(self, command_line: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, command_line: list[str] | None = None,
+                 matcher_factory: Callable[[dict[str, Any], str], Any] | None = None, **kwargs: Any) -> None:
         """command_line: the process arguments (``main`` passes them) to check that every ``-p`` rule
-        took effect; kwargs go to rclpy's Node."""
+        took effect; matcher_factory(parameters, features): the matcher to use instead of building one (the
+        multi-camera node hands every camera a client of one shared matcher); kwargs go to rclpy's Node."""
+        self._matcher_factory = matcher_factory or build_matcher
         super().__init__(NODE_NAME, **kwargs)
         self._init_parameters(command_line)
         self._configure()
@@ -233,7 +236,7 @@ class MatcherNode(Node):
             torch.set_num_threads(threads)
         self.features = resolve_features(self.p["features"], self.p["device"])
         # stage 1 of the pipeline computes ahead what the tracker asks this matcher for (pipeline.py)
-        self.matcher = PrefetchingMatcher(build_matcher(self.p, self.features))
+        self.matcher = PrefetchingMatcher(self._matcher_factory(self.p, self.features))
         if self.p["matcher"] == "orb":
             self.features = "orb"
         self.controller = AlphaController(self._rate_config())
@@ -950,7 +953,9 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
     loads the matcher and creates publishers, services and subscriptions; activate starts the worker
     (frames are ignored while inactive); deactivate stops it; cleanup destroys what configure made."""
 
-    def __init__(self, command_line: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, command_line: list[str] | None = None,
+                 matcher_factory: Callable[[dict[str, Any], str], Any] | None = None, **kwargs: Any) -> None:
+        self._matcher_factory = matcher_factory or build_matcher
         LifecycleNode.__init__(self, NODE_NAME, **kwargs)
         self._init_parameters(command_line)
 

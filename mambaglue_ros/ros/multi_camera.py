@@ -1,0 +1,109 @@
+"""Several cameras, one process, one matcher: ``multi_camera_node --cameras front rear [--ros-args ...]``.
+
+One ``MatcherNode`` per camera, each in the camera's namespace (``/front/image``, ``/front/matches``,
+``/front/mambaglue_matcher/odom``, ...), all in one process and one executor, and all matching through one
+shared network (``batching.BatchingMatcher``): pairs of different cameras that wait at the same time go through
+one forward pass. That is the GPU's throughput path; on a CPU separate nodes are as fast (see ``batching.py``).
+Parameters are per node as usual (``--params-file`` with ``/**`` or ``/front/mambaglue_matcher``); the front end,
+weights, device and precision must be the same for all cameras (they share the network).
+
+    multi_camera_node --cameras front rear --max-batch 8 --max-wait-ms 2 --ros-args -p features:=xfeat
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+from ..batching import BatchingMatcher
+from .node import MatcherNode, build_matcher
+
+# parameters that decide the network itself: every camera of one process must agree on them
+SHARED_PARAMETERS = ("matcher", "weights", "extractor_weights", "device", "precision", "filter_threshold",
+                     "detection_threshold", "resize_max", "early_exit")
+
+
+class SharedMatcher:
+    """``MatcherNode``'s ``matcher_factory`` for several nodes: the first node's parameters build the network,
+    every node gets a client of it. A node whose network parameters differ is refused with the reason."""
+
+    def __init__(self, max_batch: int = 8, max_wait_ms: float = 2.0) -> None:
+        self.max_batch, self.max_wait_ms = int(max_batch), float(max_wait_ms)
+        self.batcher: BatchingMatcher | None = None
+        self._key: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, parameters: dict[str, Any], features: str) -> Any:
+        key = {"features": features, **{k: parameters[k] for k in SHARED_PARAMETERS}}
+        if parameters["matcher"] == "orb":
+            raise ValueError("the multi-camera node shares a network: matcher must be mambaglue or lightglue, not orb")
+        with self._lock:
+            if self.batcher is None:
+                self.batcher = BatchingMatcher(build_matcher(parameters, features), self.max_batch, self.max_wait_ms)
+                self._key = key
+            elif key != self._key:
+                differ = sorted(k for k in key if key[k] != self._key[k])
+                raise ValueError("cameras of one multi-camera node share one network; these parameters differ "
+                                 f"from the first camera's: {', '.join(f'{k}={key[k]!r} (first: {self._key[k]!r})' for k in differ)}")
+            client = self.batcher.client()
+        client.max_keypoints = parameters["max_keypoints"]
+        client.alpha = parameters["alpha"] if parameters["early_exit"] else None
+        return client
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The non-ROS arguments (``rclpy.utilities.remove_ros_args`` first)."""
+    ap = argparse.ArgumentParser(prog="multi_camera_node", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cameras", nargs="+", required=True, help="one namespace per camera")
+    ap.add_argument("--max-batch", type=int, default=8, help="most camera pairs in one forward pass")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a pair waits for others to join")
+    args = ap.parse_args(argv)
+    if len(set(args.cameras)) != len(args.cameras):
+        ap.error(f"camera namespaces must be distinct: {args.cameras}")
+    return args
+
+
+def main(args: list[str] | None = None) -> int:
+    argv = sys.argv if args is None else args
+    try:
+        rclpy.init(args=argv)
+        options = parse_arguments(rclpy.utilities.remove_ros_args(argv)[1:])
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception as e:
+        print(f"[multi_camera_node] error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    shared = SharedMatcher(options.max_batch, options.max_wait_ms)
+    nodes: list[MatcherNode] = []
+    executor = SingleThreadedExecutor()  # as the single node's rclpy.spin; each node has its own worker threads
+    try:
+        for camera in options.cameras:
+            nodes.append(MatcherNode(command_line=argv, matcher_factory=shared, namespace=camera))
+            executor.add_node(nodes[-1])
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as e:  # startup errors: one clear line, non-zero exit
+        if nodes and not rclpy.ok():
+            return 0
+        print(f"[multi_camera_node] error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        shared.close()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .types import Features, MatchResult
+from .types import Features, MatchResult, check_alpha, check_max_keypoints
 
 ORB_BITS = 256
 # Hamming distance of two unrelated 256-bit descriptors is ~128 on average: the score scale.
@@ -90,9 +90,7 @@ class OrbMatcher:
 
     @alpha.setter
     def alpha(self, value: float | None) -> None:
-        if value is not None and not 0.0 < float(value) <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {value}")
-        self._alpha = None if value is None else float(value)
+        self._alpha = check_alpha(value)
 
     @property
     def max_keypoints(self) -> int:
@@ -100,9 +98,7 @@ class OrbMatcher:
 
     @max_keypoints.setter
     def max_keypoints(self, value: int) -> None:
-        if int(value) < 1:
-            raise ValueError(f"max_keypoints must be >= 1, got {value}")
-        self._max_keypoints = int(value)
+        self._max_keypoints = check_max_keypoints(value)
         self._orb = cv2.ORB_create(nfeatures=self._max_keypoints, scaleFactor=self.scale_factor,
                                    nlevels=self.n_levels, fastThreshold=self.fast_threshold)
 

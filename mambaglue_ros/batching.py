@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .types import check_alpha, check_max_keypoints
+
 __all__ = ["BatchingMatcher", "MatcherClient"]
 
 
@@ -163,9 +165,7 @@ class MatcherClient:
 
     @alpha.setter
     def alpha(self, value: float | None) -> None:
-        if value is not None and not 0.0 < float(value) <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {value}")
-        self._alpha = None if value is None else float(value)
+        self._alpha = check_alpha(value)
 
     @property
     def max_keypoints(self) -> int:
@@ -173,9 +173,7 @@ class MatcherClient:
 
     @max_keypoints.setter
     def max_keypoints(self, value: int) -> None:
-        if int(value) < 1:
-            raise ValueError(f"max_keypoints must be >= 1, got {value}")
-        self._max_keypoints = int(value)
+        self._max_keypoints = check_max_keypoints(value)
 
     def extract(self, image: Any) -> Any:
         """Features of ``image`` with this client's keypoint budget."""

@@ -18,7 +18,7 @@ import torch
 from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
-from .types import Features, MatchResult
+from .types import Features, MatchResult, check_alpha, check_max_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ class Matcher:
 
     @alpha.setter
     def alpha(self, value: float | None) -> None:
-        if value is not None and not 0.0 < float(value) <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {value}")
+        value = check_alpha(value)
         self.net.conf["early_exit"] = value is not None
         if value is not None:
             self.net.conf["alpha"] = float(value)
@@ -187,9 +186,7 @@ class Matcher:
 
     @max_keypoints.setter
     def max_keypoints(self, value: int) -> None:
-        if int(value) < 1:
-            raise ValueError(f"max_keypoints must be >= 1, got {value}")
-        self.extractor.set_max_keypoints(int(value))
+        self.extractor.set_max_keypoints(check_max_keypoints(value))
 
     @property
     def num_layers(self) -> int:

@@ -7,6 +7,20 @@ import numpy as np
 import torch
 
 
+def check_alpha(value: float | None) -> float | None:
+    """An early-exit threshold as the matchers take it: None (exit off) or a float in (0, 1]."""
+    if value is not None and not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {value}")
+    return None if value is None else float(value)
+
+
+def check_max_keypoints(value: int) -> int:
+    """A keypoint budget as the matchers take it: an int >= 1."""
+    if int(value) < 1:
+        raise ValueError(f"max_keypoints must be >= 1, got {value}")
+    return int(value)
+
+
 @dataclass
 class Features:
     """Local features of one image, as every front end returns them.

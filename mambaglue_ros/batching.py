@@ -82,8 +82,9 @@ class BatchingMatcher:
             self._queue.append(request)
             self._cond.notify_all()
         request.done.wait()
-        if request.error is not None:
-            raise request.error
+        if request.error is not None:  # one exception object per caller: several threads raise it at once
+            raise RuntimeError(f"batched match failed: {type(request.error).__name__}: {request.error}") \
+                from request.error
         return request.result
 
     def close(self) -> None:
@@ -117,11 +118,14 @@ class BatchingMatcher:
             return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._serve(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._serve(batch)
+        finally:  # however the thread ends, nobody is left waiting for it
+            self.close()
 
     def _serve(self, batch: Sequence[_Request]) -> None:
         alphas = [r.alpha for r in batch]
@@ -131,16 +135,20 @@ class BatchingMatcher:
             pairs = [(r.feats0, r.feats1) for r in batch]
             # one pair: the ordinary path (with point pruning), exactly what a single-camera node computes
             results = [self.matcher.match_features(*pairs[0])] if len(pairs) == 1 else self.matcher.match_batch(pairs)
+            if len(results) != len(batch):
+                raise RuntimeError(f"the matcher returned {len(results)} results for {len(batch)} pairs")
+            for r, result in zip(batch, results):
+                r.result = result
+            self.batches += 1
+            self.pairs += len(batch)
         except Exception as e:  # every caller of this batch gets the error; the batcher goes on
             for r in batch:
                 r.error = e
+        finally:
+            for r in batch:
+                if r.result is None and r.error is None:
+                    r.error = RuntimeError("the batch was not served")
                 r.done.set()
-            return
-        self.batches += 1
-        self.pairs += len(batch)
-        for r, result in zip(batch, results):
-            r.result = result
-            r.done.set()
 
 
 class MatcherClient:
@@ -158,6 +166,14 @@ class MatcherClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batcher.matcher, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # only the per-camera knobs are this client's; anything else is the shared network's and would change
+        # every camera (or, set here, silently hide the shared value)
+        if name not in ("_batcher", "_alpha", "_max_keypoints", "alpha", "max_keypoints"):
+            raise AttributeError(f"{name} belongs to the matcher all cameras share; a camera's client sets only "
+                                 "alpha and max_keypoints")
+        object.__setattr__(self, name, value)
 
     @property
     def alpha(self) -> float | None:

@@ -66,7 +66,9 @@ def test_two_cameras_one_network_each_its_own_outputs(ros_context):
             assert [m.header.frame_id for m in matches] == [f"{cam}_optical"] * (N_FRAMES - 1)
             assert min(len(m.scores) for m in matches) > 50, [len(m.scores) for m in matches]  # 86-104 measured
         assert shared.batcher.pairs == 2 * (N_FRAMES - 1)  # every pair of both cameras went through the one network
-        assert 1 <= shared.batcher.batches <= shared.batcher.pairs
+        # the network's parameters are shared: one camera may not change them at run time
+        result = nodes["front"].set_parameters([Parameter("filter_threshold", value=0.5)])[0]
+        assert not result.successful and "shared by every camera" in result.reason
     finally:
         executor.shutdown()
         for n in (*nodes.values(), io):
@@ -90,8 +92,11 @@ def test_cameras_must_agree_on_the_network():
             shared(p, "aliked")
         with pytest.raises(ValueError, match="not orb"):
             shared({**p, "matcher": "orb"}, "xfeat")
-        second = shared({**p, "max_keypoints": 200, "alpha": 0.9}, "xfeat")  # per-camera knobs may differ
+        second = shared({**p, "max_keypoints": 200, "alpha": 0.9, "publish_tf": True}, "xfeat")  # per camera
         assert (second.max_keypoints, second.alpha, first.max_keypoints) == (200, 0.9, 300)
+        with pytest.raises(ValueError, match="broadcast the TF"):  # a second camera with the same TF frames
+            shared({**p, "publish_tf": True}, "xfeat")
+        shared({**p, "publish_tf": True, "base_frame": "rear_link"}, "xfeat")  # its own frames: fine
     finally:
         shared.close()
     assert parse_arguments(["--cameras", "a", "b"]).cameras == ["a", "b"]

@@ -40,6 +40,20 @@ def test_kernel_matches_the_torch_scan(shape):
 
 
 @needs_kernel
+def test_kernel_splits_channels_over_threads_with_the_same_result():
+    args = scan_inputs(1, 200, 40, 16, seed=2)  # one sequence: only the channel blocks can go in parallel
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ssm_cpu.selective_scan_cpu(*args)
+        torch.set_num_threads(3)  # blocks of 16 channels: 16, 16 and a partial block of 8
+        three = ssm_cpu.selective_scan_cpu(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+@needs_kernel
 def test_kernel_takes_low_precision_inputs_like_the_torch_scan():
     args = scan_inputs(2, 64, 16, 8, seed=1)
     low = tuple(t.to(torch.bfloat16) for t in args)

@@ -46,36 +46,43 @@ torch::Tensor selective_scan_cpu(torch::Tensor u, torch::Tensor delta, torch::Te
   const float* pD = D.data_ptr<float>();
   const float* pbias = delta_bias.data_ptr<float>();
   float* py = y.data_ptr<float>();
+  // Channels are independent: work items are (batch entry, block of channels). With one thread a block is all
+  // d channels (the longest vector loops); with more, blocks of >= 16 channels spread over the threads.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_block = threads == 1 ? d : std::max<int64_t>(16, (d * nb + threads - 1) / threads);
+  const int64_t blocks = (d + per_block - 1) / per_block;
   // The loop touches no Python object: other threads (the node's other pipeline stage) keep running.
   pybind11::gil_scoped_release no_gil;
-  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> h(N * d), dt(d), du(d), acc(d);
-    for (int64_t b = begin; b < end; ++b) {
+  at::parallel_for(0, nb * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> h(N * per_block), dt(per_block), du(per_block), acc(per_block);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / blocks, k0 = (item % blocks) * per_block;
+      const int64_t w = std::min(per_block, d - k0);  // channels k0 .. k0 + w
       std::fill(h.begin(), h.end(), 0.f);
       for (int64_t t = 0; t < L; ++t) {
         const int64_t row = b * L + t;
-        const float* ut = pu + row * d;
-        const float* deltat = pdelta + row * d;
+        const float* ut = pu + row * d + k0;
+        const float* deltat = pdelta + row * d + k0;
         const float* Bt = pB + row * N;
         const float* Ct = pC + row * N;
-        for (int64_t k = 0; k < d; ++k) {
-          const float step = softplus(deltat[k] + pbias[k]);
+        for (int64_t k = 0; k < w; ++k) {
+          const float step = softplus(deltat[k] + pbias[k0 + k]);
           dt[k] = step;
           du[k] = step * ut[k];
           acc[k] = 0.f;
         }
         for (int64_t n = 0; n < N; ++n) {
           const float bn = Bt[n], cn = Ct[n];
-          const float* An = pA + n * d;
-          float* hn = h.data() + n * d;
-          for (int64_t k = 0; k < d; ++k) {
+          const float* An = pA + n * d + k0;
+          float* hn = h.data() + n * per_block;
+          for (int64_t k = 0; k < w; ++k) {
             const float state = std::exp2(dt[k] * An[k]) * hn[k] + du[k] * bn;
             hn[k] = state;
             acc[k] += cn * state;
           }
         }
-        float* yt = py + row * d;
-        for (int64_t k = 0; k < d; ++k) yt[k] = acc[k] + pD[k] * ut[k];
+        float* yt = py + row * d + k0;
+        for (int64_t k = 0; k < w; ++k) yt[k] = acc[k] + pD[k0 + k] * ut[k];
       }
     }
   });

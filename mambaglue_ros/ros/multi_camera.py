@@ -22,19 +22,23 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from ..batching import BatchingMatcher
 from .node import MatcherNode, build_matcher
 
-# parameters that decide the network itself: every camera of one process must agree on them
+# parameters that decide the network itself (and the process's torch threads): every camera of one process must
+# agree on them at start, and none may change them at run time (the node refuses, naming this reason)
 SHARED_PARAMETERS = ("matcher", "weights", "extractor_weights", "device", "precision", "filter_threshold",
-                     "detection_threshold", "resize_max", "early_exit")
+                     "detection_threshold", "resize_max", "early_exit", "num_threads")
 
 
 class SharedMatcher:
     """``MatcherNode``'s ``matcher_factory`` for several nodes: the first node's parameters build the network,
     every node gets a client of it. A node whose network parameters differ is refused with the reason."""
 
+    shared_parameters = SHARED_PARAMETERS  # MatcherNode refuses run-time changes of these
+
     def __init__(self, max_batch: int = 8, max_wait_ms: float = 2.0) -> None:
         self.max_batch, self.max_wait_ms = int(max_batch), float(max_wait_ms)
         self.batcher: BatchingMatcher | None = None
         self._key: dict[str, Any] | None = None
+        self._tf_frames: set[tuple[str, str]] = set()  # (odom, base) frames already broadcast by a camera
         self._lock = threading.Lock()
 
     def __call__(self, parameters: dict[str, Any], features: str) -> Any:
@@ -42,6 +46,10 @@ class SharedMatcher:
         if parameters["matcher"] == "orb":
             raise ValueError("the multi-camera node shares a network: matcher must be mambaglue or lightglue, not orb")
         with self._lock:
+            frames = (parameters["odom_frame"], parameters["base_frame"])
+            if parameters["publish_tf"] and frames in self._tf_frames:
+                raise ValueError(f"two cameras would broadcast the TF {frames[0]} -> {frames[1]}: give each camera its "
+                                 "own odom_frame / base_frame, or publish_tf for one camera only")
             if self.batcher is None:
                 self.batcher = BatchingMatcher(build_matcher(parameters, features), self.max_batch, self.max_wait_ms)
                 self._key = key
@@ -50,6 +58,8 @@ class SharedMatcher:
                 raise ValueError("cameras of one multi-camera node share one network; these parameters differ "
                                  f"from the first camera's: {', '.join(f'{k}={key[k]!r} (first: {self._key[k]!r})' for k in differ)}")
             client = self.batcher.client()
+            if parameters["publish_tf"]:
+                self._tf_frames.add(frames)
         client.max_keypoints = parameters["max_keypoints"]
         client.alpha = parameters["alpha"] if parameters["early_exit"] else None
         return client

@@ -375,6 +375,9 @@ class MatcherNode(Node):
             # validated against the changes still waiting for the worker too: alpha:=0.85 then
             # alpha_min:=0.9 must not both pass because each is fine against the values in effect
             reasons = P.validate_changes({**self.p, **self._pending}, changes)
+            shared = getattr(self._matcher_factory, "shared_parameters", ())  # multi-camera: one network for all
+            reasons += [f"{name} is shared by every camera of the multi-camera node: set it at start for all"
+                        for name in changes if name in shared and changes[name] != self.p.get(name)]
             if reasons:
                 return SetParametersResult(successful=False, reason="; ".join(reasons))
             self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})

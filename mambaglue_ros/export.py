@@ -120,7 +120,10 @@ def export_onnx(net: mg.MambaGlue, path: str | Path, features: str, keypoints: i
 
 
 def run_pytorch(model: ExportableMatcher, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    with torch.no_grad(), inference_scan_everywhere():
+    """The exported computation in PyTorch: the torch scan the graph was traced from, not the C++ CPU scan."""
+    from .models.ssm_cpu import torch_scan_only
+
+    with torch.no_grad(), inference_scan_everywhere(), torch_scan_only():
         return [t.numpy() for t in model(*inputs)]
 
 

@@ -105,9 +105,11 @@ def test_onnx_of_the_shipped_checkpoint_matches_pytorch(xfeat_net, real_features
         la_ref, la = ref[4], got[4]
         underflow = ~np.isfinite(la)
         assert np.isfinite(la_ref).all() and (la_ref[underflow] < -20).all(), float(la_ref[underflow].max())
-        both = ~underflow & (la_ref > -1e3)  # padding entries sit at about -2e4
+        # entries that carry probability (> e^-20; the far tail, e^-28 and below, is float32 cancellation noise in
+        # both runtimes: up to 2 % apart there with XFeat's folded batch norms, 0.2 % before)
+        both = ~underflow & (la_ref > -20)
         rel = np.abs(la[both] - la_ref[both]) / np.maximum(1.0, np.abs(la_ref[both]))
-        assert rel.max() < 1e-2, rel.max()  # measured <= 2.1e-3
+        assert both.sum() > 100 and rel.max() < 1e-2, rel.max()
 
 
 def test_export_cli(tmp_path, capsys):

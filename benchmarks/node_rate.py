@@ -69,7 +69,7 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 def run(mode: str, features: str, keypoints: int | None, input_hz: float, seconds: float, target_hz: float,
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
-        device: str = "auto") -> dict:
+        device: str = "auto", stereo_match: str = "auto") -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -91,6 +91,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
         overrides["pipeline"] = "on" if pipeline else "off"
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     keypoints = int(node.p["max_keypoints"])  # the budget it starts with (the rate controller may lower it)
+    if stereo_match == "ahead":  # the left/right match always in stage 1 (as before StereoPlacement)
+        node.stereo_placement.ahead = lambda: True
     io = rclpy.create_node("bench_io", context=ctx)
     # one executor thread, as the node's own main (rclpy.spin): rclpy's MultiThreadedExecutor (9.1.x) re-yields
     # callbacks still queued in its pool and spins holding the GIL meanwhile (ros2/rclpy#1452, fixed upstream
@@ -161,6 +163,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
     pipeline = node.stage.enabled
     result = {"mode": mode, "features": features, "max_keypoints": keypoints, "input_hz": input_hz,
               "target_hz": target_hz, "pipeline": pipeline, "seconds": elapsed,
+              "stereo_match": (stereo_match if stereo_match == "ahead" else node.stereo_placement.diagnostics()[
+                  "stereo_match_in"]) if mode == "stereo" and pipeline else None,
               "frames_in": snap["frames_in"] - in0, "processed": processed,
               "dropped": snap["frames_dropped"] - dropped0, "rate_skipped": node.stage.skipped,
               "processed_hz": processed / elapsed,
@@ -203,6 +207,9 @@ def main() -> int:
     ap.add_argument("--cpu-scan", default="default", choices=("default", "on", "off", "both"),
                     help="the C++ selective scan (models/ssm_cpu.py) where it is built: both = off, then on, "
                          "interleaved with --pipeline")
+    ap.add_argument("--stereo-match", default="auto", choices=("auto", "ahead", "both"),
+                    help="stereo, pipelined: where the left/right match runs: auto = the node's StereoPlacement, "
+                         "ahead = always in stage 1; both = ahead, then auto, interleaved")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
@@ -219,14 +226,16 @@ def main() -> int:
     rows = []
     pipelines = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
     scans = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cpu_scan]
+    placements = {"auto": ("auto",), "ahead": ("ahead",), "both": ("ahead", "auto")}[args.stereo_match]
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        for pipeline, scan in [(p, c) for p in pipelines for c in scans]:
+        for pipeline, scan, placement in [(p, c, m) for p in pipelines for c in scans
+                                          for m in (placements if mode == "stereo" else ("auto",))]:
             if scan is not None:  # read by ssm_cpu.cpu_scan(), cached per process: cleared for each run
                 os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
                 ssm_cpu.cpu_scan.cache_clear()
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
-                            args.precision, args.threads, pipeline, args.device))
+                            args.precision, args.threads, pipeline, args.device, placement))
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
@@ -234,6 +243,7 @@ def main() -> int:
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
                   f"pipeline={'on ' if r['pipeline'] else 'off'} scan={'C++  ' if r['cpu_scan'].startswith('loaded') else 'torch'}"
+                  + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "") +
                   f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms, dropped {r['dropped']}/"
                   f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "

@@ -138,8 +138,8 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
         stop(node, io, executor)
 
 
-@pytest.mark.parametrize("policy", ["previous", "keyframe"])
-def test_stereo_node_metric_translation(ros_context, policy):
+@pytest.mark.parametrize("policy,stereo_match", [("previous", "auto"), ("keyframe", "auto"), ("previous", "worker")])
+def test_stereo_node_metric_translation(ros_context, policy, stereo_match):
     from sensor_msgs.msg import CameraInfo, Image
 
     # keyframe policy: slow motion, so frames 2.. are matched against an older keyframe
@@ -148,6 +148,8 @@ def test_stereo_node_metric_translation(ros_context, policy):
     frames = [seq.frame(i) for i in range(len(seq))]
     node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
                                              "keyframe_policy": policy})
+    if stereo_match == "worker":  # what StereoPlacement picks when extraction is the busier stage
+        node.stereo_placement.ahead = lambda: False
     try:
         out = Collector(io)
         out.wait_matched()  # outputs published before the match would be lost

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from mambaglue_ros.pipeline import (ExtractionStage, PrefetchingMatcher, RateGate, controlled_time_ms, pipeline_enabled,
-                                    quiet_openmp, torch_threads)
+from mambaglue_ros.pipeline import (ExtractionStage, PrefetchingMatcher, RateGate, StereoPlacement, controlled_time_ms,
+                                    pipeline_enabled, quiet_openmp, torch_threads)
 from mambaglue_ros.runtime import FrameSlot
 
 WAIT = 10.0  # generous: only a broken pipeline waits this long
@@ -318,6 +318,34 @@ def test_controller_holds_the_stage_its_knobs_act_on():
     # the busier stage; stereo: stage 1 also matches left/right, so the busier stage's time
     assert controlled_time_ms(stereo=False, cycle_ms=120.0, worker_ms=80.0) == 80.0
     assert controlled_time_ms(stereo=True, cycle_ms=120.0, worker_ms=80.0) == 120.0
+
+
+def test_stereo_match_joins_the_stage_that_is_otherwise_less_busy():
+    placement = StereoPlacement(weight=1.0)  # the last frame's times, to read the rule directly
+    assert placement.ahead()  # nothing measured yet: stage 1, as without a placement
+    # stage 1 extracts in 120 ms, the worker needs 90 ms besides a 60 ms left/right match run ahead:
+    # ahead the cycle is max(120 + 60, 90) = 180 ms, in the worker max(120, 90 + 60) = 150 ms
+    placement.update(extract_ms=120.0, stereo_ms=60.0, worker_ms=90.0, stereo_ahead=True)
+    assert not placement.ahead()
+    assert placement.diagnostics() == {"stereo_match_in": "worker"}
+    # run in the worker, the match is part of the worker's time and is taken out of its own share
+    placement.update(extract_ms=120.0, stereo_ms=60.0, worker_ms=150.0, stereo_ahead=False)
+    assert placement.worker_time.value == 90.0 and not placement.ahead()
+    # a slower worker (more keypoints): 130 ms besides the match; ahead max(180, 130) beats max(120, 190)
+    placement.update(extract_ms=120.0, stereo_ms=60.0, worker_ms=190.0, stereo_ahead=False)
+    assert placement.ahead()
+
+
+def test_worker_computes_the_stereo_match_that_stage_1_left_out():
+    inner = FakeMatcher()
+    pm = PrefetchingMatcher(inner)
+    left, right = np.zeros((4, 4)), np.ones((4, 4))
+    pm.prefetch([left, right], stereo=False)
+    assert inner.extract_calls == 2 and inner.match_calls == 0
+    f0, f1 = pm.extract(left), pm.extract(right)
+    assert pm.match_features(f0, f1) == ("match", f0, f1) and inner.match_calls == 1
+    assert inner.extract_calls == 2  # the extractions were stage 1's
+    assert sorted(pm.take_ahead_ms()) == ["extract"]  # the match was the worker's own work
 
 
 def test_torch_threads_one_per_stage():

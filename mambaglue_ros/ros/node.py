@@ -61,7 +61,8 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from .. import geometry as G
 from ..camera_model import PointUndistorter
 from ..odometry import OdometryIntegrator
-from ..pipeline import ExtractionStage, PrefetchingMatcher, controlled_time_ms, pipeline_enabled, torch_threads
+from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
+                        torch_threads)
 from ..rate_control import AlphaController
 from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
 from ..tracking import MonoTracker, StereoTracker
@@ -298,8 +299,10 @@ class MatcherNode(Node):
             subscribe(CameraInfo, "right/camera_info", lambda m: self._on_camera_info("right", m))
 
         self.slot = FrameSlot(self.p["queue_size"])
+        self.stereo_placement = StereoPlacement()  # the stage that runs the left/right match (balances the two)
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
-            [f.image] if f.right is None else [f.image, f.right], stereo=f.right is not None),
+            [f.image] if f.right is None else [f.image, f.right],
+            stereo=f.right is not None and self.stereo_placement.ahead()),
             enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns,
             on_skip=lambda: self.stats.count("frames_dropped"))  # left out to hold target_rate_hz
         self.stage.set_rate(self.p["target_rate_hz"])
@@ -702,9 +705,13 @@ class MatcherNode(Node):
             result = self.tracker.process(frame.image, frame.right, frame.stamp_ns)
         # stage 1 did this frame's extraction (stereo: and the left/right match) ahead; the tracker saw those
         # calls take ~0 ms. Its timings (Matches.latency_ms, the benchmarks) report the work itself
-        for kind, ms in self.matcher.take_ahead_ms().items():
+        ahead = self.matcher.take_ahead_ms()
+        for kind, ms in ahead.items():
             result.timings_ms[kind] = result.timings_ms.get(kind, 0.0) + ms
         latency_ms, cycle_ms, worker_ms = self.stage.finish()  # since extraction began; the busier stage; worker
+        if self.mode == "stereo" and self.pipelined and "extract" in ahead and result.temporal is not None:
+            self.stereo_placement.update(ahead["extract"], result.timings_ms.get("stereo", 0.0), worker_ms,
+                                         stereo_ahead="stereo" in ahead)
         controlled_ms = controlled_time_ms(self.mode == "stereo", cycle_ms, worker_ms)
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
@@ -937,6 +944,8 @@ class MatcherNode(Node):
                   "features": self.features, "weights": self.matcher.weights_source, "mode": self.mode,
                   "num_layers": self.matcher.num_layers, "target_rate_hz": self.p["target_rate_hz"],
                   **self.controller.diagnostics(), **self.stage.diagnostics()}
+        if self.mode == "stereo" and self.pipelined:
+            values.update(self.stereo_placement.diagnostics())
         status.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
                          for k, v in values.items()]
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),

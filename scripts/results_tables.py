@@ -24,13 +24,17 @@ def load(path: Path) -> dict[str, Any] | None:
 def label(method: str) -> str:
     if method.endswith("+noprune"):
         return label(method[: -len("+noprune")]) + ", pruning off"
-    budget = ", 1000 + 600 steps" if "_long_reg600/" in method else ", 1000 + 200 steps" if "_long/" in method else ""
+    ablation_long = re.search(r"ablation_xfeat_(v2_\w+|v1design)_long/", method)  # trained with 600 regressor steps
+    budget = (", 1000 + 600 steps" if "_long_reg600/" in method or ablation_long
+              else ", 1000 + 200 steps" if "_long/" in method else "")
     if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
         return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)
     if m:
         return {"attention": "attention only (LighterGlue fine-tuned)", "mamba": "Mamba only",
-                "linear": "attention+Mamba, linear regressor"}.get(m.group(1), m.group(1)) + budget
+                "linear": "attention+Mamba, linear regressor", "v2_score_order": "v2, keypoints scanned in score order",
+                "v2_forward_only": "v2, forward scan only", "v2_concat": "v2, ungated 4d message (concat)",
+                "v1design": "version-1 design"}.get(m.group(1), m.group(1)) + budget
     return {"mambaglue": "MambaGlue (shipped)", "lightglue": "LightGlue (released weights)",
             "mambaglue+bf16": "MambaGlue, bf16", "lightglue+bf16": "LightGlue, bf16", "orb": "ORB"}.get(method, method)
 
@@ -170,6 +174,7 @@ def main() -> int:
         ("eval_design_xfeat_long_reg600.json", homography), ("eval_design_xfeat_long_reg600.json", sweep),
         ("eval_pose_design_xfeat_long_reg600.json", pose), ("regressor_calibration_long.json", calibration),
         ("bench/bench_design_xfeat_long_reg600_easy.json", bench),
+        ("eval_ablations_xfeat_long.json", homography), ("eval_ablations_xfeat_long.json", sweep),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

@@ -243,11 +243,25 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     exported = torch.load(tmp_path / "run" / "stage2_best.pt", weights_only=True)["model"]
     for k, v in net.state_dict().items():
         assert torch.equal(v, exported[k].half().float()), k
+    # stage 2 alone on a released checkpoint's matcher (stage2.init = its path): fresh regressors learn, the
+    # matcher is the checkpoint's exactly; a config whose network differs from the checkpoint's is refused
+    again = {**base, "out_dir": str(tmp_path / "again"), "stage2": {**base["stage2"], "init": str(path)}}
+    s2 = train(load_config(None, **again), "2", progress=False)
+    released = W.load_checkpoint(s2["export"]["path"], features="xfeat")
+    retrained = released["state_dict"]
+    fresh = build_model(load_config(None, **again)).state_dict()
+    for k, v in ckpt["state_dict"].items():
+        if not k.startswith("token_confidence."):
+            assert torch.equal(v, retrained[k]), k
+    assert any(not torch.equal(fresh[k].half(), retrained[k]) for k in fresh if k.startswith("token_confidence."))
+    assert released["meta"]["init"] == f"matcher of {path}, regressors fresh"
+    with pytest.raises(ValueError, match="other network options"):
+        train(load_config(None, **{**again, "model": {"scan_order": "score"}}), "2", progress=False)
 
 
 def test_config_files_parse():
     root = Path(__file__).resolve().parents[1]
-    for name in ("train_xfeat.yaml", "train_aliked.yaml"):
+    for name in ("train_xfeat.yaml", "train_aliked.yaml", "train_aliked_regressor.yaml"):
         cfg = load_config(root / "config" / name)
         assert cfg["features"] in name and cfg["stage1"]["lr_new"] > cfg["stage1"]["lr"]
     # every training and ablation config loads and builds its network; each XFeat v2 ablation differs from

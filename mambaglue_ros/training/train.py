@@ -99,7 +99,8 @@ DEFAULTS: dict[str, Any] = {
         "ckpt_every": 50,
         "val_every": 100,
         "log_every": 10,
-        "init": "best",  # matcher weights for stage 2: 'best' or 'last' of stage 1
+        "init": "best",  # matcher weights for stage 2: 'best' or 'last' of stage 1, or the path of a released
+                         # checkpoint (a new regressor on a shipped matcher; its network options must match)
     },
 }
 
@@ -480,8 +481,14 @@ def _curve_summary(history: list[dict[str, Any]], points: int = 10) -> list[dict
     return picked
 
 
-def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best") -> str:
-    """Load the best (or last) model of a finished stage into ``net``; returns which file was used."""
+def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best", features: str | None = None) -> str:
+    """Load the best (or last) model of a finished stage into ``net``; returns which file was used.
+
+    ``which`` may also be the path of a released checkpoint (``weights.save_checkpoint``) of the same front end
+    and network options: stage 2 then trains fresh regressors on that checkpoint's frozen matcher.
+    """
+    if which not in ("best", "last"):
+        return _load_released_matcher(net, Path(which), features)
     best = out / f"stage{stage}_best.pt"
     last = _state_path(out, stage)
     path = best if which == "best" and best.is_file() else last
@@ -498,6 +505,21 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
             saved[key] = own[key]
     net.load_state_dict(saved, strict=True)
     return path.name
+
+
+def _load_released_matcher(net: MambaGlue, path: Path, features: str | None) -> str:
+    """The matcher of a released checkpoint into ``net`` (fp16 values widen exactly); regressors stay fresh."""
+    ckpt = W.load_checkpoint(path, features=features)
+    options = ("mixer", "regressor", "scan_order", "bidirectional", "mamba_message", "mamba_expand", "descriptor_dim",
+               "n_layers", "num_heads", "d_state", "input_dim")
+    differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in options if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
+    if differ:
+        raise ValueError(f"{path} has other network options than the config (checkpoint, config): {differ}")
+    own = net.state_dict()
+    saved = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("token_confidence.")}
+    saved.update({k: v for k, v in own.items() if k.startswith("token_confidence.")})
+    net.load_state_dict(saved, strict=True)
+    return str(path)
 
 
 def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any]) -> Path:
@@ -540,7 +562,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
         summary_path.write_text(json.dumps(summary, indent=1))
     if stage in ("2", "both"):
-        used = load_stage_weights(net, out, 1, cfg["stage2"]["init"])
+        used = load_stage_weights(net, out, 1, cfg["stage2"]["init"], features=cfg["features"])
         matcher_before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("token_confidence.")}
         summary["stage2"] = run_stage(2, cfg, out, train_cache, val_cache, net, resume, progress)
         summary["stage2"]["matcher_from"] = used
@@ -557,7 +579,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
-            "init": f"LightGlue weights of {cfg['features']} (warm start)",
+            "init": (f"LightGlue weights of {cfg['features']} (warm start)" if stage in ("1", "both")
+                     or cfg["stage2"]["init"] in ("best", "last") else f"matcher of {used}, regressors fresh"),
             "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},
             "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
             "wall_time_s": {"stage1": s1.get("wall_time_s"), "stage2": s2["wall_time_s"], "cache": round(cache_s, 1)},

@@ -9,7 +9,12 @@ motions of the same photos), what the regressor says against what happens:
   the regressor is trained on); ``agree (matched)``: the same among the points the final layer matches;
 - ``conf``: mean predicted confidence; ``> λ``: share of points counted as confident (what the exit uses);
 - ``missed``: share of the disagreeing points that are nevertheless counted as confident;
-- ``stop@α``: mean layer at which the exit would stop for each α (simulated on the same forward pass).
+- ``stop@α``: mean layer at which the exit would stop for each α (simulated on the same forward pass);
+- ``mean-rule stop@α``: the same with ``exit_rule='mean'`` (the mean confidence, i.e. the expected share of
+  settled points, reaches α);
+- ``oracle@α``: mean layer at which an exact regressor would stop: the first layer after which a fraction α
+  of the points already has its final assignment. It depends on the matcher alone, so it says which network
+  settles sooner, apart from how well its regressor predicts it.
 
     .venv/bin/python benchmarks/regressor_calibration.py --images ../shared/data/photos/val --pairs 30 \\
         --methods mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mambaglue_ros.evaluation.bench import photo_pair
 from mambaglue_ros.evaluation.homography import build_matcher, synthetic_pairs
 from mambaglue_ros.training.losses import confidence_targets
 
@@ -33,6 +39,8 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
     th = [net.confidence_threshold(i) for i in range(L - 1)]
     acc = {k: np.zeros(L - 1) for k in ("agree", "agree_matched", "conf", "confident", "missed")}
     stops = {a: [] for a in alphas}
+    oracle = {a: [] for a in alphas}
+    mean_stops = {a: [] for a in alphas}
     n = 0
     for image0, image1 in pairs:
         f0, f1 = matcher.extract(image0), matcher.extract(image1)
@@ -40,7 +48,7 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
             out = net.forward_train(matcher._batch([(f0, f1)]))
         las, final = out["log_assignment"], out["log_assignment"][-1]
         matched0 = (final[0, :-1, :].argmax(-1) < final.shape[2] - 1)
-        ratio = []
+        ratio, agreed, expected = [], [], []
         for i in range(L - 1):
             t0, t1 = confidence_targets(las[i], final)
             c = torch.cat([out["confidence0"][i][0], out["confidence1"][i][0]]).float()
@@ -52,11 +60,17 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
             acc["confident"][i] += sure.float().mean().item()
             acc["missed"][i] += (sure & ~t).float().sum().item() / max(int((~t).sum()), 1)
             ratio.append(sure.float().mean().item())
+            agreed.append(t.float().mean().item())
+            expected.append(c.mean().item())
         for a in alphas:
             stops[a].append(next((i + 1 for i, r in enumerate(ratio) if r >= a), L))
+            oracle[a].append(next((i + 1 for i, r in enumerate(agreed) if r >= a), L))
+            mean_stops[a].append(next((i + 1 for i, r in enumerate(expected) if r >= a), L))
         n += 1
     return {"layers": L, "thresholds": th, **{k: (v / n).tolist() for k, v in acc.items()},
-            "stop": {str(a): float(np.mean(s)) for a, s in stops.items()}, "pairs": n}
+            "stop": {str(a): float(np.mean(s)) for a, s in stops.items()},
+            "oracle_stop": {str(a): float(np.mean(s)) for a, s in oracle.items()},
+            "mean_rule_stop": {str(a): float(np.mean(s)) for a, s in mean_stops.items()}, "pairs": n}
 
 
 def main() -> int:
@@ -68,6 +82,8 @@ def main() -> int:
     ap.add_argument("--keypoints", type=int, default=1024)
     ap.add_argument("--methods", default="mambaglue,lightglue")
     ap.add_argument("--alphas", default="0.9,0.95,0.99")
+    ap.add_argument("--kinds", default="homography,video",
+                    help="pair kinds: homography, video (--pairs each, held-out photos), easy (bench --pair easy)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not Path(args.images).is_dir():
@@ -79,13 +95,19 @@ def main() -> int:
     report = {}
     for method in args.methods.split(","):
         matcher = build_matcher(method, args.features, "cpu", args.keypoints)
-        for kind in ("homography", "video"):
-            pairs = ((p.image0, p.image1)
-                     for p in synthetic_pairs(args.images, args.pairs, args.seed, video=kind == "video"))
+        for kind in args.kinds.split(","):
+            if kind == "easy":  # the one video-like pair of `mambaglue bench --pair easy`
+                pairs = iter([photo_pair(args.keypoints, "easy")])
+            else:
+                pairs = ((p.image0, p.image1)
+                         for p in synthetic_pairs(args.images, args.pairs, args.seed, video=kind == "video"))
             s = layer_stats(matcher, pairs, alphas)
             report[f"{method} | {kind}"] = s
             stops = ", ".join(f"α {a}: {v:.2f}" for a, v in s["stop"].items())
-            print(f"\n{method} | {kind} pairs ({s['pairs']}): stop {stops}")
+            oracle = ", ".join(f"α {a}: {v:.2f}" for a, v in s["oracle_stop"].items())
+            mean_rule = ", ".join(f"α {a}: {v:.2f}" for a, v in s["mean_rule_stop"].items())
+            print(f"\n{method} | {kind} pairs ({s['pairs']}): stop {stops}; with the mean rule {mean_rule}; "
+                  f"an exact regressor would stop {oracle}")
             print("| layer | λ | agree | agree (matched) | conf | > λ | missed |\n|---|---|---|---|---|---|---|")
             for i in range(s["layers"] - 1):
                 print(f"| {i + 1} | {s['thresholds'][i]:.3f} | {s['agree'][i]:.3f} | {s['agree_matched'][i]:.3f} | "

@@ -152,6 +152,35 @@ def test_early_exit_on_an_easy_pair_keeps_the_full_depth_matches(xfeat_matcher, 
     assert correct_fraction(early, H) >= correct_fraction(full, H) - 0.02
 
 
+def test_exit_rules_read_the_share_of_settled_points():
+    """'count' (LightGlue) counts points above λ_ℓ; 'mean' takes the confidences as probabilities and sums
+    them: the expected share of settled points, which a calibrated regressor gives without being sharp."""
+    net = MambaGlue(input_dim=8, descriptor_dim=16, n_layers=4, num_heads=1, exit_rule="count", alpha=0.9)
+    layer = 1
+    lam = net.confidence_threshold(layer)
+    n = torch.tensor([200])
+    # every point just below λ: none counts, yet 0.99 λ is the expected share settled
+    hesitant = torch.full((1, 100), 0.99 * lam)
+    assert not net.check_if_stop(hesitant, hesitant, layer, n)
+    net.conf["exit_rule"] = "mean"
+    assert net.check_if_stop(hesitant, hesitant, layer, n) == (0.99 * lam >= 0.9)
+    # sharp confidences: both rules agree (95 of 100 points certain, 5 certain to change)
+    sharp = torch.cat([torch.ones(1, 95), torch.zeros(1, 5)], dim=1)
+    for rule in ("count", "mean"):
+        net.conf.update(exit_rule=rule, alpha=0.95)
+        assert net.check_if_stop(sharp, sharp, layer, n)
+        net.conf["alpha"] = 0.96
+        assert not net.check_if_stop(sharp, sharp, layer, n)
+    # points pruned earlier count as settled; padding does not count at all
+    net.conf.update(exit_rule="mean", alpha=0.95)
+    assert net.check_if_stop(torch.full((1, 10), 0.5), torch.full((1, 10), 0.5), layer, torch.tensor([200]))
+    mask = torch.tensor([[True] * 95 + [False] * 5])
+    assert net.check_if_stop(torch.cat([torch.ones(1, 95), torch.zeros(1, 5)], 1), torch.ones(1, 100), layer,
+                             torch.tensor([195]), mask, torch.ones(1, 100, dtype=torch.bool))
+    with pytest.raises(ValueError, match="exit_rule"):
+        MambaGlue(input_dim=8, descriptor_dim=16, n_layers=4, num_heads=1, exit_rule="vote")
+
+
 def test_batch_exits_when_every_pair_is_done(xfeat_matcher, real_pairs):
     """``match_batch`` with early exit stops at the layer where the last pair is done: the identity pair
     alone exits earlier than the warped one, together they run as deep as the warped one, which then

@@ -293,7 +293,9 @@ def validate(net: MambaGlue, cache: PairCache | None, cfg: dict[str, Any], batch
             exit_layer = L - 1
             for li in range(L - 1):
                 c = torch.cat([out["confidence0"][li][k, :n0], out["confidence1"][li][k, :n1]])
-                if float((c >= conf_thr[li]).float().mean()) >= alpha:  # check_if_stop: unconfident = c < th
+                # as check_if_stop: the share of settled points by the network's exit rule
+                settled = c.float().mean() if net.conf["exit_rule"] == "mean" else (c >= conf_thr[li]).float().mean()
+                if float(settled) >= alpha:
                     exit_layer = li
                     break
             add("stop_layer", exit_layer + 1)

@@ -46,8 +46,8 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
     --json "out/eval_pose_$TAG.json" --no-progress
   bench_easy "$V2" "$TAG"
 }
-bench_easy() {  # WEIGHTS TAG: adaptive and full depth against our LightGlue on the easy (video-like) pair
-  "$M" bench --json "out/bench/bench_${2}_easy.json" --features xfeat --threads 1 --pair easy --keypoints 512,1024 \
+bench_easy() {  # WEIGHTS TAG [FEATURES]: adaptive and full depth against our LightGlue on the easy (video-like) pair
+  "$M" bench --json "out/bench/bench_${2}_easy.json" --features "${3:-xfeat}" --threads 1 --pair easy --keypoints 512,1024 \
     --extractors none --weights "$1" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
 }
 train_long() {  # CFG OUT [REGRESSOR_STEPS]: 1000 matcher + 200 (or REGRESSOR_STEPS) regressor steps, each stage resumed
@@ -86,6 +86,22 @@ eval_regressor_xfeat_long() {  # the 600-step regressors (full depth is the froz
   "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --json out/regressor_calibration_long.json \
     --methods "mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_attention_long/mambaglue_xfeat.pt,mambaglue@$V2,mambaglue@$CTRL"
   bench_easy "$V2" design_xfeat_long_reg600
+}
+regressor_aliked() {  # issue 11: a 600-step, video-aware regressor on the shipped ALIKED matcher (stage 2 only, resumable)
+  "$M" train --config config/train_aliked_regressor.yaml --stage 2 --no-progress \
+    $([ -f out/train_aliked_regressor/stage2_state.pt ] && echo --resume)
+}
+eval_regressor_aliked() {  # the new ALIKED regressor against the shipped one and LightGlue: homographies (alpha sweep
+                           # of the new one), relative pose, what the regressors predict, the easy pair
+  local NEW=out/train_aliked_regressor/mambaglue_aliked.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue,mambaglue@$NEW,lightglue" \
+    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$NEW" --json out/eval_aliked_regressor.json \
+    --plots out/plots_aliked_regressor --threads 1 --no-progress
+  "$M" eval-pose --features aliked --methods "mambaglue,mambaglue@$NEW,lightglue" --json out/eval_pose_aliked_regressor.json \
+    --no-progress
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --features aliked --kinds homography,video,easy \
+    --methods "mambaglue,lightglue,mambaglue@$NEW" --json out/regressor_calibration_aliked.json
+  bench_easy "$NEW" aliked_regressor aliked
 }
 eval_ablations_xfeat_long() {  # the one-factor ablations of v2 that have finished, with v2 and its control (600-step
                                # regressors) in the same run: alpha 0.95 and full depth
@@ -166,7 +182,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

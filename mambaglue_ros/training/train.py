@@ -574,6 +574,14 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             raise RuntimeError(f"stage 2 changed matcher weights: {changed[:3]}")
         # the fp16 release checkpoint, checked by loading it back the way users do
         s1, s2 = summary.get("stage1") or {}, summary["stage2"]
+        matcher_meta = None
+        if stage == "2" and cfg["stage2"]["init"] not in ("best", "last"):  # the matcher is a released one: its
+            matcher_meta = W.load_checkpoint(cfg["stage2"]["init"], cfg["features"]).get("meta", {})  # stage 1 is
+            s1 = {"steps": matcher_meta.get("steps", {}).get("stage1"),  # that checkpoint's, carried over
+                  "batch_size": matcher_meta.get("batch_size", {}).get("stage1"),
+                  "wall_time_s": matcher_meta.get("wall_time_s", {}).get("stage1"),
+                  "validation_start": matcher_meta.get("validation", {}).get("stage1_start"),
+                  "validation_best": matcher_meta.get("validation", {}).get("stage1_best")}
         d = cfg["data"]
         meta = {
             "data": {"images": d["images"], "holdout_every": d["holdout_every"], "train_pairs": len(train_cache),
@@ -592,6 +600,11 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                            "stage2_last": s2.get("validation_last")},
             "config": {k: cfg[k] for k in ("model", "stage1", "stage2")},
         }
+        if matcher_meta is not None:  # where the frozen matcher came from: its data and commands
+            meta["matcher"] = {"from": used, "init": matcher_meta.get("init"), "data": matcher_meta.get("data"),
+                               "command": matcher_meta.get("command"),
+                               "stage1_config": (matcher_meta.get("config") or {}).get("stage1"),
+                               **({"matcher": matcher_meta["matcher"]} if "matcher" in matcher_meta else {})}
         path = export(net, cfg, out, meta)
         reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False)
         summary["export"] = {"path": str(path), "copied_to": cfg.get("export"), "size_mb": round(path.stat().st_size / 2**20, 2),

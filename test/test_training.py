@@ -258,6 +258,8 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     # the matcher's own training (stage 1 of the released checkpoint) is carried into the new metadata
     assert released["meta"]["steps"] == {"stage1": 5, "stage2": 2}
     assert released["meta"]["matcher"]["from"] == str(path) and released["meta"]["matcher"]["data"] == ckpt["meta"]["data"]
+    with pytest.raises(ValueError, match="run stage 2 alone"):
+        train(load_config(None, **again), "both", progress=False)
     with pytest.raises(ValueError, match="other network options"):
         train(load_config(None, **{**again, "model": {"scan_order": "score"}}), "2", progress=False)
 

@@ -544,6 +544,9 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     """Run stage 1, stage 2 or both for a config (see ``load_config``); returns the summary."""
     if int(cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(cfg["threads"]))
+    if stage != "2" and cfg["stage2"]["init"] not in ("best", "last"):
+        raise ValueError(f"stage2.init names a released checkpoint ({cfg['stage2']['init']}), whose matcher would "
+                         f"replace what stage 1 trains: run stage 2 alone (--stage 2)")
     out = Path(out_dir or cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -589,8 +592,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
-            "init": (f"LightGlue weights of {cfg['features']} (warm start)" if stage in ("1", "both")
-                     or cfg["stage2"]["init"] in ("best", "last") else f"matcher of {used}, regressors fresh"),
+            "init": (f"LightGlue weights of {cfg['features']} (warm start)" if matcher_meta is None
+                     else f"matcher of {used}, regressors fresh"),
             "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},
             "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
             "wall_time_s": {"stage1": s1.get("wall_time_s"), "stage2": s2["wall_time_s"], "cache": round(cache_s, 1)},

@@ -720,14 +720,19 @@ class MambaGlue(nn.Module):
                 "kept0": int(desc0.shape[1]), "kept1": int(desc1.shape[1])}  # points left after pruning
 
     def check_if_stop(self, token0, token1, layer_index, num_points, mask0=None, mask1=None) -> bool:
-        """Exit when, in every pair, the fraction of settled points reaches α.
+        """Exit when, in every pair, the fraction of settled points (``settled_fraction``) reaches α."""
+        ratio = self.settled_fraction(token0, token1, layer_index, num_points, mask0, mask1)
+        return bool((ratio >= self.conf["alpha"]).all())
+
+    def settled_fraction(self, token0, token1, layer_index, num_points, mask0=None, mask1=None) -> torch.Tensor:
+        """(B,) share of each pair's ``num_points`` taken as settled after layer ``layer_index``.
 
         ``exit_rule='count'`` (LightGlue): the points whose confidence exceeds λ_ℓ are counted as settled.
         ``'mean'``: the sum of the confidences is the expected number of settled points, which is exact in
         expectation for a calibrated regressor (ours is trained with BCE on exactly that event); the count
         rule instead leaves out every point below λ_ℓ however close, and so waits for a sharper regressor
-        than the network needs (docs/results.md, Early exit). Points pruned earlier count as settled (they
-        were confident when pruned), as in LightGlue.
+        than the network needs (docs/results.md, Early exit). Points pruned earlier (in ``num_points`` but
+        not in the tokens) count as settled (they were confident when pruned), as in LightGlue.
         """
         if self.conf["exit_rule"] == "mean":
             unsettled0, unsettled1 = 1.0 - token0.float(), 1.0 - token1.float()
@@ -737,8 +742,7 @@ class MambaGlue(nn.Module):
         if mask0 is not None:
             unsettled0, unsettled1 = unsettled0 * mask0, unsettled1 * mask1
         unconfident = unsettled0.sum(-1) + unsettled1.sum(-1)
-        ratio = 1.0 - unconfident / num_points.float()
-        return bool((ratio >= self.conf["alpha"]).all())
+        return 1.0 - unconfident / num_points.float()
 
     def pruning_mask(self, confidences, matchability, layer_index) -> torch.Tensor:
         """Keep points that may still match, and any point whose assignment is not settled yet."""

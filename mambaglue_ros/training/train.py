@@ -285,16 +285,14 @@ def validate(net: MambaGlue, cache: PairCache | None, cfg: dict[str, Any], batch
         add("conf_bce", float(closs), b)
         add("conf_acc", sum(accs) / len(accs), b)
         # per pair: matches at the final layer and at the simulated exit layer
-        conf_thr = net.confidence_thresholds
         for k in range(b):
             m0 = batch["mask0"][k]
             m1 = batch["mask1"][k]
             n0, n1 = int(m0.sum()), int(m1.sum())
             exit_layer = L - 1
             for li in range(L - 1):
-                c = torch.cat([out["confidence0"][li][k, :n0], out["confidence1"][li][k, :n1]])
-                # as check_if_stop: the share of settled points by the network's exit rule
-                settled = c.float().mean() if net.conf["exit_rule"] == "mean" else (c >= conf_thr[li]).float().mean()
+                settled = net.settled_fraction(out["confidence0"][li][k:k + 1, :n0], out["confidence1"][li][k:k + 1, :n1],
+                                               li, torch.tensor([n0 + n1]))
                 if float(settled) >= alpha:
                     exit_layer = li
                     break
@@ -483,14 +481,8 @@ def _curve_summary(history: list[dict[str, Any]], points: int = 10) -> list[dict
     return picked
 
 
-def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best", features: str | None = None) -> str:
-    """Load the best (or last) model of a finished stage into ``net``; returns which file was used.
-
-    ``which`` may also be the path of a released checkpoint (``weights.save_checkpoint``) of the same front end
-    and network options: stage 2 then trains fresh regressors on that checkpoint's frozen matcher.
-    """
-    if which not in ("best", "last"):
-        return _load_released_matcher(net, Path(which), features)
+def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best") -> str:
+    """Load the best (or last) model of a finished stage into ``net``; returns which file was used."""
     best = out / f"stage{stage}_best.pt"
     last = _state_path(out, stage)
     path = best if which == "best" and best.is_file() else last
@@ -509,9 +501,9 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
     return path.name
 
 
-def _load_released_matcher(net: MambaGlue, path: Path, features: str | None) -> str:
-    """The matcher of a released checkpoint into ``net`` (fp16 values widen exactly); regressors stay fresh."""
-    ckpt = W.load_checkpoint(path, features=features)
+def _load_released_matcher(net: MambaGlue, ckpt: dict[str, Any], path: str) -> None:
+    """The matcher of a released checkpoint (``weights.load_checkpoint``, read from ``path``) into ``net``, for
+    stage 2 alone: fp16 values widen exactly, the regressors stay fresh."""
     options = ("mixer", "regressor", "scan_order", "bidirectional", "mamba_message", "mamba_expand", "descriptor_dim",
                "n_layers", "num_heads", "d_state", "input_dim")
     differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in options if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
@@ -521,7 +513,6 @@ def _load_released_matcher(net: MambaGlue, path: Path, features: str | None) -> 
     saved = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("token_confidence.")}
     saved.update({k: v for k, v in own.items() if k.startswith("token_confidence.")})
     net.load_state_dict(saved, strict=True)
-    return str(path)
 
 
 def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any]) -> Path:
@@ -567,7 +558,13 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
         summary_path.write_text(json.dumps(summary, indent=1))
     if stage in ("2", "both"):
-        used = load_stage_weights(net, out, 1, cfg["stage2"]["init"], features=cfg["features"])
+        init = cfg["stage2"]["init"]
+        released = None  # the checkpoint whose matcher stage 2 starts from, when it is a released one
+        if init in ("best", "last"):
+            used = load_stage_weights(net, out, 1, init)
+        else:
+            released, used = W.load_checkpoint(init, features=cfg["features"]), str(init)
+            _load_released_matcher(net, released, used)
         matcher_before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("token_confidence.")}
         summary["stage2"] = run_stage(2, cfg, out, train_cache, val_cache, net, resume, progress)
         summary["stage2"]["matcher_from"] = used
@@ -577,10 +574,9 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             raise RuntimeError(f"stage 2 changed matcher weights: {changed[:3]}")
         # the fp16 release checkpoint, checked by loading it back the way users do
         s1, s2 = summary.get("stage1") or {}, summary["stage2"]
-        matcher_meta = None
-        if stage == "2" and cfg["stage2"]["init"] not in ("best", "last"):  # the matcher is a released one: its
-            matcher_meta = W.load_checkpoint(cfg["stage2"]["init"], cfg["features"]).get("meta", {})  # stage 1 is
-            s1 = {"steps": matcher_meta.get("steps", {}).get("stage1"),  # that checkpoint's, carried over
+        matcher_meta = None if released is None else released.get("meta", {})
+        if matcher_meta is not None:  # the matcher is a released one: its stage 1 is that checkpoint's, carried over
+            s1 = {"steps": matcher_meta.get("steps", {}).get("stage1"),
                   "batch_size": matcher_meta.get("batch_size", {}).get("stage1"),
                   "wall_time_s": matcher_meta.get("wall_time_s", {}).get("stage1"),
                   "validation_start": matcher_meta.get("validation", {}).get("stage1_start"),

@@ -103,6 +103,38 @@ eval_regressor_aliked() {  # the new ALIKED regressor against the shipped one an
     --methods "mambaglue,lightglue,mambaglue@$NEW" --json out/regressor_calibration_aliked.json
   bench_easy "$NEW" aliked_regressor aliked
 }
+regressor_xfeat() {  # issue 11: a 600-step, video-aware regressor on the shipped XFeat matcher (stage 2 only, resumable)
+  "$M" train --config config/train_xfeat_regressor.yaml --stage 2 --no-progress \
+    $([ -f out/train_xfeat_regressor/stage2_state.pt ] && echo --resume)
+}
+eval_regressor_xfeat() {  # the new XFeat regressor against the shipped one and LighterGlue, as eval_regressor_aliked
+  local NEW=out/train_xfeat_regressor/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue,mambaglue@$NEW,lightglue" \
+    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$NEW" --json out/eval_xfeat_regressor.json \
+    --plots out/plots_xfeat_regressor --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue,mambaglue@$NEW,lightglue" --json out/eval_pose_xfeat_regressor.json \
+    --no-progress
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --features xfeat --kinds homography,video,easy \
+    --methods "mambaglue,lightglue,mambaglue@$NEW" --json out/regressor_calibration_xfeat.json
+  bench_easy "$NEW" xfeat_regressor xfeat
+}
+aliked_control() {  # issue 11: the ALIKED attention-only control: the shipped matcher's stage-1 budget (418 steps, same data),
+                    # then the shipped regressor's recipe (600 video-aware steps) on its frozen matcher; resumable
+  "$M" train --config config/ablations/aliked_attention.yaml --stage 1 --no-progress \
+    $([ -f out/ablation_aliked_attention/stage1_state.pt ] && echo --resume)
+  mkdir -p out/ablation_aliked_attention_reg600
+  cp out/ablation_aliked_attention/stage1_best.pt out/ablation_aliked_attention_reg600/
+  "$M" train --config config/ablations/aliked_attention_regressor.yaml --stage 2 --no-progress \
+    $([ -f out/ablation_aliked_attention_reg600/stage2_state.pt ] && echo --resume)
+}
+eval_aliked_control() {  # the control on the pairs of eval_regressor_aliked (same command, seed and keypoints: its
+                         # accuracy columns compare with that run's; times only within one run)
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
+    --methods "mambaglue@out/ablation_aliked_attention_reg600/mambaglue_aliked.pt" --alphas none \
+    --json out/eval_aliked_control.json --threads 1 --no-progress
+  "$M" eval-pose --features aliked --methods "mambaglue@out/ablation_aliked_attention_reg600/mambaglue_aliked.pt" \
+    --json out/eval_pose_aliked_control.json --no-progress
+}
 eval_ablations_xfeat_long() {  # the one-factor ablations of v2 that have finished, with v2 and its control (600-step
                                # regressors) in the same run: alpha 0.95 and full depth
   local V2=out/train_xfeat_v2_long_reg600/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_attention_long_reg600/mambaglue_xfeat.pt
@@ -182,7 +214,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -266,7 +266,7 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
 
 def test_config_files_parse():
     root = Path(__file__).resolve().parents[1]
-    for name in ("train_xfeat.yaml", "train_aliked.yaml", "train_aliked_regressor.yaml"):
+    for name in ("train_xfeat.yaml", "train_aliked.yaml", "train_aliked_regressor.yaml", "train_xfeat_regressor.yaml"):
         cfg = load_config(root / "config" / name)
         assert cfg["features"] in name and cfg["stage1"]["lr_new"] > cfg["stage1"]["lr"]
     # every training and ablation config loads and builds its network; each XFeat v2 ablation differs from
@@ -279,6 +279,26 @@ def test_config_files_parse():
             changed = [k for k in cfg["model"] if cfg["model"][k] != base["model"][k]]
             assert len(changed) == 1, (path.name, changed)
             assert {k for k in cfg if k != "model" and cfg[k] != base[k]} == {"out_dir"}, path.name
+    # the ALIKED attention-only control has the shipped ALIKED runs' data and budget; only the mixer differs
+    def differences(a: dict, b: dict, prefix: str = "") -> set[str]:
+        keys = set(a) | set(b)
+        out = set()
+        for k in keys:
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                out |= differences(a[k], b[k], f"{prefix}{k}.")
+            elif a.get(k) != b.get(k):
+                out.add(prefix + k)
+        return out
+
+    shipped, control = (load_config(root / "config" / p) for p in ("train_aliked.yaml", "ablations/aliked_attention.yaml"))
+    assert differences(shipped, control) == {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
+    assert control["model"]["mixer"] == "attention" and control["stage1"]["max_steps"] == 418
+    shipped, control = (load_config(root / "config" / p) for p in ("train_aliked_regressor.yaml",
+                                                                   "ablations/aliked_attention_regressor.yaml"))
+    assert differences(shipped, control) == {"model.mixer", "out_dir", "stage2.init"}
+    # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
+    xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
+    assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat.pt")
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, stage1={"learning_rate": 1.0})
 

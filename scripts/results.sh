@@ -127,6 +127,15 @@ aliked_control() {  # issue 11: the ALIKED attention-only control: the shipped m
   "$M" train --config config/ablations/aliked_attention_regressor.yaml --stage 2 --no-progress \
     $([ -f out/ablation_aliked_attention_reg600/stage2_state.pt ] && echo --resume)
 }
+xfeat_v1_control() {  # issue 11: the attention-only control of the shipped v1 XFeat matcher (837 steps, its data), then
+                      # the regressor recipe of regressor_xfeat on its frozen matcher; resumable
+  "$M" train --config config/ablations/xfeat_v1_attention.yaml --stage 1 --no-progress \
+    $([ -f out/ablation_xfeat_v1_attention/stage1_state.pt ] && echo --resume)
+  mkdir -p out/ablation_xfeat_v1_attention_reg600
+  cp out/ablation_xfeat_v1_attention/stage1_best.pt out/ablation_xfeat_v1_attention_reg600/
+  "$M" train --config config/ablations/xfeat_v1_attention_regressor.yaml --stage 2 --no-progress \
+    $([ -f out/ablation_xfeat_v1_attention_reg600/stage2_state.pt ] && echo --resume)
+}
 eval_aliked_control() {  # the control on the pairs of eval_regressor_aliked (same command, seed and keypoints: its
                          # accuracy columns compare with that run's; times only within one run)
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
@@ -214,7 +223,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -296,6 +296,12 @@ def test_config_files_parse():
     shipped, control = (load_config(root / "config" / p) for p in ("train_aliked_regressor.yaml",
                                                                    "ablations/aliked_attention_regressor.yaml"))
     assert differences(shipped, control) == {"model.mixer", "out_dir", "stage2.init"}
+    shipped, control = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "ablations/xfeat_v1_attention.yaml"))
+    assert differences(shipped, control) == {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
+    assert control["stage1"]["max_steps"] == 837
+    shipped, control = (load_config(root / "config" / p) for p in ("train_xfeat_regressor.yaml",
+                                                                   "ablations/xfeat_v1_attention_regressor.yaml"))
+    assert differences(shipped, control) == {"model.mixer", "out_dir", "stage2.init"}
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
     assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat.pt")

@@ -132,3 +132,25 @@ def test_folded_batchnorm_gives_the_same_features(photo):
     np.testing.assert_array_equal(folded.keypoints.numpy(), plain.keypoints.numpy())
     torch.testing.assert_close(folded.descriptors, plain.descriptors, rtol=0, atol=1e-4)
     torch.testing.assert_close(folded.scores, plain.scores, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["xfeat", "aliked"])
+def test_channels_last_gives_the_same_features(name, photo):
+    """On the CPU XFeat and ALIKED run in channels-last layout (faster there). Against torch's default layout:
+    XFeat finds the same keypoints; ALIKED's sub-pixel refinement moves a few points by a fraction of a pixel
+    (float rounding flips discrete choices), every point has its counterpart within 0.5 px and most are equal.
+    Descriptors of equal points agree to float rounding."""
+    fe = FeatureExtractor(name, max_keypoints=512)
+    assert fe.channels_last and fe.device.type == "cpu"
+    fast = fe.extract(photo)
+    fe.net, fe.channels_last = fe.net.to(memory_format=torch.contiguous_format), False
+    plain = fe.extract(photo)
+    assert len(fast) == len(plain) > 100
+    dist, nearest = torch.cdist(plain.keypoints, fast.keypoints).min(1)
+    equal = dist == 0
+    if name == "xfeat":
+        assert equal.all()
+    assert dist.max() < 0.5 and equal.float().mean() > 0.8, (dist.max(), equal.float().mean())
+    torch.testing.assert_close(fast.descriptors[nearest[equal]], plain.descriptors[equal], rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.scores[nearest[equal]], plain.scores[equal], rtol=0, atol=1e-4)
+    assert not FeatureExtractor("disk", max_keypoints=64).channels_last  # not measured: default layout

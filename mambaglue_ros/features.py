@@ -35,8 +35,9 @@ MATCHER_CONF: dict[str, dict[str, Any]] = {
 FRONT_ENDS = tuple(MATCHER_CONF)
 MIN_IMAGE_SIDE = 16  # below this no front end has a receptive field to work with
 # Front ends whose convolutions run in channels-last (NHWC) layout on the CPU: oneDNN's NHWC kernels are faster
-# there (one thread, 640x480: XFeat 49 -> 42 ms, ALIKED-n16 681 -> 443 ms; docs/results.md). The outputs are the
-# same to float rounding; measured per front end, so the others keep torch's default layout.
+# there (`mambaglue bench --extractors xfeat,xfeat+nchw,aliked,aliked+nchw,disk,disk+nchw --threads 1`, 640x480:
+# XFeat 61 -> 52 ms, ALIKED-n16 821 -> 652 ms, DISK no gain; docs/results.md). The outputs are the same to float
+# rounding; measured per front end, so the others keep torch's default layout.
 CHANNELS_LAST_ON_CPU = ("xfeat", "aliked")
 
 
@@ -115,11 +116,14 @@ class FeatureExtractor(torch.nn.Module):
             keypoints are localised worse: homography AUC@3px 0.32 -> 0.24 at 512 XFeat keypoints, see
             docs/results.md); 'fp16' (autocast, CUDA only: on a CPU it is fp32). Keypoints, descriptors and
             scores are returned in float32 either way.
+        channels_last: run the convolutions in channels-last (NHWC) layout; None = on the CPU for the front
+            ends in ``CHANNELS_LAST_ON_CPU``, where it was measured to be faster.
     """
 
     def __init__(self, name: str = "aliked", max_keypoints: int = 1024, detection_threshold: float | None = None,
                  resize_max: int | None = None, device: str | torch.device = "cpu",
-                 weights: str | None = None, fp16: bool = False, precision: str = "fp32") -> None:
+                 weights: str | None = None, fp16: bool = False, precision: str = "fp32",
+                 channels_last: bool | None = None) -> None:
         super().__init__()
         if name not in FRONT_ENDS:
             raise ValueError(f"unknown feature front end {name!r}; choose from {FRONT_ENDS}")
@@ -136,7 +140,8 @@ class FeatureExtractor(torch.nn.Module):
         self.precision = "fp32" if precision == "fp16" and self.device.type != "cuda" else precision
         self.descriptor_dim = MATCHER_CONF[name]["input_dim"]
         self.net = fold_batchnorm(self._build(name, weights).eval()).to(self.device)
-        self.channels_last = self.device.type == "cpu" and name in CHANNELS_LAST_ON_CPU
+        self.channels_last = (self.device.type == "cpu" and name in CHANNELS_LAST_ON_CPU) if channels_last is None \
+            else bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

@@ -282,15 +282,21 @@ def resolve_device(name: str) -> torch.device:
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def make_extractor(name: str, device: torch.device, keypoints: int, tmpdir: str) -> FeatureExtractor:
-    """A front end; SuperPoint gets random weights (none ship: the timing does not depend on them)."""
+    """A front end; SuperPoint gets random weights (none ship: the timing does not depend on them).
+    ``NAME+nchw``: the front end in torch's default memory layout instead of its own choice (channels-last on
+    the CPU for some), to time the layouts in one run."""
+    name, _, layout = name.partition("+")
+    if layout not in ("", "nchw"):
+        raise ValueError(f"unknown extractor variant {layout!r} (only '+nchw')")
+    kwargs = {"channels_last": False} if layout else {}
     if name != "superpoint":
-        return FeatureExtractor(name, max_keypoints=keypoints, device=device)
+        return FeatureExtractor(name, max_keypoints=keypoints, device=device, **kwargs)
     from ..models.superpoint import SuperPoint
 
     torch.manual_seed(0)
     path = Path(tmpdir) / "superpoint_random.pth"
     torch.save(SuperPoint().state_dict(), path)
-    return FeatureExtractor("superpoint", max_keypoints=keypoints, device=device, weights=str(path))
+    return FeatureExtractor("superpoint", max_keypoints=keypoints, device=device, weights=str(path), **kwargs)
 
 
 def bench_extractors(names: list[str], repeats: int, warmup: int, device: torch.device) -> dict[str, Any]:
@@ -524,8 +530,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated keypoint budgets per image")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--extractors", type=_name_list(FRONT_ENDS), default=FRONT_ENDS,
-                   help="front ends to time at 640x480 (comma-separated, 'none' for none)")
+    p.add_argument("--extractors", type=_name_list(FRONT_ENDS + tuple(f"{n}+nchw" for n in FRONT_ENDS)),
+                   default=FRONT_ENDS, help="front ends to time at 640x480 (comma-separated, 'none' for none; "
+                                            "NAME+nchw: in torch's default memory layout, e.g. xfeat,xfeat+nchw)")
     p.add_argument("--methods", type=_name_list(METHODS), default=METHODS, help="comma-separated matchers")
     p.add_argument("--weights", default=None, help="MambaGlue weights (default: Matcher's default)")
     p.add_argument("--device", default="auto")

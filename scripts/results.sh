@@ -136,13 +136,24 @@ xfeat_v1_control() {  # issue 11: the attention-only control of the shipped v1 X
   "$M" train --config config/ablations/xfeat_v1_attention_regressor.yaml --stage 2 --no-progress \
     $([ -f out/ablation_xfeat_v1_attention_reg600/stage2_state.pt ] && echo --resume)
 }
-eval_aliked_control() {  # the control on the pairs of eval_regressor_aliked (same command, seed and keypoints: its
-                         # accuracy columns compare with that run's; times only within one run)
+aliked_control_fulldepth() {  # the control's stage-1 matcher as a checkpoint, for full-depth comparisons before its stage 2
+                              # ends (one regressor step: the regressors are not used at full depth)
+  mkdir -p out/ablation_aliked_attention_fulldepth
+  cp out/ablation_aliked_attention/stage1_best.pt out/ablation_aliked_attention_fulldepth/
+  "$M" train --config config/ablations/aliked_attention.yaml --stage 2 --max-steps 1 --out out/ablation_aliked_attention_fulldepth \
+    --no-progress
+}
+eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
-    --methods "mambaglue@out/ablation_aliked_attention_reg600/mambaglue_aliked.pt" --alphas none \
+    --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
+    --json out/eval_aliked_control_fulldepth.json --threads 1 --no-progress
+}
+eval_aliked_control() {  # at the default alpha, with the control's 600-step regressor: shipped, control, LightGlue; one run
+  local CTRL=out/ablation_aliked_attention_reg600/mambaglue_aliked.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue,mambaglue@$CTRL,lightglue" \
     --json out/eval_aliked_control.json --threads 1 --no-progress
-  "$M" eval-pose --features aliked --methods "mambaglue@out/ablation_aliked_attention_reg600/mambaglue_aliked.pt" \
-    --json out/eval_pose_aliked_control.json --no-progress
+  "$M" eval-pose --features aliked --methods "mambaglue,mambaglue@$CTRL,lightglue" --json out/eval_pose_aliked_control.json \
+    --no-progress
 }
 eval_ablations_xfeat_long() {  # the one-factor ablations of v2 that have finished, with v2 and its control (600-step
                                # regressors) in the same run: alpha 0.95 and full depth
@@ -223,7 +234,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

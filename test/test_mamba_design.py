@@ -210,3 +210,6 @@ def test_eval_method_suffixes_turn_off_pruning_and_set_precision():
         parse_methods("mambaglue+prune")
     assert build_matcher("mambaglue+noprune", "xfeat").net.conf["pruning"] is False
     assert build_matcher("mambaglue", "xfeat").net.conf["pruning"] is True
+    full = build_matcher("lightglue+fulldepth", "xfeat")
+    assert full.alpha is None and full.net.conf["early_exit"] is False
+    assert build_matcher("lightglue", "xfeat").net.conf["early_exit"] is True

@@ -214,13 +214,13 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ methods
 METHOD_SUFFIXES = {"+bf16": {"precision": "bf16"}, "+noprune": {"pruning": False},
-                   "+meanexit": {"exit_rule": "mean"}}
+                   "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}}
 
 
 def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
     """``"mambaglue+noprune+bf16"`` -> ``("mambaglue", {"pruning": False, "precision": "bf16"})``: the base
     method and the Matcher options of its suffixes (``+bf16`` autocast, ``+noprune`` pruning off,
-    ``+meanexit`` the early exit's mean-confidence rule)."""
+    ``+meanexit`` the early exit's mean-confidence rule, ``+fulldepth`` early exit off: every layer runs)."""
     options: dict[str, Any] = {"precision": "fp32"}
     found = True
     while found:
@@ -239,7 +239,7 @@ def parse_methods(text: str) -> list[str]:
     for m in methods:
         base = split_suffixes(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
-            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16, +noprune, +meanexit)")
+            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16, +noprune, +meanexit, +fulldepth)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):

@@ -136,6 +136,15 @@ xfeat_v1_control() {  # issue 11: the attention-only control of the shipped v1 X
   "$M" train --config config/ablations/xfeat_v1_attention_regressor.yaml --stage 2 --no-progress \
     $([ -f out/ablation_xfeat_v1_attention_reg600/stage2_state.pt ] && echo --resume)
 }
+eval_xfeat_v1_control() {  # the shipped XFeat matcher with the video-aware regressor (regressor_xfeat) against its
+                           # control with the same regressor recipe (xfeat_v1_control), LighterGlue and the shipped
+                           # file; alpha 0.95 and full depth, one run; relative pose
+  local NEW=out/train_xfeat_regressor/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_v1_attention_reg600/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue,mambaglue@$NEW,mambaglue@$CTRL,lightglue" \
+    --alphas none --json out/eval_xfeat_v1_control.json --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue@$NEW,mambaglue@$CTRL,lightglue" --json out/eval_pose_xfeat_v1_control.json \
+    --no-progress
+}
 aliked_control_fulldepth() {  # the control's stage-1 matcher as a checkpoint, for full-depth comparisons before its stage 2
                               # ends (one regressor step: the regressors are not used at full depth)
   mkdir -p out/ablation_aliked_attention_fulldepth
@@ -234,7 +243,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

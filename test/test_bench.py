@@ -20,7 +20,7 @@ def test_bench_cli_json_fields(tmp_path):
     out = tmp_path / "bench" / "out.json"
     plots = tmp_path / "plots"
     rc = cli_main(["bench", "--json", str(out), "--plots", str(plots), "--features", "xfeat", "--keypoints", "128",
-                   "--repeats", "1", "--warmup", "0", "--extractors", "xfeat,xfeat+nchw,superpoint",
+                   "--repeats", "1", "--warmup", "0", "--extractors", "xfeat,xfeat+nchw,xfeat+kornia,superpoint",
                    "--threads", "1", "--device", "cpu"])
     assert rc == 0
     r = json.loads(out.read_text())
@@ -62,8 +62,10 @@ def test_bench_cli_json_fields(tmp_path):
     assert 0 < n0 <= 128 and 0 < n1 <= 128
     assert r["image_size"]["128"] == [640, 480]
     assert r["frontend_extract_ms"]["128"] > 0
-    assert set(r["extractor_ms"]) == {"xfeat", "xfeat+nchw", "superpoint"}  # SuperPoint with random weights
+    # SuperPoint with random weights
+    assert set(r["extractor_ms"]) == {"xfeat", "xfeat+nchw", "xfeat+kornia", "superpoint"}
     assert r["extractor_keypoints"]["xfeat+nchw"] == r["extractor_keypoints"]["xfeat"]  # the layout changes no point
+    assert r["extractor_keypoints"]["xfeat+kornia"] == r["extractor_keypoints"]["xfeat"]
     assert all(v > 0 for v in r["extractor_ms"].values())
     assert all(isinstance(v, int) for v in r["extractor_keypoints"].values())
     # every ratio is the quotient of the two medians it names (the tables print these)
@@ -75,7 +77,8 @@ def test_bench_cli_json_fields(tmp_path):
 
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     assert {row["name"] for row in rows if row["kind"] == "matcher"} == set(bench.METHODS)
-    assert {row["name"] for row in rows if row["kind"] == "extractor"} == {"xfeat", "xfeat+nchw", "superpoint"}
+    assert {row["name"] for row in rows if row["kind"] == "extractor"} == {"xfeat", "xfeat+nchw", "xfeat+kornia",
+                                                                           "superpoint"}
     assert (plots / "bench_matcher_xfeat.png").stat().st_size > 0
     assert (plots / "bench_extractors.png").stat().st_size > 0
 

@@ -10,7 +10,7 @@ import torch
 
 from mambaglue_ros import weights as W
 from mambaglue_ros.cli import main as cli_main
-from mambaglue_ros.features import FeatureExtractor, to_tensor_image
+from mambaglue_ros.features import FeatureExtractor, strict_local_maxima_5x5, to_tensor_image
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -154,3 +154,35 @@ def test_channels_last_gives_the_same_features(name, photo):
     torch.testing.assert_close(fast.descriptors[nearest[equal]], plain.descriptors[equal], rtol=0, atol=1e-4)
     torch.testing.assert_close(fast.scores[nearest[equal]], plain.scores[equal], rtol=0, atol=1e-4)
     assert not FeatureExtractor("disk", max_keypoints=64).channels_last  # not measured: default layout
+
+
+def test_strict_local_maxima_is_kornias_nms():
+    """The XFeat NMS mask equals kornia's nms2d (5x5, strict) to the bit: plateaus and ties (maps quantised to a
+    few levels), NaNs, negative values, maps smaller than the window, and a batch of several channels."""
+    from kornia.geometry.subpix import nms2d
+
+    gen = torch.Generator().manual_seed(0)
+    for levels, shape in [(8, (1, 1, 40, 56)), (20, (2, 3, 33, 17)), (10**6, (1, 1, 64, 80)), (5, (1, 1, 6, 5))]:
+        x = torch.randint(0, levels, shape, generator=gen).float() - levels / 2
+        x[..., 3, 4] = float("nan")
+        expected = nms2d(x, (5, 5), mask_only=True)
+        assert torch.equal(strict_local_maxima_5x5(x), expected), (levels, shape)
+        assert expected.any() or levels == 5  # the comparison is not between two empty masks
+    assert not strict_local_maxima_5x5(torch.rand(1, 1, 4, 40)).any()  # no 5x5 window fits
+
+
+@pytest.mark.parametrize("size", [(640, 480), (500, 375)])
+def test_xfeat_fast_paths_give_kornias_features(photo, size):
+    """XFeat's faster NMS and the skipped same-size resampling (``features.xfeat_class``) give kornia's own
+    keypoints, scores and descriptors to the bit: at 640x480 (sides multiple of 32: no resampling) and at
+    500x375 (kornia resamples to 480x352 either way)."""
+    image = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+    fe = FeatureExtractor("xfeat", max_keypoints=1024)
+    assert fe.net.fast_paths
+    fast = fe.extract(image)
+    fe.net.fast_paths = False  # kornia's NMS and preprocessing
+    plain = fe.extract(image)
+    assert len(fast) == len(plain) > 300
+    for a, b in [(fast.keypoints, plain.keypoints), (fast.scores, plain.scores),
+                 (fast.descriptors, plain.descriptors)]:
+        assert torch.equal(a, b)

@@ -284,13 +284,17 @@ def resolve_device(name: str) -> torch.device:
 def make_extractor(name: str, device: torch.device, keypoints: int, tmpdir: str) -> FeatureExtractor:
     """A front end; SuperPoint gets random weights (none ship: the timing does not depend on them).
     ``NAME+nchw``: the front end in torch's default memory layout instead of its own choice (channels-last on
-    the CPU for some), to time the layouts in one run."""
-    name, _, layout = name.partition("+")
-    if layout not in ("", "nchw"):
-        raise ValueError(f"unknown extractor variant {layout!r} (only '+nchw')")
-    kwargs = {"channels_last": False} if layout else {}
+    the CPU for some), to time the layouts in one run. ``xfeat+kornia``: XFeat with kornia's own NMS and
+    preprocessing (``features.xfeat_class``'s ``fast_paths`` off)."""
+    name, _, variant = name.partition("+")
+    if variant not in ("", "nchw", "kornia") or (variant == "kornia" and name != "xfeat"):
+        raise ValueError(f"unknown extractor variant {name}+{variant} (NAME+nchw, xfeat+kornia)")
+    kwargs = {"channels_last": False} if variant == "nchw" else {}
     if name != "superpoint":
-        return FeatureExtractor(name, max_keypoints=keypoints, device=device, **kwargs)
+        extractor = FeatureExtractor(name, max_keypoints=keypoints, device=device, **kwargs)
+        if variant == "kornia":
+            extractor.net.fast_paths = False
+        return extractor
     from ..models.superpoint import SuperPoint
 
     torch.manual_seed(0)
@@ -530,9 +534,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated keypoint budgets per image")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--extractors", type=_name_list(FRONT_ENDS + tuple(f"{n}+nchw" for n in FRONT_ENDS)),
+    p.add_argument("--extractors", type=_name_list(FRONT_ENDS + tuple(f"{n}+nchw" for n in FRONT_ENDS)
+                                                   + ("xfeat+kornia",)),
                    default=FRONT_ENDS, help="front ends to time at 640x480 (comma-separated, 'none' for none; "
-                                            "NAME+nchw: in torch's default memory layout, e.g. xfeat,xfeat+nchw)")
+                                            "NAME+nchw: in torch's default memory layout, e.g. xfeat,xfeat+nchw; "
+                                            "xfeat+kornia: kornia's own NMS and preprocessing)")
     p.add_argument("--methods", type=_name_list(METHODS), default=METHODS, help="comma-separated matchers")
     p.add_argument("--weights", default=None, help="MambaGlue weights (default: Matcher's default)")
     p.add_argument("--device", default="auto")

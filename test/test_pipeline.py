@@ -368,3 +368,15 @@ def test_openmp_is_told_not_to_spin_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.split() == ["False", "PASSIVE"], out.stderr
+
+
+@pytest.mark.parametrize("user_value", [None, "0"])
+def test_package_asks_for_huge_pages_before_torch_loads(user_value):
+    """``import mambaglue_ros`` sets PyTorch's THP_MEM_ALLOC_ENABLE (large CPU tensors on huge pages) without
+    importing torch, so torch reads it when it loads; a value the user set is kept."""
+    code = "import os, sys; import mambaglue_ros; print('torch' in sys.modules, os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if user_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user_value
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["False", user_value or "1"], out.stderr

@@ -5,7 +5,7 @@ import pkgutil
 # Large CPU tensors on transparent huge pages (PyTorch's own switch; the kernel must allow THP, "madvise" or
 # "always"). Every fresh buffer of ALIKED's and DISK's full-resolution feature maps (40-160 MB each) otherwise costs
 # one page fault per 4 KiB, on every image: ALIKED-n16 853 -> 478 ms and DISK 3533 -> 2841 ms per 640x480 image on
-# one CPU thread, XFeat 50 -> 47 ms, peak memory +60-130 MB (docs/results.md, Speed). PyTorch reads the variable
+# one CPU thread, XFeat 50 -> 47 ms, peak memory +30-130 MB (docs/results.md, Speed). PyTorch reads the variable
 # once, at its first allocation (when torch is imported), so it is set here, before this package imports torch; a
 # program that imports torch first sets it itself. A value the user set is kept: 0 turns it off (where huge pages
 # are scarce and the kernel compacts memory on demand, a page fault can then stall).

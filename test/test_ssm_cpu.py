@@ -63,6 +63,27 @@ def test_kernel_takes_low_precision_inputs_like_the_torch_scan():
 
 
 @needs_kernel
+@pytest.mark.parametrize("b, L, d, k, pad", [(1, 1, 1, 5, 2), (2, 3, 7, 5, 2), (2, 300, 48, 5, 2), (1, 0, 8, 5, 2),
+                                             (1, 64, 16, 4, 3), (1, 50, 16, 3, 0)])
+def test_fused_conv_silu_matches_torch(b, L, d, k, pad):
+    g = torch.Generator().manual_seed(L + k)
+    conv = torch.nn.Conv1d(d, d, k, padding=pad, groups=d, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        conv.bias.copy_(torch.randn(d, generator=g))
+        xz = torch.randn(b, L, 2 * d, generator=g) * 3
+        u = xz[..., :d]  # in_proj's x half: a strided slice, read in place
+        ref = torch.nn.functional.silu(mg.depthwise_conv(u, conv))  # the torch path of the network
+        out = ssm_cpu.depthwise_conv_silu_cpu(u, conv)
+    assert out.shape == (b, L, d) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if L and 2 * pad >= k - 1:  # nn.Conv1d (padding on both sides) covers these: its first L outputs
+        with torch.no_grad():
+            full = torch.nn.functional.silu(conv(u.transpose(1, 2))[..., :L].transpose(1, 2))
+        torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version):
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ssm import cuda_scan_available, selective_scan, triton_scan_available
-from .ssm_cpu import kernel_enabled, selective_scan_cpu
+from .ssm_cpu import depthwise_conv_silu_cpu, kernel_enabled, selective_scan_cpu
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -165,7 +165,8 @@ class MambaBranch(nn.Module):
             # Zeroed padding = the conv's own zero padding; after the conv it is zeroed again so that the
             # reversed scan, which meets the padding first, starts its real tokens from a zero state.
             u = u * mask[..., None].to(u.dtype)
-        u = F.silu(depthwise_conv(u, self.conv1d))
+        # The C++ kernel's conv + SiLU in one pass where the scan kernel applies (same sum, float32 rounding)
+        u = depthwise_conv_silu_cpu(u, self.conv1d) if use_cpu_kernel(u) else F.silu(depthwise_conv(u, self.conv1d))
         if mask is not None and self.bidirectional:
             u = u * mask[..., None].to(u.dtype)
         dt, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)

@@ -3,7 +3,9 @@
 Why. On a CPU the torch scan (``selective_scan_inference``) is ~4T + L/T small ops plus a (b, L, N, d)
 buffer of decays; it is 3/4 of the Mamba branch's time and the main reason MambaGlue costs more than
 LightGlue per layer. The C++ loop keeps the state in cache and computes each decay where it is used:
-3-4x faster on this project's CPU, equal to float32 rounding (``test/test_ssm_cpu.py``).
+3-4x faster on this project's CPU, equal to float32 rounding (``test/test_ssm_cpu.py``). The same source
+has the branch's depthwise conv + SiLU in one pass (``depthwise_conv_silu_cpu``), which torch runs as k + 2
+passes over the sequence.
 
 How it is built. ``torch.utils.cpp_extension`` compiles the source with the machine's C++ compiler and
 ninja (``-O3 -ffast-math -march=native``: the channel loop vectorises, exp2 through glibc's vector math
@@ -37,8 +39,8 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "kernel_enabled", "selective_scan_cpu", "kernel_dir",
-           "torch_scan_only"]
+__all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "depthwise_conv_silu_cpu", "kernel_enabled",
+           "selective_scan_cpu", "kernel_dir", "torch_scan_only"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
@@ -172,11 +174,21 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return y.to(u.dtype)
 
 
+def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d, module: Optional[ModuleType] = None) -> torch.Tensor:
+    """``F.silu(depthwise_conv(u, conv))`` (u (b, L, d) -> (b, L, d), in u's dtype) in one pass through the C++
+    kernel (``module``, default the loaded ``cpu_scan()``), computed in float32. u may be a slice of a wider
+    tensor (the x half of in_proj's output): it is read in place. Call only where a kernel is available."""
+    f32 = torch.float32
+    out = (module or cpu_scan()).depthwise_conv_silu(u.to(f32), conv.weight[:, 0].to(f32), conv.bias.to(f32),
+                                                     conv.padding[0])
+    return out.to(u.dtype)
+
+
 def main() -> int:
     """Build this machine's kernel and check it against the torch scan (``scripts/setup.sh`` runs this)."""
     import argparse
 
-    from mambaglue_ros.models.mambaglue import selective_scan_inference
+    from mambaglue_ros.models.mambaglue import depthwise_conv, selective_scan_inference
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--verbose", action="store_true")
@@ -190,12 +202,17 @@ def main() -> int:
     D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.1
     ref = selective_scan_inference(u, delta, A, B, C, D, bias)
     err = float((selective_scan_cpu(u, delta, A, B, C, D, bias, module=module) - ref).abs().max() / ref.abs().max())
+    conv = torch.nn.Conv1d(d, d, 5, padding=2, groups=d)
+    with torch.no_grad():
+        conv_ref = torch.nn.functional.silu(depthwise_conv(u, conv))
+        conv_err = float((depthwise_conv_silu_cpu(u, conv, module=module) - conv_ref).abs().max() / conv_ref.abs().max())
     where = kernel_dir() / extension_name()
-    if not err < 1e-5:  # a build that computes something else must never be loaded: remove it
+    if not (err < 1e-5 and conv_err < 1e-5):  # a build that computes something else must never be loaded: remove it
         shutil.rmtree(where, ignore_errors=True)
-        print(f"CPU selective-scan kernel differs from the torch scan (max relative {err:.1e}): removed {where}")
+        print(f"CPU kernels differ from torch (scan {err:.1e}, conv {conv_err:.1e}, max relative): removed {where}")
         return 1
-    print(f"CPU selective-scan kernel built in {where}; max relative difference to the torch scan {err:.1e}")
+    print(f"CPU selective-scan kernel built in {where}; max relative difference to torch: scan {err:.1e}, "
+          f"conv + SiLU {conv_err:.1e}")
     return 0
 
 

@@ -1,0 +1,99 @@
+"""Time a change to the C++ CPU kernels (``models/selective_scan_cpu.cpp``) in one process, against an older source.
+
+The noise between separate processes on a shared 2-vCPU machine (±5 % on the same code) is larger than a
+kernel change moves the whole network, so both kernels run in the same process, interleaved pair by pair with
+our LightGlue (``mixer='attention'``) on the same keypoints at full depth:
+
+- ``before``: the network with ``--old-source``'s scan (built here into a temporary folder) and the torch
+  depthwise conv + SiLU (what the network ran before the kernel had a conv);
+- ``after``: the network as it runs now (this checkout's built kernel, ``scripts/setup.sh``);
+- ``lightglue``: the attention-only network.
+
+Checks first that before and after give the same matches, then prints median ms per pair and the ratios.
+
+    git show 5df64c2:mambaglue_ros/models/selective_scan_cpu.cpp > /tmp/old_scan.cpp
+    python benchmarks/kernel_ab.py --old-source /tmp/old_scan.cpp --features xfeat --keypoints 1024 --repeats 25
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mambaglue_ros.evaluation import bench
+from mambaglue_ros.models import mambaglue as mg
+from mambaglue_ros.models import ssm_cpu
+
+
+def build_old(source: Path, where: Path):
+    from torch.utils.cpp_extension import load
+
+    return load(name="mambaglue_scan_cpu_before", sources=[str(source)], extra_cflags=ssm_cpu.CFLAGS,
+                build_directory=str(where))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old-source", type=Path, required=True, help="the older selective_scan_cpu.cpp")
+    p.add_argument("--features", default="xfeat", choices=("xfeat", "aliked", "disk"))
+    p.add_argument("--keypoints", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=25)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if ssm_cpu.cpu_scan() is None:
+        raise SystemExit(f"this checkout's kernel is not available: {ssm_cpu.cpu_scan_status()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        old = build_old(args.old_source, Path(tmp))
+    new_scan, new_conv = mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu
+
+    def old_scan(*a):
+        return ssm_cpu.selective_scan_cpu(*a, module=old)
+
+    def old_conv(u, conv):
+        return F.silu(mg.depthwise_conv(u, conv))
+
+    device = torch.device("cpu")
+    img0, img1 = bench.photo_pair(args.keypoints)
+    f0, f1 = bench.extract_pair(args.features, args.keypoints, img0, img1, device)
+    data = bench.network_inputs(f0, f1, device)
+    net, source = bench.build(args.features, None, device, adaptive=False)
+    lightglue, _ = bench.build(args.features, "lightglue", device, adaptive=False, mixer="attention",
+                               regressor="linear")
+
+    def before():
+        mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu = old_scan, old_conv
+        try:
+            return net(data)
+        finally:
+            mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu = new_scan, new_conv
+
+    calls = {"before": before, "after": lambda: net(data), "lightglue": lambda: lightglue(data)}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.inference_mode():
+        if not torch.equal(before()["matches0"], net(data)["matches0"]):
+            raise SystemExit("before and after give different matches")
+        for fn in calls.values():
+            fn()  # warm-up
+        for _ in range(args.repeats):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{args.features}, {len(f0)}/{len(f1)} keypoints, full depth, {args.threads} thread(s), weights {source}, "
+          f"median of {args.repeats} interleaved")
+    print("| MambaGlue before | after | our LightGlue | before/LightGlue | after/LightGlue | after/before |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| {ms['before']:.1f} | {ms['after']:.1f} | {ms['lightglue']:.1f} | {ms['before'] / ms['lightglue']:.3f} | "
+          f"{ms['after'] / ms['lightglue']:.3f} | {ms['after'] / ms['before']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,6 +84,17 @@ def test_fused_conv_silu_matches_torch(b, L, d, k, pad):
 
 
 @needs_kernel
+def test_fused_conv_silu_takes_low_precision_inputs():
+    conv = torch.nn.Conv1d(16, 16, 5, padding=2, groups=16).to(torch.bfloat16)
+    u = torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)[..., :16]
+    with torch.no_grad():
+        out = ssm_cpu.depthwise_conv_silu_cpu(u, conv)  # computed in float32, returned in u's dtype
+        ref = torch.nn.functional.silu(mg.depthwise_conv(u.float(), conv.float()))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@needs_kernel
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version):
     torch.manual_seed(0)

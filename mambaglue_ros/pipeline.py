@@ -19,6 +19,11 @@ Semantics kept from the single-thread worker:
   the matcher starts. Starting early would take an older frame and make it wait in the hand-off for the
   difference: latency (extraction start -> outputs) would be two matcher times instead of one matcher plus
   one front end time.
+* Fresh frames. At that start the newest frame in the slot can be almost one camera period old. When the
+  camera's next frame is due before the latest moment the extraction can start without making the worker
+  wait (the worker's expected finish minus one extraction), stage 1 waits for it and takes it instead: the
+  frame it processes is up to one period younger, at no cost in rate (``frames_fresher`` counts these).
+  Only with the latest-frame slot (``queue_size`` 1); a longer queue keeps every frame in order.
 * Clocks for the rate controller. ``finish()`` returns the frame's latency (from the start of its
   extraction), its *cycle time*, the busier stage's time for that frame (with two stages in flight the
   cycle time, not the latency, sets the processed rate), and the worker's own time. The node holds the
@@ -326,6 +331,7 @@ class ExtractionStage:
         self.process_time = MeanTime()
         self.errors = 0
         self.last_error = ""
+        self.fresher = 0  # frames taken after waiting for a camera frame that was about to arrive
         self.timing: FrameTiming | None = None  # of the frame the worker holds
         self._cond = threading.Condition()
         self._ready: tuple[Any, FrameTiming] | None = None
@@ -345,6 +351,24 @@ class ExtractionStage:
             return None
         return busy + (process - (1.0 + self.margin) * extract) / 1e3
 
+    def _fresh_wait_s(self, source: FrameSlot, now: float | None = None) -> float:
+        """How long to wait for the camera's next frame before taking the one in the slot (0: take it now).
+
+        Waiting pays when that frame is due before the latest start that keeps the worker busy (its expected
+        finish minus one extraction): the extraction then starts on a frame up to one period younger and ends
+        no later than the worker needs it. Never with an idle worker (it would wait) or a queue (frames in order).
+        """
+        if source.capacity != 1 or len(source) == 0:
+            return 0.0
+        due = source.next_due()
+        with self._cond:
+            busy, process, extract = self._busy_since, self.process_time.value, self.extract_time.value
+        if due is None or busy is None or process is None or extract is None:
+            return 0.0
+        now = time.perf_counter() if now is None else now
+        latest_start = busy + (process - extract) / 1e3
+        return latest_start - now if now < due <= latest_start else 0.0
+
     def _take_frame(self) -> Any | None:
         """The next frame to extract, past the rate gate; None on timeout or close."""
         source = self._source()
@@ -352,6 +376,10 @@ class ExtractionStage:
             with self._cond:
                 self._cond.wait(timeout=0.2)
             return None
+        received = source.received
+        wait_s = self._fresh_wait_s(source)
+        if wait_s > 0 and source.wait_for_put(received, timeout=wait_s):
+            self.fresher += 1  # the slot now holds the newer frame (latest wins)
         frame = source.get(timeout=0.2)
         if frame is not None and not self._admit(frame):
             return None
@@ -467,7 +495,7 @@ class ExtractionStage:
         extraction is part of the worker's time without the pipeline), frames the rate gate left out."""
         return {"pipeline": self.enabled, "extract_ms": self.extract_time.value or 0.0,
                 "worker_ms": self.process_time.value or 0.0, "frames_rate_skipped": self.skipped,
-                "extract_errors": self.errors}
+                "frames_fresher": self.fresher, "extract_errors": self.errors}
 
     def close(self) -> None:
         with self._cond:

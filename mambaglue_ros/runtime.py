@@ -19,6 +19,11 @@ class FrameSlot:
     so the worker always processes the most recent input and latency stays bounded under overload.
     """
 
+    # Arrivals are timed (perf_counter) so that a consumer can tell when the next frame is due: the mean
+    # interval over the last puts (exponential, weight INTERVAL_WEIGHT), known after MIN_INTERVALS of them.
+    INTERVAL_WEIGHT = 0.2
+    MIN_INTERVALS = 3
+
     def __init__(self, capacity: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -28,18 +33,32 @@ class FrameSlot:
         self._closed = False
         self.dropped = 0
         self.received = 0
+        self._last_put: float | None = None
+        self._interval_s: float | None = None
+        self._intervals = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def put(self, item: Any) -> bool:
         """Add a frame; returns True when an older frame had to be dropped for it."""
         with self._cond:
             self.received += 1
+            now = time.perf_counter()
+            if self._last_put is not None:
+                dt = now - self._last_put
+                w = self.INTERVAL_WEIGHT
+                self._interval_s = dt if self._interval_s is None else (1 - w) * self._interval_s + w * dt
+                self._intervals += 1
+            self._last_put = now
             dropped = False
             while len(self._items) >= self._capacity:
                 self._items.popleft()
                 self.dropped += 1
                 dropped = True
             self._items.append(item)
-            self._cond.notify()
+            self._cond.notify_all()  # a consumer in get, or one waiting for a fresher frame (wait_for_put)
             return dropped
 
     def get(self, timeout: float | None = None) -> Any | None:
@@ -50,6 +69,20 @@ class FrameSlot:
             if self._closed:
                 return None
             return self._items.popleft()
+
+    def next_due(self) -> float | None:
+        """perf_counter time at which the next frame is expected (last arrival + mean interval); None until
+        MIN_INTERVALS intervals have been seen."""
+        with self._cond:
+            if self._intervals < self.MIN_INTERVALS or self._last_put is None or self._interval_s is None:
+                return None
+            return self._last_put + self._interval_s
+
+    def wait_for_put(self, received: int, timeout: float) -> bool:
+        """Wait until more than ``received`` frames have arrived (True), or ``timeout`` s / ``close`` (False)."""
+        with self._cond:
+            return bool(self._cond.wait_for(lambda: self.received > received or self._closed, timeout=timeout)
+                        and not self._closed)
 
     def close(self) -> None:
         with self._cond:

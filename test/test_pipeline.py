@@ -226,6 +226,88 @@ def test_just_in_time_start_leaves_the_margin_of_an_extraction():
     assert stage._start_at() < 100.0
 
 
+def test_slot_knows_when_the_next_frame_is_due(monkeypatch):
+    import types
+
+    from mambaglue_ros import runtime
+
+    clock = [10.0]
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    slot = FrameSlot(1)
+    for t in (10.0, 10.05, 10.10):
+        clock[0] = t
+        slot.put(Frame(int(t * 100)))
+        assert slot.next_due() is None  # fewer than three intervals: no estimate yet
+    clock[0] = 10.15
+    slot.put(Frame(1015))
+    assert slot.next_due() == pytest.approx(10.20)  # last arrival + the mean interval (50 ms)
+    assert slot.received == 4 and slot.dropped == 3
+    assert not slot.wait_for_put(4, timeout=0.0) and slot.wait_for_put(3, timeout=0.0)
+
+
+class DueSlot(FrameSlot):
+    """A latest-frame slot whose next frame is due when the test says, and that tells when someone waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.due: float | None = None
+        self.waiting = threading.Event()
+
+    def next_due(self) -> float | None:
+        return self.due
+
+    def wait_for_put(self, received: int, timeout: float) -> bool:
+        self.waiting.set()
+        return super().wait_for_put(received, timeout)
+
+
+def test_fresh_wait_only_for_a_frame_due_before_the_latest_useful_start():
+    slot = DueSlot()
+    stage = ExtractionStage(slot, lambda f: None, enabled=False)
+    slot.put(Frame(1))
+    slot.due = 100.030
+    assert stage._fresh_wait_s(slot, now=100.0) == 0.0  # idle worker: it would wait for the extraction
+    stage._busy_since = 100.0
+    stage.process_time.update(120.0)
+    stage.extract_time.update(40.0)
+    # the worker is done at 100.120; an extraction started by 100.080 is ready in time
+    assert stage._fresh_wait_s(slot, now=100.0) == pytest.approx(0.080)  # frame due at 100.030: wait for it
+    slot.due = 100.090
+    assert stage._fresh_wait_s(slot, now=100.0) == 0.0  # due too late: take the frame in the slot now
+    slot.due = 99.990
+    assert stage._fresh_wait_s(slot, now=100.0) == 0.0  # overdue: nothing to wait for
+    slot.due = 100.030
+    assert stage._fresh_wait_s(FrameSlot(2), now=100.0) == 0.0  # a queue keeps its frames in order
+    slot.get(timeout=0)
+    assert stage._fresh_wait_s(slot, now=100.0) == 0.0  # empty slot: get waits for the next frame anyway
+
+
+def test_stage_waits_for_a_camera_frame_that_is_about_to_arrive():
+    slot = DueSlot()
+    extracted: list[int] = []
+    stage = ExtractionStage(slot, lambda f: extracted.append(f.stamp_ns))
+    try:
+        slot.put(Frame(1))
+        with stage._cond:
+            assert stage._cond.wait_for(lambda: stage._ready is not None, WAIT)
+        slot.put(Frame(2))  # waits in the slot: the hand-off holds frame 1
+        with stage._cond:  # the worker takes 50 s, an extraction 40 s: start at once, by 10 s at the latest
+            stage.process_time.value, stage.extract_time.value = 50_000.0, 40_000.0
+        import time
+
+        slot.due = time.perf_counter() + 1.0  # the camera's next frame is due in 1 s, well before that
+        assert stage.get(timeout=WAIT).stamp_ns == 1  # the worker is busy with frame 1 now
+        assert slot.waiting.wait(WAIT)  # stage 1 waits for the frame that is about to arrive ...
+        slot.put(Frame(3))
+        slot.due = None
+        assert stage.get(timeout=WAIT).stamp_ns == 3  # ... and extracts it instead of the older frame 2
+        assert extracted == [1, 3] and stage.fresher == 1 and slot.dropped == 1
+        assert stage.diagnostics()["frames_fresher"] == 1
+    finally:
+        stage.close()
+        slot.close()
+
+
 def test_disabled_stage_is_the_slot_itself():
     slot = FrameSlot(1)
     stage = ExtractionStage(slot, lambda f: pytest.fail("no prefetch without the pipeline"), enabled=False)

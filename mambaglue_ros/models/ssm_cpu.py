@@ -8,8 +8,8 @@ has the branch's depthwise conv + SiLU in one pass (``depthwise_conv_silu_cpu``)
 passes over the sequence.
 
 How it is built. ``torch.utils.cpp_extension`` compiles the source with the machine's C++ compiler and
-ninja (``-O3 -ffast-math -march=native``: the channel loop vectorises, exp2 through glibc's vector math
-library) into ``MAMBAGLUE_KERNEL_DIR`` (default ``~/.cache/mambaglue_ros/kernels``). The build is keyed by a
+ninja (``-O3 -ffast-math -march=native``: the channel loops vectorise, the decays' exp2 as an inline
+polynomial) into ``MAMBAGLUE_KERNEL_DIR`` (default ``~/.cache/mambaglue_ros/kernels``). The build is keyed by a
 hash of the source, the torch and Python versions and the CPU's instruction-set flags, so a cache shared
 between machines never loads code built for another CPU. Building takes about a minute, so it never happens
 implicitly in a running node: ``scripts/setup.sh`` builds it (``python -m mambaglue_ros.models.ssm_cpu``),
@@ -174,7 +174,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return y.to(u.dtype)
 
 
-def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d, module: Optional[ModuleType] = None) -> torch.Tensor:
+def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d,
+                            module: Optional[ModuleType] = None) -> torch.Tensor:
     """``F.silu(depthwise_conv(u, conv))`` (u (b, L, d) -> (b, L, d), in u's dtype) in one pass through the C++
     kernel (``module``, default the loaded ``cpu_scan()``), computed in float32. u may be a slice of a wider
     tensor (the x half of in_proj's output): it is read in place. Call only where a kernel is available."""
@@ -205,7 +206,8 @@ def main() -> int:
     conv = torch.nn.Conv1d(d, d, 5, padding=2, groups=d)
     with torch.no_grad():
         conv_ref = torch.nn.functional.silu(depthwise_conv(u, conv))
-        conv_err = float((depthwise_conv_silu_cpu(u, conv, module=module) - conv_ref).abs().max() / conv_ref.abs().max())
+        conv_out = depthwise_conv_silu_cpu(u, conv, module=module)
+        conv_err = float((conv_out - conv_ref).abs().max() / conv_ref.abs().max())
     where = kernel_dir() / extension_name()
     if not (err < 1e-5 and conv_err < 1e-5):  # a build that computes something else must never be loaded: remove it
         shutil.rmtree(where, ignore_errors=True)

@@ -9,7 +9,9 @@ our LightGlue (``mixer='attention'``) on the same keypoints at full depth:
 - ``after``: the network as it runs now (this checkout's built kernel, ``scripts/setup.sh``);
 - ``lightglue``: the attention-only network.
 
-Checks first that before and after give the same matches, then prints median ms per pair and the ratios.
+Checks first that before and after give the same matches, then prints median ms per pair and the ratios, and
+the kernels alone at the network's branch width and the pair's keypoint count (one image): the scan (before:
+the old source; after: this checkout's) and the conv + SiLU (before: torch; after: the fused kernel).
 
     git show 5df64c2:mambaglue_ros/models/selective_scan_cpu.cpp > /tmp/old_scan.cpp
     python benchmarks/kernel_ab.py --old-source /tmp/old_scan.cpp --features xfeat --keypoints 1024 --repeats 25
@@ -86,13 +88,46 @@ def main() -> int:
                 fn()
                 times[name].append((time.perf_counter() - start) * 1e3)
     ms = {k: statistics.median(v) for k, v in times.items()}
+    parts = kernel_parts(net, old, len(f0), max(args.repeats, 50))
     print(f"{args.features}, {len(f0)}/{len(f1)} keypoints, full depth, {args.threads} thread(s), weights {source}, "
           f"median of {args.repeats} interleaved")
     print("| MambaGlue before | after | our LightGlue | before/LightGlue | after/LightGlue | after/before |")
     print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {ms['before']:.1f} | {ms['after']:.1f} | {ms['lightglue']:.1f} | {ms['before'] / ms['lightglue']:.3f} | "
           f"{ms['after'] / ms['lightglue']:.3f} | {ms['after'] / ms['before']:.3f} |")
+    print(f"kernels alone, one image of {len(f0)} tokens, branch width {net.transformers[0].self_attn.mamba.inner}, "
+          f"median ms per call")
+    print("| kernel | before | after |")
+    print("|---|---:|---:|")
+    for name, (b, a) in parts.items():
+        print(f"| {name} | {b:.3f} | {a:.3f} |")
     return 0
+
+
+def kernel_parts(net, old, length: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median ms per call of the scan and of conv + SiLU, before and after, on inputs shaped as in ``net``."""
+    branch = net.transformers[0].self_attn.mamba
+    g = torch.Generator().manual_seed(0)
+    d, n = branch.inner, branch.d_state
+    u, delta = torch.randn(1, length, d, generator=g), torch.randn(1, length, d, generator=g) - 2
+    B, C = torch.randn(1, length, n, generator=g), torch.randn(1, length, n, generator=g)
+    A, D, bias = -torch.exp(branch.A_log.detach()), branch.D.detach(), branch.dt_proj.bias.detach()
+    xz = torch.randn(1, length, 2 * d, generator=g)
+
+    def median(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(out)
+
+    with torch.inference_mode():
+        return {"selective scan": (median(lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias, module=old)),
+                                   median(lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias))),
+                "depthwise conv + SiLU": (median(lambda: F.silu(mg.depthwise_conv(xz[..., :d], branch.conv1d))),
+                                          median(lambda: ssm_cpu.depthwise_conv_silu_cpu(xz[..., :d], branch.conv1d)))}
 
 
 if __name__ == "__main__":

@@ -191,9 +191,22 @@ class MatcherNode(Node):
         multi-camera node hands every camera a client of one shared matcher); kwargs go to rclpy's Node."""
         self._matcher_factory = matcher_factory or build_matcher
         super().__init__(NODE_NAME, **kwargs)
-        self._init_parameters(command_line)
-        self._configure()
+        try:
+            self._init_parameters(command_line)
+            self._configure()
+        except BaseException:
+            self._destroy_half_built()
+            raise
         self._activate()
+
+    def _destroy_half_built(self) -> None:
+        """Destroy the rcl node when construction failed (a bad parameter, missing weights), before the error
+        propagates: otherwise rclpy finalises it at interpreter exit, after ``rclpy.shutdown``, and the process
+        can crash there instead of exiting 1 (rc -11 was seen once in CI after a bad parameter). Our
+        ``destroy_node`` expects a built node; this one stops only what may exist."""
+        if getattr(self, "stage", None) is not None:
+            self.stage.close()
+        super(MatcherNode, self).destroy_node()
 
     # ------------------------------------------------------------------ set-up in steps (lifecycle: one per transition)
     def _init_parameters(self, command_line: list[str] | None) -> None:
@@ -969,7 +982,11 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
                  matcher_factory: Callable[[dict[str, Any], str], Any] | None = None, **kwargs: Any) -> None:
         self._matcher_factory = matcher_factory or build_matcher
         LifecycleNode.__init__(self, NODE_NAME, **kwargs)
-        self._init_parameters(command_line)
+        try:
+            self._init_parameters(command_line)
+        except BaseException:
+            self._destroy_half_built()
+            raise
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:

@@ -2,7 +2,7 @@
 
 The noise between separate processes on a shared 2-vCPU machine (±5 % on the same code) is larger than a
 kernel change moves the whole network, so both kernels run in the same process, interleaved pair by pair with
-our LightGlue (``mixer='attention'``) on the same keypoints at full depth:
+our LightGlue (``mixer='attention'``) on the same keypoints at full depth (``bench.interleaved``, rotating order):
 
 - ``before``: the network with ``--old-source``'s scan (built here into a temporary folder) and the torch
   depthwise conv + SiLU (what the network ran before the kernel had a conv);
@@ -19,9 +19,7 @@ the old source; after: this checkout's) and the conv + SiLU (before: torch; afte
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -76,18 +74,10 @@ def main() -> int:
             mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu = new_scan, new_conv
 
     calls = {"before": before, "after": lambda: net(data), "lightglue": lambda: lightglue(data)}
-    times: dict[str, list[float]] = {k: [] for k in calls}
     with torch.inference_mode():
         if not torch.equal(before()["matches0"], net(data)["matches0"]):
             raise SystemExit("before and after give different matches")
-        for fn in calls.values():
-            fn()  # warm-up
-        for _ in range(args.repeats):
-            for name, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+        ms = bench.interleaved(calls, args.repeats, device)
     parts = kernel_parts(net, old, len(f0), max(args.repeats, 50))
     print(f"{args.features}, {len(f0)}/{len(f1)} keypoints, full depth, {args.threads} thread(s), weights {source}, "
           f"median of {args.repeats} interleaved")
@@ -114,20 +104,13 @@ def kernel_parts(net, old, length: int, repeats: int) -> dict[str, tuple[float, 
     A, D, bias = -torch.exp(branch.A_log.detach()), branch.D.detach(), branch.dt_proj.bias.detach()
     xz = torch.randn(1, length, 2 * d, generator=g)
 
-    def median(fn) -> float:
-        fn()
-        out = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(out)
-
+    calls = {("selective scan", 0): lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias, module=old),
+             ("selective scan", 1): lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias),
+             ("depthwise conv + SiLU", 0): lambda: F.silu(mg.depthwise_conv(xz[..., :d], branch.conv1d)),
+             ("depthwise conv + SiLU", 1): lambda: ssm_cpu.depthwise_conv_silu_cpu(xz[..., :d], branch.conv1d)}
     with torch.inference_mode():
-        return {"selective scan": (median(lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias, module=old)),
-                                   median(lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias))),
-                "depthwise conv + SiLU": (median(lambda: F.silu(mg.depthwise_conv(xz[..., :d], branch.conv1d))),
-                                          median(lambda: ssm_cpu.depthwise_conv_silu_cpu(xz[..., :d], branch.conv1d)))}
+        ms = bench.interleaved(calls, repeats, torch.device("cpu"))
+    return {name: (ms[(name, 0)], ms[(name, 1)]) for name in ("selective scan", "depthwise conv + SiLU")}
 
 
 if __name__ == "__main__":

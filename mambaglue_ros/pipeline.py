@@ -35,14 +35,13 @@ Semantics kept from the single-thread worker:
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .runtime import FrameSlot
+from .runtime import FrameSlot, MeanTime
 
 __all__ = ["PrefetchingMatcher", "ExtractionStage", "RateGate", "StereoPlacement", "torch_threads", "quiet_openmp",
            "pipeline_enabled", "controlled_time_ms", "MeanTime"]
@@ -85,19 +84,6 @@ def torch_threads(requested: int, available: int, pipelined: bool = False) -> in
     if requested > 0:
         return int(requested)
     return max(1, int(available) // 2) if pipelined else max(1, int(available) - 1)
-
-
-class MeanTime:
-    """Exponential moving average of a duration [ms] (None before the first sample)."""
-
-    def __init__(self, weight: float = 0.2) -> None:
-        self.weight = float(weight)
-        self.value: float | None = None
-
-    def update(self, ms: float) -> float:
-        if math.isfinite(ms) and ms >= 0:
-            self.value = ms if self.value is None else (1 - self.weight) * self.value + self.weight * ms
-        return self.value if self.value is not None else ms
 
 
 class StereoPlacement:

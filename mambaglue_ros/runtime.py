@@ -5,11 +5,25 @@ Kept free of ROS so tests (and the replay tool) use them directly.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Any, Deque
 
 import numpy as np
+
+
+class MeanTime:
+    """Exponential moving average of a duration [ms] (None before the first sample)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = float(weight)
+        self.value: float | None = None
+
+    def update(self, ms: float) -> float:
+        if math.isfinite(ms) and ms >= 0:
+            self.value = ms if self.value is None else (1 - self.weight) * self.value + self.weight * ms
+        return self.value if self.value is not None else ms
 
 
 class FrameSlot:
@@ -20,8 +34,7 @@ class FrameSlot:
     """
 
     # Arrivals are timed (perf_counter) so that a consumer can tell when the next frame is due: the mean
-    # interval over the last puts (exponential, weight INTERVAL_WEIGHT), known after MIN_INTERVALS of them.
-    INTERVAL_WEIGHT = 0.2
+    # interval over the last puts (MeanTime), known after MIN_INTERVALS of them.
     MIN_INTERVALS = 3
 
     def __init__(self, capacity: int = 1) -> None:
@@ -34,7 +47,7 @@ class FrameSlot:
         self.dropped = 0
         self.received = 0
         self._last_put: float | None = None
-        self._interval_s: float | None = None
+        self._interval = MeanTime()  # ms between puts
         self._intervals = 0
 
     @property
@@ -47,9 +60,7 @@ class FrameSlot:
             self.received += 1
             now = time.perf_counter()
             if self._last_put is not None:
-                dt = now - self._last_put
-                w = self.INTERVAL_WEIGHT
-                self._interval_s = dt if self._interval_s is None else (1 - w) * self._interval_s + w * dt
+                self._interval.update((now - self._last_put) * 1e3)
                 self._intervals += 1
             self._last_put = now
             dropped = False
@@ -74,9 +85,9 @@ class FrameSlot:
         """perf_counter time at which the next frame is expected (last arrival + mean interval); None until
         MIN_INTERVALS intervals have been seen."""
         with self._cond:
-            if self._intervals < self.MIN_INTERVALS or self._last_put is None or self._interval_s is None:
+            if self._intervals < self.MIN_INTERVALS or self._last_put is None or self._interval.value is None:
                 return None
-            return self._last_put + self._interval_s
+            return self._last_put + self._interval.value / 1e3
 
     def wait_for_put(self, received: int, timeout: float) -> bool:
         """Wait until more than ``received`` frames have arrived (True), or ``timeout`` s / ``close`` (False)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
 from .types import Features, MatchResult, check_alpha, check_max_keypoints
+
+if TYPE_CHECKING:
+    from .cuda_graph import GraphedMatcher
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,15 @@ class Matcher:
         self.net = torch.compile(self.net, mode=mode if backend == "inductor" else None, backend=backend,
                                  dynamic=False)
         return self
+
+    def cuda_graph(self, batch: int = 1, pad_to: int | None = None) -> "GraphedMatcher":
+        """The network captured as one CUDA graph for ``batch`` pairs of at most ``pad_to`` (default:
+        ``max_keypoints``) keypoints per side: one replay per call instead of hundreds of kernel launches, the
+        batch-1 path on a GPU. It runs every layer (an exit is a host decision, which a graph cannot hold);
+        see ``cuda_graph.GraphedMatcher``."""
+        from .cuda_graph import GraphedMatcher
+
+        return GraphedMatcher(self, batch=batch, pad_to=pad_to)
 
     def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.fp16 else torch.float32

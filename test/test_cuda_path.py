@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mambaglue_ros import matcher as M
 from mambaglue_ros.evaluation import bench
@@ -106,3 +107,75 @@ def test_on_gpu_batch_equals_separate_calls(pair_features):
     batched = m.match_batch([(f0, f1), (f1, f0), (f0, f0)])
     for (a, b), r in zip([(f0, f1), (f1, f0), (f0, f0)], batched):
         assert same_matches(m.match_features(a, b), r) >= 0.98
+
+
+def test_cuda_graph_needs_a_cuda_matcher():
+    m = M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="fp32")
+    with pytest.raises(ValueError, match="CUDA"):
+        m.cuda_graph(batch=1, pad_to=64)
+
+
+def test_full_depth_padded_network_is_one_graph(pair_features):
+    # What a captured CUDA graph needs (Matcher.cuda_graph): with the exit and pruning off and the sets padded
+    # and masked, the forward makes no host decision. fullgraph=True fails on any graph break (a tensor read on
+    # the host, a data-dependent branch); checked here on the CPU with dynamo, on the GPU by capture itself.
+    f0, f1 = pair_features
+    m = M.Matcher(features="xfeat", device="cpu", max_keypoints=96, precision="fp32", alpha=None, pruning=False)
+    data = m._batch([(f0, f1)], pad_to=128)
+    assert "mask0" in data and "mask1" in data
+    with torch.inference_mode():
+        eager = m.net(data)
+        traced = torch.compile(m.net, backend="eager", fullgraph=True, dynamic=False)(data)
+    assert torch.equal(traced["matches0"], eager["matches0"]) and traced["stop"] == eager["stop"] == m.num_layers
+
+
+class HostOps(TorchDispatchMode):
+    """Records the ops that, on a GPU, would copy from the host (a tensor made from Python data) or wait for the
+    device (a value read on the host, a nonzero): what CUDA-graph capture refuses. dynamo (above) traces the
+    first kind without a break, so it is checked at the dispatcher."""
+
+    HOST = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default", "aten.is_nonzero.default",
+            "aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default", "aten.where.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.HOST:
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_full_depth_padded_network_neither_copies_from_nor_waits_for_the_host(pair_features):
+    f0, f1 = pair_features
+    m = M.Matcher(features="xfeat", device="cpu", max_keypoints=96, precision="fp32", alpha=None, pruning=False)
+    data = m._batch([(f0, f1)], pad_to=128)
+    with torch.inference_mode(), HostOps() as ops:
+        m.net(data)
+    assert ops.found == []
+    m.alpha = 0.95  # the check can fail: the exit test reads a value on the host
+    with torch.inference_mode(), HostOps() as ops:
+        m.net(data)
+    assert "aten.is_nonzero.default" in ops.found
+
+
+@cuda
+def test_on_gpu_cuda_graph_matches_eager_full_depth(pair_features):
+    f0, f1 = pair_features  # 96 keypoints each
+    m = M.Matcher(features="xfeat", device="cuda", precision="auto", alpha=0.9, pruning=False)
+    graph = m.cuda_graph(batch=2, pad_to=128)
+    assert m.alpha == 0.9 and m.net.conf["pruning"] is False  # the matcher's settings are back after capture
+    m.alpha = None  # eager at full depth, as the graph runs
+    pairs = [(f0, f1), (f1, f0)]
+    eager = m.match_batch(pairs, pad_to=128)
+    for _ in range(2):  # replays reuse the static buffers
+        replayed = graph.match_batch(pairs)
+        for e, r in zip(eager, replayed):
+            assert same_matches(e, r) >= 0.98 and same_matches(r, e) >= 0.98
+            assert r.stop_layer == m.num_layers and r.keypoints0.shape == e.keypoints0.shape
+    one = graph.match_features(f1, f0)  # fewer pairs than the batch: the last one repeats
+    assert same_matches(one, eager[1]) >= 0.98 and same_matches(eager[1], one) >= 0.98
+    big = M.Features(keypoints=torch.cat([f0.keypoints] * 2), descriptors=torch.cat([f0.descriptors] * 2),
+                     scores=torch.cat([f0.scores] * 2), image_size=f0.image_size)
+    assert len(graph.match_features(big, f1).keypoints0) == 192 and graph.fallbacks == 1  # > pad_to: eager

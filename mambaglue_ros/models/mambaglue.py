@@ -534,7 +534,7 @@ def filter_matches(scores: torch.Tensor, th: float):
     mutual0 = indices0 == m1.gather(1, m0)
     mutual1 = indices1 == m0.gather(1, m1)
     max0_exp = max0.values.exp()
-    zero = max0_exp.new_tensor(0)
+    zero = max0_exp.new_zeros(())  # not new_tensor(0): a host-to-device copy, which a CUDA graph cannot capture
     mscores0 = torch.where(mutual0, max0_exp, zero)
     mscores1 = torch.where(mutual1, mscores0.gather(1, m1), zero)
     valid0 = mutual0 & (mscores0 > th)

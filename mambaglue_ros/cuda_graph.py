@@ -1,0 +1,125 @@
+"""The matcher network as one captured CUDA graph, for a fixed batch and padded keypoint count.
+
+At batch 1 a GPU spends the matcher's time launching kernels, not running them: on an H200 (docs/results.md,
+GPU) MambaGlue's eager forward at 1024 keypoints took 27 ms, flat from 512 to 2048 keypoints, while a batch of
+32 pairs cost 1.5 ms per pair. ``torch.compile`` (mode 'reduce-overhead') gained only 1.3x, because the early-exit
+test is a host decision and breaks the network into many graphs. A graph captured here holds the whole forward:
+one replay per call.
+
+What a graph cannot hold is a decision on the host, so the captured network runs every layer (no early exit)
+and prunes no point; on a GPU the exit's saving is smaller than one layer's launch overhead anyway. Inputs are
+padded to ``pad_to`` keypoints (masked: the padding changes no match, ``test_cuda_path``) and copied into the
+graph's static input tensors; a call with fewer than ``batch`` pairs repeats its last pair.
+
+    m = Matcher(features="xfeat", device="cuda", precision="auto")
+    graph = m.cuda_graph(batch=1, pad_to=1024)   # captures (a few warm-up passes first)
+    result = graph.match_features(f0, f1)        # MatchResult, like Matcher.match_features
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .types import Features, MatchResult
+
+if TYPE_CHECKING:
+    from .matcher import Matcher
+
+__all__ = ["GraphedMatcher"]
+log = logging.getLogger(__name__)
+
+
+class GraphedMatcher:
+    """``matcher``'s network captured for ``batch`` pairs of at most ``pad_to`` keypoints per side (CUDA only).
+
+    ``match_batch`` / ``match_features`` return what the matcher's own methods return (stop layer: the last);
+    sets larger than ``pad_to`` fall back to the matcher's eager ``match_batch`` (counted in ``fallbacks``).
+    The graph keeps its own copy of nothing but the inputs and activations: weights are the matcher's, so
+    changing them (loading a checkpoint) needs a new capture; settings (alpha) do not apply inside the graph.
+    """
+
+    def __init__(self, matcher: "Matcher", batch: int = 1, pad_to: int | None = None, warmup: int = 3) -> None:
+        if matcher.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA matcher, this one runs on {matcher.device}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.matcher, self.batch = matcher, int(batch)
+        self.pad_to = int(pad_to or matcher.max_keypoints)
+        if self.pad_to < 1:
+            raise ValueError(f"pad_to must be >= 1, got {pad_to}")
+        self.fallbacks = 0
+        net, dev = matcher.net, matcher.device
+        dtype = torch.float16 if matcher.fp16 else torch.float32
+        b, k, dim = self.batch, self.pad_to, int(net.conf["input_dim"])
+        # static inputs: a valid set (random points, all real) so the warm-up and capture run the real kernels
+        gen = torch.Generator(device=dev).manual_seed(0)
+        self.static: dict[str, torch.Tensor] = {}
+        for side in (0, 1):
+            self.static[f"keypoints{side}"] = torch.rand((b, k, 2), device=dev, generator=gen) * 400
+            self.static[f"descriptors{side}"] = torch.nn.functional.normalize(
+                torch.randn((b, k, dim), device=dev, generator=gen), dim=-1).to(dtype)
+            self.static[f"image_size{side}"] = torch.full((b, 2), 400.0, device=dev)
+            self.static[f"mask{side}"] = torch.ones((b, k), dtype=torch.bool, device=dev)
+        t0 = time.perf_counter()
+        with self._full_depth(), torch.inference_mode(), self._autocast():
+            side_stream = torch.cuda.Stream(dev)
+            side_stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side_stream):  # warm-up off the default stream: Triton JIT, cuBLAS handles
+                for _ in range(max(1, warmup)):
+                    net(self.static)
+            torch.cuda.current_stream(dev).wait_stream(side_stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out: dict[str, Any] = net(self.static)
+        torch.cuda.synchronize(dev)
+        self.capture_s = time.perf_counter() - t0
+        log.info("captured the matcher as a CUDA graph: batch %d, %d keypoints, %.1f s", b, k, self.capture_s)
+
+    @contextlib.contextmanager
+    def _full_depth(self):
+        conf = self.matcher.net.conf
+        saved = {key: conf[key] for key in ("early_exit", "pruning")}
+        conf.update(early_exit=False, pruning=False)
+        try:
+            yield
+        finally:
+            conf.update(saved)
+
+    def _autocast(self) -> torch.autocast:
+        # the autocast cache must be off while a graph is captured (its casts would be stale at replay)
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.matcher.precision == "bf16",
+                              cache_enabled=False)
+
+    @torch.inference_mode()
+    def match_batch(self, pairs: Sequence[tuple[Features, Features]]) -> list[MatchResult]:
+        """Up to ``batch`` feature pairs in one replay; more pairs run in several replays."""
+        if not pairs:
+            return []
+        if any(max(len(a), len(b)) > self.pad_to for a, b in pairs):
+            self.fallbacks += 1
+            return self.matcher.match_batch(pairs)
+        results: list[MatchResult] = []
+        for start in range(0, len(pairs), self.batch):
+            chunk = list(pairs[start:start + self.batch])
+            t0 = time.perf_counter()
+            data = self.matcher._batch(chunk + [chunk[-1]] * (self.batch - len(chunk)), pad_to=self.pad_to)
+            for key, static in self.static.items():
+                if key in data:
+                    static.copy_(data[key])
+                else:  # _batch leaves the mask out where every point is real
+                    static.fill_(True)
+            self.graph.replay()
+            out = self.matcher._unbatch(self.out, chunk)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            for r in out:
+                r.timings_ms["match"] = elapsed / len(chunk)
+            results += out
+        return results
+
+    def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
+        """One pair (what the node asks for every frame)."""
+        return self.match_batch([(feats0, feats1)])[0]

@@ -22,12 +22,14 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {s["step"]: s["status"] for s in report["steps"]}
     assert steps == {"install": "skipped", "environment": "ok", "scan_tests": "skipped", "bench": "ok",
-                     "multi_camera": "ok", "node_rate": "ok"}
+                     "multi_camera": "ok", "node_rate": "ok", "compiled": "ok"}
     assert report["environment"]["dry_run"] is True
     # every result the GPU run reports is there, and no target is judged from CPU numbers
     assert set(report["bench"]["matcher_ms"]) == {"mambaglue", "mambaglue_adaptive", "lightglue", "lightglue_kornia"}
     assert [r["streams"] for r in report["multi_camera"]["rows"]] == [1, 2]
     assert report["node_rate"][0]["processed_hz"] > 0
+    compiled = report["compiled"]["rows"][0]
+    assert compiled["batch"] == 1 and compiled["compile_agreement"] >= 0.98 and compiled["compile_ms_per_pair"] > 0
     assert {h["verdict"] for h in report["headline"].values()} == {"n/a"}
     table = (out / "gpu_check.md").read_text()
     assert "DRY RUN" in table and "| node_rate | ok |" in table

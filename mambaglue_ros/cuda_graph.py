@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -52,6 +53,7 @@ class GraphedMatcher:
         if self.pad_to < 1:
             raise ValueError(f"pad_to must be >= 1, got {pad_to}")
         self.fallbacks = 0
+        self._lock = threading.Lock()  # one set of static buffers: one replay at a time (node: two threads)
         net, dev = matcher.net, matcher.device
         dtype = torch.float16 if matcher.fp16 else torch.float32
         b, k, dim = self.batch, self.pad_to, int(net.conf["input_dim"])
@@ -73,7 +75,8 @@ class GraphedMatcher:
                     net(self.static)
             torch.cuda.current_stream(dev).wait_stream(side_stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: another thread's CUDA work (the node's other stage) does not break this capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.out: dict[str, Any] = net(self.static)
         torch.cuda.synchronize(dev)
         self.capture_s = time.perf_counter() - t0
@@ -103,22 +106,25 @@ class GraphedMatcher:
             self.fallbacks += 1
             return self.matcher.match_batch(pairs)
         results: list[MatchResult] = []
-        for start in range(0, len(pairs), self.batch):
-            chunk = list(pairs[start:start + self.batch])
-            t0 = time.perf_counter()
-            data = self.matcher._batch(chunk + [chunk[-1]] * (self.batch - len(chunk)), pad_to=self.pad_to)
-            for key, static in self.static.items():
-                if key in data:
-                    static.copy_(data[key])
-                else:  # _batch leaves the mask out where every point is real
-                    static.fill_(True)
-            self.graph.replay()
-            out = self.matcher._unbatch(self.out, chunk)
-            elapsed = (time.perf_counter() - t0) * 1e3
-            for r in out:
-                r.timings_ms["match"] = elapsed / len(chunk)
-            results += out
+        with self._lock:
+            for start in range(0, len(pairs), self.batch):
+                results += self._replay(list(pairs[start:start + self.batch]))
         return results
+
+    def _replay(self, chunk: list[tuple[Features, Features]]) -> list[MatchResult]:
+        t0 = time.perf_counter()
+        data = self.matcher._batch(chunk + [chunk[-1]] * (self.batch - len(chunk)), pad_to=self.pad_to)
+        for key, static in self.static.items():
+            if key in data:
+                static.copy_(data[key])
+            else:  # _batch leaves the mask out where every point is real
+                static.fill_(True)
+        self.graph.replay()
+        out = self.matcher._unbatch(self.out, chunk)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        for r in out:
+            r.timings_ms["match"] = elapsed / len(chunk)
+        return out
 
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """One pair (what the node asks for every frame)."""

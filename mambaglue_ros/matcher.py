@@ -170,6 +170,7 @@ class Matcher:
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         if self.fp16:
             self.net = self.net.half()
+        self._graph: "GraphedMatcher | None" = None  # use_cuda_graph: match_features replays it
 
     # ------------------------------------------------------------------ settings the node changes live
     @property
@@ -205,7 +206,11 @@ class Matcher:
 
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
-        """Match two already extracted feature sets (the node reuses the previous frame's)."""
+        """Match two already extracted feature sets (the node reuses the previous frame's). With
+        ``use_cuda_graph`` on, pairs that fit the captured size replay the graph (every layer, no exit)."""
+        graph = self._graph
+        if graph is not None and max(len(feats0), len(feats1)) <= graph.pad_to:
+            return graph.match_features(feats0, feats1)
         t0 = time.perf_counter()
         data = self._batch([(feats0, feats1)])
         with self._autocast():
@@ -266,6 +271,24 @@ class Matcher:
         from .cuda_graph import GraphedMatcher
 
         return GraphedMatcher(self, batch=batch, pad_to=pad_to)
+
+    def use_cuda_graph(self, enabled: bool = True, pad_to: int | None = None) -> bool:
+        """From now on ``match_features`` replays one captured CUDA graph (batch 1, sets padded to ``pad_to``,
+        default ``max_keypoints``; larger sets run eager) instead of launching the network's kernels one by one.
+        The graph runs every layer: ``alpha`` no longer applies to those pairs. Captured here, once: call it
+        before other threads use the GPU. A capture that fails is logged and leaves the eager path; returns
+        whether the graph is in use. Unmeasured in the node so far (docs/results.md, GPU)."""
+        if not enabled:
+            self._graph = None
+            return False
+        if self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA matcher, this one runs on {self.device}")
+        try:
+            self._graph = self.cuda_graph(batch=1, pad_to=pad_to)
+        except Exception as e:  # a GPU or torch build that cannot capture: keep matching, eagerly
+            log.warning("CUDA graph capture failed (%s: %s); matching without it", type(e).__name__, e)
+            self._graph = None
+        return self._graph is not None
 
     def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.fp16 else torch.float32

@@ -179,3 +179,33 @@ def test_on_gpu_cuda_graph_matches_eager_full_depth(pair_features):
     big = M.Features(keypoints=torch.cat([f0.keypoints] * 2), descriptors=torch.cat([f0.descriptors] * 2),
                      scores=torch.cat([f0.scores] * 2), image_size=f0.image_size)
     assert len(graph.match_features(big, f1).keypoints0) == 192 and graph.fallbacks == 1  # > pad_to: eager
+
+
+def test_use_cuda_graph_routes_pairs_that_fit_and_survives_a_failed_capture(pair_features, monkeypatch):
+    f0, f1 = pair_features  # 96 keypoints each
+    m = M.Matcher(features="xfeat", device="cpu", max_keypoints=96, precision="fp32")
+    with pytest.raises(ValueError, match="CUDA"):
+        m.use_cuda_graph(True)
+    assert m.use_cuda_graph(False) is False
+
+    class RecordingGraph:  # stands in for a captured graph (no CUDA here): what match_features hands it
+        pad_to = 128
+        calls = 0
+
+        def match_features(self, a, b):
+            RecordingGraph.calls += 1
+            return "replayed"
+
+    m._graph = RecordingGraph()
+    assert m.match_features(f0, f1) == "replayed" and RecordingGraph.calls == 1
+    big = M.Features(keypoints=torch.cat([f0.keypoints] * 2), descriptors=torch.cat([f0.descriptors] * 2),
+                     scores=torch.cat([f0.scores] * 2), image_size=f0.image_size)
+    eager = m.match_features(big, f1)  # 192 > 128: the eager network
+    assert RecordingGraph.calls == 1 and len(eager.keypoints0) == 192
+
+    def no_capture(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(m, "device", torch.device("cuda"))
+    monkeypatch.setattr(m, "cuda_graph", no_capture)
+    assert m.use_cuda_graph(True) is False and m._graph is None  # logged; matching goes on eagerly

@@ -253,6 +253,11 @@ class MatcherNode(Node):
         self.matcher = PrefetchingMatcher(self._matcher_factory(self.p, self.features))
         if self.p["matcher"] == "orb":
             self.features = "orb"
+        if self.p["cuda_graph"]:  # captured now, before the worker and stage threads use the GPU
+            if not cuda:
+                self.get_logger().warning("cuda_graph needs the matcher on CUDA; ignored on the CPU")
+            elif self.matcher.use_cuda_graph(True):
+                self.get_logger().info(f"matcher captured as a CUDA graph ({self.matcher.max_keypoints} keypoints)")
         self.controller = AlphaController(self._rate_config())
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None

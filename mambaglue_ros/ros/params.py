@@ -71,6 +71,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "AVX512-BF16/AMX, else fp32; bf16 (autocast: faster on such CPUs and on GPUs, ~0.9 GB more memory "
               "on a CPU); fp16 (CUDA only)",
               choices=("auto", "fp32", "bf16", "fp16")),
+    ParamSpec("cuda_graph", False, "CUDA only: the matcher runs as one captured CUDA graph (batch 1, sets padded "
+              "to max_keypoints at start; every layer, so alpha does not apply; larger sets run eager). At batch 1 "
+              "the eager forward is kernel launches (28.5 ms on an H200); the graph's speed in the node is not "
+              "measured yet (docs/results.md, GPU). Ignored with a warning on a CPU"),
     ParamSpec("num_threads", 0, "CPU threads for torch; 0 = with the pipeline half the cores (one per stage), "
               "without it all cores but one (the ROS callbacks need one: oversubscribed OpenMP threads slow "
               "inference many times). On a CPU shared with other processes, use fewer", low=0, high=256),

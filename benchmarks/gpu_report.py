@@ -42,9 +42,13 @@ def summarise(out: Path) -> dict[str, Any]:
     if compiled:
         result["compiled"] = compiled
     node = load(out / "node_rate.json")
+    graph_node = load(out / "node_graph.json")
+    if graph_node:  # the node with cuda_graph on: its rows join the node table (marked)
+        node = {"runs": (node or {"runs": []})["runs"] + graph_node["runs"]}
     if node:
-        result["node_rate"] = [{k: r[k] for k in ("mode", "features", "processed_hz", "latency_p50_ms",
-                                                   "latency_p95_ms", "precision_used", "device", "input_hz")}
+        result["node_rate"] = [{**{k: r[k] for k in ("mode", "features", "processed_hz", "latency_p50_ms",
+                                                      "latency_p95_ms", "precision_used", "device", "input_hz",
+                                                      "pipeline")}, "cuda_graph": bool(r.get("cuda_graph"))}
                                for r in node["runs"]]
     # headline numbers against the targets
     head: dict[str, Any] = {}
@@ -107,9 +111,10 @@ def table(r: dict[str, Any]) -> str:
                                for p in paths) + " |" for x in r["compiled"]["rows"]]
     if "node_rate" in r:
         lines += ["", "| node | input Hz | processed Hz | latency p50 / p95 ms | precision |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {x['mode']} {x['features']} | {x['input_hz']:.0f} | {x['processed_hz']:.1f} | "
-                  f"{x['latency_p50_ms']:.1f} / {x['latency_p95_ms']:.1f} | {x['precision_used']} |"
-                  for x in r["node_rate"]]
+        lines += [f"| {x['mode']} {x['features']}" + (", pipeline" if x.get("pipeline") else "")
+                  + (", CUDA graph" if x.get("cuda_graph") else "") + f" | {x['input_hz']:.0f} | "
+                  f"{x['processed_hz']:.1f} | {x['latency_p50_ms']:.1f} / {x['latency_p95_ms']:.1f} | "
+                  f"{x['precision_used']} |" for x in r["node_rate"]]
     return "\n".join(lines) + "\n"
 
 

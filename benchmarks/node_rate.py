@@ -19,6 +19,7 @@ the frame), which adds the time the frame waited in the latest-frame slot before
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --pipeline both
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --precision fp32 --device cuda
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --device cuda --cuda-graph both --pipeline both
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 def run(mode: str, features: str, keypoints: int | None, input_hz: float, seconds: float, target_hz: float,
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
-        device: str = "auto", stereo_match: str = "auto") -> dict:
+        device: str = "auto", stereo_match: str = "auto", cuda_graph: bool | None = None) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -93,6 +94,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
         overrides["precision"] = precision
     if pipeline is not None:
         overrides["pipeline"] = "on" if pipeline else "off"
+    if cuda_graph is not None:
+        overrides["cuda_graph"] = cuda_graph
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     keypoints = int(node.p["max_keypoints"])  # the budget it starts with (the rate controller may lower it)
     if stereo_match == "ahead":  # the left/right match always in stage 1 (as before StereoPlacement)
@@ -194,6 +197,7 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
               "rate_control": node.controller.diagnostics(), "weights": node.matcher.weights_source,
               "precision": precision or "node default", "precision_used": getattr(node.matcher, "precision", "n/a"),
               "device": str(node.matcher.device), "threads": torch_threads_now(),
+              "cuda_graph": getattr(node.matcher, "_graph", None) is not None,
               "load_average": [round(x, 2) for x in os.getloadavg()]}
     ex.shutdown()
     node.destroy_node()
@@ -225,6 +229,8 @@ def main() -> int:
     ap.add_argument("--stereo-match", default="auto", choices=("auto", "ahead", "both"),
                     help="stereo, pipelined: where the left/right match runs: auto = the node's StereoPlacement, "
                          "ahead = always in stage 1; both = ahead, then auto, interleaved")
+    ap.add_argument("--cuda-graph", default="default", choices=("default", "on", "off", "both"),
+                    help="the node's cuda_graph parameter (CUDA): both = off, then on, interleaved with --pipeline")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
@@ -242,23 +248,26 @@ def main() -> int:
     pipelines = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.pipeline]
     scans = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cpu_scan]
     placements = {"auto": ("auto",), "ahead": ("ahead",), "both": ("ahead", "auto")}[args.stereo_match]
+    graphs = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cuda_graph]
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        for pipeline, scan, placement in [(p, c, m) for p in pipelines for c in scans
-                                          for m in (placements if mode == "stereo" else ("auto",))]:
+        for pipeline, scan, placement, graph in [(p, c, m, g) for p in pipelines for c in scans
+                                                 for m in (placements if mode == "stereo" else ("auto",))
+                                                 for g in graphs]:
             if scan is not None:  # read by ssm_cpu.cpu_scan(), cached per process: cleared for each run
                 os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
                 ssm_cpu.cpu_scan.cache_clear()
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
-                            args.precision, args.threads, pipeline, args.device, placement))
+                            args.precision, args.threads, pipeline, args.device, placement, graph))
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
             steady = (f", 5 s windows (last half) {min(r['window_hz_last_half']):.1f}-"
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
-                  f"pipeline={'on ' if r['pipeline'] else 'off'} scan={'C++  ' if r['cpu_scan'].startswith('loaded') else 'torch'}"
-                  + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "") +
+                  f"pipeline={'on ' if r['pipeline'] else 'off'} scan={'GPU  ' if r['device'].startswith('cuda') else 'C++  ' if r['cpu_scan'].startswith('loaded') else 'torch'}"
+                  + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "")
+                  + (" cuda_graph" if r["cuda_graph"] else "") +
                   f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms (camera -> outputs p50 "
                   f"{r['camera_latency_p50_ms']:.0f} p95 {r['camera_latency_p95_ms']:.0f}), dropped {r['dropped']}/"

@@ -208,6 +208,10 @@ step compiled 150 "$PY" benchmarks/compiled_matcher.py --device "$DEVICE" --feat
 if "$PY" -c 'import rclpy, mambaglue_ros.msg' 2>/dev/null; then
   step node_rate 100 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
     --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"
+  # mono with the captured graph, with and without the pipeline (CUDA only: cuda_graph is ignored on a CPU)
+  [ -n "$DRY" ] || step node_graph 120 "$PY" benchmarks/node_rate.py --configs mono:"$BENCH_FEAT" --device cuda \
+    --input-hz "$NODE_HZ" --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --cuda-graph on \
+    --pipeline both --json "$OUT/node_graph.json"
 else
   printf 'node_rate\tskipped\t0\t(rclpy or our built messages do not import: see install.log)\n' \
     >>"$OUT/steps.tsv"

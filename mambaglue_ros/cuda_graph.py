@@ -7,7 +7,7 @@ test is a host decision and breaks the network into many graphs. A graph capture
 one replay per call.
 
 What a graph cannot hold is a decision on the host, so the captured network runs every layer (no early exit)
-and prunes no point; on a GPU the exit's saving is smaller than one layer's launch overhead anyway. Inputs are
+and prunes no point: it gives up the exit's one or two layers to drop every launch. Inputs are
 padded to ``pad_to`` keypoints (masked: the padding changes no match, ``test_cuda_path``) and copied into the
 graph's static input tensors; a call with fewer than ``batch`` pairs repeats its last pair.
 

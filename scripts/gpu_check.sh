@@ -174,9 +174,13 @@ fi
 # 1. CUDA scan equivalence: the PyTorch scan on the GPU vs the CPU, and mamba_ssm's kernel (where installed)
 #    vs the PyTorch scan; skipped tests say why. On the CPU every test here skips.
 scan_tests() {
-  "$PY" -m pytest -q -rs -p no:cacheprovider test/test_ssm.py -k cuda
+  # pytest-xdist where installed (the CUDA image has it): the Triton JIT of each test's shapes and dtypes runs
+  # in parallel processes (on the H200 the tests in sequence outran a 90 s limit)
+  local par=()
+  [ "$DEVICE" = cuda ] && "$PY" -c 'import xdist' 2>/dev/null && par=(-n 8)
+  "$PY" -m pytest -q -rs -p no:cacheprovider "${par[@]}" test/test_ssm.py -k cuda
   local rc=$?
-  "$PY" -m pytest -q -rs -p no:cacheprovider test/test_cuda_path.py -k on_gpu
+  "$PY" -m pytest -q -rs -p no:cacheprovider "${par[@]}" test/test_cuda_path.py -k on_gpu
   local rc2=$?
   [ $rc = 0 ] && rc=$rc2
   "$PY" - <<'PYEOF'
@@ -186,8 +190,8 @@ if not torch.cuda.is_available():
 PYEOF
   return $rc
 }
-export -f scan_tests; export PY
-step scan_tests 120 bash -c scan_tests
+export -f scan_tests; export PY DEVICE
+step scan_tests 150 bash -c scan_tests
 
 # 2. matcher speed, batch 1 (ms/pair, exit off and adaptive, LightGlue and kornia's for reference, fp16 = auto)
 step bench 120 "$PY" -m mambaglue_ros.cli bench --json "$OUT/bench.json" --device "$DEVICE" --features "$BENCH_FEAT" \

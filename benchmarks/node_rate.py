@@ -189,6 +189,9 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
               "camera_latency_p95_ms": float(np.percentile(cam, 95)),
               "stage_cpu_ms": stage_cpu, "thread_cpu_percent": busy,
               "tracker_ms_median": {k: float(np.median(v)) for k, v in steps.items()},
+              "tracker_ms_p95": {k: float(np.percentile(v, 95)) for k, v in steps.items()},
+              "latency_ms_all": [round(x, 1) for x in latencies],
+              "tracker_ms_all": {k: [round(x, 1) for x in v] for k, v in steps.items()},
               "quiet_estimate_hz": 1000.0 / max(max(stage_cpu.values()), 1e-9) if pipeline
               else 1000.0 / max(sum(stage_cpu.values()), 1e-9),
               "window_hz_last_half": windows,
@@ -275,6 +278,7 @@ def main() -> int:
                   f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "
                   f"-> {r['quiet_estimate_hz']:.1f} Hz with a core per stage{steady}; tracker ms (median): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in r["tracker_ms_median"].items())
+                  + " (p95: " + ", ".join(f"{k} {v:.0f}" for k, v in r["tracker_ms_p95"].items()) + ")"
                   + f"; load {r['load_average'][0]}",
                   flush=True)
     info = {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),

@@ -3,9 +3,9 @@
 The CUDA machine has no network; what it lacks travels with the working tree, 64 MiB in all. Its image has
 Python 3.12, torch, triton, numpy, opencv, scikit-image, cmake. Missing: kornia and XFeat's weight wheel (23 MB
 as wheels) and the ROS 2 Kilted wheels the node needs (rclpy, rmw_fastrtps, the message packages and what
-builds our messages: 46 MB as wheels). 35 MB of the tree are checkpoints, so the wheels as they are do not fit.
+builds our messages: 47 MB as wheels). 35 MB of the tree are checkpoints, so the wheels as they are do not fit.
 They compress badly as zip files, but ``ros_fastdds`` holds the same 19 MB library three times (its soname
-links, stored as copies); one xz stream over the *unpacked* wheels stores it once: 217 MB unpacked -> ~22 MB.
+links, stored as copies); one xz stream over the *unpacked* wheels stores it once: 70 MB of wheels -> 25.5 MB (110 distributions, 2026-12-04).
 
     python3 scripts/gpu_kit.py fetch DIR [--python 3.12]   # on a machine with PyPI: DIR/gpu_kit.tar.xz
     python3 scripts/gpu_kit.py unpack KIT DEST             # on the CUDA machine: DEST/*.whl, DEST/*.tar.gz

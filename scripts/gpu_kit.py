@@ -5,7 +5,8 @@ Python 3.12, torch, triton, numpy, opencv, scikit-image, cmake. Missing: kornia 
 as wheels) and the ROS 2 Kilted wheels the node needs (rclpy, rmw_fastrtps, the message packages and what
 builds our messages: 47 MB as wheels). 35 MB of the tree are checkpoints, so the wheels as they are do not fit.
 They compress badly as zip files, but ``ros_fastdds`` holds the same 19 MB library three times (its soname
-links, stored as copies); one xz stream over the *unpacked* wheels stores it once: 70 MB of wheels -> 25.5 MB (110 distributions, 2026-12-04).
+links, stored as copies); one xz stream over the *unpacked* wheels stores it once: 70 MB of wheels -> 25.5 MB
+(110 distributions, 2026-12-04).
 
     python3 scripts/gpu_kit.py fetch DIR [--python 3.12]   # on a machine with PyPI: DIR/gpu_kit.tar.xz
     python3 scripts/gpu_kit.py unpack KIT DEST             # on the CUDA machine: DEST/*.whl, DEST/*.tar.gz

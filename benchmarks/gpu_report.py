@@ -110,7 +110,8 @@ def table(r: dict[str, Any]) -> str:
                   + " | ".join(f"{x[p + '_ms_per_pair']:.3f} ({x[p + '_speedup']:.2f}x, {x[p + '_agreement']:.3f})"
                                for p in paths) + " |" for x in r["compiled"]["rows"]]
     if "node_rate" in r:
-        lines += ["", "| node | input Hz | processed Hz | latency p50 / p95 ms | precision |", "|---|---:|---:|---:|---|"]
+        lines += ["", "| node | input Hz | processed Hz | latency p50 / p95 ms | precision |",
+                  "|---|---:|---:|---:|---|"]
         lines += [f"| {x['mode']} {x['features']}" + (", pipeline" if x.get("pipeline") else "")
                   + (", CUDA graph" if x.get("cuda_graph") else "") + f" | {x['input_hz']:.0f} | "
                   f"{x['processed_hz']:.1f} | {x['latency_p50_ms']:.1f} / {x['latency_p95_ms']:.1f} | "

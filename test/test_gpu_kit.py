@@ -21,7 +21,8 @@ def make_wheel(folder: Path) -> Path:
              "kitdemo-1.0.data/data/lib/libdemo.so": b"\x7fELF" + bytes(range(256)) * 64,
              "kitdemo-1.0.data/data/lib/libdemo.so.1": b"\x7fELF" + bytes(range(256)) * 64,
              "kitdemo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: kitdemo\nVersion: 1.0\n",
-             "kitdemo-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             "kitdemo-1.0.dist-info/WHEEL": (b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                             b"Tag: py3-none-any\n")}
     record = "".join(f"{n},sha256={hashlib.sha256(d).hexdigest()},{len(d)}\n" for n, d in files.items())
     files["kitdemo-1.0.dist-info/RECORD"] = (record + "kitdemo-1.0.dist-info/RECORD,,\n").encode()
     wheel = folder / "kitdemo-1.0-py3-none-any.whl"

@@ -52,10 +52,10 @@ def main() -> int:
         old = build_old(args.old_source, Path(tmp))
     new_scan, new_conv = mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu
 
-    def old_scan(*a):
-        return ssm_cpu.selective_scan_cpu(*a, module=old)
+    def old_scan(*a, **kw):
+        return ssm_cpu.selective_scan_cpu(*a, module=old, **kw)
 
-    def old_conv(u, conv):
+    def old_conv(u, conv, **kw):
         return F.silu(mg.depthwise_conv(u, conv))
 
     device = torch.device("cpu")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -344,3 +345,30 @@ def test_shipped_trained_weights_load_by_default(features):
     ckpt = W.load_checkpoint(path, features)
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["meta"]["steps"]["stage1"] > 0 and ckpt["meta"]["steps"]["stage2"] > 0
+
+
+def test_inference_constants_are_kept_until_a_weight_changes():
+    """SelfBlock.ffn_weight and MambaBranch.scan_constants (``cached_derived``): reused between inference calls,
+    made again after an in-place update, a dtype change or under autograd."""
+    from mambaglue_ros.models.mambaglue import SelfBlock
+
+    torch.manual_seed(0)
+    block = SelfBlock(32, 2)
+    branch = block.mamba
+    with torch.inference_mode():
+        w1, c1 = block.ffn_weight(), branch.scan_constants()
+        assert block.ffn_weight() is w1 and branch.scan_constants() is c1
+    with torch.no_grad():
+        branch.A_log.add_(0.5)
+        branch.out_proj.weight.mul_(2.0)
+    with torch.inference_mode():
+        c2, w2 = branch.scan_constants(), block.ffn_weight()
+    assert c2 is not c1 and torch.allclose(c2["A"], -torch.exp(branch.A_log))
+    assert torch.allclose(c2["A2"], (c2["A"] * math.log2(math.e)).t())
+    assert w2 is not w1 and not torch.equal(w2, w1)
+    block.double()
+    with torch.inference_mode():
+        assert block.ffn_weight().dtype == torch.float64 and branch.scan_constants()["D"].dtype == torch.float32
+    with torch.enable_grad():
+        fresh = branch.scan_constants()
+        assert fresh is not branch.scan_constants() and fresh["A"].requires_grad

@@ -105,7 +105,7 @@ def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version
     data = pair(300, 250, seed=3)
     calls = []
     kernel = mg.selective_scan_cpu
-    monkeypatch.setattr(mg, "selective_scan_cpu", lambda *a: calls.append(a[0].shape) or kernel(*a))
+    monkeypatch.setattr(mg, "selective_scan_cpu", lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
     with torch.inference_mode():
         fast = net(data)
         assert len(calls) == 2 * net.conf["n_layers"]  # per self block, one scan per image (300 and 250 points)

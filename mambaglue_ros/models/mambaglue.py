@@ -15,14 +15,15 @@ neighbours in the image and the conv / scan add *local* context next to attentio
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .ssm import cuda_scan_available, selective_scan, triton_scan_available
-from .ssm_cpu import depthwise_conv_silu_cpu, kernel_enabled, selective_scan_cpu
+from .ssm_cpu import (conv_kernel_weights, depthwise_conv_silu_cpu, kernel_enabled, scan_exp2_matrix,
+                      selective_scan_cpu)
 
 MIXERS = ("attention", "attention+mamba", "mamba")
 REGRESSORS = ("deep", "linear")
@@ -111,6 +112,30 @@ class LearnableFourierPositionalEncoding(nn.Module):
         return emb.repeat_interleave(2, dim=-1)
 
 
+def cached_derived(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...],
+                   make: Callable[[], Any]) -> Any:
+    """``make()``, kept on ``owner`` for inference until one of the ``sources`` (parameters) changes.
+
+    Under autograd (gradients must reach the sources) and when traced (export, torch.compile) it is made every
+    call. A kept value is reused while every source has the same storage, dtype and version: an in-place update
+    bumps the version counter that a parameter shares with the detached copy kept here, and ``.to()`` or
+    ``.half()`` give it new storage (the kept copy holds on to the old one, so its address cannot come back).
+    """
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return make()
+    cached = owner.__dict__.get(name)
+    try:
+        if (cached is not None and all(a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a._version == v
+                                       for a, b, v in zip(cached[0], sources, cached[1]))):
+            return cached[2]
+        refs = tuple(t.detach() for t in sources)
+        value = make()
+        owner.__dict__[name] = (refs, tuple(r._version for r in refs), value)
+    except RuntimeError:  # inference tensors (made under inference_mode) have no version counter
+        return make()
+    return value
+
+
 class MambaBranch(nn.Module):
     """The Mamba side of the MambaAttention mixer, over the keypoints of one image (in scan order).
 
@@ -166,7 +191,11 @@ class MambaBranch(nn.Module):
             # reversed scan, which meets the padding first, starts its real tokens from a zero state.
             u = u * mask[..., None].to(u.dtype)
         # The C++ kernel's conv + SiLU in one pass where the scan kernel applies (same sum, float32 rounding)
-        u = depthwise_conv_silu_cpu(u, self.conv1d) if use_cpu_kernel(u) else F.silu(depthwise_conv(u, self.conv1d))
+        if use_cpu_kernel(u):
+            u = depthwise_conv_silu_cpu(u, self.conv1d, weights=cached_derived(
+                self, "_conv_weights", (self.conv1d.weight, self.conv1d.bias), lambda: conv_kernel_weights(self.conv1d)))
+        else:
+            u = F.silu(depthwise_conv(u, self.conv1d))
         if mask is not None and self.bidirectional:
             u = u * mask[..., None].to(u.dtype)
         dt, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -180,18 +209,29 @@ class MambaBranch(nn.Module):
         z = F.silu(z)
         return (y * z,) if self.message == "gated" else (y, z)
 
+    def scan_constants(self) -> dict[str, torch.Tensor]:
+        """The scan's parameters in float32 as every scan takes them: A = -exp(A_log) (d_inner, N), D and Δ's
+        bias (d_inner,), and A · log2(e) transposed (N, d_inner) for the C++ kernel. Kept between calls for
+        inference (``cached_derived``): made per call, these casts and the exp were ~15 of the branch's ~30
+        dispatched ops, and on a GPU with half weights each cast and the exp is a kernel launch."""
+        def make() -> dict[str, torch.Tensor]:
+            A = -torch.exp(self.A_log.float())
+            return {"A": A, "D": self.D.float(), "delta_bias": self.dt_proj.bias.float(),
+                    "A2": scan_exp2_matrix(A)}
+        return cached_derived(self, "_scan_constants", (self.A_log, self.D, self.dt_proj.bias), make)
+
     def scan(self, u: torch.Tensor, delta: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor) -> torch.Tensor:
         """The selective scan along L of u, delta (B, L, d_inner), Bm, Cm (B, L, N) -> y (B, L, d_inner)."""
-        A = -torch.exp(self.A_log.float())
         if u.shape[1] == 0:
             return u
+        c = self.scan_constants()
         if use_cpu_kernel(u):
-            return selective_scan_cpu(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float())
+            return selective_scan_cpu(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"], A2=c["A2"])
         if use_inference_scan(u, self.d_state):
-            return selective_scan_inference(u, delta, A, Bm, Cm, self.D.float(), self.dt_proj.bias.float())
+            return selective_scan_inference(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"])
         # Training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views).
-        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
-                           D=self.D.float(), z=None, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), c["A"], Bm.transpose(1, 2), Cm.transpose(1, 2),
+                           D=c["D"], z=None, delta_bias=c["delta_bias"], delta_softplus=True)
         return y.transpose(1, 2)
 
 
@@ -362,18 +402,7 @@ class SelfBlock(nn.Module):
         def fold() -> torch.Tensor:
             return torch.cat([w[:, :n]] + [w[:, n + j * self.dim: n + (j + 1) * self.dim] @ wo for j in range(k)], 1)
 
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return fold()
-        cached = self._folded
-        try:
-            if (cached is not None and all(a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a._version == v
-                                           for a, b, v in zip(cached[0], (w, wo), cached[1]))):
-                return cached[2]
-            refs = (w.detach(), wo.detach())
-            self._folded = (refs, tuple(r._version for r in refs), fold())
-        except RuntimeError:  # inference tensors (made under inference_mode) have no version counter
-            return fold()
-        return self._folded[2]
+        return cached_derived(self, "_folded", (w, wo), fold)
 
     def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x]

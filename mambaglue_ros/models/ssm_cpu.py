@@ -163,26 +163,42 @@ def cpu_scan_status() -> str:
     return _status
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()  # the check in Python: a dispatched no-op costs more
+
+
+def scan_exp2_matrix(A: torch.Tensor) -> torch.Tensor:
+    """A (d, N) -> A · log2(e) as a (N, d) contiguous float32 matrix: the kernel's exp(Δ A) is exp2(Δ A log2 e).
+    Made once per parameter change by the caller (``MambaBranch.scan_constants``) or per call here."""
+    return (_f32(A) * math.log2(math.e)).t().contiguous()
+
+
+def conv_kernel_weights(conv: torch.nn.Conv1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A depthwise ``conv``'s weight (d, k) and bias (d,) in float32, as ``depthwise_conv_silu`` takes them."""
+    return _f32(conv.weight[:, 0]).contiguous(), _f32(conv.bias)
+
+
 def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                       D: torch.Tensor, delta_bias: torch.Tensor, module: Optional[ModuleType] = None) -> torch.Tensor:
+                       D: torch.Tensor, delta_bias: torch.Tensor, module: Optional[ModuleType] = None,
+                       A2: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``selective_scan_inference``'s arguments and result (y (b, L, d) in u's dtype), through the C++ kernel
-    (``module``, default the loaded ``cpu_scan()``), computed in float32. Call only where one is available."""
-    f32 = torch.float32
-    A2 = (A.to(f32) * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
-    y = (module or cpu_scan()).selective_scan_cpu(u.to(f32), delta.to(f32), A2, B.to(f32), C.to(f32), D.to(f32),
-                                                  delta_bias.to(f32))
-    return y.to(u.dtype)
+    (``module``, default the loaded ``cpu_scan()``), computed in float32. ``A2``: ``scan_exp2_matrix(A)`` where
+    the caller keeps it (else made here). Call only where a kernel is available."""
+    A2 = scan_exp2_matrix(A) if A2 is None else A2
+    y = (module or cpu_scan()).selective_scan_cpu(_f32(u), _f32(delta), A2, _f32(B), _f32(C), _f32(D),
+                                                  _f32(delta_bias))
+    return y if y.dtype == u.dtype else y.to(u.dtype)
 
 
-def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d,
-                            module: Optional[ModuleType] = None) -> torch.Tensor:
+def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d, module: Optional[ModuleType] = None,
+                            weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """``F.silu(depthwise_conv(u, conv))`` (u (b, L, d) -> (b, L, d), in u's dtype) in one pass through the C++
     kernel (``module``, default the loaded ``cpu_scan()``), computed in float32. u may be a slice of a wider
-    tensor (the x half of in_proj's output): it is read in place. Call only where a kernel is available."""
-    f32 = torch.float32
-    out = (module or cpu_scan()).depthwise_conv_silu(u.to(f32), conv.weight[:, 0].to(f32), conv.bias.to(f32),
-                                                     conv.padding[0])
-    return out.to(u.dtype)
+    tensor (the x half of in_proj's output): it is read in place. ``weights``: ``conv_kernel_weights(conv)``
+    where the caller keeps them (else made here). Call only where a kernel is available."""
+    weight, bias = conv_kernel_weights(conv) if weights is None else weights
+    out = (module or cpu_scan()).depthwise_conv_silu(_f32(u), weight, bias, conv.padding[0])
+    return out if out.dtype == u.dtype else out.to(u.dtype)
 
 
 def main() -> int:

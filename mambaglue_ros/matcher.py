@@ -272,6 +272,11 @@ class Matcher:
 
         return GraphedMatcher(self, batch=batch, pad_to=pad_to)
 
+    @property
+    def cuda_graph_active(self) -> bool:
+        """Whether ``match_features`` replays a captured CUDA graph (``use_cuda_graph``)."""
+        return self._graph is not None
+
     def use_cuda_graph(self, enabled: bool = True, pad_to: int | None = None) -> bool:
         """From now on ``match_features`` replays one captured CUDA graph (batch 1, sets padded to ``pad_to``,
         default ``max_keypoints``; larger sets run eager) instead of launching the network's kernels one by one.

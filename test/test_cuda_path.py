@@ -196,7 +196,9 @@ def test_use_cuda_graph_routes_pairs_that_fit_and_survives_a_failed_capture(pair
             RecordingGraph.calls += 1
             return "replayed"
 
+    assert not m.cuda_graph_active
     m._graph = RecordingGraph()
+    assert m.cuda_graph_active
     assert m.match_features(f0, f1) == "replayed" and RecordingGraph.calls == 1
     big = M.Features(keypoints=torch.cat([f0.keypoints] * 2), descriptors=torch.cat([f0.descriptors] * 2),
                      scores=torch.cat([f0.scores] * 2), image_size=f0.image_size)

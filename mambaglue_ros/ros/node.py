@@ -256,6 +256,8 @@ class MatcherNode(Node):
         if self.p["cuda_graph"]:  # captured now, before the worker and stage threads use the GPU
             if not cuda:
                 self.get_logger().warning("cuda_graph needs the matcher on CUDA; ignored on the CPU")
+            elif self.matcher.cuda_graph_active:  # multi-camera: the shared matcher, captured by the first camera
+                self.get_logger().info("matcher already runs as a CUDA graph (shared)")
             elif self.matcher.use_cuda_graph(True):
                 self.get_logger().info(f"matcher captured as a CUDA graph ({self.matcher.max_keypoints} keypoints)")
         self.controller = AlphaController(self._rate_config())

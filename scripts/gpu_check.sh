@@ -2,10 +2,10 @@
 # One command for a short, rare CUDA machine: install what is missing from a carried kit (no network), run the
 # CUDA scan equivalence tests, the matcher speed benchmark (batch 1 at 512/1024/2048 keypoints), batched
 # throughput (N camera streams in one forward pass), the network as one captured CUDA graph (fixed padded sizes),
-# and the node rate on CUDA (eager, and with the graph); write one JSON and one Markdown table (OUT/gpu_check.json, OUT/gpu_check.md). Every
-# step has its own time limit inside one overall budget (GPU_CHECK_BUDGET_S, default 420 s after the install,
-# which took 45-54 s on the H200: the whole run stays under 8 minutes);
-# a failed step is reported and the next one runs.
+# and the node rate on CUDA (eager, and with the graph); write one JSON and one Markdown table
+# (OUT/gpu_check.json, OUT/gpu_check.md). Every step has its own time limit inside one overall budget
+# (GPU_CHECK_BUDGET_S, default 420 s after the install, which took 45-54 s on the H200: the whole run stays under
+# 8 minutes); a failed step is reported and the next one runs.
 #
 #   scripts/gpu_check.sh [--kit FILE] [--out DIR]    on the CUDA machine (kit: default ./gpu-kit/gpu_kit.tar.xz)
 #   scripts/gpu_check.sh --dry-run [--out DIR]       here, on the CPU: the same steps with tiny sizes,
@@ -207,9 +207,10 @@ step multi_camera 75 "$PY" benchmarks/multi_camera.py --device "$DEVICE" --featu
 #    and 32, against eager on the same pairs; the JSON is rewritten after each configuration. (torch.compile's
 #    path, --paths compile, spends ~40 s compiling each shape: the dry run checks it with the eager backend.)
 step compiled 150 "$PY" benchmarks/compiled_matcher.py --device "$DEVICE" --features "$BENCH_FEAT" \
-  --keypoints "$COMP_KP" --batch "$COMP_BATCH" --paths "$COMP_PATHS" --backend "$COMP_BACKEND" --repeats 30 --json "$OUT/compiled.json"
+  --keypoints "$COMP_KP" --batch "$COMP_BATCH" --paths "$COMP_PATHS" --backend "$COMP_BACKEND" --repeats 30 \
+  --json "$OUT/compiled.json"
 
-# 5. the node on the GPU (default parameters but precision auto = fp16 on CUDA; pipeline on)
+# 5. the node on the GPU (default parameters but precision auto = fp16 on CUDA)
 if "$PY" -c 'import rclpy, mambaglue_ros.msg' 2>/dev/null; then
   step node_rate 100 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
     --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"

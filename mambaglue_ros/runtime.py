@@ -5,12 +5,33 @@ Kept free of ROS so tests (and the replay tool) use them directly.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import math
+import signal
 import threading
 import time
 from typing import Any, Deque
 
 import numpy as np
+
+
+# How long a node process may take to tear down (node, DDS participant, interpreter exit) once it has decided to
+# end. Normally well under a second; a failed start was once seen still alive after 180 s in CI (test_reliability).
+TEARDOWN_TIMEOUT_S = 20.0
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr: a process that hangs can say where."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+def bound_teardown(timeout_s: float = TEARDOWN_TIMEOUT_S) -> None:
+    """From now on the process ends within ``timeout_s``: if it is still alive then (a hang in the DDS teardown,
+    an interpreter-exit finaliser), faulthandler prints "Timeout (...)!" and every thread's stack to stderr and
+    exits with status 1. Its watchdog is a C thread, so it fires even while the hang holds the GIL. For a
+    process's entry point only (``main``): it ends the whole process."""
+    faulthandler.dump_traceback_later(timeout_s, exit=True)
 
 
 class MeanTime:

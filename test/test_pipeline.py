@@ -462,3 +462,37 @@ def test_package_asks_for_huge_pages_before_torch_loads(user_value):
         env["THP_MEM_ALLOC_ENABLE"] = user_value
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.split() == ["False", user_value or "1"], out.stderr
+
+
+# ---------------------------------------------------------------------------------------------- process end
+HANGS = """
+import sys, threading
+from mambaglue_ros.runtime import bound_teardown, dump_stacks_on_sigusr1
+dump_stacks_on_sigusr1()
+{arm}
+print("ready", flush=True)
+threading.Event().wait()  # the stand-in for a teardown that never returns
+"""
+
+
+def test_bound_teardown_ends_a_hung_process_with_status_1_and_its_stacks():
+    code = HANGS.format(arm="bound_teardown(1.0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == "ready\n"
+    assert "Timeout (0:00:01)!" in proc.stderr and "threading.py" in proc.stderr  # where it hung
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_process_goes_on():
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", HANGS.format(arm="")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"  # the handler is registered before this line
+        proc.send_signal(signal.SIGUSR1)
+        first = proc.stderr.readline()
+        assert first.startswith("Thread 0x") or first.startswith("Current thread 0x")
+        assert proc.poll() is None  # a dump, not an end
+    finally:
+        proc.kill()
+        proc.communicate()

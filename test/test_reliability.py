@@ -13,6 +13,7 @@ tests run the ``matcher_node`` console script (as test_node_process.py).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -811,12 +812,20 @@ def _startup_failure(proc: subprocess.Popen, args: list[str], texts: list[str]) 
     try:
         stdout, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return f"{args}: still running after 180 s (the bad value was accepted?)"
+        # Where is it? The node prints every thread's stack on SIGUSR1 (runtime.dump_stacks_on_sigusr1); the
+        # dump ends in stderr, which the message carries (once, in CI, such a process was never explained).
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        return f"{args}: still running after 180 s; its stderr (stacks on SIGUSR1): {stderr[-6000:]!r}"
     errors = [line for line in stderr.splitlines() if line.startswith("[matcher_node] error:")]
     if proc.returncode != 1 or len(errors) != 1 or "Traceback" in stderr + stdout:
         return f"{args}: rc={proc.returncode} stderr={stderr!r}"
+    if "Timeout (" in stderr:  # runtime.bound_teardown fired: the teardown hung (its stacks are in stderr)
+        return f"{args}: the teardown hung until the watchdog ended it: {stderr[-6000:]!r}"
     if not all(t in stderr for t in texts):
         return f"{args}: {texts} not in {stderr!r}"
     return None

@@ -20,6 +20,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from ..batching import BatchingMatcher
+from ..runtime import bound_teardown, dump_stacks_on_sigusr1
 from .node import MatcherNode, build_matcher
 
 # parameters that decide the network itself (and the process's torch threads): every camera of one process must
@@ -83,6 +84,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
+    dump_stacks_on_sigusr1()
     try:
         rclpy.init(args=argv)
         options = parse_arguments(rclpy.utilities.remove_ros_args(argv)[1:])
@@ -107,6 +109,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"[multi_camera_node] error: {e}", file=sys.stderr)
         return 1
     finally:
+        bound_teardown()  # whatever ends the process (error, signal), its teardown cannot hang it
         for node in nodes:
             node.destroy_node()
         shared.close()

@@ -64,7 +64,7 @@ from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
                         torch_threads)
 from ..rate_control import AlphaController
-from ..runtime import FrameSlot, RuntimeStats, diagnostic_level
+from ..runtime import FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_sigusr1
 from ..tracking import MonoTracker, StereoTracker
 from ..tracking_state import TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
@@ -1027,6 +1027,7 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    dump_stacks_on_sigusr1()
     try:
         rclpy.init(args=args)
     except Exception as e:  # a malformed --ros-args rule (e.g. `-p name:=` with no value)
@@ -1048,6 +1049,7 @@ def main(args: list[str] | None = None) -> int:
         print(f"[matcher_node] error: {e}", file=sys.stderr)
         return 1
     finally:
+        bound_teardown()  # whatever ends the process (error, signal), its teardown cannot hang it
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

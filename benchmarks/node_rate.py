@@ -265,10 +265,12 @@ def main() -> int:
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
+            scan = ("GPU  " if r["device"].startswith("cuda") else "C++  " if r["cpu_scan"].startswith("loaded")
+                    else "torch")
             steady = (f", 5 s windows (last half) {min(r['window_hz_last_half']):.1f}-"
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
-                  f"pipeline={'on ' if r['pipeline'] else 'off'} scan={'GPU  ' if r['device'].startswith('cuda') else 'C++  ' if r['cpu_scan'].startswith('loaded') else 'torch'}"
+                  f"pipeline={'on ' if r['pipeline'] else 'off'} scan={scan}"
                   + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "")
                   + (" cuda_graph" if r["cuda_graph"] else "") +
                   f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "

@@ -348,7 +348,7 @@ def test_shipped_trained_weights_load_by_default(features):
 
 
 def test_inference_constants_are_kept_until_a_weight_changes():
-    """SelfBlock.ffn_weight and MambaBranch.scan_constants (``cached_derived``): reused between inference calls,
+    """SelfBlock.ffn_weight and MambaBranch.inference_constants (``cached_derived``): reused between inference calls,
     made again after an in-place update, a dtype change or under autograd."""
     from mambaglue_ros.models.mambaglue import SelfBlock
 
@@ -356,19 +356,19 @@ def test_inference_constants_are_kept_until_a_weight_changes():
     block = SelfBlock(32, 2)
     branch = block.mamba
     with torch.inference_mode():
-        w1, c1 = block.ffn_weight(), branch.scan_constants()
-        assert block.ffn_weight() is w1 and branch.scan_constants() is c1
+        w1, c1 = block.ffn_weight(), branch.inference_constants()
+        assert block.ffn_weight() is w1 and branch.inference_constants() is c1
     with torch.no_grad():
         branch.A_log.add_(0.5)
         branch.out_proj.weight.mul_(2.0)
     with torch.inference_mode():
-        c2, w2 = branch.scan_constants(), block.ffn_weight()
+        c2, w2 = branch.inference_constants(), block.ffn_weight()
     assert c2 is not c1 and torch.allclose(c2["A"], -torch.exp(branch.A_log))
     assert torch.allclose(c2["A2"], (c2["A"] * math.log2(math.e)).t())
     assert w2 is not w1 and not torch.equal(w2, w1)
     block.double()
     with torch.inference_mode():
-        assert block.ffn_weight().dtype == torch.float64 and branch.scan_constants()["D"].dtype == torch.float32
+        assert block.ffn_weight().dtype == torch.float64 and branch.inference_constants()["D"].dtype == torch.float32
     with torch.enable_grad():
-        fresh = branch.scan_constants()
-        assert fresh is not branch.scan_constants() and fresh["A"].requires_grad
+        fresh = branch.inference_constants()
+        assert fresh is not branch.inference_constants() and fresh["A"].requires_grad

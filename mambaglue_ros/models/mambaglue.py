@@ -192,8 +192,7 @@ class MambaBranch(nn.Module):
             u = u * mask[..., None].to(u.dtype)
         # The C++ kernel's conv + SiLU in one pass where the scan kernel applies (same sum, float32 rounding)
         if use_cpu_kernel(u):
-            u = depthwise_conv_silu_cpu(u, self.conv1d, weights=cached_derived(
-                self, "_conv_weights", (self.conv1d.weight, self.conv1d.bias), lambda: conv_kernel_weights(self.conv1d)))
+            u = depthwise_conv_silu_cpu(u, self.conv1d, weights=self.inference_constants()["conv"])
         else:
             u = F.silu(depthwise_conv(u, self.conv1d))
         if mask is not None and self.bidirectional:
@@ -209,22 +208,24 @@ class MambaBranch(nn.Module):
         z = F.silu(z)
         return (y * z,) if self.message == "gated" else (y, z)
 
-    def scan_constants(self) -> dict[str, torch.Tensor]:
-        """The scan's parameters in float32 as every scan takes them: A = -exp(A_log) (d_inner, N), D and Δ's
-        bias (d_inner,), and A · log2(e) transposed (N, d_inner) for the C++ kernel. Kept between calls for
-        inference (``cached_derived``): made per call, these casts and the exp were ~15 of the branch's ~30
-        dispatched ops, and on a GPU with half weights each cast and the exp is a kernel launch."""
-        def make() -> dict[str, torch.Tensor]:
+    def inference_constants(self) -> dict[str, Any]:
+        """The branch's parameters as the scans and the C++ kernels take them, in float32: A = -exp(A_log)
+        (d_inner, N), D and Δ's bias (d_inner,), A · log2(e) transposed (N, d_inner) for the C++ scan, and the
+        conv's (weight (d_inner, k), bias) for the C++ conv. Kept between calls for inference (``cached_derived``):
+        made per call, these casts and the exp were ~20 of the branch's ~30 dispatched ops, and on a GPU with half
+        weights each cast and the exp is a kernel launch."""
+        def make() -> dict[str, Any]:
             A = -torch.exp(self.A_log.float())
-            return {"A": A, "D": self.D.float(), "delta_bias": self.dt_proj.bias.float(),
-                    "A2": scan_exp2_matrix(A)}
-        return cached_derived(self, "_scan_constants", (self.A_log, self.D, self.dt_proj.bias), make)
+            return {"A": A, "D": self.D.float(), "delta_bias": self.dt_proj.bias.float(), "A2": scan_exp2_matrix(A),
+                    "conv": conv_kernel_weights(self.conv1d)}
+        return cached_derived(self, "_inference_constants",
+                              (self.A_log, self.D, self.dt_proj.bias, self.conv1d.weight, self.conv1d.bias), make)
 
     def scan(self, u: torch.Tensor, delta: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor) -> torch.Tensor:
         """The selective scan along L of u, delta (B, L, d_inner), Bm, Cm (B, L, N) -> y (B, L, d_inner)."""
         if u.shape[1] == 0:
             return u
-        c = self.scan_constants()
+        c = self.inference_constants()
         if use_cpu_kernel(u):
             return selective_scan_cpu(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"], A2=c["A2"])
         if use_inference_scan(u, self.d_state):

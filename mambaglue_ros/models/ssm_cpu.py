@@ -169,7 +169,7 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 
 def scan_exp2_matrix(A: torch.Tensor) -> torch.Tensor:
     """A (d, N) -> A · log2(e) as a (N, d) contiguous float32 matrix: the kernel's exp(Δ A) is exp2(Δ A log2 e).
-    Made once per parameter change by the caller (``MambaBranch.scan_constants``) or per call here."""
+    Made once per parameter change by the caller (``MambaBranch.inference_constants``) or per call here."""
     return (_f32(A) * math.log2(math.e)).t().contiguous()
 
 

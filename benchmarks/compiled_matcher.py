@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ def agreement(a: Any, b: Any) -> float:
 
 def measure(matchers: dict[str, Any], pairs: list, pad_to: int, repeats: int) -> dict[str, Any]:
     """``matchers``: name -> object with ``match_batch(pairs)`` ('eager' first). Warm-up (compilation) timed
-    per path, then interleaved repeats in rotating order; medians per pair."""
+    per path, then ``bench.interleaved`` (rotating order); medians per pair."""
     device = matchers["eager"].matcher.device
     first: dict[str, Any] = {}
     warm_s: dict[str, float] = {}
@@ -53,21 +52,14 @@ def measure(matchers: dict[str, Any], pairs: list, pad_to: int, repeats: int) ->
             first[name] = m.match_batch(pairs)
         bench.sync(device)
         warm_s[name] = time.perf_counter() - t0
-    names = list(matchers)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            bench.sync(device)
-            start = time.perf_counter()
-            matchers[name].match_batch(pairs)
-            bench.sync(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
+    ms = bench.interleaved({name: (lambda m=m: m.match_batch(pairs)) for name, m in matchers.items()}, repeats,
+                           device, warmup=0)
     n = len(pairs)
     row: dict[str, Any] = {"keypoints": pad_to, "batch": n, "matches_eager": len(first["eager"][0].matches),
                            "stop_layer_eager": first["eager"][0].stop_layer}
-    for name in names:
-        row[f"{name}_ms_per_pair"] = statistics.median(times[name]) / n
-        row[f"{name}_pairs_per_s"] = 1000.0 * n / statistics.median(times[name])
+    for name in matchers:
+        row[f"{name}_ms_per_pair"] = ms[name] / n
+        row[f"{name}_pairs_per_s"] = 1000.0 * n / ms[name]
         row[f"{name}_warmup_s"] = warm_s[name]
         if name != "eager":
             row[f"{name}_speedup"] = row["eager_ms_per_pair"] / row[f"{name}_ms_per_pair"]

@@ -8,8 +8,6 @@ turn (old, new, new, old) to compare them under the same load.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -36,17 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         mamba, lightglue = nets[feat]
         img0, img1 = bench.photo_pair(kp)
         data = bench.network_inputs(*bench.extract_pair(feat, kp, img0, img1, dev), dev)
-        times: dict[str, list[float]] = {"mambaglue": [], "lightglue": []}
-        order = [("mambaglue", mamba), ("lightglue", lightglue)]
         with torch.inference_mode():
-            for _ in range(3):
-                mamba(data), lightglue(data)
-            for r in range(reps):
-                for name, net in (order if r % 2 == 0 else order[::-1]):
-                    t0 = time.perf_counter()
-                    net(data)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-        m, lg = statistics.median(times["mambaglue"]), statistics.median(times["lightglue"])
+            ms = bench.interleaved({"mambaglue": lambda: mamba(data), "lightglue": lambda: lightglue(data)}, reps,
+                                   dev, warmup=3)
+        m, lg = ms["mambaglue"], ms["lightglue"]
         out.append(f"{feat} {kp}: {m:.2f} / {lg:.2f} ms = {m / lg:.3f}")
     print(args.label, " | ".join(out), flush=True)
     return 0

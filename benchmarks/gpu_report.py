@@ -41,6 +41,9 @@ def summarise(out: Path) -> dict[str, Any]:
     compiled = load(out / "compiled.json")
     if compiled:
         result["compiled"] = compiled
+    extraction = load(out / "extract_graph.json")
+    if extraction:
+        result["extract_graph"] = extraction
     node = load(out / "node_rate.json")
     graph_node = load(out / "node_graph.json")
     if graph_node:  # the node with cuda_graph on: its rows join the node table (marked)
@@ -109,6 +112,11 @@ def table(r: dict[str, Any]) -> str:
         lines += [f"| {x['keypoints']} | {x['batch']} | {x['eager_ms_per_pair']:.3f} ({x['stop_layer_eager']}) | "
                   + " | ".join(f"{x[p + '_ms_per_pair']:.3f} ({x[p + '_speedup']:.2f}x, {x[p + '_agreement']:.3f})"
                                for p in paths) + " |" for x in r["compiled"]["rows"]]
+    if "extract_graph" in r:
+        lines += ["", "| XFeat extraction | keypoints | eager ms | one CUDA graph ms (speed-up, same keypoints) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {x['width']}x{x['height']} | {x['keypoints']} | {x['eager_ms']:.2f} | {x['fixed_ms']:.2f} "
+                  f"({x['speedup']:.2f}x, {x['agreement']:.3f}) |" for x in r["extract_graph"]["rows"]]
     if "node_rate" in r:
         lines += ["", "| node | input Hz | processed Hz | latency p50 / p95 ms | precision |",
                   "|---|---:|---:|---:|---|"]

@@ -40,6 +40,7 @@ MIN_IMAGE_SIDE = 16  # below this no front end has a receptive field to work wit
 # XFeat 61 -> 52 ms, ALIKED-n16 821 -> 652 ms, DISK no gain; docs/results.md). The outputs are the same to float
 # rounding; measured per front end, so the others keep torch's default layout.
 CHANNELS_LAST_ON_CPU = ("xfeat", "aliked")
+MAX_GRAPHED_SIZES = 4  # FeatureExtractor.use_cuda_graph: image sizes with a captured graph (each holds its buffers)
 
 
 def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,49 @@ def xfeat_class() -> type:
                 out[b, : len(p)] = p
             return out
 
+        def detect_fixed(self, x: torch.Tensor, top_k: int, detection_threshold: float | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """``detectAndCompute`` with shapes that depend on the image size only, and no value read on the host
+            (what a captured CUDA graph needs, ``cuda_graph.GraphedExtractor``).
+
+            x (B, 3, H, W) -> keypoints (B, k, 2) in input pixels, scores (B, k), descriptors (B, k, 64), with
+            k = min(top_k, H' W') for the network's H' x W' input. Rows whose score is <= 0 are not keypoints.
+            kornia picks the NMS survivors with a nonzero (a host wait, and a count only known then) and samples
+            the score maps at those points; here both maps are sampled at every pixel, non-survivors get -1, and
+            one top-k over the whole map picks the same points. The valid rows are the same points, scores and
+            descriptors as ``detectAndCompute`` (``test_features``); their order can differ only among equal
+            scores. On a CPU the per-pixel sampling costs more than it saves: the eager path stays kornia's.
+            """
+            if detection_threshold is None:
+                detection_threshold = self.detection_threshold
+            x, rh, rw = self._preprocess_tensor(x)
+            b, _, h, w = x.shape
+            feats, logits, reliability = self.net(x)
+            feats = torch.nn.functional.normalize(feats, dim=1)
+            heatmap = self._get_kpts_heatmap(logits)
+            survivor = strict_local_maxima_5x5(heatmap) & (heatmap > detection_threshold)
+            flat = torch.arange(h * w, device=x.device)
+            pixels = torch.stack([flat % w, torch.div(flat, w, rounding_mode="floor")], -1)[None].expand(b, -1, -1)
+            scores = (_sample_at_pixels(heatmap, pixels, h, w, "nearest")
+                      * _sample_at_pixels(reliability, pixels, h, w, "bilinear")).squeeze(-1)
+            scores = scores.masked_fill(~survivor.flatten(1), -1.0)
+            scores, index = torch.topk(scores, k=min(int(top_k), h * w), dim=-1, largest=True, sorted=True)
+            points = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1)
+            descriptors = torch.nn.functional.normalize(_sample_at_pixels(feats, points, h, w, "bicubic"), dim=-1)
+            keypoints = torch.stack([points[..., 0] * rw, points[..., 1] * rh], -1)  # python scalars: no host copy
+            return keypoints, scores, descriptors
+
     return XFeat
+
+
+def _sample_at_pixels(dense: torch.Tensor, pixels: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """kornia's ``InterpolateSparse2d`` (the XFeat convention: ``2 p / (W - 1) - 1``, ``align_corners=False``) with
+    the normalisation written with Python scalars: its ``torch.tensor([W - 1, H - 1])`` is a host-to-device copy,
+    which CUDA-graph capture refuses. The same arithmetic, so the same values. (B, C, h, w), (B, N, 2) -> (B, N, C)."""
+    px, py = pixels[..., 0] / (width - 1), pixels[..., 1] / (height - 1)
+    grid = (2.0 * torch.stack([px, py], -1) - 1.0).unsqueeze(-2).to(dense.dtype)
+    out = torch.nn.functional.grid_sample(dense, grid, mode=mode, align_corners=False)
+    return out.permute(0, 2, 3, 1).squeeze(-2)
 
 
 def empty_features(dim: int, image_size: tuple[int, int], device: torch.device | str = "cpu") -> Features:
@@ -204,6 +247,7 @@ class FeatureExtractor(torch.nn.Module):
             else bool(channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._graphs: dict[tuple[int, ...], Any] | None = None  # use_cuda_graph: image shape -> GraphedExtractor
 
     def _build(self, name: str, weights: str | None) -> torch.nn.Module:
         import kornia.feature as KF
@@ -279,15 +323,57 @@ class FeatureExtractor(torch.nn.Module):
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            kpts, desc, scores = self._run(x)
+        graphed = self._graphed(x) if self._graphs is not None else None
+        if graphed is not None:
+            kpts, desc, scores = graphed
+        else:
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                kpts, desc, scores = self._run(x)
         order = torch.argsort(scores, descending=True, stable=True)
         kpts, desc, scores = kpts[order].float(), desc[order].float(), scores[order].float()
         if scale != 1.0:  # pixel centres: (x + 0.5) * s - 0.5
             sx, sy = width / x.shape[-1], height / x.shape[-2]
             kpts = (kpts + 0.5) * kpts.new_tensor([sx, sy]) - 0.5
         return Features(kpts, desc, scores, (width, height))
+
+    def use_cuda_graph(self, enabled: bool = True) -> bool:
+        """XFeat on CUDA: from now on each image size is detected by one captured CUDA graph, captured at the
+        first image of that size (``cuda_graph.GraphedExtractor``: one replay instead of ~190 kernel launches; the
+        same keypoints and descriptors). At most ``MAX_GRAPHED_SIZES`` sizes are captured, later ones run eager,
+        as does a size whose capture failed (logged). Returns whether the graph path is on."""
+        if not enabled:
+            self._graphs = None
+            return False
+        if self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA extractor, this one runs on {self.device}")
+        if self.name != "xfeat":
+            raise ValueError(f"only XFeat's detection has fixed shapes for a CUDA graph, not {self.name}'s")
+        self._graphs = {}
+        return True
+
+    @property
+    def cuda_graph_active(self) -> bool:
+        """Whether ``extract`` replays captured CUDA graphs (``use_cuda_graph``)."""
+        return self._graphs is not None
+
+    def _graphed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The graph path for x (keypoints, descriptors, scores), or None where x runs eager."""
+        key = tuple(x.shape)
+        graph = self._graphs.get(key)
+        if key not in self._graphs or (graph is not None and graph.top_k < self.max_keypoints):
+            if key not in self._graphs and len(self._graphs) >= MAX_GRAPHED_SIZES:
+                return None
+            from .cuda_graph import GraphedExtractor
+
+            try:  # a larger keypoint budget than the captured one: captured again (a smaller one is a prefix)
+                graph = GraphedExtractor(self, key)
+            except Exception as e:  # a GPU or torch build that cannot capture: this size runs eager
+                log.warning("CUDA graph capture of the %s detection failed (%s: %s); extracting without it",
+                            self.name, type(e).__name__, e)
+                graph = None
+            self._graphs[key] = graph
+        return None if graph is None else graph.run(x, self.max_keypoints)
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = self.max_keypoints

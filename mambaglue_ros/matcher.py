@@ -282,9 +282,13 @@ class Matcher:
         default ``max_keypoints``; larger sets run eager) instead of launching the network's kernels one by one.
         The graph runs every layer: ``alpha`` no longer applies to those pairs. Captured here, once: call it
         before other threads use the GPU. A capture that fails is logged and leaves the eager path; returns
-        whether the graph is in use. Unmeasured in the node so far (docs/results.md, GPU)."""
+        whether the graph is in use. With XFeat the extraction runs as a graph too, one per image size, captured
+        at its first image (``FeatureExtractor.use_cuda_graph``). Unmeasured in the node so far (docs/results.md,
+        GPU)."""
         if not enabled:
             self._graph = None
+            if self.extractor.cuda_graph_active:
+                self.extractor.use_cuda_graph(False)
             return False
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA matcher, this one runs on {self.device}")
@@ -293,6 +297,9 @@ class Matcher:
         except Exception as e:  # a GPU or torch build that cannot capture: keep matching, eagerly
             log.warning("CUDA graph capture failed (%s: %s); matching without it", type(e).__name__, e)
             self._graph = None
+        # the other front ends' detections have data-dependent shapes
+        if self.features == "xfeat" and self.extractor.device.type == "cuda":
+            self.extractor.use_cuda_graph(True)
         return self._graph is not None
 
     def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:

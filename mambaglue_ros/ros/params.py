@@ -72,8 +72,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "on a CPU); fp16 (CUDA only)",
               choices=("auto", "fp32", "bf16", "fp16")),
     ParamSpec("cuda_graph", False, "CUDA only: the matcher runs as one captured CUDA graph (batch 1, sets padded "
-              "to max_keypoints at start; every layer, so alpha does not apply; larger sets run eager). At batch 1 "
-              "the eager forward is kernel launches (28.5 ms on an H200); the graph's speed in the node is not "
+              "to max_keypoints at start; every layer, so alpha does not apply; larger sets run eager), and XFeat's "
+              "extraction as one graph per image size. At batch 1 "
+              "the eager forward is kernel launches (28.5 ms on an H200); the graphs' speed in the node is not "
               "measured yet (docs/results.md, GPU). Ignored with a warning on a CPU"),
     ParamSpec("num_threads", 0, "CPU threads for torch; 0 = with the pipeline half the cores (one per stage), "
               "without it all cores but one (the ROS callbacks need one: oversubscribed OpenMP threads slow "

@@ -20,8 +20,11 @@ import numpy as np
 TEARDOWN_TIMEOUT_S = 20.0
 
 
-def dump_stacks_on_sigusr1() -> None:
-    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr: a process that hangs can say where."""
+def dump_stacks_on_signals() -> None:
+    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr: a process that hangs can say where. A
+    crash (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL: e.g. in a native library such as the DDS stack) prints them
+    too before the process dies, instead of ending with no output."""
+    faulthandler.enable(all_threads=True)
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
 

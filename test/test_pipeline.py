@@ -467,8 +467,8 @@ def test_package_asks_for_huge_pages_before_torch_loads(user_value):
 # ---------------------------------------------------------------------------------------------- process end
 HANGS = """
 import sys, threading
-from mambaglue_ros.runtime import bound_teardown, dump_stacks_on_sigusr1
-dump_stacks_on_sigusr1()
+from mambaglue_ros.runtime import bound_teardown, dump_stacks_on_signals
+dump_stacks_on_signals()
 {arm}
 print("ready", flush=True)
 threading.Event().wait()  # the stand-in for a teardown that never returns
@@ -480,6 +480,14 @@ def test_bound_teardown_ends_a_hung_process_with_status_1_and_its_stacks():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == "ready\n"
     assert "Timeout (0:00:01)!" in proc.stderr and "threading.py" in proc.stderr  # where it hung
+
+
+def test_a_crash_prints_every_threads_stack():
+    code = HANGS.format(arm="import ctypes; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
+                            "ctypes.string_at(0)")  # a segfault, as in a native library
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -11 and "Fatal Python error: Segmentation fault" in proc.stderr
+    assert proc.stderr.count("Thread 0x") + proc.stderr.count("Current thread 0x") >= 2  # every thread's stack
 
 
 def test_sigusr1_prints_every_threads_stack_and_the_process_goes_on():

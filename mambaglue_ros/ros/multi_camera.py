@@ -20,7 +20,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from ..batching import BatchingMatcher
-from ..runtime import bound_teardown, dump_stacks_on_sigusr1
+from ..runtime import bound_teardown, dump_stacks_on_signals
 from .node import MatcherNode, build_matcher
 
 # parameters that decide the network itself (and the process's torch threads): every camera of one process must
@@ -84,7 +84,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
-    dump_stacks_on_sigusr1()
+    dump_stacks_on_signals()
     try:
         rclpy.init(args=argv)
         options = parse_arguments(rclpy.utilities.remove_ros_args(argv)[1:])

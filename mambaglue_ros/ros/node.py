@@ -64,7 +64,7 @@ from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
                         torch_threads)
 from ..rate_control import AlphaController
-from ..runtime import FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_sigusr1
+from ..runtime import FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_signals
 from ..tracking import MonoTracker, StereoTracker
 from ..tracking_state import TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
@@ -1027,7 +1027,7 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    dump_stacks_on_sigusr1()
+    dump_stacks_on_signals()
     try:
         rclpy.init(args=args)
     except Exception as e:  # a malformed --ros-args rule (e.g. `-p name:=` with no value)

@@ -140,7 +140,7 @@ def xfeat_class() -> type:
             kornia picks the NMS survivors with a nonzero (a host wait, and a count only known then) and samples
             the score maps at those points; here both maps are sampled at every pixel, non-survivors get -1, and
             one top-k over the whole map picks the same points. The valid rows are the same points, scores and
-            descriptors as ``detectAndCompute`` (``test_features``); their order can differ only among equal
+            descriptors as ``detectAndCompute`` (``test_cuda_path``); their order can differ only among equal
             scores. On a CPU the per-pixel sampling costs more than it saves: the eager path stays kornia's.
             """
             if detection_threshold is None:

@@ -66,8 +66,14 @@ class TrackManager:
         self.next_id = 0
         self.reference_stamp_ns: int | None = None
         self._reference_ids = np.zeros(0, dtype=np.int64)
-        # (id, camera) -> (stamp_ns, pixel (2,), normalised (2,), age)
-        self._last: dict[tuple[int, int], tuple[int, np.ndarray, np.ndarray, int]] = {}
+        # the last observation of each track that can still be continued, per (id, camera) key = 2 id + camera,
+        # sorted by key: stamp_ns, pixel (2,), normalised (2,), age. Arrays, not a dict: one frame's lookups are
+        # a searchsorted instead of a Python loop over its observations (~4 ms per frame at 512 keypoints)
+        self._last_key = np.zeros(0, dtype=np.int64)
+        self._last_stamp = np.zeros(0, dtype=np.int64)
+        self._last_px = np.zeros((0, 2))
+        self._last_norm = np.zeros((0, 2))
+        self._last_age = np.zeros(0, dtype=np.int64)
 
     def _new_ids(self, n: int) -> np.ndarray:
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
@@ -127,20 +133,27 @@ class TrackManager:
         vel_px = np.zeros_like(px)
         vel_n = np.zeros_like(nrm)
         age = np.ones(len(ids_all), dtype=np.int64)
-        last = {}
-        for k, key in enumerate(zip(ids_all.tolist(), cam.tolist())):
-            prev = self._last.get(key)
-            if prev is not None and prev[0] < stamp_ns:
-                dt = (stamp_ns - prev[0]) / NS_PER_S
-                vel_px[k] = (px[k] - prev[1]) / dt
-                vel_n[k] = (nrm[k] - prev[2]) / dt
-                age[k] = prev[3] + 1
-            last[key] = (stamp_ns, px[k], nrm[k], int(age[k]))
+        key = 2 * ids_all + cam
+        at = np.minimum(np.searchsorted(self._last_key, key), max(len(self._last_key) - 1, 0))
+        seen = np.zeros(len(key), dtype=bool)
+        if len(self._last_key):  # the track's previous observation in this camera, if it is older than this frame
+            seen = (self._last_key[at] == key) & (self._last_stamp[at] < stamp_ns)
+        prev = at[seen]
+        dt = (stamp_ns - self._last_stamp[prev]) / NS_PER_S
+        vel_px[seen] = (px[seen] - self._last_px[prev]) / dt[:, None]
+        vel_n[seen] = (nrm[seen] - self._last_norm[prev]) / dt[:, None]
+        age[seen] = self._last_age[prev] + 1
         if is_reference:  # (-1 for keypoints without an id: their matches start new tracks)
             self.reference_stamp_ns = stamp_ns
             self._reference_ids = ids.copy()
-        # keep only what can still be continued: this frame's tracks and the reference's
-        keep = set(self._reference_ids.tolist())
-        self._last = {key: v for key, v in self._last.items() if key[0] in keep}
-        self._last.update(last)
+        # keep only what can still be continued: this frame's tracks (the last observation of a key if it came
+        # twice) and the reference's
+        old = np.isin(self._last_key // 2, self._reference_ids) & ~np.isin(self._last_key, key)
+        last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
+        order = np.argsort(np.concatenate([self._last_key[old], key[last]]), kind="stable")
+        self._last_key = np.concatenate([self._last_key[old], key[last]])[order]
+        self._last_stamp = np.concatenate([self._last_stamp[old], np.full(len(last), stamp_ns, dtype=np.int64)])[order]
+        self._last_px = np.concatenate([self._last_px[old], px[last]])[order]
+        self._last_norm = np.concatenate([self._last_norm[old], nrm[last]])[order]
+        self._last_age = np.concatenate([self._last_age[old], age[last]])[order]
         return TrackFrame(stamp_ns, inherited, ids_all, cam, px, nrm, vel_px, vel_n, age)

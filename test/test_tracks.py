@@ -162,3 +162,50 @@ def test_non_finite_keypoints_get_no_id_and_do_not_poison_later_frames():
     f2 = tm.update(2 * NS, kp + 1, normalized(kp + 1), np.array([[0, 0], [1, 1], [2, 2]]), NS, True)
     assert f2.ids[0] == f0.ids[0] and f2.ids[2] == f0.ids[2] and f2.ids[1] not in f0.ids  # new track
     assert np.all(np.isfinite(f2.velocity_px)) and np.all(np.isfinite(f2.velocity_normalized))
+
+
+def _per_observation_update(state: dict, stamp_ns: int, ids_all, cam, px, nrm, keep_ids):
+    """The definition the vectorised bookkeeping implements, one observation at a time: velocity and age from
+    the track's previous observation in the same camera (if older than this frame); afterwards the manager
+    remembers this frame's observations and those earlier ones whose id the reference frame holds."""
+    vel_px, vel_n, age = np.zeros_like(px), np.zeros_like(nrm), np.ones(len(ids_all), dtype=np.int64)
+    now = {}
+    for k, key in enumerate(zip(ids_all.tolist(), cam.tolist())):
+        prev = state.get(key)
+        if prev is not None and prev[0] < stamp_ns:
+            dt = (stamp_ns - prev[0]) / 1e9
+            vel_px[k], vel_n[k], age[k] = (px[k] - prev[1]) / dt, (nrm[k] - prev[2]) / dt, prev[3] + 1
+        now[key] = (stamp_ns, px[k], nrm[k], int(age[k]))
+    keep = set(keep_ids.tolist())
+    state = {key: v for key, v in state.items() if key[0] in keep}
+    state.update(now)
+    return state, vel_px, vel_n, age
+
+
+def test_velocities_and_ages_follow_each_tracks_previous_observation():
+    # random frames: matches to the reference (some out of range), non-finite keypoints, stereo observations,
+    # repeated stamps, references that change or not: the manager's velocities and ages against the definition
+    rng = np.random.default_rng(3)
+    tracks, state = TrackManager(), {}
+    prev_n, ref_stamp, stamp, continued = 0, None, 0, 0
+    for frame in range(60):
+        stamp += int(rng.choice([0, NS, 2 * NS]))  # 0: the same stamp again (no velocity from it)
+        n = int(rng.integers(5, 40))
+        kp = rng.uniform(0, 600, (n, 2))
+        kp[rng.random(n) < 0.05] = np.nan
+        m = min(n, prev_n)
+        matches = np.stack([rng.permutation(prev_n + 3)[:m], rng.permutation(n)[:m]], 1) if m else None
+        stereo = np.stack([rng.permutation(n)[: n // 2], rng.permutation(n)[: n // 2]], 1)
+        rk = kp + rng.normal(0, 1, kp.shape)
+        is_ref = bool(rng.random() < 0.6)
+        f = tracks.update(stamp, kp, normalized(kp), matches, ref_stamp, is_ref, stereo, rk, normalized(rk))
+        state, vel_px, vel_n, age = _per_observation_update(state, stamp, f.ids, f.camera, f.pixels, f.normalized,
+                                                             tracks._reference_ids)
+        np.testing.assert_array_equal(f.velocity_px, vel_px)
+        np.testing.assert_array_equal(f.velocity_normalized, vel_n)
+        np.testing.assert_array_equal(f.age, age)
+        continued += int((age > 1).sum())
+        assert len(tracks._last_key) == len(state)  # what it remembers: no more (a bounded memory), no less
+        if is_ref:
+            ref_stamp, prev_n = stamp, n
+    assert tracks.next_id > 100 and continued > 100  # many tracks were continued, not only started

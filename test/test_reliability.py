@@ -785,7 +785,7 @@ def test_bad_weights_and_configuration_stop_the_process_with_one_clear_error(bad
     ]
     failures = []
     for start in range(0, len(cases), 5):  # a few at a time: each one imports torch
-        # discovery off: five processes starting and failing together in one domain once crashed Fast DDS (alone_env)
+        # discovery off: five processes starting and failing together in one domain crashed Fast DDS (alone_env)
         batch = [(subprocess.Popen(_node_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=_alone_env()), args, texts) for args, texts in cases[start:start + 5]]
         failures += [f for proc, args, texts in batch if (f := _startup_failure(proc, args, texts))]

@@ -30,8 +30,28 @@ from .types import Features, MatchResult
 if TYPE_CHECKING:
     from .matcher import Matcher
 
-__all__ = ["GraphedExtractor", "GraphedMatcher"]
+__all__ = ["GraphedExtractor", "GraphedMatcher", "capture"]
 log = logging.getLogger(__name__)
+
+
+def capture(device: torch.device, forward: Any, warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, Any, float]:
+    """``forward()`` (on static inputs) captured as a CUDA graph under inference mode: (graph, its outputs,
+    seconds). Warm-up runs first off the default stream (Triton JIT, cuBLAS handles, cuDNN autotuning,
+    allocations). Callers enter their autocast with ``cache_enabled=False``: cached casts would be stale at replay."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        side_stream = torch.cuda.Stream(device)
+        side_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side_stream):
+            for _ in range(max(1, warmup)):
+                forward()
+        torch.cuda.current_stream(device).wait_stream(side_stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's CUDA work (the node's other stage) does not break this capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = forward()
+    torch.cuda.synchronize(device)
+    return graph, out, time.perf_counter() - t0
 
 
 class GraphedMatcher:
@@ -66,20 +86,8 @@ class GraphedMatcher:
                 torch.randn((b, k, dim), device=dev, generator=gen), dim=-1).to(dtype)
             self.static[f"image_size{side}"] = torch.full((b, 2), 400.0, device=dev)
             self.static[f"mask{side}"] = torch.ones((b, k), dtype=torch.bool, device=dev)
-        t0 = time.perf_counter()
-        with self._full_depth(), torch.inference_mode(), self._autocast():
-            side_stream = torch.cuda.Stream(dev)
-            side_stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side_stream):  # warm-up off the default stream: Triton JIT, cuBLAS handles
-                for _ in range(max(1, warmup)):
-                    net(self.static)
-            torch.cuda.current_stream(dev).wait_stream(side_stream)
-            self.graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA work (the node's other stage) does not break this capture
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.out: dict[str, Any] = net(self.static)
-        torch.cuda.synchronize(dev)
-        self.capture_s = time.perf_counter() - t0
+        with self._full_depth(), self._autocast():
+            self.graph, self.out, self.capture_s = capture(dev, lambda: net(self.static), warmup)
         log.info("captured the matcher as a CUDA graph: batch %d, %d keypoints, %.1f s", b, k, self.capture_s)
 
     @contextlib.contextmanager
@@ -150,22 +158,9 @@ class GraphedExtractor:
         self.static = torch.rand(self.shape, device=dev, generator=torch.Generator(device=dev).manual_seed(0))
         if extractor.channels_last:
             self.static = self.static.contiguous(memory_format=torch.channels_last)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(extractor.precision)
-        # the autocast cache must be off while a graph is captured (its casts would be stale at replay)
-        autocast = torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None, cache_enabled=False)
-        t0 = time.perf_counter()
-        with torch.inference_mode(), autocast:
-            side_stream = torch.cuda.Stream(dev)
-            side_stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side_stream):  # warm-up off the default stream (cuDNN autotuning, allocations)
-                for _ in range(max(1, warmup)):
-                    net.detect_fixed(self.static, self.top_k, threshold)
-            torch.cuda.current_stream(dev).wait_stream(side_stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.out = net.detect_fixed(self.static, self.top_k, threshold)
-        torch.cuda.synchronize(dev)
-        self.capture_s = time.perf_counter() - t0
+        with extractor.autocast(cache_enabled=False):
+            self.graph, self.out, self.capture_s = capture(
+                dev, lambda: net.detect_fixed(self.static, self.top_k, threshold), warmup)
         log.info("captured XFeat's detection as a CUDA graph: %s, %d keypoints, %.1f s", self.shape, self.top_k,
                  self.capture_s)
 

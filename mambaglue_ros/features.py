@@ -327,8 +327,7 @@ class FeatureExtractor(torch.nn.Module):
         if graphed is not None:
             kpts, desc, scores = graphed
         else:
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            with self.autocast():
                 kpts, desc, scores = self._run(x)
         order = torch.argsort(scores, descending=True, stable=True)
         kpts, desc, scores = kpts[order].float(), desc[order].float(), scores[order].float()
@@ -336,6 +335,13 @@ class FeatureExtractor(torch.nn.Module):
             sx, sy = width / x.shape[-1], height / x.shape[-2]
             kpts = (kpts + 0.5) * kpts.new_tensor([sx, sy]) - 0.5
         return Features(kpts, desc, scores, (width, height))
+
+    def autocast(self, cache_enabled: bool = True) -> torch.autocast:
+        """The autocast context of ``precision`` (off for fp32). A CUDA-graph capture needs ``cache_enabled=False``:
+        cached casts would be stale at replay."""
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None,
+                              cache_enabled=cache_enabled)
 
     def use_cuda_graph(self, enabled: bool = True) -> bool:
         """XFeat on CUDA: from now on each image size is detected by one captured CUDA graph, captured at the

@@ -150,8 +150,9 @@ class TrackManager:
         # twice) and the reference's
         old = np.isin(self._last_key // 2, self._reference_ids) & ~np.isin(self._last_key, key)
         last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
-        order = np.argsort(np.concatenate([self._last_key[old], key[last]]), kind="stable")
-        self._last_key = np.concatenate([self._last_key[old], key[last]])[order]
+        kept_key = np.concatenate([self._last_key[old], key[last]])
+        order = np.argsort(kept_key, kind="stable")
+        self._last_key = kept_key[order]
         self._last_stamp = np.concatenate([self._last_stamp[old], np.full(len(last), stamp_ns, dtype=np.int64)])[order]
         self._last_px = np.concatenate([self._last_px[old], px[last]])[order]
         self._last_norm = np.concatenate([self._last_norm[old], nrm[last]])[order]

@@ -79,17 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                         return fixed.net.detect_fixed(x.contiguous(memory_format=torch.channels_last), k)
             first = fixed.extract(image) if device.type == "cuda" else None  # the capture
             graph = next(iter(fixed._graphs.values()), None) if fixed._graphs else None
-
-            def timed(fn):
-                def call():
-                    out = fn()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    return out
-                return call
-
-            ms = bench.interleaved({"eager": timed(lambda: eager.extract(image)), "fixed": timed(run_fixed)},
-                                   args.repeats, device, warmup=2)
+            # bench.interleaved synchronises the device around each call
+            ms = bench.interleaved({"eager": lambda: eager.extract(image), "fixed": run_fixed}, args.repeats, device,
+                                   warmup=2)
             ref = eager.extract(image)
             agree = agreement(ref, run_fixed())
             row = {"width": width, "height": height, "keypoints": k, "eager_ms": ms["eager"], "fixed_ms": ms["fixed"],

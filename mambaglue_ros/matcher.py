@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
+import weakref
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # LightGlue-family weights per front end (the warm start and the `lightglue` baseline).
 LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue", "disk": "disk_lightglue", "xfeat": "xfeat_lightglue"}
+# Images whose first self block a Matcher keeps (``Matcher.prepare``): the current and previous frame, a keyframe,
+# a right image, and the frames in flight in the node's pipeline.
+PREPARED_KEPT = 8
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -171,6 +177,9 @@ class Matcher:
         if self.fp16:
             self.net = self.net.half()
         self._graph: "GraphedMatcher | None" = None  # use_cuda_graph: match_features replays it
+        # id(Features) -> (weakref to it, network signature, MambaGlue.prepare output): see ``prepare``
+        self._prepared: OrderedDict[int, tuple[Any, tuple, dict[str, torch.Tensor]]] = OrderedDict()
+        self._prepared_lock = threading.Lock()
 
     # ------------------------------------------------------------------ settings the node changes live
     @property
@@ -214,10 +223,55 @@ class Matcher:
         t0 = time.perf_counter()
         data = self._batch([(feats0, feats1)])
         with self._autocast():
+            for side, feats in (("0", feats0), ("1", feats1)):
+                data[f"prepared{side}"] = self._prepared_state(feats, data, side)
             out = self.net(data)
         result = self._unbatch(out, [(feats0, feats1)])[0]
         result.timings_ms["match"] = (time.perf_counter() - t0) * 1e3
         return result
+
+    @torch.inference_mode()
+    def prepare(self, feats: Features) -> None:
+        """Run the part of the matcher that depends on this image alone (input projection, positional encoding,
+        the first layer's self block: ``MambaGlue.prepare``) and keep it for the next ``match_features`` calls
+        with this very ``feats`` object, which then give the same result to the bit.
+
+        ``match_features`` keeps what it computes the same way, so a frame matched twice (temporal tracking:
+        with the previous frame, then with the next; stereo: left with right, then with the previous left) runs
+        its first self block once. The node's pipeline calls this in its extraction stage, so the matcher's
+        thread starts at the first cross block. At most ``PREPARED_KEPT`` images are kept (least recently used
+        first out); a change of the network's weights or precision makes them stale (recomputed)."""
+        if len(feats) and self._graph is None:
+            data = self._batch([(feats, feats)])
+            with self._autocast():
+                self._prepared_state(feats, data, "0")
+
+    def _network_signature(self) -> tuple:
+        """What ``MambaGlue.prepare``'s output depends on besides the image: the network, the precision and the
+        versions of the weights it uses (bumped by any in-place change)."""
+        net = getattr(self.net, "_orig_mod", self.net)  # under torch.compile: the network itself
+        used = (net.input_proj, net.posenc, net.transformers[0].self_attn)
+        return (id(net), self.precision) + tuple(p._version for m in used for p in m.parameters())
+
+    def _prepared_state(self, feats: Features, data: dict[str, torch.Tensor], side: str
+                        ) -> dict[str, torch.Tensor] | None:
+        """The kept ``prepare`` output of ``feats`` (side ``side`` of ``data``), or computed from ``data`` now
+        and kept. None for an image without keypoints (the network returns before it would be used)."""
+        if len(feats) == 0:
+            return None
+        signature = self._network_signature()
+        with self._prepared_lock:
+            kept = self._prepared.get(id(feats))
+            if kept is not None and kept[0]() is feats and kept[1] == signature:
+                self._prepared.move_to_end(id(feats))
+                return kept[2]
+        state = self.net.prepare(data[f"keypoints{side}"], data[f"descriptors{side}"], data[f"image_size{side}"])
+        with self._prepared_lock:
+            self._prepared[id(feats)] = (weakref.ref(feats), signature, state)
+            self._prepared.move_to_end(id(feats))
+            while len(self._prepared) > PREPARED_KEPT:
+                self._prepared.popitem(last=False)
+        return state
 
     def match(self, image0: np.ndarray | torch.Tensor, image1: np.ndarray | torch.Tensor) -> MatchResult:
         """Extract both images and match them. Timings in ``result.timings_ms`` (extract, match, total)."""

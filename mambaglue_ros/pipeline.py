@@ -128,12 +128,17 @@ class PrefetchingMatcher:
     while prefetching is kept and raised by the call that would have computed the result, so it surfaces on
     the frame it belongs to, in the worker's error handling.
 
+    Where the wrapped matcher has ``prepare`` (``Matcher.prepare``), ``prefetch`` also runs the part of the
+    matcher that depends on each image alone (its first self block), so the worker's match starts at the first
+    cross block; ``take_ahead_ms`` reports that time as 'prepare'.
+
     Keypoint budget changes (``max_keypoints = k``, from the rate controller) are applied by the thread that
     extracts, before its next extraction: the front end is never reconfigured halfway through an image, and
     the worker never waits for an extraction to finish.
     """
 
-    MAX_KEPT = 8  # results of at most two frames in flight (stage 1 and the hand-off), stereo: 2 images each
+    MAX_KEPT = 12  # results of at most two frames in flight (stage 1 and the hand-off); stereo: 2 images, each
+    # with its extraction and first self block, and the left/right match
 
     def __init__(self, matcher: Any) -> None:
         object.__setattr__(self, "_inner", matcher)
@@ -218,6 +223,11 @@ class PrefetchingMatcher:
         """Extract ``images`` (and match images[0] with images[1] when ``stereo``) for later ``extract`` /
         ``match_features`` calls on the same objects. Never raises: errors are kept (see the class)."""
         feats = [self._keep((image,), lambda image=image: self._extract_now(image), "extract") for image in images]
+        prepare = getattr(self._inner, "prepare", None)  # Matcher.prepare: the first self block of each image
+        if prepare is not None:
+            for f in feats:
+                if not isinstance(f, Exception):
+                    self._keep((f,), lambda f=f: prepare(f), "prepare")
         if stereo and len(feats) >= 2 and not any(isinstance(f, Exception) for f in feats[:2]):
             f0, f1 = feats[0], feats[1]
             self._keep((f0, f1), lambda: self._inner.match_features(f0, f1), "stereo")
@@ -229,11 +239,16 @@ class PrefetchingMatcher:
 
     def match_features(self, feats0: Any, feats1: Any) -> Any:
         """A prefetched match of exactly these two feature objects, else computed now."""
+        for feats in (feats0, feats1):  # their first self blocks, prepared ahead: only their time is taken here
+            try:
+                self._take((feats,))
+            except Exception:  # noqa: BLE001 - the matcher prepares the image itself and meets the error there
+                pass
         found, result = self._take((feats0, feats1))
         return result if found else self._inner.match_features(feats0, feats1)
 
     def take_ahead_ms(self) -> dict[str, float]:
-        """Wall time [ms] by kind ('extract', 'stereo') of the results computed ahead that ``extract`` /
+        """Wall time [ms] by kind ('extract', 'prepare', 'stereo') of the results computed ahead that ``extract`` /
         ``match_features`` handed out since the last call; cleared. The caller timed those calls at ~0 ms:
         this is the work they stand for (the node adds it to the frame's timings)."""
         with self._kept_lock:

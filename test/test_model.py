@@ -372,3 +372,94 @@ def test_inference_constants_are_kept_until_a_weight_changes():
     with torch.enable_grad():
         fresh = branch.inference_constants()
         assert fresh is not branch.inference_constants() and fresh["A"].requires_grad
+
+
+@pytest.mark.parametrize("design", [{"scan_order": "score", "bidirectional": False, "mamba_message": "concat",
+                                     "mamba_expand": 1.0},
+                                    {"scan_order": "hilbert", "bidirectional": True, "mamba_message": "gated"}],
+                         ids=["v1", "v2"])
+def test_a_prepared_first_self_block_gives_the_same_result(design):
+    """``MambaGlue.prepare`` (one image's encoding and first self block) fed to ``forward`` gives the whole
+    forward pass's result to the bit, with early exit and pruning, for both network versions; either side
+    alone prepared too."""
+    torch.manual_seed(0)
+    net = live_mamba(MambaGlue(input_dim=32, descriptor_dim=64, n_layers=4, num_heads=2, filter_threshold=0.0,
+                               **design).eval())  # threshold 0: mutual nearest neighbours of a random net match
+    f0 = random_features(300, 32, seed=1)
+    f1 = perturbed(f0, seed=2)
+    data = {"keypoints0": f0.keypoints[None], "keypoints1": f1.keypoints[None],
+            "descriptors0": f0.descriptors[None], "descriptors1": f1.descriptors[None],
+            "image_size0": torch.tensor([f0.image_size], dtype=torch.float32),
+            "image_size1": torch.tensor([f1.image_size], dtype=torch.float32)}
+    with torch.inference_mode():
+        plain = net(data)
+        prepared = {f"prepared{s}": net.prepare(data[f"keypoints{s}"], data[f"descriptors{s}"], data[f"image_size{s}"])
+                    for s in "01"}
+        for given in (prepared, {"prepared0": prepared["prepared0"]}, {"prepared1": prepared["prepared1"]}):
+            out = net({**data, **given})
+            assert out["stop"] == plain["stop"]
+            for key in ("matches0", "matches1", "matching_scores0", "matching_scores1"):
+                assert torch.equal(out[key], plain[key]), (key, sorted(given))
+        assert (plain["matches0"] > -1).sum() > 20  # a pair that matches, not two empty results
+        net.conf.update(early_exit=False, pruning=False)  # every layer: the whole assignment matrix compares
+        full = net(data)["log_assignment"]
+        assert torch.equal(net({**data, **prepared})["log_assignment"], full)
+        # and the layer-by-layer pass that training runs (whole layers from the encoding) agrees with both
+        assert torch.equal(net.forward_train(data)["log_assignment"][-1], full)
+
+
+def test_matcher_keeps_each_images_first_self_block(real_pairs, monkeypatch):
+    """``Matcher.match_features`` runs an image's first self block once per Features object and reuses it (a
+    frame matched with the previous and then the next frame); ``prepare`` computes it ahead. The results equal
+    those of fresh copies of the features; a weight changed in place makes the kept blocks stale; at most
+    ``PREPARED_KEPT`` images are kept; an image without keypoints is not prepared."""
+    from mambaglue_ros import matcher as M
+
+    m = Matcher(features="xfeat", device="cpu", max_keypoints=512)  # the node's defaults: exit and pruning on
+    calls = []
+    real_prepare = m.net.prepare
+    monkeypatch.setattr(m.net, "prepare", lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
+
+    def copy(f: Features) -> Features:
+        return Features(f.keypoints.clone(), f.descriptors.clone(), f.scores.clone(), f.image_size)
+
+    f0, f1, _ = real_pairs["easy"]
+    f2 = real_pairs["hard"][1]
+    fresh = m.match_features(copy(f0), copy(f1))
+    assert len(calls) == 2 and len(fresh) > 100
+    calls.clear()
+    for expected in (2, 0):  # computed for f0 and f1, then reused
+        kept = m.match_features(f0, f1)
+        assert len(calls) == expected
+        calls.clear()
+        np.testing.assert_array_equal(kept.matches, fresh.matches)
+        np.testing.assert_array_equal(kept.scores, fresh.scores)
+        assert kept.stop_layer == fresh.stop_layer
+    m.prepare(f2)  # ahead, as the node's extraction stage does
+    assert len(calls) == 1
+    m.match_features(f1, f2)
+    assert len(calls) == 1  # both kept
+    calls.clear()
+
+    w = m.net.transformers[0].self_attn.ffn[0].bias
+    old = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.add_(0.05)  # in place: the kept blocks of f0 and f1 are stale now
+        changed = m.match_features(f0, f1)
+        assert len(calls) == 2
+        reference = m.match_features(copy(f0), copy(f1))
+        np.testing.assert_array_equal(changed.matches, reference.matches)
+        np.testing.assert_array_equal(changed.scores, reference.scores)
+    finally:
+        with torch.no_grad():
+            w.copy_(old)
+
+    others = [copy(f0) for _ in range(M.PREPARED_KEPT + 3)]
+    for f in others:
+        m.prepare(f)
+    assert len(m._prepared) == M.PREPARED_KEPT
+    assert all(entry[0]() is f for entry, f in zip(m._prepared.values(), others[3:]))
+    calls.clear()
+    m.prepare(Features(torch.zeros(0, 2), torch.zeros(0, 64), torch.zeros(0), (640, 480)))
+    assert not calls

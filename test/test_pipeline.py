@@ -504,3 +504,47 @@ def test_sigusr1_prints_every_threads_stack_and_the_process_goes_on():
     finally:
         proc.kill()
         proc.communicate()
+
+
+class PreparingMatcher(FakeMatcher):
+    """A FakeMatcher with ``prepare`` (``Matcher.prepare``: the matcher's first self block of one image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list = []
+        self.fail_prepare = False
+
+    def prepare(self, feats) -> None:
+        self.prepared.append(feats)
+        if self.fail_prepare:
+            raise RuntimeError("prepare failed")
+
+
+def test_prefetch_prepares_each_extracted_image_and_reports_its_time(monkeypatch):
+    # stage 1 also runs the matcher's first self block of every image it extracted; the worker's match is then
+    # shorter, and the node gets that work's time as 'prepare', once, with the frame that used it
+    import mambaglue_ros.pipeline as P
+
+    clock = iter(range(0, 1000, 5))  # each perf_counter() call: 5 s later, so every kept result took 5000 ms
+    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+    inner = PreparingMatcher()
+    m = PrefetchingMatcher(inner)
+    left, right = image(1), image(2)
+    m.prefetch([left, right], stereo=True)
+    fl, fr = m.extract(left), m.extract(right)
+    assert len(inner.prepared) == 2 and inner.prepared[0] is fl and inner.prepared[1] is fr
+    assert m.match_features(fl, fr) == ("match", fl, fr) and inner.match_calls == 1  # the stereo match, ahead
+    assert m.take_ahead_ms() == {"extract": 10000.0, "prepare": 10000.0, "stereo": 5000.0}
+    assert m.take_ahead_ms() == {}
+
+
+def test_a_failed_prepare_leaves_the_match_to_the_matcher():
+    inner = PreparingMatcher()
+    inner.fail_prepare = True
+    m = PrefetchingMatcher(inner)
+    a, b = image(1), image(2)
+    m.prefetch([a])  # never raises on the stage-1 thread
+    m.prefetch([b])
+    fa, fb = m.extract(a), m.extract(b)
+    assert m.match_features(fa, fb) == ("match", fa, fb)  # computed by the matcher, which prepares itself
+    assert inner.match_calls == 1 and len(inner.prepared) == 2

@@ -680,22 +680,37 @@ class MambaGlue(nn.Module):
         tokens are in Hilbert order (attention, cross attention and the assignment do not depend on the
         order, the scan does); ``index`` maps every result back to the input order.
         """
+        return tuple(self.encode_image(data[f"keypoints{side}"], data[f"descriptors{side}"],
+                                       data[f"image_size{side}"], data.get(f"mask{side}")) for side in "01")
+
+    def encode_image(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``encode`` for one image: keypoints (B, K, 2) px, descriptors (B, K, Din), image_size (B, 2),
+        mask (B, K) or None."""
         dtype = self.posenc.Wr.weight.dtype
-        sets = []
-        for side in "01":
-            kpts = normalize_keypoints(data[f"keypoints{side}"], data[f"image_size{side}"])
-            desc = self.input_proj(data[f"descriptors{side}"].detach().to(dtype))
-            enc = self.posenc(kpts.to(dtype))
-            mask = data.get(f"mask{side}")
-            b, k = kpts.shape[:2]
-            if self.reorders:
-                index = scan_permutation(kpts, mask)
-                desc, enc = gather_points(desc, index), gather_encoding(enc, index)
-                mask = None if mask is None else mask.gather(1, index)
-            else:
-                index = torch.arange(k, device=kpts.device)[None].expand(b, k)
-            sets.append({"desc": desc, "enc": enc, "mask": mask, "index": index})
-        return tuple(sets)
+        kpts = normalize_keypoints(keypoints, image_size)
+        desc = self.input_proj(descriptors.detach().to(dtype))
+        enc = self.posenc(kpts.to(dtype))
+        b, k = kpts.shape[:2]
+        if self.reorders:
+            index = scan_permutation(kpts, mask)
+            desc, enc = gather_points(desc, index), gather_encoding(enc, index)
+            mask = None if mask is None else mask.gather(1, index)
+        else:
+            index = torch.arange(k, device=kpts.device)[None].expand(b, k)
+        return {"desc": desc, "enc": enc, "mask": mask, "index": index}
+
+    def prepare(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_size: torch.Tensor,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One image's tokens after the first self block: ``encode_image`` with ``desc`` through
+        ``transformers[0].self_attn`` (B, K, d). Everything up to there depends on that image alone, so a
+        frame matched twice (with the previous frame, then with the next; left with right and with the
+        previous left) needs it once, and it can be computed before its partner exists (the node's pipeline
+        does it in the extraction stage). ``forward`` takes it as ``data["prepared0"]`` / ``["prepared1"]``
+        and gives the same result to the bit."""
+        image = self.encode_image(keypoints, descriptors, image_size, mask)
+        image["desc"] = self.transformers[0].self_attn(image["desc"], image["enc"], image["mask"])
+        return image
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         c = self.conf
@@ -704,7 +719,11 @@ class MambaGlue(nn.Module):
         device = data["keypoints0"].device
         if m == 0 or n == 0:
             return self._empty_output(b, m, n, device)
-        set0, set1 = self.encode(data)
+        # Each image's first self block (``prepare``), given or computed here; layer 0 then runs its cross block
+        # only: the same operations on the same tensors as the whole layer, whose self block sees one image.
+        set0, set1 = (data.get(f"prepared{side}") or self.prepare(data[f"keypoints{side}"], data[f"descriptors{side}"],
+                                                                  data[f"image_size{side}"], data.get(f"mask{side}"))
+                      for side in "01")
         desc0, enc0, mask0, ind0 = set0["desc"], set0["enc"], set0["mask"], set0["index"]
         desc1, enc1, mask1, ind1 = set1["desc"], set1["enc"], set1["mask"], set1["index"]
 
@@ -716,7 +735,10 @@ class MambaGlue(nn.Module):
         token0 = token1 = None
         L = c["n_layers"]
         for i in range(L):
-            desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
+            if i == 0:
+                desc0, desc1 = self.transformers[0].cross_attn(desc0, desc1, mask0, mask1)
+            else:
+                desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
             if i == L - 1:
                 break
             if do_exit or do_prune:

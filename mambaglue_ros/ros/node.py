@@ -732,7 +732,8 @@ class MatcherNode(Node):
             result.timings_ms[kind] = result.timings_ms.get(kind, 0.0) + ms
         latency_ms, cycle_ms, worker_ms = self.stage.finish()  # since extraction began; the busier stage; worker
         if self.mode == "stereo" and self.pipelined and "extract" in ahead and result.temporal is not None:
-            self.stereo_placement.update(ahead["extract"], result.timings_ms.get("stereo", 0.0), worker_ms,
+            stage1_ms = ahead["extract"] + ahead.get("prepare", 0.0)  # the images' first self blocks ran there too
+            self.stereo_placement.update(stage1_ms, result.timings_ms.get("stereo", 0.0), worker_ms,
                                          stereo_ahead="stereo" in ahead)
         controlled_ms = controlled_time_ms(self.mode == "stereo", cycle_ms, worker_ms)
         self._publish(frame, result, latency_ms)

@@ -59,13 +59,18 @@ def measure(matcher: Matcher, pairs: list, repeats: int, max_wait_ms: float = 2.
     clients = [batcher.client() for _ in pairs]
 
     def cameras_at_once() -> None:
+        matcher.forget_prepared()
         threads = [threading.Thread(target=c.match_features, args=p) for c, p in zip(clients, pairs)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
 
-    calls = {"separate": lambda: [matcher.match_features(a, b) for a, b in pairs],
+    def separate() -> list:
+        matcher.forget_prepared()  # every round matches new images, as the batched paths compute everything
+        return [matcher.match_features(a, b) for a, b in pairs]
+
+    calls = {"separate": separate,
              "batched": lambda: matcher.match_batch(pairs), "batcher": cameras_at_once}
     times: dict[str, list[float]] = {k: [] for k in calls}
     for fn in calls.values():  # warm-up (CUDA kernels, allocator, autotuning)

@@ -246,6 +246,12 @@ class Matcher:
             with self._autocast():
                 self._prepared_state(feats, data, "0")
 
+    def forget_prepared(self) -> None:
+        """Drop every kept first self block (``prepare``). Timing code calls it before each timed pair, so that a
+        pair costs what a pair of new images costs, however often its features were matched before."""
+        with self._prepared_lock:
+            self._prepared.clear()
+
     def _network_signature(self) -> tuple:
         """What ``MambaGlue.prepare``'s output depends on besides the image: the network, the precision and the
         versions of the weights it uses (bumped by any in-place change)."""

@@ -460,6 +460,8 @@ def test_matcher_keeps_each_images_first_self_block(real_pairs, monkeypatch):
         m.prepare(f)
     assert len(m._prepared) == M.PREPARED_KEPT
     assert all(entry[0]() is f for entry, f in zip(m._prepared.values(), others[3:]))
+    m.forget_prepared()  # what timing code calls before each timed pair
+    assert not m._prepared
     calls.clear()
     m.prepare(Features(torch.zeros(0, 2), torch.zeros(0, 64), torch.zeros(0), (640, 480)))
-    assert not calls
+    assert not calls and not m._prepared

@@ -247,6 +247,14 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def forget_prepared(matcher: Any) -> None:
+    """``Matcher.forget_prepared`` where the matcher keeps per-image work between calls (ORB does not), so that a
+    timed call costs what a pair of new images costs."""
+    forget = getattr(matcher, "forget_prepared", None)
+    if forget is not None:
+        forget()
+
+
 def parse_alphas(text: str | None) -> list[float | None]:
     if not text:
         return []
@@ -324,6 +332,7 @@ def evaluate(pairs: Iterator[EvalPair] | Sequence[EvalPair], features: str, meth
         for k, (name, f0, f1, H, gt0, size0) in it:
             order = list(method_list[k % len(method_list):]) + list(method_list[: k % len(method_list)])
             for m in order:  # rotate the order so no method always runs right after extraction / another
+                forget_prepared(matchers[m])  # timed as a new pair, also in the alpha sweep's repeats
                 r = matchers[m].match_features(f0, f1)
                 rows[m].append({"pair": name, **pair_metrics(r, H, gt0, size0, pos_th, ransac_px)})
         return rows

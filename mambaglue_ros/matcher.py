@@ -240,7 +240,8 @@ class Matcher:
         with the previous frame, then with the next; stereo: left with right, then with the previous left) runs
         its first self block once. The node's pipeline calls this in its extraction stage, so the matcher's
         thread starts at the first cross block. At most ``PREPARED_KEPT`` images are kept (least recently used
-        first out); a change of the network's weights or precision makes them stale (recomputed)."""
+        first out); a change of the network's weights or precision, or a replaced field of ``feats``, makes them stale
+        (recomputed)."""
         if len(feats) and self._graph is None:
             data = self._batch([(feats, feats)])
             with self._autocast():
@@ -265,7 +266,9 @@ class Matcher:
         and kept. None for an image without keypoints (the network returns before it would be used)."""
         if len(feats) == 0:
             return None
-        signature = self._network_signature()
+        # the network's state, and the feature tensors themselves (a Features object whose fields are replaced
+        # is another image)
+        signature = self._network_signature() + (id(feats.keypoints), id(feats.descriptors), tuple(feats.image_size))
         with self._prepared_lock:
             kept = self._prepared.get(id(feats))
             if kept is not None and kept[0]() is feats and kept[1] == signature:

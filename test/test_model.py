@@ -454,6 +454,11 @@ def test_matcher_keeps_each_images_first_self_block(real_pairs, monkeypatch):
     finally:
         with torch.no_grad():
             w.copy_(old)
+    m.match_features(f0, f1)  # the weight restored (in place again): both computed anew
+    calls.clear()
+    f1.keypoints = f1.keypoints.clone()  # a field replaced: another image as far as the kept block knows
+    m.match_features(f0, f1)
+    assert len(calls) == 1
 
     others = [copy(f0) for _ in range(M.PREPARED_KEPT + 3)]
     for f in others:

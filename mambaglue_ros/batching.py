@@ -199,6 +199,11 @@ class MatcherClient:
                 matcher.max_keypoints = self._max_keypoints
             return matcher.extract(image)
 
+    def prepare(self, feats: Any) -> None:
+        """Nothing: a padded batch computes every image's first self block in its own forward pass, so the
+        camera's extraction stage does not compute it ahead (``Matcher.prepare``); a batch of one pair still
+        reuses what the shared matcher kept."""
+
     def match_features(self, feats0: Any, feats1: Any) -> Any:
         """Match two feature sets in the next batch (at this client's α or a higher one of the batch)."""
         return self._batcher.submit(feats0, feats1, self._alpha)

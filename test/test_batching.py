@@ -99,6 +99,8 @@ def test_per_client_budget_alpha_and_errors():
         with pytest.raises(ValueError):
             a.max_keypoints = 0
         assert a.features == "fake"  # everything else is the shared matcher's, and a client does not set it
+        inner.prepare = lambda feats: pytest.fail("a batch computes its images' first self blocks itself")
+        a.prepare(("features", "img", 512))  # the camera's extraction stage asks; nothing is computed ahead
         with pytest.raises(AttributeError, match="share"):
             a.features = "other"
         inner.fail_with = RuntimeError("out of memory")

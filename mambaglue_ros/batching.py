@@ -62,6 +62,8 @@ class BatchingMatcher:
         self.max_batch, self.max_wait_s = int(max_batch), float(max_wait_ms) / 1e3
         self.batches = 0
         self.pairs = 0
+        self.clients = 0
+        self._kept_per_camera = getattr(matcher, "prepared_kept", None)  # Matcher.prepare's images, one camera
         self.extract_lock = threading.Lock()  # the front end and its keypoint budget are shared
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
@@ -70,8 +72,14 @@ class BatchingMatcher:
         self._thread.start()
 
     def client(self) -> "MatcherClient":
-        """A matcher for one camera's tracker (its own α and keypoint budget)."""
-        return MatcherClient(self)
+        """A matcher for one camera's tracker (its own α and keypoint budget). The shared matcher keeps each
+        camera's first self blocks for a batch of one pair (``Matcher.prepared_kept``: as many per camera as a
+        matcher of its own keeps)."""
+        client = MatcherClient(self)
+        self.clients += 1
+        if self._kept_per_camera is not None:
+            self.matcher.prepared_kept = self._kept_per_camera * self.clients
+        return client
 
     def submit(self, feats0: Any, feats1: Any, alpha: float | None) -> Any:
         """Match one pair in the next batch; blocks until its result is there (raises the batch's error)."""

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 # LightGlue-family weights per front end (the warm start and the `lightglue` baseline).
 LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue", "disk": "disk_lightglue", "xfeat": "xfeat_lightglue"}
-# Images whose first self block a Matcher keeps (``Matcher.prepare``): the current and previous frame, a keyframe,
-# a right image, and the frames in flight in the node's pipeline.
+# Images whose first self block a Matcher keeps per camera (``Matcher.prepare``): the current and previous frame, a
+# keyframe, a right image, and the frames in flight in the node's pipeline.
 PREPARED_KEPT = 8
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -180,6 +180,7 @@ class Matcher:
         # id(Features) -> (weakref to it, network signature, MambaGlue.prepare output): see ``prepare``
         self._prepared: OrderedDict[int, tuple[Any, tuple, dict[str, torch.Tensor]]] = OrderedDict()
         self._prepared_lock = threading.Lock()
+        self.prepared_kept = PREPARED_KEPT  # images kept; a matcher shared by N cameras keeps N times as many
 
     # ------------------------------------------------------------------ settings the node changes live
     @property
@@ -239,7 +240,7 @@ class Matcher:
         ``match_features`` keeps what it computes the same way, so a frame matched twice (temporal tracking:
         with the previous frame, then with the next; stereo: left with right, then with the previous left) runs
         its first self block once. The node's pipeline calls this in its extraction stage, so the matcher's
-        thread starts at the first cross block. At most ``PREPARED_KEPT`` images are kept (least recently used
+        thread starts at the first cross block. At most ``prepared_kept`` images are kept (least recently used
         first out); a change of the network's weights or precision, or a replaced field of ``feats``, makes them stale
         (recomputed)."""
         if len(feats) and self._graph is None:
@@ -278,7 +279,7 @@ class Matcher:
         with self._prepared_lock:
             self._prepared[id(feats)] = (weakref.ref(feats), signature, state)
             self._prepared.move_to_end(id(feats))
-            while len(self._prepared) > PREPARED_KEPT:
+            while len(self._prepared) > self.prepared_kept:
                 self._prepared.popitem(last=False)
         return state
 

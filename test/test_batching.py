@@ -101,6 +101,7 @@ def test_per_client_budget_alpha_and_errors():
         assert a.features == "fake"  # everything else is the shared matcher's, and a client does not set it
         inner.prepare = lambda feats: pytest.fail("a batch computes its images' first self blocks itself")
         a.prepare(("features", "img", 512))  # the camera's extraction stage asks; nothing is computed ahead
+        assert not hasattr(inner, "prepared_kept") and batcher.clients == 2  # a matcher that keeps nothing
         with pytest.raises(AttributeError, match="share"):
             a.features = "other"
         inner.fail_with = RuntimeError("out of memory")
@@ -115,6 +116,19 @@ def test_per_client_budget_alpha_and_errors():
         batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         a.match_features("x", "y")
+
+
+def test_the_shared_matcher_keeps_first_self_blocks_for_every_camera():
+    """A batch of one pair goes through ``Matcher.match_features``, which reuses each image's first self block:
+    the shared matcher keeps as many of them per camera as a matcher of its own keeps."""
+    inner = RecordingMatcher()
+    inner.prepared_kept = 8
+    batcher = BatchingMatcher(inner)
+    try:
+        clients = [batcher.client() for _ in range(3)]
+        assert inner.prepared_kept == 24 and len(clients) == 3
+    finally:
+        batcher.close()
 
 
 def test_close_releases_waiting_callers():

@@ -463,8 +463,11 @@ def test_matcher_keeps_each_images_first_self_block(real_pairs, monkeypatch):
     others = [copy(f0) for _ in range(M.PREPARED_KEPT + 3)]
     for f in others:
         m.prepare(f)
-    assert len(m._prepared) == M.PREPARED_KEPT
+    assert len(m._prepared) == M.PREPARED_KEPT == m.prepared_kept
     assert all(entry[0]() is f for entry, f in zip(m._prepared.values(), others[3:]))
+    m.prepared_kept = 2  # what a multi-camera batcher sets (a multiple); fewer here: the oldest go
+    m.prepare(others[0])
+    assert [entry[0]() for entry in m._prepared.values()] == [others[-1], others[0]]
     m.forget_prepared()  # what timing code calls before each timed pair
     assert not m._prepared
     calls.clear()

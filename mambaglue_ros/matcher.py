@@ -254,22 +254,16 @@ class Matcher:
         with self._prepared_lock:
             self._prepared.clear()
 
-    def _network_signature(self) -> tuple:
-        """What ``MambaGlue.prepare``'s output depends on besides the image: the network, the precision and the
-        versions of the weights it uses (bumped by any in-place change)."""
-        net = getattr(self.net, "_orig_mod", self.net)  # under torch.compile: the network itself
-        used = (net.input_proj, net.posenc, net.transformers[0].self_attn)
-        return (id(net), self.precision) + tuple(p._version for m in used for p in m.parameters())
-
     def _prepared_state(self, feats: Features, data: dict[str, torch.Tensor], side: str
                         ) -> dict[str, torch.Tensor] | None:
         """The kept ``prepare`` output of ``feats`` (side ``side`` of ``data``), or computed from ``data`` now
         and kept. None for an image without keypoints (the network returns before it would be used)."""
         if len(feats) == 0:
             return None
-        # the network's state, and the feature tensors themselves (a Features object whose fields are replaced
-        # is another image)
-        signature = self._network_signature() + (id(feats.keypoints), id(feats.descriptors), tuple(feats.image_size))
+        # the network's weights (MambaGlue.prepare_token) and precision, and the feature tensors themselves (a
+        # Features object whose fields are replaced is another image)
+        signature = (self.net.prepare_token(), self.precision, id(feats.keypoints), id(feats.descriptors),
+                     tuple(feats.image_size))
         with self._prepared_lock:
             kept = self._prepared.get(id(feats))
             if kept is not None and kept[0]() is feats and kept[1] == signature:

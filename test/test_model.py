@@ -456,6 +456,10 @@ def test_matcher_keeps_each_images_first_self_block(real_pairs, monkeypatch):
             w.copy_(old)
     m.match_features(f0, f1)  # the weight restored (in place again): both computed anew
     calls.clear()
+    w.data = w.data.clone()  # new storage, same values and version (as .to() / .half() give): stale too
+    m.match_features(f0, f1)
+    assert len(calls) == 2
+    calls.clear()
     f1.keypoints = f1.keypoints.clone()  # a field replaced: another image as far as the kept block knows
     m.match_features(f0, f1)
     assert len(calls) == 1

@@ -712,6 +712,12 @@ class MambaGlue(nn.Module):
         image["desc"] = self.transformers[0].self_attn(image["desc"], image["enc"], image["mask"])
         return image
 
+    def prepare_token(self) -> object:
+        """An object that stays the same while the weights ``prepare`` uses stay the same (``cached_derived``: the
+        same storage, dtype and version of each), so that a kept ``prepare`` output can be checked against it."""
+        used = (self.input_proj, self.posenc, self.transformers[0].self_attn)
+        return cached_derived(self, "_prepare_token", tuple(p for m in used for p in m.parameters()), object)
+
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         c = self.conf
         b, m = data["keypoints0"].shape[:2]

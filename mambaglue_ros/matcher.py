@@ -13,13 +13,15 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
+from .models.gemm_shapes import BucketedGemmShapes
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
 from .types import Features, MatchResult, check_alpha, check_max_keypoints
 
@@ -138,9 +140,11 @@ class Matcher:
         pruning: point pruning of confident unmatchable points (LightGlue's adaptive width).
         extractor_weights: path to the front end's weights (required for SuperPoint).
         precision: matcher arithmetic: 'fp32'; 'bf16' (autocast; on CPUs with AVX512-BF16 or AMX it is
-            faster, see README); 'fp16' (CUDA only, half weights; on a CPU it falls back to fp32 with a
-            warning); 'auto' = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 (the node's default;
-            see ``resolve_precision``). The extractor runs in fp32 except with 'fp16' on CUDA.
+            faster with ALIKED or 1024+ keypoints, see README; on the CPU its matrix products are padded to a
+            few shapes, ``_autocast``); 'fp16' (CUDA only, half weights; on a CPU it falls back to fp32 with a
+            warning); 'auto' = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 (see
+            ``resolve_precision``; the node's default is 'fp32'). The extractor runs in fp32 except with 'fp16'
+            on CUDA.
         fp16: shorthand for ``precision='fp16'`` (older API).
         **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
     """
@@ -181,6 +185,8 @@ class Matcher:
         self._prepared: OrderedDict[int, tuple[Any, tuple, dict[str, torch.Tensor]]] = OrderedDict()
         self._prepared_lock = threading.Lock()
         self.prepared_kept = PREPARED_KEPT  # images kept; a matcher shared by N cameras keeps N times as many
+        # bf16 on the CPU: matrix products padded to a few shapes (``_autocast``); False only to measure without
+        self.bucket_gemm_shapes = True
 
     # ------------------------------------------------------------------ settings the node changes live
     @property
@@ -211,8 +217,17 @@ class Matcher:
         """One image -> Features (on the matcher's device)."""
         return self.extractor.extract(image)
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+    @contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """The network's arithmetic: bf16 autocast for 'bf16'; on the CPU with its matrix products padded to a
+        few sizes (``BucketedGemmShapes``: oneDNN keeps a compiled kernel per bf16 product shape for good, and the
+        token counts change every frame and layer, so the process would grow without bound)."""
+        bf16 = self.precision == "bf16"
+        with ExitStack() as stack:
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16))
+            if bf16 and self.device.type == "cpu" and self.bucket_gemm_shapes:
+                stack.enter_context(BucketedGemmShapes())
+            yield
 
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:

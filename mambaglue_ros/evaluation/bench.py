@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ..features import FRONT_ENDS, MATCHER_CONF, FeatureExtractor
+from ..models.gemm_shapes import BucketedGemmShapes
 from ..models.ssm_cpu import torch_scan_only
 from ..types import Features
 
@@ -324,9 +325,11 @@ def bench_extractors(names: list[str], repeats: int, warmup: int, device: torch.
 
 def _caller(net: Callable[..., Any], data: dict[str, torch.Tensor], dev: torch.device,
             bf16: bool = False, torch_scan: bool = False) -> Callable[[], Any]:
-    """``net(data)`` as a no-argument call, under bf16 autocast / with the torch scan when asked."""
+    """``net(data)`` as a no-argument call, under bf16 autocast / with the torch scan when asked. bf16 on the
+    CPU runs as ``Matcher`` runs it, with its matrix products padded to a few shapes (``BucketedGemmShapes``)."""
     def call() -> Any:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), \
+                (BucketedGemmShapes() if bf16 and dev.type == "cpu" else contextlib.nullcontext()), \
                 (torch_scan_only() if torch_scan else contextlib.nullcontext()):
             return net(data)
     return call

@@ -538,7 +538,7 @@ class MatchAssignment(nn.Module):
                 mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> torch.Tensor:
         d = desc0.shape[-1]
         mdesc0, mdesc1 = self.final_proj(desc0) / d**0.25, self.final_proj(desc1) / d**0.25
-        sim = torch.einsum("bmd,bnd->bmn", mdesc0, mdesc1)
+        sim = mdesc0 @ mdesc1.transpose(-1, -2)  # (B, M, N); a product, not einsum: see gemm_shapes.py
         z0, z1 = self.matchability(desc0), self.matchability(desc1)
         if mask0 is not None:
             # Padding never matches: -inf similarity and -inf matchability logits.

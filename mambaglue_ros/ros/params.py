@@ -63,13 +63,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
-    # fp32 by default: bf16 autocast on this kind of CPU serves frames ~1.75x faster but the process holds
-    # ~0.9 GB more (oneDNN's bf16 kernels and weight copies; RSS 1.32 GB vs 0.38 GB in test_soak's overload run).
-    # The front end alone in bf16 (1.35x faster XFeat, one image size) costs keypoint localisation: AUC@3px
-    # 0.32 -> 0.24 at 512 keypoints (docs/results.md, Real time).
+    # fp32 by default: on a video sequence bf16 on this kind of CPU matches XFeat at 512 keypoints (the CPU
+    # default) in 1.1x the fp32 time; it pays at 1024 keypoints (0.9x) and with ALIKED (0.7x). Its products
+    # are padded to a few shapes (models/gemm_shapes.py): without that, oneDNN kept a kernel per new shape (the
+    # process grew by ~0.85 GB in 100 pairs) and compiling them made bf16 1.5x slower than fp32
+    # (benchmarks/precision_sequence.py). The front end alone in bf16 (1.35x faster XFeat) costs keypoint
+    # localisation: AUC@3px 0.32 -> 0.24 at 512 keypoints (docs/results.md, Real time).
     ParamSpec("precision", "fp32", "matcher arithmetic: fp32; auto = fp16 on CUDA, bf16 on CPUs with "
-              "AVX512-BF16/AMX, else fp32; bf16 (autocast: faster on such CPUs and on GPUs, ~0.9 GB more memory "
-              "on a CPU); fp16 (CUDA only)",
+              "AVX512-BF16/AMX, else fp32; bf16 (autocast: faster on such CPUs with ALIKED or 1024+ keypoints, "
+              "and on GPUs); fp16 (CUDA only)",
               choices=("auto", "fp32", "bf16", "fp16")),
     ParamSpec("cuda_graph", False, "CUDA only: the matcher runs as one captured CUDA graph (batch 1, sets padded "
               "to max_keypoints at start; every layer, so alpha does not apply; larger sets run eager), and XFeat's "

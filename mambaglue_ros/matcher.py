@@ -56,14 +56,23 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'fp16' on CUDA, 'bf16' on a CPU with native bf16 (``cpu_has_native_bf16``), else 'fp32'.
-    Other values are returned as they are."""
+# Matcher width (descriptor_dim) from which bf16 pays on a CPU with native bf16, measured on a video sequence
+# (benchmarks/precision_sequence.py, KITTI, docs/results.md "bf16 on a video sequence"): the d = 256 networks
+# (ALIKED) take 0.71-0.73x the fp32 time at 512 and 1024 keypoints; XFeat's d = 96 network 1.11x at 512 and
+# 0.90x at 1024, too little for bf16's rounding.
+BF16_MIN_WIDTH = 256
+
+
+def resolve_precision(precision: str, device: torch.device, descriptor_dim: int = BF16_MIN_WIDTH) -> str:
+    """'auto' -> 'fp16' on CUDA; on a CPU with native bf16 (``cpu_has_native_bf16``) 'bf16' for a matcher at least
+    ``BF16_MIN_WIDTH`` wide (``descriptor_dim``), where it was measured to pay; else 'fp32'. Other values are
+    returned as they are."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    wide = descriptor_dim >= BF16_MIN_WIDTH
+    return "bf16" if device.type == "cpu" and wide and cpu_has_native_bf16() else "fp32"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -142,9 +151,9 @@ class Matcher:
         precision: matcher arithmetic: 'fp32'; 'bf16' (autocast; on CPUs with AVX512-BF16 or AMX it is
             faster with ALIKED or 1024+ keypoints, see README; on the CPU its matrix products are padded to a
             few shapes, ``_autocast``); 'fp16' (CUDA only, half weights; on a CPU it falls back to fp32 with a
-            warning); 'auto' = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 (see
-            ``resolve_precision``; the node's default is 'fp32'). The extractor runs in fp32 except with 'fp16'
-            on CUDA.
+            warning); 'auto' = fp16 on CUDA, bf16 for the d = 256 networks (ALIKED, DISK, SuperPoint) on a CPU
+            with native bf16, else fp32 (``resolve_precision``; the node's default). The extractor runs in fp32
+            except with 'fp16' on CUDA.
         fp16: shorthand for ``precision='fp16'`` (older API).
         **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
     """
@@ -158,7 +167,7 @@ class Matcher:
         precision = "fp16" if fp16 else precision
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        precision = resolve_precision(precision, self.device)
+        precision = resolve_precision(precision, self.device, MATCHER_CONF.get(features, {}).get("descriptor_dim", 0))
         if precision == "fp16" and self.device.type != "cuda":
             warnings.warn("fp16 needs CUDA: running fp32 on the CPU (bf16 is the CPU's reduced precision)",
                           stacklevel=2)

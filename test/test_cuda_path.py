@@ -33,13 +33,19 @@ def same_matches(a, b) -> float:
 def test_precision_auto_dispatch(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert M.resolve_precision("auto", cuda) == "fp16"
+    assert M.resolve_precision("auto", cuda, descriptor_dim=96) == "fp16"
     monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: True)
     assert M.resolve_precision("auto", cpu) == "bf16"
+    # bf16 only where it was measured to pay on a sequence: the d = 256 networks, not XFeat's d = 96
+    assert M.resolve_precision("auto", cpu, descriptor_dim=256) == "bf16"
+    assert M.resolve_precision("auto", cpu, descriptor_dim=96) == "fp32"
+    assert M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="auto").precision == "fp32"
+    assert M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto").precision == "bf16"
     monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
     assert M.resolve_precision("auto", cpu) == "fp32"
     for explicit in ("fp32", "bf16", "fp16"):
         assert M.resolve_precision(explicit, cpu) == explicit
-    assert M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="auto").precision == "fp32"
+    assert M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto").precision == "fp32"
 
 
 def test_native_bf16_probe_agrees_with_the_kernel_flags():

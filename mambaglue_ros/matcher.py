@@ -75,6 +75,24 @@ def resolve_precision(precision: str, device: torch.device, descriptor_dim: int 
     return "bf16" if device.type == "cpu" and wide and cpu_has_native_bf16() else "fp32"
 
 
+# Front ends that extract in bf16 under precision 'auto' on a CPU with native bf16: XFeat, whose backbone then
+# takes ~0.65x the fp32 time with its keypoint head kept in float32 (``features.xfeat_model_class``: the same
+# keypoint pixels); its accuracy cost is in docs/results.md ("bf16 on a video sequence"). ALIKED, DISK and
+# SuperPoint extract in fp32 (not measured in bf16).
+BF16_FRONT_ENDS = ("xfeat",)
+
+
+def resolve_extractor_precision(requested: str, matcher_precision: str, device: torch.device, features: str) -> str:
+    """The front end's arithmetic for a Matcher asked for ``requested`` whose network runs in ``matcher_precision``:
+    fp16 with an fp16 network (CUDA); for 'auto' on a CPU with native bf16, bf16 for ``BF16_FRONT_ENDS``; else
+    fp32 (an explicit 'bf16' keeps the front end in fp32, as before 'auto' chose one)."""
+    if matcher_precision == "fp16":
+        return "fp16"
+    if requested == "auto" and device.type == "cpu" and features in BF16_FRONT_ENDS and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,8 +170,9 @@ class Matcher:
             faster with ALIKED or 1024+ keypoints, see README; on the CPU its matrix products are padded to a
             few shapes, ``_autocast``); 'fp16' (CUDA only, half weights; on a CPU it falls back to fp32 with a
             warning); 'auto' = fp16 on CUDA, bf16 for the d = 256 networks (ALIKED, DISK, SuperPoint) on a CPU
-            with native bf16, else fp32 (``resolve_precision``; the node's default). The extractor runs in fp32
-            except with 'fp16' on CUDA.
+            with native bf16, else fp32 (``resolve_precision``; the node's default). The front end runs in fp16
+            with an fp16 network, in bf16 for XFeat under 'auto' on a CPU with native bf16
+            (``resolve_extractor_precision``), else in fp32.
         fp16: shorthand for ``precision='fp16'`` (older API).
         **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
     """
@@ -164,10 +183,10 @@ class Matcher:
                  fp16: bool = False, precision: str = "fp32", **network_options: Any) -> None:
         self.features = features
         self.device = resolve_device(device)
-        precision = "fp16" if fp16 else precision
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        precision = resolve_precision(precision, self.device, MATCHER_CONF.get(features, {}).get("descriptor_dim", 0))
+        requested = "fp16" if fp16 else precision
+        if requested not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+        precision = resolve_precision(requested, self.device, MATCHER_CONF.get(features, {}).get("descriptor_dim", 0))
         if precision == "fp16" and self.device.type != "cuda":
             warnings.warn("fp16 needs CUDA: running fp32 on the CPU (bf16 is the CPU's reduced precision)",
                           stacklevel=2)
@@ -176,7 +195,9 @@ class Matcher:
         fp16 = precision == "fp16"
         self.extractor = FeatureExtractor(features, max_keypoints=max_keypoints,
                                           detection_threshold=detection_threshold, resize_max=resize_max,
-                                          device=self.device, weights=extractor_weights, fp16=fp16)
+                                          device=self.device, weights=extractor_weights,
+                                          precision=resolve_extractor_precision(requested, precision, self.device,
+                                                                                features))
         options = dict(network_options)
         options["early_exit"] = alpha is not None
         if alpha is not None:

@@ -174,22 +174,44 @@ eval_aliked() {
 eval_pose() {
   "$M" eval-pose --features xfeat --methods mambaglue,lightglue,orb --json out/eval_pose_xfeat.json --plots out/plots --no-progress
 }
-replays() {       # at max_keypoints 1024, the node's default before 512 (the README figures); realtime_512 below for 512
+replays() {       # at max_keypoints 1024, the node's default before 512 (the README figures); realtime_512 below for 512.
+                  # precision=fp32: the same figures on every CPU (`auto` picks a bf16 front end where the CPU has
+                  # native bf16; what that changes: precision_auto below)
   "$M" demo --out out/demo
   [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
-  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
-  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 keyframe_policy=previous --force
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 precision=fp32 --force
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_previous --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=fp32 keyframe_policy=previous --force
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
-  "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
-  "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 --force
+  "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 precision=fp32 --force
+  "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo --lossless --matcher mambaglue lightglue orb --set num_threads=1 max_keypoints=1024 precision=fp32 --force
   mkdir -p docs/results && cp out/kitti_stereo/trajectory.png docs/results/kitti_stereo_trajectory.png
+}
+precision_auto() {  # 2026-12-05, issue 15: bf16 on a sequence (per-shape kernels, padded products), and what
+                    # precision: auto (the node's default) changes: XFeat's front end in bf16, ALIKED's matcher in bf16
+  "$PY" benchmarks/precision_sequence.py --configs xfeat:512,xfeat:1024,aliked:1024 --images "$DATA/kitti_seq1/image_l" --plot docs/results/precision_sequence.png --json out/precision_sequence.json
+  "$PY" benchmarks/precision_sequence.py --configs aliked:512,xfeat:768 --variants fp32,bf16-bucketed --images "$DATA/kitti_seq1/image_l" --json out/precision_sequence_more.json
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods mambaglue,mambaglue+bf16,lightglue,lightglue+bf16 --json out/eval_aliked_bf16.json --threads 1 --no-progress
+  for p in fp32 bf16; do
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods mambaglue,lightglue --max-keypoints 512 --extractor-precision $p --json out/eval_xfeat512_fe_$p.json --threads 1 --no-progress
+  done
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  for p in fp32 auto; do
+    "$M" replay out/bags/kitti --params config/stereo.yaml --features aliked --out out/kitti_stereo_aliked_$p --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=$p --force --no-plots
+    "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo_xfeat_$p --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=$p --force --no-plots
+    "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti_mono_xfeat_$p --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=$p --force --no-plots
+  done
+  for round in 1 2; do
+    for p in fp32 auto; do
+      "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --seconds 20 --precision $p --json out/node_rate_${p}_$round.json
+    done
+  done
 }
 realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it gains live (--rate 1: the node drops
                   # what it cannot keep up with); node rate on a quiet machine, pipeline off against on
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
   for kp in 1024 512; do
     for cfg in matcher stereo; do
-      "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_${cfg}_kp$kp --lossless --matcher mambaglue --set num_threads=1 max_keypoints=$kp --force --no-plots
+      "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_${cfg}_kp$kp --lossless --matcher mambaglue --set num_threads=1 max_keypoints=$kp precision=fp32 --force --no-plots
       "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_rt_${cfg}_kp$kp --matcher mambaglue --set max_keypoints=$kp --force --no-plots
     done
     "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods mambaglue --max-keypoints $kp --json out/eval_kp$kp.json --threads 1 --no-progress
@@ -230,7 +252,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

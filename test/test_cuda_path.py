@@ -39,13 +39,20 @@ def test_precision_auto_dispatch(monkeypatch):
     # bf16 only where it was measured to pay on a sequence: the d = 256 networks, not XFeat's d = 96
     assert M.resolve_precision("auto", cpu, descriptor_dim=256) == "bf16"
     assert M.resolve_precision("auto", cpu, descriptor_dim=96) == "fp32"
-    assert M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="auto").precision == "fp32"
-    assert M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto").precision == "bf16"
+    xfeat = M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="auto")
+    aliked = M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto")
+    assert (xfeat.precision, xfeat.extractor.precision) == ("fp32", "bf16")  # XFeat: network fp32, front end bf16
+    assert (aliked.precision, aliked.extractor.precision) == ("bf16", "fp32")
+    explicit = M.Matcher(features="xfeat", device="cpu", max_keypoints=64, precision="bf16")
+    assert (explicit.precision, explicit.extractor.precision) == ("bf16", "fp32")
+    assert M.resolve_extractor_precision("auto", "fp16", cuda, "aliked") == "fp16"
     monkeypatch.setattr(M, "cpu_has_native_bf16", lambda: False)
     assert M.resolve_precision("auto", cpu) == "fp32"
     for explicit in ("fp32", "bf16", "fp16"):
         assert M.resolve_precision(explicit, cpu) == explicit
-    assert M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto").precision == "fp32"
+    aliked = M.Matcher(features="aliked", device="cpu", max_keypoints=64, precision="auto")
+    assert (aliked.precision, aliked.extractor.precision) == ("fp32", "fp32")
+    assert M.resolve_extractor_precision("auto", "fp32", cpu, "xfeat") == "fp32"
 
 
 def test_native_bf16_probe_agrees_with_the_kernel_flags():

@@ -98,21 +98,21 @@ def test_cli_match_writes_json_and_viz(tmp_path, photo, capsys):
 
 
 def test_bf16_front_end_finds_the_same_points(photo):
-    # the bf16 front end (eval-homography --extractor-precision bf16) is the fp32 one under autocast: the same
-    # strong points and descriptors, with re-ranking of near-equal scores at the budget's edge (its accuracy
-    # cost on homographies is measured in docs/results.md, Real time)
+    # the bf16 front end (eval-homography --extractor-precision bf16) is the fp32 one with its backbone under
+    # autocast and its keypoint head in float32 (features.xfeat_model_class): the fp32 positions, with re-ranking
+    # of near-equal scores at the budget's edge (the reliability map is bf16), and nearly the same descriptors.
+    # With the head in bf16 too, only ~80 % of the points kept their pixel (docs/results.md).
     fp32 = FeatureExtractor("xfeat", max_keypoints=512).extract(photo)
     bf16 = FeatureExtractor("xfeat", max_keypoints=512, precision="bf16").extract(photo)
     assert bf16.keypoints.dtype == bf16.descriptors.dtype == bf16.scores.dtype == torch.float32
     assert not torch.equal(fp32.scores, bf16.scores), "bf16 autocast did not run"
-    d = torch.cdist(bf16.keypoints, fp32.keypoints)
-    dist, nearest = d.min(1)
-    same = dist < 1.0
+    dist, nearest = torch.cdist(bf16.keypoints, fp32.keypoints).min(1)
+    same = dist == 0
     cos = (bf16.descriptors[same] * fp32.descriptors[nearest[same]]).sum(-1)
     strongest = same[: len(same) // 2].float().mean()
-    print(f"bf16 points within 1 px of an fp32 point: {same.float().mean():.3f} (strongest half {strongest:.3f}), "
+    print(f"bf16 points on an fp32 point's pixel: {same.float().mean():.3f} (strongest half {strongest:.3f}), "
           f"descriptor cosine median {cos.median():.4f}")
-    assert strongest > 0.9 and same.float().mean() > 0.6 and cos.median() > 0.99
+    assert strongest > 0.99 and same.float().mean() > 0.95 and cos.median() > 0.99
     assert FeatureExtractor("xfeat", precision="fp16").precision == "fp32"  # fp16 is CUDA only
     with pytest.raises(ValueError, match="precision"):
         FeatureExtractor("xfeat", precision="int8")

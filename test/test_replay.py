@@ -139,7 +139,8 @@ def test_kitti_clip_replay_ate_near_the_readme_figure(kitti_bag, tmp_path):
     Measured when written: ATE 0.041 m, 92 s for the whole test on the loaded 2-core machine."""
     bag = kitti_bag
     cfg = RP.ReplayConfig(bag=bag, out=tmp_path / "out", params=ROOT / "config" / "matcher.yaml", lossless=True,
-                          overrides={"device": "cpu", "max_keypoints": 1024}, plots=False)  # as results.sh replays
+                          overrides={"device": "cpu", "max_keypoints": 1024, "precision": "fp32"},
+                          plots=False)  # as results.sh replays
     report, _ = RP.replay(cfg, log=lambda _: None)
     assert report["mode"] == "mono" and report["alignment"] == "sim3"
     assert report["frames_in"] == report["frames_processed"] == 51 and report["frames_lost_timeout"] == 0
@@ -157,7 +158,8 @@ def test_kitti_stereo_replay_drift_near_the_readme_figure(kitti_bag, tmp_path):
     figure (with margin for thread-timing differences) and ORB's; the step-length check catches a scale
     bias such as the held-out clip's step ratio of 1.11 (docs/results.md, stereo odometry)."""
     cfg = RP.ReplayConfig(bag=kitti_bag, out=tmp_path / "out", params=ROOT / "config" / "stereo.yaml", lossless=True,
-                          overrides={"device": "cpu", "max_keypoints": 1024}, plots=False)  # as results.sh replays
+                          overrides={"device": "cpu", "max_keypoints": 1024, "precision": "fp32"},
+                          plots=False)  # as results.sh replays
     report, _ = RP.replay(cfg, log=lambda _: None)
     assert report["mode"] == "stereo" and report["alignment"] == "se3" and report["scale"] == 1.0
     assert report["frames_in"] == report["frames_processed"] == 51 and report["frames_lost_timeout"] == 0

@@ -335,7 +335,9 @@ class MatcherNode(Node):
         self.get_logger().info(
             f"mode={self.mode} features={self.features} weights={self.matcher.weights_source} "
             f"device={self.matcher.device} max_keypoints={self.matcher.max_keypoints} "
-            f"alpha={self.matcher.alpha} target_rate_hz={self.p['target_rate_hz']}")
+            f"alpha={self.matcher.alpha} target_rate_hz={self.p['target_rate_hz']} "
+            f"precision={getattr(self.matcher, 'precision', 'fp32')} "
+            f"extractor_precision={getattr(getattr(self.matcher, 'extractor', None), 'precision', 'fp32')}")
         if self.p["matcher"] == "mambaglue" and str(self.matcher.device).startswith("cpu"):
             from ..models.ssm_cpu import cpu_scan_status  # the scan kernel in use, or why the slower torch scan
             self.get_logger().info(f"CPU selective scan: {cpu_scan_status()}")

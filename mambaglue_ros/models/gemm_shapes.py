@@ -3,8 +3,9 @@
 PyTorch runs bf16 matrix products on the CPU through oneDNN, which JIT-compiles a kernel for every new shape
 and keeps it for the life of the process. The matcher's token counts change with every frame and, with point
 pruning, with every layer, so under bf16 autocast each new count costs a compile (a latency spike) and
-about 0.3-0.5 MB that is never given back: a node process grew by 0.95 GB over its first 100 pairs, and by
-0.3 MB per further new shape even with ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0`` (docs/results.md). Padding the
+about 0.3-0.5 MB that is never given back: a matcher process grew by 0.74-0.95 GB over its first 100 pairs (KITTI
+frames, random keypoint sets), and by 0.3 MB per further new shape even with ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``
+(docs/results.md, "bf16 on a video sequence"). Padding the
 varying sizes of each product with zeros up to a few bucket sizes bounds the set of shapes, and so the memory,
 at the price of a little extra arithmetic; the values of the real rows and columns are those of the unpadded
 product (zeros add nothing to a dot product).
@@ -54,13 +55,13 @@ class BucketedGemmShapes(TorchFunctionMode):
         return func(*args, **kwargs)
 
     @staticmethod
-    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        n = x.numel() // max(1, x.shape[-1]) if x.dim() >= 2 else 0
+    def _linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        n = input.numel() // max(1, input.shape[-1]) if input.dim() >= 2 else 0
         size = bucket_size(n)
         if size == n:  # already a bucket size (e.g. a full keypoint budget), or a vector
-            return F.linear(x, weight, bias)
-        out = F.linear(_pad_dim(x.reshape(n, x.shape[-1]), 0, size), weight, bias)
-        return out[:n].view(*x.shape[:-1], weight.shape[0])
+            return F.linear(input, weight, bias)
+        out = F.linear(_pad_dim(input.reshape(n, input.shape[-1]), 0, size), weight, bias)
+        return out[:n].view(*input.shape[:-1], weight.shape[0])
 
     @staticmethod
     def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

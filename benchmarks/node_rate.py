@@ -74,7 +74,8 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 
 def run(mode: str, features: str, keypoints: int | None, input_hz: float, seconds: float, target_hz: float,
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
-        device: str = "auto", stereo_match: str = "auto", cuda_graph: bool | None = None) -> dict:
+        device: str = "auto", stereo_match: str = "auto", cuda_graph: bool | None = None,
+        extra: dict | None = None) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -96,6 +97,7 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
         overrides["pipeline"] = "on" if pipeline else "off"
     if cuda_graph is not None:
         overrides["cuda_graph"] = cuda_graph
+    overrides.update(extra or {})
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     keypoints = int(node.p["max_keypoints"])  # the budget it starts with (the rate controller may lower it)
     if stereo_match == "ahead":  # the left/right match always in stage 1 (as before StereoPlacement)
@@ -237,8 +239,18 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="further node parameters (values read as YAML), e.g. --set stereo_matching=epipolar")
     ap.add_argument("--json")
     args = ap.parse_args()
+    import yaml
+
+    extra = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected NAME=VALUE")
+        extra[name] = yaml.safe_load(value)
     import torch
 
     from mambaglue_ros.models import ssm_cpu
@@ -261,7 +273,7 @@ def main() -> int:
                 os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
                 ssm_cpu.cpu_scan.cache_clear()
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
-                            args.precision, args.threads, pipeline, args.device, placement, graph))
+                            args.precision, args.threads, pipeline, args.device, placement, graph, extra))
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())

@@ -219,15 +219,17 @@ class PrefetchingMatcher:
             raise entry[1]
         return True, entry[1]
 
-    def prefetch(self, images: Sequence[Any], stereo: bool = False) -> None:
+    def prefetch(self, images: Sequence[Any], stereo: bool = False, prepare: int | None = None) -> None:
         """Extract ``images`` (and match images[0] with images[1] when ``stereo``) for later ``extract`` /
-        ``match_features`` calls on the same objects. Never raises: errors are kept (see the class)."""
+        ``match_features`` calls on the same objects; run the matcher's first self block (``Matcher.prepare``) of
+        the first ``prepare`` of them (None: all; a right image that only the epipolar stereo search sees needs
+        none). Never raises: errors are kept (see the class)."""
         feats = [self._keep((image,), lambda image=image: self._extract_now(image), "extract") for image in images]
-        prepare = getattr(self._inner, "prepare", None)  # Matcher.prepare: the first self block of each image
-        if prepare is not None:
-            for f in feats:
+        prepare_block = getattr(self._inner, "prepare", None)  # Matcher.prepare: the first self block of an image
+        if prepare_block is not None:
+            for f in feats[:prepare]:
                 if not isinstance(f, Exception):
-                    self._keep((f,), lambda f=f: prepare(f), "prepare")
+                    self._keep((f,), lambda f=f: prepare_block(f), "prepare")
         if stereo and len(feats) >= 2 and not any(isinstance(f, Exception) for f in feats[:2]):
             f0, f1 = feats[0], feats[1]
             self._keep((f0, f1), lambda: self._inner.match_features(f0, f1), "stereo")

@@ -36,7 +36,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
-                       refine_mono_window, refine_stereo_matches, triangulate_stereo)
+                       match_rectified_stereo, refine_mono_window, refine_stereo_matches, triangulate_stereo)
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
@@ -62,6 +62,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
     "stereo_refine": False,           # stereo: sub-pixel disparity by row correlation (geometry.refine_stereo_matches)
+    "stereo_matching": "network",     # stereo: left/right matches by the matcher ("network") or by descriptor
+                                      # search along the rectified rows ("epipolar", geometry.match_rectified_stereo)
     "min_depth": 0.1,                 # stereo: accepted depth range [calibration units]; the far limit is
     "max_depth": 100.0,               # also max_stereo_depth() (from the baseline, focal length and noise)
 }
@@ -135,6 +137,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         cfg.update(config)
     if cfg["policy"] not in ("previous", "keyframe"):
         raise ValueError(f"policy must be 'previous' or 'keyframe', got {cfg['policy']!r}")
+    if cfg["stereo_matching"] not in ("network", "epipolar"):
+        raise ValueError(f"stereo_matching must be 'network' or 'epipolar', got {cfg['stereo_matching']!r}")
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
         raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
@@ -461,6 +465,16 @@ class StereoTracker(_TrackerBase):
         self._right_x[idx[ok]] = np.asarray(pts_right, dtype=np.float64)[ok, 0]
         return points, has3d
 
+    def _match_stereo(self, feats_l: Features, feats_r: Features) -> MatchResult:
+        """The left/right matches: the matcher's, or with ``stereo_matching: epipolar`` a descriptor search along the
+        rectified rows (``geometry.match_rectified_stereo``; no network pass, so stop_layer 0)."""
+        if self.config["stereo_matching"] != "epipolar":
+            return self.matcher.match_features(feats_l, feats_r)
+        t0 = time.perf_counter()
+        kl, kr = _keypoints_numpy(feats_l), _keypoints_numpy(feats_r)
+        matches, scores = match_rectified_stereo(kl, feats_l.descriptors, kr, feats_r.descriptors)
+        return MatchResult(kl, kr, matches, scores, 0, 0, {"match": (time.perf_counter() - t0) * 1e3})
+
     def process(self, left: np.ndarray, right: np.ndarray, stamp_ns: int) -> FrameResult:
         """One stereo pair at ``stamp_ns`` -> FrameResult (pose of the left camera)."""
         t0 = time.perf_counter()
@@ -469,7 +483,7 @@ class StereoTracker(_TrackerBase):
         feats_l = self.matcher.extract(left)
         feats_r = self.matcher.extract(right)
         t1 = time.perf_counter()
-        stereo = self.matcher.match_features(feats_l, feats_r)
+        stereo = self._match_stereo(feats_l, feats_r)
         self._right_x = np.full(len(feats_l), np.nan)
         points3d, has3d = self._triangulate(stereo, len(feats_l), left, right)
         t2 = time.perf_counter()

@@ -206,6 +206,22 @@ precision_auto() {  # 2026-12-05, issue 15: bf16 on a sequence (per-shape kernel
     done
   done
 }
+stereo_epipolar() {  # 2026-12-05, issue 15: left/right matches along the rows (stereo_matching: epipolar) against a matcher pass
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
+  [ -d out/bags/demo ] || "$M" demo-bag out/bags/demo
+  for sm in network epipolar; do
+    "$M" replay out/bags/demo --params config/stereo.yaml --out out/demo_sm_$sm --lossless --matcher mambaglue --set num_threads=1 precision=fp32 stereo_matching=$sm --force --no-plots
+    "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo_sm_${sm}_512 --lossless --matcher mambaglue --set num_threads=1 precision=fp32 stereo_matching=$sm --force --no-plots
+    "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_stereo_sm_${sm}_1024 --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=fp32 stereo_matching=$sm --force --no-plots
+    "$M" replay out/bags/euroc --params config/stereo.yaml --out out/euroc_sm_$sm --lossless --matcher mambaglue --set num_threads=1 max_keypoints=1024 precision=fp32 stereo_matching=$sm --force --no-plots
+  done
+  for round in 1 2; do
+    for sm in network epipolar; do
+      "$PY" benchmarks/node_rate.py --configs stereo:xfeat --seconds 20 --set stereo_matching=$sm --json out/node_rate_stereo_${sm}_$round.json
+    done
+  done
+}
 realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it gains live (--rate 1: the node drops
                   # what it cannot keep up with); node rate on a quiet machine, pipeline off against on
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
@@ -252,7 +268,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -168,7 +168,8 @@ def check_outputs(out: Collector) -> dict[str, int]:
             assert len(set(i0.tolist())) == n and len(set(i1.tolist())) == n  # one-to-one
         for k, (w, h) in ((k0, (m.width0, m.height0)), (k1, (m.width1, m.height1))):
             assert np.all(k >= -1.0) and np.all(k[:, 0] <= w) and np.all(k[:, 1] <= h), (w, h)
-        ran = m.num_keypoints0 > 0 and m.num_keypoints1 > 0  # without keypoints no layer runs: stop_layer 0
+        # stop_layer 0: no keypoints, or no network pass (stereo pairs found along the rows have num_layers 0)
+        ran = m.num_keypoints0 > 0 and m.num_keypoints1 > 0 and m.num_layers > 0
         assert (1 if ran else 0) <= m.stop_layer <= m.num_layers and np.isfinite(m.latency_ms) and np.isfinite(m.alpha)
         t0, t1 = stamp_ns(m.stamp0), stamp_ns(m.stamp1)
         assert stamp_ns(m.header.stamp) == t1

@@ -138,8 +138,13 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
         stop(node, io, executor)
 
 
-@pytest.mark.parametrize("policy,stereo_match", [("previous", "auto"), ("keyframe", "auto"), ("previous", "worker")])
-def test_stereo_node_metric_translation(ros_context, policy, stereo_match):
+# epipolar: the wiring of the row search (pairs on rows, no network pass) with the keyframe policy; with the previous
+# policy its step errors on this synthetic room exceed the 10 % bound below (18 mm of a 100 mm step): its repeated
+# textures are where the row search is weaker than the matcher, one reason it is not the default (docs/results.md)
+@pytest.mark.parametrize("policy,stereo_match,stereo_matching", [
+    ("previous", "auto", "network"), ("keyframe", "auto", "network"), ("previous", "worker", "network"),
+    ("keyframe", "auto", "epipolar")])
+def test_stereo_node_metric_translation(ros_context, policy, stereo_match, stereo_matching):
     from sensor_msgs.msg import CameraInfo, Image
 
     # keyframe policy: slow motion, so frames 2.. are matched against an older keyframe
@@ -147,7 +152,7 @@ def test_stereo_node_metric_translation(ros_context, policy, stereo_match):
                         speed_mps=1.0 if policy == "previous" else 0.3)
     frames = [seq.frame(i) for i in range(len(seq))]
     node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
-                                             "keyframe_policy": policy})
+                                             "keyframe_policy": policy, "stereo_matching": stereo_matching})
     if stereo_match == "worker":  # what StereoPlacement picks when extraction is the busier stage
         node.stereo_placement.ahead = lambda: False
     try:
@@ -177,7 +182,12 @@ def test_stereo_node_metric_translation(ros_context, policy, stereo_match):
             pts0 = np.asarray(m.keypoints0).reshape(-1, 2)
             pts1 = np.asarray(m.keypoints1).reshape(-1, 2)
             assert len(pts0) > 200 and m.frame_id1 == "right_optical"
-            assert np.mean(np.abs(pts0[:, 1] - pts1[:, 1]) < 2.0) > 0.9  # rectified: same rows
+            rows_apart = np.abs(pts0[:, 1] - pts1[:, 1])
+            if stereo_matching == "network":  # rectified: same rows, up to the detection noise
+                assert np.mean(rows_apart < 2.0) > 0.9
+            else:  # searched within the row band, at a disparity of at least -1 px; no network pass
+                assert np.all(rows_apart <= 2.0) and np.all(pts0[:, 0] - pts1[:, 0] >= -1.0)
+                assert m.num_layers == 0 and m.stop_layer == 0
         # a pair whose halves differ in size is refused with a warning; the node keeps running
         before = node.stats.counters["bad_input"]
         stamp = frames[-1].stamp_ns + 100_000_000

@@ -538,6 +538,18 @@ def test_prefetch_prepares_each_extracted_image_and_reports_its_time(monkeypatch
     assert m.take_ahead_ms() == {}
 
 
+def test_prefetch_prepares_only_the_images_the_network_will_see():
+    # stereo with the left/right matches searched along the rows: the right image never meets the network, so
+    # stage 1 runs no first self block for it (prepare=1: only the first image)
+    inner = PreparingMatcher()
+    m = PrefetchingMatcher(inner)
+    left, right = image(1), image(2)
+    m.prefetch([left, right], prepare=1)
+    fl, fr = m.extract(left), m.extract(right)
+    assert len(inner.prepared) == 1 and inner.prepared[0] is fl
+    assert inner.match_calls == 0
+
+
 def test_a_failed_prepare_leaves_the_match_to_the_matcher():
     inner = PreparingMatcher()
     inner.fail_prepare = True

@@ -39,6 +39,42 @@ def test_refine_stereo_matches_recovers_subpixel_disparity():
     assert ok_far.mean() < 0.2
 
 
+def test_match_rectified_stereo_searches_along_the_row():
+    """Left keypoints and their right partners (disparity 2..60 px, 0.5 px row noise, noisy descriptors, shuffled),
+    plus decoys: a copy of a left descriptor on another row, one at a negative disparity, and a near twin on the
+    same row. The row search finds the true partners and none of the decoys."""
+    import torch
+
+    from mambaglue_ros.geometry import match_rectified_stereo
+
+    rng = np.random.default_rng(0)
+    n = 200
+    kl = np.c_[rng.uniform(100, 1100, n), rng.uniform(10, 360, n)].astype(np.float32)
+    dl = torch.nn.functional.normalize(torch.randn(n, 64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    partner = np.c_[kl[:, 0] - rng.uniform(2, 60, n), kl[:, 1] + rng.uniform(-0.5, 0.5, n)]
+    dr = torch.nn.functional.normalize(dl + 0.15 * torch.randn(n, 64, generator=torch.Generator().manual_seed(1)),
+                                       dim=-1)
+    decoys_k = np.array([[kl[0, 0] - 10, kl[0, 1] + 40],    # left 0's descriptor, 40 rows down
+                         [kl[1, 0] + 30, kl[1, 1]],          # left 1's descriptor at disparity -30
+                         [partner[2, 0] - 3, kl[2, 1]]])     # a near twin of left 2's partner on its row
+    decoys_d = torch.stack([dl[0], dl[1], torch.nn.functional.normalize(dr[2] + 0.01 * torch.ones(64), dim=0)])
+    kr = np.r_[partner, decoys_k].astype(np.float32)
+    desc_r = torch.cat([dr, decoys_d])
+    order = rng.permutation(len(kr))
+    matches, scores = match_rectified_stereo(kl, dl, kr[order], desc_r[order])
+    found = {int(i): int(order[j]) for i, j in matches}
+    assert all(j < n for j in found.values()), "a decoy was matched"
+    correct = sum(found.get(i) == i for i in range(n))
+    assert correct >= 0.95 * (n - 1) and 2 not in found  # every partner but the ambiguous one (ratio test)
+    assert len(found) == correct and np.all((scores > 0.0) & (scores <= 1.0))
+    # nothing to match: empty, typed results
+    m, sc = match_rectified_stereo(kl, dl, np.zeros((0, 2), np.float32), torch.zeros(0, 64))
+    assert m.shape == (0, 2) and m.dtype == np.int64 and sc.shape == (0,)
+    # without the row constraint the off-row decoy would win left 0 (the test can fail)
+    m_loose, _ = match_rectified_stereo(kl, dl, kr[order], desc_r[order], max_row_px=100.0)
+    assert any(int(order[j]) == n for i, j in m_loose if i == 0)
+
+
 @pytest.mark.skipif(not (KITTI / "image_r").is_dir(), reason="needs ../shared/data/kitti_seq1 (not shipped)")
 def test_kitti_stereo_tracker_scale_and_keyframes():
     """12 frames of KITTI through StereoTracker with the shipped matcher: metric scale within 3 %

@@ -319,12 +319,15 @@ def test_invalid_tracking_config():
         validate_tracking_config({"keyframe_max_parallax": 3.0})
     with pytest.raises(ValueError, match="min_depth"):
         validate_tracking_config({"min_depth": 10.0, "max_depth": 5.0})
+    with pytest.raises(ValueError, match="stereo_matching"):
+        validate_tracking_config({"stereo_matching": "block"})
 
 
 # ------------------------------------------------------------------------------------- stereo tracker
-def test_stereo_tracker_metric_odometry(sequence):
+@pytest.mark.parametrize("stereo_matching", ["network", "epipolar"])
+def test_stereo_tracker_metric_odometry(sequence, stereo_matching):
     poses, left, right = sequence
-    tracker = StereoTracker(OrbMatcher(), K, K, T_LEFT_RIGHT)
+    tracker = StereoTracker(OrbMatcher(), K, K, T_LEFT_RIGHT, {"stereo_matching": stereo_matching})
     first = tracker.process(left[0], right[0], 0)
     assert first.pose is None and first.stereo is not None and len(first.stereo) > 300
     step_len = np.linalg.norm(STEP[:3, 3])

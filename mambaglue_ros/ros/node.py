@@ -322,9 +322,11 @@ class MatcherNode(Node):
 
         self.slot = FrameSlot(self.p["queue_size"])
         self.stereo_placement = StereoPlacement()  # the stage that runs the left/right match (balances the two)
+        network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
             [f.image] if f.right is None else [f.image, f.right],
-            stereo=f.right is not None and self.stereo_placement.ahead()),
+            stereo=f.right is not None and network_stereo and self.stereo_placement.ahead(),
+            prepare=None if network_stereo else 1),
             enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns,
             on_skip=lambda: self.stats.count("frames_dropped"))  # left out to hold target_rate_hz
         self.stage.set_rate(self.p["target_rate_hz"])
@@ -392,7 +394,8 @@ class MatcherNode(Node):
                 "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
                 "pose_hypotheses": self.p["pose_hypotheses"], "mono_window": self.p["mono_window"],
                 # stereo only (the mono tracker ignores them)
-                "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"]}
+                "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"],
+                "stereo_matching": self.p["stereo_matching"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         if getattr(self._internal, "writing", False):  # the node showing a value it already applied

@@ -152,6 +152,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "keyframes, 2..50; 0 = off (default: on the KITTI clip it made the odometry worse, 1.37 -> 1.86 %/m, "
               "because it trusts the disparities and that clip's carry an offset; on synthetic data it removes most "
               "drift). Costs 0.5-2 s of CPU per 5-keyframe window, beside the matcher", low=0, high=50),
+    # network by default. epipolar: on the KITTI clip 1.65 %/m against 1.96 at 512 keypoints (1.32 against 1.36 at
+    # 1024), EuRoC level, the stereo node 12.4-13.5 Hz against 9.7-10.3; but worse on the synthetic room's repeated
+    # textures (demo ATE 0.0154 against 0.0120 m) (docs/results.md, "Left/right matches along the row")
+    ParamSpec("stereo_matching", "network", "stereo: left/right matches by a pass of the matcher (network: ~40 ms) "
+              "or by descriptor search along the rectified rows (epipolar: ~3 ms, classic stereo VO; faster, "
+              "weaker on repeated textures)",
+              choices=("network", "epipolar")),
     ParamSpec("pnp_readmit", False, "stereo: the covariance-weighted PnP gate may re-admit RANSAC outliers (far "
               "points with a large depth uncertainty); off: it only removes (a point with a large covariance can "
               "hide a wrong match: synthetic demo ATE 0.011 -> 0.019 m with it on)"),

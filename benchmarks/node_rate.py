@@ -243,14 +243,12 @@ def main() -> int:
                     help="further node parameters (values read as YAML), e.g. --set stereo_matching=epipolar")
     ap.add_argument("--json")
     args = ap.parse_args()
-    import yaml
+    from mambaglue_ros.bags import parse_set
 
-    extra = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected NAME=VALUE")
-        extra[name] = yaml.safe_load(value)
+    try:
+        extra = parse_set(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     import torch
 
     from mambaglue_ros.models import ssm_cpu

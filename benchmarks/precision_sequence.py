@@ -45,16 +45,13 @@ def run_variant(variant: str, features: str, keypoints: int, images: str | None,
     import numpy as np
     import torch
 
+    from mambaglue_ros.evaluation.bench import rss_mb
     from mambaglue_ros.matcher import Matcher
 
     torch.set_num_threads(1)
     matcher = Matcher(features=features, max_keypoints=keypoints, precision="fp32" if variant == "fp32" else "bf16")
     matcher.bucket_gemm_shapes = variant == "bf16-bucketed"
     feats = [matcher.extract(image) for image in frames(images, count)]
-
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     start = rss_mb()
     times: list[list[float]] = [[], []]
@@ -69,7 +66,7 @@ def run_variant(variant: str, features: str, keypoints: int, images: str | None,
             stops.append(result.stop_layer)
     return {"variant": variant, "features": features, "keypoints": keypoints, "pairs": len(feats) - 1,
             "precision": matcher.precision, "ms_pass1": float(np.mean(times[0])), "ms_pass2": float(np.mean(times[1])),
-            "rss_gain_mb": rss_mb() - start, "matches": float(np.mean(matches)), "stop": float(np.mean(stops))}
+            "rss_gain_mb": rss_mb() - start if start is not None else float("nan"), "matches": float(np.mean(matches)), "stop": float(np.mean(stops))}
 
 
 def main(argv: list[str] | None = None) -> int:

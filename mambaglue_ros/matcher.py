@@ -13,15 +13,15 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
-from .models.gemm_shapes import BucketedGemmShapes
+from .models.gemm_shapes import bf16_autocast
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
 from .types import Features, MatchResult, check_alpha, check_max_keypoints
 
@@ -247,17 +247,11 @@ class Matcher:
         """One image -> Features (on the matcher's device)."""
         return self.extractor.extract(image)
 
-    @contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def _autocast(self) -> AbstractContextManager[None]:
         """The network's arithmetic: bf16 autocast for 'bf16'; on the CPU with its matrix products padded to a
-        few sizes (``BucketedGemmShapes``: oneDNN keeps a compiled kernel per bf16 product shape for good, and the
-        token counts change every frame and layer, so the process would grow without bound)."""
-        bf16 = self.precision == "bf16"
-        with ExitStack() as stack:
-            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16))
-            if bf16 and self.device.type == "cpu" and self.bucket_gemm_shapes:
-                stack.enter_context(BucketedGemmShapes())
-            yield
+        few sizes (``gemm_shapes.bf16_autocast``: oneDNN keeps a compiled kernel per bf16 product shape for good,
+        and the token counts change every frame and layer, so the process would grow without bound)."""
+        return bf16_autocast(self.device.type, self.precision == "bf16", self.bucket_gemm_shapes)
 
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:

@@ -40,7 +40,8 @@ def _friendly(fn):
     return wrapper
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE ...`` -> {name: value}, each value read as YAML (as a params file types it)."""
     import yaml
 
     out = {}
@@ -88,7 +89,7 @@ def cmd_demo_bag(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import ReplayConfig, replay_methods
 
-    cfg = ReplayConfig(bag=args.bag, out=args.out, params=args.params, overrides=_parse_set(args.set),
+    cfg = ReplayConfig(bag=args.bag, out=args.out, params=args.params, overrides=parse_set(args.set),
                        mode=args.mode, features=args.features, lossless=args.lossless,
                        rate=args.rate if args.rate is not None else 1.0, max_frames=args.max_frames, start=args.start,
                        frame_timeout_s=args.frame_timeout, left_topic=args.left_topic, right_topic=args.right_topic,

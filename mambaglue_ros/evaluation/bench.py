@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..features import FRONT_ENDS, MATCHER_CONF, FeatureExtractor
-from ..models.gemm_shapes import BucketedGemmShapes
+from ..models.gemm_shapes import bf16_autocast
 from ..models.ssm_cpu import torch_scan_only
 from ..types import Features
 
@@ -325,12 +325,10 @@ def bench_extractors(names: list[str], repeats: int, warmup: int, device: torch.
 
 def _caller(net: Callable[..., Any], data: dict[str, torch.Tensor], dev: torch.device,
             bf16: bool = False, torch_scan: bool = False) -> Callable[[], Any]:
-    """``net(data)`` as a no-argument call, under bf16 autocast / with the torch scan when asked. bf16 on the
-    CPU runs as ``Matcher`` runs it, with its matrix products padded to a few shapes (``BucketedGemmShapes``)."""
+    """``net(data)`` as a no-argument call, under bf16 autocast / with the torch scan when asked. bf16 runs as
+    ``Matcher`` runs it (``bf16_autocast``: on the CPU with its matrix products padded to a few shapes)."""
     def call() -> Any:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16), \
-                (BucketedGemmShapes() if bf16 and dev.type == "cpu" else contextlib.nullcontext()), \
-                (torch_scan_only() if torch_scan else contextlib.nullcontext()):
+        with bf16_autocast(dev.type, bf16), (torch_scan_only() if torch_scan else contextlib.nullcontext()):
             return net(data)
     return call
 

@@ -17,7 +17,8 @@ through untouched.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +73,15 @@ class BucketedGemmShapes(TorchFunctionMode):
         a = _pad_dim(_pad_dim(a, -2, bucket_size(n)), -1, bucket_size(k))
         b = _pad_dim(_pad_dim(b, -2, bucket_size(k)), -1, bucket_size(m))
         return torch.matmul(a, b)[..., :n, :m]
+
+
+@contextmanager
+def bf16_autocast(device_type: str, enabled: bool, bucket: bool = True) -> Iterator[None]:
+    """bf16 autocast where ``enabled``; on the CPU with its matrix products padded to a few shapes
+    (``BucketedGemmShapes``; ``bucket=False`` only to measure without). The arithmetic of ``Matcher`` and of
+    ``mambaglue bench``'s bf16 rows."""
+    with ExitStack() as stack:
+        stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled))
+        if enabled and bucket and device_type == "cpu":
+            stack.enter_context(BucketedGemmShapes())
+        yield

@@ -139,6 +139,32 @@ aliked_control_fulldepth() {  # the control's stage-1 matcher as a checkpoint, f
   "$M" train --config config/ablations/aliked_attention.yaml --stage 2 --max-steps 1 --out out/ablation_aliked_attention_fulldepth \
     --no-progress
 }
+aliked_v2() {  # issue 11: the version-2 network for ALIKED with the control's budget and data (418 + 600 steps)
+  train_control config/ablations/aliked_v2.yaml config/ablations/aliked_v2_regressor.yaml out/ablation_aliked_v2
+}
+eval_aliked_v2() {  # v2 against the shipped version-1 network and the released LightGlue (the control's numbers: its own
+                    # steps above, same pairs and keypoints); alpha 0.95 and full depth in one run; relative pose; easy pair
+  local V2=out/ablation_aliked_v2_reg600/mambaglue_aliked.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" \
+    --alphas 0.95,none --json out/eval_aliked_v2.json --threads 1 --no-progress
+  "$M" eval-pose --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_aliked_v2.json \
+    --no-progress
+  "$M" bench --features aliked --pair easy --keypoints 512,1024 --weights "$V2" --threads 1
+}
+xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the shipped v1 matcher's data and steps and the
+                       # control's regressor recipe (837 + 600 steps)
+  train_control config/ablations/xfeat_v1budget_v2.yaml config/ablations/xfeat_v1budget_v2_regressor.yaml \
+    out/ablation_xfeat_v1budget_v2
+}
+eval_xfeat_v1budget_v2() {  # v2 against the shipped version-1 file and LighterGlue (the control's numbers: eval_xfeat_v1_control,
+                            # same pairs and keypoints); alpha 0.95 and full depth in one run; relative pose; easy pair
+  local V2=out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" \
+    --alphas 0.95,none --json out/eval_xfeat_v1budget_v2.json --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_xfeat_v1budget_v2.json \
+    --no-progress
+  "$M" bench --features xfeat --pair easy --keypoints 512,1024 --weights "$V2" --threads 1
+}
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -268,7 +294,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -12,6 +12,7 @@ import torch
 
 from mambaglue_ros import weights as W
 from mambaglue_ros.matcher import build_network
+from mambaglue_ros.models.mambaglue import MambaGlue
 from mambaglue_ros.training.dataset import (CacheSpec, PairCache, build_cache, collate, epoch_order, list_images,
                                             net_inputs)
 from mambaglue_ros.training.homography import gt_matches_from_homography, make_pair, warp_points
@@ -301,6 +302,17 @@ def test_config_files_parse():
         assert differences(shipped_cfg, control_cfg) == expected, control
         assert control_cfg["model"]["mixer"] == "attention", control
     assert load_config(root / "config" / "ablations" / "aliked_attention.yaml")["stage1"]["max_steps"] == 418
+    # the v2 runs at the shipped budgets have their control's data and budget in both stages: only the network
+    # options (the defaults of MambaGlue, i.e. version 2) and the run folder differ
+    network = {f"model.{k}" for k in ("mixer", "scan_order", "bidirectional", "mamba_message", "mamba_expand")}
+    for control, v2 in (("aliked_attention.yaml", "aliked_v2.yaml"),
+                        ("aliked_attention_regressor.yaml", "aliked_v2_regressor.yaml"),
+                        ("xfeat_v1_attention.yaml", "xfeat_v1budget_v2.yaml"),
+                        ("xfeat_v1_attention_regressor.yaml", "xfeat_v1budget_v2_regressor.yaml")):
+        control_cfg, v2_cfg = (load_config(root / "config" / "ablations" / n) for n in (control, v2))
+        assert differences(control_cfg, v2_cfg) == network | {"out_dir"}, v2
+        assert {k: v2_cfg["model"][k] for k in ("scan_order", "bidirectional", "mamba_message", "mamba_expand")} == \
+            {k: MambaGlue.default_conf[k] for k in ("scan_order", "bidirectional", "mamba_message", "mamba_expand")}
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))

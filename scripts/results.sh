@@ -142,28 +142,28 @@ aliked_control_fulldepth() {  # the control's stage-1 matcher as a checkpoint, f
 aliked_v2() {  # issue 11: the version-2 network for ALIKED with the control's budget and data (418 + 600 steps)
   train_control config/ablations/aliked_v2.yaml config/ablations/aliked_v2_regressor.yaml out/ablation_aliked_v2
 }
-eval_aliked_v2() {  # v2 against the shipped version-1 network and the released LightGlue (the control's numbers: its own
-                    # steps above, same pairs and keypoints); alpha 0.95 and full depth in one run; relative pose; easy pair
+eval_aliked_v2() {  # v2 against the shipped version-1 network and the released LightGlue, on the pairs and keypoints of
+                    # eval_aliked_control(_fulldepth): the default alpha (0.95) and full depth; relative pose; easy pair
   local V2=out/ablation_aliked_v2_reg600/mambaglue_aliked.pt
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" \
-    --alphas 0.95,none --json out/eval_aliked_v2.json --threads 1 --no-progress
+    --alphas none --json out/eval_aliked_v2.json --threads 1 --no-progress
   "$M" eval-pose --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_aliked_v2.json \
     --no-progress
-  "$M" bench --features aliked --pair easy --keypoints 512,1024 --weights "$V2" --threads 1
+  bench_easy "$V2" aliked_v2 aliked
 }
 xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the shipped v1 matcher's data and steps and the
                        # control's regressor recipe (837 + 600 steps)
   train_control config/ablations/xfeat_v1budget_v2.yaml config/ablations/xfeat_v1budget_v2_regressor.yaml \
     out/ablation_xfeat_v1budget_v2
 }
-eval_xfeat_v1budget_v2() {  # v2 against the shipped version-1 file and LighterGlue (the control's numbers: eval_xfeat_v1_control,
-                            # same pairs and keypoints); alpha 0.95 and full depth in one run; relative pose; easy pair
+eval_xfeat_v1budget_v2() {  # v2 against the shipped version-1 file and LighterGlue, on the pairs and keypoints of
+                            # eval_xfeat_v1_control: the default alpha (0.95) and full depth; relative pose; easy pair
   local V2=out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" \
-    --alphas 0.95,none --json out/eval_xfeat_v1budget_v2.json --threads 1 --no-progress
+    --alphas none --json out/eval_xfeat_v1budget_v2.json --threads 1 --no-progress
   "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_xfeat_v1budget_v2.json \
     --no-progress
-  "$M" bench --features xfeat --pair easy --keypoints 512,1024 --weights "$V2" --threads 1
+  bench_easy "$V2" xfeat_v1budget_v2 xfeat
 }
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \

@@ -27,6 +27,10 @@ def label(method: str) -> str:
     ablation_long = re.search(r"ablation_xfeat_(v2_\w+|v1design)_long/", method)  # trained with 600 regressor steps
     budget = (", 1000 + 600 steps" if "_long_reg600/" in method or ablation_long
               else ", 1000 + 200 steps" if "_long/" in method else "")
+    if re.search(r"ablation_aliked_v2_reg600/", method):
+        return "MambaGlue v2 (Hilbert, bidirectional, gated), 418 + 600 steps"
+    if re.search(r"ablation_xfeat_v1budget_v2_reg600/", method):
+        return "MambaGlue v2 (Hilbert, bidirectional, gated), 837 + 600 steps"
     if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
         return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)
@@ -181,6 +185,10 @@ def main() -> int:
         ("eval_aliked_regressor.json", homography), ("eval_aliked_regressor.json", sweep),
         ("eval_pose_aliked_regressor.json", pose), ("regressor_calibration_aliked.json", calibration),
         ("bench/bench_aliked_regressor_easy.json", bench),
+        ("eval_aliked_v2.json", homography), ("eval_aliked_v2.json", sweep), ("eval_pose_aliked_v2.json", pose),
+        ("bench/bench_aliked_v2_easy.json", bench),
+        ("eval_xfeat_v1budget_v2.json", homography), ("eval_xfeat_v1budget_v2.json", sweep),
+        ("eval_pose_xfeat_v1budget_v2.json", pose), ("bench/bench_xfeat_v1budget_v2_easy.json", bench),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

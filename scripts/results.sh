@@ -142,28 +142,23 @@ aliked_control_fulldepth() {  # the control's stage-1 matcher as a checkpoint, f
 aliked_v2() {  # issue 11: the version-2 network for ALIKED with the control's budget and data (418 + 600 steps)
   train_control config/ablations/aliked_v2.yaml config/ablations/aliked_v2_regressor.yaml out/ablation_aliked_v2
 }
-eval_aliked_v2() {  # v2 against the shipped version-1 network and the released LightGlue, on the pairs and keypoints of
-                    # eval_aliked_control(_fulldepth): the default alpha (0.95) and full depth; relative pose; easy pair
-  local V2=out/ablation_aliked_v2_reg600/mambaglue_aliked.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" \
-    --alphas none --json out/eval_aliked_v2.json --threads 1 --no-progress
-  "$M" eval-pose --features aliked --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_aliked_v2.json \
-    --no-progress
-  bench_easy "$V2" aliked_v2 aliked
+eval_against_shipped() {  # FEATURES WEIGHTS TAG: WEIGHTS against the shipped network and the released LightGlue on the
+                          # seeded 200 pairs: the default alpha (0.95) and full depth; relative pose; easy pair
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features "$1" --methods "mambaglue@$2,mambaglue,lightglue" \
+    --alphas none --json "out/eval_$3.json" --threads 1 --no-progress
+  "$M" eval-pose --features "$1" --methods "mambaglue@$2,mambaglue,lightglue" --json "out/eval_pose_$3.json" --no-progress
+  bench_easy "$2" "$3" "$1"
+}
+eval_aliked_v2() {  # on the pairs and keypoints of eval_aliked_control(_fulldepth)
+  eval_against_shipped aliked out/ablation_aliked_v2_reg600/mambaglue_aliked.pt aliked_v2
 }
 xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the shipped v1 matcher's data and steps and the
                        # control's regressor recipe (837 + 600 steps)
   train_control config/ablations/xfeat_v1budget_v2.yaml config/ablations/xfeat_v1budget_v2_regressor.yaml \
     out/ablation_xfeat_v1budget_v2
 }
-eval_xfeat_v1budget_v2() {  # v2 against the shipped version-1 file and LighterGlue, on the pairs and keypoints of
-                            # eval_xfeat_v1_control: the default alpha (0.95) and full depth; relative pose; easy pair
-  local V2=out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" \
-    --alphas none --json out/eval_xfeat_v1budget_v2.json --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue,lightglue" --json out/eval_pose_xfeat_v1budget_v2.json \
-    --no-progress
-  bench_easy "$V2" xfeat_v1budget_v2 xfeat
+eval_xfeat_v1budget_v2() {  # on the pairs and keypoints of eval_xfeat_v1_control
+  eval_against_shipped xfeat out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt xfeat_v1budget_v2
 }
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \

@@ -304,15 +304,15 @@ def test_config_files_parse():
     assert load_config(root / "config" / "ablations" / "aliked_attention.yaml")["stage1"]["max_steps"] == 418
     # the v2 runs at the shipped budgets have their control's data and budget in both stages: only the network
     # options (the defaults of MambaGlue, i.e. version 2) and the run folder differ
-    network = {f"model.{k}" for k in ("mixer", "scan_order", "bidirectional", "mamba_message", "mamba_expand")}
+    v2_options = ("scan_order", "bidirectional", "mamba_message", "mamba_expand")
+    network = {f"model.{k}" for k in ("mixer", *v2_options)}
     for control, v2 in (("aliked_attention.yaml", "aliked_v2.yaml"),
                         ("aliked_attention_regressor.yaml", "aliked_v2_regressor.yaml"),
                         ("xfeat_v1_attention.yaml", "xfeat_v1budget_v2.yaml"),
                         ("xfeat_v1_attention_regressor.yaml", "xfeat_v1budget_v2_regressor.yaml")):
         control_cfg, v2_cfg = (load_config(root / "config" / "ablations" / n) for n in (control, v2))
         assert differences(control_cfg, v2_cfg) == network | {"out_dir"}, v2
-        assert {k: v2_cfg["model"][k] for k in ("scan_order", "bidirectional", "mamba_message", "mamba_expand")} == \
-            {k: MambaGlue.default_conf[k] for k in ("scan_order", "bidirectional", "mamba_message", "mamba_expand")}
+        assert {k: v2_cfg["model"][k] for k in v2_options} == {k: MambaGlue.default_conf[k] for k in v2_options}
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))

@@ -160,6 +160,27 @@ xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the ship
 eval_xfeat_v1budget_v2() {  # on the pairs and keypoints of eval_xfeat_v1_control
   eval_against_shipped xfeat out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt xfeat_v1budget_v2
 }
+v1budget_v2_one_factor() {  # issue 11: v2's one-factor ablations at the shipped v1 budget (837 + 600 steps, the data of
+                           # xfeat_v1budget_v2): a causal scan (direction), the ungated concat message (gate); ARG: one
+                           # of forward_only / concat (default both, one after the other)
+  local tag
+  for tag in ${1:-forward_only concat}; do
+    train_control "config/ablations/xfeat_v1budget_v2_${tag}.yaml" "config/ablations/xfeat_v1budget_v2_${tag}_regressor.yaml" \
+      "out/ablation_xfeat_v1budget_v2_${tag}"
+  done
+}
+eval_v1budget_v2_one_factor() {  # v2 and its one-factor variants in one run, with the shipped network and LighterGlue (the
+                                 # pairs and keypoints of eval_xfeat_v1budget_v2): alpha 0.95 and full depth; pose; easy pair
+  local V2=out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt tag methods
+  methods="mambaglue@$V2"
+  for tag in forward_only concat; do methods="$methods,mambaglue@out/ablation_xfeat_v1budget_v2_${tag}_reg600/mambaglue_xfeat.pt"; done
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "$methods,mambaglue,lightglue" \
+    --alphas none --json out/eval_xfeat_v1budget_v2_one_factor.json --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "$methods,mambaglue,lightglue" --json out/eval_pose_xfeat_v1budget_v2_one_factor.json --no-progress
+  for tag in forward_only concat; do
+    bench_easy "out/ablation_xfeat_v1budget_v2_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_v1budget_v2_${tag}"
+  done
+}
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -289,11 +310,11 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then
-  "$1"
+  "$@"  # STEP [ARGS]: the few steps that take arguments say so beside their name
 else
   echo "usage: bash scripts/results.sh all|$(IFS='|'; echo "${steps[*]}")" >&2
   exit 2

@@ -31,6 +31,10 @@ def label(method: str) -> str:
         return "MambaGlue v2 (Hilbert, bidirectional, gated), 418 + 600 steps"
     if re.search(r"ablation_xfeat_v1budget_v2_reg600/", method):
         return "MambaGlue v2 (Hilbert, bidirectional, gated), 837 + 600 steps"
+    m = re.search(r"ablation_xfeat_v1budget_v2_(forward_only|concat)_reg600/", method)
+    if m:  # v2's one-factor ablations at the same budget
+        return {"forward_only": "v2, forward scan only", "concat": "v2, ungated 4d message (concat)"}[m.group(1)] + \
+            ", 837 + 600 steps"
     if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
         return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)
@@ -189,6 +193,10 @@ def main() -> int:
         ("bench/bench_aliked_v2_easy.json", bench),
         ("eval_xfeat_v1budget_v2.json", homography), ("eval_xfeat_v1budget_v2.json", sweep),
         ("eval_pose_xfeat_v1budget_v2.json", pose), ("bench/bench_xfeat_v1budget_v2_easy.json", bench),
+        ("eval_xfeat_v1budget_v2_one_factor.json", homography), ("eval_xfeat_v1budget_v2_one_factor.json", sweep),
+        ("eval_pose_xfeat_v1budget_v2_one_factor.json", pose),
+        ("bench/bench_xfeat_v1budget_v2_forward_only_easy.json", bench),
+        ("bench/bench_xfeat_v1budget_v2_concat_easy.json", bench),
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

@@ -313,6 +313,12 @@ def test_config_files_parse():
         control_cfg, v2_cfg = (load_config(root / "config" / "ablations" / n) for n in (control, v2))
         assert differences(control_cfg, v2_cfg) == network | {"out_dir"}, v2
         assert {k: v2_cfg["model"][k] for k in v2_options} == {k: MambaGlue.default_conf[k] for k in v2_options}
+    # v2's one-factor ablations at that budget: one network option and the run folder differ from v2, in both stages
+    for tag, option in (("forward_only", "bidirectional"), ("concat", "mamba_message")):
+        for stage in ("", "_regressor"):
+            v2_cfg, variant = (load_config(root / "config" / "ablations" / f"xfeat_v1budget_v2{t}{stage}.yaml")
+                               for t in ("", f"_{tag}"))
+            assert differences(v2_cfg, variant) == {f"model.{option}", "out_dir"}, (tag, stage)
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))

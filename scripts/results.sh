@@ -181,6 +181,16 @@ eval_v1budget_v2_one_factor() {  # v2 and its one-factor variants in one run, wi
     bench_easy "out/ablation_xfeat_v1budget_v2_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_v1budget_v2_${tag}"
   done
 }
+xfeat_long3k() {  # issue 11's longer budget: v2 and its attention-only control, 3000 matcher steps on 3000 homography pairs
+                  # of the shipped XFeat data (3.6x its steps), then 600 regressor steps each; ARG: v2 / attention
+                  # (default both, one after the other; to run them side by side, start v2 first: it extends the
+                  # shared feature cache, then attention). Each stage resumes from its state file.
+  local tag
+  for tag in ${1:-v2 attention}; do
+    train_control "config/ablations/xfeat_long3k_${tag}.yaml" "config/ablations/xfeat_long3k_${tag}_regressor.yaml" \
+      "out/ablation_xfeat_long3k_${tag}"
+  done
+}
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -310,7 +320,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

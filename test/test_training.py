@@ -309,7 +309,9 @@ def test_config_files_parse():
     for control, v2 in (("aliked_attention.yaml", "aliked_v2.yaml"),
                         ("aliked_attention_regressor.yaml", "aliked_v2_regressor.yaml"),
                         ("xfeat_v1_attention.yaml", "xfeat_v1budget_v2.yaml"),
-                        ("xfeat_v1_attention_regressor.yaml", "xfeat_v1budget_v2_regressor.yaml")):
+                        ("xfeat_v1_attention_regressor.yaml", "xfeat_v1budget_v2_regressor.yaml"),
+                        ("xfeat_long3k_attention.yaml", "xfeat_long3k_v2.yaml"),
+                        ("xfeat_long3k_attention_regressor.yaml", "xfeat_long3k_v2_regressor.yaml")):
         control_cfg, v2_cfg = (load_config(root / "config" / "ablations" / n) for n in (control, v2))
         assert differences(control_cfg, v2_cfg) == network | {"out_dir"}, v2
         assert {k: v2_cfg["model"][k] for k in v2_options} == {k: MambaGlue.default_conf[k] for k in v2_options}
@@ -320,6 +322,11 @@ def test_config_files_parse():
                                for t in ("", f"_{tag}"))
             assert differences(v2_cfg, variant) == {f"model.{option}", "out_dir"}, (tag, stage)
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
+    # the longer budget: the shipped XFeat matcher's data with more pairs and 3000 steps (only those differ)
+    long_ctrl = load_config(root / "config" / "ablations" / "xfeat_long3k_attention.yaml")
+    assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \
+        {"out_dir", "data.train_pairs", "stage1.max_steps", "stage1.val_every"}
+    assert (long_ctrl["data"]["train_pairs"], long_ctrl["stage1"]["max_steps"]) == (3000, 3000)
     # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
     assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat.pt")

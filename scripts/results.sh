@@ -160,14 +160,18 @@ xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the ship
 eval_xfeat_v1budget_v2() {  # on the pairs and keypoints of eval_xfeat_v1_control
   eval_against_shipped xfeat out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt xfeat_v1budget_v2
 }
+train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFIX_TAG.yaml (+ its _regressor.yaml), in turn
+  local prefix=$1 tag
+  shift
+  for tag; do
+    train_control "config/ablations/${prefix}_${tag}.yaml" "config/ablations/${prefix}_${tag}_regressor.yaml" \
+      "out/ablation_${prefix}_${tag}"
+  done
+}
 v1budget_v2_one_factor() {  # issue 11: v2's one-factor ablations at the shipped v1 budget (837 + 600 steps, the data of
                            # xfeat_v1budget_v2): a causal scan (direction), the ungated concat message (gate); ARG: one
                            # of forward_only / concat (default both, one after the other)
-  local tag
-  for tag in ${1:-forward_only concat}; do
-    train_control "config/ablations/xfeat_v1budget_v2_${tag}.yaml" "config/ablations/xfeat_v1budget_v2_${tag}_regressor.yaml" \
-      "out/ablation_xfeat_v1budget_v2_${tag}"
-  done
+  train_tagged xfeat_v1budget_v2 ${1:-forward_only concat}
 }
 eval_v1budget_v2_one_factor() {  # v2 and its one-factor variants in one run, with the shipped network and LighterGlue (the
                                  # pairs and keypoints of eval_xfeat_v1budget_v2): alpha 0.95 and full depth; pose; easy pair
@@ -185,11 +189,7 @@ xfeat_long3k() {  # issue 11's longer budget: v2 and its attention-only control,
                   # of the shipped XFeat data (3.6x its steps), then 600 regressor steps each; ARG: v2 / attention
                   # (default both, one after the other; to run them side by side, start v2 first: it extends the
                   # shared feature cache, then attention). Each stage resumes from its state file.
-  local tag
-  for tag in ${1:-v2 attention}; do
-    train_control "config/ablations/xfeat_long3k_${tag}.yaml" "config/ablations/xfeat_long3k_${tag}_regressor.yaml" \
-      "out/ablation_xfeat_long3k_${tag}"
-  done
+  train_tagged xfeat_long3k ${1:-v2 attention}
 }
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \

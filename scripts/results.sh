@@ -191,6 +191,13 @@ xfeat_long3k() {  # issue 11's longer budget: v2 and its attention-only control,
                   # shared feature cache, then attention). Each stage resumes from its state file.
   train_tagged xfeat_long3k ${1:-v2 attention}
 }
+eval_xfeat_long3k() {  # each finished long3k run against the shipped network and LighterGlue (the pairs and keypoints of
+                       # eval_xfeat_v1budget_v2): alpha 0.95 and full depth; relative pose; easy pair. ARG: v2 / attention
+  local tag
+  for tag in ${1:-v2 attention}; do
+    eval_against_shipped xfeat "out/ablation_xfeat_long3k_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_long3k_$tag"
+  done
+}
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -320,7 +327,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -35,6 +35,10 @@ def label(method: str) -> str:
     if m:  # v2's one-factor ablations at the same budget
         return {"forward_only": "v2, forward scan only", "concat": "v2, ungated 4d message (concat)"}[m.group(1)] + \
             ", 837 + 600 steps"
+    m = re.search(r"ablation_xfeat_long3k_(v2|attention)_reg600/", method)
+    if m:  # issue 11's longer budget: 3000 matcher steps on 3000 pairs
+        return {"v2": "MambaGlue v2 (Hilbert, bidirectional, gated)",
+                "attention": "attention only (LighterGlue fine-tuned)"}[m.group(1)] + ", 3000 + 600 steps"
     if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
         return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)
@@ -197,6 +201,9 @@ def main() -> int:
         ("eval_pose_xfeat_v1budget_v2_one_factor.json", pose),
         ("bench/bench_xfeat_v1budget_v2_forward_only_easy.json", bench),
         ("bench/bench_xfeat_v1budget_v2_concat_easy.json", bench),
+        *[section for tag in ("v2", "attention") for section in (
+            (f"eval_xfeat_long3k_{tag}.json", homography), (f"eval_xfeat_long3k_{tag}.json", sweep),
+            (f"eval_pose_xfeat_long3k_{tag}.json", pose), (f"bench/bench_xfeat_long3k_{tag}_easy.json", bench))],
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

@@ -61,7 +61,9 @@ def test_exportable_matcher_equals_the_network(xfeat_net, real_features):
         out = xfeat_net({"keypoints0": k0, "keypoints1": k1[:, :100], "descriptors0": d0, "descriptors1": d1[:, :100],
                          "image_size0": s0, "image_size1": s1})
     ref = E.run_pytorch(E.ExportableMatcher(xfeat_net), inputs)
-    assert (out["matches0"] > -1).sum() >= 40  # a real pair: most points match
+    # a real pair, so the comparison is not an empty one: ~40 of the 100 points match (33 within 3 px of the true
+    # homography with the version-1 and the version-2 XFeat files alike)
+    assert (out["matches0"] > -1).sum() >= 30
     np.testing.assert_array_equal(ref[0], out["matches0"].numpy())
     np.testing.assert_array_equal(ref[1][:, :100], out["matches1"].numpy())
     assert (ref[1][:, 100:] == -1).all() and (ref[3][:, 100:] == 0).all()  # padding never matches

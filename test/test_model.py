@@ -345,6 +345,10 @@ def test_shipped_trained_weights_load_by_default(features):
     ckpt = W.load_checkpoint(path, features)
     assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert ckpt["meta"]["steps"]["stage1"] > 0 and ckpt["meta"]["steps"]["stage2"] > 0
+    # the XFeat file holds the version-2 network (the default design), the ALIKED file still version 1 (model card)
+    design = {k: net.conf[k] for k in W.VERSION1_NETWORK}
+    expected = W.VERSION1_NETWORK if features == "aliked" else {k: MambaGlue.default_conf[k] for k in W.VERSION1_NETWORK}
+    assert design == expected, design
 
 
 def test_inference_constants_are_kept_until_a_weight_changes():

@@ -327,9 +327,11 @@ def test_config_files_parse():
     assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \
         {"out_dir", "data.train_pairs", "stage1.max_steps", "stage1.val_every"}
     assert (long_ctrl["data"]["train_pairs"], long_ctrl["stage1"]["max_steps"]) == (3000, 3000)
-    # the XFeat regressor run keeps the shipped XFeat matcher's network and trains stage 2 on it
+    # the XFeat regressor run keeps the version-1 XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
-    assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat.pt")
+    assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat_v1.pt")
+    # the shipped XFeat file is the long3k version-2 run: its configs hold the default (version-2) network
+    assert load_config(root / "config" / "ablations" / "xfeat_long3k_v2.yaml")["model"] == load_config(None)["model"]
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, stage1={"learning_rate": 1.0})
 

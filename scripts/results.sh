@@ -12,9 +12,22 @@ PY="${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python"
 DATA="${MAMBAGLUE_DATA:-$ROOT/../shared/data}"
 VAL="$DATA/photos/val"
 ALPHAS=0.8,0.85,0.9,0.95,1.0,none
+# The packaged XFeat file was the version-1 network until 2026-12-05 (commit b3789ae); xfeat_v1_weights puts it here.
+# Steps written before then compare against "mambaglue" (the packaged file): re-run now, they compare the version-2 file.
+XFEAT_V1=out/weights/mambaglue_xfeat_v1.pt
 
-train_xfeat() {   # shipped version-1 mambaglue_ros/weights/mambaglue_xfeat.pt (see its model card for the exact runs)
+train_xfeat() {   # shipped mambaglue_ros/weights/mambaglue_xfeat.pt since 2026-12-05: the version-2 network, 3000 matcher steps
+                  # on 3000 homography pairs + the 600-step video-aware regressor (xfeat_long3k v2), then its release file
+  train_tagged xfeat_long3k v2
+  "$PY" -m mambaglue_ros.training.release --matcher-run out/ablation_xfeat_long3k_v2 --regressor-run out/ablation_xfeat_long3k_v2_reg600 \
+    --out mambaglue_ros/weights/mambaglue_xfeat.pt --note "version-2 network, 3000 + 600 steps (bash scripts/results.sh train_xfeat)"
+}
+train_xfeat_v1() {  # the version-1 XFeat file shipped until 2026-12-05 (xfeat_v1_weights restores it; model card for the runs)
   "$M" train --config config/train_xfeat_v1.yaml --stage both --no-progress
+}
+xfeat_v1_weights() {  # that version-1 file, from git history: steps dated before 2026-12-05 that say "mambaglue" ran with it
+  mkdir -p out/weights
+  [ -f "$XFEAT_V1" ] || git show b3789ae:mambaglue_ros/weights/mambaglue_xfeat.pt > "$XFEAT_V1"
 }
 train_aliked() {  # shipped mambaglue_ros/weights/mambaglue_aliked.pt
   "$M" train --config config/train_aliked.yaml --stage 1 --max-minutes 60 --no-progress
@@ -27,11 +40,22 @@ ablations() {     # version-1 study: XFeat, same data / steps / learning rates a
   mkdir -p out/ablation_xfeat_linear && cp out/train_xfeat/stage1_best.pt out/ablation_xfeat_linear/
   "$M" train --config config/ablations/xfeat_linear.yaml --stage 2 --no-progress
 }
-eval_xfeat() {    # homography table, alpha sweep, ablation table, bf16 (one run, same keypoints)
+eval_xfeat() {    # the README headline and the alpha sweep (plots): the shipped network, the released LighterGlue, the shipped
+                  # network's equal-budget attention-only control (xfeat_long3k attention) and the version-1 file; bf16 rows
+  xfeat_v1_weights
+  local CTRL=out/ablation_xfeat_long3k_attention_reg600/mambaglue_xfeat.pt
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-    --methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt,mambaglue+bf16,lightglue+bf16 \
-    --alphas "$ALPHAS" --sweep-methods mambaglue,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
+    --methods "mambaglue,lightglue,mambaglue@$CTRL,mambaglue@$XFEAT_V1,mambaglue+bf16,lightglue+bf16" \
+    --alphas "$ALPHAS" --sweep-methods "mambaglue,lightglue,mambaglue@$CTRL" \
     --json out/eval_xfeat.json --plots out/plots --threads 1 --no-progress
+  mkdir -p docs/results && cp out/plots/alpha_sweep_xfeat.png docs/results/alpha_sweep_xfeat_v2.png
+}
+eval_xfeat_v1() {  # what eval_xfeat was while the version-1 file shipped: its ablation networks (ablations) and alpha sweeps
+  xfeat_v1_weights
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods mambaglue@$XFEAT_V1,lightglue,mambaglue@out/ablation_xfeat_attention/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_mamba/mambaglue_xfeat.pt,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt,mambaglue@$XFEAT_V1+bf16,lightglue+bf16 \
+    --alphas "$ALPHAS" --sweep-methods mambaglue@$XFEAT_V1,lightglue,mambaglue@out/ablation_xfeat_linear/mambaglue_xfeat.pt \
+    --json out/eval_xfeat_v1.json --plots out/plots_v1 --threads 1 --no-progress
 }
 design_xfeat() {  # issue 11: the v2 design and its attention-only control, same data and step budget
   "$M" train --config config/train_xfeat.yaml --stage both --no-progress
@@ -107,7 +131,7 @@ eval_regressor() {  # FEATURES: the new regressor against the shipped one and Li
 }
 regressor_aliked() { train_regressor aliked; }      # issue 11: the shipped ALIKED file's regressor (config/train_aliked_regressor.yaml)
 eval_regressor_aliked() { eval_regressor aliked; }
-regressor_xfeat() { train_regressor xfeat; }        # the same for XFeat (config/train_xfeat_regressor.yaml): changed nothing
+regressor_xfeat() { xfeat_v1_weights; train_regressor xfeat; }  # the same for the v1 XFeat file (config/train_xfeat_regressor.yaml): changed nothing
 eval_regressor_xfeat() { eval_regressor xfeat; }
 train_control() {  # STAGE1_CONFIG STAGE2_CONFIG OUT: an attention-only control's matcher, then its regressor on the frozen
                    # matcher (in OUT_reg600, from the matcher's best checkpoint); each stage resumed when its state exists
@@ -329,7 +353,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

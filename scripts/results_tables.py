@@ -39,6 +39,8 @@ def label(method: str) -> str:
     if m:  # issue 11's longer budget: 3000 matcher steps on 3000 pairs
         return {"v2": "MambaGlue v2 (Hilbert, bidirectional, gated)",
                 "attention": "attention only (LighterGlue fine-tuned)"}[m.group(1)] + ", 3000 + 600 steps"
+    if re.match(r"mambaglue@.*mambaglue_xfeat_v1\.pt(\+bf16)?$", method):  # results.sh xfeat_v1_weights
+        return "MambaGlue v1 (shipped until 2026-12-05)" + (", bf16" if method.endswith("+bf16") else "")
     if re.match(r"mambaglue@.*train_xfeat_v2(_long)?(_reg600)?/", method):
         return "MambaGlue v2 design (Hilbert, bidirectional, gated)" + budget
     m = re.match(r"mambaglue@.*ablation_xfeat_(\w+?)(_long)?(_reg600)?/", method)

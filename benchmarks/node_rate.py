@@ -254,6 +254,13 @@ def main() -> int:
     from mambaglue_ros.models import ssm_cpu
     from mambaglue_ros.synthetic import make_sequence
 
+    from mambaglue_ros.evaluation.bench import device_name
+    from mambaglue_ros.matcher import cpu_has_native_bf16
+
+    # Rates differ severalfold between the CPU models a cloud hands out under the same machine type: name it.
+    host = device_name(torch.device("cpu"))
+    print(f"host: {host}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}, torch {torch.__version__}",
+          flush=True)
     stereo = any(c.split(":")[0] == "stereo" for c in args.configs.split(","))  # right images only when needed
     frames = list(make_sequence(n_frames=args.frames, rate_hz=args.input_hz, stereo=stereo, trajectory="forward",
                                 seed=0))
@@ -294,7 +301,8 @@ def main() -> int:
                   + f"; load {r['load_average'][0]}",
                   flush=True)
     info = {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "cpu": host, "cpu_native_bf16": cpu_has_native_bf16()}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": info, "runs": rows}, indent=1))

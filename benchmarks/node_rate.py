@@ -145,7 +145,7 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
     warmup_s, warmup_frames, warmup_cap_s = 3.0, 3, 120.0
     t0 = time.monotonic()
     i = 0
-    knobs = []  # (time, alpha, keypoint budget) once a second
+    knobs = []  # (time, alpha, keypoint budget, front-end image scale) once a second
     counting = False
     cpu0 = {}
     while not counting or time.monotonic() - t_count < seconds:
@@ -163,7 +163,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
             msg.header.stamp = stamp
             pub.publish(msg)
         if i % max(1, int(input_hz)) == 0:
-            knobs.append((time.monotonic() - t0, node.matcher.alpha, node.matcher.max_keypoints))
+            knobs.append((time.monotonic() - t0, node.matcher.alpha, node.matcher.max_keypoints,
+                          float(getattr(node.matcher, "image_scale", 1.0))))
         i += 1
         time.sleep(max(0.0, t0 + i / input_hz - time.monotonic()))
     elapsed = time.monotonic() - t_count
@@ -198,7 +199,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
               else 1000.0 / max(sum(stage_cpu.values()), 1e-9),
               "window_hz_last_half": windows,
               "mean_stop_layer": snap["mean_stop_layer"], "num_layers": node.matcher.num_layers,
-              "alpha_end": node.matcher.alpha, "keypoints_end": node.matcher.max_keypoints, "knobs": knobs,
+              "alpha_end": node.matcher.alpha, "keypoints_end": node.matcher.max_keypoints,
+              "image_scale_end": float(getattr(node.matcher, "image_scale", 1.0)), "knobs": knobs,
               "rate_control": node.controller.diagnostics(), "weights": node.matcher.weights_source,
               "precision": precision or "node default", "precision_used": getattr(node.matcher, "precision", "n/a"),
               "device": str(node.matcher.device), "threads": torch_threads_now(),
@@ -294,7 +296,8 @@ def main() -> int:
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms (camera -> outputs p50 "
                   f"{r['camera_latency_p50_ms']:.0f} p95 {r['camera_latency_p95_ms']:.0f}), dropped {r['dropped']}/"
                   f"{r['frames_in']} (+{r['rate_skipped']} gated), stop {r['mean_stop_layer']:.1f}/{r['num_layers']}, "
-                  f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, {r['precision_used']}; on-CPU ms/frame: {cpu} "
+                  f"alpha {r['alpha_end']}, kp {r['keypoints_end']}, image scale {r['image_scale_end']:.2f}, "
+                  f"{r['precision_used']}; on-CPU ms/frame: {cpu} "
                   f"-> {r['quiet_estimate_hz']:.1f} Hz with a core per stage{steady}; tracker ms (median): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in r["tracker_ms_median"].items())
                   + " (p95: " + ", ".join(f"{k} {v:.0f}" for k, v in r["tracker_ms_p95"].items()) + ")"

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .types import Features, MatchResult, check_alpha, check_max_keypoints
+from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints, target_side
 
 ORB_BITS = 256
 # Hamming distance of two unrelated 256-bit descriptors is ~128 on average: the score scale.
@@ -80,6 +80,7 @@ class OrbMatcher:
         self._alpha: float | None = None
         self._max_keypoints = 0
         self.max_keypoints = max_keypoints
+        self._image_scale = 1.0
         self._bf = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
 
     # ------------------------------------------------------------------ settings (as Matcher)
@@ -102,21 +103,38 @@ class OrbMatcher:
         self._orb = cv2.ORB_create(nfeatures=self._max_keypoints, scaleFactor=self.scale_factor,
                                    nlevels=self.n_levels, fastThreshold=self.fast_threshold)
 
+    @property
+    def image_scale(self) -> float:
+        """ORB detects on the image downscaled by this (the rate controller's resolution knob, in (0, 1]);
+        keypoints stay in the input image's pixels."""
+        return self._image_scale
+
+    @image_scale.setter
+    def image_scale(self, value: float) -> None:
+        self._image_scale = check_image_scale(value)
+
     # ------------------------------------------------------------------ inference
     def extract(self, image: np.ndarray) -> Features:
         """HxW gray or HxWx3 RGB image -> Features (keypoints sorted by ORB response)."""
         gray = to_gray_uint8(image)
         h, w = gray.shape[:2]
         kps, desc = (), None
+        longest = target_side(max(h, w), None, self._image_scale) if h > 0 and w > 0 else 0
+        if longest < max(h, w):
+            size = (max(1, round(w * longest / max(h, w))), max(1, round(h * longest / max(h, w))))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         if h > 0 and w > 0:
             kps, desc = self._orb.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
-            return Features(torch.zeros((0, 2)), torch.zeros((0, ORB_BITS)), torch.zeros(0), (w, h))
+            return Features(torch.zeros((0, 2)), torch.zeros((0, ORB_BITS)), torch.zeros(0), (w, h),
+                            gray.shape[1] / w if w > 0 else 1.0)
         xy = np.array([k.pt for k in kps], dtype=np.float32)
+        if gray.shape[:2] != (h, w):  # back to input pixels (pixel centres)
+            xy = (xy + 0.5) * np.array([w / gray.shape[1], h / gray.shape[0]], dtype=np.float32) - 0.5
         response = np.array([k.response for k in kps], dtype=np.float32)
         order = np.argsort(-response, kind="stable")
         return Features(torch.from_numpy(xy[order]), torch.from_numpy(_unpack(desc[order])),
-                        torch.from_numpy(response[order]), (w, h))
+                        torch.from_numpy(response[order]), (w, h), gray.shape[1] / w)
 
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Mutual nearest neighbours under Hamming distance, at most ``max_hamming`` apart."""

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .types import check_alpha, check_max_keypoints
+from .types import check_alpha, check_image_scale, check_max_keypoints
 
 __all__ = ["BatchingMatcher", "MatcherClient"]
 
@@ -162,8 +162,8 @@ class BatchingMatcher:
 class MatcherClient:
     """One camera's view of a ``BatchingMatcher``: the ``Matcher`` interface the trackers and the node use.
 
-    ``match_features`` joins the next batch; ``extract`` uses this client's keypoint budget; ``alpha`` and
-    ``max_keypoints`` are this client's own. Other attributes (``features``, ``device``, ``net``, ...) are the
+    ``match_features`` joins the next batch; ``extract`` uses this client's keypoint budget and resolution;
+    ``alpha``, ``max_keypoints`` and ``image_scale`` are this client's own. Other attributes (``features``, ``device``, ``net``, ...) are the
     shared matcher's.
     """
 
@@ -171,6 +171,7 @@ class MatcherClient:
         self._batcher = batcher
         self._alpha = batcher.matcher.alpha
         self._max_keypoints = int(batcher.matcher.max_keypoints)
+        self._image_scale = float(getattr(batcher.matcher, "image_scale", 1.0))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batcher.matcher, name)
@@ -178,9 +179,10 @@ class MatcherClient:
     def __setattr__(self, name: str, value: Any) -> None:
         # only the per-camera knobs are this client's; anything else is the shared network's and would change
         # every camera (or, set here, silently hide the shared value)
-        if name not in ("_batcher", "_alpha", "_max_keypoints", "alpha", "max_keypoints"):
+        if name not in ("_batcher", "_alpha", "_max_keypoints", "_image_scale", "alpha", "max_keypoints",
+                        "image_scale"):
             raise AttributeError(f"{name} belongs to the matcher all cameras share; a camera's client sets only "
-                                 "alpha and max_keypoints")
+                                 "alpha, max_keypoints and image_scale")
         object.__setattr__(self, name, value)
 
     @property
@@ -199,12 +201,22 @@ class MatcherClient:
     def max_keypoints(self, value: int) -> None:
         self._max_keypoints = check_max_keypoints(value)
 
+    @property
+    def image_scale(self) -> float:
+        return self._image_scale
+
+    @image_scale.setter
+    def image_scale(self, value: float) -> None:
+        self._image_scale = check_image_scale(value)
+
     def extract(self, image: Any) -> Any:
-        """Features of ``image`` with this client's keypoint budget."""
+        """Features of ``image`` with this client's keypoint budget and resolution."""
         with self._batcher.extract_lock:
             matcher = self._batcher.matcher
             if matcher.max_keypoints != self._max_keypoints:
                 matcher.max_keypoints = self._max_keypoints
+            if getattr(matcher, "image_scale", 1.0) != self._image_scale:
+                matcher.image_scale = self._image_scale
             return matcher.extract(image)
 
     def prepare(self, feats: Any) -> None:

@@ -23,7 +23,7 @@ from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
 from .models.gemm_shapes import bf16_autocast
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
-from .types import Features, MatchResult, check_alpha, check_max_keypoints
+from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints
 
 if TYPE_CHECKING:
     from .cuda_graph import GraphedMatcher
@@ -237,6 +237,16 @@ class Matcher:
     @max_keypoints.setter
     def max_keypoints(self, value: int) -> None:
         self.extractor.set_max_keypoints(check_max_keypoints(value))
+
+    @property
+    def image_scale(self) -> float:
+        """Front-end resolution relative to the input image, in (0, 1] (the rate controller's resolution knob;
+        ``FeatureExtractor.image_scale``). Keypoints stay in the input image's pixels."""
+        return self.extractor.image_scale
+
+    @image_scale.setter
+    def image_scale(self, value: float) -> None:
+        self.extractor.image_scale = check_image_scale(value)
 
     @property
     def num_layers(self) -> int:

@@ -28,7 +28,8 @@ Semantics kept from the single-thread worker:
   extraction), its *cycle time*, the busier stage's time for that frame (with two stages in flight the
   cycle time, not the latency, sets the processed rate), and the worker's own time. The node holds the
   cycle time under the controller's budget in stereo, where stage 1 also runs the left/right match; in mono
-  stage 1 is the front end alone, which no knob of the controller speeds up, so it holds the worker's time.
+  stage 1 is the front end alone, which none of the matcher knobs speeds up, so it holds the worker's time. The
+  front end's resolution (``image_scale``) is a loop of its own on stage 1's time (``rate_control``).
 
 ``PrefetchingMatcher`` is the seam: the tracker calls ``extract(image)`` (and, for stereo, the left/right
 ``match_features``) as before and gets what stage 1 already computed for that very image object.
@@ -72,8 +73,8 @@ def controlled_time_ms(stereo: bool, cycle_ms: float, worker_ms: float) -> float
     """The per-frame time the rate controller holds under its budget (``ExtractionStage.finish``'s clocks):
     the time of the stage its knobs (alpha, keypoints, pose hypotheses) act on. Stereo: the busier stage's,
     since stage 1 also runs the left/right match. Mono: the worker's, since stage 1 is the front end alone,
-    which no knob speeds up (holding it under the budget drove alpha and keypoints to their floors for
-    nothing). Without the pipeline the two are the same."""
+    which none of those knobs speeds up (holding it under the budget drove alpha and keypoints to their floors
+    for nothing; the resolution loop holds stage 1 itself). Without the pipeline the two are the same."""
     return float(cycle_ms if stereo else worker_ms)
 
 
@@ -132,8 +133,9 @@ class PrefetchingMatcher:
     matcher that depends on each image alone (its first self block), so the worker's match starts at the first
     cross block; ``take_ahead_ms`` reports that time as 'prepare'.
 
-    Keypoint budget changes (``max_keypoints = k``, from the rate controller) are applied by the thread that
-    extracts, before its next extraction: the front end is never reconfigured halfway through an image, and
+    Keypoint budget and resolution changes (``max_keypoints = k``, ``image_scale = s``, from the rate controller)
+    are applied by the thread that extracts, before its next extraction (a stereo frame's two images: before the
+    pair): the front end is never reconfigured halfway through an image or between a left and a right image, and
     the worker never waits for an extraction to finish.
     """
 
@@ -146,6 +148,7 @@ class PrefetchingMatcher:
         object.__setattr__(self, "_kept_lock", threading.Lock())
         object.__setattr__(self, "_extract_lock", threading.Lock())
         object.__setattr__(self, "_budget", None)  # keypoint budget waiting to be applied
+        object.__setattr__(self, "_scale", None)  # image_scale waiting to be applied
         object.__setattr__(self, "_ahead_ms", {})  # kind -> ms of work done ahead and since taken (take_ahead_ms)
 
     # ------------------------------------------------------------------ pass-through
@@ -155,6 +158,8 @@ class PrefetchingMatcher:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "max_keypoints":
             self._set_budget(value)
+        elif name == "image_scale":
+            self._set_scale(value)
         else:
             setattr(self._inner, name, value)
 
@@ -167,6 +172,34 @@ class PrefetchingMatcher:
     def max_keypoints(self) -> int:
         budget = self._budget
         return int(budget) if budget is not None else int(self._inner.max_keypoints)
+
+    @property
+    def image_scale(self) -> float:
+        scale = self._scale
+        return float(scale) if scale is not None else float(getattr(self._inner, "image_scale", 1.0))
+
+    def _set_scale(self, value: float) -> None:
+        from .types import check_image_scale  # here: this module loads before torch (quiet_openmp)
+
+        value = check_image_scale(value)
+        if self._extract_lock.acquire(blocking=False):  # no extraction in flight: apply now
+            try:
+                self._inner.image_scale = value
+                object.__setattr__(self, "_scale", None)
+            finally:
+                self._extract_lock.release()
+        else:
+            object.__setattr__(self, "_scale", value)
+
+    def _apply_pending(self) -> None:
+        """Budget and resolution changes that came while an extraction ran (caller holds the extract lock)."""
+        budget, scale = self._budget, self._scale
+        if budget is not None:
+            self._inner.max_keypoints = budget
+            object.__setattr__(self, "_budget", None)
+        if scale is not None:
+            self._inner.image_scale = scale
+            object.__setattr__(self, "_scale", None)
 
     def _set_budget(self, value: int) -> None:
         if int(value) < 1:
@@ -183,10 +216,7 @@ class PrefetchingMatcher:
     # ------------------------------------------------------------------ computing ahead
     def _extract_now(self, image: Any) -> Any:
         with self._extract_lock:
-            budget = self._budget
-            if budget is not None:
-                self._inner.max_keypoints = budget
-                object.__setattr__(self, "_budget", None)
+            self._apply_pending()
             return self._inner.extract(image)
 
     def _keep(self, owners: tuple[Any, ...], compute: Callable[[], Any], kind: str) -> Any:
@@ -224,7 +254,9 @@ class PrefetchingMatcher:
         ``match_features`` calls on the same objects; run the matcher's first self block (``Matcher.prepare``) of
         the first ``prepare`` of them (None: all; a right image that only the epipolar stereo search sees needs
         none). Never raises: errors are kept (see the class)."""
-        feats = [self._keep((image,), lambda image=image: self._extract_now(image), "extract") for image in images]
+        with self._extract_lock:  # one setting for all of the frame's images (stereo: left and right alike)
+            self._apply_pending()
+            feats = [self._keep((image,), lambda image=image: self._inner.extract(image), "extract") for image in images]
         prepare_block = getattr(self._inner, "prepare", None)  # Matcher.prepare: the first self block of an image
         if prepare_block is not None:
             for f in feats[:prepare]:

@@ -6,7 +6,8 @@ once per processed frame with the measured per-frame time and returns the (alpha
 to use for the next frame. With the node's two-stage pipeline (``pipeline.py``) that time is the
 time of the stage the knobs act on: in stereo the *cycle* time (the busier stage's time per frame, which
 sets the processed rate), in mono the worker's (stage 1 there is the front end alone); without the
-pipeline, the latency. The node also takes frames no faster than the target (``pipeline.RateGate``), so spare
+pipeline, the latency. The front end's resolution has a loop of its own on the extraction stage (below).
+The node also takes frames no faster than the target (``pipeline.RateGate``), so spare
 time goes into accuracy instead of into frames above the target.
 
 Design
@@ -36,7 +37,18 @@ Design
   budget, the hypotheses go down one at a time (every ``hypothesis_patience`` frames, so the
   smoothed latency can follow) to 1; with slack they come back *first*, before keypoints and alpha
   (they guard against the bas-relief ambiguity, a gross error rather than a small one).
-* ``target_rate_hz = 0``: fixed mode, alpha and keypoints never change.
+* Front-end resolution (``adapt_resolution``, on by default), a loop of its own on the *extraction stage's*
+  time (``update(..., stage1_ms=)``: the node's stage 1 = the front end plus the images' first self blocks;
+  the node runs this loop only with the pipeline, where stage 1 is a stage of its own). The knobs above act
+  on the matcher and the pose; a front end slower than the frame budget leaves them nothing to win (a 2-core
+  AVX2 CPU extracts a 640x480 XFeat image in ~150 ms: at a 10 Hz target alpha and keypoints went to their
+  floors and the node still ran at 5.9 Hz). When the smoothed stage-1 time exceeds the budget,
+  ``image_scale`` (the linear size the front end sees, relative to its input after ``resize_max``) shrinks,
+  ``scale *= exp(resolution_gain * e1 / 2)`` (extraction time ~ scale^2), down to ``min_image_scale``; with
+  stage-1 slack beyond the deadband it grows back to 1. The two loops act on different stages, each on its
+  own time. Keypoints stay in the input image's pixels; they are less precise at a lower resolution, so this
+  is spent only where the front end alone misses the budget.
+* ``target_rate_hz = 0``: fixed mode, alpha, keypoints and resolution never change.
 """
 from __future__ import annotations
 
@@ -60,6 +72,9 @@ DEFAULT_RATE_CONFIG: dict[str, Any] = {
     "adapt_pose_hypotheses": True,
     "max_pose_hypotheses": 6,  # the node passes its pose_hypotheses parameter
     "hypothesis_patience": 5,  # frames between two steps of the pose hypotheses
+    "adapt_resolution": True,  # shrink the front end's input when extraction alone misses the budget
+    "min_image_scale": 0.5,    # lowest image_scale (linear; 0.5 = a quarter of the pixels)
+    "resolution_gain": 0.2,    # scale *= exp(resolution_gain * e1 / 2) per frame (e1: stage-1 log error)
 }
 
 
@@ -72,7 +87,7 @@ def validate_rate_config(config: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"unknown rate control option(s): {sorted(unknown)}")
         cfg.update(config)
     for key in ("target_rate_hz", "alpha_min", "alpha_max", "alpha_init", "headroom", "smoothing",
-                "gain", "proportional_gain", "deadband", "keypoint_gain"):
+                "gain", "proportional_gain", "deadband", "keypoint_gain", "min_image_scale", "resolution_gain"):
         try:
             cfg[key] = float(cfg[key])
         except (TypeError, ValueError):
@@ -85,6 +100,9 @@ def validate_rate_config(config: dict[str, Any] | None) -> dict[str, Any]:
         cfg[key] = int(cfg[key])
     cfg["adapt_keypoints"] = bool(cfg["adapt_keypoints"])
     cfg["adapt_pose_hypotheses"] = bool(cfg["adapt_pose_hypotheses"])
+    cfg["adapt_resolution"] = bool(cfg["adapt_resolution"])
+    if not 0.1 <= cfg["min_image_scale"] <= 1.0:
+        raise ValueError(f"min_image_scale must be in [0.1, 1] (1 = never downscale), got {cfg['min_image_scale']}")
     if cfg["max_pose_hypotheses"] < 1 or cfg["hypothesis_patience"] < 1:
         raise ValueError(f"max_pose_hypotheses and hypothesis_patience must be >= 1, got "
                          f"{cfg['max_pose_hypotheses']}, {cfg['hypothesis_patience']}")
@@ -105,7 +123,7 @@ def validate_rate_config(config: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"headroom must be in (0, 1], got {cfg['headroom']}")
     if not 0.0 < cfg["smoothing"] <= 1.0:
         raise ValueError(f"smoothing must be in (0, 1], got {cfg['smoothing']}")
-    for key in ("gain", "proportional_gain", "deadband", "keypoint_gain"):
+    for key in ("gain", "proportional_gain", "deadband", "keypoint_gain", "resolution_gain"):
         if cfg[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
     return cfg
@@ -120,7 +138,9 @@ class AlphaController:
     Attributes:
         alpha: current early-exit threshold, in [alpha_min, alpha_max].
         max_keypoints: current keypoint budget, in [min_keypoints, max_keypoints].
+        image_scale: current front-end resolution relative to the input, in [min_image_scale, 1].
         latency_ema_ms: smoothed latency (None before the first sample).
+        stage1_ema_ms: smoothed extraction-stage time (None before the first sample).
     """
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
@@ -139,7 +159,7 @@ class AlphaController:
         return 1000.0 / self.config["target_rate_hz"] * self.config["headroom"]
 
     def reset(self) -> None:
-        """Back to the initial alpha / keypoints, forget the latency history."""
+        """Back to the initial alpha / keypoints / pose hypotheses and full resolution; forget the time history."""
         self.alpha = self.config["alpha_init"]
         self._keypoints = float(self.config["max_keypoints"])
         self.latency_ema_ms: float | None = None
@@ -147,16 +167,21 @@ class AlphaController:
         self.state = "fixed" if self.fixed else "starting"
         self.pose_hypotheses = self.config["max_pose_hypotheses"]
         self._since_hypothesis_step = 0
+        self.image_scale = 1.0
+        self.stage1_ema_ms: float | None = None
 
     @property
     def max_keypoints(self) -> int:
         return int(round(self._keypoints))
 
-    def update(self, latency_ms: float) -> tuple[float, int]:
-        """Feed one frame's latency [ms]; returns (alpha, max_keypoints) for the next frame.
+    def update(self, latency_ms: float, stage1_ms: float | None = None) -> tuple[float, int]:
+        """Feed one frame's latency [ms] (the time the matcher/pose knobs act on) and, where known, its
+        extraction stage's time ``stage1_ms`` (the resolution knob's); returns (alpha, max_keypoints) for the
+        next frame, ``image_scale`` holds the front end's resolution for it.
 
-        Non-finite or non-positive latencies are ignored (the current settings are returned).
+        Non-finite or non-positive times are ignored (the current settings are returned / kept).
         """
+        self._update_resolution(stage1_ms)
         cfg = self.config
         try:
             latency = float(latency_ms)
@@ -222,9 +247,32 @@ class AlphaController:
             self.state = "at the ceiling" if e_band > 0.0 else "holding"
         return self.alpha, self.max_keypoints
 
+    def _update_resolution(self, stage1_ms: float | None) -> None:
+        """The resolution loop (module docstring): hold the extraction stage's time under the budget."""
+        cfg = self.config
+        try:
+            t = float(stage1_ms) if stage1_ms is not None else math.nan
+        except (TypeError, ValueError):
+            return
+        if self.fixed or not cfg["adapt_resolution"] or not math.isfinite(t) or t <= 0.0:
+            return
+        s = cfg["smoothing"]
+        self.stage1_ema_ms = t if self.stage1_ema_ms is None else (1.0 - s) * self.stage1_ema_ms + s * t
+        e = math.log(self.budget_ms / self.stage1_ema_ms)
+        if e < 0.0:
+            step = e
+        elif e > cfg["deadband"] and self.image_scale < 1.0:
+            step = e - cfg["deadband"]
+        else:
+            return
+        # extraction time grows with the pixels, scale^2: half the log error in log scale
+        self.image_scale = min(1.0, max(cfg["min_image_scale"],
+                                        self.image_scale * math.exp(cfg["resolution_gain"] * step / 2.0)))
+
     def diagnostics(self) -> dict[str, Any]:
         """The controller's state for /diagnostics: what it does now, its budget and the time it holds
         under it [ms] (0 before the first frame; budget 0 in fixed mode)."""
         return {"rate_control": self.state, "rate_budget_ms": 0.0 if self.fixed else self.budget_ms,
                 "rate_time_ema_ms": self.latency_ema_ms or 0.0, "rate_alpha": self.alpha,
-                "rate_max_keypoints": self.max_keypoints, "rate_pose_hypotheses": self.pose_hypotheses}
+                "rate_max_keypoints": self.max_keypoints, "rate_pose_hypotheses": self.pose_hypotheses,
+                "rate_image_scale": self.image_scale, "rate_stage1_ema_ms": self.stage1_ema_ms or 0.0}

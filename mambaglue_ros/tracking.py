@@ -98,6 +98,7 @@ class FrameResult:
     keypoints:          (N, 2) float32 pixels of all keypoints of this (left) image, the index
                         space of ``temporal.matches[:, 1]`` and ``stereo.matches[:, 0]``.
     timings_ms:         wall times: extract, match, pose, total.
+    image_scale:        resolution this (left) image was extracted at, relative to the input (``Features.scale``).
     """
 
     stamp_ns: int
@@ -113,6 +114,7 @@ class FrameResult:
     reset: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
     keypoints: np.ndarray | None = None
+    image_scale: float = 1.0
 
 
 @dataclass
@@ -349,6 +351,7 @@ class MonoTracker(_TrackerBase):
             self._update_window(result, x_cur if x_cur is not None else self._normalised(feats))
         result.reset = was_reset
         result.keypoints = _keypoints_numpy(feats)
+        result.image_scale = float(getattr(feats, "scale", 1.0))
         timings["total"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms = timings
         return result
@@ -534,6 +537,7 @@ class StereoTracker(_TrackerBase):
         result.stereo = stereo
         result.reset = was_reset
         result.keypoints = _keypoints_numpy(feats_l)
+        result.image_scale = float(getattr(feats_l, "scale", 1.0))
         timings["total"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms = timings
         return result

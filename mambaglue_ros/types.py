@@ -1,6 +1,7 @@
 """Plain data types shared by the core, the node and the tools."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,27 @@ def check_max_keypoints(value: int) -> int:
     return int(value)
 
 
+SCALE_STEP_PX = 32  # image_scale's longer side is a multiple of this: few shapes (CUDA graphs, padded kernels)
+
+
+def check_image_scale(value: float) -> float:
+    """``value`` as a float in (0, 1], else ValueError."""
+    scale = float(value)
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"image_scale must be in (0, 1], got {value}")
+    return scale
+
+
+def target_side(longest: int, resize_max: int | None, image_scale: float) -> int:
+    """The longer side [px] the front end sees for an input whose longer side is ``longest``: at most
+    ``resize_max`` (None/0 = no cap), then times ``image_scale`` rounded *up* to a multiple of ``SCALE_STEP_PX``
+    (so never below the scale asked for, e.g. the controller's ``min_image_scale``; never more than the input)."""
+    side = min(longest, resize_max) if resize_max else longest
+    if image_scale < 1.0:
+        side = min(side, SCALE_STEP_PX * math.ceil(side * image_scale / SCALE_STEP_PX - 1e-9))
+    return int(side)
+
+
 @dataclass
 class Features:
     """Local features of one image, as every front end returns them.
@@ -29,19 +51,22 @@ class Features:
     descriptors: (N, D) float32 tensor, L2-normalised.
     scores:      (N,) float32 tensor, detection scores, sorted descending (the scan order).
     image_size:  (width, height) of the original image in pixels.
+    scale:       linear size of the image the front end saw, relative to image_size (1 = full resolution;
+                 below 1 after ``resize_max`` or the rate controller's ``image_scale``).
     """
 
     keypoints: torch.Tensor
     descriptors: torch.Tensor
     scores: torch.Tensor
     image_size: tuple[int, int]
+    scale: float = 1.0
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
 
     def to(self, device: torch.device | str) -> "Features":
         return Features(self.keypoints.to(device), self.descriptors.to(device),
-                        self.scores.to(device), self.image_size)
+                        self.scores.to(device), self.image_size, self.scale)
 
 
 @dataclass

@@ -307,6 +307,19 @@ stereo_epipolar() {  # 2026-12-05, issue 15: left/right matches along the rows (
     done
   done
 }
+resolution_knob() {  # issue 15: the rate controller's front-end resolution. What it costs (KITTI at the node's 512 keypoints,
+                     # full resolution and resize_max = what image_scale 0.75 / 0.5 give a 1241 px image: 960 / 640 px)
+                     # and what it buys with a target rate (mono 10 Hz, stereo 5 Hz; the controller's state in the JSON)
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  for cfg in matcher stereo; do
+    for rm in 0 960 640; do
+      "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/kitti_scale_${cfg}_$rm --lossless --matcher mambaglue --set num_threads=1 precision=fp32 resize_max=$rm --force --no-plots
+    done
+  done
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60 --json out/node_rate_target10_scale.json
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60 --set min_image_scale=1.0 --json out/node_rate_target10_noscale.json
+  "$PY" benchmarks/node_rate.py --configs stereo:xfeat --target-hz 5 --seconds 40 --json out/node_rate_stereo_target5_scale.json
+}
 realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it gains live (--rate 1: the node drops
                   # what it cannot keep up with); node rate on a quiet machine, pipeline off against on
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
@@ -353,7 +366,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar realtime_512 pose_settle scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -20,6 +20,7 @@ class RecordingMatcher:
     def __init__(self) -> None:
         self.alpha = 0.95
         self.max_keypoints = 512
+        self.image_scale = 1.0
         self.features = "fake"
         self.calls: list[tuple[str, int, float | None]] = []
         self.gate = threading.Event()
@@ -43,7 +44,7 @@ class RecordingMatcher:
         return [(f0, f1, self.alpha) for f0, f1 in pairs]
 
     def extract(self, image):
-        return ("features", image, self.max_keypoints)
+        return ("features", image, self.max_keypoints, self.image_scale)
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
@@ -92,6 +93,10 @@ def test_per_client_budget_alpha_and_errors():
         a, b = batcher.client(), batcher.client()
         b.max_keypoints = 256
         assert a.extract("img")[2] == 512 and b.extract("img")[2] == 256 and a.max_keypoints == 512
+        b.image_scale = 0.5  # each camera's rate controller sets its own front-end resolution
+        assert b.extract("img")[3] == 0.5 and a.extract("img")[3] == 1.0 and a.image_scale == 1.0
+        with pytest.raises(ValueError, match="image_scale"):
+            a.image_scale = 0.0
         b.alpha = None  # early exit off for this camera: a batch with it runs every layer
         assert b.match_features("x", "y")[2] is None and a.alpha == 0.95
         with pytest.raises(ValueError):

@@ -48,6 +48,38 @@ def test_resize_maps_keypoints_back(photo):
     assert np.median(d) < 2.5
 
 
+def test_image_scale_is_the_resolution_knob(photo):
+    from mambaglue_ros.types import target_side
+
+    # the longer side the front end sees: resize_max first, then the scale in 32 px steps, never upscaled
+    assert target_side(640, None, 1.0) == 640 and target_side(640, 512, 1.0) == 512
+    assert target_side(640, None, 0.75) == 480 and target_side(640, None, 0.74) == 480
+    assert target_side(640, 512, 0.5) == 256 and target_side(640, None, 0.01) == 32
+    assert target_side(20, None, 0.5) == 20  # smaller than one step: as it is
+    ex = FeatureExtractor("xfeat", max_keypoints=512)
+    native = ex.extract(photo)
+    ex.image_scale = 0.5  # run time, as the rate controller sets it
+    half = ex.extract(photo)
+    assert half.image_size == (640, 480) and 0 < len(half) <= 512
+    assert half.scale == 0.5 and native.scale == 1.0
+    # the same as extracting the downscaled image (OpenCV's area filter on the 8-bit image) and mapping its
+    # keypoints to the input pixels
+    small = FeatureExtractor("xfeat", max_keypoints=512).extract(
+        cv2.resize(photo, (320, 240), interpolation=cv2.INTER_AREA))
+    np.testing.assert_allclose(half.keypoints.numpy(), (small.keypoints.numpy() + 0.5) * 2 - 0.5, atol=1e-3)
+    # a float tensor takes torch's area filter: the same points up to the filters' rounding
+    from_tensor = ex.extract(to_tensor_image(photo))
+    d = np.linalg.norm(half.keypoints.numpy()[:, None] - from_tensor.keypoints.numpy()[None], axis=-1).min(0)
+    assert from_tensor.scale == 0.5 and (d < 1.0).mean() > 0.9
+    # on the same image structures as at full resolution: many points within 3 px of a full-resolution one
+    # (28 % here; the top 512 of a quarter of the pixels are partly other points, so not most of them)
+    d = np.linalg.norm(native.keypoints.numpy()[:, None] - half.keypoints.numpy()[None], axis=-1).min(0)
+    assert (d < 3.0).mean() > 0.2
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(ValueError, match="image_scale"):
+            FeatureExtractor("xfeat", image_scale=bad)
+
+
 def test_budget_change_and_bad_images(photo):
     ex = FeatureExtractor("xfeat", max_keypoints=512)
     ex.set_max_keypoints(128)

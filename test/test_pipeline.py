@@ -145,6 +145,37 @@ def test_keypoint_budget_waits_for_the_extraction_in_flight():
         m.max_keypoints = 0
 
 
+def test_resolution_change_waits_for_the_frame_in_flight_and_keeps_a_stereo_pair_alike():
+    class ScaledMatcher(FakeMatcher):
+        image_scale = 1.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scales: list[float] = []  # the scale each extraction ran at
+
+        def extract(self, image):
+            self.scales.append(self.image_scale)
+            return super().extract(image)
+
+    inner = ScaledMatcher()
+    inner.hold = threading.Event()
+    m = PrefetchingMatcher(inner)
+    t = threading.Thread(target=m.prefetch, args=([image(1), image(2)], True))  # a stereo frame: left, right
+    t.start()
+    assert inner.entered.wait(WAIT)  # the left image is being extracted
+    m.image_scale = 0.5  # the rate controller, from the worker: does not block, not applied to the right image
+    assert m.image_scale == 0.5 and inner.image_scale == 1.0
+    inner.hold.set()
+    t.join(WAIT)
+    assert inner.scales == [1.0, 1.0]
+    m.prefetch([image(3), image(4)], stereo=True)  # the next frame's pair: both at the new scale
+    assert inner.scales[2:] == [0.5, 0.5] and inner.image_scale == 0.5
+    m.image_scale = 0.75  # nothing in flight: applied at once
+    assert inner.image_scale == 0.75
+    with pytest.raises(ValueError, match="image_scale"):
+        m.image_scale = 0.0
+
+
 # ---------------------------------------------------------------------------------------------- ExtractionStage
 class Frame:
     def __init__(self, stamp_ns: int) -> None:

@@ -180,6 +180,23 @@ def test_orb_empty_and_black_images(shape):
     assert len(orb.match(black, black)) == 0
 
 
+def test_orb_image_scale_keeps_keypoints_in_input_pixels(sequence):
+    image = sequence[1][0]
+    orb = OrbMatcher(max_keypoints=500)
+    full = orb.extract(image)
+    orb.image_scale = 0.5
+    half = orb.extract(image)
+    h, w = image.shape[:2]
+    assert half.image_size == full.image_size == (w, h) and len(half) > 50
+    k = half.keypoints.numpy()
+    assert (k >= -0.5).all() and (k[:, 0] <= w - 0.5).all() and (k[:, 1] <= h - 0.5).all()
+    assert k[:, 0].max() > 0.7 * w and k[:, 1].max() > 0.7 * h  # spread over the input, not its top-left quarter
+    # the two resolutions still match each other, on the same image points
+    res = orb.match_features(full, half)
+    a, b = full.keypoints.numpy()[res.matches[:, 0]], half.keypoints.numpy()[res.matches[:, 1]]
+    assert len(res) > 30 and np.median(np.linalg.norm(a - b, axis=1)) < 2.0
+
+
 def test_orb_settings():
     orb = OrbMatcher(max_keypoints=1024)
     orb.max_keypoints = 100

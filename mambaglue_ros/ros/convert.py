@@ -683,7 +683,8 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     """tracking_state.StatusReport -> mambaglue_ros/TrackingStatus (see msg/TrackingStatus.msg).
 
     controls: what the frame was matched with: ``alpha`` (None = exit off), ``max_keypoints``,
-    ``pose_hypotheses`` (0 where none are tried) and ``rate_control`` (the controller's state).
+    ``pose_hypotheses`` (0 where none are tried), ``image_scale`` (the front end's resolution, 1 = full; optional)
+    and ``rate_control`` (the controller's state).
     """
     from mambaglue_ros.msg import TrackingStatus
 
@@ -699,5 +700,6 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     msg.resets = int(report.resets)
     msg.alpha = -1.0 if controls["alpha"] is None else float(controls["alpha"])
     msg.max_keypoints, msg.pose_hypotheses = int(controls["max_keypoints"]), int(controls["pose_hypotheses"])
+    msg.image_scale = float(controls.get("image_scale", 1.0))
     msg.rate_control = str(controls["rate_control"])
     return msg

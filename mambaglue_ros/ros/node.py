@@ -12,7 +12,7 @@ Topics (relative names, so namespaces and remaps work):
        ~/tracks (mambaglue_ros/Tracks): every keypoint of each processed frame with a persistent track id
        ~/tracks_cloud (sensor_msgs/PointCloud, publish_tracks_cloud): the same in the VINS feature layout
        ~/status (mambaglue_ros/TrackingStatus): OK / LOST / INITIALIZING / RESET per frame and at resets
-         (with the alpha / keypoint budget the frame was matched with and the rate controller's state)
+         (with the alpha / keypoint budget / resolution the frame was matched with and the controller state)
        ~/relative_pose_ref (mambaglue_ros/RelativePose): T_ref_cur with both stamps and the keyframe id
        ~/relative_pose (PoseWithCovarianceStamped): the same pose without the reference (compatibility)
        ~/odom (nav_msgs/Odometry): odom_frame -> base_frame (REP-105), twist in base_frame
@@ -28,6 +28,7 @@ cleanup, for Nav2-style bring-up).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -263,6 +264,7 @@ class MatcherNode(Node):
             if cuda and getattr(getattr(self.matcher, "extractor", None), "cuda_graph_active", False):
                 self.get_logger().info("XFeat extraction: one CUDA graph per image size, captured at its first image")
         self.controller = AlphaController(self._rate_config())
+        self._set_image_scale(self.controller.image_scale)  # multi-camera: not another camera's resolution
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None
         self.camera: dict[str, C.CameraModel] = {}
@@ -384,7 +386,14 @@ class MatcherNode(Node):
         return {"target_rate_hz": self.p["target_rate_hz"], "alpha_min": self.p["alpha_min"],
                 "alpha_max": self.p["alpha_max"], "alpha_init": self.p["alpha"],
                 "adapt_keypoints": self.p["adapt_keypoints"], "min_keypoints": self.p["min_keypoints"],
-                "max_keypoints": self._keypoint_ceiling, "max_pose_hypotheses": self.p["pose_hypotheses"]}
+                "max_keypoints": self._keypoint_ceiling, "max_pose_hypotheses": self.p["pose_hypotheses"],
+                "adapt_resolution": self.p["min_image_scale"] < 1.0 and self.pipelined and not self._graphed_extraction(),
+                "min_image_scale": self.p["min_image_scale"]}
+
+    def _graphed_extraction(self) -> bool:
+        """XFeat extraction replays CUDA graphs, one capture per image size: the resolution knob stays off (every
+        32 px step would be a capture, and on a GPU the front end takes milliseconds)."""
+        return bool(getattr(getattr(self.matcher, "extractor", None), "cuda_graph_active", False))
 
     def _tracking_config(self) -> dict[str, Any]:
         return {"policy": self.p["keyframe_policy"], "keyframe_min_matches": self.p["keyframe_min_matches"],
@@ -441,8 +450,9 @@ class MatcherNode(Node):
         if "max_keypoints" in changes:  # a user's change (the node's own values bypass the pending queue)
             self._keypoint_ceiling = int(self.p["max_keypoints"])
         if changes.keys() & {"target_rate_hz", "alpha", "alpha_min", "alpha_max", "adapt_keypoints",
-                             "min_keypoints", "max_keypoints", "pose_hypotheses"}:
+                             "min_keypoints", "max_keypoints", "pose_hypotheses", "min_image_scale"}:
             self.controller = AlphaController(self._rate_config())
+            self._set_image_scale(self.controller.image_scale)  # a new controller starts at full resolution
             self.stage.set_rate(self.p["target_rate_hz"])
         if "max_keypoints" in changes:
             self.matcher.max_keypoints = self.p["max_keypoints"]
@@ -659,7 +669,9 @@ class MatcherNode(Node):
         with self._lock:
             self.p["max_keypoints"] = self._keypoint_ceiling = new
             self.p["min_keypoints"] = min(self.p["min_keypoints"], new)  # the controller needs min <= max
+        scale = self.controller.image_scale
         self.controller = AlphaController(self._rate_config())
+        self.controller.image_scale = scale  # out of memory: not back to larger images
         self._show_as_parameters({"max_keypoints": new, "min_keypoints": self.p["min_keypoints"]})
 
     def _ensure_tracker(self, frame: Frame) -> bool:
@@ -741,11 +753,17 @@ class MatcherNode(Node):
             self.stereo_placement.update(stage1_ms, result.timings_ms.get("stereo", 0.0), worker_ms,
                                          stereo_ahead="stereo" in ahead)
         controlled_ms = controlled_time_ms(self.mode == "stereo", cycle_ms, worker_ms)
+        # the resolution knob's clock: the extraction stage's own time for this frame (both images in stereo)
+        stage1_ms = (ahead.get("extract", math.nan) + ahead.get("prepare", 0.0) if self.pipelined
+                     else result.timings_ms.get("extract", math.nan))
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
         # only matched frames tell the controller what a frame costs (a first frame only extracts)
-        alpha, max_kp = self.controller.update(controlled_ms if result.temporal is not None else float("nan"))
+        matched = result.temporal is not None
+        alpha, max_kp = self.controller.update(controlled_ms if matched else math.nan,
+                                               stage1_ms if matched else math.nan)
         if not self.controller.fixed:
+            self._set_image_scale(self.controller.image_scale)
             if self.p["early_exit"]:
                 self.matcher.alpha = alpha
             if max_kp != self.matcher.max_keypoints:
@@ -885,13 +903,21 @@ class MatcherNode(Node):
         self._publish_tracks(frame, tracks, header)
         self.pub_status.publish(C.status_msg(
             report, odom_header, self.keyframe_id, int(np.sum(tracks.camera == 0)),
-            len(result.temporal) if result.temporal is not None else 0, result.num_inliers, self._controls()))
+            len(result.temporal) if result.temporal is not None else 0, result.num_inliers, self._controls(result)))
 
-    def _controls(self) -> dict[str, Any]:
-        """The rate controller's knobs as they are now (for ~/status: what the frame just published used)."""
+    def _set_image_scale(self, scale: float) -> None:
+        """The front end's resolution (rate controller); matchers without the knob (a shared matcher service)
+        keep theirs."""
+        if self.matcher is not None and getattr(self.matcher, "image_scale", None) not in (None, scale):
+            self.matcher.image_scale = scale
+
+    def _controls(self, result: Any = None) -> dict[str, Any]:
+        """The rate controller's knobs as they are now (for ~/status: what the frame just published used); the
+        front end's resolution is the one ``result``'s image was extracted at (1 without a result)."""
         mono_tracker = self.tracker is not None and self.mode == "mono"
         return {"alpha": self.matcher.alpha, "max_keypoints": self.matcher.max_keypoints,
                 "pose_hypotheses": self.tracker.config["pose_hypotheses"] if mono_tracker else 0,
+                "image_scale": float(getattr(result, "image_scale", 1.0)),
                 "rate_control": self.controller.state}
 
     def _publish_odometry(self, step, header: Header) -> None:

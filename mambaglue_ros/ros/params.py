@@ -109,6 +109,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "alpha_min; restored first when there is headroom)", read_only=False),
     ParamSpec("min_keypoints", 256, "lowest max_keypoints the rate controller may use",
               low=64, high=8192, read_only=False),
+    ParamSpec("min_image_scale", 0.5, "lowest front-end resolution (linear, relative to the input) the rate "
+              "controller may use when extraction alone misses the frame budget; 1 = never downscale",
+              low=0.1, high=1.0, read_only=False),
     ParamSpec("filter_threshold", 0.1, "minimum match confidence", low=0.0, high=1.0,
               read_only=False),
     # --- input ----------------------------------------------------------------------------

@@ -347,6 +347,9 @@ def _sampson(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np
     return num / np.maximum(den, 1e-15)
 
 
+_SO3_GENERATORS = tuple(np.array([[0.0, -e[2], e[1]], [e[2], 0.0, -e[0]], [-e[1], e[0], 0.0]]) for e in np.eye(3))
+
+
 def _tangent_basis(t: np.ndarray) -> np.ndarray:
     """(3, 2) orthonormal basis of the plane orthogonal to unit vector t."""
     a = np.array([1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
@@ -362,7 +365,7 @@ def _perturb_mono(R: np.ndarray, t: np.ndarray, B: np.ndarray, d: np.ndarray) ->
 
 
 def _sampson_pose_jacobian(R: np.ndarray, t: np.ndarray, B: np.ndarray, x0: np.ndarray,
-                           x1: np.ndarray) -> np.ndarray:
+                           x1: np.ndarray, d_num: np.ndarray | None = None) -> np.ndarray:
     """(N, 5) analytic derivatives of ``_sampson`` at d = 0 of ``_perturb_mono(R, t, B, d)``.
 
     The chain rule through E = [t]_x R: d E / d rot_k = [t]_x [e_k]_x R (left perturbation) and
@@ -371,8 +374,14 @@ def _sampson_pose_jacobian(R: np.ndarray, t: np.ndarray, B: np.ndarray, x0: np.n
     mono pose together.
     """
     tx = skew(t)
-    dE = [tx @ skew(e) @ R for e in np.eye(3)] + [skew(B[:, j]) @ R for j in range(2)]
-    return _sampson_E_jacobian(tx @ R, x0, x1) @ np.stack([d.reshape(9) for d in dE], axis=1)
+    dE = [tx @ g @ R for g in _SO3_GENERATORS] + [skew(B[:, j]) @ R for j in range(2)]
+    return _sampson_E_jacobian(tx @ R, x0, x1, d_num) @ np.stack([d.reshape(9) for d in dE], axis=1)
+
+
+# The mono polish stops once an accepted LM step lowers the cost by less than this fraction (Ceres' default
+# function_tolerance). It was 1e-10, i.e. never before the iteration cap: ~9 Jacobians per polish, most of them moving
+# the pose by far less than the noise (the polish was ~60 % of the pose time on pairs four frames apart).
+LM_FUNCTION_TOLERANCE = 1e-6
 
 
 def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray,
@@ -381,9 +390,10 @@ def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarr
     lam = 1e-3
     r = _sampson(R, t, x0, x1)
     cost = float(r @ r)
+    d_num = _outer_rows(x0, x1)  # the same at every iteration
     for _ in range(iters):
         B = _tangent_basis(t)
-        J = _sampson_pose_jacobian(R, t, B, x0, x1)
+        J = _sampson_pose_jacobian(R, t, B, x0, x1, d_num)
         JtJ, g = J.T @ J, J.T @ r
         improved = False
         for _ in range(5):
@@ -396,7 +406,7 @@ def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarr
             new_cost = float(r_new @ r_new)
             if np.isfinite(new_cost) and new_cost < cost:
                 R, t, r, improved = R_new, t_new, r_new, True
-                converged = cost - new_cost < 1e-10 * cost
+                converged = cost - new_cost < LM_FUNCTION_TOLERANCE * cost
                 cost, lam = new_cost, lam * 0.3
                 break
             lam *= 10.0
@@ -674,13 +684,21 @@ def _sampson_E(E: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
     return num / np.maximum(np.sqrt(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx0[:, 0] ** 2 + Etx0[:, 1] ** 2), 1e-15)
 
 
-def _sampson_E_jacobian(E: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """(N, 9) derivatives of ``_sampson_E`` with respect to the row-major entries of E."""
+def _outer_rows(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """(N, 9) row-major x0_a x1_b per match: d(x0^T E x1)/dE_ab, which does not depend on E."""
+    return (x0[:, :, None] * x1[:, None, :]).reshape(-1, 9)
+
+
+def _sampson_E_jacobian(E: np.ndarray, x0: np.ndarray, x1: np.ndarray,
+                        d_num: np.ndarray | None = None) -> np.ndarray:
+    """(N, 9) derivatives of ``_sampson_E`` with respect to the row-major entries of E (``d_num``:
+    ``_outer_rows(x0, x1)`` where the caller has it)."""
     Ex1, Etx0 = x1 @ E.T, x0 @ E
     num = np.sum(x0 * Ex1, axis=1)
     den2 = np.maximum(Ex1[:, 0] ** 2 + Ex1[:, 1] ** 2 + Etx0[:, 0] ** 2 + Etx0[:, 1] ** 2, 1e-30)
     den = np.sqrt(den2)
-    d_num = (x0[:, :, None] * x1[:, None, :]).reshape(-1, 9)  # d(x0^T E x1)/dE_ab = x0_a x1_b
+    if d_num is None:
+        d_num = _outer_rows(x0, x1)
     # d(den2)/dE_ab = 2 (E x1)_a x1_b [a < 2] + 2 (E^T x0)_b x0_a [b < 2]
     row = np.zeros_like(Ex1)
     row[:, :2] = Ex1[:, :2]

@@ -339,6 +339,8 @@ realtime_512() {  # issue 15: what the 512 default costs (lossless) and what it 
 }
 pose_settle() {   # mono pose: cost and accuracy of stopping the seeded MAGSAC runs early (settle 0 = all six)
   "$PY" benchmarks/pose_mono.py --kitti "$DATA/kitti_seq1" --settle 0,2,3 --json out/pose_mono.json
+  # the LM polish's stopping tolerance 1e-10 -> 1e-6 (commit after 1305dfd): that geometry.py against the one before
+  "$PY" benchmarks/pose_time.py --baseline-rev 1305dfd --strides 1 4
 }
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints, target_side
+from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints, target_size
 
 ORB_BITS = 256
 # Hamming distance of two unrelated 256-bit descriptors is ~128 on average: the score scale.
@@ -119,9 +119,8 @@ class OrbMatcher:
         gray = to_gray_uint8(image)
         h, w = gray.shape[:2]
         kps, desc = (), None
-        longest = target_side(max(h, w), None, self._image_scale) if h > 0 and w > 0 else 0
-        if longest < max(h, w):
-            size = (max(1, round(w * longest / max(h, w))), max(1, round(h * longest / max(h, w))))
+        size = target_size(w, h, None, self._image_scale) if h > 0 and w > 0 else None
+        if size is not None:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         if h > 0 and w > 0:
             kps, desc = self._orb.detectAndCompute(gray, None)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import weights as W
-from .types import Features, check_image_scale, target_side
+from .types import Features, check_image_scale, target_size
 
 log = logging.getLogger(__name__)
 
@@ -359,14 +359,10 @@ class FeatureExtractor(torch.nn.Module):
         if min(height, width) < MIN_IMAGE_SIDE:
             log.warning("image %dx%d is smaller than %d px: no keypoints", width, height, MIN_IMAGE_SIDE)
             return empty_features(self.descriptor_dim, (width, height), self.device)
-        scale = 1.0
-        longest = target_side(max(height, width), self.resize_max, image_scale)
-        if small is not None:
-            scale = max(height, width) / max(x.shape[-2:])
-        elif longest < max(height, width):
-            scale = max(height, width) / longest
-            new_size = (max(MIN_IMAGE_SIDE, round(width / scale)), max(MIN_IMAGE_SIDE, round(height / scale)))
-            x = torch.nn.functional.interpolate(x, size=new_size[::-1], mode="area")
+        size = None if small is not None else target_size(width, height, self.resize_max, image_scale, MIN_IMAGE_SIDE)
+        if size is not None:
+            x = torch.nn.functional.interpolate(x, size=size[::-1], mode="area")
+        scale = max(height, width) / max(x.shape[-2:])  # 1 where nothing was resampled
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -393,12 +389,8 @@ class FeatureExtractor(torch.nn.Module):
         height, width = image.shape[:2]
         if min(height, width) < MIN_IMAGE_SIDE:
             return None
-        longest = target_side(max(height, width), self.resize_max, image_scale)
-        if longest >= max(height, width):
-            return None
-        scale = max(height, width) / longest
-        size = (max(MIN_IMAGE_SIDE, round(width / scale)), max(MIN_IMAGE_SIDE, round(height / scale)))
-        return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+        size = target_size(width, height, self.resize_max, image_scale, MIN_IMAGE_SIDE)
+        return None if size is None else cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
 
     def autocast(self, cache_enabled: bool = True) -> torch.autocast:
         """The autocast context of ``precision`` (off for fp32). A CUDA-graph capture needs ``cache_enabled=False``:

@@ -347,7 +347,7 @@ def _sampson(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np
     return num / np.maximum(den, 1e-15)
 
 
-_SO3_GENERATORS = tuple(np.array([[0.0, -e[2], e[1]], [e[2], 0.0, -e[0]], [-e[1], e[0], 0.0]]) for e in np.eye(3))
+_SO3_GENERATORS = tuple(skew(e) for e in np.eye(3))  # d/dw_k of [w]_x, built once
 
 
 def _tangent_basis(t: np.ndarray) -> np.ndarray:

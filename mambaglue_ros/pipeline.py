@@ -181,37 +181,34 @@ class PrefetchingMatcher:
     def _set_scale(self, value: float) -> None:
         from .types import check_image_scale  # here: this module loads before torch (quiet_openmp)
 
-        value = check_image_scale(value)
-        if self._extract_lock.acquire(blocking=False):  # no extraction in flight: apply now
-            try:
-                self._inner.image_scale = value
-                object.__setattr__(self, "_scale", None)
-            finally:
-                self._extract_lock.release()
-        else:
-            object.__setattr__(self, "_scale", value)
-
-    def _apply_pending(self) -> None:
-        """Budget and resolution changes that came while an extraction ran (caller holds the extract lock)."""
-        budget, scale = self._budget, self._scale
-        if budget is not None:
-            self._inner.max_keypoints = budget
-            object.__setattr__(self, "_budget", None)
-        if scale is not None:
-            self._inner.image_scale = scale
-            object.__setattr__(self, "_scale", None)
+        self._set_between_extractions("_scale", "image_scale", check_image_scale(value))
 
     def _set_budget(self, value: int) -> None:
         if int(value) < 1:
             raise ValueError(f"max_keypoints must be >= 1, got {value}")
+        self._set_between_extractions("_budget", "max_keypoints", int(value))
+
+    # the settings stage 1 applies between extractions: pending attribute here -> attribute of the wrapped matcher
+    _BETWEEN_EXTRACTIONS = (("_budget", "max_keypoints"), ("_scale", "image_scale"))
+
+    def _set_between_extractions(self, pending: str, name: str, value: Any) -> None:
+        """``inner.name = value`` now when no extraction is in flight, else kept in ``pending`` for the next one."""
         if self._extract_lock.acquire(blocking=False):  # no extraction in flight: apply now
             try:
-                self._inner.max_keypoints = int(value)
-                object.__setattr__(self, "_budget", None)
+                setattr(self._inner, name, value)
+                object.__setattr__(self, pending, None)
             finally:
                 self._extract_lock.release()
         else:
-            object.__setattr__(self, "_budget", int(value))
+            object.__setattr__(self, pending, value)
+
+    def _apply_pending(self) -> None:
+        """Budget and resolution changes that came while an extraction ran (caller holds the extract lock)."""
+        for pending, name in self._BETWEEN_EXTRACTIONS:
+            value = getattr(self, pending)
+            if value is not None:
+                setattr(self._inner, name, value)
+                object.__setattr__(self, pending, None)
 
     # ------------------------------------------------------------------ computing ahead
     def _extract_now(self, image: Any) -> Any:

@@ -43,6 +43,18 @@ def target_side(longest: int, resize_max: int | None, image_scale: float) -> int
     return int(side)
 
 
+def target_size(width: int, height: int, resize_max: int | None, image_scale: float,
+                min_side: int = 1) -> tuple[int, int] | None:
+    """(width, height) the front end sees for a ``width`` x ``height`` input: the longer side ``target_side``, the
+    other in proportion (at least ``min_side``); None where that is the input's own size (no resampling)."""
+    longest = max(width, height)
+    side = target_side(longest, resize_max, image_scale)
+    if side >= longest:
+        return None
+    scale = longest / side
+    return max(min_side, round(width / scale)), max(min_side, round(height / scale))
+
+
 @dataclass
 class Features:
     """Local features of one image, as every front end returns them.

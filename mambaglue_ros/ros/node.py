@@ -261,7 +261,7 @@ class MatcherNode(Node):
                 self.get_logger().info("matcher already runs as a CUDA graph (shared)")
             elif self.matcher.use_cuda_graph(True):
                 self.get_logger().info(f"matcher captured as a CUDA graph ({self.matcher.max_keypoints} keypoints)")
-            if cuda and getattr(getattr(self.matcher, "extractor", None), "cuda_graph_active", False):
+            if cuda and self._graphed_extraction():
                 self.get_logger().info("XFeat extraction: one CUDA graph per image size, captured at its first image")
         self.controller = AlphaController(self._rate_config())
         self._set_image_scale(self.controller.image_scale)  # multi-camera: not another camera's resolution

@@ -38,6 +38,7 @@ inlier set cannot produce a zero (singular) covariance.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -230,6 +231,19 @@ def relative_pose_in_base(pose: RelativePose, T_base_camera: np.ndarray) -> Rela
     cov = A @ pose.covariance @ A.T
     return RelativePose(T_b[:3, :3], T_b[:3, 3].copy(), 0.5 * (cov + cov.T), pose.num_inliers,
                         pose.num_matches, pose.metric)
+
+
+def scaled_translation(pose: RelativePose, scale: float) -> RelativePose:
+    """``pose`` with its translation times ``scale`` > 0 and the covariance moved with it (translation block
+    times scale^2, cross blocks times scale): a monocular unit direction at a step length. ``pose`` itself for
+    ``scale`` 1, and for 0 (a rotation-only pose: zero translation, its covariance stays)."""
+    if scale == 1.0 or scale == 0.0:
+        return pose
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"translation scale must be finite and >= 0, got {scale}")
+    S = np.diag([scale] * 3 + [1.0] * 3)
+    return RelativePose(pose.R, pose.t * scale, S @ pose.covariance @ S, pose.num_inliers, pose.num_matches,
+                        pose.metric)
 
 
 # ---------------------------------------------------------------------------------------------

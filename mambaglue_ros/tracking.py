@@ -12,10 +12,14 @@ Reference policy (``config["policy"]``):
 Each image is extracted once; the reference's ``Features`` are cached.
 
 Odometry: ``T_odom_cam = T_odom_ref @ T_ref_cur`` (camera optical frame, see ``geometry``).
-* Mono has no scale: every estimate has a unit-norm translation (or zero for a rotation-only,
-  low-parallax estimate), so the trajectory advances by unit-length steps per *reference* change
-  ("previous": one unit per frame; "keyframe": each frame is one unit from its keyframe, and the
-  next keyframe starts there). The direction and rotation are meaningful, the length is not.
+* Mono has no metric scale: every estimate has a unit-norm translation (or zero for a rotation-only,
+  low-parallax estimate). The odometry composes each unit direction with a length in one consistent
+  scale whose unit is the first step (``mono_scale.MonoScale``; ``FrameResult.step_scale``):
+  ``mono_scale: "time"`` (default) a length proportional to the time the step spans (constant speed:
+  frames dropped do not bend the path); ``"depth"`` that fused with the reference's keypoints
+  triangulated at the odometry's scale and again from the new edge (follows changes of speed, drifts
+  in scale); ``"unit"`` unit-length steps per *reference* change ("previous": one unit per frame;
+  "keyframe": each frame is one unit from its keyframe).
   With ``mono_window`` (>= 3 keyframes) the newest pose's rotation and direction are refined jointly
   with the last keyframes' edges over their three-view tracks (``geometry.refine_mono_window``);
   the published step stays unit length: the window sees only relative step lengths, not a scale.
@@ -35,10 +39,13 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
+from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp, make_transform,
                        match_rectified_stereo, refine_mono_window, refine_stereo_matches, triangulate_stereo)
+from .mono_scale import MonoScale, ReferenceDepths
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
+
+MONO_SCALES = ("time", "depth", "unit")
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "policy": "previous",             # "previous" | "keyframe"
@@ -50,6 +57,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "pose_hypotheses": 6,             # mono: seeded MAGSAC runs proposing a model, best MSAC cost wins
     "mono_window": 0,                 # mono: refine rotation and direction jointly over this many keyframes
                                       # (geometry.refine_mono_window); 0 = off, else >= 3
+    "mono_scale": "time",             # mono: step lengths proportional to the time spanned ("time"), that fused
+                                      # with the reference's depths ("depth"; mono_scale.py), or 1 ("unit")
     "confidence": 0.999,
     "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
@@ -99,6 +108,8 @@ class FrameResult:
                         space of ``temporal.matches[:, 1]`` and ``stereo.matches[:, 0]``.
     timings_ms:         wall times: extract, match, pose, total.
     image_scale:        resolution this (left) image was extracted at, relative to the input (``Features.scale``).
+    step_scale:         length of ``pose``'s translation in the odometry: mono composes the unit direction times
+                        this (``mono_scale``; 0 for a rotation-only pose); stereo (metric) 1.
     """
 
     stamp_ns: int
@@ -115,6 +126,7 @@ class FrameResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     keypoints: np.ndarray | None = None
     image_scale: float = 1.0
+    step_scale: float = 1.0
 
 
 @dataclass
@@ -127,6 +139,8 @@ class _Reference:
     has3d: np.ndarray | None = None     # stereo: (N,) bool
     right_x: np.ndarray | None = None   # stereo: (N,) right-image x of each left keypoint, nan without depth
     T_published: np.ndarray | None = None  # T_odom as reported when it became the reference (BA moves T_odom)
+    rays: np.ndarray | None = None      # mono: (N, 3) normalised rays of the keypoints (lens distortion removed)
+    depths: ReferenceDepths | None = None  # mono: keypoint depths at the odometry's scale (mono_scale)
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -139,6 +153,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         cfg.update(config)
     if cfg["policy"] not in ("previous", "keyframe"):
         raise ValueError(f"policy must be 'previous' or 'keyframe', got {cfg['policy']!r}")
+    if cfg["mono_scale"] not in MONO_SCALES:
+        raise ValueError(f"mono_scale must be one of {MONO_SCALES}, got {cfg['mono_scale']!r}")
     if cfg["stereo_matching"] not in ("network", "epipolar"):
         raise ValueError(f"stereo_matching must be 'network' or 'epipolar', got {cfg['stereo_matching']!r}")
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
@@ -214,15 +230,16 @@ class _TrackerBase:
                 f"{image_size[0]}x{image_size[1]}: new reference, no pose for this frame")
 
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
-                pose: RelativePose | None, reason: str) -> FrameResult:
+                pose: RelativePose | None, reason: str, step_scale: float = 1.0) -> FrameResult:
         """Accumulate the pose, decide whether this frame becomes the reference, build the result.
 
         ``reference`` is this frame packaged as a reference (its T_odom is filled in here) and
-        ``usable`` says whether it can serve as one (enough keypoints / stereo points).
+        ``usable`` says whether it can serve as one (enough keypoints / stereo points); ``step_scale`` is
+        the length the pose's translation is composed with (mono).
         """
         ref = self.reference
         if pose is not None and ref is not None:
-            self.T_odom_cam = ref.T_odom @ pose.as_matrix()
+            self.T_odom_cam = ref.T_odom @ make_transform(pose.R, pose.t * step_scale)
         reference.T_odom = self.T_odom_cam.copy()
         if ref is None or pose is None or self.config["policy"] == "previous":
             new_ref = usable
@@ -238,7 +255,7 @@ class _TrackerBase:
             T_odom_cam=self.T_odom_cam.copy(),
             num_inliers=0 if pose is None else pose.num_inliers,
             inlier_ratio=0.0 if pose is None else pose.inlier_ratio,
-            is_keyframe=new_ref)
+            is_keyframe=new_ref, step_scale=float(step_scale))
 
 
 class MonoTracker(_TrackerBase):
@@ -258,11 +275,13 @@ class MonoTracker(_TrackerBase):
         # mono_window: the last keyframes as (stamp, (N, 3) normalised points, links to the previous
         # keyframe, R, t of the edge from it) for the window refinement
         self._window: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
+        self.scale = MonoScale(float(0.5 * (self.K[0, 0] + self.K[1, 1])))
         super().__init__(matcher, config)
 
     def reset(self) -> None:
         super().reset()
         self._window = []
+        self.scale.reset()
 
     def _normalised(self, feats: Features) -> np.ndarray:
         """(N, 3) normalised image points (z = 1) of all keypoints, lens distortion removed."""
@@ -290,6 +309,20 @@ class MonoTracker(_TrackerBase):
         if out is None or not (np.all(np.isfinite(out.R[-1])) and np.all(np.isfinite(out.t[-1]))):
             return pose
         return RelativePose(out.R[-1], out.t[-1], pose.covariance, pose.num_inliers, pose.num_matches, pose.metric)
+
+    def _step_length(self, ref: _Reference, match: MatchResult, pose: RelativePose, x_cur: np.ndarray,
+                     stamp_ns: int) -> tuple[float, float, float]:
+        """(length, log variance, seconds spanned) of the edge ref -> current (``mono_scale.MonoScale``); a
+        rotation-only pose has length 0."""
+        dt = (stamp_ns - ref.stamp_ns) / 1e9
+        if not np.linalg.norm(pose.t) > 0:
+            return 0.0, 0.0, dt
+        measured = None
+        if ref.depths is not None and ref.rays is not None:
+            measured = self.scale.measure(ref.depths, ref.rays, x_cur, np.asarray(match.matches, dtype=np.int64),
+                                          pose.R, pose.t)
+        length, log_var = self.scale.step_length(dt, measured)
+        return length, log_var, dt
 
     def _update_window(self, result: FrameResult, x_cur: np.ndarray) -> None:
         """A new keyframe joins the window after its reference, or starts a new window (no pose, a
@@ -346,7 +379,25 @@ class MonoTracker(_TrackerBase):
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
         this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features)
-        result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        step = None
+        if self.config["mono_scale"] == "depth":
+            if x_cur is None:
+                x_cur = self._normalised(feats)
+            this.rays = x_cur
+        if self.config["mono_scale"] != "unit":
+            if pose is not None:
+                step = self._step_length(ref, match, pose, x_cur, int(stamp_ns))
+        result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0])
+        if step is not None and result.is_keyframe:
+            length, log_var, dt = step
+            self.scale.commit(length, log_var, dt)
+            if ref.rays is not None and ref.depths is not None and x_cur is not None:
+                # the next edges measure against this frame's depths ("depth")
+                this.depths = self.scale.reference_depths(ref.depths, ref.rays, x_cur,
+                                                          np.asarray(match.matches, dtype=np.int64), pose.R,
+                                                          pose.t * length, len(x_cur))
+        if this.rays is not None and this.depths is None:
+            this.depths = ReferenceDepths.unknown(len(feats))
         if self.config["mono_window"] and result.is_keyframe:
             self._update_window(result, x_cur if x_cur is not None else self._normalised(feats))
         result.reset = was_reset

@@ -402,6 +402,7 @@ class MatcherNode(Node):
                 # mono: the essential-matrix (Sampson) threshold; stereo: the PnP reprojection threshold
                 "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
                 "pose_hypotheses": self.p["pose_hypotheses"], "mono_window": self.p["mono_window"],
+                "mono_scale": self.p["mono_scale"],
                 # stereo only (the mono tracker ignores them)
                 "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"],
                 "stereo_matching": self.p["stereo_matching"]}
@@ -854,8 +855,10 @@ class MatcherNode(Node):
         rel = step = None
         if result.pose is not None:
             rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
+            odom_rel = G.scaled_translation(rel, result.step_scale)  # mono: the tracker's step length
             try:
-                step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, rel.as_matrix(), rel.covariance)
+                step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, odom_rel.as_matrix(),
+                                          odom_rel.covariance)
             except ValueError as e:
                 self.stats.error(f"ValueError: {e}")
                 self._warn("errors", f"frame {frame.stamp_ns}: {e}: no odometry for this frame", error=True)

@@ -148,6 +148,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec("pose_hypotheses", 6, "mono: MAGSAC runs with different seeds proposing an essential matrix; "
               "the one explaining all matches best wins (1 = a single run, fastest)", low=1, high=32, read_only=False),
+    ParamSpec("mono_scale", "time", "mono: the length each unit-direction step adds to ~/odom (one consistent, "
+              "non-metric scale): time = proportional to the time it spans at the first step's speed (frames "
+              "dropped or a varying frame rate leave the path's shape alone); depth = that prediction fused with the "
+              "reference's triangulated depths (follows changes of speed, drifts in scale); unit = one unit per "
+              "processed frame (before 2026-12-05)", choices=("time", "depth", "unit")),
     ParamSpec("mono_window", 0, "mono: refine the newest pose's rotation and direction jointly with the last keyframes "
               "over their three-view tracks, window of 3..20 keyframes; 0 = off. Scale stays unknown (unit steps). "
               "Costs ~0.1-0.2 s per frame on a 2-core CPU (4 keyframes)", low=0, high=20),

@@ -1,0 +1,135 @@
+"""Mono odometry's step lengths: unit steps against one consistent scale (``mono_scale``), with frames dropped.
+
+Runs ``MonoTracker`` offline (no ROS) with the real matcher on a KITTI odometry folder, once per frame pattern
+and ``mono_scale`` mode, and prints Sim(3)-aligned ATE and RPE (%/m over >= 1 m; ``bags.metrics``). The patterns
+are what a node sees of a 10 Hz camera: every frame (lossless), every second frame, seeded irregular gaps of
+1-3 frames (a node at ~5 Hz that takes the latest frame), each with its true stamps; and a change of speed: every
+frame for the first half then every third, stamped 0.1 s apart throughout (the camera seems to speed up
+threefold; the ground truth is the same frames, so the stamps carry no hint of it). Both modes see the same poses
+(the matcher's outputs are cached: only the composition differs), so the table isolates the step length.
+
+    .venv/bin/python benchmarks/mono_scale.py ../shared/data/kitti_seq1 --json out/mono_scale.json
+    .venv/bin/python benchmarks/mono_scale.py --synthetic forward orbit figure8 --json out/mono_scale_synthetic.json
+
+``--synthetic`` renders this project's textured-room sequences instead (``synthetic.make_sequence``, 51 mono
+frames at 10 Hz, exact ground truth): data the step lengths were not developed on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stereo_diagnosis import NS, CachingMatcher, load_kitti, make_matcher, read_gray  # noqa: E402
+
+
+def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int]]]:
+    """(frame indices, stamps in ns) per pattern; each starts at frame 0."""
+    rng = np.random.default_rng(seed)
+    drops, i = [], 0
+    while i < n:
+        drops.append(i)
+        i += int(rng.integers(1, 4))
+    half = n // 2
+    faster = list(range(half)) + list(range(half + 2, n, 3))
+    true = {"all": list(range(n)), "every 2nd": list(range(0, n, 2)), "gaps 1-3": drops}
+    out = {k: (v, [i * (NS // 10) for i in v]) for k, v in true.items()}
+    out["speed x3"] = (faster, [k * (NS // 10) for k in range(len(faster))])
+    return out
+
+
+def synthetic_data(trajectory: str, n: int = 51, speed_mps: float = 1.0) -> dict:
+    """A rendered mono sequence as ``load_kitti`` returns KITTI: images (in memory), K, ground-truth poses."""
+    from mambaglue_ros.synthetic import make_sequence
+
+    frames = list(make_sequence(n_frames=n, rate_hz=10.0, stereo=False, trajectory=trajectory, seed=0,
+                                speed_mps=speed_mps))
+    return {"left": [f.left for f in frames], "K": frames[0].K.copy(),
+            "poses": np.array([f.T_world_left for f in frames])}
+
+
+def image(item):
+    return read_gray(item) if isinstance(item, Path) else item
+
+
+def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str, policy: str,
+        scale_config: dict | None = None) -> dict:
+    from mambaglue_ros.bags import metrics as M
+    from mambaglue_ros.tracking import MonoTracker
+
+    tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy})
+    tracker.scale.config.update(scale_config or {})
+    stamps, poses, lengths, failed = [], [], [], 0
+    for i, stamp in zip(frames, stamps_ns):
+        res = tracker.process(image(data["left"][i]), stamp)
+        stamps.append(stamp)
+        poses.append(res.T_odom_cam.copy())
+        if res.pose is None and res.reference_stamp_ns is not None:
+            failed += 1
+        elif res.pose is not None:
+            lengths.append(res.step_scale)
+    gt = M.Trajectory(np.array(stamps_ns), data["poses"][frames])
+    summary = M.evaluate(M.Trajectory(np.array(stamps), np.array(poses)), gt, alignment="sim3")["summary"]
+    return {"frames": len(frames), "failed": failed, "ate_m": summary["ate_m"],
+            "rpe_pct_per_m": 100.0 * summary["rpe_trans_per_m"], "rpe_deg_per_m": summary["rpe_rot_deg_per_m"],
+            "step_lengths": [round(x, 4) for x in lengths]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sequence", nargs="?", help="KITTI folder (image_l or image_0, calib.txt, poses.txt)")
+    ap.add_argument("--synthetic", nargs="+", default=None, metavar="TRAJECTORY",
+                    help="rendered sequences instead (orbit, forward, figure8)")
+    ap.add_argument("--method", default="mambaglue", choices=("mambaglue", "lightglue", "orb"))
+    ap.add_argument("--features", default="xfeat")
+    ap.add_argument("--keypoints", type=int, default=512)
+    ap.add_argument("--policy", default="previous", choices=("previous", "keyframe"))
+    ap.add_argument("--modes", nargs="+", default=["unit", "time", "depth"])
+    ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="mono_scale options (mono_scale.DEFAULT_SCALE_CONFIG), e.g. speed_noise=0.2")
+    ap.add_argument("--cache", default="out/cache/mono_scale_matches.pkl", help="matcher outputs ('' = none)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    if (args.sequence is None) == (args.synthetic is None):
+        ap.error("give a KITTI folder or --synthetic, not both")
+    sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
+        {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
+    scale_config = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    rows = []
+    print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "
+          f"{'deg/m':>7}  step lengths (median, min-max)")
+    for source, load in sources.items():
+        data = load()
+        cache = None
+        if args.cache and source == "kitti":  # rendered images are made again each run: no disk cache
+            cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}")
+        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        patterns = frame_patterns(len(data["left"]))
+        if args.patterns:
+            patterns = {k: v for k, v in patterns.items() if k in args.patterns}
+        for name, (frames, stamps) in patterns.items():
+            for mode in args.modes:
+                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config)
+                matcher.save()
+                r.update(sequence=source, pattern=name, mode=mode)
+                rows.append(r)
+                s = np.array(r["step_lengths"]) if r["step_lengths"] else np.zeros(1)
+                print(f"{source:<9} {name:<10} {mode:<6} {r['frames']:>6} {r['failed']:>6} {r['ate_m']:>8.4f} "
+                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f}  {np.median(s):.3f}, "
+                      f"{s.min():.3f}-{s.max():.3f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

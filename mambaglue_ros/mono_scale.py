@@ -1,0 +1,249 @@
+"""One consistent scale for monocular odometry: each step's length (no ROS).
+
+A monocular relative pose knows its translation up to scale only: ``geometry.estimate_pose_mono`` returns a
+unit direction. Composing unit steps gives every processed frame the same step length, so the path's shape
+depends on which frames were processed: where the node drops frames (a slow CPU: KITTI mono live at 1024
+keypoints, 20–27 %/m RPE, docs/results.md) or the frame rate varies, the path stretches and shrinks.
+
+``MonoScale`` keeps one arbitrary but consistent scale instead; the first step is the unit. Two ways
+(``MonoTracker``'s ``mono_scale``):
+
+* ``time``: constant speed. A step's length is proportional to the time it spans, at the speed of the first
+  step (``step_length`` without a measurement). Frames dropped do not bend the path; changes of speed are not
+  seen (as with unit steps).
+* ``depth``: that prediction fused with a measurement (Nistér et al. 2004; Scaramuzza & Fraundorfer 2011,
+  "relative scale"). When a frame becomes the tracker's reference, its matched keypoints are triangulated from
+  the edge that led to it, at the odometry's scale (``reference_depths``; a point seen again is fused with its
+  earlier depth, a small depth filter); the next edge triangulates the same keypoints again with a unit
+  translation, and the ratio of the two depths is the new edge's length (``measure``: a weighted median in log
+  space, each point weighted by the inverse variance of its two depths, which grows as its triangulation angle
+  shrinks). The fusion is a 1-D Kalman filter on the log speed (odometry units per second, ``speed_noise``), so
+  a frame with too few or too flat shared points still gets a step proportional to the time it spans. It follows
+  changes of speed, and drifts in scale as monocular odometry without a map does (benchmarks/mono_scale.py).
+
+Conventions (``geometry``): normalised image points are rays (x, y, 1); a pose ``T_ref_cur`` = (R, t) maps
+current-camera coordinates to reference-camera ones, X_ref = R X_cur + t.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SCALE_CONFIG: dict[str, Any] = {
+    "min_points": 12,            # shared points with depths in both edges for a measurement
+    "min_angle_deg": 0.25,       # triangulation angle below which a depth is not used
+    "gate_px": 3.0,              # reprojection gate of a triangulated point (pixels)
+    "pixel_sigma_px": 1.0,       # keypoint noise behind each depth's variance
+    "speed_noise": 0.5,          # random walk of the log speed, per sqrt(second): how fast speed may change
+    "min_sigma": 0.01,           # floor of a measurement's log-length standard deviation
+    "max_gap_s": 1.0,            # a step spanning longer is predicted as if it spanned this long: over a long gap
+                                 # (camera restart, paused bag) the speed is unknown, and a stop would be
+                                 # stretched into a jump
+}
+
+
+def triangulate_depths(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depths of matched rays along both rays, by the midpoint of their closest approach.
+
+    x_ref, x_cur: (n, 3) normalised rays (z = 1) of the same points in the reference and current camera;
+    R, t: ``T_ref_cur``. Returns (z_ref, z_cur, angle): depths (n,) in each camera (nan where the rays are
+    parallel) and the angle (n,) between the two rays in radians (the triangulation angle).
+    """
+    a = np.asarray(x_ref, dtype=np.float64)
+    b = np.asarray(x_cur, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T  # current rays in ref coordinates
+    t = np.asarray(t, dtype=np.float64)
+    aa, bb, ab = (a * a).sum(1), (b * b).sum(1), (a * b).sum(1)
+    at, bt = a @ t, b @ t
+    det = aa * bb - ab * ab  # minimise |z_a a - z_b b - t|^2: 2x2 normal equations
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_a = (at * bb - ab * bt) / det
+        z_b = (ab * at - aa * bt) / det
+        cos = np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0)
+    bad = ~(np.abs(det) > 1e-12 * aa * bb)
+    z_a[bad], z_b[bad] = np.nan, np.nan
+    return z_a, z_b, np.arccos(cos)  # depths: both rays have z = 1 (R keeps b's length, and x_cur's z is 1)
+
+
+def _reprojection_ok(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray, z_ref: np.ndarray,
+                     gate: float) -> np.ndarray:
+    """(n,) True where the point at depth z_ref on the reference ray projects within ``gate`` (normalised
+    units) of the current observation, and lies in front of both cameras."""
+    X_ref = x_ref * z_ref[:, None]
+    X_cur = (X_ref - t) @ R  # R^T (X_ref - t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proj = X_cur[:, :2] / X_cur[:, 2:3]
+        err = np.linalg.norm(proj - x_cur[:, :2], axis=1)
+    return (z_ref > 0) & (X_cur[:, 2] > 0) & (err < gate)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at half the total weight (values (n,), weights (n,) > 0)."""
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+@dataclass
+class ScaleMeasurement:
+    """An edge's log length measured from the reference's depths: mean, variance, and points used."""
+
+    log_length: float
+    variance: float
+    num_points: int
+
+
+@dataclass
+class ReferenceDepths:
+    """Depths of a reference frame's keypoints at the odometry's scale.
+
+    depth: (N,) per keypoint, nan where unknown; log_var: (N,) variance of log depth (inf where unknown).
+    """
+
+    depth: np.ndarray
+    log_var: np.ndarray
+
+    @classmethod
+    def unknown(cls, n: int) -> "ReferenceDepths":
+        return cls(np.full(n, np.nan), np.full(n, np.inf))
+
+
+class MonoScale:
+    """The step lengths of a monocular tracker in one consistent (non-metric) scale.
+
+    Per edge reference -> current: ``measure`` (optional: None without enough shared depths), then
+    ``step_length`` (the length to compose the unit direction with), and when the current frame becomes the
+    next reference ``commit`` (the speed state) and ``reference_depths`` (its keypoints' depths).
+
+    Args:
+        focal: focal length in pixels (turns the pixel gates and noise into normalised units).
+        config: options overriding ``DEFAULT_SCALE_CONFIG``.
+    """
+
+    def __init__(self, focal: float, config: dict[str, Any] | None = None) -> None:
+        cfg = dict(DEFAULT_SCALE_CONFIG)
+        unknown = set(config or {}) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown mono scale option(s): {sorted(unknown)}")
+        cfg.update(config or {})
+        if not float(focal) > 0:
+            raise ValueError(f"focal length must be > 0, got {focal}")
+        for key in ("gate_px", "pixel_sigma_px", "speed_noise", "min_sigma", "max_gap_s"):
+            if not float(cfg[key]) > 0:
+                raise ValueError(f"{key} must be > 0, got {cfg[key]}")
+        if int(cfg["min_points"]) < 1 or not float(cfg["min_angle_deg"]) >= 0:
+            raise ValueError("min_points must be >= 1 and min_angle_deg >= 0")
+        self.config, self.focal = cfg, float(focal)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the speed: the next step defines the unit again (length 1)."""
+        self.log_speed: float | None = None  # log(odometry units per second)
+        self.variance = 0.0
+
+    def _log_depth_variance(self, angle: np.ndarray) -> np.ndarray:
+        """Variance of log depth for a triangulation angle: relative depth error ~ pixel noise / (f angle)."""
+        sigma = self.config["pixel_sigma_px"] / self.focal
+        with np.errstate(divide="ignore"):
+            return (sigma / np.maximum(angle, 1e-12)) ** 2
+
+    def measure(self, ref: ReferenceDepths, x_ref: np.ndarray, x_cur: np.ndarray, matches: np.ndarray,
+                R: np.ndarray, t_unit: np.ndarray) -> ScaleMeasurement | None:
+        """The edge's log length from the reference's depths, or None with fewer than ``min_points`` usable.
+
+        ref: the reference's depths; x_ref (N, 3), x_cur (K, 3): normalised rays of all keypoints;
+        matches: (M, 2) indices (reference, current); R, t_unit: ``T_ref_cur`` with a unit translation.
+        """
+        t_unit = np.asarray(t_unit, dtype=np.float64)
+        if len(matches) == 0 or not np.linalg.norm(t_unit) > 0:
+            return None
+        i0, i1 = matches[:, 0], matches[:, 1]
+        known = np.isfinite(ref.depth[i0])
+        if int(known.sum()) < self.config["min_points"]:
+            return None
+        i0, i1 = i0[known], i1[known]
+        a, b = x_ref[i0], x_cur[i1]
+        z_unit, _, angle = triangulate_depths(a, b, R, t_unit)
+        ok = np.isfinite(z_unit) & (angle >= math.radians(self.config["min_angle_deg"]))
+        ok &= _reprojection_ok(a, b, R, t_unit, np.where(ok, z_unit, -1.0), self.config["gate_px"] / self.focal)
+        if int(ok.sum()) < self.config["min_points"]:
+            return None
+        ratio = np.log(ref.depth[i0][ok]) - np.log(z_unit[ok])  # log(depth at odometry scale / depth at unit t)
+        var = ref.log_var[i0][ok] + self._log_depth_variance(angle[ok])
+        w = 1.0 / var
+        center = weighted_median(ratio, w)
+        # the spread of the ratios, not only their modelled noise: outliers and model error widen it
+        spread = 1.4826 * weighted_median(np.abs(ratio - center), w)
+        n = int(ok.sum())
+        variance = max(1.0 / float(w.sum()), spread**2 / n, self.config["min_sigma"] ** 2)
+        return ScaleMeasurement(center, variance, n)
+
+    def step_length(self, dt_s: float, measurement: ScaleMeasurement | None) -> tuple[float, float]:
+        """(length, log variance) of an edge spanning ``dt_s`` seconds: the measurement fused with the
+        constant-speed prediction. The first edge after a reset (no speed yet) is the unit: length 1, and its
+        speed (1 / ``dt_s``) is the speed from then on, also for the frames matched against the same reference
+        before the next one is committed. Without a time span (``dt_s`` <= 0): the measurement, else 1. A span
+        above ``max_gap_s`` counts as ``max_gap_s``."""
+        dt_s = min(dt_s, self.config["max_gap_s"])
+        if self.log_speed is None and dt_s > 0:
+            self.log_speed, self.variance = -math.log(dt_s), 0.0
+            return 1.0, 0.0
+        if self.log_speed is None or not dt_s > 0:
+            if measurement is not None:
+                return math.exp(measurement.log_length), measurement.variance
+            return 1.0, 0.0
+        prior = self.log_speed + math.log(dt_s)
+        prior_var = self.variance + self.config["speed_noise"] ** 2 * dt_s
+        if measurement is None:
+            return math.exp(prior), prior_var
+        gain = prior_var / (prior_var + measurement.variance)
+        return math.exp(prior + gain * (measurement.log_length - prior)), (1.0 - gain) * prior_var
+
+    def commit(self, length: float, log_variance: float, dt_s: float) -> None:
+        """The edge just composed ended at the new reference: its speed is the state from now on. A zero-length
+        (rotation-only) edge or one without a time span leaves the speed as it was."""
+        dt_s = min(dt_s, self.config["max_gap_s"])
+        if length > 0 and dt_s > 0:
+            self.log_speed, self.variance = math.log(length) - math.log(dt_s), float(log_variance)
+
+    def reference_depths(self, ref: ReferenceDepths, x_ref: np.ndarray, x_cur: np.ndarray, matches: np.ndarray,
+                         R: np.ndarray, t: np.ndarray, num_current: int) -> ReferenceDepths:
+        """Depths of the current frame's keypoints (it becomes the next reference) at the odometry's scale.
+
+        R, t: ``T_ref_cur`` with the translation at the odometry's scale (length times the unit direction; zero
+        for a rotation-only edge). A keypoint triangulated at a usable angle takes that depth; one matched to a
+        reference keypoint with a depth otherwise takes it through the pose (the variance carried over);
+        the rest stay unknown.
+        """
+        out = ReferenceDepths.unknown(num_current)
+        if len(matches) == 0:
+            return out
+        R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+        i0, i1 = matches[:, 0], matches[:, 1]
+        a, b = x_ref[i0], x_cur[i1]
+        gate = self.config["gate_px"] / self.focal
+        carried = np.isfinite(ref.depth[i0])
+        if carried.any():  # through the pose: X_cur = R^T (X_ref - t)
+            X_cur = (a[carried] * ref.depth[i0][carried][:, None] - t) @ R
+            with np.errstate(divide="ignore", invalid="ignore"):
+                err = np.linalg.norm(X_cur[:, :2] / X_cur[:, 2:3] - b[carried][:, :2], axis=1)
+            keep = (X_cur[:, 2] > 0) & (err < gate)
+            idx = i1[carried][keep]
+            out.depth[idx], out.log_var[idx] = X_cur[keep, 2], ref.log_var[i0][carried][keep]
+        if np.linalg.norm(t) > 0:
+            z_ref, z_cur, angle = triangulate_depths(a, b, R, t)
+            ok = np.isfinite(z_cur) & (angle >= math.radians(self.config["min_angle_deg"]))
+            ok &= _reprojection_ok(a, b, R, t, np.where(ok, z_ref, -1.0), gate)
+            var = self._log_depth_variance(angle)
+            fresh, both = i1[ok], ok & np.isfinite(out.depth[i1])
+            log_fresh = np.log(np.where(ok, z_cur, 1.0))
+            # a depth filter: where a carried depth exists, fuse the two in log space by inverse variance
+            old_var, old_log = out.log_var[i1], np.log(np.where(np.isfinite(out.depth[i1]), out.depth[i1], 1.0))
+            fused_var = np.where(both, 1.0 / (1.0 / np.where(both, old_var, 1.0) + 1.0 / var), var)
+            fused_log = np.where(both, fused_var * (old_log / np.where(both, old_var, 1.0) + log_fresh / var),
+                                 log_fresh)
+            out.depth[fresh], out.log_var[fresh] = np.exp(fused_log[ok]), fused_var[ok]
+        return out

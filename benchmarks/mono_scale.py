@@ -3,9 +3,10 @@
 Runs ``MonoTracker`` offline (no ROS) with the real matcher on a KITTI odometry folder, once per frame pattern
 and ``mono_scale`` mode, and prints Sim(3)-aligned ATE and RPE (%/m over >= 1 m; ``bags.metrics``). The patterns
 are what a node sees of a 10 Hz camera: every frame (lossless), every second frame, seeded irregular gaps of
-1-3 frames (a node at ~5 Hz that takes the latest frame), each with its true stamps; and a change of speed: every
+1-3 frames (a node at ~5 Hz that takes the latest frame), each with its true stamps; a change of speed: every
 frame for the first half then every third, stamped 0.1 s apart throughout (the camera seems to speed up
-threefold; the ground truth is the same frames, so the stamps carry no hint of it). Both modes see the same poses
+threefold; the ground truth is the same frames, so the stamps carry no hint of it); and every frame and the gaps
+again with stamps off by up to +-10 ms (jitter). Both modes see the same poses
 (the matcher's outputs are cached: only the composition differs), so the table isolates the step length.
 
     .venv/bin/python benchmarks/mono_scale.py ../shared/data/kitti_seq1 --json out/mono_scale.json
@@ -39,6 +40,10 @@ def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int
     true = {"all": list(range(n)), "every 2nd": list(range(0, n, 2)), "gaps 1-3": drops}
     out = {k: (v, [i * (NS // 10) for i in v]) for k, v in true.items()}
     out["speed x3"] = (faster, [k * (NS // 10) for k in range(len(faster))])
+    # stamps off by up to +-10 ms (a driver stamping on arrival), every frame and with the gaps
+    jitter = rng.uniform(-0.01, 0.01, n) * NS
+    out["jitter"] = (true["all"], [int(i * (NS // 10) + jitter[i]) for i in true["all"]])
+    out["gaps+jitter"] = (drops, [int(i * (NS // 10) + jitter[i]) for i in drops])
     return out
 
 

@@ -10,7 +10,9 @@ keypoints, 20–27 %/m RPE, docs/results.md) or the frame rate varies, the path 
 
 * ``time``: constant speed. A step's length is proportional to the time it spans, at the speed of the first
   step (``step_length`` without a measurement). Frames dropped do not bend the path; changes of speed are not
-  seen (as with unit steps).
+  seen (as with unit steps). A time span near a whole number of camera frame periods is taken as exactly that
+  (``FramePeriod``), so jitter in the stamps (a driver stamping on arrival) does not become noise in the step
+  lengths.
 * ``depth``: that prediction fused with a measurement (Nistér et al. 2004; Scaramuzza & Fraundorfer 2011,
   "relative scale"). When a frame becomes the tracker's reference, its matched keypoints are triangulated from
   the edge that led to it, at the odometry's scale (``reference_depths``; a point seen again is fused with its
@@ -27,6 +29,7 @@ current-camera coordinates to reference-camera ones, X_ref = R X_cur + t.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +90,48 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+class FramePeriod:
+    """The camera's frame period, from the stamps of the frames the tracker processes: time spans counted in
+    periods, without the stamps' jitter.
+
+    The stamp differences between processed frames are whole numbers of periods, each off by the stamps' jitter
+    (a driver that stamps on arrival), and a node that cannot keep up skips frames. The estimate is the median of
+    the recent differences in the shortest cluster (within 1.25x the shortest). ``count`` gives a span in periods:
+    the whole number where the span is within a quarter period of one, else the exact ratio (a node that only ever
+    skips one or two frames, with differences of 2 and 3 camera periods, sees a shortest cluster of 2, and 3 is
+    1.5 of those).
+    """
+
+    HISTORY = 32
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._diffs: deque[float] = deque(maxlen=self.HISTORY)
+        self._last_ns: int | None = None
+        self.period_s: float | None = None
+
+    def observe(self, stamp_ns: int) -> None:
+        """A processed frame's stamp (one not after the previous one is ignored)."""
+        stamp_ns = int(stamp_ns)
+        if self._last_ns is not None and stamp_ns > self._last_ns:
+            self._diffs.append((stamp_ns - self._last_ns) / 1e9)
+            diffs = np.asarray(self._diffs)
+            self.period_s = float(np.median(diffs[diffs <= 1.25 * diffs.min()]))
+        if self._last_ns is None or stamp_ns > self._last_ns:
+            self._last_ns = stamp_ns
+
+    def count(self, dt_s: float) -> float:
+        """``dt_s`` (> 0) in periods: a whole number where it is within a quarter period of one, else the ratio.
+        Before any period is known, in seconds."""
+        if self.period_s is None:
+            return dt_s
+        periods = dt_s / self.period_s
+        whole = round(periods)
+        return float(whole) if whole >= 1 and abs(periods - whole) <= 0.25 else periods
+
+
 @dataclass
 class ScaleMeasurement:
     """An edge's log length measured from the reference's depths: mean, variance, and points used."""
@@ -140,9 +185,26 @@ class MonoScale:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the speed: the next step defines the unit again (length 1)."""
-        self.log_speed: float | None = None  # log(odometry units per second)
+        """Forget the speed and the frame period: the next step defines the unit again (length 1)."""
+        self.log_speed: float | None = None  # log(odometry units per frame period)
         self.variance = 0.0
+        self.frames = FramePeriod()
+        self._first_dt_s: float | None = None  # the span of the step that defined the unit
+        self._speed_from_first = False  # the speed is still the first step's (no measurement has moved it)
+
+    def observe(self, stamp_ns: int) -> None:
+        """Every processed frame's stamp, for the frame period (``FramePeriod``). Until a measurement moves it,
+        the speed is the first step's: one unit per the periods that step spanned, counted again as the period
+        estimate settles (a first step over a skipped frame spanned two periods, which the second frame shows)."""
+        self.frames.observe(stamp_ns)
+        if self._speed_from_first and self._first_dt_s is not None:
+            self.log_speed = -math.log(self._periods(self._first_dt_s)[0])
+
+    def _periods(self, dt_s: float) -> tuple[float, float]:
+        """(periods, seconds) a step of ``dt_s`` seconds counts for (``FramePeriod.count``), at most ``max_gap_s``."""
+        period = self.frames.period_s or 1.0
+        periods = min(self.frames.count(dt_s), self.config["max_gap_s"] / period)
+        return periods, periods * period
 
     def _log_depth_variance(self, angle: np.ndarray) -> np.ndarray:
         """Variance of log depth for a triangulation angle: relative depth error ~ pixel noise / (f angle)."""
@@ -183,31 +245,30 @@ class MonoScale:
 
     def step_length(self, dt_s: float, measurement: ScaleMeasurement | None) -> tuple[float, float]:
         """(length, log variance) of an edge spanning ``dt_s`` seconds: the measurement fused with the
-        constant-speed prediction. The first edge after a reset (no speed yet) is the unit: length 1, and its
-        speed (1 / ``dt_s``) is the speed from then on, also for the frames matched against the same reference
-        before the next one is committed. Without a time span (``dt_s`` <= 0): the measurement, else 1. A span
-        above ``max_gap_s`` counts as ``max_gap_s``."""
-        dt_s = min(dt_s, self.config["max_gap_s"])
-        if self.log_speed is None and dt_s > 0:
-            self.log_speed, self.variance = -math.log(dt_s), 0.0
+        constant-speed prediction (the speed times the time spanned, ``_span``). The first edge after a reset (no
+        speed yet) is the unit: length 1, and its speed is the speed from then on, also for the frames matched
+        against the same reference before the next one is committed. Without a time span (``dt_s`` <= 0): the
+        measurement, else 1."""
+        if not dt_s > 0:
+            return (math.exp(measurement.log_length), measurement.variance) if measurement is not None else (1.0, 0.0)
+        periods, seconds = self._periods(dt_s)
+        if self.log_speed is None:
+            self.log_speed, self.variance = -math.log(periods), 0.0
+            self._first_dt_s, self._speed_from_first = dt_s, True
             return 1.0, 0.0
-        if self.log_speed is None or not dt_s > 0:
-            if measurement is not None:
-                return math.exp(measurement.log_length), measurement.variance
-            return 1.0, 0.0
-        prior = self.log_speed + math.log(dt_s)
-        prior_var = self.variance + self.config["speed_noise"] ** 2 * dt_s
+        prior = self.log_speed + math.log(periods)
+        prior_var = self.variance + self.config["speed_noise"] ** 2 * seconds
         if measurement is None:
             return math.exp(prior), prior_var
+        self._speed_from_first = False
         gain = prior_var / (prior_var + measurement.variance)
         return math.exp(prior + gain * (measurement.log_length - prior)), (1.0 - gain) * prior_var
 
     def commit(self, length: float, log_variance: float, dt_s: float) -> None:
         """The edge just composed ended at the new reference: its speed is the state from now on. A zero-length
         (rotation-only) edge or one without a time span leaves the speed as it was."""
-        dt_s = min(dt_s, self.config["max_gap_s"])
         if length > 0 and dt_s > 0:
-            self.log_speed, self.variance = math.log(length) - math.log(dt_s), float(log_variance)
+            self.log_speed, self.variance = math.log(length) - math.log(self._periods(dt_s)[0]), float(log_variance)
 
     def reference_depths(self, ref: ReferenceDepths, x_ref: np.ndarray, x_cur: np.ndarray, matches: np.ndarray,
                          R: np.ndarray, t: np.ndarray, num_current: int) -> ReferenceDepths:

@@ -347,6 +347,7 @@ class MonoTracker(_TrackerBase):
         """One image (HxW gray or HxWx3 RGB) at ``stamp_ns`` -> FrameResult."""
         t0 = time.perf_counter()
         was_reset = self._begin(stamp_ns)
+        self.scale.observe(stamp_ns)  # the camera's frame period: steps span whole periods
         feats = self.matcher.extract(image)
         t1 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)

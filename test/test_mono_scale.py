@@ -9,7 +9,7 @@ import pytest
 from fake_matcher import FakeMatcher, FakeView, view
 
 from mambaglue_ros import geometry as G
-from mambaglue_ros.mono_scale import MonoScale, ReferenceDepths, triangulate_depths
+from mambaglue_ros.mono_scale import FramePeriod, MonoScale, ReferenceDepths, triangulate_depths
 from mambaglue_ros.tracking import MonoTracker, validate_tracking_config
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
@@ -79,6 +79,32 @@ def test_time_mode_keeps_one_scale_when_frames_are_dropped():
     assert scale_consistency(est_unit, distances) > 0.3  # unit steps: a three-frame gap counts as one frame
     lengths = [r.step_scale for r in res[1:]]
     np.testing.assert_allclose(lengths, np.diff(frames), rtol=1e-9)  # the first step is the unit
+
+
+def test_stamp_jitter_does_not_become_step_length_noise():
+    frames = np.array([0, 1, 2, 4, 5, 8, 9, 10, 13, 14, 15, 16, 19])
+    distances = 1.2 * frames
+    jitter = np.random.default_rng(3).uniform(-0.008, 0.008, len(frames))  # stamps off by up to 8 % of a period
+    stamps = [int((i * 0.1 + j) * 1e9) for i, j in zip(frames, jitter)]
+    est, res = run("time", distances, stamps)
+    # once the period is known (after the first single-frame difference), every step counts whole frames
+    np.testing.assert_allclose([r.step_scale for r in res[2:]], np.diff(frames)[1:], rtol=1e-9)
+    assert scale_consistency(est, distances) < 0.02
+
+
+def test_frame_period_from_skipped_and_jittered_stamps():
+    period = FramePeriod()
+    for stamp in (0, 300, 500, 600, 701, 799, 1100):  # ms: 3, 2, 1, 1, 1 and 3 frames of 100 ms
+        period.observe(stamp * 1_000_000)
+    assert period.period_s == pytest.approx(0.1, abs=0.002)
+    assert period.count(0.104) == 1.0 and period.count(0.296) == 3.0 and period.count(0.15) == pytest.approx(1.5,
+                                                                                                         rel=0.03)
+    period.observe(1_100_000_000)  # the same stamp again: ignored
+    assert period.period_s == pytest.approx(0.1, abs=0.002)
+    slow = FramePeriod()  # a node that only ever takes every 2nd or 3rd frame
+    for stamp in (0, 200, 500, 700, 1000, 1200):
+        slow.observe(stamp * 1_000_000)
+    assert slow.period_s == pytest.approx(0.2) and slow.count(0.3) == pytest.approx(1.5)
 
 
 def test_depth_mode_follows_a_change_of_speed_that_the_stamps_do_not_show():

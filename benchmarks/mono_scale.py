@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stereo_diagnosis import NS, CachingMatcher, load_kitti, make_matcher, read_gray  # noqa: E402
 
 
-def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int]]]:
-    """(frame indices, stamps in ns) per pattern; each starts at frame 0."""
+def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
+    """Per pattern: (frame indices, their stamps in ns, the stamps of every camera frame, which the node sees, or
+    None where the stamps belong to the processed frames only: "speed x3"). Each starts at frame 0."""
     rng = np.random.default_rng(seed)
     drops, i = [], 0
     while i < n:
@@ -37,14 +38,18 @@ def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int
         i += int(rng.integers(1, 4))
     half = n // 2
     faster = list(range(half)) + list(range(half + 2, n, 3))
-    true = {"all": list(range(n)), "every 2nd": list(range(0, n, 2)), "gaps 1-3": drops}
-    out = {k: (v, [i * (NS // 10) for i in v]) for k, v in true.items()}
-    out["speed x3"] = (faster, [k * (NS // 10) for k in range(len(faster))])
+    exact = [i * (NS // 10) for i in range(n)]
     # stamps off by up to +-10 ms (a driver stamping on arrival), every frame and with the gaps
     jitter = rng.uniform(-0.01, 0.01, n) * NS
-    out["jitter"] = (true["all"], [int(i * (NS // 10) + jitter[i]) for i in true["all"]])
-    out["gaps+jitter"] = (drops, [int(i * (NS // 10) + jitter[i]) for i in drops])
-    return out
+    jittered = [int(i * (NS // 10) + jitter[i]) for i in range(n)]
+    out = {}
+    for name, frames, camera in (("all", list(range(n)), exact), ("every 2nd", list(range(0, n, 2)), exact),
+                                 ("gaps 1-3", drops, exact), ("jitter", list(range(n)), jittered),
+                                 ("gaps+jitter", drops, jittered)):
+        out[name] = (frames, [camera[i] for i in frames], camera)
+    out["speed x3"] = (faster, [k * (NS // 10) for k in range(len(faster))], None)
+    return dict(sorted(out.items(), key=lambda kv: ["all", "every 2nd", "gaps 1-3", "speed x3", "jitter",
+                                                    "gaps+jitter"].index(kv[0])))
 
 
 def synthetic_data(trajectory: str, n: int = 51, speed_mps: float = 1.0) -> dict:
@@ -62,14 +67,21 @@ def image(item):
 
 
 def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str, policy: str,
-        scale_config: dict | None = None) -> dict:
+        scale_config: dict | None = None, all_stamps: list[int] | None = None) -> dict:
+    """The tracker over ``frames``; with ``all_stamps`` (every camera frame's stamp) its frame period is fed with
+    all of them, as the node does from its image callback."""
     from mambaglue_ros.bags import metrics as M
+    from mambaglue_ros.mono_scale import FramePeriod
     from mambaglue_ros.tracking import MonoTracker
 
-    tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy})
+    camera = FramePeriod() if all_stamps is not None else None
+    tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy}, frame_period=camera)
     tracker.scale.config.update(scale_config or {})
     stamps, poses, lengths, failed = [], [], [], 0
     for i, stamp in zip(frames, stamps_ns):
+        if camera is not None:
+            for s in all_stamps[: i + 1]:
+                camera.observe(s)  # stamps seen already are ignored
         res = tracker.process(image(data["left"][i]), stamp)
         stamps.append(stamp)
         poses.append(res.T_odom_cam.copy())
@@ -107,7 +119,10 @@ def main() -> int:
         ap.error("give a KITTI folder or --synthetic, not both")
     sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
         {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
-    scale_config = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    scale_config = {k: (int(v) if k == "min_points" else float(v)) for k, v in (kv.split("=", 1) for kv in args.set)}
+    from mambaglue_ros.mono_scale import MonoScale
+
+    MonoScale(1.0, scale_config)  # refuses unknown options and bad values before any work
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "
           f"{'deg/m':>7}  step lengths (median, min-max)")
@@ -120,9 +135,9 @@ def main() -> int:
         patterns = frame_patterns(len(data["left"]))
         if args.patterns:
             patterns = {k: v for k, v in patterns.items() if k in args.patterns}
-        for name, (frames, stamps) in patterns.items():
+        for name, (frames, stamps, camera) in patterns.items():
             for mode in args.modes:
-                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config)
+                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config, camera)
                 matcher.save()
                 r.update(sequence=source, pattern=name, mode=mode)
                 rows.append(r)

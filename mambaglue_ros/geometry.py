@@ -234,7 +234,7 @@ def relative_pose_in_base(pose: RelativePose, T_base_camera: np.ndarray) -> Rela
 
 
 def scaled_translation(pose: RelativePose, scale: float) -> RelativePose:
-    """``pose`` with its translation times ``scale`` > 0 and the covariance moved with it (translation block
+    """``pose`` with its translation times ``scale`` >= 0 and the covariance moved with it (translation block
     times scale^2, cross blocks times scale): a monocular unit direction at a step length. ``pose`` itself for
     ``scale`` 1, and for 0 (a rotation-only pose: zero translation, its covariance stays)."""
     if scale == 1.0 or scale == 0.0:

@@ -29,6 +29,7 @@ current-camera coordinates to reference-camera ones, X_ref = R X_cur + t.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ DEFAULT_SCALE_CONFIG: dict[str, Any] = {
 
 def triangulate_depths(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depths of matched rays along both rays, by the midpoint of their closest approach.
+    """Depths of matched rays: the depths of the two rays' points of closest approach.
 
     x_ref, x_cur: (n, 3) normalised rays (z = 1) of the same points in the reference and current camera;
     R, t: ``T_ref_cur``. Returns (z_ref, z_cur, angle): depths (n,) in each camera (nan where the rays are
@@ -91,43 +92,55 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 class FramePeriod:
-    """The camera's frame period, from the stamps of the frames the tracker processes: time spans counted in
-    periods, without the stamps' jitter.
+    """The camera's frame period from frame stamps: time spans counted in periods, without the stamps' jitter.
 
-    The stamp differences between processed frames are whole numbers of periods, each off by the stamps' jitter
-    (a driver that stamps on arrival), and a node that cannot keep up skips frames. The estimate is the median of
-    the recent differences in the shortest cluster (within 1.25x the shortest). ``count`` gives a span in periods:
-    the whole number where the span is within a quarter period of one, else the exact ratio (a node that only ever
-    skips one or two frames, with differences of 2 and 3 camera periods, sees a shortest cluster of 2, and 3 is
-    1.5 of those).
+    Fed with the stamp of every frame the camera delivered (the node does this from its image callback,
+    ``MonoTracker(frame_period=...)``), the stamp differences are single periods, each off by the stamps' jitter (a
+    driver that stamps on arrival). Fed only with the frames that were processed (``MonoTracker`` on its own), they
+    are whole numbers of periods when frames were skipped. The estimate is the median of the recent differences
+    within half a period of the shortest cluster's median (the cluster: within 1.25x the shortest). ``count`` gives a span in periods: the whole number where the
+    span is within a quarter period of one, else the exact ratio. (Processed frames alone that only ever skip four
+    or more frames, 5 and 6 periods apart, make a cluster of both: the node's input feed avoids that.)
+    Thread-safe: the node observes from its callback thread while the tracker counts on its worker thread.
     """
 
     HISTORY = 32
+    RESET_BACK_S = 1.0  # a stamp this far before the last one is a new clock (a bag loop): start again
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
-        self._diffs: deque[float] = deque(maxlen=self.HISTORY)
-        self._last_ns: int | None = None
-        self.period_s: float | None = None
+        with self._lock:
+            self._diffs: deque[float] = deque(maxlen=self.HISTORY)
+            self._last_ns: int | None = None
+            self.period_s: float | None = None
 
     def observe(self, stamp_ns: int) -> None:
-        """A processed frame's stamp (one not after the previous one is ignored)."""
+        """A frame's stamp. One not after the last is ignored (a duplicate, or a processed frame already seen as
+        an input), unless it is over ``RESET_BACK_S`` earlier: the clock restarted, the estimate starts again."""
         stamp_ns = int(stamp_ns)
-        if self._last_ns is not None and stamp_ns > self._last_ns:
-            self._diffs.append((stamp_ns - self._last_ns) / 1e9)
-            diffs = np.asarray(self._diffs)
-            self.period_s = float(np.median(diffs[diffs <= 1.25 * diffs.min()]))
-        if self._last_ns is None or stamp_ns > self._last_ns:
-            self._last_ns = stamp_ns
+        with self._lock:
+            if self._last_ns is not None and stamp_ns < self._last_ns - self.RESET_BACK_S * 1e9:
+                self._diffs.clear()
+                self._last_ns = self.period_s = None
+            if self._last_ns is not None and stamp_ns > self._last_ns:
+                self._diffs.append((stamp_ns - self._last_ns) / 1e9)
+                diffs = np.asarray(self._diffs)
+                rough = np.median(diffs[diffs <= 1.25 * diffs.min()])  # the shortest cluster: single periods
+                # then every difference within half a period of it: the shortest alone would bias it low under jitter
+                self.period_s = float(np.median(diffs[np.abs(diffs - rough) <= 0.5 * rough]))
+            if self._last_ns is None or stamp_ns > self._last_ns:
+                self._last_ns = stamp_ns
 
     def count(self, dt_s: float) -> float:
         """``dt_s`` (> 0) in periods: a whole number where it is within a quarter period of one, else the ratio.
         Before any period is known, in seconds."""
-        if self.period_s is None:
+        period = self.period_s
+        if period is None:
             return dt_s
-        periods = dt_s / self.period_s
+        periods = dt_s / period
         whole = round(periods)
         return float(whole) if whole >= 1 and abs(periods - whole) <= 0.25 else periods
 
@@ -166,9 +179,12 @@ class MonoScale:
     Args:
         focal: focal length in pixels (turns the pixel gates and noise into normalised units).
         config: options overriding ``DEFAULT_SCALE_CONFIG``.
+        frames: a ``FramePeriod`` the caller feeds with every input frame's stamp (kept across ``reset``); None:
+            its own, fed by ``observe`` with the processed frames.
     """
 
-    def __init__(self, focal: float, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, focal: float, config: dict[str, Any] | None = None, frames: FramePeriod | None = None
+                 ) -> None:
         cfg = dict(DEFAULT_SCALE_CONFIG)
         unknown = set(config or {}) - set(cfg)
         if unknown:
@@ -182,23 +198,38 @@ class MonoScale:
         if int(cfg["min_points"]) < 1 or not float(cfg["min_angle_deg"]) >= 0:
             raise ValueError("min_points must be >= 1 and min_angle_deg >= 0")
         self.config, self.focal = cfg, float(focal)
+        self._shared_frames = frames is not None
+        self.frames = frames if frames is not None else FramePeriod()
         self.reset()
 
     def reset(self) -> None:
-        """Forget the speed and the frame period: the next step defines the unit again (length 1)."""
-        self.log_speed: float | None = None  # log(odometry units per frame period)
+        """Forget the speed (and an own frame period): the next step defines the unit again (length 1)."""
+        self.log_speed: float | None = None  # log(odometry units per frame period of ``_speed_period_s``)
+        self._speed_period_s: float | None = None
         self.variance = 0.0
-        self.frames = FramePeriod()
+        if not self._shared_frames:
+            self.frames.reset()
         self._first_dt_s: float | None = None  # the span of the step that defined the unit
         self._speed_from_first = False  # the speed is still the first step's (no measurement has moved it)
 
     def observe(self, stamp_ns: int) -> None:
-        """Every processed frame's stamp, for the frame period (``FramePeriod``). Until a measurement moves it,
-        the speed is the first step's: one unit per the periods that step spanned, counted again as the period
-        estimate settles (a first step over a skipped frame spanned two periods, which the second frame shows)."""
+        """Every processed frame's stamp, for the frame period (``FramePeriod``; a stamp the caller's input feed
+        gave already is ignored there)."""
         self.frames.observe(stamp_ns)
+
+    def _current_speed(self) -> float | None:
+        """log speed per current frame period. Until a measurement moves it, the speed is the first step's: one
+        unit per the periods that step spanned, counted again as the estimate settles (a first step over a skipped
+        frame spanned two periods, which a later difference shows). After that the speed per second is kept
+        when the estimate changes."""
+        if self.log_speed is None:
+            return None
         if self._speed_from_first and self._first_dt_s is not None:
             self.log_speed = -math.log(self._periods(self._first_dt_s)[0])
+        elif self.frames.period_s and self._speed_period_s and self.frames.period_s != self._speed_period_s:
+            self.log_speed += math.log(self.frames.period_s / self._speed_period_s)
+        self._speed_period_s = self.frames.period_s
+        return self.log_speed
 
     def _periods(self, dt_s: float) -> tuple[float, float]:
         """(periods, seconds) a step of ``dt_s`` seconds counts for (``FramePeriod.count``), at most ``max_gap_s``."""
@@ -245,18 +276,20 @@ class MonoScale:
 
     def step_length(self, dt_s: float, measurement: ScaleMeasurement | None) -> tuple[float, float]:
         """(length, log variance) of an edge spanning ``dt_s`` seconds: the measurement fused with the
-        constant-speed prediction (the speed times the time spanned, ``_span``). The first edge after a reset (no
+        constant-speed prediction (the speed times the time spanned, ``_periods``). The first edge after a reset (no
         speed yet) is the unit: length 1, and its speed is the speed from then on, also for the frames matched
         against the same reference before the next one is committed. Without a time span (``dt_s`` <= 0): the
         measurement, else 1."""
         if not dt_s > 0:
             return (math.exp(measurement.log_length), measurement.variance) if measurement is not None else (1.0, 0.0)
         periods, seconds = self._periods(dt_s)
-        if self.log_speed is None:
+        speed = self._current_speed()
+        if speed is None:
             self.log_speed, self.variance = -math.log(periods), 0.0
             self._first_dt_s, self._speed_from_first = dt_s, True
+            self._speed_period_s = self.frames.period_s
             return 1.0, 0.0
-        prior = self.log_speed + math.log(periods)
+        prior = speed + math.log(periods)
         prior_var = self.variance + self.config["speed_noise"] ** 2 * seconds
         if measurement is None:
             return math.exp(prior), prior_var
@@ -268,7 +301,11 @@ class MonoScale:
         """The edge just composed ended at the new reference: its speed is the state from now on. A zero-length
         (rotation-only) edge or one without a time span leaves the speed as it was."""
         if length > 0 and dt_s > 0:
-            self.log_speed, self.variance = math.log(length) - math.log(self._periods(dt_s)[0]), float(log_variance)
+            log_speed = math.log(length) - math.log(self._periods(dt_s)[0])
+            if self._speed_from_first and abs(log_speed - (self._current_speed() or 0.0)) > 1e-9:
+                self._speed_from_first = False  # a length other than the prediction: the first step's speed is gone
+            self.log_speed, self.variance = log_speed, float(log_variance)
+            self._speed_period_s = self.frames.period_s
 
     def reference_depths(self, ref: ReferenceDepths, x_ref: np.ndarray, x_cur: np.ndarray, matches: np.ndarray,
                          R: np.ndarray, t: np.ndarray, num_current: int) -> ReferenceDepths:

@@ -22,7 +22,7 @@ Odometry: ``T_odom_cam = T_odom_ref @ T_ref_cur`` (camera optical frame, see ``g
   "keyframe": each frame is one unit from its keyframe).
   With ``mono_window`` (>= 3 keyframes) the newest pose's rotation and direction are refined jointly
   with the last keyframes' edges over their three-view tracks (``geometry.refine_mono_window``);
-  the published step stays unit length: the window sees only relative step lengths, not a scale.
+  the window does not change the step's length (``mono_scale`` does): it sees only relative step lengths.
 * Stereo is metric (units of the stereo baseline).
 
 Failures (too few matches/inliers, black frames): ``pose`` is None with a ``reason``, the
@@ -41,7 +41,7 @@ import numpy as np
 
 from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp, make_transform,
                        match_rectified_stereo, refine_mono_window, refine_stereo_matches, triangulate_stereo)
-from .mono_scale import MonoScale, ReferenceDepths
+from .mono_scale import FramePeriod, MonoScale, ReferenceDepths
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
@@ -259,15 +259,19 @@ class _TrackerBase:
 
 
 class MonoTracker(_TrackerBase):
-    """Monocular visual odometry (unit-scale translation, see the module docstring).
+    """Monocular visual odometry: unit-direction poses, composed with ``mono_scale`` step lengths (module docstring).
 
     Args:
         matcher: the feature matcher (see ``MatcherLike``).
         K: (3, 3) intrinsics of the (undistorted) images.
         config: options overriding ``DEFAULT_TRACKING_CONFIG``.
+        frame_period: a ``mono_scale.FramePeriod`` the caller feeds with the stamp of every frame the camera
+            delivered, also those it does not pass to ``process`` (the node does, from its image callback); None:
+            the processed frames' stamps estimate the camera's frame period.
     """
 
-    def __init__(self, matcher: MatcherLike, K: np.ndarray, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, matcher: MatcherLike, K: np.ndarray, config: dict[str, Any] | None = None,
+                 frame_period: FramePeriod | None = None) -> None:
         self.K = np.asarray(K, dtype=np.float64)
         # (N, 2) image pixels -> (N, 2) pixels of the ideal pinhole K (lens distortion removed);
         # None: the images are undistorted already
@@ -275,7 +279,7 @@ class MonoTracker(_TrackerBase):
         # mono_window: the last keyframes as (stamp, (N, 3) normalised points, links to the previous
         # keyframe, R, t of the edge from it) for the window refinement
         self._window: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
-        self.scale = MonoScale(float(0.5 * (self.K[0, 0] + self.K[1, 1])))
+        self.scale = MonoScale(float(0.5 * (self.K[0, 0] + self.K[1, 1])), frames=frame_period)
         super().__init__(matcher, config)
 
     def reset(self) -> None:
@@ -315,6 +319,7 @@ class MonoTracker(_TrackerBase):
         """(length, log variance, seconds spanned) of the edge ref -> current (``mono_scale.MonoScale``); a
         rotation-only pose has length 0."""
         dt = (stamp_ns - ref.stamp_ns) / 1e9
+        self.scale.focal = float(0.5 * (self.K[0, 0] + self.K[1, 1]))  # K follows a new camera_info
         if not np.linalg.norm(pose.t) > 0:
             return 0.0, 0.0, dt
         measured = None

@@ -10,6 +10,11 @@ from fake_matcher import FakeMatcher, FakeView, view
 
 from mambaglue_ros import geometry as G
 from mambaglue_ros.mono_scale import FramePeriod, MonoScale, ReferenceDepths, triangulate_depths
+from mambaglue_ros.mono_scale import ScaleMeasurement
+
+
+def measurement(log_length: float, variance: float) -> ScaleMeasurement:
+    return ScaleMeasurement(log_length, variance, 100)
 from mambaglue_ros.tracking import MonoTracker, validate_tracking_config
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
@@ -92,6 +97,41 @@ def test_stamp_jitter_does_not_become_step_length_noise():
     assert scale_consistency(est, distances) < 0.02
 
 
+def test_node_feed_of_every_input_stamp_counts_long_skips():
+    """A node far slower than its camera (30 Hz) processes every 5th-7th frame; the stamps of all input frames
+    (FramePeriod fed from the image callback) give the camera's period, so each step counts its frames."""
+    frames = np.array([0, 5, 11, 18, 23, 29, 36, 41, 47, 54])
+    camera = FramePeriod()
+    points = cloud()
+    tracker = MonoTracker(FakeMatcher(), K, {"mono_scale": "time"}, frame_period=camera)
+    jitter = np.random.default_rng(5).uniform(-0.002, 0.002, frames[-1] + 1)
+    stamp = [int((i / 30 + jitter[i]) * 1e9) for i in range(frames[-1] + 1)]
+    results, poses = [], path(0.2 * frames)
+    for k, i in enumerate(frames):
+        for j in range(frames[k - 1] + 1 if k else 0, i + 1):
+            camera.observe(stamp[j])  # every frame the camera delivered
+        results.append(tracker.process(view(points, poses[k], K), stamp[i]))
+    assert camera.period_s == pytest.approx(1 / 30, rel=0.05)
+    np.testing.assert_allclose([r.step_scale for r in results[1:]], np.diff(frames) / frames[1], rtol=1e-9)
+    # the processed stamps alone: 5, 6 and 7 frames apart make one cluster, and the steps are not the frame counts
+    alone = MonoTracker(FakeMatcher(), K, {"mono_scale": "time"})
+    lengths = [alone.process(view(points, poses[k], K), stamp[i]).step_scale for k, i in enumerate(frames)][1:]
+    assert not np.allclose(lengths, np.diff(frames) / frames[1], rtol=0.05)
+
+
+def test_speed_per_second_survives_a_new_period_estimate_after_a_measurement():
+    scale = MonoScale(500.0)
+    for t in (0.0, 0.2, 0.4):  # a node taking every 2nd frame of a 10 Hz camera: the estimate is 0.2 s
+        scale.observe(int(t * 1e9))
+    assert scale.step_length(0.2, None) == (1.0, 0.0)
+    measured = measurement(math.log(1.5), 1e-4)  # a measured step: the speed is no longer the first step's
+    length, var = scale.step_length(0.2, measured)
+    scale.commit(length, var, 0.2)
+    scale.observe(int(0.5 * 1e9))  # it caught up once: the period is 0.1 s
+    assert scale.frames.period_s == pytest.approx(0.1)
+    assert scale.step_length(0.1, None)[0] == pytest.approx(length / 2, rel=1e-9)  # half the time, half the step
+
+
 def test_frame_period_from_skipped_and_jittered_stamps():
     period = FramePeriod()
     for stamp in (0, 300, 500, 600, 701, 799, 1100):  # ms: 3, 2, 1, 1, 1 and 3 frames of 100 ms
@@ -101,6 +141,10 @@ def test_frame_period_from_skipped_and_jittered_stamps():
                                                                                                          rel=0.03)
     period.observe(1_100_000_000)  # the same stamp again: ignored
     assert period.period_s == pytest.approx(0.1, abs=0.002)
+    period.observe(0)  # a bag loop (over 1 s back): the estimate starts again
+    assert period.period_s is None
+    period.observe(50_000_000)
+    assert period.period_s == pytest.approx(0.05)
     slow = FramePeriod()  # a node that only ever takes every 2nd or 3rd frame
     for stamp in (0, 200, 500, 700, 1000, 1200):
         slow.observe(stamp * 1_000_000)
@@ -145,12 +189,13 @@ def test_rotation_only_step_has_no_length_and_the_speed_carries_over():
     turn = G.make_transform(G.so3_exp(np.array([0.0, 0.05, 0.0])), np.zeros(3))
     poses = path(np.array([0.0, 1.0, 2.0]))
     poses += [poses[-1] @ turn]                       # turning on the spot: no parallax
-    poses += [poses[-1] @ G.make_transform(np.eye(3), np.array([0.0, 0.0, 1.0]))]  # driving on, 1 m
+    poses += [poses[-1] @ G.make_transform(np.eye(3), np.array([0.0, 0.0, 2.0]))]  # driving on, 2 m in one frame
     res = [tracker.process(view(points, T, K), i * DT_NS) for i, T in enumerate(poses)]
     assert "rotation only" in res[3].reason and res[3].step_scale == 0.0
     np.testing.assert_allclose(res[3].T_odom_cam[:3, 3], res[2].T_odom_cam[:3, 3], atol=1e-9)
-    # the reference's depths were carried through the rotation: the next step is measured, 1 m = 1 unit
-    assert res[4].pose is not None and res[4].step_scale == pytest.approx(1.0, rel=0.01)
+    # the reference's depths were carried through the rotation: the next step is measured, 2 m = 2 units (the
+    # constant-speed prediction alone would say 1)
+    assert res[4].pose is not None and res[4].step_scale == pytest.approx(2.0, rel=0.01)
 
 
 def test_lost_frames_keep_the_speed():

@@ -61,6 +61,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 
 from .. import geometry as G
 from ..camera_model import PointUndistorter
+from ..mono_scale import FramePeriod
 from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
                         torch_threads)
@@ -323,6 +324,8 @@ class MatcherNode(Node):
             subscribe(CameraInfo, "right/camera_info", lambda m: self._on_camera_info("right", m))
 
         self.slot = FrameSlot(self.p["queue_size"])
+        # the camera's frame period from every received mono image: the tracker counts a step's time in periods
+        self.input_period = FramePeriod()
         self.stereo_placement = StereoPlacement()  # the stage that runs the left/right match (balances the two)
         network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network
         self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
@@ -562,6 +565,7 @@ class MatcherNode(Node):
         if not self._active:  # lifecycle node while inactive
             return
         self.stats.input()
+        self.input_period.observe(C.stamp_to_ns(msg.header.stamp))
         image = self._decode(msg)
         if image is not None:
             self._enqueue(Frame(C.stamp_to_ns(msg.header.stamp), msg.header, image))
@@ -695,7 +699,8 @@ class MatcherNode(Node):
             self.undistort_left = PointUndistorter(left.K, left.D, left.distortion_model, left.P,
                                                    rectified=self.p["rectified_input"])
             if self.tracker is None:
-                self.tracker = MonoTracker(self.matcher, self.undistort_left.K_pinhole, self._tracking_config())
+                self.tracker = MonoTracker(self.matcher, self.undistort_left.K_pinhole, self._tracking_config(),
+                                           frame_period=self.input_period)
             self.tracker.K = self.undistort_left.K_pinhole
             self.tracker.undistort = self.undistort_left.pixels if self.undistort_left.distorted else None
         else:
@@ -855,8 +860,8 @@ class MatcherNode(Node):
         rel = step = None
         if result.pose is not None:
             rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
-            odom_rel = G.scaled_translation(rel, result.step_scale)  # mono: the tracker's step length
             try:
+                odom_rel = G.scaled_translation(rel, result.step_scale)  # mono: the tracker's step length
                 step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, odom_rel.as_matrix(),
                                           odom_rel.covariance)
             except ValueError as e:

@@ -154,7 +154,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "reference's triangulated depths (follows changes of speed, drifts in scale); unit = one unit per "
               "processed frame (before 2026-12-05)", choices=("time", "depth", "unit")),
     ParamSpec("mono_window", 0, "mono: refine the newest pose's rotation and direction jointly with the last keyframes "
-              "over their three-view tracks, window of 3..20 keyframes; 0 = off. Scale stays unknown (unit steps). "
+              "over their three-view tracks, window of 3..20 keyframes; 0 = off. The step lengths are mono_scale's. "
               "Costs ~0.1-0.2 s per frame on a 2-core CPU (4 keyframes)", low=0, high=20),
     ParamSpec("ba_window", 0, "stereo: sliding-window bundle adjustment (GTSAM, on its own thread) over this many "
               "keyframes, 2..50; 0 = off (default: on the KITTI clip it made the odometry worse, 1.37 -> 1.86 %/m, "

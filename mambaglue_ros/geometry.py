@@ -429,16 +429,25 @@ def _refine_essential(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarr
     return R, t
 
 
-def _cheirality(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
-    """(N,) bool: the two rays of each match meet in front of both cameras (``l0 x0 = l1 R x1 + t``)."""
+def ray_depths(x0: np.ndarray, x1: np.ndarray, R: np.ndarray, t: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the rays of each match come closest: (l0, l1, det), (N,) each, with ``l0 x0 ~ l1 R x1 + t``.
+
+    x0, x1: (N, 3) rays in camera 0 and camera 1; R, t: camera 1 in camera 0. Least squares for (l0, l1) in
+    [a, -b] [l0, l1]^T = t (a = x0, b = R x1) via the 2x2 normal equations; ``det`` is their determinant (0 for
+    parallel rays, where l0 and l1 mean nothing). For rays with z = 1, l0 and l1 are the depths.
+    """
     a, b = x0, x1 @ R.T
-    # Least squares for (l0, l1) in [a, -b] [l0, l1]^T = t via the 2x2 normal equations.
     aa, bb, ab = np.sum(a * a, 1), np.sum(b * b, 1), np.sum(a * b, 1)
     at, bt = a @ t, b @ t
     det = aa * bb - ab * ab
     safe = np.where(np.abs(det) < 1e-15, 1e-15, det)
-    l0 = (bb * at - ab * bt) / safe
-    l1 = (ab * at - aa * bt) / safe
+    return (bb * at - ab * bt) / safe, (ab * at - aa * bt) / safe, det
+
+
+def _cheirality(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """(N,) bool: the two rays of each match meet in front of both cameras (``l0 x0 = l1 R x1 + t``)."""
+    l0, l1, det = ray_depths(x0, x1, R, t)
     return (np.abs(det) > 1e-15) & (l0 > 0) & (l1 > 0)
 
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import ray_depths
+
 DEFAULT_SCALE_CONFIG: dict[str, Any] = {
     "min_points": 12,            # shared points with depths in both edges for a measurement
     "min_angle_deg": 0.25,       # triangulation angle below which a depth is not used
@@ -51,37 +53,32 @@ DEFAULT_SCALE_CONFIG: dict[str, Any] = {
 
 def triangulate_depths(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depths of matched rays: the depths of the two rays' points of closest approach.
+    """Depths of matched rays: the depths of the two rays' points of closest approach (``geometry.ray_depths``).
 
     x_ref, x_cur: (n, 3) normalised rays (z = 1) of the same points in the reference and current camera;
     R, t: ``T_ref_cur``. Returns (z_ref, z_cur, angle): depths (n,) in each camera (nan where the rays are
     parallel) and the angle (n,) between the two rays in radians (the triangulation angle).
     """
     a = np.asarray(x_ref, dtype=np.float64)
-    b = np.asarray(x_cur, dtype=np.float64) @ np.asarray(R, dtype=np.float64).T  # current rays in ref coordinates
-    t = np.asarray(t, dtype=np.float64)
-    aa, bb, ab = (a * a).sum(1), (b * b).sum(1), (a * b).sum(1)
-    at, bt = a @ t, b @ t
-    det = aa * bb - ab * ab  # minimise |z_a a - z_b b - t|^2: 2x2 normal equations
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z_a = (at * bb - ab * bt) / det
-        z_b = (ab * at - aa * bt) / det
-        cos = np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0)
+    b = np.asarray(x_cur, dtype=np.float64)
+    R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    z_a, z_b, det = ray_depths(a, b, R, t)  # both rays have z = 1 (R keeps b's length): these are the depths
+    aa, bb = (a * a).sum(1), (b * b).sum(1)
+    cos = np.clip((a * (b @ R.T)).sum(1) / np.sqrt(aa * bb), -1.0, 1.0)
     bad = ~(np.abs(det) > 1e-12 * aa * bb)
     z_a[bad], z_b[bad] = np.nan, np.nan
-    return z_a, z_b, np.arccos(cos)  # depths: both rays have z = 1 (R keeps b's length, and x_cur's z is 1)
+    return z_a, z_b, np.arccos(cos)
 
 
-def _reprojection_ok(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray, z_ref: np.ndarray,
-                     gate: float) -> np.ndarray:
-    """(n,) True where the point at depth z_ref on the reference ray projects within ``gate`` (normalised
-    units) of the current observation, and lies in front of both cameras."""
-    X_ref = x_ref * z_ref[:, None]
-    X_cur = (X_ref - t) @ R  # R^T (X_ref - t)
+def _transfer(x_ref: np.ndarray, x_cur: np.ndarray, R: np.ndarray, t: np.ndarray, z_ref: np.ndarray,
+              gate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The point at depth z_ref on each reference ray, seen from the current camera: (its depth there, ok), (n,)
+    each; ok where it projects within ``gate`` (normalised units) of the current observation and lies in front
+    of both cameras."""
+    X_cur = (x_ref * z_ref[:, None] - t) @ R  # R^T (X_ref - t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        proj = X_cur[:, :2] / X_cur[:, 2:3]
-        err = np.linalg.norm(proj - x_cur[:, :2], axis=1)
-    return (z_ref > 0) & (X_cur[:, 2] > 0) & (err < gate)
+        err = np.linalg.norm(X_cur[:, :2] / X_cur[:, 2:3] - x_cur[:, :2], axis=1)
+    return X_cur[:, 2], (z_ref > 0) & (X_cur[:, 2] > 0) & (err < gate)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -261,7 +258,7 @@ class MonoScale:
         a, b = x_ref[i0], x_cur[i1]
         z_unit, _, angle = triangulate_depths(a, b, R, t_unit)
         ok = np.isfinite(z_unit) & (angle >= math.radians(self.config["min_angle_deg"]))
-        ok &= _reprojection_ok(a, b, R, t_unit, np.where(ok, z_unit, -1.0), self.config["gate_px"] / self.focal)
+        ok &= _transfer(a, b, R, t_unit, np.where(ok, z_unit, -1.0), self.config["gate_px"] / self.focal)[1]
         if int(ok.sum()) < self.config["min_points"]:
             return None
         ratio = np.log(ref.depth[i0][ok]) - np.log(z_unit[ok])  # log(depth at odometry scale / depth at unit t)
@@ -324,24 +321,20 @@ class MonoScale:
         a, b = x_ref[i0], x_cur[i1]
         gate = self.config["gate_px"] / self.focal
         carried = np.isfinite(ref.depth[i0])
-        if carried.any():  # through the pose: X_cur = R^T (X_ref - t)
-            X_cur = (a[carried] * ref.depth[i0][carried][:, None] - t) @ R
-            with np.errstate(divide="ignore", invalid="ignore"):
-                err = np.linalg.norm(X_cur[:, :2] / X_cur[:, 2:3] - b[carried][:, :2], axis=1)
-            keep = (X_cur[:, 2] > 0) & (err < gate)
+        if carried.any():  # through the pose
+            z_carried, keep = _transfer(a[carried], b[carried], R, t, ref.depth[i0][carried], gate)
             idx = i1[carried][keep]
-            out.depth[idx], out.log_var[idx] = X_cur[keep, 2], ref.log_var[i0][carried][keep]
+            out.depth[idx], out.log_var[idx] = z_carried[keep], ref.log_var[i0][carried][keep]
         if np.linalg.norm(t) > 0:
             z_ref, z_cur, angle = triangulate_depths(a, b, R, t)
             ok = np.isfinite(z_cur) & (angle >= math.radians(self.config["min_angle_deg"]))
-            ok &= _reprojection_ok(a, b, R, t, np.where(ok, z_ref, -1.0), gate)
-            var = self._log_depth_variance(angle)
-            fresh, both = i1[ok], ok & np.isfinite(out.depth[i1])
-            log_fresh = np.log(np.where(ok, z_cur, 1.0))
+            ok &= _transfer(a, b, R, t, np.where(ok, z_ref, -1.0), gate)[1]
+            idx, log_new, var_new = i1[ok], np.log(z_cur[ok]), self._log_depth_variance(angle[ok])
             # a depth filter: where a carried depth exists, fuse the two in log space by inverse variance
-            old_var, old_log = out.log_var[i1], np.log(np.where(np.isfinite(out.depth[i1]), out.depth[i1], 1.0))
-            fused_var = np.where(both, 1.0 / (1.0 / np.where(both, old_var, 1.0) + 1.0 / var), var)
-            fused_log = np.where(both, fused_var * (old_log / np.where(both, old_var, 1.0) + log_fresh / var),
-                                 log_fresh)
-            out.depth[fresh], out.log_var[fresh] = np.exp(fused_log[ok]), fused_var[ok]
+            have = np.isfinite(out.depth[idx])
+            old_log, old_var = np.log(out.depth[idx[have]]), out.log_var[idx[have]]
+            fused_var = 1.0 / (1.0 / old_var + 1.0 / var_new[have])
+            log_new[have] = fused_var * (old_log / old_var + log_new[have] / var_new[have])
+            var_new[have] = fused_var
+            out.depth[idx], out.log_var[idx] = np.exp(log_new), var_new
         return out

@@ -1108,6 +1108,7 @@ def _solve_pnp_ransac(obj: np.ndarray, img: np.ndarray, K: np.ndarray, ransac_px
     return rvec, tvec, inliers.ravel()
 
 
+PNP_RANSAC_MODES = ("auto", "pixel", "covariance")
 CHI2_2DOF_99 = 9.21  # chi-square quantile, 2 dof, 0.99: inlier gate on a whitened reprojection residual
 
 
@@ -1130,6 +1131,90 @@ def stereo_point_covariance(points: np.ndarray, K: np.ndarray, baseline: float, 
     cov[:, 1, 1] += pixel_sigma_px**2 * (a * fx / fy) ** 2
     cov += (disparity_sigma_px**2 / d**2)[:, None, None] * np.einsum("ni,nj->nij", X, X)
     return cov
+
+
+def whitened_reprojection_chi2(R_10: np.ndarray, t_10: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray,
+                               p1: np.ndarray, K1: np.ndarray, pixel_sigma_px: float) -> np.ndarray:
+    """(H, N) squared Mahalanobis reprojection errors of points X0 (N, 3) with covariances cov_X0 (N, 3, 3)
+    under H poses ``T_1_0 = (R_10 (H, 3, 3), t_10 (H, 3))``, against pixels p1 (N, 2): the point's covariance is
+    carried into image 1 as in ``refine_pose_weighted`` (``C = sigma_px^2 I + Jp cov Jp^T``, ``Jp = d pixel / d X0``).
+    Points behind camera 1 get +inf."""
+    X1 = np.einsum("hij,nj->hni", R_10, X0) + t_10[:, None, :]
+    Z = X1[..., 2]
+    front = Z > 1e-6
+    iz = 1.0 / np.where(front, Z, 1.0)  # behind the camera: any finite value, replaced by inf below
+    x, y = X1[..., 0] * iz, X1[..., 1] * iz
+    r0 = K1[0, 0] * x + K1[0, 2] - p1[:, 0]
+    r1 = K1[1, 1] * y + K1[1, 2] - p1[:, 1]
+    # rows of d pixel / d X1 are (fx, 0, -fx x) / Z and (0, fy, -fy y) / Z; chained with R_10 to d / d X0
+    fx, fy = K1[0, 0] * iz, K1[1, 1] * iz
+    g = [fx * (R_10[:, None, 0, k] - x * R_10[:, None, 2, k]) for k in range(3)]  # row 0 of Jp, (H, N) each
+    h = [fy * (R_10[:, None, 1, k] - y * R_10[:, None, 2, k]) for k in range(3)]  # row 1
+    S = cov_X0
+
+    def form(u: list[np.ndarray], v: list[np.ndarray]) -> np.ndarray:  # u^T S v, S symmetric, elementwise
+        return (u[0] * v[0] * S[:, 0, 0] + u[1] * v[1] * S[:, 1, 1] + u[2] * v[2] * S[:, 2, 2]
+                + (u[0] * v[1] + u[1] * v[0]) * S[:, 0, 1] + (u[0] * v[2] + u[2] * v[0]) * S[:, 0, 2]
+                + (u[1] * v[2] + u[2] * v[1]) * S[:, 1, 2])
+
+    a = pixel_sigma_px**2 + form(g, g)
+    b = form(g, h)
+    d = pixel_sigma_px**2 + form(h, h)
+    chi2 = (d * r0**2 - 2 * b * r0 * r1 + a * r1**2) / (a * d - b * b)
+    return np.where(front & np.isfinite(chi2), chi2, np.inf)
+
+
+def pnp_ransac_covariance(X0: np.ndarray, cov_X0: np.ndarray, p1: np.ndarray, K1: np.ndarray,
+                          pixel_sigma_px: float, gate_chi2: float = CHI2_2DOF_99, confidence: float = 0.999,
+                          max_iters: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """PnP RANSAC whose inlier test is the chi-square gate on covariance-whitened reprojection errors
+    (``whitened_reprojection_chi2``) instead of a fixed pixel threshold.
+
+    A stereo point's depth error moves its reprojection by an amount that grows with the motion and with the
+    point's depth, so under a fixed threshold a correct match of a far or a poorly triangulated point fails
+    once the camera has moved a few metres (the KITTI clip, 512 XFeat keypoints, frames 3 apart: 3-23 of 35-65
+    matched points within 2 px of their reprojection by the ground-truth motion, 29-59 within the gate; docs/results.md,
+    *Stereo tracking across skipped frames*). Hypotheses from minimal samples of 3 (P3P, every solution), MSAC cost
+    ``sum(min(chi2, gate))``, adaptive stopping at ``confidence``; seeded, so deterministic.
+
+    Returns (T_0_1 of the best hypothesis, (N,) inlier mask under it), or None.
+    """
+    n = len(X0)
+    if n < 4:
+        return None
+    rng = np.random.default_rng(seed)
+    best_cost, best_T, best_inl = np.inf, None, None
+    needed, done, chunk = max_iters, 0, 32
+    while done < min(needed, max_iters):
+        Rs, ts = [], []
+        for _ in range(chunk):
+            s = rng.choice(n, 3, replace=False)
+            try:
+                k, rvecs, tvecs = cv2.solveP3P(X0[s], p1[s], K1, None, flags=cv2.SOLVEPNP_AP3P)
+            except cv2.error:
+                continue
+            for rv, tv in zip(rvecs[:k], tvecs[:k]):
+                if np.all(np.isfinite(rv)) and np.all(np.isfinite(tv)):
+                    Rs.append(cv2.Rodrigues(rv)[0])
+                    ts.append(tv.ravel())
+        done += chunk
+        if not Rs:
+            continue
+        R, t = np.array(Rs), np.array(ts)
+        chi2 = whitened_reprojection_chi2(R, t, X0, cov_X0, p1, K1, pixel_sigma_px)
+        cost = np.minimum(chi2, gate_chi2).sum(1)
+        h = int(np.argmin(cost))
+        if cost[h] < best_cost:
+            best_cost, best_inl = float(cost[h]), chi2[h] < gate_chi2
+            best_T = invert(make_transform(R[h], t[h]))
+            w = best_inl.mean()
+            if w >= 1.0:
+                needed = 0
+            elif w > 0:
+                needed = math.log(1.0 - confidence) / math.log(max(1.0 - w**3, 1e-12))
+    if best_T is None:
+        return None
+    return best_T, best_inl
 
 
 def _projection_jacobian(X: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -1245,7 +1330,7 @@ def refine_pose_weighted(T_01: np.ndarray, X0: np.ndarray, cov_X0: np.ndarray, p
 def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, ransac_px: float = 2.0,
                       confidence: float = 0.999, min_matches: int = 20, min_inliers: int = 15,
                       max_iters: int = 1000, baseline: float | None = None, pixel_sigma_px: float = 1.0,
-                      disparity_sigma_px: float | None = None, readmit: bool = False
+                      disparity_sigma_px: float | None = None, readmit: bool = False, ransac: str = "pixel"
                       ) -> tuple[RelativePose | None, str]:
     """Metric ``T_0_1`` from 3D points in camera 0 and their pixels in camera 1.
 
@@ -1264,6 +1349,13 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
         readmit: the weighted gate may re-admit points outside the RANSAC consensus (default: it only
             removes). Measured: KITTI step ratio 1.008 -> 0.998, but the synthetic demo's ATE 0.011 ->
             0.019 m, since a point with a large covariance can hide a wrong match.
+        ransac: the RANSAC stage's inlier test. ``"pixel"``: ``ransac_px`` on the reprojection error (OpenCV's
+            USAC). ``"covariance"`` (with ``baseline``): ``pnp_ransac_covariance``, the chi-square gate of the
+            weighted refinement, so each point's depth uncertainty is allowed for from the start: what keeps
+            the correct matches of far or poorly triangulated points once the camera has moved metres between
+            frames, but also admits more wrong stereo matches (their depth looks uncertain, not wrong).
+            ``"auto"``: the pixel gate, and the covariance gate only where that finds too few inliers. Without
+            ``baseline`` (no point covariances) every mode is the pixel gate.
 
     Covariance: ``(J^T J)^-1 sigma^2`` with J the inlier reprojection Jacobian (from
     ``cv2.projectPoints``, chained to our 6-dof parametrisation) and sigma^2 the inlier residual
@@ -1294,7 +1386,68 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
     if min(_num_distinct(X), _num_distinct(p1)) < 4:
         return None, "degenerate matches (fewer than 4 distinct points)"
 
-    sol = _solve_pnp_ransac(X, p1, K1, ransac_px, confidence, max_iters)
+    if ransac not in PNP_RANSAC_MODES:
+        return None, f"ransac must be one of {PNP_RANSAC_MODES}, got {ransac!r}"
+    weighted = baseline is not None and baseline > 0
+    plain = _solve_pnp_ransac(X, p1, K1, ransac_px, confidence, max_iters)  # the pixel-threshold consensus
+    if ransac == "covariance" and weighted:
+        return _pnp_covariance_gate(X, p1, K1, plain, confidence, min_inliers, max_iters, float(baseline),
+                                    pixel_sigma_px, disparity_sigma_px, readmit)
+    pose, why = _pnp_pixel_gate(X, p1, K1, plain, ransac_px, min_inliers, baseline, pixel_sigma_px,
+                                disparity_sigma_px, readmit)
+    if pose is None and ransac == "auto" and weighted and (why.startswith("too few PnP inliers")
+                                                           or why == "PnP RANSAC found no model"):
+        rescued, why_cov = _pnp_covariance_gate(X, p1, K1, plain, confidence, min_inliers, max_iters,
+                                                float(baseline), pixel_sigma_px, disparity_sigma_px, readmit)
+        if rescued is None:
+            return None, f"{why}; with the covariance gate: {why_cov}"
+        return rescued, f"ok (covariance gate; the {ransac_px:g} px consensus: {why})"
+    return pose, why
+
+
+def _pnp_covariance_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, plain: tuple | None, confidence: float,
+                         min_inliers: int, max_iters: int, baseline: float, pixel_sigma_px: float,
+                         disparity_sigma_px: float | None, readmit: bool) -> tuple[RelativePose | None, str]:
+    """``estimate_pose_pnp`` with ``pnp_ransac_covariance`` as its RANSAC stage, then the weighted refinement.
+    ``plain``: the pixel-threshold RANSAC's (rvec, tvec, inlier indices) or None."""
+    n = len(X)
+    # keypoint noise: the configured one, or more where the residuals of the pixel-threshold consensus say so
+    # (blur, a weaker front end; as in the pixel-gate path); that consensus may be too small at large motions
+    sigma_px = float(pixel_sigma_px)
+    if plain is not None and len(plain[2]) >= 6:
+        idx = plain[2][(plain[2] >= 0) & (plain[2] < n)]
+        proj = cv2.projectPoints(X[idx], plain[0], plain[1], K1, None)[0].reshape(-1, 2)
+        sigma_px = max(sigma_px, 1.4826 * float(np.median(np.abs(proj - p1[idx]))))
+    sigma_d = float(disparity_sigma_px) if disparity_sigma_px else np.sqrt(2.0) * sigma_px
+    cov_X = stereo_point_covariance(X, K1, baseline, sigma_px, sigma_d)
+    found = pnp_ransac_covariance(X, cov_X, p1, K1, sigma_px, confidence=confidence, max_iters=max_iters)
+    if found is None:
+        return None, "PnP RANSAC found no model"
+    T0, inl = found
+    if inl.sum() < min_inliers:
+        return None, f"too few PnP inliers ({int(inl.sum())} < {min_inliers})"
+    T_w, inl_w, cov_w = refine_pose_weighted(T0, X, cov_X, p1, K1, sigma_px, candidates=None if readmit else inl)
+    if not readmit and cov_w is not None:
+        # local optimisation (as USAC's after a new best model): the consensus of a minimal-sample pose misses
+        # points the refined pose puts inside the same gate; take them and refine once more
+        T_10 = invert(T_w)
+        regated = whitened_reprojection_chi2(T_10[None, :3, :3], T_10[None, :3, 3], X, cov_X, p1, K1, sigma_px)[0]
+        regated = regated < CHI2_2DOF_99
+        if regated.sum() > inl_w.sum():
+            T_w, inl_w, cov_w = refine_pose_weighted(T_w, X, cov_X, p1, K1, sigma_px, candidates=regated)
+    if inl_w.sum() < min_inliers:
+        return None, f"too few PnP inliers after refinement ({int(inl_w.sum())} < {min_inliers})"
+    if cov_w is None or not _valid_covariance(cov_w) or not np.all(np.isfinite(T_w)):
+        return None, "degenerate geometry (singular information matrix)"
+    return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True), "ok"
+
+
+def _pnp_pixel_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, sol: tuple | None, ransac_px: float,
+                    min_inliers: int, baseline: float | None, pixel_sigma_px: float,
+                    disparity_sigma_px: float | None, readmit: bool) -> tuple[RelativePose | None, str]:
+    """``estimate_pose_pnp`` after a fixed-pixel-threshold RANSAC (OpenCV; ``sol``: its rvec, tvec, inlier
+    indices, or None), then (with ``baseline``) the weighted refinement, else the equal-weight one."""
+    n = len(X)
     if sol is None:
         return None, "PnP RANSAC found no model"
     rvec, tvec, inl_idx = sol

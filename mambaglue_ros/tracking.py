@@ -39,8 +39,9 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .geometry import (MAX_POSE_HYPOTHESES, RelativePose, estimate_pose_mono, estimate_pose_pnp, make_transform,
-                       match_rectified_stereo, refine_mono_window, refine_stereo_matches, triangulate_stereo)
+from .geometry import (MAX_POSE_HYPOTHESES, PNP_RANSAC_MODES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
+                       make_transform, match_rectified_stereo, refine_mono_window, refine_stereo_matches,
+                       triangulate_stereo)
 from .mono_scale import FramePeriod, MonoScale, ReferenceDepths
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
@@ -67,6 +68,9 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "pnp_weighted": True,             # stereo: refine with per-point covariances (geometry.refine_pose_weighted)
     "pixel_sigma_px": 1.0,            # stereo: keypoint noise [px] of the weighting
     "pnp_readmit": False,             # stereo: the weighted gate may re-admit RANSAC outliers (geometry.estimate_pose_pnp)
+    "pnp_ransac": "auto",             # stereo: PnP RANSAC inlier test: pnp_ransac_px ("pixel"), the weighted
+                                      # refinement's chi-square gate ("covariance"), or the latter where the former
+                                      # finds too few inliers ("auto"; geometry.estimate_pose_pnp)
     "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
@@ -157,6 +161,8 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"mono_scale must be one of {MONO_SCALES}, got {cfg['mono_scale']!r}")
     if cfg["stereo_matching"] not in ("network", "epipolar"):
         raise ValueError(f"stereo_matching must be 'network' or 'epipolar', got {cfg['stereo_matching']!r}")
+    if cfg["pnp_ransac"] not in PNP_RANSAC_MODES:
+        raise ValueError(f"pnp_ransac must be one of {PNP_RANSAC_MODES}, got {cfg['pnp_ransac']!r}")
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
         raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
@@ -570,7 +576,7 @@ class StereoTracker(_TrackerBase):
                     ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
-                    pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"])
+                    pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"], ransac=cfg["pnp_ransac"])
             timings["pose"] = (time.perf_counter() - t3) * 1e3
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"

@@ -355,6 +355,19 @@ mono_scale() {    # mono ~/odom step lengths (unit / time / depth): offline on K
     done
   done
 }
+stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto / covariance): offline on KITTI and the
+                  # rendered stereo sequences, then the node live on the KITTI bag (--rate 1: it drops what it cannot keep up with)
+  [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --json out/stereo_gaps_512.json
+  "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --keypoints 1024 --json out/stereo_gaps_1024.json
+  "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
+  local r m
+  for r in 1 2 3; do
+    for m in pixel auto; do
+      "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_live_stereo_${m}_$r --matcher mambaglue --set pnp_ransac=$m --force --no-plots
+    done
+  done
+}
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)
   local pair
@@ -381,7 +394,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -7,6 +7,7 @@ import types
 import numpy as np
 import pytest
 
+from mambaglue_ros.geometry import PNP_RANSAC_MODES
 from mambaglue_ros.ros import params
 from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, MonoTracker, StereoTracker, validate_tracking_config
 
@@ -17,6 +18,9 @@ def test_defaults_are_the_trackers():
     assert d["mono_window"] == DEFAULT_TRACKING_CONFIG["mono_window"]
     assert d["ba_window"] == DEFAULT_TRACKING_CONFIG["ba_window"]
     assert d["pnp_readmit"] == DEFAULT_TRACKING_CONFIG["pnp_readmit"]
+    assert d["pnp_ransac"] == DEFAULT_TRACKING_CONFIG["pnp_ransac"] == "auto"
+    assert params.SPECS["pnp_ransac"].choices == PNP_RANSAC_MODES
+    assert params.validate_changes(d, {"pnp_ransac": "pixel"}) == []  # the tracker reads it per frame
     # the window and its thread are made when the tracker starts: not changeable at runtime
     assert params.SPECS["ba_window"].read_only and params.SPECS["pnp_readmit"].read_only
     assert params.validate_changes(d, {"ba_window": 5}) == [
@@ -27,6 +31,11 @@ def test_valid_values():
     for value in (0, 2, 5, 50):
         assert params.validate("ba_window", value) is None
     assert params.validate("pnp_readmit", True) is None
+    for value in ("auto", "pixel", "covariance"):
+        assert params.validate("pnp_ransac", value) is None
+    assert "pnp_ransac" in params.validate("pnp_ransac", "chi2")
+    with pytest.raises(ValueError, match="pnp_ransac must be one of"):
+        validate_tracking_config({"pnp_ransac": "chi2"})
     for value in (0, 3, 20):
         assert params.validate("mono_window", value) is None
     with pytest.raises(ValueError, match="ba_window must be 0"):
@@ -46,9 +55,9 @@ def test_node_passes_them_to_the_stereo_tracker():
     from mambaglue_ros.ros.node import MatcherNode
 
     p = params.defaults()
-    p.update(mode="stereo", ba_window=4, pnp_readmit=True)
+    p.update(mode="stereo", ba_window=4, pnp_readmit=True, pnp_ransac="covariance")
     config = MatcherNode._tracking_config(types.SimpleNamespace(p=p))
-    assert (config["ba_window"], config["pnp_readmit"]) == (4, True)
+    assert (config["ba_window"], config["pnp_readmit"], config["pnp_ransac"]) == (4, True, "covariance")
     K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
     T_lr = np.eye(4)
     T_lr[0, 3] = 0.1

@@ -408,6 +408,7 @@ class MatcherNode(Node):
                 "mono_scale": self.p["mono_scale"],
                 # stereo only (the mono tracker ignores them)
                 "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"],
+                "pnp_ransac": self.p["pnp_ransac"],
                 "stereo_matching": self.p["stereo_matching"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -468,7 +469,8 @@ class MatcherNode(Node):
             self.matcher.extractor.detection_threshold = self.p["detection_threshold"] or None
         if self.tracker is not None and changes.keys() & {"keyframe_policy", "keyframe_min_matches",
                                                           "keyframe_max_parallax_px", "min_matches",
-                                                          "min_inliers", "ransac_px", "pose_hypotheses"}:
+                                                          "min_inliers", "ransac_px", "pose_hypotheses",
+                                                          "pnp_ransac"}:
             self.tracker.config.update(self._tracking_config())
         self.get_logger().info(f"parameters changed: {changes}")
 

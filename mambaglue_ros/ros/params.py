@@ -170,6 +170,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("pnp_readmit", False, "stereo: the covariance-weighted PnP gate may re-admit RANSAC outliers (far "
               "points with a large depth uncertainty); off: it only removes (a point with a large covariance can "
               "hide a wrong match: synthetic demo ATE 0.011 -> 0.019 m with it on)"),
+    ParamSpec("pnp_ransac", "auto", "stereo: the PnP RANSAC's inlier test: pixel = ransac_px on the reprojection "
+              "error; covariance = the weighted refinement's chi-square gate, which allows for each point's depth "
+              "uncertainty (keeps tracking when the camera moves metres between processed frames, admits more wrong "
+              "stereo matches); auto = pixel, and covariance where pixel finds fewer than min_inliers",
+              choices=("auto", "pixel", "covariance"), read_only=False),
     # --- frames and outputs ---------------------------------------------------------------
     ParamSpec("odom_frame", "odom", "fixed frame of ~/odom and of the TF published"),
     ParamSpec("base_frame", "base_link", "robot body frame (child of ~/odom)"),

@@ -1,0 +1,150 @@
+"""Stereo odometry when the node skips frames: the PnP RANSAC's inlier test (``pnp_ransac``) per frame pattern.
+
+A node on a CPU that cannot keep up takes the latest frame, so consecutive processed frames of a car are metres
+apart. Runs ``StereoTracker`` offline (no ROS) with the real matcher on a KITTI odometry folder, or on this
+project's rendered stereo sequences (``--synthetic``: the textured room, baseline 0.11 m, 0.5 m/s, 40 frames), once
+per frame pattern and ``pnp_ransac`` mode (the other tracking options as the node gets them from
+``config/stereo.yaml``), and prints SE(3)-aligned ATE, RPE (%/m and deg/m over >= 1 m;
+``bags.metrics``), the frames without a pose, those the covariance gate rescued (``auto``), the median PnP inliers
+(pixel- and chi-square-gated counts are not comparable) and the median pose time. Patterns of a 10 Hz camera: every frame,
+every 3rd, every 5th, seeded irregular gaps of 4-6 frames (a node at ~2 Hz). Every mode sees the same matches
+(the matcher's outputs are cached), so the table isolates the pose estimate.
+
+    .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --json out/stereo_gaps_512.json
+    .venv/bin/python benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stereo_diagnosis import NS, CachingMatcher, load_kitti, make_matcher, parse_value, read_gray  # noqa: E402
+
+
+def frame_patterns(n: int, seed: int = 0) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    gaps, i = [], 0
+    while i < n:
+        gaps.append(i)
+        i += int(rng.integers(4, 7))
+    return {"all": list(range(n)), "every 3rd": list(range(0, n, 3)), "every 5th": list(range(0, n, 5)),
+            "gaps 4-6": gaps}
+
+
+def synthetic_data(trajectory: str, n: int = 40) -> dict:
+    """A rendered stereo sequence as ``load_kitti`` returns KITTI: gray images in memory, calibration, poses."""
+    import cv2
+
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=n, rate_hz=10.0, stereo=True, trajectory=trajectory, seed=0, baseline_m=0.11,
+                        speed_mps=0.5)
+    frames = list(seq)
+    gray = [(cv2.cvtColor(f.left, cv2.COLOR_RGB2GRAY), cv2.cvtColor(f.right, cv2.COLOR_RGB2GRAY)) for f in frames]
+    return {"left": [g[0] for g in gray], "right": [g[1] for g in gray], "K": seq.rig.K.copy(),
+            "K_right": seq.rig.K.copy(), "T_left_right": seq.rig.T_left_right.copy(),
+            "poses": np.array([f.T_world_left for f in frames])}
+
+
+def image(item):
+    return read_gray(item) if isinstance(item, Path) else item
+
+
+def run(data: dict, matcher, frames: list[int], config: dict) -> dict:
+    from mambaglue_ros.bags import metrics as M
+    from mambaglue_ros.tracking import StereoTracker
+
+    tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config)
+    stamps = np.array(frames, dtype=np.int64) * (NS // 10)
+    poses, failed, rescued, inliers, pose_ms, reasons = [], 0, 0, [], [], []
+    for k, stamp in zip(frames, stamps):
+        res = tracker.process(image(data["left"][k]), image(data["right"][k]), int(stamp))
+        poses.append(res.T_odom_cam.copy())
+        if "pose" in res.timings_ms:
+            pose_ms.append(res.timings_ms["pose"])
+        if res.pose is not None:
+            inliers.append(res.num_inliers)
+            rescued += "covariance gate" in res.reason  # auto: the pixel gate had too few inliers
+        elif k != frames[0]:
+            failed += 1
+            reasons.append(res.reason)
+    summary = M.evaluate(M.Trajectory(stamps, np.array(poses)), M.Trajectory(stamps, data["poses"][frames]),
+                         alignment="se3")["summary"]
+    per_m = summary["rpe_trans_per_m"]
+    return {"frames": len(frames), "failed": failed, "rescued": rescued,
+            "inliers_median": float(np.median(inliers)) if inliers else 0.0,
+            "pose_ms_median": float(np.median(pose_ms)) if pose_ms else float("nan"),
+            "ate_m": summary["ate_m"] if summary["ate_m"] is not None else float("nan"),
+            "rpe_pct_per_m": 100.0 * per_m if per_m is not None else float("nan"),
+            "rpe_deg_per_m": summary["rpe_rot_deg_per_m"] if per_m is not None else float("nan"), "reasons": reasons}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sequence", nargs="?", help="KITTI folder (image_l/image_0, image_r/image_1, calib.txt, poses.txt)")
+    ap.add_argument("--synthetic", nargs="+", default=None, metavar="TRAJECTORY",
+                    help="rendered sequences instead (forward, orbit, figure8)")
+    ap.add_argument("--method", default="mambaglue", choices=("mambaglue", "lightglue", "orb"))
+    ap.add_argument("--features", default="xfeat")
+    ap.add_argument("--keypoints", type=int, default=512)
+    ap.add_argument("--modes", nargs="+", default=["pixel", "auto", "covariance"])
+    ap.add_argument("--params", default="config/stereo.yaml",
+                    help="node params file whose tracking options the tracker gets, as the node maps them")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="tracking options over those (tracking.DEFAULT_TRACKING_CONFIG)")
+    ap.add_argument("--cache", default="out/cache/stereo_gaps_matches.pkl", help="matcher outputs ('' = none)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import torch
+
+    from mambaglue_ros.tracking import validate_tracking_config
+
+    torch.set_num_threads(1)
+    if (args.sequence is None) == (args.synthetic is None):
+        ap.error("give a KITTI folder or --synthetic (one of them)")
+    # the params file's tracking options, mapped as the node maps them (e.g. ransac_px -> the PnP threshold)
+    import types
+
+    from mambaglue_ros.ros import params as P
+    from mambaglue_ros.ros.node import MatcherNode
+
+    node_params = {**P.defaults(), **P.load_params_yaml(args.params)}
+    base = MatcherNode._tracking_config(types.SimpleNamespace(p=node_params))
+    base.pop("pnp_ransac")  # the mode under test
+    base.update((kv.split("=", 1)[0], parse_value(kv.split("=", 1)[1])) for kv in args.set)
+    for mode in args.modes:
+        validate_tracking_config({**base, "pnp_ransac": mode})  # bad options fail before any work
+    sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
+        {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
+    rows = []
+    print(f"{'sequence':<9} {'pattern':<10} {'pnp_ransac':<11} {'frames':>6} {'no pose':>7} {'rescued':>7} "
+          f"{'inliers':>7} {'pose ms':>7} {'ATE m':>8} {'RPE %/m':>8} {'deg/m':>7}")
+    for source, load in sources.items():
+        data = load()
+        cache = None
+        if args.cache and source == "kitti":  # rendered images are made again each run: no disk cache
+            cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}")
+        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        for name, frames in frame_patterns(len(data["left"])).items():
+            for mode in args.modes:
+                r = run(data, matcher, frames, {**base, "pnp_ransac": mode})
+                rows.append({"sequence": source, "pattern": name, "pnp_ransac": mode, **r})
+                print(f"{source:<9} {name:<10} {mode:<11} {r['frames']:>6} {r['failed']:>7} {r['rescued']:>7} "
+                      f"{r['inliers_median']:>7.0f} {r['pose_ms_median']:>7.1f} {r['ate_m']:>8.4f} "
+                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f}", flush=True)
+        matcher.save()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"keypoints": args.keypoints, "method": args.method,
+                                               "features": args.features, "config": base, "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--features", default="xfeat")
     ap.add_argument("--keypoints", type=int, default=512)
     ap.add_argument("--modes", nargs="+", default=["pixel", "auto", "covariance"])
+    ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
     ap.add_argument("--params", default="config/stereo.yaml",
                     help="node params file whose tracking options the tracker gets, as the node maps them")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -130,7 +131,10 @@ def main() -> int:
         if args.cache and source == "kitti":  # rendered images are made again each run: no disk cache
             cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}")
         matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
-        for name, frames in frame_patterns(len(data["left"])).items():
+        patterns = frame_patterns(len(data["left"]))
+        for name, frames in patterns.items():
+            if args.patterns and name not in args.patterns:
+                continue
             for mode in args.modes:
                 r = run(data, matcher, frames, {**base, "pnp_ransac": mode})
                 rows.append({"sequence": source, "pattern": name, "pnp_ransac": mode, **r})

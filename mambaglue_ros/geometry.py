@@ -1109,6 +1109,7 @@ def _solve_pnp_ransac(obj: np.ndarray, img: np.ndarray, K: np.ndarray, ransac_px
 
 
 PNP_RANSAC_MODES = ("auto", "pixel", "covariance")
+PNP_RESCUED = "ok (covariance gate"  # how the reason of a pose that ransac="auto" took from the covariance gate starts
 CHI2_2DOF_99 = 9.21  # chi-square quantile, 2 dof, 0.99: inlier gate on a whitened reprojection residual
 
 
@@ -1401,7 +1402,7 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
                                                 float(baseline), pixel_sigma_px, disparity_sigma_px, readmit)
         if rescued is None:
             return None, f"{why}; with the covariance gate: {why_cov}"
-        return rescued, f"ok (covariance gate; the {ransac_px:g} px consensus: {why})"
+        return rescued, f"{PNP_RESCUED}; the {ransac_px:g} px consensus: {why})"
     return pose, why
 
 

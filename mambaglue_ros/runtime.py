@@ -169,8 +169,8 @@ class RuntimeStats:
     """
 
     COUNTERS = ("frames_in", "frames_processed", "frames_dropped", "bad_input", "out_of_order", "resets",
-                "pose_failures", "errors", "no_camera_info", "oversized", "bad_camera_info", "size_mismatch",
-                "gaps")
+                "pose_failures", "pose_rescued", "errors", "no_camera_info", "oversized", "bad_camera_info",
+                "size_mismatch", "gaps")
     # counters of frames refused before processing (named in the "nothing processed" warning)
     SKIP_COUNTERS = ("bad_input", "oversized", "size_mismatch", "out_of_order", "no_camera_info", "errors",
                      "sync_dropped")
@@ -211,7 +211,9 @@ class RuntimeStats:
             self.last_error_time = time.monotonic()
 
     def processed(self, latency_ms: float, keypoints: int, matches: int | None, stop_layer: int | None,
-                  pose_ok: bool | None, inlier_ratio: float | None, failure: str = "") -> None:
+                  pose_ok: bool | None, inlier_ratio: float | None, failure: str = "", rescued: bool = False) -> None:
+        """One processed frame. ``rescued``: its pose needed the fallback of a pose estimator (stereo: the covariance
+        gate of ``pnp_ransac: auto``, frames too far apart for the pixel gate), counted in ``pose_rescued``."""
         self.processed_rate.tick()
         with self._lock:
             self.counters["frames_processed"] += 1
@@ -226,6 +228,8 @@ class RuntimeStats:
                 self._pose_ok.append(bool(pose_ok))
                 if pose_ok and inlier_ratio is not None:
                     self._inlier_ratio.append(float(inlier_ratio))
+                if pose_ok and rescued:
+                    self.counters["pose_rescued"] += 1
                 if not pose_ok:
                     self.counters["pose_failures"] += 1
                     self.last_failure = failure

@@ -72,3 +72,16 @@ def test_node_passes_them_to_the_stereo_tracker():
     mono_config = MatcherNode._tracking_config(types.SimpleNamespace(p=p))
     mono = MonoTracker(types.SimpleNamespace(features="orb"), K, mono_config)
     assert mono.config["mono_window"] == 4
+
+
+def test_rescued_poses_are_counted_for_the_diagnostics():
+    """``pose_rescued`` counts frames with a pose that needed the covariance gate (published in /diagnostics with
+    the other counters); a frame without a pose is a failure, not a rescue."""
+    from mambaglue_ros.runtime import RuntimeStats
+
+    stats = RuntimeStats()
+    stats.processed(100.0, 512, 200, 4, pose_ok=True, inlier_ratio=0.5)
+    stats.processed(100.0, 512, 200, 4, pose_ok=True, inlier_ratio=0.3, rescued=True)
+    stats.processed(100.0, 512, 90, 4, pose_ok=False, inlier_ratio=None, failure="too few PnP inliers", rescued=True)
+    snap = stats.snapshot()
+    assert (snap["pose_rescued"], snap["pose_failures"], snap["frames_processed"]) == (1, 1, 3)

@@ -784,7 +784,8 @@ class MatcherNode(Node):
                              matches=len(match) if match is not None else None,
                              stop_layer=match.stop_layer if match is not None else None,
                              pose_ok=None if match is None else result.pose is not None,
-                             inlier_ratio=result.inlier_ratio, failure=result.reason)
+                             inlier_ratio=result.inlier_ratio, failure=result.reason,
+                             rescued=(result.reason or "").startswith(G.PNP_RESCUED))
 
     def _reset(self, stamp_ns: int, reason: str, T_odom_base: np.ndarray | None = None,
                covariance: np.ndarray | None = None) -> None:

@@ -12,6 +12,7 @@ every 3rd, every 5th, seeded irregular gaps of 4-6 frames (a node at ~2 Hz). Eve
 
     .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --json out/stereo_gaps_512.json
     .venv/bin/python benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
+    .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --gate-analysis   # why the pixel gate fails
 """
 from __future__ import annotations
 
@@ -84,6 +85,45 @@ def run(data: dict, matcher, frames: list[int], config: dict) -> dict:
             "rpe_deg_per_m": summary["rpe_rot_deg_per_m"] if per_m is not None else float("nan"), "reasons": reasons}
 
 
+def gate_analysis(data: dict, matcher, strides: tuple[int, ...] = (1, 3, 5), starts: range = range(0, 40, 8)
+                  ) -> list[dict]:
+    """Why the pixel gate fails on long steps: per frame pair (a, a + stride), the temporal matches whose reference
+    point has a stereo depth, how many of them reproject within 2 px under the ground-truth motion, and how many lie
+    within the chi-square gate of the covariance-whitened error (``geometry.whitened_reprojection_chi2``)."""
+    from mambaglue_ros.geometry import CHI2_2DOF_99, stereo_point_covariance, whitened_reprojection_chi2
+    from mambaglue_ros.tracking import StereoTracker
+
+    tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], {})
+    K, baseline = data["K"], float(np.linalg.norm(data["T_left_right"][:3, 3]))
+
+    def frame(k: int):
+        left, right = image(data["left"][k]), image(data["right"][k])
+        fl, fr = matcher.extract(left), matcher.extract(right)
+        points, has3d = tracker._triangulate(tracker._match_stereo(fl, fr), len(fl), left, right)
+        return fl, points, has3d
+
+    rows = []
+    for stride in strides:
+        for a in starts:
+            b = a + stride
+            fa, Pa, ha = frame(a)
+            fb, _, _ = frame(b)
+            m = matcher.match_features(fa, fb)
+            i0, i1 = m.matches[:, 0], m.matches[:, 1]
+            sel = ha[i0]
+            X, p = Pa[i0[sel]], m.keypoints1[i1[sel]]
+            T_ba = np.linalg.inv(data["poses"][b]) @ data["poses"][a]  # frame a -> frame b coordinates
+            X1 = X @ T_ba[:3, :3].T + T_ba[:3, 3]
+            pixel_err = np.linalg.norm(X1[:, :2] / X1[:, 2:] * np.diag(K)[:2] + K[:2, 2] - p, axis=1)
+            cov = stereo_point_covariance(X, K, baseline, 1.0, np.sqrt(2.0))
+            chi2 = whitened_reprojection_chi2(T_ba[None, :3, :3], T_ba[None, :3, 3], X, cov, p, K, 1.0)[0]
+            rows.append({"stride": stride, "pair": [a, b], "with_depth": int(sel.sum()),
+                         "within_2px": int(np.sum(pixel_err < 2.0)), "within_gate": int(np.sum(chi2 < CHI2_2DOF_99))})
+            print(f"frames {a:>2} -> {b:>2}: matches with a depth {rows[-1]['with_depth']:>3}, within 2 px "
+                  f"{rows[-1]['within_2px']:>3}, within the gate {rows[-1]['within_gate']:>3}", flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sequence", nargs="?", help="KITTI folder (image_l/image_0, image_r/image_1, calib.txt, poses.txt)")
@@ -99,6 +139,9 @@ def main() -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="tracking options over those (tracking.DEFAULT_TRACKING_CONFIG)")
     ap.add_argument("--cache", default="out/cache/stereo_gaps_matches.pkl", help="matcher outputs ('' = none)")
+    ap.add_argument("--gate-analysis", action="store_true",
+                    help="instead: per frame pair 1, 3 and 5 apart, the matched points within 2 px / within the "
+                         "covariance gate of their reprojection by the ground-truth motion (KITTI)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
@@ -120,6 +163,17 @@ def main() -> int:
     base.update((kv.split("=", 1)[0], parse_value(kv.split("=", 1)[1])) for kv in args.set)
     for mode in args.modes:
         validate_tracking_config({**base, "pnp_ransac": mode})  # bad options fail before any work
+    if args.gate_analysis:
+        if not args.sequence:
+            ap.error("--gate-analysis needs a KITTI folder")
+        cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}") if args.cache else None
+        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        rows = gate_analysis(load_kitti(args.sequence), matcher)
+        matcher.save()
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"keypoints": args.keypoints, "gate_analysis": rows}, indent=1))
+        return 0
     sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
         {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
     rows = []

@@ -358,6 +358,7 @@ mono_scale() {    # mono ~/odom step lengths (unit / time / depth): offline on K
 stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto / covariance): offline on KITTI and the
                   # rendered stereo sequences, then the node live on the KITTI bag (--rate 1: it drops what it cannot keep up with)
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
+  "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --gate-analysis --json out/stereo_gate_analysis_512.json
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --json out/stereo_gaps_512.json
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --keypoints 1024 --json out/stereo_gaps_1024.json
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json

@@ -320,3 +320,17 @@ def test_kitti_every_fifth_frame_keeps_tracking():
         summary[mode] = (lost - 1, ev["summary"]["ate_m"])  # the first frame has no reference
     assert summary["pixel"][0] >= 3 and summary["pixel"][1] > 2.0, summary
     assert summary["auto"][0] == 0 and summary["auto"][1] < 1.0, summary
+
+
+def test_covariance_gate_rescues_no_pose_from_wrong_matches():
+    """The fallback must not turn garbage into a pose: stereo points paired with random pixels (a wrong temporal
+    match for every point) give no pose in any mode, near and far points alike."""
+    from mambaglue_ros.geometry import estimate_pose_pnp
+
+    for seed in range(4):
+        X, p1, K, b, _ = _stereo_scene(seed)
+        rng = np.random.default_rng(100 + seed)
+        wrong = np.c_[rng.uniform(0, 1200, len(p1)), rng.uniform(0, 360, len(p1))]
+        for mode in ("pixel", "auto", "covariance"):
+            pose, why = estimate_pose_pnp(X, wrong, K, ransac_px=2.0, min_inliers=15, baseline=b, ransac=mode)
+            assert pose is None, (seed, mode, why)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import NS, CachingMatcher, load_kitti, make_matcher, read_gray  # noqa: E402
+from stereo_diagnosis import NS, cached_matcher, load_kitti, read_gray  # noqa: E402
 
 
 def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
@@ -128,10 +128,7 @@ def main() -> int:
           f"{'deg/m':>7}  step lengths (median, min-max)")
     for source, load in sources.items():
         data = load()
-        cache = None
-        if args.cache and source == "kitti":  # rendered images are made again each run: no disk cache
-            cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}")
-        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        matcher = cached_matcher(args, on_disk=source == "kitti")
         patterns = frame_patterns(len(data["left"]))
         if args.patterns:
             patterns = {k: v for k, v in patterns.items() if k in args.patterns}

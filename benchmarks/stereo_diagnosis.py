@@ -126,6 +126,14 @@ def make_matcher(method: str, features: str, max_keypoints: int):
                    filter_threshold=0.1, **options)
 
 
+def cached_matcher(args: Any, on_disk: bool = True) -> CachingMatcher:
+    """The benchmarks' matcher (``args.method``, ``.features``, ``.keypoints``) behind a cache of its outputs, on disk
+    at ``args.cache`` + the matcher's name when ``on_disk`` and a path is given (rendered images are made again each
+    run, so they get a cache in memory only)."""
+    cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}") if args.cache and on_disk else None
+    return CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. End to end
 # ---------------------------------------------------------------------------------------------

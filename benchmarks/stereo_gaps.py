@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import NS, CachingMatcher, load_kitti, make_matcher, parse_value, read_gray  # noqa: E402
+from stereo_diagnosis import NS, cached_matcher, load_kitti, parse_value, read_gray  # noqa: E402
 
 
 def frame_patterns(n: int, seed: int = 0) -> dict[str, list[int]]:
@@ -166,8 +166,7 @@ def main() -> int:
     if args.gate_analysis:
         if not args.sequence:
             ap.error("--gate-analysis needs a KITTI folder")
-        cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}") if args.cache else None
-        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        matcher = cached_matcher(args)
         rows = gate_analysis(load_kitti(args.sequence), matcher)
         matcher.save()
         if args.json:
@@ -181,10 +180,7 @@ def main() -> int:
           f"{'inliers':>7} {'pose ms':>7} {'ATE m':>8} {'RPE %/m':>8} {'deg/m':>7}")
     for source, load in sources.items():
         data = load()
-        cache = None
-        if args.cache and source == "kitti":  # rendered images are made again each run: no disk cache
-            cache = Path(f"{args.cache}.{args.method}_{args.features}_{args.keypoints}")
-        matcher = CachingMatcher(make_matcher(args.method, args.features, args.keypoints), cache)
+        matcher = cached_matcher(args, on_disk=source == "kitti")
         patterns = frame_patterns(len(data["left"]))
         for name, frames in patterns.items():
             if args.patterns and name not in args.patterns:

@@ -342,18 +342,23 @@ pose_settle() {   # mono pose: cost and accuracy of stopping the seeded MAGSAC r
   # the LM polish's stopping tolerance 1e-10 -> 1e-6 (commit after 1305dfd): that geometry.py against the one before
   "$PY" benchmarks/pose_time.py --baseline-rev 1305dfd --strides 1 4
 }
+live_kitti_ab() { # PARAMS MODE PARAM VALUE...: the node live on the KITTI bag (--rate 1: it drops what it cannot keep
+                  # up with), three rounds, the values alternating -> out/kitti_live_MODE_VALUE_ROUND
+  local params=$1 mode=$2 param=$3 r v
+  shift 3
+  for r in 1 2 3; do
+    for v in "$@"; do
+      "$M" replay out/bags/kitti --params "$params" --out "out/kitti_live_${mode}_${v}_$r" --matcher mambaglue --set "$param=$v" --force --no-plots
+    done
+  done
+}
 mono_scale() {    # mono ~/odom step lengths (unit / time / depth): offline on KITTI and the rendered sequences with
                   # frame patterns, then the node live on the KITTI bag (--rate 1: it drops what it cannot keep up with)
   [ -d out/bags/kitti ] || "$M" bag-from-kitti "$DATA/kitti_seq1" out/bags/kitti
   "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --json out/mono_scale_512.json
   "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --keypoints 1024 --json out/mono_scale_1024.json
   "$PY" benchmarks/mono_scale.py --synthetic forward orbit figure8 --json out/mono_scale_synthetic.json
-  local r m
-  for r in 1 2 3; do
-    for m in unit time; do
-      "$M" replay out/bags/kitti --params config/matcher.yaml --out out/kitti_live_mono_${m}_$r --matcher mambaglue --set mono_scale=$m --force --no-plots
-    done
-  done
+  live_kitti_ab config/matcher.yaml mono mono_scale unit time
 }
 stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto / covariance): offline on KITTI and the
                   # rendered stereo sequences, then the node live on the KITTI bag (--rate 1: it drops what it cannot keep up with)
@@ -362,12 +367,7 @@ stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --json out/stereo_gaps_512.json
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --keypoints 1024 --json out/stereo_gaps_1024.json
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
-  local r m
-  for r in 1 2 3; do
-    for m in pixel auto; do
-      "$M" replay out/bags/kitti --params config/stereo.yaml --out out/kitti_live_stereo_${m}_$r --matcher mambaglue --set pnp_ransac=$m --force --no-plots
-    done
-  done
+  live_kitti_ab config/stereo.yaml stereo pnp_ransac pixel auto
 }
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)

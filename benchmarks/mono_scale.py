@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import NS, cached_matcher, load_kitti, read_gray  # noqa: E402
+from stereo_diagnosis import NS, add_sequence_arguments, cached_matcher, read_gray, sequence_sources  # noqa: E402
 
 
 def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
@@ -98,27 +98,18 @@ def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sequence", nargs="?", help="KITTI folder (image_l or image_0, calib.txt, poses.txt)")
-    ap.add_argument("--synthetic", nargs="+", default=None, metavar="TRAJECTORY",
-                    help="rendered sequences instead (orbit, forward, figure8)")
-    ap.add_argument("--method", default="mambaglue", choices=("mambaglue", "lightglue", "orb"))
-    ap.add_argument("--features", default="xfeat")
-    ap.add_argument("--keypoints", type=int, default=512)
+    add_sequence_arguments(ap, "image_l or image_0, calib.txt, poses.txt", "out/cache/mono_scale_matches.pkl")
     ap.add_argument("--policy", default="previous", choices=("previous", "keyframe"))
     ap.add_argument("--modes", nargs="+", default=["unit", "time", "depth"])
     ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="mono_scale options (mono_scale.DEFAULT_SCALE_CONFIG), e.g. speed_noise=0.2")
-    ap.add_argument("--cache", default="out/cache/mono_scale_matches.pkl", help="matcher outputs ('' = none)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    if (args.sequence is None) == (args.synthetic is None):
-        ap.error("give a KITTI folder or --synthetic, not both")
-    sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
-        {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
+    sources = sequence_sources(ap, args, synthetic_data)
     scale_config = {k: (int(v) if k == "min_points" else float(v)) for k, v in (kv.split("=", 1) for kv in args.set)}
     from mambaglue_ros.mono_scale import MonoScale
 

@@ -31,7 +31,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -124,6 +124,28 @@ def make_matcher(method: str, features: str, max_keypoints: int):
         weights = "lightglue"
     return Matcher(features=features, weights=weights, device="cpu", max_keypoints=max_keypoints, alpha=0.95,
                    filter_threshold=0.1, **options)
+
+
+def add_sequence_arguments(ap: argparse.ArgumentParser, folder_help: str, cache: str) -> None:
+    """The arguments of the frame-pattern benchmarks (mono_scale, stereo_gaps): a KITTI folder or ``--synthetic``
+    trajectories (``sequence_sources``), and the matcher ``cached_matcher`` makes."""
+    ap.add_argument("sequence", nargs="?", help=f"KITTI folder ({folder_help})")
+    ap.add_argument("--synthetic", nargs="+", default=None, metavar="TRAJECTORY",
+                    help="rendered sequences instead (forward, orbit, figure8)")
+    ap.add_argument("--method", default="mambaglue", choices=("mambaglue", "lightglue", "orb"))
+    ap.add_argument("--features", default="xfeat")
+    ap.add_argument("--keypoints", type=int, default=512)
+    ap.add_argument("--cache", default=cache, help="matcher outputs ('' = none)")
+
+
+def sequence_sources(ap: argparse.ArgumentParser, args: Any, synthetic_data: Callable[[str], dict]
+                     ) -> dict[str, Callable[[], dict]]:
+    """Name -> loader of each sequence ``add_sequence_arguments`` asked for: "kitti", or one per trajectory."""
+    if (args.sequence is None) == (args.synthetic is None):
+        ap.error("give a KITTI folder or --synthetic (one of them)")
+    if args.sequence:
+        return {"kitti": lambda: load_kitti(args.sequence)}
+    return {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
 
 
 def cached_matcher(args: Any, on_disk: bool = True) -> CachingMatcher:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import NS, cached_matcher, load_kitti, parse_value, read_gray  # noqa: E402
+from stereo_diagnosis import (NS, add_sequence_arguments, cached_matcher, load_kitti, parse_value,  # noqa: E402
+                              read_gray, sequence_sources)
 
 
 def frame_patterns(n: int, seed: int = 0) -> dict[str, list[int]]:
@@ -126,19 +127,14 @@ def gate_analysis(data: dict, matcher, strides: tuple[int, ...] = (1, 3, 5), sta
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sequence", nargs="?", help="KITTI folder (image_l/image_0, image_r/image_1, calib.txt, poses.txt)")
-    ap.add_argument("--synthetic", nargs="+", default=None, metavar="TRAJECTORY",
-                    help="rendered sequences instead (forward, orbit, figure8)")
-    ap.add_argument("--method", default="mambaglue", choices=("mambaglue", "lightglue", "orb"))
-    ap.add_argument("--features", default="xfeat")
-    ap.add_argument("--keypoints", type=int, default=512)
+    add_sequence_arguments(ap, "image_l/image_0, image_r/image_1, calib.txt, poses.txt",
+                           "out/cache/stereo_gaps_matches.pkl")
     ap.add_argument("--modes", nargs="+", default=["pixel", "auto", "covariance"])
     ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
     ap.add_argument("--params", default="config/stereo.yaml",
                     help="node params file whose tracking options the tracker gets, as the node maps them")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="tracking options over those (tracking.DEFAULT_TRACKING_CONFIG)")
-    ap.add_argument("--cache", default="out/cache/stereo_gaps_matches.pkl", help="matcher outputs ('' = none)")
     ap.add_argument("--gate-analysis", action="store_true",
                     help="instead: per frame pair 1, 3 and 5 apart, the matched points within 2 px / within the "
                          "covariance gate of their reprojection by the ground-truth motion (KITTI)")
@@ -149,8 +145,7 @@ def main() -> int:
     from mambaglue_ros.tracking import validate_tracking_config
 
     torch.set_num_threads(1)
-    if (args.sequence is None) == (args.synthetic is None):
-        ap.error("give a KITTI folder or --synthetic (one of them)")
+    sources = sequence_sources(ap, args, synthetic_data)
     # the params file's tracking options, mapped as the node maps them (e.g. ransac_px -> the PnP threshold)
     import types
 
@@ -173,8 +168,6 @@ def main() -> int:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"keypoints": args.keypoints, "gate_analysis": rows}, indent=1))
         return 0
-    sources = {"kitti": lambda: load_kitti(args.sequence)} if args.sequence else \
-        {t: (lambda t=t: synthetic_data(t)) for t in args.synthetic}
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'pnp_ransac':<11} {'frames':>6} {'no pose':>7} {'rescued':>7} "
           f"{'inliers':>7} {'pose ms':>7} {'ATE m':>8} {'RPE %/m':>8} {'deg/m':>7}")

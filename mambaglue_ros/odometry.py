@@ -127,7 +127,11 @@ class OdometryIntegrator:
 
     Call ``step`` for each frame with a pose and ``set_reference`` when a frame becomes the
     tracker's reference (after ``step`` for that frame, or without a pose after a failure). The
-    reference's pose anchors every later relative pose until the next reference.
+    reference's pose anchors every later relative pose until the next reference. Where the tracker
+    may also pose a frame against an earlier frame (``tracking.FrameResult.live_references``: the
+    reference before, or the last frame without a pose), call ``keep_anchors`` after each frame: the
+    pose (and covariance) each live frame left is kept, and a step relative to one of them composes
+    with it.
 
     max_twist_dt_s: over a longer interval the mean motion is no velocity: the twist is unknown.
     """
@@ -145,42 +149,62 @@ class OdometryIntegrator:
         self.T_odom_base, self.covariance = T, 0.5 * (cov + cov.T)
         self.T_odom_ref, self.cov_ref = T.copy(), self.covariance.copy()
         self.reference_stamp_ns: int | None = None
-        # the last frame with a pose, relative to the current reference (for the twist)
-        self._last: tuple[int, np.ndarray, np.ndarray] | None = None
+        # the last frame with a pose, relative to the reference it was posed against (for the twist): stamp, T, cov,
+        # reference stamp
+        self._last: tuple[int, np.ndarray, np.ndarray, int | None] | None = None
+        # the pose and covariance of each frame a later one may still be posed against, by stamp (keep_anchors)
+        self._anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._live: set[int] = set()  # the stamps of the last keep_anchors call
 
     def set_reference(self, stamp_ns: int) -> None:
         """The frame at ``stamp_ns`` (the last one given to ``step``, or one without a pose) is now
         the reference: later relative poses compose with the current odometry pose."""
         self.T_odom_ref, self.cov_ref = self.T_odom_base.copy(), self.covariance.copy()
         self.reference_stamp_ns = int(stamp_ns)
+        # the reference it replaces stays an anchor only if the tracker said it may still be posed against
+        self._anchors = {s: a for s, a in self._anchors.items() if s in self._live}
+        self._anchors[int(stamp_ns)] = (self.T_odom_ref.copy(), self.cov_ref.copy())
         if self._last is not None and self._last[0] == int(stamp_ns):
-            self._last = (int(stamp_ns), np.eye(4), np.zeros((6, 6)))
+            self._last = (int(stamp_ns), np.eye(4), np.zeros((6, 6)), int(stamp_ns))
         else:  # no pose for the new reference (tracking failed there): no twist across it
             self._last = None
+
+    def keep_anchors(self, stamp_ns: int, live: tuple[int, ...] | list[int]) -> None:
+        """After the frame at ``stamp_ns`` (with or without a pose): keep the pose it left as its anchor if it is in
+        ``live`` (the stamps later frames may be posed against), and forget the anchors that are not."""
+        live_set = self._live = {int(s) for s in live}
+        if int(stamp_ns) in live_set and int(stamp_ns) not in self._anchors:
+            self._anchors[int(stamp_ns)] = (self.T_odom_base.copy(), self.covariance.copy())
+        self._anchors = {s: a for s, a in self._anchors.items() if s in live_set or s == self.reference_stamp_ns}
 
     def step(self, stamp_ns: int, reference_stamp_ns: int, T_ref_base: np.ndarray,
              cov_ref_base: np.ndarray) -> OdometryStep:
         """Compose a body pose relative to the reference (stamp ``reference_stamp_ns``).
 
         T_ref_base, cov_ref_base: (4, 4) and (6, 6), the body now in the body frame at the reference.
-        Raises ValueError on non-finite input or a reference other than the one set (nothing changes).
+        Raises ValueError on non-finite input or a reference that is neither the one set nor a kept anchor
+        (``keep_anchors``; nothing changes).
         """
         T_rel = np.asarray(T_ref_base, dtype=np.float64)
         cov_rel = np.asarray(cov_ref_base, dtype=np.float64)
         if not (np.isfinite(T_rel).all() and np.isfinite(cov_rel).all()):
             raise ValueError("non-finite odometry step: not accumulated")
+        T_odom_ref, cov_ref = self.T_odom_ref, self.cov_ref
         if self.reference_stamp_ns is not None and int(reference_stamp_ns) != self.reference_stamp_ns:
-            raise ValueError(f"relative pose to reference {reference_stamp_ns}, but the reference is "
-                             f"{self.reference_stamp_ns}")
-        T = self.T_odom_ref @ T_rel
-        cov = compose_covariance(self.T_odom_ref, self.cov_ref, T_rel, cov_rel)
+            if int(reference_stamp_ns) not in self._anchors:
+                raise ValueError(f"relative pose to reference {reference_stamp_ns}, but the reference is "
+                                 f"{self.reference_stamp_ns}")
+            T_odom_ref, cov_ref = self._anchors[int(reference_stamp_ns)]
+        ref_stamp = None if reference_stamp_ns is None else int(reference_stamp_ns)
+        T = T_odom_ref @ T_rel
+        cov = compose_covariance(T_odom_ref, cov_ref, T_rel, cov_rel)
         twist = twist_cov = None
-        if self._last is not None:
-            last_stamp, T_ref_last, cov_ref_last = self._last
+        if self._last is not None and self._last[3] == ref_stamp:  # both relative to one reference
+            last_stamp, T_ref_last, cov_ref_last, _ = self._last
             dt = (int(stamp_ns) - last_stamp) / NS_PER_S
             if 0 < dt <= self.max_twist_dt_s:
                 T_step, cov_step = between_covariance(T_ref_last, cov_ref_last, T_rel, cov_rel)
                 twist, twist_cov = body_twist(T_step, cov_step, dt)
         self.T_odom_base, self.covariance = T, cov
-        self._last = (int(stamp_ns), T_rel.copy(), cov_rel.copy())
+        self._last = (int(stamp_ns), T_rel.copy(), cov_rel.copy(), ref_stamp)
         return OdometryStep(int(stamp_ns), T.copy(), cov.copy(), twist, twist_cov)

@@ -25,11 +25,19 @@ Odometry: ``T_odom_cam = T_odom_ref @ T_ref_cur`` (camera optical frame, see ``g
   the window does not change the step's length (``mono_scale`` does): it sees only relative step lengths.
 * Stereo is metric (units of the stereo baseline).
 
-Failures (too few matches/inliers, black frames): ``pose`` is None with a ``reason``, the
-accumulated pose is left unchanged (not reset) and the current frame becomes the reference if it
-has enough keypoints to be one (so tracking resumes on the next frame; the motion over the failed
-interval is lost); a frame with too few keypoints (e.g. black) never replaces the reference.
-A stamp that goes backwards (bag loop, clock reset) calls ``reset()``.
+Failures (too few matches or inliers: a blurred, covered or black frame, or a bad reference frame): ``pose``
+is None with a ``reason`` and the accumulated pose is left unchanged (not reset). A frame without a pose has
+no known place in the odometry, so it does not replace the reference: the next frame is matched against the
+same reference, and if it poses there the odometry crosses the failed frame without losing its motion.
+Where a frame cannot be posed against the reference, it is tried (one more match each, only on such frames)
+against the reference before it (``previous_reference``: the reference itself may be the bad frame, e.g. a
+covered one that still posed), then against the last frame without a pose (``candidate``: what the reference
+would have become before 2026-12-05; its place in the odometry is the last pose, so the motion up to it is
+lost, as it was then). ``FrameResult.live_references`` names the frames the next one may be posed against.
+After ``max_lost_frames`` frames in a row without a pose the current frame (with enough keypoints / stereo
+points) becomes the reference; ``max_lost_frames: 0``: at the first failure, no fallbacks (the behaviour
+before 2026-12-05). A frame with too few keypoints (e.g. black) never becomes a reference. A stamp that goes
+backwards (bag loop, clock reset) calls ``reset()``.
 """
 from __future__ import annotations
 
@@ -79,6 +87,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
                                       # search along the rectified rows ("epipolar", geometry.match_rectified_stereo)
     "min_depth": 0.1,                 # stereo: accepted depth range [calibration units]; the far limit is
     "max_depth": 100.0,               # also max_stereo_depth() (from the baseline, focal length and noise)
+    "max_lost_frames": 5,             # frames in a row without a pose before the reference is given up for the
+                                      # current frame (module docstring); 0 = at the first failure, no fallback
 }
 
 
@@ -112,6 +122,9 @@ class FrameResult:
                         space of ``temporal.matches[:, 1]`` and ``stereo.matches[:, 0]``.
     timings_ms:         wall times: extract, match, pose, total.
     image_scale:        resolution this (left) image was extracted at, relative to the input (``Features.scale``).
+    live_references:    stamps of the frames the next frame may be posed against (the reference, the one before
+                        it, the last frame without a pose; module docstring): whoever keeps per-reference state
+                        (odometry anchors, track ids) keeps it for these.
     step_scale:         length of ``pose``'s translation in the odometry: mono composes the unit direction times
                         this (``mono_scale``; 0 for a rotation-only pose); stereo (metric) 1.
     """
@@ -131,6 +144,7 @@ class FrameResult:
     keypoints: np.ndarray | None = None
     image_scale: float = 1.0
     step_scale: float = 1.0
+    live_references: tuple[int, ...] = ()
 
 
 @dataclass
@@ -166,7 +180,7 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not 1 <= int(cfg["pose_hypotheses"]) <= MAX_POSE_HYPOTHESES:
         raise ValueError(f"pose_hypotheses must be in 1..{MAX_POSE_HYPOTHESES}, got {cfg['pose_hypotheses']}")
     cfg["pose_hypotheses"] = int(cfg["pose_hypotheses"])
-    for key in ("keyframe_min_matches", "min_matches", "min_inliers", "ba_window", "mono_window"):
+    for key in ("keyframe_min_matches", "min_matches", "min_inliers", "ba_window", "mono_window", "max_lost_frames"):
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
@@ -183,6 +197,11 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not 0.0 <= float(cfg["min_depth"]) < float(cfg["max_depth"]):
         raise ValueError(f"need 0 <= min_depth < max_depth, got {cfg['min_depth']}, {cfg['max_depth']}")
     return cfg
+
+
+def _add_time(timings: dict[str, float], key: str, start: float, end: float) -> None:
+    """timings[key] += end - start, in ms (a frame tried against two references spends both)."""
+    timings[key] = timings.get(key, 0.0) + (end - start) * 1e3
 
 
 def _keypoints_numpy(feats: Features) -> np.ndarray:
@@ -208,10 +227,20 @@ class _TrackerBase:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the reference and restart the odometry at identity."""
+        """Forget the references and restart the odometry at identity."""
         self.reference: _Reference | None = None
+        # the reference before ``reference``: where a frame cannot be posed against ``reference``, it is tried
+        # against this one (module docstring)
+        self.previous_reference: _Reference | None = None
+        # the latest frame without a pose (usable as a reference): tried last, as the reference it would have become
+        self.candidate: _Reference | None = None
+        self.frames_lost = 0  # frames in a row without a pose against a reference
         self.T_odom_cam = np.eye(4)
         self.last_stamp_ns: int | None = None
+
+    def _drop_references(self) -> None:
+        self.reference = self.previous_reference = self.candidate = None
+        self.frames_lost = 0
 
     def _begin(self, stamp_ns: int) -> bool:
         """Stamp bookkeeping; returns True when the tracker was reset for this frame."""
@@ -222,7 +251,7 @@ class _TrackerBase:
         self.last_stamp_ns = stamp_ns
         # Features of another front end cannot be matched against the cached reference.
         if self.reference is not None and self.reference.features_name != self.matcher.features:
-            self.reference = None
+            self._drop_references()
         return was_reset
 
     def _drop_reference_if_resized(self, image_size: tuple[int, int]) -> str | None:
@@ -231,29 +260,70 @@ class _TrackerBase:
         ref = self.reference
         if ref is None or tuple(ref.feats.image_size) == tuple(image_size):
             return None
-        self.reference = None
+        self._drop_references()
         return (f"image size changed from {ref.feats.image_size[0]}x{ref.feats.image_size[1]} to "
                 f"{image_size[0]}x{image_size[1]}: new reference, no pose for this frame")
 
+    def live_references(self) -> tuple[int, ...]:
+        """Stamps of the frames the next frame may be posed against (``FrameResult.live_references``)."""
+        refs = (self.reference, self.previous_reference, self.candidate)
+        if not self.config["max_lost_frames"]:  # no fallbacks
+            refs = refs[:1]
+        return tuple(dict.fromkeys(int(r.stamp_ns) for r in refs if r is not None))
+
+    def _pose_with_fallback(self, pose_against: Callable[[_Reference], tuple[MatchResult, RelativePose | None, str]]
+                            ) -> tuple[_Reference, MatchResult, RelativePose | None, str]:
+        """(reference used, match, pose, reason) of this frame against ``reference``; where that gives no pose,
+        the first of ``previous_reference`` and ``candidate`` that gives one (``pose_against(ref)`` -> (match,
+        pose, reason); module docstring). Without a pose from any: the attempt against ``reference``."""
+        ref = self.reference
+        match, pose, reason = pose_against(ref)
+        if self.config["max_lost_frames"] > 0:
+            for fallback, what in ((self.previous_reference, "the reference before"),
+                                   (self.candidate, "the last frame without a pose")):
+                if pose is not None or fallback is None:
+                    break
+                match_fb, pose_fb, reason_fb = pose_against(fallback)
+                if pose_fb is not None:
+                    return fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})"
+        return ref, match, pose, reason
+
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
-                pose: RelativePose | None, reason: str, step_scale: float = 1.0) -> FrameResult:
+                pose: RelativePose | None, reason: str, step_scale: float = 1.0,
+                used: _Reference | None = None) -> FrameResult:
         """Accumulate the pose, decide whether this frame becomes the reference, build the result.
 
         ``reference`` is this frame packaged as a reference (its T_odom is filled in here) and
         ``usable`` says whether it can serve as one (enough keypoints / stereo points); ``step_scale`` is
-        the length the pose's translation is composed with (mono).
+        the length the pose's translation is composed with (mono); ``used``: the reference the pose is
+        relative to (``_pose_with_fallback``; default ``reference``).
         """
-        ref = self.reference
+        ref = self.reference if used is None else used
         if pose is not None and ref is not None:
             self.T_odom_cam = ref.T_odom @ make_transform(pose.R, pose.t * step_scale)
         reference.T_odom = self.T_odom_cam.copy()
-        if ref is None or pose is None or self.config["policy"] == "previous":
+        if ref is None:
+            new_ref = usable
+        elif pose is None:  # no known place in the odometry: keep the reference, up to max_lost_frames
+            self.frames_lost += 1
+            new_ref = usable and self.frames_lost > int(self.config["max_lost_frames"])
+        elif self.config["policy"] == "previous":
             new_ref = usable
         else:
             new_ref = usable and (len(match) < self.config["keyframe_min_matches"]
                                   or median_parallax_px(match) > self.config["keyframe_max_parallax_px"])
+        if pose is not None:
+            self.frames_lost = 0
+            self.candidate = None
+        elif usable and ref is not None:
+            self.candidate = reference
         if new_ref:
+            # the next frames' fallback: the reference this frame was posed against, or, where the reference is
+            # given up, the last one (it has a known place in the odometry; this frame has not)
+            self.previous_reference = ref if pose is not None else self.reference
             self.reference = reference
+            self.candidate = None
+            self.frames_lost = 0
         return FrameResult(
             stamp_ns=int(stamp_ns),
             reference_stamp_ns=None if ref is None else ref.stamp_ns,
@@ -261,7 +331,7 @@ class _TrackerBase:
             T_odom_cam=self.T_odom_cam.copy(),
             num_inliers=0 if pose is None else pose.num_inliers,
             inlier_ratio=0.0 if pose is None else pose.inlier_ratio,
-            is_keyframe=new_ref, step_scale=float(step_scale))
+            is_keyframe=new_ref, step_scale=float(step_scale), live_references=self.live_references())
 
 
 class MonoTracker(_TrackerBase):
@@ -364,29 +434,37 @@ class MonoTracker(_TrackerBase):
         resized = self._drop_reference_if_resized(feats.image_size)
         ref, match, pose, x_cur = self.reference, None, None, None
         timings = {"extract": (t1 - t0) * 1e3}
-        if ref is None:
-            reason = resized or "no reference frame yet"
-        else:
-            match = self.matcher.match_features(ref.feats, feats)
-            t2 = time.perf_counter()
-            timings["match"] = (t2 - t1) * 1e3
+
+        def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
+            nonlocal x_cur
+            t_match = time.perf_counter()
+            m = self.matcher.match_features(reference.feats, feats)
+            t_pose = time.perf_counter()
+            _add_time(timings, "match", t_match, t_pose)
             cfg = self.config
-            if len(match) < cfg["min_matches"]:
-                reason = f"too few matches ({len(match)} < {cfg['min_matches']})"
+            p = None
+            if len(m) < cfg["min_matches"]:
+                why = f"too few matches ({len(m)} < {cfg['min_matches']})"
             else:
-                pts0, pts1 = match.points0, match.points1
+                pts0, pts1 = m.points0, m.points1
                 if self.undistort is not None:
                     pts0, pts1 = self.undistort(pts0), self.undistort(pts1)
-                pose, reason = estimate_pose_mono(
+                p, why = estimate_pose_mono(
                     pts0, pts1, self.K, self.K, ransac_px=cfg["ransac_px"],
                     confidence=cfg["confidence"], min_matches=cfg["min_matches"],
                     min_inliers=cfg["min_inliers"], min_parallax_px=cfg["min_parallax_px"],
                     scale_variance=cfg["scale_variance"], hypotheses=cfg["pose_hypotheses"])
-                if pose is not None and cfg["mono_window"] and self._window \
-                        and self._window[-1][0] == ref.stamp_ns:
+                if p is not None and cfg["mono_window"] and self._window \
+                        and self._window[-1][0] == reference.stamp_ns:
                     x_cur = self._normalised(feats)
-                    pose = self._refine_in_window(pose, match, x_cur)
-            timings["pose"] = (time.perf_counter() - t2) * 1e3
+                    p = self._refine_in_window(p, m, x_cur)
+            _add_time(timings, "pose", t_pose, time.perf_counter())
+            return m, p, why
+
+        if ref is None:
+            reason = resized or "no reference frame yet"
+        else:
+            ref, match, pose, reason = self._pose_with_fallback(against)
         if ref is None and len(feats) < self.config["min_matches"]:
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
@@ -399,7 +477,7 @@ class MonoTracker(_TrackerBase):
         if self.config["mono_scale"] != "unit":
             if pose is not None:
                 step = self._step_length(ref, match, pose, x_cur, int(stamp_ns))
-        result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0])
+        result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0], used=ref)
         if step is not None and result.is_keyframe:
             length, log_var, dt = step
             self.scale.commit(length, log_var, dt)
@@ -557,34 +635,40 @@ class StereoTracker(_TrackerBase):
         resized = self._drop_reference_if_resized(feats_l.image_size)
         ref, match, pose = self.reference, None, None
         cfg = self.config
-        if ref is None:
-            reason = resized or "no reference frame yet"
-        else:
-            match = self.matcher.match_features(ref.feats, feats_l)
-            t3 = time.perf_counter()
-            timings["match"] = (t3 - t2) * 1e3
-            idx0, idx1 = match.matches[:, 0], match.matches[:, 1]
-            with3d = ref.has3d[idx0] if len(match) else np.zeros(0, dtype=bool)
-            if len(match) < cfg["min_matches"]:
-                reason = f"too few matches ({len(match)} < {cfg['min_matches']})"
+
+        def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
+            t_match = time.perf_counter()
+            m = self.matcher.match_features(reference.feats, feats_l)
+            t_pose = time.perf_counter()
+            _add_time(timings, "match", t_match, t_pose)
+            idx0, idx1 = m.matches[:, 0], m.matches[:, 1]
+            with3d = reference.has3d[idx0] if len(m) else np.zeros(0, dtype=bool)
+            p = None
+            if len(m) < cfg["min_matches"]:
+                why = f"too few matches ({len(m)} < {cfg['min_matches']})"
             elif int(with3d.sum()) < cfg["min_matches"]:
-                reason = (f"too few matches with a stereo depth ({int(with3d.sum())} < "
-                          f"{cfg['min_matches']})")
+                why = f"too few matches with a stereo depth ({int(with3d.sum())} < {cfg['min_matches']})"
             else:
-                pose, reason = estimate_pose_pnp(
-                    ref.points3d[idx0[with3d]], match.keypoints1[idx1[with3d]], self.K_left,
+                p, why = estimate_pose_pnp(
+                    reference.points3d[idx0[with3d]], m.keypoints1[idx1[with3d]], self.K_left,
                     ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
                     pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"], ransac=cfg["pnp_ransac"])
-            timings["pose"] = (time.perf_counter() - t3) * 1e3
+            _add_time(timings, "pose", t_pose, time.perf_counter())
+            return m, p, why
+
+        if ref is None:
+            reason = resized or "no reference frame yet"
+        else:
+            ref, match, pose, reason = self._pose_with_fallback(against)
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"
         # A stereo reference needs depths, not just keypoints.
         usable = int(has3d.sum()) >= cfg["min_matches"]
         this = _Reference(feats_l, int(stamp_ns), np.eye(4), self.matcher.features, points3d, has3d,
                           self._right_x)
-        result = self._finish(stamp_ns, this, usable, match, pose, reason)
+        result = self._finish(stamp_ns, this, usable, match, pose, reason, used=ref)
         this.T_published = this.T_odom.copy()
         if self._ba_enabled():
             if result.pose is not None and ref is not None and ref.T_published is not None \

@@ -8,9 +8,11 @@ turns those links into ids:
 * a keypoint of the current frame matched to a reference keypoint inherits that keypoint's id;
   every other keypoint starts a new track (new id, age 1);
 * when the current frame becomes the tracker's reference (every frame with the "previous"
-  policy, each keyframe with the "keyframe" policy, or after a tracking failure) its ids become
+  policy, each keyframe with the "keyframe" policy, or after tracking was lost) its ids become
   the ones the next frames inherit from, so with either policy a scene point keeps its id for
-  as long as it is matched;
+  as long as it is matched; the ids of every frame the tracker may still pose against
+  (``FrameResult.live_references``: also the reference before, and the last frame without a
+  pose) are kept, so a frame posed against one of those inherits its ids too;
 * stereo: a right keypoint matched to a left keypoint carries the left keypoint's id (camera 1).
 
 Per observation: pixel (as published), undistorted normalised coordinates (x/z, y/z), pixel
@@ -64,8 +66,8 @@ class TrackManager:
     def reset(self) -> None:
         """Forget every track; ids start again at 0."""
         self.next_id = 0
-        self.reference_stamp_ns: int | None = None
-        self._reference_ids = np.zeros(0, dtype=np.int64)
+        self.reference_stamp_ns: int | None = None  # the latest reference
+        self._ids_of: dict[int, np.ndarray] = {}  # keypoint ids of each frame later frames may inherit from, by stamp
         # the last observation of each track that can still be continued, per (id, camera) key = 2 id + camera,
         # sorted by key: stamp_ns, pixel (2,), normalised (2,), age. Arrays, not a dict: one frame's lookups are
         # a searchsorted instead of a Python loop over its observations (~4 ms per frame at 512 keypoints)
@@ -83,15 +85,18 @@ class TrackManager:
     def update(self, stamp_ns: int, keypoints: np.ndarray, normalized: np.ndarray,
                temporal_matches: np.ndarray | None, reference_stamp_ns: int | None, is_reference: bool,
                stereo_matches: np.ndarray | None = None, right_keypoints: np.ndarray | None = None,
-               right_normalized: np.ndarray | None = None) -> TrackFrame:
+               right_normalized: np.ndarray | None = None,
+               live_references: tuple[int, ...] | None = None) -> TrackFrame:
         """One processed frame -> its observations with track ids.
 
         keypoints, normalized: (N, 2) all left keypoints of this frame (pixels, undistorted
             normalised coordinates).
         temporal_matches: (M, 2) int indices (reference keypoint, current keypoint), or None.
-        reference_stamp_ns: stamp of the frame they refer to; ids are inherited only when it is the
-            reference this manager knows (after a reset the first frame starts every track).
+        reference_stamp_ns: stamp of the frame they refer to; ids are inherited only from a frame whose
+            ids this manager kept (after a reset the first frame starts every track).
         is_reference: this frame is now the tracker's reference (``FrameResult.is_keyframe``).
+        live_references: the stamps later frames may be posed against (``FrameResult.live_references``): the
+            ids of those frames are kept. None: only the latest reference's.
         stereo_matches: (S, 2) int indices (left keypoint, right keypoint) with ``right_keypoints``
             and ``right_normalized`` (R, 2): right observations share the left keypoint's id.
         """
@@ -105,11 +110,12 @@ class TrackManager:
         ids = np.full(len(kp), -1, dtype=np.int64)
         inherited = None
         if (temporal_matches is not None and reference_stamp_ns is not None
-                and int(reference_stamp_ns) == self.reference_stamp_ns):
+                and int(reference_stamp_ns) in self._ids_of):
+            ref_ids = self._ids_of[int(reference_stamp_ns)]
             m = np.asarray(temporal_matches, dtype=np.int64).reshape(-1, 2)
-            ok = (m[:, 0] < len(self._reference_ids)) & (m[:, 1] < len(kp))
-            ids[m[ok, 1]] = self._reference_ids[m[ok, 0]]
-            inherited = self.reference_stamp_ns
+            ok = (m[:, 0] < len(ref_ids)) & (m[:, 1] < len(kp))
+            ids[m[ok, 1]] = ref_ids[m[ok, 0]]
+            inherited = int(reference_stamp_ns)
         ids[~valid] = -1
         fresh = (ids < 0) & valid
         ids[fresh] = self._new_ids(int(fresh.sum()))
@@ -143,12 +149,16 @@ class TrackManager:
         vel_px[seen] = (px[seen] - self._last_px[prev]) / dt[:, None]
         vel_n[seen] = (nrm[seen] - self._last_norm[prev]) / dt[:, None]
         age[seen] = self._last_age[prev] + 1
-        if is_reference:  # (-1 for keypoints without an id: their matches start new tracks)
+        if is_reference:
             self.reference_stamp_ns = stamp_ns
-            self._reference_ids = ids.copy()
+        live = {self.reference_stamp_ns} if live_references is None else {int(s) for s in live_references}
+        if is_reference or stamp_ns in live:  # (-1 for keypoints without an id: their matches start new tracks)
+            self._ids_of[stamp_ns] = ids.copy()
+        self._ids_of = {s: v for s, v in self._ids_of.items() if s in live}
         # keep only what can still be continued: this frame's tracks (the last observation of a key if it came
-        # twice) and the reference's
-        old = np.isin(self._last_key // 2, self._reference_ids) & ~np.isin(self._last_key, key)
+        # twice) and those of the frames ids may still be inherited from
+        kept_ids = np.concatenate(list(self._ids_of.values())) if self._ids_of else np.zeros(0, dtype=np.int64)
+        old = np.isin(self._last_key // 2, kept_ids) & ~np.isin(self._last_key, key)
         last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
         kept_key = np.concatenate([self._last_key[old], key[last]])
         order = np.argsort(kept_key, kind="stable")

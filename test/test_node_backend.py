@@ -687,3 +687,47 @@ def test_cuda_graph_on_a_cpu_node_is_ignored_and_the_node_matches(ros_context):
         assert node.matcher.match_features(feats, feats).stop_layer >= 1
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize("max_lost_frames", [5, 0])
+def test_a_frame_without_a_pose_costs_the_node_odometry_nothing(ros_context, max_lost_frames):
+    """A corrupted stereo frame (another scene's images): the next frame is posed against the frame before it, and
+    ~/odom, ~/relative_pose_ref and ~/tracks follow (tracking.py's reference fallback through the node's glue).
+    max_lost_frames 0 (before 2026-12-05): the corrupted frame became the reference and the motion up to the next
+    posed frame was lost."""
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=6, width=W, height=H, rate_hz=10.0, stereo=True, trajectory="forward", seed=1,
+                        speed_mps=1.0)
+    other = make_sequence(n_frames=1, width=W, height=H, stereo=True, trajectory="orbit", seed=7).frame(0)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {"mode": "stereo", "matcher": "mambaglue", "max_keypoints": 512,
+                                   "max_lost_frames": max_lost_frames})
+    odom, rel, tracks = {}, {}, {}
+    node.pub_odom = SimpleNamespace(publish=lambda m: odom.__setitem__(C.stamp_to_ns(m.header.stamp), m))
+    node.pub_relative = SimpleNamespace(publish=lambda m: rel.__setitem__(C.stamp_to_ns(m.header.stamp), m))
+    node.pub_tracks = SimpleNamespace(publish=lambda m: tracks.__setitem__(C.stamp_to_ns(m.header.stamp), m))
+    try:
+        stop_worker(node)
+        K_ = f[0].K
+        node._on_camera_info("left", info(K_, size=(W, H)))
+        node._on_camera_info("right", info(K_, P=np.c_[K_, [-K_[0, 0] * seq.rig.baseline_m, 0, 0]], size=(W, H)))
+        for i, fr in enumerate(f):
+            left, right = (other.left, other.right) if i == 3 else (fr.left, fr.right)
+            node._process(frame(left, fr.stamp_ns, right))
+        s = [fr.stamp_ns for fr in f]
+        assert s[3] not in rel and s[3] not in odom  # the corrupted frame: no pose
+        T_base_cam = node.T_base_cam
+        truth = T_base_cam @ G.invert(f[0].T_world_left) @ f[5].T_world_left @ G.invert(T_base_cam)
+        error = np.linalg.norm(pose_of(odom[s[5]].pose.pose)[:3, 3] - truth[:3, 3])
+        step = np.linalg.norm((G.invert(f[2].T_world_left) @ f[3].T_world_left)[:3, 3])  # 0.1 m
+        if max_lost_frames:
+            assert C.stamp_to_ns(rel[s[4]].reference_stamp) == s[2]  # across the corrupted frame
+            assert rel[s[4]].keyframe_id == rel[s[2]].keyframe_id + 1  # frame 2's id as a reference
+            assert len(set(tracks[s[4]].ids) & set(tracks[s[2]].ids)) > 50  # frame 4's tracks continue frame 2's
+            assert error < 0.2 * step, (error, step)
+        else:
+            assert s[4] not in rel and C.stamp_to_ns(rel[s[5]].reference_stamp) == s[4]
+            assert error > step, (error, step)  # frames 2 -> 4 lost
+    finally:
+        node.destroy_node()

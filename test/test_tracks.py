@@ -200,7 +200,7 @@ def test_velocities_and_ages_follow_each_tracks_previous_observation():
         is_ref = bool(rng.random() < 0.6)
         f = tracks.update(stamp, kp, normalized(kp), matches, ref_stamp, is_ref, stereo, rk, normalized(rk))
         state, vel_px, vel_n, age = _per_observation_update(state, stamp, f.ids, f.camera, f.pixels, f.normalized,
-                                                             tracks._reference_ids)
+                                                             np.asarray(tracks._ids_of.get(tracks.reference_stamp_ns, []), dtype=np.int64))
         np.testing.assert_array_equal(f.velocity_px, vel_px)
         np.testing.assert_array_equal(f.velocity_normalized, vel_n)
         np.testing.assert_array_equal(f.age, age)

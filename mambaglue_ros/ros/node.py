@@ -276,6 +276,8 @@ class MatcherNode(Node):
         self.tracks = TrackManager()
         self.tracking_state = TrackingStateMachine()
         self.keyframe_id = 0  # id of the tracker's reference frame; 0 = none yet
+        # ids of the frames the tracker may still pose against (FrameResult.live_references), by stamp
+        self._keyframe_ids: dict[int, int] = {}
         self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
         self.images: dict[int, np.ndarray] = {}  # recent images by stamp, for the debug image
         self._tf = self._make_tf_broadcaster()
@@ -409,7 +411,7 @@ class MatcherNode(Node):
                 # stereo only (the mono tracker ignores them)
                 "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"],
                 "pnp_ransac": self.p["pnp_ransac"],
-                "stereo_matching": self.p["stereo_matching"]}
+                "stereo_matching": self.p["stereo_matching"], "max_lost_frames": self.p["max_lost_frames"]}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         if getattr(self._internal, "writing", False):  # the node showing a value it already applied
@@ -470,7 +472,7 @@ class MatcherNode(Node):
         if self.tracker is not None and changes.keys() & {"keyframe_policy", "keyframe_min_matches",
                                                           "keyframe_max_parallax_px", "min_matches",
                                                           "min_inliers", "ransac_px", "pose_hypotheses",
-                                                          "pnp_ransac"}:
+                                                          "pnp_ransac", "max_lost_frames"}:
             self.tracker.config.update(self._tracking_config())
         self.get_logger().info(f"parameters changed: {changes}")
 
@@ -802,6 +804,7 @@ class MatcherNode(Node):
         else:
             self.odometry.reset(T_odom_base, covariance)
         self.images.clear()
+        self._keyframe_ids.clear()
         report = self.tracking_state.reset(stamp_ns, reason)
         header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"])
         self.pub_status.publish(C.status_msg(report, header, self.keyframe_id, 0, 0, 0, self._controls()))
@@ -870,18 +873,21 @@ class MatcherNode(Node):
             except ValueError as e:
                 self.stats.error(f"ValueError: {e}")
                 self._warn("errors", f"frame {frame.stamp_ns}: {e}: no odometry for this frame", error=True)
-        keyframe_id = self.keyframe_id  # the reference this frame was matched against
+        keyframe_id = self._reference_keyframe_id(result)  # the reference this frame was matched against
         report = self.tracking_state.frame(frame.stamp_ns, result.pose is not None, result.reason)
         tracks = self._update_tracks(frame, result)
         if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
             self.odometry.set_reference(frame.stamp_ns)
             self.keyframe_id += 1
+            self._keyframe_ids[frame.stamp_ns] = self.keyframe_id
+        # what the tracker may still pose against: the odometry pose, keyframe id and image of each such frame
+        live = set(result.live_references)
+        self.odometry.keep_anchors(frame.stamp_ns, result.live_references)
+        self._keyframe_ids = {s: k for s, k in self._keyframe_ids.items()
+                              if s in live or s == self.odometry.reference_stamp_ns}
         ref_image = self.images.get(result.reference_stamp_ns) if result.reference_stamp_ns is not None else None
-        # keep the reference image (and this one, which may become the next reference)
-        keep = {frame.stamp_ns: frame.image}
-        if ref_image is not None and not result.is_keyframe:
-            keep[result.reference_stamp_ns] = ref_image
-        self.images = keep
+        self.images = {s: im for s, im in self.images.items() if s in live}
+        self.images[frame.stamp_ns] = frame.image  # (it may become a reference)
 
         alpha = self.matcher.alpha if self.matcher.alpha is not None else -1.0
         size = (frame.image.shape[1], frame.image.shape[0])
@@ -940,6 +946,17 @@ class MatcherNode(Node):
         if self.p["publish_tf"] and self._tf is not None:
             self._broadcast_tf(header)
 
+    def _reference_keyframe_id(self, result) -> int:
+        """The keyframe id of the frame ``result`` was matched against: the current reference's, an earlier
+        reference's, or, for the last frame without a pose (which the tracker uses where the references fail), a new
+        id: that frame has just become a reference."""
+        ref = result.reference_stamp_ns
+        if ref is None or result.pose is None or ref in self._keyframe_ids:
+            return self._keyframe_ids.get(ref, self.keyframe_id)
+        self.keyframe_id += 1
+        self._keyframe_ids[ref] = self.keyframe_id
+        return self.keyframe_id
+
     def _update_tracks(self, frame: Frame, result):
         """Track ids for this frame's keypoints (left; and right observations with a stereo match)."""
         kp = result.keypoints if result.keypoints is not None else np.zeros((0, 2), np.float32)
@@ -951,7 +968,8 @@ class MatcherNode(Node):
         return self.tracks.update(
             frame.stamp_ns, kp, self.undistort_left.normalized(kp),
             None if result.temporal is None else result.temporal.matches, result.reference_stamp_ns,
-            result.is_keyframe, None if stereo is None else stereo.matches, right_kp, right_norm)
+            result.is_keyframe, None if stereo is None else stereo.matches, right_kp, right_norm,
+            live_references=tuple(result.live_references))
 
     def _publish_tracks(self, frame: Frame, tracks, header: Header) -> None:
         cams = 2 if self.mode == "stereo" else 1

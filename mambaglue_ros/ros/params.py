@@ -175,6 +175,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "uncertainty (keeps tracking when the camera moves metres between processed frames, admits more wrong "
               "stereo matches); auto = pixel, and covariance where pixel finds fewer than min_inliers",
               choices=("auto", "pixel", "covariance"), read_only=False),
+    ParamSpec("max_lost_frames", 5, "frames in a row without a pose before the tracker gives its reference up for the "
+              "current frame. Until then a frame without a pose does not replace the reference: the next frame is "
+              "matched against it (then against the reference before it, then against the last frame without a pose), "
+              "so a single blurred, covered or corrupted frame costs no motion. 0 = give it up at the first "
+              "failure, no fallbacks (before 2026-12-05)", low=0, high=1000, read_only=False),
     # --- frames and outputs ---------------------------------------------------------------
     ParamSpec("odom_frame", "odom", "fixed frame of ~/odom and of the TF published"),
     ParamSpec("base_frame", "base_link", "robot body frame (child of ~/odom)"),

@@ -1,0 +1,181 @@
+"""Frames without a pose (a blurred, covered or glitched frame; a bad reference frame): the trackers keep their
+reference and fall back to earlier frames (``tracking`` module docstring), and the odometry and track ids follow.
+
+Exact correspondences (``fake_matcher``): a bad frame is a view whose point ids are shuffled (as many keypoints
+as a good frame, every match wrong), a bad reference a view that sees only part of the scene plus points of its
+own (an occluder); the trajectories are known, so the odometry is checked against the truth.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mambaglue_ros import geometry as G
+from mambaglue_ros.odometry import OdometryIntegrator
+from mambaglue_ros.tracking import MonoTracker, StereoTracker, validate_tracking_config
+from mambaglue_ros.tracks import TrackManager
+
+from fake_matcher import FakeMatcher, FakeView, view, world_points
+
+K = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
+NS = 100_000_000  # 10 Hz
+T_LR = G.make_transform(np.eye(3), [0.2, 0.0, 0.0])
+CONFIG = {"min_matches": 20, "min_inliers": 15}
+
+
+def trajectory(n: int, step_m: float = 0.15) -> list[np.ndarray]:
+    return [G.make_transform(G.so3_exp([0.0, 0.01 * i, 0.0]), [step_m * i, 0.0, 0.05 * i]) for i in range(n)]
+
+
+def glitched(v: FakeView, seed: int) -> FakeView:
+    """``v`` with its scene points relabelled by a seeded permutation: as many keypoints, and, with the same seed
+    for both images of a stereo pair, as many stereo points, but every match to another frame wrong."""
+    return FakeView(v.pixels, np.random.default_rng(seed).permutation(1000)[v.ids], v.size)
+
+
+def covered(v: FakeView, keep: np.ndarray) -> FakeView:
+    """Only the scene points in ``keep`` visible, plus as many points of an occluder seen by no other frame."""
+    seen = np.isin(v.ids, keep)
+    occluder = np.random.default_rng(1).uniform([0, 0], v.size, (int((~seen).sum()), 2))
+    return FakeView(np.r_[v.pixels[seen], occluder], np.r_[v.ids[seen], 100_000 + np.arange(len(occluder))], v.size)
+
+
+def stereo_frames(pts: np.ndarray, Ts: list[np.ndarray]) -> list[tuple[FakeView, FakeView]]:
+    return [(view(pts, T, K), view(pts, T @ T_LR, K)) for T in Ts]
+
+
+def run_stereo(frames, config=None):
+    tracker = StereoTracker(FakeMatcher(), K, K, T_LR, {**CONFIG, **(config or {})})
+    return tracker, [tracker.process(left, right, k * NS) for k, (left, right) in enumerate(frames)]
+
+
+def position_errors(results, Ts) -> np.ndarray:
+    """|odometry - truth| of each frame's camera position (the first frame is the odometry's origin)."""
+    T0 = np.linalg.inv(Ts[0])
+    return np.array([np.linalg.norm(r.T_odom_cam[:3, 3] - (T0 @ T)[:3, 3]) for r, T in zip(results, Ts)])
+
+
+def test_a_frame_without_a_pose_keeps_the_reference_and_no_motion_is_lost():
+    pts, Ts = world_points(400, seed=3), trajectory(8)
+    frames = stereo_frames(pts, Ts)
+    frames[3] = (glitched(frames[3][0], 0), glitched(frames[3][1], 0))
+    tracker, res = run_stereo(frames)
+    assert res[3].pose is None and not res[3].is_keyframe
+    np.testing.assert_array_equal(res[3].T_odom_cam, res[2].T_odom_cam)  # no place for it: the last pose
+    assert res[4].pose is not None and res[4].reference_stamp_ns == 2 * NS  # across the bad frame
+    assert res[3].live_references == (2 * NS, 1 * NS, 3 * NS)  # reference, the one before, the frame without a pose
+    assert np.all(position_errors(res, Ts)[4:] < 1e-6)  # the motion of frames 2 -> 4 is all there
+    # before 2026-12-05 (max_lost_frames 0) the bad frame became the reference and its motion was lost
+    _, old = run_stereo(frames, {"max_lost_frames": 0})
+    assert old[3].is_keyframe and old[4].reference_stamp_ns == 3 * NS and old[3].live_references == (3 * NS,)
+    assert np.all(position_errors(old, Ts)[4:] > 0.1)
+
+
+def test_a_bad_reference_falls_back_to_the_one_before():
+    # frame 3 sees half the scene and an occluder: it poses (against frame 2) and becomes the reference, but
+    # frame 4 sees nothing of what frame 3 saw of the scene: frame 4 is posed against frame 2 instead
+    pts, Ts = world_points(400, seed=4), trajectory(7)
+    frames = stereo_frames(pts, Ts)
+    half = frames[3][0].ids[::2]
+    frames[3] = (covered(frames[3][0], half), covered(frames[3][1], half))
+    rest = np.setdiff1d(frames[4][0].ids, half)
+    frames[4] = tuple(FakeView(v.pixels[np.isin(v.ids, rest)], v.ids[np.isin(v.ids, rest)], v.size)
+                      for v in frames[4])
+    tracker, res = run_stereo(frames)
+    assert res[3].pose is not None and res[3].is_keyframe
+    assert res[4].pose is not None and res[4].reference_stamp_ns == 2 * NS
+    assert "against the reference before" in res[4].reason and "too few matches" in res[4].reason
+    assert np.all(position_errors(res, Ts) < 1e-6)
+
+
+def test_when_every_reference_fails_the_last_frame_without_a_pose_takes_over():
+    # frames 3-5 see the scene under ids no earlier frame has (they match each other, nothing before them): frame 4
+    # fails against frames 2 and 1 and is posed against frame 3, the frame the reference would have become before
+    # 2026-12-05; tracking goes on from there, the motion 2 -> 3 lost as it was then
+    pts, Ts = world_points(400, seed=5), trajectory(8)
+    frames = stereo_frames(pts, Ts)
+    perm = np.random.default_rng(7).permutation(400) + 50_000  # scene ids -> ids no other frame has
+    relabel = [FakeView(v.pixels, perm[v.ids], v.size) for v in (frames[3][0], frames[3][1], frames[4][0],
+                                                                 frames[4][1], frames[5][0], frames[5][1])]
+    frames[3], frames[4], frames[5] = (relabel[0], relabel[1]), (relabel[2], relabel[3]), (relabel[4], relabel[5])
+    tracker, res = run_stereo(frames)
+    assert res[3].pose is None and res[4].pose is not None and res[4].reference_stamp_ns == 3 * NS
+    assert "the last frame without a pose" in res[4].reason
+    assert res[4].is_keyframe and res[5].pose is not None and res[5].reference_stamp_ns == 4 * NS
+    # relative poses are exact; the odometry jumps by the lost motion 2 -> 3, as before 2026-12-05
+    _, old = run_stereo(frames, {"max_lost_frames": 0})
+    for new_r, old_r in zip(res[3:], old[3:]):
+        np.testing.assert_allclose(new_r.T_odom_cam, old_r.T_odom_cam, atol=1e-9)
+
+
+def test_max_lost_frames_gives_the_reference_up():
+    pts, Ts = world_points(400, seed=6), trajectory(10)
+    frames = stereo_frames(pts, Ts)
+    for k in range(2, 9):  # seven glitched frames in a row, each its own shuffle (they match nothing)
+        frames[k] = (glitched(frames[k][0], k), glitched(frames[k][1], k))
+    _, res = run_stereo(frames, {"max_lost_frames": 3})
+    assert [r.is_keyframe for r in res[2:9]] == [False, False, False, True, False, False, False]
+    assert res[5].reference_stamp_ns == 1 * NS and res[6].reference_stamp_ns == 5 * NS
+    assert all(r.pose is None for r in res[2:9]) and res[9].pose is not None
+    with pytest.raises(ValueError, match="max_lost_frames"):
+        validate_tracking_config({"max_lost_frames": -1})
+
+
+def test_mono_tracker_crosses_a_glitched_frame():
+    pts, Ts = world_points(400, seed=8), trajectory(7)
+    frames = [view(pts, T, K) for T in Ts]
+    frames[3] = glitched(frames[3], 0)
+    tracker = MonoTracker(FakeMatcher(), K, {**CONFIG, "mono_scale": "unit"})
+    res = [tracker.process(v, k * NS) for k, v in enumerate(frames)]
+    assert res[3].pose is None and res[4].pose is not None and res[4].reference_stamp_ns == 2 * NS
+    T_true = np.linalg.inv(Ts[2]) @ Ts[4]
+    assert G.translation_direction_error_deg(res[4].pose.t, T_true[:3, 3]) < 0.1
+    assert G.rotation_angle_deg(res[4].pose.R, T_true[:3, :3]) < 0.01
+
+
+def test_odometry_composes_with_a_kept_anchor():
+    odom = OdometryIntegrator()
+    step = G.make_transform(G.so3_exp([0.0, 0.0, 0.1]), [1.0, 0.0, 0.0])
+    cov = np.diag([1e-4] * 3 + [1e-6] * 3)
+    odom.step(0, 0, np.eye(4), np.zeros((6, 6)))
+    odom.set_reference(0)
+    odom.keep_anchors(0, (0,))
+    first = odom.step(NS, 0, step, cov)
+    odom.set_reference(NS)
+    odom.keep_anchors(NS, (NS, 0))  # frame 1 is the reference, frame 0 the one before it
+    second = odom.step(2 * NS, 0, step @ step, cov)  # posed against frame 0, not the reference
+    np.testing.assert_allclose(second.T_odom_base, step @ step, atol=1e-12)
+    assert second.twist is None  # relative to another reference than the last pose: no between-estimate
+    # composed with frame 0's pose and (zero) covariance, not with frame 1's
+    np.testing.assert_allclose(second.covariance, cov, atol=1e-15)
+    assert np.trace(first.covariance) > 0
+    odom.keep_anchors(2 * NS, (NS,))  # frame 0 no longer live
+    with pytest.raises(ValueError, match="reference"):
+        odom.step(3 * NS, 0, step, cov)
+    # without keep_anchors (callers of before): only the current reference
+    plain = OdometryIntegrator()
+    plain.set_reference(0)
+    plain.step(NS, 0, step, cov)
+    plain.set_reference(NS)
+    with pytest.raises(ValueError, match="reference"):
+        plain.step(2 * NS, 0, step, cov)
+
+
+def test_track_ids_come_from_the_reference_used():
+    pts, Ts = world_points(400, seed=3), trajectory(6)
+    frames = stereo_frames(pts, Ts)
+    frames[3] = (glitched(frames[3][0], 0), glitched(frames[3][1], 0))
+    tracker = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)
+    tracks = TrackManager()
+    ids_of_world = {}
+    for k, (left, right) in enumerate(frames):
+        r = tracker.process(left, right, k * NS)
+        f = tracks.update(k * NS, r.keypoints, r.keypoints, None if r.temporal is None else r.temporal.matches,
+                          r.reference_stamp_ns, r.is_keyframe, live_references=r.live_references)
+        if k != 3:
+            for wid, tid in zip(left.ids, f.ids[f.camera == 0]):
+                ids_of_world.setdefault(int(wid), set()).add(int(tid))
+    seen_throughout = set.intersection(*[set(frames[k][0].ids.tolist()) for k in (0, 1, 2, 4, 5)])
+    assert len(seen_throughout) > 100
+    # frame 4 was posed against frame 2 and inherited its ids: one id per scene point over frames 0-2 and 4-5
+    assert all(len(ids_of_world[w]) == 1 for w in seen_throughout)

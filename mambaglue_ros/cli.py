@@ -1,6 +1,6 @@
 """``mambaglue`` command line: one entry point, one subcommand per job.
 
-    mambaglue match IMG0 IMG1 [--features xfeat] [--viz out.png] [--json out.json]
+    mambaglue match IMG0 IMG1 [--features aliked] [--viz out.png] [--json out.json]
     mambaglue demo [--out out/demo]     synthetic stereo bag -> node -> RPE/ATE table + plots
     mambaglue demo-pair [--out DIR]     photo pair, MambaGlue vs LightGlue
     mambaglue bag-from-euroc MAV0 OUT | bag-from-kitti SEQ OUT | demo-bag OUT
@@ -38,15 +38,18 @@ def read_image(path: str) -> np.ndarray:
 
 
 def add_matcher_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", default="aliked", choices=FRONT_ENDS)
+    # every default is stated from argparse's own value (%(default)s), so --help cannot drift from it
+    p.add_argument("--features", default="aliked", choices=FRONT_ENDS, help="front end (default: %(default)s)")
     p.add_argument("--weights", default=None, help="MambaGlue checkpoint (default: shipped, else LightGlue warm start)")
-    p.add_argument("--extractor-weights", default=None, help="front-end weights (required for superpoint)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-keypoints", type=int, default=1024)
-    p.add_argument("--resize-max", type=int, default=None, help="downscale so the longer side is at most this")
-    p.add_argument("--alpha", type=float, default=0.95, help="early-exit threshold in (0, 1]")
-    p.add_argument("--no-exit", action="store_true", help="run every layer")
-    p.add_argument("--no-pruning", action="store_true")
+    p.add_argument("--extractor-weights", default=None,
+                   help="front-end weights (default: the packaged ones; superpoint has none, so it needs this)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (default: %(default)s)")
+    p.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image (default: %(default)s)")
+    p.add_argument("--resize-max", type=int, default=None,
+                   help="downscale so the longer side is at most this (default: native size)")
+    p.add_argument("--alpha", type=float, default=0.95, help="early-exit threshold in (0, 1] (default: %(default)s)")
+    p.add_argument("--no-exit", action="store_true", help="run every layer (default: exit early)")
+    p.add_argument("--no-pruning", action="store_true", help="keep every point in every layer (default: prune)")
 
 
 def make_matcher(args: argparse.Namespace):
@@ -127,14 +130,14 @@ def cmd_demo_pair(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambaglue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("match", help="match two images, print counts and timings, draw the matches")
     p.add_argument("image0")
     p.add_argument("image1")
     add_matcher_args(p)
-    p.add_argument("--viz", help="write a side-by-side match image (PNG)")
-    p.add_argument("--json", help="write keypoints, matches, scores, stop layer, timings as JSON")
+    p.add_argument("--viz", help="write a side-by-side match image, PNG (default: none)")
+    p.add_argument("--json", help="write keypoints, matches, scores, stop layer, timings as JSON (default: none)")
     p.set_defaults(func=cmd_match)
 
     from .bags import add_demo_arguments, add_subcommands as add_bag_commands
@@ -143,10 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(p)
 
     p = sub.add_parser("demo-pair", help="a bundled photo pair, MambaGlue vs LightGlue (matches, precision, time)")
-    p.add_argument("--out", default="out/demo-pair")
-    p.add_argument("--features", nargs="+", default=["xfeat", "aliked"], choices=FRONT_ENDS)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--out", default="out/demo-pair",
+                   help="folder for the table and match images (default: %(default)s)")
+    demo_features = ["xfeat", "aliked"]
+    p.add_argument("--features", nargs="+", default=demo_features, choices=FRONT_ENDS,
+                   help=f"front ends to compare on (default: {' '.join(demo_features)})")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (default: %(default)s)")
+    p.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image (default: %(default)s)")
     p.set_defaults(func=cmd_demo_pair)
     add_bag_commands(sub)  # bag-from-euroc, bag-from-kitti, demo-bag, replay
 

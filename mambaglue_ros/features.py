@@ -8,8 +8,8 @@
 | superpoint | SuperPoint (ours, published layout)  | 256        | a path the user gives            |
 
 Images are numpy uint8 (H, W) gray or (H, W, 3) RGB, or torch float tensors (3, H, W) / (1, 3, H, W)
-in [0, 1]. Keypoints come back in pixels of the *original* image, sorted by detection score
-(descending), which is the order the Mamba scan runs over.
+in [0, 1] (every accepted layout and type: ``to_tensor_image``). Keypoints come back in pixels of the
+*original* image, sorted by detection score (descending), which is the order the Mamba scan runs over.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import weights as W
-from .types import Features, check_image_scale, target_size
+from .types import Features, check_image_scale, check_max_keypoints, check_resize_max, target_size
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,27 @@ MAX_GRAPHED_SIZES = 4  # FeatureExtractor.use_cuda_graph: image sizes with a cap
 
 
 def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """numpy uint8 (H, W) / (H, W, 3) / (H, W, 4) or a float tensor -> (1, 3, H, W) float in [0, 1]."""
+    """An image -> (1, 3, H, W) float in [0, 1] (gray is repeated to three channels). Accepted layouts:
+
+    * numpy, channels last: (H, W) gray, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped).
+      uint8 is taken as is; uint16 is shifted right by 8 (value >> 8, its high byte): right for full-range
+      16-bit data, but 12-bit data come out 16x too dark (10-bit 64x), so convert those first
+      (12-bit: ``(image >> 4).astype(np.uint8)``); a float image is read in [0, 1] when its maximum is <= 1, else in
+      [0, 255]; any other values are clipped to [0, 255].
+    * torch, channels first: (H, W), (C, H, W) or (1, C, H, W) with C = 1 or 3; float in [0, 1] or uint8.
+      A uint8 (H, W, 3) or (H, W, 1) tensor with H > 4 (what ``torch.from_numpy`` gives for an RGB or gray
+      array) is channels last, read as the numpy array of that layout.
+
+    Raises ValueError for a float image with NaN or infinite values (no front end finds anything in it),
+    and for a numpy array of another shape.
+    """
     if isinstance(image, torch.Tensor):
         t = image
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"image has {int((~torch.isfinite(t)).sum())} NaN or infinite values: "
+                             "replace them first (torch.nan_to_num)")
+        if t.dtype == torch.uint8 and t.dim() == 3 and t.shape[-1] in (1, 3) and t.shape[0] > 4:
+            t = t.permute(2, 0, 1)  # channels last, as torch.from_numpy(rgb_array) gives; no image has > 4 channels
         if t.dim() == 2:
             t = t[None, None]
         elif t.dim() == 3:
@@ -59,6 +77,9 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a numpy array or torch tensor image, got {type(image).__name__}")
     arr = image
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # the uint8 cast would turn them into noise
+        raise ValueError(f"image has {int(np.count_nonzero(~np.isfinite(arr)))} NaN or infinite values: "
+                         "replace them first (np.nan_to_num)")
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
@@ -270,12 +291,10 @@ class FeatureExtractor(torch.nn.Module):
         super().__init__()
         if name not in FRONT_ENDS:
             raise ValueError(f"unknown feature front end {name!r}; choose from {FRONT_ENDS}")
-        if max_keypoints < 1:
-            raise ValueError(f"max_keypoints must be >= 1, got {max_keypoints}")
         self.name = name
-        self.max_keypoints = int(max_keypoints)
+        self.max_keypoints = check_max_keypoints(max_keypoints)
         self.detection_threshold = detection_threshold
-        self.resize_max = int(resize_max) if resize_max else None
+        self.resize_max = check_resize_max(resize_max)
         self.image_scale = check_image_scale(image_scale)
         self.device = torch.device(device)
         precision = "fp16" if fp16 else precision

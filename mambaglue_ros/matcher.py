@@ -23,7 +23,7 @@ from . import weights as W
 from .features import MATCHER_CONF, FeatureExtractor
 from .models.gemm_shapes import bf16_autocast
 from .models.mambaglue import MambaGlue, lightglue_state_dict_to_mambaglue
-from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints
+from .types import Features, MatchResult, check_alpha, check_image_scale, check_max_keypoints, check_resize_max
 
 if TYPE_CHECKING:
     from .cuda_graph import GraphedMatcher
@@ -162,7 +162,7 @@ class Matcher:
         device: 'auto' (CUDA when available) | 'cpu' | 'cuda'.
         max_keypoints: keypoint budget per image.
         detection_threshold: front-end detection threshold (None = its default mode).
-        resize_max: downscale images so the longer side is at most this (None = native).
+        resize_max: downscale images so the longer side is at most this (None or 0 = native size).
         alpha: early-exit threshold (fraction of confident points); None disables early exit.
         pruning: point pruning of confident unmatchable points (LightGlue's adaptive width).
         extractor_weights: path to the front end's weights (required for SuperPoint).
@@ -181,6 +181,10 @@ class Matcher:
                  max_keypoints: int = 1024, detection_threshold: float | None = None, resize_max: int | None = None,
                  alpha: float | None = 0.95, pruning: bool = True, extractor_weights: str | None = None,
                  fp16: bool = False, precision: str = "fp32", **network_options: Any) -> None:
+        # the setters' checks, before any weights load: a bad value fails at once, as ``m.alpha = 2`` does
+        alpha = check_alpha(alpha)
+        max_keypoints = check_max_keypoints(max_keypoints)
+        resize_max = check_resize_max(resize_max)
         self.features = features
         self.device = resolve_device(device)
         requested = "fp16" if fp16 else precision

@@ -22,6 +22,15 @@ def check_max_keypoints(value: int) -> int:
     return int(value)
 
 
+def check_resize_max(value: int | None) -> int | None:
+    """A longer-side cap as the front ends take it: None or 0 (off, returned as None) or a positive size [px]."""
+    if not value:
+        return None
+    if int(value) != value or value < 0:
+        raise ValueError(f"resize_max must be 0 (off) or a positive size in pixels, got {value}")
+    return int(value)
+
+
 SCALE_STEP_PX = 32  # image_scale's longer side is a multiple of this: few shapes (CUDA graphs, padded kernels)
 
 

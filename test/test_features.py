@@ -94,6 +94,29 @@ def test_budget_change_and_bad_images(photo):
         to_tensor_image(np.zeros((10, 10, 5), np.uint8))
     with pytest.raises(ValueError, match="unknown feature front end"):
         FeatureExtractor("sift")
+    with pytest.raises(ValueError, match="resize_max must be 0 \\(off\\) or a positive size"):
+        FeatureExtractor("xfeat", resize_max=-5)
+
+
+def test_channels_last_uint8_tensor_reads_as_the_numpy_array(photo):
+    expected = to_tensor_image(photo)
+    assert expected.shape == (1, 3, 480, 640)
+    assert torch.equal(to_tensor_image(torch.from_numpy(photo)), expected)  # before: a 3-row image
+    gray = photo[..., 1]
+    assert torch.equal(to_tensor_image(torch.from_numpy(gray[..., None])), to_tensor_image(gray))
+    # channels first, as before
+    assert torch.equal(to_tensor_image(torch.from_numpy(photo).permute(2, 0, 1)), expected)
+    assert torch.equal(to_tensor_image(expected[0]), expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_float_image_is_refused(photo, bad):
+    image = photo.astype(np.float32) / 255.0
+    image[10, 20, 1] = bad
+    with pytest.raises(ValueError, match="image has 1 NaN or infinite values"):
+        to_tensor_image(image)  # before: 0 keypoints after numpy's cast warning
+    with pytest.raises(ValueError, match="image has 1 NaN or infinite values"):
+        to_tensor_image(torch.from_numpy(image).permute(2, 0, 1))
 
 
 def test_missing_and_wrong_weights(tmp_path):
@@ -127,6 +150,26 @@ def test_cli_match_writes_json_and_viz(tmp_path, photo, capsys):
     assert viz.shape == (480, 1280, 3)
     with pytest.raises(SystemExit, match="image not found"):
         cli_main(["match", str(tmp_path / "missing.png"), str(p1), "--features", "xfeat"])
+
+
+def test_cli_help_states_the_defaults(capsys):
+    import argparse
+
+    from mambaglue_ros import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["match", "a.png", "b.png"]).features == "aliked"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["match", "--help"])
+    assert "front end (default: aliked)" in capsys.readouterr().out
+    assert "[--features aliked]" in cli.__doc__  # the usage summary printed by `mambaglue --help` (before: xfeat)
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("match", "demo-pair"):
+        options = [a for a in subcommands[name]._actions if a.option_strings and a.dest != "help"]
+        assert all("(default: " in a.help for a in options), name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo-pair", "--help"])
+    assert "(default: xfeat aliked)" in capsys.readouterr().out.replace("\n", " ").replace("  ", "")
 
 
 def test_bf16_front_end_finds_the_same_points(photo):

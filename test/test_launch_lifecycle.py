@@ -98,3 +98,25 @@ def test_lifecycle_node_transitions(ros_context):
         assert node.worker.is_alive()
     finally:
         node.destroy_node()
+
+
+@pytest.mark.ros
+def test_node_command_line_flags(capsys):
+    """``--lifecycle`` is read after the ROS arguments are stripped; ``--help`` and a misspelt flag no longer start
+    the unmanaged node (before: anything but the exact ``--lifecycle`` was ignored)."""
+    from rclpy.utilities import remove_ros_args
+
+    from mambaglue_ros.ros.node import parse_arguments
+
+    def flags(*argv: str):
+        return parse_arguments(remove_ros_args(["matcher_node", *argv])[1:])
+
+    assert flags(*launch(lifecycle="true")["arguments"]).lifecycle
+    assert not flags(*launch()["arguments"]).lifecycle
+    assert not flags("--ros-args", "-p", "features:=xfeat", "-r", "__node:=lifecycle").lifecycle
+    with pytest.raises(SystemExit) as refused:
+        flags("--lifecyle", "--ros-args", "-p", "features:=xfeat")
+    assert refused.value.code == 2 and "unrecognized arguments: --lifecyle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as helped:
+        flags("--help")
+    assert helped.value.code == 0 and "usage: matcher_node [-h] [--lifecycle]" in capsys.readouterr().out

@@ -232,6 +232,22 @@ def test_precision_choices():
     assert m.precision == "fp32"
 
 
+@pytest.mark.parametrize("given, reason", [
+    ({"alpha": 2}, r"alpha must be in \(0, 1\], got 2"), ({"alpha": 0}, r"alpha must be in \(0, 1\], got 0"),
+    ({"alpha": -1}, r"alpha must be in \(0, 1\], got -1"), ({"max_keypoints": 0}, "max_keypoints must be >= 1"),
+    ({"resize_max": -5}, r"resize_max must be 0 \(off\) or a positive size in pixels, got -5")])
+def test_constructor_refuses_what_the_setters_refuse(given, reason, monkeypatch):
+    import mambaglue_ros.matcher as M
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights loaded before the arguments were checked")
+
+    monkeypatch.setattr(M, "FeatureExtractor", no_loading)  # the check comes first, so the test is fast
+    monkeypatch.setattr(M, "build_network", no_loading)
+    with pytest.raises(ValueError, match=reason):
+        Matcher(features="xfeat", device="cpu", **given)
+
+
 def test_pruning_keeps_valid_indices():
     import cv2
     from skimage import data

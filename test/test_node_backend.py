@@ -272,6 +272,16 @@ def test_diagnostics_keep_coming_while_sim_time_is_paused(ros_context):
 # ------------------------------------------------------------------------------------------------
 # 12: QoS overrides
 # ------------------------------------------------------------------------------------------------
+def test_misspelt_parameter_is_reported_and_the_node_runs(ros_context):
+    node = make_node(ros_context, {"max_keypoint": 1024, "qos_overrides./image.subscription.depth": 3})
+    try:
+        assert node.parameter_warnings == [
+            "unknown parameter 'max_keypoint' ignored (this node does not declare it); did you mean 'max_keypoints'?"]
+        assert node.get_parameter("max_keypoints").value == 512 and node.worker.is_alive()
+    finally:
+        node.destroy_node()
+
+
 def test_qos_overrides_apply_to_the_image_subscription(ros_context):
     from rclpy.qos import ReliabilityPolicy
 

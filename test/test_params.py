@@ -163,6 +163,18 @@ def test_descriptors():
     assert params.descriptor(params.SPECS["resize_max"]).additional_constraints == "0 or 64..8192"
 
 
+def test_unknown_overrides_warn_with_the_closest_name():
+    ours = list(params.SPECS) + ["use_sim_time", "start_type_description_service"]  # what the node declares
+    given = ["max_keypoint", "alpha", "use_sim_time", "qos_overrides./image.subscription.depth", "zzz_nothing_like"]
+    assert params.unknown_parameter_warnings(given, ours) == [
+        "unknown parameter 'max_keypoint' ignored (this node does not declare it); did you mean 'max_keypoints'?",
+        "unknown parameter 'zzz_nothing_like' ignored (this node does not declare it)"]
+    # a params file's keys are overrides too
+    assert params.unknown_parameter_warnings({"min_inlier": 20, "use_sim_time": True}, ours) == [
+        "unknown parameter 'min_inlier' ignored (this node does not declare it); did you mean 'min_inliers'?"]
+    assert params.unknown_parameter_warnings(params.defaults(), ours) == []
+
+
 @pytest.mark.ros
 def test_declare_parameters_on_a_node(ros_context):
     from rclpy.node import Node

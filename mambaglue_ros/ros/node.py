@@ -28,6 +28,7 @@ cleanup, for Nav2-style bring-up).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -214,6 +215,12 @@ class MatcherNode(Node):
     def _init_parameters(self, command_line: list[str] | None) -> None:
         """Declare and check the parameters; state that lives as long as the node."""
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
+        # rclpy has no public accessor for the overrides (-p rules, params files): a misspelt name is kept there
+        # unused, and only this warning tells the user their value is not in force
+        self.parameter_warnings = P.unknown_parameter_warnings(self._parameter_overrides,
+                                                               self.list_parameters([], 0).names)
+        for warning in self.parameter_warnings:
+            self.get_logger().warning(warning)
         # The keypoint ceiling: the user's max_keypoints (or the OOM cut). The rate controller's current budget
         # is shown in the max_keypoints parameter too, but must not become the ceiling of the next controller.
         self._keypoint_ceiling = int(self.p["max_keypoints"])
@@ -1089,18 +1096,33 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
         return self._active
 
 
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The non-ROS arguments (``rclpy.utilities.remove_ros_args`` first), as ``multi_camera_node`` parses its own:
+    ``--help`` prints the usage, and an unknown (e.g. misspelt) argument is an error instead of being ignored."""
+    ap = argparse.ArgumentParser(prog="matcher_node", description=__doc__.split("\n\n")[0],
+                                 epilog="ROS arguments follow --ros-args, e.g. matcher_node --ros-args "
+                                        "-p features:=xfeat --params-file config/matcher.yaml")
+    ap.add_argument("--lifecycle", action="store_true",
+                    help="run the managed (lifecycle) node: configure / activate / deactivate / cleanup")
+    return ap.parse_args(argv)
+
+
 def main(args: list[str] | None = None) -> int:
+    argv = sys.argv if args is None else args
     dump_stacks_on_signals()
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=argv)
+        options = parse_arguments(rclpy.utilities.remove_ros_args(argv)[1:])
+    except SystemExit as e:  # --help, or an argument argparse refused (it printed why)
+        rclpy.try_shutdown()
+        return int(e.code or 0)
     except Exception as e:  # a malformed --ros-args rule (e.g. `-p name:=` with no value)
         print(f"[matcher_node] error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     node = None
-    command_line = sys.argv if args is None else args
-    node_class = LifecycleMatcherNode if "--lifecycle" in command_line else MatcherNode
+    node_class = LifecycleMatcherNode if options.lifecycle else MatcherNode
     try:
-        node = node_class(command_line=command_line)
+        node = node_class(command_line=argv)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

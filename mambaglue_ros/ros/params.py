@@ -10,11 +10,12 @@ by rclpy, so ``validate`` refuses it too, with a hint to write ``1.0``.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -296,6 +297,26 @@ def validate_all(params: Mapping[str, Any]) -> list[str]:
     if merged["features"] == "superpoint" and not merged["extractor_weights"]:
         reasons.append("features 'superpoint' needs extractor_weights (no SuperPoint weights are packaged)")
     return reasons
+
+
+def unknown_parameter_warnings(given: Iterable[str], declared: Iterable[str]) -> list[str]:
+    """A warning for each name in ``given`` (the node's overrides: ``-p`` rules, params-file entries) that the node
+    does not declare, with the closest declared name: rcl keeps an unknown override without a word, so a misspelt
+    ``max_keypoint:=1024`` would leave ``max_keypoints`` at its default silently.
+
+    declared: the node's declared names (this table's and those rclpy declares itself, e.g.
+    ``start_type_description_service``). ``use_sim_time`` and ``qos_overrides.*`` are rclpy's too; the latter are
+    declared only when a publisher or subscription asks for them, so they never warn.
+    """
+    known = sorted(set(declared) | {"use_sim_time"})
+    messages = []
+    for name in sorted(set(given) - set(known)):
+        if name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        messages.append(f"unknown parameter '{name}' ignored (this node does not declare it){hint}")
+    return messages
 
 
 def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> list[str]:

@@ -13,6 +13,13 @@ every 3rd, every 5th, seeded irregular gaps of 4-6 frames (a node at ~2 Hz). Eve
     .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --json out/stereo_gaps_512.json
     .venv/bin/python benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
     .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --gate-analysis   # why the pixel gate fails
+    .venv/bin/python benchmarks/stereo_gaps.py ../shared/data/kitti_seq1 --bad-frames --json out/stereo_bad_frames.json
+
+``--bad-frames``: every frame processed, but every 12th from frame 12 (with a burst of 3 also the two after each,
+where they fit) degraded in both images as a camera degrades them (``BAD_FRAMES``): a horizontal motion blur, the
+left 80 % of the image covered, an exposure 12x too short. What bad frames cost the odometry, per ``pnp_ransac``
+mode; ``--set max_lost_frames=0 --without-camera-period`` gives the tracker of before 2026-12-05 (a frame without
+a pose became the reference; ``auto`` also took the covariance gate against the previous frame).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -36,6 +44,38 @@ def frame_patterns(n: int, seed: int = 0) -> dict[str, list[int]]:
         i += int(rng.integers(4, 7))
     return {"all": list(range(n)), "every 3rd": list(range(0, n, 3)), "every 5th": list(range(0, n, 5)),
             "gaps 4-6": gaps}
+
+
+def motion_blur(img: np.ndarray) -> np.ndarray:
+    """A horizontal box blur over 41 px (a pan or a bump during a long exposure)."""
+    import cv2
+
+    return cv2.blur(img, (41, 1))
+
+
+def covered(img: np.ndarray) -> np.ndarray:
+    """The left 80 % of the image black (something in front of the lens)."""
+    out = img.copy()
+    out[:, : int(0.8 * img.shape[1])] = 0
+    return out
+
+
+def underexposed(img: np.ndarray) -> np.ndarray:
+    """An exposure 12x too short: intensities x 0.08, rounded down to 8 bit."""
+    return (img.astype(np.float32) * 0.08).astype(img.dtype)
+
+
+BAD_FRAMES = {"blur": motion_blur, "covered": covered, "dark": underexposed}
+
+
+def bad_frame_scenarios(n: int, every: int = 12, bursts: tuple[int, ...] = (1, 3)) -> dict[str, dict[int, Callable]]:
+    """Name -> {frame index: degradation} of ``--bad-frames``: each degradation at every ``every``-th frame (from
+    frame ``every``), alone or with the frames after it (burst)."""
+    out: dict[str, dict[int, Callable]] = {"clean": {}}
+    for name, degrade in BAD_FRAMES.items():
+        for burst in bursts:
+            out[f"{name} x{burst}"] = {k + j: degrade for k in range(every, n - burst, every) for j in range(burst)}
+    return out
 
 
 def synthetic_data(trajectory: str, n: int = 40) -> dict:
@@ -57,15 +97,26 @@ def image(item):
     return read_gray(item) if isinstance(item, Path) else item
 
 
-def run(data: dict, matcher, frames: list[int], config: dict) -> dict:
+def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int, Callable] | None = None,
+        camera_period: bool = True) -> dict:
+    """StereoTracker over ``frames``; ``degrade``: frame index -> function applied to both of its images. With
+    ``camera_period`` the tracker's frame period sees every frame's stamp (10 Hz), also the skipped ones', as the
+    node's image callback does."""
     from mambaglue_ros.bags import metrics as M
+    from mambaglue_ros.mono_scale import FramePeriod
     from mambaglue_ros.tracking import StereoTracker
 
-    tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config)
+    camera = FramePeriod() if camera_period else None
+    tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config, frame_period=camera)
     stamps = np.array(frames, dtype=np.int64) * (NS // 10)
     poses, failed, rescued, inliers, pose_ms, reasons = [], 0, 0, [], [], []
     for k, stamp in zip(frames, stamps):
-        res = tracker.process(image(data["left"][k]), image(data["right"][k]), int(stamp))
+        for j in range(k + 1 if camera is not None else 0):
+            camera.observe(j * (NS // 10))  # (stamps it has seen are ignored)
+        left, right = image(data["left"][k]), image(data["right"][k])
+        if degrade and k in degrade:
+            left, right = degrade[k](left), degrade[k](right)
+        res = tracker.process(left, right, int(stamp))
         poses.append(res.T_odom_cam.copy())
         if "pose" in res.timings_ms:
             pose_ms.append(res.timings_ms["pose"])
@@ -138,6 +189,11 @@ def main() -> int:
     ap.add_argument("--gate-analysis", action="store_true",
                     help="instead: per frame pair 1, 3 and 5 apart, the matched points within 2 px / within the "
                          "covariance gate of their reprojection by the ground-truth motion (KITTI)")
+    ap.add_argument("--without-camera-period", action="store_true",
+                    help="the tracker without the camera's frame period: pnp_ransac auto takes the covariance gate "
+                         "wherever the pixel gate fails, also against the previous frame (before 2026-12-05)")
+    ap.add_argument("--bad-frames", action="store_true",
+                    help="instead of frame patterns: every frame, some of them degraded (module docstring)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
@@ -174,12 +230,14 @@ def main() -> int:
     for source, load in sources.items():
         data = load()
         matcher = cached_matcher(args, on_disk=source == "kitti")
-        patterns = frame_patterns(len(data["left"]))
-        for name, frames in patterns.items():
+        n = len(data["left"])
+        cases = ({name: (list(range(n)), bad) for name, bad in bad_frame_scenarios(n).items()} if args.bad_frames
+                 else {name: (frames, None) for name, frames in frame_patterns(n).items()})
+        for name, (frames, degrade) in cases.items():
             if args.patterns and name not in args.patterns:
                 continue
             for mode in args.modes:
-                r = run(data, matcher, frames, {**base, "pnp_ransac": mode})
+                r = run(data, matcher, frames, {**base, "pnp_ransac": mode}, degrade, not args.without_camera_period)
                 rows.append({"sequence": source, "pattern": name, "pnp_ransac": mode, **r})
                 print(f"{source:<9} {name:<10} {mode:<11} {r['frames']:>6} {r['failed']:>7} {r['rescued']:>7} "
                       f"{r['inliers_median']:>7.0f} {r['pose_ms_median']:>7.1f} {r['ate_m']:>8.4f} "

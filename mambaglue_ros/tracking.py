@@ -506,12 +506,18 @@ class StereoTracker(_TrackerBase):
         K_left, K_right: (3, 3) intrinsics of the rectified/undistorted pair.
         T_left_right: (4, 4) pose of the right camera in the left camera frame (metric).
         config: options overriding ``DEFAULT_TRACKING_CONFIG``.
+        frame_period: a ``mono_scale.FramePeriod`` the caller feeds with the stamp of every pair the cameras
+            delivered, also those it does not pass to ``process`` (the node does): with it, ``pnp_ransac: auto``
+            uses the covariance gate only against a reference frames back (``_pnp_ransac_mode``). None: wherever
+            the pixel gate finds too few inliers.
 
     Poses and ``T_odom_cam`` are those of the left camera, metric.
     """
 
     def __init__(self, matcher: MatcherLike, K_left: np.ndarray, K_right: np.ndarray,
-                 T_left_right: np.ndarray, config: dict[str, Any] | None = None) -> None:
+                 T_left_right: np.ndarray, config: dict[str, Any] | None = None,
+                 frame_period: FramePeriod | None = None) -> None:
+        self.frame_period = frame_period
         self.K_left = np.asarray(K_left, dtype=np.float64)
         self.K_right = np.asarray(K_right, dtype=np.float64)
         self.T_left_right = np.asarray(T_left_right, dtype=np.float64)
@@ -575,6 +581,18 @@ class StereoTracker(_TrackerBase):
             self._ba_runner.submit(self._ba.snapshot())
         else:
             self._ba_result = self._ba.optimize()
+
+    def _pnp_ransac_mode(self, reference: _Reference, stamp_ns: int) -> str:
+        """``pnp_ransac`` for a pose against ``reference``. ``auto`` stays ``pixel`` where the reference is the
+        camera's previous frame (by ``frame_period``): the covariance gate is there for a reference frames back
+        (the node skipped frames, or some failed), over which the camera may have moved far; against the previous
+        frame a failing pixel gate means a bad frame (blurred, covered), on which the covariance gate accepts
+        wrong poses (a 41 px motion blur on the KITTI clip and the rendered room: docs/results.md, *Bad
+        frames*), while the reference fallback loses nothing."""
+        mode = self.config["pnp_ransac"]
+        if mode != "auto" or self.frame_period is None or self.frame_period.period_s is None:
+            return mode
+        return "auto" if self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9) >= 1.5 else "pixel"
 
     def max_stereo_depth(self) -> float:
         """Farthest depth whose disparity is ``min_disparity_sigmas`` standard deviations above zero
@@ -654,7 +672,8 @@ class StereoTracker(_TrackerBase):
                     ransac_px=cfg["pnp_ransac_px"], confidence=cfg["confidence"],
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
-                    pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"], ransac=cfg["pnp_ransac"])
+                    pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"],
+                    ransac=self._pnp_ransac_mode(reference, stamp_ns))
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 

@@ -369,6 +369,16 @@ stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit figure8 --json out/stereo_gaps_synthetic.json
   live_kitti_ab config/stereo.yaml stereo pnp_ransac pixel auto
 }
+bad_frames() {    # stereo odometry with degraded frames (blur, covered, dark; alone and in bursts of 3), every frame
+                  # processed: the reference fallback and auto's camera-period rule, against the tracker before 2026-12-05
+  "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --bad-frames --json out/stereo_bad_frames.json
+  "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --bad-frames --set max_lost_frames=0 --without-camera-period \
+    --json out/stereo_bad_frames_before.json
+  "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --modes pixel auto \
+    --json out/stereo_bad_frames_synthetic.json
+  "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --modes pixel auto --set max_lost_frames=0 \
+    --without-camera-period --json out/stereo_bad_frames_synthetic_before.json
+}
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)
   local pair
@@ -395,7 +405,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -179,3 +179,28 @@ def test_track_ids_come_from_the_reference_used():
     assert len(seen_throughout) > 100
     # frame 4 was posed against frame 2 and inherited its ids: one id per scene point over frames 0-2 and 4-5
     assert all(len(ids_of_world[w]) == 1 for w in seen_throughout)
+
+
+def test_auto_uses_the_covariance_gate_only_against_a_reference_frames_back():
+    """pnp_ransac auto: the covariance gate against a reference frames back (the node skipped frames, or some failed:
+    the camera may have moved far), the pixel gate against the camera's previous frame (a failing pixel gate there
+    means a bad frame, on which the covariance gate accepts wrong poses; the reference fallback loses nothing)."""
+    from mambaglue_ros.mono_scale import FramePeriod
+
+    camera = FramePeriod()
+    tracker = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG, frame_period=camera)
+    pts, Ts = world_points(400, seed=3), trajectory(2)
+    left, right = stereo_frames(pts, Ts)[0]
+    tracker.process(left, right, 0)
+    ref = tracker.reference
+    assert tracker._pnp_ransac_mode(ref, NS) == "auto"  # no period known yet: as without one
+    for k in range(8):
+        camera.observe(k * NS)
+    assert tracker._pnp_ransac_mode(ref, NS) == "pixel"  # the camera's next frame
+    assert tracker._pnp_ransac_mode(ref, NS + NS // 10) == "pixel"  # the same, with stamp jitter
+    assert tracker._pnp_ransac_mode(ref, 2 * NS) == "auto" and tracker._pnp_ransac_mode(ref, 5 * NS) == "auto"
+    tracker.config["pnp_ransac"] = "covariance"
+    assert tracker._pnp_ransac_mode(ref, NS) == "covariance"  # only auto is narrowed
+    plain = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)  # offline callers without the camera's period
+    plain.process(left, right, 0)
+    assert plain._pnp_ransac_mode(plain.reference, NS) == "auto"

@@ -593,6 +593,7 @@ class MatcherNode(Node):
         self.sync.add_right(msg)
 
     def _on_stereo_pair(self, left_msg, right_msg) -> None:
+        self.input_period.observe(C.stamp_to_ns(left_msg.header.stamp))
         left, right = self._decode(left_msg), self._decode(right_msg)
         if left is None or right is None:
             return
@@ -728,7 +729,7 @@ class MatcherNode(Node):
             self.undistort_right = PointUndistorter(right.K, None, P=right.P, rectified=True)
             if self.tracker is None:
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
-                                             self._tracking_config())
+                                             self._tracking_config(), frame_period=self.input_period)
             self.tracker.K_left, self.tracker.K_right, self.tracker.T_left_right = left.K_rect, right.K_rect, T_lr
         if calibration_changed and self.tracker.reference is not None:
             # the reference's features (and stereo points) belong to the old calibration

@@ -78,7 +78,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "pnp_readmit": False,             # stereo: the weighted gate may re-admit RANSAC outliers (geometry.estimate_pose_pnp)
     "pnp_ransac": "auto",             # stereo: PnP RANSAC inlier test: pnp_ransac_px ("pixel"), the weighted
                                       # refinement's chi-square gate ("covariance"), or the latter where the former
-                                      # finds too few inliers ("auto"; geometry.estimate_pose_pnp)
+                                      # finds too few inliers ("auto"; geometry.estimate_pose_pnp), with a
+                                      # frame_period only against a reference frames back (_pnp_ransac_mode)
     "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)

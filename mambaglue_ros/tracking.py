@@ -272,12 +272,15 @@ class _TrackerBase:
             refs = refs[:1]
         return tuple(dict.fromkeys(int(r.stamp_ns) for r in refs if r is not None))
 
-    def _pose_with_fallback(self, pose_against: Callable[[_Reference], tuple[MatchResult, RelativePose | None, str]]
-                            ) -> tuple[_Reference, MatchResult, RelativePose | None, str]:
+    def _pose_with_fallback(self, pose_against: Callable[[_Reference], tuple[MatchResult, RelativePose | None, str]],
+                            no_reference: str) -> tuple[_Reference | None, MatchResult | None, RelativePose | None, str]:
         """(reference used, match, pose, reason) of this frame against ``reference``; where that gives no pose,
         the first of ``previous_reference`` and ``candidate`` that gives one (``pose_against(ref)`` -> (match,
-        pose, reason); module docstring). Without a pose from any: the attempt against ``reference``."""
+        pose, reason); module docstring). Without a pose from any: the attempt against ``reference``. Without a
+        reference: (None, None, None, ``no_reference``)."""
         ref = self.reference
+        if ref is None:
+            return None, None, None, no_reference
         match, pose, reason = pose_against(ref)
         if self.config["max_lost_frames"] > 0:
             for fallback, what in ((self.previous_reference, "the reference before"),
@@ -433,7 +436,7 @@ class MonoTracker(_TrackerBase):
         feats = self.matcher.extract(image)
         t1 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)
-        ref, match, pose, x_cur = self.reference, None, None, None
+        x_cur = None  # this frame's normalised points, where computed
         timings = {"extract": (t1 - t0) * 1e3}
 
         def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
@@ -462,10 +465,7 @@ class MonoTracker(_TrackerBase):
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 
-        if ref is None:
-            reason = resized or "no reference frame yet"
-        else:
-            ref, match, pose, reason = self._pose_with_fallback(against)
+        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet")
         if ref is None and len(feats) < self.config["min_matches"]:
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
@@ -652,7 +652,6 @@ class StereoTracker(_TrackerBase):
         t2 = time.perf_counter()
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
         resized = self._drop_reference_if_resized(feats_l.image_size)
-        ref, match, pose = self.reference, None, None
         cfg = self.config
 
         def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
@@ -678,10 +677,7 @@ class StereoTracker(_TrackerBase):
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 
-        if ref is None:
-            reason = resized or "no reference frame yet"
-        else:
-            ref, match, pose, reason = self._pose_with_fallback(against)
+        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet")
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"
         # A stereo reference needs depths, not just keypoints.

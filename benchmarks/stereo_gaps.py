@@ -110,9 +110,11 @@ def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int,
     tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config, frame_period=camera)
     stamps = np.array(frames, dtype=np.int64) * (NS // 10)
     poses, failed, rescued, inliers, pose_ms, reasons = [], 0, 0, [], [], []
+    seen = 0  # camera frames whose stamps the period has seen
     for k, stamp in zip(frames, stamps):
-        for j in range(k + 1 if camera is not None else 0):
-            camera.observe(j * (NS // 10))  # (stamps it has seen are ignored)
+        for j in range(seen, k + 1 if camera is not None else 0):
+            camera.observe(j * (NS // 10))
+        seen = max(seen, k + 1)
         left, right = image(data["left"][k]), image(data["right"][k])
         if degrade and k in degrade:
             left, right = degrade[k](left), degrade[k](right)

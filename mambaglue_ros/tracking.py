@@ -33,7 +33,8 @@ Where a frame cannot be posed against the reference, it is tried (one more match
 against the reference before it (``previous_reference``: the reference itself may be the bad frame, e.g. a
 covered one that still posed), then against the last frame without a pose (``candidate``: what the reference
 would have become before 2026-12-05; its place in the odometry is the last pose, so the motion up to it is
-lost, as it was then). ``FrameResult.live_references`` names the frames the next one may be posed against.
+lost, as it was then). A frame posed against one of these two becomes the reference (whatever the policy: the
+reference failed it). ``FrameResult.live_references`` names the frames the next one may be posed against.
 After ``max_lost_frames`` frames in a row without a pose the current frame (with enough keypoints / stereo
 points) becomes the reference; ``max_lost_frames: 0``: at the first failure, no fallbacks (the behaviour
 before 2026-12-05). A frame with too few keypoints (e.g. black) never becomes a reference. A stamp that goes
@@ -268,8 +269,6 @@ class _TrackerBase:
     def live_references(self) -> tuple[int, ...]:
         """Stamps of the frames the next frame may be posed against (``FrameResult.live_references``)."""
         refs = (self.reference, self.previous_reference, self.candidate)
-        if not self.config["max_lost_frames"]:  # no fallbacks
-            refs = refs[:1]
         return tuple(dict.fromkeys(int(r.stamp_ns) for r in refs if r is not None))
 
     def _pose_with_fallback(self, pose_against: Callable[[_Reference], tuple[MatchResult, RelativePose | None, str]],
@@ -285,8 +284,10 @@ class _TrackerBase:
         if self.config["max_lost_frames"] > 0:
             for fallback, what in ((self.previous_reference, "the reference before"),
                                    (self.candidate, "the last frame without a pose")):
-                if pose is not None or fallback is None:
+                if pose is not None:
                     break
+                if fallback is None:
+                    continue
                 match_fb, pose_fb, reason_fb = pose_against(fallback)
                 if pose_fb is not None:
                     return fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})"
@@ -311,7 +312,9 @@ class _TrackerBase:
         elif pose is None:  # no known place in the odometry: keep the reference, up to max_lost_frames
             self.frames_lost += 1
             new_ref = usable and self.frames_lost > int(self.config["max_lost_frames"])
-        elif self.config["policy"] == "previous":
+        elif self.config["policy"] == "previous" or ref is not self.reference:
+            # (posed against a fallback: the reference failed this frame, so this frame replaces it, else the next
+            # frame would fail against it again)
             new_ref = usable
         else:
             new_ref = usable and (len(match) < self.config["keyframe_min_matches"]
@@ -328,6 +331,8 @@ class _TrackerBase:
             self.reference = reference
             self.candidate = None
             self.frames_lost = 0
+        if not self.config["max_lost_frames"]:  # no fallbacks: nothing else may be posed against later
+            self.previous_reference = self.candidate = None
         return FrameResult(
             stamp_ns=int(stamp_ns),
             reference_stamp_ns=None if ref is None else ref.stamp_ns,
@@ -653,6 +658,9 @@ class StereoTracker(_TrackerBase):
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
         resized = self._drop_reference_if_resized(feats_l.image_size)
         cfg = self.config
+        # where the reference is the camera's previous frame, a failure is this frame's: its fallbacks (older
+        # references) do not get the covariance gate either (_pnp_ransac_mode)
+        next_frame = self.reference is not None and self._pnp_ransac_mode(self.reference, stamp_ns) != cfg["pnp_ransac"]
 
         def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
             t_match = time.perf_counter()
@@ -673,7 +681,7 @@ class StereoTracker(_TrackerBase):
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
                     pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"],
-                    ransac=self._pnp_ransac_mode(reference, stamp_ns))
+                    ransac="pixel" if next_frame else self._pnp_ransac_mode(reference, stamp_ns))
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 

@@ -204,3 +204,54 @@ def test_auto_uses_the_covariance_gate_only_against_a_reference_frames_back():
     plain = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)  # offline callers without the camera's period
     plain.process(left, right, 0)
     assert plain._pnp_ransac_mode(plain.reference, NS) == "auto"
+
+
+def test_the_last_frame_without_a_pose_is_tried_also_without_a_reference_before():
+    # right after the start there is no reference before the reference: the frame without a pose is still tried
+    pts, Ts = world_points(400, seed=5), trajectory(4)
+    frames = stereo_frames(pts, Ts)
+    perm = np.random.default_rng(7).permutation(400) + 50_000
+    for k in (1, 2):
+        frames[k] = tuple(FakeView(v.pixels, perm[v.ids], v.size) for v in frames[k])
+    tracker, res = run_stereo(frames)
+    assert res[1].pose is None and res[1].live_references == (0, NS)  # the reference and the frame without a pose
+    assert res[2].pose is not None and res[2].reference_stamp_ns == 1 * NS
+
+
+@pytest.mark.parametrize("policy", ["previous", "keyframe"])
+def test_a_frame_posed_against_a_fallback_becomes_the_reference(policy):
+    # with the keyframe policy a frame close to its fallback would not be a keyframe by parallax; kept as the
+    # reference, the old one would fail the next frame again (and every other frame would go without a pose)
+    pts, Ts = world_points(400, seed=5), trajectory(9)
+    frames = stereo_frames(pts, Ts)
+    perm = np.random.default_rng(7).permutation(400) + 50_000
+    for k in range(3, 9):
+        frames[k] = tuple(FakeView(v.pixels, perm[v.ids], v.size) for v in frames[k])
+    _, res = run_stereo(frames, {"policy": policy, "keyframe_max_parallax_px": 1000.0, "keyframe_min_matches": 1})
+    assert res[3].pose is None and res[4].pose is not None and res[4].is_keyframe
+    assert all(r.pose is not None for r in res[5:])
+
+
+def test_live_references_always_name_the_reference_used():
+    # bad frames, bursts and max_lost_frames switched at run time: every pose is relative to a frame the result
+    # before it named as live (what the node keeps odometry anchors, keyframe ids and track ids for)
+    pts, Ts = world_points(400, seed=9), trajectory(30, step_m=0.05)
+    frames = stereo_frames(pts, Ts)
+    rng = np.random.default_rng(0)
+    for k in rng.choice(np.arange(2, 30), 10, replace=False):
+        frames[k] = (glitched(frames[k][0], int(k)), glitched(frames[k][1], int(k)))
+    tracker = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)
+    live, used = (), 0
+    for k, (left, right) in enumerate(frames):
+        if k in (8, 17):
+            tracker.config["max_lost_frames"] = 0
+        if k in (12, 22):
+            tracker.config["max_lost_frames"] = 2
+        r = tracker.process(left, right, k * NS)
+        if r.pose is not None and k > 0:
+            assert r.reference_stamp_ns in live, (k, r.reference_stamp_ns, live)
+            used += r.reference_stamp_ns != (k - 1) * NS
+        live = r.live_references
+        refs = [tracker.reference, tracker.previous_reference, tracker.candidate]
+        assert set(live) == {x.stamp_ns for x in refs if x is not None}
+    assert used > 0  # some poses were against an older frame

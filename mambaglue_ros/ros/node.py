@@ -217,7 +217,7 @@ class MatcherNode(Node):
         self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
         # rclpy has no public accessor for the overrides (-p rules, params files): a misspelt name is kept there
         # unused, and only this warning tells the user their value is not in force
-        self.parameter_warnings = P.unknown_parameter_warnings(self._parameter_overrides,
+        self.parameter_warnings = P.unknown_parameter_warnings(getattr(self, "_parameter_overrides", {}),
                                                                self.list_parameters([], 0).names)
         for warning in self.parameter_warnings:
             self.get_logger().warning(warning)
@@ -333,7 +333,8 @@ class MatcherNode(Node):
             subscribe(CameraInfo, "right/camera_info", lambda m: self._on_camera_info("right", m))
 
         self.slot = FrameSlot(self.p["queue_size"])
-        # the camera's frame period from every received mono image: the tracker counts a step's time in periods
+        # the camera's frame period from every received image (mono) or stereo pair: the trackers count a step's time
+        # in periods (mono step lengths; stereo: where pnp_ransac auto may take the covariance gate)
         self.input_period = FramePeriod()
         self.stereo_placement = StereoPlacement()  # the stage that runs the left/right match (balances the two)
         network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network

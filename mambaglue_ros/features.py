@@ -69,6 +69,9 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
             t = t[None, None]
         elif t.dim() == 3:
             t = t[None]
+        if t.dim() != 4 or t.shape[1] not in (1, 3):
+            raise ValueError(f"unsupported image tensor shape {tuple(image.shape)}: expected (H, W), (C, H, W) or "
+                             "(1, C, H, W) with C = 1 or 3")
         if t.dtype == torch.uint8:
             t = t.float() / 255.0
         if t.shape[1] == 1:

@@ -119,6 +119,12 @@ def test_non_finite_float_image_is_refused(photo, bad):
         to_tensor_image(torch.from_numpy(image).permute(2, 0, 1))
 
 
+@pytest.mark.parametrize("shape", [(0,), (640,), (2, 4, 480, 640), (1, 1, 1, 480, 640), (1, 4, 480, 640)])
+def test_image_tensor_of_another_shape_is_refused(shape):
+    with pytest.raises(ValueError, match="unsupported image tensor shape"):
+        to_tensor_image(torch.zeros(shape))  # before: an IndexError, or a network error deep inside
+
+
 def test_missing_and_wrong_weights(tmp_path):
     with pytest.raises(W.WeightsError, match="not found: .*nope.pt"):
         FeatureExtractor("xfeat", weights=str(tmp_path / "nope.pt"))

@@ -164,10 +164,6 @@ class OdometryIntegrator:
         # the reference it replaces stays an anchor only if the tracker said it may still be posed against
         self._anchors = {s: a for s, a in self._anchors.items() if s in self._live}
         self._anchors[int(stamp_ns)] = (self.T_odom_ref.copy(), self.cov_ref.copy())
-        if self._last is not None and self._last[0] == int(stamp_ns):
-            self._last = (int(stamp_ns), np.eye(4), np.zeros((6, 6)), int(stamp_ns))
-        else:  # no pose for the new reference (tracking failed there): no twist across it
-            self._last = None
 
     def keep_anchors(self, stamp_ns: int, live: tuple[int, ...] | list[int]) -> None:
         """After the frame at ``stamp_ns`` (with or without a pose): keep the pose it left as its anchor if it is in
@@ -199,10 +195,16 @@ class OdometryIntegrator:
         T = T_odom_ref @ T_rel
         cov = compose_covariance(T_odom_ref, cov_ref, T_rel, cov_rel)
         twist = twist_cov = None
-        if self._last is not None and self._last[3] == ref_stamp:  # both relative to one reference
-            last_stamp, T_ref_last, cov_ref_last, _ = self._last
+        # The twist is the mean motion since the last frame with a pose, from two poses relative to one frame: the
+        # last one's reference (also when this frame was posed against an earlier reference than the last one,
+        # which the last one was posed against), or the last frame itself (it became the reference). Relative to
+        # a frame without a pose (tracking failed there) the motion up to it is unknown: no twist.
+        if self._last is not None:
+            last_stamp, T_ref_last, cov_ref_last, last_ref = self._last
+            if ref_stamp == last_stamp:
+                T_ref_last, cov_ref_last = np.eye(4), np.zeros((6, 6))
             dt = (int(stamp_ns) - last_stamp) / NS_PER_S
-            if 0 < dt <= self.max_twist_dt_s:
+            if ref_stamp in (last_ref, last_stamp) and 0 < dt <= self.max_twist_dt_s:
                 T_step, cov_step = between_covariance(T_ref_last, cov_ref_last, T_rel, cov_rel)
                 twist, twist_cov = body_twist(T_step, cov_step, dt)
         self.T_odom_base, self.covariance = T, cov

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mambaglue_ros import geometry as G
-from mambaglue_ros.odometry import OdometryIntegrator
+from mambaglue_ros.odometry import OdometryIntegrator, body_twist
 from mambaglue_ros.tracking import MonoTracker, StereoTracker, validate_tracking_config
 from mambaglue_ros.tracks import TrackManager
 
@@ -145,13 +145,20 @@ def test_odometry_composes_with_a_kept_anchor():
     odom.keep_anchors(NS, (NS, 0))  # frame 1 is the reference, frame 0 the one before it
     second = odom.step(2 * NS, 0, step @ step, cov)  # posed against frame 0, not the reference
     np.testing.assert_allclose(second.T_odom_base, step @ step, atol=1e-12)
-    assert second.twist is None  # relative to another reference than the last pose: no between-estimate
+    # the twist since frame 1 (posed against frame 0 too): the motion between the two estimates
+    expected_twist, _ = body_twist(step, np.zeros((6, 6)), NS / 1e9)
+    np.testing.assert_allclose(second.twist, expected_twist, atol=1e-12)
+    _, single = body_twist(step, cov, NS / 1e9)
+    assert np.all(np.diag(second.twist_covariance) > 1.5 * np.diag(single))  # two estimates: about twice one
     # composed with frame 0's pose and (zero) covariance, not with frame 1's
     np.testing.assert_allclose(second.covariance, cov, atol=1e-15)
     assert np.trace(first.covariance) > 0
     odom.keep_anchors(2 * NS, (NS,))  # frame 0 no longer live
     with pytest.raises(ValueError, match="reference"):
         odom.step(3 * NS, 0, step, cov)
+    odom.keep_anchors(3 * NS, (NS, 3 * NS))  # frame 3 had no pose: a fallback with the last pose as its place
+    after_lost = odom.step(4 * NS, 3 * NS, step, cov)
+    assert after_lost.twist is None  # the motion up to frame 3 is unknown, so is the velocity since frame 2
     # without keep_anchors (callers of before): only the current reference
     plain = OdometryIntegrator()
     plain.set_reference(0)

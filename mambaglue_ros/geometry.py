@@ -76,6 +76,9 @@ class RelativePose:
     num_inliers: correspondences supporting the pose.
     num_matches: correspondences given to the estimator (finite ones).
     metric:      True for stereo/PnP (metric translation), False for monocular.
+    inliers:     (N,) bool over the correspondences given to the estimator, in their order (non-finite ones
+                 False): those its model explains (mono: the essential matrix's inliers; for a rotation-only
+                 pose also the rotation's; PnP: the final inliers); None where not known.
     """
 
     R: np.ndarray
@@ -84,6 +87,7 @@ class RelativePose:
     num_inliers: int
     num_matches: int
     metric: bool
+    inliers: np.ndarray | None = None
 
     def as_matrix(self) -> np.ndarray:
         """(4, 4) homogeneous ``T_0_1``."""
@@ -361,6 +365,24 @@ def _sampson(R: np.ndarray, t: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np
     return num / np.maximum(den, 1e-15)
 
 
+def pose_consistent(x0: np.ndarray, x1: np.ndarray, R: np.ndarray, t: np.ndarray, gate: float) -> np.ndarray:
+    """(N,) bool: the correspondences ``x0`` <-> ``x1`` ((N, 3) normalised points, z = 1) that the relative pose
+    ``T_0_1 = (R, t)`` explains within ``gate`` [normalised units]: the Sampson distance under ``E = [t]_x R``, or,
+    for a rotation-only pose (t = 0), the distance of ``x0`` to ``x1`` rotated into camera 0. The scale of ``t``
+    does not matter (mono or metric). Like an F-matrix RANSAC, it cannot reject a wrong match along its epipolar
+    line."""
+    x0 = np.asarray(x0, dtype=np.float64).reshape(-1, 3)
+    x1 = np.asarray(x1, dtype=np.float64).reshape(-1, 3)
+    t = np.asarray(t, dtype=np.float64).reshape(3)
+    if np.linalg.norm(t) > 1e-12:
+        d = np.abs(_sampson(R, t / np.linalg.norm(t), x0, x1))
+    else:
+        r = x1 @ np.asarray(R, dtype=np.float64).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.linalg.norm(x0[:, :2] - r[:, :2] / r[:, 2:3], axis=1)
+    return np.isfinite(d) & (d <= float(gate))
+
+
 _SO3_GENERATORS = tuple(skew(e) for e in np.eye(3))  # d/dw_k of [w]_x, built once
 
 
@@ -624,8 +646,10 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
     parallax_px = float(np.median(np.linalg.norm(_rotation_residuals(R_rot, x0[ransac_inl], x1[ransac_inl]),
                                                  axis=1))) * focal
     if parallax_px < min_parallax_px:
+        # (the matches it verifies: the rotation's inliers and the essential matrix's, which keep the near points
+        # whose parallax the rotation leaves; at exact standstill or pure rotation E is degenerate)
         return _rotation_only_pose(R_rot, x0[rot_inl], x1[rot_inl], n, focal, scale_variance,
-                                   min_inliers, parallax_px, min_parallax_px)
+                                   min_inliers, parallax_px, min_parallax_px, _input_mask(ok, ransac_inl | rot_inl))
 
     # More seeds only once there is parallax (a rotation-only frame does not need them). RANSAC's model is
     # only as good as its best minimal sample: polish every hypothesis briefly, keep the one that explains all
@@ -674,14 +698,22 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
     cov = 0.5 * (cov + cov.T)
     if not (np.all(np.isfinite(R)) and np.all(np.isfinite(t)) and _valid_covariance(cov)):
         return None, "invalid pose or covariance (non-finite or not positive definite)"
-    return RelativePose(R, t, cov, int(inl.sum()), n, metric=False), "ok"
+    return RelativePose(R, t, cov, int(inl.sum()), n, metric=False, inliers=_input_mask(ok, inl)), "ok"
+
+
+def _input_mask(finite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A mask over the finite rows an estimator kept -> the same mask over all its input rows."""
+    out = np.zeros(len(finite), dtype=bool)
+    out[np.flatnonzero(finite)] = np.asarray(mask, dtype=bool)
+    return out
 
 
 
 def _rotation_only_pose(R: np.ndarray, x0: np.ndarray, x1: np.ndarray, n: int, focal: float,
                         scale_variance: float, min_inliers: int, parallax_px: float,
-                        min_parallax_px: float) -> tuple[RelativePose | None, str]:
-    """Rotation-only result for (near) zero parallax: t = 0, isotropic translation variance."""
+                        min_parallax_px: float, inliers: np.ndarray | None = None) -> tuple[RelativePose | None, str]:
+    """Rotation-only result for (near) zero parallax: t = 0, isotropic translation variance; ``inliers``: the
+    input mask the pose reports (``RelativePose.inliers``)."""
     if len(x0) < min_inliers:
         return None, f"too few inliers for a rotation-only pose ({len(x0)} < {min_inliers})"
     r = _rotation_residuals(R, x0, x1).ravel()
@@ -695,7 +727,7 @@ def _rotation_only_pose(R: np.ndarray, x0: np.ndarray, x1: np.ndarray, n: int, f
     cov[3:, 3:] = cov_rot
     if not (np.all(np.isfinite(R)) and _valid_covariance(cov)):
         return None, "invalid pose or covariance (non-finite or not positive definite)"
-    pose = RelativePose(R, np.zeros(3), cov, len(x0), n, metric=False)
+    pose = RelativePose(R, np.zeros(3), cov, len(x0), n, metric=False, inliers=inliers)
     return pose, (f"low parallax (median {parallax_px:.2f} px < {min_parallax_px:.2f} px): "
                   "rotation only")
 
@@ -1392,8 +1424,9 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
     weighted = baseline is not None and baseline > 0
     plain = _solve_pnp_ransac(X, p1, K1, ransac_px, confidence, max_iters)  # the pixel-threshold consensus
     if ransac == "covariance" and weighted:
-        return _pnp_covariance_gate(X, p1, K1, plain, confidence, min_inliers, max_iters, float(baseline),
-                                    pixel_sigma_px, disparity_sigma_px, readmit)
+        pose, why = _pnp_covariance_gate(X, p1, K1, plain, confidence, min_inliers, max_iters, float(baseline),
+                                         pixel_sigma_px, disparity_sigma_px, readmit)
+        return _inliers_over_input(pose, ok), why
     pose, why = _pnp_pixel_gate(X, p1, K1, plain, ransac_px, min_inliers, baseline, pixel_sigma_px,
                                 disparity_sigma_px, readmit)
     if pose is None and ransac == "auto" and weighted and (why.startswith("too few PnP inliers")
@@ -1402,8 +1435,15 @@ def estimate_pose_pnp(points3d_0: np.ndarray, pts1: np.ndarray, K1: np.ndarray, 
                                                 float(baseline), pixel_sigma_px, disparity_sigma_px, readmit)
         if rescued is None:
             return None, f"{why}; with the covariance gate: {why_cov}"
-        return rescued, f"{PNP_RESCUED}; the {ransac_px:g} px consensus: {why})"
-    return pose, why
+        return _inliers_over_input(rescued, ok), f"{PNP_RESCUED}; the {ransac_px:g} px consensus: {why})"
+    return _inliers_over_input(pose, ok), why
+
+
+def _inliers_over_input(pose: RelativePose | None, finite: np.ndarray) -> RelativePose | None:
+    """``pose`` with its inlier mask (over the finite rows) spread over all input rows."""
+    if pose is not None and pose.inliers is not None:
+        pose.inliers = _input_mask(finite, pose.inliers)
+    return pose
 
 
 def _pnp_covariance_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, plain: tuple | None, confidence: float,
@@ -1440,7 +1480,8 @@ def _pnp_covariance_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, plain: t
         return None, f"too few PnP inliers after refinement ({int(inl_w.sum())} < {min_inliers})"
     if cov_w is None or not _valid_covariance(cov_w) or not np.all(np.isfinite(T_w)):
         return None, "degenerate geometry (singular information matrix)"
-    return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True), "ok"
+    return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True,
+                        inliers=np.asarray(inl_w, dtype=bool)), "ok"
 
 
 def _pnp_pixel_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, sol: tuple | None, ransac_px: float,
@@ -1492,7 +1533,8 @@ def _pnp_pixel_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, sol: tuple | 
                                                  candidates=None if readmit else inl)
         if cov_w is not None and inl_w.sum() >= min_inliers and _valid_covariance(cov_w) \
                 and np.all(np.isfinite(T_w)):
-            return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True), "ok"
+            return RelativePose(T_w[:3, :3], T_w[:3, 3].copy(), cov_w, int(inl_w.sum()), n, metric=True,
+                                inliers=np.asarray(inl_w, dtype=bool)), "ok"
         # keep the equal-weight pose rather than lose the frame
         weighted_note = f" (equal weights: the weighted refinement kept {int(inl_w.sum())} inliers)"
 
@@ -1509,7 +1551,8 @@ def _pnp_pixel_gate(X: np.ndarray, p1: np.ndarray, K1: np.ndarray, sol: tuple | 
     cov = _covariance_from_jacobian(J, sigma2)
     if cov is None or not _valid_covariance(cov):
         return None, "degenerate geometry (singular information matrix)"
-    return RelativePose(T_01[:3, :3], T_01[:3, 3].copy(), cov, int(inl.sum()), n, metric=True), "ok" + weighted_note
+    return (RelativePose(T_01[:3, :3], T_01[:3, 3].copy(), cov, int(inl.sum()), n, metric=True, inliers=inl.copy()),
+            "ok" + weighted_note)
 
 
 
@@ -1545,8 +1588,9 @@ def estimate_pose_stereo(stereo_left0: np.ndarray, stereo_right0: np.ndarray, te
     keep[in_range] = valid[idx[in_range]]
     if int(valid.sum()) == 0:
         return None, "no valid stereo points (triangulation failed or all out of range)"
-    return estimate_pose_pnp(X[idx[keep]], p1[keep], K_left, ransac_px=ransac_px, confidence=confidence,
-                             min_matches=min_matches, min_inliers=min_inliers)
+    pose, why = estimate_pose_pnp(X[idx[keep]], p1[keep], K_left, ransac_px=ransac_px, confidence=confidence,
+                                  min_matches=min_matches, min_inliers=min_inliers)
+    return _inliers_over_input(pose, keep), why  # (over the temporal matches given, those without a depth False)
 
 
 def join_stereo_temporal(stereo_matches: np.ndarray, temporal_matches: np.ndarray

@@ -49,13 +49,17 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .geometry import (MAX_POSE_HYPOTHESES, PNP_RANSAC_MODES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
-                       make_transform, match_rectified_stereo, refine_mono_window, refine_stereo_matches,
-                       triangulate_stereo)
+                       make_transform, match_rectified_stereo, pose_consistent, refine_mono_window,
+                       refine_stereo_matches, triangulate_stereo)
 from .mono_scale import FramePeriod, MonoScale, ReferenceDepths
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
 MONO_SCALES = ("time", "depth", "unit")
+# The epipolar test of the temporal matches under a stereo pose (PnP judges only those with a depth): within this many times
+# ``ransac_px`` of the published pose (a fit over all inliers, so a true match sits a little farther from it than
+# from a RANSAC sample's model); FrameResult.temporal_inliers.
+TRACK_GATE = 3.0
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "policy": "previous",             # "previous" | "keyframe"
@@ -129,6 +133,9 @@ class FrameResult:
                         (odometry anchors, track ids) keeps it for these.
     step_scale:         length of ``pose``'s translation in the odometry: mono composes the unit direction times
                         this (``mono_scale``; 0 for a rotation-only pose); stereo (metric) 1.
+    temporal_inliers:   (M,) bool over ``temporal.matches``: the matches ``pose`` explains (mono: the essential
+                        matrix's inliers, ``RelativePose.inliers``; stereo: the epipolar test,
+                        ``geometry.pose_consistent``, or PnP's inliers); None without a pose.
     """
 
     stamp_ns: int
@@ -147,6 +154,14 @@ class FrameResult:
     image_scale: float = 1.0
     step_scale: float = 1.0
     live_references: tuple[int, ...] = ()
+    temporal_inliers: np.ndarray | None = None
+
+    def track_links(self) -> np.ndarray | None:
+        """(K, 2) temporal matches a feature track may continue through (``tracks.TrackManager``): those the pose
+        explains; None without a pose (a match of a frame the tracker could not place is not verified)."""
+        if self.temporal is None or self.temporal_inliers is None:
+            return None
+        return np.asarray(self.temporal.matches, dtype=np.int64).reshape(-1, 2)[self.temporal_inliers]
 
 
 @dataclass
@@ -333,6 +348,10 @@ class _TrackerBase:
             self.frames_lost = 0
         if not self.config["max_lost_frames"]:  # no fallbacks: nothing else may be posed against later
             self.previous_reference = self.candidate = None
+        inliers = None
+        if pose is not None and match is not None:
+            inliers = pose.inliers if pose.inliers is not None and len(pose.inliers) == len(match) \
+                else self._pose_explains(match, pose)
         return FrameResult(
             stamp_ns=int(stamp_ns),
             reference_stamp_ns=None if ref is None else ref.stamp_ns,
@@ -340,7 +359,23 @@ class _TrackerBase:
             T_odom_cam=self.T_odom_cam.copy(),
             num_inliers=0 if pose is None else pose.num_inliers,
             inlier_ratio=0.0 if pose is None else pose.inlier_ratio,
-            is_keyframe=new_ref, step_scale=float(step_scale), live_references=self.live_references())
+            is_keyframe=new_ref, step_scale=float(step_scale), live_references=self.live_references(),
+            temporal_inliers=inliers)
+
+    def _pose_explains(self, match: MatchResult, pose: RelativePose) -> np.ndarray:
+        """(M,) bool: the matches ``pose`` explains by the epipolar test (``geometry.pose_consistent``, within
+        ``TRACK_GATE`` x ``ransac_px``), for matches its estimator did not judge."""
+        m = np.asarray(match.matches, dtype=np.int64).reshape(-1, 2)
+        x0 = self._normalised_pixels(np.asarray(match.keypoints0, dtype=np.float64).reshape(-1, 2)[m[:, 0]])
+        x1 = self._normalised_pixels(np.asarray(match.keypoints1, dtype=np.float64).reshape(-1, 2)[m[:, 1]])
+        return pose_consistent(x0, x1, pose.R, pose.t, TRACK_GATE * float(self.config["ransac_px"]) / self._focal_px())
+
+    def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 2) pixels of this tracker's (left) camera -> (N, 3) normalised points (z = 1)."""
+        raise NotImplementedError
+
+    def _focal_px(self) -> float:
+        raise NotImplementedError
 
 
 class MonoTracker(_TrackerBase):
@@ -374,10 +409,16 @@ class MonoTracker(_TrackerBase):
 
     def _normalised(self, feats: Features) -> np.ndarray:
         """(N, 3) normalised image points (z = 1) of all keypoints, lens distortion removed."""
-        kp = _keypoints_numpy(feats).astype(np.float64)
+        return self._normalised_pixels(_keypoints_numpy(feats).astype(np.float64))
+
+    def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        kp = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
         if self.undistort is not None and len(kp):
-            kp = np.asarray(self.undistort(kp), dtype=np.float64)
+            kp = np.asarray(self.undistort(kp), dtype=np.float64).reshape(-1, 2)
         return np.c_[kp, np.ones(len(kp))] @ np.linalg.inv(self.K).T
+
+    def _focal_px(self) -> float:
+        return float(self.K[0, 0])
 
     def _refine_in_window(self, pose: RelativePose, match: MatchResult, x_cur: np.ndarray) -> RelativePose:
         """The newest edge refined jointly with the window's earlier keyframes (rotation and unit
@@ -397,7 +438,8 @@ class MonoTracker(_TrackerBase):
             out = None  # a numerical corner case keeps the pairwise pose rather than losing the frame
         if out is None or not (np.all(np.isfinite(out.R[-1])) and np.all(np.isfinite(out.t[-1]))):
             return pose
-        return RelativePose(out.R[-1], out.t[-1], pose.covariance, pose.num_inliers, pose.num_matches, pose.metric)
+        return RelativePose(out.R[-1], out.t[-1], pose.covariance, pose.num_inliers, pose.num_matches, pose.metric,
+                            pose.inliers)
 
     def _step_length(self, ref: _Reference, match: MatchResult, pose: RelativePose, x_cur: np.ndarray,
                      stamp_ns: int) -> tuple[float, float, float]:
@@ -600,6 +642,13 @@ class StereoTracker(_TrackerBase):
             return mode
         return "auto" if self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9) >= 1.5 else "pixel"
 
+    def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        kp = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)  # rectified: no distortion
+        return np.c_[kp, np.ones(len(kp))] @ np.linalg.inv(self.K_left).T
+
+    def _focal_px(self) -> float:
+        return float(self.K_left[0, 0])
+
     def max_stereo_depth(self) -> float:
         """Farthest depth whose disparity is ``min_disparity_sigmas`` standard deviations above zero
         (sigma_d = sqrt(2) pixel_sigma_px, two detections): ``fx b / (k sigma_d)``. Beyond it the
@@ -682,6 +731,12 @@ class StereoTracker(_TrackerBase):
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
                     pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"],
                     ransac="pixel" if next_frame else self._pnp_ransac_mode(reference, stamp_ns))
+                if p is not None and p.inliers is not None:
+                    # over every match: the epipolar test, and PnP's inliers (a PnP outlier may be a right
+                    # temporal match with a wrong depth: the track is the 2D association)
+                    verified = self._pose_explains(m, p)
+                    verified[with3d] |= p.inliers
+                    p.inliers = verified
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 

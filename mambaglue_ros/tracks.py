@@ -6,7 +6,9 @@ tracker only links two images at a time (reference <-> current, left <-> right);
 turns those links into ids:
 
 * a keypoint of the current frame matched to a reference keypoint inherits that keypoint's id;
-  every other keypoint starts a new track (new id, age 1);
+  every other keypoint starts a new track (new id, age 1). The tracker passes only the matches the frame's
+  pose explains (``tracking.FrameResult.track_links``): an outlier would join two scene points in one
+  track, and the matches of a frame without a pose are not verified;
 * when the current frame becomes the tracker's reference (every frame with the "previous"
   policy, each keyframe with the "keyframe" policy, or after tracking was lost) its ids become
   the ones the next frames inherit from, so with either policy a scene point keeps its id for

@@ -91,6 +91,9 @@ def test_mono_pose_accuracy_with_noise_and_outliers(seed):
     # Nearly all true inliers kept, few outliers accepted (20 % outliers injected).
     assert pose.num_matches == 300
     assert 0.75 * (~bad).sum() < pose.num_inliers <= (~bad).sum() + 5
+    # the inlier mask over the input rows (the matches a feature track may continue through)
+    assert pose.inliers.shape == (300,) and pose.inliers.sum() == pose.num_inliers
+    assert (pose.inliers & bad).sum() <= 5
     assert_valid_covariance(pose.covariance)
     # The unknown scale shows up as the documented variance along the translation direction.
     t = pose.t
@@ -118,6 +121,7 @@ def test_mono_pure_rotation_returns_rotation_only():
     pose, reason = estimate_pose_mono(p0, p1, K, K)
     assert pose is not None, reason
     assert "rotation only" in reason
+    assert pose.inliers.shape == (len(p0),) and pose.inliers.sum() >= pose.num_inliers  # (+ the essential inliers)
     assert rotation_angle_deg(pose.R, T[:3, :3]) < 0.2
     np.testing.assert_array_equal(pose.t, np.zeros(3))
     np.testing.assert_allclose(pose.covariance[:3, :3], 1e6 * np.eye(3))
@@ -131,6 +135,7 @@ def test_mono_drops_non_finite_rows():
     pose, reason = estimate_pose_mono(p0, p1, K, K)
     assert pose is not None, reason
     assert pose.num_matches == 240
+    assert pose.inliers.shape == (300,) and not pose.inliers[~(np.isfinite(p0).all(1) & np.isfinite(p1).all(1))].any()
     assert rotation_angle_deg(pose.R, T_01[:3, :3]) < 0.5
     assert np.all(np.isfinite(pose.covariance))
 
@@ -198,6 +203,8 @@ def test_stereo_pose_metric_accuracy(seed):
     assert np.linalg.norm(pose.t - t_true) / np.linalg.norm(t_true) < 0.02
     assert rotation_angle_deg(pose.R, T_01[:3, :3]) < 0.3
     assert 0.8 * (~bad).sum() < pose.num_inliers <= (~bad).sum() + 5
+    assert pose.inliers.shape == (len(left1),) and pose.inliers.sum() == pose.num_inliers
+    assert (pose.inliers & bad).sum() <= 5
     assert_valid_covariance(pose.covariance)
     # Metric standard deviations: millimetres to centimetres for this geometry.
     t_std = np.sqrt(np.diag(pose.covariance)[:3])
@@ -435,3 +442,20 @@ def test_stereo_points_sit_on_their_left_rays_so_standstill_gives_identity():
     pose, reason = estimate_pose_pnp(P[ok], pl[ok], K)  # the same left pixels one frame later
     assert pose is not None, reason
     assert np.linalg.norm(pose.t) < 1e-6 and rotation_angle_deg(pose.R, np.eye(3)) < 1e-6
+
+
+def test_pose_consistent_keeps_what_the_pose_explains():
+    from mambaglue_ros.geometry import pose_consistent
+    X = np.random.default_rng(0).uniform([-2, -2, 4], [2, 2, 9], (200, 3))
+    for T in (T_01, make_transform(so3_exp([0.0, 0.05, 0.0]), np.zeros(3))):  # with a translation; rotation only
+        x0 = X / X[:, 2:]
+        X1 = (X - T[:3, 3]) @ T[:3, :3]  # camera-1 coordinates of the same points (X0 = R X1 + t)
+        x1 = X1 / X1[:, 2:]
+        gate = 1.0 / 500.0
+        for scale in (1.0, 7.0):  # the scale of t does not matter
+            assert pose_consistent(x0, x1, T[:3, :3], scale * T[:3, 3], gate).all()
+        moved = x1.copy()
+        moved[:, 1] += 10.0 / 500.0  # 10 px off, across the (mostly horizontal) epipolar lines
+        assert not pose_consistent(x0, moved, T[:3, :3], T[:3, 3], gate).any()
+        swapped = x1[np.roll(np.arange(len(x1)), 1)]
+        assert pose_consistent(x0, swapped, T[:3, :3], T[:3, 3], gate).mean() < 0.1

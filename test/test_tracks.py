@@ -10,6 +10,7 @@ from mambaglue_ros.tracking_state import TrackingState, TrackingStateMachine
 from mambaglue_ros.tracks import TrackManager
 
 from fake_matcher import FakeMatcher, FakeView, view, world_points
+from mambaglue_ros.types import MatchResult
 
 K = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
 NS = 100_000_000  # 10 Hz
@@ -30,8 +31,8 @@ def run_mono(policy: str, frames: list, config=None):
     out = []
     for k, v in enumerate(frames):
         r = tracker.process(v, k * NS)
-        f = tracks.update(k * NS, r.keypoints, normalized(r.keypoints),
-                          None if r.temporal is None else r.temporal.matches, r.reference_stamp_ns, r.is_keyframe)
+        f = tracks.update(k * NS, r.keypoints, normalized(r.keypoints), r.track_links(), r.reference_stamp_ns,
+                          r.is_keyframe)  # (as the node: only the matches the pose explains continue a track)
         out.append((r, f, v))
     return out
 
@@ -209,3 +210,73 @@ def test_velocities_and_ages_follow_each_tracks_previous_observation():
         if is_ref:
             ref_stamp, prev_n = stamp, n
     assert tracks.next_id > 100 and continued > 100  # many tracks were continued, not only started
+
+
+class SwappingMatcher(FakeMatcher):
+    """Exact temporal matches with a seeded ``fraction`` of them paired with another match's keypoint (wrong
+    correspondences, as a real matcher's outliers); with ``stereo`` the left/right match of a pair (the last two
+    images extracted, in order) stays exact."""
+
+    def __init__(self, fraction: float, seed: int = 0, stereo: bool = False) -> None:
+        self.fraction, self.rng, self.stereo, self.extracted = fraction, np.random.default_rng(seed), stereo, []
+
+    def extract(self, view):
+        f = super().extract(view)
+        self.extracted = (self.extracted + [f])[-2:]
+        return f
+
+    def match_features(self, f0, f1):
+        r = super().match_features(f0, f1)
+        if self.stereo and len(self.extracted) == 2 and f0 is self.extracted[0] and f1 is self.extracted[1]:
+            return r
+        m = r.matches.copy()
+        pick = self.rng.choice(len(m), int(self.fraction * len(m)), replace=False)
+        m[pick, 1] = m[np.roll(pick, 1), 1]
+        return MatchResult(r.keypoints0, r.keypoints1, m, r.scores, 1, 1)
+
+
+@pytest.mark.parametrize("mode", ["mono", "stereo"])
+def test_only_matches_the_pose_explains_continue_a_track(mode):
+    """A wrong match (an outlier the pose does not explain) must not hand its reference keypoint's id to another
+    scene point: a VINS-style back end would fuse two points into one track."""
+    pts, Ts = world_points(400, seed=11), poses(6, step_m=0.15)
+    T_LR = G.make_transform(np.eye(3), [0.2, 0.0, 0.0])
+    matcher = SwappingMatcher(0.2, seed=3, stereo=mode == "stereo")
+    cfg = {"min_matches": 20, "min_inliers": 15}
+    tracker = (MonoTracker(matcher, K, cfg) if mode == "mono" else StereoTracker(matcher, K, K, T_LR, cfg))
+    tracks, id_of_world, flagged, wrong_total = TrackManager(), {}, 0, 0
+    for k, T in enumerate(Ts):
+        left = view(pts, T, K)
+        r = tracker.process(left, k * NS) if mode == "mono" else tracker.process(left, view(pts, T @ T_LR, K), k * NS)
+        f = tracks.update(k * NS, r.keypoints, normalized(r.keypoints), r.track_links(), r.reference_stamp_ns,
+                          r.is_keyframe)
+        if k == 0:
+            assert r.temporal_inliers is None and r.track_links() is None
+        else:
+            assert r.pose is not None
+            m = r.temporal.matches
+            wrong = left.ids[m[:, 1]] != np.asarray(reference_ids)[m[:, 0]]
+            assert wrong.sum() >= 0.15 * len(m)
+            assert r.temporal_inliers[~wrong].all()  # every right match is kept
+            flagged += int((~r.temporal_inliers[wrong]).sum())
+            wrong_total += int(wrong.sum())
+        left_ids = f.ids[f.camera == 0]
+        for world, tid in zip(left.ids, left_ids):
+            id_of_world.setdefault(int(tid), set()).add(int(world))
+        if r.is_keyframe:
+            reference_ids = left.ids
+    assert flagged >= 0.9 * wrong_total  # (a wrong match along its epipolar line passes, as with any F-RANSAC)
+    fused = sum(len(worlds) > 1 for worlds in id_of_world.values())
+    assert fused <= 0.1 * wrong_total / len(Ts)  # without the gate every wrong match fuses two scene points
+
+
+def test_a_frame_without_a_pose_continues_no_track():
+    pts, Ts = world_points(400, seed=12), poses(4)
+    frames = [view(pts, T, K) for T in Ts]
+    frames[2] = FakeView(frames[2].pixels[:25], frames[2].ids[:25], frames[2].size)  # 25 matches < min_matches 30
+    out = run_mono("previous", frames, {"min_matches": 30})
+    r, f, _ = out[2]
+    assert r.pose is None and r.temporal is not None and len(r.temporal) == 25
+    assert r.track_links() is None
+    assert not np.isin(f.ids, out[1][1].ids).any()  # all new: its matches were never verified
+    assert np.isin(out[3][1].ids, out[1][1].ids).mean() > 0.9  # the next frame, posed against frame 1, continues them

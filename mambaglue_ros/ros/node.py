@@ -967,7 +967,9 @@ class MatcherNode(Node):
         return self.keyframe_id
 
     def _update_tracks(self, frame: Frame, result):
-        """Track ids for this frame's keypoints (left; and right observations with a stereo match)."""
+        """Track ids for this frame's keypoints (left; and right observations with a stereo match). A track continues
+        only through a temporal match the pose explains (``FrameResult.track_links``): not through an outlier, nor
+        through any match of a frame without a pose."""
         kp = result.keypoints if result.keypoints is not None else np.zeros((0, 2), np.float32)
         stereo = result.stereo
         right_kp = right_norm = None
@@ -975,8 +977,7 @@ class MatcherNode(Node):
             right_kp = np.asarray(stereo.keypoints1, dtype=np.float64).reshape(-1, 2)
             right_norm = self.undistort_right.normalized(right_kp)
         return self.tracks.update(
-            frame.stamp_ns, kp, self.undistort_left.normalized(kp),
-            None if result.temporal is None else result.temporal.matches, result.reference_stamp_ns,
+            frame.stamp_ns, kp, self.undistort_left.normalized(kp), result.track_links(), result.reference_stamp_ns,
             result.is_keyframe, None if stereo is None else stereo.matches, right_kp, right_norm,
             live_references=tuple(result.live_references))
 

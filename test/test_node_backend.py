@@ -741,3 +741,79 @@ def test_a_frame_without_a_pose_costs_the_node_odometry_nothing(ros_context, max
             assert error > step, (error, step)  # frames 2 -> 4 lost
     finally:
         node.destroy_node()
+
+
+def test_a_new_calibration_during_a_skipped_frame_still_resets(ros_context):
+    """The calibration changes while a frame of the old size waits: that frame is skipped (size mismatch), and the
+    change must still restart tracking with RESET at the first frame taken (before: the flag was cleared by the
+    skipped frame and no RESET came)."""
+    from mambaglue_ros.tracking_state import TrackingState
+
+    node = make_node(ros_context, {})
+    statuses = []
+    node.pub_status = SimpleNamespace(publish=statuses.append)
+    try:
+        node._on_camera_info("left", info(K))
+        assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
+        node.tracker.reference = object()  # stands for the features of a processed frame
+        node._on_camera_info("left", info(K / 2.0 + np.diag([0, 0, 0.5]), size=(320, 240)))  # binned driver
+        assert not node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 2))  # the old size: skipped
+        assert statuses == []
+        assert node._ensure_tracker(frame(np.zeros((240, 320), np.uint8), 3))
+        assert [s.state for s in statuses] == [TrackingState.RESET] and node.tracker.reference is None
+    finally:
+        node.destroy_node()
+
+
+def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, monkeypatch):
+    """Lifecycle cleanup -> configure -> activate: tracking restarts, so the first frame publishes RESET (stamped
+    with that frame), the reset count goes on, keyframe ids are not reused (a graph keyed by them would attach new
+    factors to old nodes), a service reset is stamped in the images' time base, and the /tf publisher of a
+    configuration goes with it at cleanup."""
+    import sys
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from mambaglue_ros.synthetic import make_sequence
+    from mambaglue_ros.tracking_state import TrackingState
+
+    ok = TransitionCallbackReturn.SUCCESS
+
+    class FakeBroadcaster:  # tf2_ros is not on PyPI: its TransformBroadcaster makes one /tf publisher
+        def __init__(self, node):
+            from std_msgs.msg import String  # (tf2_msgs is not installed either; the type does not matter here)
+            self.pub_tf = node.create_publisher(String, "tf", 10)
+
+    monkeypatch.setitem(sys.modules, "tf2_ros", SimpleNamespace(TransformBroadcaster=FakeBroadcaster))
+    seq = make_sequence(n_frames=6, width=W, height=H, rate_hz=10.0, stereo=False, trajectory="forward", seed=1)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {}, lifecycle=True)
+
+    def run(frames) -> tuple[list, list]:
+        statuses, relative = [], []
+        node.pub_status = SimpleNamespace(publish=statuses.append)
+        node.pub_relative = SimpleNamespace(publish=relative.append)
+        stop_worker(node)
+        node._on_camera_info("left", info(f[0].K, size=(W, H)))
+        for fr in frames:
+            node._process(frame(fr.left, fr.stamp_ns))
+        return statuses, relative
+
+    try:
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        assert "/tf" in {p.topic_name for p in node.publishers}
+        first, rel_first = run(f[:3])
+        assert [s.state for s in first] == [TrackingState.INITIALIZING, TrackingState.OK, TrackingState.OK]
+        assert node._request_reset(np.eye(4), np.zeros((6, 6)), "reset service")
+        service_reset = first[-1]
+        assert service_reset.state == TrackingState.RESET and C.stamp_to_ns(service_reset.header.stamp) == f[2].stamp_ns
+        assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
+        assert "/tf" not in {p.topic_name for p in node.publishers}
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        second, rel_second = run(f[3:])
+        assert [s.state for s in second[:3]] == [TrackingState.RESET, TrackingState.INITIALIZING, TrackingState.OK]
+        assert C.stamp_to_ns(second[0].header.stamp) == f[3].stamp_ns and "configured again" in second[0].reason
+        assert second[0].resets == service_reset.resets + 1
+        assert min(r.keyframe_id for r in rel_second) > max(r.keyframe_id for r in rel_first)
+    finally:
+        node.destroy_node()

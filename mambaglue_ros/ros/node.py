@@ -239,6 +239,11 @@ class MatcherNode(Node):
         self.worker: threading.Thread | None = None
         self._entities: list[Any] = []  # publishers, subscriptions, services, timers made by _configure
         self.mode = self.p["mode"]
+        # What a back end keys its state on must not repeat within the node's life, also across lifecycle
+        # configurations: the reference's keyframe id (0 = none yet) and the count of resets in ~/status.
+        self.keyframe_id = 0
+        self.tracking_state = TrackingStateMachine()
+        self._configurations = 0
         from ..features import MIN_IMAGE_SIDE
 
         self.min_image_side = MIN_IMAGE_SIDE
@@ -281,8 +286,10 @@ class MatcherNode(Node):
         self.odometry = OdometryIntegrator(max_twist_dt_s=LONG_GAP_S)
         self.odometry.reset(pose_params_to_matrix(self.p["initial_pose"]))
         self.tracks = TrackManager()
-        self.tracking_state = TrackingStateMachine()
-        self.keyframe_id = 0  # id of the tracker's reference frame; 0 = none yet
+        # configured again (lifecycle cleanup -> configure): tracking and the odometry start over, so the first
+        # frame publishes RESET (keyframe ids and the reset count go on from the node's earlier configuration)
+        self._configurations += 1
+        self._reset_at_first_frame = self._configurations > 1
         # ids of the frames the tracker may still pose against (FrameResult.live_references), by stamp
         self._keyframe_ids: dict[int, int] = {}
         self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
@@ -695,7 +702,7 @@ class MatcherNode(Node):
     def _ensure_tracker(self, frame: Frame) -> bool:
         with self._lock:
             left, right = self.camera.get("left"), self.camera.get("right")
-            calibration_changed, self._calibration_changed = self._calibration_changed, False
+            calibration_changed = self._calibration_changed  # cleared below once a frame is taken with it
         if left is None or (self.mode == "stereo" and right is None):
             self.stats.count("no_camera_info")
             self._warn("no_camera_info", "no camera_info yet: skipping frame")
@@ -732,9 +739,12 @@ class MatcherNode(Node):
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
                                              self._tracking_config(), frame_period=self.input_period)
             self.tracker.K_left, self.tracker.K_right, self.tracker.T_left_right = left.K_rect, right.K_rect, T_lr
-        if calibration_changed and self.tracker.reference is not None:
-            # the reference's features (and stereo points) belong to the old calibration
-            self._reset(frame.stamp_ns, "camera_info changed: tracking restarts from this frame")
+        if calibration_changed:
+            with self._lock:  # (a change that came meanwhile stays for the next frame: |= in _on_camera_info)
+                self._calibration_changed = False
+            if self.tracker.reference is not None:
+                # the reference's features (and stereo points) belong to the old calibration
+                self._reset(frame.stamp_ns, "camera_info changed: tracking restarts from this frame")
         return True
 
     def _process(self, frame: Frame) -> None:
@@ -750,6 +760,9 @@ class MatcherNode(Node):
             self.stats.count("resets")
             self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
             self.last_stamp_ns = None
+        if self._reset_at_first_frame:
+            self._reset_at_first_frame = False
+            self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
         if not self._ensure_tracker(frame):
             return
         if self.last_stamp_ns is not None and frame.stamp_ns - self.last_stamp_ns > LONG_GAP_S * NS:
@@ -832,7 +845,10 @@ class MatcherNode(Node):
         with self._lock:
             requests, self._reset_requests = self._reset_requests, []
         for T, cov, reason, done in requests:
-            self._reset(self.get_clock().now().nanoseconds, reason, T, cov)
+            # stamped in the images' time base (a bag's, a camera's own clock), where the next frames will be: the
+            # last frame's stamp, or the node's clock before any frame
+            stamp = self.last_stamp_ns if self.last_stamp_ns is not None else self.get_clock().now().nanoseconds
+            self._reset(stamp, reason, T, cov)
             done.set()
 
     def _on_reset_service(self, request, response):
@@ -997,7 +1013,10 @@ class MatcherNode(Node):
             if self.p["publish_tf"]:
                 self.get_logger().warning("publish_tf is set but tf2_ros is not installed: no TF is broadcast")
             return None
-        return TransformBroadcaster(self)
+        broadcaster = TransformBroadcaster(self)
+        if getattr(broadcaster, "pub_tf", None) is not None:  # its /tf publisher goes with the others at cleanup
+            self._entities.append(broadcaster.pub_tf)
+        return broadcaster
 
     def _broadcast_tf(self, header: Header) -> None:
         from geometry_msgs.msg import TransformStamped

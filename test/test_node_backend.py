@@ -817,3 +817,22 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
         assert min(r.keyframe_id for r in rel_second) > max(r.keyframe_id for r in rel_first)
     finally:
         node.destroy_node()
+
+
+def test_camera_frame_names_the_left_camera_only(ros_context):
+    """camera_frame set in stereo: the right camera keeps its own frame (its image's header, or right_camera_frame);
+    before, Matches.frame_id1 and Tracks.right_frame_id named the left frame: a zero baseline in TF."""
+    from std_msgs.msg import Header
+
+    node = make_node(ros_context, {"mode": "stereo", "camera_frame": "cam_left"})
+    try:
+        assert node._frame_id(Header(frame_id="left_hdr")) == "cam_left"
+        assert node._frame_id(Header(frame_id="right_hdr"), "right") == "right_hdr"
+    finally:
+        node.destroy_node()
+    node = make_node(ros_context, {"mode": "stereo", "camera_frame": "cam_left", "right_camera_frame": "cam_right"})
+    try:
+        assert node._frame_id(Header(frame_id="right_hdr"), "right") == "cam_right"
+        assert node._frame_id(Header(frame_id=""), "left") == "cam_left"
+    finally:
+        node.destroy_node()

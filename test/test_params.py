@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
-    assert len(params.PARAMETERS) == len(params.SPECS) == 53
+    assert len(params.PARAMETERS) == len(params.SPECS) == 54
     assert d["cuda_graph"] is False  # unmeasured in the node: opt-in
     assert (d["precision"], d["stereo_matching"]) == ("auto", "network")
 
@@ -85,6 +85,7 @@ def test_runtime_changeable_parameters():
     ("odom_frame", "", "odom_frame must be a non-empty frame id"),
     ("base_frame", "/base_link", "base_frame must be a non-empty frame id without leading '/'"),
     ("camera_frame", "my camera", "camera_frame must be empty or a frame id"),
+    ("right_camera_frame", "/right", "right_camera_frame must be empty or a frame id"),
     ("camera_to_base", [0.0] * 6, "camera_to_base needs 7 numbers (x y z qx qy qz qw), got 6"),
     ("camera_to_base", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0], "quaternion (qx qy qz qw) must have unit norm, has 2.0000"),
     ("camera_to_base", [0, 0, 0, 0, 0, 0, 1], "camera_to_base must be a list of floating-point numbers"),

@@ -881,9 +881,14 @@ class MatcherNode(Node):
 
     # ------------------------------------------------------------------ outputs
     def _frame_id(self, header: Header, side: str = "left") -> str:
-        if self.p["camera_frame"]:
-            return self.p["camera_frame"]
-        return header.frame_id or (self.camera[side].frame_id if side in self.camera else "camera_optical_frame")
+        """The optical frame of camera ``side``: its parameter (``camera_frame``, ``right_camera_frame``), else the
+        image's header, else its camera_info's (a right camera is never given the left one's frame: a back end
+        looking up the stereo extrinsics in TF would get a zero baseline)."""
+        configured = self.p["right_camera_frame"] if side == "right" else self.p["camera_frame"]
+        if configured:
+            return configured
+        return header.frame_id or (self.camera[side].frame_id if side in self.camera
+                                   else ("right_" if side == "right" else "") + "camera_optical_frame")
 
     def _publish(self, frame: Frame, result, latency_ms: float) -> None:
         # Bookkeeping first: a message that cannot be built (non-finite values raise) must not leave
@@ -928,7 +933,7 @@ class MatcherNode(Node):
             if ref_image is not None and self.pub_debug.get_subscription_count() > 0:
                 self._publish_debug(ref_image, frame.image, result.temporal, header)
         if result.stereo is not None:
-            right_frame = self._frame_id(frame.right_header, "right") if not self.p["camera_frame"] else cam_frame
+            right_frame = self._frame_id(frame.right_header, "right")
             self.pub_matches.publish(C.build_matches_msg(
                 result.stereo, header, frame.stamp_ns, frame.stamp_ns, cam_frame, right_frame,
                 self.Matches.PAIR_STEREO, size, size, self.features, alpha, result.timings_ms.get("stereo", 0.0)))
@@ -1001,7 +1006,7 @@ class MatcherNode(Node):
         cams = 2 if self.mode == "stereo" else 1
         right_frame = ""
         if self.mode == "stereo":
-            right_frame = self.p["camera_frame"] or self._frame_id(frame.right_header, "right")
+            right_frame = self._frame_id(frame.right_header, "right")
         self.pub_tracks.publish(C.tracks_msg(tracks, header, right_frame, cams))
         if self.p["publish_tracks_cloud"]:
             self.pub_tracks_cloud.publish(C.tracks_cloud_msg(tracks, header, cams))

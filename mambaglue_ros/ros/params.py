@@ -185,7 +185,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # --- frames and outputs ---------------------------------------------------------------
     ParamSpec("odom_frame", "odom", "fixed frame of ~/odom and of the TF published"),
     ParamSpec("base_frame", "base_link", "robot body frame (child of ~/odom)"),
-    ParamSpec("camera_frame", "", "camera optical frame; empty = camera_info header frame_id"),
+    ParamSpec("camera_frame", "", "camera optical frame (stereo: the left one); empty = the image's header frame_id"),
+    ParamSpec("right_camera_frame", "", "stereo: the right camera's optical frame; empty = the right image's header "
+              "frame_id"),
     ParamSpec("camera_to_base", list(OPTICAL_TO_BODY),
               "T_base_camera as x y z (m) qx qy qz qw; default: camera at base origin, REP-103 optical axes"),
     ParamSpec("publish_tf", False, "broadcast odom_frame -> base_frame on /tf", read_only=False),
@@ -265,8 +267,8 @@ def validate(name: str, value: Any) -> str | None:
         return f"device must be auto, cpu, cuda or cuda:N; got '{value}'"
     if name in ("odom_frame", "base_frame") and not _FRAME_ID.match(value):
         return f"{name} must be a non-empty frame id without leading '/' or spaces, got '{value}'"
-    if name == "camera_frame" and value and not _FRAME_ID.match(value):
-        return f"camera_frame must be empty or a frame id without leading '/' or spaces, got '{value}'"
+    if name in ("camera_frame", "right_camera_frame") and value and not _FRAME_ID.match(value):
+        return f"{name} must be empty or a frame id without leading '/' or spaces, got '{value}'"
     if name in ("camera_to_base", "initial_pose"):
         if len(value) != 7:
             return f"{name} needs 7 numbers (x y z qx qy qz qw), got {len(value)}"

@@ -58,8 +58,9 @@ def generate_launch_description():
                               description="start the lifecycle (managed) node: configure and activate it "
                                           "with a lifecycle manager (Nav2) or `ros2 lifecycle set`"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="use /clock (bag playback with --clock)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="use /clock (bag playback with --clock); empty = the params file's "
+                                          "value (false without one)"),
         DeclareLaunchArgument("log_level", default_value="info",
                               description="debug, info, warn, error or fatal"),
         DeclareLaunchArgument("image", default_value="",

@@ -26,13 +26,16 @@ def test_params_file_mode_is_not_overridden_by_the_default_mode(tmp_path):
     stereo = tmp_path / "stereo.yaml"
     stereo.write_text("/**:\n  ros__parameters:\n    mode: stereo\n    transport: compressed\n")
     kw = launch(params_file=str(stereo), left_image="/cam/left")  # before: ran mono, and refused the remap
-    assert kw["parameters"] == [str(stereo), {"use_sim_time": False}]
+    assert kw["parameters"] == [str(stereo), {}]
     assert ("left/image_rect", "/cam/left") in kw["remappings"]
     # an explicit mode or transport still wins over the file
     kw = launch(params_file=str(stereo), mode="mono", transport="raw")
-    assert kw["parameters"][1] == {"mode": "mono", "transport": "raw", "use_sim_time": False}
+    assert kw["parameters"][1] == {"mode": "mono", "transport": "raw"}
     # without a params file: mono and its default file
-    assert launch()["parameters"] == ["/share/config/matcher.yaml", {"use_sim_time": False}]
+    assert launch()["parameters"] == ["/share/config/matcher.yaml", {}]
+    # use_sim_time: the launch argument when given, else the file's (a file with use_sim_time: true kept it)
+    assert launch(use_sim_time="true")["parameters"][1] == {"use_sim_time": True}
+    assert launch(use_sim_time="False")["parameters"][1] == {"use_sim_time": False}
 
 
 def test_transport_and_lifecycle_are_launch_arguments():

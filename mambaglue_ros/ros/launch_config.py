@@ -46,7 +46,7 @@ LAUNCH_ARGUMENTS: dict[str, str] = {
     "transport": "",
     "lifecycle": "false",
     "namespace": "",
-    "use_sim_time": "false",
+    "use_sim_time": "",
     "log_level": "info",
     "image": "",
     "camera_info": "",
@@ -77,7 +77,7 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
     mode: "mono", "stereo", or "" = the params file's mode (mono without a params file).
     params_file: YAML path; empty = ``share_dir/DEFAULT_PARAMS[mode]``.
     namespace: node namespace ("" = none).
-    use_sim_time: bool or launch string ("true"/"false").
+    use_sim_time: bool or launch string ("true"/"false"); "" = the params file's value (false without one).
     remaps: {launch argument name (REMAP_ARGUMENTS[mode]): target topic}; empty targets are
         ignored, a non-empty one that does not apply to ``mode`` is an error.
     share_dir: the package's share directory (get_package_share_directory(PACKAGE)).
@@ -107,6 +107,8 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
         raise ValueError(f"transport must be raw or compressed, got '{transport}'")
     if transport:
         overrides["transport"] = transport
+    if not (isinstance(use_sim_time, str) and not use_sim_time.strip()):
+        overrides["use_sim_time"] = parse_bool(use_sim_time)
     params_file = params_file or os.path.join(share_dir, DEFAULT_PARAMS[mode])
 
     remappings: list[tuple[str, str]] = []
@@ -126,7 +128,7 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
 
     return {
         # explicit arguments win over the file's values; empty ones leave the file in charge
-        "parameters": [params_file, {**overrides, "use_sim_time": parse_bool(use_sim_time)}],
+        "parameters": [params_file, overrides],
         "remappings": remappings,
         "namespace": namespace.strip(),
         "arguments": (["--lifecycle"] if parse_bool(lifecycle) else []) + ["--ros-args", "--log-level", level],

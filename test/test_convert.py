@@ -415,3 +415,36 @@ def test_odometry_msg():
 def test_pose_validation(T, cov, match):
     with pytest.raises(ValueError, match=match):
         pose_with_covariance_msg(T, cov, Header())
+
+
+@pytest.mark.parametrize("cams", [1, 2])
+def test_tracks_cloud_layouts(cams):
+    """VINS-Mono's layout (id = track id x cameras + camera) and VINS-Fusion's (id, camera_id, ..., and the three
+    gx gy gz channels its callback reads whenever there are more than six); ids exact in float32 (they wrap)."""
+    from std_msgs.msg import Header
+
+    from mambaglue_ros.ros.convert import FLOAT32_EXACT_IDS, tracks_cloud_msg
+    from mambaglue_ros.tracks import TrackFrame
+
+    ids = np.array([3, 7, FLOAT32_EXACT_IDS + 5, 3])
+    camera = np.array([0, 0, 0, 1 if cams == 2 else 0], dtype=np.uint8)
+    px = np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0], [12.0, 20.0]])
+    norm = px / 100.0
+    vel = np.arange(8, dtype=float).reshape(4, 2)
+    frame = TrackFrame(1, None, ids, camera, px, norm, vel * 10, vel, np.ones(4, np.int64))
+    mono = tracks_cloud_msg(frame, Header(frame_id="cam"), cams)
+    ch = {c.name: np.asarray(c.values) for c in mono.channels}
+    assert list(ch) == ["id", "u", "v", "velocity_x", "velocity_y"]
+    expected = (ids % (FLOAT32_EXACT_IDS // cams)) * cams + camera
+    np.testing.assert_array_equal(ch["id"], expected)  # exact: every value below 2^24
+    assert ch["id"][2] == 5 * cams  # wrapped, not rounded to a neighbour's id
+    fusion = tracks_cloud_msg(frame, Header(frame_id="cam"), cams, "vins_fusion")
+    ch = {c.name: np.asarray(c.values) for c in fusion.channels}
+    assert list(ch) == ["id", "camera_id", "u", "v", "velocity_x", "velocity_y", "gx", "gy", "gz"]
+    np.testing.assert_array_equal(ch["id"], [3, 7, 5, 3])
+    np.testing.assert_array_equal(ch["camera_id"], camera)
+    np.testing.assert_array_equal(ch["velocity_y"], vel[:, 1])
+    assert all(len(c.values) == len(fusion.points) == 4 for c in fusion.channels)
+    assert all(p.z == 1.0 for p in fusion.points)
+    with pytest.raises(ValueError, match="layout"):
+        tracks_cloud_msg(frame, Header(frame_id="cam"), cams, "orb_slam")

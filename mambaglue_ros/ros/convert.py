@@ -655,25 +655,43 @@ def tracks_msg(frame, header: Header, right_frame_id: str, num_cameras: int):
     return msg
 
 
-def tracks_cloud_msg(frame, header: Header, num_cameras: int):
-    """tracks.TrackFrame -> sensor_msgs/PointCloud in the layout VINS-Mono's feature tracker publishes
-    (``feature_tracker/feature``): points = (x, y, 1) undistorted normalised coordinates; channels
-    ``id`` (= track id * num_cameras + camera, VINS's multi-camera numbering; the track id itself for
-    mono), ``u``, ``v`` (pixels), ``velocity_x``, ``velocity_y`` (normalised-plane velocity, 1/s,
-    which is what VINS computes). Channel values are float32, so ids are exact up to 2^24.
+TRACKS_CLOUD_LAYOUTS = ("vins_mono", "vins_fusion")
+FLOAT32_EXACT_IDS = 2 ** 24  # a float32 channel holds every integer below this exactly
+
+
+def tracks_cloud_msg(frame, header: Header, num_cameras: int, layout: str = "vins_mono"):
+    """tracks.TrackFrame -> sensor_msgs/PointCloud in the feature layout a VINS estimator subscribes to (the
+    ``feature_tracker/feature`` topic); points = (x, y, 1) undistorted normalised coordinates.
+
+    ``vins_mono``: channels ``id`` (= track id * num_cameras + camera, VINS's multi-camera numbering; the track id
+    itself for mono), ``u``, ``v`` (pixels), ``velocity_x``, ``velocity_y`` (normalised-plane velocity, 1/s, which
+    is what VINS computes). ``vins_fusion``: ``id`` (the track id), ``camera_id``, ``u``, ``v``, ``velocity_x``,
+    ``velocity_y``, then ``gx``, ``gy``, ``gz`` as zeros: VINS-Fusion's feature callback reads channels 6-8 (a
+    simulator's ground-truth point) whenever there are more than 6, so they must be there.
+    Channel values are float32, exact below 2^24: ids wrap there (a track lives seconds; an id comes back
+    16.7 million ids later, long after it left any estimator's window).
     """
     from geometry_msgs.msg import Point32
     from sensor_msgs.msg import ChannelFloat32, PointCloud
 
+    if layout not in TRACKS_CLOUD_LAYOUTS:
+        raise ValueError(f"tracks cloud layout must be one of {TRACKS_CLOUD_LAYOUTS}, got {layout!r}")
     msg = PointCloud()
     msg.header = header
     norm = np.asarray(frame.normalized, dtype=np.float64)
     if not np.isfinite(norm).all():
         raise ValueError("non-finite track values")
     msg.points = [Point32(x=float(x), y=float(y), z=1.0) for x, y in norm]
-    ids = np.asarray(frame.ids, dtype=np.float64) * int(num_cameras) + np.asarray(frame.camera)
-    columns = {"id": ids, "u": frame.pixels[:, 0], "v": frame.pixels[:, 1],
-               "velocity_x": frame.velocity_normalized[:, 0], "velocity_y": frame.velocity_normalized[:, 1]}
+    track_ids, camera = np.asarray(frame.ids, dtype=np.int64), np.asarray(frame.camera, dtype=np.int64)
+    cams = int(num_cameras)
+    if layout == "vins_mono":
+        columns = {"id": (track_ids % (FLOAT32_EXACT_IDS // cams)) * cams + camera}
+    else:
+        columns = {"id": track_ids % FLOAT32_EXACT_IDS, "camera_id": camera}
+    columns.update({"u": frame.pixels[:, 0], "v": frame.pixels[:, 1],
+                    "velocity_x": frame.velocity_normalized[:, 0], "velocity_y": frame.velocity_normalized[:, 1]})
+    if layout == "vins_fusion":
+        columns.update({k: np.zeros(len(track_ids)) for k in ("gx", "gy", "gz")})
     msg.channels = [ChannelFloat32(name=name, values=_f32(values)) for name, values in columns.items()]
     return msg
 

@@ -1009,7 +1009,7 @@ class MatcherNode(Node):
             right_frame = self._frame_id(frame.right_header, "right")
         self.pub_tracks.publish(C.tracks_msg(tracks, header, right_frame, cams))
         if self.p["publish_tracks_cloud"]:
-            self.pub_tracks_cloud.publish(C.tracks_cloud_msg(tracks, header, cams))
+            self.pub_tracks_cloud.publish(C.tracks_cloud_msg(tracks, header, cams, self.p["tracks_cloud_layout"]))
 
     def _make_tf_broadcaster(self):
         try:

@@ -195,9 +195,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "~/reset, as x y z (m) qx qy qz qw"),
     ParamSpec("publish_null_when_lost", False, "while tracking is LOST, publish ~/odom with an all-zero pose "
               "and a huge covariance (rtabmap's null odometry) instead of nothing", read_only=False),
-    ParamSpec("publish_tracks_cloud", False, "also publish ~/tracks_cloud (sensor_msgs/PointCloud in the "
-              "VINS feature layout: points (x, y, 1) normalised, channels id, u, v, velocity_x, velocity_y)",
-              read_only=False),
+    ParamSpec("publish_tracks_cloud", False, "also publish ~/tracks_cloud (sensor_msgs/PointCloud in a "
+              "VINS feature layout, tracks_cloud_layout)", read_only=False),
+    ParamSpec("tracks_cloud_layout", "vins_mono", "~/tracks_cloud channels: vins_mono (id = track id x cameras + "
+              "camera, u, v, velocity_x, velocity_y) or vins_fusion (id, camera_id, u, v, velocity_x, velocity_y, "
+              "gx, gy, gz = 0)", choices=("vins_mono", "vins_fusion"), read_only=False),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages (s)", low=0.1, high=60.0),
 )
 

@@ -78,7 +78,8 @@ class RelativePose:
     metric:      True for stereo/PnP (metric translation), False for monocular.
     inliers:     (N,) bool over the correspondences given to the estimator, in their order (non-finite ones
                  False): those its model explains (mono: the essential matrix's inliers; for a rotation-only
-                 pose also the rotation's; PnP: the final inliers); None where not known.
+                 pose also the rotation's, so more than ``num_inliers``; PnP: the final inliers); None where
+                 not known.
     """
 
     R: np.ndarray
@@ -234,7 +235,7 @@ def relative_pose_in_base(pose: RelativePose, T_base_camera: np.ndarray) -> Rela
     A = pose_covariance_adjoint(T_bc, T_b[:3, :3], lever_arm=pose.metric)
     cov = A @ pose.covariance @ A.T
     return RelativePose(T_b[:3, :3], T_b[:3, 3].copy(), 0.5 * (cov + cov.T), pose.num_inliers,
-                        pose.num_matches, pose.metric)
+                        pose.num_matches, pose.metric, pose.inliers)
 
 
 def scaled_translation(pose: RelativePose, scale: float) -> RelativePose:
@@ -247,7 +248,7 @@ def scaled_translation(pose: RelativePose, scale: float) -> RelativePose:
         raise ValueError(f"translation scale must be finite and >= 0, got {scale}")
     S = np.diag([scale] * 3 + [1.0] * 3)
     return RelativePose(pose.R, pose.t * scale, S @ pose.covariance @ S, pose.num_inliers, pose.num_matches,
-                        pose.metric)
+                        pose.metric, pose.inliers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,10 +378,18 @@ def pose_consistent(x0: np.ndarray, x1: np.ndarray, R: np.ndarray, t: np.ndarray
     if np.linalg.norm(t) > 1e-12:
         d = np.abs(_sampson(R, t / np.linalg.norm(t), x0, x1))
     else:
-        r = x1 @ np.asarray(R, dtype=np.float64).T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.linalg.norm(x0[:, :2] - r[:, :2] / r[:, 2:3], axis=1)
+        d = np.linalg.norm(_rotation_residuals(np.asarray(R, dtype=np.float64), x0, x1), axis=1)
     return np.isfinite(d) & (d <= float(gate))
+
+
+def translation_significant(t: np.ndarray, cov_t: np.ndarray, chi2: float = 11.34) -> bool:
+    """Whether a metric translation ``t`` (3,) stands out of its covariance ``cov_t`` (3, 3): Mahalanobis distance
+    squared above ``chi2`` (default: 3 dof at 99 %). A still camera's estimate is a few millimetres in a random
+    direction, not a direction to draw epipolar lines with."""
+    try:
+        return float(t @ np.linalg.solve(np.asarray(cov_t, dtype=np.float64), t)) > chi2
+    except np.linalg.LinAlgError:
+        return True
 
 
 _SO3_GENERATORS = tuple(skew(e) for e in np.eye(3))  # d/dw_k of [w]_x, built once

@@ -9,7 +9,8 @@ processed frame (and one when a reset happens between frames). States:
 * LOST: there was a pose before, this frame has none (too few matches, occlusion, ...). Tracking
   continues from the next usable frame; ``frames_since_last_pose`` counts the frames without one.
 * RESET: the odometry was reset (reset service, set_pose, a stamp that jumped back, a new
-  calibration). Published once at the reset; the next frame is INITIALIZING or OK.
+  calibration, the lifecycle node configured again). Published once at the reset; the next frame is
+  INITIALIZING or OK.
 """
 from __future__ import annotations
 

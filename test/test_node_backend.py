@@ -815,6 +815,16 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
         assert C.stamp_to_ns(second[0].header.stamp) == f[3].stamp_ns and "configured again" in second[0].reason
         assert second[0].resets == service_reset.resets + 1
         assert min(r.keyframe_id for r in rel_second) > max(r.keyframe_id for r in rel_first)
+        # a ~/reset between the new configuration and its first frame: that is the one RESET, not two
+        assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        statuses = []
+        node.pub_status = SimpleNamespace(publish=statuses.append)
+        stop_worker(node)  # (the reset is then applied at once, in this thread)
+        assert node._request_reset(np.eye(4), np.zeros((6, 6)), "reset service")
+        third, _ = run(f[:2])
+        assert [s.state for s in statuses + third] == [TrackingState.RESET, TrackingState.INITIALIZING,
+                                                       TrackingState.OK]
     finally:
         node.destroy_node()
 

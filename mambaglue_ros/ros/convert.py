@@ -667,7 +667,7 @@ def tracks_cloud_msg(frame, header: Header, num_cameras: int, layout: str = "vin
     itself for mono), ``u``, ``v`` (pixels), ``velocity_x``, ``velocity_y`` (normalised-plane velocity, 1/s, which
     is what VINS computes). ``vins_fusion``: ``id`` (the track id), ``camera_id``, ``u``, ``v``, ``velocity_x``,
     ``velocity_y``, then ``gx``, ``gy``, ``gz`` as zeros: VINS-Fusion's feature callback reads channels 6-8 (a
-    simulator's ground-truth point) whenever there are more than 6, so they must be there.
+    simulator's ground-truth point) whenever it gets more than five, so they must be there.
     Channel values are float32, exact below 2^24: ids wrap there (a track lives seconds; an id comes back
     16.7 million ids later, long after it left any estimator's window).
     """

@@ -281,15 +281,16 @@ class MatcherNode(Node):
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None
         self.camera: dict[str, C.CameraModel] = {}
-        self._calibration_changed = False
+        # camera_info changes: a count, so a change that arrives while a frame is being set up is not lost
+        self._calibration_changes = self._calibration_changes_applied = 0
         self.last_stamp_ns: int | None = None
         self.odometry = OdometryIntegrator(max_twist_dt_s=LONG_GAP_S)
         self.odometry.reset(pose_params_to_matrix(self.p["initial_pose"]))
         self.tracks = TrackManager()
         # configured again (lifecycle cleanup -> configure): tracking and the odometry start over, so the first
-        # frame publishes RESET (keyframe ids and the reset count go on from the node's earlier configuration)
-        self._configurations += 1
-        self._reset_at_first_frame = self._configurations > 1
+        # frame taken publishes RESET (keyframe ids and the reset count go on from the node's earlier configuration;
+        # counted at the end of a configuration that succeeded)
+        self._reset_at_first_frame = self._configurations > 0
         # ids of the frames the tracker may still pose against (FrameResult.live_references), by stamp
         self._keyframe_ids: dict[int, int] = {}
         self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
@@ -365,6 +366,7 @@ class MatcherNode(Node):
         if self.p["matcher"] == "mambaglue" and str(self.matcher.device).startswith("cpu"):
             from ..models.ssm_cpu import cpu_scan_status  # the scan kernel in use, or why the slower torch scan
             self.get_logger().info(f"CPU selective scan: {cpu_scan_status()}")
+        self._configurations += 1
 
     def _activate(self) -> None:
         """Start the worker; frames are accepted from now on."""
@@ -569,7 +571,7 @@ class MatcherNode(Node):
                 and old.D.shape == model.D.shape and np.allclose(old.D, model.D)
                 and old.distortion_model == model.distortion_model)
             self.camera[side] = model
-            self._calibration_changed |= changed
+            self._calibration_changes += int(changed)
         if changed:
             self._warn("camera_info_changed", f"{side} camera_info changed: using the new calibration, tracking "
                                               "restarts from the next frame "
@@ -702,7 +704,7 @@ class MatcherNode(Node):
     def _ensure_tracker(self, frame: Frame) -> bool:
         with self._lock:
             left, right = self.camera.get("left"), self.camera.get("right")
-            calibration_changed = self._calibration_changed  # cleared below once a frame is taken with it
+            changes = self._calibration_changes  # applied below once a frame is taken with this calibration
         if left is None or (self.mode == "stereo" and right is None):
             self.stats.count("no_camera_info")
             self._warn("no_camera_info", "no camera_info yet: skipping frame")
@@ -739,9 +741,8 @@ class MatcherNode(Node):
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
                                              self._tracking_config(), frame_period=self.input_period)
             self.tracker.K_left, self.tracker.K_right, self.tracker.T_left_right = left.K_rect, right.K_rect, T_lr
-        if calibration_changed:
-            with self._lock:  # (a change that came meanwhile stays for the next frame: |= in _on_camera_info)
-                self._calibration_changed = False
+        if changes != self._calibration_changes_applied:
+            self._calibration_changes_applied = changes  # (one that came after the read above: the next frame)
             if self.tracker.reference is not None:
                 # the reference's features (and stereo points) belong to the old calibration
                 self._reset(frame.stamp_ns, "camera_info changed: tracking restarts from this frame")
@@ -760,11 +761,10 @@ class MatcherNode(Node):
             self.stats.count("resets")
             self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
             self.last_stamp_ns = None
-        if self._reset_at_first_frame:
-            self._reset_at_first_frame = False
-            self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
         if not self._ensure_tracker(frame):
             return
+        if self._reset_at_first_frame:  # (cleared by any reset: a ~/reset before this frame already said RESET)
+            self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
         if self.last_stamp_ns is not None and frame.stamp_ns - self.last_stamp_ns > LONG_GAP_S * NS:
             self.stats.count("gaps")
             self._warn("gaps", f"{(frame.stamp_ns - self.last_stamp_ns) / NS:.1f} s since the last frame: matching "
@@ -818,6 +818,7 @@ class MatcherNode(Node):
         Without ``T_odom_base`` the odometry keeps its pose and covariance (a stamp jump, a new
         calibration: a jump of ~/odom would look like motion to a consumer); with it, it starts there.
         """
+        self._reset_at_first_frame = False
         if self.tracker is not None:
             self.tracker.reset()
         self.tracks.reset()

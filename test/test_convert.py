@@ -338,6 +338,13 @@ def test_build_matches_msg_fields():
     np.testing.assert_array_equal(arrays["points1"], result.points1)
     np.testing.assert_array_equal(arrays["indices0"], result.matches[:, 0])
     np.testing.assert_array_equal(arrays["scores"], result.scores)
+    assert len(msg.inliers) == 0 and arrays["inliers"].shape == (0,)  # nothing verified
+    verified = build_matches_msg(match_result(), header, 0, 0, "a", "a", 0, (4, 4), (4, 4), "xfeat", -1.0, 1.0,
+                                 inliers=np.array([True, False, True]))
+    np.testing.assert_array_equal(matches_msg_to_numpy(verified)["inliers"], [True, False, True])
+    with pytest.raises(ValueError, match="inlier flags"):
+        build_matches_msg(match_result(), header, 0, 0, "a", "a", 0, (4, 4), (4, 4), "xfeat", -1.0, 1.0,
+                          inliers=np.array([True]))
 
 
 def test_build_matches_msg_empty_and_inconsistent():

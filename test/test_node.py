@@ -206,6 +206,9 @@ def test_stereo_node_metric_translation(ros_context, policy, stereo_match, stere
         kinds = [m.pair_kind for m in out.get("matches")]
         assert kinds.count(1) == len(frames) and kinds.count(0) == len(frames) - 1
         stereo = [m for m in out.get("matches") if m.pair_kind == 1]
+        for m in out.get("matches"):  # a temporal pair with a pose says which matches the pose explains
+            assert len(m.inliers) == (len(m.scores) if m.pair_kind == 0 else 0)
+            assert m.pair_kind == 1 or 0.8 * len(m.scores) < sum(m.inliers) <= len(m.scores)
         for m in stereo:
             pts0 = np.asarray(m.keypoints0).reshape(-1, 2)
             pts1 = np.asarray(m.keypoints1).reshape(-1, 2)

@@ -451,7 +451,7 @@ def _array(typecode: str, values: np.ndarray) -> array.array:
 def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, stamp1: Time | int,
                       frame_id0: str, frame_id1: str, pair_kind: int,
                       image_size0: tuple[int, int], image_size1: tuple[int, int],
-                      features: str, alpha: float, latency_ms: float):
+                      features: str, alpha: float, latency_ms: float, inliers: np.ndarray | None = None):
     """MatchResult -> mambaglue_ros/Matches (see msg/Matches.msg for the layout).
 
     header: stamp and frame_id of image 1 (the newer / right image).
@@ -460,6 +460,7 @@ def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, s
     image_size0/1: (width, height) pixels of the original images.
     alpha: exit threshold used, -1.0 when early exit is disabled.
     latency_ms: matcher wall time in milliseconds.
+    inliers: (N,) bool, the matches the frame's pose explains (``FrameResult.temporal_inliers``), or None (empty).
     """
     from mambaglue_ros.msg import Matches
 
@@ -480,6 +481,11 @@ def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, s
     msg.scores = _array("f", np.asarray(result.scores).reshape(-1))
     if len(msg.scores) != len(matches):
         raise ValueError(f"{len(matches)} matches but {len(msg.scores)} scores")
+    if inliers is not None:
+        mask = np.asarray(inliers, dtype=bool).reshape(-1)
+        if len(mask) != len(matches):
+            raise ValueError(f"{len(matches)} matches but {len(mask)} inlier flags")
+        msg.inliers = mask.astype(np.uint8).tolist()
     if not (np.isfinite(msg.keypoints0).all() and np.isfinite(msg.keypoints1).all()
             and np.isfinite(msg.scores).all()):
         raise ValueError("non-finite keypoints or scores: Matches not built")
@@ -493,13 +499,15 @@ def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, s
 
 def matches_msg_to_numpy(msg) -> dict[str, np.ndarray]:
     """Matches -> {"points0": (N, 2) float32, "points1": (N, 2) float32, "indices0": (N,) uint32,
-    "indices1": (N,) uint32, "scores": (N,) float32} (zero-copy views of the message arrays)."""
+    "indices1": (N,) uint32, "scores": (N,) float32} (zero-copy views of the message arrays), "inliers": (N,) bool
+    or (0,) where the message verified nothing."""
     return {
         "points0": np.frombuffer(msg.keypoints0, dtype=np.float32).reshape(-1, 2),
         "points1": np.frombuffer(msg.keypoints1, dtype=np.float32).reshape(-1, 2),
         "indices0": np.frombuffer(msg.indices0, dtype=np.uint32),
         "indices1": np.frombuffer(msg.indices1, dtype=np.uint32),
         "scores": np.frombuffer(msg.scores, dtype=np.float32),
+        "inliers": np.asarray(msg.inliers, dtype=bool),  # (N,) or (0,) where nothing was verified
     }
 
 

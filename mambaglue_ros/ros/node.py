@@ -930,7 +930,8 @@ class MatcherNode(Node):
             self.pub_matches.publish(C.build_matches_msg(
                 result.temporal, header, result.reference_stamp_ns, frame.stamp_ns, cam_frame, cam_frame,
                 self.Matches.PAIR_TEMPORAL, ref_size, size, self.features, alpha,
-                result.timings_ms.get("match", 0.0) + result.timings_ms.get("extract", 0.0)))
+                result.timings_ms.get("match", 0.0) + result.timings_ms.get("extract", 0.0),
+                inliers=result.temporal_inliers))
             if ref_image is not None and self.pub_debug.get_subscription_count() > 0:
                 self._publish_debug(ref_image, frame.image, result.temporal, header)
         if result.stereo is not None:

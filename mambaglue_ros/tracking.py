@@ -660,11 +660,14 @@ class StereoTracker(_TrackerBase):
         return float(self.K_left[0, 0])
 
     def _temporal_inliers(self, reference: _Reference, match: MatchResult, pose: RelativePose) -> np.ndarray:
-        """The epipolar test over every temporal match (at the PnP threshold x ``TRACK_GATE``), and PnP's inliers
-        among those with a depth: a PnP outlier with a depth may be a right match whose stereo depth is wrong, and
-        the track is the 2D association (on the rendered room, taking PnP's verdict alone there lost 4-5 % of the
-        right matches and no more of a real matcher's wrong ones: ``benchmarks/track_gate.py``)."""
-        verified = self._pose_explains(match, pose, TRACK_GATE * float(self.config["pnp_ransac_px"]))
+        """The epipolar test over every temporal match, and PnP's inliers among those with a depth: a PnP outlier
+        with a depth may be a right match whose stereo depth is wrong, and the track is the 2D association (on the
+        rendered room, taking PnP's verdict alone there lost 4-5 % of the right matches and no more of a real
+        matcher's wrong ones: ``benchmarks/track_gate.py``). The epipolar gate is ``TRACK_GATE`` standard
+        deviations of a match's distance from its line (two detections: sqrt(2) ``pixel_sigma_px``); PnP's
+        threshold also allows for the depths' errors, which this test does not see."""
+        verified = self._pose_explains(match, pose,
+                                       TRACK_GATE * np.sqrt(2.0) * float(self.config["pixel_sigma_px"]))
         if pose.inliers is not None and reference is not None and reference.has3d is not None:
             with3d = reference.has3d[np.asarray(match.matches, dtype=np.int64).reshape(-1, 2)[:, 0]]
             if int(with3d.sum()) == len(pose.inliers):

@@ -379,6 +379,20 @@ bad_frames() {    # stereo odometry with degraded frames (blur, covered, dark; a
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --modes pixel auto --set max_lost_frames=0 \
     --without-camera-period --json out/stereo_bad_frames_synthetic_before.json
 }
+track_gate() {    # which temporal matches continue a feature track (~/tracks, Matches.inliers), against the rendered
+                  # room's truth: the real matcher, ORB, and the real matcher with 20 % of its matches swapped
+  "$PY" benchmarks/track_gate.py --json out/track_gate_mambaglue.json
+  "$PY" benchmarks/track_gate.py --matcher orb --json out/track_gate_orb.json
+  "$PY" benchmarks/track_gate.py --swap 0.2 --json out/track_gate_mambaglue_swap.json
+}
+live_floor_rate() {  # the KITTI bag live through the node on this host: the defaults against target_rate_hz 10 (the
+                     # bag's rate: a floor, not a throttle), mono and stereo, twice
+  local rep cfg target
+  for rep in 1 2; do for cfg in matcher stereo; do for target in 0.0 10.0; do
+    "$M" replay out/bags/kitti --params config/$cfg.yaml --out out/s38_live_${cfg}_t${target}_$rep --matcher mambaglue \
+      --set target_rate_hz=$target --force --no-plots
+  done; done; done
+}
 scan_kernel() {   # the C++ CPU scan against the torch scan, same network and run; v1 (shipped) and v2 against our
                   # LightGlue, full depth and adaptive; then the node (quiet machine)
   local pair

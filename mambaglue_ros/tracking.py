@@ -126,7 +126,8 @@ class FrameResult:
     reset:              the tracker was reset before this frame (stamp went backwards).
     keypoints:          (N, 2) float32 pixels of all keypoints of this (left) image, the index
                         space of ``temporal.matches[:, 1]`` and ``stereo.matches[:, 0]``.
-    timings_ms:         wall times: extract, match, pose, total.
+    timings_ms:         wall times: extract, match, pose, total; "fallback": the part of match + pose spent on the
+                        fallback references (only when one was tried).
     image_scale:        resolution this (left) image was extracted at, relative to the input (``Features.scale``).
     live_references:    stamps of the frames the next frame may be posed against (the reference, the one before
                         it, the last frame without a pose; module docstring): whoever keeps per-reference state
@@ -287,26 +288,36 @@ class _TrackerBase:
         return tuple(dict.fromkeys(int(r.stamp_ns) for r in refs if r is not None))
 
     def _pose_with_fallback(self, pose_against: Callable[[_Reference], tuple[MatchResult, RelativePose | None, str]],
-                            no_reference: str) -> tuple[_Reference | None, MatchResult | None, RelativePose | None, str]:
+                            no_reference: str, timings: dict[str, float] | None = None
+                            ) -> tuple[_Reference | None, MatchResult | None, RelativePose | None, str]:
         """(reference used, match, pose, reason) of this frame against ``reference``; where that gives no pose,
         the first of ``previous_reference`` and ``candidate`` that gives one (``pose_against(ref)`` -> (match,
         pose, reason); module docstring). Without a pose from any: the attempt against ``reference``. Without a
-        reference: (None, None, None, ``no_reference``)."""
+        reference: (None, None, None, ``no_reference``). ``timings["fallback"]``: the time the attempts against
+        the fallbacks took (ms; absent when none was tried: a rate controller should not read a failure's extra
+        work as what its knobs cost)."""
         ref = self.reference
         if ref is None:
             return None, None, None, no_reference
         match, pose, reason = pose_against(ref)
-        if self.config["max_lost_frames"] > 0:
-            for fallback, what in ((self.previous_reference, "the reference before"),
-                                   (self.candidate, "the last frame without a pose")):
-                if pose is not None:
-                    break
-                if fallback is None:
-                    continue
-                match_fb, pose_fb, reason_fb = pose_against(fallback)
-                if pose_fb is not None:
-                    return fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})"
-        return ref, match, pose, reason
+        t_fallback = time.perf_counter()
+        try:
+            if self.config["max_lost_frames"] > 0:
+                for fallback, what in ((self.previous_reference, "the reference before"),
+                                       (self.candidate, "the last frame without a pose")):
+                    if pose is not None:
+                        break
+                    if fallback is None:
+                        continue
+                    if timings is not None:
+                        timings.setdefault("fallback", 0.0)
+                    match_fb, pose_fb, reason_fb = pose_against(fallback)
+                    if pose_fb is not None:
+                        return fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})"
+            return ref, match, pose, reason
+        finally:
+            if timings is not None and "fallback" in timings:
+                _add_time(timings, "fallback", t_fallback, time.perf_counter())
 
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
                 pose: RelativePose | None, reason: str, step_scale: float = 1.0,
@@ -522,7 +533,7 @@ class MonoTracker(_TrackerBase):
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 
-        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet")
+        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet", timings)
         if ref is None and len(feats) < self.config["min_matches"]:
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
@@ -759,7 +770,7 @@ class StereoTracker(_TrackerBase):
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 
-        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet")
+        ref, match, pose, reason = self._pose_with_fallback(against, resized or "no reference frame yet", timings)
         if ref is None and int(has3d.sum()) < cfg["min_matches"]:
             reason = f"too few stereo points to start ({int(has3d.sum())} < {cfg['min_matches']})"
         # A stereo reference needs depths, not just keypoints.

@@ -64,6 +64,8 @@ def test_a_frame_without_a_pose_keeps_the_reference_and_no_motion_is_lost():
     np.testing.assert_array_equal(res[3].T_odom_cam, res[2].T_odom_cam)  # no place for it: the last pose
     assert res[4].pose is not None and res[4].reference_stamp_ns == 2 * NS  # across the bad frame
     assert res[3].live_references == (2 * NS, 1 * NS, 3 * NS)  # reference, the one before, the frame without a pose
+    # the extra attempts' time is reported apart (a rate controller must not read it as what its knobs cost)
+    assert res[3].timings_ms["fallback"] > 0 and "fallback" not in res[2].timings_ms | res[4].timings_ms
     assert np.all(position_errors(res, Ts)[4:] < 1e-6)  # the motion of frames 2 -> 4 is all there
     # before 2026-12-05 (max_lost_frames 0) the bad frame became the reference and its motion was lost
     _, old = run_stereo(frames, {"max_lost_frames": 0})

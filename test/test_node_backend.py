@@ -846,3 +846,34 @@ def test_camera_frame_names_the_left_camera_only(ros_context):
         assert node._frame_id(Header(frame_id=""), "left") == "cam_left"
     finally:
         node.destroy_node()
+
+
+def test_a_frame_tried_against_the_fallbacks_does_not_move_the_rate_controller(ros_context):
+    """A frame that fails against its reference is tried against the fallback references too: up to three matches.
+    That time is the failure's, not what alpha or the keypoint budget cost: the controller skips the frame."""
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=6, width=W, height=H, rate_hz=10.0, stereo=True, trajectory="forward", seed=1,
+                        speed_mps=1.0)
+    other = make_sequence(n_frames=1, width=W, height=H, stereo=True, trajectory="orbit", seed=7).frame(0)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {"mode": "stereo", "target_rate_hz": 10.0, "pipeline": "off"})
+    try:
+        stop_worker(node)
+        K_ = f[0].K
+        node._on_camera_info("left", info(K_, size=(W, H)))
+        node._on_camera_info("right", info(K_, P=np.c_[K_, [-K_[0, 0] * seq.rig.baseline_m, 0, 0]], size=(W, H)))
+        seen = []
+        node.add_observer(lambda event, frame, result, latency: seen.append(result) if event == "result" else None)
+        frame_ms = iter(range(40, 1000, 10))  # what each frame took, as the stage clocks report it (no stage here)
+        node.stage.finish = lambda: (float(next(frame_ms)),) * 3
+        ema = []
+        for i, fr in enumerate(f):
+            left, right = (other.left, other.right) if i == 3 else (fr.left, fr.right)
+            node._process(frame(left, fr.stamp_ns, right))
+            ema.append(node.controller.latency_ema_ms)
+        assert seen[3].pose is None and "fallback" in seen[3].timings_ms
+        assert ema[3] == ema[2]  # the failing frame left the controller's clock alone
+        assert ema[4] != ema[3] and "fallback" not in seen[4].timings_ms  # the next frame counts again
+    finally:
+        node.destroy_node()

@@ -790,8 +790,9 @@ class MatcherNode(Node):
                      else result.timings_ms.get("extract", math.nan))
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
-        # only matched frames tell the controller what a frame costs (a first frame only extracts)
-        matched = result.temporal is not None
+        # only matched frames tell the controller what a frame costs (a first frame only extracts), and not one that
+        # was tried against the fallback references too (a failure's extra matches are not what the knobs cost)
+        matched = result.temporal is not None and "fallback" not in result.timings_ms
         alpha, max_kp = self.controller.update(controlled_ms if matched else math.nan,
                                                stage1_ms if matched else math.nan)
         if not self.controller.fixed:

@@ -23,6 +23,10 @@ def test_draw_matches_side_by_side_coloured_by_score():
     g = canvas[40, 60 + 60]
     r = canvas[5, 60 + 5]
     assert g[1] > 200 and g[0] < 60 and r[0] > 200 and r[1] < 60
+    # matches the pose does not explain: magenta, whatever their score
+    marked = draw_matches(a, b, np.array([[10.0, 10.0], [30.0, 20.0]]), np.array([[5.0, 5.0], [60.0, 40.0]]),
+                          np.array([0.0, 1.0]), inliers=np.array([True, False]))
+    assert tuple(marked[40, 60 + 60]) == (255, 0, 255) and tuple(marked[5, 60 + 5]) == tuple(r)
 
 
 def test_the_node_does_not_import_the_cli():

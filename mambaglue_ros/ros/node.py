@@ -934,7 +934,7 @@ class MatcherNode(Node):
                 result.timings_ms.get("match", 0.0) + result.timings_ms.get("extract", 0.0),
                 inliers=result.temporal_inliers))
             if ref_image is not None and self.pub_debug.get_subscription_count() > 0:
-                self._publish_debug(ref_image, frame.image, result.temporal, header)
+                self._publish_debug(ref_image, frame.image, result.temporal, header, result.temporal_inliers)
         if result.stereo is not None:
             right_frame = self._frame_id(frame.right_header, "right")
             self.pub_matches.publish(C.build_matches_msg(
@@ -1039,10 +1039,11 @@ class MatcherNode(Node):
             float(v) for v in q)
         self._tf.sendTransform(t)
 
-    def _publish_debug(self, image0: np.ndarray, image1: np.ndarray, match, header: Header) -> None:
+    def _publish_debug(self, image0: np.ndarray, image1: np.ndarray, match, header: Header,
+                       inliers: np.ndarray | None = None) -> None:
         from ..visualization import draw_matches
 
-        canvas = draw_matches(image0, image1, match.points0, match.points1, match.scores)
+        canvas = draw_matches(image0, image1, match.points0, match.points1, match.scores, inliers=inliers)
         self.pub_debug.publish(C.numpy_to_image(canvas, "rgb8", header))
 
     def _publish_diagnostics(self) -> None:

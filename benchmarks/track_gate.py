@@ -11,11 +11,20 @@ wrong pairings first (a weaker matcher's outliers).
 
     .venv/bin/python benchmarks/track_gate.py
     .venv/bin/python benchmarks/track_gate.py --matcher orb --swap 0.2 --json out/track_gate_orb_swap.json
+    .venv/bin/python benchmarks/track_gate.py --kitti ../shared/data/kitti_seq1 --json out/track_gate_kitti.json
+
+``--kitti DIR``: real images without per-match truth. The stereo tracker (``config/stereo.yaml``'s options, as the
+node maps them) runs over the clip, and two ``TrackManager``s build tracks from its results, one through the gated
+matches (the node now) and one through every temporal match (the node before). Each track seen in three or more
+frames is triangulated from all its left observations with the ground-truth poses; a track whose worst
+reprojection error exceeds ``--broken-px`` joins observations no single scene point explains (an outlier fused
+two points, or the ground truth is off there: both managers see the same ground truth).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +107,66 @@ def run(trajectory: str, mode: str, matcher_name: str, keypoints: int, swap: flo
     return counts
 
 
+def triangulate_track(K: np.ndarray, T_world_cams: list[np.ndarray], pixels: np.ndarray) -> np.ndarray:
+    """(n,) reprojection errors [px] of the linear (DLT) triangulation of one track's observations."""
+    rows, Ps = [], []
+    for T, (u, v) in zip(T_world_cams, pixels):
+        P = K @ G.invert(T)[:3]
+        Ps.append(P)
+        rows += [u * P[2] - P[0], v * P[2] - P[1]]
+    X = np.linalg.svd(np.asarray(rows))[2][-1]
+    if abs(X[3]) < 1e-12:
+        return np.full(len(pixels), np.inf)
+    X = X / X[3]
+    errors = []
+    for P, p in zip(Ps, pixels):
+        x = P @ X
+        errors.append(np.inf if x[2] <= 0 else float(np.linalg.norm(x[:2] / x[2] - p)))
+    return np.asarray(errors)
+
+
+def kitti_tracks(sequence: Path, mode: str, keypoints: int, frames: int, broken_px: float, params: str) -> dict:
+    """Tracks through the gated matches against tracks through every match, on real images (module docstring)."""
+    import types
+
+    from mambaglue_ros import Matcher
+    from mambaglue_ros.ros import params as P
+    from mambaglue_ros.ros.node import MatcherNode
+    from mambaglue_ros.tracks import TrackManager
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from stereo_diagnosis import load_kitti, read_gray  # noqa: E402
+
+    data = load_kitti(sequence)
+    config = MatcherNode._tracking_config(types.SimpleNamespace(p={**P.defaults(), **P.load_params_yaml(params)}))
+    matcher = Matcher(features="xfeat", max_keypoints=keypoints)
+    tracker = (StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config) if mode == "stereo"
+               else MonoTracker(matcher, data["K"], config))
+    names = ("gated (now)", "every match (before)")
+    managers = {name: TrackManager() for name in names}
+    seen: dict[str, dict[int, list]] = {name: {} for name in names}
+    for i in range(min(frames, len(data["left"]))):
+        left = read_gray(data["left"][i])
+        r = (tracker.process(left, read_gray(data["right"][i]), i * 100_000_000) if mode == "stereo"
+             else tracker.process(left, i * 100_000_000))
+        links = dict(zip(names, (r.track_links(), None if r.temporal is None else r.temporal.matches)))
+        for name, manager in managers.items():
+            f = manager.update(i * 100_000_000, r.keypoints, r.keypoints, links[name], r.reference_stamp_ns,
+                               r.is_keyframe, live_references=r.live_references)
+            left = f.camera == 0
+            for tid, px in zip(f.ids[left], f.pixels[left]):
+                seen[name].setdefault(int(tid), []).append((i, px))
+    out = {}
+    for name, tracks in seen.items():
+        long = [obs for obs in tracks.values() if len(obs) >= 3]
+        worst = np.array([triangulate_track(data["K"], [data["poses"][i] for i, _ in obs],
+                                            np.array([px for _, px in obs])).max() for obs in long])
+        out[name] = {"tracks_3plus": len(long), "broken": int((worst > broken_px).sum()),
+                     "mean_length": float(np.mean([len(o) for o in long])) if long else 0.0,
+                     "median_worst_px": float(np.median(worst)) if len(worst) else 0.0}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trajectories", nargs="+", default=["forward", "orbit"])
@@ -107,7 +176,29 @@ def main() -> None:
     ap.add_argument("--swap", type=float, default=0.0, help="fraction of each frame's temporal matches made wrong")
     ap.add_argument("--frames", type=int, default=25)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--kitti", type=Path, help="a KITTI odometry folder (image_l, image_r, calib.txt, poses.txt)")
+    ap.add_argument("--broken-px", type=float, default=5.0)
+    ap.add_argument("--params", default=None, help="--kitti: the node's params file (default config/MODE.yaml)")
     args = ap.parse_args()
+    if args.kitti:
+        import torch
+
+        torch.set_num_threads(1)
+        print(f"KITTI {args.kitti.name}, {args.keypoints} keypoints | tracks seen in >= 3 frames | worst "
+              f"reprojection > {args.broken_px:g} px (GT poses) | mean length | median worst px", flush=True)
+        result = {}
+        for mode in args.modes:
+            params = args.params or ("config/stereo.yaml" if mode == "stereo" else "config/matcher.yaml")
+            result[mode] = kitti_tracks(args.kitti, mode, args.keypoints, 10_000, args.broken_px, params)
+            for name, c in result[mode].items():
+                print(f"{mode:6s} {name:22s} | {c['tracks_3plus']} | {c['broken']} "
+                      f"({c['broken'] / max(c['tracks_3plus'], 1):.3f}) | {c['mean_length']:.2f} | "
+                      f"{c['median_worst_px']:.2f}", flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "kitti": result},
+                                            indent=1))
+        return
     rows = []
     print(f"{args.matcher}, {args.keypoints} keypoints, swapped {args.swap:.0%} | right (< {RIGHT_PX:g} px) kept | "
           f"wrong (> {WRONG_PX:g} px) kept | {RIGHT_PX:g}-{WRONG_PX:g} px kept")

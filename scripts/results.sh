@@ -384,6 +384,7 @@ track_gate() {    # which temporal matches continue a feature track (~/tracks, M
   "$PY" benchmarks/track_gate.py --json out/track_gate_mambaglue.json
   "$PY" benchmarks/track_gate.py --matcher orb --json out/track_gate_orb.json
   "$PY" benchmarks/track_gate.py --swap 0.2 --json out/track_gate_mambaglue_swap.json
+  "$PY" benchmarks/track_gate.py --kitti "$DATA/kitti_seq1" --json out/track_gate_kitti.json
 }
 live_floor_rate() {  # the KITTI bag live through the node on this host: the defaults against target_rate_hz 10 (the
                      # bag's rate: a floor, not a throttle), mono and stereo, twice

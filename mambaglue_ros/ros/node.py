@@ -790,9 +790,13 @@ class MatcherNode(Node):
                      else result.timings_ms.get("extract", math.nan))
         self._publish(frame, result, latency_ms)
         self._notify("result", frame, result, latency_ms)
-        # only matched frames tell the controller what a frame costs (a first frame only extracts), and not one that
-        # was tried against the fallback references too (a failure's extra matches are not what the knobs cost)
-        matched = result.temporal is not None and "fallback" not in result.timings_ms
+        # only matched frames tell the controller what a frame costs (a first frame only extracts); a frame that was
+        # also tried against the fallback references tells it without those attempts (a failure's extra matches are
+        # not what its knobs cost; the extraction stage, the resolution loop's clock, never does them)
+        matched = result.temporal is not None
+        if matched and "fallback" in result.timings_ms:
+            controlled_ms -= result.timings_ms["fallback"]
+            controlled_ms = controlled_ms if controlled_ms > 0 else math.nan
         alpha, max_kp = self.controller.update(controlled_ms if matched else math.nan,
                                                stage1_ms if matched else math.nan)
         if not self.controller.fixed:

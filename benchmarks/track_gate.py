@@ -1,7 +1,8 @@
 """Which temporal matches continue a feature track: the gate of ``FrameResult.temporal_inliers`` against the truth.
 
 ``~/tracks`` hands a reference keypoint's id on only through a temporal match the frame's pose explains (mono: the
-essential matrix's inliers; stereo: PnP's inliers or the epipolar test within ``TRACK_GATE`` x ``ransac_px``). This
+essential matrix's inliers; stereo: PnP's inliers among the matches with a depth, the epipolar test at ``TRACK_GATE``
+standard deviations for the others). This
 runs the trackers offline (no ROS) over the project's rendered sequences, whose depth maps and poses give every
 match's truth: a match is right when the reference keypoint, back-projected with its depth and moved with the true
 motion, lands within 3 px of the current keypoint, and wrong beyond 10 px (between the two: localisation and
@@ -117,11 +118,12 @@ def triangulate_track(K: np.ndarray, T_world_cams: list[np.ndarray], pixels: np.
     X = np.linalg.svd(np.asarray(rows))[2][-1]
     if abs(X[3]) < 1e-12:
         return np.full(len(pixels), np.inf)
-    X = X / X[3]
+    # the reprojection as a projective map: a far point whose linear fit lands behind the cameras (noise) projects
+    # where it should; only consistency is tested here, not cheirality
     errors = []
     for P, p in zip(Ps, pixels):
         x = P @ X
-        errors.append(np.inf if x[2] <= 0 else float(np.linalg.norm(x[:2] / x[2] - p)))
+        errors.append(np.inf if abs(x[2]) < 1e-12 * np.linalg.norm(x) else float(np.linalg.norm(x[:2] / x[2] - p)))
     return np.asarray(errors)
 
 
@@ -130,6 +132,7 @@ def kitti_tracks(sequence: Path, mode: str, keypoints: int, frames: int, broken_
     import types
 
     from mambaglue_ros import Matcher
+    from mambaglue_ros.mono_scale import FramePeriod
     from mambaglue_ros.ros import params as P
     from mambaglue_ros.ros.node import MatcherNode
     from mambaglue_ros.tracks import TrackManager
@@ -140,12 +143,14 @@ def kitti_tracks(sequence: Path, mode: str, keypoints: int, frames: int, broken_
     data = load_kitti(sequence)
     config = MatcherNode._tracking_config(types.SimpleNamespace(p={**P.defaults(), **P.load_params_yaml(params)}))
     matcher = Matcher(features="xfeat", max_keypoints=keypoints)
-    tracker = (StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config) if mode == "stereo"
-               else MonoTracker(matcher, data["K"], config))
+    camera = FramePeriod()  # the camera's frame period, as the node feeds it from every frame it receives
+    tracker = (StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config, frame_period=camera)
+               if mode == "stereo" else MonoTracker(matcher, data["K"], config, frame_period=camera))
     names = ("gated (now)", "every match (before)")
     managers = {name: TrackManager() for name in names}
     seen: dict[str, dict[int, list]] = {name: {} for name in names}
     for i in range(min(frames, len(data["left"]))):
+        camera.observe(i * 100_000_000)
         left = read_gray(data["left"][i])
         r = (tracker.process(left, read_gray(data["right"][i]), i * 100_000_000) if mode == "stereo"
              else tracker.process(left, i * 100_000_000))

@@ -674,8 +674,8 @@ class StereoTracker(_TrackerBase):
         """PnP's inliers among the matches with a depth (as mono takes its estimator's), the epipolar test for the
         others: ``TRACK_GATE`` standard deviations of a match's distance from its line (two detections: sqrt(2)
         ``pixel_sigma_px``). The epipolar test also for PnP's outliers was measured and not kept: on the KITTI clip
-        it kept 1939 tracks seen in three or more frames, 5.4 % of them inconsistent with the ground truth,
-        against PnP's verdict 1604 and 3.1 % (every match: 1953 and 6.2 %; ``benchmarks/track_gate.py --kitti``):
+        it kept 1939 tracks seen in three or more frames, 4.6 % of them inconsistent with the ground truth,
+        against PnP's verdict 1604 and 2.1 % (every match: 1953 and 5.4 %; ``benchmarks/track_gate.py --kitti``):
         a wrong match along its epipolar line (a car's lines run along the road) passes that test, not PnP."""
         verified = self._pose_explains(match, pose,
                                        TRACK_GATE * np.sqrt(2.0) * float(self.config["pixel_sigma_px"]))

@@ -314,3 +314,30 @@ def test_a_still_stereo_camera_tests_matches_as_a_rotation():
             wrong_total += int((wrong & no_depth).sum())
             wrong_kept += int(r.temporal_inliers[wrong & no_depth].sum())
     assert wrong_total > 200 and wrong_kept <= 0.005 * wrong_total, (wrong_kept, wrong_total)
+
+
+def test_stereo_rejects_a_wrong_match_along_its_epipolar_line():
+    """A wrong temporal match whose current keypoint lies on the reference keypoint's epipolar line (another scene
+    point on the same reference ray) passes any 2D test; PnP, which knows the reference point's depth, rejects it
+    (such matches are common where a car's epipolar lines run along the road's repeated markings)."""
+    from mambaglue_ros.geometry import pose_consistent
+
+    pts = world_points(400, seed=21)
+    T_LR = G.make_transform(np.eye(3), [0.2, 0.0, 0.0])
+    T1 = G.make_transform(G.so3_exp([0.0, 0.01, 0.0]), [0.2, 0.0, 0.6])
+    along = np.arange(0, 400, 10)  # for these, frame 1 sees a point 2.5x farther on the same reference ray
+    seen1 = pts.copy()
+    seen1[along] *= 2.5  # (the reference camera is at the origin)
+    tracker = StereoTracker(FakeMatcher(), K, K, T_LR, {"min_matches": 20, "min_inliers": 15})
+    tracker.process(view(pts, np.eye(4), K), view(pts, T_LR, K), 0)
+    left = view(seen1, T1, K)
+    r = tracker.process(left, view(seen1, T1 @ T_LR, K), NS)
+    assert r.pose is not None
+    m = r.temporal.matches
+    wrong = np.isin(left.ids[m[:, 1]], along)
+    assert wrong.sum() >= 25
+    x0 = np.c_[r.temporal.points0, np.ones(len(m))] @ np.linalg.inv(K).T
+    x1 = np.c_[r.temporal.points1, np.ones(len(m))] @ np.linalg.inv(K).T
+    assert pose_consistent(x0, x1, r.pose.R, r.pose.t, 3.0 / K[0, 0])[wrong].all()  # invisible to a 2D test
+    assert not r.temporal_inliers[wrong].any()  # PnP's verdict
+    assert r.temporal_inliers[~wrong].mean() > 0.95

@@ -56,9 +56,9 @@ from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
 MONO_SCALES = ("time", "depth", "unit")
-# The epipolar test of the temporal matches under a stereo pose (PnP judges only those with a depth): within this many
-# times the RANSAC threshold of the published pose (a fit over all inliers, so a true match sits a little farther
-# from it than from a RANSAC sample's model); FrameResult.temporal_inliers.
+# How far from its epipolar line under the published pose a temporal match no estimator judged may lie and still
+# continue a track (FrameResult.temporal_inliers; stereo matches without a depth): this many standard deviations of
+# that distance (stereo: sqrt(2) pixel_sigma_px), or times ransac_px where no estimator mask came with the pose.
 TRACK_GATE = 3.0
 
 DEFAULT_TRACKING_CONFIG: dict[str, Any] = {

@@ -245,6 +245,7 @@ def test_only_matches_the_pose_explains_continue_a_track(mode):
     cfg = {"min_matches": 20, "min_inliers": 15}
     tracker = (MonoTracker(matcher, K, cfg) if mode == "mono" else StereoTracker(matcher, K, K, T_LR, cfg))
     tracks, id_of_world, flagged, wrong_total = TrackManager(), {}, 0, 0
+    reference_ids = np.zeros(0, dtype=np.int64)  # the world ids of the reference frame's keypoints
     for k, T in enumerate(Ts):
         left = view(pts, T, K)
         r = tracker.process(left, k * NS) if mode == "mono" else tracker.process(left, view(pts, T @ T_LR, K), k * NS)

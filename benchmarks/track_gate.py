@@ -140,6 +140,8 @@ def kitti_tracks(sequence: Path, mode: str, keypoints: int, frames: int, broken_
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from stereo_diagnosis import load_kitti, read_gray  # noqa: E402
 
+    if not all((Path(sequence) / f).exists() for f in ("calib.txt", "poses.txt")):
+        raise SystemExit(f"{sequence}: not a KITTI odometry folder (calib.txt, poses.txt, image_l/ and image_r/)")
     data = load_kitti(sequence)
     config = MatcherNode._tracking_config(types.SimpleNamespace(p={**P.defaults(), **P.load_params_yaml(params)}))
     matcher = Matcher(features="xfeat", max_keypoints=keypoints)

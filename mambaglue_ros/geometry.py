@@ -314,7 +314,7 @@ def _valid_covariance(cov: np.ndarray) -> bool:
     return True
 
 
-def _normalise(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
+def normalise_pixels(pts: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(N, 2) pixels -> (N, 3) homogeneous normalised image coordinates (z = 1)."""
     h = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
     return h @ np.linalg.inv(K).T
@@ -641,7 +641,7 @@ def estimate_pose_mono(pts0: np.ndarray, pts1: np.ndarray, K0: np.ndarray, K1: n
 
     focal = float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
     thr = float(ransac_px) / focal
-    x0, x1 = _normalise(p0, K0), _normalise(p1, K1)
+    x0, x1 = normalise_pixels(p0, K0), normalise_pixels(p1, K1)
     hyps, why = _essential_hypotheses(x0, x1, thr, confidence, max_iters, range(1))
     if not hyps:
         return None, why

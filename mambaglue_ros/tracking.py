@@ -49,7 +49,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .geometry import (MAX_POSE_HYPOTHESES, PNP_RANSAC_MODES, RelativePose, estimate_pose_mono, estimate_pose_pnp,
-                       make_transform, match_rectified_stereo, pose_consistent, refine_mono_window,
+                       make_transform, match_rectified_stereo, normalise_pixels, pose_consistent, refine_mono_window,
                        refine_stereo_matches, translation_significant, triangulate_stereo)
 from .mono_scale import FramePeriod, MonoScale, ReferenceDepths
 from .types import Features, MatchResult
@@ -300,24 +300,21 @@ class _TrackerBase:
         if ref is None:
             return None, None, None, no_reference
         match, pose, reason = pose_against(ref)
-        t_fallback = time.perf_counter()
-        try:
-            if self.config["max_lost_frames"] > 0:
-                for fallback, what in ((self.previous_reference, "the reference before"),
-                                       (self.candidate, "the last frame without a pose")):
-                    if pose is not None:
-                        break
-                    if fallback is None:
-                        continue
-                    if timings is not None:
-                        timings.setdefault("fallback", 0.0)
-                    match_fb, pose_fb, reason_fb = pose_against(fallback)
-                    if pose_fb is not None:
-                        return fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})"
-            return ref, match, pose, reason
-        finally:
-            if timings is not None and "fallback" in timings:
-                _add_time(timings, "fallback", t_fallback, time.perf_counter())
+        used = (ref, match, pose, reason)
+        t_fallback, tried = time.perf_counter(), False
+        if self.config["max_lost_frames"] > 0:
+            for fallback, what in ((self.previous_reference, "the reference before"),
+                                   (self.candidate, "the last frame without a pose")):
+                if pose is not None or fallback is None:
+                    continue
+                tried = True
+                match_fb, pose_fb, reason_fb = pose_against(fallback)
+                if pose_fb is not None:
+                    used = (fallback, match_fb, pose_fb, f"{reason_fb} (against {what}; the reference: {reason})")
+                    break
+        if tried and timings is not None:
+            _add_time(timings, "fallback", t_fallback, time.perf_counter())
+        return used
 
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
                 pose: RelativePose | None, reason: str, step_scale: float = 1.0,
@@ -436,7 +433,7 @@ class MonoTracker(_TrackerBase):
         kp = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
         if self.undistort is not None and len(kp):
             kp = np.asarray(self.undistort(kp), dtype=np.float64).reshape(-1, 2)
-        return np.c_[kp, np.ones(len(kp))] @ np.linalg.inv(self.K).T
+        return normalise_pixels(kp, self.K)
 
     def _focal_px(self) -> float:
         return float(self.K[0, 0])
@@ -664,8 +661,7 @@ class StereoTracker(_TrackerBase):
         return "auto" if self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9) >= 1.5 else "pixel"
 
     def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        kp = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)  # rectified: no distortion
-        return np.c_[kp, np.ones(len(kp))] @ np.linalg.inv(self.K_left).T
+        return normalise_pixels(np.asarray(pixels, dtype=np.float64).reshape(-1, 2), self.K_left)  # rectified
 
     def _focal_px(self) -> float:
         return float(self.K_left[0, 0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mambaglue_ros.geometry import (_normalise, _numeric_jacobian, _perturb_mono, _sampson, _sampson_E,
+from mambaglue_ros.geometry import (normalise_pixels, _numeric_jacobian, _perturb_mono, _sampson, _sampson_E,
                                     _sampson_E_jacobian, _sampson_pose_jacobian, _tangent_basis, estimate_pose_mono, invert,
                                     make_transform, refine_mono_window, rotation_angle_deg, so3_exp,
                                     translation_direction_error_deg)
@@ -86,7 +86,7 @@ def test_window_refinement_beats_the_pairwise_poses():
             assert pose is not None and np.linalg.norm(pose.t) > 0, why
             R.append(pose.R)
             t.append(pose.t)
-        out = refine_mono_window([_normalise(p, K) for p in kps], links, np.array(R), np.array(t), K[0, 0])
+        out = refine_mono_window([normalise_pixels(p, K) for p in kps], links, np.array(R), np.array(t), K[0, 0])
         assert out is not None and out.pairs == 2 * len(links) - 1
         # scale stays unknown: unit directions; the relative step lengths are only a by-product
         np.testing.assert_allclose(np.linalg.norm(out.t, axis=1), 1.0, atol=1e-12)
@@ -104,7 +104,7 @@ def test_window_refinement_beats_the_pairwise_poses():
 
 def test_nothing_to_refine():
     poses, kps, links = _chain(0, edges=2)
-    x = [_normalise(p, K) for p in kps]
+    x = [normalise_pixels(p, K) for p in kps]
     R, t = np.stack([np.eye(3)] * 2), np.array([[0.0, 0, 1], [0.0, 0, 1]])
     assert refine_mono_window(x[:2], links[:1], R[:1], t[:1], K[0, 0]) is None  # one edge
     assert refine_mono_window(x, links, R, np.array([[0.0, 0, 1], [0.0, 0, 0]]), K[0, 0]) is None  # rotation only

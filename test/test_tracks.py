@@ -1,6 +1,9 @@
 """Persistent track ids and the tracking state machine, with the real trackers on exact matches."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,6 @@ from mambaglue_ros.tracking_state import TrackingState, TrackingStateMachine
 from mambaglue_ros.tracks import TrackManager
 
 from fake_matcher import FakeMatcher, FakeView, view, world_points
-from mambaglue_ros.types import MatchResult
 
 K = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
 NS = 100_000_000  # 10 Hz
@@ -212,27 +214,13 @@ def test_velocities_and_ages_follow_each_tracks_previous_observation():
     assert tracks.next_id > 100 and continued > 100  # many tracks were continued, not only started
 
 
-class SwappingMatcher(FakeMatcher):
-    """Exact temporal matches with a seeded ``fraction`` of them paired with another match's keypoint (wrong
-    correspondences, as a real matcher's outliers); with ``stereo`` the left/right match of a pair (the last two
-    images extracted, in order) stays exact."""
+def swapping_matcher(fraction: float, seed: int = 0, stereo: bool = False):
+    """Exact temporal matches with a seeded ``fraction`` of them paired with another match's keypoint (a real
+    matcher's outliers): ``benchmarks/track_gate.py``'s wrapper around the exact fake matcher."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from track_gate import SwappedTemporal
 
-    def __init__(self, fraction: float, seed: int = 0, stereo: bool = False) -> None:
-        self.fraction, self.rng, self.stereo, self.extracted = fraction, np.random.default_rng(seed), stereo, []
-
-    def extract(self, view):
-        f = super().extract(view)
-        self.extracted = (self.extracted + [f])[-2:]
-        return f
-
-    def match_features(self, f0, f1):
-        r = super().match_features(f0, f1)
-        if self.stereo and len(self.extracted) == 2 and f0 is self.extracted[0] and f1 is self.extracted[1]:
-            return r
-        m = r.matches.copy()
-        pick = self.rng.choice(len(m), int(self.fraction * len(m)), replace=False)
-        m[pick, 1] = m[np.roll(pick, 1), 1]
-        return MatchResult(r.keypoints0, r.keypoints1, m, r.scores, 1, 1)
+    return SwappedTemporal(FakeMatcher(), fraction, stereo, seed)
 
 
 @pytest.mark.parametrize("mode", ["mono", "stereo"])
@@ -241,7 +229,7 @@ def test_only_matches_the_pose_explains_continue_a_track(mode):
     scene point: a VINS-style back end would fuse two points into one track."""
     pts, Ts = world_points(400, seed=11), poses(6, step_m=0.15)
     T_LR = G.make_transform(np.eye(3), [0.2, 0.0, 0.0])
-    matcher = SwappingMatcher(0.2, seed=3, stereo=mode == "stereo")
+    matcher = swapping_matcher(0.2, seed=3, stereo=mode == "stereo")
     cfg = {"min_matches": 20, "min_inliers": 15}
     tracker = (MonoTracker(matcher, K, cfg) if mode == "mono" else StereoTracker(matcher, K, K, T_LR, cfg))
     tracks, id_of_world, flagged, wrong_total = TrackManager(), {}, 0, 0
@@ -293,7 +281,7 @@ def test_a_still_stereo_camera_tests_matches_as_a_rotation():
     assert translation_significant(np.array([0.1, 0.0, 0.0]), np.eye(3) * 1e-4)
     pts = world_points(600, seed=13)
     T_LR = G.make_transform(np.eye(3), [0.2, 0.0, 0.0])
-    tracker = StereoTracker(SwappingMatcher(0.2, seed=5, stereo=True), K, K, T_LR, {"min_matches": 20,
+    tracker = StereoTracker(swapping_matcher(0.2, seed=5, stereo=True), K, K, T_LR, {"min_matches": 20,
                                                                                     "min_inliers": 15})
     noise = np.random.default_rng(0)
 

@@ -16,7 +16,8 @@ Conventions
 * Timestamps are int64 nanoseconds.
 
 Main entry points: :func:`default_K`, :class:`StereoRig`, :class:`SyntheticScene`,
-:func:`make_trajectory`, :func:`make_sequence` and :func:`warp_photo_pair`.
+:func:`make_trajectory`, :func:`make_sequence`, :func:`warp_photo_pair` and :func:`raw_camera_view` (what a raw,
+distorted and unrectified camera sees of a rectified view: image_raw input with its camera_info).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ __all__ = [
     "camera_pose",
     "default_K",
     "load_photo",
+    "raw_camera_view",
     "make_sequence",
     "make_trajectory",
     "relative_pose",
@@ -830,3 +832,28 @@ def warp_photo_pair(name: str = "astronaut", H: np.ndarray | None = None,
     img1 = cv2.warpPerspective(img0, H, (w, h), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     return img0, img1, H
+
+
+# --------------------------------------------------------------------------------------------
+# Raw (distorted, unrectified) views
+# --------------------------------------------------------------------------------------------
+
+def raw_camera_view(rect_image: np.ndarray, K_rect: np.ndarray, K_raw: np.ndarray, D_raw: np.ndarray,
+                    R: np.ndarray) -> np.ndarray:
+    """The image a raw camera sees of a rectified view: the inverse of image_proc's rectify.
+
+    rect_image: (H, W[, C]) image of the rectified pinhole ``K_rect`` (3, 3). The raw camera has intrinsics
+    ``K_raw`` (3, 3), plumb_bob distortion ``D_raw`` and is turned from the rectified camera by ``R``
+    (camera_info R: ``x_rect = R x_raw``, same centre). Each raw pixel samples the rectified image where its ray
+    lands (bilinear), so a camera_info (K_raw, D_raw, R, P = [K_rect | Tx]) describes the result.
+    Raises ValueError when the raw camera sees outside the rectified view (choose a narrower K_raw).
+    """
+    h, w = rect_image.shape[:2]
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-10)
+    src = cv2.undistortPointsIter(grid.reshape(-1, 1, 2), np.asarray(K_raw, np.float64),
+                                  np.asarray(D_raw, np.float64), np.asarray(R, np.float64),
+                                  np.asarray(K_rect, np.float64), criteria).reshape(h, w, 2).astype(np.float32)
+    if src[..., 0].min() < 0 or src[..., 0].max() > w - 1 or src[..., 1].min() < 0 or src[..., 1].max() > h - 1:
+        raise ValueError("the raw camera sees outside the rectified view: choose a narrower K_raw")
+    return cv2.remap(rect_image, src[..., 0], src[..., 1], cv2.INTER_LINEAR)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from mambaglue_ros import geometry as G
-from mambaglue_ros.camera_model import PointUndistorter
+from mambaglue_ros.camera_model import (ImageRectifier, PointUndistorter, pose_in_camera_frame,
+                                      stereo_row_offset_px)
+from mambaglue_ros.synthetic import raw_camera_view
 from mambaglue_ros.tracking import MonoTracker
 
 from fake_matcher import FakeMatcher, view, world_points
@@ -59,3 +61,93 @@ def mono_rotation_error_deg(undistort: bool) -> float:
 def test_mono_pose_from_a_distorted_camera_needs_undistortion():
     assert mono_rotation_error_deg(undistort=True) < 0.05
     assert mono_rotation_error_deg(undistort=False) > 0.5  # what the node did: K only, D ignored
+
+
+# --- stereo_rectify: raw stereo images remapped to the rectified pinhole, and results turned back ---------------
+
+def rotation_deg(axis, deg: float) -> np.ndarray:
+    return G.so3_exp(np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) * np.deg2rad(deg))
+
+
+def test_image_rectifier_puts_points_where_the_rectified_camera_sees_them():
+    w, h = 640, 480
+    K_rect = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
+    K_raw = np.array([[540.0, 0.0, 316.0], [0.0, 538.0, 244.0], [0.0, 0.0, 1.0]])  # narrower: sees inside
+    D_raw = np.array([-0.12, 0.03, 0.0005, -0.0004, 0.0])
+    R = rotation_deg([0.3, 1.0, 0.2], 4.0)
+    # bright blobs at known rectified pixels
+    blobs = np.array([[160.0, 120.0], [480.0, 130.0], [320.0, 240.0], [200.0, 360.0], [450.0, 350.0]])
+    yy, xx = np.mgrid[0:h, 0:w]
+    rect = np.zeros((h, w), np.float32)
+    for x, y in blobs:
+        rect += 200.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2))
+    raw = raw_camera_view(rect.astype(np.uint8), K_rect, K_raw, D_raw, R)
+    P = np.c_[K_rect, np.zeros(3)]
+    out = ImageRectifier(K_raw, D_raw, "plumb_bob", R, P, (w, h))(raw)
+    assert out.shape == raw.shape and out.dtype == np.uint8
+    for x, y in blobs:  # each blob's centroid comes back to its rectified pixel
+        x0, y0 = int(x) - 8, int(y) - 8
+        patch = out[y0:y0 + 17, x0:x0 + 17].astype(np.float64)
+        py, px = np.mgrid[0:17, 0:17]
+        centre = np.array([(patch * px).sum(), (patch * py).sum()]) / patch.sum() + [x0, y0]
+        assert np.linalg.norm(centre - [x, y]) < 0.25, (centre, (x, y))
+    # without the rectification the blobs are pixels away: the test sees the remap
+    assert np.abs(raw.astype(int) - rect.astype(np.uint8).astype(int)).max() > 100
+    with pytest.raises(ValueError, match="is for 640x480"):
+        ImageRectifier(K_raw, D_raw, "plumb_bob", R, P, (w, h))(raw[:240])
+
+
+def test_image_rectifier_fisheye_and_refusals():
+    w, h = 320, 240
+    K_raw = np.array([[190.0, 0.0, 160.0], [0.0, 190.0, 120.0], [0.0, 0.0, 1.0]])
+    Df = np.array([0.05, -0.01, 0.002, -0.0005])
+    P = np.c_[K_raw * [[0.8], [0.8], [1.0]], np.zeros(3)]
+    rect_px = np.random.default_rng(3).integers([10, 10], [w - 10, h - 10], (50, 2))  # (x, y)
+    X = np.c_[rect_px, np.ones(50)] @ np.linalg.inv(P[:, :3]).T  # their rays
+    raw_px, _ = cv2.fisheye.projectPoints(X.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K_raw, Df)
+    rectifier = ImageRectifier(K_raw, Df, "equidistant", None, P, (w, h))
+    # the remap table says, for each rectified pixel, which raw pixel it samples: the one of the same ray
+    mx, my = cv2.convertMaps(rectifier.maps[0], rectifier.maps[1], cv2.CV_32FC1)
+    sampled = np.c_[mx[rect_px[:, 1], rect_px[:, 0]], my[rect_px[:, 1], rect_px[:, 0]]]
+    assert np.abs(sampled - raw_px.reshape(-1, 2)).max() < 0.05  # (the table's 1/32 px steps)
+    with pytest.raises(ValueError, match="P is unset"):
+        ImageRectifier(K_raw, Df, "equidistant", None, np.zeros((3, 4)), (w, h))
+    with pytest.raises(ValueError, match="unsupported distortion model"):
+        ImageRectifier(K_raw, np.ones(5) * 0.1, "kannala", None, P, (w, h))
+
+
+def test_rectified_rays_turned_back_into_the_cameras_frame():
+    R = rotation_deg([1.0, -0.5, 0.3], 3.0)
+    P = np.c_[K * [[0.9], [0.9], [1.0]], np.zeros(3)]
+    X = np.c_[np.random.default_rng(4).uniform(-0.5, 0.5, (40, 2)), np.ones(40)] * 4.0  # camera frame
+    x_rect = (X @ R.T) @ P[:, :3].T
+    pixels = x_rect[:, :2] / x_rect[:, 2:3]
+    u = PointUndistorter(K, D, "plumb_bob", P=P, rectified=True, R=R)
+    np.testing.assert_allclose(u.normalized(pixels), X[:, :2] / X[:, 2:3], atol=1e-12)
+    assert not np.allclose(PointUndistorter(K, D, P=P, rectified=True).normalized(pixels), X[:, :2] / X[:, 2:3],
+                           atol=1e-3)  # (the rectified camera's own rays differ)
+    assert PointUndistorter(K, D, P=P, rectified=True, R=np.eye(3)).R_cam_rect is None
+    assert PointUndistorter(K, D, R=R).R_cam_rect is None  # raw input: no rectified camera to turn back
+
+
+def test_pose_in_camera_frame():
+    R = rotation_deg([0.2, 1.0, -0.1], 5.0)  # x_rect = R x_cam
+    T_c = G.make_transform(G.so3_exp([0.01, -0.03, 0.02]), [0.1, -0.02, 1.2])  # the camera's true motion
+    C = np.eye(4)
+    C[:3, :3] = R
+    T_r = C @ T_c @ np.linalg.inv(C)  # the same motion seen by the rectified camera
+    cov_r = np.diag([1e-4, 4e-4, 9e-4, 1e-6, 2e-6, 3e-6])
+    pose_r = G.RelativePose(T_r[:3, :3], T_r[:3, 3], cov_r, 90, 100, True, np.ones(100, bool))
+    pose_c = pose_in_camera_frame(pose_r, R)
+    np.testing.assert_allclose(pose_c.as_matrix(), T_c, atol=1e-12)
+    np.testing.assert_allclose(pose_c.covariance[:3, :3], R.T @ cov_r[:3, :3] @ R, atol=1e-15)
+    np.testing.assert_allclose(pose_c.covariance[3:, 3:], R.T @ cov_r[3:, 3:] @ R, atol=1e-15)
+    assert pose_c.num_inliers == 90 and pose_c.metric and pose_c.inliers is pose_r.inliers
+    assert pose_in_camera_frame(pose_r, np.eye(3)) is pose_r and pose_in_camera_frame(pose_r, None) is pose_r
+
+
+def test_stereo_row_offset():
+    left = np.array([[10.0, 20.0], [30.0, 40.0], [50.0, 60.0]])
+    assert stereo_row_offset_px(left, left - [5.0, 0.0]) == 0.0
+    assert stereo_row_offset_px(left, left + [[-5.0, 3.0], [-5.0, -4.0], [0.0, 0.5]]) == 3.0
+    assert np.isnan(stereo_row_offset_px(np.zeros((0, 2)), np.zeros((0, 2))))

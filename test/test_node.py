@@ -247,6 +247,110 @@ def test_stereo_node_metric_translation(ros_context, policy, stereo_match, stere
         stop(node, io, executor)
 
 
+# A raw stereo rig looking at the synthetic room: each raw camera is the rendered (rectified) camera turned by its
+# camera_info R, narrower (K_raw) and with barrel distortion; the rectified projection P zooms in so that the
+# rectified image lies inside the raw one (camera_calibration's alpha = 0)
+RAW_D = [-0.12, 0.03, 0.0005, -0.0004, 0.0]
+
+
+def raw_rig(K: np.ndarray) -> dict:
+    def turn(axis, deg):
+        return G.so3_exp(np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) * np.deg2rad(deg))
+    def zoom(f, shift=(0.0, 0.0)):
+        Z = K.copy()
+        Z[0, 0] *= f
+        Z[1, 1] *= f
+        Z[:2, 2] += shift
+        return Z
+    return {"K_raw": zoom(1.4, (4.0, -3.0)), "R_left": turn([0.2, 1.0, 0.1], 5.0),
+            "R_right": turn([0.25, 1.0, 0.05], 5.5), "K_rect": zoom(1.7)}
+
+
+def raw_camera_info_msg(K_raw, R, K_rect, frame_id: str, baseline_m: float = 0.0):
+    """camera_info of a raw camera (REP-104): its K and D, the rectification R and the rectified projection P."""
+    msg = camera_info_msg(K_raw, 640, 480, frame_id)
+    msg.d = [float(v) for v in RAW_D]
+    msg.r = [float(v) for v in np.asarray(R).ravel()]
+    P = np.c_[K_rect, [-K_rect[0, 0] * baseline_m, 0.0, 0.0]]
+    msg.p = [float(v) for v in P.ravel()]
+    return msg
+
+
+@pytest.mark.parametrize("images", ["raw", "rect", "raw_unrectified"])
+def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, images):
+    """stereo_rectify: raw images are remapped with camera_info K, D, R, P; the poses are of the raw camera's own
+    frame (camera_info R turned back), also for image_rect input whose camera_info has an R (REP-104); raw images
+    without stereo_rectify get a warning that names the cause, and the node keeps running."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from mambaglue_ros.synthetic import raw_camera_view
+
+    seq = make_sequence(n_frames=5, rate_hz=10.0, stereo=True, trajectory="forward", seed=2, baseline_m=0.2,
+                        speed_mps=1.0)
+    frames = [seq.frame(i) for i in range(len(seq))]
+    rig = raw_rig(frames[0].K)
+    b = seq.rig.baseline_m
+    if images == "rect":  # image_rect as stereo_image_proc publishes it, with the raw cameras' camera_info
+        pairs = [(f.left, f.right) for f in frames]
+        infos = (raw_camera_info_msg(rig["K_raw"], rig["R_left"], frames[0].K, "left_optical"),
+                 raw_camera_info_msg(rig["K_raw"], rig["R_right"], frames[0].K, "right_optical", b))
+    else:
+        pairs = [(raw_camera_view(f.left, f.K, rig["K_raw"], np.array(RAW_D), rig["R_left"]),
+                  raw_camera_view(f.right, f.K, rig["K_raw"], np.array(RAW_D), rig["R_right"])) for f in frames]
+        infos = (raw_camera_info_msg(rig["K_raw"], rig["R_left"], rig["K_rect"], "left_optical"),
+                 raw_camera_info_msg(rig["K_raw"], rig["R_right"], rig["K_rect"], "right_optical", b))
+    node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
+                                             "stereo_rectify": images == "raw"})
+    try:
+        out = Collector(io)
+        out.wait_matched()
+        left = io.create_publisher(Image, "left/image_rect", 10)
+        right = io.create_publisher(Image, "right/image_rect", 10)
+        linfo = io.create_publisher(CameraInfo, "left/camera_info", 10)
+        rinfo = io.create_publisher(CameraInfo, "right/camera_info", 10)
+        wait_for_subscribers(left, right, linfo, rinfo)
+        linfo.publish(infos[0])
+        rinfo.publish(infos[1])
+        assert wait_for(lambda: {"left", "right"} <= set(node.camera), timeout=10)
+        for i, (f, (im_l, im_r)) in enumerate(zip(frames, pairs)):
+            left.publish(image_msg(im_l, f.stamp_ns, "left_optical"))
+            right.publish(image_msg(im_r, f.stamp_ns, "right_optical"))
+            assert wait_for(lambda: node.stats.counters["frames_processed"] >= i + 1, timeout=40), f"frame {i}"
+        if images == "raw_unrectified":
+            assert node.stats.counters["stereo_not_rectified"] >= 1
+            assert node.worker.is_alive()
+            return
+        assert node.stats.counters["stereo_not_rectified"] == 0
+        # normalised track coordinates are rays of the raw camera: a point seen at a rectified pixel
+        X = np.array([[0.3, -0.2, 2.0], [-0.5, 0.1, 4.0]])  # raw left camera frame
+        x = (X @ rig["R_left"].T) @ (frames[0].K if images == "rect" else rig["K_rect"]).T
+        np.testing.assert_allclose(node.undistort_left.normalized(x[:, :2] / x[:, 2:]), X[:, :2] / X[:, 2:],
+                                   atol=1e-9)
+        assert wait_for(lambda: out.count("odom") >= len(frames) - 1, timeout=10)
+        check_outputs(out)
+        stereo = [m for m in out.get("matches") if m.pair_kind == 1]
+        for m in stereo:  # matched on the rectified images: same rows
+            rows_apart = np.abs(np.asarray(m.keypoints0).reshape(-1, 2)[:, 1] - np.asarray(m.keypoints1).reshape(-1, 2)[:, 1])
+            assert len(rows_apart) > 100 and np.mean(rows_apart < 2.0) > 0.9
+        # truth: the raw left camera, turned from the rectified one by R (x_rect = R x_raw)
+        T_rect_raw = np.eye(4)
+        T_rect_raw[:3, :3] = rig["R_left"]
+        T_world_raw = [f.T_world_left @ T_rect_raw for f in frames]
+        t_true = G.R_BODY_OPTICAL @ (G.invert(T_world_raw[0]) @ T_world_raw[-1])[:3, 3]
+        odom = out.get("odom")[-1].pose.pose.position
+        t_odom = np.array([odom.x, odom.y, odom.z])
+        assert np.linalg.norm(t_odom - t_true) < 0.1 * np.linalg.norm(t_true), (t_odom, t_true)
+        # the direction is the raw camera's: the rectified camera's differs by 5 degrees
+        angle = np.degrees(np.arccos(t_odom @ t_true / np.linalg.norm(t_odom) / np.linalg.norm(t_true)))
+        assert angle < 2.0, (angle, t_odom, t_true)
+        for k, p in enumerate(out.get("pose"), start=1):  # relative poses: raw camera k-1 -> k
+            T_true = G.invert(T_world_raw[k - 1]) @ T_world_raw[k]
+            t = np.array([p.pose.pose.position.x, p.pose.pose.position.y, p.pose.pose.position.z])
+            assert np.linalg.norm(t - T_true[:3, 3]) < 0.1 * np.linalg.norm(T_true[:3, 3]), (k, t, T_true[:3, 3])
+    finally:
+        stop(node, io, executor)
+
+
 def test_parameters_validated_at_start_and_at_run_time(ros_context):
     from rclpy.parameter import Parameter
 

@@ -90,8 +90,29 @@ def test_mono_undistorts_matched_points_with_camera_info_D(ros_context):
         node._on_camera_info("left", info(K, D, P))
         assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
         assert node.tracker.undistort is None and np.allclose(node.tracker.K, P[:, :3])
+        assert node.R_rect_left is None or np.allclose(node.R_rect_left, np.eye(3))
     finally:
         node.destroy_node()
+    # one camera of a rectified stereo pair (camera_info R, REP-104): measured in the rectified camera, published in
+    # the camera's own frame (its rays; its poses: pose_in_camera_frame with R_rect_left)
+    R = G.so3_exp([0.01, 0.03, -0.02])
+    for rectified in (True, False):
+        node = make_node(ros_context, {"rectified_input": rectified})
+        try:
+            msg = info(K, D, P)
+            msg.r = [float(v) for v in R.ravel()]
+            node._on_camera_info("left", msg)
+            assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
+            if not rectified:  # a raw image is the camera's own: nothing to turn back
+                assert node.R_rect_left is None
+                continue
+            np.testing.assert_allclose(node.R_rect_left, R)
+            X = np.array([[0.4, -0.1, 3.0], [-0.6, 0.3, 5.0]])  # camera frame
+            x = (X @ R.T) @ P[:, :3].T
+            np.testing.assert_allclose(node.undistort_left.normalized(x[:, :2] / x[:, 2:]), X[:, :2] / X[:, 2:],
+                                       atol=1e-9)
+        finally:
+            node.destroy_node()
 
 
 # ------------------------------------------------------------------------------------------------

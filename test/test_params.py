@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
-    assert len(params.PARAMETERS) == len(params.SPECS) == 55
+    assert len(params.PARAMETERS) == len(params.SPECS) == 56
     assert d["cuda_graph"] is False  # unmeasured in the node: opt-in
     assert (d["precision"], d["stereo_matching"]) == ("auto", "network")
 

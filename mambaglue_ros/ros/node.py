@@ -61,7 +61,7 @@ from std_srvs.srv import Trigger
 from geometry_msgs.msg import PoseWithCovarianceStamped
 
 from .. import geometry as G
-from ..camera_model import PointUndistorter
+from ..camera_model import ImageRectifier, PointUndistorter, pose_in_camera_frame, stereo_row_offset_px
 from ..mono_scale import FramePeriod
 from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
@@ -84,6 +84,9 @@ BACKWARD_RESET_S = 1.0  # a stamp this far back is a bag loop / clock reset, not
 # match is reported as a pose failure), but the average motion over the gap is no velocity, so
 # ~/odom gets an unknown twist for that step. Counted in `gaps`.
 LONG_GAP_S = 5.0
+# median row distance of left/right matches above which a stereo pair is called not rectified: rectified pairs show
+# ~0.5 px of detection noise
+STEREO_ROW_OFFSET_PX = 2.0
 WARN_PERIOD_S = 5.0  # the same kind of warning is logged at most once per period
 
 
@@ -96,6 +99,8 @@ class Frame:
     image: np.ndarray
     right: np.ndarray | None = None
     right_header: Header | None = None
+    raw: tuple[np.ndarray, np.ndarray] | None = None  # stereo_rectify: the images as received, once rectified
+    rectified_by: Any = None  # ... and the rectifiers that made image and right of them
 
 
 def pose_params_to_matrix(values: list[float]) -> np.ndarray:
@@ -281,6 +286,11 @@ class MatcherNode(Node):
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
         self.tracker: MonoTracker | StereoTracker | None = None
         self.camera: dict[str, C.CameraModel] = {}
+        # stereo_rectify: each camera's remap tables, built when its camera_info first comes or changes (both stages
+        # read them; a frame remembers which made its images)
+        self._rectifiers: dict[str, ImageRectifier] = {}
+        # rectified input: the (left) camera_info's R; poses of the rectified camera are turned back by it
+        self.R_rect_left: np.ndarray | None = None
         # camera_info changes: a count, so a change that arrives while a frame is being set up is not lost
         self._calibration_changes = self._calibration_changes_applied = 0
         self.last_stamp_ns: int | None = None
@@ -345,13 +355,9 @@ class MatcherNode(Node):
         # in periods (mono step lengths; stereo: where pnp_ransac auto may take the covariance gate)
         self.input_period = FramePeriod()
         self.stereo_placement = StereoPlacement()  # the stage that runs the left/right match (balances the two)
-        network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network
-        self.stage = ExtractionStage(lambda: self.slot, lambda f: self.matcher.prefetch(
-            [f.image] if f.right is None else [f.image, f.right],
-            stereo=f.right is not None and network_stereo and self.stereo_placement.ahead(),
-            prepare=None if network_stereo else 1),
-            enabled=self.pipelined, stamp_ns=lambda f: f.stamp_ns,
-            on_skip=lambda: self.stats.count("frames_dropped"))  # left out to hold target_rate_hz
+        self.stage = ExtractionStage(lambda: self.slot, self._prefetch, enabled=self.pipelined,
+                                     stamp_ns=lambda f: f.stamp_ns,  # frames left out to hold target_rate_hz:
+                                     on_skip=lambda: self.stats.count("frames_dropped"))
         self.stage.set_rate(self.p["target_rate_hz"])
         # a steady clock: under use_sim_time a paused /clock (bag paused or ended) must not stop
         # the diagnostics that would tell why nothing comes out
@@ -555,10 +561,16 @@ class MatcherNode(Node):
         return image
 
     def _on_camera_info(self, side: str, msg: CameraInfo) -> None:
+        rectify = self.mode == "stereo" and self.p["stereo_rectify"]
+        rectifier = None
         try:
             model = C.CameraModel.from_msg(msg)
             if self.mode == "mono" and not self.p["rectified_input"]:
                 PointUndistorter(model.K, model.D, model.distortion_model)  # a model we can undo?
+            old = self.camera.get(side)
+            if rectify and (old is None or side not in self._rectifiers or not self._same_calibration(old, model)):
+                rectifier = ImageRectifier(model.K, model.D, model.distortion_model, model.R, model.P,
+                                           model.image_size)
         except (C.CameraInfoError, ValueError) as e:
             self.stats.count("bad_camera_info")
             self._warn("bad_camera_info", f"ignoring {side} camera_info: {e}"
@@ -566,11 +578,10 @@ class MatcherNode(Node):
             return
         with self._lock:
             old = self.camera.get(side)
-            changed = old is not None and not (
-                np.allclose(old.K, model.K) and np.allclose(old.P, model.P) and old.image_size == model.image_size
-                and old.D.shape == model.D.shape and np.allclose(old.D, model.D)
-                and old.distortion_model == model.distortion_model)
+            changed = old is not None and not self._same_calibration(old, model)
             self.camera[side] = model
+            if rectifier is not None:
+                self._rectifiers[side] = rectifier
             self._calibration_changes += int(changed)
         if changed:
             self._warn("camera_info_changed", f"{side} camera_info changed: using the new calibration, tracking "
@@ -701,6 +712,38 @@ class MatcherNode(Node):
         self.controller.image_scale = scale  # out of memory: not back to larger images
         self._show_as_parameters({"max_keypoints": new, "min_keypoints": self.p["min_keypoints"]})
 
+    @staticmethod
+    def _same_calibration(old: C.CameraModel, new: C.CameraModel) -> bool:
+        return (np.allclose(old.K, new.K) and np.allclose(old.P, new.P) and np.allclose(old.R, new.R)
+                and old.image_size == new.image_size and old.D.shape == new.D.shape and np.allclose(old.D, new.D)
+                and old.distortion_model == new.distortion_model)
+
+    def _rectify(self, frame: Frame) -> None:
+        """stereo_rectify: ``frame``'s images become their rectified images, remapped with the rectifiers of the
+        calibration now known (again from the received images when that calibration changed since). Nothing without
+        both cameras' calibration, or for an image of another size than its calibration (the worker skips such
+        frames with a warning); called by the extraction stage and again by the worker (idempotent)."""
+        if frame.right is None or not self.p["stereo_rectify"]:
+            return
+        with self._lock:
+            rectifiers = (self._rectifiers.get("left"), self._rectifiers.get("right"))
+        if None in rectifiers or rectifiers == frame.rectified_by:
+            return
+        raw = frame.raw or (frame.image, frame.right)
+        if any((im.shape[1], im.shape[0]) != r.size for im, r in zip(raw, rectifiers)):
+            return
+        frame.raw = raw
+        frame.image, frame.right = rectifiers[0](raw[0]), rectifiers[1](raw[1])
+        frame.rectified_by = rectifiers
+
+    def _prefetch(self, frame: Frame) -> None:
+        """The extraction stage's work on ``frame``: its features (stereo: and the left/right match) ahead."""
+        self._rectify(frame)
+        network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network
+        self.matcher.prefetch([frame.image] if frame.right is None else [frame.image, frame.right],
+                              stereo=frame.right is not None and network_stereo and self.stereo_placement.ahead(),
+                              prepare=None if network_stereo else 1)
+
     def _ensure_tracker(self, frame: Frame) -> bool:
         with self._lock:
             left, right = self.camera.get("left"), self.camera.get("right")
@@ -717,9 +760,12 @@ class MatcherNode(Node):
                                         "supported: publish camera_info for the image size)")
             return False
         if self.mode == "mono":
-            # raw input: matched points are undistorted with K and D; rectified input: the pinhole is P
+            # raw input: matched points are undistorted with K and D; rectified input: the pinhole is P, and what is
+            # measured in it is turned back into the camera's frame by R (one camera of a rectified pair)
+            rectified = self.p["rectified_input"]
             self.undistort_left = PointUndistorter(left.K, left.D, left.distortion_model, left.P,
-                                                   rectified=self.p["rectified_input"])
+                                                   rectified=rectified, R=left.R)
+            self.R_rect_left = left.R if rectified else None
             if self.tracker is None:
                 self.tracker = MonoTracker(self.matcher, self.undistort_left.K_pinhole, self._tracking_config(),
                                            frame_period=self.input_period)
@@ -735,8 +781,10 @@ class MatcherNode(Node):
                 return False
             T_lr = np.eye(4)
             T_lr[0, 3] = baseline
-            self.undistort_left = PointUndistorter(left.K, None, P=left.P, rectified=True)
-            self.undistort_right = PointUndistorter(right.K, None, P=right.P, rectified=True)
+            # the tracker works in the rectified cameras; what it measures is turned back into the cameras' frames
+            self.undistort_left = PointUndistorter(left.K, None, P=left.P, rectified=True, R=left.R)
+            self.undistort_right = PointUndistorter(right.K, None, P=right.P, rectified=True, R=right.R)
+            self.R_rect_left = left.R
             if self.tracker is None:
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
                                              self._tracking_config(), frame_period=self.input_period)
@@ -747,6 +795,22 @@ class MatcherNode(Node):
                 # the reference's features (and stereo points) belong to the old calibration
                 self._reset(frame.stamp_ns, "camera_info changed: tracking restarts from this frame")
         return True
+
+    def _check_rectified(self, result: Any) -> None:
+        """Warn when the left/right matches are not on the same rows: the pair is not rectified, and stereo depths
+        (and so every stereo pose) would be wrong or missing. The network's matches are not bound to the rows, so
+        they show it; the row search (stereo_matching: epipolar) only looks along them."""
+        stereo = result.stereo
+        if stereo is None or len(stereo) < 20 or self.p["stereo_matching"] != "network":
+            return
+        offset = stereo_row_offset_px(stereo.points0, stereo.points1)
+        if offset > STEREO_ROW_OFFSET_PX:
+            self.stats.count("stereo_not_rectified")
+            self._warn("stereo_not_rectified", (
+                f"left/right matches are a median {offset:.1f} px apart in rows: the stereo pair does not look "
+                "rectified, so depths are wrong or missing ") + (
+                "(raw image_raw input? set stereo_rectify: true)" if not self.p["stereo_rectify"] else
+                "(check that each camera_info's R and P belong to its images)"))
 
     def _process(self, frame: Frame) -> None:
         if self.last_stamp_ns is not None and frame.stamp_ns <= self.last_stamp_ns:
@@ -773,7 +837,9 @@ class MatcherNode(Node):
         if self.mode == "mono":
             result = self.tracker.process(frame.image, frame.stamp_ns)
         else:
+            self._rectify(frame)
             result = self.tracker.process(frame.image, frame.right, frame.stamp_ns)
+            self._check_rectified(result)
         # stage 1 did this frame's extraction (stereo: and the left/right match) ahead; the tracker saw those
         # calls take ~0 ms. Its timings (Matches.latency_ms, the benchmarks) report the work itself
         ahead = self.matcher.take_ahead_ms()
@@ -900,8 +966,10 @@ class MatcherNode(Node):
         # Bookkeeping first: a message that cannot be built (non-finite values raise) must not leave
         # the odometry, the track ids or the tracking state out of step with the tracker.
         rel = step = None
-        if result.pose is not None:
-            rel = G.relative_pose_in_base(result.pose, self.T_base_cam)
+        # rectified input: the tracker's rectified (left) camera turned back into the camera's frame (camera_info R)
+        pose = None if result.pose is None else pose_in_camera_frame(result.pose, self.R_rect_left)
+        if pose is not None:
+            rel = G.relative_pose_in_base(pose, self.T_base_cam)
             try:
                 odom_rel = G.scaled_translation(rel, result.step_scale)  # mono: the tracker's step length
                 step = self.odometry.step(frame.stamp_ns, result.reference_stamp_ns, odom_rel.as_matrix(),
@@ -944,12 +1012,12 @@ class MatcherNode(Node):
             self.pub_matches.publish(C.build_matches_msg(
                 result.stereo, header, frame.stamp_ns, frame.stamp_ns, cam_frame, right_frame,
                 self.Matches.PAIR_STEREO, size, size, self.features, alpha, result.timings_ms.get("stereo", 0.0)))
-        if result.pose is not None:
-            self.pub_pose.publish(C.pose_with_covariance_msg(result.pose.as_matrix(), result.pose.covariance, header))
+        if pose is not None:
+            self.pub_pose.publish(C.pose_with_covariance_msg(pose.as_matrix(), pose.covariance, header))
             self.pub_relative.publish(C.relative_pose_msg(
-                result.pose.as_matrix(), result.pose.covariance, rel.as_matrix(), rel.covariance, header,
-                result.reference_stamp_ns, keyframe_id, cam_frame, self.p["base_frame"], result.pose.metric,
-                result.pose.num_inliers, result.pose.num_matches))
+                pose.as_matrix(), pose.covariance, rel.as_matrix(), rel.covariance, header,
+                result.reference_stamp_ns, keyframe_id, cam_frame, self.p["base_frame"], pose.metric,
+                pose.num_inliers, pose.num_matches))
         if step is not None:
             self._publish_odometry(step, odom_header)
         elif report.state == TrackingState.LOST and self.p["publish_null_when_lost"]:

@@ -130,9 +130,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("mono16_shift", 8, "mono16 (and 16-bit PNG) images become 8 bit as value >> mono16_shift "
               "(saturated): 8 for full-range 16-bit data, 4 for 12-bit and 2 for 10-bit cameras",
               low=0, high=8, read_only=False),
-    ParamSpec("rectified_input", False, "mono: the images are rectified (image_rect): use P and ignore D. "
+    ParamSpec("rectified_input", False, "mono: the images are rectified (image_rect): use P and ignore D (poses and "
+              "normalised track coordinates are turned back into the camera's frame by camera_info R). "
               "false (image_raw): matched points are undistorted with K and D before the pose and the "
-              "normalised track coordinates (stereo input is always rectified)"),
+              "normalised track coordinates (stereo: see stereo_rectify)"),
+    ParamSpec("stereo_rectify", False, "stereo: the images are raw (image_raw): remap each to its rectified pinhole "
+              "with its camera_info K, D, R, P before matching (image_proc's rectify; ~1-2 ms per image). false: the "
+              "images are rectified already (image_rect). Either way poses and normalised track coordinates are of "
+              "the cameras' own frames (camera_info R turned back); pixels are of the rectified images"),
     # --- tracking and pose ----------------------------------------------------------------
     ParamSpec("keyframe_policy", "previous", "mono reference image: previous frame or last keyframe",
               choices=("previous", "keyframe"), read_only=False),

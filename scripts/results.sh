@@ -386,6 +386,18 @@ track_gate() {    # which temporal matches continue a feature track (~/tracks, M
   "$PY" benchmarks/track_gate.py --swap 0.2 --json out/track_gate_mambaglue_swap.json
   "$PY" benchmarks/track_gate.py --kitti "$DATA/kitti_seq1" --json out/track_gate_kitti.json
 }
+raw_stereo() {    # stereo as raw cameras publish it: the KITTI clip as image_rect next to a raw camera_info (R turned back)
+                  # and as raw images (stereo_rectify), against the clip as it is; then the EuRoC clip's raw pair
+  "$PY" benchmarks/raw_stereo.py "$DATA/kitti_seq1" --out out/raw_stereo
+  [ -d out/bags/euroc_raw ] || "$M" bag-from-euroc --raw "$DATA/euroc_v101_micro/mav0" out/bags/euroc_raw
+  [ -d out/bags/euroc ] || "$M" bag-from-euroc "$DATA/euroc_v101_micro/mav0" out/bags/euroc
+  "$M" replay out/bags/euroc_raw --params config/stereo.yaml --out out/raw_stereo/euroc_raw --matcher mambaglue \
+    --lossless --force --no-plots --set stereo_rectify=true
+  "$M" replay out/bags/euroc_raw --params config/stereo.yaml --out out/raw_stereo/euroc_raw_unrectified \
+    --matcher mambaglue --lossless --force --no-plots --max-frames 30
+  "$M" replay out/bags/euroc --params config/stereo.yaml --out out/raw_stereo/euroc_rect --matcher mambaglue \
+    --lossless --force --no-plots
+}
 live_floor_rate() {  # the KITTI bag live through the node on this host: the defaults against target_rate_hz 10 (the
                      # bag's rate: a floor, not a throttle), mono and stereo, twice
   local rep cfg target
@@ -420,7 +432,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

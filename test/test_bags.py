@@ -269,3 +269,18 @@ def test_demo_bag_and_frames_for_replay(tmp_path):
     BC.convert_kitti(kitti, tmp_path / "kbag")
     with pytest.raises(ValueError, match="needs a right camera"):
         load_frames(tmp_path / "kbag", "stereo", camera_topics(tmp_path / "kbag"))
+
+
+def test_replay_set_types_values_like_the_parameter():
+    from mambaglue_ros.bags import parse_set
+
+    values = parse_set(["target_rate_hz=10", "max_keypoints=256", "alpha=0.9", "stereo_rectify=true",
+                        "camera_to_base=[0, 0, 1, 0, 0, 0, 1]", "features=aliked", "unknown_name=3"])
+    assert values["target_rate_hz"] == 10.0 and type(values["target_rate_hz"]) is float  # before: int 10, refused
+    assert values["max_keypoints"] == 256 and type(values["max_keypoints"]) is int
+    assert values["alpha"] == 0.9 and values["stereo_rectify"] is True and values["features"] == "aliked"
+    assert values["camera_to_base"] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert all(type(v) is float for v in values["camera_to_base"])
+    assert values["unknown_name"] == 3  # left to the node, which names it
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_set(["target_rate_hz"])

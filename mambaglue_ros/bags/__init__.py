@@ -41,15 +41,26 @@ def _friendly(fn):
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``--set NAME=VALUE ...`` -> {name: value}, each value read as YAML (as a params file types it)."""
+    """``--set NAME=VALUE ...`` -> {name: value}, each value read as YAML (as a params file types it), except that a
+    whole number for a float parameter (or in a float list) is that float: ``target_rate_hz=10`` is 10.0 (ROS 2 would
+    refuse an integer for a double parameter; here the parameter's type is known)."""
     import yaml
+
+    from ..ros.params import SPECS
 
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ValueError(f"--set wants NAME=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)  # typed like a params file: 1.0 is a float, 1 an int
+        parsed = yaml.safe_load(value)  # typed like a params file: 1.0 is a float, 1 an int
+        spec = SPECS.get(key)
+        if spec is not None and spec.kind is float and type(parsed) is int:
+            parsed = float(parsed)
+        elif spec is not None and spec.kind is list and isinstance(parsed, list):
+            parsed = [float(v) if type(v) is int else v for v in parsed]
+        out[key] = parsed
     return out
 
 

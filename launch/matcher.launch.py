@@ -46,7 +46,8 @@ def _launch_setup(context, *args, **kwargs):
 def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("mode", default_value="",
-                              description="mono (temporal pairs) or stereo (rectified left/right pairs); "
+                              description="mono (temporal pairs) or stereo (left/right pairs: rectified, or raw with "
+                                          "stereo_rectify: true in the params file); "
                                           "empty = the params file's mode (mono without a params file)"),
         DeclareLaunchArgument("params_file", default_value="",
                               description="parameters YAML; empty = config/matcher.yaml (mono) "
@@ -66,8 +67,10 @@ def generate_launch_description():
         DeclareLaunchArgument("image", default_value="",
                               description="mono: image topic (also remaps image/compressed)"),
         DeclareLaunchArgument("camera_info", default_value="", description="mono: camera_info topic"),
-        DeclareLaunchArgument("left_image", default_value="", description="stereo: rectified left image"),
-        DeclareLaunchArgument("right_image", default_value="", description="stereo: rectified right image"),
+        DeclareLaunchArgument("left_image", default_value="",
+                              description="stereo: left image (image_rect; image_raw with stereo_rectify: true)"),
+        DeclareLaunchArgument("right_image", default_value="",
+                              description="stereo: right image (image_rect; image_raw with stereo_rectify: true)"),
         DeclareLaunchArgument("left_camera_info", default_value="", description="stereo: left camera_info"),
         DeclareLaunchArgument("right_camera_info", default_value="", description="stereo: right camera_info"),
         OpaqueFunction(function=_launch_setup),

@@ -53,7 +53,8 @@ class PointUndistorter:
             self.D = np.zeros(0)
         else:
             self.K_pinhole = self.K.copy()
-            self.D = D if np.any(D != 0) else np.zeros(0)
+            # an equidistant lens is no pinhole even with all-zero coefficients (r = f theta), as image_geometry has it
+            self.D = D if np.any(D != 0) else (np.zeros(4) if model in FISHEYE_MODELS else np.zeros(0))
         if len(self.D):
             if model in FISHEYE_MODELS:
                 if len(self.D) != 4:
@@ -128,7 +129,8 @@ class ImageRectifier:
             raise ValueError("camera_info P is unset (fx' = 0): no rectified projection to remap to")
         PointUndistorter(K, D, model)  # the same models, refused with the same reason
         self.size = (int(size[0]), int(size[1]))
-        if len(D) and np.any(D != 0) and model in FISHEYE_MODELS:
+        if model in FISHEYE_MODELS:  # by the model alone, as image_geometry: all-zero coefficients are still equidistant
+            D = D if len(D) else np.zeros(4)
             self.maps = cv2.fisheye.initUndistortRectifyMap(K, D, R, P[:, :3], self.size, cv2.CV_16SC2)
         else:
             self.maps = cv2.initUndistortRectifyMap(K, D if np.any(D != 0) else None, R, P[:, :3], self.size,

@@ -110,6 +110,16 @@ def test_image_rectifier_fisheye_and_refusals():
     mx, my = cv2.convertMaps(rectifier.maps[0], rectifier.maps[1], cv2.CV_32FC1)
     sampled = np.c_[mx[rect_px[:, 1], rect_px[:, 0]], my[rect_px[:, 1], rect_px[:, 0]]]
     assert np.abs(sampled - raw_px.reshape(-1, 2)).max() < 0.05  # (the table's 1/32 px steps)
+    # with a rectification turn, and an equidistant lens with all-zero coefficients (still no pinhole: r = f theta)
+    R = rotation_deg([0.3, 1.0, -0.4], 2.0)
+    for D_f in (Df, np.zeros(4)):
+        rectifier = ImageRectifier(K_raw, D_f, "equidistant", R, P, (w, h))
+        rays = (np.c_[rect_px, np.ones(50)] @ np.linalg.inv(P[:, :3]).T) @ R  # x_cam = R^T x_rect (rows: x^T R)
+        raw_px, _ = cv2.fisheye.projectPoints(rays.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K_raw, D_f)
+        mx, my = cv2.convertMaps(rectifier.maps[0], rectifier.maps[1], cv2.CV_32FC1)
+        sampled = np.c_[mx[rect_px[:, 1], rect_px[:, 0]], my[rect_px[:, 1], rect_px[:, 0]]]
+        assert np.abs(sampled - raw_px.reshape(-1, 2)).max() < 0.05
+    assert PointUndistorter(K_raw, np.zeros(4), "equidistant").distorted
     with pytest.raises(ValueError, match="P is unset"):
         ImageRectifier(K_raw, Df, "equidistant", None, np.zeros((3, 4)), (w, h))
     with pytest.raises(ValueError, match="unsupported distortion model"):
@@ -136,12 +146,14 @@ def test_pose_in_camera_frame():
     C = np.eye(4)
     C[:3, :3] = R
     T_r = C @ T_c @ np.linalg.inv(C)  # the same motion seen by the rectified camera
-    cov_r = np.diag([1e-4, 4e-4, 9e-4, 1e-6, 2e-6, 3e-6])
+    A = np.random.default_rng(5).normal(size=(6, 6))
+    cov_r = A @ A.T * 1e-4 + np.diag([1e-4, 4e-4, 9e-4, 1e-6, 2e-6, 3e-6])  # with cross terms
     pose_r = G.RelativePose(T_r[:3, :3], T_r[:3, 3], cov_r, 90, 100, True, np.ones(100, bool))
     pose_c = pose_in_camera_frame(pose_r, R)
     np.testing.assert_allclose(pose_c.as_matrix(), T_c, atol=1e-12)
     np.testing.assert_allclose(pose_c.covariance[:3, :3], R.T @ cov_r[:3, :3] @ R, atol=1e-15)
     np.testing.assert_allclose(pose_c.covariance[3:, 3:], R.T @ cov_r[3:, 3:] @ R, atol=1e-15)
+    np.testing.assert_allclose(pose_c.covariance[:3, 3:], R.T @ cov_r[:3, 3:] @ R, atol=1e-15)
     assert pose_c.num_inliers == 90 and pose_c.metric and pose_c.inliers is pose_r.inliers
     assert pose_in_camera_frame(pose_r, np.eye(3)) is pose_r and pose_in_camera_frame(pose_r, None) is pose_r
 

@@ -282,6 +282,18 @@ def test_camera_model_and_stereo_baseline():
     with pytest.raises(CameraInfoError, match="P is unset"):
         model.baseline_m
 
+    # R as a calibration file writes it (6 digits): the nearest rotation; a matrix that is no rotation is refused
+    angle = 0.02
+    R = np.array([[np.cos(angle), 0.0, np.sin(angle)], [0.0, 1.0, 0.0], [-np.sin(angle), 0.0, np.cos(angle)]])
+    mono.r = [float(v) for v in np.round(R, 6).ravel()]
+    model = CameraModel.from_msg(mono)
+    np.testing.assert_allclose(model.R @ model.R.T, np.eye(3), atol=1e-14)
+    np.testing.assert_allclose(model.R, R, atol=2e-6)
+    for bad in (np.diag([1.0, 1.0, -1.0]), 1.1 * R):  # a reflection; a scaled rotation
+        mono.r = [float(v) for v in bad.ravel()]
+        with pytest.raises(CameraInfoError, match="R is not a rotation"):
+            CameraModel.from_msg(mono)
+
 
 # --------------------------------------------------------------------------------------------
 # stamps

@@ -326,6 +326,10 @@ def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, imag
         x = (X @ rig["R_left"].T) @ (frames[0].K if images == "rect" else rig["K_rect"]).T
         np.testing.assert_allclose(node.undistort_left.normalized(x[:, :2] / x[:, 2:]), X[:, :2] / X[:, 2:],
                                    atol=1e-9)
+        # and for the right camera, by its own R (points in the raw right camera's frame)
+        x = (X @ rig["R_right"].T) @ (frames[0].K if images == "rect" else rig["K_rect"]).T
+        np.testing.assert_allclose(node.undistort_right.normalized(x[:, :2] / x[:, 2:]), X[:, :2] / X[:, 2:],
+                                   atol=1e-9)
         assert wait_for(lambda: out.count("odom") >= len(frames) - 1, timeout=10)
         check_outputs(out)
         stereo = [m for m in out.get("matches") if m.pair_kind == 1]
@@ -347,6 +351,21 @@ def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, imag
             T_true = G.invert(T_world_raw[k - 1]) @ T_world_raw[k]
             t = np.array([p.pose.pose.position.x, p.pose.pose.position.y, p.pose.pose.position.z])
             assert np.linalg.norm(t - T_true[:3, 3]) < 0.1 * np.linalg.norm(T_true[:3, 3]), (k, t, T_true[:3, 3])
+            q = p.pose.pose.orientation
+            R_pub = G.quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
+            assert G.rotation_angle_deg(R_pub, T_true[:3, :3]) < 0.5, k
+        # a right camera_info for another image size: its frames are skipped with a warning (before: the right
+        # image was not rectified and tracked as it came)
+        before = node.stats.counters["size_mismatch"]
+        small = infos[1]
+        small.width = 600
+        rinfo.publish(small)
+        assert wait_for(lambda: node.camera["right"].image_size == (600, 480), timeout=10)
+        stamp = frames[-1].stamp_ns + 100_000_000
+        left.publish(image_msg(pairs[0][0], stamp, "left_optical"))
+        right.publish(image_msg(pairs[0][1], stamp, "right_optical"))
+        assert wait_for(lambda: node.stats.counters["size_mismatch"] > before, timeout=20)
+        assert node.worker.is_alive()
     finally:
         stop(node, io, executor)
 

@@ -142,6 +142,45 @@ def test_new_calibration_resets_the_reference(ros_context):
         node.destroy_node()
 
 
+def test_stereo_rectify_in_the_extraction_stage_and_the_worker(ros_context):
+    """stereo_rectify: the extraction stage rectifies a frame before its features are computed ahead, and the worker
+    tracks those very images; when the calibration changed in between, the worker remaps the received images with
+    the maps of the calibration it tracks with (never the stage's older ones)."""
+    D = [-0.1, 0.02, 0.0, 0.0, 0.0]
+
+    def raw_info(R, frame_id, baseline=0.0):
+        msg = info(K, D, np.c_[K, [-K[0, 0] * baseline, 0.0, 0.0]], frame_id)
+        msg.r = [float(v) for v in R.ravel()]
+        return msg
+
+    node = make_node(ros_context, {"mode": "stereo", "stereo_rectify": True})
+    try:
+        R = G.so3_exp([0.0, 0.02, 0.0])
+        node._on_camera_info("left", raw_info(R, "l"))
+        node._on_camera_info("right", raw_info(R, "r", 0.1))
+        rng = np.random.default_rng(0)
+        raw_l, raw_r = (rng.integers(0, 255, (480, 640), dtype=np.uint8) for _ in range(2))
+        f = frame(raw_l, 1, raw_r)
+        seen = []
+        # what the stage extracts ahead (set on the PrefetchingMatcher itself: its setattr goes to the inner matcher)
+        object.__setattr__(node.matcher, "prefetch", lambda images, **kw: seen.extend(images))
+        node._prefetch(f)
+        assert seen[0] is f.image and seen[1] is f.right and f.raw[0] is raw_l and f.raw[1] is raw_r
+        np.testing.assert_array_equal(f.image, node._rectifiers["left"](raw_l))
+        assert not np.array_equal(f.image, raw_l)
+        assert node._ensure_tracker(f) and f.image is seen[0] and f.right is seen[1]  # the features ahead are used
+        # a new calibration after the stage's work: the worker remaps the received images with the new maps
+        R2 = G.so3_exp([0.0, -0.03, 0.01])
+        node._on_camera_info("left", raw_info(R2, "l"))
+        node._on_camera_info("right", raw_info(R2, "r", 0.1))
+        assert node._ensure_tracker(f) and f.image is not seen[0]
+        np.testing.assert_array_equal(f.image, node._rectifiers["left"](raw_l))
+        np.testing.assert_array_equal(f.right, node._rectifiers["right"](raw_r))
+        np.testing.assert_allclose(node.R_rect_left, R2)
+    finally:
+        node.destroy_node()
+
+
 def test_stereo_baseline_uses_both_Tx(ros_context):
     node = make_node(ros_context, {"mode": "stereo"})
     try:

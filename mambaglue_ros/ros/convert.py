@@ -363,6 +363,14 @@ class CameraModel:
             raise CameraInfoError("camera_info R or P has non-finite values")
         if not R.any():  # some drivers leave R all zero for monocular cameras
             R = np.eye(3)
+        # a calibration file's R has a few digits: the nearest rotation (SVD), so that turned poses stay rotations;
+        # a matrix that is no rotation is refused
+        U, S, Vt = np.linalg.svd(R)
+        R_nearest = U @ Vt
+        if np.linalg.det(R_nearest) < 0 or np.abs(S - 1.0).max() > 1e-3:
+            raise CameraInfoError(f"camera_info R is not a rotation (singular values {np.round(S, 6).tolist()}, "
+                                  f"det {np.linalg.det(R):.6f})")
+        R = R_nearest
         return cls(K, np.asarray(msg.d, dtype=np.float64), R, P, msg.distortion_model, size,
                    msg.header.frame_id)
 

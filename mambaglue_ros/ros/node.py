@@ -633,7 +633,9 @@ class MatcherNode(Node):
         Events: ``"start"`` when the worker takes a frame, ``"result"`` after its outputs are published
         (with the ``FrameResult`` and the tracker latency), ``"end"`` when it is done with the frame
         (also for frames it skipped). For in-process tools such as bag replay and tests; observers must
-        be quick, and an observer that raises is logged and removed, never stops the node.
+        be quick, and an observer that raises is logged and removed, never stops the node. The result is the
+        tracker's: with rectified stereo input its pose is the rectified camera's (the published poses are turned
+        back by camera_info R), and ``frame.image`` / ``frame.right`` are the rectified images.
         """
         self._observers.append(observer)
 
@@ -718,15 +720,16 @@ class MatcherNode(Node):
                 and old.image_size == new.image_size and old.D.shape == new.D.shape and np.allclose(old.D, new.D)
                 and old.distortion_model == new.distortion_model)
 
-    def _rectify(self, frame: Frame) -> None:
-        """stereo_rectify: ``frame``'s images become their rectified images, remapped with the rectifiers of the
-        calibration now known (again from the received images when that calibration changed since). Nothing without
-        both cameras' calibration, or for an image of another size than its calibration (the worker skips such
-        frames with a warning); called by the extraction stage and again by the worker (idempotent)."""
+    def _rectify(self, frame: Frame, rectifiers: tuple[Any, Any] | None = None) -> None:
+        """stereo_rectify: ``frame``'s images become their rectified images, remapped with ``rectifiers`` (left, right;
+        None: those of the calibration now known), from the received images (again when the frame was remapped with
+        others). Nothing without both, or for an image of another size than its calibration (the worker skips such
+        frames with a warning). The extraction stage calls it ahead, the worker with the calibration it tracks with."""
         if frame.right is None or not self.p["stereo_rectify"]:
             return
-        with self._lock:
-            rectifiers = (self._rectifiers.get("left"), self._rectifiers.get("right"))
+        if rectifiers is None:
+            with self._lock:
+                rectifiers = (self._rectifiers.get("left"), self._rectifiers.get("right"))
         if None in rectifiers or rectifiers == frame.rectified_by:
             return
         raw = frame.raw or (frame.image, frame.right)
@@ -745,20 +748,32 @@ class MatcherNode(Node):
                               prepare=None if network_stereo else 1)
 
     def _ensure_tracker(self, frame: Frame) -> bool:
-        with self._lock:
+        with self._lock:  # one calibration: the models, their remap tables and the change count read together
             left, right = self.camera.get("left"), self.camera.get("right")
+            rectifiers = (self._rectifiers.get("left"), self._rectifiers.get("right"))
             changes = self._calibration_changes  # applied below once a frame is taken with this calibration
         if left is None or (self.mode == "stereo" and right is None):
             self.stats.count("no_camera_info")
             self._warn("no_camera_info", "no camera_info yet: skipping frame")
             return False
-        size = (frame.image.shape[1], frame.image.shape[0])
-        if tuple(left.image_size) != size:  # the intrinsics are for another resolution: poses would be wrong
-            self.stats.count("size_mismatch")
-            self._warn("size_mismatch", f"skipping frame: image is {size[0]}x{size[1]} but camera_info is for "
-                                        f"{left.image_size[0]}x{left.image_size[1]} (binning/ROI are not "
-                                        "supported: publish camera_info for the image size)")
-            return False
+        for side, model, image in (("", left, frame.image), ("right ", right, frame.right)):
+            if image is None or model is None:
+                continue
+            size = (image.shape[1], image.shape[0])
+            if tuple(model.image_size) != size:  # the intrinsics are for another resolution: poses would be wrong
+                self.stats.count("size_mismatch")
+                self._warn("size_mismatch", f"skipping frame: {side}image is {size[0]}x{size[1]} but {side}camera_info "
+                                            f"is for {model.image_size[0]}x{model.image_size[1]} (binning/ROI are not "
+                                            "supported: publish camera_info for the image size)")
+                return False
+        if self.mode == "stereo" and self.p["stereo_rectify"]:
+            # remapped with this calibration's tables (again, if the extraction stage used an older one's): the tracker
+            # gets the same calibration's pinholes, baseline and R below
+            self._rectify(frame, rectifiers)
+            if frame.rectified_by != rectifiers:  # (the checks above leave no way here; never track raw images)
+                self.stats.count("errors")
+                self._warn("errors", "skipping frame: its stereo pair could not be rectified", error=True)
+                return False
         if self.mode == "mono":
             # raw input: matched points are undistorted with K and D; rectified input: the pinhole is P, and what is
             # measured in it is turned back into the camera's frame by R (one camera of a rectified pair)
@@ -837,7 +852,6 @@ class MatcherNode(Node):
         if self.mode == "mono":
             result = self.tracker.process(frame.image, frame.stamp_ns)
         else:
-            self._rectify(frame)
             result = self.tracker.process(frame.image, frame.right, frame.stamp_ns)
             self._check_rectified(result)
         # stage 1 did this frame's extraction (stereo: and the left/right match) ahead; the tracker saw those

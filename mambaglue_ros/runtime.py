@@ -185,7 +185,11 @@ class RuntimeStats:
         self._inlier_ratio: Deque[float] = collections.deque(maxlen=window)
         self._stop_layer: Deque[int] = collections.deque(maxlen=window)
         self._pose_ok: Deque[bool] = collections.deque(maxlen=window)
+        self._unstarted: Deque[bool] = collections.deque(maxlen=window)  # processed without a reference to pose against
         self.last_failure = ""
+        self.last_start_failure = ""  # why the last frame without a reference could not become one
+        self.last_problem = ""  # a condition the node found in its input (e.g. a stereo pair that is not rectified)
+        self.last_problem_time = -1e9
         self.last_error = ""
         self.last_error_time = -1e9
         self.last_input_time = -1e9
@@ -203,6 +207,12 @@ class RuntimeStats:
         self.last_input_time = time.monotonic()
         if self.first_input_time is None:
             self.first_input_time = self.last_input_time
+
+    def problem(self, message: str) -> None:
+        """An input condition that makes the outputs wrong or missing (the diagnostics say WARN with it for 5 s)."""
+        with self._lock:
+            self.last_problem = message
+            self.last_problem_time = time.monotonic()
 
     def error(self, message: str) -> None:
         with self._lock:
@@ -224,6 +234,9 @@ class RuntimeStats:
                 self._matches.append(int(matches))
             if stop_layer is not None:
                 self._stop_layer.append(int(stop_layer))
+            self._unstarted.append(matches is None)
+            if matches is None and failure:
+                self.last_start_failure = failure
             if pose_ok is not None:
                 self._pose_ok.append(bool(pose_ok))
                 if pose_ok and inlier_ratio is not None:
@@ -258,7 +271,11 @@ class RuntimeStats:
                 "inlier_ratio": mean(self._inlier_ratio),
                 "mean_stop_layer": mean(self._stop_layer),
                 "pose_success_ratio": mean(self._pose_ok) if self._pose_ok else 0.0,
+                "unstarted_ratio": mean(self._unstarted),
                 "last_failure": self.last_failure,
+                "last_start_failure": self.last_start_failure,
+                "last_problem": self.last_problem,
+                "seconds_since_problem": now - self.last_problem_time,
                 "last_error": self.last_error,
                 "seconds_since_error": now - self.last_error_time,
                 "seconds_since_input": now - self.last_input_time,
@@ -280,6 +297,11 @@ def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera
         skipped = ", ".join(f"{k}={snapshot[k]}" for k in RuntimeStats.SKIP_COUNTERS if snapshot.get(k))
         return 1, (f"input arrives but no frame was processed for {snapshot['seconds_without_output']:.0f} s"
                    + (f" ({skipped})" if skipped else " (stereo pairs not forming?)"))
+    if snapshot.get("seconds_since_problem", math.inf) < 5.0:
+        return 1, snapshot["last_problem"]
+    if snapshot["frames_processed"] >= 10 and snapshot.get("unstarted_ratio", 0.0) > 0.5:
+        # every such frame is a first frame: nothing to pose against, so no pose failure is counted for it
+        return 1, f"tracking does not start on most frames ({snapshot.get('last_start_failure', '')})"
     if target_rate_hz > 0 and snapshot["processed_rate_hz"] < 0.8 * min(target_rate_hz, snapshot["input_rate_hz"]):
         return 1, (f"processing {snapshot['processed_rate_hz']:.1f} Hz, below the target "
                    f"{target_rate_hz:.1f} Hz")

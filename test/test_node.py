@@ -318,6 +318,7 @@ def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, imag
             assert wait_for(lambda: node.stats.counters["frames_processed"] >= i + 1, timeout=40), f"frame {i}"
         if images == "raw_unrectified":
             assert node.stats.counters["stereo_not_rectified"] >= 1
+            assert "stereo_rectify: true" in node.stats.last_problem  # /diagnostics: WARN with it
             assert node.worker.is_alive()
             return
         assert node.stats.counters["stereo_not_rectified"] == 0

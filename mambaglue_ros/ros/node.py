@@ -820,12 +820,13 @@ class MatcherNode(Node):
             return
         offset = stereo_row_offset_px(stereo.points0, stereo.points1)
         if offset > STEREO_ROW_OFFSET_PX:
-            self.stats.count("stereo_not_rectified")
-            self._warn("stereo_not_rectified", (
-                f"left/right matches are a median {offset:.1f} px apart in rows: the stereo pair does not look "
-                "rectified, so depths are wrong or missing ") + (
+            text = (f"left/right matches are a median {offset:.1f} px apart in rows: the stereo pair does not look "
+                    "rectified, so depths are wrong or missing ") + (
                 "(raw image_raw input? set stereo_rectify: true)" if not self.p["stereo_rectify"] else
-                "(check that each camera_info's R and P belong to its images)"))
+                "(check that each camera_info's R and P belong to its images)")
+            self.stats.count("stereo_not_rectified")
+            self.stats.problem(text)
+            self._warn("stereo_not_rectified", text)
 
     def _process(self, frame: Frame) -> None:
         if self.last_stamp_ns is not None and frame.stamp_ns <= self.last_stamp_ns:

@@ -1,0 +1,41 @@
+"""The diagnostics' level and reason from the node's counters (runtime.RuntimeStats, runtime.diagnostic_level)."""
+from __future__ import annotations
+
+import time
+
+from mambaglue_ros.runtime import RuntimeStats, diagnostic_level
+
+
+def running_stats() -> RuntimeStats:
+    stats = RuntimeStats()
+    for _ in range(12):
+        stats.input()
+    return stats
+
+
+def test_frames_that_never_start_tracking_are_a_warning():
+    # a stereo pair without depths (e.g. raw images): every frame is a first frame, so no pose failure is counted
+    stats = running_stats()
+    for _ in range(12):
+        stats.processed(100.0, keypoints=500, matches=None, stop_layer=None, pose_ok=None, inlier_ratio=0.0,
+                        failure="too few stereo points to start (0 < 30)")
+    level, reason = diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True)
+    assert level == 1 and "tracking does not start" in reason and "too few stereo points" in reason  # before: ok
+    # once frames are posed against a reference the warning goes
+    for _ in range(100):
+        stats.processed(100.0, keypoints=500, matches=200, stop_layer=4, pose_ok=True, inlier_ratio=0.8)
+    assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True) == (0, "ok")
+
+
+def test_an_input_problem_is_a_warning_while_it_lasts():
+    stats = running_stats()
+    for _ in range(12):
+        stats.processed(100.0, keypoints=500, matches=200, stop_layer=4, pose_ok=True, inlier_ratio=0.8)
+    stats.problem("left/right matches are a median 13.0 px apart in rows")
+    assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True) == (
+        1, "left/right matches are a median 13.0 px apart in rows")
+    stats.last_problem_time = time.monotonic() - 6.0  # not seen for longer than the diagnostics' memory
+    assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True) == (0, "ok")
+    stats.error("boom")  # an error still outranks it
+    stats.problem("again")
+    assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True)[0] == 2

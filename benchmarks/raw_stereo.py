@@ -14,6 +14,8 @@ numbers are those of a real one (a rectification turn of about 1 degree, mild ba
 * ``image_raw``: what the raw cameras see (``synthetic.raw_camera_view``: narrower than the clip's view, distorted,
   turned by R), with the raw camera_info; P zooms in so the rectified image lies inside the raw one
   (camera_calibration's alpha = 0), so it sees less than the reference. The node runs with ``stereo_rectify: true``.
+* ``mono, rectified`` / ``mono, image_raw``: the left camera of the first and last bag in mono mode
+  (``config/matcher.yaml``: raw input, matched points undistorted with K and D; sim(3)-aligned, no scale).
 
 Each bag is replayed through the node (``mambaglue replay --lossless``, ``config/stereo.yaml``) and the table printed
 (ATE after an SE(3) alignment; RPE per frame and per metre, in the camera's frame: a pose in the wrong frame shows
@@ -94,9 +96,9 @@ def write_variant(seq: Path, out: Path, raw_images: bool, rate_hz: float = 10.0)
                 bag.image(STEREO_TOPICS[f"{side}_image"], stamp, f"{side}_optical", image)
 
 
-def replay(bag: Path, out: Path, settings: list[str], params: str) -> dict:
+def replay(bag: Path, out: Path, settings: list[str], params: str, mode: str = "stereo") -> dict:
     cmd = [str(Path(sys.executable).with_name("mambaglue")), "replay", str(bag), "--params", params, "--out",
-           str(out), "--matcher", "mambaglue", "--lossless", "--force", "--no-plots"]
+           str(out), "--matcher", "mambaglue", "--lossless", "--force", "--no-plots", "--mode", mode]
     if settings:
         cmd += ["--set", *settings]
     print("+", " ".join(cmd), flush=True)
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kitti", type=Path, help="KITTI clip folder (image_l, image_r, calib.txt, poses.txt)")
     p.add_argument("--out", type=Path, default=Path("out/raw_stereo"))
     p.add_argument("--params", default="config/stereo.yaml")
+    p.add_argument("--mono-params", default="config/matcher.yaml")
     args = p.parse_args(argv)
     if not (args.kitti / "image_r").is_dir() or not (args.kitti / "poses.txt").is_file():
         p.error(f"{args.kitti}: not a stereo KITTI clip with poses (image_l, image_r, calib.txt, poses.txt)")
@@ -140,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, bag in bags.items():
         settings = ["stereo_rectify=true"] if name == "image_raw" else []
         rows[name] = replay(bag, args.out / ("run_" + bag.name[4:]), settings, args.params)
+    # mono on the left camera: raw images have their matched points undistorted with K, D (the mono node's default)
+    for name in ("rectified", "image_raw"):
+        rows[f"mono, {name}"] = replay(bags[name], args.out / ("run_mono_" + bags[name].name[4:]), [],
+                                       args.mono_params, mode="mono")
     keys = ("poses", "ate_m", "rpe_trans_m", "rpe_rot_deg", "rpe_trans_per_m", "rpe_rot_deg_per_m", "drift_pct",
             "step_ratio_median", "mean_matches", "mean_inliers")
     print("\nKITTI clip as raw-camera stereo input (left rectification turn "

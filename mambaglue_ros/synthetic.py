@@ -839,21 +839,25 @@ def warp_photo_pair(name: str = "astronaut", H: np.ndarray | None = None,
 # --------------------------------------------------------------------------------------------
 
 def raw_camera_view(rect_image: np.ndarray, K_rect: np.ndarray, K_raw: np.ndarray, D_raw: np.ndarray,
-                    R: np.ndarray) -> np.ndarray:
+                    R: np.ndarray, model: str = "plumb_bob") -> np.ndarray:
     """The image a raw camera sees of a rectified view: the inverse of image_proc's rectify.
 
     rect_image: (H, W[, C]) image of the rectified pinhole ``K_rect`` (3, 3). The raw camera has intrinsics
-    ``K_raw`` (3, 3), plumb_bob distortion ``D_raw`` and is turned from the rectified camera by ``R``
-    (camera_info R: ``x_rect = R x_raw``, same centre). Each raw pixel samples the rectified image where its ray
-    lands (bilinear), so a camera_info (K_raw, D_raw, R, P = [K_rect | Tx]) describes the result.
+    ``K_raw`` (3, 3), distortion ``D_raw`` of ``model`` (``plumb_bob``, or ``equidistant``: a fisheye lens, 4
+    coefficients) and is turned from the rectified camera by ``R`` (camera_info R: ``x_rect = R x_raw``, same
+    centre). Each raw pixel samples the rectified image where its ray lands (bilinear), so a camera_info
+    (K_raw, D_raw, model, R, P = [K_rect | Tx]) describes the result.
     Raises ValueError when the raw camera sees outside the rectified view (choose a narrower K_raw).
     """
     h, w = rect_image.shape[:2]
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-10)
-    src = cv2.undistortPointsIter(grid.reshape(-1, 1, 2), np.asarray(K_raw, np.float64),
-                                  np.asarray(D_raw, np.float64), np.asarray(R, np.float64),
-                                  np.asarray(K_rect, np.float64), criteria).reshape(h, w, 2).astype(np.float32)
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1).reshape(-1, 1, 2)
+    K_raw, D_raw, R, K_rect = (np.asarray(a, np.float64) for a in (K_raw, D_raw, R, K_rect))
+    if model == "equidistant":
+        src = cv2.fisheye.undistortPoints(grid, K_raw, D_raw, R=R, P=K_rect)
+    else:
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-10)
+        src = cv2.undistortPointsIter(grid, K_raw, D_raw, R, K_rect, criteria)
+    src = src.reshape(h, w, 2).astype(np.float32)
     if src[..., 0].min() < 0 or src[..., 0].max() > w - 1 or src[..., 1].min() < 0 or src[..., 1].max() > h - 1:
         raise ValueError("the raw camera sees outside the rectified view: choose a narrower K_raw")
     return cv2.remap(rect_image, src[..., 0], src[..., 1], cv2.INTER_LINEAR)

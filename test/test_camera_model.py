@@ -69,11 +69,14 @@ def rotation_deg(axis, deg: float) -> np.ndarray:
     return G.so3_exp(np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) * np.deg2rad(deg))
 
 
-def test_image_rectifier_puts_points_where_the_rectified_camera_sees_them():
+@pytest.mark.parametrize("model", ["plumb_bob", "equidistant"])
+def test_image_rectifier_puts_points_where_the_rectified_camera_sees_them(model):
     w, h = 640, 480
     K_rect = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
-    K_raw = np.array([[540.0, 0.0, 316.0], [0.0, 538.0, 244.0], [0.0, 0.0, 1.0]])  # narrower: sees inside
-    D_raw = np.array([-0.12, 0.03, 0.0005, -0.0004, 0.0])
+    f = 540.0 if model == "plumb_bob" else 600.0  # narrower than the rectified view, so it sees inside (a fisheye,
+    # r = f theta, sees wider at the same f)
+    K_raw = np.array([[f, 0.0, 316.0], [0.0, f - 2.0, 244.0], [0.0, 0.0, 1.0]])
+    D_raw = np.array([-0.12, 0.03, 0.0005, -0.0004, 0.0] if model == "plumb_bob" else [0.02, -0.01, 0.003, -0.001])
     R = rotation_deg([0.3, 1.0, 0.2], 4.0)
     # bright blobs at known rectified pixels
     blobs = np.array([[160.0, 120.0], [480.0, 130.0], [320.0, 240.0], [200.0, 360.0], [450.0, 350.0]])
@@ -81,9 +84,9 @@ def test_image_rectifier_puts_points_where_the_rectified_camera_sees_them():
     rect = np.zeros((h, w), np.float32)
     for x, y in blobs:
         rect += 200.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2))
-    raw = raw_camera_view(rect.astype(np.uint8), K_rect, K_raw, D_raw, R)
+    raw = raw_camera_view(rect.astype(np.uint8), K_rect, K_raw, D_raw, R, model)
     P = np.c_[K_rect, np.zeros(3)]
-    out = ImageRectifier(K_raw, D_raw, "plumb_bob", R, P, (w, h))(raw)
+    out = ImageRectifier(K_raw, D_raw, model, R, P, (w, h))(raw)
     assert out.shape == raw.shape and out.dtype == np.uint8
     for x, y in blobs:  # each blob's centroid comes back to its rectified pixel
         x0, y0 = int(x) - 8, int(y) - 8
@@ -94,7 +97,7 @@ def test_image_rectifier_puts_points_where_the_rectified_camera_sees_them():
     # without the rectification the blobs are pixels away: the test sees the remap
     assert np.abs(raw.astype(int) - rect.astype(np.uint8).astype(int)).max() > 100
     with pytest.raises(ValueError, match="is for 640x480"):
-        ImageRectifier(K_raw, D_raw, "plumb_bob", R, P, (w, h))(raw[:240])
+        ImageRectifier(K_raw, D_raw, model, R, P, (w, h))(raw[:240])
 
 
 def test_image_rectifier_fisheye_and_refusals():

@@ -181,6 +181,38 @@ def test_stereo_rectify_in_the_extraction_stage_and_the_worker(ros_context):
         node.destroy_node()
 
 
+def test_image_topic_names_against_the_rectification_settings(ros_context):
+    """A raw stereo pair remapped onto the node without stereo_rectify (or a mono image_rect without
+    rectified_input) is named at startup, from the topics as remapped."""
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros.node import MatcherNode
+
+    remaps = ["--ros-args", "-r", "left/image_rect:=/cam0/image_raw", "-r", "right/image_rect:=/cam1/image_raw"]
+    for rectify, expected in ((False, ["left", "right"]), (True, [])):
+        node = MatcherNode(context=ros_context, cli_args=remaps, parameter_overrides=[
+            Parameter(k, value=v) for k, v in {"matcher": "orb", "mode": "stereo", "stereo_rectify": rectify}.items()])
+        try:
+            warnings = node._input_topic_warnings()
+            assert [w.split()[0] for w in warnings] == expected, warnings
+            assert all("/cam" in w and "set stereo_rectify: true" in w for w in warnings)
+        finally:
+            node.destroy_node()
+    node = MatcherNode(context=ros_context, cli_args=["--ros-args", "-r", "image:=/cam/image_rect"],
+                       parameter_overrides=[Parameter("matcher", value="orb")])
+    try:
+        assert "set rectified_input: true" in node._input_topic_warnings()[0]
+    finally:
+        node.destroy_node()
+    # the node's own names are not judged (mambaglue replay publishes raw pairs on left/image_rect)
+    node = MatcherNode(context=ros_context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {"matcher": "orb", "mode": "stereo", "stereo_rectify": True}.items()])
+    try:
+        assert node._input_topic_warnings() == []
+    finally:
+        node.destroy_node()
+
+
 def test_stereo_baseline_uses_both_Tx(ros_context):
     node = make_node(ros_context, {"mode": "stereo"})
     try:

@@ -392,3 +392,19 @@ def test_launch_file_runs_against_stub_launch_modules(monkeypatch):
         "/install/share/mambaglue_ros/config/stereo.yaml", {"mode": "stereo"}]  # use_sim_time: the file's
     assert created["node"]["namespace"] == "r1"
     assert ("left/image_rect", "/cam/left") in created["node"]["remappings"]
+
+
+def test_topic_names_that_contradict_the_rectification_settings_are_named():
+    # image_pipeline's names: image_raw, image_rect, image_rect_color, RealSense's image_rect_raw (rectified)
+    warn = params.topic_warnings
+    assert warn("mono", False, False, {"image": "/cam/image_raw"}) == []
+    assert warn("mono", False, False, {"image": "/cam/image"}) == []  # says neither: not judged
+    assert "set rectified_input: true" in warn("mono", False, False, {"image": "/cam/image_rect_color"})[0]
+    assert "set rectified_input: true" in warn("mono", False, False, {"image": "/cam/infra1/image_rect_raw"})[0]
+    assert "set rectified_input: false" in warn("mono", True, False, {"image": "/cam/image_raw/compressed"})[0]
+    stereo = {"left": "/cam0/image_raw", "right": "/cam1/image_raw"}
+    assert [w.split()[0] for w in warn("stereo", False, False, stereo)] == ["left", "right"]
+    assert all("set stereo_rectify: true" in w for w in warn("stereo", False, False, stereo))
+    assert warn("stereo", False, True, stereo) == []
+    assert warn("stereo", False, False, {"left": "/left/image_rect", "right": "/right/image_rect"}) == []
+    assert "rectified twice" in warn("stereo", False, True, {"left": "/a/image_rect", "right": "/b/image_raw"})[0]

@@ -340,6 +340,8 @@ class MatcherNode(Node):
         def subscribe(msg_type, topic: str, callback) -> None:
             keep(self.create_subscription(msg_type, topic, guard(callback), qos, qos_overriding_options=overrides))
 
+        for text in self._input_topic_warnings():
+            self.get_logger().warning(text)
         if self.mode == "mono":
             subscribe(image_type, "image" + suffix, self._on_mono_image)
             subscribe(CameraInfo, "camera_info", lambda m: self._on_camera_info("left", m))
@@ -713,6 +715,17 @@ class MatcherNode(Node):
         self.controller = AlphaController(self._rate_config())
         self.controller.image_scale = scale  # out of memory: not back to larger images
         self._show_as_parameters({"max_keypoints": new, "min_keypoints": self.p["min_keypoints"]})
+
+    def _input_topic_warnings(self) -> list[str]:
+        """What the image topics' names, as remapped (``image_raw`` / ``image_rect*``), say against the rectification
+        parameters (``params.topic_warnings``). Only remapped names are judged: the node's own ``left/image_rect``
+        says nothing about what a publisher sends there (``mambaglue replay`` sends raw pairs to it)."""
+        suffix = "/compressed" if self.p["transport"] == "compressed" else ""
+        names = {"image": "image"} if self.mode == "mono" else {"left": "left/image_rect", "right": "right/image_rect"}
+        resolved = {role: self.resolve_topic_name(name + suffix) for role, name in names.items()}
+        remapped = {role: topic for role, topic in resolved.items()
+                    if topic != self.resolve_topic_name(names[role] + suffix, only_expand=True)}
+        return P.topic_warnings(self.mode, self.p["rectified_input"], self.p["stereo_rectify"], remapped)
 
     @staticmethod
     def _same_calibration(old: C.CameraModel, new: C.CameraModel) -> bool:

@@ -343,6 +343,41 @@ def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> 
     return reasons + validate_all(merged)
 
 
+def _topic_kind(topic: str) -> str | None:
+    """'raw' / 'rect' when a segment of ``topic`` is image_pipeline's ``image_raw`` / ``image_rect*`` (RealSense's
+    ``image_rect_raw`` is rectified), else None."""
+    segments = topic.strip("/").split("/")
+    if any(s.startswith("image_rect") for s in segments):
+        return "rect"
+    if "image_raw" in segments:
+        return "raw"
+    return None
+
+
+def topic_warnings(mode: str, rectified_input: bool, stereo_rectify: bool, topics: Mapping[str, str]) -> list[str]:
+    """Warnings for image topics whose names (image_pipeline's ``image_raw`` / ``image_rect*``) say the opposite of
+    the rectification settings. ``topics``: the resolved (remapped) names of the subscribed image topics, by role
+    (``image``, or ``left`` and ``right``). Names that say neither are not judged."""
+    out = []
+    for role, topic in topics.items():
+        kind = _topic_kind(topic)
+        if mode == "mono":
+            if kind == "rect" and not rectified_input:
+                out.append(f"image topic {topic} looks rectified but rectified_input is false: the camera_info's D "
+                           "(the raw camera's, with image_proc) would be applied to undistorted points; set "
+                           "rectified_input: true")
+            elif kind == "raw" and rectified_input:
+                out.append(f"image topic {topic} looks raw but rectified_input is true: lens distortion is ignored; "
+                           "set rectified_input: false")
+        elif kind == "raw" and not stereo_rectify:
+            out.append(f"{role} image topic {topic} looks raw but stereo_rectify is false: stereo needs rectified "
+                       "pairs; set stereo_rectify: true (the node remaps them with camera_info K, D, R, P)")
+        elif kind == "rect" and stereo_rectify:
+            out.append(f"{role} image topic {topic} looks rectified but stereo_rectify is true: the images would be "
+                       "rectified twice; set stereo_rectify: false")
+    return out
+
+
 def descriptor(spec: ParamSpec):
     """rcl_interfaces/ParameterDescriptor for ``spec`` (imports rclpy's message types lazily)."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("poses", "ate_m", "rpe_trans_m", "rpe_rot_deg", "rpe_trans_per_m", "rpe_rot_deg_per_m", "drift_pct",
             "step_ratio_median", "mean_matches", "mean_inliers")
     print("\nKITTI clip as raw-camera stereo input (left rectification turn "
-          f"{R_LEFT_AXIS_DEG[1]} deg, right {R_RIGHT_AXIS_DEG[1]} deg; raw K x{RAW_ZOOM}, P x{RECT_ZOOM} for image_raw)")
+          f"{R_LEFT_AXIS_DEG[1]} deg, right {R_RIGHT_AXIS_DEG[1]} deg; raw K x{RAW_ZOOM}, P x{RECT_ZOOM} "
+          "for image_raw)")
     print("| input | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     for name, r in rows.items():

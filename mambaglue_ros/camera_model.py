@@ -45,8 +45,8 @@ class PointUndistorter:
         D = np.zeros(0) if D is None else np.asarray(D, dtype=np.float64).ravel()
         self.model = model
         self.rectified = bool(rectified)
-        R = None if R is None or not rectified else np.asarray(R, dtype=np.float64).reshape(3, 3)
-        self.R_cam_rect = None if R is None or np.allclose(R, np.eye(3), atol=1e-12) else R.T
+        self.R_cam_rect = (None if not self.rectified or is_identity_rotation(R)
+                           else np.asarray(R, dtype=np.float64).reshape(3, 3).T)
         if self.rectified:
             P = None if P is None else np.asarray(P, dtype=np.float64).reshape(3, 4)
             self.K_pinhole = P[:, :3].copy() if P is not None and P[0, 0] > 0 else self.K.copy()
@@ -129,7 +129,7 @@ class ImageRectifier:
             raise ValueError("camera_info P is unset (fx' = 0): no rectified projection to remap to")
         PointUndistorter(K, D, model)  # the same models, refused with the same reason
         self.size = (int(size[0]), int(size[1]))
-        if model in FISHEYE_MODELS:  # by the model alone, as image_geometry: all-zero coefficients are still equidistant
+        if model in FISHEYE_MODELS:  # by the model alone (image_geometry): all-zero coefficients are still equidistant
             D = D if len(D) else np.zeros(4)
             self.maps = cv2.fisheye.initUndistortRectifyMap(K, D, R, P[:, :3], self.size, cv2.CV_16SC2)
         else:
@@ -161,8 +161,8 @@ def pose_in_camera_frame(pose: RelativePose, R_rect: np.ndarray | None) -> Relat
 def stereo_row_offset_px(points_left: np.ndarray, points_right: np.ndarray) -> float:
     """Median |y_left - y_right| [px] of left/right matches (nan without any): ~0.5 px (detection noise) for a
     rectified pair; several pixels for raw images or a camera_info that does not belong to them."""
-    l = np.asarray(points_left, dtype=np.float64).reshape(-1, 2)
-    r = np.asarray(points_right, dtype=np.float64).reshape(-1, 2)
-    if len(l) == 0:
+    left = np.asarray(points_left, dtype=np.float64).reshape(-1, 2)
+    right = np.asarray(points_right, dtype=np.float64).reshape(-1, 2)
+    if len(left) == 0:
         return float("nan")
-    return float(np.median(np.abs(l[:, 1] - r[:, 1])))
+    return float(np.median(np.abs(left[:, 1] - right[:, 1])))

@@ -341,7 +341,8 @@ def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, imag
         stereo = [m for m in out.get("matches") if m.pair_kind == 1]
         for m in stereo:  # matched on the rectified images: same rows, up to the detection noise (XFeat: whole pixels;
             # the fisheye's rectified images are the render magnified twice, so blurrier)
-            rows_apart = np.abs(np.asarray(m.keypoints0).reshape(-1, 2)[:, 1] - np.asarray(m.keypoints1).reshape(-1, 2)[:, 1])
+            rows = [np.asarray(k).reshape(-1, 2)[:, 1] for k in (m.keypoints0, m.keypoints1)]
+            rows_apart = np.abs(rows[0] - rows[1])
             assert len(rows_apart) > 100 and np.mean(rows_apart <= 2.0) > 0.9 and np.median(rows_apart) <= 1.0
         # truth: the raw left camera, turned from the rectified one by R (x_rect = R x_raw)
         T_rect_raw = np.eye(4)

@@ -34,6 +34,8 @@ class PointUndistorter:
     rectified: the input images are rectified (distortion already removed): ``D`` is ignored.
     R: (3, 3) rectification rotation of a rectified image (camera_info R, ``x_rect = R x_cam``; only with
        ``rectified``): ``normalized()`` turns its rays back into the camera's frame. None: identity.
+       ``R_rect`` keeps it (None for raw input or the identity): what else is measured in the rectified camera
+       (poses: ``pose_in_camera_frame``) is turned back by it too.
 
     ``K_pinhole`` is the pinhole matrix that goes with ``pixels()`` (of the rectified image when rectified).
     Raises ValueError for a distortion model it cannot undo when ``D`` is not all zero.
@@ -45,8 +47,8 @@ class PointUndistorter:
         D = np.zeros(0) if D is None else np.asarray(D, dtype=np.float64).ravel()
         self.model = model
         self.rectified = bool(rectified)
-        self.R_cam_rect = (None if not self.rectified or is_identity_rotation(R)
-                           else np.asarray(R, dtype=np.float64).reshape(3, 3).T)
+        self.R_rect = (None if not self.rectified or is_identity_rotation(R)
+                       else np.asarray(R, dtype=np.float64).reshape(3, 3))
         if self.rectified:
             P = None if P is None else np.asarray(P, dtype=np.float64).reshape(3, 4)
             self.K_pinhole = P[:, :3].copy() if P is not None and P[0, 0] > 0 else self.K.copy()
@@ -81,9 +83,9 @@ class PointUndistorter:
             return np.zeros((0, 2))
         if not self.distorted:
             rays = pts @ self._K_inv[:2, :2].T + self._K_inv[:2, 2]
-            if self.R_cam_rect is None:
+            if self.R_rect is None:
                 return rays
-            rays = np.c_[rays, np.ones(len(rays))] @ self.R_cam_rect.T  # the same rays in the camera's frame
+            rays = np.c_[rays, np.ones(len(rays))] @ self.R_rect  # x_cam = R^T x_rect: the rays in the camera's frame
             return rays[:, :2] / rays[:, 2:3]
         src = pts.reshape(-1, 1, 2)
         if self.model in FISHEYE_MODELS:

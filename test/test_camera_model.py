@@ -139,8 +139,8 @@ def test_rectified_rays_turned_back_into_the_cameras_frame():
     np.testing.assert_allclose(u.normalized(pixels), X[:, :2] / X[:, 2:3], atol=1e-12)
     assert not np.allclose(PointUndistorter(K, D, P=P, rectified=True).normalized(pixels), X[:, :2] / X[:, 2:3],
                            atol=1e-3)  # (the rectified camera's own rays differ)
-    assert PointUndistorter(K, D, P=P, rectified=True, R=np.eye(3)).R_cam_rect is None
-    assert PointUndistorter(K, D, R=R).R_cam_rect is None  # raw input: no rectified camera to turn back
+    assert PointUndistorter(K, D, P=P, rectified=True, R=np.eye(3)).R_rect is None
+    assert PointUndistorter(K, D, R=R).R_rect is None  # raw input: no rectified camera to turn back
 
 
 def test_pose_in_camera_frame():

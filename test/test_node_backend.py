@@ -90,11 +90,11 @@ def test_mono_undistorts_matched_points_with_camera_info_D(ros_context):
         node._on_camera_info("left", info(K, D, P))
         assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
         assert node.tracker.undistort is None and np.allclose(node.tracker.K, P[:, :3])
-        assert node.R_rect_left is None or np.allclose(node.R_rect_left, np.eye(3))
+        assert node.undistort_left.R_rect is None or np.allclose(node.undistort_left.R_rect, np.eye(3))
     finally:
         node.destroy_node()
     # one camera of a rectified stereo pair (camera_info R, REP-104): measured in the rectified camera, published in
-    # the camera's own frame (its rays; its poses: pose_in_camera_frame with R_rect_left)
+    # the camera's own frame (its rays; its poses: pose_in_camera_frame with undistort_left.R_rect)
     R = G.so3_exp([0.01, 0.03, -0.02])
     for rectified in (True, False):
         node = make_node(ros_context, {"rectified_input": rectified})
@@ -104,9 +104,9 @@ def test_mono_undistorts_matched_points_with_camera_info_D(ros_context):
             node._on_camera_info("left", msg)
             assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
             if not rectified:  # a raw image is the camera's own: nothing to turn back
-                assert node.R_rect_left is None
+                assert node.undistort_left.R_rect is None
                 continue
-            np.testing.assert_allclose(node.R_rect_left, R)
+            np.testing.assert_allclose(node.undistort_left.R_rect, R)
             X = np.array([[0.4, -0.1, 3.0], [-0.6, 0.3, 5.0]])  # camera frame
             x = (X @ R.T) @ P[:, :3].T
             np.testing.assert_allclose(node.undistort_left.normalized(x[:, :2] / x[:, 2:]), X[:, :2] / X[:, 2:],
@@ -176,7 +176,7 @@ def test_stereo_rectify_in_the_extraction_stage_and_the_worker(ros_context):
         assert node._ensure_tracker(f) and f.image is not seen[0]
         np.testing.assert_array_equal(f.image, node._rectifiers["left"](raw_l))
         np.testing.assert_array_equal(f.right, node._rectifiers["right"](raw_r))
-        np.testing.assert_allclose(node.R_rect_left, R2)
+        np.testing.assert_allclose(node.undistort_left.R_rect, R2)
     finally:
         node.destroy_node()
 

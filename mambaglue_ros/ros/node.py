@@ -289,8 +289,6 @@ class MatcherNode(Node):
         # stereo_rectify: each camera's remap tables, built when its camera_info first comes or changes (both stages
         # read them; a frame remembers which made its images)
         self._rectifiers: dict[str, ImageRectifier] = {}
-        # rectified input: the (left) camera_info's R; poses of the rectified camera are turned back by it
-        self.R_rect_left: np.ndarray | None = None
         # camera_info changes: a count, so a change that arrives while a frame is being set up is not lost
         self._calibration_changes = self._calibration_changes_applied = 0
         self.last_stamp_ns: int | None = None
@@ -790,10 +788,8 @@ class MatcherNode(Node):
         if self.mode == "mono":
             # raw input: matched points are undistorted with K and D; rectified input: the pinhole is P, and what is
             # measured in it is turned back into the camera's frame by R (one camera of a rectified pair)
-            rectified = self.p["rectified_input"]
             self.undistort_left = PointUndistorter(left.K, left.D, left.distortion_model, left.P,
-                                                   rectified=rectified, R=left.R)
-            self.R_rect_left = left.R if rectified else None
+                                                   rectified=self.p["rectified_input"], R=left.R)
             if self.tracker is None:
                 self.tracker = MonoTracker(self.matcher, self.undistort_left.K_pinhole, self._tracking_config(),
                                            frame_period=self.input_period)
@@ -812,7 +808,6 @@ class MatcherNode(Node):
             # the tracker works in the rectified cameras; what it measures is turned back into the cameras' frames
             self.undistort_left = PointUndistorter(left.K, None, P=left.P, rectified=True, R=left.R)
             self.undistort_right = PointUndistorter(right.K, None, P=right.P, rectified=True, R=right.R)
-            self.R_rect_left = left.R
             if self.tracker is None:
                 self.tracker = StereoTracker(self.matcher, left.K_rect, right.K_rect, T_lr,
                                              self._tracking_config(), frame_period=self.input_period)
@@ -995,7 +990,7 @@ class MatcherNode(Node):
         # the odometry, the track ids or the tracking state out of step with the tracker.
         rel = step = None
         # rectified input: the tracker's rectified (left) camera turned back into the camera's frame (camera_info R)
-        pose = None if result.pose is None else pose_in_camera_frame(result.pose, self.R_rect_left)
+        pose = None if result.pose is None else pose_in_camera_frame(result.pose, self.undistort_left.R_rect)
         if pose is not None:
             rel = G.relative_pose_in_base(pose, self.T_base_cam)
             try:

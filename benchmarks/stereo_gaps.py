@@ -19,7 +19,9 @@ every 3rd, every 5th, seeded irregular gaps of 4-6 frames (a node at ~2 Hz). Eve
 where they fit) degraded in both images as a camera degrades them (``BAD_FRAMES``): a horizontal motion blur, the
 left 80 % of the image covered, an exposure 12x too short. What bad frames cost the odometry, per ``pnp_ransac``
 mode; ``--set max_lost_frames=0 --without-camera-period`` gives the tracker of before 2026-12-05 (a frame without
-a pose became the reference; ``auto`` also took the covariance gate against the previous frame).
+a pose became the reference; ``auto`` also took the covariance gate against the previous frame). The ``posed``
+columns score only the frames with a pose (what ``~/odom`` publishes); the others count a frame without a pose at
+the last pose (``FrameResult.T_odom_cam``), where the odometry stands still over it.
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int,
     camera = FramePeriod() if camera_period else None
     tracker = StereoTracker(matcher, data["K"], data["K_right"], data["T_left_right"], config, frame_period=camera)
     stamps = np.array(frames, dtype=np.int64) * (NS // 10)
-    poses, failed, rescued, inliers, pose_ms, reasons = [], 0, 0, [], [], []
+    poses, failed, rescued, inliers, pose_ms, reasons, posed = [], 0, 0, [], [], [], []
     seen = 0  # camera frames whose stamps the period has seen
     for k, stamp in zip(frames, stamps):
         for j in range(seen, k + 1 if camera is not None else 0):
@@ -122,6 +124,7 @@ def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int,
         poses.append(res.T_odom_cam.copy())
         if "pose" in res.timings_ms:
             pose_ms.append(res.timings_ms["pose"])
+        posed.append(res.pose is not None or k == frames[0])
         if res.pose is not None:
             inliers.append(res.num_inliers)
             rescued += "covariance gate" in res.reason  # auto: the pixel gate had too few inliers
@@ -131,7 +134,15 @@ def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int,
     summary = M.evaluate(M.Trajectory(stamps, np.array(poses)), M.Trajectory(stamps, data["poses"][frames]),
                          alignment="se3")["summary"]
     per_m = summary["rpe_trans_per_m"]
+    # what ~/odom publishes: the frames with a pose (a frame without one keeps the last pose above, where the odometry
+    # stands still over it; here it is left out)
+    keep = np.array(posed)
+    posed_summary = M.evaluate(M.Trajectory(stamps[keep], np.array(poses)[keep]),
+                               M.Trajectory(stamps[keep], data["poses"][frames][keep]), alignment="se3")["summary"]
+    posed_per_m = posed_summary["rpe_trans_per_m"]
     return {"frames": len(frames), "failed": failed, "rescued": rescued,
+            "ate_posed_m": posed_summary["ate_m"] if posed_summary["ate_m"] is not None else float("nan"),
+            "rpe_posed_pct_per_m": 100.0 * posed_per_m if posed_per_m is not None else float("nan"),
             "inliers_median": float(np.median(inliers)) if inliers else 0.0,
             "pose_ms_median": float(np.median(pose_ms)) if pose_ms else float("nan"),
             "ate_m": summary["ate_m"] if summary["ate_m"] is not None else float("nan"),
@@ -228,7 +239,7 @@ def main() -> int:
         return 0
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'pnp_ransac':<11} {'frames':>6} {'no pose':>7} {'rescued':>7} "
-          f"{'inliers':>7} {'pose ms':>7} {'ATE m':>8} {'RPE %/m':>8} {'deg/m':>7}")
+          f"{'inliers':>7} {'pose ms':>7} {'ATE m':>8} {'RPE %/m':>8} {'deg/m':>7} {'posed: ATE m':>12} {'RPE %/m':>8}")
     for source, load in sources.items():
         data = load()
         matcher = cached_matcher(args, on_disk=source == "kitti")
@@ -243,7 +254,8 @@ def main() -> int:
                 rows.append({"sequence": source, "pattern": name, "pnp_ransac": mode, **r})
                 print(f"{source:<9} {name:<10} {mode:<11} {r['frames']:>6} {r['failed']:>7} {r['rescued']:>7} "
                       f"{r['inliers_median']:>7.0f} {r['pose_ms_median']:>7.1f} {r['ate_m']:>8.4f} "
-                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f}", flush=True)
+                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f} {r['ate_posed_m']:>12.4f} "
+                      f"{r['rpe_posed_pct_per_m']:>8.2f}", flush=True)
         matcher.save()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

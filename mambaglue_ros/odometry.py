@@ -29,9 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import invert, skew, so3_log
+from .geometry import invert, make_transform, skew, so3_exp, so3_log
 
 NS_PER_S = 1_000_000_000
+# A frame without a pose further than this from the last measured motion keeps the last pose: over longer spans a
+# velocity says little about where the camera is (ConstantVelocity).
+MAX_PREDICTION_S = 2.0
 
 
 def compose_covariance(T_a_b: np.ndarray, cov_a_b: np.ndarray, T_b_c: np.ndarray,
@@ -76,6 +79,23 @@ def between_covariance(T_r_a: np.ndarray, cov_r_a: np.ndarray, T_r_b: np.ndarray
     return invert(T_r_a) @ T_r_b, 0.5 * (cov + cov.T)
 
 
+def _so3_left_jacobian(phi: np.ndarray) -> np.ndarray:
+    theta = float(np.linalg.norm(phi))
+    W = skew(phi)
+    if theta < 1e-6:
+        return np.eye(3) + 0.5 * W + W @ W / 6.0
+    return np.eye(3) + (1.0 - np.cos(theta)) / theta**2 * W + (theta - np.sin(theta)) / theta**3 * W @ W
+
+
+def se3_power(T: np.ndarray, r: float) -> np.ndarray:
+    """``T^r`` for a (4, 4) rigid motion: the same screw motion (constant twist) continued for ``r`` times as long
+    (``exp(r log T)``: r = 2 gives ``T @ T``, r = 0.5 a motion that twice applied gives T, r = 0 the identity)."""
+    T = np.asarray(T, dtype=np.float64)
+    phi = so3_log(T[:3, :3])
+    rho = np.linalg.solve(_so3_left_jacobian(phi), T[:3, 3])
+    return make_transform(so3_exp(r * phi), _so3_left_jacobian(r * phi) @ (r * rho))
+
+
 def _so3_left_jacobian_inverse(phi: np.ndarray) -> np.ndarray:
     theta = float(np.linalg.norm(phi))
     W = skew(phi)
@@ -106,6 +126,64 @@ def body_twist(T_prev_cur: np.ndarray, cov_prev_cur: np.ndarray, dt_s: float) ->
     return twist, 0.5 * (cov + cov.T)
 
 
+class ConstantVelocity:
+    """Where a frame without a pose probably is: the last measured motion, continued at the same twist.
+
+    A frame the tracker cannot pose (blurred, covered) has no measured place, yet the next frames may be posed
+    against it (``tracking`` module docstring: the last frame without a pose as a fallback reference, or the current
+    frame once ``max_lost_frames`` have failed). Its place used to be the last pose, i.e. the camera stood still
+    while it was lost, and the odometry lost the motion over those frames (a car at 12 m/s: 1.2 m a frame). The
+    constant-velocity model of visual-odometry front ends (ORB-SLAM's tracking, DSO) puts it where the last measured
+    motion leads instead: the step of the last frame with a pose (relative to its reference, over the time between
+    the two) continued to the lost frame's stamp (``se3_power``). Nothing is predicted without a measured step,
+    more than ``max_span_s`` after the last pose, or for a step that spans longer than that.
+
+    Poses are (4, 4) in any one odometry frame (the tracker's camera frame, the node's body frame).
+    """
+
+    def __init__(self, max_span_s: float = MAX_PREDICTION_S) -> None:
+        self.max_span_s = float(max_span_s)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the motion (a reset of the odometry)."""
+        # the last frame with a pose: stamp, odometry pose, and its step (relative pose, seconds) or None
+        self._last: tuple[int, np.ndarray, tuple[np.ndarray, float] | None] | None = None
+
+    def observe(self, stamp_ns: int, T_odom: np.ndarray, reference_stamp_ns: int | None,
+                T_ref_cur: np.ndarray) -> None:
+        """A frame with a pose: its odometry pose ``T_odom`` and the motion ``T_ref_cur`` it measured since the frame
+        at ``reference_stamp_ns``."""
+        dt = None if reference_stamp_ns is None else (int(stamp_ns) - int(reference_stamp_ns)) / NS_PER_S
+        step = None
+        if dt is not None and 0 < dt <= self.max_span_s and np.isfinite(T_ref_cur).all():
+            step = (np.asarray(T_ref_cur, dtype=np.float64).copy(), dt)
+        self._last = (int(stamp_ns), np.asarray(T_odom, dtype=np.float64).copy(), step)
+
+    def correct(self, C: np.ndarray) -> None:
+        """The odometry frame was corrected by ``C`` (left-multiplied, e.g. by a bundle adjustment)."""
+        if self._last is not None:
+            self._last = (self._last[0], np.asarray(C) @ self._last[1], self._last[2])
+
+    def predict(self, stamp_ns: int) -> np.ndarray | None:
+        """The odometry pose at ``stamp_ns`` (a later frame without a pose), or None: nothing to predict from."""
+        if self._last is None or self._last[2] is None:
+            return None
+        last_stamp, T_last, (T_step, dt) = self._last
+        span = (int(stamp_ns) - last_stamp) / NS_PER_S
+        if not 0 < span <= self.max_span_s:
+            return None
+        return T_last @ se3_power(T_step, span / dt)
+
+
+def prediction_covariance(T_delta: np.ndarray) -> np.ndarray:
+    """(6, 6) covariance of a predicted motion ``T_delta`` (``ConstantVelocity``): a standard deviation as large as
+    the motion itself, in translation and in rotation, on every axis, so that both "it stood still" and "it moved
+    twice as far" are one sigma away. The velocity's own (measured) uncertainty is far smaller and left out."""
+    T_delta = np.asarray(T_delta, dtype=np.float64)
+    return np.diag([float(T_delta[:3, 3] @ T_delta[:3, 3])] * 3 + [float(np.sum(so3_log(T_delta[:3, :3]) ** 2))] * 3)
+
+
 @dataclass
 class OdometryStep:
     """What ``OdometryIntegrator.step`` produced for one frame.
@@ -131,7 +209,8 @@ class OdometryIntegrator:
     may also pose a frame against an earlier frame (``tracking.FrameResult.live_references``: the
     reference before, or the last frame without a pose), call ``keep_anchors`` after each frame: the
     pose (and covariance) each live frame left is kept, and a step relative to one of them composes
-    with it.
+    with it. A frame without a pose leaves the pose the last measured motion leads to (``ConstantVelocity``),
+    its covariance grown by ``prediction_covariance``; without a measured motion, the last pose.
 
     max_twist_dt_s: over a longer interval the mean motion is no velocity: the twist is unknown.
     """
@@ -155,22 +234,35 @@ class OdometryIntegrator:
         # the pose and covariance of each frame a later one may still be posed against, by stamp (keep_anchors)
         self._anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._live: set[int] = set()  # the stamps of the last keep_anchors call
+        self._velocity = ConstantVelocity()
+
+    def place(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pose, covariance) of the frame at ``stamp_ns`` in the odometry: the last pose if it was the last frame given
+        to ``step``; for a later frame without a pose, the last measured motion continued to its stamp
+        (``ConstantVelocity``, covariance grown by ``prediction_covariance``), else the last pose."""
+        if self._last is None or self._last[0] != int(stamp_ns):
+            predicted = self._velocity.predict(stamp_ns)
+            if predicted is not None:
+                T_delta = invert(self.T_odom_base) @ predicted
+                return predicted, compose_covariance(self.T_odom_base, self.covariance, T_delta,
+                                                     prediction_covariance(T_delta))
+        return self.T_odom_base.copy(), self.covariance.copy()
 
     def set_reference(self, stamp_ns: int) -> None:
         """The frame at ``stamp_ns`` (the last one given to ``step``, or one without a pose) is now
-        the reference: later relative poses compose with the current odometry pose."""
-        self.T_odom_ref, self.cov_ref = self.T_odom_base.copy(), self.covariance.copy()
+        the reference: later relative poses compose with its place (``place``)."""
+        self.T_odom_ref, self.cov_ref = self.place(stamp_ns)
         self.reference_stamp_ns = int(stamp_ns)
         # the reference it replaces stays an anchor only if the tracker said it may still be posed against
         self._anchors = {s: a for s, a in self._anchors.items() if s in self._live}
         self._anchors[int(stamp_ns)] = (self.T_odom_ref.copy(), self.cov_ref.copy())
 
     def keep_anchors(self, stamp_ns: int, live: tuple[int, ...] | list[int]) -> None:
-        """After the frame at ``stamp_ns`` (with or without a pose): keep the pose it left as its anchor if it is in
+        """After the frame at ``stamp_ns`` (with or without a pose): keep its place (``place``) as its anchor if it is in
         ``live`` (the stamps later frames may be posed against), and forget the anchors that are not."""
         live_set = self._live = {int(s) for s in live}
         if int(stamp_ns) in live_set and int(stamp_ns) not in self._anchors:
-            self._anchors[int(stamp_ns)] = (self.T_odom_base.copy(), self.covariance.copy())
+            self._anchors[int(stamp_ns)] = self.place(stamp_ns)
         self._anchors = {s: a for s, a in self._anchors.items() if s in live_set or s == self.reference_stamp_ns}
 
     def step(self, stamp_ns: int, reference_stamp_ns: int, T_ref_base: np.ndarray,
@@ -209,4 +301,5 @@ class OdometryIntegrator:
                 twist, twist_cov = body_twist(T_step, cov_step, dt)
         self.T_odom_base, self.covariance = T, cov
         self._last = (int(stamp_ns), T_rel.copy(), cov_rel.copy(), ref_stamp)
+        self._velocity.observe(stamp_ns, T, ref_stamp, T_rel)
         return OdometryStep(int(stamp_ns), T.copy(), cov.copy(), twist, twist_cov)

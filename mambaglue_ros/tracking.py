@@ -32,13 +32,16 @@ same reference, and if it poses there the odometry crosses the failed frame with
 Where a frame cannot be posed against the reference, it is tried (one more match each, only on such frames)
 against the reference before it (``previous_reference``: the reference itself may be the bad frame, e.g. a
 covered one that still posed), then against the last frame without a pose (``candidate``: what the reference
-would have become before 2026-12-05; its place in the odometry is the last pose, so the motion up to it is
-lost, as it was then). A frame posed against one of these two becomes the reference (whatever the policy: the
-reference failed it). ``FrameResult.live_references`` names the frames the next one may be posed against.
-After ``max_lost_frames`` frames in a row without a pose the current frame (with enough keypoints / stereo
-points) becomes the reference; ``max_lost_frames: 0``: at the first failure, no fallbacks (the behaviour
+would have become before 2026-12-05). A frame posed against one of these two becomes the reference (whatever the
+policy: the reference failed it). ``FrameResult.live_references`` names the frames the next one may be posed
+against. After ``max_lost_frames`` frames in a row without a pose the current frame (with enough keypoints /
+stereo points) becomes the reference; ``max_lost_frames: 0``: at the first failure, no fallbacks (the behaviour
 before 2026-12-05). A frame with too few keypoints (e.g. black) never becomes a reference. A stamp that goes
 backwards (bag loop, clock reset) calls ``reset()``.
+Where a frame without a pose serves as a reference (the ``candidate``, or the reference after ``max_lost_frames``),
+its place in the odometry is where the last measured motion leads (``odometry.ConstantVelocity``: the last pose's
+step continued to its stamp; before 2026-12-06 the last pose, so the motion while lost was lost too). The frame's
+own ``T_odom_cam`` stays the last pose (it has no measured one).
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from .geometry import (MAX_POSE_HYPOTHESES, PNP_RANSAC_MODES, RelativePose, esti
                        make_transform, match_rectified_stereo, normalise_pixels, pose_consistent, refine_mono_window,
                        refine_stereo_matches, translation_significant, triangulate_stereo)
 from .mono_scale import FramePeriod, MonoScale, ReferenceDepths
+from .odometry import ConstantVelocity
 from .types import Features, MatchResult
 from .window_ba import BackgroundBA, Keyframe, SlidingWindowBA, WindowResult
 
@@ -255,6 +259,8 @@ class _TrackerBase:
         self.frames_lost = 0  # frames in a row without a pose against a reference
         self.T_odom_cam = np.eye(4)
         self.last_stamp_ns: int | None = None
+        # where a frame without a pose probably is (its place as a fallback reference or as the reference itself)
+        self.velocity = ConstantVelocity()
 
     def _drop_references(self) -> None:
         self.reference = self.previous_reference = self.candidate = None
@@ -328,8 +334,13 @@ class _TrackerBase:
         """
         ref = self.reference if used is None else used
         if pose is not None and ref is not None:
-            self.T_odom_cam = ref.T_odom @ make_transform(pose.R, pose.t * step_scale)
-        reference.T_odom = self.T_odom_cam.copy()
+            T_ref_cur = make_transform(pose.R, pose.t * step_scale)
+            self.T_odom_cam = ref.T_odom @ T_ref_cur
+            self.velocity.observe(stamp_ns, self.T_odom_cam, ref.stamp_ns, T_ref_cur)
+            reference.T_odom = self.T_odom_cam.copy()
+        else:  # no measured place: where the last measured motion leads (else the last pose); T_odom_cam stays
+            predicted = self.velocity.predict(stamp_ns) if ref is not None else None
+            reference.T_odom = (self.T_odom_cam if predicted is None else predicted).copy()
         if ref is None:
             new_ref = usable
         elif pose is None:  # no known place in the odometry: keep the reference, up to max_lost_frames
@@ -620,6 +631,7 @@ class StereoTracker(_TrackerBase):
         C = result.correction
         self._ba.apply_correction(result)
         self.T_odom_cam = C @ self.T_odom_cam
+        self.velocity.correct(C)
         if self.reference is not None and self.reference.stamp_ns >= int(result.stamps_ns[-1]):
             self.reference.T_odom = C @ self.reference.T_odom
         self.last_ba = result

@@ -796,8 +796,9 @@ def test_cuda_graph_on_a_cpu_node_is_ignored_and_the_node_matches(ros_context):
 def test_a_frame_without_a_pose_costs_the_node_odometry_nothing(ros_context, max_lost_frames):
     """A corrupted stereo frame (another scene's images): the next frame is posed against the frame before it, and
     ~/odom, ~/relative_pose_ref and ~/tracks follow (tracking.py's reference fallback through the node's glue).
-    max_lost_frames 0 (before 2026-12-05): the corrupted frame became the reference and the motion up to the next
-    posed frame was lost."""
+    max_lost_frames 0 (before 2026-12-05): the corrupted frame became the reference, frame 4 failed against it and
+    became the reference in turn, placed where the motion of frame 2 leads (odometry.ConstantVelocity; before
+    2026-12-06 at frame 2's pose, and the motion 2 -> 4 was lost), its covariance grown by that motion."""
     from mambaglue_ros.synthetic import make_sequence
 
     seq = make_sequence(n_frames=6, width=W, height=H, rate_hz=10.0, stereo=True, trajectory="forward", seed=1,
@@ -831,7 +832,9 @@ def test_a_frame_without_a_pose_costs_the_node_odometry_nothing(ros_context, max
             assert error < 0.2 * step, (error, step)
         else:
             assert s[4] not in rel and C.stamp_to_ns(rel[s[5]].reference_stamp) == s[4]
-            assert error > step, (error, step)  # frames 2 -> 4 lost
+            assert error < 0.2 * step, (error, step)  # frames 2 -> 4 predicted (at frame 2's pose: 2 steps off)
+            cov2, cov5 = (np.asarray(odom[s[k]].pose.covariance).reshape(6, 6) for k in (2, 5))
+            assert np.trace(cov5[:3, :3]) - np.trace(cov2[:3, :3]) > 3 * (2 * step) ** 2 * 0.9  # one sigma: 2 steps
     finally:
         node.destroy_node()
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mambaglue_ros import geometry as G
-from mambaglue_ros.odometry import (OdometryIntegrator, between_covariance, body_twist, compose_covariance)
+from mambaglue_ros.odometry import (MAX_PREDICTION_S, ConstantVelocity, OdometryIntegrator, between_covariance,
+                                    body_twist, compose_covariance, prediction_covariance, se3_power)
 
 
 def perturb(T: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -132,3 +133,88 @@ def test_integrator_covariance_grows_and_resets():
     start = G.make_transform(np.eye(3), [1.0, 2.0, 0.0])
     odom.reset(start, np.eye(6) * 1e-2)
     np.testing.assert_allclose(odom.step(200, 0, np.eye(4), np.zeros((6, 6))).T_odom_base, start)
+
+
+def test_se3_power_continues_the_screw_motion():
+    rng = np.random.default_rng(3)
+    T = random_pose(rng)
+    np.testing.assert_allclose(se3_power(T, 1.0), T, atol=1e-12)
+    np.testing.assert_allclose(se3_power(T, 2.0), T @ T, atol=1e-12)
+    np.testing.assert_allclose(se3_power(T, 3.0), T @ T @ T, atol=1e-12)
+    np.testing.assert_allclose(se3_power(T, 0.0), np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(se3_power(T, -1.0), np.linalg.inv(T), atol=1e-12)
+    half = se3_power(T, 0.5)
+    np.testing.assert_allclose(half @ half, T, atol=1e-12)
+    straight = G.make_transform(np.eye(3), [1.0, -2.0, 0.5])  # no rotation: the translation scales
+    np.testing.assert_allclose(se3_power(straight, 2.5)[:3, 3], [2.5, -5.0, 1.25], atol=1e-12)
+    # a car on a circle: 10 deg and 1.2 m per step; 2.5 steps on lie on the same circle
+    step = G.make_transform(G.so3_exp([0.0, np.radians(10.0), 0.0]), [0.0, 0.0, 1.2])
+    ahead = se3_power(step, 2.5)
+    np.testing.assert_allclose(ahead, se3_power(step, 2.0) @ se3_power(step, 0.5), atol=1e-12)
+    assert G.rotation_angle_deg(ahead[:3, :3], np.eye(3)) == pytest.approx(25.0)
+
+
+def test_constant_velocity_predicts_from_the_last_measured_step():
+    cv = ConstantVelocity()
+    NS = 100_000_000
+    assert cv.predict(NS) is None  # nothing measured yet
+    step = G.make_transform(G.so3_exp([0.0, 0.05, 0.0]), [0.1, 0.0, 1.2])  # over 0.1 s
+    T2 = G.make_transform(np.eye(3), [5.0, 0.0, 3.0])
+    cv.observe(2 * NS, T2, 1 * NS, step)
+    np.testing.assert_allclose(cv.predict(3 * NS), T2 @ step, atol=1e-12)
+    np.testing.assert_allclose(cv.predict(5 * NS), T2 @ step @ step @ step, atol=1e-12)
+    np.testing.assert_allclose(cv.predict(2 * NS + NS // 2), T2 @ se3_power(step, 0.5), atol=1e-12)
+    assert cv.predict(2 * NS) is None and cv.predict(NS) is None  # not after the last pose: nothing to predict
+    span_ns = int(MAX_PREDICTION_S * 1e9)
+    assert cv.predict(2 * NS + span_ns) is not None and cv.predict(2 * NS + span_ns + 1) is None
+    # a step against a keyframe 0.4 s back: its mean velocity
+    cv.observe(10 * NS, T2, 6 * NS, step)
+    np.testing.assert_allclose(cv.predict(14 * NS), T2 @ step, atol=1e-12)
+    # no velocity from a step over more than the span, nor from one without a reference; the place is still news
+    for ref in (10 * NS - span_ns - 1, None):
+        cv.observe(10 * NS, T2, ref, step)
+        assert cv.predict(11 * NS) is None
+    cv.observe(20 * NS, T2, 19 * NS, step)
+    C = G.make_transform(G.so3_exp([0.0, 0.0, 0.01]), [0.02, 0.0, 0.0])  # a bundle adjustment moved the odometry
+    cv.correct(C)
+    np.testing.assert_allclose(cv.predict(21 * NS), C @ T2 @ step, atol=1e-12)
+    cv.reset()
+    assert cv.predict(21 * NS) is None
+
+
+def test_integrator_places_a_frame_without_a_pose_where_the_motion_leads():
+    """A lost frame's place (its anchor when later frames are posed against it) is the last measured motion,
+    continued, with a covariance as large as that motion; without a measured motion the last pose."""
+    NS = 100_000_000
+    odom = OdometryIntegrator()
+    step = G.make_transform(G.so3_exp([0.0, 0.02, 0.0]), [0.0, 0.0, 1.2])  # a car: 1.2 m in 0.1 s
+    cov = np.diag([1e-4] * 3 + [1e-6] * 3)
+    odom.set_reference(0)
+    held, held_cov = odom.place(NS)  # nothing measured yet: the last pose
+    np.testing.assert_array_equal(held, np.eye(4))
+    odom.keep_anchors(0, (0,))
+    first = odom.step(NS, 0, step, cov)
+    odom.set_reference(NS)
+    odom.keep_anchors(NS, (NS, 0))
+    T_place, cov_place = odom.place(NS)  # the frame just posed: its own pose
+    np.testing.assert_array_equal(T_place, first.T_odom_base)
+    # frames 2 and 3 lost; frame 3 is kept as a fallback: its place is two steps on, its covariance wider
+    odom.keep_anchors(2 * NS, (NS, 0))
+    odom.keep_anchors(3 * NS, (NS, 0, 3 * NS))
+    T3, cov3 = odom.place(3 * NS)
+    np.testing.assert_allclose(T3, step @ step @ step, atol=1e-12)
+    T_delta = step @ step
+    np.testing.assert_allclose(cov3, compose_covariance(first.T_odom_base, first.covariance, T_delta,
+                                                        prediction_covariance(T_delta)), atol=1e-15)
+    assert np.sqrt(np.diag(cov3)[:3]).min() > 2.3  # the 2.4 m predicted (on an arc): one sigma
+    # frame 4 posed against frame 3 (the tracker's last frame without a pose): composed with that place
+    out = odom.step(4 * NS, 3 * NS, step, cov)
+    np.testing.assert_allclose(out.T_odom_base, step @ step @ step @ step, atol=1e-12)
+    assert out.twist is None  # the motion up to frame 3 is predicted, not measured: no velocity from it
+    moved = float(np.linalg.norm(T_delta[:3, 3]))
+    np.testing.assert_allclose(prediction_covariance(T_delta), np.diag([moved**2] * 3 + [0.04**2] * 3), atol=1e-12)
+    np.testing.assert_array_equal(prediction_covariance(np.eye(4)), np.zeros((6, 6)))  # standing still: nothing
+    # a reset forgets the motion: a lost frame after it keeps the reset pose
+    odom.reset()
+    odom.set_reference(10 * NS)
+    np.testing.assert_array_equal(odom.place(11 * NS)[0], np.eye(4))

@@ -181,6 +181,7 @@ class _Reference:
     T_published: np.ndarray | None = None  # T_odom as reported when it became the reference (BA moves T_odom)
     rays: np.ndarray | None = None      # mono: (N, 3) normalised rays of the keypoints (lens distortion removed)
     depths: ReferenceDepths | None = None  # mono: keypoint depths at the odometry's scale (mono_scale)
+    processed: int = 0                  # the tracker's frames_processed once this frame was processed
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -261,6 +262,7 @@ class _TrackerBase:
         self.last_stamp_ns: int | None = None
         # where a frame without a pose probably is (its place as a fallback reference or as the reference itself)
         self.velocity = ConstantVelocity()
+        self.frames_processed = 0  # process() calls since the reset (the frames between two are the skipped ones)
 
     def _drop_references(self) -> None:
         self.reference = self.previous_reference = self.candidate = None
@@ -333,6 +335,8 @@ class _TrackerBase:
         relative to (``_pose_with_fallback``; default ``reference``).
         """
         ref = self.reference if used is None else used
+        self.frames_processed += 1
+        reference.processed = self.frames_processed
         if pose is not None and ref is not None:
             T_ref_cur = make_transform(pose.R, pose.t * step_scale)
             self.T_odom_cam = ref.T_odom @ T_ref_cur
@@ -661,16 +665,21 @@ class StereoTracker(_TrackerBase):
             self._ba_result = self._ba.optimize()
 
     def _pnp_ransac_mode(self, reference: _Reference, stamp_ns: int) -> str:
-        """``pnp_ransac`` for a pose against ``reference``. ``auto`` stays ``pixel`` where the reference is the
-        camera's previous frame (by ``frame_period``): the covariance gate is there for a reference frames back
-        (the node skipped frames, or some failed), over which the camera may have moved far; against the previous
-        frame a failing pixel gate means a bad frame (blurred, covered), on which the covariance gate accepts
-        wrong poses (a 41 px motion blur on the KITTI clip and the rendered room: docs/results.md, *Bad
-        frames*), while the reference fallback loses nothing."""
+        """``pnp_ransac`` for a pose against ``reference``. ``auto`` stays ``pixel`` unless the camera delivered frames
+        between the reference and this one that the tracker never processed (the camera's frames by
+        ``frame_period``, less those processed since the reference): the covariance gate is there for a step over
+        skipped frames, across which the camera may have moved far. Where every frame in between was processed
+        (the previous frame, or frames that got no pose), a failing pixel gate means a bad frame (blurred,
+        covered), on which the covariance gate accepts wrong poses (a 41 px motion blur on the KITTI clip and the
+        rendered room: docs/results.md, *Bad frames*), while the fallback references and the constant-velocity
+        place of a frame without a pose lose little (docs/results.md, *Frames without a pose*; before 2026-12-06
+        frames that failed counted as frames back, and the covariance gate rescued blurred frames)."""
         mode = self.config["pnp_ransac"]
         if mode != "auto" or self.frame_period is None or self.frame_period.period_s is None:
             return mode
-        return "auto" if self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9) >= 1.5 else "pixel"
+        frames_back = self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9)
+        skipped = frames_back - 1.0 - (self.frames_processed - reference.processed)
+        return "auto" if skipped >= 0.5 else "pixel"
 
     def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return normalise_pixels(np.asarray(pixels, dtype=np.float64).reshape(-1, 2), self.K_left)  # rectified

@@ -371,8 +371,9 @@ stereo_gaps() {   # stereo odometry with frames skipped (pnp_ransac pixel / auto
 }
 bad_frames() {    # stereo odometry with degraded frames (blur, covered, dark; alone and in bursts of 3), every frame
                   # processed: the reference fallback and auto's camera-period rule, against the tracker before 2026-12-05
-                  # (its "before" runs keep the constant-velocity place of a frame without a pose, 2026-12-06: that
-                  # session's before/after ran commit f45c946 from a worktree, docs/results.md)
+                  # (its "before" runs keep the constant-velocity place of a frame without a pose and auto's rule of
+                  # 2026-12-06, covariance gate only across skipped frames: that session's before/after ran commit
+                  # f45c946 from a worktree, docs/results.md)
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --bad-frames --json out/stereo_bad_frames.json
   "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --bad-frames --set max_lost_frames=0 --without-camera-period \
     --json out/stereo_bad_frames_before.json

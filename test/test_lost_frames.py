@@ -201,10 +201,11 @@ def test_track_ids_come_from_the_reference_used():
     assert all(len(ids_of_world[w]) == 1 for w in seen_throughout)
 
 
-def test_auto_uses_the_covariance_gate_only_against_a_reference_frames_back():
-    """pnp_ransac auto: the covariance gate against a reference frames back (the node skipped frames, or some failed:
-    the camera may have moved far), the pixel gate against the camera's previous frame (a failing pixel gate there
-    means a bad frame, on which the covariance gate accepts wrong poses; the reference fallback loses nothing)."""
+def test_auto_uses_the_covariance_gate_only_across_skipped_frames():
+    """pnp_ransac auto: the covariance gate against a reference the camera delivered frames after that the tracker never
+    processed (the node skipped them: the camera may have moved far), the pixel gate against the camera's previous
+    frame or across frames the tracker processed and could not pose (a failing pixel gate there means a bad frame, on
+    which the covariance gate accepts wrong poses; the fallbacks and the constant-velocity place lose little)."""
     from mambaglue_ros.mono_scale import FramePeriod
 
     camera = FramePeriod()
@@ -219,6 +220,14 @@ def test_auto_uses_the_covariance_gate_only_against_a_reference_frames_back():
     assert tracker._pnp_ransac_mode(ref, NS) == "pixel"  # the camera's next frame
     assert tracker._pnp_ransac_mode(ref, NS + NS // 10) == "pixel"  # the same, with stamp jitter
     assert tracker._pnp_ransac_mode(ref, 2 * NS) == "auto" and tracker._pnp_ransac_mode(ref, 5 * NS) == "auto"
+    frames = stereo_frames(pts, trajectory(4))
+    for k in (1, 2):  # two frames processed without a pose (every match wrong): the reference stays
+        assert tracker.process(glitched(frames[k][0], k), glitched(frames[k][1], k), k * NS).pose is None
+    assert tracker.reference is ref and tracker.frames_processed == 3
+    assert tracker._pnp_ransac_mode(ref, 3 * NS) == "pixel"  # frames 1 and 2 were processed: none skipped
+    assert tracker._pnp_ransac_mode(ref, 4 * NS) == "auto"  # frame 3 skipped
+    assert tracker._pnp_ransac_mode(tracker.candidate, 3 * NS) == "pixel"  # (frame 2, the last without a pose)
+    assert tracker._pnp_ransac_mode(tracker.candidate, 5 * NS) == "auto"
     tracker.config["pnp_ransac"] = "covariance"
     assert tracker._pnp_ransac_mode(ref, NS) == "covariance"  # only auto is narrowed
     plain = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)  # offline callers without the camera's period

@@ -14,6 +14,12 @@ again with stamps off by up to +-10 ms (jitter). Both modes see the same poses
 
 ``--synthetic`` renders this project's textured-room sequences instead (``synthetic.make_sequence``, 51 mono
 frames at 10 Hz, exact ground truth): data the step lengths were not developed on.
+
+``--bad-frames``: every frame processed, with the degraded frames of ``stereo_gaps.py --bad-frames`` (blur, covered,
+dark; alone and in bursts of 3) instead of the patterns; the ``posed`` columns score only the frames with a pose
+(what ``~/odom`` publishes), the others a frame without a pose at the last pose (``FrameResult.T_odom_cam``).
+
+    .venv/bin/python benchmarks/mono_scale.py ../shared/data/kitti_seq1 --bad-frames --modes time
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stereo_diagnosis import NS, add_sequence_arguments, cached_matcher, read_gray, sequence_sources  # noqa: E402
+from stereo_gaps import bad_frame_scenarios  # noqa: E402
 
 
 def frame_patterns(n: int, seed: int = 0) -> dict[str, tuple[list[int], list[int], list[int] | None]]:
@@ -67,9 +74,10 @@ def image(item):
 
 
 def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str, policy: str,
-        scale_config: dict | None = None, all_stamps: list[int] | None = None) -> dict:
+        scale_config: dict | None = None, all_stamps: list[int] | None = None, degrade: dict | None = None) -> dict:
     """The tracker over ``frames``; with ``all_stamps`` (every camera frame's stamp) its frame period is fed with
-    all of them, as the node does from its image callback."""
+    all of them, as the node does from its image callback. ``degrade``: frame index -> function applied to its
+    image (``--bad-frames``)."""
     from mambaglue_ros.bags import metrics as M
     from mambaglue_ros.mono_scale import FramePeriod
     from mambaglue_ros.tracking import MonoTracker
@@ -77,13 +85,15 @@ def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str,
     camera = FramePeriod() if all_stamps is not None else None
     tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy}, frame_period=camera)
     tracker.scale.config.update(scale_config or {})
-    stamps, poses, lengths, failed = [], [], [], 0
+    stamps, poses, lengths, failed, posed = [], [], [], 0, []
     for i, stamp in zip(frames, stamps_ns):
         if camera is not None:
             for s in all_stamps[: i + 1]:
                 camera.observe(s)  # stamps seen already are ignored
-        res = tracker.process(image(data["left"][i]), stamp)
+        img = image(data["left"][i])
+        res = tracker.process(degrade[i](img) if degrade and i in degrade else img, stamp)
         stamps.append(stamp)
+        posed.append(res.pose is not None or i == frames[0])
         poses.append(res.T_odom_cam.copy())
         if res.pose is None and res.reference_stamp_ns is not None:
             failed += 1
@@ -91,7 +101,12 @@ def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str,
             lengths.append(res.step_scale)
     gt = M.Trajectory(np.array(stamps_ns), data["poses"][frames])
     summary = M.evaluate(M.Trajectory(np.array(stamps), np.array(poses)), gt, alignment="sim3")["summary"]
+    keep = np.array(posed)
+    posed_summary = M.evaluate(M.Trajectory(np.array(stamps)[keep], np.array(poses)[keep]),
+                               M.Trajectory(np.array(stamps_ns)[keep], data["poses"][frames][keep]),
+                               alignment="sim3")["summary"]
     return {"frames": len(frames), "failed": failed, "ate_m": summary["ate_m"],
+            "ate_posed_m": posed_summary["ate_m"], "rpe_posed_pct_per_m": 100.0 * posed_summary["rpe_trans_per_m"],
             "rpe_pct_per_m": 100.0 * summary["rpe_trans_per_m"], "rpe_deg_per_m": summary["rpe_rot_deg_per_m"],
             "step_lengths": [round(x, 4) for x in lengths]}
 
@@ -104,6 +119,7 @@ def main() -> int:
     ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="mono_scale options (mono_scale.DEFAULT_SCALE_CONFIG), e.g. speed_noise=0.2")
+    ap.add_argument("--bad-frames", action="store_true", help="every frame, with degraded frames (module docstring)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
@@ -116,22 +132,27 @@ def main() -> int:
     MonoScale(1.0, scale_config)  # refuses unknown options and bad values before any work
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "
-          f"{'deg/m':>7}  step lengths (median, min-max)")
+          f"{'deg/m':>7} {'posed: ATE m':>12} {'RPE %/m':>8}  step lengths (median, min-max)")
     for source, load in sources.items():
         data = load()
         matcher = cached_matcher(args, on_disk=source == "kitti")
-        patterns = frame_patterns(len(data["left"]))
+        n = len(data["left"])
+        patterns = {k: (v, None) for k, v in frame_patterns(n).items()}
+        if args.bad_frames:  # every frame, its true stamps, some degraded
+            every = (list(range(n)), [i * (NS // 10) for i in range(n)], [i * (NS // 10) for i in range(n)])
+            patterns = {name: (every, bad) for name, bad in bad_frame_scenarios(n).items()}
         if args.patterns:
             patterns = {k: v for k, v in patterns.items() if k in args.patterns}
-        for name, (frames, stamps, camera) in patterns.items():
+        for name, ((frames, stamps, camera), degrade) in patterns.items():
             for mode in args.modes:
-                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config, camera)
+                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config, camera, degrade)
                 matcher.save()
                 r.update(sequence=source, pattern=name, mode=mode)
                 rows.append(r)
                 s = np.array(r["step_lengths"]) if r["step_lengths"] else np.zeros(1)
                 print(f"{source:<9} {name:<10} {mode:<6} {r['frames']:>6} {r['failed']:>6} {r['ate_m']:>8.4f} "
-                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f}  {np.median(s):.3f}, "
+                      f"{r['rpe_pct_per_m']:>8.2f} {r['rpe_deg_per_m']:>7.3f} {r['ate_posed_m']:>12.4f} "
+                      f"{r['rpe_posed_pct_per_m']:>8.2f}  {np.median(s):.3f}, "
                       f"{s.min():.3f}-{s.max():.3f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -381,6 +381,7 @@ bad_frames() {    # stereo odometry with degraded frames (blur, covered, dark; a
     --json out/stereo_bad_frames_synthetic.json
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --modes pixel auto --set max_lost_frames=0 \
     --without-camera-period --json out/stereo_bad_frames_synthetic_before.json
+  "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --bad-frames --modes time --json out/mono_bad_frames.json
 }
 track_gate() {    # which temporal matches continue a feature track (~/tracks, Matches.inliers), against the rendered
                   # room's truth: the real matcher, ORB, and the real matcher with 20 % of its matches swapped

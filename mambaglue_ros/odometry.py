@@ -35,6 +35,9 @@ NS_PER_S = 1_000_000_000
 # A frame without a pose further than this from the last measured motion keeps the last pose: over longer spans a
 # velocity says little about where the camera is (ConstantVelocity).
 MAX_PREDICTION_S = 2.0
+# ... and one further than this many times the measured step's own duration: a step over a very short time (stamps
+# a millisecond apart) would multiply its noise (and, with a bundle adjustment, the window's correction) by the ratio.
+MAX_PREDICTION_RATIO = 10.0
 
 
 def compose_covariance(T_a_b: np.ndarray, cov_a_b: np.ndarray, T_b_c: np.ndarray,
@@ -136,7 +139,9 @@ class ConstantVelocity:
     constant-velocity model of visual-odometry front ends (ORB-SLAM's tracking, DSO) puts it where the last measured
     motion leads instead: the step of the last frame with a pose (relative to its reference, over the time between
     the two) continued to the lost frame's stamp (``se3_power``). Nothing is predicted without a measured step,
-    more than ``max_span_s`` after the last pose, or for a step that spans longer than that.
+    more than ``max_span_s`` after the last pose or more than ``MAX_PREDICTION_RATIO`` times the step's duration
+    after it, or for a step that spans longer than ``max_span_s``. The step is the last pose's against its reference:
+    with the keyframe policy the mean motion since the keyframe (up to ``max_span_s``).
 
     Poses are (4, 4) in any one odometry frame (the tracker's camera frame, the node's body frame).
     """
@@ -147,17 +152,18 @@ class ConstantVelocity:
 
     def reset(self) -> None:
         """Forget the motion (a reset of the odometry)."""
-        # the last frame with a pose: stamp, odometry pose, and its step (relative pose, seconds) or None
-        self._last: tuple[int, np.ndarray, tuple[np.ndarray, float] | None] | None = None
+        # the last frame with a pose: stamp, odometry pose, and its step (relative pose, seconds, covariance) or None
+        self._last: tuple[int, np.ndarray, tuple[np.ndarray, float, np.ndarray | None] | None] | None = None
 
     def observe(self, stamp_ns: int, T_odom: np.ndarray, reference_stamp_ns: int | None,
-                T_ref_cur: np.ndarray) -> None:
+                T_ref_cur: np.ndarray, covariance: np.ndarray | None = None) -> None:
         """A frame with a pose: its odometry pose ``T_odom`` and the motion ``T_ref_cur`` it measured since the frame
-        at ``reference_stamp_ns``."""
+        at ``reference_stamp_ns`` (with its (6, 6) ``covariance`` where known, for ``predict_covariance``)."""
         dt = None if reference_stamp_ns is None else (int(stamp_ns) - int(reference_stamp_ns)) / NS_PER_S
         step = None
         if dt is not None and 0 < dt <= self.max_span_s and np.isfinite(T_ref_cur).all():
-            step = (np.asarray(T_ref_cur, dtype=np.float64).copy(), dt)
+            cov = None if covariance is None else np.asarray(covariance, dtype=np.float64).copy()
+            step = (np.asarray(T_ref_cur, dtype=np.float64).copy(), dt, cov)
         self._last = (int(stamp_ns), np.asarray(T_odom, dtype=np.float64).copy(), step)
 
     def correct(self, C: np.ndarray) -> None:
@@ -165,15 +171,35 @@ class ConstantVelocity:
         if self._last is not None:
             self._last = (self._last[0], np.asarray(C) @ self._last[1], self._last[2])
 
-    def predict(self, stamp_ns: int) -> np.ndarray | None:
-        """The odometry pose at ``stamp_ns`` (a later frame without a pose), or None: nothing to predict from."""
+    def _ratio(self, stamp_ns: int) -> float | None:
+        """How many of the last step's durations ``stamp_ns`` lies after the last pose, or None: no prediction."""
         if self._last is None or self._last[2] is None:
             return None
-        last_stamp, T_last, (T_step, dt) = self._last
+        last_stamp, _, (_, dt, _) = self._last
         span = (int(stamp_ns) - last_stamp) / NS_PER_S
-        if not 0 < span <= self.max_span_s:
+        if not 0 < span <= self.max_span_s or span / dt > MAX_PREDICTION_RATIO:
             return None
-        return T_last @ se3_power(T_step, span / dt)
+        return span / dt
+
+    def predict(self, stamp_ns: int) -> np.ndarray | None:
+        """The odometry pose at ``stamp_ns`` (a later frame without a pose), or None: nothing to predict from."""
+        r = self._ratio(stamp_ns)
+        return None if r is None else self._last[1] @ se3_power(self._last[2][0], r)
+
+    def predict_covariance(self, stamp_ns: int) -> np.ndarray | None:
+        """(6, 6) covariance of the predicted motion from the last pose to ``stamp_ns`` (in the last pose's frame):
+        ``prediction_covariance`` of it, plus the measured step's own covariance times the ratio squared (first
+        order; turned into the last pose's frame), which stays where the motion is nothing (a still camera); None
+        where ``predict`` gives None."""
+        r = self._ratio(stamp_ns)
+        if r is None:
+            return None
+        T_step, _, cov_step = self._last[2]
+        out = prediction_covariance(se3_power(T_step, r))
+        if cov_step is not None:
+            R = np.kron(np.eye(2), T_step[:3, :3].T)  # both blocks from the step's start frame into its end frame
+            out = out + r * r * (R @ cov_step @ R.T)
+        return 0.5 * (out + out.T)
 
 
 def prediction_covariance(T_delta: np.ndarray) -> np.ndarray:
@@ -210,7 +236,7 @@ class OdometryIntegrator:
     reference before, or the last frame without a pose), call ``keep_anchors`` after each frame: the
     pose (and covariance) each live frame left is kept, and a step relative to one of them composes
     with it. A frame without a pose leaves the pose the last measured motion leads to (``ConstantVelocity``),
-    its covariance grown by ``prediction_covariance``; without a measured motion, the last pose.
+    its covariance grown by ``ConstantVelocity.predict_covariance``; without a measured motion, the last pose.
 
     max_twist_dt_s: over a longer interval the mean motion is no velocity: the twist is unknown.
     """
@@ -239,13 +265,13 @@ class OdometryIntegrator:
     def place(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """(pose, covariance) of the frame at ``stamp_ns`` in the odometry: the last pose if it was the last frame given
         to ``step``; for a later frame without a pose, the last measured motion continued to its stamp
-        (``ConstantVelocity``, covariance grown by ``prediction_covariance``), else the last pose."""
+        (``ConstantVelocity``, covariance grown by ``ConstantVelocity.predict_covariance``), else the last pose."""
         if self._last is None or self._last[0] != int(stamp_ns):
             predicted = self._velocity.predict(stamp_ns)
             if predicted is not None:
                 T_delta = invert(self.T_odom_base) @ predicted
                 return predicted, compose_covariance(self.T_odom_base, self.covariance, T_delta,
-                                                     prediction_covariance(T_delta))
+                                                     self._velocity.predict_covariance(stamp_ns))
         return self.T_odom_base.copy(), self.covariance.copy()
 
     def set_reference(self, stamp_ns: int) -> None:
@@ -301,5 +327,5 @@ class OdometryIntegrator:
                 twist, twist_cov = body_twist(T_step, cov_step, dt)
         self.T_odom_base, self.covariance = T, cov
         self._last = (int(stamp_ns), T_rel.copy(), cov_rel.copy(), ref_stamp)
-        self._velocity.observe(stamp_ns, T, ref_stamp, T_rel)
+        self._velocity.observe(stamp_ns, T, ref_stamp, T_rel, cov_rel)
         return OdometryStep(int(stamp_ns), T.copy(), cov.copy(), twist, twist_cov)

@@ -88,7 +88,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "pnp_ransac": "auto",             # stereo: PnP RANSAC inlier test: pnp_ransac_px ("pixel"), the weighted
                                       # refinement's chi-square gate ("covariance"), or the latter where the former
                                       # finds too few inliers ("auto"; geometry.estimate_pose_pnp), with a
-                                      # frame_period only against a reference frames back (_pnp_ransac_mode)
+                                      # frame_period only across frames the tracker was not given
+                                      # (_pnp_ransac_mode)
     "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
@@ -181,7 +182,7 @@ class _Reference:
     T_published: np.ndarray | None = None  # T_odom as reported when it became the reference (BA moves T_odom)
     rays: np.ndarray | None = None      # mono: (N, 3) normalised rays of the keypoints (lens distortion removed)
     depths: ReferenceDepths | None = None  # mono: keypoint depths at the odometry's scale (mono_scale)
-    processed: int = 0                  # the tracker's frames_processed once this frame was processed
+    failed: int = 0                     # the tracker's frames_failed once this frame was processed
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -262,7 +263,7 @@ class _TrackerBase:
         self.last_stamp_ns: int | None = None
         # where a frame without a pose probably is (its place as a fallback reference or as the reference itself)
         self.velocity = ConstantVelocity()
-        self.frames_processed = 0  # process() calls since the reset (the frames between two are the skipped ones)
+        self.frames_failed = 0  # frames processed without a pose since the reset (_pnp_ransac_mode)
 
     def _drop_references(self) -> None:
         self.reference = self.previous_reference = self.candidate = None
@@ -335,15 +336,15 @@ class _TrackerBase:
         relative to (``_pose_with_fallback``; default ``reference``).
         """
         ref = self.reference if used is None else used
-        self.frames_processed += 1
-        reference.processed = self.frames_processed
+        self.frames_failed += int(pose is None)
+        reference.failed = self.frames_failed
         if pose is not None and ref is not None:
             T_ref_cur = make_transform(pose.R, pose.t * step_scale)
             self.T_odom_cam = ref.T_odom @ T_ref_cur
             self.velocity.observe(stamp_ns, self.T_odom_cam, ref.stamp_ns, T_ref_cur)
             reference.T_odom = self.T_odom_cam.copy()
         else:  # no measured place: where the last measured motion leads (else the last pose); T_odom_cam stays
-            predicted = self.velocity.predict(stamp_ns) if ref is not None else None
+            predicted = self.velocity.predict(stamp_ns)
             reference.T_odom = (self.T_odom_cam if predicted is None else predicted).copy()
         if ref is None:
             new_ref = usable
@@ -589,8 +590,8 @@ class StereoTracker(_TrackerBase):
         config: options overriding ``DEFAULT_TRACKING_CONFIG``.
         frame_period: a ``mono_scale.FramePeriod`` the caller feeds with the stamp of every pair the cameras
             delivered, also those it does not pass to ``process`` (the node does): with it, ``pnp_ransac: auto``
-            uses the covariance gate only against a reference frames back (``_pnp_ransac_mode``). None: wherever
-            the pixel gate finds too few inliers.
+            uses the covariance gate only across frames skipped since the reference (``_pnp_ransac_mode``). None:
+            wherever the pixel gate finds too few inliers.
 
     Poses and ``T_odom_cam`` are those of the left camera, metric.
     """
@@ -665,20 +666,21 @@ class StereoTracker(_TrackerBase):
             self._ba_result = self._ba.optimize()
 
     def _pnp_ransac_mode(self, reference: _Reference, stamp_ns: int) -> str:
-        """``pnp_ransac`` for a pose against ``reference``. ``auto`` stays ``pixel`` unless the camera delivered frames
-        between the reference and this one that the tracker never processed (the camera's frames by
-        ``frame_period``, less those processed since the reference): the covariance gate is there for a step over
-        skipped frames, across which the camera may have moved far. Where every frame in between was processed
-        (the previous frame, or frames that got no pose), a failing pixel gate means a bad frame (blurred,
-        covered), on which the covariance gate accepts wrong poses (a 41 px motion blur on the KITTI clip and the
-        rendered room: docs/results.md, *Bad frames*), while the fallback references and the constant-velocity
-        place of a frame without a pose lose little (docs/results.md, *Frames without a pose*; before 2026-12-06
-        frames that failed counted as frames back, and the covariance gate rescued blurred frames)."""
+        """``pnp_ransac`` for a pose against ``reference``. ``auto`` stays ``pixel`` unless camera frames between the
+        reference and this one were not processed or got a pose (the camera's frames by ``frame_period``, less
+        those processed without a pose since the reference): the covariance gate is there for a long step, over
+        frames the node skipped (or, with the keyframe policy, frames posed against the same keyframe), across
+        which the camera may have moved far. Where the reference is the previous frame, or every frame in between
+        got no pose, a failing pixel gate means a bad frame (blurred, covered), on which the covariance gate
+        accepts wrong poses (a 41 px motion blur on the KITTI clip and the rendered room: docs/results.md, *Bad
+        frames*), while the fallback references and the constant-velocity place of a frame without a pose lose
+        little (docs/results.md, *Frames without a pose*; before 2026-12-06 frames that failed counted as frames
+        back, and the covariance gate rescued blurred frames)."""
         mode = self.config["pnp_ransac"]
         if mode != "auto" or self.frame_period is None or self.frame_period.period_s is None:
             return mode
         frames_back = self.frame_period.count((int(stamp_ns) - reference.stamp_ns) / 1e9)
-        skipped = frames_back - 1.0 - (self.frames_processed - reference.processed)
+        skipped = frames_back - 1.0 - (self.frames_failed - reference.failed)
         return "auto" if skipped >= 0.5 else "pixel"
 
     def _normalised_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -760,8 +762,9 @@ class StereoTracker(_TrackerBase):
         timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
         resized = self._drop_reference_if_resized(feats_l.image_size)
         cfg = self.config
-        # where the reference is the camera's previous frame, a failure is this frame's: its fallbacks (older
-        # references) do not get the covariance gate either (_pnp_ransac_mode)
+        # where no frame was skipped since the reference (the camera's previous frame, or frames that failed), a
+        # failure is this frame's: its fallbacks (older references) do not get the covariance gate either
+        # (_pnp_ransac_mode)
         next_frame = self.reference is not None and self._pnp_ransac_mode(self.reference, stamp_ns) != cfg["pnp_ransac"]
 
         def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:

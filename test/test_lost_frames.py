@@ -202,10 +202,10 @@ def test_track_ids_come_from_the_reference_used():
 
 
 def test_auto_uses_the_covariance_gate_only_across_skipped_frames():
-    """pnp_ransac auto: the covariance gate against a reference the camera delivered frames after that the tracker never
-    processed (the node skipped them: the camera may have moved far), the pixel gate against the camera's previous
-    frame or across frames the tracker processed and could not pose (a failing pixel gate there means a bad frame, on
-    which the covariance gate accepts wrong poses; the fallbacks and the constant-velocity place lose little)."""
+    """pnp_ransac auto: the covariance gate across camera frames the tracker was not given (the node skipped them: the
+    camera may have moved far) or posed against the same keyframe, the pixel gate against the camera's previous frame
+    or across frames the tracker processed and could not pose (a failing pixel gate there means a bad frame, on which
+    the covariance gate accepts wrong poses; the fallbacks and the constant-velocity place lose little)."""
     from mambaglue_ros.mono_scale import FramePeriod
 
     camera = FramePeriod()
@@ -223,11 +223,19 @@ def test_auto_uses_the_covariance_gate_only_across_skipped_frames():
     frames = stereo_frames(pts, trajectory(4))
     for k in (1, 2):  # two frames processed without a pose (every match wrong): the reference stays
         assert tracker.process(glitched(frames[k][0], k), glitched(frames[k][1], k), k * NS).pose is None
-    assert tracker.reference is ref and tracker.frames_processed == 3
+    assert tracker.reference is ref and tracker.frames_failed - ref.failed == 2
     assert tracker._pnp_ransac_mode(ref, 3 * NS) == "pixel"  # frames 1 and 2 were processed: none skipped
     assert tracker._pnp_ransac_mode(ref, 4 * NS) == "auto"  # frame 3 skipped
     assert tracker._pnp_ransac_mode(tracker.candidate, 3 * NS) == "pixel"  # (frame 2, the last without a pose)
     assert tracker._pnp_ransac_mode(tracker.candidate, 5 * NS) == "auto"
+    # with the keyframe policy, frames posed against the keyframe count as frames back (the step grows with them)
+    keyframes = StereoTracker(FakeMatcher(), K, K, T_LR, {**CONFIG, "policy": "keyframe",
+                                                            "keyframe_max_parallax_px": 1e3}, frame_period=camera)
+    good = stereo_frames(pts, trajectory(3))
+    for k in range(3):
+        result = keyframes.process(*good[k], k * NS)
+    assert result.pose is not None and keyframes.reference.stamp_ns == 0
+    assert keyframes._pnp_ransac_mode(keyframes.reference, 3 * NS) == "auto"
     tracker.config["pnp_ransac"] = "covariance"
     assert tracker._pnp_ransac_mode(ref, NS) == "covariance"  # only auto is narrowed
     plain = StereoTracker(FakeMatcher(), K, K, T_LR, CONFIG)  # offline callers without the camera's period

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from mambaglue_ros import geometry as G
-from mambaglue_ros.odometry import (MAX_PREDICTION_S, ConstantVelocity, OdometryIntegrator, between_covariance,
-                                    body_twist, compose_covariance, prediction_covariance, se3_power)
+from mambaglue_ros.odometry import (MAX_PREDICTION_RATIO, MAX_PREDICTION_S, ConstantVelocity, OdometryIntegrator,
+                                    between_covariance, body_twist, compose_covariance, prediction_covariance,
+                                    se3_power)
 
 
 def perturb(T: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -165,11 +166,14 @@ def test_constant_velocity_predicts_from_the_last_measured_step():
     np.testing.assert_allclose(cv.predict(5 * NS), T2 @ step @ step @ step, atol=1e-12)
     np.testing.assert_allclose(cv.predict(2 * NS + NS // 2), T2 @ se3_power(step, 0.5), atol=1e-12)
     assert cv.predict(2 * NS) is None and cv.predict(NS) is None  # not after the last pose: nothing to predict
-    span_ns = int(MAX_PREDICTION_S * 1e9)
-    assert cv.predict(2 * NS + span_ns) is not None and cv.predict(2 * NS + span_ns + 1) is None
-    # a step against a keyframe 0.4 s back: its mean velocity
+    # at most MAX_PREDICTION_RATIO steps on (a step over a short time would multiply its noise by the ratio) ...
+    ratio_ns = int(MAX_PREDICTION_RATIO * NS)
+    assert cv.predict(2 * NS + ratio_ns) is not None and cv.predict(2 * NS + ratio_ns + 1) is None
+    # ... and at most MAX_PREDICTION_S: a step against a keyframe 0.4 s back gives its mean velocity
     cv.observe(10 * NS, T2, 6 * NS, step)
     np.testing.assert_allclose(cv.predict(14 * NS), T2 @ step, atol=1e-12)
+    span_ns = int(MAX_PREDICTION_S * 1e9)
+    assert cv.predict(10 * NS + span_ns) is not None and cv.predict(10 * NS + span_ns + 1) is None
     # no velocity from a step over more than the span, nor from one without a reference; the place is still news
     for ref in (10 * NS - span_ns - 1, None):
         cv.observe(10 * NS, T2, ref, step)
@@ -204,8 +208,10 @@ def test_integrator_places_a_frame_without_a_pose_where_the_motion_leads():
     T3, cov3 = odom.place(3 * NS)
     np.testing.assert_allclose(T3, step @ step @ step, atol=1e-12)
     T_delta = step @ step
+    R = np.kron(np.eye(2), step[:3, :3].T)  # the step's covariance, turned into its end frame, two steps: x 2^2
     np.testing.assert_allclose(cov3, compose_covariance(first.T_odom_base, first.covariance, T_delta,
-                                                        prediction_covariance(T_delta)), atol=1e-15)
+                                                        prediction_covariance(T_delta) + 4 * R @ cov @ R.T),
+                               atol=1e-15)
     assert np.sqrt(np.diag(cov3)[:3]).min() > 2.3  # the 2.4 m predicted (on an arc): one sigma
     # frame 4 posed against frame 3 (the tracker's last frame without a pose): composed with that place
     out = odom.step(4 * NS, 3 * NS, step, cov)
@@ -214,6 +220,10 @@ def test_integrator_places_a_frame_without_a_pose_where_the_motion_leads():
     moved = float(np.linalg.norm(T_delta[:3, 3]))
     np.testing.assert_allclose(prediction_covariance(T_delta), np.diag([moved**2] * 3 + [0.04**2] * 3), atol=1e-12)
     np.testing.assert_array_equal(prediction_covariance(np.eye(4)), np.zeros((6, 6)))  # standing still: nothing
+    still = OdometryIntegrator()  # ... but a still camera's place still grows by its measured step's uncertainty
+    still.set_reference(0)
+    still.step(NS, 0, np.eye(4), cov)
+    np.testing.assert_allclose(still.place(4 * NS)[1], cov + 9 * cov, atol=1e-15)  # its own, and 3 steps' worth
     # a reset forgets the motion: a lost frame after it keeps the reset pose
     odom.reset()
     odom.set_reference(10 * NS)

@@ -179,9 +179,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("pnp_ransac", "auto", "stereo: the PnP RANSAC's inlier test: pixel = ransac_px on the reprojection "
               "error; covariance = the weighted refinement's chi-square gate, which allows for each point's depth "
               "uncertainty (keeps tracking when the camera moves metres between processed frames, admits more wrong "
-              "stereo matches); auto = pixel, and covariance where pixel finds fewer than min_inliers across "
-              "camera frames the node skipped (not against the previous frame or across frames that failed: a bad "
-              "frame there)",
+              "stereo matches); auto = pixel, and covariance where pixel finds fewer than min_inliers against a "
+              "reference two or more camera frames back, not counting frames in between that got no pose (not "
+              "against the previous frame or across failed frames: a bad frame there)",
               choices=("auto", "pixel", "covariance"), read_only=False),
     ParamSpec("max_lost_frames", 5, "frames in a row without a pose before the tracker gives its reference up for the "
               "current frame. Until then a frame without a pose does not replace the reference: the next frame is "

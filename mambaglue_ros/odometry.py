@@ -205,7 +205,7 @@ class ConstantVelocity:
 def prediction_covariance(T_delta: np.ndarray) -> np.ndarray:
     """(6, 6) covariance of a predicted motion ``T_delta`` (``ConstantVelocity``): a standard deviation as large as
     the motion itself, in translation and in rotation, on every axis, so that both "it stood still" and "it moved
-    twice as far" are one sigma away. The velocity's own (measured) uncertainty is far smaller and left out."""
+    twice as far" are one sigma away (``ConstantVelocity.predict_covariance`` adds the measured step's own)."""
     T_delta = np.asarray(T_delta, dtype=np.float64)
     return np.diag([float(T_delta[:3, 3] @ T_delta[:3, 3])] * 3 + [float(np.sum(so3_log(T_delta[:3, :3]) ** 2))] * 3)
 

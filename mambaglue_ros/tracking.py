@@ -88,8 +88,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
     "pnp_ransac": "auto",             # stereo: PnP RANSAC inlier test: pnp_ransac_px ("pixel"), the weighted
                                       # refinement's chi-square gate ("covariance"), or the latter where the former
                                       # finds too few inliers ("auto"; geometry.estimate_pose_pnp), with a
-                                      # frame_period only across frames the tracker was not given
-                                      # (_pnp_ransac_mode)
+                                      # frame_period only against a reference frames back, not counting frames
+                                      # that got no pose (_pnp_ransac_mode)
     "min_disparity_sigmas": 3.0,      # stereo: depth limit fx b / (k sigma_d), see StereoTracker.max_stereo_depth
     "ba_window": 0,                   # stereo: sliding-window bundle adjustment over this many keyframes; 0 = off
     "ba_background": True,            # stereo: run it on its own thread (False: in process(), for offline tools)
@@ -590,8 +590,8 @@ class StereoTracker(_TrackerBase):
         config: options overriding ``DEFAULT_TRACKING_CONFIG``.
         frame_period: a ``mono_scale.FramePeriod`` the caller feeds with the stamp of every pair the cameras
             delivered, also those it does not pass to ``process`` (the node does): with it, ``pnp_ransac: auto``
-            uses the covariance gate only across frames skipped since the reference (``_pnp_ransac_mode``). None:
-            wherever the pixel gate finds too few inliers.
+            uses the covariance gate only against a reference frames back, not counting frames that got no pose
+            (``_pnp_ransac_mode``). None: wherever the pixel gate finds too few inliers.
 
     Poses and ``T_odom_cam`` are those of the left camera, metric.
     """

@@ -95,7 +95,7 @@ def se3_power(T: np.ndarray, r: float) -> np.ndarray:
     (``exp(r log T)``: r = 2 gives ``T @ T``, r = 0.5 a motion that twice applied gives T, r = 0 the identity)."""
     T = np.asarray(T, dtype=np.float64)
     phi = so3_log(T[:3, :3])
-    rho = np.linalg.solve(_so3_left_jacobian(phi), T[:3, 3])
+    rho = _so3_left_jacobian_inverse(phi) @ T[:3, 3]
     return make_transform(so3_exp(r * phi), _so3_left_jacobian(r * phi) @ (r * rho))
 
 
@@ -143,7 +143,9 @@ class ConstantVelocity:
     after it, or for a step that spans longer than ``max_span_s``. The step is the last pose's against its reference:
     with the keyframe policy the mean motion since the keyframe (up to ``max_span_s``).
 
-    Poses are (4, 4) in any one odometry frame (the tracker's camera frame, the node's body frame).
+    ``predict`` gives the motion *from the last pose*: the caller composes it with the last pose it holds (the
+    tracker's ``T_odom_cam``, the integrator's ``T_odom_base``), so a correction of the odometry (a bundle
+    adjustment) moves the prediction with it.
     """
 
     def __init__(self, max_span_s: float = MAX_PREDICTION_S) -> None:
@@ -152,60 +154,45 @@ class ConstantVelocity:
 
     def reset(self) -> None:
         """Forget the motion (a reset of the odometry)."""
-        # the last frame with a pose: stamp, odometry pose, and its step (relative pose, seconds, covariance) or None
-        self._last: tuple[int, np.ndarray, tuple[np.ndarray, float, np.ndarray | None] | None] | None = None
+        # the last frame with a pose: its stamp, and its step (relative pose, seconds, covariance) or None
+        self._last: tuple[int, tuple[np.ndarray, float, np.ndarray | None] | None] | None = None
 
-    def observe(self, stamp_ns: int, T_odom: np.ndarray, reference_stamp_ns: int | None,
-                T_ref_cur: np.ndarray, covariance: np.ndarray | None = None) -> None:
-        """A frame with a pose: its odometry pose ``T_odom`` and the motion ``T_ref_cur`` it measured since the frame
-        at ``reference_stamp_ns`` (with its (6, 6) ``covariance`` where known, for ``predict_covariance``)."""
+    def observe(self, stamp_ns: int, reference_stamp_ns: int | None, T_ref_cur: np.ndarray,
+                covariance: np.ndarray | None = None) -> None:
+        """A frame with a pose: the motion ``T_ref_cur`` it measured since the frame at ``reference_stamp_ns`` (with
+        its (6, 6) ``covariance`` where known)."""
         dt = None if reference_stamp_ns is None else (int(stamp_ns) - int(reference_stamp_ns)) / NS_PER_S
         step = None
         if dt is not None and 0 < dt <= self.max_span_s and np.isfinite(T_ref_cur).all():
             cov = None if covariance is None else np.asarray(covariance, dtype=np.float64).copy()
             step = (np.asarray(T_ref_cur, dtype=np.float64).copy(), dt, cov)
-        self._last = (int(stamp_ns), np.asarray(T_odom, dtype=np.float64).copy(), step)
+        self._last = (int(stamp_ns), step)
 
-    def correct(self, C: np.ndarray) -> None:
-        """The odometry frame was corrected by ``C`` (left-multiplied, e.g. by a bundle adjustment)."""
-        if self._last is not None:
-            self._last = (self._last[0], np.asarray(C) @ self._last[1], self._last[2])
-
-    def _ratio(self, stamp_ns: int) -> float | None:
-        """How many of the last step's durations ``stamp_ns`` lies after the last pose, or None: no prediction."""
-        if self._last is None or self._last[2] is None:
+    def predict(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(motion, covariance) from the last pose to ``stamp_ns`` (a later frame without a pose), or None: nothing to
+        predict from. motion: (4, 4), the last pose's frame to the predicted one; covariance: (6, 6) in the last
+        pose's frame, ``prediction_covariance`` of the motion plus the measured step's own covariance times the
+        ratio squared (first order; turned into the last pose's frame), which stays where the motion is nothing
+        (a still camera)."""
+        if self._last is None or self._last[1] is None:
             return None
-        last_stamp, _, (_, dt, _) = self._last
+        last_stamp, (T_step, dt, cov_step) = self._last
         span = (int(stamp_ns) - last_stamp) / NS_PER_S
         if not 0 < span <= self.max_span_s or span / dt > MAX_PREDICTION_RATIO:
             return None
-        return span / dt
-
-    def predict(self, stamp_ns: int) -> np.ndarray | None:
-        """The odometry pose at ``stamp_ns`` (a later frame without a pose), or None: nothing to predict from."""
-        r = self._ratio(stamp_ns)
-        return None if r is None else self._last[1] @ se3_power(self._last[2][0], r)
-
-    def predict_covariance(self, stamp_ns: int) -> np.ndarray | None:
-        """(6, 6) covariance of the predicted motion from the last pose to ``stamp_ns`` (in the last pose's frame):
-        ``prediction_covariance`` of it, plus the measured step's own covariance times the ratio squared (first
-        order; turned into the last pose's frame), which stays where the motion is nothing (a still camera); None
-        where ``predict`` gives None."""
-        r = self._ratio(stamp_ns)
-        if r is None:
-            return None
-        T_step, _, cov_step = self._last[2]
-        out = prediction_covariance(se3_power(T_step, r))
+        r = span / dt
+        motion = se3_power(T_step, r)
+        cov = prediction_covariance(motion)
         if cov_step is not None:
             R = np.kron(np.eye(2), T_step[:3, :3].T)  # both blocks from the step's start frame into its end frame
-            out = out + r * r * (R @ cov_step @ R.T)
-        return 0.5 * (out + out.T)
+            cov = cov + r * r * (R @ cov_step @ R.T)
+        return motion, 0.5 * (cov + cov.T)
 
 
 def prediction_covariance(T_delta: np.ndarray) -> np.ndarray:
     """(6, 6) covariance of a predicted motion ``T_delta`` (``ConstantVelocity``): a standard deviation as large as
     the motion itself, in translation and in rotation, on every axis, so that both "it stood still" and "it moved
-    twice as far" are one sigma away (``ConstantVelocity.predict_covariance`` adds the measured step's own)."""
+    twice as far" are one sigma away (``ConstantVelocity.predict`` adds the measured step's own)."""
     T_delta = np.asarray(T_delta, dtype=np.float64)
     return np.diag([float(T_delta[:3, 3] @ T_delta[:3, 3])] * 3 + [float(np.sum(so3_log(T_delta[:3, :3]) ** 2))] * 3)
 
@@ -236,7 +223,7 @@ class OdometryIntegrator:
     reference before, or the last frame without a pose), call ``keep_anchors`` after each frame: the
     pose (and covariance) each live frame left is kept, and a step relative to one of them composes
     with it. A frame without a pose leaves the pose the last measured motion leads to (``ConstantVelocity``),
-    its covariance grown by ``ConstantVelocity.predict_covariance``; without a measured motion, the last pose.
+    its covariance grown by the prediction's (``ConstantVelocity.predict``); without a measured motion, the last pose.
 
     max_twist_dt_s: over a longer interval the mean motion is no velocity: the twist is unknown.
     """
@@ -265,14 +252,13 @@ class OdometryIntegrator:
     def place(self, stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """(pose, covariance) of the frame at ``stamp_ns`` in the odometry: the last pose if it was the last frame given
         to ``step``; for a later frame without a pose, the last measured motion continued to its stamp
-        (``ConstantVelocity``, covariance grown by ``ConstantVelocity.predict_covariance``), else the last pose."""
-        if self._last is None or self._last[0] != int(stamp_ns):
-            predicted = self._velocity.predict(stamp_ns)
-            if predicted is not None:
-                T_delta = invert(self.T_odom_base) @ predicted
-                return predicted, compose_covariance(self.T_odom_base, self.covariance, T_delta,
-                                                     self._velocity.predict_covariance(stamp_ns))
-        return self.T_odom_base.copy(), self.covariance.copy()
+        (``ConstantVelocity``, covariance grown by the prediction's), else the last pose."""
+        predicted = None if self._last is not None and self._last[0] == int(stamp_ns) else \
+            self._velocity.predict(stamp_ns)
+        if predicted is None:
+            return self.T_odom_base.copy(), self.covariance.copy()
+        motion, cov_motion = predicted
+        return self.T_odom_base @ motion, compose_covariance(self.T_odom_base, self.covariance, motion, cov_motion)
 
     def set_reference(self, stamp_ns: int) -> None:
         """The frame at ``stamp_ns`` (the last one given to ``step``, or one without a pose) is now
@@ -327,5 +313,5 @@ class OdometryIntegrator:
                 twist, twist_cov = body_twist(T_step, cov_step, dt)
         self.T_odom_base, self.covariance = T, cov
         self._last = (int(stamp_ns), T_rel.copy(), cov_rel.copy(), ref_stamp)
-        self._velocity.observe(stamp_ns, T, ref_stamp, T_rel, cov_rel)
+        self._velocity.observe(stamp_ns, ref_stamp, T_rel, cov_rel)
         return OdometryStep(int(stamp_ns), T.copy(), cov.copy(), twist, twist_cov)

@@ -341,11 +341,11 @@ class _TrackerBase:
         if pose is not None and ref is not None:
             T_ref_cur = make_transform(pose.R, pose.t * step_scale)
             self.T_odom_cam = ref.T_odom @ T_ref_cur
-            self.velocity.observe(stamp_ns, self.T_odom_cam, ref.stamp_ns, T_ref_cur)
+            self.velocity.observe(stamp_ns, ref.stamp_ns, T_ref_cur)
             reference.T_odom = self.T_odom_cam.copy()
         else:  # no measured place: where the last measured motion leads (else the last pose); T_odom_cam stays
             predicted = self.velocity.predict(stamp_ns)
-            reference.T_odom = (self.T_odom_cam if predicted is None else predicted).copy()
+            reference.T_odom = self.T_odom_cam.copy() if predicted is None else self.T_odom_cam @ predicted[0]
         if ref is None:
             new_ref = usable
         elif pose is None:  # no known place in the odometry: keep the reference, up to max_lost_frames
@@ -636,7 +636,6 @@ class StereoTracker(_TrackerBase):
         C = result.correction
         self._ba.apply_correction(result)
         self.T_odom_cam = C @ self.T_odom_cam
-        self.velocity.correct(C)
         if self.reference is not None and self.reference.stamp_ns >= int(result.stamps_ns[-1]):
             self.reference.T_odom = C @ self.reference.T_odom
         self.last_ba = result

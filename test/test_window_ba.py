@@ -157,7 +157,7 @@ def test_stereo_tracker_with_window_ba(background):
     tracker = StereoTracker(OrbMatcher(), K_SYN, K_SYN, T_LEFT_RIGHT,
                             {"policy": "previous", "ba_window": 4, "ba_background": background})
     try:
-        T_node, T_node_ref, corrected = np.eye(4), np.eye(4), False
+        T_node, T_node_ref = np.eye(4), np.eye(4)
         for i, P in enumerate(poses):
             r = tracker.process(render(P, planes), render(P @ T_LEFT_RIGHT, planes), i * DT_NS)
             if r.pose is not None:
@@ -167,12 +167,6 @@ def test_stereo_tracker_with_window_ba(background):
                 T_node_ref = T_node.copy()
             if background and tracker._ba_runner is not None:
                 assert tracker._ba_runner.wait_idle(60.0)  # deterministic test; the node never waits
-            if r.pose is not None:  # a finished window moves the odometry and the motion model's last pose alike
-                tracker._apply_ba()  # (what the next process() does first)
-                np.testing.assert_allclose(tracker.velocity._last[1], tracker.T_odom_cam, atol=1e-12)
-                corrected = corrected or (tracker.last_ba is not None
-                                          and not np.allclose(tracker.last_ba.correction, np.eye(4), atol=1e-9))
-        assert corrected  # (so the check above saw the odometry move)
         assert tracker.last_ba is not None and tracker.last_ba.landmarks > 50
         path = (NUM_FRAMES - 1) * np.linalg.norm(STEP[:3, 3])
         assert np.linalg.norm(tracker.T_odom_cam[:3, 3] - poses[-1][:3, 3]) < 0.03 * path

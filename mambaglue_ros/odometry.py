@@ -270,8 +270,8 @@ class OdometryIntegrator:
         self._anchors[int(stamp_ns)] = (self.T_odom_ref.copy(), self.cov_ref.copy())
 
     def keep_anchors(self, stamp_ns: int, live: tuple[int, ...] | list[int]) -> None:
-        """After the frame at ``stamp_ns`` (with or without a pose): keep its place (``place``) as its anchor if it is in
-        ``live`` (the stamps later frames may be posed against), and forget the anchors that are not."""
+        """After the frame at ``stamp_ns`` (with or without a pose): keep its place (``place``) as its anchor if it is
+        in ``live`` (the stamps later frames may be posed against), and forget the anchors that are not."""
         live_set = self._live = {int(s) for s in live}
         if int(stamp_ns) in live_set and int(stamp_ns) not in self._anchors:
             self._anchors[int(stamp_ns)] = self.place(stamp_ns)

@@ -519,7 +519,7 @@ def sigmoid_log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Te
     certainties = F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
     scores0 = F.log_softmax(sim, 2)
     scores1 = transposed(F.log_softmax(transposed(sim), 2))  # LightGlue's column softmax, to the bit
-    scores = sim.new_full((b, m + 1, n + 1), 0)
+    scores = scores0.new_full((b, m + 1, n + 1), 0)  # float32 under autocast, as log_softmax computes it
     scores[:, :m, :n] = scores0 + scores1 + certainties
     scores[:, :-1, -1] = F.logsigmoid(-z0.squeeze(-1))
     scores[:, -1, :-1] = F.logsigmoid(-z1.squeeze(-1))

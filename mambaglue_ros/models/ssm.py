@@ -254,7 +254,10 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
         return _transposed(t).view(batch, K, T, t.shape[1])
 
     A2 = (A * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
-    y = _ChunkedScan.apply(chunked(delta), chunked(dtu), A2, chunked(B), chunked(C))
+    # The scan runs in the inputs' float32 under any autocast (bf16 mixed-precision training): autocast would run its
+    # products in bf16 in forward but not in the hand-written backward, whose products would then mix dtypes.
+    with torch.autocast(u.device.type, enabled=False):
+        y = _ChunkedScan.apply(chunked(delta), chunked(dtu), A2, chunked(B), chunked(C))
     # Back to (b, d, L), contiguous like the CUDA kernel's output (and like u, so that the
     # skip and gate that follow run on one memory layout).
     return _transposed(y.view(batch, K * T, dim)[:, :L])

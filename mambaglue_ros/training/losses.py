@@ -20,6 +20,7 @@ def nll_loss(log_assignment: torch.Tensor, gt_matches0: torch.Tensor, gt_matches
     pairs, and per-pair parts for logging.
     """
     m, n = gt_matches0.shape[1], gt_matches1.shape[1]
+    log_assignment = log_assignment.float()  # a bf16 forward (mixed-precision training) sums its NLL in fp32
     positive = gt_assignment(gt_matches0, n).to(log_assignment.dtype)
     neg0 = (gt_matches0 == -1).to(log_assignment.dtype)
     neg1 = (gt_matches1 == -1).to(log_assignment.dtype)
@@ -47,7 +48,7 @@ def matcher_loss(log_assignments: list[torch.Tensor], gt_matches0: torch.Tensor,
     Returns (loss, per-layer NLL values for logging).
     """
     weights = layer_weights(len(log_assignments), gamma)
-    total = log_assignments[0].new_zeros(())
+    total = log_assignments[0].new_zeros((), dtype=torch.float32)
     per_layer = []
     for w, la in zip(weights, log_assignments):
         nll, _ = nll_loss(la, gt_matches0, gt_matches1, balance)
@@ -77,9 +78,10 @@ def confidence_loss(confidence0: list[torch.Tensor], confidence1: list[torch.Ten
     Returns (loss, per-layer accuracy at 0.5 for logging).
     """
     final = log_assignments[-1]
-    total = confidence0[0].new_zeros(())
+    total = confidence0[0].new_zeros((), dtype=torch.float32)
     accs = []
     for c0, c1, la in zip(confidence0, confidence1, log_assignments[:-1]):
+        c0, c1 = c0.float(), c1.float()  # BCE's logarithms in fp32 after a bf16 forward
         t0, t1 = confidence_targets(la, final)
         w0 = mask0.float() if mask0 is not None else torch.ones_like(t0)
         w1 = mask1.float() if mask1 is not None else torch.ones_like(t1)

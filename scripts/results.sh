@@ -224,8 +224,8 @@ eval_xfeat_long3k() {  # each finished long3k run against the shipped network an
     eval_against_shipped xfeat "out/ablation_xfeat_long3k_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_long3k_$tag"
   done
 }
-render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % rendered-room pairs, 1000 + 600 steps each, bf16
-                  # mixed precision; ARG: v2 / attention (default both in turn; side by side: start v2 first, it builds
+render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % rendered-room pairs, 1000 + 600 steps each, fp32
+                  # (as the design runs); ARG: v2 / attention (default both in turn; side by side: start v2 first, it builds
                   # the feature cache, then attention once its stage 1 has started). Each stage resumes.
   local tag
   for tag in ${1:-v2 attention}; do

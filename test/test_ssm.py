@@ -346,3 +346,17 @@ def test_triton_kernel_on_cuda_matches_torch_scan(shape, dtype, layout):
     leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
     y = selective_scan(**leaves, delta_softplus=True)
     assert y.requires_grad
+
+
+def test_torch_scan_under_bf16_autocast_is_the_float32_scan():
+    # Mixed-precision training (training.train, precision bf16) runs the model under CPU bf16 autocast. The scan is
+    # float32 by design: under autocast its forward and its hand-written backward give the float32 results to the
+    # bit (before the scan disabled autocast, the backward's products mixed bf16 and float32 and raised).
+    x = make_inputs(2, 8, 40, 4, seed=5, dtype=torch.float32)
+    used = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    y, grads = run(selective_scan, x, used, delta_softplus=True, backend="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_amp, grads_amp = run(selective_scan, x, used, delta_softplus=True, backend="torch")
+    assert y_amp.dtype == torch.float32 and torch.equal(y_amp, y)
+    for k in used:
+        assert torch.equal(grads_amp[k], grads[k]), k

@@ -519,7 +519,7 @@ def sigmoid_log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Te
     certainties = F.logsigmoid(z0) + F.logsigmoid(z1).transpose(1, 2)
     scores0 = F.log_softmax(sim, 2)
     scores1 = transposed(F.log_softmax(transposed(sim), 2))  # LightGlue's column softmax, to the bit
-    scores = scores0.new_full((b, m + 1, n + 1), 0)  # float32 under autocast, as log_softmax computes it
+    scores = sim.new_full((b, m + 1, n + 1), 0)
     scores[:, :m, :n] = scores0 + scores1 + certainties
     scores[:, :-1, -1] = F.logsigmoid(-z0.squeeze(-1))
     scores[:, -1, :-1] = F.logsigmoid(-z1.squeeze(-1))
@@ -820,10 +820,14 @@ class MambaGlue(nn.Module):
         scores, conf0, conf1 = [], [], []
         for i in range(self.conf["n_layers"]):
             desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
-            scores.append(unpermute_assignment(self.log_assignment[i](desc0, desc1, mask0, mask1), ind0, ind1, inv0, inv1))
-            if i < self.conf["n_layers"] - 1:
-                conf0.append(self.token_confidence[i](desc0).gather(1, inv0))
-                conf1.append(self.token_confidence[i](desc1).gather(1, inv1))
+            # What the losses read is computed in float32 under autocast (mixed-precision training): on a CPU
+            # log_softmax and the regressor's sigmoid would otherwise come out rounded to bf16.
+            with torch.autocast(desc0.device.type, enabled=False):
+                out0, out1 = desc0.float(), desc1.float()
+                scores.append(unpermute_assignment(self.log_assignment[i](out0, out1, mask0, mask1), ind0, ind1, inv0, inv1))
+                if i < self.conf["n_layers"] - 1:
+                    conf0.append(self.token_confidence[i](out0).gather(1, inv0))
+                    conf1.append(self.token_confidence[i](out1).gather(1, inv1))
         return {"log_assignment": scores, "confidence0": conf0, "confidence1": conf1}
 
     def _empty_output(self, b: int, m: int, n: int, device: torch.device) -> dict[str, Any]:

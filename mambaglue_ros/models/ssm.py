@@ -326,6 +326,13 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # In the dtype of the forward whatever autocast is on where backward runs (as around the forward, _scan_torch).
+        with torch.autocast(gy.device.type, enabled=False):
+            return _ChunkedScan.adjoint(ctx, gy)
+
+    @staticmethod
+    def adjoint(ctx, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """backward's work: the gradients of delta, dtu, A2, B, C."""
         delta, dtu, A2, B, C, starts = ctx.saved_tensors
         gy = gy.contiguous()
         batch, K, T, dim = delta.shape

@@ -823,8 +823,9 @@ class MambaGlue(nn.Module):
             # What the losses read is computed in float32 under autocast (mixed-precision training): on a CPU
             # log_softmax and the regressor's sigmoid would otherwise come out rounded to bf16.
             with torch.autocast(desc0.device.type, enabled=False):
-                out0, out1 = desc0.float(), desc1.float()
-                scores.append(unpermute_assignment(self.log_assignment[i](out0, out1, mask0, mask1), ind0, ind1, inv0, inv1))
+                out0, out1 = (d.float() if d.dtype in (torch.bfloat16, torch.float16) else d for d in (desc0, desc1))
+                la = self.log_assignment[i](out0, out1, mask0, mask1)
+                scores.append(unpermute_assignment(la, ind0, ind1, inv0, inv1))
                 if i < self.conf["n_layers"] - 1:
                     conf0.append(self.token_confidence[i](out0).gather(1, inv0))
                     conf1.append(self.token_confidence[i](out1).gather(1, inv1))

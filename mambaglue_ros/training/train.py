@@ -53,9 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "hardware": None,  # text for the checkpoint metadata (default: detected)
     "threads": 0,  # torch threads (0 = torch's default)
     # Arithmetic of the training forward passes: 'fp32', or 'bf16' mixed precision (torch.autocast: fp32 master
-    # weights, optimiser and validation; the Mamba scan and the losses stay fp32), which pays only on a CPU that
-    # computes bf16 natively (AVX512-BF16 / AMX: 0.62x the fp32 step time of the version-2 XFeat network at batch 8,
-    # docs/results.md); 'auto' = bf16 there, else fp32. Runs before this option were fp32.
+    # weights, optimiser and validation; the Mamba scan, the assignments, the confidences and the losses stay fp32),
+    # which pays only on a CPU that computes bf16 natively (AVX512-BF16 / AMX: about 0.7x the fp32 step time of the
+    # version-2 XFeat network at batch 8, docs/results.md); 'auto' = bf16 there, else fp32. Every run before this
+    # option was fp32.
     "precision": "fp32",
     "data": {
         "images": "/work/shared/data/photos/train",

@@ -233,8 +233,10 @@ render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % render
   done
 }
 eval_render_xfeat() {  # both render_xfeat runs in one run with the shipped network and LighterGlue (the 200 pairs and
-                       # keypoints of eval_xfeat_long3k): alpha 0.95 and full depth; relative pose; rendered-room pairs of
-                       # held-out seeds; the easy pair
+                       # keypoints of eval_design_xfeat_long and eval_xfeat_long3k, whose shipped / LighterGlue rows this
+                       # run reproduces): alpha 0.95 and full depth; relative pose; the easy pair
+  [ -f out/ablation_xfeat_render_v2/DONE ] && [ -f out/ablation_xfeat_render_attention/DONE ] \
+    || { echo "eval_render_xfeat: run render_xfeat to the end first" >&2; return 1; }
   local V2=out/ablation_xfeat_render_v2/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_render_attention/mambaglue_xfeat.pt
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
     --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" --alphas none --json out/eval_render_xfeat.json \

@@ -457,3 +457,18 @@ def test_a_bf16_run_trains_and_records_its_precision(photo_dir, tmp_path):
     assert s["stage1"]["precision"] == s["stage2"]["precision"] == "bf16"
     assert s["stage1"]["steps"] == 4 and all(math.isfinite(r["loss"]) for r in s["stage1"]["loss_curve"])
     assert math.isfinite(s["export"]["validation_fp16"]["nll_mean"])
+    meta = W.load_checkpoint(s["export"]["path"], features="xfeat")["meta"]
+    assert meta["precision"] == {"stage1": "bf16", "stage2": "bf16"}
+
+
+def test_losses_of_a_float64_model_stay_float64(tiny_cache):
+    # The fp32 casts of the mixed-precision path apply to bf16 / fp16 only.
+    batch = collate([tiny_cache[0]])
+    m, n = batch["gt_matches0"].shape[1], batch["gt_matches1"].shape[1]
+    la = torch.log_softmax(torch.randn(1, m + 1, n + 1, dtype=torch.float64), -1)
+    loss, _ = matcher_loss([la, la], batch["gt_matches0"], batch["gt_matches1"])
+    conf = [torch.rand(1, m, dtype=torch.float64)], [torch.rand(1, n, dtype=torch.float64)]
+    closs, _ = confidence_loss(*conf, [la, la])
+    assert loss.dtype == closs.dtype == torch.float64
+    bf = [la.to(torch.bfloat16)] * 2
+    assert matcher_loss(bf, batch["gt_matches0"], batch["gt_matches1"])[0].dtype == torch.float32

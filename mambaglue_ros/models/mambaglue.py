@@ -14,6 +14,7 @@ neighbours in the image and the conv / scan add *local* context next to attentio
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -821,9 +822,11 @@ class MambaGlue(nn.Module):
         for i in range(self.conf["n_layers"]):
             desc0, desc1 = self.transformers[i](desc0, desc1, enc0, enc1, mask0, mask1)
             # What the losses read is computed in float32 under autocast (mixed-precision training): on a CPU
-            # log_softmax and the regressor's sigmoid would otherwise come out rounded to bf16.
-            with torch.autocast(desc0.device.type, enabled=False):
-                out0, out1 = (d.float() if d.dtype in (torch.bfloat16, torch.float16) else d for d in (desc0, desc1))
+            # log_softmax and the regressor's sigmoid would otherwise come out rounded to bf16. Without autocast
+            # (fp32, float64, a half model) the heads run as the layers do.
+            amp = torch.is_autocast_enabled(desc0.device.type)
+            with torch.autocast(desc0.device.type, enabled=False) if amp else contextlib.nullcontext():
+                out0, out1 = (desc0.float(), desc1.float()) if amp else (desc0, desc1)
                 la = self.log_assignment[i](out0, out1, mask0, mask1)
                 scores.append(unpermute_assignment(la, ind0, ind1, inv0, inv1))
                 if i < self.conf["n_layers"] - 1:

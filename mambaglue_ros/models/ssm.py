@@ -255,7 +255,8 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
 
     A2 = (A * math.log2(math.e)).t().contiguous()  # (N, d): exp(delta A) = exp2(delta A log2 e)
     # The scan runs in the inputs' float32 under any autocast (bf16 mixed-precision training): autocast would run its
-    # products in bf16 in forward but not in the hand-written backward, whose products would then mix dtypes.
+    # products in bf16 in forward but not in the hand-written backward, whose products would then mix dtypes. (Its
+    # read-out under a bf16 matcher's autocast, where inference comes here, is float32 now too.)
     with torch.autocast(u.device.type, enabled=False):
         y = _ChunkedScan.apply(chunked(delta), chunked(dtu), A2, chunked(B), chunked(C))
     # Back to (b, d, L), contiguous like the CUDA kernel's output (and like u, so that the

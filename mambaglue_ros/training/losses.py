@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from .homography import gt_assignment
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 values in float32 (a mixed-precision forward), any other dtype as it is (a float64 model)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def nll_loss(log_assignment: torch.Tensor, gt_matches0: torch.Tensor, gt_matches1: torch.Tensor,
              balance: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative log-likelihood of the ground-truth assignment (LightGlue, glue-factory's ``NLLLoss``).
@@ -20,7 +25,7 @@ def nll_loss(log_assignment: torch.Tensor, gt_matches0: torch.Tensor, gt_matches
     pairs, and per-pair parts for logging.
     """
     m, n = gt_matches0.shape[1], gt_matches1.shape[1]
-    log_assignment = log_assignment.float()  # a bf16 forward (mixed-precision training) sums its NLL in fp32
+    log_assignment = at_least_fp32(log_assignment)  # the NLL of a bf16 forward is summed in fp32
     positive = gt_assignment(gt_matches0, n).to(log_assignment.dtype)
     neg0 = (gt_matches0 == -1).to(log_assignment.dtype)
     neg1 = (gt_matches1 == -1).to(log_assignment.dtype)
@@ -48,7 +53,7 @@ def matcher_loss(log_assignments: list[torch.Tensor], gt_matches0: torch.Tensor,
     Returns (loss, per-layer NLL values for logging).
     """
     weights = layer_weights(len(log_assignments), gamma)
-    total = log_assignments[0].new_zeros((), dtype=torch.float32)
+    total = at_least_fp32(log_assignments[0].new_zeros(()))
     per_layer = []
     for w, la in zip(weights, log_assignments):
         nll, _ = nll_loss(la, gt_matches0, gt_matches1, balance)
@@ -78,11 +83,11 @@ def confidence_loss(confidence0: list[torch.Tensor], confidence1: list[torch.Ten
     Returns (loss, per-layer accuracy at 0.5 for logging).
     """
     final = log_assignments[-1]
-    total = confidence0[0].new_zeros((), dtype=torch.float32)
+    total = at_least_fp32(confidence0[0].new_zeros(()))
     accs = []
     for c0, c1, la in zip(confidence0, confidence1, log_assignments[:-1]):
-        c0, c1 = c0.float(), c1.float()  # BCE's logarithms in fp32 after a bf16 forward
-        t0, t1 = confidence_targets(la, final)
+        c0, c1 = at_least_fp32(c0), at_least_fp32(c1)  # BCE's logarithms in fp32 after a bf16 forward
+        t0, t1 = (t.to(c.dtype) for t, c in zip(confidence_targets(la, final), (c0, c1)))
         w0 = mask0.float() if mask0 is not None else torch.ones_like(t0)
         w1 = mask1.float() if mask1 is not None else torch.ones_like(t1)
         eps = 1e-6

@@ -389,6 +389,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
     steps_per_epoch = math.ceil(len(train_cache) / bs)
     L = net.conf["n_layers"]
     bf16 = training_precision(cfg) == "bf16"
+    device_type = next(net.parameters()).device.type
     torch.manual_seed(int(cfg["seed"]) + 1000 * stage + st["step"])
 
     def progress_of(elapsed: float) -> float:
@@ -432,7 +433,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
             opt.set_lr_factor(f)
             batch = load_batch(train_cache, idx, cfg)
             data = net_inputs(batch)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 out_t = net.forward_train(data)  # stage 2: frozen matcher, autograd only tracks the regressors
             if stage == 1:
                 loss, per_layer = matcher_loss(out_t["log_assignment"], batch["gt_matches0"], batch["gt_matches1"],
@@ -598,6 +599,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         matcher_meta = None if released is None else released.get("meta", {})
         if matcher_meta is not None:  # the matcher is a released one: its stage 1 is that checkpoint's, carried over
             s1 = {"steps": matcher_meta.get("steps", {}).get("stage1"),
+                  "precision": (matcher_meta.get("precision") or {}).get("stage1", "fp32"),
                   "batch_size": matcher_meta.get("batch_size", {}).get("stage1"),
                   "wall_time_s": matcher_meta.get("wall_time_s", {}).get("stage1"),
                   "validation_start": matcher_meta.get("validation", {}).get("stage1_start"),
@@ -615,6 +617,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
             "wall_time_s": {"stage1": s1.get("wall_time_s"), "stage2": s2["wall_time_s"], "cache": round(cache_s, 1)},
             "hardware": hardware_string(cfg),
+            "precision": {"stage1": s1.get("precision", "fp32"), "stage2": s2.get("precision", "fp32")},
             "command": summary.get("commands", []),
             "validation": {"stage1_start": s1.get("validation_start"), "stage1_best": s1.get("validation_best"),
                            "stage2_last": s2.get("validation_last")},

@@ -179,8 +179,11 @@ def test_stereo_node_metric_translation(ros_context, policy, stereo_match, stere
     seq = make_sequence(n_frames=5, rate_hz=10.0, stereo=True, trajectory="forward", seed=2, baseline_m=0.2,
                         speed_mps=1.0 if policy == "previous" else 0.3)
     frames = [seq.frame(i) for i in range(len(seq))]
+    # precision fp32: the same arithmetic on every CPU (`auto` runs XFeat's front end in bf16 where the CPU has it,
+    # which moves these 5-frame tolerances; the replays pin fp32 for the same reason)
     node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
-                                             "keyframe_policy": policy, "stereo_matching": stereo_matching})
+                                             "keyframe_policy": policy, "stereo_matching": stereo_matching,
+                                             "precision": "fp32"})
     if stereo_match == "worker":  # what StereoPlacement picks when extraction is the busier stage
         node.stereo_placement.ahead = lambda: False
     try:
@@ -305,7 +308,8 @@ def test_stereo_node_on_raw_images_and_rectification_rotations(ros_context, imag
         infos = (raw_camera_info_msg(rig["K_raw"], rig["R_left"], rig["K_rect"], "left_optical", fisheye=fisheye),
                  raw_camera_info_msg(rig["K_raw"], rig["R_right"], rig["K_rect"], "right_optical", b, fisheye))
     node, io, executor = start(ros_context, {"features": "xfeat", "mode": "stereo", "qos_reliability": "reliable",
-                                             "stereo_rectify": images in ("raw", "raw_fisheye")})
+                                             "stereo_rectify": images in ("raw", "raw_fisheye"),
+                                             "precision": "fp32"})  # as in test_stereo_node_metric_translation
     try:
         out = Collector(io)
         out.wait_matched()

@@ -250,12 +250,17 @@ def test_training_precision_is_resolved_per_machine(monkeypatch):
         training_precision(load_config(None, precision="fp16"))
 
 
-def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
-    base = {"features": "xfeat", "out_dir": str(tmp_path / "run"), "hardware": "test CPU",
+def tiny_run_config(photo_dir: Path, tmp_path: Path, stage1_steps: int) -> dict:
+    """A training run of a few steps on 4 pairs of 128 keypoints (2 for validation), in tmp_path."""
+    stage = {"batch_size": 2, "ckpt_every": 1, "val_every": 100, "log_every": 1}
+    return {"features": "xfeat", "out_dir": str(tmp_path / "run"), "hardware": "test CPU",
             "data": {"images": str(photo_dir), "holdout_every": 4, "cache_dir": str(tmp_path / "cache"),
                      "max_keypoints": 128, "train_pairs": 4, "val_pairs": 2, "size": [320, 240]},
-            "stage1": {"batch_size": 2, "max_steps": 3, "ckpt_every": 1, "val_every": 100, "log_every": 1},
-            "stage2": {"batch_size": 2, "max_steps": 2, "ckpt_every": 1, "val_every": 100, "log_every": 1}}
+            "stage1": {**stage, "max_steps": stage1_steps}, "stage2": {**stage, "max_steps": 2}}
+
+
+def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
+    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=3)
     s = train(load_config(None, **base), "1", progress=False)
     assert s["stage1"]["steps"] == 3 and s["stage1"]["precision"] == "fp32"
     state = torch.load(tmp_path / "run" / "stage1_state.pt", weights_only=True)
@@ -448,11 +453,7 @@ def test_render_share_in_a_cache_and_mixed_batches(photo_dir, tmp_path):
 
 
 def test_a_bf16_run_trains_and_records_its_precision(photo_dir, tmp_path):
-    cfg = {"features": "xfeat", "out_dir": str(tmp_path / "run"), "hardware": "test CPU", "precision": "bf16",
-           "data": {"images": str(photo_dir), "holdout_every": 4, "cache_dir": str(tmp_path / "cache"),
-                    "max_keypoints": 128, "train_pairs": 4, "val_pairs": 2, "size": [320, 240]},
-           "stage1": {"batch_size": 2, "max_steps": 4, "ckpt_every": 2, "val_every": 100, "log_every": 1},
-           "stage2": {"batch_size": 2, "max_steps": 2, "ckpt_every": 1, "val_every": 100, "log_every": 1}}
+    cfg = {**tiny_run_config(photo_dir, tmp_path, stage1_steps=4), "precision": "bf16"}
     s = train(load_config(None, **cfg), "both", progress=False)
     assert s["stage1"]["precision"] == s["stage2"]["precision"] == "bf16"
     assert s["stage1"]["steps"] == 4 and all(math.isfinite(r["loss"]) for r in s["stage1"]["loss_curve"])

@@ -246,6 +246,32 @@ eval_render_xfeat() {  # both render_xfeat runs in one run with the shipped netw
   bench_easy "$V2" render_xfeat_v2 xfeat
   bench_easy "$CTRL" render_xfeat_attention xfeat
 }
+render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budget (3000 + 600 steps on 3000 pairs), bf16;
+                    # ARG: v2 / attention (default both in turn; side by side: start v2 first, it extends the feature
+                    # cache, then attention once its stage 1 has started). Each stage resumes.
+  local tag out
+  for tag in ${1:-v2 attention}; do
+    out="out/ablation_xfeat_render3k_${tag}"
+    "$M" train --config "config/ablations/xfeat_render3k_${tag}.yaml" --stage 1 --no-progress \
+      $([ -f "$out/stage1_state.pt" ] && echo --resume)
+    "$M" train --config "config/ablations/xfeat_render3k_${tag}.yaml" --stage 2 --no-progress \
+      $([ -f "$out/stage2_state.pt" ] && echo --resume)
+    touch "$out/DONE"
+  done
+}
+eval_render3k_xfeat() {  # both render3k_xfeat runs in one run with the shipped network and LighterGlue (the pairs and
+                         # keypoints of eval_render_xfeat): alpha 0.95 and full depth; relative pose; the easy pair
+  [ -f out/ablation_xfeat_render3k_v2/DONE ] && [ -f out/ablation_xfeat_render3k_attention/DONE ] \
+    || { echo "eval_render3k_xfeat: run render3k_xfeat to the end first" >&2; return 1; }
+  local V2=out/ablation_xfeat_render3k_v2/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_render3k_attention/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" --alphas none --json out/eval_render3k_xfeat.json \
+    --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" \
+    --json out/eval_pose_render3k_xfeat.json --no-progress
+  bench_easy "$V2" render3k_xfeat_v2 xfeat
+  bench_easy "$CTRL" render3k_xfeat_attention xfeat
+}
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -458,7 +484,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

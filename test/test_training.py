@@ -374,6 +374,16 @@ def test_config_files_parse():
     assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \
         {"out_dir", "data.train_pairs", "stage1.max_steps", "stage1.val_every"}
     assert (long_ctrl["data"]["train_pairs"], long_ctrl["stage1"]["max_steps"]) == (3000, 3000)
+    # the rendered-room runs: v2 and its control differ only in the mixer, and the shipped-budget pair differs from
+    # the first (1000-step) pair only in the budget and the arithmetic
+    for prefix in ("xfeat_render", "xfeat_render3k"):
+        v2_cfg, ctrl_cfg = (load_config(root / "config" / "ablations" / f"{prefix}_{t}.yaml") for t in ("v2", "attention"))
+        assert differences(v2_cfg, ctrl_cfg) == {"model.mixer", "out_dir"}, prefix
+        assert v2_cfg["model"] == load_config(None)["model"] and ctrl_cfg["model"]["mixer"] == "attention"
+        assert v2_cfg["data"]["render_fraction"] == 0.3
+    short, long = (load_config(root / "config" / "ablations" / f"{p}_v2.yaml") for p in ("xfeat_render", "xfeat_render3k"))
+    assert differences(short, long) == {"out_dir", "precision", "data.train_pairs", "stage1.max_steps", "stage1.val_every"}
+    assert (long["data"]["train_pairs"], long["stage1"]["max_steps"], long["precision"]) == (3000, 3000, "bf16")
     # the XFeat regressor run keeps the version-1 XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
     assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat_v1.pt")

@@ -14,7 +14,10 @@ motions of the same photos), what the regressor says against what happens:
   settled points, reaches α);
 - ``oracle@α``: mean layer at which an exact regressor would stop: the first layer after which a fraction α
   of the points already has its final assignment. It depends on the matcher alone, so it says which network
-  settles sooner, apart from how well its regressor predicts it.
+  settles sooner, apart from how well its regressor predicts it;
+- ``agree (output)`` and ``output oracle@α``: the same for what the matcher outputs, each point's filtered match
+  (mutual, score above the network's ``filter_threshold``; the matched index or none) at that layer against the
+  final layer's: a point whose argmax moves between columns it is not matched to either way counts as settled.
 
     .venv/bin/python benchmarks/regressor_calibration.py --images ../shared/data/photos/val --pairs 30 \\
         --methods mambaglue,lightglue,mambaglue@out/train_xfeat_v2_long/mambaglue_xfeat.pt
@@ -30,6 +33,7 @@ import torch
 
 from mambaglue_ros.evaluation.bench import photo_pair
 from mambaglue_ros.evaluation.homography import build_matcher, synthetic_pairs
+from mambaglue_ros.models.mambaglue import filter_matches
 from mambaglue_ros.training.losses import confidence_targets
 
 
@@ -37,10 +41,12 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
     net = matcher.net
     L = net.conf["n_layers"]
     th = [net.confidence_threshold(i) for i in range(L - 1)]
-    acc = {k: np.zeros(L - 1) for k in ("agree", "agree_matched", "conf", "confident", "missed")}
+    acc = {k: np.zeros(L - 1) for k in ("agree", "agree_matched", "agree_output", "conf", "confident", "missed")}
     stops = {a: [] for a in alphas}
     oracle = {a: [] for a in alphas}
     mean_stops = {a: [] for a in alphas}
+    output_oracle = {a: [] for a in alphas}
+    filter_th = float(net.conf["filter_threshold"])
     n = 0
     for image0, image1 in pairs:
         f0, f1 = matcher.extract(image0), matcher.extract(image1)
@@ -48,11 +54,16 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
             out = net.forward_train(matcher._batch([(f0, f1)]))
         las, final = out["log_assignment"], out["log_assignment"][-1]
         matched0 = (final[0, :-1, :].argmax(-1) < final.shape[2] - 1)
-        ratio, agreed, expected = [], [], []
+        ratio, agreed, expected, same_output = [], [], [], []
+        final_m0, final_m1 = filter_matches(final, filter_th)[:2]
         for i in range(L - 1):
             t0, t1 = confidence_targets(las[i], final)
             c = torch.cat([out["confidence0"][i][0], out["confidence1"][i][0]]).float()
             t = torch.cat([t0[0], t1[0]]).bool()
+            m0, m1 = filter_matches(las[i], filter_th)[:2]
+            same = torch.cat([m0[0] == final_m0[0], m1[0] == final_m1[0]]).float().mean().item()
+            acc["agree_output"][i] += same
+            same_output.append(same)
             sure = c > th[i]
             acc["agree"][i] += t.float().mean().item()
             acc["agree_matched"][i] += t0[0][matched0].float().mean().item() if matched0.any() else 1.0
@@ -66,11 +77,13 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
             stops[a].append(next((i + 1 for i, r in enumerate(ratio) if r >= a), L))
             oracle[a].append(next((i + 1 for i, r in enumerate(agreed) if r >= a), L))
             mean_stops[a].append(next((i + 1 for i, r in enumerate(expected) if r >= a), L))
+            output_oracle[a].append(next((i + 1 for i, r in enumerate(same_output) if r >= a), L))
         n += 1
     return {"layers": L, "thresholds": th, **{k: (v / n).tolist() for k, v in acc.items()},
             "stop": {str(a): float(np.mean(s)) for a, s in stops.items()},
             "oracle_stop": {str(a): float(np.mean(s)) for a, s in oracle.items()},
-            "mean_rule_stop": {str(a): float(np.mean(s)) for a, s in mean_stops.items()}, "pairs": n}
+            "mean_rule_stop": {str(a): float(np.mean(s)) for a, s in mean_stops.items()},
+            "output_oracle_stop": {str(a): float(np.mean(s)) for a, s in output_oracle.items()}, "pairs": n}
 
 
 def main() -> int:
@@ -106,12 +119,15 @@ def main() -> int:
             stops = ", ".join(f"α {a}: {v:.2f}" for a, v in s["stop"].items())
             oracle = ", ".join(f"α {a}: {v:.2f}" for a, v in s["oracle_stop"].items())
             mean_rule = ", ".join(f"α {a}: {v:.2f}" for a, v in s["mean_rule_stop"].items())
+            output = ", ".join(f"α {a}: {v:.2f}" for a, v in s["output_oracle_stop"].items())
             print(f"\n{method} | {kind} pairs ({s['pairs']}): stop {stops}; with the mean rule {mean_rule}; "
-                  f"an exact regressor would stop {oracle}")
-            print("| layer | λ | agree | agree (matched) | conf | > λ | missed |\n|---|---|---|---|---|---|---|")
+                  f"an exact regressor would stop {oracle}; one exact on the output {output}")
+            print("| layer | λ | agree | agree (matched) | agree (output) | conf | > λ | missed |\n"
+                  "|---|---|---|---|---|---|---|---|")
             for i in range(s["layers"] - 1):
                 print(f"| {i + 1} | {s['thresholds'][i]:.3f} | {s['agree'][i]:.3f} | {s['agree_matched'][i]:.3f} | "
-                      f"{s['conf'][i]:.3f} | {s['confident'][i]:.3f} | {s['missed'][i]:.3f} |")
+                      f"{s['agree_output'][i]:.3f} | {s['conf'][i]:.3f} | {s['confident'][i]:.3f} | "
+                      f"{s['missed'][i]:.3f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))

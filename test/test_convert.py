@@ -293,6 +293,12 @@ def test_camera_model_and_stereo_baseline():
         mono.r = [float(v) for v in bad.ravel()]
         with pytest.raises(CameraInfoError, match="R is not a rotation"):
             CameraModel.from_msg(mono)
+    # non-finite distortion: refused (kept, it would make every later camera_info differ from it: a reset per frame)
+    for field, value in (("d", [0.1, math.nan, 0.0, 0.0, 0.0]), ("p", [math.inf] + [0.0] * 11)):
+        msg = camera_info()
+        setattr(msg, field, value)
+        with pytest.raises(CameraInfoError, match="D has non-finite" if field == "d" else "R or P has non-finite"):
+            CameraModel.from_msg(msg)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ def test_params_file_mode_is_not_overridden_by_the_default_mode(tmp_path):
     # use_sim_time: the launch argument when given, else the file's (a file with use_sim_time: true kept it)
     assert launch(use_sim_time="true")["parameters"][1] == {"use_sim_time": True}
     assert launch(use_sim_time="False")["parameters"][1] == {"use_sim_time": False}
+    # a params file that is not there is an error, also with an explicit mode (launch_ros only warns and drops it,
+    # and the node would run on its built-in defaults)
+    for mode in ("", "stereo"):
+        with pytest.raises(ValueError, match="params_file '/nonexistent/stereo.yaml' does not exist"):
+            launch(params_file="/nonexistent/stereo.yaml", mode=mode)
 
 
 def test_transport_and_lifecycle_are_launch_arguments():
@@ -100,6 +105,59 @@ def test_lifecycle_node_transitions(ros_context):
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert node.worker.is_alive()
     finally:
+        node.destroy_node()
+
+
+def test_lifecycle_failures_leave_a_usable_node(ros_context, monkeypatch):
+    """A configure that fails early (missing weights) is a FAILURE and the node stays unconfigured; a worker that
+    is still on a frame when deactivate gives up waiting is kept, and activate refuses to start a second one until
+    it has stopped; a node never configured shuts down (before: the cleanup of both failures raised
+    AttributeError, which rclpy turned into ERROR / an unfinished shutdown)."""
+    import threading
+
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros import node as node_module
+    from mambaglue_ros.ros.node import LifecycleMatcherNode
+
+    ok, failure = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+    def make(**params):
+        return LifecycleMatcherNode(context=ros_context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in {"features": "xfeat", **params}.items()])
+
+    node = make(matcher="mambaglue", weights="/nonexistent/mambaglue_xfeat.pt")
+    try:
+        assert node.trigger_configure() == failure
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED and node.matcher is None
+    finally:
+        node.destroy_node()
+
+    node = make(matcher="orb")
+    try:
+        assert node.trigger_shutdown() == ok  # never configured
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_FINALIZED
+    finally:
+        node.destroy_node()
+
+    monkeypatch.setattr(node_module, "WORKER_JOIN_S", 0.05)
+    node = make(matcher="orb")
+    release = threading.Event()
+    try:
+        assert node.trigger_configure() == ok and node.trigger_activate() == ok
+        node._running = False
+        node.worker.join(timeout=10)
+        node.worker = threading.Thread(target=release.wait, daemon=True)  # a worker still on a long frame
+        node.worker.start()
+        assert node.trigger_deactivate() == ok
+        assert node.worker is not None and node.worker.is_alive()  # kept, not forgotten
+        assert node.trigger_activate() == failure and not node.active
+        release.set()
+        assert node.trigger_activate() == ok and node.worker.is_alive() and node.active
+    finally:
+        release.set()
         node.destroy_node()
 
 

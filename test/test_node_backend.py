@@ -355,6 +355,8 @@ def test_diagnostics_keep_coming_while_sim_time_is_paused(ros_context):
     try:
         assert wait_for(lambda: sub.get_publisher_count() > 0, timeout=15)
         assert wait_for(lambda: len(got) >= 2, timeout=10)  # before: a ROS-time timer never fired
+        # the name as diagnostic_updater writes it (no leading slash), so aggregator rules on the node name match
+        assert got[0].status[0].name == "mambaglue_matcher: matcher"
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -385,6 +387,10 @@ def test_qos_overrides_apply_to_the_image_subscription(ros_context):
         assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # before: ignored
         assert sub.qos_profile.depth == 7
         assert node.get_parameter("qos_overrides./image.subscription.reliability").value == "reliable"
+        # and only to it: camera_info keeps the node's profile (before: the override leaked into every subscription,
+        # and a best-effort camera_info publisher no longer matched)
+        info = next(s for s in node.subscriptions if s.topic_name == "/camera_info")
+        assert info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT and info.qos_profile.depth != 7
     finally:
         node.destroy_node()
 

@@ -293,10 +293,12 @@ def test_node_arguments_stereo_with_remaps():
     assert kw["arguments"] == ["--ros-args", "--log-level", "debug"]
 
 
-def test_node_arguments_mono_remaps_and_explicit_params_file():
+def test_node_arguments_mono_remaps_and_explicit_params_file(tmp_path):
     remaps = dict(NO_REMAPS, image="cam/image_raw", camera_info="cam/camera_info")
-    kw = node_arguments("mono", "/my/params.yaml", "", True, remaps, "/share")
-    assert kw["parameters"][0] == "/my/params.yaml"
+    mine = tmp_path / "params.yaml"
+    mine.write_text("/**:\n  ros__parameters:\n    alpha: 0.9\n")
+    kw = node_arguments("mono", str(mine), "", True, remaps, "/share")
+    assert kw["parameters"][0] == str(mine)
     assert kw["remappings"] == [("image", "cam/image_raw"), ("image/compressed", "cam/image_raw/compressed"),
                                 ("camera_info", "cam/camera_info")]
 

@@ -359,8 +359,11 @@ class CameraModel:
         K, size = camera_info_to_K(msg)
         R = np.asarray(msg.r, dtype=np.float64).reshape(3, 3)
         P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+        D = np.asarray(msg.d, dtype=np.float64)
         if not (np.isfinite(R).all() and np.isfinite(P).all()):
             raise CameraInfoError("camera_info R or P has non-finite values")
+        if not np.isfinite(D).all():  # NaN in D would make every later camera_info a "new calibration" (a reset)
+            raise CameraInfoError(f"camera_info D has non-finite values: {D.tolist()}")
         if not R.any():  # some drivers leave R all zero for monocular cameras
             R = np.eye(3)
         # a calibration file's R has a few digits: the nearest rotation (SVD), so that turned poses stay rotations;
@@ -371,7 +374,7 @@ class CameraModel:
             raise CameraInfoError(f"camera_info R is not a rotation (singular values {np.round(S, 6).tolist()}, "
                                   f"det {np.linalg.det(R):.6f})")
         R = R_nearest
-        return cls(K, np.asarray(msg.d, dtype=np.float64), R, P, msg.distortion_model, size,
+        return cls(K, D, R, P, msg.distortion_model, size,
                    msg.header.frame_id)
 
     @property

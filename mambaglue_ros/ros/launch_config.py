@@ -90,6 +90,8 @@ def node_arguments(mode: str, params_file: str, namespace: str, use_sim_time: bo
     """
     mode = mode.strip().lower()
     params_file = params_file.strip()
+    if params_file and not os.path.isfile(params_file):  # launch_ros would only warn and run on the defaults
+        raise ValueError(f"params_file '{params_file}' does not exist")
     overrides: dict[str, Any] = {}
     if mode:
         overrides["mode"] = mode  # an explicit mode wins over the file's

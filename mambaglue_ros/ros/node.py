@@ -29,6 +29,7 @@ cleanup, for Nav2-style bring-up).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import re
@@ -88,6 +89,7 @@ LONG_GAP_S = 5.0
 # ~0.5 px of detection noise
 STEREO_ROW_OFFSET_PX = 2.0
 WARN_PERIOD_S = 5.0  # the same kind of warning is logged at most once per period
+WORKER_JOIN_S = 10.0  # how long deactivate / activate wait for the worker to finish the frame it is on
 
 
 @dataclass
@@ -242,6 +244,10 @@ class MatcherNode(Node):
         self._running = False
         self._active = False
         self.worker: threading.Thread | None = None
+        # made by _configure; None until then, so that a cleanup after a configure that failed early (or a shutdown
+        # of a node never configured) has nothing to close
+        self.tracker: MonoTracker | StereoTracker | None = None
+        self.matcher: Any = None
         self._entities: list[Any] = []  # publishers, subscriptions, services, timers made by _configure
         self.mode = self.p["mode"]
         # What a back end keys its state on must not repeat within the node's life, also across lifecycle
@@ -284,7 +290,7 @@ class MatcherNode(Node):
         self.controller = AlphaController(self._rate_config())
         self._set_image_scale(self.controller.image_scale)  # multi-camera: not another camera's resolution
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
-        self.tracker: MonoTracker | StereoTracker | None = None
+        self.tracker = None
         self.camera: dict[str, C.CameraModel] = {}
         # stereo_rectify: each camera's remap tables, built when its camera_info first comes or changes (both stages
         # read them; a frame remembers which made its images)
@@ -336,7 +342,10 @@ class MatcherNode(Node):
         overrides = QoSOverridingOptions.with_default_policies()
 
         def subscribe(msg_type, topic: str, callback) -> None:
-            keep(self.create_subscription(msg_type, topic, guard(callback), qos, qos_overriding_options=overrides))
+            # a copy each: rclpy applies a topic's overrides to the profile object it is given, so one shared
+            # profile would carry one topic's override (e.g. reliable images) into the other subscriptions
+            keep(self.create_subscription(msg_type, topic, guard(callback), copy.copy(qos),
+                                          qos_overriding_options=overrides))
 
         for text in self._input_topic_warnings():
             self.get_logger().warning(text)
@@ -375,7 +384,13 @@ class MatcherNode(Node):
         self._configurations += 1
 
     def _activate(self) -> None:
-        """Start the worker; frames are accepted from now on."""
+        """Start the worker; frames are accepted from now on. Raises RuntimeError while the worker of an earlier
+        activation is still finishing its frame (two workers would share one tracker)."""
+        if self.worker is not None:
+            self.worker.join(timeout=WORKER_JOIN_S)
+            if self.worker.is_alive():
+                raise RuntimeError(f"the previous worker is still processing a frame after {WORKER_JOIN_S:.0f} s")
+            self.worker = None
         self._running = True
         self.worker = threading.Thread(target=self._work, name="mambaglue-worker", daemon=True)
         self.worker.start()
@@ -387,9 +402,13 @@ class MatcherNode(Node):
         self._running = False
         if getattr(self, "slot", None) is not None:
             self.slot.close()
-        if self.worker is not None and self.worker.is_alive():
-            self.worker.join(timeout=5.0)
-        self.worker = None
+        if self.worker is not None:
+            self.worker.join(timeout=WORKER_JOIN_S)
+            if self.worker.is_alive():  # kept, so that activate waits for it rather than start a second one
+                self.get_logger().warning(f"the worker is still processing a frame after {WORKER_JOIN_S:.0f} s; "
+                                          "it stops after that frame")
+            else:
+                self.worker = None
         if getattr(self, "slot", None) is not None:
             self.slot = FrameSlot(self.p["queue_size"])
 
@@ -404,7 +423,7 @@ class MatcherNode(Node):
         self._entities.clear()
         if getattr(self, "stage", None) is not None:
             self.stage.close()
-        if hasattr(self.tracker, "close"):  # the stereo tracker's bundle-adjustment thread
+        if hasattr(getattr(self, "tracker", None), "close"):  # the stereo tracker's bundle-adjustment thread
             self.tracker.close()
         self.tracker = None
         self.matcher = None
@@ -1152,7 +1171,7 @@ class MatcherNode(Node):
             has_info = "left" in self.camera and (self.mode == "mono" or "right" in self.camera)
         level, reason = diagnostic_level(snap, self.p["target_rate_hz"], has_info)
         snap["tracking_state"] = self.tracking_state.state.name
-        status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name()}: matcher",
+        status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name().lstrip('/')}: matcher",
                                   message=reason, hardware_id=str(self.matcher.device))
         values = {**{k: v for k, v in snap.items() if k not in ("seconds_since_error",)},
                   "alpha": self.matcher.alpha if self.matcher.alpha is not None else -1.0,
@@ -1201,7 +1220,11 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._activate()
+        try:
+            self._activate()
+        except RuntimeError as e:
+            self.get_logger().error(f"activate failed: {e}")
+            return TransitionCallbackReturn.FAILURE
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -283,8 +283,16 @@ class RuntimeStats:
             }
 
 
-def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera_info: bool) -> tuple[int, str]:
-    """(level, reason): 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus levels)."""
+# the reason diagnostic_level gives while images arrive and none is processed (the node also logs it)
+NO_OUTPUT = "input arrives but no frame was processed"
+
+
+def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera_info: bool,
+                     idle_hint: str = "") -> tuple[int, str]:
+    """(level, reason): 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus levels).
+
+    idle_hint: what may explain input that arrives without any frame processed, after the skip counters (stereo:
+    the synchroniser's ``pairing_hint``)."""
     if snapshot["seconds_since_error"] < 5.0:
         return 2, f"processing error: {snapshot['last_error']}"
     if snapshot["frames_in"] == 0:
@@ -295,8 +303,8 @@ def diagnostic_level(snapshot: dict[str, Any], target_rate_hz: float, has_camera
         return 1, f"no input for {snapshot['seconds_since_input']:.0f} s"
     if snapshot.get("seconds_without_output", 0.0) > 5.0:  # input flows, yet every frame is refused
         skipped = ", ".join(f"{k}={snapshot[k]}" for k in RuntimeStats.SKIP_COUNTERS if snapshot.get(k))
-        return 1, (f"input arrives but no frame was processed for {snapshot['seconds_without_output']:.0f} s"
-                   + (f" ({skipped})" if skipped else " (stereo pairs not forming?)"))
+        return 1, (f"{NO_OUTPUT} for {snapshot['seconds_without_output']:.0f} s"
+                   + (f" ({'; '.join(t for t in (skipped, idle_hint) if t)})" if skipped or idle_hint else ""))
     if snapshot.get("seconds_since_problem", math.inf) < 5.0:
         return 1, snapshot["last_problem"]
     if snapshot["frames_processed"] >= 10 and snapshot.get("unstarted_ratio", 0.0) > 0.5:

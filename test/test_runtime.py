@@ -39,3 +39,16 @@ def test_an_input_problem_is_a_warning_while_it_lasts():
     stats.error("boom")  # an error still outranks it
     stats.problem("again")
     assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True)[0] == 2
+
+
+def test_input_without_output_says_what_may_explain_it():
+    stats = running_stats()
+    stats.first_input_time = time.monotonic() - 6.0  # images for 6 s, none processed, none counted as skipped
+    level, reason = diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True)
+    assert level == 1 and reason.startswith("input arrives but no frame was processed for 6 s")
+    assert not reason.endswith(")")  # mono: no guess (before: "stereo pairs not forming?" in mono too)
+    hint = "newest right image stamped +1.0 ms from the newest left one, sync_slop 0 ms"
+    assert diagnostic_level(stats.snapshot(), 0.0, has_camera_info=True, idle_hint=hint)[1].endswith(f"({hint})")
+    snapshot = dict(stats.snapshot(), sync_dropped=80)  # the stereo node adds its synchroniser's drops: both shown
+    assert diagnostic_level(snapshot, 0.0, has_camera_info=True, idle_hint=hint)[1].endswith(
+        f"(sync_dropped=80; {hint})")

@@ -71,6 +71,23 @@ def test_exact_ignores_near_misses():
     assert sync.dropped_unmatched == 2  # L0 and R0.001 are older than the emitted pair
 
 
+def test_pairing_hint_names_the_offset_and_the_slop():
+    sync, pairs = make(slop_s=0.0)
+    assert sync.pairing_hint() == ""
+    feed(sync, R(-5))
+    assert sync.pairing_hint() == "no left image received yet"
+    sync, pairs = make(slop_s=0.0)
+    feed(sync, L(0))
+    assert sync.pairing_hint() == "no right image received yet"
+    feed(sync, R(1.5), L(100), R(101.5))  # a right camera stamped 1.5 ms after the left: exact sync never pairs
+    assert pairs == [] and sync.pairing_hint() == (
+        "newest right image stamped +1.5 ms from the newest left one, sync_slop 0 ms: if the cameras are not "
+        "stamped together, set sync_slop above that offset (seconds)")
+    sync, _ = make(slop_s=0.002)
+    feed(sync, L(0), R(1.5))
+    assert sync.pairing_hint() == ""  # within the slop: nothing keeps them apart
+
+
 def test_header_stamp_default():
     Time = pytest.importorskip("builtin_interfaces.msg", reason="ROS message packages not installed").Time
     Header = pytest.importorskip("std_msgs.msg", reason="ROS message packages not installed").Header

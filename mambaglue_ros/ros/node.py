@@ -68,7 +68,7 @@ from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
                         torch_threads)
 from ..rate_control import AlphaController
-from ..runtime import FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_signals
+from ..runtime import NO_OUTPUT, FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_signals
 from ..tracking import MonoTracker, StereoTracker
 from ..tracking_state import TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
@@ -1169,7 +1169,10 @@ class MatcherNode(Node):
                         sync_resets=self.sync.resets, sync_pairs=self.sync.emitted)
         with self._lock:
             has_info = "left" in self.camera and (self.mode == "mono" or "right" in self.camera)
-        level, reason = diagnostic_level(snap, self.p["target_rate_hz"], has_info)
+        level, reason = diagnostic_level(snap, self.p["target_rate_hz"], has_info,
+                                         idle_hint=self.sync.pairing_hint() if self.mode == "stereo" else "")
+        if reason.startswith(NO_OUTPUT):  # a node that outputs nothing says why in its log too, not only here
+            self._warn("no_output", reason)
         snap["tracking_state"] = self.tracking_state.state.name
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_fully_qualified_name().lstrip('/')}: matcher",
                                   message=reason, hardware_id=str(self.matcher.device))

@@ -249,3 +249,20 @@ class StereoSynchronizer(Synchronizer):
     def add_right(self, msg: Any) -> None:
         """Subscription callback of the right image."""
         self.add(1, msg)
+
+    def pairing_hint(self) -> str:
+        """Why left and right images form no pair, for a person; "" when nothing says they cannot. A side that sent
+        nothing, or the newest right stamp further from the newest left one than ``slop_s`` (cameras that are not
+        triggered together need a slop above their offset)."""
+        with self._lock:
+            left, right = self._newest
+        if left is None and right is None:
+            return ""
+        if left is None or right is None:
+            return f"no {'left' if left is None else 'right'} image received yet"
+        offset_ns = right - left
+        if abs(offset_ns) <= self.slop_ns:
+            return ""
+        return (f"newest right image stamped {offset_ns / 1e6:+.1f} ms from the newest left one, sync_slop "
+                f"{self.slop_ns / 1e6:g} ms: if the cameras are not stamped together, set sync_slop above that offset "
+                "(seconds)")

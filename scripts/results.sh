@@ -232,20 +232,23 @@ render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % render
     train_long "config/ablations/xfeat_render_${tag}.yaml" "out/ablation_xfeat_render_${tag}" 600
   done
 }
-eval_render_xfeat() {  # both render_xfeat runs in one run with the shipped network and LighterGlue (the 200 pairs and
-                       # keypoints of eval_design_xfeat_long and eval_xfeat_long3k, whose shipped / LighterGlue rows this
-                       # run reproduces): alpha 0.95 and full depth; relative pose; the easy pair
-  [ -f out/ablation_xfeat_render_v2/DONE ] && [ -f out/ablation_xfeat_render_attention/DONE ] \
-    || { echo "eval_render_xfeat: run render_xfeat to the end first" >&2; return 1; }
-  local V2=out/ablation_xfeat_render_v2/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_render_attention/mambaglue_xfeat.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-    --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" --alphas none --json out/eval_render_xfeat.json \
-    --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" \
-    --json out/eval_pose_render_xfeat.json --no-progress
-  bench_easy "$V2" render_xfeat_v2 xfeat
-  bench_easy "$CTRL" render_xfeat_attention xfeat
+eval_render_runs() {  # PREFIX [TAG]: the PREFIX (render / render3k) runs, v2 and its control (or the finished one named
+                      # by TAG: v2 / attention, into *_TAG.json), in one run with the shipped network and LighterGlue
+                      # (the 200 pairs and keypoints of eval_design_xfeat_long and eval_xfeat_long3k, whose shipped /
+                      # LighterGlue rows this run reproduces): alpha 0.95 and full depth; relative pose; the easy pair
+  local tag methods="" json="${1}_xfeat${2:+_$2}"
+  for tag in ${2:-v2 attention}; do
+    [ -f "out/ablation_xfeat_${1}_${tag}/DONE" ] || { echo "eval_${1}_xfeat: run ${1}_xfeat $tag to the end first" >&2; return 1; }
+    methods="${methods}mambaglue@out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt,"
+  done
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "${methods}mambaglue,lightglue" \
+    --alphas none --json "out/eval_${json}.json" --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "${methods}mambaglue,lightglue" --json "out/eval_pose_${json}.json" --no-progress
+  for tag in ${2:-v2 attention}; do
+    bench_easy "out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt" "${1}_xfeat_${tag}" xfeat
+  done
 }
+eval_render_xfeat() { eval_render_runs render "$@"; }  # the render_xfeat runs; ARG: v2 / attention (one network)
 render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budget (3000 + 600 steps on 3000 pairs), bf16;
                     # ARG: v2 / attention (default both in turn; side by side: start v2 first, it extends the feature
                     # cache, then attention once its stage 1 has started). Each stage resumes.
@@ -259,19 +262,7 @@ render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budg
     touch "$out/DONE"
   done
 }
-eval_render3k_xfeat() {  # both render3k_xfeat runs in one run with the shipped network and LighterGlue (the pairs and
-                         # keypoints of eval_render_xfeat): alpha 0.95 and full depth; relative pose; the easy pair
-  [ -f out/ablation_xfeat_render3k_v2/DONE ] && [ -f out/ablation_xfeat_render3k_attention/DONE ] \
-    || { echo "eval_render3k_xfeat: run render3k_xfeat to the end first" >&2; return 1; }
-  local V2=out/ablation_xfeat_render3k_v2/mambaglue_xfeat.pt CTRL=out/ablation_xfeat_render3k_attention/mambaglue_xfeat.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-    --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" --alphas none --json out/eval_render3k_xfeat.json \
-    --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "mambaglue@$V2,mambaglue@$CTRL,mambaglue,lightglue" \
-    --json out/eval_pose_render3k_xfeat.json --no-progress
-  bench_easy "$V2" render3k_xfeat_v2 xfeat
-  bench_easy "$CTRL" render3k_xfeat_attention xfeat
-}
+eval_render3k_xfeat() { eval_render_runs render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \

@@ -3,6 +3,7 @@
     ros2 launch mambaglue_ros matcher.launch.py image:=/camera/image_raw camera_info:=/camera/camera_info
     ros2 launch mambaglue_ros matcher.launch.py image:=/camera/image_raw transport:=compressed
     ros2 launch mambaglue_ros matcher.launch.py params_file:=/my/stereo.yaml lifecycle:=true
+    ros2 launch mambaglue_ros matcher.launch.py lifecycle:=true autostart:=false   # a lifecycle manager brings it up
     ros2 launch mambaglue_ros matcher.launch.py mode:=stereo \
         left_image:=/stereo/left/image_rect right_image:=/stereo/right/image_rect \
         left_camera_info:=/stereo/left/camera_info right_camera_info:=/stereo/right/camera_info
@@ -13,9 +14,13 @@ launch arguments inside an OpaqueFunction, where their values are known.
 """
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 from mambaglue_ros.ros import launch_config
 
@@ -39,8 +44,23 @@ def _launch_setup(context, *args, **kwargs):
         transport=value("transport"),
         lifecycle=value("lifecycle"),
     )
-    return [Node(package="mambaglue_ros", executable="matcher_node",
-                 output="screen", emulate_tty=True, **node_kwargs)]
+    if not launch_config.parse_bool(value("lifecycle")):
+        return [Node(package="mambaglue_ros", executable="matcher_node",
+                     output="screen", emulate_tty=True, **node_kwargs)]
+    # the managed node, named so that launch's lifecycle events (and a lifecycle manager) can address it
+    node = LifecycleNode(package="mambaglue_ros", executable="matcher_node", name=launch_config.NODE_NAME,
+                         output="screen", emulate_tty=True, **node_kwargs)
+    if not launch_config.parse_bool(value("autostart")):
+        return [node]
+
+    def transition(transition_id):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    # configure at start, activate once it is inactive (a configure that fails leaves it unconfigured)
+    return [node,
+            RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
+                                                   entities=[transition(Transition.TRANSITION_ACTIVATE)])),
+            transition(Transition.TRANSITION_CONFIGURE)]
 
 
 def generate_launch_description():
@@ -56,8 +76,10 @@ def generate_launch_description():
                               description="raw (sensor_msgs/Image) or compressed (<image>/compressed); "
                                           "empty = the params file's transport"),
         DeclareLaunchArgument("lifecycle", default_value="false",
-                              description="start the lifecycle (managed) node: configure and activate it "
-                                          "with a lifecycle manager (Nav2) or `ros2 lifecycle set`"),
+                              description="start the lifecycle (managed) node, named mambaglue_matcher"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="with lifecycle:=true: configure and activate it at launch; false: leave "
+                                          "it unconfigured for a lifecycle manager (Nav2) or `ros2 lifecycle set`"),
         DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="use /clock (bag playback with --clock); empty = the params file's "

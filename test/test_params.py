@@ -336,8 +336,12 @@ def test_launch_file_structure():
     (node,) = _calls(tree, "Node")
     kw = {k.arg: k.value for k in node.keywords}
     assert kw["package"].value == "mambaglue_ros" and kw["executable"].value == "matcher_node"
+    (managed,) = _calls(tree, "LifecycleNode")
+    kw = {k.arg: k.value for k in managed.keywords}
+    assert kw["executable"].value == "matcher_node" and kw["name"].attr == "NODE_NAME"
     imports = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert {"launch", "launch.actions", "launch_ros.actions", "mambaglue_ros.ros"} <= imports
+    assert {"launch", "launch.actions", "launch.events", "launch_ros.actions", "launch_ros.event_handlers",
+            "launch_ros.events.lifecycle", "lifecycle_msgs.msg", "mambaglue_ros.ros"} <= imports
     (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"]
     # it returns one LaunchDescription that holds the declared arguments and the OpaqueFunction
     (ret,) = [n for n in ast.walk(fn) if isinstance(n, ast.Return)]
@@ -367,12 +371,20 @@ def test_launch_file_runs_against_stub_launch_modules(monkeypatch):
             super().__init__(**kwargs)
             created["node"] = kwargs
 
+    class LifecycleNode(Recorder):
+        pass
+
     stubs = {
         "launch": types.SimpleNamespace(LaunchDescription=lambda entities: entities),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder,
+                                                EmitEvent=Recorder, RegisterEventHandler=Recorder),
+        "launch.events": types.SimpleNamespace(matches_action=lambda action: ("matches", action)),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
         "launch_ros": types.SimpleNamespace(),
-        "launch_ros.actions": types.SimpleNamespace(Node=Node),
+        "launch_ros.actions": types.SimpleNamespace(Node=Node, LifecycleNode=LifecycleNode),
+        "launch_ros.event_handlers": types.SimpleNamespace(OnStateTransition=Recorder),
+        "launch_ros.events": types.SimpleNamespace(),
+        "launch_ros.events.lifecycle": types.SimpleNamespace(ChangeState=Recorder),
         "ament_index_python": types.SimpleNamespace(),
         "ament_index_python.packages": types.SimpleNamespace(
             get_package_share_directory=lambda pkg: f"/install/share/{pkg}"),
@@ -394,6 +406,22 @@ def test_launch_file_runs_against_stub_launch_modules(monkeypatch):
         "/install/share/mambaglue_ros/config/stereo.yaml", {"mode": "stereo"}]  # use_sim_time: the file's
     assert created["node"]["namespace"] == "r1"
     assert ("left/image_rect", "/cam/left") in created["node"]["remappings"]
+
+    # lifecycle:=true: the managed node, named, configured at launch and activated once inactive (autostart)
+    from lifecycle_msgs.msg import Transition
+
+    node, on_inactive, configure = opaque.kwargs["function"](dict(context, lifecycle="true"))
+    assert isinstance(node, LifecycleNode) and node.kwargs["name"] == "mambaglue_matcher"
+    assert node.kwargs["arguments"][0] == "--lifecycle" and node.kwargs["namespace"] == "r1"
+    handler = on_inactive.args[0]
+    assert handler.kwargs["target_lifecycle_node"] is node and handler.kwargs["goal_state"] == "inactive"
+    (activate,) = handler.kwargs["entities"]
+    for emit, transition_id in ((configure, Transition.TRANSITION_CONFIGURE), (activate, Transition.TRANSITION_ACTIVATE)):
+        event = emit.kwargs["event"]
+        assert event.kwargs == {"lifecycle_node_matcher": ("matches", node), "transition_id": transition_id}
+    # autostart:=false: left unconfigured for a lifecycle manager
+    (node,) = opaque.kwargs["function"](dict(context, lifecycle="true", autostart="false"))
+    assert isinstance(node, LifecycleNode)
 
 
 def test_topic_names_that_contradict_the_rectification_settings_are_named():

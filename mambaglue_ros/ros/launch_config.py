@@ -45,6 +45,7 @@ LAUNCH_ARGUMENTS: dict[str, str] = {
     "params_file": "",
     "transport": "",
     "lifecycle": "false",
+    "autostart": "true",
     "namespace": "",
     "use_sim_time": "",
     "log_level": "info",

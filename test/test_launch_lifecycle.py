@@ -110,9 +110,10 @@ def test_lifecycle_node_transitions(ros_context):
 
 def test_lifecycle_failures_leave_a_usable_node(ros_context, monkeypatch):
     """A configure that fails early (missing weights) is a FAILURE and the node stays unconfigured; a worker that
-    is still on a frame when deactivate gives up waiting is kept, and activate refuses to start a second one until
-    it has stopped; a node never configured shuts down (before: the cleanup of both failures raised
-    AttributeError, which rclpy turned into ERROR / an unfinished shutdown)."""
+    is still on a frame when deactivate gives up waiting is kept: activate refuses to start a second one and cleanup
+    to destroy what it uses until it has stopped, and a reset queued meanwhile is applied when it stops; a node never
+    configured shuts down (before: the cleanup of both failures raised AttributeError, which rclpy turned into
+    ERROR / an unfinished shutdown)."""
     import threading
 
     from lifecycle_msgs.msg import State
@@ -154,8 +155,17 @@ def test_lifecycle_failures_leave_a_usable_node(ros_context, monkeypatch):
         assert node.trigger_deactivate() == ok
         assert node.worker is not None and node.worker.is_alive()  # kept, not forgotten
         assert node.trigger_activate() == failure and not node.active
+        assert node.trigger_cleanup() == failure and node.matcher is not None  # nothing destroyed under it
         release.set()
+        node.worker.join(timeout=10)
         assert node.trigger_activate() == ok and node.worker.is_alive() and node.active
+        # a reset the service queued while the worker was on its last frame: applied as that worker ends
+        monkeypatch.setattr(node_module, "WORKER_JOIN_S", 10.0)  # the real worker notices the stop within 0.2 s
+        assert node.trigger_deactivate() == ok and node.worker is None
+        done = threading.Event()
+        node._reset_requests.append((np.eye(4), np.zeros((6, 6)), "reset service", done))
+        node._work()  # what the stopped worker runs after its last frame (the loop does not run: not running)
+        assert done.is_set()
     finally:
         release.set()
         node.destroy_node()

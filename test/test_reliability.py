@@ -535,7 +535,8 @@ def test_stereo_pairs_that_never_form(ros_context):
         assert diag["level"] == 1
         assert int(diag["sync_pairs"]) == 0
         # and why, in the diagnostics and in the log: the offset of the two cameras' stamps and the slop
-        assert "stamped +1.0 ms from the newest left one, sync_slop 0 ms" in diag["message"], diag["message"]
+        assert "left and right stamps are +1.0 ms apart (right - left), sync_slop 0 ms" in diag["message"], \
+            diag["message"]
         rig.wait_logged("set sync_slop above that offset")
 
         # same stamps, different sizes: paired, then refused

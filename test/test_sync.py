@@ -79,10 +79,14 @@ def test_pairing_hint_names_the_offset_and_the_slop():
     sync, pairs = make(slop_s=0.0)
     feed(sync, L(0))
     assert sync.pairing_hint() == "no right image received yet"
+    advice = ("the nearest left and right stamps are +1.5 ms apart (right - left), sync_slop 0 ms: if the cameras are "
+              "not stamped together, set sync_slop above that offset (seconds)")
     feed(sync, R(1.5), L(100), R(101.5))  # a right camera stamped 1.5 ms after the left: exact sync never pairs
-    assert pairs == [] and sync.pairing_hint() == (
-        "newest right image stamped +1.5 ms from the newest left one, sync_slop 0 ms: if the cameras are not "
-        "stamped together, set sync_slop above that offset (seconds)")
+    assert pairs == [] and sync.pairing_hint() == advice
+    feed(sync, L(200))  # a left image whose right has not come yet: still the offset of the nearest pair,
+    assert sync.pairing_hint() == advice  # not the newest stamps' (-98.5 ms), which would pair the wrong frames
+    feed(sync, *(L(t) for t in range(300, 1700, 100)))  # the right camera stopped
+    assert sync.pairing_hint() == "no right image for 1.5 s of the other's stamps"
     sync, _ = make(slop_s=0.002)
     feed(sync, L(0), R(1.5))
     assert sync.pairing_hint() == ""  # within the slop: nothing keeps them apart

@@ -89,7 +89,7 @@ LONG_GAP_S = 5.0
 # ~0.5 px of detection noise
 STEREO_ROW_OFFSET_PX = 2.0
 WARN_PERIOD_S = 5.0  # the same kind of warning is logged at most once per period
-WORKER_JOIN_S = 10.0  # how long deactivate / activate wait for the worker to finish the frame it is on
+WORKER_JOIN_S = 5.0  # how long deactivate / activate / cleanup wait for the worker to finish the frame it is on
 
 
 @dataclass
@@ -383,14 +383,21 @@ class MatcherNode(Node):
             self.get_logger().info(f"CPU selective scan: {cpu_scan_status()}")
         self._configurations += 1
 
-    def _activate(self) -> None:
-        """Start the worker; frames are accepted from now on. Raises RuntimeError while the worker of an earlier
-        activation is still finishing its frame (two workers would share one tracker)."""
+    def _join_worker(self) -> bool:
+        """Wait (up to WORKER_JOIN_S) for a stopped worker to finish the frame it is on; True when none is left. A
+        worker still busy is kept: a second one, or a cleanup under it, would share or destroy its tracker."""
         if self.worker is not None:
             self.worker.join(timeout=WORKER_JOIN_S)
             if self.worker.is_alive():
-                raise RuntimeError(f"the previous worker is still processing a frame after {WORKER_JOIN_S:.0f} s")
+                return False
             self.worker = None
+        return True
+
+    def _activate(self) -> None:
+        """Start the worker; frames are accepted from now on. Raises RuntimeError while the worker of an earlier
+        activation is still finishing its frame."""
+        if not self._join_worker():
+            raise RuntimeError(f"the previous worker is still processing a frame after {WORKER_JOIN_S:.0f} s")
         self._running = True
         self.worker = threading.Thread(target=self._work, name="mambaglue-worker", daemon=True)
         self.worker.start()
@@ -402,13 +409,9 @@ class MatcherNode(Node):
         self._running = False
         if getattr(self, "slot", None) is not None:
             self.slot.close()
-        if self.worker is not None:
-            self.worker.join(timeout=WORKER_JOIN_S)
-            if self.worker.is_alive():  # kept, so that activate waits for it rather than start a second one
-                self.get_logger().warning(f"the worker is still processing a frame after {WORKER_JOIN_S:.0f} s; "
-                                          "it stops after that frame")
-            else:
-                self.worker = None
+        if not self._join_worker():
+            self.get_logger().warning(f"the worker is still processing a frame after {WORKER_JOIN_S:.0f} s; "
+                                      "it stops after that frame")
         if getattr(self, "slot", None) is not None:
             self.slot = FrameSlot(self.p["queue_size"])
 
@@ -692,6 +695,12 @@ class MatcherNode(Node):
                         self._shrink_budget()
                     except Exception as e2:  # noqa: BLE001
                         self.get_logger().error(f"could not reduce the keypoint budget: {e2}")
+        # a reset requested while the last frame was processed (the service saw this worker alive and queued it)
+        try:
+            self._apply_reset_requests()
+        except Exception as e:  # noqa: BLE001 - shutdown may have taken the publishers
+            if self.context.ok():
+                self.get_logger().error(f"reset after the last frame failed: {type(e).__name__}: {e}")
 
     def _show_controller_values(self) -> None:
         """The rate controller's alpha / max_keypoints become the parameters' values (at most once per
@@ -1235,6 +1244,10 @@ class LifecycleMatcherNode(MatcherNode, LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if not self._join_worker():  # it still uses what cleanup would destroy; the node stays inactive
+            self.get_logger().error(f"cleanup refused: the worker is still processing a frame after "
+                                    f"{WORKER_JOIN_S:.0f} s")
+            return TransitionCallbackReturn.FAILURE
         self._cleanup()
         return TransitionCallbackReturn.SUCCESS
 

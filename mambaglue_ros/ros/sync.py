@@ -251,18 +251,23 @@ class StereoSynchronizer(Synchronizer):
         self.add(1, msg)
 
     def pairing_hint(self) -> str:
-        """Why left and right images form no pair, for a person; "" when nothing says they cannot. A side that sent
-        nothing, or the newest right stamp further from the newest left one than ``slop_s`` (cameras that are not
-        triggered together need a slop above their offset)."""
+        """Why left and right images form no pair, for a person; "" when nothing says they cannot: a side that sent
+        nothing, or stopped (its newest stamp more than max(1 s, 5 frame periods) behind the other's), or the
+        nearest left/right stamps among the recent ones further apart than ``slop_s`` (cameras that are not triggered
+        together need a slop above that offset)."""
         with self._lock:
-            left, right = self._newest
-        if left is None and right is None:
+            left, right = list(self._recent[0]), list(self._recent[1])
+            newest, gaps = list(self._newest), [g for g in self._min_gap if g]
+        if not left and not right:
             return ""
-        if left is None or right is None:
-            return f"no {'left' if left is None else 'right'} image received yet"
-        offset_ns = right - left
-        if abs(offset_ns) <= self.slop_ns:
+        if not left or not right:
+            return f"no {'left' if not left else 'right'} image received yet"
+        lag = newest[0] - newest[1]  # > 0: the right camera is behind
+        if abs(lag) > max(NS_PER_S, 5 * max(gaps, default=0)):
+            return f"no {'right' if lag > 0 else 'left'} image for {abs(lag) / NS_PER_S:.1f} s of the other's stamps"
+        offset = min((r - l for l in left for r in right), key=abs)
+        if abs(offset) <= self.slop_ns:
             return ""
-        return (f"newest right image stamped {offset_ns / 1e6:+.1f} ms from the newest left one, sync_slop "
+        return (f"the nearest left and right stamps are {offset / 1e6:+.1f} ms apart (right - left), sync_slop "
                 f"{self.slop_ns / 1e6:g} ms: if the cameras are not stamped together, set sync_slop above that offset "
                 "(seconds)")

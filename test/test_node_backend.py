@@ -867,6 +867,86 @@ def test_a_new_calibration_during_a_skipped_frame_still_resets(ros_context):
         node.destroy_node()
 
 
+def test_camera_to_base_from_tf(ros_context, monkeypatch):
+    """camera_to_base_from_tf: frames wait (skipped, counted, warned) until TF has base_frame <- the camera's frame,
+    then the base-frame outputs use that transform instead of the camera_to_base parameter; without tf2_ros the
+    parameter is a clear configuration error."""
+    import sys
+    from types import SimpleNamespace
+
+    from mambaglue_ros.ros.node import pose_params_to_matrix
+    from mambaglue_ros.synthetic import make_sequence
+
+    T_true = [0.3, -0.1, 0.5, -0.5, 0.5, -0.5, 0.5]  # a camera 0.3 m ahead, 0.5 m up, optical axes (REP-103)
+    lookups = []
+
+    class FakeBuffer:  # tf2_ros is not on PyPI: a buffer that has the transform once `known` is set
+        known = None
+
+        def lookup_transform(self, target, source, time):
+            lookups.append((target, source))
+            if self.known is None:
+                raise LookupError(f"{source} does not exist")  # stands for tf2_ros.LookupException
+            x, y, z, qx, qy, qz, qw = self.known
+            return SimpleNamespace(transform=SimpleNamespace(translation=SimpleNamespace(x=x, y=y, z=z),
+                                                             rotation=SimpleNamespace(x=qx, y=qy, z=qz, w=qw)))
+
+    buffers = []
+
+    def make_buffer():
+        buffers.append(FakeBuffer())
+        return buffers[-1]
+
+    monkeypatch.setitem(sys.modules, "tf2_ros", SimpleNamespace(Buffer=make_buffer,
+                                                                TransformListener=lambda buffer, node: None))
+    seq = make_sequence(n_frames=4, width=W, height=H, rate_hz=10.0, stereo=False, trajectory="forward", seed=1,
+                        speed_mps=3.0)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {"camera_to_base_from_tf": True, "camera_to_base": [0.0] * 6 + [1.0]})
+    try:
+        relative = []
+        node.pub_relative = SimpleNamespace(publish=relative.append)
+        stop_worker(node)
+        node._on_camera_info("left", info(f[0].K, size=(W, H)))
+        node._process(frame(f[0].left, f[0].stamp_ns))
+        assert node.stats.counters["no_extrinsics"] == 1 and node.stats.counters["frames_processed"] == 0
+        assert lookups[-1] == ("base_link", "cam")  # base_frame <- the image's frame id
+        buffers[0].known = T_true
+        for fr in f[1:]:
+            node._process(frame(fr.left, fr.stamp_ns))
+        assert node.stats.counters["no_extrinsics"] == 1 and len(lookups) == 2  # looked up once, then kept
+        np.testing.assert_allclose(node.T_base_cam, pose_params_to_matrix(T_true))
+        # the base-frame relative pose is the camera's motion seen through that transform (not the parameter's)
+        (rel, *_) = [r for r in relative if r.pose_base.pose.position.x != 0.0] or [None]
+        assert rel is not None
+        cam = np.asarray([rel.pose.pose.position.x, rel.pose.pose.position.y, rel.pose.pose.position.z])
+        base = np.asarray([rel.pose_base.pose.position.x, rel.pose_base.pose.position.y,
+                           rel.pose_base.pose.position.z])
+        R = pose_params_to_matrix(T_true)[:3, :3]
+        assert np.linalg.norm(cam) > 0 and np.allclose(np.linalg.norm(base), np.linalg.norm(cam), rtol=0.2)
+        assert abs(base @ (R @ cam)) / (np.linalg.norm(base) * np.linalg.norm(cam)) > 0.9  # same direction in base
+    finally:
+        node.destroy_node()
+    monkeypatch.delitem(sys.modules, "tf2_ros")
+    monkeypatch.setattr("builtins.__import__", _refuse_import("tf2_ros"))
+    with pytest.raises(ValueError, match="camera_to_base_from_tf needs tf2_ros"):
+        make_node(ros_context, {"camera_to_base_from_tf": True})
+
+
+def _refuse_import(name: str):
+    """An __import__ that fails for ``name`` (as on a pip-only install), whatever is installed."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(module, *args, **kwargs):
+        if module == name or module.startswith(name + "."):
+            raise ImportError(f"No module named {name!r}")
+        return real(module, *args, **kwargs)
+
+    return fake
+
+
 def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, monkeypatch):
     """Lifecycle cleanup -> configure -> activate: tracking restarts, so the first frame publishes RESET (stamped
     with that frame), the reset count goes on, keyframe ids are not reused (a graph keyed by them would attach new

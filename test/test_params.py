@@ -28,7 +28,8 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
-    assert len(params.PARAMETERS) == len(params.SPECS) == 56
+    assert len(params.PARAMETERS) == len(params.SPECS) == 57
+    assert d["camera_to_base_from_tf"] is False  # the camera_to_base parameter unless asked
     assert d["cuda_graph"] is False  # unmeasured in the node: opt-in
     assert (d["precision"], d["stereo_matching"]) == ("auto", "network")
 

@@ -290,6 +290,9 @@ class MatcherNode(Node):
         self.controller = AlphaController(self._rate_config())
         self._set_image_scale(self.controller.image_scale)  # multi-camera: not another camera's resolution
         self.T_base_cam = pose_params_to_matrix(self.p["camera_to_base"])
+        # camera_to_base_from_tf: T_base_camera per camera frame id, from TF once it is there (_ensure_extrinsics)
+        self._tf_buffer = self._make_tf_buffer() if self.p["camera_to_base_from_tf"] else None
+        self._extrinsics: dict[str, np.ndarray] = {}
         self.tracker = None
         self.camera: dict[str, C.CameraModel] = {}
         # stereo_rectify: each camera's remap tables, built when its camera_info first comes or changes (both stages
@@ -428,6 +431,9 @@ class MatcherNode(Node):
             self.stage.close()
         if hasattr(getattr(self, "tracker", None), "close"):  # the stereo tracker's bundle-adjustment thread
             self.tracker.close()
+        if hasattr(getattr(self, "_tf_listener", None), "unregister"):  # its /tf and /tf_static subscriptions
+            self._tf_listener.unregister()
+        self._tf_listener = None
         self.tracker = None
         self.matcher = None
 
@@ -877,7 +883,7 @@ class MatcherNode(Node):
             self.stats.count("resets")
             self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
             self.last_stamp_ns = None
-        if not self._ensure_tracker(frame):
+        if not self._ensure_tracker(frame) or not self._ensure_extrinsics(frame):
             return
         if self._reset_at_first_frame:  # (cleared by any reset: a ~/reset before this frame already said RESET)
             self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
@@ -1136,6 +1142,40 @@ class MatcherNode(Node):
         self.pub_tracks.publish(C.tracks_msg(tracks, header, right_frame, cams))
         if self.p["publish_tracks_cloud"]:
             self.pub_tracks_cloud.publish(C.tracks_cloud_msg(tracks, header, cams, self.p["tracks_cloud_layout"]))
+
+    def _make_tf_buffer(self):
+        """A tf2 buffer filled by a listener, for camera_to_base_from_tf; a clear error without tf2_ros."""
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError as e:
+            raise ValueError("camera_to_base_from_tf needs tf2_ros (a ROS 2 install; it is not on PyPI): set "
+                             "camera_to_base instead") from e
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self)  # kept: the listener fills the buffer while it lives
+        return buffer
+
+    def _ensure_extrinsics(self, frame: Frame) -> bool:
+        """camera_to_base_from_tf: T_base_camera of this frame's camera from TF (looked up once per camera frame id:
+        a static transform); False, with the frame counted and a warning, while TF does not have it yet."""
+        if self._tf_buffer is None:
+            return True
+        camera = self._frame_id(frame.header)
+        if camera not in self._extrinsics:
+            import rclpy.time
+
+            try:  # lookup_transform(target, source): the camera's pose in base_frame, i.e. T_base_camera
+                t = self._tf_buffer.lookup_transform(self.p["base_frame"], camera, rclpy.time.Time())
+            except Exception as e:  # tf2's Lookup / Connectivity / Extrapolation exceptions: not there yet
+                self.stats.count("no_extrinsics")
+                self._warn("no_extrinsics", f"no TF {self.p['base_frame']} <- {camera} yet "
+                                            f"(camera_to_base_from_tf): skipping frame ({type(e).__name__})")
+                return False
+            tr, q = t.transform.translation, t.transform.rotation
+            self._extrinsics[camera] = pose_params_to_matrix([tr.x, tr.y, tr.z, q.x, q.y, q.z, q.w])
+            self.get_logger().info(f"camera_to_base from TF {self.p['base_frame']} <- {camera}: "
+                                   f"{np.round(self._extrinsics[camera][:3, 3], 4).tolist()} m")
+        self.T_base_cam = self._extrinsics[camera]
+        return True
 
     def _make_tf_broadcaster(self):
         try:

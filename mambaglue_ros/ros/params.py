@@ -196,6 +196,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "frame_id"),
     ParamSpec("camera_to_base", list(OPTICAL_TO_BODY),
               "T_base_camera as x y z (m) qx qy qz qw; default: camera at base origin, REP-103 optical axes"),
+    ParamSpec("camera_to_base_from_tf", False, "take T_base_camera from TF instead of camera_to_base: base_frame <- "
+              "the camera's optical frame (a URDF's static transform), looked up once per camera frame; frames are "
+              "skipped, with a warning, until it is known (needs tf2_ros)"),
     ParamSpec("publish_tf", False, "broadcast odom_frame -> base_frame on /tf", read_only=False),
     ParamSpec("initial_pose", list(IDENTITY_POSE), "pose of base_frame in odom_frame at start and after "
               "~/reset, as x y z (m) qx qy qz qw"),

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Mono: does the reference's triangulated structure tell a wrong essential-matrix pose from a right one?
+
+Mono odometry accepts wrong poses on blurred frames (docs/results.md, *Frames without a pose*): the essential matrix
+of a sharp reference against a blurred frame keeps most matches as inliers for a pose far off. This runs
+``MonoTracker`` (``mono_scale: depth``, so every reference keeps its keypoints' depths at the odometry's scale) over
+a KITTI folder with the degraded frames of ``stereo_gaps.py --bad-frames`` and prints, per frame, the essential
+matrix's error against the ground truth (translation direction and rotation, degrees) and its inliers, next to a PnP
+pose of the same matches on the reference's depths (OpenCV EPnP in RANSAC at ``--pnp-px``, refined): its error and
+how many matches with a depth agree with the structure. A summary splits the frames into pairs with a degraded frame
+and clean pairs. It measures; it changes nothing in the tracker.
+
+    .venv/bin/python benchmarks/mono_structure_check.py ../shared/data/kitti_seq1 --scenarios clean "blur x1"
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stereo_diagnosis import cached_matcher, load_kitti, read_gray  # noqa: E402
+from stereo_gaps import bad_frame_scenarios  # noqa: E402
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two directions (sign ignored), degrees."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return float(np.degrees(np.arccos(np.clip(abs(a @ b), -1.0, 1.0))))
+
+
+def rotation_error_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(Ra.T @ Rb) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def structure_pnp(ref, match, x_cur: np.ndarray, focal: float, pnp_px: float):
+    """PnP of the current frame on the reference's depths: (R, t) as T_ref_cur, inliers, matches with a depth; None
+    with fewer than 8 such matches or no consensus."""
+    import cv2
+
+    m = np.asarray(match.matches, dtype=np.int64).reshape(-1, 2)
+    depth = ref.depths.depth[m[:, 0]]
+    ok = np.isfinite(depth) & (depth > 0)
+    if ok.sum() < 8:
+        return None
+    obj = (ref.rays[m[ok, 0]] * depth[ok, None]).astype(np.float64)
+    img = x_cur[m[ok, 1], :2].astype(np.float64)
+    found, rvec, tvec, inliers = cv2.solvePnPRansac(obj, img, np.eye(3), None, reprojectionError=pnp_px / focal,
+                                                    iterationsCount=500, confidence=0.999, flags=cv2.SOLVEPNP_EPNP)
+    if not found or inliers is None or len(inliers) < 6:
+        return None
+    rvec, tvec = cv2.solvePnPRefineLM(obj[inliers[:, 0]], img[inliers[:, 0]], np.eye(3), None, rvec, tvec)
+    R_cur_ref = cv2.Rodrigues(rvec)[0]  # x_cur = R x_ref + t
+    return R_cur_ref.T, -R_cur_ref.T @ tvec.ravel(), len(inliers), int(ok.sum())
+
+
+def run(data: dict, matcher, degrade: dict, pnp_px: float) -> list[dict]:
+    from mambaglue_ros.tracking import MonoTracker
+
+    rows: list[dict] = []
+
+    class Probe(MonoTracker):  # every posed edge goes through _step_length with its reference and matches
+        def _step_length(self, ref, match, pose, x_cur, stamp_ns):
+            rows.append({"stamp": int(stamp_ns), "ref": int(ref.stamp_ns), "R": pose.R.copy(), "t": pose.t.copy(),
+                         "inliers": int(pose.num_inliers), "matches": int(pose.num_matches),
+                         "pnp": structure_pnp(ref, match, x_cur, float(self.K[0, 0]), pnp_px)
+                         if ref.depths is not None and ref.rays is not None else None})
+            return super()._step_length(ref, match, pose, x_cur, stamp_ns)
+
+    tracker = Probe(matcher, data["K"], {"mono_scale": "depth"})
+    n = len(data["left"])
+    stamps = [i * 100_000_000 for i in range(n)]
+    index = {s: i for i, s in enumerate(stamps)}
+    for i in range(n):
+        img = read_gray(data["left"][i])
+        tracker.process(degrade[i](img) if i in degrade else img, stamps[i])
+    out = []
+    for r in rows:
+        i, j = index[r["stamp"]], index[r["ref"]]
+        if not np.linalg.norm(r["t"]) > 0:
+            continue  # a rotation-only pose has no direction
+        T = np.linalg.inv(data["poses"][j]) @ data["poses"][i]  # T_ref_cur
+        row = {"frame": i, "ref": j, "degraded": i in degrade or j in degrade,
+               "e_dir": angle_deg(r["t"], T[:3, 3]), "e_rot": rotation_error_deg(r["R"], T[:3, :3]),
+               "e_inliers": r["inliers"], "matches": r["matches"]}
+        if r["pnp"] is not None:
+            R, t, inl, with_depth = r["pnp"]
+            row.update(pnp_dir=angle_deg(t, T[:3, 3]), pnp_rot=rotation_error_deg(R, T[:3, :3]), pnp_inliers=inl,
+                       with_depth=with_depth)
+        out.append(row)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sequence", help="KITTI folder (image_l or image_0, calib.txt, poses.txt)")
+    ap.add_argument("--scenarios", nargs="+", default=["clean", "blur x1", "blur x3"],
+                    help="stereo_gaps.py --bad-frames scenarios (clean, blur x1, covered x3, ...)")
+    ap.add_argument("--pnp-px", type=float, default=2.0, help="PnP RANSAC threshold, pixels")
+    ap.add_argument("--features", default="xfeat")
+    ap.add_argument("--keypoints", type=int, default=512)
+    ap.add_argument("--cache", default="", help="matcher outputs on disk ('' = none)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    data = load_kitti(args.sequence)
+    matcher = cached_matcher(types.SimpleNamespace(method="mambaglue", features=args.features,
+                                                   keypoints=args.keypoints, cache=args.cache))
+    scenarios = bad_frame_scenarios(len(data["left"]))
+    for name in args.scenarios:
+        rows = run(data, matcher, scenarios[name], args.pnp_px)
+        print(f"\n{name}: degraded frames {sorted(scenarios[name])}\n")
+        print("| frame | ref | degraded | E: dir err ° | rot err ° | inliers / matches | PnP: dir err ° | rot err ° "
+              "| inliers / with depth |\n|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            pnp = (f"{r['pnp_dir']:.2f} | {r['pnp_rot']:.2f} | {r['pnp_inliers']} / {r['with_depth']}"
+                   if "pnp_dir" in r else "- | - | -")
+            print(f"| {r['frame']} | {r['ref']} | {'yes' if r['degraded'] else ''} | {r['e_dir']:.2f} | "
+                  f"{r['e_rot']:.2f} | {r['e_inliers']} / {r['matches']} | {pnp} |")
+        for degraded in (False, True):
+            sel = [r for r in rows if r["degraded"] == degraded and "pnp_dir" in r]
+            if not sel:
+                continue
+            inl = np.array([r["pnp_inliers"] for r in sel])
+            ratio = inl / np.array([r["with_depth"] for r in sel])
+            e_ratio = np.array([r["e_inliers"] / r["matches"] for r in sel])
+            print(f"{'pairs with a degraded frame' if degraded else 'clean pairs'} ({len(sel)}): E direction error "
+                  f"median {np.median([r['e_dir'] for r in sel]):.2f}°, max {max(r['e_dir'] for r in sel):.2f}°; "
+                  f"E inlier ratio {e_ratio.min():.2f}-{e_ratio.max():.2f}; PnP inliers {inl.min()}-{inl.max()}, "
+                  f"ratio {ratio.min():.2f}-{ratio.max():.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,19 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mambaglue_ros.geometry import rotation_angle_deg, translation_direction_error_deg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stereo_diagnosis import cached_matcher, load_kitti, read_gray  # noqa: E402
 from stereo_gaps import bad_frame_scenarios  # noqa: E402
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle between two directions (sign ignored), degrees."""
-    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
-    return float(np.degrees(np.arccos(np.clip(abs(a @ b), -1.0, 1.0))))
-
-
-def rotation_error_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(Ra.T @ Rb) - 1.0) / 2.0, -1.0, 1.0))))
+    """Angle between two directions with the sign ignored, degrees (``geometry.translation_direction_error_deg``)."""
+    error = translation_direction_error_deg(a, b)
+    return min(error, 180.0 - error)
 
 
 def structure_pnp(ref, match, x_cur: np.ndarray, focal: float, pnp_px: float):
@@ -109,11 +107,11 @@ def run(data: dict, matcher, degrade: dict, pnp_px: float) -> list[dict]:
             continue  # a rotation-only pose has no direction
         T = np.linalg.inv(data["poses"][j]) @ data["poses"][i]  # T_ref_cur
         row = {"frame": i, "ref": j, "degraded": i in degrade or j in degrade,
-               "e_dir": angle_deg(r["t"], T[:3, 3]), "e_rot": rotation_error_deg(r["R"], T[:3, :3]),
+               "e_dir": angle_deg(r["t"], T[:3, 3]), "e_rot": rotation_angle_deg(r["R"], T[:3, :3]),
                "e_inliers": r["inliers"], "matches": r["matches"]}
         if r["pnp"] is not None:
             R, t, inl, with_depth = r["pnp"]
-            row.update(pnp_dir=angle_deg(t, T[:3, 3]), pnp_rot=rotation_error_deg(R, T[:3, :3]), pnp_inliers=inl,
+            row.update(pnp_dir=angle_deg(t, T[:3, 3]), pnp_rot=rotation_angle_deg(R, T[:3, :3]), pnp_inliers=inl,
                        with_depth=with_depth, e_structure=r["e_structure"])
         out.append(row)
     return out

@@ -37,6 +37,11 @@ from mambaglue_ros.models.mambaglue import filter_matches
 from mambaglue_ros.training.losses import confidence_targets
 
 
+def stop_layer(shares: list[float], alpha: float, layers: int) -> int:
+    """Layers run when the exit stops after the first layer whose share reaches ``alpha`` (all of them if none)."""
+    return next((i + 1 for i, r in enumerate(shares) if r >= alpha), layers)
+
+
 def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
     net = matcher.net
     L = net.conf["n_layers"]
@@ -74,10 +79,8 @@ def layer_stats(matcher, pairs, alphas: list[float]) -> dict:
             agreed.append(t.float().mean().item())
             expected.append(c.mean().item())
         for a in alphas:
-            stops[a].append(next((i + 1 for i, r in enumerate(ratio) if r >= a), L))
-            oracle[a].append(next((i + 1 for i, r in enumerate(agreed) if r >= a), L))
-            mean_stops[a].append(next((i + 1 for i, r in enumerate(expected) if r >= a), L))
-            output_oracle[a].append(next((i + 1 for i, r in enumerate(same_output) if r >= a), L))
+            for kept, shares in ((stops, ratio), (oracle, agreed), (mean_stops, expected), (output_oracle, same_output)):
+                kept[a].append(stop_layer(shares, a, L))
         n += 1
     return {"layers": L, "thresholds": th, **{k: (v / n).tolist() for k, v in acc.items()},
             "stop": {str(a): float(np.mean(s)) for a, s in stops.items()},

@@ -127,6 +127,11 @@ def main() -> int:
     ap.add_argument("--keypoints", type=int, default=512)
     ap.add_argument("--cache", default="", help="matcher outputs on disk ('' = none)")
     args = ap.parse_args()
+    if not (Path(args.sequence) / "poses.txt").is_file():
+        ap.error(f"{args.sequence}: not a KITTI folder with ground truth (poses.txt missing)")
+    unknown = [n for n in args.scenarios if n not in bad_frame_scenarios(2)]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}; choose from {sorted(bad_frame_scenarios(2))}")
     import torch
 
     torch.set_num_threads(1)

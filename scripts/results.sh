@@ -232,23 +232,24 @@ render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % render
     train_long "config/ablations/xfeat_render_${tag}.yaml" "out/ablation_xfeat_render_${tag}" 600
   done
 }
-eval_render_runs() {  # PREFIX [TAG]: the PREFIX (render / render3k) runs, v2 and its control (or the finished one named
-                      # by TAG: v2 / attention, into *_TAG.json), in one run with the shipped network and LighterGlue
-                      # (the 200 pairs and keypoints of eval_design_xfeat_long and eval_xfeat_long3k, whose shipped /
-                      # LighterGlue rows this run reproduces): alpha 0.95 and full depth; relative pose; the easy pair
-  local tag methods="" json="${1}_xfeat${2:+_$2}"
-  for tag in ${2:-v2 attention}; do
-    [ -f "out/ablation_xfeat_${1}_${tag}/DONE" ] || { echo "eval_${1}_xfeat: run ${1}_xfeat $tag to the end first" >&2; return 1; }
-    methods="${methods}mambaglue@out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt,"
+eval_render_runs() {  # FEATURES PREFIX [TAG]: the PREFIX (render / render3k) runs of FEATURES (xfeat / aliked), v2 and
+                      # its control (or the finished one named by TAG: v2 / attention, into *_TAG.json), in one run with
+                      # the shipped network and the released LightGlue weights (the 200 pairs and keypoints of
+                      # eval_xfeat_long3k / eval_aliked_v2, whose shipped and LightGlue rows this run reproduces):
+                      # alpha 0.95 and full depth; relative pose; the easy pair
+  local f="$1" tag methods="" json="${2}_${1}${3:+_$3}"
+  for tag in ${3:-v2 attention}; do
+    [ -f "out/ablation_${f}_${2}_${tag}/DONE" ] || { echo "eval_${2}_${f}: run ${2}_${f} $tag to the end first" >&2; return 1; }
+    methods="${methods}mambaglue@out/ablation_${f}_${2}_${tag}/mambaglue_${f}.pt,"
   done
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "${methods}mambaglue,lightglue" \
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features "$f" --methods "${methods}mambaglue,lightglue" \
     --alphas none --json "out/eval_${json}.json" --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "${methods}mambaglue,lightglue" --json "out/eval_pose_${json}.json" --no-progress
-  for tag in ${2:-v2 attention}; do
-    bench_easy "out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt" "${1}_xfeat_${tag}" xfeat
+  "$M" eval-pose --features "$f" --methods "${methods}mambaglue,lightglue" --json "out/eval_pose_${json}.json" --no-progress
+  for tag in ${3:-v2 attention}; do
+    bench_easy "out/ablation_${f}_${2}_${tag}/mambaglue_${f}.pt" "${2}_${f}_${tag}" "$f"
   done
 }
-eval_render_xfeat() { eval_render_runs render "$@"; }  # the render_xfeat runs; ARG: v2 / attention (one network)
+eval_render_xfeat() { eval_render_runs xfeat render "$@"; }  # the render_xfeat runs; ARG: v2 / attention (one network)
 render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budget (3000 + 600 steps on 3000 pairs), bf16;
                     # ARG: v2 / attention (default both in turn; side by side: start v2 first, it extends the feature
                     # cache, then attention once its stage 1 has started). Each stage resumes.
@@ -262,7 +263,16 @@ render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budg
     touch "$out/DONE"
   done
 }
-eval_render3k_xfeat() { eval_render_runs render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
+eval_render3k_xfeat() { eval_render_runs xfeat render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
+render_aliked() {  # issue 11: render_xfeat's recipe (1000 + 600 steps on 1000 pairs) carried to ALIKED, bf16; ARG: v2 /
+                   # attention (default both in turn; side by side: start v2 first, it builds the feature cache, then
+                   # attention once its stage 1 has started). Each stage resumes.
+  local tag
+  for tag in ${1:-v2 attention}; do
+    train_long "config/ablations/aliked_render_${tag}.yaml" "out/ablation_aliked_render_${tag}" 600
+  done
+}
+eval_render_aliked() { eval_render_runs aliked render "$@"; }  # the render_aliked runs; ARG: v2 / attention
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -475,7 +485,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat render_aliked eval_render_aliked eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

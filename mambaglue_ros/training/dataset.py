@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,12 +179,14 @@ def build_cache(spec: CacheSpec, folder: str | Path, extractor: Any = None, prog
                                                        np.linalg.inv(pair.T_1_0)).astype(np.float32)
             else:
                 arrays["H_0to1"] = pair.H_0to1
-            tmp = folder / f".pair_{k:06d}.tmp.npz"
+            tmp = folder / f".pair_{k:06d}.{os.getpid()}.tmp.npz"  # two runs may fill one cache side by side
             np.savez(tmp, **arrays)
             tmp.replace(folder / f"pair_{k:06d}.npz")
         log.info("cached %d pairs in %.0f s", len(missing), time.perf_counter() - t0)
     have_pairs = max(spec.num_pairs, json.loads(meta_path.read_text())["num_pairs"] if meta_path.is_file() else 0)
-    meta_path.write_text(json.dumps({**want, "num_pairs": have_pairs}, indent=1))
+    tmp_meta = meta_path.with_name(f".cache.{os.getpid()}.tmp.json")  # a run starting now never reads half a file
+    tmp_meta.write_text(json.dumps({**want, "num_pairs": have_pairs}, indent=1))
+    tmp_meta.replace(meta_path)
     return folder
 
 

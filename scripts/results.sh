@@ -264,7 +264,7 @@ render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budg
   done
 }
 eval_render3k_xfeat() { eval_render_runs xfeat render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
-render_aliked() {  # issue 11: render_xfeat's recipe (1000 + 600 steps on 1000 pairs) carried to ALIKED, bf16; ARG: v2 /
+render_aliked() {  # issue 11: render_xfeat's recipe (1000 + 600 steps on 1000 pairs) carried to ALIKED at batch 4, bf16; ARG: v2 /
                    # attention (default both in turn; side by side: start v2 first, it builds the feature cache, then
                    # attention once its stage 1 has started). Each stage resumes.
   local tag

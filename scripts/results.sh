@@ -264,15 +264,18 @@ render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budg
   done
 }
 eval_render3k_xfeat() { eval_render_runs xfeat render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
-render_aliked() {  # issue 11: render_xfeat's recipe (1000 + 600 steps on 1000 pairs) carried to ALIKED at batch 4, bf16; ARG: v2 /
-                   # attention (default both in turn; side by side: start v2 first, it builds the feature cache, then
-                   # attention once its stage 1 has started). Each stage resumes.
+aliked_long() {  # issue 11: the ALIKED v2 network and its attention-only control at 1000 matcher steps on 1000 homography
+                 # pairs (2.4x the shipped file's 418 on 300), then 600 regressor steps each; ARG: v2 / attention (default
+                 # both in turn; side by side: start v2 first, it builds the feature cache). Each stage resumes.
+  train_tagged aliked_long ${1:-v2 attention}
+}
+eval_aliked_long() {  # each finished aliked_long run against the shipped network and the released LightGlue (the pairs
+                      # and keypoints of eval_aliked_v2): alpha 0.95 and full depth; relative pose; easy pair. ARG: v2 / attention
   local tag
   for tag in ${1:-v2 attention}; do
-    train_long "config/ablations/aliked_render_${tag}.yaml" "out/ablation_aliked_render_${tag}" 600
+    eval_against_shipped aliked "out/ablation_aliked_long_${tag}_reg600/mambaglue_aliked.pt" "aliked_long_$tag"
   done
 }
-eval_render_aliked() { eval_render_runs aliked render "$@"; }  # the render_aliked runs; ARG: v2 / attention
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -485,7 +488,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat render_aliked eval_render_aliked eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

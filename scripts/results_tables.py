@@ -206,11 +206,13 @@ def main() -> int:
         *[section for tag in ("v2", "attention") for section in (
             (f"eval_xfeat_long3k_{tag}.json", homography), (f"eval_xfeat_long3k_{tag}.json", sweep),
             (f"eval_pose_xfeat_long3k_{tag}.json", pose), (f"bench/bench_xfeat_long3k_{tag}_easy.json", bench))],
-        *[section for run in ("render_xfeat", "render3k_xfeat", "render_aliked")
-          for part in (run, f"{run}_v2", f"{run}_attention")
+        *[section for run in ("render_xfeat", "render3k_xfeat") for part in (run, f"{run}_v2", f"{run}_attention")
           for section in ((f"eval_{part}.json", homography), (f"eval_pose_{part}.json", pose))],
-        *[(f"bench/bench_{run}_{tag}_easy.json", bench) for run in ("render_xfeat", "render3k_xfeat", "render_aliked")
+        *[(f"bench/bench_{run}_{tag}_easy.json", bench) for run in ("render_xfeat", "render3k_xfeat")
           for tag in ("v2", "attention")],
+        *[section for tag in ("v2", "attention") for section in (
+            (f"eval_aliked_long_{tag}.json", homography), (f"eval_aliked_long_{tag}.json", sweep),
+            (f"eval_pose_aliked_long_{tag}.json", pose), (f"bench/bench_aliked_long_{tag}_easy.json", bench))],
         ("demo/report.json", lambda r: replay("demo (synthetic stereo)", r)),
         ("euroc/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, keyframe policy)", r)),
         ("euroc_previous/report.json", lambda r: replay("EuRoC V1_01 micro (stereo, previous-frame policy)", r)),

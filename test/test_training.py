@@ -384,13 +384,13 @@ def test_config_files_parse():
     short, long = (load_config(root / "config" / "ablations" / f"{p}_v2.yaml") for p in ("xfeat_render", "xfeat_render3k"))
     assert differences(short, long) == {"out_dir", "precision", "data.train_pairs", "stage1.max_steps", "stage1.val_every"}
     assert (long["data"]["train_pairs"], long["stage1"]["max_steps"], long["precision"]) == (3000, 3000, "bf16")
-    # the recipe carried to ALIKED: the XFeat 1000-step pair with another front end, run folder, batch and arithmetic
-    aliked = {t: load_config(root / "config" / "ablations" / f"aliked_render_{t}.yaml") for t in ("v2", "attention")}
-    assert differences(aliked["v2"], aliked["attention"]) == {"model.mixer", "out_dir"}
-    for t, cfg in aliked.items():
-        xfeat = load_config(root / "config" / "ablations" / f"xfeat_render_{t}.yaml")
-        assert differences(xfeat, cfg) == {"features", "out_dir", "precision", "stage1.batch_size", "stage2.batch_size"}, t
-        assert (cfg["features"], cfg["precision"], cfg["stage1"]["batch_size"]) == ("aliked", "bf16", 4)
+    # ALIKED's longer budget: the shipped-budget ALIKED pair (aliked_v2 / aliked_attention) with more pairs and steps
+    for tag in ("v2", "attention"):
+        for stage, changed in (("", {"data.train_pairs", "stage1.max_steps", "stage1.max_minutes"}), ("_regressor", set())):
+            short, long = (load_config(root / "config" / "ablations" / f"aliked{p}_{tag}{stage}.yaml") for p in ("", "_long"))
+            assert differences(short, long) == changed | {"out_dir"}, (tag, stage)
+    long = load_config(root / "config" / "ablations" / "aliked_long_v2.yaml")
+    assert (long["data"]["train_pairs"], long["stage1"]["max_steps"], long["precision"]) == (1000, 1000, "fp32")
     # the XFeat regressor run keeps the version-1 XFeat matcher's network and trains stage 2 on it
     xfeat_v1, xfeat_reg = (load_config(root / "config" / p) for p in ("train_xfeat_v1.yaml", "train_xfeat_regressor.yaml"))
     assert xfeat_reg["model"] == xfeat_v1["model"] and xfeat_reg["stage2"]["init"].endswith("mambaglue_xfeat_v1.pt")

@@ -232,24 +232,23 @@ render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % render
     train_long "config/ablations/xfeat_render_${tag}.yaml" "out/ablation_xfeat_render_${tag}" 600
   done
 }
-eval_render_runs() {  # FEATURES PREFIX [TAG]: the PREFIX (render / render3k) runs of FEATURES (xfeat / aliked), v2 and
-                      # its control (or the finished one named by TAG: v2 / attention, into *_TAG.json), in one run with
-                      # the shipped network and the released LightGlue weights (the 200 pairs and keypoints of
-                      # eval_xfeat_long3k / eval_aliked_v2, whose shipped and LightGlue rows this run reproduces):
-                      # alpha 0.95 and full depth; relative pose; the easy pair
-  local f="$1" tag methods="" json="${2}_${1}${3:+_$3}"
-  for tag in ${3:-v2 attention}; do
-    [ -f "out/ablation_${f}_${2}_${tag}/DONE" ] || { echo "eval_${2}_${f}: run ${2}_${f} $tag to the end first" >&2; return 1; }
-    methods="${methods}mambaglue@out/ablation_${f}_${2}_${tag}/mambaglue_${f}.pt,"
+eval_render_runs() {  # PREFIX [TAG]: the PREFIX (render / render3k) runs, v2 and its control (or the finished one named
+                      # by TAG: v2 / attention, into *_TAG.json), in one run with the shipped network and LighterGlue
+                      # (the 200 pairs and keypoints of eval_design_xfeat_long and eval_xfeat_long3k, whose shipped /
+                      # LighterGlue rows this run reproduces): alpha 0.95 and full depth; relative pose; the easy pair
+  local tag methods="" json="${1}_xfeat${2:+_$2}"
+  for tag in ${2:-v2 attention}; do
+    [ -f "out/ablation_xfeat_${1}_${tag}/DONE" ] || { echo "eval_${1}_xfeat: run ${1}_xfeat $tag to the end first" >&2; return 1; }
+    methods="${methods}mambaglue@out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt,"
   done
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features "$f" --methods "${methods}mambaglue,lightglue" \
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "${methods}mambaglue,lightglue" \
     --alphas none --json "out/eval_${json}.json" --threads 1 --no-progress
-  "$M" eval-pose --features "$f" --methods "${methods}mambaglue,lightglue" --json "out/eval_pose_${json}.json" --no-progress
-  for tag in ${3:-v2 attention}; do
-    bench_easy "out/ablation_${f}_${2}_${tag}/mambaglue_${f}.pt" "${2}_${f}_${tag}" "$f"
+  "$M" eval-pose --features xfeat --methods "${methods}mambaglue,lightglue" --json "out/eval_pose_${json}.json" --no-progress
+  for tag in ${2:-v2 attention}; do
+    bench_easy "out/ablation_xfeat_${1}_${tag}/mambaglue_xfeat.pt" "${1}_xfeat_${tag}" xfeat
   done
 }
-eval_render_xfeat() { eval_render_runs xfeat render "$@"; }  # the render_xfeat runs; ARG: v2 / attention (one network)
+eval_render_xfeat() { eval_render_runs render "$@"; }  # the render_xfeat runs; ARG: v2 / attention (one network)
 render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budget (3000 + 600 steps on 3000 pairs), bf16;
                     # ARG: v2 / attention (default both in turn; side by side: start v2 first, it extends the feature
                     # cache, then attention once its stage 1 has started). Each stage resumes.
@@ -263,7 +262,7 @@ render3k_xfeat() {  # issue 11: render_xfeat's recipe at the shipped file's budg
     touch "$out/DONE"
   done
 }
-eval_render3k_xfeat() { eval_render_runs xfeat render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
+eval_render3k_xfeat() { eval_render_runs render3k "$@"; }  # the render3k_xfeat runs; ARG: v2 / attention
 aliked_long() {  # issue 11: the ALIKED v2 network and its attention-only control at 1000 matcher steps on 1000 homography
                  # pairs (2.4x the shipped file's 418 on 300), then 600 regressor steps each; ARG: v2 / attention (default
                  # both in turn; side by side: start v2 first, it builds the feature cache). Each stage resumes.

@@ -74,16 +74,18 @@ def image(item):
 
 
 def run(data: dict, matcher, frames: list[int], stamps_ns: list[int], mode: str, policy: str,
-        scale_config: dict | None = None, all_stamps: list[int] | None = None, degrade: dict | None = None) -> dict:
+        scale_config: dict | None = None, all_stamps: list[int] | None = None, degrade: dict | None = None,
+        tracking: dict | None = None) -> dict:
     """The tracker over ``frames``; with ``all_stamps`` (every camera frame's stamp) its frame period is fed with
     all of them, as the node does from its image callback. ``degrade``: frame index -> function applied to its
-    image (``--bad-frames``)."""
+    image (``--bad-frames``); ``tracking``: more tracking options (``--tracking``)."""
     from mambaglue_ros.bags import metrics as M
     from mambaglue_ros.mono_scale import FramePeriod
     from mambaglue_ros.tracking import MonoTracker
 
     camera = FramePeriod() if all_stamps is not None else None
-    tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy}, frame_period=camera)
+    tracker = MonoTracker(matcher, data["K"], {"mono_scale": mode, "policy": policy, **(tracking or {})},
+                          frame_period=camera)
     tracker.scale.config.update(scale_config or {})
     stamps, poses, lengths, failed, posed = [], [], [], 0, []
     for i, stamp in zip(frames, stamps_ns):
@@ -119,6 +121,8 @@ def main() -> int:
     ap.add_argument("--patterns", nargs="+", default=None, help="subset of the pattern names")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="mono_scale options (mono_scale.DEFAULT_SCALE_CONFIG), e.g. speed_noise=0.2")
+    ap.add_argument("--tracking", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="tracking options (tracking.DEFAULT_TRACKING_CONFIG), e.g. max_sharpness_ratio=0")
     ap.add_argument("--bad-frames", action="store_true", help="every frame, with degraded frames (module docstring)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -130,6 +134,16 @@ def main() -> int:
     from mambaglue_ros.mono_scale import MonoScale
 
     MonoScale(1.0, scale_config)  # refuses unknown options and bad values before any work
+    from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, validate_tracking_config
+
+    tracking = {}
+    try:
+        for key, value in (kv.split("=", 1) for kv in args.tracking):
+            default = DEFAULT_TRACKING_CONFIG.get(key)
+            tracking[key] = value if isinstance(default, str) or default is None else type(default)(float(value))
+        validate_tracking_config(tracking)
+    except ValueError as error:  # (also KEY without =VALUE)
+        ap.error(f"--tracking: {error}")
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "
           f"{'deg/m':>7} {'posed: ATE m':>12} {'RPE %/m':>8}  step lengths (median, min-max)")
@@ -145,7 +159,7 @@ def main() -> int:
             patterns = {k: v for k, v in patterns.items() if k in args.patterns}
         for name, ((frames, stamps, camera), degrade) in patterns.items():
             for mode in args.modes:
-                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config, camera, degrade)
+                r = run(data, matcher, frames, stamps, mode, args.policy, scale_config, camera, degrade, tracking)
                 matcher.save()
                 r.update(sequence=source, pattern=name, mode=mode)
                 rows.append(r)

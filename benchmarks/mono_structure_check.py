@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Mono: does the reference's triangulated structure tell a wrong essential-matrix pose from a right one?
 
-Mono odometry accepts wrong poses on blurred frames (docs/results.md, *Frames without a pose*): the essential matrix
-of a sharp reference against a blurred frame keeps most matches as inliers for a pose far off. This runs
+Mono odometry accepted wrong poses on blurred frames (docs/results.md, *Frames without a pose*): the essential matrix
+of a sharp reference against a blurred frame keeps most matches as inliers for a pose far off (the tracker now
+refuses such pairs by their images' sharpness, ``max_sharpness_ratio``; this runs it without that gate). This runs
 ``MonoTracker`` (``mono_scale: depth``, so every reference keeps its keypoints' depths at the odometry's scale) over
 a KITTI folder with the degraded frames of ``stereo_gaps.py --bad-frames`` and prints, per frame, the essential
 matrix's error against the ground truth (translation direction and rotation, degrees) and its inliers, next to a PnP
@@ -93,7 +94,8 @@ def run(data: dict, matcher, degrade: dict, pnp_px: float) -> list[dict]:
                          if structure else None})
             return super()._step_length(ref, match, pose, x_cur, stamp_ns)
 
-    tracker = Probe(matcher, data["K"], {"mono_scale": "depth"})
+    # without the sharpness gate (max_sharpness_ratio, 2026-12-06), which refuses the poses this looks at
+    tracker = Probe(matcher, data["K"], {"mono_scale": "depth", "max_sharpness_ratio": 0.0})
     n = len(data["left"])
     stamps = [i * 100_000_000 for i in range(n)]
     index = {s: i for i, s in enumerate(stamps)}

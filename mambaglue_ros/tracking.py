@@ -38,6 +38,10 @@ against. After ``max_lost_frames`` frames in a row without a pose the current fr
 stereo points) becomes the reference; ``max_lost_frames: 0``: at the first failure, no fallbacks (the behaviour
 before 2026-12-05). A frame with too few keypoints (e.g. black) never becomes a reference. A stamp that goes
 backwards (bag loop, clock reset) calls ``reset()``.
+Mono also refuses the pose of a pair whose images' sharpness (``image_sharpness``) differ by more than
+``max_sharpness_ratio`` (a motion-blurred or covered frame against a sharp one: there the essential matrix keeps most
+matches for a pose tens of degrees off; two blurred frames pose well), and the blurrier frame of such a pair is no
+``candidate``: the frames after a blurred burst are posed against the sharp reference before it.
 Where a frame without a pose serves as a reference (the ``candidate``, or the reference after ``max_lost_frames``),
 its place in the odometry is where the last measured motion leads (``odometry.ConstantVelocity``: the last pose's
 step continued to its stamp; before 2026-12-06 the last pose, so the motion while lost was lost too). The frame's
@@ -79,6 +83,8 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
                                       # with the reference's depths ("depth"; mono_scale.py), or 1 ("unit")
     "confidence": 0.999,
     "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
+    "max_sharpness_ratio": 2.0,       # mono: no pose where the two images' sharpness (image_sharpness) differ by more
+                                      # than this factor (a blurred frame against a sharp one); 0 = off
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
     "pnp_ransac_px": 2.0,             # stereo: PnP reprojection threshold [px]
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
@@ -183,6 +189,7 @@ class _Reference:
     rays: np.ndarray | None = None      # mono: (N, 3) normalised rays of the keypoints (lens distortion removed)
     depths: ReferenceDepths | None = None  # mono: keypoint depths at the odometry's scale (mono_scale)
     failed: int = 0                     # the tracker's frames_failed once this frame was processed
+    sharpness: float = 0.0              # mono: image_sharpness of the frame (0: unknown)
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,6 +215,10 @@ def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
         cfg[key] = int(cfg[key])
+    ratio = float(cfg["max_sharpness_ratio"])
+    if not (ratio == 0.0 or ratio > 1.0):
+        raise ValueError(f"max_sharpness_ratio must be 0 (off) or > 1, got {cfg['max_sharpness_ratio']}")
+    cfg["max_sharpness_ratio"] = ratio
     for key in ("keyframe_max_parallax_px", "ransac_px", "pnp_ransac_px", "pixel_sigma_px", "min_disparity_sigmas",
                 "stereo_max_reproj_px", "scale_variance", "max_depth"):
         if not float(cfg[key]) > 0:
@@ -233,6 +244,46 @@ def _keypoints_numpy(feats: Features) -> np.ndarray:
     k = feats.keypoints
     k = k.detach().cpu().numpy() if hasattr(k, "detach") else np.asarray(k)
     return np.asarray(k, dtype=np.float32).reshape(-1, 2)
+
+
+def image_sharpness(image: np.ndarray, width: int = 320) -> float:
+    """Contrast-normalised sharpness of an image: var(Laplacian) / var(intensity) of its grey image resampled to
+    ``width`` pixels across (area filter). A blur removes the fine detail the Laplacian sees and keeps the coarse
+    contrast, so the value drops (a 41 px motion blur: to about a fifth); a gain or an offset of the intensities
+    cancels. 0 for a flat image. ``image``: (H, W) or (H, W, C) numpy array of any numeric dtype."""
+    import cv2
+
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"image_sharpness needs an (H, W) or (H, W, C) image, got shape {img.shape}")
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        img = img.astype(np.float32)
+    if img.ndim == 3:
+        img = np.ascontiguousarray(img[..., :3] if img.shape[2] >= 3 else img[..., 0])
+    h, w = img.shape[:2]
+    if w > width:  # downscale first: the grey conversion then touches a quarter of the pixels
+        img = cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    if img.ndim == 3:  # (RGB or BGR order: only ratios between frames of one camera are used)
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    grey = img.astype(np.float32)
+    var = float(grey.var())
+    if not np.isfinite(var) or var < 1e-6 * max(1.0, float(np.abs(grey).max()) ** 2):
+        return 0.0
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var() / var)
+
+
+def sharpness_mismatch(reference: float, current: float, max_ratio: float) -> str | None:
+    """Why a pair of images with these ``image_sharpness`` values should get no pose, or None. A blurred frame
+    against a sharp one (either way round) is where the essential matrix fits the smeared keypoints with a pose
+    tens of degrees off while keeping most matches; two blurred frames pose well. Off with ``max_ratio`` 0 or an
+    unknown (0) value."""
+    if not max_ratio or not (reference > 0.0 and current > 0.0):
+        return None
+    ratio = current / reference
+    if 1.0 / max_ratio <= ratio <= max_ratio:
+        return None
+    return (f"image sharpness {ratio:.2f}x the reference's, outside 1/{max_ratio:g}..{max_ratio:g} "
+            f"(motion blur, a covered lens?): no pose")
 
 
 def median_parallax_px(match: MatchResult) -> float:
@@ -327,13 +378,14 @@ class _TrackerBase:
 
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
                 pose: RelativePose | None, reason: str, step_scale: float = 1.0,
-                used: _Reference | None = None) -> FrameResult:
+                used: _Reference | None = None, candidate: bool = True) -> FrameResult:
         """Accumulate the pose, decide whether this frame becomes the reference, build the result.
 
         ``reference`` is this frame packaged as a reference (its T_odom is filled in here) and
         ``usable`` says whether it can serve as one (enough keypoints / stereo points); ``step_scale`` is
         the length the pose's translation is composed with (mono); ``used``: the reference the pose is
-        relative to (``_pose_with_fallback``; default ``reference``).
+        relative to (``_pose_with_fallback``; default ``reference``); ``candidate``: whether this frame, without a
+        pose, may be the ``candidate`` the next frames fall back to (mono: not a frame blurrier than the reference).
         """
         ref = self.reference if used is None else used
         self.frames_failed += int(pose is None)
@@ -361,7 +413,7 @@ class _TrackerBase:
         if pose is not None:
             self.frames_lost = 0
             self.candidate = None
-        elif usable and ref is not None:
+        elif usable and ref is not None and candidate:
             self.candidate = reference
         if new_ref:
             # the next frames' fallback: the reference this frame was posed against, or, where the reference is
@@ -515,6 +567,9 @@ class MonoTracker(_TrackerBase):
         was_reset = self._begin(stamp_ns)
         self.scale.observe(stamp_ns)  # the camera's frame period: steps span whole periods
         feats = self.matcher.extract(image)
+        # (0 = unknown: the gate off, or an image that is not an array, e.g. a test double's view)
+        sharpness = image_sharpness(image) if self.config["max_sharpness_ratio"] and isinstance(image, np.ndarray) \
+            else 0.0
         t1 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)
         x_cur = None  # this frame's normalised points, where computed
@@ -528,8 +583,11 @@ class MonoTracker(_TrackerBase):
             _add_time(timings, "match", t_match, t_pose)
             cfg = self.config
             p = None
+            blurred = sharpness_mismatch(reference.sharpness, sharpness, cfg["max_sharpness_ratio"])
             if len(m) < cfg["min_matches"]:
                 why = f"too few matches ({len(m)} < {cfg['min_matches']})"
+            elif blurred:
+                why = blurred
             else:
                 pts0, pts1 = m.points0, m.points1
                 if self.undistort is not None:
@@ -550,7 +608,7 @@ class MonoTracker(_TrackerBase):
         if ref is None and len(feats) < self.config["min_matches"]:
             reason = f"too few keypoints to start ({len(feats)} < {self.config['min_matches']})"
         usable = len(feats) >= self.config["min_matches"]
-        this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features)
+        this = _Reference(feats, int(stamp_ns), np.eye(4), self.matcher.features, sharpness=sharpness)
         step = None
         if self.config["mono_scale"] == "depth":
             if x_cur is None:
@@ -559,7 +617,13 @@ class MonoTracker(_TrackerBase):
         if self.config["mono_scale"] != "unit":
             if pose is not None:
                 step = self._step_length(ref, match, pose, x_cur, int(stamp_ns))
-        result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0], used=ref)
+        # A frame much blurrier than the reference is the suspect of the pair: it does not become the candidate the
+        # next frames fall back to (they wait for a sharp one, or max_lost_frames), where a sharper one does.
+        blurrier = self.reference is not None and sharpness_mismatch(
+            self.reference.sharpness, sharpness, self.config["max_sharpness_ratio"]) is not None \
+            and sharpness < self.reference.sharpness
+        result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0], used=ref,
+                              candidate=not blurrier)
         if step is not None and result.is_keyframe:
             length, log_var, dt = step
             self.scale.commit(length, log_var, dt)

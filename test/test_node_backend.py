@@ -845,6 +845,42 @@ def test_a_frame_without_a_pose_costs_the_node_odometry_nothing(ros_context, max
         node.destroy_node()
 
 
+@pytest.mark.parametrize("max_sharpness_ratio", [2.0, 0.0])
+def test_a_motion_blurred_mono_frame_gets_no_pose_and_the_next_is_posed_across_it(ros_context, max_sharpness_ratio):
+    """A mono frame blurred over 41 px between sharp ones: with the sharpness gate (the default) it gets no pose, and
+    the next frame is posed against the frame before it; the runtime parameter reaches the tracker. Without the
+    gate the essential matrix poses the blurred frame."""
+    import cv2
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=5, width=W, height=H, rate_hz=10.0, stereo=False, trajectory="forward", seed=1,
+                        speed_mps=1.0)
+    f = [seq.frame(i) for i in range(len(seq))]
+    node = make_node(ros_context, {"matcher": "mambaglue", "max_keypoints": 512})
+    rel = {}
+    node.pub_relative = SimpleNamespace(publish=lambda m: rel.__setitem__(C.stamp_to_ns(m.header.stamp), m))
+    try:
+        stop_worker(node)
+        node._on_camera_info("left", info(f[0].K, size=(W, H)))
+        assert node._ensure_tracker(frame(f[0].left, f[0].stamp_ns))
+        assert node.tracker.config["max_sharpness_ratio"] == 2.0  # the default
+        node.set_parameters([Parameter("max_sharpness_ratio", value=max_sharpness_ratio)])
+        node._apply_pending()
+        assert node.tracker.config["max_sharpness_ratio"] == max_sharpness_ratio
+        for i, fr in enumerate(f):
+            node._process(frame(cv2.blur(fr.left, (41, 1)) if i == 3 else fr.left, fr.stamp_ns))
+        s = [fr.stamp_ns for fr in f]
+        assert all(s[i] in rel for i in (1, 2, 4))
+        if max_sharpness_ratio:
+            assert s[3] not in rel and C.stamp_to_ns(rel[s[4]].reference_stamp) == s[2]
+        else:
+            assert s[3] in rel and C.stamp_to_ns(rel[s[4]].reference_stamp) == s[3]
+    finally:
+        node.destroy_node()
+
+
 def test_a_new_calibration_during_a_skipped_frame_still_resets(ros_context):
     """The calibration changes while a frame of the old size waits: that frame is skipped (size mismatch), and the
     change must still restart tracking with RESET at the first frame taken (before: the flag was cleared by the

@@ -28,7 +28,7 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["mode"], d["features"], d["device"], d["transport"]) == ("mono", "auto", "auto", "raw")
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
-    assert len(params.PARAMETERS) == len(params.SPECS) == 57
+    assert len(params.PARAMETERS) == len(params.SPECS) == 58
     assert d["camera_to_base_from_tf"] is False  # the camera_to_base parameter unless asked
     assert d["cuda_graph"] is False  # unmeasured in the node: opt-in
     assert (d["precision"], d["stereo_matching"]) == ("auto", "network")
@@ -104,6 +104,8 @@ def test_runtime_changeable_parameters():
     ("pnp_readmit", 1, "pnp_readmit must be true or false, got 1"),
     ("mono_window", 2, "mono_window must be 0 (off) or 3..20 keyframes"),
     ("mono_window", 21, "mono_window must be <= 20, got 21"),
+    ("max_sharpness_ratio", 1.0, "max_sharpness_ratio must be 0 (off) or > 1 (a factor), got 1.0"),
+    ("max_sharpness_ratio", -2.0, "max_sharpness_ratio must be >= 0.0, got -2.0"),
 ])
 def test_invalid_values_are_rejected_with_a_reason(name, value, reason):
     got = params.validate(name, value)

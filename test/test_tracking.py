@@ -24,7 +24,8 @@ from mambaglue_ros.geometry import (
     so3_exp,
     translation_direction_error_deg,
 )
-from mambaglue_ros.tracking import MonoTracker, StereoTracker, median_parallax_px, validate_tracking_config
+from mambaglue_ros.tracking import (MonoTracker, StereoTracker, image_sharpness, median_parallax_px,
+                                    sharpness_mismatch, validate_tracking_config)
 
 WIDTH, HEIGHT = 512, 384
 K = np.array([[400.0, 0.0, 256.0], [0.0, 400.0, 192.0], [0.0, 0.0, 1.0]])
@@ -315,6 +316,71 @@ def test_black_frames_give_no_pose_and_tracking_recovers(sequence):
     assert r.pose is not None and r.reference_stamp_ns == 2 * DT_NS
     T = truth(poses, 1, 2)
     assert rotation_angle_deg(r.pose.R, T[:3, :3]) < 0.5
+    assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
+
+
+def motion_blurred(img: np.ndarray, px: int = 15) -> np.ndarray:
+    """A horizontal box blur over ``px`` pixels (a pan during a long exposure; benchmarks/stereo_gaps.py's bad
+    frame has 41 px). 15 px: about 0.38x the sharpness of these rendered frames, and ORB still matches them."""
+    return cv2.blur(img, (px, 1))
+
+
+def test_image_sharpness_drops_with_blur_and_ignores_gain_and_colour(sequence):
+    _, left, _ = sequence
+    img = left[0]
+    s = image_sharpness(img)
+    assert s > 0
+    assert image_sharpness(motion_blurred(img, 41)) < 0.5 * s  # the blur removes most of the fine detail
+    assert 0.5 * s < image_sharpness(cv2.blur(img, (3, 1))) < s  # a slight blur: a little
+    darker = (img.astype(np.float32) * 0.3 + 20.0).astype(np.uint8)  # gain and offset (rounded to 8 bit)
+    assert image_sharpness(darker) == pytest.approx(s, rel=0.1)
+    assert image_sharpness(img.astype(np.uint16) * 256) == pytest.approx(s, rel=1e-2)  # a 16-bit camera
+    assert image_sharpness(np.dstack([img] * 3)) == pytest.approx(s, rel=1e-3)  # colour, grey scene
+    assert image_sharpness(np.full_like(img, 77)) == 0.0  # flat: unknown
+    with pytest.raises(ValueError, match="image"):
+        image_sharpness(np.zeros((0, 5)))
+
+
+def test_sharpness_mismatch_is_symmetric_and_off_with_zero():
+    assert sharpness_mismatch(1.0, 0.6, 2.0) is None and sharpness_mismatch(1.0, 1.9, 2.0) is None
+    assert "0.40x" in sharpness_mismatch(1.0, 0.4, 2.0) and "2.50x" in sharpness_mismatch(1.0, 2.5, 2.0)
+    assert sharpness_mismatch(1.0, 0.1, 0.0) is None  # off
+    assert sharpness_mismatch(0.0, 1.0, 2.0) is None and sharpness_mismatch(1.0, 0.0, 2.0) is None  # unknown
+    with pytest.raises(ValueError, match="max_sharpness_ratio"):
+        validate_tracking_config({"max_sharpness_ratio": 0.5})
+
+
+def test_mono_tracker_refuses_a_blurred_frame_against_a_sharp_one(sequence):
+    """A blurred frame gets no pose against a sharp reference, and is no candidate for the frames after it: the
+    next sharp frame is posed against the sharp reference before the blur."""
+    poses, left, _ = sequence
+    tracker = MonoTracker(OrbMatcher(), K)
+    tracker.process(left[0], 0)
+    assert tracker.process(left[1], DT_NS).pose is not None
+    r = tracker.process(motion_blurred(left[2]), 2 * DT_NS)
+    assert r.pose is None and "image sharpness" in r.reason and r.reference_stamp_ns == DT_NS
+    assert not r.is_keyframe and tracker.candidate is None
+    r = tracker.process(left[3], 3 * DT_NS)
+    assert r.pose is not None and r.reference_stamp_ns == DT_NS, r.reason
+    T = truth(poses, 1, 3)
+    assert rotation_angle_deg(r.pose.R, T[:3, :3]) < 0.5
+    assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
+    off = MonoTracker(OrbMatcher(), K, {"max_sharpness_ratio": 0})
+    off.process(left[1], DT_NS)
+    assert "image sharpness" not in off.process(motion_blurred(left[2]), 2 * DT_NS).reason
+
+
+def test_mono_tracker_leaves_a_blurred_reference_for_a_sharp_frame(sequence):
+    """A blurred first frame: the sharp frame after it gets no pose against it but becomes the candidate (it is
+    the sharper of the pair), so the frame after that is posed against it."""
+    poses, left, _ = sequence
+    tracker = MonoTracker(OrbMatcher(), K)
+    tracker.process(motion_blurred(left[0]), 0)
+    r = tracker.process(left[1], DT_NS)
+    assert r.pose is None and "image sharpness" in r.reason and tracker.candidate.stamp_ns == DT_NS
+    r = tracker.process(left[2], 2 * DT_NS)
+    assert r.pose is not None and r.reference_stamp_ns == DT_NS and r.is_keyframe, r.reason
+    T = truth(poses, 1, 2)
     assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
 
 

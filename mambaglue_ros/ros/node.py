@@ -458,7 +458,7 @@ class MatcherNode(Node):
                 # mono: the essential-matrix (Sampson) threshold; stereo: the PnP reprojection threshold
                 "ransac_px": self.p["ransac_px"], "pnp_ransac_px": self.p["ransac_px"],
                 "pose_hypotheses": self.p["pose_hypotheses"], "mono_window": self.p["mono_window"],
-                "mono_scale": self.p["mono_scale"],
+                "mono_scale": self.p["mono_scale"], "max_sharpness_ratio": self.p["max_sharpness_ratio"],
                 # stereo only (the mono tracker ignores them)
                 "ba_window": self.p["ba_window"], "pnp_readmit": self.p["pnp_readmit"],
                 "pnp_ransac": self.p["pnp_ransac"],
@@ -523,7 +523,8 @@ class MatcherNode(Node):
         if self.tracker is not None and changes.keys() & {"keyframe_policy", "keyframe_min_matches",
                                                           "keyframe_max_parallax_px", "min_matches",
                                                           "min_inliers", "ransac_px", "pose_hypotheses",
-                                                          "pnp_ransac", "max_lost_frames"}:
+                                                          "pnp_ransac", "max_lost_frames",
+                                                          "max_sharpness_ratio"}:
             self.tracker.config.update(self._tracking_config())
         self.get_logger().info(f"parameters changed: {changes}")
 

@@ -159,6 +159,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "dropped or a varying frame rate leave the path's shape alone); depth = that prediction fused with the "
               "reference's triangulated depths (follows changes of speed, drifts in scale); unit = one unit per "
               "processed frame (before 2026-12-05)", choices=("time", "depth", "unit")),
+    ParamSpec("max_sharpness_ratio", 2.0, "mono: no pose for a pair whose images' sharpness (var(Laplacian) / "
+              "var(intensity), tracking.image_sharpness) differ by more than this factor: a motion-blurred (or "
+              "covered) frame against a sharp one, where the essential matrix keeps most matches for a pose tens of "
+              "degrees off; the blurrier frame never becomes a reference the next frames fall back to. 0 = off",
+              low=0.0, high=100.0, read_only=False),
     ParamSpec("mono_window", 0, "mono: refine the newest pose's rotation and direction jointly with the last keyframes "
               "over their three-view tracks, window of 3..20 keyframes; 0 = off. The step lengths are mono_scale's. "
               "Costs ~0.1-0.2 s per frame on a 2-core CPU (4 keyframes)", low=0, high=20),
@@ -268,6 +273,8 @@ def validate(name: str, value: Any) -> str | None:
             return f"resize_max must be 0 (no downscale) or 64..8192 px, got {value}"
         if name == "mono_window" and value in (1, 2):
             return f"mono_window must be 0 (off) or 3..20 keyframes (two edges at least), got {value}"
+        if name == "max_sharpness_ratio" and 0.0 < value <= 1.0:
+            return f"max_sharpness_ratio must be 0 (off) or > 1 (a factor), got {value}"
         if name == "ba_window" and value == 1:
             return "ba_window must be 0 (off) or 2..50 keyframes (a window of 1 has nothing to adjust), got 1"
         if spec.low is not None and value < spec.low:

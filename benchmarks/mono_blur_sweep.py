@@ -51,6 +51,8 @@ def main() -> int:
             ratios, direction, rotation = [], [], []
             for i in pairs:
                 sharp, nxt = image(data["left"][i]), image(data["left"][i + 1])
+                if not image_sharpness(sharp) > 0:
+                    continue  # a flat frame has no sharpness to compare
                 blurred = cv2.blur(nxt, (length, 1)) if length > 1 else nxt
                 ratios.append(image_sharpness(blurred) / image_sharpness(sharp))
                 m = matcher.match_features(matcher.extract(sharp), matcher.extract(blurred))
@@ -60,9 +62,9 @@ def main() -> int:
                 rotation.append(180.0 if pose is None else rotation_angle_deg(pose.R, T[:3, :3]))
             matcher.save()
             r, d = np.array(ratios), np.array(direction)
-            rows.append({"sequence": source, "blur_px": length, "pairs": len(pairs), "sharpness_ratio": r.tolist(),
+            rows.append({"sequence": source, "blur_px": length, "pairs": len(r), "sharpness_ratio": r.tolist(),
                          "direction_err_deg": d.tolist(), "rotation_err_deg": rotation})
-            print(f"{source:<9} {length:>7} {len(pairs):>5} {np.median(r):>14.2f} ({r.min():.2f}-{r.max():.2f})"
+            print(f"{source:<9} {length:>7} {len(r):>5} {np.median(r):>14.2f} ({r.min():.2f}-{r.max():.2f})"
                   f"{'':>8} {np.median(d):>12.1f} / {d.max():<6.1f}{'':>7} {int((d > 5).sum()):>4}/{len(d):<2} "
                   f"{np.median(rotation):>12.2f}", flush=True)
     if args.json:

@@ -140,9 +140,12 @@ def main() -> int:
     try:
         for key, value in (kv.split("=", 1) for kv in args.tracking):
             default = DEFAULT_TRACKING_CONFIG.get(key)
-            tracking[key] = value if isinstance(default, str) or default is None else type(default)(float(value))
+            if isinstance(default, bool):
+                tracking[key] = {"true": True, "false": False}[value.lower()]
+            else:
+                tracking[key] = value if isinstance(default, str) or default is None else type(default)(float(value))
         validate_tracking_config(tracking)
-    except ValueError as error:  # (also KEY without =VALUE)
+    except (ValueError, KeyError) as error:  # (also KEY without =VALUE, a bool that is not true / false)
         ap.error(f"--tracking: {error}")
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "

@@ -207,6 +207,9 @@ def main() -> int:
                          "wherever the pixel gate fails, also against the previous frame (before 2026-12-05)")
     ap.add_argument("--bad-frames", action="store_true",
                     help="instead of frame patterns: every frame, some of them degraded (module docstring)")
+    ap.add_argument("--bad-frames-stride", type=int, default=1, metavar="N",
+                    help="with --bad-frames: every N-th frame only (a node that skips frames; the degraded frames, "
+                         "every 12th, are among those processed for N = 2, 3, 4, 6)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import torch
@@ -244,7 +247,8 @@ def main() -> int:
         data = load()
         matcher = cached_matcher(args, on_disk=source == "kitti")
         n = len(data["left"])
-        cases = ({name: (list(range(n)), bad) for name, bad in bad_frame_scenarios(n).items()} if args.bad_frames
+        cases = ({name: (list(range(0, n, args.bad_frames_stride)), bad) for name, bad in bad_frame_scenarios(n).items()}
+                 if args.bad_frames
                  else {name: (frames, None) for name, frames in frame_patterns(n).items()})
         for name, (frames, degrade) in cases.items():
             if args.patterns and name not in args.patterns:

@@ -41,7 +41,12 @@ backwards (bag loop, clock reset) calls ``reset()``.
 Mono also refuses the pose of a pair whose images' sharpness (``image_sharpness``) differ by more than
 ``max_sharpness_ratio`` (a motion-blurred or covered frame against a sharp one: there the essential matrix keeps most
 matches for a pose tens of degrees off; two blurred frames pose well), and the blurrier frame of such a pair is no
-``candidate``: the frames after a blurred burst are posed against the sharp reference before it.
+``candidate``: the frames after a blurred burst are posed against the sharp reference before it (a lasting change of
+sharpness costs ``max_lost_frames`` + 1 frames; with ``max_lost_frames: 0`` the blurred frame becomes the reference at
+once, and the sharp frame after it is refused against it too). With the keyframe policy a keyframe whose sharpness the
+posed frames drift from by more than the square root of the factor is replaced, so a gradual change never trips the
+gate. Stereo keeps a frame much blurrier than its reference on the pixel PnP gate (``pnp_ransac: auto`` does not
+rescue it with the covariance gate, which accepts wrong poses on blurred frames, also across frames the node skipped).
 Where a frame without a pose serves as a reference (the ``candidate``, or the reference after ``max_lost_frames``),
 its place in the odometry is where the last measured motion leads (``odometry.ConstantVelocity``: the last pose's
 step continued to its stamp; before 2026-12-06 the last pose, so the motion while lost was lost too). The frame's
@@ -83,8 +88,9 @@ DEFAULT_TRACKING_CONFIG: dict[str, Any] = {
                                       # with the reference's depths ("depth"; mono_scale.py), or 1 ("unit")
     "confidence": 0.999,
     "min_parallax_px": 2.0,           # mono: below -> rotation-only pose
-    "max_sharpness_ratio": 2.0,       # mono: no pose where the two images' sharpness (image_sharpness) differ by more
-                                      # than this factor (a blurred frame against a sharp one); 0 = off
+    "max_sharpness_ratio": 2.0,       # where the two images' sharpness (image_sharpness) differ by more than this
+                                      # factor (a blurred frame against a sharp one), mono: no pose; stereo, this frame
+                                      # the blurrier: the pixel PnP gate only (pnp_ransac auto); 0 = off
     "scale_variance": 1e6,            # mono: variance along the unknown-scale direction
     "pnp_ransac_px": 2.0,             # stereo: PnP reprojection threshold [px]
     "stereo_max_reproj_px": 1.0,      # stereo: triangulation reprojection gate [px]
@@ -189,7 +195,7 @@ class _Reference:
     rays: np.ndarray | None = None      # mono: (N, 3) normalised rays of the keypoints (lens distortion removed)
     depths: ReferenceDepths | None = None  # mono: keypoint depths at the odometry's scale (mono_scale)
     failed: int = 0                     # the tracker's frames_failed once this frame was processed
-    sharpness: float = 0.0              # mono: image_sharpness of the frame (0: unknown)
+    sharpness: float = 0.0              # image_sharpness of the (left) image (0: unknown)
 
 
 def validate_tracking_config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -267,23 +273,24 @@ def image_sharpness(image: np.ndarray, width: int = 320) -> float:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     grey = img.astype(np.float32)
     var = float(grey.var())
-    if not np.isfinite(var) or var < 1e-6 * max(1.0, float(np.abs(grey).max()) ** 2):
+    if not np.isfinite(var) or var <= 1e-6 * float(np.abs(grey).max()) ** 2:  # flat (or black): unknown
         return 0.0
     return float(cv2.Laplacian(grey, cv2.CV_32F).var() / var)
 
 
 def sharpness_mismatch(reference: float, current: float, max_ratio: float) -> str | None:
-    """Why a pair of images with these ``image_sharpness`` values should get no pose, or None. A blurred frame
+    """Why a pair of images with these ``image_sharpness`` values is not to be trusted, or None. A blurred frame
     against a sharp one (either way round) is where the essential matrix fits the smeared keypoints with a pose
-    tens of degrees off while keeping most matches; two blurred frames pose well. Off with ``max_ratio`` 0 or an
-    unknown (0) value."""
+    tens of degrees off while keeping most matches (two blurred frames pose well), and where the covariance-gated
+    PnP accepts wrong poses. Off with ``max_ratio`` 0 or an unknown (0) value."""
     if not max_ratio or not (reference > 0.0 and current > 0.0):
         return None
+    limit = max(max_ratio, 1.0 / max_ratio)  # (a factor below 1 set past validate_tracking_config: the same limit)
     ratio = current / reference
-    if 1.0 / max_ratio <= ratio <= max_ratio:
+    if max(ratio, 1.0 / ratio) <= limit:
         return None
-    return (f"image sharpness {ratio:.2f}x the reference's, outside 1/{max_ratio:g}..{max_ratio:g} "
-            f"(motion blur, a covered lens?): no pose")
+    return (f"image sharpness {ratio:.2f}x the reference's, outside 1/{limit:g}..{limit:g} "
+            f"(motion blur, a covered lens?)")
 
 
 def median_parallax_px(match: MatchResult) -> float:
@@ -378,14 +385,16 @@ class _TrackerBase:
 
     def _finish(self, stamp_ns: int, reference: _Reference, usable: bool, match: MatchResult | None,
                 pose: RelativePose | None, reason: str, step_scale: float = 1.0,
-                used: _Reference | None = None, candidate: bool = True) -> FrameResult:
+                used: _Reference | None = None, candidate: bool = True, new_keyframe: bool = False) -> FrameResult:
         """Accumulate the pose, decide whether this frame becomes the reference, build the result.
 
         ``reference`` is this frame packaged as a reference (its T_odom is filled in here) and
         ``usable`` says whether it can serve as one (enough keypoints / stereo points); ``step_scale`` is
         the length the pose's translation is composed with (mono); ``used``: the reference the pose is
         relative to (``_pose_with_fallback``; default ``reference``); ``candidate``: whether this frame, without a
-        pose, may be the ``candidate`` the next frames fall back to (mono: not a frame blurrier than the reference).
+        pose, may be the ``candidate`` the next frames fall back to (mono: not a frame blurrier than the reference);
+        ``new_keyframe``: with the keyframe policy, this frame (posed against the reference) becomes the keyframe
+        whatever its matches (mono: its sharpness drifted from the keyframe's).
         """
         ref = self.reference if used is None else used
         self.frames_failed += int(pose is None)
@@ -408,7 +417,7 @@ class _TrackerBase:
             # frame would fail against it again)
             new_ref = usable
         else:
-            new_ref = usable and (len(match) < self.config["keyframe_min_matches"]
+            new_ref = usable and (new_keyframe or len(match) < self.config["keyframe_min_matches"]
                                   or median_parallax_px(match) > self.config["keyframe_max_parallax_px"])
         if pose is not None:
             self.frames_lost = 0
@@ -567,27 +576,32 @@ class MonoTracker(_TrackerBase):
         was_reset = self._begin(stamp_ns)
         self.scale.observe(stamp_ns)  # the camera's frame period: steps span whole periods
         feats = self.matcher.extract(image)
-        # (0 = unknown: the gate off, or an image that is not an array, e.g. a test double's view)
-        sharpness = image_sharpness(image) if self.config["max_sharpness_ratio"] and isinstance(image, np.ndarray) \
-            else 0.0
         t1 = time.perf_counter()
+        # also with the gate off, so that turning it on at runtime finds the reference's value (0 = unknown: an
+        # image that is not an array, e.g. a test double's view)
+        sharpness = image_sharpness(image) if isinstance(image, np.ndarray) else 0.0
+        t2 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)
         x_cur = None  # this frame's normalised points, where computed
-        timings = {"extract": (t1 - t0) * 1e3}
+        timings = {"extract": (t1 - t0) * 1e3, "sharpness": (t2 - t1) * 1e3}
 
         def against(reference: _Reference) -> tuple[MatchResult, RelativePose | None, str]:
             nonlocal x_cur
+            cfg = self.config
+            blurred = sharpness_mismatch(reference.sharpness, sharpness, cfg["max_sharpness_ratio"])
+            if blurred and reference is not self.reference:  # a fallback the gate refuses: its matches go nowhere
+                unmatched = MatchResult(_keypoints_numpy(reference.feats), _keypoints_numpy(feats),
+                                        np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 0, 0)
+                return unmatched, None, f"{blurred}: no pose (not matched)"
             t_match = time.perf_counter()
             m = self.matcher.match_features(reference.feats, feats)
             t_pose = time.perf_counter()
             _add_time(timings, "match", t_match, t_pose)
-            cfg = self.config
             p = None
-            blurred = sharpness_mismatch(reference.sharpness, sharpness, cfg["max_sharpness_ratio"])
             if len(m) < cfg["min_matches"]:
                 why = f"too few matches ({len(m)} < {cfg['min_matches']})"
             elif blurred:
-                why = blurred
+                why = f"{blurred}: no pose"
             else:
                 pts0, pts1 = m.points0, m.points1
                 if self.undistort is not None:
@@ -619,11 +633,16 @@ class MonoTracker(_TrackerBase):
                 step = self._step_length(ref, match, pose, x_cur, int(stamp_ns))
         # A frame much blurrier than the reference is the suspect of the pair: it does not become the candidate the
         # next frames fall back to (they wait for a sharp one, or max_lost_frames), where a sharper one does.
+        ratio = self.config["max_sharpness_ratio"]
         blurrier = self.reference is not None and sharpness_mismatch(
-            self.reference.sharpness, sharpness, self.config["max_sharpness_ratio"]) is not None \
-            and sharpness < self.reference.sharpness
+            self.reference.sharpness, sharpness, ratio) is not None and sharpness < self.reference.sharpness
+        # keyframe policy: a keyframe whose sharpness the posed frames drift away from (halfway to the gate, in log
+        # terms) is replaced, so that a gradual change (growing blur, another scene) never trips the gate against an
+        # old keyframe
+        drifted = pose is not None and ref is self.reference and bool(ratio) and sharpness_mismatch(
+            ref.sharpness, sharpness, float(np.sqrt(ratio))) is not None
         result = self._finish(stamp_ns, this, usable, match, pose, reason, 1.0 if step is None else step[0], used=ref,
-                              candidate=not blurrier)
+                              candidate=not blurrier, new_keyframe=drifted)
         if step is not None and result.is_keyframe:
             length, log_var, dt = step
             self.scale.commit(length, log_var, dt)
@@ -818,11 +837,14 @@ class StereoTracker(_TrackerBase):
         feats_l = self.matcher.extract(left)
         feats_r = self.matcher.extract(right)
         t1 = time.perf_counter()
+        # (also with the gate off, for a gate turned on at runtime; 0 = unknown: not an array, e.g. a test double's)
+        sharpness = image_sharpness(left) if isinstance(left, np.ndarray) else 0.0
+        t_sharp = time.perf_counter()
         stereo = self._match_stereo(feats_l, feats_r)
         self._right_x = np.full(len(feats_l), np.nan)
         points3d, has3d = self._triangulate(stereo, len(feats_l), left, right)
         t2 = time.perf_counter()
-        timings = {"extract": (t1 - t0) * 1e3, "stereo": (t2 - t1) * 1e3}
+        timings = {"extract": (t1 - t0) * 1e3, "sharpness": (t_sharp - t1) * 1e3, "stereo": (t2 - t_sharp) * 1e3}
         resized = self._drop_reference_if_resized(feats_l.image_size)
         cfg = self.config
         # where no frame was skipped since the reference (the camera's previous frame, or frames that failed), a
@@ -838,6 +860,11 @@ class StereoTracker(_TrackerBase):
             idx0, idx1 = m.matches[:, 0], m.matches[:, 1]
             with3d = reference.has3d[idx0] if len(m) else np.zeros(0, dtype=bool)
             p = None
+            mode = "pixel" if next_frame else self._pnp_ransac_mode(reference, stamp_ns)
+            # auto, this frame much blurrier than the reference: the pixel gate only (the covariance gate accepts wrong
+            # poses of blurred frames, also across skipped frames)
+            blurred = sharpness_mismatch(reference.sharpness, sharpness, cfg["max_sharpness_ratio"]) \
+                if mode == "auto" and sharpness < reference.sharpness else None
             if len(m) < cfg["min_matches"]:
                 why = f"too few matches ({len(m)} < {cfg['min_matches']})"
             elif int(with3d.sum()) < cfg["min_matches"]:
@@ -849,7 +876,9 @@ class StereoTracker(_TrackerBase):
                     min_matches=cfg["min_matches"], min_inliers=cfg["min_inliers"],
                     baseline=float(np.linalg.norm(self.T_left_right[:3, 3])) if cfg["pnp_weighted"] else None,
                     pixel_sigma_px=cfg["pixel_sigma_px"], readmit=cfg["pnp_readmit"],
-                    ransac="pixel" if next_frame else self._pnp_ransac_mode(reference, stamp_ns))
+                    ransac="pixel" if blurred else mode)
+                if p is None and blurred:
+                    why = f"{why}; pixel gate only: {blurred}"
             _add_time(timings, "pose", t_pose, time.perf_counter())
             return m, p, why
 
@@ -859,7 +888,7 @@ class StereoTracker(_TrackerBase):
         # A stereo reference needs depths, not just keypoints.
         usable = int(has3d.sum()) >= cfg["min_matches"]
         this = _Reference(feats_l, int(stamp_ns), np.eye(4), self.matcher.features, points3d, has3d,
-                          self._right_x)
+                          self._right_x, sharpness=sharpness)
         result = self._finish(stamp_ns, this, usable, match, pose, reason, used=ref)
         this.T_published = this.T_odom.copy()
         if self._ba_enabled():

@@ -433,14 +433,22 @@ bad_frames() {    # stereo odometry with degraded frames (blur, covered, dark; a
   "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --modes pixel auto --set max_lost_frames=0 \
     --without-camera-period --json out/stereo_bad_frames_synthetic_before.json
 }
-mono_bad_frames() {  # mono with degraded frames: the sharpness gate (max_sharpness_ratio, default 2) against none
-  "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --bad-frames --modes time --json out/mono_bad_frames.json
-  "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --bad-frames --modes time --tracking max_sharpness_ratio=0 \
-    --json out/mono_bad_frames_ungated.json
+sharpness_gate() {  # degraded frames with the sharpness gate (max_sharpness_ratio, default 2) and without it (0):
+                    # mono every frame (KITTI, rendered rooms); stereo auto with every N-th frame processed
   for g in 2 0; do
+    "$PY" benchmarks/mono_scale.py "$DATA/kitti_seq1" --bad-frames --modes time --tracking max_sharpness_ratio=$g \
+      --json out/mono_bad_frames_gate$g.json
     "$PY" benchmarks/mono_scale.py --synthetic forward orbit --bad-frames --modes time --tracking max_sharpness_ratio=$g \
       --json out/mono_bad_frames_synthetic_gate$g.json
+    for stride in 1 3 4 6; do
+      "$PY" benchmarks/stereo_gaps.py "$DATA/kitti_seq1" --bad-frames --bad-frames-stride $stride --modes auto \
+        --set max_sharpness_ratio=$g --json out/stereo_bad_frames_stride${stride}_gate$g.json
+    done
+    "$PY" benchmarks/stereo_gaps.py --synthetic forward orbit --bad-frames --bad-frames-stride 3 --modes auto \
+      --set max_sharpness_ratio=$g --json out/stereo_bad_frames_synthetic_stride3_gate$g.json
   done
+  "$PY" benchmarks/mono_blur_sweep.py "$DATA/kitti_seq1" --json out/mono_blur_sweep.json
+  "$PY" benchmarks/mono_blur_sweep.py --synthetic forward orbit --json out/mono_blur_sweep_synthetic.json
 }
 track_gate() {    # which temporal matches continue a feature track (~/tracks, Matches.inliers), against the rendered
                   # room's truth: the real matcher, ORB, and the real matcher with 20 % of its matches swapped
@@ -495,7 +503,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames mono_bad_frames track_gate live_floor_rate raw_stereo scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -319,6 +319,16 @@ def test_black_frames_give_no_pose_and_tracking_recovers(sequence):
     assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
 
 
+class CountingOrb(OrbMatcher):
+    """ORB that counts its ``match_features`` calls."""
+
+    matched = 0
+
+    def match_features(self, feats0, feats1):
+        self.matched += 1
+        return super().match_features(feats0, feats1)
+
+
 def motion_blurred(img: np.ndarray, px: int = 15) -> np.ndarray:
     """A horizontal box blur over ``px`` pixels (a pan during a long exposure; benchmarks/stereo_gaps.py's bad
     frame has 41 px). 15 px: about 0.38x the sharpness of these rendered frames, and ORB still matches them."""
@@ -345,6 +355,10 @@ def test_sharpness_mismatch_is_symmetric_and_off_with_zero():
     assert sharpness_mismatch(1.0, 0.6, 2.0) is None and sharpness_mismatch(1.0, 1.9, 2.0) is None
     assert "0.40x" in sharpness_mismatch(1.0, 0.4, 2.0) and "2.50x" in sharpness_mismatch(1.0, 2.5, 2.0)
     assert sharpness_mismatch(1.0, 0.1, 0.0) is None  # off
+    assert sharpness_mismatch(1.0, 0.4, 0.5) == sharpness_mismatch(1.0, 0.4, 2.0)  # a factor below 1: the same limit
+    assert image_sharpness(np.zeros((8, 8), np.float32)) == 0.0 and image_sharpness(np.full((8, 8), np.nan)) == 0.0
+    tiny = np.random.default_rng(0).random((32, 32)).astype(np.float32) * 1e-3  # a float image with a small range
+    assert image_sharpness(tiny) == pytest.approx(image_sharpness(tiny * 1e3), rel=1e-3)
     assert sharpness_mismatch(0.0, 1.0, 2.0) is None and sharpness_mismatch(1.0, 0.0, 2.0) is None  # unknown
     with pytest.raises(ValueError, match="max_sharpness_ratio"):
         validate_tracking_config({"max_sharpness_ratio": 0.5})
@@ -354,12 +368,16 @@ def test_mono_tracker_refuses_a_blurred_frame_against_a_sharp_one(sequence):
     """A blurred frame gets no pose against a sharp reference, and is no candidate for the frames after it: the
     next sharp frame is posed against the sharp reference before the blur."""
     poses, left, _ = sequence
-    tracker = MonoTracker(OrbMatcher(), K)
+    matcher = CountingOrb()
+    tracker = MonoTracker(matcher, K)
     tracker.process(left[0], 0)
     assert tracker.process(left[1], DT_NS).pose is not None
+    before = matcher.matched
     r = tracker.process(motion_blurred(left[2]), 2 * DT_NS)
     assert r.pose is None and "image sharpness" in r.reason and r.reference_stamp_ns == DT_NS
     assert not r.is_keyframe and tracker.candidate is None
+    # matched against the reference only (published), not against the fallback the gate refuses too (frame 0)
+    assert matcher.matched == before + 1 and tracker.previous_reference.stamp_ns == 0
     r = tracker.process(left[3], 3 * DT_NS)
     assert r.pose is not None and r.reference_stamp_ns == DT_NS, r.reason
     T = truth(poses, 1, 3)
@@ -367,7 +385,26 @@ def test_mono_tracker_refuses_a_blurred_frame_against_a_sharp_one(sequence):
     assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
     off = MonoTracker(OrbMatcher(), K, {"max_sharpness_ratio": 0})
     off.process(left[1], DT_NS)
-    assert "image sharpness" not in off.process(motion_blurred(left[2]), 2 * DT_NS).reason
+    assert off.process(motion_blurred(left[2]), 2 * DT_NS).pose is not None  # without the gate: posed
+    # turned on at runtime: the (blurred) reference's sharpness was measured while the gate was off
+    off.config["max_sharpness_ratio"] = 2.0
+    r = off.process(left[3], 3 * DT_NS)  # refused against it, posed against the sharp frame before
+    assert "image sharpness" in r.reason and r.pose is not None and r.reference_stamp_ns == DT_NS, r.reason
+
+
+def test_mono_keyframe_follows_a_gradual_blur(sequence):
+    """Keyframe policy, blur growing frame by frame (the keyframe kept by its matches and parallax): every frame is
+    posed, because a keyframe whose sharpness the frames drift away from is replaced before the gate trips."""
+    poses, left, _ = sequence
+    tracker = MonoTracker(OrbMatcher(), K, {"policy": "keyframe", "keyframe_min_matches": 30,
+                                            "keyframe_max_parallax_px": 1e4})
+    tracker.process(left[0], 0)
+    for k, px in enumerate((5, 9, 15, 21), start=1):
+        r = tracker.process(motion_blurred(left[k], px), k * DT_NS)
+        assert r.pose is not None, (k, r.reason)
+        T = truth(poses, frame_index(r.reference_stamp_ns), k)
+        assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 10.0, k
+    assert tracker.reference.stamp_ns > 0  # the keyframe moved on with the blur
 
 
 def test_mono_tracker_leaves_a_blurred_reference_for_a_sharp_frame(sequence):
@@ -382,6 +419,34 @@ def test_mono_tracker_leaves_a_blurred_reference_for_a_sharp_frame(sequence):
     assert r.pose is not None and r.reference_stamp_ns == DT_NS and r.is_keyframe, r.reason
     T = truth(poses, 1, 2)
     assert translation_direction_error_deg(r.pose.t, T[:3, 3]) < 3.0
+
+
+@pytest.mark.parametrize("max_sharpness_ratio", [2.0, 0.0])
+def test_stereo_auto_keeps_a_blurred_frame_on_the_pixel_gate(sequence, monkeypatch, max_sharpness_ratio):
+    """pnp_ransac auto takes the covariance gate across camera frames the node skipped; not for a blurred frame
+    against a sharp reference, where that gate accepts wrong poses (the pixel gate only)."""
+    import mambaglue_ros.tracking as tracking
+    from mambaglue_ros.mono_scale import FramePeriod
+
+    _, left, right = sequence
+    modes, estimate = [], tracking.estimate_pose_pnp
+
+    def recording(*args, **kwargs):
+        modes.append(kwargs["ransac"])
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "estimate_pose_pnp", recording)
+    camera = FramePeriod()
+    for k in range(NUM_FRAMES):
+        camera.observe(k * DT_NS)
+    tracker = StereoTracker(OrbMatcher(), K, K, T_LEFT_RIGHT, {"max_sharpness_ratio": max_sharpness_ratio},
+                            frame_period=camera)
+    tracker.process(left[0], right[0], 0)
+    assert tracker.process(left[2], right[2], 2 * DT_NS).pose is not None  # frame 1 skipped
+    assert modes == ["auto"]
+    r = tracker.process(motion_blurred(left[4]), motion_blurred(right[4]), 4 * DT_NS)  # frame 3 skipped, 4 blurred
+    assert len(modes) >= 2 and modes[1] == ("pixel" if max_sharpness_ratio else "auto")
+    assert r.pose is not None or ("pixel gate only: image sharpness" in r.reason) == bool(max_sharpness_ratio)
 
 
 def test_changing_the_feature_type_drops_the_reference(sequence):

@@ -159,10 +159,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "dropped or a varying frame rate leave the path's shape alone); depth = that prediction fused with the "
               "reference's triangulated depths (follows changes of speed, drifts in scale); unit = one unit per "
               "processed frame (before 2026-12-05)", choices=("time", "depth", "unit")),
-    ParamSpec("max_sharpness_ratio", 2.0, "mono: no pose for a pair whose images' sharpness (var(Laplacian) / "
-              "var(intensity), tracking.image_sharpness) differ by more than this factor: a motion-blurred (or "
-              "covered) frame against a sharp one, where the essential matrix keeps most matches for a pose tens of "
-              "degrees off; the blurrier frame never becomes a reference the next frames fall back to. 0 = off",
+    ParamSpec("max_sharpness_ratio", 2.0, "a pair whose images' sharpness (var(Laplacian) / var(intensity), "
+              "tracking.image_sharpness) differ by more than this factor: a motion-blurred (or covered) frame against "
+              "a sharp one. Mono: no pose (the essential matrix keeps most matches for a pose tens of degrees off), "
+              "and the blurrier frame is no fallback for the next frames (until max_lost_frames gives the reference "
+              "up); stereo, the current frame the blurrier: the pixel PnP gate only (pnp_ransac auto does not rescue it "
+              "with the covariance gate). "
+              "0 = off",
               low=0.0, high=100.0, read_only=False),
     ParamSpec("mono_window", 0, "mono: refine the newest pose's rotation and direction jointly with the last keyframes "
               "over their three-view tracks, window of 3..20 keyframes; 0 = off. The step lengths are mono_scale's. "

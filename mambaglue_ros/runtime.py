@@ -169,7 +169,7 @@ class RuntimeStats:
     """
 
     COUNTERS = ("frames_in", "frames_processed", "frames_dropped", "bad_input", "out_of_order", "resets",
-                "pose_failures", "pose_rescued", "errors", "no_camera_info", "oversized", "bad_camera_info",
+                "pose_failures", "pose_rescued", "pose_sharpness", "errors", "no_camera_info", "oversized", "bad_camera_info",
                 "size_mismatch", "gaps", "stereo_not_rectified", "no_extrinsics")
     # counters of frames refused before processing (named in the "nothing processed" warning)
     SKIP_COUNTERS = ("bad_input", "oversized", "size_mismatch", "out_of_order", "no_camera_info", "no_extrinsics",
@@ -221,9 +221,12 @@ class RuntimeStats:
             self.last_error_time = time.monotonic()
 
     def processed(self, latency_ms: float, keypoints: int, matches: int | None, stop_layer: int | None,
-                  pose_ok: bool | None, inlier_ratio: float | None, failure: str = "", rescued: bool = False) -> None:
+                  pose_ok: bool | None, inlier_ratio: float | None, failure: str = "", rescued: bool = False,
+                  sharpness: bool = False) -> None:
         """One processed frame. ``rescued``: its pose needed the fallback of a pose estimator (stereo: the covariance
-        gate of ``pnp_ransac: auto``, frames too far apart for the pixel gate), counted in ``pose_rescued``."""
+        gate of ``pnp_ransac: auto``, frames too far apart for the pixel gate), counted in ``pose_rescued``;
+        ``sharpness``: it has no pose and the sharpness gate (``max_sharpness_ratio``) took part, counted in
+        ``pose_sharpness`` (a subset of ``pose_failures``)."""
         self.processed_rate.tick()
         with self._lock:
             self.counters["frames_processed"] += 1
@@ -245,6 +248,7 @@ class RuntimeStats:
                     self.counters["pose_rescued"] += 1
                 if not pose_ok:
                     self.counters["pose_failures"] += 1
+                    self.counters["pose_sharpness"] += int(sharpness)
                     self.last_failure = failure
 
     def snapshot(self) -> dict[str, Any]:

@@ -278,6 +278,9 @@ def image_sharpness(image: np.ndarray, width: int = 320) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).var() / var)
 
 
+SHARPNESS_MISMATCH = "image sharpness "  # how sharpness_mismatch's reason starts (the node counts these frames)
+
+
 def sharpness_mismatch(reference: float, current: float, max_ratio: float) -> str | None:
     """Why a pair of images with these ``image_sharpness`` values is not to be trusted, or None. A blurred frame
     against a sharp one (either way round) is where the essential matrix fits the smeared keypoints with a pose
@@ -289,7 +292,7 @@ def sharpness_mismatch(reference: float, current: float, max_ratio: float) -> st
     ratio = current / reference
     if max(ratio, 1.0 / ratio) <= limit:
         return None
-    return (f"image sharpness {ratio:.2f}x the reference's, outside 1/{limit:g}..{limit:g} "
+    return (f"{SHARPNESS_MISMATCH}{ratio:.2f}x the reference's, outside 1/{limit:g}..{limit:g} "
             f"(motion blur, a covered lens?)")
 
 

@@ -873,10 +873,13 @@ def test_a_motion_blurred_mono_frame_gets_no_pose_and_the_next_is_posed_across_i
             node._process(frame(cv2.blur(fr.left, (41, 1)) if i == 3 else fr.left, fr.stamp_ns))
         s = [fr.stamp_ns for fr in f]
         assert all(s[i] in rel for i in (1, 2, 4))
+        snap = node.stats.snapshot()  # /diagnostics: the failure counted, with the gate's reason
         if max_sharpness_ratio:
             assert s[3] not in rel and C.stamp_to_ns(rel[s[4]].reference_stamp) == s[2]
+            assert snap["pose_sharpness"] == snap["pose_failures"] == 1 and "image sharpness" in snap["last_failure"]
         else:
             assert s[3] in rel and C.stamp_to_ns(rel[s[4]].reference_stamp) == s[3]
+            assert snap["pose_sharpness"] == snap["pose_failures"] == 0
     finally:
         node.destroy_node()
 

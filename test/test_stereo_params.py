@@ -85,3 +85,9 @@ def test_rescued_poses_are_counted_for_the_diagnostics():
     stats.processed(100.0, 512, 90, 4, pose_ok=False, inlier_ratio=None, failure="too few PnP inliers", rescued=True)
     snap = stats.snapshot()
     assert (snap["pose_rescued"], snap["pose_failures"], snap["frames_processed"]) == (1, 1, 3)
+    # pose_sharpness: the failures the sharpness gate took part in (max_sharpness_ratio), a subset of pose_failures
+    assert snap["pose_sharpness"] == 0
+    stats.processed(100.0, 512, 90, 4, pose_ok=False, inlier_ratio=None, failure="image sharpness 0.2x", sharpness=True)
+    stats.processed(100.0, 512, 200, 4, pose_ok=True, inlier_ratio=0.5, sharpness=True)  # posed: no failure
+    snap = stats.snapshot()
+    assert (snap["pose_sharpness"], snap["pose_failures"]) == (1, 2)

@@ -69,7 +69,7 @@ from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, co
                         torch_threads)
 from ..rate_control import AlphaController
 from ..runtime import NO_OUTPUT, FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_signals
-from ..tracking import MonoTracker, StereoTracker
+from ..tracking import SHARPNESS_MISMATCH, MonoTracker, StereoTracker
 from ..tracking_state import TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
 from . import convert as C
@@ -938,7 +938,8 @@ class MatcherNode(Node):
                              stop_layer=match.stop_layer if match is not None else None,
                              pose_ok=None if match is None else result.pose is not None,
                              inlier_ratio=result.inlier_ratio, failure=result.reason,
-                             rescued=(result.reason or "").startswith(G.PNP_RESCUED))
+                             rescued=(result.reason or "").startswith(G.PNP_RESCUED),
+                             sharpness=SHARPNESS_MISMATCH in (result.reason or ""))
 
     def _reset(self, stamp_ns: int, reason: str, T_odom_base: np.ndarray | None = None,
                covariance: np.ndarray | None = None) -> None:

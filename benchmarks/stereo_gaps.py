@@ -212,6 +212,8 @@ def main() -> int:
                          "every 12th, are among those processed for N = 2, 3, 4, 6)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.bad_frames_stride < 1:
+        ap.error(f"--bad-frames-stride must be >= 1, got {args.bad_frames_stride}")
     import torch
 
     from mambaglue_ros.tracking import validate_tracking_config
@@ -247,8 +249,8 @@ def main() -> int:
         data = load()
         matcher = cached_matcher(args, on_disk=source == "kitti")
         n = len(data["left"])
-        cases = ({name: (list(range(0, n, args.bad_frames_stride)), bad) for name, bad in bad_frame_scenarios(n).items()}
-                 if args.bad_frames
+        every = list(range(0, n, args.bad_frames_stride))
+        cases = ({name: (every, bad) for name, bad in bad_frame_scenarios(n).items()} if args.bad_frames
                  else {name: (frames, None) for name, frames in frame_patterns(n).items()})
         for name, (frames, degrade) in cases.items():
             if args.patterns and name not in args.patterns:

@@ -169,8 +169,8 @@ class RuntimeStats:
     """
 
     COUNTERS = ("frames_in", "frames_processed", "frames_dropped", "bad_input", "out_of_order", "resets",
-                "pose_failures", "pose_rescued", "pose_sharpness", "errors", "no_camera_info", "oversized", "bad_camera_info",
-                "size_mismatch", "gaps", "stereo_not_rectified", "no_extrinsics")
+                "pose_failures", "pose_rescued", "pose_sharpness", "errors", "no_camera_info", "oversized",
+                "bad_camera_info", "size_mismatch", "gaps", "stereo_not_rectified", "no_extrinsics")
     # counters of frames refused before processing (named in the "nothing processed" warning)
     SKIP_COUNTERS = ("bad_input", "oversized", "size_mismatch", "out_of_order", "no_camera_info", "no_extrinsics",
                      "errors", "sync_dropped")

@@ -40,8 +40,8 @@ before 2026-12-05). A frame with too few keypoints (e.g. black) never becomes a 
 backwards (bag loop, clock reset) calls ``reset()``.
 Mono also refuses the pose of a pair whose images' sharpness (``image_sharpness``) differ by more than
 ``max_sharpness_ratio`` (a motion-blurred or covered frame against a sharp one: there the essential matrix keeps most
-matches for a pose tens of degrees off; two blurred frames pose well), and the blurrier frame of such a pair is no
-``candidate``: the frames after a blurred burst are posed against the sharp reference before it (a lasting change of
+matches for a pose tens of degrees off; two blurred frames mostly pose better), and the blurrier frame of such a pair
+is no ``candidate``: the frames after a blurred burst are posed against the sharp reference before it (a lasting change of
 sharpness costs ``max_lost_frames`` + 1 frames; with ``max_lost_frames: 0`` the blurred frame becomes the reference at
 once, and the sharp frame after it is refused against it too). With the keyframe policy a keyframe whose sharpness the
 posed frames drift from by more than the square root of the factor is replaced, so a gradual change never trips the
@@ -284,8 +284,8 @@ SHARPNESS_MISMATCH = "image sharpness "  # how sharpness_mismatch's reason start
 def sharpness_mismatch(reference: float, current: float, max_ratio: float) -> str | None:
     """Why a pair of images with these ``image_sharpness`` values is not to be trusted, or None. A blurred frame
     against a sharp one (either way round) is where the essential matrix fits the smeared keypoints with a pose
-    tens of degrees off while keeping most matches (two blurred frames pose well), and where the covariance-gated
-    PnP accepts wrong poses. Off with ``max_ratio`` 0 or an unknown (0) value."""
+    tens of degrees off while keeping most matches (two blurred frames mostly pose better), and where the
+    covariance-gated PnP accepts wrong poses. Off with ``max_ratio`` 0 or an unknown (0) value."""
     if not max_ratio or not (reference > 0.0 and current > 0.0):
         return None
     limit = max(max_ratio, 1.0 / max_ratio)  # (a factor below 1 set past validate_tracking_config: the same limit)

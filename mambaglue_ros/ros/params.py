@@ -163,8 +163,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "tracking.image_sharpness) differ by more than this factor: a motion-blurred (or covered) frame against "
               "a sharp one. Mono: no pose (the essential matrix keeps most matches for a pose tens of degrees off), "
               "and the blurrier frame is no fallback for the next frames (until max_lost_frames gives the reference "
-              "up); stereo, the current frame the blurrier: the pixel PnP gate only (pnp_ransac auto does not rescue it "
-              "with the covariance gate). "
+              "up); stereo, the current frame the blurrier: the pixel PnP gate only (pnp_ransac auto does not "
+              "rescue it with the covariance gate). "
               "0 = off",
               low=0.0, high=100.0, read_only=False),
     ParamSpec("mono_window", 0, "mono: refine the newest pose's rotation and direction jointly with the last keyframes "

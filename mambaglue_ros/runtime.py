@@ -225,8 +225,9 @@ class RuntimeStats:
                   sharpness: bool = False) -> None:
         """One processed frame. ``rescued``: its pose needed the fallback of a pose estimator (stereo: the covariance
         gate of ``pnp_ransac: auto``, frames too far apart for the pixel gate), counted in ``pose_rescued``;
-        ``sharpness``: it has no pose and the sharpness gate (``max_sharpness_ratio``) took part, counted in
-        ``pose_sharpness`` (a subset of ``pose_failures``)."""
+        ``sharpness``: it has no pose and its reason names the sharpness gate (``max_sharpness_ratio``: the attempt
+        against the reference was refused, or in stereo held to the pixel gate), counted in ``pose_sharpness`` (a
+        subset of ``pose_failures``)."""
         self.processed_rate.tick()
         with self._lock:
             self.counters["frames_processed"] += 1

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import NS, add_sequence_arguments, cached_matcher, read_gray, sequence_sources  # noqa: E402
+from stereo_diagnosis import (NS, add_sequence_arguments, cached_matcher, read_gray, sequence_sources,  # noqa: E402
+                              tracking_options)
 from stereo_gaps import bad_frame_scenarios  # noqa: E402
 
 
@@ -134,18 +135,12 @@ def main() -> int:
     from mambaglue_ros.mono_scale import MonoScale
 
     MonoScale(1.0, scale_config)  # refuses unknown options and bad values before any work
-    from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG, validate_tracking_config
+    from mambaglue_ros.tracking import validate_tracking_config
 
-    tracking = {}
     try:
-        for key, value in (kv.split("=", 1) for kv in args.tracking):
-            default = DEFAULT_TRACKING_CONFIG.get(key)
-            if isinstance(default, bool):
-                tracking[key] = {"true": True, "false": False}[value.lower()]
-            else:
-                tracking[key] = value if isinstance(default, str) or default is None else type(default)(float(value))
+        tracking = tracking_options(args.tracking)
         validate_tracking_config(tracking)
-    except (ValueError, KeyError) as error:  # (also KEY without =VALUE, a bool that is not true / false)
+    except ValueError as error:
         ap.error(f"--tracking: {error}")
     rows = []
     print(f"{'sequence':<9} {'pattern':<10} {'mode':<6} {'frames':>6} {'failed':>6} {'ATE m':>8} {'RPE %/m':>8} "

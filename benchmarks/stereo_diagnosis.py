@@ -362,13 +362,31 @@ def pnp_vs_depth(data: dict[str, Any], matcher: Any, config: dict[str, Any], bia
 
 
 # ---------------------------------------------------------------------------------------------
-def parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+def tracking_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> tracking options, each value of its default's type (``DEFAULT_TRACKING_CONFIG``;
+    booleans as true / false). ValueError naming the bad item: no ``=``, an unknown key, a value of the wrong type."""
+    from mambaglue_ros.tracking import DEFAULT_TRACKING_CONFIG
+
+    options: dict[str, Any] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        if key not in DEFAULT_TRACKING_CONFIG:
+            raise ValueError(f"{item!r}: unknown tracking option {key!r}")
+        default = DEFAULT_TRACKING_CONFIG[key]
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{item!r}: {key} is true or false")
+            options[key] = value.lower() == "true"
+        elif isinstance(default, (int, float)):
+            try:
+                options[key] = type(default)(float(value))
+            except ValueError:
+                raise ValueError(f"{item!r}: {key} is a number") from None
+        else:
+            options[key] = value
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = load_kitti(args.seq)
     config: dict[str, Any] = {"policy": args.policy, "min_inliers": 15}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        config[key] = parse_value(value)
+    try:
+        config.update(tracking_options(args.set))
+    except ValueError as error:
+        ap.error(f"--set: {error}")
     cache = Path(args.cache.format(method=args.method, features=args.features, kp=args.max_keypoints))
     matcher = CachingMatcher(make_matcher(args.method, args.features, args.max_keypoints), cache)
     t0 = time.perf_counter()

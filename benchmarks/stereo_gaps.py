@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stereo_diagnosis import (NS, add_sequence_arguments, cached_matcher, load_kitti, parse_value,  # noqa: E402
+from stereo_diagnosis import (NS, add_sequence_arguments, cached_matcher, load_kitti, tracking_options,  # noqa: E402
                               read_gray, sequence_sources)
 
 
@@ -229,9 +229,12 @@ def main() -> int:
     node_params = {**P.defaults(), **P.load_params_yaml(args.params)}
     base = MatcherNode._tracking_config(types.SimpleNamespace(p=node_params))
     base.pop("pnp_ransac")  # the mode under test
-    base.update((kv.split("=", 1)[0], parse_value(kv.split("=", 1)[1])) for kv in args.set)
-    for mode in args.modes:
-        validate_tracking_config({**base, "pnp_ransac": mode})  # bad options fail before any work
+    try:
+        base.update(tracking_options(args.set))
+        for mode in args.modes:
+            validate_tracking_config({**base, "pnp_ransac": mode})  # bad options fail before any work
+    except ValueError as error:
+        ap.error(f"--set: {error}")
     if args.gate_analysis:
         if not args.sequence:
             ap.error("--gate-analysis needs a KITTI folder")

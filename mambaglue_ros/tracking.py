@@ -279,6 +279,15 @@ def image_sharpness(image: np.ndarray, width: int = 320) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).var() / var)
 
 
+def _frame_sharpness(image: Any) -> float:
+    """``image_sharpness`` of a frame the tracker is given, measured also with the gate off (so that it can be turned
+    on at runtime); 0 (unknown) where there is none: not an array (a test double's view), or an empty or ill-shaped
+    one, which the matcher's extraction reports as it did before the gate."""
+    if not isinstance(image, np.ndarray) or image.size == 0 or image.ndim not in (2, 3):
+        return 0.0
+    return image_sharpness(image)
+
+
 SHARPNESS_MISMATCH = "image sharpness "  # how sharpness_mismatch's reason starts (the node counts these frames)
 
 
@@ -581,9 +590,7 @@ class MonoTracker(_TrackerBase):
         self.scale.observe(stamp_ns)  # the camera's frame period: steps span whole periods
         feats = self.matcher.extract(image)
         t1 = time.perf_counter()
-        # also with the gate off, so that turning it on at runtime finds the reference's value (0 = unknown: an
-        # image that is not an array, e.g. a test double's view)
-        sharpness = image_sharpness(image) if isinstance(image, np.ndarray) else 0.0
+        sharpness = _frame_sharpness(image)
         t2 = time.perf_counter()
         resized = self._drop_reference_if_resized(feats.image_size)
         x_cur = None  # this frame's normalised points, where computed
@@ -842,8 +849,7 @@ class StereoTracker(_TrackerBase):
         feats_l = self.matcher.extract(left)
         feats_r = self.matcher.extract(right)
         t1 = time.perf_counter()
-        # (also with the gate off, for a gate turned on at runtime; 0 = unknown: not an array, e.g. a test double's)
-        sharpness = image_sharpness(left) if isinstance(left, np.ndarray) else 0.0
+        sharpness = _frame_sharpness(left)
         t_sharp = time.perf_counter()
         stereo = self._match_stereo(feats_l, feats_r)
         self._right_x = np.full(len(feats_l), np.nan)

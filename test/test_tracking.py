@@ -362,6 +362,9 @@ def test_sharpness_mismatch_is_symmetric_and_off_with_zero():
     assert sharpness_mismatch(0.0, 1.0, 2.0) is None and sharpness_mismatch(1.0, 0.0, 2.0) is None  # unknown
     with pytest.raises(ValueError, match="max_sharpness_ratio"):
         validate_tracking_config({"max_sharpness_ratio": 0.5})
+    # an empty frame has no sharpness (unknown): the tracker says why it has no pose, as without the gate
+    empty = MonoTracker(OrbMatcher(), K).process(np.zeros((0, 0), np.uint8), 0)
+    assert empty.pose is None and empty.reason.startswith("too few keypoints to start"), empty.reason
 
 
 def test_mono_tracker_refuses_a_blurred_frame_against_a_sharp_one(sequence):

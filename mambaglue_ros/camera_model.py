@@ -131,12 +131,16 @@ class ImageRectifier:
             raise ValueError("camera_info P is unset (fx' = 0): no rectified projection to remap to")
         PointUndistorter(K, D, model)  # the same models, refused with the same reason
         self.size = (int(size[0]), int(size[1]))
-        if model in FISHEYE_MODELS:  # by the model alone (image_geometry): all-zero coefficients are still equidistant
-            D = D if len(D) else np.zeros(4)
-            self.maps = cv2.fisheye.initUndistortRectifyMap(K, D, R, P[:, :3], self.size, cv2.CV_16SC2)
-        else:
-            self.maps = cv2.initUndistortRectifyMap(K, D if np.any(D != 0) else None, R, P[:, :3], self.size,
-                                                    cv2.CV_16SC2)
+        try:
+            if model in FISHEYE_MODELS:  # by the model alone (image_geometry): all-zero coefficients are still equidistant
+                D = D if np.any(D != 0) else np.zeros(4)  # all-zero coefficients of any length, as PointUndistorter
+                self.maps = cv2.fisheye.initUndistortRectifyMap(K, D, R, P[:, :3], self.size, cv2.CV_16SC2)
+            else:
+                self.maps = cv2.initUndistortRectifyMap(K, D if np.any(D != 0) else None, R, P[:, :3], self.size,
+                                                        cv2.CV_16SC2)
+        except cv2.error as e:  # a camera_info OpenCV cannot rectify is bad input: the caller's ValueError path
+            raise ValueError(f"OpenCV cannot build the rectification maps of this camera_info ({model}): "
+                             f"{str(e).strip()}") from e
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W[, C]) raw image of ``size`` -> its rectified image, same shape and dtype."""

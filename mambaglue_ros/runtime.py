@@ -173,7 +173,7 @@ class RuntimeStats:
                 "bad_camera_info", "size_mismatch", "gaps", "stereo_not_rectified", "no_extrinsics")
     # counters of frames refused before processing (named in the "nothing processed" warning)
     SKIP_COUNTERS = ("bad_input", "oversized", "size_mismatch", "out_of_order", "no_camera_info", "no_extrinsics",
-                     "errors", "sync_dropped")
+                     "errors", "sync_dropped", "sync_duplicates")
 
     def __init__(self, window: int = 100, window_s: float = 5.0) -> None:
         self.counters = {name: 0 for name in self.COUNTERS}

@@ -115,10 +115,10 @@ def test_image_rectifier_fisheye_and_refusals():
     assert np.abs(sampled - raw_px.reshape(-1, 2)).max() < 0.05  # (the table's 1/32 px steps)
     # with a rectification turn, and an equidistant lens with all-zero coefficients (still no pinhole: r = f theta)
     R = rotation_deg([0.3, 1.0, -0.4], 2.0)
-    for D_f in (Df, np.zeros(4)):
+    for D_f in (Df, np.zeros(4), np.zeros(5)):  # (a driver may send plumb_bob's 5 zeros with the equidistant model)
         rectifier = ImageRectifier(K_raw, D_f, "equidistant", R, P, (w, h))
         rays = (np.c_[rect_px, np.ones(50)] @ np.linalg.inv(P[:, :3]).T) @ R  # x_cam = R^T x_rect (rows: x^T R)
-        raw_px, _ = cv2.fisheye.projectPoints(rays.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K_raw, D_f)
+        raw_px, _ = cv2.fisheye.projectPoints(rays.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K_raw, D_f[:4])
         mx, my = cv2.convertMaps(rectifier.maps[0], rectifier.maps[1], cv2.CV_32FC1)
         sampled = np.c_[mx[rect_px[:, 1], rect_px[:, 0]], my[rect_px[:, 1], rect_px[:, 0]]]
         assert np.abs(sampled - raw_px.reshape(-1, 2)).max() < 0.05

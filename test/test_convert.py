@@ -473,3 +473,73 @@ def test_tracks_cloud_layouts(cams):
     assert all(p.z == 1.0 for p in fusion.points)
     with pytest.raises(ValueError, match="layout"):
         tracks_cloud_msg(frame, Header(frame_id="cam"), cams, "orb_slam")
+
+
+def rggb_mosaic(rgb: np.ndarray) -> np.ndarray:
+    """The RGGB Bayer mosaic a camera would record of ``rgb`` (H, W even)."""
+    mosaic = np.empty(rgb.shape[:2], rgb.dtype)
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
+    return mosaic
+
+
+def test_compressed_bayer_is_demosaiced_like_the_raw_image():
+    """image_transport stores a Bayer source's raw mosaic ("bayer_rggb8; png compressed "): it is demosaiced as
+    the same raw Image would be, not read as a grey image with a 2x2 checkerboard."""
+    mosaic = rggb_mosaic(smooth_rgb())
+    expected = image_to_numpy(raw_image(mosaic, "bayer_rggb8"), use_cv_bridge=False)
+    out = compressed_to_numpy(compressed(mosaic, ".png", "bayer_rggb8; png compressed "))
+    assert out.shape == mosaic.shape + (3,)
+    np.testing.assert_array_equal(out, expected)
+    sixteen = mosaic.astype(np.uint16) << 8
+    np.testing.assert_array_equal(compressed_to_numpy(compressed(sixteen, ".png", "bayer_rggb16; png compressed ")),
+                                  expected)
+    # without the source encoding a one-channel image is grey (plain "png", or a mono source)
+    np.testing.assert_array_equal(compressed_to_numpy(compressed(mosaic, ".png", "png")), mosaic)
+
+
+@pytest.mark.parametrize("fmt, stored", [
+    ("rgb8; png compressed bgr8", "bgr"),    # image_transport converted the colour source to BGR
+    ("rgb8; tiff compressed ", "rgb"),       # stored as the source's own bytes
+    ("bgr8; tiff compressed ", "bgr"),
+    ("rgba8; tiff compressed ", "rgba"),
+    ("png", "bgr"),                          # no source encoding: OpenCV's order
+])
+def test_compressed_colour_order_follows_the_format(fmt, stored):
+    rgb = smooth_rgb()
+    alpha = np.full(rgb.shape[:2] + (1,), 7, np.uint8)
+    buffers = {"rgb": rgb, "bgr": rgb[..., ::-1], "rgba": np.concatenate([rgb, alpha], 2)}
+    ext = ".tiff" if "tiff" in fmt else ".png"
+    # the publisher hands OpenCV's encoder the bytes in the stored order; the decoder gives them back as they were
+    out = compressed_to_numpy(compressed(np.ascontiguousarray(buffers[stored]), ext, fmt))
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_odd_width_packed_yuv_is_refused_with_a_reason():
+    odd = Image(height=2, width=3, encoding="yuyv", step=6, data=bytes(12))
+    with pytest.raises(ImageConversionError, match="width must be even, got 3"):
+        image_to_numpy(odd, use_cv_bridge=False)
+
+
+def test_a_cv_bridge_failure_falls_back_to_our_decoder(monkeypatch):
+    """A cv_bridge that does not know an encoding (older ones lack "yuyv") or fails under numpy 2 must not cost a
+    well-formed frame: our decoder takes it, with the same result as without cv_bridge."""
+    calls = []
+
+    class RefusingBridge:
+        def imgmsg_to_cv2(self, msg, desired_encoding):
+            calls.append(msg.encoding)
+            raise RuntimeError(f"Unrecognized image encoding [{msg.encoding}]")
+
+    yuyv = cv2.cvtColor(smooth_rgb(), cv2.COLOR_RGB2YUV_YUY2)
+    msg = raw_image(yuyv, "yuyv")
+    expected = image_to_numpy(msg, use_cv_bridge=False)
+    monkeypatch.setattr(convert, "_CvBridge", RefusingBridge)
+    np.testing.assert_array_equal(image_to_numpy(msg), expected)
+    bgr = raw_image(np.ascontiguousarray(RGB[..., ::-1]), "bgr8")
+    np.testing.assert_array_equal(image_to_numpy(bgr), RGB)
+    assert calls == ["yuyv", "bgr8"]
+    bad = raw_image(yuyv, "yuyv")
+    bad.data = bytes(bad.data)[:-1]  # a malformed message is still refused, before any decoder
+    with pytest.raises(ImageConversionError, match="data has"):
+        image_to_numpy(bad)

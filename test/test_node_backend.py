@@ -1054,6 +1054,29 @@ def test_camera_frame_names_the_left_camera_only(ros_context):
         node.destroy_node()
 
 
+def test_frame_ids_missing_or_with_a_leading_slash(ros_context):
+    """An image and camera_info without frame_id get the default optical frame with a warning (before: "" was
+    published, the same for left and right, and a TF lookup of "" never succeeds); a ROS 1 style "/cam" loses its
+    slash, which tf2 refuses."""
+    from std_msgs.msg import Header
+
+    node = make_node(ros_context, {"mode": "stereo"})
+    warned = []
+    node._warn = lambda kind, text, **_: warned.append((kind, text))
+    try:
+        node._on_camera_info("left", info(K, frame_id="", size=(W, H)))
+        node._on_camera_info("right", info(K, P=np.c_[K, [-K[0, 0] * 0.1, 0, 0]], frame_id="", size=(W, H)))
+        assert node._frame_id(Header(frame_id="")) == "camera_optical_frame"
+        assert node._frame_id(Header(frame_id=""), "right") == "right_camera_optical_frame"
+        assert [k for k, _ in warned] == ["frame_id", "frame_id"] and "set the right_camera_frame" in warned[1][1]
+        assert node._frame_id(Header(frame_id="/left_cam")) == "left_cam"
+        assert "starts with '/'" in warned[-1][1]
+        node._on_camera_info("left", info(K, frame_id="info_left", size=(W, H)))
+        assert node._frame_id(Header(frame_id="")) == "info_left"  # the camera_info's, as before
+    finally:
+        node.destroy_node()
+
+
 def test_a_frame_tried_against_the_fallbacks_tells_the_rate_controller_its_time_without_them(ros_context):
     """A frame that fails against its reference is tried against the fallback references too: up to three matches.
     That time is the failure's, not what alpha or the keypoint budget cost: the controller gets the frame's time

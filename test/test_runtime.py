@@ -52,3 +52,5 @@ def test_input_without_output_says_what_may_explain_it():
     snapshot = dict(stats.snapshot(), sync_dropped=80)  # the stereo node adds its synchroniser's drops: both shown
     assert diagnostic_level(snapshot, 0.0, has_camera_info=True, idle_hint=hint)[1].endswith(
         f"(sync_dropped=80; {hint})")
+    snapshot = dict(stats.snapshot(), sync_duplicates=98)  # images that repeat stamps (a driver not stamping)
+    assert diagnostic_level(snapshot, 0.0, has_camera_info=True)[1].endswith("(sync_duplicates=98)")

@@ -92,6 +92,19 @@ def test_pairing_hint_names_the_offset_and_the_slop():
     assert sync.pairing_hint() == ""  # within the slop: nothing keeps them apart
 
 
+def test_pairing_hint_names_repeated_stamps():
+    """A driver that leaves header.stamp at 0 sends every image with one stamp: one pair goes out, then every image
+    is a duplicate; the hint says so, and says nothing once pairs flow again."""
+    sync, pairs = make(slop_s=0.0)
+    for _ in range(5):
+        feed(sync, L(0), R(0))
+    assert ms(pairs) == [(0, 0)] and sync.duplicates == 8
+    assert sync.pairing_hint().startswith("8 images since the last pair repeat a stamp already seen on their side")
+    assert "header.stamp left at 0" in sync.pairing_hint()
+    feed(sync, L(33), R(33))
+    assert ms(pairs) == [(0, 0), (33, 33)] and sync.pairing_hint() == ""
+
+
 def test_header_stamp_default():
     Time = pytest.importorskip("builtin_interfaces.msg", reason="ROS message packages not installed").Time
     Header = pytest.importorskip("std_msgs.msg", reason="ROS message packages not installed").Header

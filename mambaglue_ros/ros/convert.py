@@ -108,6 +108,8 @@ def _check_image_layout(msg: Image) -> tuple[np.dtype, int, str]:
     dtype, channels, order = DECODE_ENCODINGS[msg.encoding]
     if msg.width == 0 or msg.height == 0:
         raise ImageConversionError(f"empty image: {msg.width}x{msg.height} pixels")
+    if order in _YUV422 and msg.width % 2:
+        raise ImageConversionError(f"{msg.encoding} packs two pixels in 4 bytes: its width must be even, got {msg.width}")
     row_bytes = msg.width * channels * dtype.itemsize
     if msg.step < row_bytes:
         raise ImageConversionError(
@@ -183,12 +185,13 @@ def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
 
     The sizes are always validated here first. cv_bridge, when importable (real ROS installs),
     decodes the layouts it handles correctly (rows a whole number of pixels, no byte swap);
-    ``use_cv_bridge=False`` forces our decoder, which also does those. The final conversion to
-    gray/RGB is ours in both cases, so the result is identical.
+    ``use_cv_bridge=False`` forces our decoder, which also does those, and which takes over when
+    cv_bridge fails on a well-formed message. The final conversion to gray/RGB is ours in both
+    cases, so the result is identical.
 
     Raises:
-        ImageConversionError: unsupported encoding, zero size, ``len(data) != step * height``
-            or ``step < width * channels * bytes per channel``.
+        ImageConversionError: unsupported encoding, zero size, ``len(data) != step * height``,
+            ``step < width * channels * bytes per channel`` or an odd width for packed YUV 4:2:2.
     """
     dtype, channels, order = _check_image_layout(msg)
     if use_cv_bridge is None:
@@ -198,9 +201,15 @@ def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
     # cv_bridge mis-reads rows that are not a whole number of pixels, its byte swap uses an
     # API numpy 2 removed, and it always copies: mono8/rgb8 stay zero-copy with ours.
     zero_copy = dtype.itemsize == 1 and order in ("gray", "rgb")
+    pixels = None
     if use_cv_bridge and not zero_copy and not needs_swap and msg.step % pixel_bytes == 0:
-        pixels = _decode_cv_bridge(msg)
-    else:
+        try:
+            pixels = _decode_cv_bridge(msg)
+        except ImageConversionError:
+            # The sizes were checked above, so the message is well formed: a cv_bridge that does not know the
+            # encoding (older ones lack "yuyv"/"uyvy") or trips over numpy 2 must not cost the frame.
+            pixels = None
+    if pixels is None:
         pixels = _decode_raw(msg, dtype, channels)
     return _to_gray_or_rgb(pixels, order, mono16_shift)
 
@@ -247,13 +256,42 @@ def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def compressed_channel_order(fmt: str, channels: int) -> str:
+    """The channel order of an image OpenCV decoded from a CompressedImage of format ``fmt`` with ``channels``
+    channels (1, 3 or 4): "gray", "bgr", "bgra", "rgb", "rgba" or "bayer_<pattern>".
+
+    image_transport's compressed plugin writes "<source encoding>; <codec> compressed [<target>]": colour
+    sources are converted to BGR first (target "bgr8" / "bgr16"), which OpenCV decodes as BGR; a Bayer source is
+    not colour to it, so its raw mosaic is stored as one channel and must still be demosaiced; a colour source
+    stored without conversion (no "bgr" target, e.g. TIFF) comes back in its own channel order, since OpenCV's
+    encoder and decoder swap the same two channels. A format without ";" (older publishers, plain "jpeg") says
+    nothing of the source: OpenCV's own order.
+    """
+    source, sep, rest = fmt.partition(";")
+    source = source.strip()
+    if channels == 1:
+        decoded = DECODE_ENCODINGS.get(source)
+        if sep and decoded is not None and decoded[2].startswith("bayer_"):
+            return decoded[2]
+        return "gray"
+    opencv_order = "bgr" if channels == 3 else "bgra"
+    if not sep or "compressed bgr" in rest.lower():
+        return opencv_order
+    stored = {"rgb8": "rgb", "rgb16": "rgb", "bgr8": "bgr", "bgr16": "bgr", "rgba8": "rgba", "rgba16": "rgba",
+              "bgra8": "bgra", "bgra16": "bgra"}.get(source)
+    if stored is None or len(stored) != channels:  # one letter a channel: "rgb" 3, "rgba" 4
+        return opencv_order
+    return stored
+
+
 def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIFT,
                         max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (JPEG or PNG, as image_transport's compressed plugin sends)
     -> (H, W) gray or (H, W, 3) RGB uint8 (16-bit PNG: ``>> mono16_shift``).
 
-    The format string (e.g. "jpeg", "rgb8; jpeg compressed bgr8") is only used to reject
-    compressedDepth; the image codec is detected from the bytes.
+    The image codec is detected from the bytes. The format string (e.g. "rgb8; jpeg compressed bgr8") rejects
+    compressedDepth and gives the channel order (``compressed_channel_order``): a Bayer source
+    ("bayer_rggb8; png compressed ") is demosaiced, a colour source stored unconverted keeps its order.
 
     max_pixels: refuse images with more pixels; for PNG and JPEG the size is read from the
         header, before anything is decoded (other codecs: checked after decoding).
@@ -280,18 +318,12 @@ def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIF
         raise OversizedImageError(decoded.shape[1], decoded.shape[0], max_pixels)
     if decoded.dtype not in (np.uint8, np.uint16):
         raise ImageConversionError(f"decoded image has unsupported depth {decoded.dtype}")
-    # OpenCV decodes colour as BGR(A) whatever the publisher's original encoding was.
     if decoded.ndim == 3 and decoded.shape[2] == 1:
         decoded = decoded[..., 0]
-    if decoded.ndim == 2:
-        order = "gray"
-    elif decoded.shape[2] == 3:
-        order = "bgr"
-    elif decoded.shape[2] == 4:
-        order = "bgra"
-    else:
-        raise ImageConversionError(f"decoded image has {decoded.shape[2]} channels")
-    return _to_gray_or_rgb(decoded, order, mono16_shift)
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    if channels not in (1, 3, 4):
+        raise ImageConversionError(f"decoded image has {channels} channels")
+    return _to_gray_or_rgb(decoded, compressed_channel_order(msg.format, channels), mono16_shift)
 
 
 def numpy_to_image(array_: np.ndarray, encoding: str, header: Header | None = None) -> Image:

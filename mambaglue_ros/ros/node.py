@@ -1013,13 +1013,23 @@ class MatcherNode(Node):
     # ------------------------------------------------------------------ outputs
     def _frame_id(self, header: Header, side: str = "left") -> str:
         """The optical frame of camera ``side``: its parameter (``camera_frame``, ``right_camera_frame``), else the
-        image's header, else its camera_info's (a right camera is never given the left one's frame: a back end
-        looking up the stereo extrinsics in TF would get a zero baseline)."""
+        image's header, else its camera_info's, else "camera_optical_frame" / "right_camera_optical_frame" with a
+        warning (a right camera is never given the left one's frame: a back end looking up the stereo extrinsics in
+        TF would get a zero baseline). A leading "/" (ROS 1 style, refused by tf2) is dropped with a warning."""
         configured = self.p["right_camera_frame"] if side == "right" else self.p["camera_frame"]
         if configured:
             return configured
-        return header.frame_id or (self.camera[side].frame_id if side in self.camera
-                                   else ("right_" if side == "right" else "") + "camera_optical_frame")
+        info = self.camera.get(side)
+        frame_id = header.frame_id or (info.frame_id if info is not None else "")
+        if frame_id.startswith("/"):
+            self._warn("frame_id", f"the {side} camera's frame_id '{frame_id}' starts with '/', which tf2 refuses: "
+                       f"publishing in '{frame_id.lstrip('/')}'")
+            frame_id = frame_id.lstrip("/")
+        if not frame_id:
+            frame_id = ("right_" if side == "right" else "") + "camera_optical_frame"
+            self._warn("frame_id", f"the {side} image and its camera_info have no frame_id: publishing in "
+                       f"'{frame_id}'; set the {'right_' if side == 'right' else ''}camera_frame parameter")
+        return frame_id
 
     def _publish(self, frame: Frame, result, latency_ms: float) -> None:
         # Bookkeeping first: a message that cannot be built (non-finite values raise) must not leave

@@ -87,6 +87,7 @@ class Synchronizer:
         self._lock = threading.RLock()
         self.emitted = 0
         self.duplicates = 0
+        self._duplicates_since_emit = 0  # for pairing_hint: a camera whose stamps repeat never completes a set
         self.dropped_overflow = 0   # evicted from a full queue
         self.dropped_unmatched = 0  # older than an emitted set: could only pair out of order
         self.dropped_late = 0       # arrived older than the last emitted set on its input
@@ -122,6 +123,7 @@ class Synchronizer:
                     self.reset()
                 elif stamp == last:
                     self.duplicates += 1
+                    self._duplicates_since_emit += 1
                     return
                 else:
                     self.dropped_late += 1
@@ -130,6 +132,7 @@ class Synchronizer:
             pos = bisect.bisect_left(stamps, stamp)
             if pos < len(stamps) and stamps[pos] == stamp:
                 self.duplicates += 1
+                self._duplicates_since_emit += 1
                 return
             stamps.insert(pos, stamp)
             msgs.insert(pos, msg)
@@ -226,6 +229,7 @@ class Synchronizer:
             self.dropped_unmatched += pos
             del stamps[: pos + 1], queue[: pos + 1]
         self.emitted += 1
+        self._duplicates_since_emit = 0
         self.callback(*msgs)
 
 
@@ -251,13 +255,19 @@ class StereoSynchronizer(Synchronizer):
         self.add(1, msg)
 
     def pairing_hint(self) -> str:
-        """Why left and right images form no pair, for a person; "" when nothing says they cannot: a side that sent
+        """Why left and right images form no pair, for a person; "" when nothing says they cannot: images that
+        repeat stamps already seen (a driver that leaves header.stamp at 0, a frozen clock), a side that sent
         nothing, or stopped (its newest stamp more than max(1 s, 5 frame periods) behind the other's), or the
         nearest left/right stamps among the recent ones further apart than ``slop_s`` (cameras that are not triggered
         together need a slop above that offset)."""
         with self._lock:
             left, right = list(self._recent[0]), list(self._recent[1])
             newest, gaps = list(self._newest), [g for g in self._min_gap if g]
+            repeated = self._duplicates_since_emit
+        if repeated:
+            return (f"{repeated} images since the last pair repeat a stamp already seen on their side (newest "
+                    f"{max((s for s in newest if s is not None), default=0) / NS_PER_S:.3f} s): is the camera driver "
+                    "stamping its images (header.stamp left at 0, or a clock that does not advance)?")
         if not left and not right:
             return ""
         if not left or not right:

@@ -35,6 +35,18 @@ MATCHER_CONF: dict[str, dict[str, Any]] = {
 }
 FRONT_ENDS = tuple(MATCHER_CONF)
 MIN_IMAGE_SIDE = 16  # below this no front end has a receptive field to work with
+# DISK's U-Net halves its (padded) input four times and normalises each instance: a 16x16 image leaves a 1x1 map
+# there, which InstanceNorm refuses ("Expected more than 1 spatial element"); 17 px pads to 32 and works (measured)
+MIN_IMAGE_SIDE_OF = {"disk": 17}
+# A float image is read in [0, 1] up to this maximum, in [0, 255] above it: cubic or Lanczos resampling of a [0, 1]
+# image overshoots to ~1.1 (read in [0, 255] it would be nearly black), and a [0, 255] image whose brightest pixel
+# is 2 has nothing to detect either way.
+FLOAT_UNIT_RANGE_MAX = 2.0
+
+
+def _float_image_scale(max_value: float) -> float:
+    """The factor that takes a float image with this maximum to [0, 1] (before clipping)."""
+    return 1.0 if max_value <= FLOAT_UNIT_RANGE_MAX else 1.0 / 255.0
 # Front ends whose convolutions run in channels-last (NHWC) layout on the CPU: oneDNN's NHWC kernels are faster
 # there (`mambaglue bench --extractors xfeat,xfeat+nchw,aliked,aliked+nchw,disk,disk+nchw --threads 1`, 640x480:
 # XFeat 61 -> 52 ms, ALIKED-n16 821 -> 652 ms, DISK no gain; docs/results.md). The outputs are the same to float
@@ -47,16 +59,18 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """An image -> (1, 3, H, W) float in [0, 1] (gray is repeated to three channels). Accepted layouts:
 
     * numpy, channels last: (H, W) gray, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped).
-      uint8 is taken as is; uint16 is shifted right by 8 (value >> 8, its high byte): right for full-range
-      16-bit data, but 12-bit data come out 16x too dark (10-bit 64x), so convert those first
-      (12-bit: ``(image >> 4).astype(np.uint8)``); a float image is read in [0, 1] when its maximum is <= 1, else in
-      [0, 255]; any other values are clipped to [0, 255].
-    * torch, channels first: (H, W), (C, H, W) or (1, C, H, W) with C = 1 or 3; float in [0, 1] or uint8.
-      A uint8 (H, W, 3) or (H, W, 1) tensor with H > 4 (what ``torch.from_numpy`` gives for an RGB or gray
-      array) is channels last, read as the numpy array of that layout.
+    * torch, channels first: (H, W), (C, H, W) or (1, C, H, W) with C = 1 or 3. A uint8 (H, W, 3) or
+      (H, W, 1) tensor with H > 4 (what ``torch.from_numpy`` gives for an RGB or gray array) is channels last,
+      read as the numpy array of that layout.
 
-    Raises ValueError for a float image with NaN or infinite values (no front end finds anything in it),
-    and for a numpy array of another shape.
+    Values, the same for both: uint8 is 0..255; uint16 is shifted right by 8 (value >> 8, its high byte): right
+    for full-range 16-bit data, but 12-bit data come out 16x too dark (10-bit 64x), so convert those first
+    (12-bit: ``(image >> 4).astype(np.uint8)``); a float image is read in [0, 1] when its maximum is at most
+    ``FLOAT_UNIT_RANGE_MAX`` (2: resampling overshoots 1), else in [0, 255]; other integer types are 0..255.
+    Values outside the range are clipped.
+
+    Raises ValueError for a float image with NaN or infinite values (no front end finds anything in it), an
+    empty image, a batch of more than one image, and an array or tensor of another shape.
     """
     if isinstance(image, torch.Tensor):
         t = image
@@ -72,8 +86,21 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if t.dim() != 4 or t.shape[1] not in (1, 3):
             raise ValueError(f"unsupported image tensor shape {tuple(image.shape)}: expected (H, W), (C, H, W) or "
                              "(1, C, H, W) with C = 1 or 3")
+        if t.shape[0] != 1:
+            raise ValueError(f"a batch of {t.shape[0]} images {tuple(image.shape)}: extract takes one image "
+                             "(1, C, H, W); call it per image")
+        if t.numel() == 0:
+            raise ValueError(f"empty image tensor {tuple(image.shape)}")
         if t.dtype == torch.uint8:
             t = t.float() / 255.0
+        elif t.dtype == torch.uint16:
+            t = (t.to(torch.int32) >> 8).float() / 255.0
+        elif t.is_floating_point():
+            t = (t.float() * _float_image_scale(float(t.amax()))).clamp_(0.0, 1.0)
+        elif t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"unsupported image tensor dtype {t.dtype}")
+        else:  # other integer types: 0..255
+            t = t.float().clamp_(0.0, 255.0) / 255.0
         if t.shape[1] == 1:
             t = t.expand(-1, 3, -1, -1)
         return t.float()
@@ -83,10 +110,16 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # the uint8 cast would turn them into noise
         raise ValueError(f"image has {int(np.count_nonzero(~np.isfinite(arr)))} NaN or infinite values: "
                          "replace them first (np.nan_to_num)")
+    if arr.size == 0:
+        raise ValueError(f"empty image {arr.shape}")
+    if arr.dtype.kind not in "uif":
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        arr = np.clip(arr * (255.0 * _float_image_scale(float(arr.max()))), 0, 255).astype(np.uint8)
     elif arr.dtype != np.uint8:
-        arr = np.clip(arr * (255.0 if arr.dtype.kind == "f" and arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -295,6 +328,7 @@ class FeatureExtractor(torch.nn.Module):
         if name not in FRONT_ENDS:
             raise ValueError(f"unknown feature front end {name!r}; choose from {FRONT_ENDS}")
         self.name = name
+        self.min_side = MIN_IMAGE_SIDE_OF.get(name, MIN_IMAGE_SIDE)  # smaller images (or shrunk to less): no keypoints
         self.max_keypoints = check_max_keypoints(max_keypoints)
         self.detection_threshold = detection_threshold
         self.resize_max = check_resize_max(resize_max)
@@ -378,10 +412,10 @@ class FeatureExtractor(torch.nn.Module):
         height, width = (int(x.shape[-2]), int(x.shape[-1])) if small is None else image.shape[:2]
         if height == 0 or width == 0:
             raise ValueError(f"empty image ({width}x{height})")
-        if min(height, width) < MIN_IMAGE_SIDE:
-            log.warning("image %dx%d is smaller than %d px: no keypoints", width, height, MIN_IMAGE_SIDE)
+        if min(height, width) < self.min_side:
+            log.warning("image %dx%d is smaller than %d px: no keypoints (%s)", width, height, self.min_side, self.name)
             return empty_features(self.descriptor_dim, (width, height), self.device)
-        size = None if small is not None else target_size(width, height, self.resize_max, image_scale, MIN_IMAGE_SIDE)
+        size = None if small is not None else target_size(width, height, self.resize_max, image_scale, self.min_side)
         if size is not None:
             x = torch.nn.functional.interpolate(x, size=size[::-1], mode="area")
         scale = max(height, width) / max(x.shape[-2:])  # 1 where nothing was resampled
@@ -409,9 +443,9 @@ class FeatureExtractor(torch.nn.Module):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
             return None
         height, width = image.shape[:2]
-        if min(height, width) < MIN_IMAGE_SIDE:
+        if min(height, width) < self.min_side:
             return None
-        size = target_size(width, height, self.resize_max, image_scale, MIN_IMAGE_SIDE)
+        size = target_size(width, height, self.resize_max, image_scale, self.min_side)
         return None if size is None else cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
 
     def autocast(self, cache_enabled: bool = True) -> torch.autocast:

@@ -259,10 +259,12 @@ def _as_points(pts: np.ndarray, name: str) -> tuple[np.ndarray | None, str]:
         p = np.asarray(pts, dtype=np.float64)
     except (TypeError, ValueError):
         return None, f"{name} is not numeric"
+    if p.ndim == 3 and p.shape[1:] == (1, 2):  # OpenCV's point layout (cv2.goodFeaturesToTrack, projectPoints)
+        p = p.reshape(-1, 2)
     if p.ndim != 2 or p.shape[1] != 2:
         if p.size == 0:
             return np.zeros((0, 2)), ""
-        return None, f"{name} must be (N, 2), got shape {p.shape}"
+        return None, f"{name} must be (N, 2) or (N, 1, 2), got shape {p.shape}"
     return p, ""
 
 
@@ -1628,27 +1630,38 @@ def join_stereo_temporal(stereo_matches: np.ndarray, temporal_matches: np.ndarra
 # ---------------------------------------------------------------------------------------------
 # Homography (evaluation)
 # ---------------------------------------------------------------------------------------------
+def _collinear(p: np.ndarray, rel_tol: float = 1e-6) -> bool:
+    """Whether (N, 2) points lie on one line (their centred spread has rank < 2, relative to its largest axis)."""
+    s = np.linalg.svd(p - p.mean(0), compute_uv=False)
+    return bool(s[0] == 0 or s[1] <= rel_tol * s[0])
+
+
 def estimate_homography(pts0: np.ndarray, pts1: np.ndarray, ransac_px: float = 3.0,
                         method: Literal["magsac", "dlt"] = "magsac", confidence: float = 0.999,
                         max_iters: int = 10000) -> tuple[np.ndarray | None, np.ndarray]:
-    """Homography H (3x3, ``p1 ~ H p0``) from (N, 2) pixel matches.
+    """Homography H (3x3, ``p1 ~ H p0``) from (N, 2) (or OpenCV's (N, 1, 2)) pixel matches.
 
     method: "magsac" (robust, USAC-MAGSAC with ``ransac_px``) or "dlt" (least squares on all
     points: the inlier mask is then all rows used).
 
-    Returns (H or None, (N,) bool inlier mask). Non-finite rows are never inliers.
+    Returns (H or None, (N,) bool inlier mask). Non-finite rows are never inliers. None where fewer than 4
+    distinct finite points remain on a side or all of them lie on one line (no homography is determined).
+    Raises ValueError for an unknown method, points of another shape, or two sets of different lengths.
     """
     if method not in ("magsac", "dlt"):
         raise ValueError(f"unknown homography method {method!r} (use 'magsac' or 'dlt')")
-    p0, _ = _as_points(pts0, "pts0")
-    p1, _ = _as_points(pts1, "pts1")
-    if p0 is None or p1 is None or len(p0) != len(p1):
-        n = len(p0) if p0 is not None else 0
-        return None, np.zeros(n, dtype=bool)
+    p0, why0 = _as_points(pts0, "pts0")
+    p1, why1 = _as_points(pts1, "pts1")
+    if p0 is None or p1 is None:
+        raise ValueError(why0 or why1)
+    if len(p0) != len(p1):
+        raise ValueError(f"pts0 and pts1 must have the same length, got {len(p0)} and {len(p1)}")
     n = len(p0)
     mask = np.zeros(n, dtype=bool)
     ok = _finite_rows(p0, p1)
     if ok.sum() < 4 or min(_num_distinct(p0[ok]), _num_distinct(p1[ok])) < 4:
+        return None, mask
+    if _collinear(p0[ok]) or _collinear(p1[ok]):
         return None, mask
     try:
         if method == "magsac":

@@ -271,6 +271,7 @@ class Matcher:
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Match two already extracted feature sets (the node reuses the previous frame's). With
         ``use_cuda_graph`` on, pairs that fit the captured size replay the graph (every layer, no exit)."""
+        self._check_features([(feats0, feats1)])
         graph = self._graph
         if graph is not None and max(len(feats0), len(feats1)) <= graph.pad_to:
             return graph.match_features(feats0, feats1)
@@ -351,6 +352,7 @@ class Matcher:
         """
         if not pairs:
             return []
+        self._check_features(pairs)
         t0 = time.perf_counter()
         with self._autocast():
             out = self.net(self._batch(pairs, pad_to))
@@ -412,6 +414,18 @@ class Matcher:
         if self.features == "xfeat" and self.extractor.device.type == "cuda":
             self.extractor.use_cuda_graph(True)
         return self._graph is not None
+
+    def _check_features(self, pairs: Sequence[tuple[Features, Features]]) -> None:
+        """ValueError for a feature set this network cannot take (another front end's descriptors)."""
+        dim = int(self.net.conf["input_dim"])
+        for pair in pairs:
+            for f in pair:
+                if not isinstance(f, Features):
+                    raise TypeError(f"expected Features, got {type(f).__name__}")
+                if f.descriptors.shape[-1] != dim:
+                    raise ValueError(f"these Features have {f.descriptors.shape[-1]}-d descriptors, but this matcher "
+                                     f"({self.features}) takes {dim}-d: extract them with the same front end "
+                                     f"(Matcher.extract)")
 
     def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.fp16 else torch.float32

@@ -16,9 +16,13 @@ def check_alpha(value: float | None) -> float | None:
 
 
 def check_max_keypoints(value: int) -> int:
-    """A keypoint budget as the matchers take it: an int >= 1."""
-    if int(value) < 1:
-        raise ValueError(f"max_keypoints must be >= 1, got {value}")
+    """A keypoint budget as the matchers take it: an int >= 1 (a whole float such as 512.0 is taken)."""
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or int(value) < 1:
+        raise ValueError(f"max_keypoints must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -81,6 +85,25 @@ class Features:
     scores: torch.Tensor
     image_size: tuple[int, int]
     scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        # checked here, where a wrong set is made, rather than as a tensor-shape error deep inside the network
+        for name in ("keypoints", "descriptors", "scores"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"Features.{name} must be a torch tensor (or numpy array), got {type(value).__name__}")
+                setattr(self, name, torch.as_tensor(value, dtype=torch.float32))
+        n = self.keypoints.shape[0] if self.keypoints.dim() == 2 else -1
+        if self.keypoints.dim() != 2 or self.keypoints.shape[1] != 2:
+            raise ValueError(f"Features.keypoints must be (N, 2), got {tuple(self.keypoints.shape)}")
+        if self.descriptors.dim() != 2 or self.descriptors.shape[0] != n:
+            raise ValueError(f"Features.descriptors must be (N, D) with N = {n} keypoints, "
+                             f"got {tuple(self.descriptors.shape)}")
+        if tuple(self.scores.shape) != (n,):
+            raise ValueError(f"Features.scores must be (N,) with N = {n} keypoints, got {tuple(self.scores.shape)}")
+        if len(self.image_size) != 2:
+            raise ValueError(f"Features.image_size must be (width, height), got {self.image_size}")
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])

@@ -119,6 +119,41 @@ def test_non_finite_float_image_is_refused(photo, bad):
         to_tensor_image(torch.from_numpy(image).permute(2, 0, 1))
 
 
+def test_value_ranges_are_read_alike_for_numpy_and_torch(photo):
+    """Every representation of the same image gives the same tensor: a [0, 1] float image that resampling pushed
+    slightly above 1 (cubic: ~1.08) stays in [0, 1] (before: read as 0..255, nearly black: 11 matches instead of
+    217 with ALIKED); torch float tensors in 0..255 and uint16 / int tensors are scaled as numpy ones are (before:
+    fed to the network unscaled)."""
+    expected = to_tensor_image(photo)
+    unit = photo.astype(np.float32) / 255.0
+    overshoot = unit.copy()
+    overshoot[5, 5] = 1.08  # one ringing pixel
+    got = to_tensor_image(overshoot)
+    assert torch.all(got[..., 5, 5] == 1.0)  # clipped
+    got[..., 5, 5] = expected[..., 5, 5]
+    assert torch.allclose(got, expected, atol=1 / 255)
+    chw = torch.from_numpy(photo).permute(2, 0, 1)
+    sixteen = chw.to(torch.int32) * 257  # the 16-bit image of the same picture
+    for tensor in (chw.float(), chw.float() / 255.0, sixteen.to(torch.uint16), chw.to(torch.int64), chw.to(torch.int16)):
+        assert torch.allclose(to_tensor_image(tensor), expected, atol=1e-6), tensor.dtype
+    assert torch.equal(to_tensor_image(sixteen.numpy().astype(np.uint16).transpose(1, 2, 0)), expected)
+    with pytest.raises(ValueError, match="a batch of 2 images"):
+        to_tensor_image(torch.zeros(2, 3, 48, 64))  # before: accepted, the second image silently dropped
+    with pytest.raises(ValueError, match="empty image"):
+        to_tensor_image(np.zeros((0, 10), np.float32))  # before: numpy's "zero-size array to reduction"
+    with pytest.raises(ValueError, match="unsupported image dtype"):
+        to_tensor_image(np.zeros((8, 8), bool))
+
+
+def test_disk_refuses_an_image_its_network_cannot_take():
+    """DISK's U-Net fails on a 16-px side (InstanceNorm of a 1x1 map, a message about training); it gets no
+    keypoints with the small-image warning instead, as every front end does below its minimum."""
+    ex = FeatureExtractor("disk", max_keypoints=64)
+    rng = np.random.default_rng(0)
+    assert len(ex.extract(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))) == 0
+    assert len(ex.extract(rng.integers(0, 255, (17, 17, 3), dtype=np.uint8))) > 0
+
+
 @pytest.mark.parametrize("shape", [(0,), (640,), (2, 4, 480, 640), (1, 1, 1, 480, 640), (1, 4, 480, 640)])
 def test_image_tensor_of_another_shape_is_refused(shape):
     with pytest.raises(ValueError, match="unsupported image tensor shape"):

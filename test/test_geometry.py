@@ -299,6 +299,20 @@ def test_homography_magsac_and_dlt():
     assert H_none is None and mask_none.tolist() == [False] * 3
     with pytest.raises(ValueError):
         estimate_homography(p0, p1, method="ransac")
+    # OpenCV's (N, 1, 2) layout is the same points (before: (None, a length-0 mask) with no reason)
+    H_cv, mask_cv = estimate_homography(p0[:, None], p1[:, None], method="dlt")
+    np.testing.assert_allclose(H_cv, clean_H)
+    assert mask_cv.shape == (len(p0),) and mask_cv.all()
+    with pytest.raises(ValueError, match=r"pts0 must be \(N, 2\) or \(N, 1, 2\), got shape \(200, 3\)"):
+        estimate_homography(np.c_[p0, p0[:, :1]], p1)
+    with pytest.raises(ValueError, match="same length, got 200 and 199"):
+        estimate_homography(p0, p1[:-1])
+    # points on one line determine no homography (before: "dlt" returned an arbitrary H with every row an inlier)
+    t = np.linspace(0, 600, 50)
+    line = np.c_[t, 0.5 * t + 20]
+    for method in ("dlt", "magsac"):
+        H_line, mask_line = estimate_homography(line, line * 1.1 + 3, method=method)
+        assert H_line is None and not mask_line.any()
 
 
 # ------------------------------------------------------------------------------------- helpers

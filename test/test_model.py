@@ -234,7 +234,9 @@ def test_precision_choices():
 
 @pytest.mark.parametrize("given, reason", [
     ({"alpha": 2}, r"alpha must be in \(0, 1\], got 2"), ({"alpha": 0}, r"alpha must be in \(0, 1\], got 0"),
-    ({"alpha": -1}, r"alpha must be in \(0, 1\], got -1"), ({"max_keypoints": 0}, "max_keypoints must be >= 1"),
+    ({"alpha": -1}, r"alpha must be in \(0, 1\], got -1"), ({"max_keypoints": 0}, "max_keypoints must be an integer >= 1"),
+    ({"max_keypoints": None}, "max_keypoints must be an integer >= 1, got None"),  # before: int()'s TypeError
+    ({"max_keypoints": 1.9}, "max_keypoints must be an integer >= 1, got 1.9"),  # before: 1, silently
     ({"resize_max": -5}, r"resize_max must be 0 \(off\) or a positive size in pixels, got -5")])
 def test_constructor_refuses_what_the_setters_refuse(given, reason, monkeypatch):
     import mambaglue_ros.matcher as M
@@ -246,6 +248,29 @@ def test_constructor_refuses_what_the_setters_refuse(given, reason, monkeypatch)
     monkeypatch.setattr(M, "build_network", no_loading)
     with pytest.raises(ValueError, match=reason):
         Matcher(features="xfeat", device="cpu", **given)
+
+
+def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
+    """Features is public: a set made by hand or by another front end fails where it is made or matched, with a
+    reason (before: torch's "mat1 and mat2 shapes cannot be multiplied" or an AttributeError inside the network)."""
+    from mambaglue_ros.types import Features
+
+    with pytest.raises(ValueError, match=r"descriptors must be \(N, D\) with N = 10 keypoints, got \(9, 64\)"):
+        Features(torch.zeros(10, 2), torch.zeros(9, 64), torch.zeros(10), (64, 48))
+    with pytest.raises(ValueError, match=r"keypoints must be \(N, 2\)"):
+        Features(torch.zeros(10, 3), torch.zeros(10, 64), torch.zeros(10), (64, 48))
+    with pytest.raises(ValueError, match=r"scores must be \(N,\)"):
+        Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10, 1), (64, 48))
+    rng = np.random.default_rng(0)
+    from_numpy = Features(rng.uniform(0, 48, (10, 2)), rng.normal(size=(10, 64)), np.zeros(10), (64, 48))
+    assert from_numpy.keypoints.dtype == torch.float32 and len(from_numpy) == 10
+    m = Matcher(features="xfeat", device="cpu")
+    aliked_like = Features(torch.zeros(10, 2), torch.zeros(10, 128), torch.zeros(10), (64, 48))
+    with pytest.raises(ValueError, match="128-d descriptors, but this matcher \\(xfeat\\) takes 64-d"):
+        m.match_features(aliked_like, aliked_like)
+    with pytest.raises(ValueError, match="128-d descriptors"):
+        m.match_batch([(from_numpy, aliked_like)])
+    assert m.match_features(from_numpy, from_numpy).keypoints0.shape == (10, 2)
 
 
 def test_pruning_keeps_valid_indices():

@@ -284,3 +284,89 @@ def test_replay_set_types_values_like_the_parameter():
     assert values["unknown_name"] == 3  # left to the node, which names it
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_set(["target_rate_hz"])
+
+
+# --------------------------------------------------------------------------------------------
+# bags a user brings: other stamps, compressed images, other types
+# --------------------------------------------------------------------------------------------
+K_SMALL = np.array([[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]])
+
+
+def user_stereo_bag(path: Path, n: int = 4, right_offset_ns: int = 0, garbage_after: int | None = None) -> list[int]:
+    """A stereo bag with its own topic names; the right images stamped ``right_offset_ns`` after the left; images
+    from index ``garbage_after`` on are bytes no reader can decode (a reader that gets there fails)."""
+    stamps = [1_700_000_000 * S + k * 100_000_000 for k in range(n)]
+    with BC.BagWriter(path) as bag:
+        for side, P in (("left", np.hstack([K_SMALL, np.zeros((3, 1))])), ("right", np.hstack([K_SMALL, [[-5.0], [0], [0]]]))):
+            bag.camera_info(f"/rig/{side}/camera_info", stamps[0] - 1, side, (64, 48), K=K_SMALL, P=P)
+        for k, t in enumerate(stamps):
+            for side, offset in (("left", 0), ("right", right_offset_ns)):
+                if garbage_after is not None and k >= garbage_after:
+                    bag.write_raw(f"/rig/{side}/image_rect", "sensor_msgs/msg/Image", t + offset, b"\x00\x01")
+                else:
+                    bag.image(f"/rig/{side}/image_rect", t + offset, side, np.full((48, 64), 10 * k, np.uint8))
+    return stamps
+
+
+def test_stereo_pairs_within_the_nodes_sync_slop(tmp_path):
+    """Cameras not stamped together (right 2 ms after left) pair as the node pairs them, with its sync_slop (before:
+    only identical stamps, so 0 frames and "need at least 2" with no word of stamps)."""
+    stamps = user_stereo_bag(tmp_path / "bag", right_offset_ns=2_000_000)
+    topics = camera_topics(tmp_path / "bag")
+    assert topics["right_image"] == "/rig/right/image_rect" and not topics["compressed"]
+    with pytest.raises(ValueError, match=r"no left/right image pair: the nearest left and right stamps are \+2.0 ms "
+                                         r"apart.*--set sync_slop=SECONDS"):
+        load_frames(tmp_path / "bag", "stereo", topics)
+    frames = load_frames(tmp_path / "bag", "stereo", topics, sync_slop_s=0.005)
+    assert [f.stamp_ns for f in frames[:3]] == stamps[:3]  # (the last pair waits for a later image to be final)
+
+
+def test_a_few_frames_of_a_long_bag_do_not_read_all_of_it(tmp_path, monkeypatch):
+    import mambaglue_ros.bags.replay as RP
+
+    monkeypatch.setattr(RP, "READ_AHEAD_FRAMES", 2)
+    stamps = user_stereo_bag(tmp_path / "bag", n=12, garbage_after=8)
+    topics = camera_topics(tmp_path / "bag")
+    frames = load_frames(tmp_path / "bag", "stereo", topics, max_frames=3, start=1)
+    assert [f.stamp_ns for f in frames] == stamps[1:4]
+    with pytest.raises(Exception):  # all of it: the reader meets the undecodable images
+        load_frames(tmp_path / "bag", "stereo", topics)
+
+
+def test_compressed_images_replay_on_the_nodes_compressed_topics(tmp_path):
+    """image_transport's layout: /cam/image_raw/compressed beside /cam/camera_info (before: no image topic found, or
+    the camera_info looked for at /cam/image_raw/camera_info)."""
+    ok, png = cv2.imencode(".png", np.full((48, 64), 7, np.uint8))
+    with BC.BagWriter(tmp_path / "bag") as bag:
+        bag.camera_info("/cam/camera_info", 1, "cam", (64, 48), K=K_SMALL, P=np.hstack([K_SMALL, np.zeros((3, 1))]))
+        for k in range(3):
+            msg = bag.ts.types["sensor_msgs/msg/CompressedImage"](header=bag.header(10 + k, "cam"), format="mono8; png compressed ",
+                                                                  data=np.frombuffer(png.tobytes(), np.uint8))
+            bag.write("/cam/image_raw/compressed", msg, 10 + k)
+    topics = camera_topics(tmp_path / "bag")
+    assert topics["left_image"] == "/cam/image_raw/compressed" and topics["left_info"] == "/cam/camera_info"
+    assert topics["compressed"]
+    frames = load_frames(tmp_path / "bag", "mono", topics)
+    assert len(frames) == 3 and [t for t, _ in frames[0].messages] == ["camera_info", "image/compressed"]
+
+
+def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):
+    user_stereo_bag(tmp_path / "bag")
+    with pytest.raises(ValueError, match="topic /rig/rihgt/image_rect not found"):  # before: dropped, "use --mode mono"
+        camera_topics(tmp_path / "bag", "/rig/left/image_rect", "/rig/rihgt/image_rect")
+    T = M.make_pose(np.eye(3), np.array([1.0, 2.0, 3.0]))
+    with BC.BagWriter(tmp_path / "gt") as bag:  # ground truth as PoseWithCovarianceStamped (a filter's output)
+        Ty = bag.ts.types
+        cov = Ty["geometry_msgs/msg/PoseWithCovariance"](pose=bag._pose(T), covariance=np.zeros(36))
+        bag.write(BC.GT_TOPIC, Ty["geometry_msgs/msg/PoseWithCovarianceStamped"](header=bag.header(5, "world"),
+                                                                                   pose=cov), 5)
+    gt = BC.read_ground_truth(tmp_path / "gt")  # before: AttributeError 'PoseWithCovariance' has no 'orientation'
+    assert gt.stamps_ns.tolist() == [5] and np.allclose(gt.poses[0], T)
+    with BC.BagWriter(tmp_path / "gt_bad") as bag:
+        bag.image(BC.GT_TOPIC, 5, "world", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="ground truth on /ground_truth/pose is sensor_msgs/msg/Image"):
+        BC.read_ground_truth(tmp_path / "gt_bad")
+    ros1 = tmp_path / "run.bag"
+    ros1.write_bytes(b"#ROSBAG V2.0\n")
+    with pytest.raises(ValueError, match="is a ROS 1 bag; convert it to a ROS 2 bag first: rosbags-convert"):
+        camera_topics(ros1)

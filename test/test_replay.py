@@ -104,6 +104,31 @@ def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path):
     assert cli.main(["replay", str(demo_bag), "--out", str(out), "--lossless", "--mode", "mono",
                      "--matcher", "orb", "--no-plots"]) == 2
     assert np.isfinite(report["latency_ms_p95"])
+    # --force with a mistyped topic: the inputs are read first, so the earlier run is still there
+    assert cli.main(["replay", str(demo_bag), "--out", str(out), "--lossless", "--mode", "mono", "--matcher", "orb",
+                     "--left-topic", "/no/such/image", "--force", "--no-plots"]) == 2
+    assert (out / "output_bag" / "metadata.yaml").is_file() and (out / "report.json").is_file()
+    # argparse refuses what would silently mean "all frames" or "the last frames"
+    with pytest.raises(SystemExit):
+        cli.main(["replay", str(demo_bag), "--out", str(out), "--max-frames", "0"])
+    with pytest.raises(SystemExit):
+        cli.main(["replay", str(demo_bag), "--out", str(out), "--start", "-3"])
+
+
+def test_force_clears_every_file_of_the_earlier_run(tmp_path):
+    """--force removes the earlier run's files with its output bag: a new run without ground truth must not sit
+    beside the old run's aligned trajectory."""
+    from mambaglue_ros.bags import replay as RP
+
+    out = tmp_path / "run"
+    (out / "output_bag").mkdir(parents=True)
+    (out / "output_bag" / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    for name in RP.RUN_FILES + ("mine.txt",):
+        (out / name).write_text("old")
+    with pytest.raises(FileExistsError, match="pass --force"):
+        RP._prepare_out(out, force=False)
+    RP._prepare_out(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # what the replay did not write stays
 
 
 def test_demo_command_runs_end_to_end(tmp_path):

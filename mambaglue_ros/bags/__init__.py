@@ -37,7 +37,20 @@ def _friendly(fn):
         except (FileExistsError, ReaderError, WriterError, KeyError) as e:
             print(f"error: {e}", flush=True)
             return 2
+        except KeyboardInterrupt:  # a replay stopped by hand: one line, not a traceback (its outputs are not written)
+            print("interrupted: nothing written for the unfinished run", flush=True)
+            return 130
     return wrapper
+
+
+def _count(minimum: int):
+    """argparse type: an int >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -181,8 +194,8 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--features", default=None, choices=("xfeat", "aliked", "disk", "superpoint"))
     p.add_argument("--mode", default=None, choices=("mono", "stereo"))
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="more node parameters")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--start", type=int, default=0, help="skip this many frames")
+    p.add_argument("--max-frames", type=_count(1), default=None, help="replay at most this many frames")
+    p.add_argument("--start", type=_count(0), default=0, help="skip this many frames")
     p.add_argument("--frame-timeout", type=float, default=120.0, help="lossless: seconds to wait per frame")
     p.add_argument("--left-topic", default=None)
     p.add_argument("--right-topic", default=None)

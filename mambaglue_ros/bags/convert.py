@@ -205,13 +205,23 @@ class BagWriter:
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
+def open_reader(path: str | Path) -> Any:
+    """A rosbags rosbag2 Reader of ``path`` (a bag folder, or one .mcap / .db3 file), not yet opened. A ROS 1
+    ``.bag`` gets a ValueError that says how to convert it (rosbags-convert comes with rosbags)."""
+    from rosbags.rosbag2 import Reader
+
+    p = Path(path)
+    if p.suffix == ".bag" and p.is_file():
+        raise ValueError(f"{p} is a ROS 1 bag; convert it to a ROS 2 bag first: rosbags-convert --src {p} "
+                         f"--dst {p.with_suffix('')}_ros2 --dst-typestore ros2_kilted")
+    return Reader(p)
+
+
 def read_bag(path: str | Path, topics: list[str] | None = None, deserialize: bool = True
              ) -> Iterator[tuple[str, str, int, Any]]:
     """(topic, msgtype, log time ns, message or raw bytes) in log-time order."""
-    from rosbags.rosbag2 import Reader
-
     ts = typestore()
-    with Reader(path) as reader:
+    with open_reader(path) as reader:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         for conn, t, raw in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, int(t), (ts.deserialize_cdr(raw, conn.msgtype) if deserialize
@@ -220,14 +230,15 @@ def read_bag(path: str | Path, topics: list[str] | None = None, deserialize: boo
 
 def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
     """{topic: (msgtype, message count)}."""
-    from rosbags.rosbag2 import Reader
-
-    with Reader(path) as reader:
+    with open_reader(path) as reader:
         return {topic: (info.msgtype, int(info.msgcount)) for topic, info in reader.topics.items()}
 
 
 def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
+
+
+GT_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry")
 
 
 def pose_msg_to_matrix(pose: Any) -> np.ndarray:
@@ -238,13 +249,18 @@ def pose_msg_to_matrix(pose: Any) -> np.ndarray:
 
 
 def read_ground_truth(path: str | Path, topic: str = GT_TOPIC) -> Trajectory | None:
-    """The bag's ground truth (PoseStamped on ``topic``) as a Trajectory, or None without one."""
+    """The bag's ground truth on ``topic`` as a Trajectory, or None without one: PoseStamped (what our bag
+    writers record), PoseWithCovarianceStamped or Odometry (its pose). Another type is a ValueError."""
     stamps, poses = [], []
-    if topic not in bag_topics(path):
+    topics = bag_topics(path)
+    if topic not in topics:
         return None
+    msgtype = topics[topic][0]
+    if msgtype not in GT_TYPES:
+        raise ValueError(f"{path}: ground truth on {topic} is {msgtype}; it must be one of {', '.join(GT_TYPES)}")
     for _, _, _, msg in read_bag(path, [topic]):
         stamps.append(stamp_ns(msg.header))
-        poses.append(pose_msg_to_matrix(msg.pose))
+        poses.append(pose_msg_to_matrix(msg.pose if msgtype == GT_TYPES[0] else msg.pose.pose))
     order = np.argsort(stamps, kind="stable")
     return Trajectory(np.array(stamps, dtype=np.int64)[order], np.array(poses).reshape(-1, 4, 4)[order])
 

@@ -118,15 +118,24 @@ class BagFrame:
     messages: list[tuple[str, bytes]]
 
 
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
 def _info_topic(image_topic: str) -> str:
-    return image_topic.rsplit("/", 1)[0] + "/camera_info"
+    """The camera_info beside an image topic: image_transport's ``/compressed`` sub-topic is the image's."""
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    return base.rsplit("/", 1)[0] + "/camera_info"
 
 
-def camera_topics(bag: str | Path, left: str | None = None, right: str | None = None) -> dict[str, str | None]:
-    """{'left_image', 'left_info', 'right_image' (or None), 'right_info'} of a bag: given topics,
-    our layouts, or the only image topic(s) (a 'left'/'right' pair for stereo)."""
+def camera_topics(bag: str | Path, left: str | None = None, right: str | None = None) -> dict[str, Any]:
+    """{'left_image', 'left_info', 'right_image' (or None), 'right_info', 'compressed'} of a bag: given topics,
+    our layouts, or the only image topic(s) (a 'left'/'right' pair for stereo). Raw (Image) or compressed
+    (CompressedImage) images; raw ones are preferred where a bag has both. ``compressed``: the images are
+    CompressedImage (the node then runs with ``transport: compressed``)."""
     topics = BC.bag_topics(bag)
-    images = sorted(t for t, (ty, _) in topics.items() if ty == "sensor_msgs/msg/Image")
+    images = sorted(t for t, (ty, _) in topics.items() if ty == IMAGE_TYPES[0])
+    if not images and left is None:
+        images = sorted(t for t, (ty, _) in topics.items() if ty == IMAGE_TYPES[1])
     if left is None:
         for layout in (BC.STEREO_TOPICS, BC.MONO_TOPICS):
             if layout["left_image"] in topics:
@@ -143,24 +152,35 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
             else:
                 raise ValueError(f"{bag}: cannot tell the camera topics apart among {images}: "
                                  "give --left-topic (and --right-topic)")
-    if right is not None and right not in topics:
-        right = None
     out = {"left_image": left, "left_info": _info_topic(left), "right_image": right,
            "right_info": _info_topic(right) if right else None}
     for key in ("left_image", "left_info") + (("right_image", "right_info") if right else ()):
         if out[key] not in topics:
             raise ValueError(f"{bag}: topic {out[key]} not found (topics: {sorted(topics)})")
+    kinds = {topics[out[k]][0] for k in ("left_image", "right_image") if out[k]}
+    if not kinds <= set(IMAGE_TYPES) or len(kinds) != 1:
+        raise ValueError(f"{bag}: the camera topics must both be sensor_msgs/msg/Image or both CompressedImage, "
+                         f"got {sorted(kinds)}")
+    out["compressed"] = kinds == {IMAGE_TYPES[1]}
     return out
 
 
-def load_frames(bag: str | Path, mode: str, topics: dict[str, str | None], max_frames: int | None = None,
-                start: int = 0) -> list[BagFrame]:
+# Reading stops this many frames past ``start + max_frames``: a frame recorded that much later than one stamped after
+# it would be missed (bags are recorded in arrival order, which is stamp order up to a few frames)
+READ_AHEAD_FRAMES = 20
+
+
+def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: int | None = None,
+                start: int = 0, sync_slop_s: float = 0.0) -> list[BagFrame]:
     """The bag's frames for ``mode``, as raw CDR on the node's topic names, in stamp order.
 
-    A frame is a left image (plus the right image with the same header stamp, stereo) with the
-    latest camera info(s) seen up to it. Stereo frames without both halves are skipped.
+    A frame is a left image (stereo: with its right image, paired as the node pairs them: the same header stamp,
+    or with ``sync_slop_s`` > 0 the mutually nearest stamps at most that far apart) with the latest camera info(s)
+    seen up to it. Stereo frames without both halves, and frames before the first camera_info, are skipped. With
+    ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames asked for, so that a few
+    frames of a long bag do not read all of it. Raises ValueError where stereo images form no pair, saying why.
     """
-    from rosbags.rosbag2 import Reader
+    from ..ros.sync import StereoSynchronizer
 
     stereo = mode == "stereo"
     if stereo and not topics.get("right_image"):
@@ -169,14 +189,31 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, str | None], max_f
     roles = {topics["left_image"]: "left_image", topics["left_info"]: "left_info"}
     if stereo:
         roles.update({topics["right_image"]: "right_image", topics["right_info"]: "right_info"})
-    node_topic = {"left_image": "left/image_rect" if stereo else "image",
+    suffix = "/compressed" if topics.get("compressed") else ""  # the node's subscriptions with transport compressed
+    node_topic = {"left_image": ("left/image_rect" if stereo else "image") + suffix,
                   "left_info": "left/camera_info" if stereo else "camera_info",
-                  "right_image": "right/image_rect", "right_info": "right/camera_info"}
+                  "right_image": "right/image_rect" + suffix, "right_info": "right/camera_info"}
+    enough = None if not max_frames else start + max_frames + READ_AHEAD_FRAMES
     ts = BC.typestore()
     latest_info: dict[str, bytes] = {}
-    pending: dict[int, dict[str, Any]] = {}
     frames: list[BagFrame] = []
-    with Reader(bag) as reader:
+    unposed = 0  # images before any camera_info
+
+    def add_frame(left: dict[str, Any], right: dict[str, Any] | None = None) -> None:
+        nonlocal unposed
+        infos = [("left_info", left["info"])] + ([("right_info", right["info"])] if right is not None else [])
+        if any(raw_info is None for _, raw_info in infos):
+            unposed += 1
+            return  # no calibration yet: the node would skip it anyway
+        msgs = [(node_topic[r], b) for r, b in infos]
+        if right is not None:
+            msgs.append((node_topic["right_image"], right["raw"]))  # right first, left last
+        msgs.append((node_topic["left_image"], left["raw"]))
+        frames.append(BagFrame(left["stamp"], left["log"], msgs))
+
+    sync = StereoSynchronizer(add_frame, slop_s=sync_slop_s, queue_size=10, stamp_fn=lambda m: m["stamp"],
+                              max_backward_jump_s=None) if stereo else None
+    with BC.open_reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic in roles]
         for conn, t, raw in reader.messages(connections=conns):
             role = roles[conn.topic]
@@ -184,19 +221,18 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, str | None], max_f
             if role.endswith("_info"):
                 latest_info[role] = raw
                 continue
-            stamp = BC.stamp_ns(ts.deserialize_cdr(raw, conn.msgtype).header)
-            entry = pending.setdefault(stamp, {"log": int(t)})
-            entry[role] = raw
-            entry[role.replace("image", "info")] = latest_info.get(role.replace("image", "info"))
-            needed = ("left_image", "right_image") if stereo else ("left_image",)
-            if all(k in entry for k in needed):
-                del pending[stamp]
-                infos = [("left_info", entry["left_info"])] + ([("right_info", entry["right_info"])] if stereo else [])
-                if any(raw_info is None for _, raw_info in infos):
-                    continue  # no calibration yet: the node would skip it anyway
-                msgs = [(node_topic[r], b) for r, b in infos]
-                msgs += [(node_topic[r], entry[r]) for r in reversed(needed)]  # right first, left last
-                frames.append(BagFrame(stamp, entry["log"], msgs))
+            item = {"stamp": BC.stamp_ns(ts.deserialize_cdr(raw, conn.msgtype).header), "log": int(t), "raw": raw,
+                    "info": latest_info.get(role.replace("image", "info"))}
+            if sync is None:
+                add_frame(item)
+            else:
+                sync.add(0 if role == "left_image" else 1, item)
+            if enough is not None and len(frames) >= enough:
+                break
+    if stereo and not frames and sync is not None and sync.emitted == 0:
+        hint = sync.pairing_hint()
+        raise ValueError(f"{bag}: no left/right image pair" + (f": {hint}" if hint else "")
+                         + (" (--set sync_slop=SECONDS)" if "sync_slop" in hint else ""))
     frames.sort(key=lambda f: f.stamp_ns)
     frames = frames[start:]
     return frames[:max_frames] if max_frames else frames
@@ -346,14 +382,30 @@ def node_parameters(cfg: ReplayConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def _prepare_out(out: Path, force: bool) -> None:
+# What a run writes into its folder besides output_bag/ (and its plots): removed with it on --force, so that no
+# file of an earlier run (e.g. an aligned trajectory this run has no ground truth for) stays beside the new ones
+RUN_FILES = ("report.json", "frames.csv", "table.txt", "estimate_tum.txt", "estimate_aligned_tum.txt",
+             "groundtruth_tum.txt", "trajectory.png", "rpe.png", "matches.png", "latency.png", "rate.png")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """FileExistsError where ``out`` holds an earlier run that may not be replaced; changes nothing."""
     bag = out / "output_bag"
     if bag.exists():
         if not force:
             raise FileExistsError(f"{bag} exists: choose another --out or pass --force")
         if not (bag / "metadata.yaml").is_file() and any(bag.iterdir()):
             raise FileExistsError(f"{bag} exists and is not a bag: not removing it")
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    """Clear an earlier run from ``out`` (``_check_out`` first) and create the folder."""
+    _check_out(out, force)
+    bag = out / "output_bag"
+    if bag.exists():
         shutil.rmtree(bag)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -367,7 +419,7 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
     from rclpy.parameter import Parameter
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     from ..ros import convert as RC
     from ..ros.node import MatcherNode
@@ -385,7 +437,9 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
         recorder = Recorder(io)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
         names = sorted({topic for f in frames[:1] for topic, _ in f.messages})
-        pubs = {t: io.create_publisher(CameraInfo if t.endswith("camera_info") else Image, t, qos) for t in names}
+        pubs = {t: io.create_publisher(CameraInfo if t.endswith("camera_info")
+                                       else CompressedImage if t.endswith("/compressed") else Image, t, qos)
+                for t in names}
         clock = io.create_publisher(Clock, "/clock", 10)
         # one executor thread, as the node's own main (rclpy.spin): rclpy's MultiThreadedExecutor (9.1.x) spins
         # holding the GIL while a callback waits in its pool (ros2/rclpy#1452) and starves the node's threads
@@ -473,13 +527,15 @@ def _deserialize(messages: list[tuple[str, str, bytes, float]]) -> dict[str, lis
     return out
 
 
-def write_output_bag(path: Path, decoded: dict[str, list[Any]], gt_raw: list[tuple[int, bytes]]) -> dict[str, int]:
-    """The recorded outputs (raw CDR, unchanged; log time = header stamp) plus the ground truth."""
+def write_output_bag(path: Path, decoded: dict[str, list[Any]], gt_raw: list[tuple[int, str, bytes]]
+                     ) -> dict[str, int]:
+    """The recorded outputs (raw CDR, unchanged; log time = header stamp) plus the ground truth ((log time, type,
+    raw CDR) as the input bag had it)."""
     rows = []
     for topic, items in decoded.items():
         for msg, _, raw in items:
             rows.append((BC.stamp_ns(msg.header), topic, OUTPUT_TOPICS[topic], raw))
-    rows += [(t, BC.GT_TOPIC, "geometry_msgs/msg/PoseStamped", raw) for t, raw in gt_raw]
+    rows += [(t, BC.GT_TOPIC, msgtype, raw) for t, msgtype, raw in gt_raw]
     rows.sort(key=lambda r: r[0])
     with BC.BagWriter(path, "mcap") as bag:
         for t, topic, msgtype, raw in rows:
@@ -580,7 +636,7 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
     return report, series
 
 
-def write_run_files(out: Path, report: dict[str, Any], series: dict[str, Any], gt_raw: list[tuple[int, bytes]]
+def write_run_files(out: Path, report: dict[str, Any], series: dict[str, Any], gt_raw: list[tuple[int, str, bytes]]
                     ) -> None:
     """output_bag/, report.json, frames.csv, TUM files."""
     import csv
@@ -619,16 +675,25 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     output_bag/, TUM files, plots). Returns (report, series)."""
     from . import report as R
 
+    from ..ros import params as P
+
     out = Path(cfg.out)
-    _prepare_out(out, cfg.force)
+    _check_out(out, cfg.force)  # refused before reading anything; nothing is removed before the inputs are read
     params = node_parameters(cfg)
     mode = params.get("mode", "mono")
     topics = camera_topics(cfg.bag, cfg.left_topic, cfg.right_topic)
-    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start)
+    transport = "compressed" if topics["compressed"] else "raw"
+    if params.get("transport", transport) != transport:  # the bag decides what replay publishes (params files say raw)
+        log(f"the bag's camera topics are {'CompressedImage' if topics['compressed'] else 'Image'}: "
+            f"the node runs with transport={transport} (the parameters said {params['transport']})")
+    params["transport"] = transport
+    slop = float(params.get("sync_slop", P.defaults()["sync_slop"]))
+    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop)
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
     gt = BC.read_ground_truth(cfg.bag)
-    gt_raw = [(t, raw) for _, _, t, raw in BC.read_bag(cfg.bag, [BC.GT_TOPIC], deserialize=False)]
+    _prepare_out(out, cfg.force)
+    gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [BC.GT_TOPIC], deserialize=False)]
     log(f"replay {cfg.bag} -> {out}: {len(frames)} {mode} frames, matcher={cfg.method}, "
         f"{'lossless' if cfg.lossless else f'rate x{cfg.rate:g}'}, ground truth: {len(gt) if gt else 'none'}")
     raw = run_node(cfg, frames, params, log)
@@ -655,6 +720,8 @@ def replay_methods(cfg: ReplayConfig, methods: list[str], log: Log = print) -> d
         log(table)
         return report
     out = Path(cfg.out)
+    for method in methods:  # every method's folder before the first run (not after it has run for an hour)
+        _check_out(out / method, cfg.force)
     out.mkdir(parents=True, exist_ok=True)
     reports, all_series = {}, []
     for method in methods:

@@ -56,9 +56,12 @@ def _launch_setup(context, *args, **kwargs):
     def transition(transition_id):
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
 
-    # configure at start, activate once it is inactive (a configure that fails leaves it unconfigured)
+    # configure at start, activate once that configure has left it inactive (a configure that fails leaves it
+    # unconfigured). From "configuring" only: a later deactivate (or a refused activate) also ends in "inactive", and
+    # must leave the node there instead of activating it again.
     return [node,
-            RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
+            RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                                   goal_state="inactive",
                                                    entities=[transition(Transition.TRANSITION_ACTIVATE)])),
             transition(Transition.TRANSITION_CONFIGURE)]
 

@@ -211,6 +211,23 @@ def test_image_topic_names_against_the_rectification_settings(ros_context):
         assert node._input_topic_warnings() == []
     finally:
         node.destroy_node()
+    # transport compressed with the raw name remapped (`ros2 run ... -r image:=/cam/image_raw`): rcl does not move
+    # image/compressed with it, so the node would listen on /image/compressed and get nothing
+    node = MatcherNode(context=ros_context, cli_args=["--ros-args", "-r", "image:=/cam/image_rect"],
+                       parameter_overrides=[Parameter(k, value=v) for k, v in {"matcher": "orb",
+                                                                               "transport": "compressed"}.items()])
+    try:
+        (warning,) = node._input_topic_warnings()
+        assert "remap image/compressed:=/cam/image_rect/compressed instead" in warning
+    finally:
+        node.destroy_node()
+    node = MatcherNode(context=ros_context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {"matcher": "orb", "publish_tf": True}.items()])
+    try:
+        (warning,) = node._input_topic_warnings()  # mono odometry is not metric: a TF in it is named
+        assert warning.startswith("publish_tf in mono") and "REP-105" in warning
+    finally:
+        node.destroy_node()
 
 
 def test_stereo_baseline_uses_both_Tx(ros_context):

@@ -410,7 +410,7 @@ def test_launch_file_runs_against_stub_launch_modules(monkeypatch):
     assert created["node"]["namespace"] == "r1"
     assert ("left/image_rect", "/cam/left") in created["node"]["remappings"]
 
-    # lifecycle:=true: the managed node, named, configured at launch and activated once inactive (autostart)
+    # lifecycle:=true: the managed node, named, configured at launch and activated once configured (autostart)
     from lifecycle_msgs.msg import Transition
 
     node, on_inactive, configure = opaque.kwargs["function"](dict(context, lifecycle="true"))
@@ -418,6 +418,8 @@ def test_launch_file_runs_against_stub_launch_modules(monkeypatch):
     assert node.kwargs["arguments"][0] == "--lifecycle" and node.kwargs["namespace"] == "r1"
     handler = on_inactive.args[0]
     assert handler.kwargs["target_lifecycle_node"] is node and handler.kwargs["goal_state"] == "inactive"
+    # only the configure's arrival there: a deactivate also ends in "inactive" and must not re-activate the node
+    assert handler.kwargs["start_state"] == "configuring"
     (activate,) = handler.kwargs["entities"]
     for emit, transition_id in ((configure, Transition.TRANSITION_CONFIGURE), (activate, Transition.TRANSITION_ACTIVATE)):
         event = emit.kwargs["event"]

@@ -758,7 +758,18 @@ class MatcherNode(Node):
         resolved = {role: self.resolve_topic_name(name + suffix) for role, name in names.items()}
         remapped = {role: topic for role, topic in resolved.items()
                     if topic != self.resolve_topic_name(names[role] + suffix, only_expand=True)}
-        return P.topic_warnings(self.mode, self.p["rectified_input"], self.p["stereo_rectify"], remapped)
+        warnings = P.topic_warnings(self.mode, self.p["rectified_input"], self.p["stereo_rectify"], remapped)
+        if suffix:  # rcl remaps exact names: `image:=/cam/image_raw` does not move `image/compressed` with it
+            for role, name in names.items():
+                raw = self.resolve_topic_name(name)
+                if role not in remapped and raw != self.resolve_topic_name(name, only_expand=True):
+                    warnings.append(f"{name} is remapped to {raw}, but with transport compressed the node subscribes "
+                                    f"to {resolved[role]}: remap {name}/compressed:={raw}/compressed instead")
+        if self.mode == "mono" and self.p["publish_tf"]:
+            warnings.append("publish_tf in mono: the odom -> base TF carries mono odometry, whose unit is not metres "
+                            f"(mono_scale {self.p['mono_scale']}); consumers of {self.p['odom_frame']} expect metres "
+                            "(REP-105)")
+        return warnings
 
     @staticmethod
     def _same_calibration(old: C.CameraModel, new: C.CameraModel) -> bool:

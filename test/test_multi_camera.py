@@ -69,6 +69,10 @@ def test_two_cameras_one_network_each_its_own_outputs(ros_context):
         # the network's parameters are shared: one camera may not change them at run time
         result = nodes["front"].set_parameters([Parameter("filter_threshold", value=0.5)])[0]
         assert not result.successful and "shared by every camera" in result.reason
+        # one TF broadcaster of odom -> base_link: the first camera may start, the second is refused with the reason
+        assert nodes[CAMERAS[0]].set_parameters([Parameter("publish_tf", value=True)])[0].successful
+        result = nodes[CAMERAS[1]].set_parameters([Parameter("publish_tf", value=True)])[0]
+        assert not result.successful and "broadcasts the TF odom -> base_link" in result.reason
     finally:
         executor.shutdown()
         for n in (*nodes.values(), io):
@@ -97,6 +101,14 @@ def test_cameras_must_agree_on_the_network():
         with pytest.raises(ValueError, match="broadcast the TF"):  # a second camera with the same TF frames
             shared({**p, "publish_tf": True}, "xfeat")
         shared({**p, "publish_tf": True, "base_frame": "rear_link"}, "xfeat")  # its own frames: fine
+        # at run time too (`ros2 param set /rear/mambaglue_matcher publish_tf true`): before, only checked at start
+        camera_a, camera_b, camera_c = object(), object(), object()
+        broadcasting = {**p, "publish_tf": True}
+        assert shared.refuse_change(camera_a, broadcasting, {"alpha": 0.8}) is None  # the start's broadcaster
+        assert "broadcasts the TF odom -> base_link" in shared.refuse_change(camera_c, p, {"publish_tf": True})
+        assert shared.refuse_change(camera_a, broadcasting, {"publish_tf": False}) is None  # it stops: the frames free
+        assert shared.refuse_change(camera_c, p, {"publish_tf": True}) is None
+        assert "broadcasts the TF" in shared.refuse_change(camera_b, p, {"publish_tf": True})
     finally:
         shared.close()
     assert parse_arguments(["--cameras", "a", "b"]).cameras == ["a", "b"]

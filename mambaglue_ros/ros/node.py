@@ -475,6 +475,11 @@ class MatcherNode(Node):
             shared = getattr(self._matcher_factory, "shared_parameters", ())  # multi-camera: one network for all
             reasons += [f"{name} is shared by every camera of the multi-camera node: set it at start for all"
                         for name in changes if name in shared and changes[name] != self.p.get(name)]
+            refuse = getattr(self._matcher_factory, "refuse_change", None)  # multi-camera: one TF broadcaster
+            if refuse is not None and not reasons:  # (it takes note of what it lets through)
+                reason = refuse(self, {**self.p, **self._pending}, changes)
+                if reason:
+                    reasons.append(reason)
             if reasons:
                 return SetParametersResult(successful=False, reason="; ".join(reasons))
             self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})

@@ -93,7 +93,7 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
             raise ValueError(f"empty image tensor {tuple(image.shape)}")
         if t.dtype == torch.uint8:
             t = t.float() / 255.0
-        elif t.dtype == torch.uint16:
+        elif t.dtype == getattr(torch, "uint16", None):  # (a dtype since torch 2.3)
             t = (t.to(torch.int32) >> 8).float() / 255.0
         elif t.is_floating_point():
             t = (t.float() * _float_image_scale(float(t.amax()))).clamp_(0.0, 1.0)

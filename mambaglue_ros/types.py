@@ -19,7 +19,7 @@ def check_max_keypoints(value: int) -> int:
     """A keypoint budget as the matchers take it: an int >= 1 (a whole float such as 512.0 is taken)."""
     try:
         whole = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         whole = False
     if not whole or int(value) < 1:
         raise ValueError(f"max_keypoints must be an integer >= 1, got {value!r}")

@@ -329,7 +329,9 @@ def test_a_few_frames_of_a_long_bag_do_not_read_all_of_it(tmp_path, monkeypatch)
     topics = camera_topics(tmp_path / "bag")
     frames = load_frames(tmp_path / "bag", "stereo", topics, max_frames=3, start=1)
     assert [f.stamp_ns for f in frames] == stamps[1:4]
-    with pytest.raises(Exception):  # all of it: the reader meets the undecodable images
+    from rosbags.serde import SerdeError
+
+    with pytest.raises(SerdeError):  # all of it: the reader meets the undecodable images
         load_frames(tmp_path / "bag", "stereo", topics)
 
 
@@ -343,11 +345,23 @@ def test_compressed_images_replay_on_the_nodes_compressed_topics(tmp_path):
             msg = bag.ts.types["sensor_msgs/msg/CompressedImage"](header=bag.header(10 + k, "cam"), format="mono8; png compressed ",
                                                                   data=np.frombuffer(png.tobytes(), np.uint8))
             bag.write("/cam/image_raw/compressed", msg, 10 + k)
-    topics = camera_topics(tmp_path / "bag")
+        bag.image("/cam/depth/image_rect", 10, "cam", np.zeros((48, 64), np.uint8))  # a raw depth topic beside it
+        bag.camera_info("/cam/depth/camera_info", 1, "cam", (64, 48), K=K_SMALL, P=np.hstack([K_SMALL, np.zeros((3, 1))]))
+        bag.image("/viz/overlay", 10, "cam", np.zeros((48, 64), np.uint8))  # and an image with no camera_info
+    topics = camera_topics(tmp_path / "bag")  # the camera, not the only raw Image topics
     assert topics["left_image"] == "/cam/image_raw/compressed" and topics["left_info"] == "/cam/camera_info"
     assert topics["compressed"]
     frames = load_frames(tmp_path / "bag", "mono", topics)
     assert len(frames) == 3 and [t for t, _ in frames[0].messages] == ["camera_info", "image/compressed"]
+
+
+def test_images_before_any_camera_info_are_named(tmp_path):
+    with BC.BagWriter(tmp_path / "bag") as bag:
+        for k in range(3):
+            bag.image("/cam/image_rect", 10 + k, "cam", np.zeros((48, 64), np.uint8))
+        bag.camera_info("/cam/camera_info", 20, "cam", (64, 48), K=K_SMALL, P=np.hstack([K_SMALL, np.zeros((3, 1))]))
+    with pytest.raises(ValueError, match=r"3 mono image\(s\) but none after a camera_info on /cam/camera_info"):
+        load_frames(tmp_path / "bag", "mono", camera_topics(tmp_path / "bag"))
 
 
 def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):

@@ -103,6 +103,11 @@ def test_pairing_hint_names_repeated_stamps():
     assert "header.stamp left at 0" in sync.pairing_hint()
     feed(sync, L(33), R(33))
     assert ms(pairs) == [(0, 0), (33, 33)] and sync.pairing_hint() == ""
+    # a stray repeated stamp does not hide the real cause: cameras stamped 1.5 ms apart with exact sync
+    sync, pairs = make(slop_s=0.0)
+    feed(sync, L(0), R(1.5), L(0), L(100), R(101.5))
+    assert pairs == [] and sync.duplicates == 1
+    assert sync.pairing_hint().startswith("the nearest left and right stamps are +1.5 ms apart")
 
 
 def test_header_stamp_default():

@@ -37,8 +37,8 @@ def _friendly(fn):
         except (FileExistsError, ReaderError, WriterError, KeyError) as e:
             print(f"error: {e}", flush=True)
             return 2
-        except KeyboardInterrupt:  # a replay stopped by hand: one line, not a traceback (its outputs are not written)
-            print("interrupted: nothing written for the unfinished run", flush=True)
+        except KeyboardInterrupt:  # a replay stopped by hand: one line, not a traceback
+            print("interrupted: the unfinished run wrote nothing (an earlier run in its folder is kept)", flush=True)
             return 130
     return wrapper
 

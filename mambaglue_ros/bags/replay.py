@@ -129,13 +129,14 @@ def _info_topic(image_topic: str) -> str:
 
 def camera_topics(bag: str | Path, left: str | None = None, right: str | None = None) -> dict[str, Any]:
     """{'left_image', 'left_info', 'right_image' (or None), 'right_info', 'compressed'} of a bag: given topics,
-    our layouts, or the only image topic(s) (a 'left'/'right' pair for stereo). Raw (Image) or compressed
-    (CompressedImage) images; raw ones are preferred where a bag has both. ``compressed``: the images are
-    CompressedImage (the node then runs with ``transport: compressed``)."""
+    our layouts, or the only camera image topic(s) (a 'left'/'right' pair for stereo). A camera image topic is an
+    Image or CompressedImage topic with a camera_info beside it and no "depth" in its name; where a raw topic and
+    its ``/compressed`` twin are both recorded, the raw one. ``compressed``: the images are CompressedImage (the
+    node then runs with ``transport: compressed``)."""
     topics = BC.bag_topics(bag)
-    images = sorted(t for t, (ty, _) in topics.items() if ty == IMAGE_TYPES[0])
-    if not images and left is None:
-        images = sorted(t for t, (ty, _) in topics.items() if ty == IMAGE_TYPES[1])
+    images = sorted(t for t, (ty, _) in topics.items()
+                    if ty in IMAGE_TYPES and _info_topic(t) in topics and "depth" not in t.lower()
+                    and not (t.endswith("/compressed") and t[: -len("/compressed")] in topics))
     if left is None:
         for layout in (BC.STEREO_TOPICS, BC.MONO_TOPICS):
             if layout["left_image"] in topics:
@@ -197,7 +198,7 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
     ts = BC.typestore()
     latest_info: dict[str, bytes] = {}
     frames: list[BagFrame] = []
-    unposed = 0  # images before any camera_info
+    unposed = 0  # images before any camera_info (the reason where no frame is left)
 
     def add_frame(left: dict[str, Any], right: dict[str, Any] | None = None) -> None:
         nonlocal unposed
@@ -229,6 +230,10 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
                 sync.add(0 if role == "left_image" else 1, item)
             if enough is not None and len(frames) >= enough:
                 break
+    if not frames and unposed:
+        raise ValueError(f"{bag}: {unposed} {mode} image(s) but none after a camera_info on "
+                         f"{topics['left_info']}" + (f" / {topics['right_info']}" if stereo else "")
+                         + ": the node needs the calibration before an image")
     if stereo and not frames and sync is not None and sync.emitted == 0:
         hint = sync.pairing_hint()
         raise ValueError(f"{bag}: no left/right image pair" + (f": {hint}" if hint else "")
@@ -678,7 +683,7 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     from ..ros import params as P
 
     out = Path(cfg.out)
-    _check_out(out, cfg.force)  # refused before reading anything; nothing is removed before the inputs are read
+    _check_out(out, cfg.force)  # refused before reading anything; nothing is removed before the run has its results
     params = node_parameters(cfg)
     mode = params.get("mode", "mono")
     topics = camera_topics(cfg.bag, cfg.left_topic, cfg.right_topic)
@@ -692,12 +697,12 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
     gt = BC.read_ground_truth(cfg.bag)
-    _prepare_out(out, cfg.force)
     gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [BC.GT_TOPIC], deserialize=False)]
     log(f"replay {cfg.bag} -> {out}: {len(frames)} {mode} frames, matcher={cfg.method}, "
         f"{'lossless' if cfg.lossless else f'rate x{cfg.rate:g}'}, ground truth: {len(gt) if gt else 'none'}")
     raw = run_node(cfg, frames, params, log)
     report, series = evaluate_run(cfg, frames, raw, gt)
+    _prepare_out(out, cfg.force)  # here: an interrupted or failed run leaves an earlier one in ``out`` as it was
     write_run_files(out, report, series, gt_raw)
     if cfg.plots:
         report["plots"] = R.write_plots(out, [series], gt)

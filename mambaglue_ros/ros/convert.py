@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on the install
     _CvBridge = None
 
 NS_PER_S = 1_000_000_000
+_cv_bridge_failed = False  # set at cv_bridge's first failure on a well-formed image: our decoder from then on
 
 # encoding -> (dtype, channels, colour order of the channels). "8UC1"/"8UC3" carry no colour
 # semantics; like cv_bridge we read them as mono8 / bgr8.
@@ -201,13 +202,16 @@ def image_to_numpy(msg: Image, *, mono16_shift: int = MONO16_SHIFT,
     # cv_bridge mis-reads rows that are not a whole number of pixels, its byte swap uses an
     # API numpy 2 removed, and it always copies: mono8/rgb8 stay zero-copy with ours.
     zero_copy = dtype.itemsize == 1 and order in ("gray", "rgb")
+    global _cv_bridge_failed
     pixels = None
-    if use_cv_bridge and not zero_copy and not needs_swap and msg.step % pixel_bytes == 0:
+    if use_cv_bridge and not _cv_bridge_failed and not zero_copy and not needs_swap and msg.step % pixel_bytes == 0:
         try:
             pixels = _decode_cv_bridge(msg)
         except ImageConversionError:
             # The sizes were checked above, so the message is well formed: a cv_bridge that does not know the
-            # encoding (older ones lack "yuyv"/"uyvy") or trips over numpy 2 must not cost the frame.
+            # encoding (older ones lack "yuyv"/"uyvy") or whose compiled module fails under numpy 2 (it imports it
+            # at each call, printing numpy's traceback) must not cost the frame, nor be tried again on every frame.
+            _cv_bridge_failed = True
             pixels = None
     if pixels is None:
         pixels = _decode_raw(msg, dtype, channels)

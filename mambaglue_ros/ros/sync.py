@@ -87,7 +87,6 @@ class Synchronizer:
         self._lock = threading.RLock()
         self.emitted = 0
         self.duplicates = 0
-        self._duplicates_since_emit = 0  # for pairing_hint: a camera whose stamps repeat never completes a set
         self.dropped_overflow = 0   # evicted from a full queue
         self.dropped_unmatched = 0  # older than an emitted set: could only pair out of order
         self.dropped_late = 0       # arrived older than the last emitted set on its input
@@ -110,6 +109,7 @@ class Synchronizer:
             self._recent: list[deque[int]] = [deque(maxlen=self.queue_size + 1)
                                               for _ in range(self.num_inputs)]
             self._last_emitted: list[int | None] = [None] * self.num_inputs
+            self._duplicates_since_emit = 0  # for pairing_hint: stamps that do not advance never complete a set
 
     def add(self, index: int, msg: Any) -> None:
         """Feed one message of input ``index``; calls the callback for every set it completes."""
@@ -264,10 +264,6 @@ class StereoSynchronizer(Synchronizer):
             left, right = list(self._recent[0]), list(self._recent[1])
             newest, gaps = list(self._newest), [g for g in self._min_gap if g]
             repeated = self._duplicates_since_emit
-        if repeated:
-            return (f"{repeated} images since the last pair repeat a stamp already seen on their side (newest "
-                    f"{max((s for s in newest if s is not None), default=0) / NS_PER_S:.3f} s): is the camera driver "
-                    "stamping its images (header.stamp left at 0, or a clock that does not advance)?")
         if not left and not right:
             return ""
         if not left or not right:
@@ -277,6 +273,10 @@ class StereoSynchronizer(Synchronizer):
             return f"no {'right' if lag > 0 else 'left'} image for {abs(lag) / NS_PER_S:.1f} s of the other's stamps"
         offset = min((r - l for l in left for r in right), key=abs)
         if abs(offset) <= self.slop_ns:
+            if repeated:  # nothing else keeps them apart: the stamps do not advance
+                return (f"{repeated} images since the last pair repeat a stamp already seen on their side (newest "
+                        f"{max(s for s in newest if s is not None) / NS_PER_S:.3f} s): is the camera driver "
+                        "stamping its images (header.stamp left at 0, or a clock that does not advance)?")
             return ""
         return (f"the nearest left and right stamps are {offset / 1e6:+.1f} ms apart (right - left), sync_slop "
                 f"{self.slop_ns / 1e6:g} ms: if the cameras are not stamped together, set sync_slop above that offset "

@@ -114,3 +114,28 @@ def test_cameras_must_agree_on_the_network():
     assert parse_arguments(["--cameras", "a", "b"]).cameras == ["a", "b"]
     with pytest.raises(SystemExit):
         parse_arguments(["--cameras", "a", "a"])
+
+
+def test_a_global_namespace_remap_is_refused_by_name(tmp_path, monkeypatch):
+    """`-r __ns:=/robot` (what launch_ros's Node(namespace=...) passes) overrides every camera node's namespace: all
+    would be /robot/mambaglue_matcher on /robot/image. The multi-camera node refuses that with what to do instead."""
+    import rclpy
+
+    from mambaglue_ros.ros.multi_camera import check_distinct_names
+
+    monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path))
+    context = rclpy.Context()
+    rclpy.init(args=["multi_camera_node", "--ros-args", "-r", "__ns:=/robot"], context=context)
+    try:
+        nodes = [rclpy.create_node("mambaglue_matcher", namespace=ns, context=context) for ns in ("front", "rear")]
+        with pytest.raises(ValueError, match="put the common namespace into --cameras"):
+            check_distinct_names(nodes)
+        for n in nodes:
+            n.destroy_node()
+        nodes = [rclpy.create_node("mambaglue_matcher", namespace=ns, context=context, use_global_arguments=False)
+                 for ns in ("/robot/front", "/robot/rear")]
+        check_distinct_names(nodes)  # the namespaces given per camera: distinct
+        for n in nodes:
+            n.destroy_node()
+    finally:
+        context.try_shutdown()

@@ -93,6 +93,17 @@ class SharedMatcher:
             self.batcher.close()
 
 
+def check_distinct_names(nodes: list[Any]) -> None:
+    """ValueError where two camera nodes got the same name: a process-wide ``-r __ns:=/robot`` (what launch_ros's
+    ``Node(namespace=...)`` passes) or ``-r __node:=...`` overrides every node's own namespace or name, so all
+    cameras would be one node on one set of topics."""
+    names = [n.get_fully_qualified_name() for n in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the camera nodes are named {names}: a global namespace or node-name remap applies to every "
+                         "camera of this process; put the common namespace into --cameras (e.g. --cameras "
+                         "/robot/front /robot/rear) instead of -r __ns:=")
+
+
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     """The non-ROS arguments (``rclpy.utilities.remove_ros_args`` first)."""
     ap = argparse.ArgumentParser(prog="multi_camera_node", description=__doc__.split("\n\n")[0])
@@ -123,6 +134,7 @@ def main(args: list[str] | None = None) -> int:
         for camera in options.cameras:
             nodes.append(MatcherNode(command_line=argv, matcher_factory=shared, namespace=camera))
             executor.add_node(nodes[-1])
+        check_distinct_names(nodes)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -102,13 +102,17 @@ def test_cameras_must_agree_on_the_network():
             shared({**p, "publish_tf": True}, "xfeat")
         shared({**p, "publish_tf": True, "base_frame": "rear_link"}, "xfeat")  # its own frames: fine
         # at run time too (`ros2 param set /rear/mambaglue_matcher publish_tf true`): before, only checked at start
-        camera_a, camera_b, camera_c = object(), object(), object()
-        broadcasting = {**p, "publish_tf": True}
-        assert shared.refuse_change(camera_a, broadcasting, {"alpha": 0.8}) is None  # the start's broadcaster
-        assert "broadcasts the TF odom -> base_link" in shared.refuse_change(camera_c, p, {"publish_tf": True})
-        assert shared.refuse_change(camera_a, broadcasting, {"publish_tf": False}) is None  # it stops: the frames free
-        assert shared.refuse_change(camera_c, p, {"publish_tf": True}) is None
-        assert "broadcasts the TF" in shared.refuse_change(camera_b, p, {"publish_tf": True})
+        broadcasting = {**p, "publish_tf": True}  # camera A, a broadcaster since start (odom -> base_link)
+        rear = {**p, "publish_tf": True, "base_frame": "rear_link"}  # camera B, its own frames since start
+        assert shared.refuse_change(broadcasting, {"alpha": 0.8}) is None  # its own frames: not "another camera"
+        assert "broadcasts the TF odom -> base_link" in shared.refuse_change(p, {"publish_tf": True})  # camera C
+        assert "broadcasts the TF odom -> base_link" in shared.refuse_change(rear, {"base_frame": "base_link"})
+        assert shared.refuse_change(broadcasting, {"base_frame": "a_link"}) is None  # A moves: odom -> base_link free
+        assert shared.refuse_change(p, {"publish_tf": True}) is None  # so C may take it
+        assert "broadcasts the TF odom -> a_link" in shared.refuse_change(rear, {"base_frame": "a_link"})
+        assert shared.refuse_change({**broadcasting, "base_frame": "a_link"}, {"publish_tf": False}) is None
+        assert shared.refuse_change(rear, {"base_frame": "a_link"}) is None  # A stopped: its frames are free
+        assert "broadcasts the TF" in shared.refuse_change(p, {"publish_tf": True})  # C broadcasts since its change
     finally:
         shared.close()
     assert parse_arguments(["--cameras", "a", "b"]).cameras == ["a", "b"]

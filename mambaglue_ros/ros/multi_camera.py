@@ -39,7 +39,7 @@ class SharedMatcher:
         self.max_batch, self.max_wait_ms = int(max_batch), float(max_wait_ms)
         self.batcher: BatchingMatcher | None = None
         self._key: dict[str, Any] | None = None
-        self._tf_frames: dict[tuple[str, str], Any] = {}  # (odom, base) frames broadcast by a camera -> its node
+        self._tf_frames: set[tuple[str, str]] = set()  # the (odom, base) frames each camera broadcasts
         self._lock = threading.Lock()
 
     def __call__(self, parameters: dict[str, Any], features: str) -> Any:
@@ -60,32 +60,28 @@ class SharedMatcher:
                                  f"from the first camera's: {', '.join(f'{k}={key[k]!r} (first: {self._key[k]!r})' for k in differ)}")
             client = self.batcher.client()
             if parameters["publish_tf"]:
-                self._tf_frames[frames] = None  # its node is known at its first parameter change (refuse_change)
+                self._tf_frames.add(frames)
         client.max_keypoints = parameters["max_keypoints"]
         client.alpha = parameters["alpha"] if parameters["early_exit"] else None
         return client
 
-    def refuse_change(self, node: Any, values: dict[str, Any], changes: dict[str, Any]) -> str | None:
-        """The reason to refuse a run-time change of ``node``'s parameters (``values``: in effect, with what is
-        pending; ``changes``: asked for), or None: a camera may not start broadcasting the TF another camera of
-        this process broadcasts (two parents of one frame in the tree, REP-105), checked at start in ``__call__``."""
+    def refuse_change(self, values: dict[str, Any], changes: dict[str, Any]) -> str | None:
+        """The reason to refuse a run-time change of one camera's parameters (``values``: in effect, with what is
+        pending; ``changes``: asked for), or None, and then the change is noted: a camera may not start
+        broadcasting the TF another camera of this process broadcasts (two parents of one frame in the tree,
+        REP-105; checked at start in ``__call__``). The frames being broadcast are unique, so the camera's own
+        frames are the ones in ``values`` when it broadcasts: no node identity is needed."""
         new = {**values, **changes}
-        frames = (new["odom_frame"], new["base_frame"])
+        old = (values["odom_frame"], values["base_frame"]) if values["publish_tf"] else None
+        frames = (new["odom_frame"], new["base_frame"]) if new["publish_tf"] else None
         with self._lock:
-            if values["publish_tf"]:  # this node broadcasts: whatever it changes to, its old frames are its own
-                old = (values["odom_frame"], values["base_frame"])
-                if self._tf_frames.get(old) is None:
-                    self._tf_frames[old] = node
-            owner = self._tf_frames.get(frames, node)  # None: a camera that broadcasts since start, not yet known
-            if new["publish_tf"] and owner is not node:
+            if frames is not None and frames != old and frames in self._tf_frames:
                 return (f"another camera of this multi-camera node broadcasts the TF {frames[0]} -> {frames[1]}: give "
                         "this camera its own odom_frame / base_frame first")
-            if new["publish_tf"]:
-                if values["publish_tf"]:
-                    self._tf_frames.pop((values["odom_frame"], values["base_frame"]), None)
-                self._tf_frames[frames] = node
-            elif values["publish_tf"]:
-                self._tf_frames.pop((values["odom_frame"], values["base_frame"]), None)
+            if old is not None:
+                self._tf_frames.discard(old)
+            if frames is not None:
+                self._tf_frames.add(frames)
         return None
 
     def close(self) -> None:

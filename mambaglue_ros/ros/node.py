@@ -477,7 +477,7 @@ class MatcherNode(Node):
                         for name in changes if name in shared and changes[name] != self.p.get(name)]
             refuse = getattr(self._matcher_factory, "refuse_change", None)  # multi-camera: one TF broadcaster
             if refuse is not None and not reasons:  # (it takes note of what it lets through)
-                reason = refuse(self, {**self.p, **self._pending}, changes)
+                reason = refuse({**self.p, **self._pending}, changes)
                 if reason:
                     reasons.append(reason)
             if reasons:

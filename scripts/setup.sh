@@ -6,6 +6,7 @@
 # msg/ and CMakeLists.txt are unchanged.
 #   MAMBAGLUE_VENV   venv path (default: <repo>/.venv)
 #   MAMBAGLUE_CUDA   1 = install the CUDA torch build + mamba-ssm/causal-conv1d (default: auto)
+#   MAMBAGLUE_TORCH_INDEX  extra index for the CPU torch build (default: PyTorch's CPU index; empty: pip's own)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MAMBAGLUE_VENV:-$ROOT/.venv}"
@@ -14,6 +15,19 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q)
 # pip's local-index notices are noise here; real errors still show.
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 log() { printf '[setup] %s\n' "$*"; }
+
+# What pip cannot install, checked up front rather than failing halfway (the message build compiles C/C++ and a
+# Python extension with the system's cmake).
+missing=()
+if [ ! -x "$PY" ]; then python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv); fi
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || missing+=(g++)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "error: missing ${missing[*]} (Debian/Ubuntu: sudo apt install ${missing[*]})" >&2
+  exit 1
+fi
 
 if [ ! -x "$PY" ]; then
   log "creating $VENV"
@@ -29,7 +43,12 @@ fi
 # torch first and pinned: anything unpinned later would otherwise pull a multi-GB CUDA build.
 if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
   log "installing torch 2.13.0 (cuda=$CUDA)"
-  quiet "${PIP[@]}" torch==2.13.0
+  # PyPI's Linux torch is the CUDA build (GBs of nvidia-* wheels); without a GPU take the CPU build from PyTorch's
+  # index (its 2.13.0+cpu ranks above PyPI's 2.13.0; if that index cannot be reached pip goes on with its own)
+  TORCH_INDEX="${MAMBAGLUE_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+  EXTRA=()
+  if [ "$CUDA" = 0 ] && [ -n "$TORCH_INDEX" ]; then EXTRA=(--extra-index-url "$TORCH_INDEX"); fi
+  quiet "${PIP[@]}" "${EXTRA[@]}" torch==2.13.0
 fi
 
 log "python dependencies"

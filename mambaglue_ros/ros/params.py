@@ -68,8 +68,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # (ALIKED, DISK, SuperPoint), which it serves in ~0.7x the fp32 matcher time on a video sequence; XFeat stays
     # fp32 there (1.11x at 512 keypoints, 0.90x at 1024). bf16's products are padded to a few shapes
     # (models/gemm_shapes.py): without that, oneDNN kept a kernel per new shape (~0.8 GB in 100 pairs) and
-    # compiling them made bf16 slower than fp32 (benchmarks/precision_sequence.py, docs/results.md). The front
-    # end stays fp32: XFeat in bf16 (1.35x faster) costs keypoint localisation, AUC@3px 0.32 -> 0.24 at 512.
+    # compiling them made bf16 slower than fp32 (benchmarks/precision_sequence.py, docs/results.md). XFeat's front
+    # end runs in bf16 under auto with its keypoint head in fp32 (matcher.BF16_FRONT_ENDS); with the head in bf16 too
+    # (1.35x faster) it cost keypoint localisation, AUC@3px 0.32 -> 0.24 at 512.
     ParamSpec("precision", "auto", "matcher arithmetic: auto = fp16 on CUDA, bf16 for ALIKED / DISK / SuperPoint "
               "on CPUs with AVX512-BF16/AMX, else fp32; fp32; bf16 (autocast); fp16 (CUDA only)",
               choices=("auto", "fp32", "bf16", "fp16")),

@@ -321,8 +321,10 @@ class _TrackerBase:
         self.config = validate_tracking_config(config)
         self.reset()
 
-    def reset(self) -> None:
-        """Forget the references and restart the odometry at identity."""
+    def reset(self, keep_scale: bool = False) -> None:
+        """Forget the references and restart the odometry at identity. ``keep_scale``: a reset whose odometry goes on
+        from its last pose (a stamp that jumped back, a new calibration) keeps mono's unit of length, the speed its
+        steps are measured in (stereo is metric: nothing to keep)."""
         self.reference: _Reference | None = None
         # the reference before ``reference``: where a frame cannot be posed against ``reference``, it is tried
         # against this one (module docstring)
@@ -510,10 +512,11 @@ class MonoTracker(_TrackerBase):
         self.scale = MonoScale(float(0.5 * (self.K[0, 0] + self.K[1, 1])), frames=frame_period)
         super().__init__(matcher, config)
 
-    def reset(self) -> None:
+    def reset(self, keep_scale: bool = False) -> None:
         super().reset()
         self._window = []
-        self.scale.reset()
+        if not keep_scale:
+            self.scale.reset()
 
     def _normalised(self, feats: Features) -> np.ndarray:
         """(N, 3) normalised image points (z = 1) of all keypoints, lens distortion removed."""
@@ -704,7 +707,7 @@ class StereoTracker(_TrackerBase):
         self.last_ba: WindowResult | None = None
         super().__init__(matcher, config)
 
-    def reset(self) -> None:
+    def reset(self, keep_scale: bool = False) -> None:
         super().reset()
         if getattr(self, "_ba", None) is not None:
             self._ba.reset()

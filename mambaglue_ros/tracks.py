@@ -20,7 +20,8 @@ turns those links into ids:
 Per observation: pixel (as published), undistorted normalised coordinates (x/z, y/z), pixel
 velocity and normalised velocity (since the track's previous observation in the same camera;
 zero for a new track) and age (frames the track has been observed in, this one included).
-Ids are never reused within a ``TrackManager`` (they restart at 0 only on ``reset``).
+Ids are never reused within a ``TrackManager``, also across ``reset``: a back end that keeps features by id for a
+while (VINS's sliding window) would otherwise join a new scene point to an old one of the same id.
 """
 from __future__ import annotations
 
@@ -63,11 +64,11 @@ class TrackManager:
     """Assigns persistent ids to keypoints from the tracker's per-frame matches."""
 
     def __init__(self) -> None:
+        self.next_id = 0
         self.reset()
 
     def reset(self) -> None:
-        """Forget every track; ids start again at 0."""
-        self.next_id = 0
+        """Forget every track; the next ids go on from the last one (never reused)."""
         self.reference_stamp_ns: int | None = None  # the latest reference
         self._ids_of: dict[int, np.ndarray] = {}  # keypoint ids of each frame later frames may inherit from, by stamp
         # the last observation of each track that can still be continued, per (id, camera) key = 2 id + camera,

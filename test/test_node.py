@@ -133,7 +133,7 @@ def test_mono_node_matches_and_pose(ros_context, mono_sequence):
             assert key in diag
         assert float(diag["matches"]) > 200 and int(diag["bad_input"]) == 0 and diag["level"] == 0
         counts = check_outputs(out)  # finite, in range, one-to-one, stamps increasing
-        assert counts == {"matches": N_FRAMES - 1, "pose": N_FRAMES - 1, "odom": N_FRAMES - 1}
+        assert counts == {"matches": N_FRAMES - 1, "pose": N_FRAMES - 1, "odom": N_FRAMES}  # odom: also the origin
     finally:
         stop(node, io, executor)
 
@@ -156,11 +156,12 @@ def test_mono_odometry_steps_follow_the_stamps(ros_context, mono_sequence):
         for i, f in enumerate(frames):
             pub.publish(image_msg(f.left, f.stamp_ns, "cam_optical"))
             assert wait_for(lambda: node.stats.counters["frames_processed"] > i, timeout=60), f"frame {i} not processed"
-        assert wait_for(lambda: out.count("odom") >= 2, timeout=10)
-        p1, p3 = (np.array([o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z])
-                  for o in out.get("odom")[:2])
+        assert wait_for(lambda: out.count("odom") >= 3, timeout=10)
+        p0, p1, p3 = (np.array([o.pose.pose.position.x, o.pose.pose.position.y, o.pose.pose.position.z])
+                      for o in out.get("odom")[:3])
         c0, c1, c3 = (f.T_world_left[:3, 3] for f in frames)
         # the odometry starts at the first frame: p0 = 0; one consistent scale, so step ratios are the true ones
+        assert np.all(p0 == 0)
         assert np.linalg.norm(p3 - p1) / np.linalg.norm(p1) == pytest.approx(
             np.linalg.norm(c3 - c1) / np.linalg.norm(c1 - c0), rel=0.05)
     finally:

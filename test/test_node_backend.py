@@ -714,19 +714,56 @@ def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
         stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
         node._process(frame(f[0].left, f[0].stamp_ns))
+        # the first frame is where the odometry starts (initial_pose): ~/odom there, twist unknown
+        assert len(odom) == 1 and np.allclose(pose_of(odom[0].pose.pose), np.eye(4))
+        assert odom[0].twist.covariance[0] >= 1e6 and C.stamp_to_ns(odom[0].header.stamp) == f[0].stamp_ns
         node._process(frame(f[1].left, f[1].stamp_ns))
-        assert len(odom) == 1
+        assert len(odom) == 2
         before = pose_of(odom[-1].pose.pose)
         back = f[1].stamp_ns - 5 * 10**9  # a bag loop
         node._process(frame(f[2].left, back))
         resets = [s for s in status if s.state == TrackingState.RESET]
         assert len(resets) == 1 and "stamp jumped back 5.0 s" in resets[0].reason  # before: only a log line
-        node._process(frame(f[3].left, back + 200_000_000))
-        assert len(odom) == 2, [s.reason for s in status]
+        assert len(odom) == 3 and np.allclose(pose_of(odom[2].pose.pose), before)  # the new origin: the kept pose
+        node._process(frame(f[3].left, back + 400_000_000))  # a frame was lost upstream: two periods
+        assert len(odom) == 4, [s.reason for s in status]
         after = pose_of(odom[-1].pose.pose)
-        # continues from the last pose (one unit-length mono step away), not from identity
-        assert np.linalg.norm(after[:3, 3] - before[:3, 3]) == pytest.approx(1.0, abs=1e-6)
+        # continues from the last pose, not from identity, and in the same unit: the speed before the jump (one unit
+        # per period) over two periods; before, the reset made this step the new unit (1.0), halving every later one
+        assert np.linalg.norm(after[:3, 3] - before[:3, 3]) == pytest.approx(2.0, abs=1e-6)
         assert np.linalg.norm(after[:3, 3]) > 1.2
+    finally:
+        node.destroy_node()
+
+
+def test_the_first_frame_after_set_pose_publishes_that_pose(ros_context):
+    """~/set_pose (and ~/reset): the next frame is the new origin, so ~/odom says the set pose and covariance at
+    that frame (before, nothing until a second frame: a back end saw identity plus a step, never the reset)."""
+    from scipy.spatial.transform import Rotation
+
+    from mambaglue_ros.synthetic import make_sequence
+
+    seq = make_sequence(n_frames=4, rate_hz=5.0, stereo=False, trajectory="orbit", seed=1, speed_mps=1.0)
+    f = [seq.frame(i) for i in range(4)]
+    node = make_node(ros_context, {})
+    odom = []
+    node.pub_odom = SimpleNamespace(publish=odom.append)
+    T_set = np.eye(4)
+    T_set[:3, :3], T_set[:3, 3] = Rotation.from_euler("z", 30, degrees=True).as_matrix(), (4.0, -2.0, 0.5)
+    cov_set = np.diag([0.1, 0.1, 0.2, 0.01, 0.01, 0.03])
+    try:
+        stop_worker(node)
+        node._on_camera_info("left", info(f[0].K))
+        for fr in f[:2]:
+            node._process(frame(fr.left, fr.stamp_ns))
+        assert node._request_reset(T_set, cov_set, "set_pose")
+        node._process(frame(f[2].left, f[2].stamp_ns))
+        assert len(odom) == 3 and C.stamp_to_ns(odom[2].header.stamp) == f[2].stamp_ns
+        assert np.allclose(pose_of(odom[2].pose.pose), T_set) and np.allclose(np.reshape(odom[2].pose.covariance,
+                                                                                         (6, 6)), cov_set)
+        node._process(frame(f[3].left, f[3].stamp_ns))
+        assert len(odom) == 4 and np.linalg.norm(pose_of(odom[3].pose.pose)[:3, 3] - T_set[:3, 3]) == \
+            pytest.approx(1.0, abs=1e-6)  # one unit-length mono step from the set pose
     finally:
         node.destroy_node()
 
@@ -796,8 +833,8 @@ def test_a_frame_that_cannot_be_published_leaves_the_state_in_step(ros_context):
             node._process(frame(f[2].left, f[2].stamp_ns))
         inner.match_features = real
         node._process(frame(f[3].left, f[3].stamp_ns))
-        assert len(odom) == 2 and status[-1].state == TrackingState.OK, [s.reason for s in status]
-        assert C.stamp_to_ns(odom[-1].header.stamp) == f[3].stamp_ns
+        assert len(odom) == 3 and status[-1].state == TrackingState.OK, [s.reason for s in status]  # f0 (origin), f1
+        assert [C.stamp_to_ns(o.header.stamp) for o in odom] == [f[0].stamp_ns, f[1].stamp_ns, f[3].stamp_ns]
         assert all(np.all(np.isfinite(np.asarray(t.velocity))) for t in tracks)
     finally:
         node.destroy_node()
@@ -991,8 +1028,8 @@ def test_camera_to_base_from_tf(ros_context, monkeypatch):
 def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, monkeypatch):
     """Lifecycle cleanup -> configure -> activate: tracking restarts, so the first frame publishes RESET (stamped
     with that frame), the reset count goes on, keyframe ids are not reused (a graph keyed by them would attach new
-    factors to old nodes), a service reset is stamped in the images' time base, and the /tf publisher of a
-    configuration goes with it at cleanup."""
+    factors to old nodes), nor are track ids (VINS keeps features by id across its window), a service reset is
+    stamped in the images' time base, and the /tf publisher of a configuration goes with it at cleanup."""
     import sys
 
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -1011,11 +1048,14 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
     seq = make_sequence(n_frames=6, width=W, height=H, rate_hz=10.0, stereo=False, trajectory="forward", seed=1)
     f = [seq.frame(i) for i in range(len(seq))]
     node = make_node(ros_context, {}, lifecycle=True)
+    track_ids: list[set] = []
 
     def run(frames) -> tuple[list, list]:
         statuses, relative = [], []
         node.pub_status = SimpleNamespace(publish=statuses.append)
         node.pub_relative = SimpleNamespace(publish=relative.append)
+        track_ids.append(set())
+        node.pub_tracks = SimpleNamespace(publish=lambda m: track_ids[-1].update(m.ids))
         stop_worker(node)
         node._on_camera_info("left", info(f[0].K, size=(W, H)))
         for fr in frames:
@@ -1038,6 +1078,7 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
         assert C.stamp_to_ns(second[0].header.stamp) == f[3].stamp_ns and "configured again" in second[0].reason
         assert second[0].resets == service_reset.resets + 1
         assert min(r.keyframe_id for r in rel_second) > max(r.keyframe_id for r in rel_first)
+        assert track_ids[0] and track_ids[1] and min(track_ids[1]) > max(track_ids[0])
         # a ~/reset between the new configuration and its first frame: that is the one RESET, not two
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
         assert node.trigger_configure() == ok and node.trigger_activate() == ok

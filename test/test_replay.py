@@ -50,7 +50,7 @@ def test_lossless_stereo_replay_through_the_node(demo_bag, tmp_path):
     # the recorded bag: every output the node published, plus the ground truth
     topics = BC.bag_topics(out / "output_bag")
     assert topics["/matches"] == ("mambaglue_ros/msg/Matches", 2 * N_FRAMES - 1)  # stereo each, temporal from 2nd
-    assert topics[f"/{RP.NODE_NAME}/odom"][1] == N_FRAMES - 1
+    assert topics[f"/{RP.NODE_NAME}/odom"][1] == N_FRAMES  # the first frame's: where the odometry starts
     assert topics[f"/{RP.NODE_NAME}/relative_pose"][1] == N_FRAMES - 1
     assert topics[BC.GT_TOPIC][1] == N_FRAMES
     matches = [m for _, _, _, m in BC.read_bag(out / "output_bag", ["/matches"])]

@@ -251,8 +251,10 @@ class MatcherNode(Node):
         self._entities: list[Any] = []  # publishers, subscriptions, services, timers made by _configure
         self.mode = self.p["mode"]
         # What a back end keys its state on must not repeat within the node's life, also across lifecycle
-        # configurations: the reference's keyframe id (0 = none yet) and the count of resets in ~/status.
+        # configurations: the reference's keyframe id (0 = none yet), the count of resets in ~/status and the
+        # track ids.
         self.keyframe_id = 0
+        self.tracks = TrackManager()
         self.tracking_state = TrackingStateMachine()
         self._configurations = 0
         from ..features import MIN_IMAGE_SIDE
@@ -303,7 +305,7 @@ class MatcherNode(Node):
         self.last_stamp_ns: int | None = None
         self.odometry = OdometryIntegrator(max_twist_dt_s=LONG_GAP_S)
         self.odometry.reset(pose_params_to_matrix(self.p["initial_pose"]))
-        self.tracks = TrackManager()
+        self.tracks.reset()
         # configured again (lifecycle cleanup -> configure): tracking and the odometry start over, so the first
         # frame taken publishes RESET (keyframe ids and the reset count go on from the node's earlier configuration;
         # counted at the end of a configuration that succeeded)
@@ -965,8 +967,8 @@ class MatcherNode(Node):
         calibration: a jump of ~/odom would look like motion to a consumer); with it, it starts there.
         """
         self._reset_at_first_frame = False
-        if self.tracker is not None:
-            self.tracker.reset()
+        if self.tracker is not None:  # ~/odom going on from its last pose goes on in the same unit too (mono)
+            self.tracker.reset(keep_scale=T_odom_base is None)
         self.tracks.reset()
         if T_odom_base is None:
             self.odometry.reset(self.odometry.T_odom_base, self.odometry.covariance)
@@ -1105,6 +1107,8 @@ class MatcherNode(Node):
                 pose.num_inliers, pose.num_matches))
         if step is not None:
             self._publish_odometry(step, odom_header)
+        elif result.is_keyframe and report.state == TrackingState.INITIALIZING:
+            self._publish_origin(odom_header)
         elif report.state == TrackingState.LOST and self.p["publish_null_when_lost"]:
             self.pub_odom.publish(C.null_odometry_msg(odom_header, self.p["base_frame"]))
         self._publish_tracks(frame, tracks, header)
@@ -1133,6 +1137,16 @@ class MatcherNode(Node):
         velocity in base_frame since the previous frame with a pose (None over long gaps)."""
         self.pub_odom.publish(C.odometry_msg(step.T_odom_base, step.covariance, header, self.p["base_frame"],
                                              twist=step.twist, twist_cov=step.twist_covariance))
+        if self.p["publish_tf"] and self._tf is not None:
+            self._broadcast_tf(header)
+
+    def _publish_origin(self, header: Header) -> None:
+        """The first reference after the start or a reset: its place is where the odometry (re)starts
+        (``initial_pose``, the reset's or set_pose's pose), so ~/odom and the TF are there from this frame on, with
+        the reset's covariance and an unknown twist; a back end sees the reset's pose itself (rtabmap takes an
+        identity ~/odom as an odometry reset)."""
+        self.pub_odom.publish(C.odometry_msg(self.odometry.T_odom_ref, self.odometry.cov_ref, header,
+                                             self.p["base_frame"]))
         if self.p["publish_tf"] and self._tf is not None:
             self._broadcast_tf(header)
 

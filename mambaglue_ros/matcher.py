@@ -102,6 +102,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+# MambaGlue options that define the trained network besides its shapes: a checkpoint fixes them
+ARCHITECTURE_OPTIONS = ("mixer", "regressor", "scan_order", "bidirectional", "mamba_message", "mamba_expand")
+
+
 def build_network(features: str, weights: str | None = None, sha256: str | None = None,
                   **overrides: Any) -> tuple[MambaGlue, str]:
     """The MambaGlue network for a front end, with weights. Returns (network, description of the weights).
@@ -138,12 +142,13 @@ def build_network(features: str, weights: str | None = None, sha256: str | None 
     path = W.resolve(weights, sha256=sha256)
     ckpt = W.load_checkpoint(path, features=features)
     conf = {**MambaGlue.default_conf, **ckpt["config"]}
-    bad = {k for k in overrides if k in shape_keys and overrides[k] != conf.get(k)}
+    # what the trained weights were trained as: another scan order or message would run them as another network
+    fixed = shape_keys | set(ARCHITECTURE_OPTIONS)
+    bad = {k: (conf.get(k), overrides[k]) for k in sorted(overrides) if k in fixed and overrides[k] != conf.get(k)}
     if bad:
-        raise ValueError(f"options {sorted(bad)} are fixed by the checkpoint {path}")
-    conf.update({k: v for k, v in overrides.items() if k not in shape_keys})
-    if "mixer" in overrides and overrides["mixer"] != ckpt["config"].get("mixer", conf["mixer"]):
-        raise ValueError(f"checkpoint {path} holds mixer {ckpt['config'].get('mixer')!r}, not {overrides['mixer']!r}")
+        raise ValueError(f"checkpoint {path} was trained with other network options (checkpoint, asked): {bad}; "
+                         "they are fixed by the weights: leave them out")
+    conf.update({k: v for k, v in overrides.items() if k not in fixed})
     net = MambaGlue(**{k: v for k, v in conf.items() if k in MambaGlue.default_conf})
     state = {k: v.float() for k, v in ckpt["state_dict"].items()}
     try:

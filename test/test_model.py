@@ -335,8 +335,14 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(W.WeightsError, match="trained for front end 'xfeat'"):
         build_network("aliked", str(path))
-    with pytest.raises(ValueError, match="fixed by the checkpoint"):
+    with pytest.raises(ValueError, match="fixed by the weights"):
         build_network("xfeat", str(path), n_layers=9)
+    # nor may the options that are not shapes run the weights as another network (before: taken silently)
+    for option, value in (("scan_order", "score"), ("bidirectional", not net.conf["bidirectional"]),
+                          ("regressor", "linear"), ("mixer", "attention")):
+        with pytest.raises(ValueError, match=f"'{option}'"):
+            build_network("xfeat", str(path), **{option: value})
+    assert build_network("xfeat", str(path), scan_order=net.conf["scan_order"])[0].conf["alpha"] == 0.95  # the same
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(W.WeightsError, match="not a mambaglue_ros checkpoint"):
         build_network("xfeat", str(tmp_path / "other.pt"))

@@ -48,6 +48,20 @@ def _photo(photo_dir: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ ground truth
+def test_images_in_subfolders_are_named_not_silently_dropped(tmp_path, caplog):
+    import cv2
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    (tmp_path / "seq").mkdir()
+    cv2.imwrite(str(tmp_path / "seq" / "a.JPG"), image)
+    with pytest.raises(FileNotFoundError, match="1 in its subfolders"):
+        list_images(tmp_path)
+    cv2.imwrite(str(tmp_path / "top.PNG"), image)
+    with caplog.at_level("WARNING"):
+        assert [p.name for p in list_images(tmp_path)] == ["top.PNG"]
+    assert "1 images in subfolders are not used" in caplog.text
+
+
 def test_gt_assignment_hand_made():
     H = torch.tensor([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)  # shift right by 10 px
     k0 = torch.tensor([[0, 0], [50, 50], [100, 100], [200, 200], [300, 300]], dtype=torch.float32)
@@ -309,7 +323,46 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     with pytest.raises(ValueError, match="run stage 2 alone"):
         train(load_config(None, **again), "both", progress=False)
     with pytest.raises(ValueError, match="other network options"):
-        train(load_config(None, **{**again, "model": {"scan_order": "score"}}), "2", progress=False)
+        train(load_config(None, **{**again, "model": {"scan_order": "score"}}), "2", progress=False, overwrite=True)
+
+
+def test_a_run_folder_is_not_reused_by_accident(photo_dir, tmp_path):
+    """A stage's saved state is continued only with --resume and the same config (its budget, logging and paths may
+    change), or started again with --overwrite; an existing export target (a shipped weights file) is replaced only
+    with export_overwrite; a run with no limit, or a truncated summary.json, is refused with what to do."""
+    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=1)
+    train(load_config(None, **base), "1", progress=False)
+    with pytest.raises(ValueError, match="holds a stage-1 run.*--resume.*--overwrite"):
+        train(load_config(None, **base), "1", progress=False)  # before: its state was deleted without a word
+    with pytest.raises(ValueError, match=r"stage1\.lr \(0\.0001 -> 1e-05\)"):
+        train(load_config(None, **{**base, "stage1": {**base["stage1"], "lr": 1e-5}}), "1", resume=True,
+              progress=False)  # before: the saved optimiser's learning rates came back, the config said otherwise
+    with pytest.raises(ValueError, match=r"model\.scan_order"):
+        train(load_config(None, **{**base, "model": {"scan_order": "score"}}), "1", resume=True, progress=False)
+    # the budget and the logging may change
+    again = train(load_config(None, **{**base, "stage1": {**base["stage1"], "max_steps": 2, "log_every": 2}}), "1",
+                  resume=True, progress=False)
+    assert again["stage1"]["steps"] == 2
+    (tmp_path / "run" / "summary.json").write_text("{")  # a truncated file (a Ctrl-C while it was written)
+    with pytest.raises(ValueError, match="summary.json is not valid JSON"):
+        train(load_config(None, **base), "1", progress=False, overwrite=True)
+    (tmp_path / "run" / "summary.json").unlink()
+    assert train(load_config(None, **base), "1", progress=False, overwrite=True)["stage1"]["steps"] == 1
+
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"keep")
+    with pytest.raises(ValueError, match="export target .*shipped.pt exists"):
+        train(load_config(None, **{**base, "export": str(shipped)}), "2", progress=False)
+    assert shipped.read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="never stop"):
+        load_config(None, stage1={"max_minutes": 0, "max_steps": 0})
+    # a finished run extended: stage 1 goes on, so stage 2's saved regressors belong to another matcher (before:
+    # they were resumed on it, and the run ended in "stage 2 changed matcher weights")
+    full = {**base, "out_dir": str(tmp_path / "full"), "stage2": {**base["stage2"], "max_steps": 1, "init": "last"}}
+    train(load_config(None, **full), "both", progress=False)
+    longer = {**full, "stage1": {**full["stage1"], "max_steps": 2}}
+    with pytest.raises(ValueError, match="another matcher.*--overwrite"):
+        train(load_config(None, **longer), "both", resume=True, progress=False)
 
 
 def test_config_files_parse():
@@ -338,7 +391,7 @@ def test_config_files_parse():
                 out.add(prefix + k)
         return out
 
-    matcher_diff = {"model.mixer", "out_dir", "export", "stage1.max_steps", "stage1.max_minutes"}
+    matcher_diff = {"model.mixer", "out_dir", "stage1.max_steps", "stage1.max_minutes"}
     regressor_diff = {"model.mixer", "out_dir", "stage2.init"}
     for shipped, control, expected in (("train_aliked.yaml", "aliked_attention.yaml", matcher_diff),
                                        ("train_aliked_regressor.yaml", "aliked_attention_regressor.yaml", regressor_diff),

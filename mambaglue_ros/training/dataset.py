@@ -37,11 +37,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".we
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name (images in its subfolders are not used: a warning says
+    how many, and a folder with only subfolders of images is an error that says so)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    nested = [p for p in folder.rglob("*") if p.parent != folder and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if nested and not files:
+        raise FileNotFoundError(f"no images directly in {folder}, {len(nested)} in its subfolders: the training "
+                                "and evaluation folders are read flat; point at a folder of images (or link them into one)")
+    if nested:
+        log.warning("%s: %d images in subfolders are not used (only the %d directly in the folder)", folder,
+                    len(nested), len(files))
     if not files:
         raise FileNotFoundError(f"no images in {folder}")
     return files

@@ -21,6 +21,7 @@ Outputs in the run folder (``out_dir`` of the config, or ``--out``):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "out_dir": "out/train_xfeat",
     "export": None,  # copy the release checkpoint here after stage 2
+    "export_overwrite": False,  # True: the export may replace an existing file (else the run is refused at its start)
     "hardware": None,  # text for the checkpoint metadata (default: detected)
     "threads": 0,  # torch threads (0 = torch's default)
     # Arithmetic of the training forward passes: 'fp32', or 'bf16' mixed precision (torch.autocast: fp32 master
@@ -134,7 +136,72 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         unknown |= {f"{section}.{k}" for k in set(cfg[section]) - set(DEFAULTS[section])}
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    for stage in ("stage1", "stage2"):
+        if not (float(cfg[stage]["max_minutes"] or 0) > 0 or int(cfg[stage]["max_steps"] or 0) > 0):
+            raise ValueError(f"{stage} has neither max_minutes nor max_steps: it would never stop; set one (> 0)")
     return cfg
+
+
+# What a resumed stage may change from the run it continues: its budget, how often it logs, validates and saves,
+# and where things are written; anything else (data, network, learning rates, seed) would mix two runs in one.
+RESUME_FREE_KEYS = ("out_dir", "export", "export_overwrite", "hardware", "threads", "data.cache_dir")
+RESUME_FREE_STAGE_KEYS = ("max_minutes", "max_steps", "ckpt_every", "val_every", "log_every")
+
+
+def resume_fingerprint(cfg: dict[str, Any], stage: int) -> dict[str, Any]:
+    """The config keys a resumed ``stage`` must share with its saved state, flattened ("stage1.lr": ...) and
+    JSON-normalised (tuples as lists); the other stage's section is not part of it."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key.startswith("stage") and key != f"stage{stage}":
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            name = key if sub is None else f"{key}.{sub}"
+            if name in RESUME_FREE_KEYS or (key.startswith("stage") and sub in RESUME_FREE_STAGE_KEYS):
+                continue
+            flat[name] = v
+    return json.loads(json.dumps(flat))
+
+
+def check_run_folder(cfg: dict[str, Any], out: Path, stages: Sequence[int], resume: bool, overwrite: bool) -> None:
+    """Before a run: a stage whose saved state is in ``out`` runs only with ``resume`` (and the same config, bar
+    ``RESUME_FREE_KEYS``) or ``overwrite`` (its state, log and best file are deleted); an export target that exists
+    is replaced only with ``export_overwrite``. ValueError naming what to do otherwise."""
+    for stage in stages:
+        path = _state_path(out, stage)
+        if not path.is_file():
+            continue
+        if not resume and not overwrite:
+            raise ValueError(f"{path} holds a stage-{stage} run: continue it with --resume, or start it again with "
+                             "--overwrite (its state, log and best checkpoint are deleted), or use another --out")
+        if resume:
+            saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+            if saved is not None:
+                now = resume_fingerprint(cfg, stage)
+                differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+                if differ:
+                    raise ValueError(f"{path} was trained with another config; --resume may change only the budget, "
+                                     f"the logging and the output paths, not: "
+                                     + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ)
+                                     + ". Start a new --out, or drop --resume and pass --overwrite")
+    if 2 in stages and cfg.get("export") and Path(cfg["export"]).exists() and not cfg.get("export_overwrite"):
+        raise ValueError(f"export target {cfg['export']} exists (a shipped weights file?): set export_overwrite: true "
+                         "to replace it, or another export path (or null: the release file stays in the run folder)")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """``path`` replaced in one step (a Ctrl-C mid-write leaves the old file, not a truncated one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): delete it (or the run folder) to start fresh") from e
 
 
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
@@ -358,9 +425,20 @@ def _append_log(out: Path, stage: int, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def matcher_fingerprint(net: MambaGlue) -> str:
+    """SHA-256 of the matcher's weights (everything but the confidence regressors): what stage 2 trains on."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        if not k.startswith("token_confidence."):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache, val_cache: PairCache | None,
               net: MambaGlue, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train one stage until its time budget or step limit; returns its summary."""
+    """Train one stage until its time budget or step limit; returns its summary. Stage 2 resumes only on the
+    matcher its state was trained on (a stage 1 continued since would change it)."""
     s = cfg[f"stage{stage}"]
     out.mkdir(parents=True, exist_ok=True)
     if stage == 1:
@@ -374,15 +452,25 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
     st: dict[str, Any] = {"step": 0, "epoch": 0, "pos": 0, "elapsed_s": 0.0, "best_val": None, "best_step": None,
                           "history": [], "val_history": []}
     path = _state_path(out, stage)
-    if resume and path.is_file():
+    matcher = matcher_fingerprint(net) if stage == 2 else None
+    if resume and path.is_file():  # (train's check_run_folder compared the configs)
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("matcher", matcher) != matcher:
+            raise ValueError(f"{path} trained the regressors of another matcher than the one stage 2 starts from now "
+                             "(stage 1 went on since?): run stage 2 again with --overwrite")
         net.load_state_dict(saved.pop("model"))
         opt.load_state_dict(saved.pop("optimizer"))
+        saved.pop("config", None)
         st.update(saved)
         log.info("stage %d: resumed at step %d (%.1f min done)", stage, st["step"], st["elapsed_s"] / 60)
-    elif not resume:
+    elif resume:
+        log.info("stage %d: nothing to resume in %s, starting at step 0", stage, out)
+    else:
         for f in (path, out / f"stage{stage}_log.jsonl", out / f"stage{stage}_best.pt"):
             f.unlink(missing_ok=True)
+    st["config"] = resume_fingerprint(cfg, stage)  # saved with the state: what a --resume must not change
+    if matcher is not None:
+        st["matcher"] = matcher
     budget_s = float(s["max_minutes"]) * 60.0
     max_steps = int(s["max_steps"] or 0)
     bs = int(s["batch_size"])
@@ -406,7 +494,9 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         key = "nll_mean" if stage == 1 else "conf_bce"
         if v and (st["best_val"] is None or v[key] < st["best_val"]):
             st["best_val"], st["best_step"] = v[key], st["step"]
-            torch.save({"model": net.state_dict(), "step": st["step"], "val": v}, out / f"stage{stage}_best.pt")
+            best = out / f"stage{stage}_best.pt"
+            torch.save({"model": net.state_dict(), "step": st["step"], "val": v}, best.with_suffix(".tmp"))
+            best.with_suffix(".tmp").replace(best)  # never a truncated best file (stage 2 starts from it)
         log.info("stage %d step %d validation: %s", stage, st["step"],
                  {k: v[k] for k in sorted(v) if k in ("nll_mean", "nll_final", "precision_final", "recall_final",
                                                        "conf_bce", "conf_acc", "stop_layer", "precision_exit")})
@@ -488,7 +578,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
                "validation_best": next((v for v in st["val_history"] if v["step"] == st["best_step"]), None),
                "validation_last": st["val_history"][-1] if st["val_history"] else None,
                "loss_curve": _curve_summary(st["history"]), "layers": L}
-    (out / f"stage{stage}_summary.json").write_text(json.dumps(summary, indent=1))
+    _write_json(out / f"stage{stage}_summary.json", summary)
     return summary
 
 
@@ -545,22 +635,28 @@ def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any])
     if cfg.get("export"):
         dst = Path(cfg["export"])
         dst.parent.mkdir(parents=True, exist_ok=True)
+        # written beside it, then moved over it: a Ctrl-C mid-write (xz takes seconds) leaves the old file whole
+        tmp = dst.with_name(f".{dst.name}.tmp{''.join(dst.suffixes[-1:])}")
         if dst.name.endswith(".xz"):  # the release file compressed (see weights.packaged_checkpoint)
-            W.save_checkpoint(dst, net, cfg["features"], conf, meta=meta, half=True)
+            W.save_checkpoint(tmp, net, cfg["features"], conf, meta=meta, half=True)
         else:
-            shutil.copyfile(path, dst)
+            shutil.copyfile(path, tmp)
+        tmp.replace(dst)
     return path
 
 
 def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_dir: str | None = None,
-          progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run stage 1, stage 2 or both for a config (see ``load_config``); returns the summary."""
+          progress: bool = True, command: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run stage 1, stage 2 or both for a config (see ``load_config``); returns the summary. A stage whose state is
+    in the run folder needs ``resume`` (same config but its budget) or ``overwrite`` (``check_run_folder``)."""
     if int(cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(cfg["threads"]))
     if stage != "2" and cfg["stage2"]["init"] not in ("best", "last"):
         raise ValueError(f"stage2.init names a released checkpoint ({cfg['stage2']['init']}), whose matcher would "
                          f"replace what stage 1 trains: run stage 2 alone (--stage 2)")
     out = Path(out_dir or cfg["out_dir"])
+    stages = {"1": [1], "2": [2], "both": [1, 2]}[stage]
+    check_run_folder(cfg, out, stages, resume, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.perf_counter()
@@ -568,7 +664,10 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     cache_s = time.perf_counter() - t0
     net = build_model(cfg)
     summary_path = out / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary: dict[str, Any] = _read_json(summary_path) if summary_path.is_file() else {}
+    if not resume:  # a stage run afresh: what the folder said of it and of the stages after it is stale
+        for key in [f"stage{s}" for s in range(stages[0], 3)] + ["export"]:
+            summary.pop(key, None)
     summary.update({"features": cfg["features"], "config": cfg, "hardware": hardware_string(cfg),
                     "train_pairs": len(train_cache), "val_pairs": len(val_cache) if val_cache else 0,
                     "cache_s": round(cache_s, 1), "train_cache": str(train_cache.folder),
@@ -578,7 +677,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         commands.append(command)
     if stage in ("1", "both"):
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
-        summary_path.write_text(json.dumps(summary, indent=1))
+        _write_json(summary_path, summary)
     if stage in ("2", "both"):
         init = cfg["stage2"]["init"]
         released = None  # the checkpoint whose matcher stage 2 starts from, when it is a released one
@@ -632,9 +731,9 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False)
         summary["export"] = {"path": str(path), "copied_to": cfg.get("export"), "size_mb": round(path.stat().st_size / 2**20, 2),
                              "validation_fp16": validate(reloaded, val_cache, cfg)}
-        summary_path.write_text(json.dumps(summary, indent=1))
+        _write_json(summary_path, summary)
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
-    summary_path.write_text(json.dumps(summary, indent=1))
+    _write_json(summary_path, summary)
     return summary
 
 
@@ -645,7 +744,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="time budget of each stage run now (total over resumes); overrides the config")
     p.add_argument("--max-steps", type=int, default=None, help="step limit of each stage run now (0 = none)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's saved state")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's saved state (the same config; only the budget may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run a stage again whose saved state is in the run folder (deletes its state, log and best file)")
     p.add_argument("--out", default=None, help="run folder (default: out_dir of the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -658,7 +760,8 @@ def run_cli(args: argparse.Namespace) -> int:
             over.setdefault("stage2", {})[key] = val
     cfg = load_config(args.config, **over)
     command = "mambaglue " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    summary = train(cfg, args.stage, args.resume, args.out, progress=not args.no_progress, command=command)
+    summary = train(cfg, args.stage, args.resume, args.out, progress=not args.no_progress, command=command,
+                    overwrite=args.overwrite)
     for stage in ("stage1", "stage2"):
         if stage in summary:
             s = summary[stage]

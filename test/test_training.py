@@ -18,7 +18,8 @@ from mambaglue_ros.training.dataset import (CacheSpec, PairCache, build_cache, c
 from mambaglue_ros.training.homography import gt_matches_from_homography, make_pair, warp_points
 from mambaglue_ros.training.losses import confidence_loss, confidence_targets, matcher_loss, nll_loss
 from mambaglue_ros.training import train as train_module
-from mambaglue_ros.training.train import MatcherOptimizer, build_model, load_config, train, training_precision
+from mambaglue_ros.training.train import (MatcherOptimizer, build_model, load_config, make_caches, train,
+                                          training_precision)
 
 PHOTOS = Path("/work/shared/data/photos/train")
 
@@ -60,6 +61,16 @@ def test_images_in_subfolders_are_named_not_silently_dropped(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert [p.name for p in list_images(tmp_path)] == ["top.PNG"]
     assert "1 images in subfolders are not used" in caplog.text
+
+
+def test_a_run_without_held_out_photos_says_so(photo_dir, tmp_path, caplog):
+    cfg = load_config(None, **{**tiny_run_config(photo_dir, tmp_path, 1), "data": {
+        "images": str(photo_dir), "holdout_every": 0, "cache_dir": str(tmp_path / "cache"), "max_keypoints": 64,
+        "train_pairs": 2, "size": [160, 120]}})
+    with caplog.at_level("INFO"):
+        train_cache, val_cache = make_caches(cfg, progress=False)
+    assert len(train_cache) == 2 and val_cache is None
+    assert "0 held out" in caplog.text and "no photos held out" in caplog.text
 
 
 def test_gt_assignment_hand_made():

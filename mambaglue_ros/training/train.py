@@ -230,6 +230,10 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
     d = cfg["data"]
     photos = list_images(d["images"])
     train_photos, val_photos = split_photos(photos, int(d["holdout_every"]))
+    log.info("%s: %d training photos, %d held out for validation", d["images"], len(train_photos), len(val_photos))
+    if not val_photos:
+        log.warning("no photos held out (%d photos, holdout_every %s): no validation, and stage 2 starts from the "
+                    "last matcher, not the best", len(photos), d["holdout_every"])
     common = dict(features=cfg["features"], max_keypoints=int(d["max_keypoints"]), difficulty=float(d["difficulty"]),
                   size=tuple(d["size"]), photometric=float(d["photometric"]),
                   video_fraction=float(d.get("video_fraction", 0.0)),

@@ -44,10 +44,11 @@ fi
 if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
   log "installing torch 2.13.0 (cuda=$CUDA)"
   # PyPI's Linux torch is the CUDA build (GBs of nvidia-* wheels); without a GPU take the CPU build from PyTorch's
-  # index (its 2.13.0+cpu ranks above PyPI's 2.13.0; if that index cannot be reached pip goes on with its own)
+  # index (its 2.13.0+cpu ranks above PyPI's 2.13.0; if that index cannot be reached pip goes on with its own).
+  # torch alone from there (--no-deps): its dependencies come from pip's own index with the next command.
   TORCH_INDEX="${MAMBAGLUE_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
   EXTRA=()
-  if [ "$CUDA" = 0 ] && [ -n "$TORCH_INDEX" ]; then EXTRA=(--extra-index-url "$TORCH_INDEX"); fi
+  if [ "$CUDA" = 0 ] && [ -n "$TORCH_INDEX" ]; then EXTRA=(--extra-index-url "$TORCH_INDEX" --no-deps); fi
   quiet "${PIP[@]}" "${EXTRA[@]}" torch==2.13.0
 fi
 

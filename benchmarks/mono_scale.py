@@ -17,7 +17,7 @@ frames at 10 Hz, exact ground truth): data the step lengths were not developed o
 
 ``--bad-frames``: every frame processed, with the degraded frames of ``stereo_gaps.py --bad-frames`` (blur, covered,
 dark; alone and in bursts of 3) instead of the patterns; the ``posed`` columns score only the frames with a pose
-(what ``~/odom`` publishes), the others a frame without a pose at the last pose (``FrameResult.T_odom_cam``).
+(what ``~/odom`` publishes, besides the first frame: the origin), the others a frame without a pose at the last pose (``FrameResult.T_odom_cam``).
 
     .venv/bin/python benchmarks/mono_scale.py ../shared/data/kitti_seq1 --bad-frames --modes time
 """

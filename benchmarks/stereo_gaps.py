@@ -20,7 +20,7 @@ where they fit) degraded in both images as a camera degrades them (``BAD_FRAMES`
 left 80 % of the image covered, an exposure 12x too short. What bad frames cost the odometry, per ``pnp_ransac``
 mode; ``--set max_lost_frames=0 --without-camera-period`` gives the tracker of before 2026-12-05 (a frame without
 a pose became the reference; ``auto`` also took the covariance gate against the previous frame). The ``posed``
-columns score only the frames with a pose (what ``~/odom`` publishes); the others count a frame without a pose at
+columns score only the frames with a pose (what ``~/odom`` publishes, besides the first frame: the origin); the others count a frame without a pose at
 the last pose (``FrameResult.T_odom_cam``), where the odometry stands still over it.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def run(data: dict, matcher, frames: list[int], config: dict, degrade: dict[int,
     summary = M.evaluate(M.Trajectory(stamps, np.array(poses)), M.Trajectory(stamps, data["poses"][frames]),
                          alignment="se3")["summary"]
     per_m = summary["rpe_trans_per_m"]
-    # what ~/odom publishes: the frames with a pose (a frame without one keeps the last pose above, where the odometry
+    # what ~/odom publishes: the frames with a pose, and the first (a frame without one keeps the last pose above, where the odometry
     # stands still over it; here it is left out)
     keep = np.array(posed)
     posed_summary = M.evaluate(M.Trajectory(stamps[keep], np.array(poses)[keep]),

@@ -18,16 +18,23 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # What pip cannot install, checked up front rather than failing halfway (the message build compiles C/C++ and a
 # Python extension with the system's cmake).
+COLCON_VENV="${MAMBAGLUE_COLCON_VENV:-$ROOT/.venv-colcon}"
+BASE_PY="$PY"  # the interpreter whose headers the builds use: the venv's, or the python3 that will make it
+[ -x "$PY" ] || BASE_PY=python3
 missing=()
-if [ ! -x "$PY" ]; then python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv); fi
+if [ ! -x "$PY" ] || [ ! -x "$COLCON_VENV/bin/colcon" ]; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+fi
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || missing+=(g++)
-python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+"$BASE_PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "error: missing ${missing[*]} (Debian/Ubuntu: sudo apt install ${missing[*]})" >&2
   exit 1
 fi
+"$BASE_PY" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' \
+  || log "WARNING: $("$BASE_PY" -V 2>&1): the ROS 2 Kilted wheels and this setup are tested with Python 3.11 (and 3.12)" >&2
 
 if [ ! -x "$PY" ]; then
   log "creating $VENV"
@@ -49,7 +56,7 @@ if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
   TORCH_INDEX="${MAMBAGLUE_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
   EXTRA=()
   if [ "$CUDA" = 0 ] && [ -n "$TORCH_INDEX" ]; then EXTRA=(--extra-index-url "$TORCH_INDEX" --no-deps); fi
-  quiet "${PIP[@]}" "${EXTRA[@]}" torch==2.13.0
+  quiet "${PIP[@]}" ${EXTRA[@]+"${EXTRA[@]}"} torch==2.13.0
 fi
 
 log "python dependencies"
@@ -67,7 +74,6 @@ fi
 bash "$ROOT/scripts/build_msgs.sh" "$VENV"
 
 # colcon in a venv of its own (it pins setuptools<80); only the colcon build test uses it.
-COLCON_VENV="${MAMBAGLUE_COLCON_VENV:-$ROOT/.venv-colcon}"
 if [ ! -x "$COLCON_VENV/bin/colcon" ]; then
   log "colcon (for the colcon build test) in $COLCON_VENV"
   python3 -m venv "$COLCON_VENV"

@@ -768,6 +768,34 @@ def test_the_first_frame_after_set_pose_publishes_that_pose(ros_context):
         node.destroy_node()
 
 
+def test_the_origin_is_published_once_per_reset(ros_context):
+    """Frames that find no pose before the first one (here: unrelated scenes, each made the reference at once by
+    max_lost_frames 0) stay INITIALIZING; ~/odom gets the origin once, at the first reference, not again at each
+    later reference without a pose (their place is not known)."""
+    from mambaglue_ros.synthetic import make_sequence
+    from mambaglue_ros.tracking_state import TrackingState
+
+    scenes = [make_sequence(n_frames=2, rate_hz=5.0, stereo=False, trajectory="orbit", seed=s).frame(0)
+              for s in (1, 2, 3)]
+    seq = make_sequence(n_frames=2, rate_hz=5.0, stereo=False, trajectory="orbit", seed=4, speed_mps=1.0)
+    node = make_node(ros_context, {"max_lost_frames": 0})
+    odom, status = [], []
+    node.pub_odom = SimpleNamespace(publish=odom.append)
+    node.pub_status = SimpleNamespace(publish=status.append)
+    try:
+        stop_worker(node)
+        node._on_camera_info("left", info(scenes[0].K))
+        for i, fr in enumerate(scenes):
+            node._process(frame(fr.left, fr.stamp_ns + i * 200_000_000))
+        assert [s.state for s in status] == [TrackingState.INITIALIZING] * 3, [s.reason for s in status]
+        assert len(odom) == 1 and C.stamp_to_ns(odom[0].header.stamp) == scenes[0].stamp_ns
+        assert node._request_reset(np.eye(4), np.zeros((6, 6)), "reset service")  # a reset: an origin again
+        node._process(frame(seq.frame(0).left, scenes[0].stamp_ns + 10**9))
+        assert len(odom) == 2
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize("policy", ["previous", "keyframe"])
 def test_mono_tracks_from_the_node_keep_their_ids(ros_context, policy):
     """The node's glue: ids persist with either policy, normalised coordinates are K^-1 (u, v, 1)."""

@@ -63,6 +63,18 @@ def test_images_in_subfolders_are_named_not_silently_dropped(tmp_path, caplog):
     assert "1 images in subfolders are not used" in caplog.text
 
 
+def test_resume_takes_a_state_saved_before_a_config_key_existed(tmp_path):
+    from mambaglue_ros.training.train import check_run_folder, resume_fingerprint
+
+    cfg = load_config(None)
+    saved = resume_fingerprint(cfg, 1)
+    del saved["data.render_fraction"]  # a key added to DEFAULTS after the run was saved: its default is what ran
+    torch.save({"config": saved}, tmp_path / "stage1_state.pt")
+    check_run_folder(cfg, tmp_path, [1], resume=True, overwrite=False)
+    with pytest.raises(ValueError, match="data.render_fraction"):  # not when it is set to something else now
+        check_run_folder(load_config(None, data={"render_fraction": 0.3}), tmp_path, [1], resume=True, overwrite=False)
+
+
 def test_a_run_without_held_out_photos_says_so(photo_dir, tmp_path, caplog):
     cfg = load_config(None, **{**tiny_run_config(photo_dir, tmp_path, 1), "data": {
         "images": str(photo_dir), "holdout_every": 0, "cache_dir": str(tmp_path / "cache"), "max_keypoints": 64,

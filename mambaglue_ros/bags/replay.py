@@ -307,16 +307,14 @@ class NodeProbe:
         return False
 
     def expected_outputs(self) -> dict[str, int]:
-        """The /matches and ~/odom messages the processed frames make: ~/odom for every frame with a pose, and for
-        the first reference of the run (no pose yet), where the odometry starts."""
+        """The /matches and ~/odom messages the processed frames make: ~/odom for every frame with a pose, and once
+        for the first reference of the run (no pose yet), where the odometry starts."""
         with self.cond:
             recs = [self.records[s] for s in sorted(self.records) if self.records[s].get("processed")]
-        origins, posed = 0, False
-        for r in recs:
-            posed = posed or bool(r.get("pose"))
-            origins += bool(r.get("keyframe")) and not posed
+        first_pose = next((i for i, r in enumerate(recs) if r.get("pose")), len(recs))
+        origin = any(r.get("keyframe") for r in recs[:first_pose])
         return {"matches": sum((r.get("matches") is not None) + (r.get("stereo_matches") is not None) for r in recs),
-                "odom": sum(bool(r.get("pose")) for r in recs) + origins}
+                "odom": sum(bool(r.get("pose")) for r in recs) + int(origin)}
 
 
 class Recorder:
@@ -591,9 +589,14 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
 
     # trajectory: odometry -> camera poses, origin = first reference frame (identity)
     odom = decoded[f"/{NODE_NAME}/odom"]
-    stamps = [BC.stamp_ns(m.header) for m, _, _ in odom]
-    poses = [BC.pose_msg_to_matrix(m.pose.pose) for m, _, _ in odom]
     origin = next((r["reference_stamp_ns"] for r in processed if r["pose"] and r["reference_stamp_ns"]), None)
+    # the frames with a pose and the reference of the first one: the node's origin message is of the first
+    # reference, which a later one replaces where the first frames found no pose (it is not where they were)
+    posed = {s for s, r in raw["records"].items() if r.get("pose")} | {origin}
+    kept = [(m, BC.stamp_ns(m.header)) for m, _, _ in odom]
+    kept = [(m, s) for m, s in kept if s in posed]
+    stamps = [s for _, s in kept]
+    poses = [BC.pose_msg_to_matrix(m.pose.pose) for m, _ in kept]
     if origin is not None and origin not in stamps:
         stamps.insert(0, origin)
         poses.insert(0, np.eye(4))

@@ -310,6 +310,7 @@ class MatcherNode(Node):
         # frame taken publishes RESET (keyframe ids and the reset count go on from the node's earlier configuration;
         # counted at the end of a configuration that succeeded)
         self._reset_at_first_frame = self._configurations > 0
+        self._origin_pending = True  # the first reference's ~/odom (where the odometry starts) is still to come
         # ids of the frames the tracker may still pose against (FrameResult.live_references), by stamp
         self._keyframe_ids: dict[int, int] = {}
         self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
@@ -967,6 +968,7 @@ class MatcherNode(Node):
         calibration: a jump of ~/odom would look like motion to a consumer); with it, it starts there.
         """
         self._reset_at_first_frame = False
+        self._origin_pending = True
         if self.tracker is not None:  # ~/odom going on from its last pose goes on in the same unit too (mono)
             self.tracker.reset(keep_scale=T_odom_base is None)
         self.tracks.reset()
@@ -1107,7 +1109,7 @@ class MatcherNode(Node):
                 pose.num_inliers, pose.num_matches))
         if step is not None:
             self._publish_odometry(step, odom_header)
-        elif result.is_keyframe and report.state == TrackingState.INITIALIZING:
+        elif self._origin_pending and result.is_keyframe and report.state == TrackingState.INITIALIZING:
             self._publish_origin(odom_header)
         elif report.state == TrackingState.LOST and self.p["publish_null_when_lost"]:
             self.pub_odom.publish(C.null_odometry_msg(odom_header, self.p["base_frame"]))
@@ -1145,10 +1147,11 @@ class MatcherNode(Node):
         (``initial_pose``, the reset's or set_pose's pose), so ~/odom and the TF are there from this frame on, with
         the reset's covariance and an unknown twist; a back end sees the reset's pose itself (rtabmap takes an
         identity ~/odom as an odometry reset)."""
-        self.pub_odom.publish(C.odometry_msg(self.odometry.T_odom_ref, self.odometry.cov_ref, header,
-                                             self.p["base_frame"]))
+        self._origin_pending = False  # once per start or reset: a later reference without a pose has no known place
+        T, cov = self.odometry.T_odom_ref, self.odometry.cov_ref
+        self.pub_odom.publish(C.odometry_msg(T, cov, header, self.p["base_frame"]))
         if self.p["publish_tf"] and self._tf is not None:
-            self._broadcast_tf(header)
+            self._broadcast_tf(header, T)
 
     def _reference_keyframe_id(self, result) -> int:
         """The keyframe id of the frame ``result`` was matched against: the current reference's, an earlier
@@ -1231,15 +1234,17 @@ class MatcherNode(Node):
             self._entities.append(broadcaster.pub_tf)
         return broadcaster
 
-    def _broadcast_tf(self, header: Header) -> None:
+    def _broadcast_tf(self, header: Header, T_odom_base: np.ndarray | None = None) -> None:
+        """odom -> base at ``T_odom_base`` (the odometry's last pose)."""
         from geometry_msgs.msg import TransformStamped
 
+        T = self.odometry.T_odom_base if T_odom_base is None else T_odom_base
         t = TransformStamped()
         t.header = header
         t.child_frame_id = self.p["base_frame"]
         t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
-            float(v) for v in self.odometry.T_odom_base[:3, 3])
-        q = G.matrix_to_quaternion(self.odometry.T_odom_base[:3, :3])
+            float(v) for v in T[:3, 3])
+        q = G.matrix_to_quaternion(T[:3, :3])
         t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = (
             float(v) for v in q)
         self._tf.sendTransform(t)

@@ -179,7 +179,10 @@ def check_run_folder(cfg: dict[str, Any], out: Path, stages: Sequence[int], resu
             saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
             if saved is not None:
                 now = resume_fingerprint(cfg, stage)
-                differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+                # a key the saved run did not know (added to DEFAULTS since) counts as its default
+                default = resume_fingerprint(DEFAULTS, stage)
+                differ = sorted(k for k in set(saved) | set(now)
+                                if saved.get(k, default.get(k)) != now.get(k, default.get(k)))
                 if differ:
                     raise ValueError(f"{path} was trained with another config; --resume may change only the budget, "
                                      f"the logging and the output paths, not: "
@@ -467,9 +470,9 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         saved.pop("config", None)
         st.update(saved)
         log.info("stage %d: resumed at step %d (%.1f min done)", stage, st["step"], st["elapsed_s"] / 60)
-    elif resume:
-        log.info("stage %d: nothing to resume in %s, starting at step 0", stage, out)
-    else:
+    else:  # a fresh stage: an earlier run's log and best file (without a state to resume) must not mix in
+        if resume:
+            log.info("stage %d: nothing to resume in %s, starting at step 0", stage, out)
         for f in (path, out / f"stage{stage}_log.jsonl", out / f"stage{stage}_best.pt"):
             f.unlink(missing_ok=True)
     st["config"] = resume_fingerprint(cfg, stage)  # saved with the state: what a --resume must not change
@@ -635,7 +638,8 @@ def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any])
     """The release checkpoint (fp16) in the run folder, and its copy at ``cfg['export']`` if set."""
     conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"]}
     path = out / f"mambaglue_{cfg['features']}.pt"
-    W.save_checkpoint(path, net, cfg["features"], conf, meta=meta, half=True)
+    W.save_checkpoint(path.with_suffix(".tmp.pt"), net, cfg["features"], conf, meta=meta, half=True)
+    path.with_suffix(".tmp.pt").replace(path)
     if cfg.get("export"):
         dst = Path(cfg["export"])
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ def read_image(path: str) -> np.ndarray:
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise SystemExit(f"error: cannot decode image: {path}")
+    from .training.dataset import warn_if_nearly_black
+
+    warn_if_nearly_black(bgr, path)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -75,6 +75,23 @@ def test_resume_takes_a_state_saved_before_a_config_key_existed(tmp_path):
         check_run_folder(load_config(None, data={"render_fraction": 0.3}), tmp_path, [1], resume=True, overwrite=False)
 
 
+def test_a_12_bit_image_in_16_bits_is_named_as_nearly_black(tmp_path, caplog):
+    import cv2
+
+    from mambaglue_ros.training.dataset import read_rgb
+
+    ramp = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (48, 1))  # 12-bit data in a 16-bit PNG
+    cv2.imwrite(str(tmp_path / "mono12.png"), ramp)
+    with caplog.at_level("WARNING"):
+        image = read_rgb(tmp_path / "mono12.png")
+    assert image.max() == 15 and "mono12.png is nearly black (brightest pixel 15 of 255)" in caplog.text
+    caplog.clear()
+    cv2.imwrite(str(tmp_path / "mono8.png"), (ramp >> 4).astype(np.uint8))
+    with caplog.at_level("WARNING"):
+        read_rgb(tmp_path / "mono8.png")
+    assert "nearly black" not in caplog.text
+
+
 def test_a_run_without_held_out_photos_says_so(photo_dir, tmp_path, caplog):
     cfg = load_config(None, **{**tiny_run_config(photo_dir, tmp_path, 1), "data": {
         "images": str(photo_dir), "holdout_every": 0, "cache_dir": str(tmp_path / "cache"), "max_keypoints": 64,

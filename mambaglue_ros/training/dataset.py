@@ -63,10 +63,25 @@ def split_photos(photos: Sequence[Path], holdout_every: int) -> tuple[list[Path]
     return [p for p in photos if p not in held], held
 
 
+# 8-bit peak below which an image is "nearly black": 16-bit files are read as value >> 8, so 10- or 12-bit data
+# stored in 16 bits (common for machine-vision cameras) peaks at 3 or 15
+NEARLY_BLACK_PEAK = 16
+
+
+def warn_if_nearly_black(image: np.ndarray, path: str | Path) -> None:
+    """A logged warning for an 8-bit image whose brightest pixel is below ``NEARLY_BLACK_PEAK``."""
+    peak = int(image.max()) if image.size else 0
+    if peak < NEARLY_BLACK_PEAK:
+        log.warning("%s is nearly black (brightest pixel %d of 255): 16-bit files are read as value >> 8, so 10- or "
+                    "12-bit data stored in 16 bits comes out dark; convert it to 8 bits first (value >> 2 or >> 4)",
+                    path, peak)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot decode image {path}")
+    warn_if_nearly_black(bgr, path)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

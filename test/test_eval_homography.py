@@ -96,6 +96,16 @@ def test_eval_on_three_pairs_writes_json_and_plots(photo_dir, tmp_path, capsys):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
 
 
+def test_held_out_every_takes_only_the_photos_a_training_run_held_out(photo_dir):
+    from mambaglue_ros.training.dataset import list_images, split_photos
+
+    held = split_photos(list_images(photo_dir), 3)[1]  # of 3 photos, a run with holdout_every 3 holds out the third
+    pairs = list(synthetic_pairs(photo_dir, 3, seed=1, size=(160, 120), held_out_every=3))
+    assert len(held) == 1 and {p.name.split("#")[0] for p in pairs} == {held[0].stem}
+    with pytest.raises(ValueError, match="no photo is held out"):
+        list(synthetic_pairs(photo_dir, 1, seed=1, size=(160, 120), held_out_every=4))
+
+
 def test_synthetic_pairs_are_a_fixed_set(photo_dir):
     a = list(synthetic_pairs(photo_dir, 4, seed=1, size=(160, 120)))
     b = list(synthetic_pairs(photo_dir, 4, seed=1, size=(160, 120)))

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..geometry import estimate_homography
-from ..training.dataset import list_images, pair_seed, read_rgb
+from ..training.dataset import list_images, pair_seed, read_rgb, split_photos
 from ..training.homography import gt_matches_from_homography, make_pair, make_video_pair, warp_points
 from ..types import Features, MatchResult
 
@@ -64,12 +64,19 @@ class EvalPair:
 
 def synthetic_pairs(images: str | Path, num_pairs: int, seed: int, difficulty: float = 0.8,
                     size: tuple[int, int] = (640, 480), photometric: float = 1.0,
-                    video: bool = False) -> Iterator[EvalPair]:
+                    video: bool = False, held_out_every: int = 0) -> Iterator[EvalPair]:
     """The fixed synthetic set of (folder, num_pairs, seed, difficulty): pair k from photo k % #photos.
 
     video: small, video-like motions (``make_video_pair``; ``difficulty`` unused) instead of homographies.
+    held_out_every: > 0: only the photos a training run with ``data.holdout_every`` of this value held out of the
+        same folder (``split_photos``), so a run is not scored on the photos it trained on.
     """
     photos = list_images(images)
+    if held_out_every > 0:
+        photos = split_photos(photos, int(held_out_every))[1]
+        if not photos:
+            raise ValueError(f"{images}: no photo is held out with every {held_out_every}th "
+                             f"({len(list_images(images))} photos)")
     cache: dict[int, np.ndarray] = {}
     for k in range(int(num_pairs)):
         pi = k % len(photos)
@@ -414,6 +421,8 @@ def format_table(result: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="folder of photos for synthetic homography pairs")
+    p.add_argument("--held-out-every", type=int, default=0,
+                   help="only the photos a training run with data.holdout_every N held out of --images (0 = all)")
     p.add_argument("--hpatches", help="HPatches folder (sequences with 1.ppm..6.ppm, H_1_k); replaces --images")
     p.add_argument("--pairs", type=int, default=200, help="number of pairs (HPatches: at most; 0 = all)")
     p.add_argument("--seed", type=int, default=0)
@@ -454,9 +463,11 @@ def run_cli(args: argparse.Namespace) -> int:
         if not args.images:
             raise ValueError("give --images DIR (synthetic pairs) or --hpatches DIR")
         w, h = (int(v) for v in args.size.lower().split("x"))
-        pairs = synthetic_pairs(args.images, args.pairs, args.seed, args.difficulty, (w, h), args.photometric)
+        pairs = synthetic_pairs(args.images, args.pairs, args.seed, args.difficulty, (w, h), args.photometric,
+                                held_out_every=args.held_out_every)
         dataset = {"dataset": "synthetic", "images": str(args.images), "difficulty": args.difficulty,
-                   "size": [w, h], "photometric": args.photometric}
+                   "size": [w, h], "photometric": args.photometric,
+                   **({"held_out_every": args.held_out_every} if args.held_out_every else {})}
     t0 = time.perf_counter()
     result = evaluate(pairs, args.features, methods, args.max_keypoints, alphas, sweep_methods, args.device,
                       ransac_px=args.ransac_px, progress=not args.no_progress,

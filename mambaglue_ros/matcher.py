@@ -102,8 +102,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-# MambaGlue options that define the trained network besides its shapes: a checkpoint fixes them
+# MambaGlue options a checkpoint fixes: its shapes, and what defines the trained network besides them
+SHAPE_OPTIONS = ("input_dim", "descriptor_dim", "n_layers", "num_heads", "d_state")
 ARCHITECTURE_OPTIONS = ("mixer", "regressor", "scan_order", "bidirectional", "mamba_message", "mamba_expand")
+CHECKPOINT_OPTIONS = SHAPE_OPTIONS + ARCHITECTURE_OPTIONS
 
 
 def build_network(features: str, weights: str | None = None, sha256: str | None = None,
@@ -118,7 +120,6 @@ def build_network(features: str, weights: str | None = None, sha256: str | None 
     """
     if features not in MATCHER_CONF:
         raise ValueError(f"unknown feature front end {features!r}; choose from {tuple(MATCHER_CONF)}")
-    shape_keys = {"input_dim", "descriptor_dim", "n_layers", "num_heads", "d_state"}
     if weights is None:
         packaged = W.packaged_checkpoint(features)
         weights = str(packaged) if packaged else "lightglue"
@@ -143,12 +144,12 @@ def build_network(features: str, weights: str | None = None, sha256: str | None 
     ckpt = W.load_checkpoint(path, features=features)
     conf = {**MambaGlue.default_conf, **ckpt["config"]}
     # what the trained weights were trained as: another scan order or message would run them as another network
-    fixed = shape_keys | set(ARCHITECTURE_OPTIONS)
-    bad = {k: (conf.get(k), overrides[k]) for k in sorted(overrides) if k in fixed and overrides[k] != conf.get(k)}
+    bad = {k: (conf.get(k), overrides[k]) for k in sorted(overrides)
+           if k in CHECKPOINT_OPTIONS and overrides[k] != conf.get(k)}
     if bad:
         raise ValueError(f"checkpoint {path} was trained with other network options (checkpoint, asked): {bad}; "
                          "they are fixed by the weights: leave them out")
-    conf.update({k: v for k, v in overrides.items() if k not in fixed})
+    conf.update({k: v for k, v in overrides.items() if k not in CHECKPOINT_OPTIONS})
     net = MambaGlue(**{k: v for k, v in conf.items() if k in MambaGlue.default_conf})
     state = {k: v.float() for k, v in ckpt["state_dict"].items()}
     try:

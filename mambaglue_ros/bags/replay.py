@@ -592,11 +592,10 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
     origin = next((r["reference_stamp_ns"] for r in processed if r["pose"] and r["reference_stamp_ns"]), None)
     # the frames with a pose and the reference of the first one: the node's origin message is of the first
     # reference, which a later one replaces where the first frames found no pose (it is not where they were)
-    posed = {s for s, r in raw["records"].items() if r.get("pose")} | {origin}
-    kept = [(m, BC.stamp_ns(m.header)) for m, _, _ in odom]
-    kept = [(m, s) for m, s in kept if s in posed]
-    stamps = [s for _, s in kept]
-    poses = [BC.pose_msg_to_matrix(m.pose.pose) for m, _ in kept]
+    posed = {r["stamp_ns"] for r in processed if r["pose"]} | {origin}
+    kept = [m for m, _, _ in odom if BC.stamp_ns(m.header) in posed]
+    stamps = [BC.stamp_ns(m.header) for m in kept]
+    poses = [BC.pose_msg_to_matrix(m.pose.pose) for m in kept]
     if origin is not None and origin not in stamps:
         stamps.insert(0, origin)
         poses.insert(0, np.eye(4))

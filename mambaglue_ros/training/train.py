@@ -32,13 +32,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
 
 from .. import weights as W
-from ..matcher import build_network, cpu_has_native_bf16
+from ..matcher import CHECKPOINT_OPTIONS, build_network, cpu_has_native_bf16
 from ..models.mambaglue import MambaGlue, filter_matches
 from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
                       net_inputs, split_photos)
@@ -176,7 +176,8 @@ def check_run_folder(cfg: dict[str, Any], out: Path, stages: Sequence[int], resu
             raise ValueError(f"{path} holds a stage-{stage} run: continue it with --resume, or start it again with "
                              "--overwrite (its state, log and best checkpoint are deleted), or use another --out")
         if resume:
-            saved = torch.load(path, map_location="cpu", weights_only=True).get("config")
+            # mmap: only the config is read here, not the model and optimiser tensors (run_stage loads those)
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
             if saved is not None:
                 now = resume_fingerprint(cfg, stage)
                 # a key the saved run did not know (added to DEFAULTS since) counts as its default
@@ -193,11 +194,16 @@ def check_run_folder(cfg: dict[str, Any], out: Path, stages: Sequence[int], resu
                          "to replace it, or another export path (or null: the release file stays in the run folder)")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """``path`` replaced in one step (a Ctrl-C mid-write leaves the old file, not a truncated one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` beside ``path``, then ``tmp`` moved over it: a Ctrl-C mid-write leaves the old file whole, not a
+    truncated one. ``tmp`` keeps ``path``'s suffix (``weights.save_checkpoint`` compresses by it)."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(tmp)
     tmp.replace(path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -422,9 +428,7 @@ def _state_path(out: Path, stage: int) -> Path:
 
 
 def _save_state(path: Path, net: MambaGlue, opt: MatcherOptimizer, st: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), **st}, tmp)
-    tmp.replace(path)
+    _write_atomically(path, lambda tmp: torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), **st}, tmp))
 
 
 def _append_log(out: Path, stage: int, record: dict[str, Any]) -> None:
@@ -501,9 +505,8 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         key = "nll_mean" if stage == 1 else "conf_bce"
         if v and (st["best_val"] is None or v[key] < st["best_val"]):
             st["best_val"], st["best_step"] = v[key], st["step"]
-            best = out / f"stage{stage}_best.pt"
-            torch.save({"model": net.state_dict(), "step": st["step"], "val": v}, best.with_suffix(".tmp"))
-            best.with_suffix(".tmp").replace(best)  # never a truncated best file (stage 2 starts from it)
+            _write_atomically(out / f"stage{stage}_best.pt",  # never a truncated best file (stage 2 starts from it)
+                              lambda tmp: torch.save({"model": net.state_dict(), "step": st["step"], "val": v}, tmp))
         log.info("stage %d step %d validation: %s", stage, st["step"],
                  {k: v[k] for k in sorted(v) if k in ("nll_mean", "nll_final", "precision_final", "recall_final",
                                                        "conf_bce", "conf_acc", "stop_layer", "precision_exit")})
@@ -623,9 +626,8 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
 def _load_released_matcher(net: MambaGlue, ckpt: dict[str, Any], path: str) -> None:
     """The matcher of a released checkpoint (``weights.load_checkpoint``, read from ``path``) into ``net``, for
     stage 2 alone: fp16 values widen exactly, the regressors stay fresh."""
-    options = ("mixer", "regressor", "scan_order", "bidirectional", "mamba_message", "mamba_expand", "descriptor_dim",
-               "n_layers", "num_heads", "d_state", "input_dim")
-    differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in options if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
+    differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in CHECKPOINT_OPTIONS
+              if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
     if differ:
         raise ValueError(f"{path} has other network options than the config (checkpoint, config): {differ}")
     own = net.state_dict()
@@ -638,18 +640,14 @@ def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any])
     """The release checkpoint (fp16) in the run folder, and its copy at ``cfg['export']`` if set."""
     conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"]}
     path = out / f"mambaglue_{cfg['features']}.pt"
-    W.save_checkpoint(path.with_suffix(".tmp.pt"), net, cfg["features"], conf, meta=meta, half=True)
-    path.with_suffix(".tmp.pt").replace(path)
+    _write_atomically(path, lambda tmp: W.save_checkpoint(tmp, net, cfg["features"], conf, meta=meta, half=True))
     if cfg.get("export"):
         dst = Path(cfg["export"])
         dst.parent.mkdir(parents=True, exist_ok=True)
-        # written beside it, then moved over it: a Ctrl-C mid-write (xz takes seconds) leaves the old file whole
-        tmp = dst.with_name(f".{dst.name}.tmp{''.join(dst.suffixes[-1:])}")
-        if dst.name.endswith(".xz"):  # the release file compressed (see weights.packaged_checkpoint)
-            W.save_checkpoint(tmp, net, cfg["features"], conf, meta=meta, half=True)
+        if dst.name.endswith(".xz"):  # the release file compressed (see weights.packaged_checkpoint; xz takes seconds)
+            _write_atomically(dst, lambda tmp: W.save_checkpoint(tmp, net, cfg["features"], conf, meta=meta, half=True))
         else:
-            shutil.copyfile(path, tmp)
-        tmp.replace(dst)
+            _write_atomically(dst, lambda tmp: shutil.copyfile(path, tmp))
     return path
 
 

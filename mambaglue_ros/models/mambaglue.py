@@ -447,6 +447,16 @@ class CrossBlock(nn.Module):
         return x0 + self.ffn(torch.cat([x0, m0], -1)), x1 + self.ffn(torch.cat([x1, m1], -1))
 
 
+# A trained cross attention is sharp: a few per cent of its softmax weights fall below float32's smallest normal
+# number (1.2e-38) and come out as denormals, which a CPU multiplies many times slower (microcode assists). With
+# them, a full forward pass of the shipped networks at 1024 keypoints took 1.46x (XFeat, 2 % of the weights
+# denormal) and 1.65x (ALIKED, 4 %) the time (benchmarks/denormals.py). Logits more than DENORMAL_FLOOR below their
+# row's maximum are raised to it: such a weight is < e^-60 (1e-26) of the row's largest, which changes no float32
+# sum, and every weight is then > e^-60 / n, a normal number for any n below 1e10. GPUs handle denormals at full
+# speed, and the CUDA path's fused attention takes no floor. math.inf switches it off (the benchmark does).
+DENORMAL_FLOOR = 60.0
+
+
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       block_bytes: int = 1 << 21) -> torch.Tensor:
     """softmax(q k^T) v for the cross block: q (B, h, M, dh), k (B, h, N, dh) already scaled, v (B, h, N, dv).
@@ -467,6 +477,10 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     out = []
     for i in range(0, m, rows):
         sim = q[:, :, i: i + rows] @ kt
+        if mask is not None:
+            sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
+        # Weights below e^-60 of a row's largest are raised to it (DENORMAL_FLOOR); masked ones stay 0.
+        sim = sim.clamp_(min=sim.detach().amax(-1, keepdim=True) - DENORMAL_FLOOR)  # in place: no new block
         if mask is not None:
             sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
         out.append(F.softmax(sim, dim=-1) @ v)

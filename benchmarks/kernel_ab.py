@@ -4,14 +4,16 @@ The noise between separate processes on a shared 2-vCPU machine (±5 % on the sa
 kernel change moves the whole network, so both kernels run in the same process, interleaved pair by pair with
 our LightGlue (``mixer='attention'``) on the same keypoints at full depth (``bench.interleaved``, rotating order):
 
-- ``before``: the network with ``--old-source``'s scan (built here into a temporary folder) and the torch
-  depthwise conv + SiLU (what the network ran before the kernel had a conv);
+- ``before``: the network with ``--old-source``'s kernels (built here into a temporary folder with the flags of
+  that time, ``ssm_cpu.CFLAGS``); a source without the fused conv (before 2026-12-04) with the torch depthwise
+  conv + SiLU, and one without the scan's ``bidirectional`` / ``gate`` (before 2026-12-07) with both in torch
+  around it, as the network ran them then;
 - ``after``: the network as it runs now (this checkout's built kernel, ``scripts/setup.sh``);
 - ``lightglue``: the attention-only network.
 
 Checks first that before and after give the same matches, then prints median ms per pair and the ratios, and
 the kernels alone at the network's branch width and the pair's keypoint count (one image): the scan (before:
-the old source; after: this checkout's) and the conv + SiLU (before: torch; after: the fused kernel).
+the old source; after: this checkout's), the version-2 branch's two-way gated scan, and the conv + SiLU.
 
     git show 5df64c2:mambaglue_ros/models/selective_scan_cpu.cpp > /tmp/old_scan.cpp
     python benchmarks/kernel_ab.py --old-source /tmp/old_scan.cpp --features xfeat --keypoints 1024 --repeats 25
@@ -33,6 +35,7 @@ from mambaglue_ros.models import ssm_cpu
 def build_old(source: Path, where: Path):
     from torch.utils.cpp_extension import load
 
+    # the flags every source before 2026-12-07 was built with (since then 512-bit vectors where the CPU has them)
     return load(name="mambaglue_scan_cpu_before", sources=[str(source)], extra_cflags=ssm_cpu.CFLAGS,
                 build_directory=str(where))
 
@@ -52,10 +55,20 @@ def main() -> int:
         old = build_old(args.old_source, Path(tmp))
     new_scan, new_conv = mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu
 
-    def old_scan(*a, **kw):
-        return ssm_cpu.selective_scan_cpu(*a, module=old, **kw)
+    def old_scan(u, delta, A, B, C, D, delta_bias, A2=None, bidirectional=False, gate=None):
+        # A source from before 2026-12-07 scans one direction and does not gate: both as the network ran them
+        # then, in torch around the kernel (the reversed sequences as extra batch entries).
+        b = u.shape[0]
+        if bidirectional:
+            u, delta, B, C = (torch.cat([t, t.flip(1)], 0) for t in (u, delta, B, C))
+        y = ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, delta_bias, module=old, A2=A2)
+        if bidirectional:
+            y = 0.5 * (y[:b] + y[b:].flip(1))
+        return y if gate is None else y * F.silu(gate)
 
     def old_conv(u, conv, **kw):
+        if hasattr(old, "depthwise_conv_silu"):  # a source with the fused conv (since 2026-12-04)
+            return ssm_cpu.depthwise_conv_silu_cpu(u, conv, module=old, **kw)
         return F.silu(mg.depthwise_conv(u, conv))
 
     device = torch.device("cpu")
@@ -78,7 +91,7 @@ def main() -> int:
         if not torch.equal(before()["matches0"], net(data)["matches0"]):
             raise SystemExit("before and after give different matches")
         ms = bench.interleaved(calls, args.repeats, device)
-    parts = kernel_parts(net, old, len(f0), max(args.repeats, 50))
+    parts = kernel_parts(net, old_scan, old, len(f0), max(args.repeats, 50))
     print(f"{args.features}, {len(f0)}/{len(f1)} keypoints, full depth, {args.threads} thread(s), weights {source}, "
           f"median of {args.repeats} interleaved")
     print("| MambaGlue before | after | our LightGlue | before/LightGlue | after/LightGlue | after/before |")
@@ -94,8 +107,9 @@ def main() -> int:
     return 0
 
 
-def kernel_parts(net, old, length: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """Median ms per call of the scan and of conv + SiLU, before and after, on inputs shaped as in ``net``."""
+def kernel_parts(net, old_scan, old, length: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median ms per call of the scan (one way; both ways and gated as the version-2 branch runs it) and of conv +
+    SiLU, before and after, on inputs shaped as in ``net``."""
     branch = net.transformers[0].self_attn.mamba
     g = torch.Generator().manual_seed(0)
     d, n = branch.inner, branch.d_state
@@ -104,13 +118,20 @@ def kernel_parts(net, old, length: int, repeats: int) -> dict[str, tuple[float, 
     A, D, bias = -torch.exp(branch.A_log.detach()), branch.D.detach(), branch.dt_proj.bias.detach()
     xz = torch.randn(1, length, 2 * d, generator=g)
 
+    z = xz[..., d:]
     calls = {("selective scan", 0): lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias, module=old),
              ("selective scan", 1): lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias),
-             ("depthwise conv + SiLU", 0): lambda: F.silu(mg.depthwise_conv(xz[..., :d], branch.conv1d)),
+             ("scan both ways, gated", 0): lambda: old_scan(u, delta, A, B, C, D, bias, bidirectional=True, gate=z),
+             ("scan both ways, gated", 1): lambda: ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, bias,
+                                                                              bidirectional=True, gate=z),
+             ("depthwise conv + SiLU", 0): lambda: (
+                 ssm_cpu.depthwise_conv_silu_cpu(xz[..., :d], branch.conv1d, module=old)
+                 if hasattr(old, "depthwise_conv_silu") else F.silu(mg.depthwise_conv(xz[..., :d], branch.conv1d))),
              ("depthwise conv + SiLU", 1): lambda: ssm_cpu.depthwise_conv_silu_cpu(xz[..., :d], branch.conv1d)}
     with torch.inference_mode():
         ms = bench.interleaved(calls, repeats, torch.device("cpu"))
-    return {name: (ms[(name, 0)], ms[(name, 1)]) for name in ("selective scan", "depthwise conv + SiLU")}
+    return {name: (ms[(name, 0)], ms[(name, 1)])
+            for name in ("selective scan", "scan both ways, gated", "depthwise conv + SiLU")}
 
 
 if __name__ == "__main__":

@@ -39,18 +39,59 @@ def test_kernel_matches_the_torch_scan(shape):
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
 
 
+def both_ways_gated(args, gate):
+    """The torch reference of the kernel's bidirectional, gated call: the mean of the scan and of the scan of the
+    flipped sequence flipped back, times silu(gate)."""
+    forward = selective_scan_inference(*args)
+    u, delta, A, B, C, D, bias = args
+    backward = selective_scan_inference(u.flip(1), delta.flip(1), A, B.flip(1), C.flip(1), D, bias).flip(1)
+    y = 0.5 * (forward + backward)
+    return y if gate is None else y * torch.nn.functional.silu(gate)
+
+
 @needs_kernel
-def test_kernel_splits_channels_over_threads_with_the_same_result():
-    args = scan_inputs(1, 200, 40, 16, seed=2)  # one sequence: only the channel blocks can go in parallel
-    threads = torch.get_num_threads()
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 5, 3), (3, 300, 48, 16), (2, 1024, 48, 16)])
+def test_kernel_scans_both_ways_and_gates_as_the_torch_reference(shape, threads):
+    args = scan_inputs(*shape, seed=4)
+    b, L, d, _ = shape
+    zx = torch.randn(b, L, 2 * d, generator=torch.Generator().manual_seed(5))
+    gate = zx[..., d:]  # the z half of in_proj's output: a strided view, read in place
+    kept = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = ssm_cpu.selective_scan_cpu(*args)
-        torch.set_num_threads(3)  # blocks of 16 channels: 16, 16 and a partial block of 8
-        three = ssm_cpu.selective_scan_cpu(*args)
+        torch.set_num_threads(threads)
+        for bidirectional in (False, True):
+            for g in (None, gate):
+                out = ssm_cpu.selective_scan_cpu(*args, bidirectional=bidirectional, gate=g)
+                if bidirectional:
+                    ref = both_ways_gated(args, g)
+                else:
+                    ref = selective_scan_inference(*args)
+                    ref = ref if g is None else ref * torch.nn.functional.silu(g)
+                assert out.shape == ref.shape and torch.isfinite(out).all()
+                assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), (bidirectional, g is None)
+    finally:
+        torch.set_num_threads(kept)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b, d", [(1, 40), (1, 48), (2, 48), (1, 96)])
+def test_kernel_splits_channels_over_threads_with_the_same_result(b, d):
+    """Bit for bit whatever the thread count (a padded batch and its pairs alone, a node with 1 or 2 threads):
+    with 2 threads one sequence of 48 channels once went as blocks of 24, whose tails took other vector code."""
+    args = scan_inputs(b, 200, d, 16, seed=2)  # one sequence: only the channel blocks can go in parallel
+    gate = torch.randn(b, 200, d, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append([ssm_cpu.selective_scan_cpu(*args, bidirectional=both, gate=g)
+                            for both in (False, True) for g in (None, gate)])
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, three)
+    for other in results[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(results[0], other))
 
 
 @needs_kernel
@@ -95,11 +136,11 @@ def test_fused_conv_silu_takes_low_precision_inputs():
 
 
 @needs_kernel
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2 causal", "v2 concat"])
 def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version):
     torch.manual_seed(0)
-    overrides = {} if version == "v2" else {"scan_order": "score", "bidirectional": False, "mamba_message": "concat",
-                                             "mamba_expand": 1.0}
+    overrides = {"v1": {"scan_order": "score", "bidirectional": False, "mamba_message": "concat", "mamba_expand": 1.0},
+                 "v2": {}, "v2 causal": {"bidirectional": False}, "v2 concat": {"mamba_message": "concat"}}[version]
     net, _ = build_network("xfeat", "lightglue", early_exit=False, pruning=False, **overrides)
     net = live_mamba(net).eval()
     data = pair(300, 250, seed=3)
@@ -115,6 +156,26 @@ def test_network_runs_the_kernel_and_matches_the_torch_scan(monkeypatch, version
     assert torch.equal(fast["matches0"], slow["matches0"])
     # float32 rounding (1e-7 in the scan) grows through six layers; the matches are the same
     torch.testing.assert_close(fast["matching_scores0"], slow["matching_scores0"], rtol=0, atol=1e-3)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("message", ["gated", "concat"])
+def test_branch_with_padding_matches_the_torch_scan(bidirectional, message):
+    """A padded batch (the reversed scan meets the padding first) gives the branch's torch-path outputs."""
+    torch.manual_seed(1)
+    branch = mg.MambaBranch(48, expand=0.5, bidirectional=bidirectional, message=message).eval()
+    x = torch.randn(2, 40, 48)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    with torch.inference_mode():
+        fast = branch(x, mask)
+        with ssm_cpu.torch_scan_only():
+            slow = branch(x, mask)
+    assert len(fast) == len(slow) == branch.num_outputs
+    for a, b in zip(fast, slow):
+        real = mask[..., None].expand_as(a)
+        torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_float64_and_other_devices_keep_the_torch_scan():

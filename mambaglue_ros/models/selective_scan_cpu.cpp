@@ -8,6 +8,10 @@
 // computed where they are used and never stored, and the loop over channels is innermost (contiguous), so
 // the compiler vectorises it. The decays use a polynomial 2^x (exp2_nonpositive) rather than a call into
 // glibc's vector math library: the loop has no call left in it (~1.3x faster here, float32 accuracy).
+// The version-2 branch's bidirectional scan and gate are options of the same call: the reverse direction runs
+// over the same inputs (no flipped copies) and reuses the forward direction's softplus, and y * silu(z) is
+// applied as each output row is written (MambaBranch.forward; torch ran four cats, five flips, a mean, a SiLU and
+// a product over the sequence).
 // depthwise_conv_silu is the Mamba branch's 'same'-padded depthwise conv and SiLU in one pass, reading the
 // x half of in_proj's output in place (no padded copy, no k separate passes over the sequence).
 // Built by ssm_cpu.py (torch.utils.cpp_extension); inference only, no backward.
@@ -82,12 +86,72 @@ inline void silu_into(int64_t n, const float* __restrict x, float* __restrict ou
   for (int64_t c = 0; c < n; ++c) out[c] = x[c] / (1.f + std::exp(-x[c]));
 }
 
+// y = (y + other) / 2 and y *= silu(z) over n channels (restrict: vectorised)
+inline void average_into(int64_t n, const float* __restrict other, float* __restrict y) {
+  for (int64_t c = 0; c < n; ++c) y[c] = 0.5f * (y[c] + other[c]);
+}
+
+inline void gate_into(int64_t n, const float* __restrict z, float* __restrict y) {
+  for (int64_t c = 0; c < n; ++c) y[c] *= z[c] / (1.f + std::exp(-z[c]));
+}
+
+}  // namespace
+
+namespace {
+
+struct ScanArgs {
+  const float *u, *delta, *A2, *B, *C, *D, *bias;
+  float* y;
+  int64_t L, d, N;
+};
+
+// The scan over L of batch entry b's channels k0 .. k0 + w, from a zero state, forward (t = 0 .. L-1) or with
+// `reverse` backward (t = L-1 .. 0). A step's dt and du (step_inputs) are at row t of dt_all / du_all ((L, w))
+// when `keep_steps`, else at row 0 (used once); with `have_steps` they are read from there, not computed: the
+// second direction of a bidirectional scan reuses the first's softplus. `combine`: y = (y + C h + D u) / 2 (the
+// mean with the first direction, already in y), else y = C h + D u. `gate` (row t of batch entry b at
+// gate + b * gate_b + t * gate_l, unit channel stride) or nullptr: then y *= silu(gate).
+void scan_channels(const ScanArgs& a, int64_t b, int64_t k0, int64_t w, bool reverse, bool keep_steps,
+                   bool have_steps, bool combine, const float* gate, int64_t gate_b, int64_t gate_l, float* h,
+                   float* dt_all, float* du_all, float* acc, float* out) {
+  std::fill(h, h + a.N * w, 0.f);
+  for (int64_t s = 0; s < a.L; ++s) {
+    const int64_t t = reverse ? a.L - 1 - s : s;
+    const int64_t row = b * a.L + t;
+    const float* ut = a.u + row * a.d + k0;
+    const float* Bt = a.B + row * a.N;
+    const float* Ct = a.C + row * a.N;
+    float* dt = dt_all + (keep_steps ? t * w : 0);
+    float* du = du_all + (keep_steps ? t * w : 0);
+    if (have_steps) {
+      std::fill(acc, acc + w, 0.f);
+    } else {
+      step_inputs(w, a.delta + row * a.d + k0, a.bias + k0, ut, dt, du, acc);
+    }
+    for (int64_t n = 0; n < a.N; ++n) {
+      state_update(w, dt, du, a.A2 + n * a.d + k0, Bt[n], Ct[n], h + n * w, acc);
+    }
+    float* yt = a.y + row * a.d + k0;
+    if (combine) {
+      step_output(w, acc, a.D + k0, ut, out);
+      average_into(w, out, yt);
+    } else {
+      step_output(w, acc, a.D + k0, ut, yt);
+    }
+    if (gate != nullptr) gate_into(w, gate + b * gate_b + t * gate_l + k0, yt);
+  }
+}
+
 }  // namespace
 
 // u, delta: (b, L, d) float32; A2: (N, d) float32 = A^T * log2(e); B, C: (b, L, N) float32;
-// D, delta_bias: (d,) float32. Returns y: (b, L, d) float32.
+// D, delta_bias: (d,) float32. Returns y: (b, L, d) float32. `bidirectional`: y is the mean of the scan and of
+// the scan over the reversed sequence, both from a zero state (= scanning the flipped sequence and flipping its
+// output back; the two share each step's softplus). `gate` ((b, L, d), unit channel stride: the z half of
+// in_proj's output is read in place) or None: y * silu(gate), Mamba's gated output.
 torch::Tensor selective_scan_cpu(torch::Tensor u, torch::Tensor delta, torch::Tensor A2, torch::Tensor B,
-                                 torch::Tensor C, torch::Tensor D, torch::Tensor delta_bias) {
+                                 torch::Tensor C, torch::Tensor D, torch::Tensor delta_bias, bool bidirectional,
+                                 c10::optional<torch::Tensor> gate) {
   for (const auto& t : {u, delta, A2, B, C, D, delta_bias}) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32, "selective_scan_cpu: float32 CPU tensors");
   }
@@ -97,41 +161,43 @@ torch::Tensor selective_scan_cpu(torch::Tensor u, torch::Tensor delta, torch::Te
   TORCH_CHECK(B.dim() == 3 && B.size(0) == nb && B.size(1) == L && B.size(2) == N && C.sizes() == B.sizes(),
               "selective_scan_cpu: B and C must be (b, L, N)");
   TORCH_CHECK(D.numel() == d && delta_bias.numel() == d, "selective_scan_cpu: D and delta_bias must be (d,)");
+  torch::Tensor z;
+  if (gate.has_value()) {
+    z = *gate;
+    TORCH_CHECK(z.device().is_cpu() && z.scalar_type() == torch::kFloat32 && z.sizes() == u.sizes(),
+                "selective_scan_cpu: gate must be a float32 CPU tensor shaped as u");
+    if (z.stride(2) != 1) z = z.contiguous();
+  }
   u = u.contiguous(); delta = delta.contiguous(); A2 = A2.contiguous(); B = B.contiguous(); C = C.contiguous();
   D = D.contiguous(); delta_bias = delta_bias.contiguous();
   auto y = torch::empty_like(u);
-  const float* pu = u.data_ptr<float>();
-  const float* pdelta = delta.data_ptr<float>();
-  const float* pA = A2.data_ptr<float>();
-  const float* pB = B.data_ptr<float>();
-  const float* pC = C.data_ptr<float>();
-  const float* pD = D.data_ptr<float>();
-  const float* pbias = delta_bias.data_ptr<float>();
-  float* py = y.data_ptr<float>();
+  const ScanArgs args{u.data_ptr<float>(), delta.data_ptr<float>(), A2.data_ptr<float>(), B.data_ptr<float>(),
+                      C.data_ptr<float>(), D.data_ptr<float>(), delta_bias.data_ptr<float>(), y.data_ptr<float>(),
+                      L, d, N};
+  const float* pz = z.defined() ? z.data_ptr<float>() : nullptr;
+  const int64_t zb = z.defined() ? z.stride(0) : 0, zl = z.defined() ? z.stride(1) : 0;
   // Channels are independent: work items are (batch entry, block of channels). With one thread a block is all
-  // d channels (the longest vector loops); with more, blocks of >= 16 channels spread over the threads.
+  // d channels (the longest vector loops); with more, blocks of a multiple of 16 channels (one 512-bit vector)
+  // spread over the threads. Blocks start at multiples of 16 either way, so every channel is computed by the
+  // same vector code (full vector or the tail's) whatever the thread count: the result does not depend on it.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t per_block = threads == 1 ? d : std::max<int64_t>(16, (d * nb + threads - 1) / threads);
+  const int64_t share = (d * nb + threads - 1) / threads;
+  const int64_t per_block = threads == 1 ? d : std::min<int64_t>(d, std::max<int64_t>(16, (share + 15) / 16 * 16));
   const int64_t blocks = (d + per_block - 1) / per_block;
   // The loop touches no Python object: other threads (the node's other pipeline stage) keep running.
   pybind11::gil_scoped_release no_gil;
   at::parallel_for(0, nb * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> h(N * per_block), dt(per_block), du(per_block), acc(per_block);
+    // A bidirectional scan keeps every step's dt and du for the reverse direction (L x w floats each)
+    const int64_t rows = bidirectional ? std::max<int64_t>(L, 1) : 1;
+    std::vector<float> h(N * per_block), dt(rows * per_block), du(rows * per_block), acc(per_block), out(per_block);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / blocks, k0 = (item % blocks) * per_block;
       const int64_t w = std::min(per_block, d - k0);  // channels k0 .. k0 + w
-      std::fill(h.begin(), h.end(), 0.f);
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t row = b * L + t;
-        const float* ut = pu + row * d + k0;
-        const float* deltat = pdelta + row * d + k0;
-        const float* Bt = pB + row * N;
-        const float* Ct = pC + row * N;
-        step_inputs(w, deltat, pbias + k0, ut, dt.data(), du.data(), acc.data());
-        for (int64_t n = 0; n < N; ++n) {
-          state_update(w, dt.data(), du.data(), pA + n * d + k0, Bt[n], Ct[n], h.data() + n * per_block, acc.data());
-        }
-        step_output(w, acc.data(), pD + k0, ut, py + row * d + k0);
+      scan_channels(args, b, k0, w, false, bidirectional, false, false, bidirectional ? nullptr : pz, zb, zl,
+                    h.data(), dt.data(), du.data(), acc.data(), out.data());
+      if (bidirectional) {
+        scan_channels(args, b, k0, w, true, true, true, true, pz, zb, zl, h.data(), dt.data(), du.data(),
+                      acc.data(), out.data());
       }
     }
   });
@@ -175,6 +241,9 @@ torch::Tensor depthwise_conv_silu(torch::Tensor u, torch::Tensor weight, torch::
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("selective_scan_cpu", &selective_scan_cpu, "forward-only selective scan on the CPU (float32)");
+  m.def("selective_scan_cpu", &selective_scan_cpu, "forward-only selective scan on the CPU (float32)",
+        pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A2"), pybind11::arg("B"), pybind11::arg("C"),
+        pybind11::arg("D"), pybind11::arg("delta_bias"), pybind11::arg("bidirectional") = false,
+        pybind11::arg("gate") = pybind11::none());
   m.def("depthwise_conv_silu", &depthwise_conv_silu, "silu(depthwise conv1d along L), (b, L, d) layout (float32)");
 }

@@ -63,13 +63,37 @@ def test_masked_weights_stay_zero_and_fully_masked_rows_give_zero():
     assert not ((w > 0) & (w < TINY)).any()
 
 
-def test_gradients_are_the_plain_softmax_gradients():
-    q, k = sharp_inputs(m=8, n=60, spread=40.0)  # within the floor: the same function, the same gradients
-    v = torch.randn(1, 1, 60, 4, generator=torch.Generator().manual_seed(2))
+def plain_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The masked softmax attention without a floor; rows without a key give 0 (computed on unmasked logits, so
+    their gradients are finite too)."""
+    sim = q @ k.transpose(-1, -2)
+    if mask is None:
+        return F.softmax(sim, -1) @ v
+    has_key = mask.any(-1, keepdim=True)
+    sim = sim.masked_fill(~mask & has_key, -float("inf"))
+    return (F.softmax(sim, -1) @ v) * has_key
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradients_are_the_plain_softmax_gradients_where_the_floor_acts(masked):
+    """Training runs the same function: a batch of two, two heads, logits over 200 nats (most raised by the floor),
+    padding in the batch; the gradients are finite (padding queries, whose every key is masked, once gave NaN) and
+    the plain masked softmax's."""
+    g = torch.Generator().manual_seed(3)
+    q, k = sharp_inputs(m=24, n=70)
+    q = torch.cat([q, q.flip(2)], 1).repeat(2, 1, 1, 1)  # (2, 2, 24, 8)
+    k = torch.cat([k, k.flip(2)], 1).repeat(2, 1, 1, 1)  # (2, 2, 70, 8)
+    v = torch.randn(2, 2, 70, 4, generator=g)
+    mask = None
+    if masked:
+        valid0, valid1 = torch.ones(2, 24, dtype=torch.bool), torch.ones(2, 70, dtype=torch.bool)
+        valid0[1, 20:], valid1[1, 50:] = False, False  # the second pair is padded on both sides
+        mask = (valid0[:, None, :, None] & valid1[:, None, None, :])
     grads = []
-    for fn in (lambda q, k: mg.softmax_attention(q, k, v, None), lambda q, k: F.softmax(q @ k.transpose(-1, -2), -1) @ v):
-        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        fn(qq, kk).square().sum().backward()
-        grads.append((qq.grad, kk.grad))
-    torch.testing.assert_close(grads[0][0], grads[1][0])
-    torch.testing.assert_close(grads[0][1], grads[1][1])
+    for fn in (mg.softmax_attention, plain_masked):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        fn(qq, kk, vv, mask).square().sum().backward()
+        grads.append((qq.grad, kk.grad, vv.grad))
+    for ours, plain in zip(*grads):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-20)

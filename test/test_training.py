@@ -185,6 +185,35 @@ def test_cache_is_reused_and_checked(tiny_cache, photo_dir):
     assert epoch_order(10, 0, 1) == epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
 
 
+def test_a_loaded_config_is_the_callers_own():
+    """Editing a loaded config's section once changed the defaults of every later load_config in the process."""
+    cfg = load_config(None, features="xfeat")
+    cfg["model"]["mixer"] = "attention"
+    cfg["stage1"]["lr"] = 123.0
+    again = load_config(None, features="xfeat")
+    assert again["model"]["mixer"] == "attention+mamba" and again["stage1"]["lr"] != 123.0
+
+
+@pytest.mark.parametrize("mixer", ["attention+mamba", "attention"])
+def test_a_padded_batch_gives_finite_gradients(tiny_cache, mixer):
+    """Pairs with fewer keypoints than others in the batch are padded; the padding queries' attention rows have
+    no key at all. Those rows once gave NaN in the softmax, and through the products every parameter's gradient
+    became NaN (training stopped at the next step with a non-finite loss)."""
+    torch.manual_seed(0)
+    net = build_model(load_config(None, features="xfeat", model={"mixer": mixer})).train()
+    short = {k: v for k, v in tiny_cache[1].items()}
+    for key in ("keypoints1", "descriptors1"):
+        short[key] = short[key][:90]  # as if the second photo had given 90 keypoints
+    batch = collate([tiny_cache[0], short])
+    assert not bool(batch["mask1"].all())
+    out = net.forward_train(net_inputs(batch))
+    loss, _ = matcher_loss(out["log_assignment"], batch["gt_matches0"], batch["gt_matches1"])
+    loss.backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert grads and all(torch.isfinite(g).all() for g in grads.values()), \
+        [n for n, g in grads.items() if not torch.isfinite(g).all()][:5]
+
+
 def test_losses_are_finite_and_decrease(tiny_cache):
     torch.manual_seed(0)
     cfg = load_config(None, features="xfeat")

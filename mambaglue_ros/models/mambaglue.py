@@ -386,10 +386,12 @@ class SelfBlock(nn.Module):
         qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)  # LightGlue's layout
         q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
         q, k = apply_rotary(encoding, q), apply_rotary(encoding, k)
-        attn_mask = None if mask is None else (mask[:, None, :, None] & mask[:, None, None, :])
-        context = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=attn_mask)
+        attn_mask, has_key = None, None
         if mask is not None:
-            context = context.nan_to_num()  # fully masked (padding) rows
+            attn_mask, has_key = rows_with_a_key(mask[:, None, :, None] & mask[:, None, None, :])
+        context = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=attn_mask)
+        if has_key is not None:
+            context = context * has_key.to(context.dtype)  # padding rows: 0
         return self.out_proj(context.transpose(1, 2).flatten(start_dim=-2))
 
     def ffn_weight(self) -> torch.Tensor:
@@ -465,6 +467,15 @@ class CrossBlock(nn.Module):
 DENORMAL_FLOOR = 60.0
 
 
+def rows_with_a_key(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attention mask (..., M, N) (True: may attend) whose rows without any key (padding queries) may attend to
+    every key, and which rows have a key (..., M, 1). A row with every key masked gives 0 / 0 in the softmax: NaN
+    forward and, through any later product, NaN gradients for every parameter (a padded training batch on the CPU
+    turned the whole network's gradients NaN). Callers zero those rows' outputs with the second tensor."""
+    has_key = mask.any(-1, keepdim=True)
+    return mask | ~has_key, has_key
+
+
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       block_bytes: int = 1 << 21) -> torch.Tensor:
     """softmax(q k^T) v for the cross block: q (B, h, M, dh), k (B, h, N, dh) already scaled, v (B, h, N, dv).
@@ -474,11 +485,14 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     query rows whose similarity fits in ``block_bytes`` (cache): about 30 % faster on a CPU, and the same
     numbers (q1 k0^T is (q0 k1^T)^T: the same dot products; every row's softmax is taken as LightGlue takes
     it; measured equal to the bit on CPU). On CUDA: the fused attention kernel (what LightGlue uses there).
-    mask: (B, 1, M, N) bool, True where attention is allowed; fully masked rows give 0.
+    mask: (B, 1, M, N) bool, True where attention is allowed; fully masked rows give 0 (and finite gradients).
     """
+    has_key = None
+    if mask is not None:
+        mask, has_key = rows_with_a_key(mask)
     if q.is_cuda:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return out if mask is None else out.nan_to_num()
+        return out if has_key is None else out * has_key.to(out.dtype)
     b, h, m, n = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     rows = max(16, block_bytes // max(1, b * h * n * q.element_size()))
     kt = k.transpose(-1, -2)
@@ -493,7 +507,7 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
             sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
         out.append(F.softmax(sim, dim=-1) @ v)
     out = out[0] if len(out) == 1 else torch.cat(out, 2)
-    return out if mask is None else out.nan_to_num()
+    return out if has_key is None else out * has_key.to(out.dtype)
 
 
 class TransformerLayer(nn.Module):

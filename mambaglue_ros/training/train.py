@@ -21,6 +21,7 @@ Outputs in the run folder (``out_dir`` of the config, or ``--out``):
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -125,8 +126,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
-    """Defaults <- YAML file <- overrides (nested dicts merge)."""
-    cfg = DEFAULTS
+    """Defaults <- YAML file <- overrides (nested dicts merge). The result is the caller's own: its sections are
+    copies, so editing one never changes ``DEFAULTS`` (the merge alone shares every section nothing overrode)."""
+    cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         text = Path(path).read_text()
         cfg = _merge(cfg, yaml.safe_load(text) or {})

@@ -1,20 +1,25 @@
 """What denormal floats cost the matcher on a CPU, and what the cross attention's logit floor gives back.
 
-A trained cross attention is sharp: most softmax weights of a row fall below float32's smallest normal number
-(1.2e-38) and come out as denormals, which a CPU multiplies many times slower. ``models/mambaglue.py`` raises
-every cross-attention logit to at most ``DENORMAL_FLOOR`` (60) below its row's maximum, so no weight is denormal.
+A trained cross attention is sharp: a few per cent of its softmax weights fall below float32's smallest normal
+number (1.2e-38) and come out as denormals, which a CPU multiplies many times slower. ``models/mambaglue.py``
+raises every cross-attention logit to at least ``DENORMAL_FLOOR`` (60) below its row's maximum, so no weight is
+denormal.
 This script runs, per front end and keypoint count, interleaved in one process on the bench photo pair, at full
 depth (no exit, no pruning):
 
     mambaglue / lightglue          the shipped MambaGlue and our LightGlue (mixer 'attention'), with the floor
-    mambaglue_nofloor / ..._nofloor the same networks with the floor off (DENORMAL_FLOOR = inf, the old code)
+    mambaglue_nofloor / ..._nofloor the same networks with the floor off (DENORMAL_FLOOR = inf: the code before it)
     lightglue_kornia               kornia's LightGlue (released weights): the reference, which has no floor
 
 and prints median ms per pair, the floor's speed-up, whether the matches are the same with and without it, and
-the share of cross-attention weights that are denormal without it (measured on this pair).
+the share of cross-attention weights that are denormal without it (measured on this pair). ``--train-configs``
+times a training step as well (``forward_train`` and the backward pass of a loss on every layer's assignment, the
+shipped network in train mode, a batch of one pair), with and without the floor, interleaved; ``--configs ""``
+times only that.
 
     .venv/bin/python benchmarks/denormals.py [--configs xfeat:512:20,xfeat:1024:15,aliked:1024:6]
-                                             [--threads 1] [--plot out/denormals.png] [--json out/denormals.json]
+                                             [--train-configs xfeat:512:8] [--threads 1]
+                                             [--plot out/denormals.png] [--json out/denormals.json]
 """
 from __future__ import annotations
 
@@ -87,6 +92,28 @@ def run_config(features: str, keypoints: int, repeats: int, dev: torch.device) -
             "denormal_share": share}
 
 
+def run_train_config(features: str, keypoints: int, repeats: int, dev: torch.device) -> dict:
+    """Median ms of one training step (forward_train + backward) with and without the floor, interleaved."""
+    net = bench.build(features, None, dev, adaptive=False)[0].train()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    img0, img1 = bench.photo_pair(keypoints)
+    f0, f1 = bench.extract_pair(features, keypoints, img0, img1, dev)
+    data = {k: v.clone() for k, v in bench.network_inputs(f0, f1, dev).items()}  # not inference tensors
+
+    def step():
+        out = net.forward_train(data)
+        # any loss that reaches every layer's assignment; the values do not matter, the backward pass does
+        loss = sum(la[:, :-1, :-1].diagonal(dim1=1, dim2=2).mean() + la[:, :-1, -1].mean()
+                   for la in out["log_assignment"])
+        net.zero_grad(set_to_none=True)
+        (-loss).backward()
+
+    calls = {"train_step": with_floor(step, mg.DENORMAL_FLOOR), "train_step_nofloor": with_floor(step, math.inf)}
+    ms = bench.interleaved(calls, repeats, dev, warmup=1)
+    return {"features": features, "keypoints": keypoints, "repeats": repeats, "ms": ms}
+
+
 def print_row(r: dict) -> None:
     ms = r["ms"]
     cells = [f"{r['features']}, {r['keypoints']}"]
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="xfeat:512:20,xfeat:1024:15,aliked:1024:6",
                    help="comma list of FEATURES:KEYPOINTS:REPEATS")
+    p.add_argument("--train-configs", default="", help="comma list of FEATURES:KEYPOINTS:REPEATS for training steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot", default=None)
     p.add_argument("--json", default=None)
@@ -129,20 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     print(f"{bench.device_name(dev)}, torch {torch.__version__}, {args.threads} thread(s), "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("| front end, keypoints | MambaGlue ms: no floor → floor (speed-up), denormal weights without it, "
-          "same matches | our LightGlue: the same | MambaGlue / our LightGlue: no floor → floor | "
-          "kornia LightGlue ms |")
-    print("|---|---|---|---|---:|")
+    if args.configs:
+        print("| front end, keypoints | MambaGlue ms: no floor → floor (speed-up), denormal weights without it, "
+              "same matches | our LightGlue: the same | MambaGlue / our LightGlue: no floor → floor | "
+              "kornia LightGlue ms |")
+        print("|---|---|---|---|---:|")
     results = []
-    for cfg in args.configs.split(","):
+    for cfg in filter(None, args.configs.split(",")):
         features, keypoints, repeats = cfg.split(":")
         results.append(run_config(features, int(keypoints), int(repeats), dev))
         print_row(results[-1])
-    if args.plot:
+    training = []
+    for cfg in filter(None, args.train_configs.split(",")):
+        features, keypoints, repeats = cfg.split(":")
+        training.append(run_train_config(features, int(keypoints), int(repeats), dev))
+        ms = training[-1]["ms"]
+        if len(training) == 1:
+            print("| training step (median of repeats) | no floor, ms | floor, ms | speed-up |")
+            print("|---|---:|---:|---:|")
+        print(f"| {features}, {keypoints} keypoints ({repeats}) | {ms['train_step_nofloor']:.1f} | "
+              f"{ms['train_step']:.1f} | {ms['train_step_nofloor'] / ms['train_step']:.2f}x |", flush=True)
+    if args.plot and results:
         plot(results, args.plot)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"inference": results, "training": training}, f, indent=1)
     return 0
 
 

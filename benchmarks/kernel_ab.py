@@ -55,9 +55,15 @@ def main() -> int:
         old = build_old(args.old_source, Path(tmp))
     new_scan, new_conv = mg.selective_scan_cpu, mg.depthwise_conv_silu_cpu
 
+    # a source from 2026-12-07 on takes the branch's two directions and gate itself (its signature names them)
+    old_takes_options = "bidirectional" in (old.selective_scan_cpu.__doc__ or "")
+
     def old_scan(u, delta, A, B, C, D, delta_bias, A2=None, bidirectional=False, gate=None):
-        # A source from before 2026-12-07 scans one direction and does not gate: both as the network ran them
-        # then, in torch around the kernel (the reversed sequences as extra batch entries).
+        if old_takes_options:
+            return ssm_cpu.selective_scan_cpu(u, delta, A, B, C, D, delta_bias, module=old, A2=A2,
+                                              bidirectional=bidirectional, gate=gate)
+        # An older source scans one direction and does not gate: both as the network ran them then, in torch
+        # around the kernel (the reversed sequences as extra batch entries).
         b = u.shape[0]
         if bidirectional:
             u, delta, B, C = (torch.cat([t, t.flip(1)], 0) for t in (u, delta, B, C))

@@ -18,6 +18,7 @@ the frame), which adds the time the frame waited in the latest-frame slot before
     .venv/bin/python benchmarks/node_rate.py --json out/node_rate.json
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --target-hz 10 --seconds 60
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --pipeline both
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --denormal-floor both
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --precision fp32 --device cuda
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --device cuda --cuda-graph both --pipeline both
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -233,6 +235,10 @@ def main() -> int:
     ap.add_argument("--cpu-scan", default="default", choices=("default", "on", "off", "both"),
                     help="the C++ selective scan (models/ssm_cpu.py) where it is built: both = off, then on, "
                          "interleaved with --pipeline")
+    ap.add_argument("--denormal-floor", default="default", choices=("default", "on", "off", "both"),
+                    help="the cross attention's logit floor (models/mambaglue.py DENORMAL_FLOOR; off = the code "
+                         "before 2026-12-07, whose softmax weights could be denormal): both = off, then on, "
+                         "interleaved with --pipeline")
     ap.add_argument("--stereo-match", default="auto", choices=("auto", "ahead", "both"),
                     help="stereo, pipelined: where the left/right match runs: auto = the node's StereoPlacement, "
                          "ahead = always in stage 1; both = ahead, then auto, interleaved")
@@ -253,6 +259,7 @@ def main() -> int:
         ap.error(str(e))
     import torch
 
+    from mambaglue_ros.models import mambaglue as mg
     from mambaglue_ros.models import ssm_cpu
     from mambaglue_ros.synthetic import make_sequence
 
@@ -271,18 +278,23 @@ def main() -> int:
     scans = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cpu_scan]
     placements = {"auto": ("auto",), "ahead": ("ahead",), "both": ("ahead", "auto")}[args.stereo_match]
     graphs = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cuda_graph]
+    floors = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.denormal_floor]
+    default_floor = mg.DENORMAL_FLOOR
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        for pipeline, scan, placement, graph in [(p, c, m, g) for p in pipelines for c in scans
-                                                 for m in (placements if mode == "stereo" else ("auto",))
-                                                 for g in graphs]:
+        for pipeline, scan, floor, placement, graph in [(p, c, f, m, g) for p in pipelines for c in scans
+                                                        for f in floors
+                                                        for m in (placements if mode == "stereo" else ("auto",))
+                                                        for g in graphs]:
             if scan is not None:  # read by ssm_cpu.cpu_scan(), cached per process: cleared for each run
                 os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
                 ssm_cpu.cpu_scan.cache_clear()
+            mg.DENORMAL_FLOOR = default_floor if floor is None or floor else math.inf  # the node runs in-process
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
                             args.precision, args.threads, pipeline, args.device, placement, graph, extra))
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
+            r["denormal_floor"] = math.isfinite(mg.DENORMAL_FLOOR)  # on / off (JSON has no infinity)
             cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["stage_cpu_ms"].items())
             scan = ("GPU  " if r["device"].startswith("cuda") else "C++  " if r["cpu_scan"].startswith("loaded")
                     else "torch")
@@ -290,6 +302,7 @@ def main() -> int:
                       f"{max(r['window_hz_last_half']):.1f} Hz" if r["window_hz_last_half"] else "")
             print(f"{r['mode']:6} {r['features']:7} kp={r['max_keypoints']} in={r['input_hz']:.0f}Hz "
                   f"pipeline={'on ' if r['pipeline'] else 'off'} scan={scan}"
+                  + ("" if r["denormal_floor"] else " floor=off")
                   + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "")
                   + (" cuda_graph" if r["cuda_graph"] else "") +
                   f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "

@@ -21,7 +21,8 @@ def scan_inputs(b: int, L: int, d: int, N: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(b, L, d, generator=g)
     delta = torch.randn(b, L, d, generator=g) * 2 - 1  # softplus steps from ~0.01 to past its threshold
-    delta[..., 0] = 25.0  # above softplus' threshold (20): the step is delta itself
+    if d:
+        delta[..., 0] = 25.0  # above softplus' threshold (20): the step is delta itself
     A = -torch.exp(torch.rand(d, N, generator=g) * 3)  # decays from mild to strong
     B, C = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g)
     D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.5
@@ -37,6 +38,21 @@ def test_kernel_matches_the_torch_scan(shape):
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert torch.isfinite(out).all()
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 5, 0, 16), (1, 0, 8, 16), (0, 5, 8, 16)])
+def test_kernel_returns_an_empty_result_for_empty_input(shape):
+    """No channels, steps or batch entries: an empty y, at any thread count (0 channels divided by zero once)."""
+    args = scan_inputs(*shape)
+    kept = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for both in (False, True):
+                assert ssm_cpu.selective_scan_cpu(*args, bidirectional=both).shape == shape[:3]
+    finally:
+        torch.set_num_threads(kept)
 
 
 def both_ways_gated(args, gate):
@@ -79,7 +95,7 @@ def test_kernel_scans_both_ways_and_gates_as_the_torch_reference(shape, threads)
 def test_kernel_splits_channels_over_threads_with_the_same_result(b, d):
     """Bit for bit whatever the thread count (a padded batch and its pairs alone, a node with 1 or 2 threads):
     with 2 threads one sequence of 48 channels once went as blocks of 24, whose tails took other vector code."""
-    args = scan_inputs(b, 200, d, 16, seed=2)  # one sequence: only the channel blocks can go in parallel
+    args = scan_inputs(b, 200, d, 16, seed=2)  # b = 1: only the channel blocks can go in parallel
     gate = torch.randn(b, 200, d, generator=torch.Generator().manual_seed(3))
     threads = torch.get_num_threads()
     results = []

@@ -501,10 +501,10 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
         sim = q[:, :, i: i + rows] @ kt
         if mask is not None:
             sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
-        # Weights below e^-60 of a row's largest are raised to it (DENORMAL_FLOOR); masked ones stay 0.
-        sim = sim.clamp_(min=sim.detach().amax(-1, keepdim=True) - DENORMAL_FLOOR)  # in place: no new block
-        if mask is not None:
-            sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
+        if math.isfinite(DENORMAL_FLOOR):  # weights below e^-60 of a row's largest are raised to it; masked stay 0
+            sim = sim.clamp_(min=sim.detach().amax(-1, keepdim=True) - DENORMAL_FLOOR)  # in place: no new block
+            if mask is not None:  # not in place: clamp_'s backward keeps its result
+                sim = sim.masked_fill(~mask[:, :, i: i + rows], -float("inf"))
         out.append(F.softmax(sim, dim=-1) @ v)
     out = out[0] if len(out) == 1 else torch.cat(out, 2)
     return out if has_key is None else out * has_key.to(out.dtype)

@@ -95,10 +95,6 @@ inline void gate_into(int64_t n, const float* __restrict z, float* __restrict y)
   for (int64_t c = 0; c < n; ++c) y[c] *= z[c] / (1.f + std::exp(-z[c]));
 }
 
-}  // namespace
-
-namespace {
-
 struct ScanArgs {
   const float *u, *delta, *A2, *B, *C, *D, *bias;
   float* y;
@@ -107,8 +103,8 @@ struct ScanArgs {
 
 // The scan over L of batch entry b's channels k0 .. k0 + w, from a zero state, forward (t = 0 .. L-1) or with
 // `reverse` backward (t = L-1 .. 0). A step's dt and du (step_inputs) are at row t of dt_all / du_all ((L, w))
-// when `keep_steps`, else at row 0 (used once); with `have_steps` they are read from there, not computed: the
-// second direction of a bidirectional scan reuses the first's softplus. `combine`: y = (y + C h + D u) / 2 (the
+// when `keep_steps`, else at row 0 (used once); with `have_steps` (which needs `keep_steps`) they are read from
+// there, not computed: the second direction of a bidirectional scan reuses the first's softplus. `combine`: y = (y + C h + D u) / 2 (the
 // mean with the first direction, already in y), else y = C h + D u. `gate` (row t of batch entry b at
 // gate + b * gate_b + t * gate_l, unit channel stride) or nullptr: then y *= silu(gate).
 void scan_channels(const ScanArgs& a, int64_t b, int64_t k0, int64_t w, bool reverse, bool keep_steps,
@@ -171,6 +167,7 @@ torch::Tensor selective_scan_cpu(torch::Tensor u, torch::Tensor delta, torch::Te
   u = u.contiguous(); delta = delta.contiguous(); A2 = A2.contiguous(); B = B.contiguous(); C = C.contiguous();
   D = D.contiguous(); delta_bias = delta_bias.contiguous();
   auto y = torch::empty_like(u);
+  if (y.numel() == 0) return y;  // no channels, steps or batch entries: nothing to scan (and no blocks to size)
   const ScanArgs args{u.data_ptr<float>(), delta.data_ptr<float>(), A2.data_ptr<float>(), B.data_ptr<float>(),
                       C.data_ptr<float>(), D.data_ptr<float>(), delta_bias.data_ptr<float>(), y.data_ptr<float>(),
                       L, d, N};
@@ -193,11 +190,13 @@ torch::Tensor selective_scan_cpu(torch::Tensor u, torch::Tensor delta, torch::Te
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / blocks, k0 = (item % blocks) * per_block;
       const int64_t w = std::min(per_block, d - k0);  // channels k0 .. k0 + w
-      scan_channels(args, b, k0, w, false, bidirectional, false, false, bidirectional ? nullptr : pz, zb, zl,
-                    h.data(), dt.data(), du.data(), acc.data(), out.data());
+      // forward; with a second direction it keeps its steps and leaves the gate to the second
+      scan_channels(args, b, k0, w, /*reverse=*/false, /*keep_steps=*/bidirectional, /*have_steps=*/false,
+                    /*combine=*/false, bidirectional ? nullptr : pz, zb, zl, h.data(), dt.data(), du.data(),
+                    acc.data(), out.data());
       if (bidirectional) {
-        scan_channels(args, b, k0, w, true, true, true, true, pz, zb, zl, h.data(), dt.data(), du.data(),
-                      acc.data(), out.data());
+        scan_channels(args, b, k0, w, /*reverse=*/true, /*keep_steps=*/true, /*have_steps=*/true,
+                      /*combine=*/true, pz, zb, zl, h.data(), dt.data(), du.data(), acc.data(), out.data());
       }
     }
   });

@@ -10,8 +10,9 @@ the sequence.
 
 How it is built. ``torch.utils.cpp_extension`` compiles the source with the machine's C++ compiler and
 ninja (``-O3 -ffast-math -march=native``, and 512-bit vectors where the CPU has AVX-512: ``compile_flags``; the
-channel loops vectorise, the decays' exp2 as an inline polynomial) into ``MAMBAGLUE_KERNEL_DIR`` (default ``~/.cache/mambaglue_ros/kernels``). The build is keyed by a
-hash of the source, the torch and Python versions and the CPU's instruction-set flags, so a cache shared
+channel loops vectorise, the decays' exp2 as an inline polynomial) into ``MAMBAGLUE_KERNEL_DIR`` (default
+``~/.cache/mambaglue_ros/kernels``). The build is keyed by a hash of the source, the torch and Python versions,
+the compiler flags and the CPU's instruction-set flags, so a cache shared
 between machines never loads code built for another CPU. Building takes about a minute, so it never happens
 implicitly in a running node: ``scripts/setup.sh`` builds it (``python -m mambaglue_ros.models.ssm_cpu``),
 and at run time ``cpu_scan()`` only loads what was built. Without a compiler, or before the build, the torch
@@ -235,6 +236,12 @@ def main() -> int:
     D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g) * 0.1
     ref = selective_scan_inference(u, delta, A, B, C, D, bias)
     err = float((selective_scan_cpu(u, delta, A, B, C, D, bias, module=module) - ref).abs().max() / ref.abs().max())
+    # the call the version-2 branch makes: both directions (the reverse one as flip, scan, flip back) and the gate
+    z = torch.randn(b, L, 2 * d, generator=g)[..., d:]  # a strided view, as the z half of in_proj's output
+    back = selective_scan_inference(u.flip(1), delta.flip(1), A, B.flip(1), C.flip(1), D, bias).flip(1)
+    ref2 = 0.5 * (ref + back) * torch.nn.functional.silu(z)
+    out2 = selective_scan_cpu(u, delta, A, B, C, D, bias, module=module, bidirectional=True, gate=z)
+    err = max(err, float((out2 - ref2).abs().max() / ref2.abs().max()))
     conv = torch.nn.Conv1d(d, d, 5, padding=2, groups=d)
     with torch.no_grad():
         conv_ref = torch.nn.functional.silu(depthwise_conv(u, conv))
@@ -245,8 +252,8 @@ def main() -> int:
         shutil.rmtree(where, ignore_errors=True)
         print(f"CPU kernels differ from torch (scan {err:.1e}, conv {conv_err:.1e}, max relative): removed {where}")
         return 1
-    print(f"CPU selective-scan kernel built in {where}; max relative difference to torch: scan {err:.1e}, "
-          f"conv + SiLU {conv_err:.1e}")
+    print(f"CPU selective-scan kernel built in {where}; max relative difference to torch: scan {err:.1e} (one way, "
+          f"and both ways gated), conv + SiLU {conv_err:.1e}")
     return 0
 
 

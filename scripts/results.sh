@@ -72,6 +72,29 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
     --json "out/eval_pose_$TAG.json" --no-progress
   bench_easy "$V2" "$TAG"
 }
+cpu_speed() {  # 2026-12-07: the cross attention's denormal floor and the two-way gated CPU kernel; the shipped files
+               # against our LightGlue on the easy pair (adaptive and full depth); the node's rate with the floor off / on
+  "$PY" benchmarks/denormals.py --plot docs/results/denormals.png --json out/denormals.json
+  "$PY" benchmarks/denormals.py --configs "" --train-configs xfeat:512:8,aliked:512:4 --json out/denormals_training.json
+  git show 99e1261:mambaglue_ros/models/selective_scan_cpu.cpp > out/scan_before_2026-12-07.cpp
+  "$PY" benchmarks/kernel_ab.py --old-source out/scan_before_2026-12-07.cpp --features xfeat --keypoints 1024 --repeats 40
+  "$PY" benchmarks/kernel_ab.py --old-source out/scan_before_2026-12-07.cpp --features xfeat --keypoints 512 --repeats 60
+  "$PY" benchmarks/kernel_ab.py --old-source out/scan_before_2026-12-07.cpp --features aliked --keypoints 1024 --repeats 12
+  for f in xfeat aliked; do
+    "$M" bench --json "out/bench/bench_shipped_${f}_easy.json" --features $f --threads 1 --pair easy --keypoints 512,1024 \
+      --extractors none --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
+  done
+  for round in 1 2; do
+    "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --denormal-floor both --seconds 20 --json out/node_rate_floor_$round.json
+  done
+}
+headline_time() {  # 2026-12-07: the README headline's rows again at alpha 0.95 after the CPU speed changes (cpu_speed):
+                   # the same accuracy is expected (the floor changes no float32 sum), the times are new
+  for f in xfeat aliked; do
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features $f --methods mambaglue,lightglue --alphas 0.95 \
+      --json "out/eval_headline_${f}.json" --threads 1 --no-progress
+  done
+}
 bench_easy() {  # WEIGHTS TAG [FEATURES]: adaptive and full depth against our LightGlue on the easy (video-like) pair
   "$M" bench --json "out/bench/bench_${2}_easy.json" --features "${3:-xfeat}" --threads 1 --pair easy --keypoints 512,1024 \
     --extractors none --weights "$1" --methods mambaglue_adaptive,lightglue_adaptive,mambaglue,lightglue
@@ -503,7 +526,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -459,11 +459,11 @@ class CrossBlock(nn.Module):
 
 # A trained cross attention is sharp: a few per cent of its softmax weights fall below float32's smallest normal
 # number (1.2e-38) and come out as denormals, which a CPU multiplies many times slower (microcode assists). With
-# them, a full forward pass of the shipped networks at 1024 keypoints took 1.46x (XFeat, 2 % of the weights
-# denormal) and 1.65x (ALIKED, 4 %) the time (benchmarks/denormals.py). Logits more than DENORMAL_FLOOR below their
-# row's maximum are raised to it: such a weight is < e^-60 (1e-26) of the row's largest, which changes no float32
-# sum, and every weight is then > e^-60 / n, a normal number for any n below 1e10. GPUs handle denormals at full
-# speed, and the CUDA path's fused attention takes no floor. math.inf switches it off (the benchmark does).
+# them, a full forward pass of the shipped networks at 1024 keypoints took 1.41x (XFeat, 2 % of the weights
+# denormal) and 1.59x (ALIKED, 4 %) the time (benchmarks/denormals.py). Logits more than DENORMAL_FLOOR below their
+# row's maximum are raised to it: such a weight is < e^-60 (1e-26) of the row's largest, so the softmax's sums do
+# not change in float32, and every weight is then > e^-60 / n, a normal number for any n below 1e10. GPUs handle
+# denormals at full speed, and the CUDA path's fused attention takes no floor. math.inf switches it off.
 DENORMAL_FLOOR = 60.0
 
 

@@ -502,8 +502,8 @@ class MatcherNode(Node):
         if not values:
             return
         self._internal.writing = True
-        try:
-            self.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        try:  # together: values the node changed at one time (alpha and the keypoint budget) show at one time
+            self.set_parameters_atomically([Parameter(k, value=v) for k, v in values.items()])
         finally:
             self._internal.writing = False
 

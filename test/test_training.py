@@ -1,6 +1,7 @@
 """Training: pair generator, ground truth, losses, optimiser, resume, regressor stage, export."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -185,13 +186,20 @@ def test_cache_is_reused_and_checked(tiny_cache, photo_dir):
     assert epoch_order(10, 0, 1) == epoch_order(10, 0, 1) != epoch_order(10, 0, 2)
 
 
-def test_a_loaded_config_is_the_callers_own():
+def test_a_loaded_config_is_the_callers_own(monkeypatch):
     """Editing a loaded config's section once changed the defaults of every later load_config in the process."""
-    cfg = load_config(None, features="xfeat")
+    from mambaglue_ros.training import train as train_module
+
+    # a private DEFAULTS: should this test fail, the edits below must not reach the other tests
+    monkeypatch.setattr(train_module, "DEFAULTS", copy.deepcopy(train_module.DEFAULTS))
+    size = [320, 240]
+    cfg = load_config(None, features="xfeat", data={"size": size})
     cfg["model"]["mixer"] = "attention"
     cfg["stage1"]["lr"] = 123.0
+    cfg["data"]["size"][0] = 1
     again = load_config(None, features="xfeat")
     assert again["model"]["mixer"] == "attention+mamba" and again["stage1"]["lr"] != 123.0
+    assert size == [320, 240]  # nor the caller's override
 
 
 @pytest.mark.parametrize("mixer", ["attention+mamba", "attention"])

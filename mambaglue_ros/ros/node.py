@@ -502,10 +502,12 @@ class MatcherNode(Node):
         if not values:
             return
         self._internal.writing = True
-        try:  # together: values the node changed at one time (alpha and the keypoint budget) show at one time
-            self.set_parameters_atomically([Parameter(k, value=v) for k, v in values.items()])
+        try:  # values changed at one time (alpha and the keypoint budget): one callback, one parameter event
+            result = self.set_parameters_atomically([Parameter(k, value=v) for k, v in values.items()])
         finally:
             self._internal.writing = False
+        if not result.successful:  # all or nothing: say so rather than show neither silently
+            self.get_logger().warning(f"could not show {values} as parameters: {result.reason}")
 
     def _apply_pending(self) -> None:
         with self._lock:  # p and pending change together: a concurrent change is validated against both

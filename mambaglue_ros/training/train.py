@@ -127,12 +127,13 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """Defaults <- YAML file <- overrides (nested dicts merge). The result is the caller's own: its sections are
-    copies, so editing one never changes ``DEFAULTS`` (the merge alone shares every section nothing overrode)."""
+    copies, so editing one never changes ``DEFAULTS`` or the overrides (the merge alone shares every section nothing
+    overrode)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         text = Path(path).read_text()
         cfg = _merge(cfg, yaml.safe_load(text) or {})
-    cfg = _merge(cfg, overrides)
+    cfg = _merge(cfg, copy.deepcopy(overrides))  # nor does editing it change an override's dict or list
     unknown = set(cfg) - set(DEFAULTS)
     for section in ("data", "model", "stage1", "stage2"):
         unknown |= {f"{section}.{k}" for k in set(cfg[section]) - set(DEFAULTS[section])}

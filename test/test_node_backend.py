@@ -43,6 +43,17 @@ def spin(ros_context, *nodes):
     return executor
 
 
+def capture(node, *topics: str) -> list[list]:
+    """Replace the node's publishers ``pub_<topic>`` by lists that collect what it publishes (seen in-process, no
+    DDS); one list per topic, in order."""
+    lists = []
+    for topic in topics:
+        published: list = []
+        setattr(node, f"pub_{topic}", SimpleNamespace(publish=published.append))
+        lists.append(published)
+    return lists
+
+
 def frame(image: np.ndarray, stamp_ns: int, right: np.ndarray | None = None):
     from std_msgs.msg import Header
 
@@ -122,8 +133,7 @@ def test_new_calibration_resets_the_reference(ros_context):
     from mambaglue_ros.tracking_state import TrackingState
 
     node = make_node(ros_context, {})
-    statuses = []
-    node.pub_status = SimpleNamespace(publish=statuses.append)  # what the worker publishes, seen in-process
+    statuses, = capture(node, "status")
     try:
         node._on_camera_info("left", info(K))
         img = np.zeros((480, 640), np.uint8)
@@ -709,9 +719,7 @@ def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
     seq = make_sequence(n_frames=4, rate_hz=5.0, stereo=False, trajectory="orbit", seed=1, speed_mps=1.0)
     f = [seq.frame(i) for i in range(4)]
     node = make_node(ros_context, {})
-    odom, status = [], []
-    node.pub_odom = SimpleNamespace(publish=odom.append)  # what the worker publishes, seen in-process
-    node.pub_status = SimpleNamespace(publish=status.append)
+    odom, status = capture(node, "odom", "status")
     try:
         stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
@@ -748,8 +756,7 @@ def test_the_first_frame_after_set_pose_publishes_that_pose(ros_context):
     seq = make_sequence(n_frames=4, rate_hz=5.0, stereo=False, trajectory="orbit", seed=1, speed_mps=1.0)
     f = [seq.frame(i) for i in range(4)]
     node = make_node(ros_context, {})
-    odom = []
-    node.pub_odom = SimpleNamespace(publish=odom.append)
+    odom, = capture(node, "odom")
     T_set = np.eye(4)
     T_set[:3, :3], T_set[:3, 3] = Rotation.from_euler("z", 30, degrees=True).as_matrix(), (4.0, -2.0, 0.5)
     cov_set = np.diag([0.1, 0.1, 0.2, 0.01, 0.01, 0.03])
@@ -781,9 +788,7 @@ def test_the_origin_is_published_once_per_reset(ros_context):
               for s in (1, 2, 3)]
     seq = make_sequence(n_frames=2, rate_hz=5.0, stereo=False, trajectory="orbit", seed=4, speed_mps=1.0)
     node = make_node(ros_context, {"max_lost_frames": 0})
-    odom, status = [], []
-    node.pub_odom = SimpleNamespace(publish=odom.append)
-    node.pub_status = SimpleNamespace(publish=status.append)
+    odom, status = capture(node, "odom", "status")
     try:
         stop_worker(node)
         node._on_camera_info("left", info(scenes[0].K))
@@ -806,9 +811,7 @@ def test_mono_tracks_from_the_node_keep_their_ids(ros_context, policy):
     seq = make_sequence(n_frames=6, rate_hz=10.0, stereo=False, trajectory="orbit", seed=1, speed_mps=0.3)
     f = [seq.frame(i) for i in range(len(seq))]
     node = make_node(ros_context, {"keyframe_policy": policy, "min_inliers": 15})
-    tracks, rel = [], []
-    node.pub_tracks = SimpleNamespace(publish=tracks.append)
-    node.pub_relative = SimpleNamespace(publish=rel.append)
+    tracks, rel = capture(node, "tracks", "relative")
     try:
         stop_worker(node)
         node._on_camera_info("left", info(f[0].K))
@@ -841,10 +844,7 @@ def test_a_frame_that_cannot_be_published_leaves_the_state_in_step(ros_context):
     seq = make_sequence(n_frames=4, rate_hz=10.0, stereo=False, trajectory="orbit", seed=1, speed_mps=0.5)
     f = [seq.frame(i) for i in range(4)]
     node = make_node(ros_context, {})
-    odom, status, tracks = [], [], []
-    node.pub_odom = SimpleNamespace(publish=odom.append)
-    node.pub_status = SimpleNamespace(publish=status.append)
-    node.pub_tracks = SimpleNamespace(publish=tracks.append)
+    odom, status, tracks = capture(node, "odom", "status", "tracks")
     inner = getattr(node.matcher, "inner", node.matcher)
     real = inner.match_features
 
@@ -975,8 +975,7 @@ def test_a_new_calibration_during_a_skipped_frame_still_resets(ros_context):
     from mambaglue_ros.tracking_state import TrackingState
 
     node = make_node(ros_context, {})
-    statuses = []
-    node.pub_status = SimpleNamespace(publish=statuses.append)
+    statuses, = capture(node, "status")
     try:
         node._on_camera_info("left", info(K))
         assert node._ensure_tracker(frame(np.zeros((480, 640), np.uint8), 1))
@@ -1027,8 +1026,7 @@ def test_camera_to_base_from_tf(ros_context, monkeypatch):
     f = [seq.frame(i) for i in range(len(seq))]
     node = make_node(ros_context, {"camera_to_base_from_tf": True, "camera_to_base": [0.0] * 6 + [1.0]})
     try:
-        relative = []
-        node.pub_relative = SimpleNamespace(publish=relative.append)
+        relative, = capture(node, "relative")
         stop_worker(node)
         node._on_camera_info("left", info(f[0].K, size=(W, H)))
         node._process(frame(f[0].left, f[0].stamp_ns))
@@ -1081,9 +1079,7 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
     track_ids: list[set] = []
 
     def run(frames) -> tuple[list, list]:
-        statuses, relative = [], []
-        node.pub_status = SimpleNamespace(publish=statuses.append)
-        node.pub_relative = SimpleNamespace(publish=relative.append)
+        statuses, relative = capture(node, "status", "relative")
         track_ids.append(set())
         node.pub_tracks = SimpleNamespace(publish=lambda m: track_ids[-1].update(m.ids))
         stop_worker(node)
@@ -1112,8 +1108,7 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
         # a ~/reset between the new configuration and its first frame: that is the one RESET, not two
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
         assert node.trigger_configure() == ok and node.trigger_activate() == ok
-        statuses = []
-        node.pub_status = SimpleNamespace(publish=statuses.append)
+        statuses, = capture(node, "status")
         stop_worker(node)  # (the reset is then applied at once, in this thread)
         assert node._request_reset(np.eye(4), np.zeros((6, 6)), "reset service")
         third, _ = run(f[:2])

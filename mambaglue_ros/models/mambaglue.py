@@ -200,22 +200,9 @@ class MambaBranch(nn.Module):
             u = u * mask[..., None].to(u.dtype)
         dt, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); the bias goes in as delta_bias
-        if use_cpu_kernel(u) and u.shape[1] > 0:
-            # The C++ scan runs both directions (sharing each step's softplus) and the gate in one call: no
-            # flipped copies, no separate SiLU and products over the sequence.
-            c = self.inference_constants()
-            gated = self.message == "gated"
-            y = selective_scan_cpu(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"], A2=c["A2"],
-                                   bidirectional=self.bidirectional, gate=z if gated else None)
-            return (y,) if gated else (y, F.silu(z))
-        if self.bidirectional:  # both directions in one call: the reversed sequences as extra batch entries
-            b = u.shape[0]
-            u, delta, Bm, Cm = (torch.cat([t, t.flip(1)], 0) for t in (u, delta, Bm, Cm))
-        y = self.scan(u, delta, Bm, Cm)
-        if self.bidirectional:
-            y = 0.5 * (y[:b] + y[b:].flip(1))
-        z = F.silu(z)
-        return (y * z,) if self.message == "gated" else (y, z)
+        gated = self.message == "gated"
+        y = self.scan(u, delta, Bm, Cm, gate=z if gated else None)
+        return (y,) if gated else (y, F.silu(z))
 
     def inference_constants(self) -> dict[str, Any]:
         """The branch's parameters as the scans and the C++ kernels take them, in float32: A = -exp(A_log)
@@ -230,19 +217,30 @@ class MambaBranch(nn.Module):
         return cached_derived(self, "_inference_constants",
                               (self.A_log, self.D, self.dt_proj.bias, self.conv1d.weight, self.conv1d.bias), make)
 
-    def scan(self, u: torch.Tensor, delta: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor) -> torch.Tensor:
-        """The selective scan along L of u, delta (B, L, d_inner), Bm, Cm (B, L, N) -> y (B, L, d_inner)."""
+    def scan(self, u: torch.Tensor, delta: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+             gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The selective scan along L of u, delta (B, L, d_inner), Bm, Cm (B, L, N) -> y (B, L, d_inner): with
+        ``bidirectional`` the mean of both directions, times silu(gate) where a gate (B, L, d_inner) is given."""
         if u.shape[1] == 0:
             return u
         c = self.inference_constants()
         if use_cpu_kernel(u):
-            return selective_scan_cpu(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"], A2=c["A2"])
+            # The C++ scan runs both directions (sharing each step's softplus) and the gate in one call: no
+            # flipped copies, no separate SiLU and products over the sequence.
+            return selective_scan_cpu(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"], A2=c["A2"],
+                                      bidirectional=self.bidirectional, gate=gate)
+        b = u.shape[0]
+        if self.bidirectional:  # both directions in one call: the reversed sequences as extra batch entries
+            u, delta, Bm, Cm = (torch.cat([t, t.flip(1)], 0) for t in (u, delta, Bm, Cm))
         if use_inference_scan(u, self.d_state):
-            return selective_scan_inference(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"])
-        # Training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views).
-        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), c["A"], Bm.transpose(1, 2), Cm.transpose(1, 2),
-                           D=c["D"], z=None, delta_bias=c["delta_bias"], delta_softplus=True)
-        return y.transpose(1, 2)
+            y = selective_scan_inference(u, delta, c["A"], Bm, Cm, c["D"], c["delta_bias"])
+        else:  # training, long sequences, the CUDA kernel: ssm's scan, in its (B, d, L) layout (transposed views)
+            y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), c["A"], Bm.transpose(1, 2),
+                               Cm.transpose(1, 2), D=c["D"], z=None, delta_bias=c["delta_bias"],
+                               delta_softplus=True).transpose(1, 2)
+        if self.bidirectional:
+            y = 0.5 * (y[:b] + y[b:].flip(1))
+        return y if gate is None else y * F.silu(gate)
 
 
 def depthwise_conv(u: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:

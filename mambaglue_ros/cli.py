@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_pose_args(p)
     p.set_defaults(func=run_pose)
 
+    from .evaluation.compare import add_arguments as add_compare_args, run_cli as run_compare
+    p = sub.add_parser("compare", help="paired differences between methods of eval-homography / eval-pose runs on "
+                       "the same pairs, with bootstrap 95 %% intervals")
+    add_compare_args(p)
+    p.set_defaults(func=run_compare)
+
     from .evaluation.bench import add_arguments as add_bench_args, run_cli as run_bench
     p = sub.add_parser("bench", help="speed: MambaGlue vs LightGlue (ours and kornia's) per keypoint count, "
                        "front ends, pairs/s, memory")

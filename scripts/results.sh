@@ -209,6 +209,24 @@ xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the ship
 eval_xfeat_v1budget_v2() {  # on the pairs and keypoints of eval_xfeat_v1_control
   eval_against_shipped xfeat out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt xfeat_v1budget_v2
 }
+xfeat_seed1() {  # [TAG...]: issue 11, a second seed of xfeat_v1budget_v2 and xfeat_v1_control (837 + 600 steps, seed 1:
+                 # other pairs, initialisation and order); v2 and attention, or run the two tags side by side
+  [ $# -gt 0 ] || set -- v2 attention
+  train_tagged xfeat_seed1 "$@"
+}
+eval_xfeat_seed1() {  # both seed-1 networks (alpha 0.95 and full depth), the shipped file and LighterGlue on the pairs and
+                      # keypoints of eval_xfeat_v1budget_v2 (the evaluation is deterministic: seed 0's rows compare);
+                      # relative pose; then paired bootstrap intervals of v2 - control (compare)
+  local V2=mambaglue@out/ablation_xfeat_seed1_v2_reg600/mambaglue_xfeat.pt
+  local CTRL=mambaglue@out/ablation_xfeat_seed1_attention_reg600/mambaglue_xfeat.pt
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+    --methods "$V2,$CTRL,$V2+fulldepth,$CTRL+fulldepth,mambaglue,lightglue" --json out/eval_xfeat_seed1.json \
+    --threads 1 --no-progress
+  "$M" eval-pose --features xfeat --methods "$V2,$CTRL,lightglue" --json out/eval_pose_xfeat_seed1.json --no-progress
+  "$M" compare out/eval_xfeat_seed1.json --methods "$V2,$CTRL" --json out/compare_xfeat_seed1.json
+  "$M" compare out/eval_xfeat_seed1.json --methods "$V2+fulldepth,$CTRL+fulldepth" --json out/compare_xfeat_seed1_fulldepth.json
+  "$M" compare out/eval_pose_xfeat_seed1.json --methods "$V2,$CTRL" --json out/compare_pose_xfeat_seed1.json
+}
 train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFIX_TAG.yaml (+ its _regressor.yaml), in turn
   local prefix=$1 tag
   shift
@@ -297,6 +315,15 @@ eval_aliked_long() {  # each finished aliked_long run against the shipped networ
   for tag in ${1:-v2 attention}; do
     eval_against_shipped aliked "out/ablation_aliked_long_${tag}_reg600/mambaglue_aliked.pt" "aliked_long_$tag"
   done
+}
+compare_aliked_long() {  # paired bootstrap intervals (compare) of eval_aliked_long's two runs: v2, the shipped file and
+                         # LightGlue each against the attention-only control, homographies and relative pose
+  local V2=mambaglue@out/ablation_aliked_long_v2_reg600/mambaglue_aliked.pt
+  local CTRL=mambaglue@out/ablation_aliked_long_attention_reg600/mambaglue_aliked.pt
+  "$M" compare out/eval_aliked_long_attention.json out/eval_aliked_long_v2.json --methods "$V2,mambaglue,lightglue,$CTRL" \
+    --json out/compare_aliked_long.json
+  "$M" compare out/eval_pose_aliked_long_attention.json out/eval_pose_aliked_long_v2.json \
+    --methods "$V2,mambaglue,lightglue,$CTRL" --json out/compare_pose_aliked_long.json
 }
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
@@ -526,7 +553,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -82,7 +82,11 @@ def test_rows_from_two_files_are_matched_by_pair_name_and_a_shared_method_is_che
     changed[0]["precision"] += 0.1
     write_homography(tmp_path / "three.json", {"B": b, "ref": changed})
     result = cmp.compare([tmp_path / "one.json", tmp_path / "three.json"], ["A", "B"], samples=200)
-    assert len(result["warnings"]) == 1 and "ref differs" in result["warnings"][0] and "1 of 50" in result["warnings"][0]
+    assert len(result["warnings"]) == 1 and "ref in" in result["warnings"][0] and "1 of 50" in result["warnings"][0]
+    shifted = [dict(r, pair=f"x{k}#0") for k, r in enumerate(ref)]
+    write_homography(tmp_path / "four.json", {"B": b, "ref": shifted})
+    result = cmp.compare([tmp_path / "one.json", tmp_path / "four.json"], ["A", "B"], samples=200)
+    assert "ref in" in result["warnings"][0] and "other pairs" in result["warnings"][0]
 
 
 def test_other_pairs_kinds_or_methods_are_refused(tmp_path):
@@ -117,10 +121,72 @@ def test_pose_results_per_dataset_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "pose.json"), "--methods", "mambaglue,lightglue", "--samples", "300",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "euroc_stereo (30 pairs): A = mambaglue" in printed and "kitti_k1 (25 pairs)" in printed
+    assert "euroc_stereo (30 pairs, drawn as 6 blocks of 5): A = mambaglue" in printed and "kitti_k1 (25 pairs" in printed
     saved = json.loads(out.read_text())
     for name, d in datasets.items():
         got = saved["sets"][name]["methods"]["mambaglue"]["auc@10"]
         want = d["methods"]["mambaglue"]["auc@10"] - d["methods"]["lightglue"]["auc@10"]
         assert got["diff"] == pytest.approx(want, abs=2e-5)
     assert main(["compare", str(tmp_path / "pose.json"), "--methods", "mambaglue", "--samples", "300"]) == 2
+
+
+def test_interval_width_matches_the_normal_approximation_for_independent_pairs(tmp_path):
+    rng = np.random.default_rng(11)
+    n = 400
+    a = [{"pair": f"p{k}", "precision": float(v), "recall": 1.0, "error_magsac": 1.0} for k, v in
+         enumerate(rng.uniform(0.5, 1.0, n))]
+    b = [dict(r, precision=r["precision"] - float(d)) for r, d in zip(a, rng.normal(0.01, 0.05, n))]
+    got = cmp.paired_bootstrap(a, b, {"precision": ("precision", "mean", None)}, samples=4000)["precision"]
+    d = np.array([ra["precision"] - rb["precision"] for ra, rb in zip(a, b)])
+    half_width = 1.96 * d.std() / np.sqrt(n)
+    assert (got["high"] - got["low"]) / 2 == pytest.approx(half_width, rel=0.1)
+    assert got["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert got["low"] == pytest.approx(d.mean() - half_width, abs=0.2 * half_width)
+
+
+def test_pairs_of_one_photo_are_drawn_together(tmp_path):
+    # 10 photos x 10 pairs; the gain of A depends on the photo only. Drawn pair by pair, the 100 pairs look like
+    # 100 independent measurements; drawn by photo, there are 10, and the interval is about sqrt(10) wider.
+    rng = np.random.default_rng(12)
+    gain = rng.normal(0.0, 0.05, 10)
+    b = [{"pair": f"photo{k % 10}#{k}", "precision": 0.8, "recall": 1.0, "error_magsac": 1.0} for k in range(100)]
+    a = [dict(r, precision=0.8 + gain[k % 10]) for k, r in enumerate(b)]
+    members = cmp.groups([r["pair"] for r in b], cmp.HOMOGRAPHY)
+    assert sorted(len(m) for m in members) == [10] * 10 and all(len({i % 10 for i in m}) == 1 for m in members)
+    metric = {"precision": ("precision", "mean", None)}
+    by_photo = cmp.paired_bootstrap(a, b, metric, members, samples=3000)["precision"]
+    by_pair = cmp.paired_bootstrap(a, b, metric, None, samples=3000)["precision"]
+    assert by_photo["diff"] == pytest.approx(by_pair["diff"], abs=1e-12)  # summed in another order
+    assert (by_photo["high"] - by_photo["low"]) > 2.5 * (by_pair["high"] - by_pair["low"])
+    write_homography(tmp_path / "r.json", {"A": a, "B": b})
+    result = cmp.compare([tmp_path / "r.json"], ["A", "B"], samples=3000)
+    assert result["sets"]["homography"]["groups"] == 10
+    assert result["sets"]["homography"]["methods"]["A"]["precision"]["low"] == pytest.approx(by_photo["low"])
+
+
+def test_pose_pairs_are_drawn_in_blocks():
+    blocks = cmp.groups([f"{k:06d}" for k in range(12)], cmp.POSE, block=5)
+    assert [m.tolist() for m in blocks] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+def test_files_of_other_settings_are_refused_and_sets_without_a_method_skipped(tmp_path):
+    rng = np.random.default_rng(13)
+    rows = homography_rows(rng, 20)
+    settings = {"dataset": "synthetic", "images": "../shared/data/photos/val", "seed": 0, "features": "xfeat",
+                "max_keypoints": 1024, "pairs": 20}
+    for name, extra in (("a", {}), ("b", {"images": "/work/main/../shared/data/photos/val"}), ("c", {"seed": 1})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**settings, **extra, "per_pair": {name: rows}}))
+    result = cmp.compare([tmp_path / "a.json", tmp_path / "b.json"], ["a", "b"], samples=100)  # same folder
+    assert result["sets"]["homography"]["methods"]["a"]["precision"]["diff"] == 0
+    with pytest.raises(ValueError, match="other settings.*seed: 0 there, 1 here"):
+        cmp.compare([tmp_path / "a.json", tmp_path / "c.json"], ["a", "c"], samples=100)
+    pose_rows = [{"pair": f"{k:06d}", "err_deg": 1.0 + k, "matches": 10} for k in range(8)]
+    (tmp_path / "pose.json").write_text(json.dumps({"datasets": {
+        "euroc_stereo": {"per_pair": {"A": pose_rows, "B": pose_rows}},
+        "kitti_k1": {"per_pair": {"B": pose_rows}}}}))
+    result = cmp.compare([tmp_path / "pose.json"], ["A", "B"], samples=100)
+    assert list(result["sets"]) == ["euroc_stereo"] and "no per-pair rows for A" in result["skipped"]["kitti_k1"]
+    with pytest.raises(ValueError, match="no pair set"):
+        cmp.compare([tmp_path / "pose.json"], ["C", "B"], samples=100)
+    with pytest.raises(ValueError, match="at least two methods"):
+        cmp.compare([tmp_path / "pose.json"], ["B"], baseline="B")

@@ -220,18 +220,28 @@ xfeat_seed1() {  # [TAG...]: issue 11, a second seed of xfeat_v1budget_v2 and xf
   [ $# -gt 0 ] || set -- v2 attention
   train_tagged xfeat_seed1 "$@"
 }
-eval_xfeat_seed1() {  # both seed-1 networks (alpha 0.95 and full depth), the shipped file and LighterGlue on the pairs and
-                      # keypoints of eval_xfeat_v1budget_v2 (the evaluation is deterministic: seed 0's rows compare);
-                      # relative pose; then paired bootstrap intervals of v2 - control (compare)
+eval_xfeat_seed1() {  # [TAG...]: each seed-1 network (v2, attention) at alpha 0.95 and full depth on the pairs and keypoints
+                      # of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue beside the control; relative
+                      # pose. One run per network (side by side on two cores); compare_xfeat_seed1 pairs them up
+  local tag net
+  for tag in ${@:-v2 attention}; do
+    net=mambaglue@out/ablation_xfeat_seed1_${tag}_reg600/mambaglue_xfeat.pt
+    local extra=""
+    [ "$tag" = attention ] && extra=",mambaglue,lightglue"
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "$net,$net+fulldepth$extra" \
+      --json "out/eval_xfeat_seed1_${tag}.json" --threads 1 --no-progress
+    "$M" eval-pose --features xfeat --methods "$net${extra/,mambaglue/}" --json "out/eval_pose_xfeat_seed1_${tag}.json" \
+      --threads 1 --no-progress
+  done
+}
+compare_xfeat_seed1() {  # paired bootstrap intervals of seed 1's v2 - control: alpha 0.95, full depth, relative pose
   local V2=mambaglue@out/ablation_xfeat_seed1_v2_reg600/mambaglue_xfeat.pt
   local CTRL=mambaglue@out/ablation_xfeat_seed1_attention_reg600/mambaglue_xfeat.pt
-  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-    --methods "$V2,$CTRL,$V2+fulldepth,$CTRL+fulldepth,mambaglue,lightglue" --json out/eval_xfeat_seed1.json \
-    --threads 1 --no-progress
-  "$M" eval-pose --features xfeat --methods "$V2,$CTRL,lightglue" --json out/eval_pose_xfeat_seed1.json --no-progress
-  "$M" compare out/eval_xfeat_seed1.json --methods "$V2,$CTRL" --json out/compare_xfeat_seed1.json
-  "$M" compare out/eval_xfeat_seed1.json --methods "$V2+fulldepth,$CTRL+fulldepth" --json out/compare_xfeat_seed1_fulldepth.json
-  "$M" compare out/eval_pose_xfeat_seed1.json --methods "$V2,$CTRL" --json out/compare_pose_xfeat_seed1.json
+  local H="out/eval_xfeat_seed1_v2.json out/eval_xfeat_seed1_attention.json"
+  "$M" compare $H --methods "$V2,$CTRL" --json out/compare_xfeat_seed1.json
+  "$M" compare $H --methods "$V2+fulldepth,$CTRL+fulldepth" --json out/compare_xfeat_seed1_fulldepth.json
+  "$M" compare out/eval_pose_xfeat_seed1_v2.json out/eval_pose_xfeat_seed1_attention.json --methods "$V2,$CTRL" \
+    --json out/compare_pose_xfeat_seed1.json
 }
 train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFIX_TAG.yaml (+ its _regressor.yaml), in turn
   local prefix=$1 tag
@@ -559,7 +569,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -94,6 +94,13 @@ def test_eval_on_three_pairs_writes_json_and_plots(photo_dir, tmp_path, capsys):
     assert "lightglue" in capsys.readouterr().out
     for name in ("homography_auc_xfeat.png", "stop_layers_xfeat.png", "alpha_sweep_xfeat.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
+    # `mambaglue compare` reads this file's per-pair rows: its A and B are the run's own numbers
+    assert cli_main(["compare", str(out), "--methods", "mambaglue,lightglue", "--samples", "200",
+                     "--json", str(tmp_path / "compare.json")]) == 0
+    got = json.loads((tmp_path / "compare.json").read_text())["sets"]["homography"]["methods"]["mambaglue"]
+    for k in ("precision", "recall", "auc@1px", "auc@3px", "auc@5px"):
+        assert got[k]["a"] == pytest.approx(res["methods"]["mambaglue"][k], abs=1e-5)
+        assert got[k]["b"] == pytest.approx(res["methods"]["lightglue"][k], abs=1e-5)
 
 
 def test_held_out_every_takes_only_the_photos_a_training_run_held_out(photo_dir):

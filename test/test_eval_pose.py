@@ -140,3 +140,13 @@ def test_short_run_on_real_data(tmp_path):
         # a wrong ground-truth convention would give ~180, ORB on these pairs gives ~86
         assert result["datasets"]["euroc_stereo"]["methods"][m]["median_err_deg"] < 25.0
     assert (tmp_path / "pose_auc_xfeat.png").is_file()
+    # `mambaglue compare` reads this file's per-pair rows, per dataset: its A and B are the run's own numbers
+    assert cli_main(["compare", str(out), "--methods", "mambaglue,orb", "--samples", "200", "--block", "2",
+                     "--json", str(tmp_path / "compare.json")]) == 0
+    sets = json.loads((tmp_path / "compare.json").read_text())["sets"]
+    assert set(sets) == {"euroc_stereo", "kitti_k1"} and all(s["groups"] == 2 for s in sets.values())
+    for name, s in sets.items():
+        own = result["datasets"][name]["methods"]
+        for k in ("auc@5", "auc@10", "auc@20"):
+            assert s["methods"]["mambaglue"][k]["a"] == pytest.approx(own["mambaglue"][k], abs=1e-5)
+            assert s["methods"]["mambaglue"][k]["b"] == pytest.approx(own["orb"][k], abs=1e-5)

@@ -168,6 +168,8 @@ def test_pairs_of_one_photo_are_drawn_together(tmp_path):
 def test_pose_pairs_are_drawn_in_blocks():
     blocks = cmp.groups([f"{k:06d}" for k in range(12)], cmp.POSE, block=5)
     assert [m.tolist() for m in blocks] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    hpatches = cmp.groups(["v_graffiti/1-2", "v_graffiti/1-3", "i_ajuntament/1-2", "solo"], cmp.HOMOGRAPHY)
+    assert [m.tolist() for m in hpatches] == [[0, 1], [2], [3]]
 
 
 def test_files_of_other_settings_are_refused_and_sets_without_a_method_skipped(tmp_path):

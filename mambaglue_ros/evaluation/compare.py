@@ -12,8 +12,8 @@ probability that A is the better method. Each line is its own 95 % interval: amo
 datasets) some will exclude zero by chance.
 
 Pairs that share their source are not independent, so they are drawn together: the synthetic homography pairs by
-photo (pair k of eval-homography uses photo k mod #photos, named ``photo#k``), the pose pairs of a video sequence in
-blocks of ``--block`` consecutive pairs. Neighbouring frames stay correlated beyond a block (the EuRoC clip stands
+photo (pair k of eval-homography uses photo k mod #photos, named ``photo#k``), HPatches pairs by sequence, the pose
+pairs of a video sequence in blocks of ``--block`` consecutive pairs. Neighbouring frames stay correlated beyond a block (the EuRoC clip stands
 still), so there the interval is still narrower than it should be. Nor does it cover the other noise source of a
 training comparison, the training run itself (seed): compare runs of several seeds for that.
 
@@ -64,14 +64,16 @@ def _values(rows: list[dict[str, Any]], key: str, kind: str) -> np.ndarray:
 
 
 def groups(names: Sequence[str], kind: str, block: int = 5) -> list[np.ndarray]:
-    """The pairs that are drawn together, as index arrays: homography pairs by photo (``photo#k``; a name without
-    '#' is its own group), pose pairs in blocks of ``block`` consecutive pairs (a video sequence's neighbours)."""
+    """The pairs that are drawn together, as index arrays: synthetic homography pairs by photo (``photo#k``),
+    HPatches pairs by sequence (``sequence/1-k``: they share image 1), any other name alone; pose pairs in blocks of
+    ``block`` consecutive pairs (a video sequence's neighbours)."""
     if kind == POSE:
         n = len(names)
         return [np.arange(s, min(s + block, n)) for s in range(0, n, max(1, block))]
     by_source: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        by_source.setdefault(name.rsplit("#", 1)[0] if "#" in name else name, []).append(i)
+        source = name.rsplit("#", 1)[0] if "#" in name else name.rsplit("/", 1)[0] if "/" in name else name
+        by_source.setdefault(source, []).append(i)
     return [np.array(v) for v in by_source.values()]
 
 

@@ -13,9 +13,9 @@ datasets) some will exclude zero by chance.
 
 Pairs that share their source are not independent, so they are drawn together: the synthetic homography pairs by
 photo (pair k of eval-homography uses photo k mod #photos, named ``photo#k``), HPatches pairs by sequence, the pose
-pairs of a video sequence in blocks of ``--block`` consecutive pairs. Neighbouring frames stay correlated beyond a block (the EuRoC clip stands
-still), so there the interval is still narrower than it should be. Nor does it cover the other noise source of a
-training comparison, the training run itself (seed): compare runs of several seeds for that.
+pairs of a video sequence in blocks of ``--block`` consecutive pairs. Neighbouring frames stay correlated beyond a
+block (the EuRoC clip stands still), so there the interval is still narrower than it should be. Nor does it cover
+the other noise source of a training comparison, the training run itself (seed): compare runs of several seeds.
 
 Homography results: precision and recall (means over pairs), AUC@1/3/5 px of the MAGSAC corner error. Pose
 results: AUC@5/10/20° per dataset. Runs may come from different files when they evaluated the same pairs with the

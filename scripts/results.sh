@@ -223,14 +223,15 @@ xfeat_seed1() {  # [TAG...]: issue 11, a second seed of xfeat_v1budget_v2 and xf
 eval_xfeat_seed1() {  # [TAG...]: each seed-1 network (v2, attention) at alpha 0.95 and full depth on the pairs and keypoints
                       # of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue beside the control; relative
                       # pose. One run per network (side by side on two cores); compare_xfeat_seed1 pairs them up
-  local tag net
+  local tag net beside
   for tag in ${@:-v2 attention}; do
     net=mambaglue@out/ablation_xfeat_seed1_${tag}_reg600/mambaglue_xfeat.pt
-    local extra=""
-    [ "$tag" = attention ] && extra=",mambaglue,lightglue"
-    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "$net,$net+fulldepth$extra" \
-      --json "out/eval_xfeat_seed1_${tag}.json" --threads 1 --no-progress
-    "$M" eval-pose --features xfeat --methods "$net${extra/,mambaglue/}" --json "out/eval_pose_xfeat_seed1_${tag}.json" \
+    beside=""  # the references, evaluated once: beside the control
+    [ "$tag" = attention ] && beside=",lightglue"
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
+      --methods "$net,$net+fulldepth${beside:+,mambaglue$beside}" --json "out/eval_xfeat_seed1_${tag}.json" \
+      --threads 1 --no-progress
+    "$M" eval-pose --features xfeat --methods "$net$beside" --json "out/eval_pose_xfeat_seed1_${tag}.json" \
       --threads 1 --no-progress
   done
 }

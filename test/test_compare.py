@@ -100,6 +100,9 @@ def test_other_pairs_kinds_or_methods_are_refused(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="not an eval-homography or eval-pose"):
         cmp.compare([tmp_path / "bench.json"], ["A", "B"])
+    (tmp_path / "unnamed.json").write_text(json.dumps({"per_pair": {"A": [{"precision": 1.0}], "B": []}}))
+    with pytest.raises(ValueError, match="'pair' name"):
+        cmp.compare([tmp_path / "unnamed.json"], ["A", "B"])
     (tmp_path / "pose.json").write_text(json.dumps({"datasets": {"kitti_k1": {"per_pair": {}}}}))
     with pytest.raises(ValueError, match="compare one kind"):
         cmp.compare([tmp_path / "a.json", tmp_path / "pose.json"], ["A", "B"])

@@ -172,6 +172,9 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[str, dict[str, dict[str, lis
                                  + "): its pairs are not the same pairs")
         for set_name, methods in found.items():
             for method, rows in methods.items():
+                if not isinstance(rows, list) or not all(isinstance(r, dict) and "pair" in r for r in rows):
+                    raise ValueError(f"{path}: {set_name}, {method}: per-pair rows must be a list of objects with "
+                                     "a 'pair' name (as eval-homography and eval-pose write them)")
                 have = sets.setdefault(set_name, {})
                 if method not in have:
                     have[method], origin[(set_name, method)] = rows, str(path)

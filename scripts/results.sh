@@ -215,35 +215,45 @@ xfeat_v1budget_v2() {  # issue 11: the version-2 network for XFeat with the ship
 eval_xfeat_v1budget_v2() {  # on the pairs and keypoints of eval_xfeat_v1_control
   eval_against_shipped xfeat out/ablation_xfeat_v1budget_v2_reg600/mambaglue_xfeat.pt xfeat_v1budget_v2
 }
-xfeat_seed1() {  # [TAG...]: issue 11, a second seed of xfeat_v1budget_v2 and xfeat_v1_control (837 + 600 steps, seed 1:
-                 # other pairs, initialisation and order); v2 and attention, or run the two tags side by side
+xfeat_seed() {  # SEED [TAG...]: issue 11, xfeat_v1budget_v2 and xfeat_v1_control trained again with another seed (837 + 600
+               # steps; the seed picks other pairs, initialisation and order); v2 and attention, or the two tags side by side
+  local seed=$1
+  shift
   [ $# -gt 0 ] || set -- v2 attention
-  train_tagged xfeat_seed1 "$@"
+  train_tagged "xfeat_seed$seed" "$@"
 }
-eval_xfeat_seed1() {  # [TAG...]: each seed-1 network (v2, attention) at alpha 0.95 and full depth on the pairs and keypoints
-                      # of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue beside the control; relative
-                      # pose. One run per network (side by side on two cores); compare_xfeat_seed1 pairs them up
-  local tag net beside
+xfeat_seed1() { xfeat_seed 1 "$@"; }  # [TAG...]: the second seed (2026-12-07)
+xfeat_seed2() { xfeat_seed 2 "$@"; }  # [TAG...]: the third seed
+eval_xfeat_seed() {  # SEED [TAG...]: each network of that seed (v2, attention) at alpha 0.95 and full depth on the pairs and
+                     # keypoints of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue beside the control;
+                     # relative pose. One run per network (side by side on two cores); compare_xfeat_seed pairs them up
+  local seed=$1 tag net beside
+  shift
   for tag in ${@:-v2 attention}; do
-    net=mambaglue@out/ablation_xfeat_seed1_${tag}_reg600/mambaglue_xfeat.pt
+    net=mambaglue@out/ablation_xfeat_seed${seed}_${tag}_reg600/mambaglue_xfeat.pt
     beside=""  # the references, evaluated once: beside the control
     [ "$tag" = attention ] && beside=",lightglue"
     "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-      --methods "$net,$net+fulldepth${beside:+,mambaglue$beside}" --json "out/eval_xfeat_seed1_${tag}.json" \
+      --methods "$net,$net+fulldepth${beside:+,mambaglue$beside}" --json "out/eval_xfeat_seed${seed}_${tag}.json" \
       --threads 1 --no-progress
-    "$M" eval-pose --features xfeat --methods "$net$beside" --json "out/eval_pose_xfeat_seed1_${tag}.json" \
+    "$M" eval-pose --features xfeat --methods "$net$beside" --json "out/eval_pose_xfeat_seed${seed}_${tag}.json" \
       --threads 1 --no-progress
   done
 }
-compare_xfeat_seed1() {  # paired bootstrap intervals of seed 1's v2 - control: alpha 0.95, full depth, relative pose
-  local V2=mambaglue@out/ablation_xfeat_seed1_v2_reg600/mambaglue_xfeat.pt
-  local CTRL=mambaglue@out/ablation_xfeat_seed1_attention_reg600/mambaglue_xfeat.pt
-  local H="out/eval_xfeat_seed1_v2.json out/eval_xfeat_seed1_attention.json"
-  "$M" compare $H --methods "$V2,$CTRL" --json out/compare_xfeat_seed1.json
-  "$M" compare $H --methods "$V2+fulldepth,$CTRL+fulldepth" --json out/compare_xfeat_seed1_fulldepth.json
-  "$M" compare out/eval_pose_xfeat_seed1_v2.json out/eval_pose_xfeat_seed1_attention.json --methods "$V2,$CTRL" \
-    --json out/compare_pose_xfeat_seed1.json
+eval_xfeat_seed1() { eval_xfeat_seed 1 "$@"; }  # [TAG...]
+eval_xfeat_seed2() { eval_xfeat_seed 2 "$@"; }  # [TAG...]
+compare_xfeat_seed() {  # SEED: paired bootstrap intervals of that seed's v2 - control: alpha 0.95, full depth, relative pose
+  local seed=$1
+  local V2=mambaglue@out/ablation_xfeat_seed${seed}_v2_reg600/mambaglue_xfeat.pt
+  local CTRL=mambaglue@out/ablation_xfeat_seed${seed}_attention_reg600/mambaglue_xfeat.pt
+  local H="out/eval_xfeat_seed${seed}_v2.json out/eval_xfeat_seed${seed}_attention.json"
+  "$M" compare $H --methods "$V2,$CTRL" --json "out/compare_xfeat_seed${seed}.json"
+  "$M" compare $H --methods "$V2+fulldepth,$CTRL+fulldepth" --json "out/compare_xfeat_seed${seed}_fulldepth.json"
+  "$M" compare "out/eval_pose_xfeat_seed${seed}_v2.json" "out/eval_pose_xfeat_seed${seed}_attention.json" \
+    --methods "$V2,$CTRL" --json "out/compare_pose_xfeat_seed${seed}.json"
 }
+compare_xfeat_seed1() { compare_xfeat_seed 1; }
+compare_xfeat_seed2() { compare_xfeat_seed 2; }
 train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFIX_TAG.yaml (+ its _regressor.yaml), in turn
   local prefix=$1 tag
   shift
@@ -570,7 +580,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -499,11 +499,14 @@ def test_config_files_parse():
                                for t in ("", f"_{tag}"))
             assert differences(v2_cfg, variant) == {f"model.{option}", "out_dir"}, (tag, stage)
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
-    # the second seed of that comparison: each seed-1 config is its seed-0 original with only the seed and run folder
-    for seed0, seed1 in (("xfeat_v1budget_v2", "xfeat_seed1_v2"), ("xfeat_v1_attention", "xfeat_seed1_attention")):
-        for stage in ("", "_regressor"):
-            a, b = (load_config(root / "config" / "ablations" / f"{n}{stage}.yaml") for n in (seed0, seed1))
-            assert differences(a, b) == {"seed", "out_dir"} and (a["seed"], b["seed"]) == (0, 1), (seed1, stage)
+    # more seeds of that comparison: each seed-k config is its seed-0 original with only the seed and run folder
+    for seed in (1, 2):
+        for seed0, other in (("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"),
+                             ("xfeat_v1_attention", f"xfeat_seed{seed}_attention")):
+            for stage in ("", "_regressor"):
+                a, b = (load_config(root / "config" / "ablations" / f"{n}{stage}.yaml") for n in (seed0, other))
+                assert differences(a, b) == {"seed", "out_dir"}, (other, stage)
+                assert (a["seed"], b["seed"]) == (0, seed), (other, stage)
     # the longer budget: the shipped XFeat matcher's data with more pairs and 3000 steps (only those differ)
     long_ctrl = load_config(root / "config" / "ablations" / "xfeat_long3k_attention.yaml")
     assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \

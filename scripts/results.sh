@@ -254,6 +254,29 @@ compare_xfeat_seed() {  # SEED: paired bootstrap intervals of that seed's v2 - c
 }
 compare_xfeat_seed1() { compare_xfeat_seed 1; }
 compare_xfeat_seed2() { compare_xfeat_seed 2; }
+seeds_xfeat() {  # v2 - control over the seeds of the 837 + 600-step XFeat comparison: each seed's difference, their mean,
+                 # spread and a t interval over seeds (the seed, not the pairs, as the unit). Seeds 1 and 2 from
+                 # compare_xfeat_seed's files; seed 0's result files are not kept, so its differences are the rounded
+                 # ones of docs/results.md (eval_xfeat_v1budget_v2 against eval_xfeat_v1_control, 2026-12-04/05)
+  "${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python" - <<'PY'
+import json
+import numpy as np
+from scipy import stats
+seed0 = {"alpha 0.95": {"precision": 0.809 - 0.804, "auc@3px": 0.537 - 0.523},
+         "full depth": {"precision": 0.823 - 0.820, "auc@3px": 0.540 - 0.533}}
+for depth, suffix in (("alpha 0.95", ""), ("full depth", "_fulldepth")):
+    for metric in ("precision", "auc@3px"):
+        d = [seed0[depth][metric]]
+        for seed in (1, 2):
+            sets = json.load(open(f"out/compare_xfeat_seed{seed}{suffix}.json"))["sets"]["homography"]["methods"]
+            d.append(next(iter(sets.values()))[metric]["diff"])
+        d = np.array(d)
+        mean, sd = d.mean(), d.std(ddof=1)
+        half = stats.t.ppf(0.975, len(d) - 1) * sd / np.sqrt(len(d))
+        print(f"{depth:10s} {metric:9s} v2 - control by seed {' '.join(f'{x:+.4f}' for x in d)}: mean {mean:+.4f}, "
+              f"sd {sd:.4f}, 95 % t interval over seeds [{mean - half:+.4f}, {mean + half:+.4f}]")
+PY
+}
 train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFIX_TAG.yaml (+ its _regressor.yaml), in turn
   local prefix=$1 tag
   shift
@@ -580,7 +603,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

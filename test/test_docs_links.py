@@ -7,6 +7,7 @@ suffixed -1, -2, ...
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from pathlib import Path
@@ -26,7 +27,8 @@ def github_anchor(heading: str) -> str:
     return "".join(kept).replace(" ", "-")
 
 
-def anchors(path: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)  # results.md is the target of most links: read it once
+def anchors(path: Path) -> frozenset[str]:
     """Every heading's anchor in a Markdown file (headings inside fenced code do not count)."""
     found: set[str] = set()
     times: dict[str, int] = {}
@@ -40,7 +42,7 @@ def anchors(path: Path) -> set[str]:
             n = times.get(anchor, 0)
             times[anchor] = n + 1
             found.add(anchor if n == 0 else f"{anchor}-{n}")
-    return found
+    return frozenset(found)
 
 
 def broken_links(path: Path) -> list[str]:

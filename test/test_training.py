@@ -302,15 +302,19 @@ def test_warm_columns_move_at_the_warm_lr(tiny_cache):
 # ------------------------------------------------------------------------------------------ the loop
 def test_a_bf16_training_step_follows_the_fp32_step(tiny_cache):
     # Mixed precision (config precision: bf16): the forward under CPU bf16 autocast, the backward outside it. The
-    # log assignments come out in float32 (as log_softmax computes them, not rounded to bf16), and the loss and the
-    # gradients follow the fp32 step's (at this warm start: loss within 3 %, gradient cosine 0.87; bf16's rounding
-    # through six layers, not a bug: a wrong cast or a dropped branch gives far less).
+    # log assignments come out in float32 (as log_softmax computes them, not rounded to bf16), bf16 is really used,
+    # every parameter that learns in fp32 learns in bf16, and the loss and the gradients follow the fp32 step's.
+    # How closely depends on the CPU and on the pairs: at this warm start the gradient is a sum of small, partly
+    # cancelling terms, and bf16's rounding (attention logits included) goes through six layers. Measured on two
+    # pairs: loss within 3 % and gradient cosine 0.87 on an Intel Xeon with AMX; on an AMD EPYC with AVX512-BF16
+    # loss within 2.5-6.5 % (two caches that differ in the last bits of the features), cosine 0.83, norm ratio 0.88.
+    # The bounds below leave room for that; a wrong cast, a broken graph or overflow is outside them.
     cfg = load_config(None, features="xfeat")
     net = build_model(cfg).train()
     batch = collate([tiny_cache[i] for i in range(2)])
     data = net_inputs(batch)
 
-    def step(bf16: bool) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
+    def step(bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
         net.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = net.forward_train(data)
@@ -320,15 +324,18 @@ def test_a_bf16_training_step_follows_the_fp32_step(tiny_cache):
                                    batch["mask0"], batch["mask1"])
         assert loss.dtype == closs.dtype == torch.float32 and torch.isfinite(closs)
         loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
-        return float(loss), grads
+        return float(loss), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
     loss32, g32 = step(False)
     loss16, g16 = step(True)
-    assert abs(loss16 - loss32) < 0.05 * loss32
-    assert torch.isfinite(g16).all()
-    assert float(torch.nn.functional.cosine_similarity(g16, g32, dim=0)) > 0.75
-    assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.1)
+    assert loss16 != loss32  # the forward did run in bf16
+    assert abs(loss16 - loss32) < 0.1 * loss32
+    learns = {n for n, g in g32.items() if bool(g.any())}
+    assert learns and learns == {n for n, g in g16.items() if bool(g.any())}
+    flat32, flat16 = (torch.cat([g[n].flatten() for n in sorted(learns)]) for g in (g32, g16))
+    assert torch.isfinite(flat16).all()
+    assert float(torch.nn.functional.cosine_similarity(flat16, flat32, dim=0)) > 0.6
+    assert 0.75 < float(flat16.norm() / flat32.norm()) < 1.33
 
 
 def test_training_precision_is_resolved_per_machine(monkeypatch):
@@ -401,6 +408,29 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
         train(load_config(None, **again), "both", progress=False)
     with pytest.raises(ValueError, match="other network options"):
         train(load_config(None, **{**again, "model": {"scan_order": "score"}}), "2", progress=False, overwrite=True)
+    # stage 1 continuing a released checkpoint's matcher (stage1.init = its path): at a learning rate of 1e-30 the
+    # matcher stays the checkpoint's (from the LightGlue warm start it would not), and the new file says where it
+    # started and carries that file's own training
+    frozen = {**base["stage1"], "max_steps": 2, "lr": 1e-30, "lr_new": 1e-30, "init": str(path)}
+    cont = {**base, "out_dir": str(tmp_path / "continued"), "stage1": frozen}
+    s3 = train(load_config(None, **cont), "both", progress=False)
+    state = torch.load(tmp_path / "continued" / "stage1_state.pt", weights_only=True)["model"]
+    for k, v in ckpt["state_dict"].items():
+        if not k.startswith("token_confidence."):
+            torch.testing.assert_close(state[k], v.float(), rtol=0, atol=1e-20, msg=k)
+    warm = build_model(load_config(None, **base)).state_dict()
+    assert any(not torch.equal(warm[k], state[k]) for k in warm if not k.startswith("token_confidence."))
+    continued = W.load_checkpoint(s3["export"]["path"], features="xfeat")
+    assert continued["meta"]["init"] == f"matcher of {path} (stage 1 continued it), regressors fresh"
+    assert continued["meta"]["continued_from"]["steps"] == {"stage1": 5, "stage2": 2}
+    assert continued["meta"]["steps"] == {"stage1": 2, "stage2": 2}
+    with pytest.raises(ValueError, match="other network options"):
+        train(load_config(None, **{**cont, "out_dir": str(tmp_path / "c2"), "model": {"scan_order": "score"}}), "1",
+              progress=False)
+    with pytest.raises(W.WeightsError, match="weights file not found.*no_such_file"):
+        missing = {**frozen, "init": str(tmp_path / "no_such_file.pt")}
+        train(load_config(None, **{**cont, "out_dir": str(tmp_path / "c3"), "stage1": missing}), "1", progress=False)
+    assert not (tmp_path / "c3").exists()  # refused before the run folder is made
 
 
 def test_a_run_folder_is_not_reused_by_accident(photo_dir, tmp_path):
@@ -507,6 +537,14 @@ def test_config_files_parse():
                 a, b = (load_config(root / "config" / "ablations" / f"{n}{stage}.yaml") for n in (seed0, other))
                 assert differences(a, b) == {"seed", "out_dir"}, (other, stage)
                 assert (a["seed"], b["seed"]) == (0, seed), (other, stage)
+    # the continued shipped XFeat matcher: the early-layer run and its control differ only in gamma; both continue the
+    # shipped file on the pairs of its regressor (xfeat_long3k_v2_regressor.yaml's data and network)
+    early, equal = (load_config(root / "config" / "ablations" / f"xfeat_continue_{t}.yaml") for t in ("early", "equal"))
+    assert differences(early, equal) == {"out_dir", "stage1.gamma"}
+    assert (early["stage1"]["gamma"], equal["stage1"]["gamma"]) == (1.25, 1.0)
+    assert early["stage1"]["init"] == "mambaglue_ros/weights/mambaglue_xfeat.pt" and (root / early["stage1"]["init"]).is_file()
+    shipped_regressor = load_config(root / "config" / "ablations" / "xfeat_long3k_v2_regressor.yaml")
+    assert early["data"] == shipped_regressor["data"] and early["model"] == shipped_regressor["model"]
     # the longer budget: the shipped XFeat matcher's data with more pairs and 3000 steps (only those differ)
     long_ctrl = load_config(root / "config" / "ablations" / "xfeat_long3k_attention.yaml")
     assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \

@@ -95,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
         "ckpt_every": 50,
         "val_every": 200,
         "log_every": 10,
+        "init": "lightglue",  # matcher weights stage 1 starts from: 'lightglue' (the warm start above) or the path of
+                              # a released MambaGlue checkpoint whose matcher it continues (its network options must
+                              # be the config's; its regressors are dropped: stage 2 trains new ones)
     },
     "stage2": {
         "batch_size": 8,
@@ -627,8 +630,9 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
 
 
 def _load_released_matcher(net: MambaGlue, ckpt: dict[str, Any], path: str) -> None:
-    """The matcher of a released checkpoint (``weights.load_checkpoint``, read from ``path``) into ``net``, for
-    stage 2 alone: fp16 values widen exactly, the regressors stay fresh."""
+    """The matcher of a released checkpoint (``weights.load_checkpoint``, read from ``path``) into ``net``: for
+    stage 2 alone, or as the start of a continued stage 1 (``stage1.init``). fp16 values widen exactly, the
+    regressors stay fresh."""
     differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in CHECKPOINT_OPTIONS
               if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
     if differ:
@@ -660,9 +664,13 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     in the run folder needs ``resume`` (same config but its budget) or ``overwrite`` (``check_run_folder``)."""
     if int(cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(cfg["threads"]))
+    continued = str(cfg["stage1"].get("init", "lightglue"))  # stage 1's start: the LightGlue warm start, or a file
     if stage != "2" and cfg["stage2"]["init"] not in ("best", "last"):
         raise ValueError(f"stage2.init names a released checkpoint ({cfg['stage2']['init']}), whose matcher would "
                          f"replace what stage 1 trains: run stage 2 alone (--stage 2)")
+    continued_from = None  # the released checkpoint stage 1 continues (stage1.init), read for its matcher and meta
+    if continued != "lightglue":
+        continued_from = W.load_checkpoint(continued, features=cfg["features"])
     out = Path(out_dir or cfg["out_dir"])
     stages = {"1": [1], "2": [2], "both": [1, 2]}[stage]
     check_run_folder(cfg, out, stages, resume, overwrite)
@@ -685,6 +693,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     if command:
         commands.append(command)
     if stage in ("1", "both"):
+        if continued_from is not None:  # a resumed state replaces these weights with its own
+            _load_released_matcher(net, continued_from, continued)
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
         _write_json(summary_path, summary)
     if stage in ("2", "both"):
@@ -719,8 +729,9 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
-            "init": (f"LightGlue weights of {cfg['features']} (warm start)" if matcher_meta is None
-                     else f"matcher of {used}, regressors fresh"),
+            "init": (f"matcher of {used}, regressors fresh" if matcher_meta is not None
+                     else f"matcher of {continued} (stage 1 continued it), regressors fresh" if continued_from is not None
+                     else f"LightGlue weights of {cfg['features']} (warm start)"),
             "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},
             "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
             "wall_time_s": {"stage1": s1.get("wall_time_s"), "stage2": s2["wall_time_s"], "cache": round(cache_s, 1)},
@@ -731,6 +742,12 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                            "stage2_last": s2.get("validation_last")},
             "config": {k: cfg[k] for k in ("model", "stage1", "stage2")},
         }
+        if continued_from is not None and matcher_meta is None:  # what stage 1 continued: that file's own training
+            prior = continued_from.get("meta", {})
+            meta["continued_from"] = {"path": continued, "init": prior.get("init"), "data": prior.get("data"),
+                                      "steps": prior.get("steps"), "command": prior.get("command"),
+                                      "stage1_config": (prior.get("config") or {}).get("stage1"),
+                                      **({"matcher": prior["matcher"]} if "matcher" in prior else {})}
         if matcher_meta is not None:  # where the frozen matcher came from: its data and commands
             meta["matcher"] = {"from": used, "init": matcher_meta.get("init"), "data": matcher_meta.get("data"),
                                "command": matcher_meta.get("command"),

@@ -294,6 +294,45 @@ xfeat_continue() {  # issue 11, the easy-pair exit: the shipped XFeat matcher co
       $([ -f "out/ablation_xfeat_continue_$tag/stage1_state.pt" ] && echo --resume)
   done
 }
+eval_xfeat_continue() {  # TAG...: each continued network (early, equal) at alpha 0.95 and full depth (200 pairs, 1024
+                         # keypoints), with the shipped file (both depths) beside early and LighterGlue beside equal;
+                         # relative pose; the easy pair. One run per network (side by side on two cores)
+  local tag net beside pose
+  for tag in ${@:-early equal}; do
+    net=mambaglue@out/ablation_xfeat_continue_$tag/mambaglue_xfeat.pt
+    beside=",lightglue" pose=",lightglue"
+    [ "$tag" = early ] && beside=",mambaglue,mambaglue+fulldepth" pose=",mambaglue"
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat --methods "$net,$net+fulldepth$beside" \
+      --json "out/eval_xfeat_continue_$tag.json" --threads 1 --no-progress
+    "$M" eval-pose --features xfeat --methods "$net$pose" --json "out/eval_pose_xfeat_continue_$tag.json" --threads 1 \
+      --no-progress
+    bench_easy "out/ablation_xfeat_continue_$tag/mambaglue_xfeat.pt" "xfeat_continue_$tag" xfeat
+  done
+}
+settle_xfeat_continue() {  # the stop layers of the shipped file, both continued networks and LighterGlue: their own rule,
+                           # an exact regressor, 30 video-like + 30 homography pairs at 1024 keypoints and the easy pair at
+                           # 512 and 1024
+  local nets=mambaglue,lightglue,mambaglue@out/ablation_xfeat_continue_early/mambaglue_xfeat.pt
+  nets=$nets,mambaglue@out/ablation_xfeat_continue_equal/mambaglue_xfeat.pt
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 30 --kinds video,homography --keypoints 1024 \
+    --methods $nets --alphas 0.95 --json out/settle_xfeat_continue_1024.json
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 1 --kinds easy --keypoints 512 \
+    --methods $nets --alphas 0.95 --json out/settle_xfeat_continue_easy512.json
+  "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 1 --kinds easy --keypoints 1024 \
+    --methods $nets --alphas 0.95 --json out/settle_xfeat_continue_easy1024.json
+}
+compare_xfeat_continue() {  # paired bootstrap intervals: early - equal, early - shipped (alpha 0.95, full depth, pose)
+  local E=mambaglue@out/ablation_xfeat_continue_early/mambaglue_xfeat.pt
+  local Q=mambaglue@out/ablation_xfeat_continue_equal/mambaglue_xfeat.pt
+  local H="out/eval_xfeat_continue_early.json out/eval_xfeat_continue_equal.json"
+  "$M" compare $H --methods "$E,$Q" --json out/compare_xfeat_continue.json
+  "$M" compare $H --methods "$E+fulldepth,$Q+fulldepth" --json out/compare_xfeat_continue_fulldepth.json
+  "$M" compare out/eval_xfeat_continue_early.json --methods "$E,mambaglue" --json out/compare_xfeat_continue_shipped.json
+  "$M" compare out/eval_xfeat_continue_early.json --methods "$E+fulldepth,mambaglue+fulldepth" \
+    --json out/compare_xfeat_continue_shipped_fulldepth.json
+  "$M" compare out/eval_pose_xfeat_continue_early.json out/eval_pose_xfeat_continue_equal.json --methods "$E,$Q" \
+    --json out/compare_pose_xfeat_continue.json
+}
 v1budget_v2_one_factor() {  # issue 11: v2's one-factor ablations at the shipped v1 budget (837 + 600 steps, the data of
                            # xfeat_v1budget_v2): a causal scan (direction), the ungated concat message (gate); ARG: one
                            # of forward_only / concat (default both, one after the other)
@@ -612,7 +651,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

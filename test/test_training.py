@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -423,10 +424,18 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     continued = W.load_checkpoint(s3["export"]["path"], features="xfeat")
     assert continued["meta"]["init"] == f"matcher of {path} (stage 1 continued it), regressors fresh"
     assert continued["meta"]["continued_from"]["steps"] == {"stage1": 5, "stage2": 2}
+    assert continued["meta"]["continued_from"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert continued["meta"]["steps"] == {"stage1": 2, "stage2": 2}
+    with pytest.raises(ValueError, match=r"stage1\.init"):  # a resumed stage 1 keeps the start it had
+        train(load_config(None, **{**cont, "stage1": {**frozen, "init": "lightglue"}}), "1", resume=True, progress=False)
+    # stage 2 again on its own: the record made when stage 1 started still names what it continued
+    s4 = train(load_config(None, **cont), "2", progress=False, overwrite=True)
+    again = W.load_checkpoint(s4["export"]["path"], features="xfeat")["meta"]
+    assert again["init"] == continued["meta"]["init"] and again["continued_from"] == continued["meta"]["continued_from"]
     with pytest.raises(ValueError, match="other network options"):
         train(load_config(None, **{**cont, "out_dir": str(tmp_path / "c2"), "model": {"scan_order": "score"}}), "1",
               progress=False)
+    assert not (tmp_path / "c2").exists()  # refused before the run folder and the feature caches are made
     with pytest.raises(W.WeightsError, match="weights file not found.*no_such_file"):
         missing = {**frozen, "init": str(tmp_path / "no_such_file.pt")}
         train(load_config(None, **{**cont, "out_dir": str(tmp_path / "c3"), "stage1": missing}), "1", progress=False)

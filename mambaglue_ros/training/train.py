@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from .. import weights as W
-from ..matcher import CHECKPOINT_OPTIONS, build_network, cpu_has_native_bf16
+from ..matcher import ARCHITECTURE_OPTIONS, CHECKPOINT_OPTIONS, build_network, cpu_has_native_bf16
 from ..models.mambaglue import MambaGlue, filter_matches
 from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
                       net_inputs, split_photos)
@@ -643,6 +643,16 @@ def _load_released_matcher(net: MambaGlue, ckpt: dict[str, Any], path: str) -> N
     net.load_state_dict(saved, strict=True)
 
 
+def continued_provenance(path: str, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a continued stage 1 records of the released checkpoint it starts from (``stage1.init``): its path and
+    sha256, and that file's own training from its ``meta`` (a file written by ``training.release`` keeps its matcher's
+    data in ``matcher_data``, its regressor's in ``data``)."""
+    prior = ckpt.get("meta", {})
+    keep = ("init", "data", "matcher_data", "note", "steps", "command", "validation", "matcher")
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            **{k: prior[k] for k in keep if k in prior}, "stage1_config": (prior.get("config") or {}).get("stage1")}
+
+
 def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any]) -> Path:
     """The release checkpoint (fp16) in the run folder, and its copy at ``cfg['export']`` if set."""
     conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"]}
@@ -668,9 +678,13 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     if stage != "2" and cfg["stage2"]["init"] not in ("best", "last"):
         raise ValueError(f"stage2.init names a released checkpoint ({cfg['stage2']['init']}), whose matcher would "
                          f"replace what stage 1 trains: run stage 2 alone (--stage 2)")
-    continued_from = None  # the released checkpoint stage 1 continues (stage1.init), read for its matcher and meta
-    if continued != "lightglue":
+    continued_from = None  # the released checkpoint stage 1 continues (stage1.init): read only when stage 1 runs
+    if continued != "lightglue" and stage != "2":
         continued_from = W.load_checkpoint(continued, features=cfg["features"])
+        differ = {k: (continued_from["config"].get(k), v) for k, v in cfg["model"].items()
+                  if k in ARCHITECTURE_OPTIONS and continued_from["config"].get(k, v) != v}
+        if differ:  # refused before minutes of feature caching (_load_released_matcher checks every option again)
+            raise ValueError(f"{continued} has other network options than the config (checkpoint, config): {differ}")
     out = Path(out_dir or cfg["out_dir"])
     stages = {"1": [1], "2": [2], "both": [1, 2]}[stage]
     check_run_folder(cfg, out, stages, resume, overwrite)
@@ -683,7 +697,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     summary_path = out / "summary.json"
     summary: dict[str, Any] = _read_json(summary_path) if summary_path.is_file() else {}
     if not resume:  # a stage run afresh: what the folder said of it and of the stages after it is stale
-        for key in [f"stage{s}" for s in range(stages[0], 3)] + ["export"]:
+        for key in [f"stage{s}" for s in range(stages[0], 3)] + ["export"] + (["stage1_init"] if 1 in stages else []):
             summary.pop(key, None)
     summary.update({"features": cfg["features"], "config": cfg, "hardware": hardware_string(cfg),
                     "train_pairs": len(train_cache), "val_pairs": len(val_cache) if val_cache else 0,
@@ -695,6 +709,9 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     if stage in ("1", "both"):
         if continued_from is not None:  # a resumed state replaces these weights with its own
             _load_released_matcher(net, continued_from, continued)
+            if "stage1_init" not in summary:  # recorded when the stage starts: the file may change before its export
+                summary["stage1_init"] = continued_provenance(continued, continued_from)
+                _write_json(summary_path, summary)
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
         _write_json(summary_path, summary)
     if stage in ("2", "both"):
@@ -715,6 +732,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
         # the fp16 release checkpoint, checked by loading it back the way users do
         s1, s2 = summary.get("stage1") or {}, summary["stage2"]
         matcher_meta = None if released is None else released.get("meta", {})
+        # a continued stage 1 of this folder (its record), unless stage 2 runs on another released matcher
+        continuation = summary.get("stage1_init") if released is None else None
         if matcher_meta is not None:  # the matcher is a released one: its stage 1 is that checkpoint's, carried over
             s1 = {"steps": matcher_meta.get("steps", {}).get("stage1"),
                   "precision": (matcher_meta.get("precision") or {}).get("stage1", "fp32"),
@@ -730,7 +749,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
             "init": (f"matcher of {used}, regressors fresh" if matcher_meta is not None
-                     else f"matcher of {continued} (stage 1 continued it), regressors fresh" if continued_from is not None
+                     else f"matcher of {continuation['path']} (stage 1 continued it), regressors fresh" if continuation
                      else f"LightGlue weights of {cfg['features']} (warm start)"),
             "steps": {"stage1": s1.get("steps"), "stage2": s2["steps"]},
             "batch_size": {"stage1": s1.get("batch_size"), "stage2": s2["batch_size"]},
@@ -742,17 +761,13 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                            "stage2_last": s2.get("validation_last")},
             "config": {k: cfg[k] for k in ("model", "stage1", "stage2")},
         }
-        if continued_from is not None and matcher_meta is None:  # what stage 1 continued: that file's own training
-            prior = continued_from.get("meta", {})
-            meta["continued_from"] = {"path": continued, "init": prior.get("init"), "data": prior.get("data"),
-                                      "steps": prior.get("steps"), "command": prior.get("command"),
-                                      "stage1_config": (prior.get("config") or {}).get("stage1"),
-                                      **({"matcher": prior["matcher"]} if "matcher" in prior else {})}
+        if continuation:  # what stage 1 continued (as recorded when it started): that file's own training
+            meta["continued_from"] = continuation
         if matcher_meta is not None:  # where the frozen matcher came from: its data and commands
             meta["matcher"] = {"from": used, "init": matcher_meta.get("init"), "data": matcher_meta.get("data"),
                                "command": matcher_meta.get("command"),
                                "stage1_config": (matcher_meta.get("config") or {}).get("stage1"),
-                               **({"matcher": matcher_meta["matcher"]} if "matcher" in matcher_meta else {})}
+                               **{k: matcher_meta[k] for k in ("matcher_data", "note", "matcher") if k in matcher_meta}}
         path = export(net, cfg, out, meta)
         reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False)
         summary["export"] = {"path": str(path), "copied_to": cfg.get("export"), "size_mb": round(path.stat().st_size / 2**20, 2),

@@ -285,7 +285,7 @@ train_tagged() {  # PREFIX TAG...: train_control for each config/ablations/PREFI
       "out/ablation_${prefix}_${tag}"
   done
 }
-xfeat_continue() {  # issue 11, the easy-pair exit: the shipped XFeat matcher continued 500 steps with the early layers'
+xfeat_continue() {  # issue 11, the easy-pair exit: the shipped XFeat matcher continued (up to 500 steps) with the early layers'
                     # NLL weighted more (early, gamma 1.25) or not (equal, the control), then fresh 600-step regressors;
                     # ARG: early / equal (default both, one after the other)
   local tag
@@ -321,7 +321,8 @@ settle_xfeat_continue() {  # the stop layers of the shipped file, both continued
   "$PY" benchmarks/regressor_calibration.py --images "$VAL" --pairs 1 --kinds easy --keypoints 1024 \
     --methods $nets --alphas 0.95 --json out/settle_xfeat_continue_easy1024.json
 }
-compare_xfeat_continue() {  # paired bootstrap intervals: early - equal, early - shipped (alpha 0.95, full depth, pose)
+compare_xfeat_continue() {  # paired bootstrap intervals: early - equal, early - shipped, equal - shipped (alpha 0.95, full
+                            # depth), early - equal in pose
   local E=mambaglue@out/ablation_xfeat_continue_early/mambaglue_xfeat.pt
   local Q=mambaglue@out/ablation_xfeat_continue_equal/mambaglue_xfeat.pt
   local H="out/eval_xfeat_continue_early.json out/eval_xfeat_continue_equal.json"
@@ -330,6 +331,8 @@ compare_xfeat_continue() {  # paired bootstrap intervals: early - equal, early -
   "$M" compare out/eval_xfeat_continue_early.json --methods "$E,mambaglue" --json out/compare_xfeat_continue_shipped.json
   "$M" compare out/eval_xfeat_continue_early.json --methods "$E+fulldepth,mambaglue+fulldepth" \
     --json out/compare_xfeat_continue_shipped_fulldepth.json
+  "$M" compare $H --methods "$Q,mambaglue" --json out/compare_xfeat_continue_equal_shipped.json
+  "$M" compare $H --methods "$Q+fulldepth,mambaglue+fulldepth" --json out/compare_xfeat_continue_equal_shipped_fulldepth.json
   "$M" compare out/eval_pose_xfeat_continue_early.json out/eval_pose_xfeat_continue_equal.json --methods "$E,$Q" \
     --json out/compare_pose_xfeat_continue.json
 }

@@ -428,10 +428,18 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     assert continued["meta"]["steps"] == {"stage1": 2, "stage2": 2}
     with pytest.raises(ValueError, match=r"stage1\.init"):  # a resumed stage 1 keeps the start it had
         train(load_config(None, **{**cont, "stage1": {**frozen, "init": "lightglue"}}), "1", resume=True, progress=False)
-    # stage 2 again on its own: the record made when stage 1 started still names what it continued
+    # stage 2 again on its own, with the continued file gone: the record made when stage 1 started (path, sha256,
+    # that file's training) still says what it continued, and stage 2 does not read the file
+    aside = path.rename(path.with_name("moved_aside.pt"))
     s4 = train(load_config(None, **cont), "2", progress=False, overwrite=True)
+    aside.rename(path)
     again = W.load_checkpoint(s4["export"]["path"], features="xfeat")["meta"]
     assert again["init"] == continued["meta"]["init"] and again["continued_from"] == continued["meta"]["continued_from"]
+    # stage 1 afresh from the LightGlue warm start in that folder: the record of the continued start is dropped
+    warm_again = {**cont, "stage1": {**frozen, "init": None, "lr": 1e-4, "lr_new": 1e-3}}
+    s5 = train(load_config(None, **warm_again), "both", progress=False, overwrite=True)
+    assert "stage1_init" not in s5
+    assert W.load_checkpoint(s5["export"]["path"], features="xfeat")["meta"]["init"] == "LightGlue weights of xfeat (warm start)"
     with pytest.raises(ValueError, match="other network options"):
         train(load_config(None, **{**cont, "out_dir": str(tmp_path / "c2"), "model": {"scan_order": "score"}}), "1",
               progress=False)

@@ -649,7 +649,7 @@ def continued_provenance(path: str, ckpt: dict[str, Any]) -> dict[str, Any]:
     data in ``matcher_data``, its regressor's in ``data``)."""
     prior = ckpt.get("meta", {})
     keep = ("init", "data", "matcher_data", "note", "steps", "command", "validation", "matcher")
-    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+    return {"path": str(path), "sha256": W.sha256_of(path),
             **{k: prior[k] for k in keep if k in prior}, "stage1_config": (prior.get("config") or {}).get("stage1")}
 
 
@@ -674,7 +674,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     in the run folder needs ``resume`` (same config but its budget) or ``overwrite`` (``check_run_folder``)."""
     if int(cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(cfg["threads"]))
-    continued = str(cfg["stage1"].get("init", "lightglue"))  # stage 1's start: the LightGlue warm start, or a file
+    continued = str(cfg["stage1"].get("init") or "lightglue")  # stage 1's start: the LightGlue warm start, or a file
     if stage != "2" and cfg["stage2"]["init"] not in ("best", "last"):
         raise ValueError(f"stage2.init names a released checkpoint ({cfg['stage2']['init']}), whose matcher would "
                          f"replace what stage 1 trains: run stage 2 alone (--stage 2)")
@@ -697,7 +697,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     summary_path = out / "summary.json"
     summary: dict[str, Any] = _read_json(summary_path) if summary_path.is_file() else {}
     if not resume:  # a stage run afresh: what the folder said of it and of the stages after it is stale
-        for key in [f"stage{s}" for s in range(stages[0], 3)] + ["export"] + (["stage1_init"] if 1 in stages else []):
+        for key in [f"stage{s}" for s in range(stages[0], 3)] + ["export"]:
             summary.pop(key, None)
     summary.update({"features": cfg["features"], "config": cfg, "hardware": hardware_string(cfg),
                     "train_pairs": len(train_cache), "val_pairs": len(val_cache) if val_cache else 0,
@@ -707,11 +707,14 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     if command:
         commands.append(command)
     if stage in ("1", "both"):
+        # What stage 1 starts from, recorded when it starts (the file may change before the export reads it): a
+        # stage starting afresh (run_stage resumes only with --resume and a saved state) drops an earlier record first.
+        if not (resume and _state_path(out, 1).is_file()):
+            summary.pop("stage1_init", None)
         if continued_from is not None:  # a resumed state replaces these weights with its own
             _load_released_matcher(net, continued_from, continued)
-            if "stage1_init" not in summary:  # recorded when the stage starts: the file may change before its export
-                summary["stage1_init"] = continued_provenance(continued, continued_from)
-                _write_json(summary_path, summary)
+            summary.setdefault("stage1_init", continued_provenance(continued, continued_from))
+        _write_json(summary_path, summary)
         summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
         _write_json(summary_path, summary)
     if stage in ("2", "both"):

@@ -258,7 +258,7 @@ seeds_xfeat() {  # v2 - control over the seeds of the 837 + 600-step XFeat compa
                  # spread and a t interval over seeds (the seed, not the pairs, as the unit). Seeds 1 and 2 from
                  # compare_xfeat_seed's files; seed 0's result files are not kept, so its differences are the rounded
                  # ones of docs/results.md (eval_xfeat_v1budget_v2 against eval_xfeat_v1_control, 2026-12-04/05)
-  "${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python" - <<'PY'
+  "$PY" - <<'PY'
 import json
 import numpy as np
 from scipy import stats

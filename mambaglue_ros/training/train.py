@@ -629,14 +629,20 @@ def load_stage_weights(net: MambaGlue, out: Path, stage: int, which: str = "best
     return path.name
 
 
+def check_released_options(ckpt: dict[str, Any], conf: dict[str, Any], keys: Sequence[str], path: str) -> None:
+    """ValueError naming the options among ``keys`` in which a released checkpoint's network differs from ``conf``
+    (a network's or a config's ``model`` section: keys it does not set are not compared)."""
+    saved = ckpt["config"]
+    differ = {k: (saved.get(k), conf[k]) for k in keys if k in conf and saved.get(k, conf[k]) != conf[k]}
+    if differ:
+        raise ValueError(f"{path} has other network options than the config (checkpoint, config): {differ}")
+
+
 def _load_released_matcher(net: MambaGlue, ckpt: dict[str, Any], path: str) -> None:
     """The matcher of a released checkpoint (``weights.load_checkpoint``, read from ``path``) into ``net``: for
     stage 2 alone, or as the start of a continued stage 1 (``stage1.init``). fp16 values widen exactly, the
     regressors stay fresh."""
-    differ = {k: (ckpt["config"].get(k), net.conf[k]) for k in CHECKPOINT_OPTIONS
-              if ckpt["config"].get(k, net.conf[k]) != net.conf[k]}
-    if differ:
-        raise ValueError(f"{path} has other network options than the config (checkpoint, config): {differ}")
+    check_released_options(ckpt, net.conf, CHECKPOINT_OPTIONS, path)
     own = net.state_dict()
     saved = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("token_confidence.")}
     saved.update({k: v for k, v in own.items() if k.startswith("token_confidence.")})
@@ -681,10 +687,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
     continued_from = None  # the released checkpoint stage 1 continues (stage1.init): read only when stage 1 runs
     if continued != "lightglue" and stage != "2":
         continued_from = W.load_checkpoint(continued, features=cfg["features"])
-        differ = {k: (continued_from["config"].get(k), v) for k, v in cfg["model"].items()
-                  if k in ARCHITECTURE_OPTIONS and continued_from["config"].get(k, v) != v}
-        if differ:  # refused before minutes of feature caching (_load_released_matcher checks every option again)
-            raise ValueError(f"{continued} has other network options than the config (checkpoint, config): {differ}")
+        # refused before minutes of feature caching (_load_released_matcher checks the shape options too, on the net)
+        check_released_options(continued_from, cfg["model"], ARCHITECTURE_OPTIONS, continued)
     out = Path(out_dir or cfg["out_dir"])
     stages = {"1": [1], "2": [2], "both": [1, 2]}[stage]
     check_run_folder(cfg, out, stages, resume, overwrite)

@@ -4,6 +4,13 @@ turn (old, new, new, old) to compare them under the same load.
 
     .venv/bin/python benchmarks/full_depth_ratio.py --label new                      # XFeat 16/512/1024, ALIKED 1024
     .venv/bin/python benchmarks/full_depth_ratio.py --configs xfeat:16:200,xfeat:1024:20
+    .venv/bin/python benchmarks/full_depth_ratio.py --configs xfeat:1024:20,aliked:1024:8 --flops
+
+``--flops`` also counts each network's floating-point operations on the same inputs (torch's ``FlopCounterMode``: the
+matrix products and attention, not the scan, conv or elementwise work), for the shipped file and for both network
+designs (version 1: score order, one-way scan, [y, silu(z)] into a 4d FFN input, inner width d; version 2: Hilbert
+order, two-way scan, gated 3d input, inner width d/2). Their ratio to LightGlue's is what a design costs before any
+kernel: a time ratio well below it is not to be expected.
 """
 from __future__ import annotations
 
@@ -13,6 +20,20 @@ import torch
 
 from mambaglue_ros.evaluation import bench
 
+DESIGNS = {"v1": dict(scan_order="score", bidirectional=False, mamba_message="concat", mamba_expand=1.0),
+           "v2": dict(scan_order="hilbert", bidirectional=True, mamba_message="gated", mamba_expand=0.5)}
+
+
+def counted_flops(net: torch.nn.Module, data: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward pass, after one uncounted pass (the folded FFN weights are made once, then kept)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode():
+        net(data)
+        with FlopCounterMode(display=False) as counter:
+            net(data)
+    return counter.get_total_flops()
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of FEATURES:KEYPOINTS:REPEATS (16 keypoints: the forward is all overhead)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default="")
+    p.add_argument("--flops", action="store_true", help="also the FLOP ratios of the shipped file and both designs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
@@ -38,7 +60,15 @@ def main(argv: list[str] | None = None) -> int:
             ms = bench.interleaved({"mambaglue": lambda: mamba(data), "lightglue": lambda: lightglue(data)}, reps,
                                    dev, warmup=3)
         m, lg = ms["mambaglue"], ms["lightglue"]
-        out.append(f"{feat} {kp}: {m:.2f} / {lg:.2f} ms = {m / lg:.3f}")
+        line = f"{feat} {kp}: {m:.2f} / {lg:.2f} ms = {m / lg:.3f}"
+        if args.flops:
+            base = counted_flops(lightglue, data)
+            ratios = {"shipped": counted_flops(mamba, data) / base}
+            for name, design in DESIGNS.items():  # the warm start with a fresh branch: FLOPs do not depend on weights
+                net = bench.build(feat, "lightglue", dev, adaptive=False, **design)[0]
+                ratios[name] = counted_flops(net, data) / base
+            line += f" (FLOPs / LightGlue's: {', '.join(f'{k} {v:.3f}' for k, v in ratios.items())})"
+        out.append(line)
     print(args.label, " | ".join(out), flush=True)
     return 0
 

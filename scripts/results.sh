@@ -642,6 +642,27 @@ scan_kernel() {   # the C++ CPU scan against the torch scan, same network and ru
     --methods mambaglue,mambaglue_torchscan,lightglue
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --cpu-scan both --seconds 20 --json out/node_rate_scan.json
 }
+video_sweep() {   # FEATURES [KEYPOINTS...]: 2026-12-07 (issue 11), the alpha sweep on 200 video-like pairs of the held-out photos
+                  # (eval-homography --video: what the node matches), the shipped file against the released LightGlue,
+                  # so the exit is judged by precision against time, not by the stop layer at one alpha
+  local f=$1 k
+  shift
+  [ $# -gt 0 ] || set -- 1024 512
+  for k in "$@"; do
+    "$M" eval-homography --images "$VAL" --video --pairs 200 --seed 0 --features "$f" --max-keypoints "$k" \
+      --methods mambaglue,lightglue --alphas 0.8,0.85,0.9,0.95,0.97,0.99,none \
+      --json "out/video_sweep_${f}_${k}.json" --plots "out/plots_video_sweep_${f}_${k}" --threads 1 --no-progress
+  done
+}
+regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (the descriptor; its change over the layer;
+                     # matchability; the assignment row maximum), fitted offline on the shipped XFeat matcher's frozen
+                     # layers, and where an exact regressor would stop; 400 new pairs of the held-out training photos
+  "$PY" benchmarks/regressor_inputs.py --config config/ablations/xfeat_long3k_v2_regressor.yaml \
+    --json out/regressor_inputs_xfeat.json
+}
+full_depth_flops() {  # 2026-12-07 (issue 11): full-depth time ratios with each design's FLOP ratio to LightGlue (quiet machine)
+  "$PY" benchmarks/full_depth_ratio.py --configs xfeat:512:30,xfeat:1024:20,aliked:512:10,aliked:1024:8 --flops
+}
 speed() {         # run on a quiet machine: ratios within one run are what to compare
   "$M" bench --json out/bench/bench_xfeat.json --plots out/bench --features xfeat --threads 1
   "$M" bench --json out/bench/bench_aliked.json --plots out/bench --features aliked --threads 1 --extractors xfeat,aliked,disk,superpoint
@@ -654,7 +675,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -427,6 +427,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=200, help="number of pairs (HPatches: at most; 0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=0.8, help="homography strength of synthetic pairs, 0..1")
+    p.add_argument("--video", action="store_true",
+                   help="video-like small motions of the photos (what the node matches frame to frame; the pairs of "
+                        "training's video_fraction) instead of homographies; --difficulty unused")
     p.add_argument("--size", default="640x480", help="synthetic view size WxH")
     p.add_argument("--photometric", type=float, default=1.0, help="photometric augmentation strength (0 = none)")
     p.add_argument("--resize-max", type=int, default=None, help="HPatches: downscale to this longer side")
@@ -456,6 +459,8 @@ def run_cli(args: argparse.Namespace) -> int:
     sweep_methods = parse_methods(args.sweep_methods) if args.sweep_methods else None
     if sweep_methods and set(sweep_methods) - set(methods):
         raise ValueError("--sweep-methods must be among --methods")
+    if args.hpatches and args.video:
+        raise ValueError("--video makes synthetic pairs of --images; it does not apply to --hpatches")
     if args.hpatches:
         pairs = list(hpatches_pairs(args.hpatches, args.pairs, args.resize_max))
         dataset = {"dataset": "hpatches", "images": str(args.hpatches), "resize_max": args.resize_max}
@@ -464,9 +469,10 @@ def run_cli(args: argparse.Namespace) -> int:
             raise ValueError("give --images DIR (synthetic pairs) or --hpatches DIR")
         w, h = (int(v) for v in args.size.lower().split("x"))
         pairs = synthetic_pairs(args.images, args.pairs, args.seed, args.difficulty, (w, h), args.photometric,
-                                held_out_every=args.held_out_every)
-        dataset = {"dataset": "synthetic", "images": str(args.images), "difficulty": args.difficulty,
-                   "size": [w, h], "photometric": args.photometric,
+                                video=args.video, held_out_every=args.held_out_every)
+        dataset = {"dataset": "synthetic_video" if args.video else "synthetic", "images": str(args.images),
+                   **({} if args.video else {"difficulty": args.difficulty}), "size": [w, h],
+                   "photometric": args.photometric,
                    **({"held_out_every": args.held_out_every} if args.held_out_every else {})}
     t0 = time.perf_counter()
     result = evaluate(pairs, args.features, methods, args.max_keypoints, alphas, sweep_methods, args.device,

@@ -25,12 +25,17 @@ DESIGNS = {"v1": dict(scan_order="score", bidirectional=False, mamba_message="co
 
 
 def counted_flops(net: torch.nn.Module, data: dict[str, torch.Tensor]) -> int:
-    """FLOPs of one forward pass, after one uncounted pass (the folded FFN weights are made once, then kept)."""
+    """FLOPs of one forward pass, after one uncounted pass (the folded FFN weights are made once, then kept).
+
+    The counted pass runs the self attention's ``scaled_dot_product_attention`` on its math backend: the CPU's fused
+    kernel is an operation the counter has no formula for (it would count 0), the math backend is the same products.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.inference_mode():
         net(data)
-        with FlopCounterMode(display=False) as counter:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             net(data)
     return counter.get_total_flops()
 

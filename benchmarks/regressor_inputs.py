@@ -5,8 +5,10 @@ The deep regressor reads one point's descriptor after a layer and predicts wheth
 the final layer's. Its exit then stops after the first layer where a share α of the points is counted as confident.
 On video-like pairs it stops later than an exact regressor would (docs/results.md, "Which network settles sooner"). This
 asks whether that is for want of information: the frozen matcher runs once over a training set and a held-out set, and
-per-layer regressors of the shipped shape (d -> d/2 -> d/4 -> 1) are fitted offline to the same target with the stage-2
-recipe (AdamW, lr 1e-3, weight decay 0.01, ``--steps`` of 8 pairs, warm-up 10, cosine to 0.1), once per input:
+per-layer regressors of the shipped shape (d -> d/2 -> d/4 -> 1) are fitted offline to the same target and loss as stage
+2 (``confidence_loss``: BCE averaged per image, then per pair, then over the layers; AdamW, lr 1e-3, weight decay 0.01,
+``--steps`` of 8 pairs, warm-up 10, cosine to 0.1, gradient norm clipped at 1), once per input. Unlike stage 2 the fit
+keeps its last step (no validation pick), and it reads the descriptors rounded to fp16 (kept so, to fit in memory):
 
     desc          the layer's descriptor (what the shipped regressor reads; the control)
     desc+delta    and its change over the layer (x_l - x_{l-1})
@@ -20,7 +22,8 @@ On the held-out pairs it reports per input and seed: the ROC AUC and BCE of sett
 stop at α (count rule, λ_l as the network's) and the precision of the matches at that stop, for all pairs, the video-like
 and the homography ones; then where an exact regressor would stop at α 0.95 / 0.97 / 0.99 and the precision there, and
 the precision after each layer. The stops are simulated on one full forward pass without pruning (as training's
-validation does).
+validation does), with the count rule (``exit_rule: count``, the network's ``settled_fraction``); a pair without matches
+at its stop scores precision 0 (as validation does).
 
     .venv/bin/python benchmarks/regressor_inputs.py --config config/ablations/xfeat_long3k_v2_regressor.yaml \\
         [--weights PATH] [--held-out-pairs 400] [--held-out-seed 4242] [--inputs desc,desc+delta] [--seeds 0,1] \\
@@ -116,7 +119,7 @@ def collect(net: MambaGlue, cache: PairCache, cfg: dict[str, Any]) -> list[dict[
             m0 = filter_matches(la, net.conf["filter_threshold"])[0][0]
             idx = torch.where(m0 >= 0)[0]
             err = (batch["proj0_1"][0, idx] - batch["keypoints1"][0, m0[idx]].double()).norm(dim=-1)
-            layers[i]["prec"] = float((err < pos_th).float().mean()) if len(idx) else float("nan")
+            layers[i]["prec"] = float((err < pos_th).float().mean()) if len(idx) else 0.0
             if i < L - 1:
                 t0, t1 = confidence_targets(la, las[-1])
                 layers[i].update(t0=t0[0].bool(), t1=t1[0].bool(), rm0=la[0, :-1, :].exp().max(-1).values,
@@ -146,37 +149,48 @@ def both(layer: dict[str, Any], key: str) -> torch.Tensor:
 
 
 def fit(train: list[dict[str, Any]], inputs: str, dim: int, steps: int, seed: int) -> nn.ModuleList:
-    """One regressor per layer (the shipped shape on a wider input), BCE on the settled target, stage 2's recipe."""
+    """One regressor per layer (the shipped shape on a wider input), stage 2's loss on the settled target."""
     torch.manual_seed(seed)
     L1 = len(train[0]["layers"]) - 1
     X = [[torch.cat([features_of(p["layers"][i], s, inputs) for s in "01"]) for p in train] for i in range(L1)]
     T = [[both(p["layers"][i], "t").float() for p in train] for i in range(L1)]
+    # each point's weight: 1 / (2 x its image's point count), so that every image, then every pair, counts the same
+    W = [torch.cat([torch.full((len(p["layers"][0][f"t{s}"]),), 0.5 / max(len(p["layers"][0][f"t{s}"]), 1))
+                    for s in "01"]) for p in train]
     nets = nn.ModuleList([nn.Sequential(nn.Linear(X[0][0].shape[-1], dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim // 4),
                                         nn.ReLU(), nn.Linear(dim // 4, 1)) for _ in range(L1)])
     opt = torch.optim.AdamW(nets.parameters(), lr=1e-3, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     order: list[int] = []
+    batch = min(8, len(train))
     for step in range(steps):
-        if len(order) < 8:
+        if len(order) < batch:
             order = list(rng.permutation(len(train)))
-        idx = [order.pop() for _ in range(8)]
+        idx = [order.pop() for _ in range(batch)]
         f = (step + 1) / 10 if step < 10 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = 1e-3 * f
-        loss = sum(F.binary_cross_entropy_with_logits(nets[i](torch.cat([X[i][k] for k in idx])).squeeze(-1),
-                                                      torch.cat([T[i][k] for k in idx])) for i in range(L1)) / L1
+        w = torch.cat([W[k] for k in idx]) / len(idx)
+        loss = sum((F.binary_cross_entropy_with_logits(nets[i](torch.cat([X[i][k] for k in idx])).squeeze(-1),
+                                                       torch.cat([T[i][k] for k in idx]), reduction="none") * w).sum()
+                   for i in range(L1)) / L1
         opt.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
         opt.step()
     return nets
 
 
 def roc_auc(score: torch.Tensor, target: torch.Tensor) -> float:
-    ranks = torch.empty_like(score)
-    ranks[torch.argsort(score)] = torch.arange(1, len(score) + 1, dtype=score.dtype)
-    pos = target > 0.5
+    """Area under the ROC curve of ``score`` for ``target`` (Mann-Whitney, ties at their mean rank); NaN with one class."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score.double().numpy())
+    pos = target.numpy() > 0.5
     npos, nneg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - npos * (npos + 1) / 2) / max(npos * nneg, 1))
+    if not npos or not nneg:
+        return float("nan")
+    return float((ranks[pos].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
 def stop_of(shares: list[float], alpha: float, layers: int) -> int:
@@ -198,7 +212,7 @@ def score(held: list[dict[str, Any]], confidence, thresholds: list[float], alpha
         sel = [r for r in rows if kind == "all" or r[0] == kind]
         if sel:
             out[kind] = {"pairs": len(sel), "stop": float(np.mean([r[1] for r in sel])),
-                         "precision": float(np.nanmean([r[2] for r in sel]))}
+                         "precision": float(np.mean([r[2] for r in sel]))}
     c = [torch.cat([confidence(p, i) for p in held]).float() for i in range(L - 1)]
     t = [torch.cat([both(p["layers"][i], "t") for p in held]).float() for i in range(L - 1)]
     out["auc"] = [round(roc_auc(ci, ti), 4) for ci, ti in zip(c, t)]
@@ -215,11 +229,11 @@ def exact(held: list[dict[str, Any]], alphas: list[float]) -> dict[str, Any]:
         sel = [p for p in held if kind == "all" or p["kind"] == kind]
         if not sel:
             continue
-        out[kind] = {"per_layer_precision": [float(np.nanmean([p["layers"][i]["prec"] for p in sel])) for i in range(L)]}
+        out[kind] = {"per_layer_precision": [float(np.mean([p["layers"][i]["prec"] for p in sel])) for i in range(L)]}
         for a in alphas:
             stops = [stop_of([float(both(p["layers"][i], "t").float().mean()) for i in range(L - 1)], a, L) for p in sel]
             out[kind][str(a)] = {"stop": float(np.mean(stops)),
-                                 "precision": float(np.nanmean([p["layers"][s - 1]["prec"] for p, s in zip(sel, stops)]))}
+                                 "precision": float(np.mean([p["layers"][s - 1]["prec"] for p, s in zip(sel, stops)]))}
     return out
 
 
@@ -245,6 +259,8 @@ def main() -> int:
     held_cache = held_out_cache(cfg, args.held_out_pairs, args.held_out_seed)
     net, source = build_network(cfg["features"], args.weights, early_exit=False, pruning=False)
     net.eval()
+    if net.conf["exit_rule"] != "count":
+        raise SystemExit(f"{source}: exit_rule {net.conf['exit_rule']!r}; this script simulates the count rule")
     t0 = time.perf_counter()
     train, held = collect(net, train_cache, cfg), collect(net, held_cache, cfg)
     print(f"{source}: {len(train)} training pairs, {len(held)} held-out pairs "

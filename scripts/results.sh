@@ -642,12 +642,18 @@ scan_kernel() {   # the C++ CPU scan against the torch scan, same network and ru
     --methods mambaglue,mambaglue_torchscan,lightglue
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --cpu-scan both --seconds 20 --json out/node_rate_scan.json
 }
-video_sweep() {   # FEATURES [KEYPOINTS...]: 2026-12-07 (issue 11), the alpha sweep on 200 video-like pairs of the held-out photos
-                  # (eval-homography --video: what the node matches), the shipped file against the released LightGlue,
-                  # so the exit is judged by precision against time, not by the stop layer at one alpha
+video_sweep() {   # [FEATURES [KEYPOINTS...]]: 2026-12-07 (issue 11), the alpha sweep on 200 video-like pairs of the held-out
+                  # photos (eval-homography --video: what the node matches), the shipped file against the released
+                  # LightGlue, so the exit is judged by accuracy against time, not by the stop layer at one alpha.
+                  # No arguments: XFeat at 1024 and 512 keypoints, then ALIKED at 1024
+  if [ $# -eq 0 ]; then
+    video_sweep xfeat 1024 512
+    video_sweep aliked 1024
+    return
+  fi
   local f=$1 k
   shift
-  [ $# -gt 0 ] || set -- 1024 512
+  [ $# -gt 0 ] || set -- 1024
   for k in "$@"; do
     "$M" eval-homography --images "$VAL" --video --pairs 200 --seed 0 --features "$f" --max-keypoints "$k" \
       --methods mambaglue,lightglue --alphas 0.8,0.85,0.9,0.95,0.97,0.99,none \

@@ -660,6 +660,19 @@ video_sweep() {   # [FEATURES [KEYPOINTS...]]: 2026-12-07 (issue 11), the alpha 
       --json "out/video_sweep_${f}_${k}.json" --plots "out/plots_video_sweep_${f}_${k}" --threads 1 --no-progress
   done
 }
+video_equal_precision() {  # [FEATURES ALPHA [KEYPOINTS...]]: 2026-12-07 (issue 11), after video_sweep: MambaGlue at the alpha
+                           # where its precision on those video-like pairs met LightGlue's at 0.95 (a point of the sweep's
+                           # curve, not a default), both defaults and LightGlue interleaved in one pass: the time at equal
+                           # precision, free of the load changes between the sweep's rows
+  local f=${1:-xfeat} a=${2:-0.9} k
+  shift $(( $# > 2 ? 2 : $# ))
+  [ $# -gt 0 ] || set -- 1024 512
+  for k in "$@"; do
+    "$M" eval-homography --images "$VAL" --video --pairs 200 --seed 0 --features "$f" --max-keypoints "$k" \
+      --methods "mambaglue,mambaglue+alpha$a,lightglue" --json "out/video_equal_precision_${f}_${k}.json" \
+      --threads 1 --no-progress
+  done
+}
 regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (the descriptor; its change over the layer;
                      # matchability; the assignment row maximum), fitted offline on the shipped XFeat matcher's frozen
                      # layers, and where an exact regressor would stop; 400 new pairs of the held-out training photos
@@ -681,7 +694,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

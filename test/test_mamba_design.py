@@ -205,6 +205,12 @@ def test_eval_method_suffixes_turn_off_pruning_and_set_precision():
     assert split_suffixes("mambaglue+noprune+bf16") == ("mambaglue", {"precision": "bf16", "pruning": False})
     assert split_suffixes("mambaglue+bf16+noprune") == ("mambaglue", {"precision": "bf16", "pruning": False})
     assert split_suffixes("lightglue") == ("lightglue", {"precision": "fp32"})
+    assert split_suffixes("mambaglue+alpha0.9+bf16") == ("mambaglue", {"precision": "bf16", "alpha": 0.9})
+    assert split_suffixes("lightglue+noprune+alpha.97") == ("lightglue", {"precision": "fp32", "pruning": False,
+                                                                          "alpha": 0.97})
+    with pytest.raises(ValueError, match="alpha must be in"):
+        parse_methods("mambaglue+alpha1.5")
+    assert build_matcher("mambaglue+alpha0.9", "xfeat").alpha == 0.9
     assert parse_methods("mambaglue,mambaglue+noprune") == ["mambaglue", "mambaglue+noprune"]
     with pytest.raises(ValueError, match="unknown method"):
         parse_methods("mambaglue+prune")

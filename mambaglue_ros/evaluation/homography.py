@@ -33,6 +33,7 @@ import json
 import logging
 import platform
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import torch
 from ..geometry import estimate_homography
 from ..training.dataset import list_images, pair_seed, read_rgb, split_photos
 from ..training.homography import gt_matches_from_homography, make_pair, make_video_pair, warp_points
-from ..types import Features, MatchResult
+from ..types import Features, MatchResult, check_alpha
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,15 @@ METHOD_SUFFIXES = {"+bf16": {"precision": "bf16"}, "+noprune": {"pruning": False
                    "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}}
 
 
+ALPHA_SUFFIX = re.compile(r"\+alpha([0-9]*\.?[0-9]+)$")
+
+
 def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
     """``"mambaglue+noprune+bf16"`` -> ``("mambaglue", {"pruning": False, "precision": "bf16"})``: the base
     method and the Matcher options of its suffixes (``+bf16`` autocast, ``+noprune`` pruning off,
-    ``+meanexit`` the early exit's mean-confidence rule, ``+fulldepth`` early exit off: every layer runs)."""
+    ``+meanexit`` the early exit's mean-confidence rule, ``+fulldepth`` early exit off: every layer runs,
+    ``+alphaA`` the early exit at α = A instead of the default, e.g. ``mambaglue+alpha0.9``: two operating points
+    timed in one interleaved pass)."""
     options: dict[str, Any] = {"precision": "fp32"}
     found = True
     while found:
@@ -236,6 +242,10 @@ def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
             if method.endswith(suffix):
                 method, found = method[: -len(suffix)], True
                 options.update(opts)
+        alpha = ALPHA_SUFFIX.search(method)
+        if alpha:
+            method, found = method[: alpha.start()], True
+            options["alpha"] = check_alpha(float(alpha.group(1)))
     return method, options
 
 
@@ -246,7 +256,8 @@ def parse_methods(text: str) -> list[str]:
     for m in methods:
         base = split_suffixes(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
-            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH (+bf16, +noprune, +meanexit, +fulldepth)")
+            raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH "
+                             "(+bf16, +noprune, +meanexit, +fulldepth, +alphaA)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):

@@ -183,10 +183,9 @@ def fit(train: list[dict[str, Any]], inputs: str, dim: int, steps: int, seed: in
 
 def roc_auc(score: torch.Tensor, target: torch.Tensor) -> float:
     """Area under the ROC curve of ``score`` for ``target`` (Mann-Whitney, ties at their mean rank); NaN with one class."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score.double().numpy())
-    pos = target.numpy() > 0.5
+    _, where, counts = torch.unique(score.double(), return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2)[where]  # 1-based ranks, a tie's mean rank for each of its values
+    pos = target > 0.5
     npos, nneg = int(pos.sum()), int((~pos).sum())
     if not npos or not nneg:
         return float("nan")

@@ -671,6 +671,8 @@ video_equal_precision() {  # [FEATURES ALPHA [KEYPOINTS...]]: 2026-12-07 (issue 
     "$M" eval-homography --images "$VAL" --video --pairs 200 --seed 0 --features "$f" --max-keypoints "$k" \
       --methods "mambaglue,mambaglue+alpha$a,lightglue" --json "out/video_equal_precision_${f}_${k}.json" \
       --threads 1 --no-progress
+    "$M" compare "out/video_equal_precision_${f}_${k}.json" --methods "mambaglue,mambaglue+alpha$a,lightglue" \
+      --json "out/compare_video_equal_precision_${f}_${k}.json"
   done
 }
 regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (the descriptor; its change over the layer;

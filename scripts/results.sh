@@ -661,12 +661,18 @@ video_sweep() {   # [FEATURES [KEYPOINTS...]]: 2026-12-07 (issue 11), the alpha 
   done
 }
 video_equal_precision() {  # [FEATURES ALPHA [KEYPOINTS...]]: 2026-12-07 (issue 11), after video_sweep: MambaGlue at the alpha
-                           # where its precision on those video-like pairs met LightGlue's at 0.95 (a point of the sweep's
-                           # curve, not a default), both defaults and LightGlue interleaved in one pass: the time at equal
-                           # precision, free of the load changes between the sweep's rows
-  local f=${1:-xfeat} a=${2:-0.9} k
+                           # where its precision on those video-like pairs met (XFeat: 0.9) or first passed (ALIKED: 0.97)
+                           # LightGlue's at 0.95 (a point of the sweep's curve, not a default), its default and LightGlue
+                           # interleaved in one pass: the time at equal precision, free of the load changes between the
+                           # sweep's rows; then the paired bootstrap. No arguments: both front ends, as documented
+  if [ $# -eq 0 ]; then
+    video_equal_precision xfeat 0.9 1024 512
+    video_equal_precision aliked 0.97 1024
+    return
+  fi
+  local f=$1 a=${2:-0.9} k
   shift $(( $# > 2 ? 2 : $# ))
-  [ $# -gt 0 ] || set -- 1024 512
+  [ $# -gt 0 ] || set -- 1024
   for k in "$@"; do
     "$M" eval-homography --images "$VAL" --video --pairs 200 --seed 0 --features "$f" --max-keypoints "$k" \
       --methods "mambaglue,mambaglue+alpha$a,lightglue" --json "out/video_equal_precision_${f}_${k}.json" \

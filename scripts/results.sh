@@ -681,6 +681,21 @@ video_equal_precision() {  # [FEATURES ALPHA [KEYPOINTS...]]: 2026-12-07 (issue 
       --json "out/compare_video_equal_precision_${f}_${k}.json"
   done
 }
+video_pose() {    # [FEATURES [KEYPOINTS...]]: 2026-12-07 (issue 11), the same question on real frames: relative pose on KITTI
+                  # (frame t <-> t+1 and t+3 of the driving clip) and EuRoC (left <-> right), both networks at five
+                  # operating points (alpha 0.8, 0.9, 0.95, 0.99, full depth), all interleaved in one pass.
+                  # No arguments: XFeat at 512 and 1024 keypoints
+  local f=${1:-xfeat} k ops="" m a
+  [ $# -gt 0 ] && shift
+  [ $# -gt 0 ] || set -- 512 1024
+  for m in mambaglue lightglue; do
+    for a in +alpha0.8 +alpha0.9 "" +alpha0.99 +fulldepth; do ops="$ops,$m$a"; done
+  done
+  for k in "$@"; do
+    "$M" eval-pose --features "$f" --max-keypoints "$k" --kitti-steps 1,3 --methods "${ops#,}" --threads 1 \
+      --json "out/video_pose_${f}_${k}.json" --no-progress
+  done
+}
 regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (the descriptor; its change over the layer;
                      # matchability; the assignment row maximum), fitted offline on the shipped XFeat matcher's frozen
                      # layers, and where an exact regressor would stop; 400 new pairs of the held-out training photos
@@ -702,7 +717,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

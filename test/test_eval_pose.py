@@ -131,6 +131,8 @@ def test_short_run_on_real_data(tmp_path):
             assert s["pairs"] == 3 and s["failures"] == 0
             assert 0.0 <= s["auc@5"] <= s["auc@10"] <= s["auc@20"] <= 1.0
             assert s["matches"] > 100 and s["ms_per_pair"] > 0
+            layers = (1, 6) if m != "orb" else (0, 0)  # XFeat's networks have 6 layers; ORB has none
+            assert layers[0] <= s["mean_stop_layer"] <= layers[1], (name, m, s)
     for m in ("mambaglue", "lightglue"):
         # KITTI, 1.2 m forward per frame: the learned matchers get the pose to about a degree (0.5-1.2
         # measured), AUC@20 0.96-0.97

@@ -224,6 +224,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_ms_per_pair": float(np.median([r["match_ms"] for r in rows])),
         "pairs": len(rows),
     })
+    if "stop_layer" in rows[0]:  # layers the network ran before its early exit (0 for ORB: no network)
+        out["mean_stop_layer"] = float(np.mean([r["stop_layer"] for r in rows]))
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -329,7 +331,8 @@ def evaluate(datasets: Sequence[PoseDataset], features: str, methods: Sequence[s
                 forget_prepared(matchers[m])  # timed as a new pair: frames recur across pairs (k = 1, 3, 5)
                 r = matchers[m].match_features(f0[fe], f1[fe])
                 row = evaluate_pair(r.points0.astype(np.float64), r.points1.astype(np.float64), pair, ransac_px)
-                rows[m].append({**row, "match_ms": float(r.timings_ms.get("match", float("nan")))})
+                rows[m].append({**row, "match_ms": float(r.timings_ms.get("match", float("nan"))),
+                                "stop_layer": int(r.stop_layer)})
         result["datasets"][ds.name] = {
             "description": ds.description, "pairs": len(ds.pairs),
             "methods": {m: summarize(rows[m]) for m in methods if rows[m]},
@@ -350,7 +353,7 @@ def evaluate(datasets: Sequence[PoseDataset], features: str, methods: Sequence[s
 def format_table(result: dict[str, Any]) -> str:
     """One row per dataset and method."""
     width = max(12, *(len(m) for d in result["datasets"].values() for m in d["methods"]))
-    heads = ("pairs", "AUC@5", "AUC@10", "AUC@20", "med deg", "matches", "inliers", "fail", "ms/pair")
+    heads = ("pairs", "AUC@5", "AUC@10", "AUC@20", "med deg", "matches", "inliers", "fail", "ms/pair", "med ms", "stop")
     lines = [f"{result['features']}, {result['max_keypoints']} keypoints, essential matrix MAGSAC "
              f"{result['ransac_px']} px; error = max(rotation, translation direction), failure = 180 deg",
              f"{'dataset':<13} {'method':<{width}} " + " ".join(f"{h:>7}" for h in heads)]
@@ -358,7 +361,8 @@ def format_table(result: dict[str, Any]) -> str:
         for m, s in d["methods"].items():
             lines.append(f"{name:<13} {m:<{width}} {s['pairs']:7d} {s['auc@5']:7.4f} {s['auc@10']:7.4f} "
                          f"{s['auc@20']:7.4f} {s['median_err_deg']:7.2f} {s['matches']:7.1f} {s['inliers']:7.1f} "
-                         f"{s['failures']:7d} {s['ms_per_pair']:7.1f}")
+                         f"{s['failures']:7d} {s['ms_per_pair']:7.1f} {s['median_ms_per_pair']:7.1f} "
+                         f"{s.get('mean_stop_layer', float('nan')):7.2f}")
     for name, reason in result.get("skipped", {}).items():
         lines.append(f"{name}: skipped ({reason})")
     return "\n".join(lines)

@@ -19,9 +19,11 @@ import argparse
 import torch
 
 from mambaglue_ros.evaluation import bench
+from mambaglue_ros.models.mambaglue import MambaGlue
+from mambaglue_ros.weights import VERSION1_NETWORK
 
-DESIGNS = {"v1": dict(scan_order="score", bidirectional=False, mamba_message="concat", mamba_expand=1.0),
-           "v2": dict(scan_order="hilbert", bidirectional=True, mamba_message="gated", mamba_expand=0.5)}
+# the two designs' network options: version 1's as old checkpoints load, version 2's the network's defaults
+DESIGNS = {"v1": VERSION1_NETWORK, "v2": {k: MambaGlue.default_conf[k] for k in VERSION1_NETWORK}}
 
 
 def counted_flops(net: torch.nn.Module, data: dict[str, torch.Tensor]) -> int:

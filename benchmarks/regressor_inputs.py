@@ -48,11 +48,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mambaglue_ros.matcher import build_network
-from mambaglue_ros.models.mambaglue import MambaGlue, filter_matches, unpermute_assignment
-from mambaglue_ros.training.dataset import (CacheSpec, PairCache, build_cache, cache_folder, list_images, net_inputs,
-                                            split_photos)
+from mambaglue_ros.models.mambaglue import MambaGlue, filter_matches, gather_points, unpermute_assignment
+from mambaglue_ros.training.dataset import CacheSpec, PairCache, list_images, net_inputs, split_photos
 from mambaglue_ros.training.losses import confidence_targets
-from mambaglue_ros.training.train import load_batch, load_config, make_caches
+from mambaglue_ros.training.train import cache_spec, load_batch, load_config, make_caches, open_cache
 
 INPUTS = ("desc", "desc+delta", "desc+dnorm", "desc+mb", "desc+delta+mb", "desc+rowmax")
 
@@ -69,16 +68,7 @@ def held_out_cache(cfg: dict[str, Any], num_pairs: int, seed: int) -> PairCache:
     held = split_photos(list_images(d["images"]), int(d["holdout_every"]))[1]
     if not held:
         raise SystemExit(f"{d['images']}: no photo is held out with holdout_every {d['holdout_every']}")
-    spec = CacheSpec(features=cfg["features"], max_keypoints=int(d["max_keypoints"]),
-                     photos=[str(p.resolve()) for p in held], num_pairs=num_pairs, seed=seed,
-                     difficulty=float(d["difficulty"]), size=tuple(d["size"]), photometric=float(d["photometric"]),
-                     video_fraction=float(d.get("video_fraction", 0.0)),
-                     render_fraction=float(d.get("render_fraction", 0.0)))
-    folder = cache_folder(d["cache_dir"], spec, "regressor_inputs")
-    from mambaglue_ros.features import FeatureExtractor
-
-    build_cache(spec, folder, FeatureExtractor(cfg["features"], max_keypoints=int(d["max_keypoints"])), progress=False)
-    return PairCache(folder, num_pairs)
+    return open_cache(cfg, cache_spec(cfg, held, num_pairs, seed), "regressor_inputs", progress=False)[0]
 
 
 @torch.inference_mode()
@@ -98,15 +88,12 @@ def collect(net: MambaGlue, cache: PairCache, cfg: dict[str, Any]) -> list[dict[
         d1, e1, i1 = s1["desc"], s1["enc"], s1["index"]
         inv0, inv1 = torch.argsort(i0, 1), torch.argsort(i1, 1)
 
-        def in_input_order(t: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-            return t.gather(1, inv[..., None].expand_as(t))[0]
-
-        prev = (in_input_order(d0, inv0), in_input_order(d1, inv1))
+        prev = (gather_points(d0, inv0)[0], gather_points(d1, inv1)[0])  # each point's token, in the input order
         las, layers = [], []
         for i in range(L):
             d0, d1 = net.transformers[i](d0, d1, e0, e1)
             las.append(unpermute_assignment(net.log_assignment[i](d0, d1), i0, i1, inv0, inv1))
-            cur = (in_input_order(d0, inv0), in_input_order(d1, inv1))
+            cur = (gather_points(d0, inv0)[0], gather_points(d1, inv1)[0])
             rec: dict[str, Any] = {}
             if i < L - 1:
                 for s, x, p in zip("01", cur, prev):

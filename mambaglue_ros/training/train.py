@@ -240,6 +240,30 @@ def hardware_string(cfg: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ data
+def cache_spec(cfg: dict[str, Any], photos: Sequence[Path], num_pairs: int, seed: int) -> CacheSpec:
+    """The pairs a config's data options make of ``photos``: ``num_pairs`` of them, drawn with ``seed``."""
+    d = cfg["data"]
+    return CacheSpec(features=cfg["features"], max_keypoints=int(d["max_keypoints"]),
+                     photos=[str(p.resolve()) for p in photos], num_pairs=int(num_pairs), seed=int(seed),
+                     difficulty=float(d["difficulty"]), size=tuple(d["size"]), photometric=float(d["photometric"]),
+                     video_fraction=float(d.get("video_fraction", 0.0)),
+                     render_fraction=float(d.get("render_fraction", 0.0)))
+
+
+def open_cache(cfg: dict[str, Any], spec: CacheSpec, name: str, extractor: Any = None,
+               progress: bool = True) -> tuple[PairCache, Any]:
+    """The feature cache of ``spec`` under the config's ``cache_dir``, built (or extended) first where it falls short.
+    Returns it and the front end used (``extractor``, or one made here only when features had to be extracted)."""
+    folder = cache_folder(cfg["data"]["cache_dir"], spec, name)
+    if not (folder / "cache.json").is_file() or PairCache(folder).meta["num_pairs"] < spec.num_pairs:
+        if extractor is None:
+            from ..features import FeatureExtractor
+
+            extractor = FeatureExtractor(cfg["features"], max_keypoints=int(cfg["data"]["max_keypoints"]))
+    build_cache(spec, folder, extractor, progress=progress)
+    return PairCache(folder, spec.num_pairs), extractor
+
+
 def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, PairCache | None]:
     """Build (or reuse) the training and validation feature caches of a config."""
     d = cfg["data"]
@@ -249,10 +273,6 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
     if not val_photos:
         log.warning("no photos held out (%d photos, holdout_every %s): no validation, and stage 2 starts from the "
                     "last matcher, not the best", len(photos), d["holdout_every"])
-    common = dict(features=cfg["features"], max_keypoints=int(d["max_keypoints"]), difficulty=float(d["difficulty"]),
-                  size=tuple(d["size"]), photometric=float(d["photometric"]),
-                  video_fraction=float(d.get("video_fraction", 0.0)),
-                  render_fraction=float(d.get("render_fraction", 0.0)))
     extractor = None
     caches: list[PairCache | None] = []
     for name, subset, n, seed in (("train", train_photos, d["train_pairs"], cfg["seed"]),
@@ -260,15 +280,8 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
         if not subset or int(n) <= 0:
             caches.append(None)
             continue
-        spec = CacheSpec(photos=[str(p.resolve()) for p in subset], num_pairs=int(n), seed=int(seed), **common)
-        folder = cache_folder(d["cache_dir"], spec, name)
-        if not (folder / "cache.json").is_file() or PairCache(folder).meta["num_pairs"] < int(n):
-            if extractor is None:
-                from ..features import FeatureExtractor
-
-                extractor = FeatureExtractor(cfg["features"], max_keypoints=int(d["max_keypoints"]))
-        build_cache(spec, folder, extractor, progress=progress)
-        caches.append(PairCache(folder, int(n)))
+        cache, extractor = open_cache(cfg, cache_spec(cfg, subset, n, seed), name, extractor, progress)
+        caches.append(cache)
     if caches[0] is None:
         raise ValueError("no training pairs: data.train_pairs must be > 0 and some photos must be left for training")
     return caches[0], caches[1]

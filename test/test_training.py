@@ -535,7 +535,9 @@ def test_config_files_parse():
                         ("xfeat_v1_attention.yaml", "xfeat_v1budget_v2.yaml"),
                         ("xfeat_v1_attention_regressor.yaml", "xfeat_v1budget_v2_regressor.yaml"),
                         ("xfeat_long3k_attention.yaml", "xfeat_long3k_v2.yaml"),
-                        ("xfeat_long3k_attention_regressor.yaml", "xfeat_long3k_v2_regressor.yaml")):
+                        ("xfeat_long3k_attention_regressor.yaml", "xfeat_long3k_v2_regressor.yaml"),
+                        ("aliked_long3k_attention.yaml", "aliked_long3k_v2.yaml"),
+                        ("aliked_long3k_attention_regressor.yaml", "aliked_long3k_v2_regressor.yaml")):
         control_cfg, v2_cfg = (load_config(root / "config" / "ablations" / n) for n in (control, v2))
         assert differences(control_cfg, v2_cfg) == network | {"out_dir"}, v2
         assert {k: v2_cfg["model"][k] for k in v2_options} == {k: MambaGlue.default_conf[k] for k in v2_options}
@@ -562,6 +564,15 @@ def test_config_files_parse():
     assert early["stage1"]["init"] == "mambaglue_ros/weights/mambaglue_xfeat.pt" and (root / early["stage1"]["init"]).is_file()
     shipped_regressor = load_config(root / "config" / "ablations" / "xfeat_long3k_v2_regressor.yaml")
     assert early["data"] == shipped_regressor["data"] and early["model"] == shipped_regressor["model"]
+    # ALIKED at 3000 matcher steps: aliked_long's runs with 3x the pairs and steps (only those differ; the regressor
+    # stage is aliked_long's recipe on the new matcher)
+    for tag in ("v2", "attention"):
+        long1k, long3k = (load_config(root / "config" / "ablations" / f"aliked_{n}_{tag}.yaml") for n in ("long", "long3k"))
+        assert differences(long1k, long3k) == {"out_dir", "data.train_pairs", "stage1.max_steps"}, tag
+        assert (long3k["data"]["train_pairs"], long3k["stage1"]["max_steps"]) == (3000, 3000)
+        reg1k, reg3k = (load_config(root / "config" / "ablations" / f"aliked_{n}_{tag}_regressor.yaml")
+                        for n in ("long", "long3k"))
+        assert differences(reg1k, reg3k) == {"out_dir"}, tag
     # the longer budget: the shipped XFeat matcher's data with more pairs and 3000 steps (only those differ)
     long_ctrl = load_config(root / "config" / "ablations" / "xfeat_long3k_attention.yaml")
     assert differences(load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml"), long_ctrl) == \

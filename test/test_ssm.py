@@ -9,6 +9,7 @@ elementwise relative error means nothing for outputs that pass near zero). Toler
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -80,6 +81,16 @@ def check_against_ref(x32_or_64: dict[str, torch.Tensor], x64: dict[str, torch.T
         assert rel_err(g[k], g_ref[k]) < tol, (k, rel_err(g[k], g_ref[k]))
 
 
+@pytest.fixture(params=["cpu kernel", "torch scan"])
+def float32_scan(request):
+    """The float32 tests run twice on a CPU: through the C++ training scan (``ssm_cpu``; where it is not built, the
+    torch scan again) and with the torch scan forced (``torch_scan_only``), which GPUs without mamba_ssm run."""
+    from mambaglue_ros.models.ssm_cpu import torch_scan_only
+
+    with torch_scan_only() if request.param == "torch scan" else contextlib.nullcontext():
+        yield request.param
+
+
 SHAPES = [  # (batch, dim, L, N): L=1; L not a multiple of the chunk (37 -> 4 chunks of 10); batch > 1
     (1, 4, 1, 2), (2, 6, 37, 4), (3, 5, 100, 16), (1, 3, 257, 8)]
 OPTIONS = [  # (inputs used, delta_softplus)
@@ -99,21 +110,21 @@ def test_torch_scan_matches_reference_float64(shape, used, softplus):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("used,softplus", [OPTIONS[0], OPTIONS[-1]])
-def test_torch_scan_float32_matches_float64_reference(shape, used, softplus):
+def test_torch_scan_float32_matches_float64_reference(shape, used, softplus, float32_scan):
     x64 = make_inputs(*shape)
     x32 = {k: v.float() for k, v in x64.items()}
     check_against_ref(x32, x64, used, softplus, tol=2e-5)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_strong_decay_stays_finite_and_exact(dtype, tol):
+def test_strong_decay_stays_finite_and_exact(dtype, tol, float32_scan):
     # delta * A down to about -1000 per step: exp(-sum(delta A)) would overflow any float.
     x64 = make_inputs(2, 6, 150, 16, seed=3, scale=10.0)
     x = {k: v.to(dtype) for k, v in x64.items()}
     check_against_ref(x, x64, ARGS, True, tol=tol)
 
 
-def test_long_sequence_float32():
+def test_long_sequence_float32(float32_scan):
     # L=1024 uses 32 chunks of 32 steps: the carry between chunks is exercised many times.
     x64 = make_inputs(1, 4, 1024, 16, seed=5)
     x32 = {k: v.float() for k, v in x64.items()}
@@ -175,7 +186,7 @@ def test_empty_sequence(backend):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
-def test_low_precision_inputs(dtype, tol):
+def test_low_precision_inputs(dtype, tol, float32_scan):
     x = make_inputs(2, 8, 64, 16, seed=2, dtype=torch.float32)
     x_low = {k: v.to(dtype) for k, v in x.items()}
     y_low = selective_scan(**x_low, delta_softplus=True)

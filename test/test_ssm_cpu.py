@@ -1,15 +1,19 @@
-"""The C++ selective scan for the CPU (``models/ssm_cpu.py``): same results as the torch scan, used where it
-applies, and a clear reason where it is not available. ``scripts/setup.sh`` builds it; the equivalence tests
+"""The C++ selective scan for the CPU (``models/ssm_cpu.py``), for inference and for training (forward and backward):
+same results as the torch scan, used where it applies, and a clear reason where it is not available. ``scripts/setup.sh`` builds it; the equivalence tests
 skip (with the reason) where it could not be built."""
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 import mambaglue_ros.models.mambaglue as mg
 from mambaglue_ros.matcher import build_network
-from mambaglue_ros.models import ssm_cpu
+from mambaglue_ros.models import ssm, ssm_cpu
 from mambaglue_ros.models.mambaglue import selective_scan_inference, use_cpu_kernel
+from mambaglue_ros.models.ssm import selective_scan
+from mambaglue_ros.weights import VERSION1_NETWORK
 from test_mamba_design import pair
 from test_model import live_mamba
 
@@ -194,6 +198,112 @@ def test_branch_with_padding_matches_the_torch_scan(bidirectional, message):
         torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-6)
 
 
+def scan_and_gradients(args, gy, dtype, kernel):
+    """selective_scan's output and the gradients of all its inputs (u, delta, A, B, C, D, delta_bias, z; its (b, d, L)
+    layout) for the output gradient gy, in ``dtype``, with the C++ training scan or the torch scan."""
+    leaves = [t.to(dtype).clone().requires_grad_() for t in args]
+    u, delta, A, B, C, D, bias, z = leaves
+    with contextlib.nullcontext() if kernel else ssm_cpu.torch_scan_only():
+        y = selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
+        y.backward(gy.to(dtype))
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 5, 3), (2, 16, 8, 4), (2, 33, 20, 16), (3, 300, 48, 16)])
+def test_training_scan_gradients_match_the_float64_torch_scan(shape):
+    """The C++ training scan (forward and backward) against the float64 torch scan, for the output and every input's
+    gradient: shorter than a segment, exactly one, and several with a partial last one."""
+    b, L, d, N = shape
+    u, delta, A, B, C, D, bias = scan_inputs(b, L, d, N, seed=5)
+    g = torch.Generator().manual_seed(6)
+    z, gy = torch.randn(b, d, L, generator=g), torch.randn(b, d, L, generator=g)
+    args = (u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D, bias, z)
+    calls = []
+    kernel = ssm.scan_train_cpu
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssm, "scan_train_cpu", lambda *a: calls.append(a[0].shape) or kernel(*a))
+        fast = scan_and_gradients(args, gy, torch.float32, kernel=True)
+    assert calls == [(b, L, d)]
+    ref = scan_and_gradients(args, gy, torch.float64, kernel=False)
+    for name, a, r in zip(["y", "u", "delta", "A", "B", "C", "D", "delta_bias", "z"], fast, ref):
+        assert a.dtype == torch.float32 and torch.isfinite(a).all(), name
+        scale = max(float(r.abs().max()), 1e-30)
+        assert float((a.double() - r).abs().max()) <= 2e-5 * scale, name
+
+
+@needs_kernel
+def test_training_scan_does_not_depend_on_the_thread_count():
+    args = scan_inputs(4, 70, 24, 8, seed=2)
+    gy = torch.randn(4, 24, 70, generator=torch.Generator().manual_seed(3))
+    args = (args[0].transpose(1, 2), args[1].transpose(1, 2), args[2], args[3].transpose(1, 2),
+            args[4].transpose(1, 2), args[5], args[6], torch.randn(4, 24, 70))
+    kept = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(scan_and_gradients(args, gy, torch.float32, kernel=True))
+    finally:
+        torch.set_num_threads(kept)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_training_scan_refuses_inputs_of_the_wrong_shape():
+    delta = torch.rand(2, 10, 8)
+    A2, B = -torch.rand(4, 8), torch.randn(2, 10, 4)
+    with pytest.raises(RuntimeError, match="B and C must be"):
+        KERNEL.scan_train_forward(delta, delta, A2, B, torch.randn(2, 10, 5), 16)
+    y, starts = KERNEL.scan_train_forward(delta, delta, A2, B, B, 16)
+    with pytest.raises(RuntimeError, match="starts must be"):
+        KERNEL.scan_train_backward(delta, delta, A2, B, B, starts[:, :0].contiguous(), y, 16)
+    with pytest.raises(RuntimeError, match="segment must be > 0"):
+        KERNEL.scan_train_backward(delta, delta, A2, B, B, starts, y, 0)
+    with pytest.raises(RuntimeError, match="gy and starts must be"):
+        KERNEL.scan_train_backward(delta, delta, A2, B, B, starts, y.double(), 16)
+    assert ssm_cpu._training_scan_error(KERNEL) < 1e-5  # the build's own check (scripts/setup.sh), 10x inside its limit
+
+
+@needs_kernel
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_training_step_through_a_self_block_gets_the_float64_gradients(version):
+    """A self block with the Mamba branch in training (a padded batch, so the reversed scan meets the padding first):
+    every parameter's gradient through the C++ training scan is the float64 block's to float32 rounding, and the
+    kernel runs once per call. (A whole network is no sharper test: through six layers of attention float32
+    rounding alone moves some gradients by 1e-3 to 1e-2, with either scan.)"""
+    overrides = {"v1": dict(VERSION1_NETWORK), "v2": {}}[version]
+    torch.manual_seed(0)
+    block = mg.SelfBlock(48, 1, mamba_expand=overrides.get("mamba_expand", 0.5),
+                         bidirectional=overrides.get("bidirectional", True),
+                         mamba_message=overrides.get("mamba_message", "gated")).train()
+    with torch.no_grad():
+        block.ffn[0].weight.normal_(0, 0.1)  # live Mamba columns: the branch's parameters get gradients
+    g = torch.Generator().manual_seed(1)
+    x, target = torch.randn(2, 70, 48, generator=g), torch.randn(2, 70, 48, generator=g)
+    encoding = torch.randn(2, 2, 1, 70, 48, generator=g)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[1, 52:] = False
+
+    def gradients(model, dtype):
+        model.zero_grad(set_to_none=True)
+        out = model(x.to(dtype), encoding.to(dtype), mask)
+        (out * target.to(dtype))[mask].sum().backward()
+        return {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    kernel = ssm.scan_train_cpu
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssm, "scan_train_cpu", lambda *a: calls.append(a[0].shape) or kernel(*a))
+        fast = gradients(block, torch.float32)
+    assert calls == [(4 if version == "v2" else 2, 70, block.mamba.inner)]  # both directions as one batch for v2
+    ref = gradients(block.double(), torch.float64)
+    assert fast.keys() == ref.keys() and sum("mamba." in n for n in ref) >= 7
+    for n, r in ref.items():
+        assert float((fast[n] - r).norm()) <= 1e-5 * float(r.norm()) + 1e-9, n
+
+
 def test_gradients_float64_and_other_devices_keep_the_torch_scan():
     u = torch.zeros(1, 4, 2)
     with torch.enable_grad():
@@ -201,6 +311,8 @@ def test_gradients_float64_and_other_devices_keep_the_torch_scan():
     with torch.no_grad():
         assert not use_cpu_kernel(u.double())
         assert use_cpu_kernel(u) == (KERNEL is not None)
+    assert not ssm_cpu.train_kernel_applies(u.double())  # gradcheck's float64 stays on the torch scan
+    assert ssm_cpu.train_kernel_applies(u) == (KERNEL is not None)
 
 
 def test_switched_off_or_not_built_says_why(monkeypatch, tmp_path):

@@ -14,7 +14,12 @@
 // a product over the sequence).
 // depthwise_conv_silu is the Mamba branch's 'same'-padded depthwise conv and SiLU in one pass, reading the
 // x half of in_proj's output in place (no padded copy, no k separate passes over the sequence).
-// Built by ssm_cpu.py (torch.utils.cpp_extension); inference only, no backward.
+// scan_train_forward / scan_train_backward are the scan core for training (ssm.py's _ChunkedScan, in this (b, L, .)
+// layout): forward keeps the state at the start of every segment of SEGMENT steps, backward recomputes one segment's
+// states and decays into a small buffer and runs the adjoint recurrence back through it. The torch scan spends ~2T + K
+// dispatched slab ops per direction and its backward ~3x that plus batched einsums; here each step is one pass over
+// the (N, d) state in cache.
+// Built by ssm_cpu.py (torch.utils.cpp_extension).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -138,6 +143,64 @@ void scan_channels(const ScanArgs& a, int64_t b, int64_t k0, int64_t w, bool rev
   }
 }
 
+
+// Training scan, one state row n over w channels, forward: a = 2^(dt A2_n), h = a h + dtu B_n, y += C_n h.
+inline void train_state_update(int64_t w, const float* __restrict dt, const float* __restrict dtu,
+                               const float* __restrict A2n, float bn, float cn, float* __restrict hn,
+                               float* __restrict y) {
+  for (int64_t k = 0; k < w; ++k) {
+    const float state = exp2_nonpositive(dt[k] * A2n[k]) * hn[k] + dtu[k] * bn;
+    hn[k] = state;
+    y[k] += cn * state;
+  }
+}
+
+// The same step into separate buffers (backward's recomputation): a_out = 2^(dt A2_n), h_out = a h_in + dtu B_n.
+inline void train_state_step(int64_t w, const float* __restrict dt, const float* __restrict dtu,
+                             const float* __restrict A2n, float bn, const float* __restrict h_in,
+                             float* __restrict a_out, float* __restrict h_out) {
+  for (int64_t k = 0; k < w; ++k) {
+    const float a = exp2_nonpositive(dt[k] * A2n[k]);
+    a_out[k] = a;
+    h_out[k] = a * h_in[k] + dtu[k] * bn;
+  }
+}
+
+// One state row of the adjoint step at t: g = g + C_n gy (the adjoint of h[t]); returns sum_k h[t] gy (dC_n) through
+// *gc and sum_k g dtu (dB_n) through *gb; g_dtu += g B_n; gz = g a h[t-1] (the adjoint of dt A2 up to ln 2):
+// g_dt += gz A2_n, g_A2n += gz dt; then g = g a, the adjoint arriving at h[t-1].
+inline void train_adjoint_row(int64_t w, const float* __restrict gy, const float* __restrict dt,
+                              const float* __restrict dtu, const float* __restrict A2n, float bn, float cn,
+                              const float* __restrict h, const float* __restrict h_prev, const float* __restrict a,
+                              float* __restrict g, float* __restrict g_dt, float* __restrict g_dtu,
+                              float* __restrict g_A2n, float* gc, float* gb) {
+  float sum_c = 0.f, sum_b = 0.f;
+  for (int64_t k = 0; k < w; ++k) {
+    const float gk = g[k] + cn * gy[k];
+    sum_c += h[k] * gy[k];
+    sum_b += gk * dtu[k];
+    g_dtu[k] += gk * bn;
+    const float gz = gk * a[k] * h_prev[k];
+    g_dt[k] += gz * A2n[k];
+    g_A2n[k] += gz * dt[k];
+    g[k] = gk * a[k];
+  }
+  *gc = sum_c;
+  *gb = sum_b;
+}
+
+void check_train_inputs(const char* name, const torch::Tensor& delta, const torch::Tensor& dtu,
+                        const torch::Tensor& A2, const torch::Tensor& B, const torch::Tensor& C) {
+  for (const auto& t : {delta, dtu, A2, B, C}) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), name,
+                ": contiguous float32 CPU tensors");
+  }
+  TORCH_CHECK(delta.dim() == 3 && dtu.sizes() == delta.sizes(), name, ": delta and dtu must be (b, L, d)");
+  TORCH_CHECK(A2.dim() == 2 && A2.size(1) == delta.size(2), name, ": A2 must be (N, d)");
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == delta.size(0) && B.size(1) == delta.size(1) && B.size(2) == A2.size(0) &&
+              C.sizes() == B.sizes(), name, ": B and C must be (b, L, N)");
+}
+
 }  // namespace
 
 // u, delta: (b, L, d) float32; A2: (N, d) float32 = A^T * log2(e); B, C: (b, L, N) float32;
@@ -239,10 +302,111 @@ torch::Tensor depthwise_conv_silu(torch::Tensor u, torch::Tensor weight, torch::
   return out;
 }
 
+
+// Training forward. delta (after delta_bias and softplus) and dtu = delta * u: (b, L, d); A2 = A^T log2(e): (N, d);
+// B, C: (b, L, N); all contiguous float32. Returns y = C h (b, L, d) (no D u: autograd adds it) and the state entering
+// every segment of `segment` steps, (b, ceil(L / segment), N, d), which is all that backward keeps of the states.
+std::vector<torch::Tensor> scan_train_forward(torch::Tensor delta, torch::Tensor dtu, torch::Tensor A2,
+                                              torch::Tensor B, torch::Tensor C, int64_t segment) {
+  check_train_inputs("scan_train_forward", delta, dtu, A2, B, C);
+  TORCH_CHECK(segment > 0, "scan_train_forward: segment must be > 0");
+  const int64_t nb = delta.size(0), L = delta.size(1), d = delta.size(2), N = A2.size(0);
+  const int64_t segments = (L + segment - 1) / segment;
+  auto y = torch::zeros_like(delta);
+  auto starts = torch::empty({nb, segments, N, d}, delta.options());
+  const float *pd = delta.data_ptr<float>(), *pu = dtu.data_ptr<float>(), *pa = A2.data_ptr<float>();
+  const float *pB = B.data_ptr<float>(), *pC = C.data_ptr<float>();
+  float *py = y.data_ptr<float>(), *ps = starts.data_ptr<float>();
+  pybind11::gil_scoped_release no_gil;
+  // Batch entries are independent (and, per entry, computed the same way whatever the thread count). Only they are
+  // spread over threads: training batches give b >= 8 here (4 pairs, and the two directions of a version-2 scan).
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> h(N * d);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(h.begin(), h.end(), 0.f);
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % segment == 0) std::copy(h.begin(), h.end(), ps + (b * segments + t / segment) * N * d);
+        const int64_t row = b * L + t;
+        for (int64_t n = 0; n < N; ++n) {
+          train_state_update(d, pd + row * d, pu + row * d, pa + n * d, pB[row * N + n], pC[row * N + n],
+                             h.data() + n * d, py + row * d);
+        }
+      }
+    }
+  });
+  return {y, starts};
+}
+
+// Training backward: the gradients of scan_train_forward's delta, dtu, A2, B, C for the output gradient gy (b, L, d),
+// from its saved segment starts. Per batch entry, last segment first: the segment's states and decays are computed
+// again from its start (2 * segment + 1 rows of (N, d)), then the adjoint g of the state runs back through it. A2's
+// gradient comes back per batch entry, (b, N, d): the caller sums it (no shared accumulator between threads).
+std::vector<torch::Tensor> scan_train_backward(torch::Tensor delta, torch::Tensor dtu, torch::Tensor A2,
+                                               torch::Tensor B, torch::Tensor C, torch::Tensor starts,
+                                               torch::Tensor gy, int64_t segment) {
+  check_train_inputs("scan_train_backward", delta, dtu, A2, B, C);
+  TORCH_CHECK(segment > 0, "scan_train_backward: segment must be > 0");
+  for (const auto& t : {gy, starts}) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+                "scan_train_backward: gy and starts must be contiguous float32 CPU tensors");
+  }
+  TORCH_CHECK(gy.sizes() == delta.sizes(), "scan_train_backward: gy must be shaped as delta");
+  const int64_t nb = delta.size(0), L = delta.size(1), d = delta.size(2), N = A2.size(0);
+  const int64_t segments = (L + segment - 1) / segment;
+  TORCH_CHECK(starts.dim() == 4 && starts.size(0) == nb && starts.size(1) == segments && starts.size(2) == N &&
+              starts.size(3) == d, "scan_train_backward: starts must be scan_train_forward's (b, ceil(L / segment), N, d)");
+  auto g_delta = torch::zeros_like(delta), g_dtu = torch::zeros_like(delta);
+  auto g_A2 = torch::zeros({nb, N, d}, delta.options());
+  auto g_B = torch::empty_like(B), g_C = torch::empty_like(C);
+  const float *pd = delta.data_ptr<float>(), *pu = dtu.data_ptr<float>(), *pa = A2.data_ptr<float>();
+  const float *pB = B.data_ptr<float>(), *pC = C.data_ptr<float>(), *ps = starts.data_ptr<float>();
+  const float* pg = gy.data_ptr<float>();
+  float *gd = g_delta.data_ptr<float>(), *gu = g_dtu.data_ptr<float>(), *ga = g_A2.data_ptr<float>();
+  float *gB = g_B.data_ptr<float>(), *gC = g_C.data_ptr<float>();
+  const float ln2 = 0.69314718055994531f;
+  pybind11::gil_scoped_release no_gil;
+  at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+    const int64_t S = std::min(segment, std::max<int64_t>(L, 1));
+    std::vector<float> hs((S + 1) * N * d), decay(S * N * d), g(N * d);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(g.begin(), g.end(), 0.f);
+      float* gA2 = ga + b * N * d;
+      for (int64_t s = segments - 1; s >= 0; --s) {
+        const int64_t t0 = s * segment, t1 = std::min(L, t0 + segment);
+        // the segment's states hs[i + 1] = h[t0 + i] (hs[0] = its start) and decays decay[i] at step t0 + i
+        std::copy(ps + (b * segments + s) * N * d, ps + (b * segments + s + 1) * N * d, hs.begin());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t row = b * L + t, i = t - t0;
+          for (int64_t n = 0; n < N; ++n) {
+            train_state_step(d, pd + row * d, pu + row * d, pa + n * d, pB[row * N + n],
+                             hs.data() + (i * N + n) * d, decay.data() + (i * N + n) * d,
+                             hs.data() + ((i + 1) * N + n) * d);
+          }
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t row = b * L + t, i = t - t0;
+          for (int64_t n = 0; n < N; ++n) {
+            train_adjoint_row(d, pg + row * d, pd + row * d, pu + row * d, pa + n * d, pB[row * N + n],
+                              pC[row * N + n], hs.data() + ((i + 1) * N + n) * d, hs.data() + (i * N + n) * d,
+                              decay.data() + (i * N + n) * d, g.data() + n * d, gd + row * d, gu + row * d,
+                              gA2 + n * d, gC + row * N + n, gB + row * N + n);
+          }
+        }
+      }
+      // d(2^z)/dz = ln 2 * 2^z: the ln 2 of every decay's derivative, applied once
+      for (int64_t k = 0; k < L * d; ++k) gd[b * L * d + k] *= ln2;
+      for (int64_t k = 0; k < N * d; ++k) gA2[k] *= ln2;
+    }
+  });
+  return {g_delta, g_dtu, g_A2, g_B, g_C};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_cpu", &selective_scan_cpu, "forward-only selective scan on the CPU (float32)",
         pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A2"), pybind11::arg("B"), pybind11::arg("C"),
         pybind11::arg("D"), pybind11::arg("delta_bias"), pybind11::arg("bidirectional") = false,
         pybind11::arg("gate") = pybind11::none());
   m.def("depthwise_conv_silu", &depthwise_conv_silu, "silu(depthwise conv1d along L), (b, L, d) layout (float32)");
+  m.def("scan_train_forward", &scan_train_forward, "training selective scan, forward: y = C h and segment starts");
+  m.def("scan_train_backward", &scan_train_backward, "training selective scan, backward from the segment starts");
 }

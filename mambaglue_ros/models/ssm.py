@@ -11,7 +11,8 @@ runs our Triton kernel (`ssm_triton.py`, forward only) when triton is installed;
 `_scan_torch`, a chunked scan in plain PyTorch: exact (the same recurrence, no approximation, and
 no intermediate that overflows where the recurrence itself does not), differentiable (hand-written
 backward, linear in L) and fast enough on CPU for keypoint sets (L = 256..4096); it runs on any
-device. `selective_scan_ref` is the step-by-step recurrence, kept for tests.
+device. On float32 CPU inputs, where this machine's C++ kernel is built (`ssm_cpu`), `_scan_torch` hands the
+scan and its backward to it instead. `selective_scan_ref` is the step-by-step recurrence, kept for tests.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from .ssm_cpu import scan_train_cpu, train_kernel_applies
 
 __all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available", "triton_scan_available"]
 
@@ -231,7 +234,9 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
                 C: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
     """Core scan, chunked. u, delta: (b, d, L); A: (d, N); B, C: (b, N, L). Returns (b, d, L).
 
-    Lays the inputs out as (b, K, T, c): K chunks of T steps, channels last, so that step i of all
+    Where the C++ kernel applies (float32 on a CPU, ``ssm_cpu.train_kernel_applies``) it runs the scan and its
+    backward (``chunk`` given: always the torch scan, for tests of the chunking). Otherwise this
+    lays the inputs out as (b, K, T, c): K chunks of T steps, channels last, so that step i of all
     chunks is one strided view with a contiguous last dim; _ChunkedScan does the rest. These
     layout changes stay under autograd (they are cheap copies); the scan itself has a hand-written
     backward. (MambaGlue's delta is the transpose of a (b, L, d) tensor: that copy is free.)
@@ -240,6 +245,14 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
     N = A.shape[1]
     if L == 0:
         return u.new_zeros(batch, dim, 0)
+    if chunk is None and train_kernel_applies(u):
+        # The C++ kernel (ssm_cpu), in the (b, L, c) layout: MambaGlue's u and delta are transposed views of it (free
+        # here; B and C are too where they are contiguous, else copied once), and its output goes back as a view in
+        # u's layout, which the skip and gate that follow read (selective_scan's y is then a (b, L, d) tensor's view).
+        with torch.autocast(u.device.type, enabled=False):
+            y = scan_train_cpu(_transposed(delta), _transposed(delta * u), (A * math.log2(math.e)).t().contiguous(),
+                               _transposed(B), _transposed(C))
+        return y.transpose(1, 2)
     T = min(chunk or _chunk_size(L, batch * N * dim), L)
     K = -(-L // T)
     pad = K * T - L

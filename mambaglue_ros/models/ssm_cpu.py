@@ -6,7 +6,10 @@ LightGlue per layer. The C++ loop keeps the state in cache and computes each dec
 3-4x faster on this project's CPU, equal to float32 rounding (``test/test_ssm_cpu.py``). The same call runs
 the version-2 branch's two directions and its gate (``bidirectional``, ``gate``), and the same source has the
 branch's depthwise conv + SiLU in one pass (``depthwise_conv_silu_cpu``), which torch runs as k + 2 passes over
-the sequence.
+the sequence. For training, ``scan_train_cpu`` is the scan with its backward (``ssm._scan_torch`` calls it on float32
+CPU tensors): forward keeps the state at every segment start, backward recomputes a segment at a time and runs the
+adjoint through it. A version-2 training step then costs 1.17x (XFeat) and 1.21x (ALIKED) the attention-only
+network's, against 1.48x and 1.41x with the torch scan (``benchmarks/train_step.py``, 2026-12-07, a loaded 2-core CPU).
 
 How it is built. ``torch.utils.cpp_extension`` compiles the source with the machine's C++ compiler and
 ninja (``-O3 -ffast-math -march=native``, and 512-bit vectors where the CPU has AVX-512: ``compile_flags``; the
@@ -40,9 +43,11 @@ from types import ModuleType
 from typing import Iterator, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["build_cpu_scan", "cpu_scan", "cpu_scan_status", "depthwise_conv_silu_cpu", "kernel_enabled",
-           "selective_scan_cpu", "kernel_dir", "torch_scan_only"]
+           "selective_scan_cpu", "kernel_dir", "scan_train_cpu", "torch_scan_only",
+           "train_kernel_applies"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
@@ -207,6 +212,51 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return y if y.dtype == u.dtype else y.to(u.dtype)
 
 
+# Steps per segment of the training scan: backward recomputes one segment's states and decays (2 * SEGMENT + 1 rows
+# of N x d floats: 99 KiB at N = 16, d = 48) from the state saved at its start; forward saves L / SEGMENT states.
+TRAIN_SEGMENT = 16
+
+
+class _TrainScan(torch.autograd.Function):
+    """The scan core of ``ssm._ChunkedScan`` (y = C h, without D u) through the C++ kernel, with its backward.
+
+    delta (after delta_bias and softplus), dtu = delta * u: (b, L, d); A2 = A^T log2(e): (N, d); B, C: (b, L, N);
+    contiguous float32. Saves the inputs and the state at every segment start; backward recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> torch.Tensor:
+        y, starts = cpu_scan().scan_train_forward(delta, dtu, A2, B, C, TRAIN_SEGMENT)
+        ctx.save_for_backward(delta, dtu, A2, B, C, starts)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        delta, dtu, A2, B, C, starts = ctx.saved_tensors
+        g_delta, g_dtu, g_A2, g_B, g_C = cpu_scan().scan_train_backward(
+            delta, dtu, A2, B, C, starts, gy.float().contiguous(), TRAIN_SEGMENT)
+        return g_delta, g_dtu, g_A2.sum(0), g_B, g_C
+
+
+def train_kernel_applies(u: torch.Tensor) -> bool:
+    """The C++ training scan takes the torch scan's core for u: float32 on the CPU, the kernel built and enabled, and
+    nothing traces the network (export and torch.compile need the torch ops). Float64 (gradcheck) stays on torch."""
+    if u.device.type != "cpu" or u.dtype != torch.float32:
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return kernel_enabled()
+
+
+def scan_train_cpu(delta: torch.Tensor, dtu: torch.Tensor, A2: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor) -> torch.Tensor:
+    """y = C h of the selective scan, differentiable, through the C++ kernel: delta (after bias and softplus),
+    dtu = delta * u (b, L, d); A2 = A^T log2(e) (N, d); B, C (b, L, N), float32 -> y (b, L, d) float32. Call only
+    where ``train_kernel_applies``."""
+    return _TrainScan.apply(*(t.contiguous() for t in (delta, dtu, A2, B, C)))
+
+
 def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d, module: Optional[ModuleType] = None,
                             weights: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """``F.silu(depthwise_conv(u, conv))`` (u (b, L, d) -> (b, L, d), in u's dtype) in one pass through the C++
@@ -216,6 +266,27 @@ def depthwise_conv_silu_cpu(u: torch.Tensor, conv: torch.nn.Conv1d, module: Opti
     weight, bias = conv_kernel_weights(conv) if weights is None else weights
     out = (module or cpu_scan()).depthwise_conv_silu(_f32(u), weight, bias, conv.padding[0])
     return out if out.dtype == u.dtype else out.to(u.dtype)
+
+
+def _training_scan_error(module: ModuleType) -> float:
+    """Largest relative difference of the training scan's output and input gradients (``module``'s
+    scan_train_forward / scan_train_backward) from the float64 torch scan's (``ssm._ChunkedScan``) on random inputs."""
+    from mambaglue_ros.models.ssm import _ChunkedScan
+
+    g = torch.Generator().manual_seed(1)
+    b, L, d, N = 2, 3 * TRAIN_SEGMENT + 5, 24, 8  # several segments and a partial last one
+    delta = torch.nn.functional.softplus(torch.randn(b, L, d, generator=g) - 1)
+    dtu = delta * torch.randn(b, L, d, generator=g)
+    A2 = -torch.rand(N, d, generator=g) * 8
+    B, C, gy = torch.randn(b, L, N, generator=g), torch.randn(b, L, N, generator=g), torch.randn(b, L, d, generator=g)
+    y, starts = module.scan_train_forward(delta, dtu, A2, B, C, TRAIN_SEGMENT)
+    grads = module.scan_train_backward(delta, dtu, A2, B, C, starts, gy, TRAIN_SEGMENT)
+    inputs = [t.double().requires_grad_() for t in (delta, dtu, A2, B, C)]
+    as_one_chunk = [t.view(b, 1, L, -1) if t.dim() == 3 else t for t in inputs]
+    ref = _ChunkedScan.apply(*as_one_chunk).view(b, L, d)
+    ref.backward(gy.double())
+    pairs = [(y, ref.detach())] + [(got.sum(0) if i == 2 else got, t.grad) for i, (got, t) in enumerate(zip(grads, inputs))]
+    return max(float((a.double() - r).abs().max() / r.abs().max()) for a, r in pairs)
 
 
 def main() -> int:
@@ -247,13 +318,16 @@ def main() -> int:
         conv_ref = torch.nn.functional.silu(depthwise_conv(u, conv))
         conv_out = depthwise_conv_silu_cpu(u, conv, module=module)
         conv_err = float((conv_out - conv_ref).abs().max() / conv_ref.abs().max())
+    train_err = _training_scan_error(module)
     where = kernel_dir() / extension_name()
-    if not (err < 1e-5 and conv_err < 1e-5):  # a build that computes something else must never be loaded: remove it
+    # (1e-4 for the training scan: its float32 sums run over L and d; a wrong build is off by far more)
+    if not (err < 1e-5 and conv_err < 1e-5 and train_err < 1e-4):  # a build that computes something else must never be loaded: remove it
         shutil.rmtree(where, ignore_errors=True)
-        print(f"CPU kernels differ from torch (scan {err:.1e}, conv {conv_err:.1e}, max relative): removed {where}")
+        print(f"CPU kernels differ from torch (scan {err:.1e}, conv {conv_err:.1e}, training scan {train_err:.1e}, max "
+              f"relative): removed {where}")
         return 1
     print(f"CPU selective-scan kernel built in {where}; max relative difference to torch: scan {err:.1e} (one way, "
-          f"and both ways gated), conv + SiLU {conv_err:.1e}")
+          f"and both ways gated), conv + SiLU {conv_err:.1e}, training scan and its gradients {train_err:.1e}")
     return 0
 
 

@@ -410,26 +410,22 @@ aliked_long() {  # issue 11: the ALIKED v2 network and its attention-only contro
                  # both in turn; side by side: start v2 first, it builds the feature cache). Each stage resumes.
   train_tagged aliked_long ${1:-v2 attention}
 }
-eval_aliked_long() {  # each finished aliked_long run against the shipped network and the released LightGlue (the pairs
-                      # and keypoints of eval_aliked_v2): alpha 0.95 and full depth; relative pose; easy pair. ARG: v2 / attention
-  local tag
-  for tag in ${1:-v2 attention}; do
-    eval_against_shipped aliked "out/ablation_aliked_long_${tag}_reg600/mambaglue_aliked.pt" "aliked_long_$tag"
+eval_aliked_runs() {  # PREFIX [TAGS]: each finished out/ablation_PREFIX_TAG_reg600 ALIKED run against the shipped network
+                      # and the released LightGlue (the pairs and keypoints of eval_aliked_v2): alpha 0.95 and full
+                      # depth; relative pose; easy pair. TAGS: v2 / attention (default both)
+  local prefix=$1 tag
+  for tag in ${2:-v2 attention}; do
+    eval_against_shipped aliked "out/ablation_${prefix}_${tag}_reg600/mambaglue_aliked.pt" "${prefix}_$tag"
   done
 }
+eval_aliked_long() { eval_aliked_runs aliked_long "$@"; }  # the aliked_long runs; ARG: v2 / attention
 aliked_long3k() {  # issue 11: the same two networks at 3000 matcher steps on 3000 homography pairs (3x aliked_long, the
                    # shipped XFeat file's 3000), then 600 regressor steps each; ARG: v2 / attention (default both in
                    # turn; side by side on two cores: one call per tag). Each stage resumes. The shipping rule for v2,
                    # fixed before its first step: docs/results.md, "ALIKED at 3000 matcher steps"
   train_tagged aliked_long3k ${1:-v2 attention}
 }
-eval_aliked_long3k() {  # each finished aliked_long3k run against the shipped network and the released LightGlue (the pairs
-                        # and keypoints of eval_aliked_long): alpha 0.95 and full depth; relative pose; easy pair
-  local tag
-  for tag in ${1:-v2 attention}; do
-    eval_against_shipped aliked "out/ablation_aliked_long3k_${tag}_reg600/mambaglue_aliked.pt" "aliked_long3k_$tag"
-  done
-}
+eval_aliked_long3k() { eval_aliked_runs aliked_long3k "$@"; }  # the aliked_long3k runs (the same pairs); ARG: v2 / attention
 train_step() {  # what a training step costs each design against the attention-only control, with the C++ training scan
                 # and with the torch scan (benchmarks/train_step.py: XFeat batch 8, ALIKED batch 4, 512 keypoints)
   "$PY" benchmarks/train_step.py --json out/train_step.json

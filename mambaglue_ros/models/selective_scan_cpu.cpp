@@ -144,18 +144,7 @@ void scan_channels(const ScanArgs& a, int64_t b, int64_t k0, int64_t w, bool rev
 }
 
 
-// Training scan, one state row n over w channels, forward: a = 2^(dt A2_n), h = a h + dtu B_n, y += C_n h.
-inline void train_state_update(int64_t w, const float* __restrict dt, const float* __restrict dtu,
-                               const float* __restrict A2n, float bn, float cn, float* __restrict hn,
-                               float* __restrict y) {
-  for (int64_t k = 0; k < w; ++k) {
-    const float state = exp2_nonpositive(dt[k] * A2n[k]) * hn[k] + dtu[k] * bn;
-    hn[k] = state;
-    y[k] += cn * state;
-  }
-}
-
-// The same step into separate buffers (backward's recomputation): a_out = 2^(dt A2_n), h_out = a h_in + dtu B_n.
+// Training backward's recomputation of a step (state_update's, into separate buffers): a_out = 2^(dt A2_n), h_out = a h_in + dtu B_n.
 inline void train_state_step(int64_t w, const float* __restrict dt, const float* __restrict dtu,
                              const float* __restrict A2n, float bn, const float* __restrict h_in,
                              float* __restrict a_out, float* __restrict h_out) {
@@ -328,8 +317,8 @@ std::vector<torch::Tensor> scan_train_forward(torch::Tensor delta, torch::Tensor
         if (t % segment == 0) std::copy(h.begin(), h.end(), ps + (b * segments + t / segment) * N * d);
         const int64_t row = b * L + t;
         for (int64_t n = 0; n < N; ++n) {
-          train_state_update(d, pd + row * d, pu + row * d, pa + n * d, pB[row * N + n], pC[row * N + n],
-                             h.data() + n * d, py + row * d);
+          state_update(d, pd + row * d, pu + row * d, pa + n * d, pB[row * N + n], pC[row * N + n], h.data() + n * d,
+                       py + row * d);  // y = C h (y starts at 0)
         }
       }
     }

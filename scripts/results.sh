@@ -426,6 +426,15 @@ aliked_long3k() {  # issue 11: the same two networks at 3000 matcher steps on 30
   train_tagged aliked_long3k ${1:-v2 attention}
 }
 eval_aliked_long3k() { eval_aliked_runs aliked_long3k "$@"; }  # the aliked_long3k runs (the same pairs); ARG: v2 / attention
+ship_aliked_long3k() {  # the pre-registered shipping rule on eval_aliked_long3k v2's two JSON files
+                        # (scripts/shipping_rule.py); only where it holds, the v2 run becomes the packaged ALIKED file
+  local CAND=mambaglue@out/ablation_aliked_long3k_v2_reg600/mambaglue_aliked.pt
+  if "$PY" scripts/shipping_rule.py out/eval_aliked_long3k_v2.json out/eval_pose_aliked_long3k_v2.json --candidate "$CAND"; then
+    "$PY" -m mambaglue_ros.training.release --matcher-run out/ablation_aliked_long3k_v2 \
+      --regressor-run out/ablation_aliked_long3k_v2_reg600 --out mambaglue_ros/weights/mambaglue_aliked.pt.xz \
+      --note "version-2 network, 3000 + 600 steps (bash scripts/results.sh aliked_long3k v2; passed ship_aliked_long3k)"
+  fi
+}
 train_step() {  # what a training step costs each design against the attention-only control, with the C++ training scan
                 # and with the torch scan (benchmarks/train_step.py: XFeat batch 8, ALIKED batch 4, 512 keypoints)
   "$PY" benchmarks/train_step.py --json out/train_step.json
@@ -730,7 +739,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

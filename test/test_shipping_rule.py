@@ -24,7 +24,8 @@ def runs(new_hom=(0.9175, 0.6389), old_hom=(0.9197, 0.6372), euroc=(0.9116, 0.91
     homography = {"pairs": 200, "methods": {NEW: hom(*new_hom), f"{NEW}+fulldepth": hom(0.99, 0.99),
                                             "mambaglue": hom(*old_hom), "lightglue": hom(0.9148, 0.6281)}}
     datasets = {"euroc_stereo": euroc, **{f"kitti_k{k}": v for k, v in zip((1, 3, 5), kitti)}}
-    pose = {"datasets": {name: {"methods": {NEW: {"auc@10": c}, "mambaglue": {"auc@10": s}, "lightglue": {"auc@10": 0.5}}}
+    pose = {"datasets": {name: {"methods": {NEW: {"auc@10": c}, "mambaglue": {"auc@10": s},
+                                            "lightglue": {"auc@10": 0.5}}}
                          for name, (c, s) in datasets.items()}}
     return homography, pose
 

@@ -1,6 +1,6 @@
 """The C++ selective scan for the CPU (``models/ssm_cpu.py``), for inference and for training (forward and backward):
-same results as the torch scan, used where it applies, and a clear reason where it is not available. ``scripts/setup.sh`` builds it; the equivalence tests
-skip (with the reason) where it could not be built."""
+same results as the torch scan, used where it applies, and a clear reason where it is not available.
+``scripts/setup.sh`` builds it; the equivalence tests skip (with the reason) where it could not be built."""
 from __future__ import annotations
 
 import contextlib

@@ -567,7 +567,8 @@ def test_config_files_parse():
     # ALIKED at 3000 matcher steps: aliked_long's runs with 3x the pairs and steps (only those differ; the regressor
     # stage is aliked_long's recipe on the new matcher)
     for tag in ("v2", "attention"):
-        long1k, long3k = (load_config(root / "config" / "ablations" / f"aliked_{n}_{tag}.yaml") for n in ("long", "long3k"))
+        long1k, long3k = (load_config(root / "config" / "ablations" / f"aliked_{n}_{tag}.yaml")
+                          for n in ("long", "long3k"))
         assert differences(long1k, long3k) == {"out_dir", "data.train_pairs", "stage1.max_steps"}, tag
         assert (long3k["data"]["train_pairs"], long3k["stage1"]["max_steps"]) == (3000, 3000)
         reg1k, reg3k = (load_config(root / "config" / "ablations" / f"aliked_{n}_{tag}_regressor.yaml")

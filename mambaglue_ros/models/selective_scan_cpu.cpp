@@ -144,7 +144,8 @@ void scan_channels(const ScanArgs& a, int64_t b, int64_t k0, int64_t w, bool rev
 }
 
 
-// Training backward's recomputation of a step (state_update's, into separate buffers): a_out = 2^(dt A2_n), h_out = a h_in + dtu B_n.
+// Training backward's recomputation of a step (state_update's, into separate buffers):
+// a_out = 2^(dt A2_n), h_out = a h_in + dtu B_n.
 inline void train_state_step(int64_t w, const float* __restrict dt, const float* __restrict dtu,
                              const float* __restrict A2n, float bn, const float* __restrict h_in,
                              float* __restrict a_out, float* __restrict h_out) {
@@ -343,7 +344,8 @@ std::vector<torch::Tensor> scan_train_backward(torch::Tensor delta, torch::Tenso
   const int64_t nb = delta.size(0), L = delta.size(1), d = delta.size(2), N = A2.size(0);
   const int64_t segments = (L + segment - 1) / segment;
   TORCH_CHECK(starts.dim() == 4 && starts.size(0) == nb && starts.size(1) == segments && starts.size(2) == N &&
-              starts.size(3) == d, "scan_train_backward: starts must be scan_train_forward's (b, ceil(L / segment), N, d)");
+              starts.size(3) == d,
+              "scan_train_backward: starts must be scan_train_forward's (b, ceil(L / segment), N, d)");
   auto g_delta = torch::zeros_like(delta), g_dtu = torch::zeros_like(delta);
   auto g_A2 = torch::zeros({nb, N, d}, delta.options());
   auto g_B = torch::empty_like(B), g_C = torch::empty_like(C);

@@ -285,7 +285,8 @@ def _training_scan_error(module: ModuleType) -> float:
     as_one_chunk = [t.view(b, 1, L, -1) if t.dim() == 3 else t for t in inputs]
     ref = _ChunkedScan.apply(*as_one_chunk).view(b, L, d)
     ref.backward(gy.double())
-    pairs = [(y, ref.detach())] + [(got.sum(0) if i == 2 else got, t.grad) for i, (got, t) in enumerate(zip(grads, inputs))]
+    got = [y, *grads[:2], grads[2].sum(0), *grads[3:]]  # A2's gradient comes per batch entry
+    pairs = zip(got, [ref.detach()] + [t.grad for t in inputs])
     return max(float((a.double() - r).abs().max() / r.abs().max()) for a, r in pairs)
 
 
@@ -320,8 +321,9 @@ def main() -> int:
         conv_err = float((conv_out - conv_ref).abs().max() / conv_ref.abs().max())
     train_err = _training_scan_error(module)
     where = kernel_dir() / extension_name()
-    # (1e-4 for the training scan: its float32 sums run over L and d; a wrong build is off by far more)
-    if not (err < 1e-5 and conv_err < 1e-5 and train_err < 1e-4):  # a build that computes something else must never be loaded: remove it
+    # A build that computes something else must never be loaded: remove it. (1e-4 for the training scan: its float32
+    # sums run over L and d; a wrong build is off by far more.)
+    if not (err < 1e-5 and conv_err < 1e-5 and train_err < 1e-4):
         shutil.rmtree(where, ignore_errors=True)
         print(f"CPU kernels differ from torch (scan {err:.1e}, conv {conv_err:.1e}, training scan {train_err:.1e}, max "
               f"relative): removed {where}")

@@ -77,3 +77,28 @@ def test_repeated_headings_get_suffixes(tmp_path):
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path):
     assert broken_links(path) == []
+
+
+RESULTS_SH = ROOT / "scripts" / "results.sh"
+
+
+def results_steps() -> tuple[set[str], list[str]]:
+    """The functions scripts/results.sh defines, and the steps its ``all`` runs (its steps=(...) list)."""
+    text = RESULTS_SH.read_text()
+    defined = set(re.findall(r"^([a-z_0-9]+)\(\) \{", text, re.M))
+    listed = re.search(r"^steps=\((.*)\)$", text, re.M).group(1).split()
+    return defined, listed
+
+
+def test_results_sh_runs_only_defined_steps():
+    defined, listed = results_steps()
+    assert listed and not [s for s in listed if s not in defined]
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_results_sh_steps_the_docs_name_exist(path):
+    """``results.sh STEP`` in the prose names a step the script has: a renamed or removed step leaves the command
+    behind the number in the docs broken."""
+    defined, _ = results_steps()
+    named = set(re.findall(r"results\.sh ([a-z_0-9]+)", path.read_text()))
+    assert not sorted(named - defined - {"all"}), f"{path.name} names results.sh steps that do not exist"

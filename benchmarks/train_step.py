@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -21,9 +23,10 @@ from mambaglue_ros.evaluation import bench
 from mambaglue_ros.matcher import build_network
 from mambaglue_ros.models import ssm_cpu
 from mambaglue_ros.models.mambaglue import MambaGlue
-from mambaglue_ros.weights import VERSION1_NETWORK
 
-DESIGNS = {"v1": VERSION1_NETWORK, "v2": {k: MambaGlue.default_conf[k] for k in VERSION1_NETWORK}}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from full_depth_ratio import DESIGNS  # noqa: E402  (the two designs' network options, as the FLOP count uses them)
+
 DESCRIPTOR_DIM = {"xfeat": 64, "aliked": 128}
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .ssm_cpu import scan_train_cpu, train_kernel_applies
+from .ssm_cpu import scan_exp2_matrix, scan_train_cpu, train_kernel_applies
 
 __all__ = ["selective_scan", "selective_scan_ref", "cuda_scan_available", "triton_scan_available"]
 
@@ -250,8 +250,8 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
         # here; B and C are too where they are contiguous, else copied once), and its output goes back as a view in
         # u's layout, which the skip and gate that follow read (selective_scan's y is then a (b, L, d) tensor's view).
         with torch.autocast(u.device.type, enabled=False):
-            y = scan_train_cpu(_transposed(delta), _transposed(delta * u), (A * math.log2(math.e)).t().contiguous(),
-                               _transposed(B), _transposed(C))
+            y = scan_train_cpu(_transposed(delta), _transposed(delta * u), scan_exp2_matrix(A), _transposed(B),
+                               _transposed(C))
         return y.transpose(1, 2)
     T = min(chunk or _chunk_size(L, batch * N * dim), L)
     K = -(-L // T)

@@ -673,6 +673,27 @@ def test_faults_out_of_memory_and_callback_errors(ros_context, frames, monkeypat
         # frame's would have been too
         rig.match_for(f[7].stamp_ns)
         assert not [m for m in rig.out.get("matches") if stamp_ns(m.header.stamp) == poisoned_stamp]
+
+        # an unexpected exception in a service callback: the caller still gets an answer (success false, the
+        # error), and the node keeps going (rclpy sends what the callback returns: a None stops the executor)
+        from std_srvs.srv import Trigger
+
+        def reset_broken(*args, **kwargs):
+            raise RuntimeError("reset exploded (injected)")
+        monkeypatch.setattr(rig.node, "_request_reset", reset_broken)
+        client = rig.io.create_client(Trigger, "/mambaglue_matcher/reset")
+        assert client.wait_for_service(timeout_sec=15)
+        errors = rig.counter("errors")
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done, timeout=30), "the reset service did not answer"
+        answer = future.result()
+        assert not answer.success and "RuntimeError: reset exploded" in answer.message, answer
+        rig.wait_counter("errors", errors + 1)
+        rig.wait_logged("callback failed: RuntimeError: reset exploded", level=40)
+        monkeypatch.undo()
+        processed = rig.counter("frames_processed")
+        rig.image.publish(image_msg(f[7].left, f[7].stamp_ns + 100_000_000))
+        rig.wait_counter("frames_processed", processed + 1)
         check_alive(rig)
         check_outputs(rig.out)
     finally:

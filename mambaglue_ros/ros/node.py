@@ -339,8 +339,8 @@ class MatcherNode(Node):
                     self.pub_tracks_cloud, self.pub_status, self.pub_debug, self.pub_diag):
             keep(pub)
         guard = self._guarded
-        keep(self.create_service(Trigger, "~/reset", guard(self._on_reset_service)))
-        keep(self.create_service(SetPose, "~/set_pose", guard(self._on_set_pose_service)))
+        keep(self.create_service(Trigger, "~/reset", self._guarded_service(self._on_reset_service)))
+        keep(self.create_service(SetPose, "~/set_pose", self._guarded_service(self._on_set_pose_service)))
 
         image_type = CompressedImage if self.p["transport"] == "compressed" else Image
         suffix = "/compressed" if self.p["transport"] == "compressed" else ""
@@ -565,13 +565,29 @@ class MatcherNode(Node):
             try:
                 return callback(*args)
             except Exception as e:  # noqa: BLE001 - the node must outlive any one message
-                if not self.context.ok():
-                    return None  # shutting down
-                self.stats.error(f"{type(e).__name__}: {e}")
-                self._warn("errors", f"callback failed: {type(e).__name__}: {e}", error=True,
-                           details="\n" + traceback.format_exc(limit=3))
+                self._callback_failed(e)
                 return None
         return run
+
+    def _guarded_service(self, callback):
+        """``_guarded`` for a service whose response has ``success`` and ``message``: the caller is answered
+        (success false, the error) rather than left waiting; rclpy sends whatever the callback returns, and
+        a ``None`` raises out of ``spin``."""
+        def run(request, response):
+            try:
+                return callback(request, response)
+            except Exception as e:  # noqa: BLE001 - the node must outlive any one request
+                self._callback_failed(e)
+                response.success, response.message = False, f"failed: {type(e).__name__}: {e}"
+                return response
+        return run
+
+    def _callback_failed(self, error: Exception) -> None:
+        if not self.context.ok():
+            return  # shutting down
+        self.stats.error(f"{type(error).__name__}: {error}")
+        self._warn("errors", f"callback failed: {type(error).__name__}: {error}", error=True,
+                   details="\n" + traceback.format_exc(limit=3))
 
     # ------------------------------------------------------------------ input callbacks (executor thread)
     def _decode(self, msg) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every command behind the result tables (README headline, docs/results.md), in order. Each step is one of the documented CLI
 # commands; run a single step with `bash scripts/results.sh STEP` (steps below), or all with `all`.
-# Needs ../shared/data (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 CPU cores.
+# Needs ../shared/data, or $MAMBAGLUE_DATA (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 CPU cores.
 # Bash reads a script as it runs: to edit this file while a long step runs, run the step from a copy under the repo
 # (e.g. `cp scripts/results.sh out/run_a.sh; bash out/run_a.sh STEP`), one copy per running step.
 set -euo pipefail
@@ -10,6 +10,7 @@ cd "$ROOT"
 M="${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/mambaglue"
 PY="${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python"
 DATA="${MAMBAGLUE_DATA:-$ROOT/../shared/data}"
+export MAMBAGLUE_DATA="$DATA"  # the training configs' $MAMBAGLUE_DATA (mambaglue_ros/paths.py) is this same folder
 VAL="$DATA/photos/val"
 ALPHAS=0.8,0.85,0.9,0.95,1.0,none
 # The packaged XFeat file was the version-1 network until 2026-12-05 (commit b3789ae); xfeat_v1_weights puts it here.
@@ -27,7 +28,11 @@ train_xfeat_v1() {  # the version-1 XFeat file shipped until 2026-12-05 (xfeat_v
 }
 xfeat_v1_weights() {  # that version-1 file, from git history: steps dated before 2026-12-05 that say "mambaglue" ran with it
   mkdir -p out/weights
-  [ -f "$XFEAT_V1" ] || git show b3789ae:mambaglue_ros/weights/mambaglue_xfeat.pt > "$XFEAT_V1"
+  [ -f "$XFEAT_V1" ] || git show b3789ae:mambaglue_ros/weights/mambaglue_xfeat.pt > "$XFEAT_V1" || {
+    rm -f "$XFEAT_V1"  # not an empty file that the next call would take for the weights
+    echo "xfeat_v1_weights: commit b3789ae is not in this clone's history (a shallow clone? git fetch --unshallow)" >&2
+    exit 1
+  }
 }
 train_aliked() {  # shipped mambaglue_ros/weights/mambaglue_aliked.pt
   "$M" train --config config/train_aliked.yaml --stage 1 --max-minutes 60 --no-progress

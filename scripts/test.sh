@@ -5,5 +5,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 # ROS isolation (localhost discovery, own domain, temp log dir) is set by test/conftest.py.
-# --durations: the ten slowest tests, to keep the suite within its 10-minute budget on a 2-core machine.
+# --durations: the ten slowest tests, to keep the suite's time in check (docs/development.md, Tests: budget and flakes).
 exec "${MAMBAGLUE_VENV:-$ROOT/.venv}/bin/python" -m pytest -q -rs --durations=10 "$@"

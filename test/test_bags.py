@@ -11,9 +11,10 @@ import pytest
 from mambaglue_ros.bags import convert as BC
 from mambaglue_ros.bags import metrics as M
 from mambaglue_ros.bags.replay import camera_topics, load_frames
+from mambaglue_ros.paths import data_root
 
 S = 1_000_000_000
-EUROC = Path("/work/shared/data/euroc_v101_micro/mav0")
+EUROC = data_root() / "euroc_v101_micro" / "mav0"
 
 
 def messages(bag, topic):

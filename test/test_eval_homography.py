@@ -12,10 +12,11 @@ import pytest
 from mambaglue_ros.cli import main as cli_main
 from mambaglue_ros.evaluation.homography import (auc, corner_error, evaluate, hpatches_pairs, parse_alphas,
                                                  parse_methods, reprojection_errors, synthetic_pairs)
+from mambaglue_ros.paths import data_root
 from mambaglue_ros.training.dataset import list_images
 from mambaglue_ros.training.homography import warp_points
 
-PHOTOS = Path("/work/shared/data/photos/val")
+PHOTOS = data_root() / "photos" / "val"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -3,7 +3,6 @@ distorted cameras against the stereo rectification), a short run on the shared E
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,9 +13,10 @@ from mambaglue_ros.cli import main as cli_main
 from mambaglue_ros.evaluation.pose import (FAILED_DEG, PosePair, evaluate_pair, euroc_stereo_dataset,
                                            kitti_datasets, parse_methods, pose_auc, pose_errors)
 from mambaglue_ros.geometry import invert, make_transform, so3_exp
+from mambaglue_ros.paths import data_root
 
-EUROC = Path("/work/shared/data/euroc_v101_micro")
-KITTI = Path("/work/shared/data/kitti_seq1")
+EUROC = data_root() / "euroc_v101_micro"
+KITTI = data_root() / "kitti_seq1"
 needs_euroc = pytest.mark.skipif(not EUROC.is_dir(), reason=f"shared EuRoC clip not present ({EUROC})")
 needs_kitti = pytest.mark.skipif(not KITTI.is_dir(), reason=f"shared KITTI clip not present ({KITTI})")
 

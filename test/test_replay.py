@@ -10,6 +10,7 @@ import pytest
 
 from mambaglue_ros.bags import convert as BC
 from mambaglue_ros.bags import replay as RP
+from mambaglue_ros.paths import data_root
 
 pytestmark = pytest.mark.ros
 
@@ -144,7 +145,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
     assert (out / "demo_bag" / "metadata.yaml").is_file() and (out / "trajectory.png").is_file()
 
 
-KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_seq1"
+KITTI = data_root() / "kitti_seq1"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,8 +25,9 @@ import pytest
 
 from mambaglue_ros import weights as W
 from mambaglue_ros.evaluation.homography import build_matcher, evaluate, synthetic_pairs
+from mambaglue_ros.paths import data_root
 
-PHOTOS_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "val"
+PHOTOS_VAL = data_root() / "photos" / "val"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,6 +15,7 @@ import torch
 from mambaglue_ros import weights as W
 from mambaglue_ros.matcher import build_network
 from mambaglue_ros.models.mambaglue import MambaGlue
+from mambaglue_ros.paths import data_root
 from mambaglue_ros.training.dataset import (CacheSpec, PairCache, build_cache, collate, epoch_order, list_images,
                                             net_inputs)
 from mambaglue_ros.training.homography import gt_matches_from_homography, make_pair, warp_points
@@ -23,7 +24,7 @@ from mambaglue_ros.training import train as train_module
 from mambaglue_ros.training.train import (MatcherOptimizer, build_model, load_config, make_caches, train,
                                           training_precision)
 
-PHOTOS = Path("/work/shared/data/photos/train")
+PHOTOS = data_root() / "photos" / "train"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -487,6 +488,25 @@ def test_a_run_folder_is_not_reused_by_accident(photo_dir, tmp_path):
     longer = {**full, "stage1": {**full["stage1"], "max_steps": 2}}
     with pytest.raises(ValueError, match="another matcher.*--overwrite"):
         train(load_config(None, **longer), "both", resume=True, progress=False)
+
+
+def test_config_photo_folders_follow_the_data_root(tmp_path, monkeypatch):
+    """Every config names its photos under $MAMBAGLUE_DATA; load_config makes that (and any relative path) absolute
+    and normalised, the form training keys its feature caches and resumes by."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("MAMBAGLUE_DATA", raising=False)
+    default = root.parent / "shared" / "data"
+    assert data_root() == default
+    for path in [*sorted((root / "config").glob("train_*.yaml")), *sorted((root / "config" / "ablations").glob("*.yaml"))]:
+        assert load_config(path)["data"]["images"] == str(default / "photos" / "train"), path.name
+    assert load_config()["data"]["images"] == str(default / "photos" / "train")
+    monkeypatch.setenv("MAMBAGLUE_DATA", str(tmp_path / "elsewhere" / ".." / "data"))
+    assert data_root() == tmp_path / "data"
+    assert load_config(root / "config" / "train_xfeat.yaml")["data"]["images"] == str(tmp_path / "data" / "photos" /
+                                                                                      "train")
+    assert load_config(data={"images": "${MAMBAGLUE_DATA}/val"})["data"]["images"] == str(tmp_path / "data" / "val")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(data={"images": "mine/../photos"})["data"]["images"] == str(tmp_path / "photos")
 
 
 def test_config_files_parse():

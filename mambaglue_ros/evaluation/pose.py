@@ -4,8 +4,8 @@
         [--euroc DIR] [--kitti DIR] [--kitti-steps 1,3,5] [--stride N] [--max-pairs N] [--ransac-px 1.0] \\
         [--json out.json] [--plots DIR] [--threads 1]
 
-Datasets (a dataset whose *default* folder, ``<repo>/../shared/data/...``, is absent is skipped with a
-printed reason; a folder given explicitly must exist):
+Datasets (a dataset whose *default* folder, ``$MAMBAGLUE_DATA/...`` or else ``<repo>/../shared/data/...``, is
+absent is skipped with a printed reason; a folder given explicitly must exist):
     euroc_stereo  EuRoC/ASL ``mav0`` (cam0, cam1): the left and the right image of every ``--stride``-th
                   stereo frame. Each raw (distorted) image is undistorted on its own: radial-tangential model,
                   new pinhole K from ``getOptimalNewCameraMatrix`` (alpha 0: valid pixels only). The ground
@@ -58,6 +58,7 @@ from ..bags.convert import (_image_dir, read_euroc_csv, read_euroc_sensor_yaml, 
                             read_kitti_poses)
 from ..geometry import (RelativePose, estimate_pose_mono, invert, rotation_angle_deg,
                         translation_direction_error_deg)
+from ..paths import data_root
 from ..types import Features
 from .homography import auc, build_matcher, forget_prepared, json_safe, parse_methods as parse_learned_methods
 
@@ -65,7 +66,6 @@ POSE_THRESHOLDS = (5.0, 10.0, 20.0)
 FAILED_DEG = 180.0  # error of a pair without a pose estimate
 MIN_MATCHES = 5  # fewer matches (or inliers) -> no estimate (LightGlue's benchmark: 5)
 MIN_BASELINE_M = 0.05  # KITTI pairs whose ground-truth translation is shorter have no direction to compare
-DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 EUROC_DEFAULT = "euroc_v101_micro"
 KITTI_DEFAULT = "kitti_seq1"
 
@@ -397,9 +397,9 @@ def plot_curves(result: dict[str, Any], path: str | Path, max_deg: float = 30.0)
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--euroc", default=None,
-                   help=f"EuRoC sequence or mav0 folder (default: {DATA_ROOT / EUROC_DEFAULT}, skipped when absent)")
+                   help=f"EuRoC sequence or mav0 folder (default: {data_root() / EUROC_DEFAULT}, skipped when absent)")
     p.add_argument("--kitti", default=None,
-                   help=f"KITTI odometry sequence folder (default: {DATA_ROOT / KITTI_DEFAULT}, skipped when absent)")
+                   help=f"KITTI odometry sequence folder (default: {data_root() / KITTI_DEFAULT}, skipped when absent)")
     p.add_argument("--datasets", default="euroc,kitti", help="comma list of euroc, kitti")
     p.add_argument("--kitti-steps", default="1,3,5", help="frame gaps k of the KITTI pairs (t, t+k)")
     p.add_argument("--stride", type=int, default=1,
@@ -418,8 +418,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_folder(name: str) -> Path:
-    """``<repo>/../shared/data/<name>``, else ``./../shared/data/<name>`` (the first that exists)."""
-    candidates = [DATA_ROOT / name, Path.cwd().parent / "shared" / "data" / name]
+    """``data_root()/<name>`` (``$MAMBAGLUE_DATA``, else ``<repo>/../shared/data``), else ``./../shared/data/<name>``
+    (the first that exists)."""
+    candidates = [data_root() / name, Path.cwd().parent / "shared" / "data" / name]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 

@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from .. import weights as W
+from ..paths import expand_data_path
 from ..matcher import ARCHITECTURE_OPTIONS, CHECKPOINT_OPTIONS, build_network, cpu_has_native_bf16
 from ..models.mambaglue import MambaGlue, filter_matches
 from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
@@ -62,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     # option was fp32.
     "precision": "fp32",
     "data": {
-        "images": "/work/shared/data/photos/train",
+        "images": "$MAMBAGLUE_DATA/photos/train",  # $MAMBAGLUE_DATA: mambaglue_ros.paths.data_root()
         "holdout_every": 14,  # every n-th photo (sorted) is held out for validation / checkpoint picking
         "cache_dir": "out/cache",
         "max_keypoints": 512,
@@ -142,6 +143,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> dict[str, A
         unknown |= {f"{section}.{k}" for k in set(cfg[section]) - set(DEFAULTS[section])}
     if unknown:
         raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    cfg["data"]["images"] = expand_data_path(cfg["data"]["images"])
     for stage in ("stage1", "stage2"):
         if not (float(cfg[stage]["max_minutes"] or 0) > 0 or int(cfg[stage]["max_steps"] or 0) > 0):
             raise ValueError(f"{stage} has neither max_minutes nor max_steps: it would never stop; set one (> 0)")

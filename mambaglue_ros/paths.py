@@ -1,0 +1,29 @@
+"""Where the project's datasets are looked for: ``$MAMBAGLUE_DATA``, else ``shared/data`` beside the checkout.
+
+The training configs name their photo folders as ``$MAMBAGLUE_DATA/photos/train``; the tests, ``eval-pose`` and
+``scripts/results.sh`` use the same root, so one variable moves all of them to another copy of the data.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_VARIABLE = "MAMBAGLUE_DATA"
+
+
+def data_root() -> Path:
+    """``$MAMBAGLUE_DATA`` when set, else ``<checkout>/../shared/data`` (whether or not it exists)."""
+    value = os.environ.get(DATA_VARIABLE)
+    if value:
+        return Path(os.path.abspath(os.path.expanduser(value)))
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def expand_data_path(path: str | os.PathLike) -> str:
+    """A config path with ``$MAMBAGLUE_DATA`` (or ``${MAMBAGLUE_DATA}``) replaced by ``data_root()`` and ``~``
+    expanded, made absolute against the working directory and normalised (no ``..``; symlinks are kept): the
+    form training records and keys its feature caches by."""
+    text = str(path)
+    for token in ("${" + DATA_VARIABLE + "}", "$" + DATA_VARIABLE):
+        text = text.replace(token, str(data_root()))
+    return os.path.abspath(os.path.expanduser(text))

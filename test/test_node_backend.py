@@ -310,8 +310,15 @@ def test_rate_controller_values_show_as_parameters(ros_context):
         assert wait_for(lambda: (node.get_parameter("alpha").value,
                                  node.get_parameter("max_keypoints").value) == (0.83, 512), timeout=10)
         assert node.p["alpha"] == 0.83
-        # a user's change is checked against the values in effect
-        assert not node.set_parameters([Parameter("alpha_min", value=0.85)])[0].successful
+        # the controller's alpha is not the user's: bounds narrowed past it move it to the nearest new bound
+        assert node.set_parameters([Parameter("alpha_min", value=0.85)])[0].successful
+        node._apply_pending()  # what the worker does between frames
+        assert node.p["alpha"] == node.matcher.alpha == node.controller.config["alpha_init"] == 0.85
+        assert wait_for(lambda: node.get_parameter("alpha").value == 0.85, timeout=10)
+        # bounds that cross are still refused, and nothing moves
+        result = node.set_parameters([Parameter("alpha_max", value=0.8)])[0]
+        assert not result.successful and "alpha_min <= alpha <= alpha_max" in result.reason
+        assert node.p["alpha"] == 0.85 and "alpha" not in node._pending
         # the shown budget is not the ceiling: a controller rebuilt by another change can grow back to 1024
         assert node.set_parameters([Parameter("target_rate_hz", value=4.0)])[0].successful
         node._apply_pending()  # what the worker does between frames

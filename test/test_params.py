@@ -152,6 +152,24 @@ def test_validate_changes_for_the_on_set_callback():
     assert params.validate_changes(current, {"alpha": 0.75, "alpha_min": 0.7}) == []
 
 
+def test_rate_controlled_alpha_moves_into_new_bounds():
+    """Under rate control alpha is the controller's: new bounds clamp it instead of being refused; without rate
+    control, or with alpha in the change, or bounds that cross, nothing is added and validate_changes decides."""
+    controlled = {**params.defaults(), "target_rate_hz": 10.0, "alpha": 0.83}
+    assert params.clamp_controlled_alpha(controlled, {"alpha_min": 0.85}) == {"alpha_min": 0.85, "alpha": 0.85}
+    assert params.clamp_controlled_alpha(controlled, {"alpha_max": 0.81}) == {"alpha_max": 0.81, "alpha": 0.81}
+    assert params.clamp_controlled_alpha(controlled, {"alpha_min": 0.82}) == {"alpha_min": 0.82}  # inside: as is
+    assert params.validate_changes(controlled, params.clamp_controlled_alpha(controlled, {"alpha_min": 0.85})) == []
+    for current, change in (({**controlled, "target_rate_hz": 0.0}, {"alpha_min": 0.85}),  # the user's alpha
+                            ({**controlled, "early_exit": False}, {"alpha_min": 0.85}),
+                            (controlled, {"alpha_min": 0.85, "alpha": 0.9}),
+                            (controlled, {"alpha_min": 0.9, "alpha_max": 0.85}),  # crossed: refused below
+                            (controlled, {"alpha_min": "high"})):
+        assert params.clamp_controlled_alpha(current, change) == change, (current, change)
+    assert params.validate_changes({**controlled, "target_rate_hz": 0.0}, {"alpha_min": 0.85}) == [
+        "need alpha_min <= alpha <= alpha_max, got 0.85 <= 0.83 <= 1.0"]
+
+
 def test_descriptors():
     pytest.importorskip("rcl_interfaces.msg")
     d = params.descriptor(params.SPECS["alpha"])

@@ -470,8 +470,10 @@ class MatcherNode(Node):
     def _on_set_parameters(self, params) -> SetParametersResult:
         if getattr(self._internal, "writing", False):  # the node showing a value it already applied
             return SetParametersResult(successful=True)
-        changes = {p.name: p.value for p in params}
+        asked = {p.name: p.value for p in params}
         with self._lock:  # applied by the worker between frames
+            # the rate controller's alpha moves into new alpha bounds rather than refusing them
+            changes = P.clamp_controlled_alpha({**self.p, **self._pending}, asked)
             # validated against the changes still waiting for the worker too: alpha:=0.85 then
             # alpha_min:=0.9 must not both pass because each is fine against the values in effect
             reasons = P.validate_changes({**self.p, **self._pending}, changes)
@@ -486,6 +488,8 @@ class MatcherNode(Node):
             if reasons:
                 return SetParametersResult(successful=False, reason="; ".join(reasons))
             self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})
+        if changes.keys() - asked.keys():  # the clamped alpha: the parameter shows it once applied
+            self._show_as_parameters({k: changes[k] for k in changes.keys() - asked.keys()})
         return SetParametersResult(successful=True)
 
     def _show_as_parameters(self, values: dict[str, Any]) -> None:

@@ -358,6 +358,26 @@ def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> 
     return reasons + validate_all(merged)
 
 
+def clamp_controlled_alpha(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``changes``, with ``alpha`` added where the rate controller owns it and new bounds leave it outside them.
+
+    Under rate control (``target_rate_hz`` > 0, ``early_exit`` on) the ``alpha`` parameter shows the controller's
+    value, not one the user set: narrowing ``alpha_min`` / ``alpha_max`` past it moves it to the nearest new bound
+    instead of refusing the bounds. A change that sets ``alpha`` itself, bounds that cross, or no rate control:
+    ``changes`` as they are (``validate_changes`` judges them)."""
+    merged = {**current, **changes}
+    if "alpha" in changes or not changes.keys() & {"alpha_min", "alpha_max"}:
+        return dict(changes)
+    values = [merged.get(k) for k in ("alpha", "alpha_min", "alpha_max", "target_rate_hz")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return dict(changes)  # an ill-typed value: refused by validate_changes with its own reason
+    alpha, low, high, rate = values
+    if rate <= 0 or not merged.get("early_exit") or low > high:
+        return dict(changes)
+    clamped = min(max(alpha, low), high)
+    return dict(changes) if clamped == alpha else {**changes, "alpha": float(clamped)}
+
+
 def _topic_kind(topic: str) -> str | None:
     """'raw' / 'rect' when a segment of ``topic`` is image_pipeline's ``image_raw`` / ``image_rect*`` (RealSense's
     ``image_rect_raw`` is rectified), else None."""

@@ -12,6 +12,8 @@ The decisions (default params file per mode, remappings, argument checks) live i
 mambaglue_ros/ros/launch_config.py, plain Python with unit tests; this file only reads the
 launch arguments inside an OpaqueFunction, where their values are known.
 """
+import os
+
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -22,7 +24,14 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
-from mambaglue_ros.ros import launch_config
+# Importing mambaglue_ros sets OMP_WAIT_POLICY and THP_MEM_ALLOC_ENABLE for its own process, before torch loads. launch
+# passes this process's environment to every process it starts, so it is put back as it was: the node sets them for
+# itself, and the other nodes of a launch that includes this file keep the user's environment.
+_environment = dict(os.environ)
+from mambaglue_ros.ros import launch_config  # noqa: E402
+for _name in set(os.environ) - set(_environment):
+    del os.environ[_name]
+os.environ.update(_environment)
 
 # launch arguments that remap one of the node's input topics (an empty value keeps the default)
 TOPIC_ARGUMENTS = ("image", "camera_info", "left_image", "right_image",

@@ -191,3 +191,38 @@ def test_node_command_line_flags(capsys):
     with pytest.raises(SystemExit) as helped:
         flags("--help")
     assert helped.value.code == 0 and "usage: matcher_node [-h] [--lifecycle]" in capsys.readouterr().out
+
+
+LAUNCH_MODULES = ("ament_index_python", "ament_index_python.packages", "launch", "launch.actions", "launch.events",
+                  "launch.substitutions", "launch_ros", "launch_ros.actions", "launch_ros.event_handlers",
+                  "launch_ros.events", "launch_ros.events.lifecycle", "lifecycle_msgs", "lifecycle_msgs.msg")
+
+
+def test_the_launch_file_leaves_the_launch_environment_alone():
+    """launch hands its own process's environment to every process it starts. Importing mambaglue_ros sets
+    OMP_WAIT_POLICY and THP_MEM_ALLOC_ENABLE for the node's process (before torch loads); the launch file imports
+    it for launch_config, and must not pass them on to the other nodes of a launch that includes it. Run in a fresh
+    interpreter with stand-ins for the launch packages (not on PyPI)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launch_file = Path(__file__).resolve().parents[1] / "launch" / "matcher.launch.py"
+    script = f"""
+import os, runpy, sys, types
+for name in {LAUNCH_MODULES!r}:
+    module = types.ModuleType(name)
+    module.__getattr__ = lambda attribute: object  # any name the launch file imports
+    sys.modules[name] = module
+before = dict(os.environ)
+namespace = runpy.run_path({str(launch_file)!r})
+assert "mambaglue_ros.ros.launch_config" in sys.modules and callable(namespace["generate_launch_description"])
+changed = {{k: (before.get(k), os.environ.get(k)) for k in set(before) | set(os.environ)
+           if before.get(k) != os.environ.get(k)}}
+assert not changed, changed
+print("environment unchanged")
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "environment unchanged" in result.stdout, result.stdout + result.stderr

@@ -108,6 +108,42 @@ def test_lifecycle_node_transitions(ros_context):
         node.destroy_node()
 
 
+@pytest.mark.ros
+def test_lifecycle_startup_parameters_change_while_unconfigured(ros_context):
+    """As with a Nav2 node: mode, features and the other startup parameters are read at configure, so they change
+    while the node is unconfigured (between cleanup and configure) and are refused, with what to do, otherwise."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from mambaglue_ros.ros.node import LifecycleMatcherNode
+
+    ok = TransitionCallbackReturn.SUCCESS
+    node = LifecycleMatcherNode(context=ros_context, parameter_overrides=[
+        Parameter("matcher", value="orb"), Parameter("features", value="xfeat")])
+
+    def subscribed() -> set[str]:
+        return {s.topic_name for s in node.subscriptions}
+
+    try:
+        assert not node.describe_parameter("mode").read_only  # to rclpy; the node's callback decides
+        assert node.set_parameters([Parameter("mode", value="stereo")])[0].successful
+        assert node.trigger_configure() == ok
+        assert node.mode == "stereo" and {"/left/image_rect", "/right/image_rect"} <= subscribed()
+        assert "/image" not in subscribed()
+        result = node.set_parameters([Parameter("mode", value="mono")])[0]
+        assert not result.successful and "set it while the node is unconfigured" in result.reason
+        assert node.p["mode"] == node.mode == "stereo" and node.get_parameter("mode").value == "stereo"
+        assert node.set_parameters([Parameter("alpha", value=0.9)])[0].successful  # runtime ones as before
+        assert node.trigger_cleanup() == ok
+        bad = node.set_parameters([Parameter("features", value="sift")])[0]  # values are still checked
+        assert not bad.successful and "features" in bad.reason
+        assert node.set_parameters([Parameter("mode", value="mono")])[0].successful
+        assert node.trigger_configure() == ok
+        assert node.mode == "mono" and "/image" in subscribed() and "/left/image_rect" not in subscribed()
+    finally:
+        node.destroy_node()
+
+
 def test_lifecycle_failures_leave_a_usable_node(ros_context, monkeypatch):
     """A configure that fails early (missing weights) is a FAILURE and the node stays unconfigured; a worker that
     is still on a frame when deactivate gives up waiting is kept: activate refuses to start a second one and cleanup

@@ -150,6 +150,11 @@ def test_validate_changes_for_the_on_set_callback():
         "need alpha_min <= alpha <= alpha_max, got 0.8 <= 0.75 <= 1.0"]
     # both ends at once, as `ros2 param load` would do
     assert params.validate_changes(current, {"alpha": 0.75, "alpha_min": 0.7}) == []
+    # a lifecycle node: startup parameters change while unconfigured, and the refusal says how otherwise
+    assert params.validate_changes(current, {"mode": "stereo"}, lifecycle=True, unconfigured=True) == []
+    assert params.validate_changes(current, {"mode": "stereo"}, lifecycle=True) == [
+        "mode cannot be changed at runtime (set it while the node is unconfigured: cleanup, set, configure)"]
+    assert params.validate_changes(current, {"features": "sift"}, lifecycle=True, unconfigured=True) != []
 
 
 def test_rate_controlled_alpha_moves_into_new_bounds():

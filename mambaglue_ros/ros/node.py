@@ -194,6 +194,8 @@ def resolve_features(features: str, device: str) -> str:
 
 
 class MatcherNode(Node):
+    LIFECYCLE = False  # the managed node reads its startup parameters at configure (LifecycleMatcherNode)
+
     def __init__(self, command_line: list[str] | None = None,
                  matcher_factory: Callable[[dict[str, Any], str], Any] | None = None, **kwargs: Any) -> None:
         """command_line: the process arguments (``main`` passes them) to check that every ``-p`` rule
@@ -221,7 +223,8 @@ class MatcherNode(Node):
     # ------------------------------------------------------------------ set-up in steps (lifecycle: one per transition)
     def _init_parameters(self, command_line: list[str] | None) -> None:
         """Declare and check the parameters; state that lives as long as the node."""
-        self.p = P.declare_parameters(self)  # raises with every reason on a bad configuration
+        self.p = P.declare_parameters(self, self.LIFECYCLE)  # raises with every reason on a bad configuration
+        self._configured = False  # between _configure and _cleanup (a lifecycle node's startup parameters are fixed)
         # rclpy has no public accessor for the overrides (-p rules, params files): a misspelt name is kept there
         # unused, and only this warning tells the user their value is not in force
         self.parameter_warnings = P.unknown_parameter_warnings(getattr(self, "_parameter_overrides", {}),
@@ -265,6 +268,10 @@ class MatcherNode(Node):
     def _configure(self) -> None:
         """Load the matcher, create the tracking state, publishers, services and subscriptions."""
         import torch
+
+        with self._lock:
+            self._configured = True
+            self.mode = self.p["mode"]  # a lifecycle node may have been given another while unconfigured
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         from ..matcher import resolve_device
@@ -439,6 +446,8 @@ class MatcherNode(Node):
         self._tf_listener = None
         self.tracker = None
         self.matcher = None
+        with self._lock:
+            self._configured = False
 
     # ------------------------------------------------------------------ parameters
     def _rate_config(self) -> dict[str, Any]:
@@ -476,7 +485,8 @@ class MatcherNode(Node):
             changes = P.clamp_controlled_alpha({**self.p, **self._pending}, asked)
             # validated against the changes still waiting for the worker too: alpha:=0.85 then
             # alpha_min:=0.9 must not both pass because each is fine against the values in effect
-            reasons = P.validate_changes({**self.p, **self._pending}, changes)
+            unconfigured = self.LIFECYCLE and not self._configured
+            reasons = P.validate_changes({**self.p, **self._pending}, changes, self.LIFECYCLE, unconfigured)
             shared = getattr(self._matcher_factory, "shared_parameters", ())  # multi-camera: one network for all
             reasons += [f"{name} is shared by every camera of the multi-camera node: set it at start for all"
                         for name in changes if name in shared and changes[name] != self.p.get(name)]
@@ -487,7 +497,11 @@ class MatcherNode(Node):
                     reasons.append(reason)
             if reasons:
                 return SetParametersResult(successful=False, reason="; ".join(reasons))
-            self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})
+            if unconfigured:  # no worker to apply it: configure reads the values
+                self.p.update({k: v for k, v in changes.items() if k in P.SPECS})
+                self._keypoint_ceiling = int(self.p["max_keypoints"])
+            else:
+                self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})
         if changes.keys() - asked.keys():  # the clamped alpha: the parameter shows it once applied
             self._show_as_parameters({k: changes[k] for k in changes.keys() - asked.keys()})
         return SetParametersResult(successful=True)
@@ -1319,7 +1333,10 @@ class MatcherNode(Node):
 class LifecycleMatcherNode(MatcherNode, LifecycleNode):
     """The matcher as a managed (lifecycle) node: parameters are declared at construction; configure
     loads the matcher and creates publishers, services and subscriptions; activate starts the worker
-    (frames are ignored while inactive); deactivate stops it; cleanup destroys what configure made."""
+    (frames are ignored while inactive); deactivate stops it; cleanup destroys what configure made.
+    The startup parameters (mode, features, device, ...) change while it is unconfigured, as a Nav2 node's do."""
+
+    LIFECYCLE = True
 
     def __init__(self, command_line: list[str] | None = None,
                  matcher_factory: Callable[[dict[str, Any], str], Any] | None = None, **kwargs: Any) -> None:

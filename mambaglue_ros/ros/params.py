@@ -344,15 +344,19 @@ def unknown_parameter_warnings(given: Iterable[str], declared: Iterable[str]) ->
     return messages
 
 
-def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> list[str]:
+def validate_changes(current: Mapping[str, Any], changes: Mapping[str, Any], lifecycle: bool = False,
+                     unconfigured: bool = False) -> list[str]:
     """Reasons to refuse a runtime change (for the on-set-parameters callback).
 
     current: the node's parameter values now; changes: {name: new value}. Checks each new value,
     that read-only parameters are not changed, and the cross constraints on the merged values.
+    A lifecycle node reads its read-only parameters when it is configured: while ``unconfigured`` they change too.
     """
-    reasons = [f"{name} cannot be changed at runtime (read-only; restart the node)"
-               for name, value in changes.items()
-               if name in SPECS and SPECS[name].read_only and value != current.get(name)]
+    how = ("set it while the node is unconfigured: cleanup, set, configure" if lifecycle
+           else "read-only; restart the node")
+    reasons = [] if unconfigured else [f"{name} cannot be changed at runtime ({how})"
+                                       for name, value in changes.items()
+                                       if name in SPECS and SPECS[name].read_only and value != current.get(name)]
     merged = dict(current)
     merged.update(changes)
     return reasons + validate_all(merged)
@@ -413,11 +417,14 @@ def topic_warnings(mode: str, rectified_input: bool, stereo_rectify: bool, topic
     return out
 
 
-def descriptor(spec: ParamSpec):
-    """rcl_interfaces/ParameterDescriptor for ``spec`` (imports rclpy's message types lazily)."""
+def descriptor(spec: ParamSpec, lifecycle: bool = False):
+    """rcl_interfaces/ParameterDescriptor for ``spec`` (imports rclpy's message types lazily). ``lifecycle``: the
+    read-only parameters are not read-only to rclpy (they change while the node is unconfigured; the node's callback
+    refuses them otherwise), and their description says so."""
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only)
+    description = spec.description + (" (set while unconfigured)" if lifecycle and spec.read_only else "")
+    desc = ParameterDescriptor(name=spec.name, description=description, read_only=spec.read_only and not lifecycle)
     constraints = []
     if spec.choices:
         constraints.append("one of: " + ", ".join(spec.choices))
@@ -440,15 +447,16 @@ def descriptor(spec: ParamSpec):
     return desc
 
 
-def declare_parameters(node) -> dict[str, Any]:
-    """Declare every parameter on an rclpy node; returns {name: value after overrides}.
+def declare_parameters(node, lifecycle: bool = False) -> dict[str, Any]:
+    """Declare every parameter on an rclpy node (``lifecycle``: see ``descriptor``); returns {name: value after
+    overrides}.
 
     Raises ValueError listing every problem when the overrides (params file, -p) are invalid,
     so a bad configuration stops the node at startup with all reasons at once.
     """
     values = {}
     for spec in PARAMETERS:
-        param = node.declare_parameter(spec.name, defaults()[spec.name], descriptor(spec))
+        param = node.declare_parameter(spec.name, defaults()[spec.name], descriptor(spec, lifecycle))
         values[spec.name] = param.value
     reasons = validate_all(values)
     if reasons:

@@ -50,6 +50,44 @@ class MeanTime:
         return self.value if self.value is not None else ms
 
 
+NS = 1_000_000_000
+BACKWARD_RESET_S = 1.0  # a stamp this far back is a bag loop / clock reset, not a late frame
+# A forward stamp gap longer than this (dropped frames, paused bag, camera restart): the frame is still matched against
+# the reference (the relative pose does not depend on time, and a failed match is reported as a pose failure), but the
+# average motion over the gap is no velocity, so ~/odom gets an unknown twist for that step.
+LONG_GAP_S = 5.0
+
+
+class StampGate:
+    """The node's policy for frame stamps, in the images' own time base (a bag's, a camera's clock).
+
+    ``order(stamp)`` before a frame is tracked: ``("new", 0)``; ``("late", s)`` for a duplicate (s = 0) or a frame
+    less than ``backward_reset_s`` older than the last one (drop it); ``("jumped_back", s)`` for one further back (a bag
+    loop or clock reset: the last stamp is forgotten and the caller restarts tracking). ``accept(stamp)`` once the
+    frame is tracked: it becomes the last stamp, and the return is the gap to the one before in seconds when that is
+    longer than ``long_gap_s`` (no velocity over it), else None.
+    """
+
+    def __init__(self, backward_reset_s: float = BACKWARD_RESET_S, long_gap_s: float = LONG_GAP_S) -> None:
+        self.backward_reset_s = float(backward_reset_s)
+        self.long_gap_s = float(long_gap_s)
+        self.last_ns: int | None = None
+
+    def order(self, stamp_ns: int) -> tuple[str, float]:
+        if self.last_ns is None or stamp_ns > self.last_ns:
+            return "new", 0.0
+        back_s = (self.last_ns - stamp_ns) / NS
+        if back_s < self.backward_reset_s:
+            return "late", back_s
+        self.last_ns = None
+        return "jumped_back", back_s
+
+    def accept(self, stamp_ns: int) -> float | None:
+        gap_s = None if self.last_ns is None else (stamp_ns - self.last_ns) / NS
+        self.last_ns = stamp_ns
+        return gap_s if gap_s is not None and gap_s > self.long_gap_s else None
+
+
 class FrameSlot:
     """Bounded hand-off from the ROS callbacks to the inference worker: newest frames win.
 

@@ -1003,7 +1003,7 @@ def test_camera_to_base_from_tf(ros_context, monkeypatch):
     import sys
     from types import SimpleNamespace
 
-    from mambaglue_ros.ros.node import pose_params_to_matrix
+    from mambaglue_ros.ros.params import pose_params_to_matrix
     from mambaglue_ros.synthetic import make_sequence
 
     T_true = [0.3, -0.1, 0.5, -0.5, 0.5, -0.5, 0.5]  # a camera 0.3 m ahead, 0.5 m up, optical axes (REP-103)

@@ -826,7 +826,7 @@ def test_bad_weights_and_configuration_stop_the_process_with_one_clear_error(bad
 def test_unapplied_parameter_rules_are_found():
     """The check behind the "was not applied" errors (rcl's silent drops), without starting a node."""
     from mambaglue_ros.ros import params as P
-    from mambaglue_ros.ros.node import unapplied_parameter_rules
+    from mambaglue_ros.ros.params import unapplied_parameter_rules
 
     values = {**P.defaults(), "ransac_px": 0.1, "max_keypoints": 256, "publish_tf": True}
     ok = ["prog", "--ros-args", "--params-file", "f.yaml", "-p", "ransac_px:=1e-1", "--param", "max_keypoints:=0x100",

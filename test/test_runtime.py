@@ -1,7 +1,10 @@
-"""The diagnostics' level and reason from the node's counters (runtime.RuntimeStats, runtime.diagnostic_level)."""
+"""The diagnostics' level and reason from the node's counters (runtime.RuntimeStats, runtime.diagnostic_level), and the
+stamp policy (runtime.StampGate)."""
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from mambaglue_ros.runtime import RuntimeStats, diagnostic_level
 
@@ -54,3 +57,18 @@ def test_input_without_output_says_what_may_explain_it():
         f"(sync_dropped=80; {hint})")
     snapshot = dict(stats.snapshot(), sync_duplicates=98)  # images that repeat stamps (a driver not stamping)
     assert diagnostic_level(snapshot, 0.0, has_camera_info=True)[1].endswith("(sync_duplicates=98)")
+
+
+def test_stamp_gate_drops_late_frames_resets_on_a_jump_back_and_reports_long_gaps():
+    from mambaglue_ros.runtime import NS, StampGate
+
+    gate = StampGate(backward_reset_s=1.0, long_gap_s=5.0)
+    assert gate.order(10 * NS) == ("new", 0.0) and gate.accept(10 * NS) is None  # the first frame: no gap
+    assert gate.order(10 * NS) == ("late", 0.0)  # a duplicate
+    assert gate.order(10 * NS - NS // 2) == ("late", 0.5)  # out of order, less than 1 s back
+    assert gate.last_ns == 10 * NS  # neither moved the last stamp
+    assert gate.order(11 * NS) == ("new", 0.0) and gate.accept(11 * NS) is None
+    assert gate.accept(16 * NS + 1) == pytest.approx(5.0 + 1e-9)  # longer than 5 s: a gap
+    assert gate.accept(21 * NS + 1) is None  # exactly 5 s: not
+    assert gate.order(20 * NS + 1) == ("jumped_back", 1.0)  # 1 s back: a bag loop, the last stamp is forgotten
+    assert gate.last_ns is None and gate.order(3 * NS) == ("new", 0.0) and gate.accept(3 * NS) is None

@@ -68,23 +68,18 @@ from ..odometry import OdometryIntegrator
 from ..pipeline import (ExtractionStage, PrefetchingMatcher, StereoPlacement, controlled_time_ms, pipeline_enabled,
                         torch_threads)
 from ..rate_control import AlphaController
-from ..runtime import NO_OUTPUT, FrameSlot, RuntimeStats, bound_teardown, diagnostic_level, dump_stacks_on_signals
+from ..runtime import (NO_OUTPUT, FrameSlot, RuntimeStats, StampGate, bound_teardown, diagnostic_level,
+                       dump_stacks_on_signals)
 from ..tracking import SHARPNESS_MISMATCH, MonoTracker, StereoTracker
 from ..tracking_state import TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
 from . import convert as C
 from . import params as P
+from .params import pose_params_to_matrix, unapplied_parameter_rules
 from .sync import StereoSynchronizer
 
 NODE_NAME = "mambaglue_matcher"
-NS = 1_000_000_000
 REFLECT_PERIOD_S = 1.0  # values the node changes itself (rate controller) show as parameters at most this often
-BACKWARD_RESET_S = 1.0  # a stamp this far back is a bag loop / clock reset, not a late frame
-# A forward stamp gap longer than this (dropped frames, paused bag, camera restart): the frame is
-# still matched against the reference (the relative pose does not depend on time, and a failed
-# match is reported as a pose failure), but the average motion over the gap is no velocity, so
-# ~/odom gets an unknown twist for that step. Counted in `gaps`.
-LONG_GAP_S = 5.0
 # median row distance of left/right matches above which a stereo pair is called not rectified: rectified pairs show
 # ~0.5 px of detection noise
 STEREO_ROW_OFFSET_PX = 2.0
@@ -105,15 +100,6 @@ class Frame:
     rectified_by: Any = None  # ... and the rectifiers that made image and right of them
 
 
-def pose_params_to_matrix(values: list[float]) -> np.ndarray:
-    """camera_to_base [x, y, z, qx, qy, qz, qw] -> T_base_camera (4, 4)."""
-    x, y, z, qx, qy, qz, qw = (float(v) for v in values)
-    T = np.eye(4)
-    T[:3, :3] = G.quaternion_to_matrix(np.array([qx, qy, qz, qw]))
-    T[:3, 3] = (x, y, z)
-    return T
-
-
 def build_matcher(p: dict[str, Any], features: str):
     """The matcher the parameters ask for (MambaGlue, LightGlue on the same front end, or ORB)."""
     if p["matcher"] == "orb":
@@ -131,56 +117,6 @@ def build_matcher(p: dict[str, Any], features: str):
                    detection_threshold=p["detection_threshold"] or None, resize_max=p["resize_max"] or None,
                    alpha=p["alpha"] if p["early_exit"] else None,
                    extractor_weights=p["extractor_weights"] or None, precision=p["precision"], **options)
-
-
-def _rule_value(text: str) -> Any:
-    """A ``-p name:=value`` value typed as rcl types it (``1e-3`` is a double, ``0x10`` an int, ``on`` true)."""
-    import yaml
-
-    t = text.strip()
-    for parse in (lambda v: int(v, 0), float):
-        try:
-            return parse(t)
-        except ValueError:
-            pass
-    if t.lower() in ("true", "yes", "on", "false", "no", "off"):
-        return t.lower() in ("true", "yes", "on")
-    try:
-        return yaml.safe_load(t)
-    except yaml.YAMLError:
-        return t
-
-
-def unapplied_parameter_rules(argv: list[str], values: dict[str, Any], node_name: str) -> list[str]:
-    """Reasons for ``-p name:=value`` command-line rules whose value the node did not get.
-
-    rcl silently keeps a params-file value when a ``-p`` rule for the same name has another type
-    (``-p max_keypoints:=lots`` over ``max_keypoints: 1024`` in the file): the node would run with a
-    value the user did not ask for. Rules for other nodes (``other:name:=v``) are ignored.
-    """
-    rules, in_ros_args, i = [], False, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--ros-args":
-            in_ros_args = True
-        elif arg == "--":
-            in_ros_args = False
-        elif in_ros_args and arg in ("-p", "--param") and i + 1 < len(argv):
-            rules.append(argv[i + 1])
-            i += 1
-        i += 1
-    reasons = []
-    for rule in rules:
-        target, sep, text = rule.partition(":=")
-        node, _, name = target.rpartition(":")
-        if not sep or name not in values or (node and node.lstrip("/") not in (node_name, "**")):
-            continue
-        wanted = _rule_value(text)
-        if wanted != values[name]:
-            reason = P.validate(name, wanted) or f"{name} is {values[name]!r}"
-            reasons.append(f"-p {rule} was not applied (rcl keeps the params-file value {values[name]!r} when the "
-                           f"types differ): {reason}")
-    return reasons
 
 
 def resolve_features(features: str, device: str) -> str:
@@ -309,8 +245,8 @@ class MatcherNode(Node):
         self._rectifiers: dict[str, ImageRectifier] = {}
         # camera_info changes: a count, so a change that arrives while a frame is being set up is not lost
         self._calibration_changes = self._calibration_changes_applied = 0
-        self.last_stamp_ns: int | None = None
-        self.odometry = OdometryIntegrator(max_twist_dt_s=LONG_GAP_S)
+        self.stamps = StampGate()  # the last frame's stamp; late, duplicate, jumped-back stamps and long gaps
+        self.odometry = OdometryIntegrator(max_twist_dt_s=self.stamps.long_gap_s)
         self.odometry.reset(pose_params_to_matrix(self.p["initial_pose"]))
         self.tracks.reset()
         # configured again (lifecycle cleanup -> configure): tracking and the odometry start over, so the first
@@ -927,27 +863,26 @@ class MatcherNode(Node):
             self._warn("stereo_not_rectified", text)
 
     def _process(self, frame: Frame) -> None:
-        if self.last_stamp_ns is not None and frame.stamp_ns <= self.last_stamp_ns:
-            back_s = (self.last_stamp_ns - frame.stamp_ns) / NS
-            if back_s < BACKWARD_RESET_S:
-                self.stats.count("out_of_order")
-                self._warn("out_of_order", "dropping frame: stamp not newer than the last one ("
-                           + ("duplicate stamp" if back_s == 0 else f"{back_s * 1e3:.1f} ms back, out of order") + ")")
-                return
+        order, back_s = self.stamps.order(frame.stamp_ns)
+        if order == "late":
+            self.stats.count("out_of_order")
+            self._warn("out_of_order", "dropping frame: stamp not newer than the last one ("
+                       + ("duplicate stamp" if back_s == 0 else f"{back_s * 1e3:.1f} ms back, out of order") + ")")
+            return
+        if order == "jumped_back":
             self.get_logger().warning(f"stamp jumped back {back_s:.1f} s (bag loop?): resetting tracking; "
                                       "~/odom continues from its last pose, ~/status says RESET")
             self.stats.count("resets")
             self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
-            self.last_stamp_ns = None
         if not self._ensure_tracker(frame) or not self._ensure_extrinsics(frame):
             return
         if self._reset_at_first_frame:  # (cleared by any reset: a ~/reset before this frame already said RESET)
             self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
-        if self.last_stamp_ns is not None and frame.stamp_ns - self.last_stamp_ns > LONG_GAP_S * NS:
+        gap_s = self.stamps.accept(frame.stamp_ns)
+        if gap_s is not None:
             self.stats.count("gaps")
-            self._warn("gaps", f"{(frame.stamp_ns - self.last_stamp_ns) / NS:.1f} s since the last frame: matching "
-                               "against the old reference; no velocity is published for this step")
-        self.last_stamp_ns = frame.stamp_ns
+            self._warn("gaps", f"{gap_s:.1f} s since the last frame: matching against the old reference; no velocity "
+                               "is published for this step")
         if self.mode == "mono":
             result = self.tracker.process(frame.image, frame.stamp_ns)
         else:
@@ -1034,7 +969,7 @@ class MatcherNode(Node):
         for T, cov, reason, done in requests:
             # stamped in the images' time base (a bag's, a camera's own clock), where the next frames will be: the
             # last frame's stamp, or the node's clock before any frame
-            stamp = self.last_stamp_ns if self.last_stamp_ns is not None else self.get_clock().now().nanoseconds
+            stamp = self.stamps.last_ns if self.stamps.last_ns is not None else self.get_clock().now().nanoseconds
             self._reset(stamp, reason, T, cov)
             done.set()
 

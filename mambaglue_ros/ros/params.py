@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import yaml
 
 # frame ids as tf2 accepts them: no leading slash, no whitespace
@@ -508,3 +509,62 @@ def load_params_yaml(path: str | Path, node_name: str | None = None) -> dict[str
 def check_params_file(path: str | Path, node_name: str | None = None) -> list[str]:
     """``validate_all`` on a params file (reasons prefixed by the file name)."""
     return [f"{path}: {reason}" for reason in validate_all(load_params_yaml(path, node_name))]
+
+
+def pose_params_to_matrix(values: list[float]) -> np.ndarray:
+    """camera_to_base [x, y, z, qx, qy, qz, qw] -> T_base_camera (4, 4)."""
+    from ..geometry import quaternion_to_matrix  # not at the top: launch_config imports this module, without OpenCV
+
+    x, y, z, qx, qy, qz, qw = (float(v) for v in values)
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(np.array([qx, qy, qz, qw]))
+    T[:3, 3] = (x, y, z)
+    return T
+
+
+def _rule_value(text: str) -> Any:
+    """A ``-p name:=value`` value typed as rcl types it (``1e-3`` is a double, ``0x10`` an int, ``on`` true)."""
+    t = text.strip()
+    for parse in (lambda v: int(v, 0), float):
+        try:
+            return parse(t)
+        except ValueError:
+            pass
+    if t.lower() in ("true", "yes", "on", "false", "no", "off"):
+        return t.lower() in ("true", "yes", "on")
+    try:
+        return yaml.safe_load(t)
+    except yaml.YAMLError:
+        return t
+
+
+def unapplied_parameter_rules(argv: list[str], values: dict[str, Any], node_name: str) -> list[str]:
+    """Reasons for ``-p name:=value`` command-line rules whose value the node did not get.
+
+    rcl silently keeps a params-file value when a ``-p`` rule for the same name has another type
+    (``-p max_keypoints:=lots`` over ``max_keypoints: 1024`` in the file): the node would run with a
+    value the user did not ask for. Rules for other nodes (``other:name:=v``) are ignored.
+    """
+    rules, in_ros_args, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg in ("-p", "--param") and i + 1 < len(argv):
+            rules.append(argv[i + 1])
+            i += 1
+        i += 1
+    reasons = []
+    for rule in rules:
+        target, sep, text = rule.partition(":=")
+        node, _, name = target.rpartition(":")
+        if not sep or name not in values or (node and node.lstrip("/") not in (node_name, "**")):
+            continue
+        wanted = _rule_value(text)
+        if wanted != values[name]:
+            reason = validate(name, wanted) or f"{name} is {values[name]!r}"
+            reasons.append(f"-p {rule} was not applied (rcl keeps the params-file value {values[name]!r} when the "
+                           f"types differ): {reason}")
+    return reasons

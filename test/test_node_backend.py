@@ -264,6 +264,52 @@ def stop_worker(node) -> None:
     node.worker.join(timeout=10)
 
 
+def test_compressed_frames_are_decoded_only_once_taken(ros_context, monkeypatch):
+    """transport compressed: the callbacks queue the messages; the stage that takes a frame decodes it, so frames the
+    slot drops (latest wins) are never decoded. A frame that does not decode is counted and warned once."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from mambaglue_ros.runtime import FrameSlot
+
+    def jpeg(width: int, height: int, stamp_ns: int, valid: bool = True) -> CompressedImage:
+        msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
+        msg.data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))[1].tobytes() if valid else b"junk"
+        msg.header.stamp = C.ns_to_stamp(stamp_ns)
+        return msg
+
+    decoded = []
+    real = C.compressed_to_numpy
+    monkeypatch.setattr(C, "compressed_to_numpy", lambda msg, **kw: decoded.append(msg) or real(msg, **kw))
+    for mode in ("mono", "stereo"):
+        node = make_node(ros_context, {"transport": "compressed", "mode": mode})
+        try:
+            stop_worker(node)
+            node.stage.close()  # (the extraction stage's thread reads node.slot)
+            node.slot = FrameSlot(1)  # nothing takes frames from it: this test does
+            for i in range(3):
+                if mode == "mono":
+                    node._on_mono_image(jpeg(320, 240, (i + 1) * 10**8))
+                else:
+                    node._on_stereo_pair(jpeg(320, 240, (i + 1) * 10**8), jpeg(320, 240, (i + 1) * 10**8))
+            assert decoded == [] and node.stats.counters["frames_dropped"] == 2
+            taken = node.slot.get(timeout=1)
+            assert node._decode_frame(taken) and taken.image.shape == (240, 320, 3) and len(decoded) == (
+                1 if mode == "mono" else 2)
+            assert (taken.right is None) == (mode == "mono") and taken.compressed is None
+            assert node._decode_frame(taken) and len(decoded) == (1 if mode == "mono" else 2)  # once
+            # a frame that does not decode (junk; stereo: halves of different sizes) is bad input, counted once
+            bad = (jpeg(320, 240, 9 * 10**8, valid=False) if mode == "mono" else None)
+            node._on_mono_image(bad) if mode == "mono" else node._on_stereo_pair(jpeg(320, 240, 9 * 10**8),
+                                                                                jpeg(160, 120, 9 * 10**8))
+            taken = node.slot.get(timeout=1)
+            assert not node._decode_frame(taken) and not node._decode_frame(taken)
+            assert node.stats.counters["bad_input"] == 1 and taken.image is None
+            decoded.clear()
+        finally:
+            node.destroy_node()
+
+
 def test_changes_are_validated_against_pending_ones(ros_context):
     from rclpy.parameter import Parameter
 

@@ -89,15 +89,18 @@ WORKER_JOIN_S = 5.0  # how long deactivate / activate / cleanup wait for the wor
 
 @dataclass
 class Frame:
-    """One unit of work for the worker: decoded image(s) with their stamp and frame ids."""
+    """One unit of work for the worker: image(s) with their stamp and frame ids. Compressed images arrive as their
+    messages (``compressed``) and are decoded by the stage that takes the frame (``MatcherNode._decode_frame``)."""
 
     stamp_ns: int
     header: Header
-    image: np.ndarray
+    image: np.ndarray | None = None
     right: np.ndarray | None = None
     right_header: Header | None = None
     raw: tuple[np.ndarray, np.ndarray] | None = None  # stereo_rectify: the images as received, once rectified
     rectified_by: Any = None  # ... and the rectifiers that made image and right of them
+    compressed: tuple[Any, ...] | None = None  # CompressedImage messages (left[, right]) not decoded yet
+    undecodable: bool = False  # their decoding failed (counted and warned once)
 
 
 def build_matcher(p: dict[str, Any], features: str):
@@ -606,10 +609,14 @@ class MatcherNode(Node):
         if not self._active:  # lifecycle node while inactive
             return
         self.stats.input()
-        self.input_period.observe(C.stamp_to_ns(msg.header.stamp))
+        stamp_ns = C.stamp_to_ns(msg.header.stamp)
+        self.input_period.observe(stamp_ns)
+        if isinstance(msg, CompressedImage):  # decoded once taken: a frame the slot drops costs no decode
+            self._enqueue(Frame(stamp_ns, msg.header, compressed=(msg,)))
+            return
         image = self._decode(msg)
         if image is not None:
-            self._enqueue(Frame(C.stamp_to_ns(msg.header.stamp), msg.header, image))
+            self._enqueue(Frame(stamp_ns, msg.header, image))
 
     def _on_left(self, msg) -> None:
         if not self._active:
@@ -623,17 +630,36 @@ class MatcherNode(Node):
         self.sync.add_right(msg)
 
     def _on_stereo_pair(self, left_msg, right_msg) -> None:
-        self.input_period.observe(C.stamp_to_ns(left_msg.header.stamp))
+        stamp_ns = C.stamp_to_ns(left_msg.header.stamp)
+        self.input_period.observe(stamp_ns)
+        if isinstance(left_msg, CompressedImage):  # decoded once taken (_decode_frame)
+            self._enqueue(Frame(stamp_ns, left_msg.header, right_header=right_msg.header,
+                                compressed=(left_msg, right_msg)))
+            return
         left, right = self._decode(left_msg), self._decode(right_msg)
-        if left is None or right is None:
-            return
-        if left.shape[:2] != right.shape[:2]:
-            self.stats.count("bad_input")
-            self._warn("bad_input", f"skipping stereo pair: left {left.shape[1]}x{left.shape[0]} and right "
-                                    f"{right.shape[1]}x{right.shape[0]} differ")
-            return
-        self._enqueue(Frame(C.stamp_to_ns(left_msg.header.stamp), left_msg.header, left, right,
-                            right_msg.header))
+        if left is not None and right is not None and self._same_size(left, right):
+            self._enqueue(Frame(stamp_ns, left_msg.header, left, right, right_msg.header))
+
+    def _same_size(self, left: np.ndarray, right: np.ndarray) -> bool:
+        if left.shape[:2] == right.shape[:2]:
+            return True
+        self.stats.count("bad_input")
+        self._warn("bad_input", f"skipping stereo pair: left {left.shape[1]}x{left.shape[0]} and right "
+                                f"{right.shape[1]}x{right.shape[0]} differ")
+        return False
+
+    def _decode_frame(self, frame: Frame) -> bool:
+        """Decode a frame's compressed images (the extraction stage, else the worker, on the frame it takes; the
+        callbacks only queue the messages, so the frames the slot drops, latest wins, cost no decode). False for a
+        frame that does not decode (counted and warned once, as in the callbacks)."""
+        if frame.compressed is not None:
+            messages, frame.compressed = frame.compressed, None
+            images = [self._decode(msg) for msg in messages]
+            if any(image is None for image in images) or (len(images) == 2 and not self._same_size(*images)):
+                frame.undecodable = True
+            else:
+                frame.image, frame.right = images[0], images[1] if len(images) == 2 else None
+        return not frame.undecodable
 
     # ------------------------------------------------------------------ in-process observers
     def add_observer(self, observer: Callable[..., None]) -> None:
@@ -778,6 +804,8 @@ class MatcherNode(Node):
 
     def _prefetch(self, frame: Frame) -> None:
         """The extraction stage's work on ``frame``: its features (stereo: and the left/right match) ahead."""
+        if not self._decode_frame(frame):
+            return
         self._rectify(frame)
         network_stereo = self.p["stereo_matching"] == "network"  # else the right image never meets the network
         self.matcher.prefetch([frame.image] if frame.right is None else [frame.image, frame.right],
@@ -863,6 +891,8 @@ class MatcherNode(Node):
             self._warn("stereo_not_rectified", text)
 
     def _process(self, frame: Frame) -> None:
+        if not self._decode_frame(frame):  # (the extraction stage decoded it already, when there is one)
+            return
         order, back_s = self.stamps.order(frame.stamp_ns)
         if order == "late":
             self.stats.count("out_of_order")

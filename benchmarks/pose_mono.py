@@ -27,6 +27,7 @@ import torch
 from mambaglue_ros import geometry as G
 from mambaglue_ros.evaluation.pose import kitti_datasets, pose_auc, pose_errors
 from mambaglue_ros.matcher import Matcher
+from mambaglue_ros.paths import data_root
 from mambaglue_ros.synthetic import make_sequence
 
 
@@ -54,7 +55,7 @@ def matched_pairs(matcher: Matcher, kitti: Path | None, synthetic: int) -> dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kitti", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/kitti_seq1"))
+    ap.add_argument("--kitti", default=str(data_root() / "kitti_seq1"))
     ap.add_argument("--settle", default="0,2,3", help="settle values to compare (0 = every seed)")
     ap.add_argument("--hypotheses", type=int, default=G.DEFAULT_POSE_HYPOTHESES)
     ap.add_argument("--keypoints", type=int, default=512)

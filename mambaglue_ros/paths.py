@@ -6,9 +6,12 @@ The training configs name their photo folders as ``$MAMBAGLUE_DATA/photos/train`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DATA_VARIABLE = "MAMBAGLUE_DATA"
+# $MAMBAGLUE_DATA or ${MAMBAGLUE_DATA}, not the start of a longer name ($MAMBAGLUE_DATA_X)
+_VARIABLE = re.compile(r"\$\{" + DATA_VARIABLE + r"\}|\$" + DATA_VARIABLE + r"(?![A-Za-z0-9_])")
 
 
 def data_root() -> Path:
@@ -23,7 +26,5 @@ def expand_data_path(path: str | os.PathLike) -> str:
     """A config path with ``$MAMBAGLUE_DATA`` (or ``${MAMBAGLUE_DATA}``) replaced by ``data_root()`` and ``~``
     expanded, made absolute against the working directory and normalised (no ``..``; symlinks are kept): the
     form training records and keys its feature caches by."""
-    text = str(path)
-    for token in ("${" + DATA_VARIABLE + "}", "$" + DATA_VARIABLE):
-        text = text.replace(token, str(data_root()))
+    text = _VARIABLE.sub(lambda _: str(data_root()), str(path))  # (a function's return is not read for escapes)
     return os.path.abspath(os.path.expanduser(text))

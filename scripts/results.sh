@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every command behind the result tables (README headline, docs/results.md), in order. Each step is one of the documented CLI
 # commands; run a single step with `bash scripts/results.sh STEP` (steps below), or all with `all`.
-# Needs ../shared/data, or $MAMBAGLUE_DATA (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 CPU cores.
+# Needs ../shared/data or $MAMBAGLUE_DATA (photos, EuRoC, KITTI). Training steps take tens of minutes each on 2 cores.
 # Bash reads a script as it runs: to edit this file while a long step runs, run the step from a copy under the repo
 # (e.g. `cp scripts/results.sh out/run_a.sh; bash out/run_a.sh STEP`), one copy per running step.
 set -euo pipefail

@@ -134,12 +134,19 @@ def test_lifecycle_startup_parameters_change_while_unconfigured(ros_context):
         assert not result.successful and "set it while the node is unconfigured" in result.reason
         assert node.p["mode"] == node.mode == "stereo" and node.get_parameter("mode").value == "stereo"
         assert node.set_parameters([Parameter("alpha", value=0.9)])[0].successful  # runtime ones as before
+        assert node._pending == {"alpha": 0.9}  # inactive: no worker applies it yet
+        node.p["max_keypoints"] = 384  # what a rate controller's budget shown as the parameter leaves there
         assert node.trigger_cleanup() == ok
+        assert node._pending == {} and node.p["alpha"] == 0.9  # what waited is what the next configure reads
+        assert node.set_parameters([Parameter("alpha", value=0.85)])[0].successful
+        assert node.set_parameters([Parameter("pipeline", value="off")])[0].successful
+        assert node.p["alpha"] == 0.85 and node._keypoint_ceiling == 512  # the ceiling moves with max_keypoints only
         bad = node.set_parameters([Parameter("features", value="sift")])[0]  # values are still checked
         assert not bad.successful and "features" in bad.reason
         assert node.set_parameters([Parameter("mode", value="mono")])[0].successful
         assert node.trigger_configure() == ok
         assert node.mode == "mono" and "/image" in subscribed() and "/left/image_rect" not in subscribed()
+        assert node.p["alpha"] == 0.85 and not node.pipelined
     finally:
         node.destroy_node()
 

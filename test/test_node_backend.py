@@ -265,16 +265,21 @@ def stop_worker(node) -> None:
 
 
 def test_compressed_frames_are_decoded_only_once_taken(ros_context, monkeypatch):
-    """transport compressed: the callbacks queue the messages; the stage that takes a frame decodes it, so frames the
-    slot drops (latest wins) are never decoded. A frame that does not decode is counted and warned once."""
+    """transport compressed: the callbacks queue messages whose headers pass the cheap checks; the stage that takes a
+    frame decodes it, so frames the slot drops (latest wins) are never decoded. Junk (no readable header) and a stereo
+    pair of two sizes are decoded, refused and counted in the callback, as before, and never take a frame's place; a
+    frame with a good header whose data does not decode is counted and warned once when taken."""
     import cv2
     from sensor_msgs.msg import CompressedImage
 
     from mambaglue_ros.runtime import FrameSlot
 
-    def jpeg(width: int, height: int, stamp_ns: int, valid: bool = True) -> CompressedImage:
-        msg = CompressedImage(format="rgb8; jpeg compressed bgr8")
-        msg.data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))[1].tobytes() if valid else b"junk"
+    def compressed(width: int, height: int, stamp_ns: int, kind: str = "jpeg") -> CompressedImage:
+        ext = ".png" if kind == "truncated png" else ".jpg"
+        pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+        data = cv2.imencode(ext, pixels)[1].tobytes()
+        data = {"jpeg": data, "junk": b"junk", "truncated png": data[:len(data) // 2]}[kind]
+        msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=data)
         msg.header.stamp = C.ns_to_stamp(stamp_ns)
         return msg
 
@@ -283,28 +288,34 @@ def test_compressed_frames_are_decoded_only_once_taken(ros_context, monkeypatch)
     monkeypatch.setattr(C, "compressed_to_numpy", lambda msg, **kw: decoded.append(msg) or real(msg, **kw))
     for mode in ("mono", "stereo"):
         node = make_node(ros_context, {"transport": "compressed", "mode": mode})
+
+        def send(stamp_ns: int, kind: str = "jpeg", right_width: int = 320) -> None:
+            if mode == "mono":
+                node._on_mono_image(compressed(320, 240, stamp_ns, kind))
+            else:
+                node._on_stereo_pair(compressed(320, 240, stamp_ns, kind), compressed(right_width, 240, stamp_ns, kind))
+
         try:
             stop_worker(node)
             node.stage.close()  # (the extraction stage's thread reads node.slot)
             node.slot = FrameSlot(1)  # nothing takes frames from it: this test does
             for i in range(3):
-                if mode == "mono":
-                    node._on_mono_image(jpeg(320, 240, (i + 1) * 10**8))
-                else:
-                    node._on_stereo_pair(jpeg(320, 240, (i + 1) * 10**8), jpeg(320, 240, (i + 1) * 10**8))
+                send((i + 1) * 10**8)
             assert decoded == [] and node.stats.counters["frames_dropped"] == 2
             taken = node.slot.get(timeout=1)
-            assert node._decode_frame(taken) and taken.image.shape == (240, 320, 3) and len(decoded) == (
-                1 if mode == "mono" else 2)
+            halves = 1 if mode == "mono" else 2
+            assert node._decode_frame(taken) and taken.image.shape == (240, 320, 3) and len(decoded) == halves
             assert (taken.right is None) == (mode == "mono") and taken.compressed is None
-            assert node._decode_frame(taken) and len(decoded) == (1 if mode == "mono" else 2)  # once
-            # a frame that does not decode (junk; stereo: halves of different sizes) is bad input, counted once
-            bad = (jpeg(320, 240, 9 * 10**8, valid=False) if mode == "mono" else None)
-            node._on_mono_image(bad) if mode == "mono" else node._on_stereo_pair(jpeg(320, 240, 9 * 10**8),
-                                                                                jpeg(160, 120, 9 * 10**8))
+            assert node._decode_frame(taken) and len(decoded) == halves  # once
+            # junk, or halves of two sizes: refused in the callback, nothing queued
+            send(9 * 10**8, "junk") if mode == "mono" else send(9 * 10**8, right_width=160)
+            assert node.stats.counters["bad_input"] == 1 and len(node.slot) == 0
+            # a good header over data that does not decode: queued, then bad input once it is taken
+            send(10 * 10**8, "truncated png")
             taken = node.slot.get(timeout=1)
+            assert taken is not None and taken.compressed is not None
             assert not node._decode_frame(taken) and not node._decode_frame(taken)
-            assert node.stats.counters["bad_input"] == 1 and taken.image is None
+            assert node.stats.counters["bad_input"] == 1 + halves and taken.image is None  # (each half, as before)
             decoded.clear()
         finally:
             node.destroy_node()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mambaglue_ros.geometry import refine_stereo_matches
+from mambaglue_ros.paths import data_root
 
-KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_seq1"
+KITTI = data_root() / "kitti_seq1"
 
 
 def _texture(h: int = 120, w: int = 200, seed: int = 0) -> np.ndarray:

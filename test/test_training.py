@@ -497,7 +497,8 @@ def test_config_photo_folders_follow_the_data_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MAMBAGLUE_DATA", raising=False)
     default = root.parent / "shared" / "data"
     assert data_root() == default
-    for path in [*sorted((root / "config").glob("train_*.yaml")), *sorted((root / "config" / "ablations").glob("*.yaml"))]:
+    configs = [*sorted((root / "config").glob("train_*.yaml")), *sorted((root / "config" / "ablations").glob("*.yaml"))]
+    for path in configs:
         assert load_config(path)["data"]["images"] == str(default / "photos" / "train"), path.name
     assert load_config()["data"]["images"] == str(default / "photos" / "train")
     monkeypatch.setenv("MAMBAGLUE_DATA", str(tmp_path / "elsewhere" / ".." / "data"))
@@ -505,6 +506,7 @@ def test_config_photo_folders_follow_the_data_root(tmp_path, monkeypatch):
     assert load_config(root / "config" / "train_xfeat.yaml")["data"]["images"] == str(tmp_path / "data" / "photos" /
                                                                                       "train")
     assert load_config(data={"images": "${MAMBAGLUE_DATA}/val"})["data"]["images"] == str(tmp_path / "data" / "val")
+    assert load_config(data={"images": "/x/$MAMBAGLUE_DATA_X"})["data"]["images"] == "/x/$MAMBAGLUE_DATA_X"
     monkeypatch.chdir(tmp_path)
     assert load_config(data={"images": "mine/../photos"})["data"]["images"] == str(tmp_path / "photos")
 

@@ -387,6 +387,7 @@ class MatcherNode(Node):
         self.matcher = None
         with self._lock:
             self._configured = False
+            self._fold_pending({})  # changes the worker had not applied: the next configure reads them
 
     # ------------------------------------------------------------------ parameters
     def _rate_config(self) -> dict[str, Any]:
@@ -437,13 +438,21 @@ class MatcherNode(Node):
             if reasons:
                 return SetParametersResult(successful=False, reason="; ".join(reasons))
             if unconfigured:  # no worker to apply it: configure reads the values
-                self.p.update({k: v for k, v in changes.items() if k in P.SPECS})
-                self._keypoint_ceiling = int(self.p["max_keypoints"])
+                self._fold_pending({k: v for k, v in changes.items() if k in P.SPECS})
             else:
                 self._pending.update({k: v for k, v in changes.items() if k in P.SPECS})
         if changes.keys() - asked.keys():  # the clamped alpha: the parameter shows it once applied
             self._show_as_parameters({k: changes[k] for k in changes.keys() - asked.keys()})
         return SetParametersResult(successful=True)
+
+    def _fold_pending(self, changes: dict[str, Any]) -> None:
+        """No worker will apply them (unconfigured): the waiting changes, then ``changes``, go into the values
+        configure reads. The keypoint ceiling moves only with a user's max_keypoints (the value shown there may be
+        the rate controller's budget). Caller holds the lock."""
+        changes, self._pending = {**self._pending, **changes}, {}
+        self.p.update(changes)
+        if "max_keypoints" in changes:
+            self._keypoint_ceiling = int(self.p["max_keypoints"])
 
     def _show_as_parameters(self, values: dict[str, Any]) -> None:
         """Queue values the node changed itself (OOM keypoint cut, rate controller) to be written to
@@ -611,7 +620,7 @@ class MatcherNode(Node):
         self.stats.input()
         stamp_ns = C.stamp_to_ns(msg.header.stamp)
         self.input_period.observe(stamp_ns)
-        if isinstance(msg, CompressedImage):  # decoded once taken: a frame the slot drops costs no decode
+        if isinstance(msg, CompressedImage) and self._decode_later((msg,)):  # a frame the slot drops: no decode
             self._enqueue(Frame(stamp_ns, msg.header, compressed=(msg,)))
             return
         image = self._decode(msg)
@@ -632,7 +641,7 @@ class MatcherNode(Node):
     def _on_stereo_pair(self, left_msg, right_msg) -> None:
         stamp_ns = C.stamp_to_ns(left_msg.header.stamp)
         self.input_period.observe(stamp_ns)
-        if isinstance(left_msg, CompressedImage):  # decoded once taken (_decode_frame)
+        if isinstance(left_msg, CompressedImage) and self._decode_later((left_msg, right_msg)):  # (_decode_frame)
             self._enqueue(Frame(stamp_ns, left_msg.header, right_header=right_msg.header,
                                 compressed=(left_msg, right_msg)))
             return
@@ -653,13 +662,27 @@ class MatcherNode(Node):
         callbacks only queue the messages, so the frames the slot drops, latest wins, cost no decode). False for a
         frame that does not decode (counted and warned once, as in the callbacks)."""
         if frame.compressed is not None:
-            messages, frame.compressed = frame.compressed, None
-            images = [self._decode(msg) for msg in messages]
+            images = [self._decode(msg) for msg in frame.compressed]  # (an exception: the worker meets it again)
             if any(image is None for image in images) or (len(images) == 2 and not self._same_size(*images)):
                 frame.undecodable = True
             else:
                 frame.image, frame.right = images[0], images[1] if len(images) == 2 else None
+            frame.compressed = None
         return not frame.undecodable
+
+    def _decode_later(self, messages: tuple[Any, ...]) -> bool:
+        """Compressed messages whose headers pass the cheap checks (PNG / JPEG size readable and within
+        max_image_pixels, not compressedDepth, a stereo pair of one size) are queued undecoded; the others are
+        decoded at once, as raw images are, so that junk never takes a good frame's place in the slot."""
+        sizes = []
+        for msg in messages:
+            if len(msg.data) == 0 or "compresseddepth" in msg.format.lower().replace(" ", ""):
+                return False
+            size = C.compressed_image_size(np.frombuffer(msg.data, dtype=np.uint8))
+            if size is None or size[0] * size[1] > self.p["max_image_pixels"] or min(size) < self.min_image_side:
+                return False
+            sizes.append(size)
+        return len(set(sizes)) == 1
 
     # ------------------------------------------------------------------ in-process observers
     def add_observer(self, observer: Callable[..., None]) -> None:
@@ -670,7 +693,8 @@ class MatcherNode(Node):
         (also for frames it skipped). For in-process tools such as bag replay and tests; observers must
         be quick, and an observer that raises is logged and removed, never stops the node. The result is the
         tracker's: with rectified stereo input its pose is the rectified camera's (the published poses are turned
-        back by camera_info R), and ``frame.image`` / ``frame.right`` are the rectified images.
+        back by camera_info R), and ``frame.image`` / ``frame.right`` are the rectified images. At ``"start"`` a
+        compressed frame that no extraction stage decoded yet (``pipeline`` off) has ``image`` None.
         """
         self._observers.append(observer)
 

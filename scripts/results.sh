@@ -366,10 +366,18 @@ xfeat_long3k() {  # issue 11's longer budget: v2 and its attention-only control,
 }
 eval_xfeat_long3k() {  # each finished long3k run against the shipped network and LighterGlue (the pairs and keypoints of
                        # eval_xfeat_v1budget_v2): alpha 0.95 and full depth; relative pose; easy pair. ARG: v2 / attention
-  local tag
+  local tag prefix=${2:-xfeat_long3k}
   for tag in ${1:-v2 attention}; do
-    eval_against_shipped xfeat "out/ablation_xfeat_long3k_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_long3k_$tag"
+    eval_against_shipped xfeat "out/ablation_${prefix}_${tag}_reg600/mambaglue_xfeat.pt" "${prefix}_$tag"
   done
+}
+xfeat_long3k_seed1() {  # issue 11: xfeat_long3k's two runs (the shipped XFeat file's budget) again with seed 1, so that
+                        # v2 - control at that budget can be set against the seed's spread; ARG: v2 / attention (side by
+                        # side: start v2 first, it builds the seed's feature cache). Each stage resumes.
+  train_tagged xfeat_long3k_seed1 ${1:-v2 attention}
+}
+eval_xfeat_long3k_seed1() {  # as eval_xfeat_long3k, for xfeat_long3k_seed1's runs; ARG: v2 / attention
+  eval_xfeat_long3k "${1:-v2 attention}" xfeat_long3k_seed1
 }
 render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % rendered-room pairs, 1000 + 600 steps each, fp32
                   # (as the design runs); ARG: v2 / attention (default both in turn; side by side: start v2 first, it builds
@@ -744,7 +752,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

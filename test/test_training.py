@@ -571,13 +571,15 @@ def test_config_files_parse():
             assert differences(v2_cfg, variant) == {f"model.{option}", "out_dir"}, (tag, stage)
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
     # more seeds of that comparison: each seed-k config is its seed-0 original with only the seed and run folder
-    for seed in (1, 2):
-        for seed0, other in (("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"),
-                             ("xfeat_v1_attention", f"xfeat_seed{seed}_attention")):
-            for stage in ("", "_regressor"):
-                a, b = (load_config(root / "config" / "ablations" / f"{n}{stage}.yaml") for n in (seed0, other))
-                assert differences(a, b) == {"seed", "out_dir"}, (other, stage)
-                assert (a["seed"], b["seed"]) == (0, seed), (other, stage)
+    pairs = [(seed, seed0, other) for seed in (1, 2) for seed0, other in (
+        ("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"), ("xfeat_v1_attention", f"xfeat_seed{seed}_attention"))]
+    # and of the shipped XFeat file's 3000 + 600-step comparison
+    pairs += [(1, f"xfeat_long3k_{tag}", f"xfeat_long3k_seed1_{tag}") for tag in ("v2", "attention")]
+    for seed, seed0, other in pairs:
+        for stage in ("", "_regressor"):
+            a, b = (load_config(root / "config" / "ablations" / f"{n}{stage}.yaml") for n in (seed0, other))
+            assert differences(a, b) == {"seed", "out_dir"}, (other, stage)
+            assert (a["seed"], b["seed"]) == (0, seed), (other, stage)
     # the continued shipped XFeat matcher: the early-layer run and its control differ only in gamma; both continue the
     # shipped file on the pairs of its regressor (xfeat_long3k_v2_regressor.yaml's data and network)
     early, equal = (load_config(root / "config" / "ablations" / f"xfeat_continue_{t}.yaml") for t in ("early", "equal"))

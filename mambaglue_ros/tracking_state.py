@@ -72,3 +72,35 @@ class TrackingStateMachine:
             self.state = TrackingState.LOST if self.has_tracked else TrackingState.INITIALIZING
         return StatusReport(self.state, reason, int(stamp_ns), self.frames_since_last_pose,
                             self.last_pose_stamp_ns, self.resets)
+
+
+class KeyframeIds:
+    """Keyframe ids for the frames the tracker may pose against (its references), as back ends key on them: ids
+    count up from 1 and never repeat within the life of the object (across resets too); 0 = none yet.
+
+    ``matched(reference_stamp, posed)``: the id of the frame a result was matched against. A reference known here
+    keeps its id; a posed match against a frame that was never a keyframe (the last frame without a pose, which the
+    tracker falls back to) gives that frame a new id, as it has just become a reference. ``new(stamp)``: a frame
+    becomes the next reference. ``keep(stamps)``: forget every frame the tracker can no longer pose against.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0  # the newest id given
+        self._ids: dict[int, int] = {}
+
+    def matched(self, reference_stamp_ns: int | None, posed: bool) -> int:
+        if reference_stamp_ns is None or not posed or reference_stamp_ns in self._ids:
+            return self._ids.get(reference_stamp_ns, self.last)
+        return self.new(reference_stamp_ns)
+
+    def new(self, stamp_ns: int) -> int:
+        self.last += 1
+        self._ids[stamp_ns] = self.last
+        return self.last
+
+    def keep(self, stamps: set[int]) -> None:
+        self._ids = {s: k for s, k in self._ids.items() if s in stamps}
+
+    def clear(self) -> None:
+        """A reset: no frame is a reference any more (the count goes on)."""
+        self._ids.clear()

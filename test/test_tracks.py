@@ -9,7 +9,7 @@ import pytest
 
 from mambaglue_ros import geometry as G
 from mambaglue_ros.tracking import MonoTracker, StereoTracker
-from mambaglue_ros.tracking_state import TrackingState, TrackingStateMachine
+from mambaglue_ros.tracking_state import KeyframeIds, TrackingState, TrackingStateMachine
 from mambaglue_ros.tracks import TrackManager
 
 from fake_matcher import FakeMatcher, FakeView, view, world_points
@@ -152,6 +152,21 @@ def test_reset_and_states():
     assert f.ids.tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="normalised"):
         tm.update(2, np.zeros((2, 2)), np.zeros((3, 2)), None, None, True)
+
+
+def test_keyframe_ids_count_up_never_repeat_and_follow_the_live_references():
+    ids = KeyframeIds()
+    assert ids.matched(None, posed=False) == 0 and ids.last == 0  # nothing yet
+    assert ids.new(100) == 1 and ids.matched(100, posed=True) == 1 and ids.matched(100, posed=False) == 1
+    assert ids.new(200) == 2
+    assert ids.matched(100, posed=True) == 1  # an earlier reference keeps its id
+    # a posed match against a frame that never was a keyframe (the last frame without a pose): it becomes one
+    assert ids.matched(150, posed=True) == 3 and ids.matched(150, posed=True) == 3
+    assert ids.matched(160, posed=False) == 3  # no pose: no new reference, the newest id is reported
+    ids.keep({150, 200})  # the tracker can no longer pose against frame 100
+    assert ids.matched(100, posed=False) == 3 and ids.matched(100, posed=True) == 4  # (a new id if it ever were)
+    ids.clear()  # a reset: no references, the count goes on
+    assert ids.matched(200, posed=False) == 4 and ids.new(300) == 5
 
 
 def test_non_finite_keypoints_get_no_id_and_do_not_poison_later_frames():

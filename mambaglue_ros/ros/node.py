@@ -71,7 +71,7 @@ from ..rate_control import AlphaController
 from ..runtime import (NO_OUTPUT, FrameSlot, RuntimeStats, StampGate, bound_teardown, diagnostic_level,
                        dump_stacks_on_signals)
 from ..tracking import SHARPNESS_MISMATCH, MonoTracker, StereoTracker
-from ..tracking_state import TrackingState, TrackingStateMachine
+from ..tracking_state import KeyframeIds, TrackingState, TrackingStateMachine
 from ..tracks import TrackManager
 from . import convert as C
 from . import params as P
@@ -195,7 +195,7 @@ class MatcherNode(Node):
         # What a back end keys its state on must not repeat within the node's life, also across lifecycle
         # configurations: the reference's keyframe id (0 = none yet), the count of resets in ~/status and the
         # track ids.
-        self.keyframe_id = 0
+        self.keyframes = KeyframeIds()
         self.tracks = TrackManager()
         self.tracking_state = TrackingStateMachine()
         self._configurations = 0
@@ -257,8 +257,7 @@ class MatcherNode(Node):
         # counted at the end of a configuration that succeeded)
         self._reset_at_first_frame = self._configurations > 0
         self._origin_pending = True  # the first reference's ~/odom (where the odometry starts) is still to come
-        # ids of the frames the tracker may still pose against (FrameResult.live_references), by stamp
-        self._keyframe_ids: dict[int, int] = {}
+        self.keyframes.clear()  # no frame is a reference yet (the ids go on from an earlier configuration)
         self._reset_requests: list[tuple[np.ndarray, np.ndarray, str, threading.Event]] = []
         self.images: dict[int, np.ndarray] = {}  # recent images by stamp, for the debug image
         self._tf = self._make_tf_broadcaster()
@@ -1002,10 +1001,10 @@ class MatcherNode(Node):
         else:
             self.odometry.reset(T_odom_base, covariance)
         self.images.clear()
-        self._keyframe_ids.clear()
+        self.keyframes.clear()
         report = self.tracking_state.reset(stamp_ns, reason)
         header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"])
-        self.pub_status.publish(C.status_msg(report, header, self.keyframe_id, 0, 0, 0, self._controls()))
+        self.pub_status.publish(C.status_msg(report, header, self.keyframes.last, 0, 0, 0, self._controls()))
 
     def _request_reset(self, T_odom_base: np.ndarray, covariance: np.ndarray, reason: str,
                        timeout_s: float = 10.0) -> bool:
@@ -1091,18 +1090,16 @@ class MatcherNode(Node):
             except ValueError as e:
                 self.stats.error(f"ValueError: {e}")
                 self._warn("errors", f"frame {frame.stamp_ns}: {e}: no odometry for this frame", error=True)
-        keyframe_id = self._reference_keyframe_id(result)  # the reference this frame was matched against
+        keyframe_id = self.keyframes.matched(result.reference_stamp_ns, result.pose is not None)  # its reference's
         report = self.tracking_state.frame(frame.stamp_ns, result.pose is not None, result.reason)
         tracks = self._update_tracks(frame, result)
         if result.is_keyframe:  # this frame is the next reference: its odometry pose anchors the next steps
             self.odometry.set_reference(frame.stamp_ns)
-            self.keyframe_id += 1
-            self._keyframe_ids[frame.stamp_ns] = self.keyframe_id
+            self.keyframes.new(frame.stamp_ns)
         # what the tracker may still pose against: the odometry pose, keyframe id and image of each such frame
         live = set(result.live_references)
         self.odometry.keep_anchors(frame.stamp_ns, result.live_references)
-        self._keyframe_ids = {s: k for s, k in self._keyframe_ids.items()
-                              if s in live or s == self.odometry.reference_stamp_ns}
+        self.keyframes.keep(live | {self.odometry.reference_stamp_ns})
         ref_image = self.images.get(result.reference_stamp_ns) if result.reference_stamp_ns is not None else None
         self.images = {s: im for s, im in self.images.items() if s in live}
         self.images[frame.stamp_ns] = frame.image  # (it may become a reference)
@@ -1140,7 +1137,7 @@ class MatcherNode(Node):
             self.pub_odom.publish(C.null_odometry_msg(odom_header, self.p["base_frame"]))
         self._publish_tracks(frame, tracks, header)
         self.pub_status.publish(C.status_msg(
-            report, odom_header, self.keyframe_id, int(np.sum(tracks.camera == 0)),
+            report, odom_header, self.keyframes.last, int(np.sum(tracks.camera == 0)),
             len(result.temporal) if result.temporal is not None else 0, result.num_inliers, self._controls(result)))
 
     def _set_image_scale(self, scale: float) -> None:
@@ -1177,17 +1174,6 @@ class MatcherNode(Node):
         self.pub_odom.publish(C.odometry_msg(T, cov, header, self.p["base_frame"]))
         if self.p["publish_tf"] and self._tf is not None:
             self._broadcast_tf(header, T)
-
-    def _reference_keyframe_id(self, result) -> int:
-        """The keyframe id of the frame ``result`` was matched against: the current reference's, an earlier
-        reference's, or, for the last frame without a pose (which the tracker uses where the references fail), a new
-        id: that frame has just become a reference."""
-        ref = result.reference_stamp_ns
-        if ref is None or result.pose is None or ref in self._keyframe_ids:
-            return self._keyframe_ids.get(ref, self.keyframe_id)
-        self.keyframe_id += 1
-        self._keyframe_ids[ref] = self.keyframe_id
-        return self.keyframe_id
 
     def _update_tracks(self, frame: Frame, result):
         """Track ids for this frame's keypoints (left; and right observations with a stereo match). A track continues

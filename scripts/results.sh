@@ -229,34 +229,38 @@ xfeat_seed() {  # SEED [TAG...]: issue 11, xfeat_v1budget_v2 and xfeat_v1_contro
 }
 xfeat_seed1() { xfeat_seed 1 "$@"; }  # [TAG...]: the second seed (2026-12-07)
 xfeat_seed2() { xfeat_seed 2 "$@"; }  # [TAG...]: the third seed
-eval_xfeat_seed() {  # SEED [TAG...]: each network of that seed (v2, attention) at alpha 0.95 and full depth on the pairs and
-                     # keypoints of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue beside the control;
-                     # relative pose. One run per network (side by side on two cores); compare_xfeat_seed pairs them up
-  local seed=$1 tag net beside
+eval_xfeat_pair() {  # PREFIX [TAG...]: each network out/ablation_PREFIX_TAG_reg600 (v2, attention) at alpha 0.95 and full
+                     # depth on the pairs and keypoints of eval_xfeat_v1budget_v2, with the shipped file and LighterGlue
+                     # beside the control; relative pose. One run per network (side by side on two cores);
+                     # compare_xfeat_pair pairs them up
+  local prefix=$1 tag net beside
   shift
   for tag in ${@:-v2 attention}; do
-    net=mambaglue@out/ablation_xfeat_seed${seed}_${tag}_reg600/mambaglue_xfeat.pt
+    net=mambaglue@out/ablation_${prefix}_${tag}_reg600/mambaglue_xfeat.pt
     beside=""  # the references, evaluated once: beside the control
     [ "$tag" = attention ] && beside=",lightglue"
     "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features xfeat \
-      --methods "$net,$net+fulldepth${beside:+,mambaglue$beside}" --json "out/eval_xfeat_seed${seed}_${tag}.json" \
+      --methods "$net,$net+fulldepth${beside:+,mambaglue$beside}" --json "out/eval_${prefix}_${tag}.json" \
       --threads 1 --no-progress
-    "$M" eval-pose --features xfeat --methods "$net$beside" --json "out/eval_pose_xfeat_seed${seed}_${tag}.json" \
+    "$M" eval-pose --features xfeat --methods "$net$beside" --json "out/eval_pose_${prefix}_${tag}.json" \
       --threads 1 --no-progress
   done
 }
+eval_xfeat_seed() { local seed=$1; shift; eval_xfeat_pair "xfeat_seed$seed" "$@"; }  # SEED [TAG...]: that seed's runs
 eval_xfeat_seed1() { eval_xfeat_seed 1 "$@"; }  # [TAG...]
 eval_xfeat_seed2() { eval_xfeat_seed 2 "$@"; }  # [TAG...]
-compare_xfeat_seed() {  # SEED: paired bootstrap intervals of that seed's v2 - control: alpha 0.95, full depth, relative pose
-  local seed=$1
-  local V2=mambaglue@out/ablation_xfeat_seed${seed}_v2_reg600/mambaglue_xfeat.pt
-  local CTRL=mambaglue@out/ablation_xfeat_seed${seed}_attention_reg600/mambaglue_xfeat.pt
-  local H="out/eval_xfeat_seed${seed}_v2.json out/eval_xfeat_seed${seed}_attention.json"
-  "$M" compare $H --methods "$V2,$CTRL" --json "out/compare_xfeat_seed${seed}.json"
-  "$M" compare $H --methods "$V2+fulldepth,$CTRL+fulldepth" --json "out/compare_xfeat_seed${seed}_fulldepth.json"
-  "$M" compare "out/eval_pose_xfeat_seed${seed}_v2.json" "out/eval_pose_xfeat_seed${seed}_attention.json" \
-    --methods "$V2,$CTRL" --json "out/compare_pose_xfeat_seed${seed}.json"
+compare_xfeat_pair() {  # PREFIX: paired bootstrap intervals of eval_xfeat_pair PREFIX's v2 - control: alpha 0.95, full
+                        # depth, relative pose
+  local prefix=$1
+  local V2=mambaglue@out/ablation_${prefix}_v2_reg600/mambaglue_xfeat.pt
+  local CTRL=mambaglue@out/ablation_${prefix}_attention_reg600/mambaglue_xfeat.pt
+  local H="out/eval_${prefix}_v2.json out/eval_${prefix}_attention.json"
+  "$M" compare $H --methods "$V2,$CTRL" --json "out/compare_${prefix}.json"
+  "$M" compare $H --methods "$V2+fulldepth,$CTRL+fulldepth" --json "out/compare_${prefix}_fulldepth.json"
+  "$M" compare "out/eval_pose_${prefix}_v2.json" "out/eval_pose_${prefix}_attention.json" \
+    --methods "$V2,$CTRL" --json "out/compare_pose_${prefix}.json"
 }
+compare_xfeat_seed() { compare_xfeat_pair "xfeat_seed$1"; }  # SEED
 compare_xfeat_seed1() { compare_xfeat_seed 1; }
 compare_xfeat_seed2() { compare_xfeat_seed 2; }
 seeds_xfeat() {  # v2 - control over the seeds of the 837 + 600-step XFeat comparison: each seed's difference, their mean,
@@ -366,9 +370,9 @@ xfeat_long3k() {  # issue 11's longer budget: v2 and its attention-only control,
 }
 eval_xfeat_long3k() {  # each finished long3k run against the shipped network and LighterGlue (the pairs and keypoints of
                        # eval_xfeat_v1budget_v2): alpha 0.95 and full depth; relative pose; easy pair. ARG: v2 / attention
-  local tag prefix=${2:-xfeat_long3k}
+  local tag
   for tag in ${1:-v2 attention}; do
-    eval_against_shipped xfeat "out/ablation_${prefix}_${tag}_reg600/mambaglue_xfeat.pt" "${prefix}_$tag"
+    eval_against_shipped xfeat "out/ablation_xfeat_long3k_${tag}_reg600/mambaglue_xfeat.pt" "xfeat_long3k_$tag"
   done
 }
 xfeat_long3k_seed1() {  # issue 11: xfeat_long3k's two runs (the shipped XFeat file's budget) again with seed 1, so that
@@ -376,9 +380,8 @@ xfeat_long3k_seed1() {  # issue 11: xfeat_long3k's two runs (the shipped XFeat f
                         # side: start v2 first, it builds the seed's feature cache). Each stage resumes.
   train_tagged xfeat_long3k_seed1 ${1:-v2 attention}
 }
-eval_xfeat_long3k_seed1() {  # as eval_xfeat_long3k, for xfeat_long3k_seed1's runs; ARG: v2 / attention
-  eval_xfeat_long3k "${1:-v2 attention}" xfeat_long3k_seed1
-}
+eval_xfeat_long3k_seed1() { eval_xfeat_pair xfeat_long3k_seed1 "$@"; }  # [TAG...]: as eval_xfeat_seed
+compare_xfeat_long3k_seed1() { compare_xfeat_pair xfeat_long3k_seed1; }  # its v2 - control, as compare_xfeat_seed
 render_xfeat() {  # issue 11: v2 and its attention-only control with 30 % rendered-room pairs, 1000 + 600 steps each, fp32
                   # (as the design runs); ARG: v2 / attention (default both in turn; side by side: start v2 first, it builds
                   # the feature cache, then attention once its stage 1 has started). Each stage resumes.
@@ -752,7 +755,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -21,6 +21,8 @@ the frame), which adds the time the frame waited in the latest-frame slot before
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --denormal-floor both
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --precision fp32 --device cuda
     .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --device cuda --cuda-graph both --pipeline both
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --transport both   # JPEG input too
+    .venv/bin/python benchmarks/node_rate.py --configs mono:xfeat --transport compressed --compressed-decode both
 """
 from __future__ import annotations
 
@@ -77,11 +79,12 @@ STAGES = ("mambaglue-extract", "mambaglue-worker")
 def run(mode: str, features: str, keypoints: int | None, input_hz: float, seconds: float, target_hz: float,
         frames: list, precision: str | None = None, threads: int = 0, pipeline: bool | None = None,
         device: str = "auto", stereo_match: str = "auto", cuda_graph: bool | None = None,
-        extra: dict | None = None) -> dict:
+        extra: dict | None = None, transport: str = "raw", decode_in_callback: bool = False) -> dict:
+    import cv2
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     from mambaglue_ros.ros import convert as C
     from mambaglue_ros.ros.node import MatcherNode
@@ -90,7 +93,7 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = {"mode": mode, "features": features, "target_rate_hz": target_hz, "num_threads": threads,
-                 "device": device}
+                 "device": device, "transport": transport}
     if keypoints is not None:  # None: the node's own default
         overrides["max_keypoints"] = keypoints
     if precision is not None:  # None: the node's own default
@@ -101,6 +104,8 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
         overrides["cuda_graph"] = cuda_graph
     overrides.update(extra or {})
     node = MatcherNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    if decode_in_callback:  # compressed images decoded in the callback, as before 2026-12-07 (session 53)
+        node._decode_later = lambda messages: False
     keypoints = int(node.p["max_keypoints"])  # the budget it starts with (the rate controller may lower it)
     if stereo_match == "ahead":  # the left/right match always in stage 1 (as before StereoPlacement)
         node.stereo_placement.ahead = lambda: True
@@ -115,17 +120,22 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
     out = Collector(io)
     topics = ["image"] if mode == "mono" else ["left/image_rect", "right/image_rect"]
     infos = ["camera_info"] if mode == "mono" else ["left/camera_info", "right/camera_info"]
-    pubs = [io.create_publisher(Image, t, 5) for t in topics]
+    compressed = transport == "compressed"  # image_transport's compressed plugin: JPEG (quality 95) of BGR
+    pubs = [io.create_publisher(CompressedImage, t + "/compressed", 5) if compressed else
+            io.create_publisher(Image, t, 5) for t in topics]
     info_pubs = [io.create_publisher(CameraInfo, t, 5) for t in infos]
     wait_for_subscribers(*pubs, *info_pubs)
     K = frames[0].K
     for i, p in enumerate(info_pubs):
         p.publish(camera_info_msg(K, 640, 480, f"cam{i}", baseline_m=0.11 * i))
     wait_for(lambda: len(node.camera) == len(info_pubs), timeout=10)
-    msgs = []
-    for f in frames:
-        pair = [C.numpy_to_image(f.left, "rgb8")] + ([C.numpy_to_image(f.right, "rgb8")] if mode == "stereo" else [])
-        msgs.append(pair)
+    def message(image: np.ndarray):
+        if not compressed:
+            return C.numpy_to_image(image, "rgb8")
+        data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+        return CompressedImage(format="rgb8; jpeg compressed bgr8", data=data.tobytes())
+
+    msgs = [[message(f.left)] + ([message(f.right)] if mode == "stereo" else []) for f in frames]
     latencies: list[float] = []
     camera_latencies: list[float] = []  # publish of the frame -> its outputs (includes the frame's wait before stage 1)
     published_at: dict[int, float] = {}  # stamp (ns) -> monotonic time it was published
@@ -182,7 +192,9 @@ def run(mode: str, features: str, keypoints: int | None, input_hz: float, second
     lat = np.array(latencies) if latencies else np.zeros(1)
     cam = np.array(camera_latencies) if camera_latencies else np.zeros(1)
     pipeline = node.stage.enabled
-    result = {"mode": mode, "features": features, "max_keypoints": keypoints, "input_hz": input_hz,
+    result = {"mode": mode, "features": features, "transport": transport, "decode_in_callback": decode_in_callback,
+              "max_keypoints": keypoints,
+              "input_hz": input_hz,
               "target_hz": target_hz, "pipeline": pipeline, "seconds": elapsed,
               "stereo_match": (stereo_match if stereo_match == "ahead" else node.stereo_placement.diagnostics()[
                   "stereo_match_in"]) if mode == "stereo" and pipeline else None,
@@ -245,6 +257,11 @@ def main() -> int:
     ap.add_argument("--cuda-graph", default="default", choices=("default", "on", "off", "both"),
                     help="the node's cuda_graph parameter (CUDA): both = off, then on, interleaved with --pipeline")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--transport", default="raw", choices=("raw", "compressed", "both"),
+                    help="images as sensor_msgs/Image, or JPEG CompressedImage on <topic>/compressed (both: each)")
+    ap.add_argument("--compressed-decode", default="taken", choices=("taken", "callback", "both"),
+                    help="compressed input: decoded by the stage that takes the frame (the node's way), or in the "
+                         "image callback for every frame, dropped ones too (before 2026-12-07)")
     ap.add_argument("--threads", type=int, default=0, help="node num_threads (0 = torch's default)")
     ap.add_argument("--frames", type=int, default=20, help="distinct frames rendered (published in a loop)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -279,19 +296,22 @@ def main() -> int:
     placements = {"auto": ("auto",), "ahead": ("ahead",), "both": ("ahead", "auto")}[args.stereo_match]
     graphs = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.cuda_graph]
     floors = {"default": (None,), "on": (True,), "off": (False,), "both": (False, True)}[args.denormal_floor]
+    transports = ("raw", "compressed") if args.transport == "both" else (args.transport,)
+    decodes = {"taken": (False,), "callback": (True,), "both": (False, True)}[args.compressed_decode]
+    transports = [(t, d) for t in transports for d in (decodes if t == "compressed" else (False,))]
     default_floor = mg.DENORMAL_FLOOR
     for cfg in args.configs.split(","):
         mode, features = cfg.split(":")
-        for pipeline, scan, floor, placement, graph in [(p, c, f, m, g) for p in pipelines for c in scans
-                                                        for f in floors
-                                                        for m in (placements if mode == "stereo" else ("auto",))
-                                                        for g in graphs]:
+        for pipeline, scan, floor, placement, graph, (transport, in_callback) in [
+                (p, c, f, m, g, t) for p in pipelines for c in scans for f in floors
+                for m in (placements if mode == "stereo" else ("auto",)) for g in graphs for t in transports]:
             if scan is not None:  # read by ssm_cpu.cpu_scan(), cached per process: cleared for each run
                 os.environ["MAMBAGLUE_CPU_SCAN"] = "1" if scan else "0"
                 ssm_cpu.cpu_scan.cache_clear()
             mg.DENORMAL_FLOOR = default_floor if floor is None or floor else math.inf  # the node runs in-process
             rows.append(run(mode, features, args.keypoints, args.input_hz, args.seconds, args.target_hz, frames,
-                            args.precision, args.threads, pipeline, args.device, placement, graph, extra))
+                            args.precision, args.threads, pipeline, args.device, placement, graph, extra, transport,
+                            in_callback))
             r = rows[-1]
             r["cpu_scan"] = ssm_cpu.cpu_scan_status()
             r["denormal_floor"] = math.isfinite(mg.DENORMAL_FLOOR)  # on / off (JSON has no infinity)
@@ -304,7 +324,8 @@ def main() -> int:
                   f"pipeline={'on ' if r['pipeline'] else 'off'} scan={scan}"
                   + ("" if r["denormal_floor"] else " floor=off")
                   + (f" stereo match: {r['stereo_match']}" if r["stereo_match"] else "")
-                  + (" cuda_graph" if r["cuda_graph"] else "") +
+                  + (" cuda_graph" if r["cuda_graph"] else "") + (" compressed" if r["transport"] != "raw" else "")
+                  + (" (decoded in the callback)" if r["decode_in_callback"] else "") +
                   f" -> processed {r['processed_hz']:.2f} Hz, latency p50 "
                   f"{r['latency_p50_ms']:.0f} ms p95 {r['latency_p95_ms']:.0f} ms (camera -> outputs p50 "
                   f"{r['camera_latency_p50_ms']:.0f} p95 {r['camera_latency_p95_ms']:.0f}), dropped {r['dropped']}/"

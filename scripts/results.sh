@@ -77,6 +77,11 @@ eval_design_xfeat() {  # v2 vs control vs released LighterGlue vs the shipped v1
     --json "out/eval_pose_$TAG.json" --no-progress
   bench_easy "$V2" "$TAG"
 }
+compressed_decode() {  # 2026-12-07 (session 53): JPEG input at 30 Hz, decoded by the stage that takes the frame (the
+                       # node's way since then) against decoded in the callback for every frame (before), one run
+  "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat --transport compressed --compressed-decode both \
+    --input-hz 30 --seconds 20 --json out/node_rate_compressed_decode.json
+}
 cpu_speed() {  # 2026-12-07: the cross attention's denormal floor and the two-way gated CPU kernel; the shipped files
                # against our LightGlue on the easy pair (adaptive and full depth); the node's rate with the floor off / on
   "$PY" benchmarks/denormals.py --plot docs/results/denormals.png --json out/denormals.json
@@ -755,7 +760,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -321,6 +321,30 @@ def test_compressed_frames_are_decoded_only_once_taken(ros_context, monkeypatch)
             node.destroy_node()
 
 
+def test_a_reset_still_queued_is_answered_as_accepted(ros_context, monkeypatch):
+    """The worker applies resets between frames. A service that timed out waiting for it answers success with
+    "queued" (the reset comes before the next frame): a caller told it failed would retry and reset twice."""
+    from std_srvs.srv import Trigger
+
+    from mambaglue_ros.srv import SetPose
+
+    node = make_node(ros_context, {})
+    try:
+        for done, text in ((True, "odometry reset"), (False, "reset queued")):
+            monkeypatch.setattr(node, "_request_reset", lambda *args, done=done, **kwargs: done)
+            answer = node._on_reset_service(Trigger.Request(), Trigger.Response())
+            assert answer.success and answer.message.startswith(text), answer
+        request = SetPose.Request()
+        request.pose.pose.pose.orientation.w = 1.0
+        answer = node._on_set_pose_service(request, SetPose.Response())
+        assert answer.success and answer.message.startswith("set_pose queued"), answer
+        request.pose.header.frame_id = "map"  # refused: not the odometry frame
+        answer = node._on_set_pose_service(request, SetPose.Response())
+        assert not answer.success and "the odometry frame is 'odom'" in answer.message, answer
+    finally:
+        node.destroy_node()
+
+
 def test_changes_are_validated_against_pending_ones(ros_context):
     from rclpy.parameter import Parameter
 

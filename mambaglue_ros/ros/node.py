@@ -1029,8 +1029,11 @@ class MatcherNode(Node):
     def _on_reset_service(self, request, response):
         """~/reset (std_srvs/Trigger): odometry back to ``initial_pose``, tracking restarts."""
         T = pose_params_to_matrix(self.p["initial_pose"])
-        response.success = self._request_reset(T, np.zeros((6, 6)), "reset service")
-        response.message = ("odometry reset to initial_pose" if response.success
+        # accepted either way: a reset still queued is applied before the next frame, so a caller told "failed"
+        # would retry and reset twice
+        done = self._request_reset(T, np.zeros((6, 6)), "reset service")
+        response.success = True
+        response.message = ("odometry reset to initial_pose" if done
                             else "reset queued: the worker is busy, it applies it before the next frame")
         return response
 
@@ -1049,8 +1052,8 @@ class MatcherNode(Node):
             response.success, response.message = False, f"set_pose refused: {e}"
             self._warn("set_pose", response.message)
             return response
-        response.success = self._request_reset(T, cov, "set_pose")
-        response.message = ("odometry set" if response.success
+        response.success = True  # accepted (as ~/reset: a queued one is applied before the next frame)
+        response.message = ("odometry set" if self._request_reset(T, cov, "set_pose")
                             else "set_pose queued: the worker is busy, it applies it before the next frame")
         return response
 

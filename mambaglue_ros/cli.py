@@ -199,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    import cv2
+    import yaml
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError, yaml.YAMLError, cv2.error) as e:  # OSError: not found, permissions
+        if args.verbose:  # -v: where it came from
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -385,3 +385,13 @@ def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):
     ros1.write_bytes(b"#ROSBAG V2.0\n")
     with pytest.raises(ValueError, match="is a ROS 1 bag; convert it to a ROS 2 bag first: rosbags-convert"):
         camera_topics(ros1)
+
+
+def test_replay_names_what_went_partly_wrong():
+    from mambaglue_ros.bags.replay import run_warnings
+
+    ok = {"frames_lost_timeout": 0, "has_ground_truth": True, "frames_processed": 10, "associated": 10}
+    assert run_warnings(ok) == []
+    assert "2 frame(s) got no result within the frame timeout" in run_warnings({**ok, "frames_lost_timeout": 2})[0]
+    assert "no RPE / ATE" in run_warnings({**ok, "associated": 1})[0]
+    assert run_warnings({**ok, "associated": 0, "has_ground_truth": False}) == []

@@ -88,7 +88,7 @@ def test_rate_replay_drops_what_the_node_cannot_keep_up_with(demo_bag, tmp_path)
     # it 46 Hz for a 40 Hz schedule once); the player's pacing is what "rate x4" above says
 
 
-def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path):
+def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path, capsys):
     """The CLI entry, the ORB baseline through the node, mono mode on a stereo bag (left camera only)."""
     from mambaglue_ros import cli
 
@@ -109,11 +109,22 @@ def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path):
     assert cli.main(["replay", str(demo_bag), "--out", str(out), "--lossless", "--mode", "mono", "--matcher", "orb",
                      "--left-topic", "/no/such/image", "--force", "--no-plots"]) == 2
     assert (out / "output_bag" / "metadata.yaml").is_file() and (out / "report.json").is_file()
-    # argparse refuses what would silently mean "all frames" or "the last frames"
+    # argparse refuses what would silently mean "all frames" or "the last frames", and a rate of 0
     with pytest.raises(SystemExit):
         cli.main(["replay", str(demo_bag), "--out", str(out), "--max-frames", "0"])
     with pytest.raises(SystemExit):
         cli.main(["replay", str(demo_bag), "--out", str(out), "--start", "-3"])
+    with pytest.raises(SystemExit):
+        cli.main(["replay", str(demo_bag), "--out", str(out), "--rate", "0"])
+    # a run in which the node processes no frame is an error that says where to look, not a table of "-" and exit 0
+    # (here every 640x480 image is over max_image_pixels; --set given twice keeps both)
+    capsys.readouterr()
+    assert cli.main(["replay", str(demo_bag), "--out", str(tmp_path / "none"), "--lossless", "--mode", "mono",
+                     "--matcher", "orb", "--set", "device=cpu", "--set", "max_image_pixels=4096", "--no-plots",
+                     "--max-frames", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "processed none of its 3 frames" in err and str(tmp_path / "none") in err, err
+    assert json.loads((tmp_path / "none" / "report.json").read_text())["frames_processed"] == 0
 
 
 def test_force_clears_every_file_of_the_earlier_run(tmp_path):

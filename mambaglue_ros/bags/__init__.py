@@ -53,6 +53,14 @@ def _count(minimum: int):
     return parse
 
 
+def _positive(text: str) -> float:
+    """argparse type: a finite float > 0 (a rate)."""
+    value = float(text)
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``--set NAME=VALUE ...`` -> {name: value}, each value read as YAML (as a params file types it), except that a
     whole number for a float parameter (or in a float list) is that float: ``target_rate_hz=10`` is 10.0 (ROS 2 would
@@ -163,7 +171,7 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--storage", **storage)
     p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--rate-hz", type=float, default=10.0, help="frame rate when there is no times.txt")
+    p.add_argument("--rate-hz", type=_positive, default=10.0, help="frame rate when there is no times.txt")
     p.add_argument("--mono", action="store_true", help="left camera only even if right images exist")
     p.set_defaults(func=cmd_bag_from_kitti)
 
@@ -172,7 +180,7 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
-    p.add_argument("--rate-hz", type=float, default=10.0)
+    p.add_argument("--rate-hz", type=_positive, default=10.0)
     p.add_argument("--trajectory", default="forward", choices=("forward", "orbit", "figure8"))
     p.add_argument("--speed", type=float, default=0.5, help="m/s")
     p.add_argument("--noise", type=float, default=0.0, help="Gaussian image noise, grey levels")
@@ -186,14 +194,15 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--params", default=None, help="node params file (e.g. config/stereo.yaml)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=None, help="play at R x the recorded rate (default 1)")
+    pace.add_argument("--rate", type=_positive, default=None, help="play at R x the recorded rate (default 1)")
     pace.add_argument("--lossless", action="store_true",
                       help="publish a frame, wait for the node's result, then the next (evaluation)")
     p.add_argument("--matcher", nargs="+", default=["mambaglue"], choices=METHODS,
                    help="one or more methods (several: DIR/<method>/ each plus a comparison)")
     p.add_argument("--features", default=None, choices=("xfeat", "aliked", "disk", "superpoint"))
     p.add_argument("--mode", default=None, choices=("mono", "stereo"))
-    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="more node parameters")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                   help="more node parameters (repeatable; put BAG before them)")
     p.add_argument("--max-frames", type=_count(1), default=None, help="replay at most this many frames")
     p.add_argument("--start", type=_count(0), default=0, help="skip this many frames")
     p.add_argument("--frame-timeout", type=float, default=120.0, help="lossless: seconds to wait per frame")

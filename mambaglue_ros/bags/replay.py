@@ -715,7 +715,25 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     if cfg.plots:
         report["plots"] = R.write_plots(out, [series], gt)
         (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    for text in run_warnings(report):
+        log(f"warning: {text}")
+    if report["frames_processed"] == 0:  # a table of "-" and exit 0 would read as a run that worked
+        raise RuntimeError(f"{cfg.bag}: the node ({cfg.method}) processed none of its {report['frames_in']} frames; "
+                           f"its log above says why (an image encoding it cannot read, images of another size than "
+                           f"their camera_info, ...); the run's files are in {out}")
     return report, series
+
+
+def run_warnings(report: dict[str, Any]) -> list[str]:
+    """What a replay's report says went partly wrong, for the user to see beside the table."""
+    out = []
+    if report["frames_lost_timeout"]:
+        out.append(f"{report['frames_lost_timeout']} frame(s) got no result within the frame timeout "
+                   "(--frame-timeout; a node far slower than the bag's rate?)")
+    if report["has_ground_truth"] and report["frames_processed"] > 0 and report["associated"] < 2:
+        out.append("the bag has ground truth, but fewer than 2 of its poses are close in time to a processed frame: "
+                   "no RPE / ATE (are the ground truth and the images stamped on one clock?)")
+    return out
 
 
 def replay_methods(cfg: ReplayConfig, methods: list[str], log: Log = print) -> dict[str, Any]:

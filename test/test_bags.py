@@ -395,3 +395,12 @@ def test_replay_names_what_went_partly_wrong():
     assert "2 frame(s) got no result within the frame timeout" in run_warnings({**ok, "frames_lost_timeout": 2})[0]
     assert "no RPE / ATE" in run_warnings({**ok, "associated": 1})[0]
     assert run_warnings({**ok, "associated": 0, "has_ground_truth": False}) == []
+
+
+def test_a_bag_without_camera_info_says_so(tmp_path):
+    with BC.BagWriter(tmp_path / "bag") as bag:  # a ROS 1 EuRoC bag, converted: images and no calibration
+        for k in range(3):
+            bag.image("/cam0/image_raw", 10 + k, "cam0", np.zeros((48, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"no image topic has a camera_info beside it \(image topics: "
+                                         r"\['/cam0/image_raw'\]\).*bag-from-euroc"):
+        camera_topics(tmp_path / "bag")

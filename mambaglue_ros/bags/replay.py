@@ -150,6 +150,11 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
                 left = lefts[0]
                 rights = [t for t in images if "right" in t]
                 right = right or (rights[0] if len(rights) == 1 else None)
+            elif not images:
+                bare = sorted(t for t, (ty, _) in topics.items() if ty in IMAGE_TYPES)
+                raise ValueError(f"{bag}: no image topic has a camera_info beside it (image topics: {bare}); the node "
+                                 "needs each camera's calibration: record camera_info with the images (a EuRoC "
+                                 "dataset folder: `mambaglue bag-from-euroc` writes it from sensor.yaml)")
             else:
                 raise ValueError(f"{bag}: cannot tell the camera topics apart among {images}: "
                                  "give --left-topic (and --right-topic)")
@@ -692,9 +697,15 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
 
     out = Path(cfg.out)
     _check_out(out, cfg.force)  # refused before reading anything; nothing is removed before the run has its results
+    out.mkdir(parents=True, exist_ok=True)  # an --out that cannot be a folder, or written, fails now, not after the run
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out}: cannot write there (--out)")
     params = node_parameters(cfg)
     mode = params.get("mode", "mono")
     topics = camera_topics(cfg.bag, cfg.left_topic, cfg.right_topic)
+    if mode == "mono" and topics.get("right_image"):
+        log(f"the bag has a right camera ({topics['right_image']}): replaying mono, the left camera only, with "
+            "scale-free (sim3) alignment; --mode stereo (or --params config/stereo.yaml) for metric stereo")
     transport = "compressed" if topics["compressed"] else "raw"
     if params.get("transport", transport) != transport:  # the bag decides what replay publishes (params files say raw)
         log(f"the bag's camera topics are {'CompressedImage' if topics['compressed'] else 'Image'}: "

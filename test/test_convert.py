@@ -208,6 +208,26 @@ def test_compressed_jpeg_colour_and_gray():
     assert np.abs(out.astype(int) - gray).mean() < 3.0
 
 
+def test_compressed_header_size_is_the_check_before_decoding():
+    """The node queues compressed frames undecoded only when these header checks pass; the decode makes the same
+    ones (one function), so a frame let through undecoded cannot fail a check the decode would have made first."""
+    rgb = smooth_rgb(h=48, w=64)
+    for ext in (".png", ".jpg"):
+        msg = compressed(rgb, ext, "bgr8; " + ext[1:])
+        assert convert.compressed_header_size(msg) == (64, 48)
+        assert convert.compressed_header_size(msg, max_pixels=64 * 48) == (64, 48)
+        with pytest.raises(convert.OversizedImageError):
+            convert.compressed_header_size(msg, max_pixels=64 * 48 - 1)
+        with pytest.raises(convert.OversizedImageError):  # the decode refuses it the same way, from the header
+            compressed_to_numpy(msg, max_pixels=64 * 48 - 1)
+    ok, bmp = cv2.imencode(".bmp", rgb)
+    assert convert.compressed_header_size(CompressedImage(format="bgr8; bmp", data=bmp.tobytes())) is None
+    with pytest.raises(ImageConversionError, match="no data"):
+        convert.compressed_header_size(CompressedImage(format="jpeg"))
+    with pytest.raises(ImageConversionError, match="compressedDepth"):
+        convert.compressed_header_size(CompressedImage(format="16UC1; compressedDepth png", data=b"\x00" * 20))
+
+
 def test_compressed_errors():
     with pytest.raises(ImageConversionError, match=r"could not decode 100 B .*format 'jpeg'.*corrupt"):
         compressed_to_numpy(CompressedImage(format="jpeg", data=bytes(range(100))))

@@ -288,6 +288,24 @@ def compressed_channel_order(fmt: str, channels: int) -> str:
     return stored
 
 
+def compressed_header_size(msg: CompressedImage, *, max_pixels: int | None = None) -> tuple[int, int] | None:
+    """The checks ``compressed_to_numpy`` makes before decoding: (width, height) from the PNG / JPEG header, None
+    when the header does not tell (another codec, or unreadable: only decoding can tell).
+
+    Raises:
+        ImageConversionError: empty data or compressedDepth.
+        OversizedImageError: the header declares more than ``max_pixels`` pixels.
+    """
+    if "compresseddepth" in msg.format.lower().replace(" ", ""):
+        raise ImageConversionError(f"compressedDepth images are not supported (format '{msg.format}')")
+    if len(msg.data) == 0:
+        raise ImageConversionError("compressed image has no data")
+    size = compressed_image_size(np.frombuffer(msg.data, dtype=np.uint8))
+    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
+        raise OversizedImageError(size[0], size[1], max_pixels)
+    return size
+
+
 def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIFT,
                         max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (JPEG or PNG, as image_transport's compressed plugin sends)
@@ -304,15 +322,8 @@ def compressed_to_numpy(msg: CompressedImage, *, mono16_shift: int = MONO16_SHIF
         OversizedImageError: more than ``max_pixels`` pixels.
         ImageConversionError: empty data, compressedDepth, or bytes OpenCV cannot decode.
     """
-    if "compresseddepth" in msg.format.lower().replace(" ", ""):
-        raise ImageConversionError(f"compressedDepth images are not supported (format '{msg.format}')")
-    if len(msg.data) == 0:
-        raise ImageConversionError("compressed image has no data")
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
-    if max_pixels is not None:
-        size = compressed_image_size(buffer)
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise OversizedImageError(size[0], size[1], max_pixels)
+    compressed_header_size(msg, max_pixels=max_pixels)
     decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:
         raise ImageConversionError(

@@ -675,10 +675,11 @@ class MatcherNode(Node):
         decoded at once, as raw images are, so that junk never takes a good frame's place in the slot."""
         sizes = []
         for msg in messages:
-            if len(msg.data) == 0 or "compresseddepth" in msg.format.lower().replace(" ", ""):
+            try:
+                size = C.compressed_header_size(msg, max_pixels=self.p["max_image_pixels"])
+            except C.ImageConversionError:  # (OversizedImageError too): decoded now, counted and warned there
                 return False
-            size = C.compressed_image_size(np.frombuffer(msg.data, dtype=np.uint8))
-            if size is None or size[0] * size[1] > self.p["max_image_pixels"] or min(size) < self.min_image_side:
+            if size is None or min(size) < self.min_image_side:
                 return False
             sizes.append(size)
         return len(set(sizes)) == 1

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FRONT_ENDS
 from .visualization import draw_matches  # noqa: F401  (also importable from here, as before)
 
 
@@ -41,6 +40,8 @@ def read_image(path: str) -> np.ndarray:
 
 
 def add_matcher_args(p: argparse.ArgumentParser) -> None:
+    from .features import FRONT_ENDS
+
     # every default is stated from argparse's own value (%(default)s), so --help cannot drift from it
     p.add_argument("--features", default="aliked", choices=FRONT_ENDS, help="front end (default: %(default)s)")
     p.add_argument("--weights", default=None, help="MambaGlue checkpoint (default: shipped, else LightGlue warm start)")
@@ -130,12 +131,7 @@ def cmd_demo_pair(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mambaglue", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too (default: info)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("match", help="match two images, print counts and timings, draw the matches")
+def _add_match_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image0")
     p.add_argument("image1")
     add_matcher_args(p)
@@ -143,12 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write keypoints, matches, scores, stop layer, timings as JSON (default: none)")
     p.set_defaults(func=cmd_match)
 
-    from .bags import add_demo_arguments, add_subcommands as add_bag_commands
-    p = sub.add_parser("demo", help="the embedded default: synthetic stereo bag -> the node (lossless) -> "
-                       "RPE/ATE table and plots, MambaGlue vs LightGlue vs ORB")
-    add_demo_arguments(p)
 
-    p = sub.add_parser("demo-pair", help="a bundled photo pair, MambaGlue vs LightGlue (matches, precision, time)")
+def _add_demo_pair_arguments(p: argparse.ArgumentParser) -> None:
+    from .features import FRONT_ENDS
+
     p.add_argument("--out", default="out/demo-pair",
                    help="folder for the table and match images (default: %(default)s)")
     demo_features = ["xfeat", "aliked"]
@@ -157,46 +151,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda (default: %(default)s)")
     p.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image (default: %(default)s)")
     p.set_defaults(func=cmd_demo_pair)
-    add_bag_commands(sub)  # bag-from-euroc, bag-from-kitti, demo-bag, replay
 
-    from .training.train import add_arguments as add_train_args, run_cli as run_train
-    p = sub.add_parser("train", help="train MambaGlue on synthetic homography pairs (stage 1 matcher, stage 2 regressor)")
-    add_train_args(p)
-    p.set_defaults(func=run_train)
 
-    from .evaluation.homography import add_arguments as add_eval_args, run_cli as run_eval
-    p = sub.add_parser("eval-homography", help="precision, recall, homography AUC, speed: MambaGlue vs LightGlue")
-    add_eval_args(p)
-    p.set_defaults(func=run_eval)
+def _module_arguments(module: str):
+    """The registration of a subcommand whose module has ``add_arguments(parser)`` and ``run_cli(args)``."""
+    def add(p: argparse.ArgumentParser) -> None:
+        import importlib
 
-    from .evaluation.pose import add_arguments as add_pose_args, run_cli as run_pose
-    p = sub.add_parser("eval-pose", help="relative pose AUC on EuRoC stereo and KITTI pairs: MambaGlue vs "
-                       "LightGlue vs ORB")
-    add_pose_args(p)
-    p.set_defaults(func=run_pose)
+        target = importlib.import_module(module, __package__)
+        target.add_arguments(p)
+        p.set_defaults(func=target.run_cli)
+    return add
 
-    from .evaluation.compare import add_arguments as add_compare_args, run_cli as run_compare
-    p = sub.add_parser("compare", help="paired differences between methods of eval-homography / eval-pose runs on "
-                       "the same pairs, with bootstrap 95 %% intervals")
-    add_compare_args(p)
-    p.set_defaults(func=run_compare)
 
-    from .evaluation.bench import add_arguments as add_bench_args, run_cli as run_bench
-    p = sub.add_parser("bench", help="speed: MambaGlue vs LightGlue (ours and kornia's) per keypoint count, "
-                       "front ends, pairs/s, memory")
-    add_bench_args(p)
-    p.set_defaults(func=run_bench)
+# Subcommands whose arguments come from modules that import torch: (name, help, registration). Every subcommand is
+# listed, but only the one being run gets its arguments, so `mambaglue --help` and the bag tools start without
+# importing torch (~2-3 s on a small CPU).
+_TORCH_COMMANDS_BEFORE_BAGS = [
+    ("match", "match two images, print counts and timings, draw the matches", _add_match_arguments),
+]
+_TORCH_COMMANDS_AFTER_DEMO = [
+    ("demo-pair", "a bundled photo pair, MambaGlue vs LightGlue (matches, precision, time)", _add_demo_pair_arguments),
+]
+_TORCH_COMMANDS_AFTER_BAGS = [
+    ("train", "train MambaGlue on synthetic homography pairs (stage 1 matcher, stage 2 regressor)",
+     _module_arguments(".training.train")),
+    ("eval-homography", "precision, recall, homography AUC, speed: MambaGlue vs LightGlue",
+     _module_arguments(".evaluation.homography")),
+    ("eval-pose", "relative pose AUC on EuRoC stereo and KITTI pairs: MambaGlue vs LightGlue vs ORB",
+     _module_arguments(".evaluation.pose")),
+    ("compare", "paired differences between methods of eval-homography / eval-pose runs on the same pairs, with "
+     "bootstrap 95 %% intervals", _module_arguments(".evaluation.compare")),
+    ("bench", "speed: MambaGlue vs LightGlue (ours and kornia's) per keypoint count, front ends, pairs/s, memory",
+     _module_arguments(".evaluation.bench")),
+    ("export-onnx", "export the matcher (fixed layers and keypoints) to ONNX, checked with onnxruntime",
+     _module_arguments(".export")),
+]
 
-    from .export import add_arguments as add_export_args, run_cli as run_export
-    p = sub.add_parser("export-onnx", help="export the matcher (fixed layers and keypoints) to ONNX, "
-                       "checked with onnxruntime")
-    add_export_args(p)
-    p.set_defaults(func=run_export)
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``mambaglue`` parser. ``only``: give only this subcommand its arguments (the others are listed with their
+    help, and parse nothing); None gives every subcommand its arguments (imports torch)."""
+    parser = argparse.ArgumentParser(prog="mambaglue", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(commands) -> None:
+        for name, help_text, register in commands:
+            p = sub.add_parser(name, help=help_text)
+            if only is None or only == name:
+                register(p)
+
+    add(_TORCH_COMMANDS_BEFORE_BAGS)
+    from .bags import add_demo_arguments, add_subcommands as add_bag_commands
+    p = sub.add_parser("demo", help="the embedded default: synthetic stereo bag -> the node (lossless) -> "
+                       "RPE/ATE table and plots, MambaGlue vs LightGlue vs ORB")
+    add_demo_arguments(p)
+    add(_TORCH_COMMANDS_AFTER_DEMO)
+    add_bag_commands(sub)  # bag-from-euroc, bag-from-kitti, demo-bag, replay (their modules import torch lazily)
+    add(_TORCH_COMMANDS_AFTER_BAGS)
     return parser
 
 
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ('' for none): the first word that is not an option (the top-level options
+    take no value)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=_command_in(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     import cv2

@@ -213,6 +213,28 @@ def test_cli_help_states_the_defaults(capsys):
     assert "(default: xfeat aliked)" in capsys.readouterr().out.replace("\n", " ").replace("  ", "")
 
 
+def test_cli_lists_every_subcommand_without_importing_torch():
+    """`mambaglue --help` (and a subcommand's own parse) adds only the named subcommand's arguments: the listing
+    costs no torch import, and each subcommand still parses its own options."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mambaglue_ros import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "torch imported: False" in run.stdout, run.stdout[-500:]
+    for name in ("match", "demo", "demo-pair", "replay", "train", "eval-homography", "eval-pose", "compare", "bench",
+                 "export-onnx"):
+        assert f"    {name} " in run.stdout, name
+
+    from mambaglue_ros import cli
+
+    args = cli.build_parser(only="bench").parse_args(["bench", "--json", "x.json", "--features", "xfeat"])
+    assert args.func.__module__ == "mambaglue_ros.evaluation.bench" and args.features == "xfeat"
+    assert cli._command_in(["-v", "train", "--config", "c.yaml"]) == "train"
+    assert cli._command_in(["--help"]) == ""
+
+
 def test_bf16_front_end_finds_the_same_points(photo):
     # the bf16 front end (eval-homography --extractor-precision bf16) is the fp32 one with its backbone under
     # autocast and its keypoint head in float32 (features.xfeat_model_class): the fp32 positions, with re-ranking

@@ -377,6 +377,24 @@ def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):
                                                                                    pose=cov), 5)
     gt = BC.read_ground_truth(tmp_path / "gt")  # before: AttributeError 'PoseWithCovariance' has no 'orientation'
     assert gt.stamps_ns.tolist() == [5] and np.allclose(gt.poses[0], T)
+    with BC.BagWriter(tmp_path / "mocap") as bag:  # motion capture as TransformStamped, on a topic of its own
+        Ty = bag.ts.types
+        q = BC.quaternion(T[:3, :3])
+        tr = Ty["geometry_msgs/msg/Transform"](
+            translation=Ty["geometry_msgs/msg/Vector3"](x=1.0, y=2.0, z=3.0),
+            rotation=Ty["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+        bag.write("/vicon/cam", Ty["geometry_msgs/msg/TransformStamped"](header=bag.header(7, "world"),
+                                                                          child_frame_id="cam", transform=tr), 7)
+    assert BC.read_ground_truth(tmp_path / "mocap") is None  # not on the default topic
+    gt = BC.read_ground_truth(tmp_path / "mocap", "/vicon/cam")
+    assert gt.stamps_ns.tolist() == [7] and np.allclose(gt.poses[0], T)
+    from mambaglue_ros.bags.replay import ReplayConfig, read_run_ground_truth
+
+    assert read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o", gt_topic="/vicon/cam")) is not None
+    assert read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o")) is None  # default: may be absent
+    with pytest.raises(ValueError, match=r"ground-truth topic /vicon/kam not found \(topics of a ground-truth type: "
+                                         r"/vicon/cam\)"):  # a topic the user names must exist (not "no GT")
+        read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o", gt_topic="/vicon/kam"))
     with BC.BagWriter(tmp_path / "gt_bad") as bag:
         bag.image(BC.GT_TOPIC, 5, "world", np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError, match="ground truth on /ground_truth/pose is sensor_msgs/msg/Image"):

@@ -109,6 +109,11 @@ def test_cli_mono_orb_replay_with_sim3_alignment(demo_bag, tmp_path, capsys):
     assert cli.main(["replay", str(demo_bag), "--out", str(out), "--lossless", "--mode", "mono", "--matcher", "orb",
                      "--left-topic", "/no/such/image", "--force", "--no-plots"]) == 2
     assert (out / "output_bag" / "metadata.yaml").is_file() and (out / "report.json").is_file()
+    capsys.readouterr()  # a mistyped ground-truth topic is an error before the run, not a run without RPE / ATE
+    assert cli.main(["replay", str(demo_bag), "--out", str(out), "--lossless", "--mode", "mono", "--matcher", "orb",
+                     "--gt-topic", "/ground_truth/pos", "--force", "--no-plots"]) == 2
+    assert "ground-truth topic /ground_truth/pos not found (topics of a ground-truth type: /ground_truth/pose)" in \
+        capsys.readouterr().err
     # argparse refuses what would silently mean "all frames" or "the last frames", and a rate of 0
     with pytest.raises(SystemExit):
         cli.main(["replay", str(demo_bag), "--out", str(out), "--max-frames", "0"])

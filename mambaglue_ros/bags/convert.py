@@ -238,19 +238,26 @@ def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
 
 
-GT_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry")
+GT_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
+            "geometry_msgs/msg/TransformStamped")  # the last: motion capture (e.g. EuRoC's /vicon/... topics)
 
 
 def pose_msg_to_matrix(pose: Any) -> np.ndarray:
+    """geometry_msgs Pose (position, orientation) or Transform (translation, rotation) -> 4x4."""
     from .metrics import make_pose, quat_to_rot
 
-    o, p = pose.orientation, pose.position
+    if hasattr(pose, "translation"):
+        o, p = pose.rotation, pose.translation
+    else:
+        o, p = pose.orientation, pose.position
     return make_pose(quat_to_rot(np.array([o.x, o.y, o.z, o.w])), np.array([p.x, p.y, p.z]))
 
 
 def read_ground_truth(path: str | Path, topic: str = GT_TOPIC) -> Trajectory | None:
     """The bag's ground truth on ``topic`` as a Trajectory, or None without one: PoseStamped (what our bag
-    writers record), PoseWithCovarianceStamped or Odometry (its pose). Another type is a ValueError."""
+    writers record), PoseWithCovarianceStamped or Odometry (its pose), TransformStamped (parent <- child). Another
+    type is a ValueError. The poses are the camera's (its optical frame) in a fixed world frame, as our writers
+    record them: a body or marker pose differs from the camera's by an extrinsic that alignment does not remove."""
     stamps, poses = [], []
     topics = bag_topics(path)
     if topic not in topics:
@@ -260,7 +267,8 @@ def read_ground_truth(path: str | Path, topic: str = GT_TOPIC) -> Trajectory | N
         raise ValueError(f"{path}: ground truth on {topic} is {msgtype}; it must be one of {', '.join(GT_TYPES)}")
     for _, _, _, msg in read_bag(path, [topic]):
         stamps.append(stamp_ns(msg.header))
-        poses.append(pose_msg_to_matrix(msg.pose if msgtype == GT_TYPES[0] else msg.pose.pose))
+        pose = {GT_TYPES[0]: lambda: msg.pose, GT_TYPES[3]: lambda: msg.transform}.get(msgtype, lambda: msg.pose.pose)
+        poses.append(pose_msg_to_matrix(pose()))
     order = np.argsort(stamps, kind="stable")
     return Trajectory(np.array(stamps, dtype=np.int64)[order], np.array(poses).reshape(-1, 4, 4)[order])
 

@@ -85,6 +85,8 @@ class ReplayConfig:
     mode / features: override the params file when set. lossless / rate: see the module docstring.
     max_frames / start: a subset of the bag's frames. frame_timeout_s: lossless wait per frame.
     left_topic / right_topic: camera topics when the bag does not use our layout.
+    gt_topic: the ground-truth topic (camera poses; ``convert.read_ground_truth`` lists the types). The default may be
+        absent (no RPE / ATE); a topic given otherwise must be in the bag.
     """
 
     bag: str | Path
@@ -101,6 +103,7 @@ class ReplayConfig:
     frame_timeout_s: float = 120.0
     left_topic: str | None = None
     right_topic: str | None = None
+    gt_topic: str = BC.GT_TOPIC
     force: bool = False
     plots: bool = True
 
@@ -715,8 +718,8 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop)
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
-    gt = BC.read_ground_truth(cfg.bag)
-    gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [BC.GT_TOPIC], deserialize=False)]
+    gt = read_run_ground_truth(cfg)
+    gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [cfg.gt_topic], deserialize=False)]
     log(f"replay {cfg.bag} -> {out}: {len(frames)} {mode} frames, matcher={cfg.method}, "
         f"{'lossless' if cfg.lossless else f'rate x{cfg.rate:g}'}, ground truth: {len(gt) if gt else 'none'}")
     raw = run_node(cfg, frames, params, log)
@@ -733,6 +736,19 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
                            f"its log above says why (an image encoding it cannot read, images of another size than "
                            f"their camera_info, ...); the run's files are in {out}")
     return report, series
+
+
+def read_run_ground_truth(cfg: ReplayConfig) -> BC.Trajectory | None:
+    """The bag's ground truth on ``cfg.gt_topic``; None when the default topic is absent. A topic the user named
+    that the bag lacks is a ValueError naming the bag's pose-like topics (a typo must not read as "no ground
+    truth")."""
+    if cfg.gt_topic != BC.GT_TOPIC:
+        topics = BC.bag_topics(cfg.bag)
+        if cfg.gt_topic not in topics:
+            candidates = sorted(t for t, (ty, *_) in topics.items() if ty in BC.GT_TYPES)
+            raise ValueError(f"{cfg.bag}: ground-truth topic {cfg.gt_topic} not found (topics of a ground-truth "
+                             f"type: {', '.join(candidates) or 'none'})")
+    return BC.read_ground_truth(cfg.bag, cfg.gt_topic)
 
 
 def run_warnings(report: dict[str, Any]) -> list[str]:
@@ -770,7 +786,7 @@ def replay_methods(cfg: ReplayConfig, methods: list[str], log: Log = print) -> d
         report, series = replay(dataclasses.replace(cfg, method=method, out=out / method), log)
         reports[method] = report
         all_series.append(series)
-    gt = BC.read_ground_truth(cfg.bag)
+    gt = read_run_ground_truth(cfg)
     combined = {**reports[methods[0]], "methods": reports, "primary": methods[0]}
     if cfg.plots:
         combined["plots"] = R.write_plots(out, all_series, gt)

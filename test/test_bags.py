@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from mambaglue_ros.bags import convert as BC
 from mambaglue_ros.bags import metrics as M
@@ -363,6 +364,62 @@ def test_images_before_any_camera_info_are_named(tmp_path):
         bag.camera_info("/cam/camera_info", 20, "cam", (64, 48), K=K_SMALL, P=np.hstack([K_SMALL, np.zeros((3, 1))]))
     with pytest.raises(ValueError, match=r"3 mono image\(s\) but none after a camera_info on /cam/camera_info"):
         load_frames(tmp_path / "bag", "mono", camera_topics(tmp_path / "bag"))
+
+
+def write_calibration_yaml(path: Path, K: np.ndarray, P: np.ndarray, size=(64, 48), with_r_p: bool = True) -> Path:
+    """camera_calibration's file layout (as camera_info_manager reads it)."""
+    doc = {"image_width": size[0], "image_height": size[1], "camera_name": path.stem,
+           "camera_matrix": {"rows": 3, "cols": 3, "data": K.reshape(-1).tolist()},
+           "distortion_model": "plumb_bob",
+           "distortion_coefficients": {"rows": 1, "cols": 5, "data": [0.1, -0.01, 0.0, 0.0, 0.0]}}
+    if with_r_p:
+        doc["rectification_matrix"] = {"rows": 3, "cols": 3, "data": np.eye(3).reshape(-1).tolist()}
+        doc["projection_matrix"] = {"rows": 3, "cols": 4, "data": P.reshape(-1).tolist()}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
+    """A bag recorded without camera_info replays with ROS calibration YAML (--calib LEFT [RIGHT]): every frame
+    carries the files' calibration, and a file set that cannot be right is refused before the run."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo
+
+    from mambaglue_ros.bags.replay import calibration_infos
+
+    stamps = [1_700_000_000 * S + k * 100_000_000 for k in range(3)]
+    with BC.BagWriter(tmp_path / "bag") as bag:
+        for t in stamps:
+            for side in ("left", "right"):
+                bag.image(f"/rig/{side}/image_rect", t, side, np.full((48, 64), 9, np.uint8))
+    with pytest.raises(ValueError, match=r"no image topic has a camera_info beside it.*--calib LEFT \[RIGHT\]"):
+        camera_topics(tmp_path / "bag")
+    topics = camera_topics(tmp_path / "bag", calibrated=True)
+    assert topics["left_image"] == "/rig/left/image_rect" and topics["right_image"] == "/rig/right/image_rect"
+    assert topics["left_info"] is None and topics["right_info"] is None
+    P_left = np.hstack([K_SMALL, np.zeros((3, 1))])
+    P_right = np.hstack([K_SMALL, [[-K_SMALL[0, 0] * 0.12], [0], [0]]])
+    left = write_calibration_yaml(tmp_path / "left.yaml", K_SMALL, P_left)
+    right = write_calibration_yaml(tmp_path / "right.yaml", K_SMALL, P_right)
+    infos = calibration_infos([left, right], "stereo")
+    frames = load_frames(tmp_path / "bag", "stereo", topics, calib_infos=infos)
+    assert [f.stamp_ns for f in frames] == stamps
+    assert [t for t, _ in frames[0].messages] == ["left/camera_info", "right/camera_info", "right/image_rect",
+                                                  "left/image_rect"]
+    right_info = deserialize_message(frames[-1].messages[1][1], CameraInfo)
+    assert (right_info.width, right_info.height) == (64, 48) and right_info.distortion_model == "plumb_bob"
+    np.testing.assert_allclose(np.reshape(right_info.p, (3, 4)), P_right)
+    np.testing.assert_allclose(right_info.d, [0.1, -0.01, 0.0, 0.0, 0.0])
+    mono = BC.read_camera_calibration(write_calibration_yaml(tmp_path / "mono.yaml", K_SMALL, P_left, with_r_p=False))
+    np.testing.assert_allclose(mono["P"], P_left)  # a monocular file without R and P: identity and [K | 0]
+    np.testing.assert_allclose(mono["R"], np.eye(3))
+    with pytest.raises(ValueError, match="stereo needs two files, left and right, got 1"):
+        calibration_infos([left], "stereo")
+    with pytest.raises(ValueError, match=r"right camera's projection_matrix .*left.yaml\) has no baseline"):
+        calibration_infos([right, left], "stereo")  # swapped
+    (tmp_path / "bad.yaml").write_text("image_width: 64\nimage_height: 48\ncamera_matrix: {data: [1, 2, 3]}\n")
+    with pytest.raises(ValueError, match="camera_matrix has 3 values, expected 3x3"):
+        BC.read_camera_calibration(tmp_path / "bad.yaml")
 
 
 def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):

@@ -163,15 +163,7 @@ class BagWriter:
     def camera_info(self, topic: str, stamp_ns: int, frame_id: str, size: tuple[int, int], K: np.ndarray,
                     P: np.ndarray, D: np.ndarray | None = None, R: np.ndarray | None = None,
                     distortion_model: str = "plumb_bob") -> None:
-        T = self.ts.types
-        roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-        msg = T["sensor_msgs/msg/CameraInfo"](
-            header=self.header(stamp_ns, frame_id), height=int(size[1]), width=int(size[0]),
-            distortion_model=distortion_model,
-            d=np.asarray(D if D is not None else np.zeros(5), dtype=np.float64).reshape(-1),
-            k=np.asarray(K, dtype=np.float64).reshape(9),
-            r=np.asarray(R if R is not None else np.eye(3), dtype=np.float64).reshape(9),
-            p=np.asarray(P, dtype=np.float64).reshape(12), binning_x=0, binning_y=0, roi=roi)
+        msg = camera_info_msg(self.ts, self.header(stamp_ns, frame_id), size, K, P, D, R, distortion_model)
         self.write(topic, msg, stamp_ns)
 
     def _pose(self, T: np.ndarray):
@@ -200,6 +192,58 @@ class BagWriter:
             items.append(Ty["geometry_msgs/msg/TransformStamped"](header=self.header(stamp_ns, parent),
                                                                    child_frame_id=child, transform=tr))
         self.write(TF_STATIC_TOPIC, Ty["tf2_msgs/msg/TFMessage"](transforms=items), stamp_ns, transient_local=True)
+
+
+def camera_info_msg(ts: Any, header: Any, size: tuple[int, int], K: np.ndarray, P: np.ndarray,
+                    D: np.ndarray | None = None, R: np.ndarray | None = None, distortion_model: str = "plumb_bob"):
+    """A rosbags sensor_msgs/CameraInfo (typestore ``ts``); size is (width, height)."""
+    T = ts.types
+    roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    return T["sensor_msgs/msg/CameraInfo"](
+        header=header, height=int(size[1]), width=int(size[0]), distortion_model=distortion_model,
+        d=np.asarray(D if D is not None else np.zeros(5), dtype=np.float64).reshape(-1),
+        k=np.asarray(K, dtype=np.float64).reshape(9),
+        r=np.asarray(R if R is not None else np.eye(3), dtype=np.float64).reshape(9),
+        p=np.asarray(P, dtype=np.float64).reshape(12), binning_x=0, binning_y=0, roi=roi)
+
+
+def read_camera_calibration(path: str | Path) -> dict[str, Any]:
+    """A ROS camera calibration YAML (what ``camera_calibration`` writes and ``camera_info_manager`` reads:
+    image_width, image_height, camera_matrix, distortion_model, distortion_coefficients, rectification_matrix,
+    projection_matrix) -> {size (w, h), K, D, R, P, distortion_model}. R defaults to identity and P to [K | 0]
+    (a monocular file may leave them out). Raises ValueError naming the field that is missing or malformed."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a camera calibration YAML (expected a mapping with camera_matrix, ...)")
+
+    def matrix(key: str, shape: tuple[int, int] | None, default: np.ndarray | None = None) -> np.ndarray:
+        entry = doc.get(key)
+        if entry is None:
+            if default is None:
+                raise ValueError(f"{path}: {key} missing")
+            return default
+        data = entry.get("data") if isinstance(entry, dict) else entry
+        try:
+            values = np.asarray(data, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {key} is not a list of numbers: {e}") from None
+        if shape is not None and values.size != shape[0] * shape[1]:
+            raise ValueError(f"{path}: {key} has {values.size} values, expected {shape[0]}x{shape[1]}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path}: {key} has non-finite values")
+        return values.reshape(shape) if shape is not None else values
+
+    try:
+        size = (int(doc["image_width"]), int(doc["image_height"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: image_width and image_height must be integers") from None
+    K = matrix("camera_matrix", (3, 3))
+    return {"size": size, "K": K, "D": matrix("distortion_coefficients", None, np.zeros(5)),
+            "R": matrix("rectification_matrix", (3, 3), np.eye(3)),
+            "P": matrix("projection_matrix", (3, 4), np.hstack([K, np.zeros((3, 1))])),
+            "distortion_model": str(doc.get("distortion_model", "plumb_bob"))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,5 +619,6 @@ def describe(summary: dict[str, Any]) -> str:
 
 __all__ = ["BagWriter", "GT_TOPIC", "MONO_TOPICS", "STEREO_TOPICS", "TF_STATIC_TOPIC", "bag_topics", "convert_euroc",
            "convert_kitti", "describe", "euroc_rectification", "read_bag", "read_euroc_csv", "read_euroc_sensor_yaml",
-           "read_ground_truth", "read_kitti_calib", "read_kitti_poses", "typestore", "write_demo_bag"]
+           "read_camera_calibration", "read_ground_truth", "read_kitti_calib", "read_kitti_poses", "typestore",
+           "write_demo_bag"]
 

@@ -85,6 +85,8 @@ class ReplayConfig:
     mode / features: override the params file when set. lossless / rate: see the module docstring.
     max_frames / start: a subset of the bag's frames. frame_timeout_s: lossless wait per frame.
     left_topic / right_topic: camera topics when the bag does not use our layout.
+    calib: ROS camera calibration YAML file(s), left (and right for stereo), used instead of the bag's camera_info
+        (a bag recorded without it, or a better calibration).
     gt_topic: the ground-truth topic (camera poses; ``convert.read_ground_truth`` lists the types). The default may be
         absent (no RPE / ATE); a topic given otherwise must be in the bag.
     """
@@ -103,6 +105,7 @@ class ReplayConfig:
     frame_timeout_s: float = 120.0
     left_topic: str | None = None
     right_topic: str | None = None
+    calib: tuple[str | Path, ...] = ()
     gt_topic: str = BC.GT_TOPIC
     force: bool = False
     plots: bool = True
@@ -130,15 +133,17 @@ def _info_topic(image_topic: str) -> str:
     return base.rsplit("/", 1)[0] + "/camera_info"
 
 
-def camera_topics(bag: str | Path, left: str | None = None, right: str | None = None) -> dict[str, Any]:
+def camera_topics(bag: str | Path, left: str | None = None, right: str | None = None,
+                  calibrated: bool = False) -> dict[str, Any]:
     """{'left_image', 'left_info', 'right_image' (or None), 'right_info', 'compressed'} of a bag: given topics,
     our layouts, or the only camera image topic(s) (a 'left'/'right' pair for stereo). A camera image topic is an
-    Image or CompressedImage topic with a camera_info beside it and no "depth" in its name; where a raw topic and
-    its ``/compressed`` twin are both recorded, the raw one. ``compressed``: the images are CompressedImage (the
-    node then runs with ``transport: compressed``)."""
+    Image or CompressedImage topic with a camera_info beside it (any, with ``calibrated``: the calibration comes
+    from files, and the info topics are None) and no "depth" in its name; where a raw topic and its
+    ``/compressed`` twin are both recorded, the raw one. ``compressed``: the images are CompressedImage (the node
+    then runs with ``transport: compressed``)."""
     topics = BC.bag_topics(bag)
     images = sorted(t for t, (ty, _) in topics.items()
-                    if ty in IMAGE_TYPES and _info_topic(t) in topics and "depth" not in t.lower()
+                    if ty in IMAGE_TYPES and (calibrated or _info_topic(t) in topics) and "depth" not in t.lower()
                     and not (t.endswith("/compressed") and t[: -len("/compressed")] in topics))
     if left is None:
         for layout in (BC.STEREO_TOPICS, BC.MONO_TOPICS):
@@ -156,15 +161,16 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
             elif not images:
                 bare = sorted(t for t, (ty, _) in topics.items() if ty in IMAGE_TYPES)
                 raise ValueError(f"{bag}: no image topic has a camera_info beside it (image topics: {bare}); the node "
-                                 "needs each camera's calibration: record camera_info with the images (a EuRoC "
-                                 "dataset folder: `mambaglue bag-from-euroc` writes it from sensor.yaml)")
+                                 "needs each camera's calibration: give it as ROS calibration YAML (--calib LEFT "
+                                 "[RIGHT]), or record camera_info with the images (a EuRoC dataset folder: "
+                                 "`mambaglue bag-from-euroc` writes it from sensor.yaml)")
             else:
                 raise ValueError(f"{bag}: cannot tell the camera topics apart among {images}: "
                                  "give --left-topic (and --right-topic)")
-    out = {"left_image": left, "left_info": _info_topic(left), "right_image": right,
-           "right_info": _info_topic(right) if right else None}
+    out = {"left_image": left, "left_info": None if calibrated else _info_topic(left), "right_image": right,
+           "right_info": _info_topic(right) if right and not calibrated else None}
     for key in ("left_image", "left_info") + (("right_image", "right_info") if right else ()):
-        if out[key] not in topics:
+        if out[key] is not None and out[key] not in topics:
             raise ValueError(f"{bag}: topic {out[key]} not found (topics: {sorted(topics)})")
     kinds = {topics[out[k]][0] for k in ("left_image", "right_image") if out[k]}
     if not kinds <= set(IMAGE_TYPES) or len(kinds) != 1:
@@ -174,19 +180,43 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
     return out
 
 
+def calibration_infos(files: tuple[str | Path, ...] | list[str | Path], mode: str) -> dict[str, bytes]:
+    """ROS camera calibration YAML file(s) -> {'left_info': CDR, 'right_info': CDR} sensor_msgs/CameraInfo for
+    ``load_frames`` (stamp 0 and no frame_id: the node takes the image's). Stereo needs two files, the right one's
+    projection matrix with the baseline (P[0, 3] = -fx * baseline), as ``camera_calibration`` writes it."""
+    stereo = mode == "stereo"
+    if len(files) != (2 if stereo else 1):
+        raise ValueError(f"--calib: {mode} needs {'two files, left and right' if stereo else 'one file'}, "
+                         f"got {len(files)}")
+    ts = BC.typestore()
+    header = ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                             frame_id="")
+    calibs = [BC.read_camera_calibration(path) for path in files]
+    if stereo and calibs[1]["P"][0, 3] >= 0:
+        raise ValueError(f"--calib: the right camera's projection_matrix ({files[1]}) has no baseline "
+                         "(P[0, 3] = -fx * baseline must be < 0): is it the right camera's file, given second?")
+    out = {}
+    for role, c in zip(("left_info", "right_info"), calibs):
+        msg = BC.camera_info_msg(ts, header, c["size"], c["K"], c["P"], c["D"], c["R"], c["distortion_model"])
+        out[role] = bytes(ts.serialize_cdr(msg, msg.__msgtype__))
+    return out
+
+
 # Reading stops this many frames past ``start + max_frames``: a frame recorded that much later than one stamped after
 # it would be missed (bags are recorded in arrival order, which is stamp order up to a few frames)
 READ_AHEAD_FRAMES = 20
 
 
 def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: int | None = None,
-                start: int = 0, sync_slop_s: float = 0.0) -> list[BagFrame]:
+                start: int = 0, sync_slop_s: float = 0.0, calib_infos: dict[str, bytes] | None = None
+                ) -> list[BagFrame]:
     """The bag's frames for ``mode``, as raw CDR on the node's topic names, in stamp order.
 
     A frame is a left image (stereo: with its right image, paired as the node pairs them: the same header stamp,
     or with ``sync_slop_s`` > 0 the mutually nearest stamps at most that far apart) with the latest camera info(s)
-    seen up to it. Stereo frames without both halves, and frames before the first camera_info, are skipped. With
-    ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames asked for, so that a few
+    seen up to it. Stereo frames without both halves, and frames before the first camera_info, are skipped.
+    ``calib_infos`` ({'left_info': CDR, 'right_info': CDR}, from ``calibration_infos``): every frame's camera_info,
+    in place of the bag's. With ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames asked for, so that a few
     frames of a long bag do not read all of it. Raises ValueError where stereo images form no pair, saying why.
     """
     from ..ros.sync import StereoSynchronizer
@@ -195,16 +225,18 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
     if stereo and not topics.get("right_image"):
         raise ValueError(f"{bag}: mode 'stereo' needs a right camera; this bag has only {topics['left_image']} "
                          "(use --mode mono)")
-    roles = {topics["left_image"]: "left_image", topics["left_info"]: "left_info"}
+    roles = {topics["left_image"]: "left_image"}
     if stereo:
-        roles.update({topics["right_image"]: "right_image", topics["right_info"]: "right_info"})
+        roles[topics["right_image"]] = "right_image"
+    if calib_infos is None:
+        roles.update({topics["left_info"]: "left_info"} | ({topics["right_info"]: "right_info"} if stereo else {}))
     suffix = "/compressed" if topics.get("compressed") else ""  # the node's subscriptions with transport compressed
     node_topic = {"left_image": ("left/image_rect" if stereo else "image") + suffix,
                   "left_info": "left/camera_info" if stereo else "camera_info",
                   "right_image": "right/image_rect" + suffix, "right_info": "right/camera_info"}
     enough = None if not max_frames else start + max_frames + READ_AHEAD_FRAMES
     ts = BC.typestore()
-    latest_info: dict[str, bytes] = {}
+    latest_info: dict[str, bytes] = dict(calib_infos or {})
     frames: list[BagFrame] = []
     unposed = 0  # images before any camera_info (the reason where no frame is left)
 
@@ -705,7 +737,7 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
         raise PermissionError(f"{out}: cannot write there (--out)")
     params = node_parameters(cfg)
     mode = params.get("mode", "mono")
-    topics = camera_topics(cfg.bag, cfg.left_topic, cfg.right_topic)
+    topics = camera_topics(cfg.bag, cfg.left_topic, cfg.right_topic, calibrated=bool(cfg.calib))
     if mode == "mono" and topics.get("right_image"):
         log(f"the bag has a right camera ({topics['right_image']}): replaying mono, the left camera only, with "
             "scale-free (sim3) alignment; --mode stereo (or --params config/stereo.yaml) for metric stereo")
@@ -715,7 +747,8 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
             f"the node runs with transport={transport} (the parameters said {params['transport']})")
     params["transport"] = transport
     slop = float(params.get("sync_slop", P.defaults()["sync_slop"]))
-    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop)
+    calib_infos = calibration_infos(cfg.calib, mode) if cfg.calib else None
+    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop, calib_infos=calib_infos)
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
     gt = read_run_ground_truth(cfg)

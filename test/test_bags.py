@@ -417,6 +417,9 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
         calibration_infos([left], "stereo")
     with pytest.raises(ValueError, match=r"right camera's projection_matrix .*left.yaml\) has no baseline"):
         calibration_infos([right, left], "stereo")  # swapped
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML \(while parsing a flow sequence\)"):
+        BC.read_camera_calibration(tmp_path / "bad.yaml")
     (tmp_path / "bad.yaml").write_text("image_width: 64\nimage_height: 48\ncamera_matrix: {data: [1, 2, 3]}\n")
     with pytest.raises(ValueError, match="camera_matrix has 3 values, expected 3x3"):
         BC.read_camera_calibration(tmp_path / "bad.yaml")

@@ -214,7 +214,10 @@ def read_camera_calibration(path: str | Path) -> dict[str, Any]:
     (a monocular file may leave them out). Raises ValueError naming the field that is missing or malformed."""
     import yaml
 
-    doc = yaml.safe_load(Path(path).read_text())
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a camera calibration YAML (expected a mapping with camera_matrix, ...)")
 

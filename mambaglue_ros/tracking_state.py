@@ -30,7 +30,8 @@ class StatusReport:
     """state; reason: text ("ok" when OK); stamp_ns: frame (or reset) it is about;
     frames_since_last_pose: frames processed since the last one with a pose (0 when OK);
     last_pose_stamp_ns: stamp of the last frame with a pose (None: none since the last reset);
-    resets: resets so far."""
+    resets: resets so far; odometry_reset: (RESET) the odometry starts again from a new pose, rather than going on
+    from its last one."""
 
     state: TrackingState
     reason: str
@@ -38,6 +39,7 @@ class StatusReport:
     frames_since_last_pose: int
     last_pose_stamp_ns: int | None
     resets: int
+    odometry_reset: bool = False
 
 
 class TrackingStateMachine:
@@ -53,11 +55,12 @@ class TrackingStateMachine:
         self.last_pose_stamp_ns: int | None = None
         self.state = TrackingState.INITIALIZING
 
-    def reset(self, stamp_ns: int, reason: str) -> StatusReport:
-        """The odometry was reset at ``stamp_ns`` (why: ``reason``)."""
+    def reset(self, stamp_ns: int, reason: str, odometry_reset: bool = True) -> StatusReport:
+        """Tracking restarted at ``stamp_ns`` (why: ``reason``); ``odometry_reset``: the odometry also starts again
+        from a new pose (False: it goes on from its last one)."""
         self.resets += 1
         self._clear()
-        return StatusReport(TrackingState.RESET, reason, int(stamp_ns), 0, None, self.resets)
+        return StatusReport(TrackingState.RESET, reason, int(stamp_ns), 0, None, self.resets, bool(odometry_reset))
 
     def frame(self, stamp_ns: int, has_pose: bool, reason: str) -> StatusReport:
         """A processed frame: with a pose or not (then ``reason`` says why)."""

@@ -127,7 +127,9 @@ def test_lifecycle_startup_parameters_change_while_unconfigured(ros_context):
     try:
         assert not node.describe_parameter("mode").read_only  # to rclpy; the node's callback decides
         assert node.set_parameters([Parameter("mode", value="stereo")])[0].successful
+        assert node.set_parameters([Parameter("qos_depth", value=3)])[0].successful  # before the first configure
         assert node.trigger_configure() == ok
+        assert node.get_parameter("qos_overrides./left/image_rect.subscription.depth").value == 3
         assert node.mode == "stereo" and {"/left/image_rect", "/right/image_rect"} <= subscribed()
         assert "/image" not in subscribed()
         result = node.set_parameters([Parameter("mode", value="mono")])[0]
@@ -143,6 +145,9 @@ def test_lifecycle_startup_parameters_change_while_unconfigured(ros_context):
         assert node.p["alpha"] == 0.85 and node._keypoint_ceiling == 512  # the ceiling moves with max_keypoints only
         bad = node.set_parameters([Parameter("features", value="sift")])[0]  # values are still checked
         assert not bad.successful and "features" in bad.reason
+        # rclpy re-applies the qos_overrides parameters it declared at the first configure: a new QoS would be dropped
+        bad = node.set_parameters([Parameter("qos_reliability", value="reliable")])[0]
+        assert not bad.successful and "cannot be changed after the node's first configure" in bad.reason
         assert node.set_parameters([Parameter("mode", value="mono")])[0].successful
         assert node.trigger_configure() == ok
         assert node.mode == "mono" and "/image" in subscribed() and "/left/image_rect" not in subscribed()

@@ -148,6 +148,8 @@ def test_new_calibration_resets_the_reference(ros_context):
         assert node.tracker.reference is None and np.allclose(node.tracker.K, K2)
         assert [s.state for s in statuses] == [TrackingState.RESET]
         assert "camera_info changed" in statuses[0].reason
+        assert not statuses[0].odometry_reset  # ~/odom goes on from its last pose
+        assert node.stats.counters["resets"] == 1  # /diagnostics counts every reset, as TrackingStatus.resets does
     finally:
         node.destroy_node()
 
@@ -236,6 +238,16 @@ def test_image_topic_names_against_the_rectification_settings(ros_context):
     try:
         (warning,) = node._input_topic_warnings()  # mono odometry is not metric: a TF in it is named
         assert warning.startswith("publish_tf in mono") and "REP-105" in warning
+    finally:
+        node.destroy_node()
+    node = MatcherNode(context=ros_context, parameter_overrides=[Parameter("matcher", value="orb")])
+    try:  # publish_tf turned on at runtime where no broadcaster could be made: refused, not silently nothing
+        node._tf = None  # (as without tf2_ros)
+        result = node.set_parameters([Parameter("publish_tf", value=True)])[0]
+        assert not result.successful and "tf2_ros is not installed" in result.reason
+        node._tf = object()  # a broadcaster: the change is taken
+        assert node.set_parameters([Parameter("publish_tf", value=True)])[0].successful
+        node._tf = None
     finally:
         node.destroy_node()
 
@@ -761,6 +773,7 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
         assert response.success, response.message
         assert wait_for(lambda: out.get("status")[-1].state == TS.RESET, timeout=10)
         assert out.get("status")[-1].reason == "reset service"
+        assert out.get("status")[-1].odometry_reset  # ~/odom starts again at initial_pose
         n_odom = len(odoms)
         send(frames[k]); k += 1
         send(frames[k]); k += 1
@@ -782,6 +795,7 @@ def test_backend_loopback_occlusion_reset_and_set_pose(ros_context, stereo_frame
         assert call(set_pose, request).success
         assert out.get("status")[-1].reason == "set_pose" or wait_for(
             lambda: out.get("status")[-1].reason == "set_pose", timeout=10)
+        assert out.get("status")[-1].odometry_reset
         bad = SetPose.Request()
         bad.pose.header.frame_id = "map"
         bad.pose.pose.pose.orientation.w = 1.0
@@ -822,6 +836,7 @@ def test_stamp_jump_back_says_reset_and_keeps_the_odometry_pose(ros_context):
         node._process(frame(f[2].left, back))
         resets = [s for s in status if s.state == TrackingState.RESET]
         assert len(resets) == 1 and "stamp jumped back 5.0 s" in resets[0].reason  # before: only a log line
+        assert not resets[0].odometry_reset  # the odometry goes on (below): a back end must not read a jump
         assert len(odom) == 3 and np.allclose(pose_of(odom[2].pose.pose), before)  # the new origin: the kept pose
         node._process(frame(f[3].left, back + 400_000_000))  # a frame was lost upstream: two periods
         assert len(odom) == 4, [s.reason for s in status]
@@ -1184,12 +1199,14 @@ def test_configured_again_ids_go_on_and_the_first_frame_says_reset(ros_context, 
         assert node._request_reset(np.eye(4), np.zeros((6, 6)), "reset service")
         service_reset = first[-1]
         assert service_reset.state == TrackingState.RESET and C.stamp_to_ns(service_reset.header.stamp) == f[2].stamp_ns
+        assert service_reset.odometry_reset
         assert node.trigger_deactivate() == ok and node.trigger_cleanup() == ok
         assert "/tf" not in {p.topic_name for p in node.publishers}
         assert node.trigger_configure() == ok and node.trigger_activate() == ok
         second, rel_second = run(f[3:])
         assert [s.state for s in second[:3]] == [TrackingState.RESET, TrackingState.INITIALIZING, TrackingState.OK]
         assert C.stamp_to_ns(second[0].header.stamp) == f[3].stamp_ns and "configured again" in second[0].reason
+        assert second[0].odometry_reset  # back at initial_pose
         assert second[0].resets == service_reset.resets + 1
         assert min(r.keyframe_id for r in rel_second) > max(r.keyframe_id for r in rel_first)
         assert track_ids[0] and track_ids[1] and min(track_ids[1]) > max(track_ids[0])

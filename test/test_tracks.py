@@ -144,7 +144,9 @@ def test_reset_and_states():
     assert sm.frame(4, False, "too few matches").frames_since_last_pose == 2
     reset = sm.reset(5, "reset service")
     assert (reset.state, reset.reason, reset.resets) == (TrackingState.RESET, "reset service", 1)
+    assert reset.odometry_reset  # (the default: a reset service, set_pose)
     assert sm.frame(6, False, "no reference frame yet").state == TrackingState.INITIALIZING
+    assert not sm.reset(7, "stamp jumped back", odometry_reset=False).odometry_reset  # ~/odom goes on
     tm = TrackManager()
     f = tm.update(0, np.zeros((3, 2)), np.zeros((3, 2)), None, None, True)
     tm.reset()  # every track is new, and the ids go on: a back end may still hold tracks 0..2 in its window

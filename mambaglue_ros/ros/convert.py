@@ -512,7 +512,7 @@ def build_matches_msg(result: MatchResult, header: Header, stamp0: Time | int, s
                       features: str, alpha: float, latency_ms: float, inliers: np.ndarray | None = None):
     """MatchResult -> mambaglue_ros/Matches (see msg/Matches.msg for the layout).
 
-    header: stamp and frame_id of image 1 (the newer / right image).
+    header: stamp and frame_id of image 1 for a temporal pair (the newer image), of the left image for a stereo pair.
     stamp0, stamp1: Time or integer nanoseconds of image 0 and 1.
     pair_kind: Matches.PAIR_TEMPORAL (0) or Matches.PAIR_STEREO (1).
     image_size0/1: (width, height) pixels of the original images.
@@ -776,6 +776,7 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     msg.header = header
     msg.state = int(report.state)
     msg.reason = str(report.reason)
+    msg.odometry_reset = bool(getattr(report, "odometry_reset", False))
     msg.frames_since_last_pose = int(report.frames_since_last_pose)
     if report.last_pose_stamp_ns is not None:
         msg.last_pose_stamp = ns_to_stamp(report.last_pose_stamp_ns)

@@ -415,6 +415,21 @@ class MatcherNode(Node):
                 "pnp_ransac": self.p["pnp_ransac"],
                 "stereo_matching": self.p["stereo_matching"], "max_lost_frames": self.p["max_lost_frames"]}
 
+    def _unappliable_changes(self, current: dict[str, Any], changes: dict[str, Any], unconfigured: bool) -> list[str]:
+        """Changes this node could take by the rules but cannot carry out (refused rather than silently dropped)."""
+        changed = {name for name, value in changes.items() if value != current.get(name)}
+        reasons = []
+        if unconfigured and self._configurations > 0:
+            # rclpy declared the subscriptions' qos_overrides.* parameters (read-only) at the first configure, and on
+            # each later one re-applies those values over the profile made from qos_reliability / qos_depth
+            reasons += [f"{name} cannot be changed after the node's first configure (the subscriptions keep their "
+                        "QoS: rclpy's qos_overrides parameters are fixed then); restart the node"
+                        for name in sorted(changed & {"qos_reliability", "qos_depth"})]
+        if "publish_tf" in changed and changes["publish_tf"] and not unconfigured and getattr(self, "_tf", None) is None:
+            reasons.append("publish_tf: tf2_ros is not installed, so no TF can be broadcast (install ros-<distro>-"
+                           "tf2-ros; ~/odom carries the same pose)")
+        return reasons
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         if getattr(self._internal, "writing", False):  # the node showing a value it already applied
             return SetParametersResult(successful=True)
@@ -426,6 +441,7 @@ class MatcherNode(Node):
             # alpha_min:=0.9 must not both pass because each is fine against the values in effect
             unconfigured = self.LIFECYCLE and not self._configured
             reasons = P.validate_changes({**self.p, **self._pending}, changes, self.LIFECYCLE, unconfigured)
+            reasons += self._unappliable_changes({**self.p, **self._pending}, changes, unconfigured)
             shared = getattr(self._matcher_factory, "shared_parameters", ())  # multi-camera: one network for all
             reasons += [f"{name} is shared by every camera of the multi-camera node: set it at start for all"
                         for name in changes if name in shared and changes[name] != self.p.get(name)]
@@ -926,12 +942,12 @@ class MatcherNode(Node):
         if order == "jumped_back":
             self.get_logger().warning(f"stamp jumped back {back_s:.1f} s (bag loop?): resetting tracking; "
                                       "~/odom continues from its last pose, ~/status says RESET")
-            self.stats.count("resets")
             self._reset(frame.stamp_ns, f"stamp jumped back {back_s:.1f} s (bag loop?)")
         if not self._ensure_tracker(frame) or not self._ensure_extrinsics(frame):
             return
         if self._reset_at_first_frame:  # (cleared by any reset: a ~/reset before this frame already said RESET)
-            self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose")
+            self._reset(frame.stamp_ns, "configured again: tracking and the odometry start over from initial_pose",
+                        odometry_reset=True)  # (the configuration put the odometry at initial_pose)
         gap_s = self.stamps.accept(frame.stamp_ns)
         if gap_s is not None:
             self.stats.count("gaps")
@@ -986,12 +1002,14 @@ class MatcherNode(Node):
                              sharpness=SHARPNESS_MISMATCH in (result.reason or ""))
 
     def _reset(self, stamp_ns: int, reason: str, T_odom_base: np.ndarray | None = None,
-               covariance: np.ndarray | None = None) -> None:
+               covariance: np.ndarray | None = None, odometry_reset: bool | None = None) -> None:
         """Restart tracking from the next frame (worker thread) and publish RESET.
 
         Without ``T_odom_base`` the odometry keeps its pose and covariance (a stamp jump, a new
         calibration: a jump of ~/odom would look like motion to a consumer); with it, it starts there.
+        ``odometry_reset`` (TrackingStatus): whether ~/odom starts again from a new pose (default: a pose given).
         """
+        self.stats.count("resets")  # (/diagnostics: every reset, as TrackingStatus.resets counts them)
         self._reset_at_first_frame = False
         self._origin_pending = True
         if self.tracker is not None:  # ~/odom going on from its last pose goes on in the same unit too (mono)
@@ -1003,7 +1021,8 @@ class MatcherNode(Node):
             self.odometry.reset(T_odom_base, covariance)
         self.images.clear()
         self.keyframes.clear()
-        report = self.tracking_state.reset(stamp_ns, reason)
+        report = self.tracking_state.reset(stamp_ns, reason,
+                                           T_odom_base is not None if odometry_reset is None else odometry_reset)
         header = Header(stamp=C.ns_to_stamp(stamp_ns), frame_id=self.p["odom_frame"])
         self.pub_status.publish(C.status_msg(report, header, self.keyframes.last, 0, 0, 0, self._controls()))
 

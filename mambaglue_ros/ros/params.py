@@ -120,9 +120,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # --- input ----------------------------------------------------------------------------
     ParamSpec("transport", "raw", "image subscription: raw (Image) or compressed (CompressedImage)",
               choices=("raw", "compressed")),
-    ParamSpec("qos_reliability", "best_effort", "image subscription reliability",
+    ParamSpec("qos_reliability", "best_effort", "image and camera_info subscription reliability",
               choices=("best_effort", "reliable")),
-    ParamSpec("qos_depth", 5, "image subscription queue depth", low=1, high=100),
+    ParamSpec("qos_depth", 5, "image and camera_info subscription queue depth", low=1, high=100),
     ParamSpec("sync_slop", 0.0, "stereo: max left/right stamp difference (s); 0 = exact stamps",
               low=0.0, high=10.0),
     ParamSpec("queue_size", 1, "frames waiting for the matcher; 1 = always the latest frame",

@@ -385,7 +385,7 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo
 
-    from mambaglue_ros.bags.replay import calibration_infos
+    from mambaglue_ros.bags.replay import calibration_infos, check_calibration_size
 
     stamps = [1_700_000_000 * S + k * 100_000_000 for k in range(3)]
     with BC.BagWriter(tmp_path / "bag") as bag:
@@ -406,6 +406,12 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
     assert [f.stamp_ns for f in frames] == stamps
     assert [t for t, _ in frames[0].messages] == ["left/camera_info", "right/camera_info", "right/image_rect",
                                                   "left/image_rect"]
+    check_calibration_size(frames, (left, right))  # 64x48, as the images
+    small = calibration_infos([write_calibration_yaml(tmp_path / "l80.yaml", K_SMALL, P_left, size=(80, 60)),
+                               write_calibration_yaml(tmp_path / "r80.yaml", K_SMALL, P_right, size=(80, 60))], "stereo")
+    with pytest.raises(ValueError, match=r"--calib .*l80.yaml: image size 80x60, the bag's images are 64x48"):
+        check_calibration_size(load_frames(tmp_path / "bag", "stereo", topics, calib_infos=small),
+                               (tmp_path / "l80.yaml", tmp_path / "r80.yaml"))
     right_info = deserialize_message(frames[-1].messages[1][1], CameraInfo)
     assert (right_info.width, right_info.height) == (64, 48) and right_info.distortion_model == "plumb_bob"
     np.testing.assert_allclose(np.reshape(right_info.p, (3, 4)), P_right)
@@ -415,8 +421,29 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
     np.testing.assert_allclose(mono["R"], np.eye(3))
     with pytest.raises(ValueError, match="stereo needs two files, left and right, got 1"):
         calibration_infos([left], "stereo")
-    with pytest.raises(ValueError, match=r"right camera's projection_matrix .*left.yaml\) has no baseline"):
-        calibration_infos([right, left], "stereo")  # swapped
+    with pytest.raises(ValueError, match=r"--calib .*right.yaml .*left.yaml: stereo baseline .* not positive.*swapped"):
+        calibration_infos([right, left], "stereo")
+    # a rig referenced to the right camera (left Tx > 0, right Tx = 0) has its baseline as the node reads it
+    right_ref = write_calibration_yaml(tmp_path / "left_rref.yaml", K_SMALL, np.hstack([K_SMALL, [[6.0], [0], [0]]]))
+    assert set(calibration_infos([right_ref, left], "stereo")) == {"left_info", "right_info"}
+    with pytest.raises(ValueError, match=r"mono needs one file, got 2 \(--mode stereo for a stereo pair\)"):
+        calibration_infos([left, right], "mono")
+    K_bad = K_SMALL.copy()
+    K_bad[0, 0] = 0.0  # what the node refuses is refused here, naming the file, before any frame is played
+    with pytest.raises(ValueError, match=r"--calib .*zero.yaml: .*focal length"):
+        calibration_infos([write_calibration_yaml(tmp_path / "zero.yaml", K_bad, P_left)], "mono")
+    odd = write_calibration_yaml(tmp_path / "odd.yaml", K_SMALL, P_left)
+    odd.write_text(odd.read_text().replace("plumb_bob", "kannala_brandt_9"))
+    with pytest.raises(ValueError, match=r"--calib .*odd.yaml: .*kannala_brandt_9"):
+        calibration_infos([odd], "mono")
+    odd.write_text("image_width: 64\nimage_height: 48\ndistortion_model:\n"
+                   "camera_matrix: {rows: 3, cols: 3, data: [50, 0, 31.5, 0, 50, 23.5, 0, 0, 1, 0]}\n")
+    with pytest.raises(ValueError, match=r"camera_matrix has 10 values, its rows x cols say 9"):
+        BC.read_camera_calibration(odd)
+    odd.write_text("image_width: 64\nimage_height: 48\ndistortion_model:\ncamera_matrix: [50, 0, 31.5, 0, 50, 23.5, 0, 0, 1]\n")
+    assert BC.read_camera_calibration(odd)["distortion_model"] == "plumb_bob"  # empty: plumb_bob, as ROS reads it
+    odd.write_text(odd.read_text().replace("distortion_model:", "distortion_model: equidistant"))
+    assert BC.read_camera_calibration(odd)["D"].tolist() == [0.0] * 4
     (tmp_path / "bad.yaml").write_text("a: [1\n")
     with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML \(while parsing a flow sequence\)"):
         BC.read_camera_calibration(tmp_path / "bad.yaml")
@@ -437,6 +464,9 @@ def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):
                                                                                    pose=cov), 5)
     gt = BC.read_ground_truth(tmp_path / "gt")  # before: AttributeError 'PoseWithCovariance' has no 'orientation'
     assert gt.stamps_ns.tolist() == [5] and np.allclose(gt.poses[0], T)
+    c, s_ = np.cos(0.7), np.sin(0.7)
+    T = M.make_pose(np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+        [[1.0, 0.0, 0.0], [0.0, c, -s_], [0.0, s_, c]]), np.array([1.0, 2.0, 3.0]))  # a rotation about two axes
     with BC.BagWriter(tmp_path / "mocap") as bag:  # motion capture as TransformStamped, on a topic of its own
         Ty = bag.ts.types
         q = BC.quaternion(T[:3, :3])
@@ -451,7 +481,11 @@ def test_topic_mistakes_and_ground_truth_types_are_named(tmp_path):
     from mambaglue_ros.bags.replay import ReplayConfig, read_run_ground_truth
 
     assert read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o", gt_topic="/vicon/cam")) is not None
-    assert read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o")) is None  # default: may be absent
+    said = []  # without --gt-topic: /ground_truth/pose where the bag has it, else none, naming the candidates
+    assert read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o"), said.append) is None
+    assert "no ground truth on /ground_truth/pose" in said[0] and "/vicon/cam (--gt-topic" in said[0]
+    with pytest.raises(ValueError, match="ground-truth topic /ground_truth/pose not found"):  # named: must exist
+        read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o", gt_topic=BC.GT_TOPIC))
     with pytest.raises(ValueError, match=r"ground-truth topic /vicon/kam not found \(topics of a ground-truth type: "
                                          r"/vicon/cam\)"):  # a topic the user names must exist (not "no GT")
         read_run_ground_truth(ReplayConfig(tmp_path / "mocap", tmp_path / "o", gt_topic="/vicon/kam"))

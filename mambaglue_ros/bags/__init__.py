@@ -126,9 +126,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                        mode=args.mode, features=args.features, lossless=args.lossless,
                        rate=args.rate if args.rate is not None else 1.0, max_frames=args.max_frames, start=args.start,
                        frame_timeout_s=args.frame_timeout, left_topic=args.left_topic, right_topic=args.right_topic,
-                       calib=tuple(args.calib), **({"gt_topic": args.gt_topic} if args.gt_topic else {}),
-                       force=args.force,
-                       plots=not args.no_plots)
+                       calib=tuple(args.calib), gt_topic=args.gt_topic, force=args.force, plots=not args.no_plots)
     replay_methods(cfg, args.matcher, _log)
     _log(f"wrote {args.out}/report.json, table.txt, plots, output bag(s)")
     return 0
@@ -211,9 +209,9 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--frame-timeout", type=float, default=120.0, help="lossless: seconds to wait per frame")
     p.add_argument("--left-topic", default=None)
     p.add_argument("--right-topic", default=None)
-    p.add_argument("--calib", nargs="+", default=[], metavar="YAML",
+    p.add_argument("--calib", nargs="+", action="extend", default=[], metavar="YAML",
                    help="camera calibration as ROS calibration YAML (camera_calibration's output), left [right], "
-                        "used instead of the bag's camera_info (default: the bag's)")
+                        "used instead of the bag's camera_info (default: the bag's; put BAG before them)")
     p.add_argument("--gt-topic", default=None,
                    help="ground truth: the camera's poses as PoseStamped, PoseWithCovarianceStamped, Odometry or "
                         "TransformStamped (default: /ground_truth/pose, what our converters write; none if absent)")

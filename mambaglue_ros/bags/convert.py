@@ -216,7 +216,7 @@ def read_camera_calibration(path: str | Path) -> dict[str, Any]:
 
     try:
         doc = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a camera calibration YAML (expected a mapping with camera_matrix, ...)")
@@ -228,10 +228,16 @@ def read_camera_calibration(path: str | Path) -> dict[str, Any]:
                 raise ValueError(f"{path}: {key} missing")
             return default
         data = entry.get("data") if isinstance(entry, dict) else entry
+        if data is None:
+            raise ValueError(f"{path}: {key} has no data")
         try:
             values = np.asarray(data, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {key} is not a list of numbers: {e}") from None
+        if isinstance(entry, dict) and {"rows", "cols"} <= entry.keys():  # as camera_calibration_parsers reads it
+            declared = int(entry["rows"]) * int(entry["cols"])
+            if values.size != declared:
+                raise ValueError(f"{path}: {key} has {values.size} values, its rows x cols say {declared}")
         if shape is not None and values.size != shape[0] * shape[1]:
             raise ValueError(f"{path}: {key} has {values.size} values, expected {shape[0]}x{shape[1]}")
         if not np.isfinite(values).all():
@@ -243,10 +249,12 @@ def read_camera_calibration(path: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: image_width and image_height must be integers") from None
     K = matrix("camera_matrix", (3, 3))
-    return {"size": size, "K": K, "D": matrix("distortion_coefficients", None, np.zeros(5)),
+    model = str(doc.get("distortion_model") or "plumb_bob")  # (empty: plumb_bob, as camera_calibration_parsers)
+    no_distortion = np.zeros(4 if model in ("equidistant", "fisheye") else 5)
+    return {"size": size, "K": K, "D": matrix("distortion_coefficients", None, no_distortion),
             "R": matrix("rectification_matrix", (3, 3), np.eye(3)),
             "P": matrix("projection_matrix", (3, 4), np.hstack([K, np.zeros((3, 1))])),
-            "distortion_model": str(doc.get("distortion_model", "plumb_bob"))}
+            "distortion_model": model}
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +294,7 @@ def stamp_ns(header: Any) -> int:
 
 
 GT_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
-            "geometry_msgs/msg/TransformStamped")  # the last: motion capture (e.g. EuRoC's /vicon/... topics)
+            "geometry_msgs/msg/TransformStamped")  # the last: e.g. a motion-capture system's, if of the camera
 
 
 def pose_msg_to_matrix(pose: Any) -> np.ndarray:
@@ -621,7 +629,7 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 __all__ = ["BagWriter", "GT_TOPIC", "MONO_TOPICS", "STEREO_TOPICS", "TF_STATIC_TOPIC", "bag_topics", "convert_euroc",
-           "convert_kitti", "describe", "euroc_rectification", "read_bag", "read_euroc_csv", "read_euroc_sensor_yaml",
+           "camera_info_msg", "convert_kitti", "describe", "euroc_rectification", "read_bag", "read_euroc_csv", "read_euroc_sensor_yaml",
            "read_camera_calibration", "read_ground_truth", "read_kitti_calib", "read_kitti_poses", "typestore",
            "write_demo_bag"]
 

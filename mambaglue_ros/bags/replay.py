@@ -26,7 +26,7 @@ written unchanged) and a copy of the input's ground truth.
 
 Trajectory: the node's ``~/odom`` (``T_odom_base``) is turned into camera poses
 (``metrics.odom_to_camera`` with the node's ``camera_to_base``) and compared with the bag's
-``/ground_truth/pose`` (camera poses): se3 alignment for stereo, sim3 for mono. The first
+ground truth (camera poses; ``/ground_truth/pose`` or ``gt_topic``): se3 alignment for stereo, sim3 for mono. The first
 processed frame (the odometry origin) is added as the identity pose.
 
 Network hygiene: ``ensure_ros_env`` sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a
@@ -87,8 +87,8 @@ class ReplayConfig:
     left_topic / right_topic: camera topics when the bag does not use our layout.
     calib: ROS camera calibration YAML file(s), left (and right for stereo), used instead of the bag's camera_info
         (a bag recorded without it, or a better calibration).
-    gt_topic: the ground-truth topic (camera poses; ``convert.read_ground_truth`` lists the types). The default may be
-        absent (no RPE / ATE); a topic given otherwise must be in the bag.
+    gt_topic: the ground-truth topic (camera poses; ``convert.read_ground_truth`` lists the types); must be in the bag.
+        None: ``/ground_truth/pose`` where the bag has it (else no RPE / ATE).
     """
 
     bag: str | Path
@@ -106,7 +106,7 @@ class ReplayConfig:
     left_topic: str | None = None
     right_topic: str | None = None
     calib: tuple[str | Path, ...] = ()
-    gt_topic: str = BC.GT_TOPIC
+    gt_topic: str | None = None
     force: bool = False
     plots: bool = True
 
@@ -142,9 +142,11 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
     ``/compressed`` twin are both recorded, the raw one. ``compressed``: the images are CompressedImage (the node
     then runs with ``transport: compressed``)."""
     topics = BC.bag_topics(bag)
-    images = sorted(t for t, (ty, _) in topics.items()
-                    if ty in IMAGE_TYPES and (calibrated or _info_topic(t) in topics) and "depth" not in t.lower()
-                    and not (t.endswith("/compressed") and t[: -len("/compressed")] in topics))
+    cameras = [t for t, (ty, _) in topics.items() if ty in IMAGE_TYPES and "depth" not in t.lower()
+               and not (t.endswith("/compressed") and t[: -len("/compressed")] in topics)]
+    images = sorted(t for t in cameras if _info_topic(t) in topics)
+    if calibrated and not images:  # the calibration comes from files: any image topic can be a camera
+        images = sorted(cameras)
     if left is None:
         for layout in (BC.STEREO_TOPICS, BC.MONO_TOPICS):
             if layout["left_image"] in topics:
@@ -158,6 +160,9 @@ def camera_topics(bag: str | Path, left: str | None = None, right: str | None = 
                 left = lefts[0]
                 rights = [t for t in images if "right" in t]
                 right = right or (rights[0] if len(rights) == 1 else None)
+            elif not images and calibrated:
+                raise ValueError(f"{bag}: no image topic (sensor_msgs/msg/Image or CompressedImage) in "
+                                 f"{sorted(topics)}")
             elif not images:
                 bare = sorted(t for t, (ty, _) in topics.items() if ty in IMAGE_TYPES)
                 raise ValueError(f"{bag}: no image topic has a camera_info beside it (image topics: {bare}); the node "
@@ -184,22 +189,59 @@ def calibration_infos(files: tuple[str | Path, ...] | list[str | Path], mode: st
     """ROS camera calibration YAML file(s) -> {'left_info': CDR, 'right_info': CDR} sensor_msgs/CameraInfo for
     ``load_frames`` (stamp 0 and no frame_id: the node takes the image's). Stereo needs two files, the right one's
     projection matrix with the baseline (P[0, 3] = -fx * baseline), as ``camera_calibration`` writes it."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo
+
+    from ..camera_model import PointUndistorter
+    from ..ros import convert as C
+
     stereo = mode == "stereo"
     if len(files) != (2 if stereo else 1):
         raise ValueError(f"--calib: {mode} needs {'two files, left and right' if stereo else 'one file'}, "
-                         f"got {len(files)}")
+                         f"got {len(files)}" + (" (--mode stereo for a stereo pair)" if not stereo else ""))
     ts = BC.typestore()
     header = ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
                                              frame_id="")
-    calibs = [BC.read_camera_calibration(path) for path in files]
-    if stereo and calibs[1]["P"][0, 3] >= 0:
-        raise ValueError(f"--calib: the right camera's projection_matrix ({files[1]}) has no baseline "
-                         "(P[0, 3] = -fx * baseline must be < 0): is it the right camera's file, given second?")
-    out = {}
-    for role, c in zip(("left_info", "right_info"), calibs):
+    out, models = {}, []
+    for role, path in zip(("left_info", "right_info"), files):
+        c = BC.read_camera_calibration(path)
         msg = BC.camera_info_msg(ts, header, c["size"], c["K"], c["P"], c["D"], c["R"], c["distortion_model"])
         out[role] = bytes(ts.serialize_cdr(msg, msg.__msgtype__))
+        try:  # what the node checks when the camera_info comes: refused here, naming the file, not after the run
+            model = C.CameraModel.from_msg(deserialize_message(out[role], CameraInfo))
+            PointUndistorter(model.K, model.D, model.distortion_model)
+        except (C.CameraInfoError, ValueError) as e:
+            raise ValueError(f"--calib {path}: {e}") from None
+        models.append(model)
+    if stereo:
+        try:
+            C.stereo_baseline_m(*models)  # as the node reads it (raises for none)
+        except ValueError as e:
+            raise ValueError(f"--calib {files[0]} {files[1]}: {e}") from None
     return out
+
+
+def check_calibration_size(frames: list[BagFrame], files: tuple[str | Path, ...] | list[str | Path]) -> None:
+    """The first frame's images against the calibration files' image size (ValueError naming the file): a node given
+    another size skips every frame."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    from ..ros import convert as C
+
+    infos = {topic: raw for topic, raw in frames[0].messages if topic.endswith("camera_info")}
+    images = [(topic, raw) for topic, raw in frames[0].messages if not topic.endswith("camera_info")]
+    for (topic, raw), path in zip(reversed(images), files):  # (left last in a frame, the files left first)
+        info_topic = "camera_info" if topic.startswith("image") else topic.split("/")[0] + "/camera_info"
+        info = deserialize_message(infos[info_topic], CameraInfo)
+        if topic.endswith("/compressed"):
+            size = C.compressed_header_size(deserialize_message(raw, CompressedImage))
+        else:
+            image = deserialize_message(raw, Image)
+            size = (image.width, image.height)
+        if size is not None and tuple(size) != (info.width, info.height):
+            raise ValueError(f"--calib {path}: image size {info.width}x{info.height}, the bag's images are "
+                             f"{size[0]}x{size[1]}")
 
 
 # Reading stops this many frames past ``start + max_frames``: a frame recorded that much later than one stamped after
@@ -216,8 +258,8 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
     or with ``sync_slop_s`` > 0 the mutually nearest stamps at most that far apart) with the latest camera info(s)
     seen up to it. Stereo frames without both halves, and frames before the first camera_info, are skipped.
     ``calib_infos`` ({'left_info': CDR, 'right_info': CDR}, from ``calibration_infos``): every frame's camera_info,
-    in place of the bag's. With ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames asked for, so that a few
-    frames of a long bag do not read all of it. Raises ValueError where stereo images form no pair, saying why.
+    in place of the bag's. With ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames
+    asked for, so that a few frames of a long bag do not read all of it. Raises ValueError where stereo images form no pair, saying why.
     """
     from ..ros.sync import StereoSynchronizer
 
@@ -497,10 +539,12 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
         executor.add_node(io)
         spin = threading.Thread(target=executor.spin, name="replay-executor", daemon=True)
         spin.start()
-        if not _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()) and recorder.connected(),
-                     30.0):
+        # matched on both sides: each player topic's publisher sees the node's subscription and the node's subscription
+        # sees the publisher (before: a 0.3 s sleep for the second half)
+        inputs = [s for s in node.subscriptions if s.topic_name.lstrip("/") in {t.lstrip("/") for t in names}]
+        if not _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()) and recorder.connected()
+                     and len(inputs) == len(pubs) and all(s.get_publisher_count() > 0 for s in inputs), 30.0):
             raise RuntimeError("the node's topics were not discovered within 30 s (DDS discovery on loopback)")
-        time.sleep(0.3)  # let the reliable readers/writers finish matching
         # prime the calibration: camera_info and image travel on different topics, so an image can
         # overtake its camera_info; the node would skip that frame ("no camera_info yet")
         sides = {"left"} | ({"right"} if node.mode == "stereo" else set())
@@ -511,7 +555,8 @@ def run_node(cfg: ReplayConfig, frames: list[BagFrame], params: dict[str, Any], 
             if _wait(lambda: sides <= set(node.camera), 5.0):
                 break
         else:
-            raise RuntimeError("the node did not receive the bag's camera_info")
+            raise RuntimeError("the node did not receive the camera_info" + (" (from the --calib files)"
+                                                                             if cfg.calib else " of the bag"))
         publish_times: dict[int, float] = {}
         bad_counters = ("bad_input", "oversized", "no_camera_info", "out_of_order")
         lost = 0
@@ -579,7 +624,8 @@ def _deserialize(messages: list[tuple[str, str, bytes, float]]) -> dict[str, lis
 def write_output_bag(path: Path, decoded: dict[str, list[Any]], gt_raw: list[tuple[int, str, bytes]]
                      ) -> dict[str, int]:
     """The recorded outputs (raw CDR, unchanged; log time = header stamp) plus the ground truth ((log time, type,
-    raw CDR) as the input bag had it)."""
+    raw CDR) as the input bag had it, on ``/ground_truth/pose`` whichever topic it came from: the report's
+    ``ground_truth_topic`` names that)."""
     rows = []
     for topic, items in decoded.items():
         for msg, _, raw in items:
@@ -667,6 +713,8 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
         "alignment": summary_metrics.get("alignment"), "scale": summary_metrics.get("scale"),
         "associated": summary_metrics.get("associated", 0), "gt_path_m": summary_metrics.get("gt_path_m"),
         "est_path_m": summary_metrics.get("est_path_m"), "has_ground_truth": gt is not None,
+        "ground_truth_topic": (cfg.gt_topic or BC.GT_TOPIC) if gt is not None else None,
+        "calibration": [str(path) for path in cfg.calib] or "camera_info",
         "mean_matches": _mean(matches), "mean_stereo_matches": _mean(
             [r["stereo_matches"] for r in processed if r["stereo_matches"] is not None]),
         "mean_inliers": _mean([r["inliers"] for r in processed if r["pose"]]),
@@ -748,11 +796,14 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     params["transport"] = transport
     slop = float(params.get("sync_slop", P.defaults()["sync_slop"]))
     calib_infos = calibration_infos(cfg.calib, mode) if cfg.calib else None
+    gt = read_run_ground_truth(cfg, log)  # (before reading the frames: a mistyped topic is said at once)
     frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop, calib_infos=calib_infos)
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
-    gt = read_run_ground_truth(cfg)
-    gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [cfg.gt_topic], deserialize=False)]
+    if calib_infos is not None:
+        check_calibration_size(frames, cfg.calib)
+    gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [cfg.gt_topic or BC.GT_TOPIC],
+                                                                       deserialize=False)]
     log(f"replay {cfg.bag} -> {out}: {len(frames)} {mode} frames, matcher={cfg.method}, "
         f"{'lossless' if cfg.lossless else f'rate x{cfg.rate:g}'}, ground truth: {len(gt) if gt else 'none'}")
     raw = run_node(cfg, frames, params, log)
@@ -771,17 +822,22 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     return report, series
 
 
-def read_run_ground_truth(cfg: ReplayConfig) -> BC.Trajectory | None:
-    """The bag's ground truth on ``cfg.gt_topic``; None when the default topic is absent. A topic the user named
-    that the bag lacks is a ValueError naming the bag's pose-like topics (a typo must not read as "no ground
-    truth")."""
-    if cfg.gt_topic != BC.GT_TOPIC:
-        topics = BC.bag_topics(cfg.bag)
-        if cfg.gt_topic not in topics:
-            candidates = sorted(t for t, (ty, *_) in topics.items() if ty in BC.GT_TYPES)
-            raise ValueError(f"{cfg.bag}: ground-truth topic {cfg.gt_topic} not found (topics of a ground-truth "
-                             f"type: {', '.join(candidates) or 'none'})")
-    return BC.read_ground_truth(cfg.bag, cfg.gt_topic)
+def read_run_ground_truth(cfg: ReplayConfig, log: Log = print) -> BC.Trajectory | None:
+    """The bag's ground truth on ``cfg.gt_topic``, which must be in the bag (a ValueError naming the bag's topics of
+    a ground-truth type: a typo must not read as "no ground truth"); without one, on ``/ground_truth/pose`` where the
+    bag has it (else None, and the other topics of a ground-truth type are named)."""
+    topics = BC.bag_topics(cfg.bag)
+    topic = cfg.gt_topic or BC.GT_TOPIC
+    if topic not in topics:
+        candidates = ", ".join(sorted(t for t, (ty, *_) in topics.items() if ty in BC.GT_TYPES)) or "none"
+        if cfg.gt_topic is not None:
+            raise ValueError(f"{cfg.bag}: ground-truth topic {topic} not found (topics of a ground-truth type: "
+                             f"{candidates})")
+        if candidates != "none":
+            log(f"no ground truth on {topic} (no RPE / ATE); topics of a ground-truth type: {candidates} "
+                "(--gt-topic, if one is the camera's pose)")
+        return None
+    return BC.read_ground_truth(cfg.bag, topic)
 
 
 def run_warnings(report: dict[str, Any]) -> list[str]:
@@ -819,7 +875,7 @@ def replay_methods(cfg: ReplayConfig, methods: list[str], log: Log = print) -> d
         report, series = replay(dataclasses.replace(cfg, method=method, out=out / method), log)
         reports[method] = report
         all_series.append(series)
-    gt = read_run_ground_truth(cfg)
+    gt = read_run_ground_truth(cfg, lambda _: None)
     combined = {**reports[methods[0]], "methods": reports, "primary": methods[0]}
     if cfg.plots:
         combined["plots"] = R.write_plots(out, all_series, gt)

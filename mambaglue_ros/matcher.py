@@ -273,6 +273,12 @@ class Matcher:
         and the token counts change every frame and layer, so the process would grow without bound)."""
         return bf16_autocast(self.device.type, self.precision == "bf16", self.bucket_gemm_shapes)
 
+    def _sync(self) -> None:
+        """Before a timed call on CUDA: wait for work queued earlier (an extraction), which is not the call's. (The
+        call's own end is waited for by ``_unbatch``'s copy to the CPU.)"""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Match two already extracted feature sets (the node reuses the previous frame's). With
@@ -281,6 +287,7 @@ class Matcher:
         graph = self._graph
         if graph is not None and max(len(feats0), len(feats1)) <= graph.pad_to:
             return graph.match_features(feats0, feats1)
+        self._sync()
         t0 = time.perf_counter()
         data = self._batch([(feats0, feats1)])
         with self._autocast():
@@ -359,6 +366,7 @@ class Matcher:
         if not pairs:
             return []
         self._check_features(pairs)
+        self._sync()
         t0 = time.perf_counter()
         with self._autocast():
             out = self.net(self._batch(pairs, pad_to))

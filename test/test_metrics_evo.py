@@ -92,3 +92,8 @@ def test_drift_closed_form():
     assert d["rot_deg_per_100m"] == pytest.approx(1.0, rel=1e-6)  # 0.01 deg per metre
     assert M.drift(M.Trajectory(stamps[:5], np.array(long[:5])), M.Trajectory(stamps[:5], np.array(gt[:5])))[
         "segments"] == 0  # 4 m: no segment fits
+    # a method that lost the clip's last frames is measured over the run's lengths when given (replay gives them)
+    short = M.Trajectory(stamps[:35], np.array(long[:35]))
+    assert M.evaluate(short, G)["summary"]["drift_lengths_m"] == [10.0, 20.0, 30.0]  # its own 34 m
+    shared = M.evaluate(short, G, drift_lengths_m=M.drift_lengths(M.path_length(G.positions)))["summary"]
+    assert shared["drift_lengths_m"] == [10.0, 20.0, 30.0, 40.0, 50.0] and shared["drift_pct"] == pytest.approx(2.0)

@@ -316,6 +316,12 @@ KITTI_LENGTHS_M = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0)
 SHORT_LENGTHS_M = (10.0, 20.0, 30.0, 40.0, 50.0)
 
 
+def drift_lengths(path_m: float) -> tuple[float, ...]:
+    """The segment lengths drift is measured over for a ground-truth path of ``path_m`` metres: the KITTI lengths it
+    covers, else 10..50 m (short clips)."""
+    return tuple(L for L in KITTI_LENGTHS_M if L <= path_m) or tuple(L for L in SHORT_LENGTHS_M if L <= path_m)
+
+
 def drift(est: Trajectory, gt: Trajectory, lengths_m: tuple[float, ...] | None = None) -> dict[str, Any]:
     """KITTI odometry drift (the devkit's ``calcSequenceErrors``) of associated trajectories.
 
@@ -334,7 +340,7 @@ def drift(est: Trajectory, gt: Trajectory, lengths_m: tuple[float, ...] | None =
     dist = np.concatenate([[0.0], np.cumsum(steps)])
     total = float(dist[-1]) if len(dist) else 0.0
     if lengths_m is None:
-        lengths_m = tuple(L for L in KITTI_LENGTHS_M if L <= total) or tuple(L for L in SHORT_LENGTHS_M if L <= total)
+        lengths_m = drift_lengths(total)
     t_all, r_all, per_length = [], [], {}
     for L in lengths_m:
         t_err, r_err = [], []
@@ -376,8 +382,12 @@ def odom_to_camera(T_odom_base: np.ndarray, T_base_cam: np.ndarray, metric: bool
 
 
 def evaluate(est: Trajectory, gt: Trajectory, alignment: str = "se3", max_diff_ns: int = 10_000_000,
-             delta_m: float = 1.0) -> dict[str, Any]:
+             delta_m: float = 1.0, drift_lengths_m: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Associate, align and compute ATE and RPE (per frame and per ``delta_m`` metres).
+
+    drift_lengths_m: the drift's segment lengths (None: from the path of the associated ground truth). Methods
+    compared on one run should share them (``drift_lengths`` of the run's whole ground-truth path): a method that
+    lost its last frames would otherwise be measured over shorter segments.
 
     Returns a JSON-friendly summary (``summary``) and the arrays behind it (``aligned``,
     ``gt_assoc``, ``ate_errors``, ``rpe_frame``...). Metrics are None when too few poses
@@ -404,7 +414,7 @@ def evaluate(est: Trajectory, gt: Trajectory, alignment: str = "se3", max_diff_n
         "rpe_trans_per_m": rm["trans_per_m"]["mean"], "rpe_rot_deg_per_m": rm["rot_per_m"]["mean"],
         "rpe_pairs_per_m": rm["trans_per_m"]["n"], "est_path_m": path_length(aligned.positions)})
     if alignment != "sim3":  # drift is relative, but a scale-free (mono) estimate has no metric drift
-        d = drift(e, g)
+        d = drift(e, g, drift_lengths_m)
         summary.update({"drift_pct": d["trans_pct"], "drift_deg_per_100m": d["rot_deg_per_100m"],
                         "drift_lengths_m": d["lengths_m"]})
         result["drift"] = d

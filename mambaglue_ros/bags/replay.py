@@ -692,7 +692,11 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
     evaluation = None
     summary_metrics: dict[str, Any] = {}
     if gt is not None and len(cam_traj) > 0:
-        evaluation = M.evaluate(cam_traj, gt, "se3" if metric else "sim3")
+        # drift over the same segment lengths for every method on this bag: from the ground truth over the frames
+        # played, not over the frames this method found a pose for
+        span = (gt.stamps_ns >= frames[0].stamp_ns) & (gt.stamps_ns <= frames[-1].stamp_ns)
+        lengths = M.drift_lengths(M.path_length(gt.positions[span])) if span.sum() >= 2 else None
+        evaluation = M.evaluate(cam_traj, gt, "se3" if metric else "sim3", drift_lengths_m=lengths)
         summary_metrics = evaluation["summary"]
     stats = raw["stats"]
     report = {

@@ -16,7 +16,8 @@ absent is skipped with a printed reason; a folder given explicitly must exist):
                   fits the matches as well as the estimate does), so AUC@5 is near 0 for every method.
     kitti_kK      KITTI odometry (``image_0``/``image_l``, ``calib.txt``, ``poses.txt``): frames t and t+K for
                   every K of ``--kitti-steps`` and every ``--stride``-th t; K from P0 (rectified images);
-                  ground truth ``inv(T_0_t) @ T_0_{t+K}``.
+                  ground truth ``inv(T_0_t) @ T_0_{t+K}``. Pairs whose true translation is under 5 cm (the car
+                  standing) are left out, for every method alike: they have no direction to compare.
 
 Convention: a pair's ground truth ``T_0_1`` is the pose of camera 1 (image 1) in camera 0 (image 0),
 ``X_0 = T_0_1 @ X_1``: the convention of ``geometry.estimate_pose_mono``'s output, so both are compared
@@ -32,7 +33,8 @@ Levenberg-Marquardt refinement) on all matches, at least 5 matches / inliers (as
 low-parallax rotation-only fallback off (it would return no translation direction).
 
 Metric per pair: error = max(rotation angle error, translation-direction angle error) in degrees. The
-direction's sign counts (the estimate resolves it with the cheirality test, a flipped direction is wrong);
+direction's sign counts (the estimate resolves it with the cheirality test, a flipped direction is wrong;
+SuperGlue's and glue-factory's evaluations take ``min(e, 180 - e)``, so these AUCs are not above theirs);
 a failed estimate counts 180 deg, the largest possible error. Per dataset and method: pose AUC at 5/10/20 deg
 (area under the recall-vs-error curve up to the threshold, divided by it: SuperGlue/LightGlue's
 ``pose_auc``), median error, mean matches and inliers, failures, matching time per pair (keypoints given,

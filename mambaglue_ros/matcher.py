@@ -180,13 +180,16 @@ class Matcher:
             with an fp16 network, in bf16 for XFeat under 'auto' on a CPU with native bf16
             (``resolve_extractor_precision``), else in fp32.
         fp16: shorthand for ``precision='fp16'`` (older API).
-        **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...).
+        sha256: the SHA-256 of ``weights`` given as a URL (required there; the download is checked against it).
+        **network_options: further MambaGlue options (beta, filter_threshold, mixer, regressor, ...;
+            ``MambaGlue.default_conf``); an unknown one is a ValueError.
     """
 
     def __init__(self, features: str = "aliked", weights: str | None = None, device: str | torch.device = "auto",
                  max_keypoints: int = 1024, detection_threshold: float | None = None, resize_max: int | None = None,
                  alpha: float | None = 0.95, pruning: bool = True, extractor_weights: str | None = None,
-                 fp16: bool = False, precision: str = "fp32", **network_options: Any) -> None:
+                 fp16: bool = False, precision: str = "fp32", sha256: str | None = None,
+                 **network_options: Any) -> None:
         # the setters' checks, before any weights load: a bad value fails at once, as ``m.alpha = 2`` does
         alpha = check_alpha(alpha)
         max_keypoints = check_max_keypoints(max_keypoints)
@@ -215,7 +218,19 @@ class Matcher:
         options["pruning"] = bool(pruning)
         if self.device.type == "cuda":
             options.setdefault("pruning_min_points", 1024)  # gathers cost more than they save on small sets
-        self.net, self.weights_source = build_network(features, weights, **options)
+        # LightGlue's weights (asked for, or the fallback where no trained file ships, e.g. DISK) come with LightGlue's
+        # linear confidence regressor: the deep one would start untrained, and decide the exit and pruning at random
+        warm_start = weights == "lightglue" or (weights is None and features in MATCHER_CONF
+                                                and W.packaged_checkpoint(features) is None)
+        if warm_start and "regressor" not in options:
+            options["regressor"] = "linear"
+        elif warm_start and options["regressor"] == "deep" and (alpha is not None or pruning):
+            log.warning("regressor='deep' with the LightGlue warm start is untrained: the early exit and pruning "
+                        "follow its random initialisation (alpha=None, pruning=False to run every layer)")
+        unknown = sorted(set(options) - set(MambaGlue.default_conf))
+        if unknown:  # a checkpoint's network would otherwise drop them without a word
+            raise ValueError(f"unknown MambaGlue option(s) {unknown}; the options: {sorted(MambaGlue.default_conf)}")
+        self.net, self.weights_source = build_network(features, weights, sha256=sha256, **options)
         self.net = self.net.to(self.device)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
         if self.fp16:
@@ -356,13 +371,15 @@ class Matcher:
 
     @torch.inference_mode()
     def match_batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> list[MatchResult]:
-        """Several feature pairs in one padded forward pass (no point pruning; exit when all pairs are done).
+        """Several feature pairs in one padded forward pass (exit when all pairs are done; padded sets are not
+        pruned, a single unpadded pair is, as in ``match_features``).
 
         On a GPU this is the throughput path (several cameras, one forward pass); on a CPU ``match_features``
         per pair is as fast or faster (``benchmarks/multi_camera.py``). ``pad_to``: pad every set to at least
         this many keypoints, so that calls have the same shapes (what a compiled / CUDA-graph network needs,
         see ``compile``); padding is masked and changes no match.
         """
+        pairs = list(pairs)  # (a generator would be used up by the check)
         if not pairs:
             return []
         self._check_features(pairs)

@@ -250,6 +250,20 @@ def test_constructor_refuses_what_the_setters_refuse(given, reason, monkeypatch)
         Matcher(features="xfeat", device="cpu", **given)
 
 
+def test_warm_start_takes_lightglues_regressor_and_unknown_options_are_refused(caplog):
+    """LightGlue's weights (asked for, or DISK's fallback: no trained file ships) come with LightGlue's linear
+    confidence regressor, so the early exit and pruning are LightGlue's, not an untrained deep regressor's; an
+    option the network does not have (a misspelling, a LightGlue name) is refused, not dropped."""
+    assert Matcher(features="xfeat", weights="lightglue", device="cpu").net.conf["regressor"] == "linear"
+    assert Matcher(features="disk", device="cpu").net.conf["regressor"] == "linear"  # (no DISK file ships)
+    assert Matcher(features="xfeat", device="cpu").net.conf["regressor"] == "deep"  # the shipped, trained one
+    with caplog.at_level("WARNING", logger="mambaglue_ros.matcher"):
+        Matcher(features="xfeat", weights="lightglue", device="cpu", regressor="deep")
+    assert "is untrained" in caplog.text
+    with pytest.raises(ValueError, match=r"unknown MambaGlue option\(s\) \['depth_confidence'\]"):
+        Matcher(features="xfeat", device="cpu", depth_confidence=-1)
+
+
 def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     """Features is public: a set made by hand or by another front end fails where it is made or matched, with a
     reason (before: torch's "mat1 and mat2 shapes cannot be multiplied" or an AttributeError inside the network)."""

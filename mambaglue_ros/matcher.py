@@ -325,6 +325,7 @@ class Matcher:
         thread starts at the first cross block. At most ``prepared_kept`` images are kept (least recently used
         first out); a change of the network's weights or precision, or a replaced field of ``feats``, makes them stale
         (recomputed)."""
+        self._check_features([(feats, feats)])
         if len(feats) and self._graph is None:
             data = self._batch([(feats, feats)])
             with self._autocast():
@@ -447,8 +448,10 @@ class Matcher:
         return self._graph is not None
 
     def _check_features(self, pairs: Sequence[tuple[Features, Features]]) -> None:
-        """ValueError for a feature set this network cannot take (another front end's descriptors)."""
+        """ValueError for a feature set this network cannot take (another front end's descriptors; points not in
+        score order for a network whose Mamba branch scans them in input order, as it was trained)."""
         dim = int(self.net.conf["input_dim"])
+        score_order = self.net.conf["scan_order"] == "score" and self.net.conf["mixer"] != "attention"
         for pair in pairs:
             for f in pair:
                 if not isinstance(f, Features):
@@ -457,6 +460,10 @@ class Matcher:
                     raise ValueError(f"these Features have {f.descriptors.shape[-1]}-d descriptors, but this matcher "
                                      f"({self.features}) takes {dim}-d: extract them with the same front end "
                                      f"(Matcher.extract)")
+                if score_order and len(f) > 1 and bool((f.scores[1:] > f.scores[:-1]).any()):
+                    raise ValueError("this network's Mamba branch scans the points in the order given, which must be "
+                                     "by detection score, descending (as Matcher.extract returns them): reorder "
+                                     "keypoints, descriptors and scores by scores.argsort(descending=True)")
 
     def _batch(self, pairs: Sequence[tuple[Features, Features]], pad_to: int | None = None) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.fp16 else torch.float32

@@ -264,6 +264,28 @@ def test_warm_start_takes_lightglues_regressor_and_unknown_options_are_refused(c
         Matcher(features="xfeat", device="cpu", depth_confidence=-1)
 
 
+def test_a_score_order_scan_refuses_points_out_of_score_order():
+    """A network whose Mamba branch scans the points as given (scan_order 'score', as the shipped ALIKED file) runs
+    another network on points in another order: refused with what to do (before: silently different matches)."""
+    from mambaglue_ros.types import Features
+
+    m = Matcher(features="xfeat", weights="lightglue", device="cpu", mixer="attention+mamba", scan_order="score")
+    import cv2
+    from skimage import data
+
+    f = m.extract(cv2.resize(data.coffee(), (320, 240)))
+    m.match_features(f, f)
+    order = torch.randperm(len(f), generator=torch.Generator().manual_seed(0))
+    shuffled = Features(f.keypoints[order], f.descriptors[order], f.scores[order], f.image_size, f.scale)
+    with pytest.raises(ValueError, match="must be by detection score, descending"):
+        m.match_features(shuffled, f)
+    with pytest.raises(ValueError, match="must be by detection score, descending"):
+        m.prepare(shuffled)
+    hilbert = Matcher(features="xfeat", weights="lightglue", device="cpu", mixer="attention+mamba",
+                      scan_order="hilbert")
+    hilbert.match_features(shuffled, f)  # orders the points itself: any order is fine
+
+
 def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     """Features is public: a set made by hand or by another front end fails where it is made or matched, with a
     reason (before: torch's "mat1 and mat2 shapes cannot be multiplied" or an AttributeError inside the network)."""

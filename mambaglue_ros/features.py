@@ -114,10 +114,10 @@ def to_tensor_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"empty image {arr.shape}")
     if arr.dtype.kind not in "uif":
         raise ValueError(f"unsupported image dtype {arr.dtype}")
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype.kind == "f":
-        arr = np.clip(arr * (255.0 * _float_image_scale(float(arr.max()))), 0, 255).astype(np.uint8)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # any byte order (a big-endian '>u2' too)
+        arr = (arr.astype(np.uint16) >> 8).astype(np.uint8)
+    elif arr.dtype.kind == "f":  # rounded, not truncated (a float 0.999 * 255 grey is 255, not 254)
+        arr = np.rint(np.clip(arr * (255.0 * _float_image_scale(float(arr.max()))), 0, 255)).astype(np.uint8)
     elif arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:

@@ -109,6 +109,15 @@ def test_channels_last_uint8_tensor_reads_as_the_numpy_array(photo):
     assert torch.equal(to_tensor_image(expected[0]), expected)
 
 
+def test_big_endian_16_bit_and_float_images_read_as_their_values(photo):
+    """A big-endian 16-bit image ('>u2', as from some FITS / PNM readers) reads as the native one (before: clipped
+    to 0..255, nearly white); a float image is rounded to its grey levels, not truncated (0.999 * 255 was 254)."""
+    sixteen = photo.astype(np.uint16) << 8 | 0x80
+    assert torch.equal(to_tensor_image(sixteen.astype(">u2")), to_tensor_image(sixteen))
+    assert torch.equal(to_tensor_image(sixteen), to_tensor_image(photo))
+    assert torch.equal(to_tensor_image(photo.astype(np.float32) / 255.0), to_tensor_image(photo))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_float_image_is_refused(photo, bad):
     image = photo.astype(np.float32) / 255.0

@@ -329,10 +329,10 @@ class FeatureExtractor(torch.nn.Module):
             raise ValueError(f"unknown feature front end {name!r}; choose from {FRONT_ENDS}")
         self.name = name
         self.min_side = MIN_IMAGE_SIDE_OF.get(name, MIN_IMAGE_SIDE)  # smaller images (or shrunk to less): no keypoints
-        self.max_keypoints = check_max_keypoints(max_keypoints)
+        self.max_keypoints = max_keypoints  # (checked by the property's setter, as later changes are)
         self.detection_threshold = detection_threshold
         self.resize_max = check_resize_max(resize_max)
-        self.image_scale = check_image_scale(image_scale)
+        self.image_scale = image_scale
         self.device = torch.device(device)
         precision = "fp16" if fp16 else precision
         if precision not in ("fp32", "bf16", "fp16"):
@@ -391,9 +391,30 @@ class FeatureExtractor(torch.nn.Module):
             raise W.WeightsError(f"{path} does not fit the {type(net).__name__} network (wrong front end or "
                                  f"corrupt file): {' '.join(first)[:400]}") from None
 
+    @property
+    def max_keypoints(self) -> int:
+        """The keypoint budget; setting it (checked) is ``set_max_keypoints``."""
+        return self._max_keypoints
+
+    @max_keypoints.setter
+    def max_keypoints(self, k: int) -> None:
+        self.set_max_keypoints(k)
+
+    @property
+    def image_scale(self) -> float:
+        """The resolution knob in (0, 1] (checked when set; read once per image)."""
+        return self._image_scale
+
+    @image_scale.setter
+    def image_scale(self, value: float) -> None:
+        self._image_scale = check_image_scale(value)
+
     def set_max_keypoints(self, k: int) -> None:
-        """Change the keypoint budget at run time (the rate controller does this)."""
-        self.max_keypoints = int(k)
+        """Change the keypoint budget at run time (the rate controller does this). Every front end reads it
+        from here on (ALIKED and SuperPoint keep it in their networks: set there too)."""
+        self._max_keypoints = check_max_keypoints(k)
+        if "net" not in self._modules:  # (the constructor: the network is built with it)
+            return
         if self.name == "aliked":
             self.net.max_num_keypoints = self.max_keypoints
             self.net.dkd.top_k = -1 if (self.detection_threshold or 0) > 0 else self.max_keypoints

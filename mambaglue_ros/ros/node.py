@@ -51,7 +51,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.service import Service
 from rclpy.subscription import Subscription
@@ -291,12 +291,17 @@ class MatcherNode(Node):
         suffix = "/compressed" if self.p["transport"] == "compressed" else ""
         # `qos_overrides.<topic>.subscription.<policy>` parameters (params file) override `qos`
         overrides = QoSOverridingOptions.with_default_policies()
+        # camera_info also takes durability: a calibration published once and latched (transient_local, as static
+        # camera_info publishers do) reaches only a transient_local subscription, which a volatile publisher
+        # (camera drivers) cannot serve, so the default stays volatile and the params file can ask for the other
+        info_overrides = QoSOverridingOptions(policy_kinds=(*overrides.policy_kinds, QoSPolicyKind.DURABILITY))
 
         def subscribe(msg_type, topic: str, callback) -> None:
             # a copy each: rclpy applies a topic's overrides to the profile object it is given, so one shared
             # profile would carry one topic's override (e.g. reliable images) into the other subscriptions
             keep(self.create_subscription(msg_type, topic, guard(callback), copy.copy(qos),
-                                          qos_overriding_options=overrides))
+                                          qos_overriding_options=info_overrides if msg_type is CameraInfo
+                                          else overrides))
 
         for text in self._input_topic_warnings():
             self.get_logger().warning(text)

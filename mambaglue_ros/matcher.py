@@ -193,6 +193,9 @@ class Matcher:
         # the setters' checks, before any weights load: a bad value fails at once, as ``m.alpha = 2`` does
         alpha = check_alpha(alpha)
         max_keypoints = check_max_keypoints(max_keypoints)
+        unknown = sorted(set(network_options) - set(MambaGlue.default_conf))
+        if unknown:  # a checkpoint's network would otherwise drop them without a word
+            raise ValueError(f"unknown MambaGlue option(s) {unknown}; the options: {sorted(MambaGlue.default_conf)}")
         resize_max = check_resize_max(resize_max)
         self.features = features
         self.device = resolve_device(device)
@@ -227,9 +230,6 @@ class Matcher:
         elif warm_start and options["regressor"] == "deep" and (alpha is not None or pruning):
             log.warning("regressor='deep' with the LightGlue warm start is untrained: the early exit and pruning "
                         "follow its random initialisation (alpha=None, pruning=False to run every layer)")
-        unknown = sorted(set(options) - set(MambaGlue.default_conf))
-        if unknown:  # a checkpoint's network would otherwise drop them without a word
-            raise ValueError(f"unknown MambaGlue option(s) {unknown}; the options: {sorted(MambaGlue.default_conf)}")
         self.net, self.weights_source = build_network(features, weights, sha256=sha256, **options)
         self.net = self.net.to(self.device)
         self.fp16 = bool(fp16) and self.device.type == "cuda"
@@ -288,12 +288,6 @@ class Matcher:
         and the token counts change every frame and layer, so the process would grow without bound)."""
         return bf16_autocast(self.device.type, self.precision == "bf16", self.bucket_gemm_shapes)
 
-    def _sync(self) -> None:
-        """Before a timed call on CUDA: wait for work queued earlier (an extraction), which is not the call's. (The
-        call's own end is waited for by ``_unbatch``'s copy to the CPU.)"""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.inference_mode()
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Match two already extracted feature sets (the node reuses the previous frame's). With
@@ -302,7 +296,6 @@ class Matcher:
         graph = self._graph
         if graph is not None and max(len(feats0), len(feats1)) <= graph.pad_to:
             return graph.match_features(feats0, feats1)
-        self._sync()
         t0 = time.perf_counter()
         data = self._batch([(feats0, feats1)])
         with self._autocast():
@@ -384,7 +377,6 @@ class Matcher:
         if not pairs:
             return []
         self._check_features(pairs)
-        self._sync()
         t0 = time.perf_counter()
         with self._autocast():
             out = self.net(self._batch(pairs, pad_to))
@@ -460,7 +452,9 @@ class Matcher:
                     raise ValueError(f"these Features have {f.descriptors.shape[-1]}-d descriptors, but this matcher "
                                      f"({self.features}) takes {dim}-d: extract them with the same front end "
                                      f"(Matcher.extract)")
-                if score_order and len(f) > 1 and bool((f.scores[1:] > f.scores[:-1]).any()):
+                # (scores on the CPU only: on a GPU the check would wait for the device at every call)
+                if score_order and len(f) > 1 and f.scores.device.type == "cpu" and bool(
+                        (f.scores[1:] > f.scores[:-1]).any()):
                     raise ValueError("this network's Mamba branch scans the points in the order given, which must be "
                                      "by detection score, descending (as Matcher.extract returns them): reorder "
                                      "keypoints, descriptors and scores by scores.argsort(descending=True)")

@@ -109,8 +109,8 @@ class Features:
                                            else self.image_size))
         except (TypeError, ValueError):
             size = ()
-        if len(size) != 2 or not all(v > 0 and math.isfinite(v) for v in size):
-            raise ValueError(f"Features.image_size must be (width, height), two positive numbers, got "
+        if len(size) != 2 or not all(v >= 0 and math.isfinite(v) for v in size):  # (0: an empty image's)
+            raise ValueError(f"Features.image_size must be (width, height), two numbers >= 0, got "
                              f"{self.image_size!r}")
         self.image_size = tuple(int(v) if v == int(v) else v for v in size)
 

@@ -408,7 +408,8 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
                                                   "left/image_rect"]
     check_calibration_size(frames, (left, right))  # 64x48, as the images
     small = calibration_infos([write_calibration_yaml(tmp_path / "l80.yaml", K_SMALL, P_left, size=(80, 60)),
-                               write_calibration_yaml(tmp_path / "r80.yaml", K_SMALL, P_right, size=(80, 60))], "stereo")
+                               write_calibration_yaml(tmp_path / "r80.yaml", K_SMALL, P_right, size=(80, 60))],
+                              "stereo")
     with pytest.raises(ValueError, match=r"--calib .*l80.yaml: image size 80x60, the bag's images are 64x48"):
         check_calibration_size(load_frames(tmp_path / "bag", "stereo", topics, calib_infos=small),
                                (tmp_path / "l80.yaml", tmp_path / "r80.yaml"))
@@ -440,7 +441,8 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
                    "camera_matrix: {rows: 3, cols: 3, data: [50, 0, 31.5, 0, 50, 23.5, 0, 0, 1, 0]}\n")
     with pytest.raises(ValueError, match=r"camera_matrix has 10 values, its rows x cols say 9"):
         BC.read_camera_calibration(odd)
-    odd.write_text("image_width: 64\nimage_height: 48\ndistortion_model:\ncamera_matrix: [50, 0, 31.5, 0, 50, 23.5, 0, 0, 1]\n")
+    odd.write_text("image_width: 64\nimage_height: 48\ndistortion_model:\n"
+                   "camera_matrix: [50, 0, 31.5, 0, 50, 23.5, 0, 0, 1]\n")
     assert BC.read_camera_calibration(odd)["distortion_model"] == "plumb_bob"  # empty: plumb_bob, as ROS reads it
     odd.write_text(odd.read_text().replace("distortion_model:", "distortion_model: equidistant"))
     assert BC.read_camera_calibration(odd)["D"].tolist() == [0.0] * 4

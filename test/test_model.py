@@ -310,8 +310,8 @@ def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     # image_size as cvg/LightGlue keeps it (a tensor) becomes plain numbers; a size that cannot be one is refused
     sized = Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), torch.tensor([64, 48]))
     assert sized.image_size == (64, 48) and m.match_features(sized, sized).keypoints0.shape == (10, 2)
-    for bad in ((0, 48), (64,), (float("nan"), 48)):
-        with pytest.raises(ValueError, match="image_size must be \\(width, height\\), two positive numbers"):
+    for bad in ((-1, 48), (64,), (float("nan"), 48)):
+        with pytest.raises(ValueError, match="image_size must be \\(width, height\\), two numbers >= 0"):
             Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), bad)
 
 

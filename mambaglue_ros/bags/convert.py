@@ -629,7 +629,7 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 __all__ = ["BagWriter", "GT_TOPIC", "MONO_TOPICS", "STEREO_TOPICS", "TF_STATIC_TOPIC", "bag_topics", "convert_euroc",
-           "camera_info_msg", "convert_kitti", "describe", "euroc_rectification", "read_bag", "read_euroc_csv", "read_euroc_sensor_yaml",
-           "read_camera_calibration", "read_ground_truth", "read_kitti_calib", "read_kitti_poses", "typestore",
-           "write_demo_bag"]
+           "camera_info_msg", "convert_kitti", "describe", "euroc_rectification", "read_bag", "read_euroc_csv",
+           "read_euroc_sensor_yaml", "read_camera_calibration", "read_ground_truth", "read_kitti_calib",
+           "read_kitti_poses", "typestore", "write_demo_bag"]
 

@@ -237,7 +237,10 @@ def check_calibration_size(frames: list[BagFrame], files: tuple[str | Path, ...]
         info_topic = "camera_info" if topic.startswith("image") else topic.split("/")[0] + "/camera_info"
         info = deserialize_message(infos[info_topic], CameraInfo)
         if topic.endswith("/compressed"):
-            size = C.compressed_header_size(deserialize_message(raw, CompressedImage))
+            try:
+                size = C.compressed_header_size(deserialize_message(raw, CompressedImage))
+            except C.ImageConversionError:  # a bad first image: the node counts it as such
+                size = None
         else:
             image = deserialize_message(raw, Image)
             size = (image.width, image.height)
@@ -261,7 +264,8 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
     seen up to it. Stereo frames without both halves, and frames before the first camera_info, are skipped.
     ``calib_infos`` ({'left_info': CDR, 'right_info': CDR}, from ``calibration_infos``): every frame's camera_info,
     in place of the bag's. With ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames
-    asked for, so that a few frames of a long bag do not read all of it. Raises ValueError where stereo images form no pair, saying why.
+    asked for, so that a few frames of a long bag do not read all of it. Raises ValueError where stereo images form
+    no pair, saying why.
     """
     from ..ros.sync import StereoSynchronizer
 
@@ -696,8 +700,9 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
     if gt is not None and len(cam_traj) > 0:
         # drift over the same segment lengths for every method on this bag: from the ground truth over the frames
         # played, not over the frames this method found a pose for
-        span = (gt.stamps_ns >= frames[0].stamp_ns) & (gt.stamps_ns <= frames[-1].stamp_ns)
-        lengths = M.drift_lengths(M.path_length(gt.positions[span])) if span.sum() >= 2 else None
+        # (the ground truth at the played frames' stamps: a motion-capture rate path, jitter and all, is longer)
+        _, at_frames = M.associate(np.array([f.stamp_ns for f in frames], dtype=np.int64), gt.stamps_ns)
+        lengths = M.drift_lengths(M.path_length(gt.positions[at_frames])) if len(at_frames) >= 2 else None
         evaluation = M.evaluate(cam_traj, gt, "se3" if metric else "sim3", drift_lengths_m=lengths)
         summary_metrics = evaluation["summary"]
     stats = raw["stats"]
@@ -720,7 +725,7 @@ def evaluate_run(cfg: ReplayConfig, frames: list[BagFrame], raw: dict[str, Any],
         "associated": summary_metrics.get("associated", 0), "gt_path_m": summary_metrics.get("gt_path_m"),
         "est_path_m": summary_metrics.get("est_path_m"), "has_ground_truth": gt is not None,
         "ground_truth_topic": (cfg.gt_topic or BC.GT_TOPIC) if gt is not None else None,
-        "calibration": [str(path) for path in cfg.calib] or "camera_info",
+        "calibration": [str(path) for path in cfg.calib] or None,  # (None: the bag's camera_info)
         "mean_matches": _mean(matches), "mean_stereo_matches": _mean(
             [r["stereo_matches"] for r in processed if r["stereo_matches"] is not None]),
         "mean_inliers": _mean([r["inliers"] for r in processed if r["pose"]]),

@@ -430,7 +430,8 @@ class MatcherNode(Node):
             reasons += [f"{name} cannot be changed after the node's first configure (the subscriptions keep their "
                         "QoS: rclpy's qos_overrides parameters are fixed then); restart the node"
                         for name in sorted(changed & {"qos_reliability", "qos_depth"})]
-        if "publish_tf" in changed and changes["publish_tf"] and not unconfigured and getattr(self, "_tf", None) is None:
+        no_broadcaster = getattr(self, "_tf", None) is None
+        if "publish_tf" in changed and changes["publish_tf"] and not unconfigured and no_broadcaster:
             reasons.append("publish_tf: tf2_ros is not installed, so no TF can be broadcast (install ros-<distro>-"
                            "tf2-ros; ~/odom carries the same pose)")
         return reasons

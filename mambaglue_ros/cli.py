@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bags import add_demo_arguments, add_subcommands as add_bag_commands
 from .visualization import draw_matches  # noqa: F401  (also importable from here, as before)
 
 
@@ -164,16 +165,16 @@ def _module_arguments(module: str):
     return add
 
 
-# Subcommands whose arguments come from modules that import torch: (name, help, registration). Every subcommand is
-# listed, but only the one being run gets its arguments, so `mambaglue --help` and the bag tools start without
-# importing torch (~2-3 s on a small CPU).
-_TORCH_COMMANDS_BEFORE_BAGS = [
+# The subcommands in --help order: (name, help, registration of its arguments). Every subcommand is listed, but only
+# the one being run gets its arguments, so `mambaglue --help` and the bag tools start without importing torch (~2-3 s
+# on a small CPU). _BAG_COMMANDS marks where the bag tools go (``bags.add_subcommands`` registers them, cheaply).
+_BAG_COMMANDS = None
+_COMMANDS = [
     ("match", "match two images, print counts and timings, draw the matches", _add_match_arguments),
-]
-_TORCH_COMMANDS_AFTER_DEMO = [
+    ("demo", "the embedded default: synthetic stereo bag -> the node (lossless) -> RPE/ATE table and plots, "
+     "MambaGlue vs LightGlue vs ORB", add_demo_arguments),
     ("demo-pair", "a bundled photo pair, MambaGlue vs LightGlue (matches, precision, time)", _add_demo_pair_arguments),
-]
-_TORCH_COMMANDS_AFTER_BAGS = [
+    _BAG_COMMANDS,  # bag-from-euroc, bag-from-kitti, demo-bag, replay
     ("train", "train MambaGlue on synthetic homography pairs (stage 1 matcher, stage 2 regressor)",
      _module_arguments(".training.train")),
     ("eval-homography", "precision, recall, homography AUC, speed: MambaGlue vs LightGlue",
@@ -196,21 +197,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(commands) -> None:
-        for name, help_text, register in commands:
-            p = sub.add_parser(name, help=help_text)
-            if only is None or only == name:
-                register(p)
-
-    add(_TORCH_COMMANDS_BEFORE_BAGS)
-    from .bags import add_demo_arguments, add_subcommands as add_bag_commands
-    p = sub.add_parser("demo", help="the embedded default: synthetic stereo bag -> the node (lossless) -> "
-                       "RPE/ATE table and plots, MambaGlue vs LightGlue vs ORB")
-    add_demo_arguments(p)
-    add(_TORCH_COMMANDS_AFTER_DEMO)
-    add_bag_commands(sub)  # bag-from-euroc, bag-from-kitti, demo-bag, replay (their modules import torch lazily)
-    add(_TORCH_COMMANDS_AFTER_BAGS)
+    for entry in _COMMANDS:
+        if entry is _BAG_COMMANDS:
+            add_bag_commands(sub)
+            continue
+        name, help_text, register = entry
+        p = sub.add_parser(name, help=help_text)
+        if only is None or only == name:
+            register(p)
     return parser
 
 

@@ -293,8 +293,15 @@ def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * NS + int(header.stamp.nanosec)
 
 
-GT_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
-            "geometry_msgs/msg/TransformStamped")  # the last: e.g. a motion-capture system's, if of the camera
+# ground-truth message type -> its pose (Pose or Transform); TransformStamped: e.g. a motion-capture system's, if of
+# the camera
+GT_POSE_OF = {
+    "geometry_msgs/msg/PoseStamped": lambda msg: msg.pose,
+    "geometry_msgs/msg/PoseWithCovarianceStamped": lambda msg: msg.pose.pose,
+    "nav_msgs/msg/Odometry": lambda msg: msg.pose.pose,
+    "geometry_msgs/msg/TransformStamped": lambda msg: msg.transform,
+}
+GT_TYPES = tuple(GT_POSE_OF)
 
 
 def pose_msg_to_matrix(pose: Any) -> np.ndarray:
@@ -322,8 +329,7 @@ def read_ground_truth(path: str | Path, topic: str = GT_TOPIC) -> Trajectory | N
         raise ValueError(f"{path}: ground truth on {topic} is {msgtype}; it must be one of {', '.join(GT_TYPES)}")
     for _, _, _, msg in read_bag(path, [topic]):
         stamps.append(stamp_ns(msg.header))
-        pose = {GT_TYPES[0]: lambda: msg.pose, GT_TYPES[3]: lambda: msg.transform}.get(msgtype, lambda: msg.pose.pose)
-        poses.append(pose_msg_to_matrix(pose()))
+        poses.append(pose_msg_to_matrix(GT_POSE_OF[msgtype](msg)))
     order = np.argsort(stamps, kind="stable")
     return Trajectory(np.array(stamps, dtype=np.int64)[order], np.array(poses).reshape(-1, 4, 4)[order])
 

@@ -231,11 +231,10 @@ def check_calibration_size(frames: list[BagFrame], files: tuple[str | Path, ...]
 
     from ..ros import convert as C
 
-    infos = {topic: raw for topic, raw in frames[0].messages if topic.endswith("camera_info")}
+    # a frame's messages: its camera infos left first, then its images left last (``load_frames``)
+    infos = [deserialize_message(raw, CameraInfo) for topic, raw in frames[0].messages if topic.endswith("camera_info")]
     images = [(topic, raw) for topic, raw in frames[0].messages if not topic.endswith("camera_info")]
-    for (topic, raw), path in zip(reversed(images), files):  # (left last in a frame, the files left first)
-        info_topic = "camera_info" if topic.startswith("image") else topic.split("/")[0] + "/camera_info"
-        info = deserialize_message(infos[info_topic], CameraInfo)
+    for info, (topic, raw), path in zip(infos, reversed(images), files):
         if topic.endswith("/compressed"):
             try:
                 size = C.compressed_header_size(deserialize_message(raw, CompressedImage))

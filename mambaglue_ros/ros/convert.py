@@ -776,7 +776,7 @@ def status_msg(report, header: Header, keyframe_id: int, num_tracks: int, num_ma
     msg.header = header
     msg.state = int(report.state)
     msg.reason = str(report.reason)
-    msg.odometry_reset = bool(getattr(report, "odometry_reset", False))
+    msg.odometry_reset = bool(report.odometry_reset)
     msg.frames_since_last_pose = int(report.frames_since_last_pose)
     if report.last_pose_stamp_ns is not None:
         msg.last_pose_stamp = ns_to_stamp(report.last_pose_stamp_ns)

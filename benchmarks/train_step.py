@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         feat, batch, kp, reps = cfg.split(":")
         batch, kp, reps = int(batch), int(kp), int(reps)
         data = random_batch(feat, batch, kp)
-        nets = {"control": build_network(feat, "lightglue", mixer="attention")[0].train()}
+        # the deep regressor, as every training config has it (the warm start's default is LightGlue's linear one)
+        nets = {"control": build_network(feat, "lightglue", mixer="attention", regressor="deep")[0].train()}
         for name, design in DESIGNS.items():
-            nets[name] = build_network(feat, "lightglue", **design)[0].train()
+            nets[name] = build_network(feat, "lightglue", regressor="deep", **design)[0].train()
 
         def step(name: str, torch_scan: bool = False):
             def run() -> None:

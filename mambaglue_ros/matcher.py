@@ -126,6 +126,15 @@ def build_network(features: str, weights: str | None = None, sha256: str | None 
         if not packaged:
             log.warning("no trained MambaGlue weights ship for %r: using the LightGlue warm start "
                         "(the Mamba branch contributes nothing until trained)", features)
+    if weights == "lightglue":
+        # LightGlue's weights come with LightGlue's linear confidence regressor: a deep one would start untrained and
+        # decide the exit and pruning at random (training asks for the deep one explicitly, and trains it)
+        if "regressor" not in overrides:
+            overrides["regressor"] = "linear"
+        elif overrides["regressor"] == "deep" and any(overrides.get(k, MambaGlue.default_conf[k])
+                                                      for k in ("early_exit", "pruning")):
+            log.warning("regressor='deep' with the LightGlue warm start is untrained: the early exit and pruning "
+                        "follow its random initialisation (alpha=None, pruning=False to run every layer)")
     if weights in ("lightglue", "random"):
         conf = {**MATCHER_CONF[features], **overrides}
         net = MambaGlue(**conf)
@@ -221,15 +230,7 @@ class Matcher:
         options["pruning"] = bool(pruning)
         if self.device.type == "cuda":
             options.setdefault("pruning_min_points", 1024)  # gathers cost more than they save on small sets
-        # LightGlue's weights (asked for, or the fallback where no trained file ships, e.g. DISK) come with LightGlue's
-        # linear confidence regressor: the deep one would start untrained, and decide the exit and pruning at random
-        warm_start = weights == "lightglue" or (weights is None and features in MATCHER_CONF
-                                                and W.packaged_checkpoint(features) is None)
-        if warm_start and "regressor" not in options:
-            options["regressor"] = "linear"
-        elif warm_start and options["regressor"] == "deep" and (alpha is not None or pruning):
-            log.warning("regressor='deep' with the LightGlue warm start is untrained: the early exit and pruning "
-                        "follow its random initialisation (alpha=None, pruning=False to run every layer)")
+        # (the LightGlue warm start, asked for or DISK's fallback, takes LightGlue's linear regressor: build_network)
         self.net, self.weights_source = build_network(features, weights, sha256=sha256, **options)
         self.net = self.net.to(self.device)
         self.fp16 = bool(fp16) and self.device.type == "cuda"

@@ -257,6 +257,14 @@ def test_warm_start_takes_lightglues_regressor_and_unknown_options_are_refused(c
     assert Matcher(features="xfeat", weights="lightglue", device="cpu").net.conf["regressor"] == "linear"
     assert Matcher(features="disk", device="cpu").net.conf["regressor"] == "linear"  # (no DISK file ships)
     assert Matcher(features="xfeat", device="cpu").net.conf["regressor"] == "deep"  # the shipped, trained one
+    # the same for the network alone (bench, export): build_network decides it, Matcher only passes options on
+    assert build_network("xfeat", "lightglue")[0].conf["regressor"] == "linear"
+    assert build_network("disk")[0].conf["regressor"] == "linear"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mambaglue_ros.matcher"):  # training's: deep, asked for, run at full depth
+        assert build_network("xfeat", "lightglue", regressor="deep", early_exit=False,
+                             pruning=False)[0].conf["regressor"] == "deep"
+    assert "is untrained" not in caplog.text
     with caplog.at_level("WARNING", logger="mambaglue_ros.matcher"):
         Matcher(features="xfeat", weights="lightglue", device="cpu", regressor="deep")
     assert "is untrained" in caplog.text
@@ -367,7 +375,7 @@ def test_training_forward_backward(mixer, regressor):
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
-    net, _ = build_network("xfeat", "lightglue")
+    net, _ = build_network("xfeat", "lightglue", regressor="deep")  # a trained file's regressor
     live_mamba(net)
     path = tmp_path / "mg.pt"
     W.save_checkpoint(path, net, "xfeat", net.conf, meta={"note": "test"}, half=False)

@@ -126,14 +126,14 @@ class OrbMatcher:
             kps, desc = self._orb.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
             return Features(torch.zeros((0, 2)), torch.zeros((0, ORB_BITS)), torch.zeros(0), (w, h),
-                            gray.shape[1] / w if w > 0 else 1.0)
+                            gray.shape[1] / w if w > 0 else 1.0, "orb")
         xy = np.array([k.pt for k in kps], dtype=np.float32)
         if gray.shape[:2] != (h, w):  # back to input pixels (pixel centres)
             xy = (xy + 0.5) * np.array([w / gray.shape[1], h / gray.shape[0]], dtype=np.float32) - 0.5
         response = np.array([k.response for k in kps], dtype=np.float32)
         order = np.argsort(-response, kind="stable")
         return Features(torch.from_numpy(xy[order]), torch.from_numpy(_unpack(desc[order])),
-                        torch.from_numpy(response[order]), (w, h), gray.shape[1] / w)
+                        torch.from_numpy(response[order]), (w, h), gray.shape[1] / w, "orb")
 
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Mutual nearest neighbours under Hamming distance, at most ``max_hamming`` apart."""

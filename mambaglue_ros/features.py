@@ -269,9 +269,10 @@ def _sample_at_pixels(dense: torch.Tensor, pixels: torch.Tensor, height: int, wi
     return out.permute(0, 2, 3, 1).squeeze(-2)
 
 
-def empty_features(dim: int, image_size: tuple[int, int], device: torch.device | str = "cpu") -> Features:
+def empty_features(dim: int, image_size: tuple[int, int], device: torch.device | str = "cpu",
+                   front_end: str | None = None) -> Features:
     return Features(torch.zeros((0, 2), device=device), torch.zeros((0, dim), device=device),
-                    torch.zeros((0,), device=device), image_size)
+                    torch.zeros((0,), device=device), image_size, front_end=front_end)
 
 
 def fold_batchnorm(net: torch.nn.Module) -> torch.nn.Module:
@@ -436,7 +437,7 @@ class FeatureExtractor(torch.nn.Module):
             raise ValueError(f"empty image ({width}x{height})")
         if min(height, width) < self.min_side:
             log.warning("image %dx%d is smaller than %d px: no keypoints (%s)", width, height, self.min_side, self.name)
-            return empty_features(self.descriptor_dim, (width, height), self.device)
+            return empty_features(self.descriptor_dim, (width, height), self.device, self.name)
         size = None if small is not None else target_size(width, height, self.resize_max, image_scale, self.min_side)
         if size is not None:
             x = torch.nn.functional.interpolate(x, size=size[::-1], mode="area")
@@ -455,7 +456,7 @@ class FeatureExtractor(torch.nn.Module):
         if scale != 1.0:  # pixel centres: (x + 0.5) * s - 0.5
             sx, sy = width / x.shape[-1], height / x.shape[-2]
             kpts = (kpts + 0.5) * kpts.new_tensor([sx, sy]) - 0.5
-        return Features(kpts, desc, scores, (width, height), 1.0 / scale)
+        return Features(kpts, desc, scores, (width, height), 1.0 / scale, self.name)
 
     def _downscale_8bit(self, image: Any, image_scale: float) -> np.ndarray | None:
         """An 8-bit numpy image (what the node hands over) that ``resize_max`` / ``image_scale`` shrink, shrunk with

@@ -80,6 +80,9 @@ class Features:
     image_size:  (width, height) of the original image in pixels.
     scale:       linear size of the image the front end saw, relative to image_size (1 = full resolution;
                  below 1 after ``resize_max`` or the rate controller's ``image_scale``).
+    front_end:   the front end that made them ("aliked", "xfeat", ...; ``FeatureExtractor`` sets it), or None
+                 (features from elsewhere). A matcher refuses another front end's set: ALIKED's and DISK's
+                 descriptors are both 128-d, so their width alone does not tell them apart.
     """
 
     keypoints: torch.Tensor
@@ -87,6 +90,7 @@ class Features:
     scores: torch.Tensor
     image_size: tuple[int, int]
     scale: float = 1.0
+    front_end: str | None = None
 
     def __post_init__(self) -> None:
         # checked here, where a wrong set is made, rather than as a tensor-shape error deep inside the network
@@ -119,7 +123,7 @@ class Features:
 
     def to(self, device: torch.device | str) -> "Features":
         return Features(self.keypoints.to(device), self.descriptors.to(device),
-                        self.scores.to(device), self.image_size, self.scale)
+                        self.scores.to(device), self.image_size, self.scale, self.front_end)
 
 
 @dataclass

@@ -315,6 +315,15 @@ def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="128-d descriptors"):
         m.match_batch([(from_numpy, aliked_like)])
     assert m.match_features(from_numpy, from_numpy).keypoints0.shape == (10, 2)
+    # another front end's set of the same width (ALIKED's and DISK's are both 128-d) is told by its tag
+    other = Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), (64, 48), front_end="disk")
+    with pytest.raises(ValueError, match="come from the 'disk' front end, but this matcher is trained for 'xfeat'"):
+        m.match_features(from_numpy, other)
+    with pytest.raises(ValueError, match="'disk' front end"):
+        m.prepare(other)
+    assert other.to("cpu").front_end == "disk"  # (kept by .to)
+    extracted = m.extract(np.zeros((48, 64), np.uint8))
+    assert extracted.front_end == "xfeat" and m.match_features(extracted, extracted).keypoints0.shape[1] == 2
     # image_size as cvg/LightGlue keeps it (a tensor) becomes plain numbers; a size that cannot be one is refused
     sized = Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), torch.tensor([64, 48]))
     assert sized.image_size == (64, 48) and m.match_features(sized, sized).keypoints0.shape == (10, 2)

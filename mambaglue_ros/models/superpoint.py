@@ -492,6 +492,6 @@ class SuperPoint(nn.Module):
             raise ValueError("extract_features expects an image tensor")
         out = self.forward(image)
         return [
-            Features(keypoints=k, descriptors=d, scores=s, image_size=(width, height))
+            Features(keypoints=k, descriptors=d, scores=s, image_size=(width, height), front_end="superpoint")
             for k, s, d in zip(out["keypoints"], out["scores"], out["descriptors"])
         ]

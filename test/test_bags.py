@@ -413,6 +413,16 @@ def test_calibration_files_stand_in_for_the_bags_camera_info(tmp_path):
     with pytest.raises(ValueError, match=r"--calib .*l80.yaml: image size 80x60, the bag's images are 64x48"):
         check_calibration_size(load_frames(tmp_path / "bag", "stereo", topics, calib_infos=small),
                                (tmp_path / "l80.yaml", tmp_path / "r80.yaml"))
+    # as replay checks it: at the first frame made, before the rest of the bag is read
+    seen = []
+
+    def check_first(frame):
+        seen.append(frame.stamp_ns)
+        check_calibration_size([frame], (tmp_path / "l80.yaml", tmp_path / "r80.yaml"))
+
+    with pytest.raises(ValueError, match=r"l80.yaml: image size 80x60"):
+        load_frames(tmp_path / "bag", "stereo", topics, calib_infos=small, check_first=check_first)
+    assert seen == stamps[:1]
     right_info = deserialize_message(frames[-1].messages[1][1], CameraInfo)
     assert (right_info.width, right_info.height) == (64, 48) and right_info.distortion_model == "plumb_bob"
     np.testing.assert_allclose(np.reshape(right_info.p, (3, 4)), P_right)

@@ -254,8 +254,8 @@ READ_AHEAD_FRAMES = 20
 
 
 def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: int | None = None,
-                start: int = 0, sync_slop_s: float = 0.0, calib_infos: dict[str, bytes] | None = None
-                ) -> list[BagFrame]:
+                start: int = 0, sync_slop_s: float = 0.0, calib_infos: dict[str, bytes] | None = None,
+                check_first: Callable[[BagFrame], None] | None = None) -> list[BagFrame]:
     """The bag's frames for ``mode``, as raw CDR on the node's topic names, in stamp order.
 
     A frame is a left image (stereo: with its right image, paired as the node pairs them: the same header stamp,
@@ -264,7 +264,8 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
     ``calib_infos`` ({'left_info': CDR, 'right_info': CDR}, from ``calibration_infos``): every frame's camera_info,
     in place of the bag's. With ``max_frames`` the bag is read only up to ``READ_AHEAD_FRAMES`` past the frames
     asked for, so that a few frames of a long bag do not read all of it. Raises ValueError where stereo images form
-    no pair, saying why.
+    no pair, saying why. ``check_first(frame)`` sees the first frame made, before the rest of the bag is read (its
+    error, e.g. ``check_calibration_size``'s, comes out at once).
     """
     from ..ros.sync import StereoSynchronizer
 
@@ -298,6 +299,8 @@ def load_frames(bag: str | Path, mode: str, topics: dict[str, Any], max_frames: 
             msgs.append((node_topic["right_image"], right["raw"]))  # right first, left last
         msgs.append((node_topic["left_image"], left["raw"]))
         frames.append(BagFrame(left["stamp"], left["log"], msgs))
+        if check_first is not None and len(frames) == 1:
+            check_first(frames[0])
 
     sync = StereoSynchronizer(add_frame, slop_s=sync_slop_s, queue_size=10, stamp_fn=lambda m: m["stamp"],
                               max_backward_jump_s=None) if stereo else None
@@ -807,11 +810,10 @@ def replay(cfg: ReplayConfig, log: Log = print) -> tuple[dict[str, Any], dict[st
     slop = float(params.get("sync_slop", P.defaults()["sync_slop"]))
     calib_infos = calibration_infos(cfg.calib, mode) if cfg.calib else None
     gt = read_run_ground_truth(cfg, log)  # (before reading the frames: a mistyped topic is said at once)
-    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop, calib_infos=calib_infos)
+    frames = load_frames(cfg.bag, mode, topics, cfg.max_frames, cfg.start, sync_slop_s=slop, calib_infos=calib_infos,
+                         check_first=None if calib_infos is None else lambda f: check_calibration_size([f], cfg.calib))
     if len(frames) < 2:
         raise ValueError(f"{cfg.bag}: {len(frames)} usable {mode} frame(s); need at least 2")
-    if calib_infos is not None:
-        check_calibration_size(frames, cfg.calib)
     gt_raw = [(t, msgtype, raw) for _, msgtype, t, raw in BC.read_bag(cfg.bag, [cfg.gt_topic or BC.GT_TOPIC],
                                                                        deserialize=False)]
     log(f"replay {cfg.bag} -> {out}: {len(frames)} {mode} frames, matcher={cfg.method}, "

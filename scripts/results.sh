@@ -460,15 +460,17 @@ train_step() {  # what a training step costs each design against the attention-o
                 # and with the torch scan (benchmarks/train_step.py: XFeat batch 8, ALIKED batch 4, 512 keypoints)
   "$PY" benchmarks/train_step.py --json out/train_step.json
 }
-compare_aliked_long() {  # paired bootstrap intervals (compare) of eval_aliked_long's two runs: v2, the shipped file and
-                         # LightGlue each against the attention-only control, homographies and relative pose
-  local V2=mambaglue@out/ablation_aliked_long_v2_reg600/mambaglue_aliked.pt
-  local CTRL=mambaglue@out/ablation_aliked_long_attention_reg600/mambaglue_aliked.pt
-  "$M" compare out/eval_aliked_long_attention.json out/eval_aliked_long_v2.json --methods "$V2,mambaglue,lightglue,$CTRL" \
-    --json out/compare_aliked_long.json
-  "$M" compare out/eval_pose_aliked_long_attention.json out/eval_pose_aliked_long_v2.json \
-    --methods "$V2,mambaglue,lightglue,$CTRL" --json out/compare_pose_aliked_long.json
+compare_aliked_runs() {  # PREFIX: paired bootstrap intervals (compare) of eval_aliked_runs PREFIX's two runs: v2, the
+                         # shipped file and LightGlue each against the attention-only control, homographies and relative pose
+  local V2=mambaglue@out/ablation_$1_v2_reg600/mambaglue_aliked.pt
+  local CTRL=mambaglue@out/ablation_$1_attention_reg600/mambaglue_aliked.pt
+  "$M" compare "out/eval_$1_attention.json" "out/eval_$1_v2.json" --methods "$V2,mambaglue,lightglue,$CTRL" \
+    --json "out/compare_$1.json"
+  "$M" compare "out/eval_pose_$1_attention.json" "out/eval_pose_$1_v2.json" \
+    --methods "$V2,mambaglue,lightglue,$CTRL" --json "out/compare_pose_$1.json"
 }
+compare_aliked_long() { compare_aliked_runs aliked_long; }
+compare_aliked_long3k() { compare_aliked_runs aliked_long3k; }  # (before ship_aliked_long3k: compared with "mambaglue" as shipped)
 eval_aliked_control_fulldepth() {  # full depth (exit off): shipped MambaGlue, the control's matcher, LightGlue; one run
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
     --methods "mambaglue+fulldepth,mambaglue@out/ablation_aliked_attention_fulldepth/mambaglue_aliked.pt+fulldepth,lightglue+fulldepth" \
@@ -760,7 +762,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k compare_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

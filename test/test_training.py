@@ -719,3 +719,48 @@ def test_losses_of_a_float64_model_stay_float64(tiny_cache):
     assert loss.dtype == closs.dtype == torch.float64
     bf = [la.to(torch.bfloat16)] * 2
     assert matcher_loss(bf, batch["gt_matches0"], batch["gt_matches1"])[0].dtype == torch.float32
+
+
+def test_pair_seed_draws_other_training_pairs_and_the_validation_pairs_stay(photo_dir, tmp_path):
+    """data.pair_seed: a regressor stage can train on other pairs than its matcher's run saw (pair k = photo k %
+    photos, warped by the seed's draw k); the validation pairs stay the run's. Unset, the run's seed draws them."""
+    data = {"images": str(photo_dir), "holdout_every": 4, "cache_dir": str(tmp_path / "cache"), "max_keypoints": 32,
+            "train_pairs": 2, "val_pairs": 1, "size": [160, 120]}
+    runs = {}
+    for pair_seed in (None, 0, 5):
+        cfg = load_config(None, **{**tiny_run_config(photo_dir, tmp_path, 1), "data": {**data, "pair_seed": pair_seed}})
+        train_cache, val_cache = make_caches(cfg, progress=False)
+        runs[pair_seed] = ([int(train_cache[k]["seed"]) for k in range(2)], int(val_cache[0]["seed"]),
+                           train_cache.folder)
+    assert runs[None] == runs[0]  # the run's seed (0): the same pairs, the same cache
+    assert not set(runs[5][0]) & set(runs[0][0]) and runs[5][1] == runs[0][1]
+    assert runs[5][2] != runs[0][2]
+
+
+def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch):
+    """Checkpoint picking must not reward knowing the training rooms: validation's rendered pairs come from rooms
+    NUM_SCENES.. 2 NUM_SCENES - 1, training's from 0 .. NUM_SCENES - 1; a cache without rendered pairs keeps its
+    key (no scene_offset in it)."""
+    from mambaglue_ros.training import render_pairs as RPairs
+    from mambaglue_ros.training.train import cache_spec
+
+    rooms = []
+
+    class Stop(Exception):
+        pass
+
+    def room(index):
+        rooms.append(index)
+        raise Stop
+
+    monkeypatch.setattr(RPairs, "_scene", room)
+    cfg = load_config(None, data={"render_fraction": 1.0})
+    for offset in (0, RPairs.NUM_SCENES):
+        spec = cache_spec(cfg, [Path("photo.png")], 20, 3, offset)
+        for k in range(20):
+            with pytest.raises(Stop):
+                spec.make(None, k)
+    assert all(r < RPairs.NUM_SCENES for r in rooms[:20]) and len(set(rooms[:20])) > 1
+    assert all(RPairs.NUM_SCENES <= r < 2 * RPairs.NUM_SCENES for r in rooms[20:])
+    assert "scene_offset" not in cache_spec(load_config(None), [Path("photo.png")], 2, 3).to_json()
+    assert cache_spec(cfg, [Path("photo.png")], 2, 3, 8).key() != cache_spec(cfg, [Path("photo.png")], 2, 3).key()

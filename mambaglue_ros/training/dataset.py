@@ -105,6 +105,7 @@ class CacheSpec:
     photometric: float = 1.0
     video_fraction: float = 0.0  # share of video-like small-motion pairs (``make_video_pair``)
     render_fraction: float = 0.0  # share of rendered-room pairs with parallax and depth (``make_render_pair``)
+    scene_offset: int = 0  # the rendered pairs' rooms (``make_render_pair``): validation's are others than training's
 
     def __post_init__(self) -> None:
         shares = {"video_fraction": self.video_fraction, "render_fraction": self.render_fraction}
@@ -119,6 +120,8 @@ class CacheSpec:
             out["video_fraction"] = float(self.video_fraction)
         if self.render_fraction:
             out["render_fraction"] = float(self.render_fraction)
+        if self.scene_offset:  # (absent when 0: the caches of earlier runs keep their keys)
+            out["scene_offset"] = int(self.scene_offset)
         return out
 
     def pair_kind(self, index: int) -> str:
@@ -140,7 +143,7 @@ class CacheSpec:
         pairs use the renderer's own textures (photo unused)."""
         kind = self.pair_kind(index)
         if kind == "render":
-            return make_render_pair(pair_seed(self.seed, index), tuple(self.size))
+            return make_render_pair(pair_seed(self.seed, index), tuple(self.size), self.scene_offset)
         if kind == "video":
             return make_video_pair(photo, pair_seed(self.seed, index), tuple(self.size), self.photometric)
         return make_pair(photo, pair_seed(self.seed, index), self.difficulty, tuple(self.size), self.photometric)

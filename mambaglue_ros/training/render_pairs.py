@@ -8,7 +8,7 @@ other view, or none when it is hidden there: ``project_with_depth``. The cache s
 ground-truth rule to them exactly as it does to homography warps.
 
 ``make_render_pair(seed)`` is a pure function of the seed: the scene (one of ``NUM_SCENES`` room
-layouts), the path ('orbit' | 'forward' | 'figure8'), the start and a gap of 1 to ``MAX_GAP`` frames at
+layouts; ``scene_offset=NUM_SCENES`` draws from as many other rooms, the validation pairs' held-out rooms), the path ('orbit' | 'forward' | 'figure8'), the start and a gap of 1 to ``MAX_GAP`` frames at
 10 Hz and 0.5 m/s (5 to 40 cm of motion, up to ~25 deg of turn).
 """
 from __future__ import annotations
@@ -44,19 +44,20 @@ class RenderPair:
     seed: int
 
 
-@lru_cache(maxsize=NUM_SCENES)
+@lru_cache(maxsize=2 * NUM_SCENES)  # (training and validation rooms)
 def _scene(index: int):
     from ..synthetic import SyntheticScene
 
     return SyntheticScene(seed=1000 + index)
 
 
-def make_render_pair(seed: int, size: tuple[int, int] = (640, 480)) -> RenderPair:
-    """Two frames of one camera path through a rendered room, ``gap`` frames apart (see module docstring)."""
+def make_render_pair(seed: int, size: tuple[int, int] = (640, 480), scene_offset: int = 0) -> RenderPair:
+    """Two frames of one camera path through a rendered room, ``gap`` frames apart (see module docstring).
+    The room is one of rooms ``scene_offset`` .. ``scene_offset + NUM_SCENES - 1`` (0: the training rooms)."""
     from ..synthetic import default_K, make_trajectory, relative_pose
 
     rng = np.random.default_rng(int(seed))
-    scene = _scene(int(rng.integers(NUM_SCENES)))
+    scene = _scene(int(scene_offset) + int(rng.integers(NUM_SCENES)))
     kind = TRAJECTORIES[int(rng.integers(len(TRAJECTORIES)))]
     gap = int(rng.integers(1, MAX_GAP + 1))
     poses, _ = make_trajectory(kind, n_frames=gap + 1, rate_hz=10.0, seed=int(rng.integers(2**31)), speed_mps=0.5)

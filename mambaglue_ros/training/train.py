@@ -44,6 +44,7 @@ from ..matcher import ARCHITECTURE_OPTIONS, CHECKPOINT_OPTIONS, build_network, c
 from ..models.mambaglue import MambaGlue, filter_matches
 from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
                       net_inputs, split_photos)
+from .render_pairs import NUM_SCENES
 from .losses import confidence_loss, confidence_targets, matcher_loss, nll_loss
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ DEFAULTS: dict[str, Any] = {
         "photometric": 1.0,
         "video_fraction": 0.0,  # share of video-like small-motion pairs (consecutive-frame matching)
         "render_fraction": 0.0,  # share of rendered-room pairs: parallax, occlusions, depth ground truth
+        # The seed the training pairs are drawn with (null: the run's ``seed``). Pair k is photo k % photos, warped by
+        # a draw of this seed, so a regressor stage given its matcher run's seed trains on pairs that matcher saw
+        # (several epochs): another value gives it pairs the matcher did not memorise, as new images will be.
+        "pair_seed": None,
         "pos_th": 3.0,
         "neg_th": 5.0,
     },
@@ -242,14 +247,16 @@ def hardware_string(cfg: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ data
-def cache_spec(cfg: dict[str, Any], photos: Sequence[Path], num_pairs: int, seed: int) -> CacheSpec:
-    """The pairs a config's data options make of ``photos``: ``num_pairs`` of them, drawn with ``seed``."""
+def cache_spec(cfg: dict[str, Any], photos: Sequence[Path], num_pairs: int, seed: int,
+               scene_offset: int = 0) -> CacheSpec:
+    """The pairs a config's data options make of ``photos``: ``num_pairs`` of them, drawn with ``seed`` (rendered
+    pairs in the rooms from ``scene_offset`` on: ``render_pairs.make_render_pair``)."""
     d = cfg["data"]
     return CacheSpec(features=cfg["features"], max_keypoints=int(d["max_keypoints"]),
                      photos=[str(p.resolve()) for p in photos], num_pairs=int(num_pairs), seed=int(seed),
                      difficulty=float(d["difficulty"]), size=tuple(d["size"]), photometric=float(d["photometric"]),
                      video_fraction=float(d.get("video_fraction", 0.0)),
-                     render_fraction=float(d.get("render_fraction", 0.0)))
+                     render_fraction=float(d.get("render_fraction", 0.0)), scene_offset=int(scene_offset))
 
 
 def open_cache(cfg: dict[str, Any], spec: CacheSpec, name: str, extractor: Any = None,
@@ -277,12 +284,16 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
                     "last matcher, not the best", len(photos), d["holdout_every"])
     extractor = None
     caches: list[PairCache | None] = []
-    for name, subset, n, seed in (("train", train_photos, d["train_pairs"], cfg["seed"]),
-                                  ("val", val_photos, d["val_pairs"], cfg["seed"] + 7919)):
+    train_seed = cfg["seed"] if d.get("pair_seed") is None else int(d["pair_seed"])
+    # the validation pairs stay the run's (a regressor stage validates on its matcher's pairs); their rendered pairs
+    # are in other rooms than training's, so that picking a checkpoint does not reward knowing the training rooms
+    for name, subset, n, seed, rooms in (("train", train_photos, d["train_pairs"], train_seed, 0),
+                                         ("val", val_photos, d["val_pairs"], cfg["seed"] + 7919, NUM_SCENES)):
         if not subset or int(n) <= 0:
             caches.append(None)
             continue
-        cache, extractor = open_cache(cfg, cache_spec(cfg, subset, n, seed), name, extractor, progress)
+        spec = cache_spec(cfg, subset, n, seed, rooms if float(d.get("render_fraction", 0.0)) > 0 else 0)
+        cache, extractor = open_cache(cfg, spec, name, extractor, progress)
         caches.append(cache)
     if caches[0] is None:
         raise ValueError("no training pairs: data.train_pairs must be > 0 and some photos must be left for training")
@@ -769,7 +780,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "val_pairs": len(val_cache) if val_cache else 0, "max_keypoints": d["max_keypoints"],
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
-                     "pos_th": d["pos_th"], "neg_th": d["neg_th"]},
+                     "pos_th": d["pos_th"], "neg_th": d["neg_th"],
+                     **({} if d.get("pair_seed") is None else {"pair_seed": int(d["pair_seed"])})},
             "init": (f"matcher of {used}, regressors fresh" if matcher_meta is not None
                      else f"matcher of {continuation['path']} (stage 1 continued it), regressors fresh" if continuation
                      else f"LightGlue weights of {cfg['features']} (warm start)"),

@@ -456,6 +456,28 @@ ship_aliked_long3k() {  # the pre-registered shipping rule on eval_aliked_long3k
       --note "version-2 network, 3000 + 600 steps (bash scripts/results.sh aliked_long3k v2; passed ship_aliked_long3k)"
   fi
 }
+regfresh_aliked_long3k() {  # [TAG]: each aliked_long3k matcher (v2, attention; or TAG) with a fresh 600-step regressor
+                            # on pairs that matcher did not see (data.pair_seed 1; else its _regressor recipe), from its
+                            # stage1_best.pt: out/ablation_aliked_long3k_TAG_regfresh. Resumes. One call per tag side by side
+  local tag out
+  for tag in ${1:-v2 attention}; do
+    out=out/ablation_aliked_long3k_${tag}_regfresh
+    mkdir -p "$out" && cp "out/ablation_aliked_long3k_$tag/stage1_best.pt" "$out/"
+    "$M" train --config "config/ablations/aliked_long3k_${tag}_regfresh.yaml" --stage 2 --no-progress \
+      $([ -f "$out/stage2_state.pt" ] && echo --resume)
+  done
+}
+eval_regfresh_aliked_long3k() {  # [TAG]: each matcher with its two regressors (seen pairs: _reg600; unseen: _regfresh)
+                                 # at alpha 0.95 on the 200 seeded pairs (exit layer, precision, AUC), then the easy pair
+  local tag seen fresh
+  for tag in ${1:-v2 attention}; do
+    seen=out/ablation_aliked_long3k_${tag}_reg600/mambaglue_aliked.pt
+    fresh=out/ablation_aliked_long3k_${tag}_regfresh/mambaglue_aliked.pt
+    "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
+      --methods "mambaglue@$seen,mambaglue@$fresh" --json "out/eval_regfresh_aliked_long3k_$tag.json" --threads 1 --no-progress
+    bench_easy "$fresh" "regfresh_aliked_long3k_$tag" aliked
+  done
+}
 train_step() {  # what a training step costs each design against the attention-only control, with the C++ training scan
                 # and with the torch scan (benchmarks/train_step.py: XFeat batch 8, ALIKED batch 4, 512 keypoints)
   "$PY" benchmarks/train_step.py --json out/train_step.json
@@ -762,7 +784,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k compare_aliked_long3k ship_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k compare_aliked_long3k ship_aliked_long3k regfresh_aliked_long3k eval_regfresh_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

@@ -570,6 +570,11 @@ def test_config_files_parse():
                                for t in ("", f"_{tag}"))
             assert differences(v2_cfg, variant) == {f"model.{option}", "out_dir"}, (tag, stage)
     assert load_config(root / "config" / "ablations" / "xfeat_v1_attention.yaml")["stage1"]["max_steps"] == 837
+    # the aliked_long3k regressors on pairs their matchers did not see: only data.pair_seed (and the folder) differ
+    for tag in ("v2", "attention"):
+        seen, fresh = (load_config(root / "config" / "ablations" / f"aliked_long3k_{tag}_{s}.yaml")
+                       for s in ("regressor", "regfresh"))
+        assert differences(seen, fresh) == {"data.pair_seed", "out_dir"} and fresh["data"]["pair_seed"] != seen["seed"]
     # more seeds of that comparison: each seed-k config is its seed-0 original with only the seed and run folder
     pairs = [(seed, seed0, other) for seed in (1, 2) for seed0, other in (
         ("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"), ("xfeat_v1_attention", f"xfeat_seed{seed}_attention"))]

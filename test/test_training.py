@@ -769,3 +769,22 @@ def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch)
     assert all(RPairs.NUM_SCENES <= r < 2 * RPairs.NUM_SCENES for r in rooms[20:])
     assert "scene_offset" not in cache_spec(load_config(None), [Path("photo.png")], 2, 3).to_json()
     assert cache_spec(cfg, [Path("photo.png")], 2, 3, 8).key() != cache_spec(cfg, [Path("photo.png")], 2, 3).key()
+
+
+def test_fresh_pairs_each_epoch_trains_each_epoch_on_pairs_of_its_own(photo_dir, tmp_path):
+    """data.fresh_pairs_each_epoch: epoch 0 is the fixed set, each later epoch draws and caches its own pairs when it
+    starts (none for an epoch the step budget never reaches); a resumed run goes on in the epoch it stopped in."""
+    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=4)  # 4 pairs, batch 2: epochs 0 and 1
+    base["data"] = {**base["data"], "max_keypoints": 32, "size": [160, 120], "fresh_pairs_each_epoch": True}
+    s = train(load_config(None, **base), "1", progress=False)
+    folders = sorted((tmp_path / "cache" / "xfeat_k32").glob("train_*"))
+    assert s["stage1"]["steps"] == 4 and len(folders) == 2 and s["stage1"]["epoch_cache_s"] > 0
+    seeds = {f: {int(np.load(p)["seed"]) for p in f.glob("pair_*.npz")} for f in folders}
+    assert not set.intersection(*seeds.values())  # other warps in each epoch
+    s = train(load_config(None, **{**base, "stage1": {**base["stage1"], "max_steps": 5}}), "1", resume=True,
+              progress=False)
+    assert s["stage1"]["steps"] == 5 and len(list((tmp_path / "cache" / "xfeat_k32").glob("train_*"))) == 3
+    # without the option every epoch trains on the fixed set: no other cache
+    fixed = {**base, "out_dir": str(tmp_path / "fixed"), "data": {**base["data"], "fresh_pairs_each_epoch": False}}
+    train(load_config(None, **fixed), "1", progress=False)
+    assert len(list((tmp_path / "cache" / "xfeat_k32").glob("train_*"))) == 3

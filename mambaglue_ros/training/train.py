@@ -79,6 +79,11 @@ DEFAULTS: dict[str, Any] = {
         # a draw of this seed, so a regressor stage given its matcher run's seed trains on pairs that matcher saw
         # (several epochs): another value gives it pairs the matcher did not memorise, as new images will be.
         "pair_seed": None,
+        # True: every epoch after the first trains on pairs of its own (epoch e draws with pair seed + e *
+        # EPOCH_SEED_STRIDE; epoch 0 is the fixed set), extracted as the epoch starts, so that a run of several
+        # epochs sees new warps of its photos instead of memorising one set (glue-factory draws a new homography per
+        # sample). Costs a cache of train_pairs per epoch (time, disk); False: the same pairs every epoch.
+        "fresh_pairs_each_epoch": False,
         "pos_th": 3.0,
         "neg_th": 5.0,
     },
@@ -284,7 +289,7 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
                     "last matcher, not the best", len(photos), d["holdout_every"])
     extractor = None
     caches: list[PairCache | None] = []
-    train_seed = cfg["seed"] if d.get("pair_seed") is None else int(d["pair_seed"])
+    train_seed = training_pair_seed(cfg)
     # the validation pairs stay the run's (a regressor stage validates on its matcher's pairs); their rendered pairs
     # are in other rooms than training's, so that picking a checkpoint does not reward knowing the training rooms
     for name, subset, n, seed, rooms in (("train", train_photos, d["train_pairs"], train_seed, 0),
@@ -298,6 +303,32 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
     if caches[0] is None:
         raise ValueError("no training pairs: data.train_pairs must be > 0 and some photos must be left for training")
     return caches[0], caches[1]
+
+
+EPOCH_SEED_STRIDE = 1_000_003  # epoch e's pairs: seed + e * this (far from the validation pairs' seed + 7919)
+
+
+def training_pair_seed(cfg: dict[str, Any]) -> int:
+    """The seed the training pairs are drawn with: ``data.pair_seed``, else the run's ``seed``."""
+    return int(cfg["seed"] if cfg["data"].get("pair_seed") is None else cfg["data"]["pair_seed"])
+
+
+def epoch_caches(cfg: dict[str, Any], progress: bool = True) -> Callable[[int], PairCache] | None:
+    """With ``data.fresh_pairs_each_epoch``: epoch -> the feature cache of that epoch's training pairs (built when
+    first asked for; epoch 0's is ``make_caches``' training cache). None without the option."""
+    d = cfg["data"]
+    if not d.get("fresh_pairs_each_epoch"):
+        return None
+    train_photos, _ = split_photos(list_images(d["images"]), int(d["holdout_every"]))
+    extractor = None
+
+    def cache_of(epoch: int) -> PairCache:
+        nonlocal extractor
+        spec = cache_spec(cfg, train_photos, d["train_pairs"], training_pair_seed(cfg) + EPOCH_SEED_STRIDE * epoch)
+        cache, extractor = open_cache(cfg, spec, "train", extractor, progress)
+        return cache
+
+    return cache_of
 
 
 def load_batch(cache: PairCache, idx: list[int], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -479,9 +510,12 @@ def matcher_fingerprint(net: MambaGlue) -> str:
 
 
 def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache, val_cache: PairCache | None,
-              net: MambaGlue, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+              net: MambaGlue, resume: bool = False, progress: bool = True,
+              epoch_cache: Callable[[int], PairCache] | None = None) -> dict[str, Any]:
     """Train one stage until its time budget or step limit; returns its summary. Stage 2 resumes only on the
-    matcher its state was trained on (a stage 1 continued since would change it)."""
+    matcher its state was trained on (a stage 1 continued since would change it). ``epoch_cache`` (``epoch_caches``):
+    the training pairs of each epoch after the first (``train_cache`` is epoch 0's); building one is not counted
+    as training time."""
     s = cfg[f"stage{stage}"]
     out.mkdir(parents=True, exist_ok=True)
     if stage == 1:
@@ -556,14 +590,23 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
     running: list[float] = []
     stop = False
     while not stop:
-        for pos, idx in iterate_batches(train_cache, bs, int(cfg["seed"]) + stage, st["epoch"], st["pos"]):
+        if (max_steps and st["step"] >= max_steps) or (budget_s > 0 and time.perf_counter() - t_start >= budget_s):
+            break  # (before building the next epoch's pairs for nothing)
+        cache = train_cache
+        if epoch_cache is not None and st["epoch"] > 0:
+            t_build = time.perf_counter()
+            cache = epoch_cache(st["epoch"])
+            built_s = time.perf_counter() - t_build
+            t_start += built_s  # extraction, as the first cache's, is not training time
+            st["epoch_cache_s"] = st.get("epoch_cache_s", 0.0) + built_s
+        for pos, idx in iterate_batches(cache, bs, int(cfg["seed"]) + stage, st["epoch"], st["pos"]):
             elapsed = time.perf_counter() - t_start
             if (max_steps and st["step"] >= max_steps) or (budget_s > 0 and elapsed >= budget_s):
                 stop = True
                 break
             f = lr_factor(st["step"], progress_of(elapsed), s)
             opt.set_lr_factor(f)
-            batch = load_batch(train_cache, idx, cfg)
+            batch = load_batch(cache, idx, cfg)
             data = net_inputs(batch)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 out_t = net.forward_train(data)  # stage 2: frozen matcher, autograd only tracks the regressors
@@ -616,6 +659,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
     summary = {"stage": stage, "steps": st["step"], "epochs": round(st["step"] / steps_per_epoch, 2),
                "precision": "bf16" if bf16 else "fp32",
                "wall_time_s": round(st["elapsed_s"], 1), "batch_size": bs, "best_step": st["best_step"],
+               **({"epoch_cache_s": round(st["epoch_cache_s"], 1)} if "epoch_cache_s" in st else {}),
                "validation_start": st["val_history"][0] if st["val_history"] else None,
                "validation_best": next((v for v in st["val_history"] if v["step"] == st["best_step"]), None),
                "validation_last": st["val_history"][-1] if st["val_history"] else None,
@@ -745,7 +789,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             _load_released_matcher(net, continued_from, continued)
             summary.setdefault("stage1_init", continued_provenance(continued, continued_from))
         _write_json(summary_path, summary)
-        summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress)
+        summary["stage1"] = run_stage(1, cfg, out, train_cache, val_cache, net, resume, progress,
+                                      epoch_caches(cfg, progress))
         _write_json(summary_path, summary)
     if stage in ("2", "both"):
         init = cfg["stage2"]["init"]
@@ -756,7 +801,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
             released, used = W.load_checkpoint(init, features=cfg["features"]), str(init)
             _load_released_matcher(net, released, used)
         matcher_before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("token_confidence.")}
-        summary["stage2"] = run_stage(2, cfg, out, train_cache, val_cache, net, resume, progress)
+        summary["stage2"] = run_stage(2, cfg, out, train_cache, val_cache, net, resume, progress,
+                                      epoch_caches(cfg, progress))
         summary["stage2"]["matcher_from"] = used
         summary["stage2"]["exported"] = load_stage_weights(net, out, 2, "best")
         changed = [k for k, v in net.state_dict().items() if k in matcher_before and not torch.equal(v, matcher_before[k])]
@@ -781,7 +827,8 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                      "difficulty": d["difficulty"], "size": d["size"], "photometric": d["photometric"],
                      "video_fraction": d["video_fraction"], "render_fraction": d["render_fraction"],
                      "pos_th": d["pos_th"], "neg_th": d["neg_th"],
-                     **({} if d.get("pair_seed") is None else {"pair_seed": int(d["pair_seed"])})},
+                     **({} if d.get("pair_seed") is None else {"pair_seed": int(d["pair_seed"])}),
+                     **({"fresh_pairs_each_epoch": True} if d.get("fresh_pairs_each_epoch") else {})},
             "init": (f"matcher of {used}, regressors fresh" if matcher_meta is not None
                      else f"matcher of {continuation['path']} (stage 1 continued it), regressors fresh" if continuation
                      else f"LightGlue weights of {cfg['features']} (warm start)"),

@@ -575,6 +575,19 @@ def test_config_files_parse():
         seen, fresh = (load_config(root / "config" / "ablations" / f"aliked_long3k_{tag}_{s}.yaml")
                        for s in ("regressor", "regfresh"))
         assert differences(seen, fresh) == {"data.pair_seed", "out_dir"} and fresh["data"]["pair_seed"] != seen["seed"]
+    # the XFeat runs of the protocol after the review: xfeat_long3k's with new pairs each epoch and 128 validation
+    # pairs (the regressor on other pairs than the matcher's), v2 and control still differing only in the network
+    protocol = {"out_dir", "data.fresh_pairs_each_epoch", "data.val_pairs"}
+    for tag in ("v2", "attention"):
+        for stage, extra in (("", set()), ("_regressor", {"data.pair_seed"})):
+            old, new = (load_config(root / "config" / "ablations" / f"xfeat_{p}_{tag}{stage}.yaml")
+                        for p in ("long3k", "fresh"))
+            assert differences(old, new) == protocol | extra, (tag, stage)
+            assert new["data"]["fresh_pairs_each_epoch"] is True and new["data"]["val_pairs"] == 128
+    for stage in ("", "_regressor"):
+        control, v2 = (load_config(root / "config" / "ablations" / f"xfeat_fresh_{t}{stage}.yaml")
+                       for t in ("attention", "v2"))
+        assert differences(control, v2) == network | {"out_dir"}, stage
     # more seeds of that comparison: each seed-k config is its seed-0 original with only the seed and run folder
     pairs = [(seed, seed0, other) for seed in (1, 2) for seed0, other in (
         ("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"), ("xfeat_v1_attention", f"xfeat_seed{seed}_attention"))]

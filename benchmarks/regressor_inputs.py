@@ -51,7 +51,8 @@ from mambaglue_ros.matcher import build_network
 from mambaglue_ros.models.mambaglue import MambaGlue, filter_matches, gather_points, unpermute_assignment
 from mambaglue_ros.training.dataset import CacheSpec, PairCache, list_images, net_inputs, split_photos
 from mambaglue_ros.training.losses import confidence_targets
-from mambaglue_ros.training.train import cache_spec, load_batch, load_config, make_caches, open_cache
+from mambaglue_ros.training.train import (cache_spec, held_out_rooms, load_batch, load_config, make_caches,
+                                         open_cache)
 
 INPUTS = ("desc", "desc+delta", "desc+dnorm", "desc+mb", "desc+delta+mb", "desc+rowmax")
 
@@ -68,7 +69,8 @@ def held_out_cache(cfg: dict[str, Any], num_pairs: int, seed: int) -> PairCache:
     held = split_photos(list_images(d["images"]), int(d["holdout_every"]))[1]
     if not held:
         raise SystemExit(f"{d['images']}: no photo is held out with holdout_every {d['holdout_every']}")
-    return open_cache(cfg, cache_spec(cfg, held, num_pairs, seed), "regressor_inputs", progress=False)[0]
+    return open_cache(cfg, cache_spec(cfg, held, num_pairs, seed, held_out_rooms(cfg)), "regressor_inputs",
+                      progress=False)[0]
 
 
 @torch.inference_mode()

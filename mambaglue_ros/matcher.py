@@ -113,8 +113,9 @@ def build_network(features: str, weights: str | None = None, sha256: str | None 
     """The MambaGlue network for a front end, with weights. Returns (network, description of the weights).
 
     weights: None = our shipped checkpoint for the front end if there is one, else the LightGlue warm start;
-             'lightglue' = the LightGlue-family weights of the front end (warm start; with mixer='attention'
-             this *is* LightGlue); 'random' = no weights (tests); otherwise a path/URL to our checkpoint.
+             'lightglue' = the LightGlue-family weights of the front end (warm start, with LightGlue's linear
+             confidence regressor unless ``regressor`` is given; with mixer='attention' this *is* LightGlue);
+             'random' = no weights (tests); otherwise a path/URL to our checkpoint.
     overrides: MambaGlue options (alpha, early_exit, pruning, mixer, ...). Shape options come from the
              checkpoint or the front end and cannot be overridden.
     """

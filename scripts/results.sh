@@ -389,7 +389,8 @@ eval_xfeat_long3k_seed1() { eval_xfeat_pair xfeat_long3k_seed1 "$@"; }  # [TAG..
 compare_xfeat_long3k_seed1() { compare_xfeat_pair xfeat_long3k_seed1; }  # its v2 - control, as compare_xfeat_seed
 xfeat_fresh() {  # issue 11, the training protocol after session 55's review: xfeat_long3k's two runs with new pairs
                  # every epoch, 128 validation pairs and the regressor on pairs its matcher did not see; ARG: v2 /
-                 # attention (side by side: start v2 first, it builds each epoch's pairs; the other reuses them). Resumes.
+                 # attention (side by side: each builds an epoch's pairs when it reaches it, the other then reads them;
+                 # two arriving together extract some twice, harmlessly). Resumes.
   train_tagged xfeat_fresh ${1:-v2 attention}
 }
 eval_xfeat_fresh() { eval_xfeat_pair xfeat_fresh "$@"; }  # [TAG...]: as eval_xfeat_long3k_seed1, on the same pairs

@@ -784,20 +784,87 @@ def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch)
     assert cache_spec(cfg, [Path("photo.png")], 2, 3, 8).key() != cache_spec(cfg, [Path("photo.png")], 2, 3).key()
 
 
-def test_fresh_pairs_each_epoch_trains_each_epoch_on_pairs_of_its_own(photo_dir, tmp_path):
-    """data.fresh_pairs_each_epoch: epoch 0 is the fixed set, each later epoch draws and caches its own pairs when it
-    starts (none for an epoch the step budget never reaches); a resumed run goes on in the epoch it stopped in."""
-    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=4)  # 4 pairs, batch 2: epochs 0 and 1
+def test_fresh_pairs_each_epoch_trains_each_epoch_on_pairs_of_its_own(photo_dir, tmp_path, monkeypatch):
+    """data.fresh_pairs_each_epoch: epoch 0 trains on the fixed set, each later epoch on pairs of its own, drawn and
+    cached when it starts (none for an epoch the step budget never reaches); a run resumed in the middle of an epoch
+    goes on with that epoch's pairs. Without the option every epoch reads the fixed set."""
+    import mambaglue_ros.training.train as T
+
+    read = []  # the cache folder of every training batch, in order
+    load = T.load_batch
+
+    def recorded(cache, idx, cfg):
+        if cache.folder.name.startswith("train_"):  # (validation reads its own cache through it too)
+            read.append(cache.folder.name)
+        return load(cache, idx, cfg)
+
+    monkeypatch.setattr(T, "load_batch", recorded)
+    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=3)  # 4 pairs, batch 2: epoch 0, half of epoch 1
     base["data"] = {**base["data"], "max_keypoints": 32, "size": [160, 120], "fresh_pairs_each_epoch": True}
     s = train(load_config(None, **base), "1", progress=False)
-    folders = sorted((tmp_path / "cache" / "xfeat_k32").glob("train_*"))
-    assert s["stage1"]["steps"] == 4 and len(folders) == 2 and s["stage1"]["epoch_cache_s"] > 0
-    seeds = {f: {int(np.load(p)["seed"]) for p in f.glob("pair_*.npz")} for f in folders}
+    caches = tmp_path / "cache" / "xfeat_k32"
+    assert s["stage1"]["steps"] == 3 and len(list(caches.glob("train_*"))) == 2 and s["stage1"]["epoch_cache_s"] > 0
+    assert read[0] == read[1] != read[2]  # epoch 0: the fixed set; epoch 1: its own
+    seeds = {f.name: {int(np.load(p)["seed"]) for p in f.glob("pair_*.npz")} for f in caches.glob("train_*")}
     assert not set.intersection(*seeds.values())  # other warps in each epoch
     s = train(load_config(None, **{**base, "stage1": {**base["stage1"], "max_steps": 5}}), "1", resume=True,
               progress=False)
-    assert s["stage1"]["steps"] == 5 and len(list((tmp_path / "cache" / "xfeat_k32").glob("train_*"))) == 3
-    # without the option every epoch trains on the fixed set: no other cache
-    fixed = {**base, "out_dir": str(tmp_path / "fixed"), "data": {**base["data"], "fresh_pairs_each_epoch": False}}
+    assert s["stage1"]["steps"] == 5 and len(list(caches.glob("train_*"))) == 3
+    assert read[3] == read[2] and read[4] not in read[:4]  # epoch 1 goes on with its pairs; epoch 2: new ones
+    read.clear()
+    fixed = {**base, "out_dir": str(tmp_path / "fixed"),
+             "data": {**base["data"], "fresh_pairs_each_epoch": False, "cache_dir": str(tmp_path / "fixed_cache")}}
     train(load_config(None, **fixed), "1", progress=False)
-    assert len(list((tmp_path / "cache" / "xfeat_k32").glob("train_*"))) == 3
+    assert len(set(read)) == 1 and len(list((tmp_path / "fixed_cache" / "xfeat_k32").glob("train_*"))) == 1
+
+
+def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch, photo_dir, tmp_path):
+    """Checkpoint picking must not reward knowing the training rooms: validation's rendered pairs come from rooms
+    NUM_SCENES .. 2 NUM_SCENES - 1, training's from 0 .. NUM_SCENES - 1; a cache without rendered pairs keeps its
+    key (no scene_offset in it)."""
+    import mambaglue_ros.training.train as T
+    from mambaglue_ros.training import render_pairs as RPairs
+
+    rooms = []
+
+    class Stop(Exception):
+        pass
+
+    def room(index):
+        rooms.append(index)
+        raise Stop
+
+    monkeypatch.setattr(RPairs, "_scene", room)
+    cfg = load_config(None, data={"render_fraction": 1.0})
+    for offset in (0, RPairs.NUM_SCENES):
+        spec = T.cache_spec(cfg, [Path("photo.png")], 20, 3, offset)
+        for k in range(20):
+            with pytest.raises(Stop):
+                spec.make(None, k)
+    assert all(r < RPairs.NUM_SCENES for r in rooms[:20]) and len(set(rooms[:20])) > 1
+    assert all(RPairs.NUM_SCENES <= r < 2 * RPairs.NUM_SCENES for r in rooms[20:])
+    # make_caches gives the offset to validation only, and only where there are rendered pairs
+    specs = {}
+    monkeypatch.setattr(T, "open_cache", lambda cfg, spec, name, extractor, progress: (specs.setdefault(name, spec),
+                                                                                        extractor))
+    data = {"images": str(photo_dir), "holdout_every": 4}
+    for share in (0.5, 0.0):
+        specs.clear()
+        T.make_caches(load_config(None, data={**data, "render_fraction": share}), progress=False)
+        assert specs["train"].scene_offset == 0
+        assert specs["val"].scene_offset == (RPairs.NUM_SCENES if share else 0)
+    assert "scene_offset" not in specs["val"].to_json()  # (the key that caches made before the option have)
+
+
+def test_resume_refuses_other_validation_pairs(photo_dir, tmp_path):
+    """best_val was measured on the saved run's validation pairs: a resume validating on others is refused."""
+    base = tiny_run_config(photo_dir, tmp_path, stage1_steps=1)
+    base["data"] = {**base["data"], "max_keypoints": 32, "size": [160, 120]}
+    train(load_config(None, **base), "1", progress=False)
+    state = torch.load(tmp_path / "run" / "stage1_state.pt", weights_only=True)
+    assert state["val_cache"].startswith("val_")
+    state["val_cache"] = "val_0000000000"  # as if the validation pairs had changed since
+    torch.save(state, tmp_path / "run" / "stage1_state.pt")
+    with pytest.raises(ValueError, match="picked its best checkpoint on validation pairs val_0000000000"):
+        train(load_config(None, **{**base, "stage1": {**base["stage1"], "max_steps": 2}}), "1", resume=True,
+              progress=False)

@@ -8,8 +8,9 @@ other view, or none when it is hidden there: ``project_with_depth``. The cache s
 ground-truth rule to them exactly as it does to homography warps.
 
 ``make_render_pair(seed)`` is a pure function of the seed: the scene (one of ``NUM_SCENES`` room
-layouts; ``scene_offset=NUM_SCENES`` draws from as many other rooms, the validation pairs' held-out rooms), the path ('orbit' | 'forward' | 'figure8'), the start and a gap of 1 to ``MAX_GAP`` frames at
-10 Hz and 0.5 m/s (5 to 40 cm of motion, up to ~25 deg of turn).
+layouts; ``scene_offset=NUM_SCENES`` draws from as many other rooms, the validation pairs' held-out rooms),
+the path ('orbit' | 'forward' | 'figure8'), the start and a gap of 1 to ``MAX_GAP`` frames at 10 Hz and
+0.5 m/s (5 to 40 cm of motion, up to ~25 deg of turn).
 """
 from __future__ import annotations
 

@@ -44,8 +44,8 @@ from ..matcher import ARCHITECTURE_OPTIONS, CHECKPOINT_OPTIONS, build_network, c
 from ..models.mambaglue import MambaGlue, filter_matches
 from .dataset import (CacheSpec, PairCache, build_cache, cache_folder, collate, iterate_batches, list_images,
                       net_inputs, split_photos)
-from .render_pairs import NUM_SCENES
 from .losses import confidence_loss, confidence_targets, matcher_loss, nll_loss
+from .render_pairs import NUM_SCENES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ DEFAULTS: dict[str, Any] = {
         "render_fraction": 0.0,  # share of rendered-room pairs: parallax, occlusions, depth ground truth
         # The seed the training pairs are drawn with (null: the run's ``seed``). Pair k is photo k % photos, warped by
         # a draw of this seed, so a regressor stage given its matcher run's seed trains on pairs that matcher saw
-        # (several epochs): another value gives it pairs the matcher did not memorise, as new images will be.
+        # (several epochs): another value gives it pairs the matcher did not memorise, as new images will be. A
+        # regressor stage must be its own config for that (the ``_regressor.yaml`` files): ``--stage both`` trains
+        # both stages on the same pairs, also with fresh_pairs_each_epoch.
         "pair_seed": None,
         # True: every epoch after the first trains on pairs of its own (epoch e draws with pair seed + e *
         # EPOCH_SEED_STRIDE; epoch 0 is the fixed set), extracted as the epoch starts, so that a run of several
@@ -278,6 +280,13 @@ def open_cache(cfg: dict[str, Any], spec: CacheSpec, name: str, extractor: Any =
     return PairCache(folder, spec.num_pairs), extractor
 
 
+def held_out_rooms(cfg: dict[str, Any]) -> int:
+    """The ``scene_offset`` of pairs that judge a run (validation, held-out benchmarks): rendered pairs in other rooms
+    than training's, so that picking a checkpoint does not reward knowing the training rooms (0 without rendered
+    pairs: those caches keep the keys they had before the option)."""
+    return NUM_SCENES if float(cfg["data"].get("render_fraction", 0.0)) > 0 else 0
+
+
 def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, PairCache | None]:
     """Build (or reuse) the training and validation feature caches of a config."""
     d = cfg["data"]
@@ -290,15 +299,13 @@ def make_caches(cfg: dict[str, Any], progress: bool = True) -> tuple[PairCache, 
     extractor = None
     caches: list[PairCache | None] = []
     train_seed = training_pair_seed(cfg)
-    # the validation pairs stay the run's (a regressor stage validates on its matcher's pairs); their rendered pairs
-    # are in other rooms than training's, so that picking a checkpoint does not reward knowing the training rooms
+    # the validation pairs stay the run's (a regressor stage validates on its matcher's pairs)
     for name, subset, n, seed, rooms in (("train", train_photos, d["train_pairs"], train_seed, 0),
-                                         ("val", val_photos, d["val_pairs"], cfg["seed"] + 7919, NUM_SCENES)):
+                                         ("val", val_photos, d["val_pairs"], cfg["seed"] + 7919, held_out_rooms(cfg))):
         if not subset or int(n) <= 0:
             caches.append(None)
             continue
-        spec = cache_spec(cfg, subset, n, seed, rooms if float(d.get("render_fraction", 0.0)) > 0 else 0)
-        cache, extractor = open_cache(cfg, spec, name, extractor, progress)
+        cache, extractor = open_cache(cfg, cache_spec(cfg, subset, n, seed, rooms), name, extractor, progress)
         caches.append(cache)
     if caches[0] is None:
         raise ValueError("no training pairs: data.train_pairs must be > 0 and some photos must be left for training")
@@ -535,6 +542,10 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         if saved.get("matcher", matcher) != matcher:
             raise ValueError(f"{path} trained the regressors of another matcher than the one stage 2 starts from now "
                              "(stage 1 went on since?): run stage 2 again with --overwrite")
+        val_now = val_cache.folder.name if val_cache is not None else None
+        if "val_cache" in saved and saved["val_cache"] != val_now:  # (states saved before 2026-12-07 do not say)
+            raise ValueError(f"{path} picked its best checkpoint on validation pairs {saved['val_cache']}, this run's "
+                             f"are {val_now}: a resumed run would compare the two; run the stage again with --overwrite")
         net.load_state_dict(saved.pop("model"))
         opt.load_state_dict(saved.pop("optimizer"))
         saved.pop("config", None)
@@ -546,6 +557,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         for f in (path, out / f"stage{stage}_log.jsonl", out / f"stage{stage}_best.pt"):
             f.unlink(missing_ok=True)
     st["config"] = resume_fingerprint(cfg, stage)  # saved with the state: what a --resume must not change
+    st["val_cache"] = val_cache.folder.name if val_cache is not None else None  # (the pairs best_val was measured on)
     if matcher is not None:
         st["matcher"] = matcher
     budget_s = float(s["max_minutes"]) * 60.0

@@ -26,6 +26,7 @@ from mambaglue_ros.geometry import (
 )
 from mambaglue_ros.tracking import (MonoTracker, StereoTracker, image_sharpness, median_parallax_px,
                                     sharpness_mismatch, validate_tracking_config)
+from mambaglue_ros.types import Features
 
 WIDTH, HEIGHT = 512, 384
 K = np.array([[400.0, 0.0, 256.0], [0.0, 400.0, 192.0], [0.0, 0.0, 1.0]])
@@ -179,6 +180,11 @@ def test_orb_empty_and_black_images(shape):
         assert result.matches.shape == (0, 2) and result.scores.shape == (0,)
         assert result.points0.shape == (0, 2)
     assert len(orb.match(black, black)) == 0
+    assert feats.front_end == textured.front_end == "orb"
+    learned = Features(textured.keypoints, textured.descriptors, textured.scores, textured.image_size,
+                       front_end="xfeat")  # (the same numbers, tagged as another front end's)
+    with pytest.raises(ValueError, match="come from the 'xfeat' front end; OrbMatcher matches ORB's"):
+        orb.match_features(textured, learned)
 
 
 def test_orb_image_scale_keeps_keypoints_in_input_pixels(sequence):

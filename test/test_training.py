@@ -579,11 +579,13 @@ def test_config_files_parse():
     # pairs (the regressor on other pairs than the matcher's), v2 and control still differing only in the network
     protocol = {"out_dir", "data.fresh_pairs_each_epoch", "data.val_pairs"}
     for tag in ("v2", "attention"):
-        for stage, extra in (("", set()), ("_regressor", {"data.pair_seed"})):
+        # (and the step count alone ends the stage that runs: no clock that a loaded CPU could make cut one short)
+        for stage, extra in (("", {"stage1.max_minutes"}), ("_regressor", {"data.pair_seed", "stage2.max_minutes"})):
             old, new = (load_config(root / "config" / "ablations" / f"xfeat_{p}_{tag}{stage}.yaml")
                         for p in ("long3k", "fresh"))
             assert differences(old, new) == protocol | extra, (tag, stage)
             assert new["data"]["fresh_pairs_each_epoch"] is True and new["data"]["val_pairs"] == 128
+            assert new["stage2" if stage else "stage1"]["max_minutes"] == 0
     for stage in ("", "_regressor"):
         control, v2 = (load_config(root / "config" / "ablations" / f"xfeat_fresh_{t}{stage}.yaml")
                        for t in ("attention", "v2"))

@@ -757,35 +757,6 @@ def test_pair_seed_draws_other_training_pairs_and_the_validation_pairs_stay(phot
     assert runs[5][2] != runs[0][2]
 
 
-def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch):
-    """Checkpoint picking must not reward knowing the training rooms: validation's rendered pairs come from rooms
-    NUM_SCENES.. 2 NUM_SCENES - 1, training's from 0 .. NUM_SCENES - 1; a cache without rendered pairs keeps its
-    key (no scene_offset in it)."""
-    from mambaglue_ros.training import render_pairs as RPairs
-    from mambaglue_ros.training.train import cache_spec
-
-    rooms = []
-
-    class Stop(Exception):
-        pass
-
-    def room(index):
-        rooms.append(index)
-        raise Stop
-
-    monkeypatch.setattr(RPairs, "_scene", room)
-    cfg = load_config(None, data={"render_fraction": 1.0})
-    for offset in (0, RPairs.NUM_SCENES):
-        spec = cache_spec(cfg, [Path("photo.png")], 20, 3, offset)
-        for k in range(20):
-            with pytest.raises(Stop):
-                spec.make(None, k)
-    assert all(r < RPairs.NUM_SCENES for r in rooms[:20]) and len(set(rooms[:20])) > 1
-    assert all(RPairs.NUM_SCENES <= r < 2 * RPairs.NUM_SCENES for r in rooms[20:])
-    assert "scene_offset" not in cache_spec(load_config(None), [Path("photo.png")], 2, 3).to_json()
-    assert cache_spec(cfg, [Path("photo.png")], 2, 3, 8).key() != cache_spec(cfg, [Path("photo.png")], 2, 3).key()
-
-
 def test_fresh_pairs_each_epoch_trains_each_epoch_on_pairs_of_its_own(photo_dir, tmp_path, monkeypatch):
     """data.fresh_pairs_each_epoch: epoch 0 trains on the fixed set, each later epoch on pairs of its own, drawn and
     cached when it starts (none for an epoch the step budget never reaches); a run resumed in the middle of an epoch
@@ -856,6 +827,8 @@ def test_rendered_validation_pairs_are_in_other_rooms_than_training(monkeypatch,
         assert specs["train"].scene_offset == 0
         assert specs["val"].scene_offset == (RPairs.NUM_SCENES if share else 0)
     assert "scene_offset" not in specs["val"].to_json()  # (the key that caches made before the option have)
+    photo = [Path("photo.png")]
+    assert T.cache_spec(cfg, photo, 2, 3, RPairs.NUM_SCENES).key() != T.cache_spec(cfg, photo, 2, 3).key()
 
 
 def test_resume_refuses_other_validation_pairs(photo_dir, tmp_path):

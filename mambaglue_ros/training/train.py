@@ -573,6 +573,9 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
         p = elapsed / budget_s if budget_s > 0 else 0.0
         return max(p, st["step"] / max_steps) if max_steps else p
 
+    def budget_spent(elapsed: float) -> bool:
+        return bool(max_steps and st["step"] >= max_steps) or (budget_s > 0 and elapsed >= budget_s)
+
     def do_validate() -> dict[str, Any]:
         t = time.perf_counter()
         v = validate(net, val_cache, cfg)
@@ -602,7 +605,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
     running: list[float] = []
     stop = False
     while not stop:
-        if (max_steps and st["step"] >= max_steps) or (budget_s > 0 and time.perf_counter() - t_start >= budget_s):
+        if budget_spent(time.perf_counter() - t_start):
             break  # (before building the next epoch's pairs for nothing)
         cache = train_cache
         if epoch_cache is not None and st["epoch"] > 0:
@@ -613,7 +616,7 @@ def run_stage(stage: int, cfg: dict[str, Any], out: Path, train_cache: PairCache
             st["epoch_cache_s"] = st.get("epoch_cache_s", 0.0) + built_s
         for pos, idx in iterate_batches(cache, bs, int(cfg["seed"]) + stage, st["epoch"], st["pos"]):
             elapsed = time.perf_counter() - t_start
-            if (max_steps and st["step"] >= max_steps) or (budget_s > 0 and elapsed >= budget_s):
+            if budget_spent(elapsed):
                 stop = True
                 break
             f = lr_factor(st["step"], progress_of(elapsed), s)

@@ -590,6 +590,15 @@ def test_config_files_parse():
         control, v2 = (load_config(root / "config" / "ablations" / f"xfeat_fresh_{t}{stage}.yaml")
                        for t in ("attention", "v2"))
         assert differences(control, v2) == network | {"out_dir"}, stage
+    # that protocol at a budget that finishes inside one session: only the matcher's step count (and folders) differ
+    for tag in ("v2", "attention"):
+        for stage, extra in (("", {"stage1.max_steps"}), ("_regressor", set())):
+            full, short = (load_config(root / "config" / "ablations" / f"{p}_{tag}{stage}.yaml")
+                           for p in ("xfeat_fresh", "xfeat_fresh3ep"))
+            assert differences(full, short) == {"out_dir"} | extra, (tag, stage)
+        short = load_config(root / "config" / "ablations" / f"xfeat_fresh3ep_{tag}.yaml")
+        # three whole epochs: every matcher step sees pairs no earlier step saw
+        assert short["stage1"]["max_steps"] * short["stage1"]["batch_size"] == 3 * short["data"]["train_pairs"]
     # more seeds of that comparison: each seed-k config is its seed-0 original with only the seed and run folder
     pairs = [(seed, seed0, other) for seed in (1, 2) for seed0, other in (
         ("xfeat_v1budget_v2", f"xfeat_seed{seed}_v2"), ("xfeat_v1_attention", f"xfeat_seed{seed}_attention"))]

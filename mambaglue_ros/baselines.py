@@ -138,9 +138,7 @@ class OrbMatcher:
     def match_features(self, feats0: Features, feats1: Features) -> MatchResult:
         """Mutual nearest neighbours under Hamming distance, at most ``max_hamming`` apart."""
         for f in (feats0, feats1):  # a learned front end's floats, packed as bits, would match at random
-            if f.front_end not in (None, "orb"):
-                raise ValueError(f"these Features come from the {f.front_end!r} front end; OrbMatcher matches ORB's "
-                                 "(OrbMatcher.extract)")
+            f.require_front_end("orb", "OrbMatcher", "OrbMatcher.extract")
         t0 = time.perf_counter()
         kp0 = feats0.keypoints.detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
         kp1 = feats1.keypoints.detach().cpu().numpy().astype(np.float32).reshape(-1, 2)

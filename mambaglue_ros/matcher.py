@@ -450,10 +450,7 @@ class Matcher:
             for f in pair:
                 if not isinstance(f, Features):
                     raise TypeError(f"expected Features, got {type(f).__name__}")
-                if f.front_end is not None and f.front_end != self.features:
-                    raise ValueError(f"these Features come from the {f.front_end!r} front end, but this matcher is "
-                                     f"trained for {self.features!r} features: extract them with the same front end "
-                                     f"(Matcher.extract)")
+                f.require_front_end(self.features, "this matcher", "Matcher.extract")
                 if f.descriptors.shape[-1] != dim:
                     raise ValueError(f"these Features have {f.descriptors.shape[-1]}-d descriptors, but this matcher "
                                      f"({self.features}) takes {dim}-d: extract them with the same front end "

@@ -125,6 +125,15 @@ class Features:
         return Features(self.keypoints.to(device), self.descriptors.to(device),
                         self.scores.to(device), self.image_size, self.scale, self.front_end)
 
+    def require_front_end(self, front_end: str, matcher: str, extract: str) -> None:
+        """ValueError when another front end made these features (None, features from elsewhere, passes).
+
+        ``matcher`` names who asks ("this matcher"), ``extract`` what makes the right set ("Matcher.extract").
+        """
+        if self.front_end is not None and self.front_end != front_end:
+            raise ValueError(f"these Features come from the {self.front_end!r} front end, but {matcher} takes "
+                             f"{front_end!r} features: extract them with {extract}")
+
 
 @dataclass
 class MatchResult:

@@ -317,7 +317,7 @@ def test_features_of_the_wrong_shape_or_front_end_are_refused_with_a_reason():
     assert m.match_features(from_numpy, from_numpy).keypoints0.shape == (10, 2)
     # another front end's set of the same width (ALIKED's and DISK's are both 128-d) is told by its tag
     other = Features(torch.zeros(10, 2), torch.zeros(10, 64), torch.zeros(10), (64, 48), front_end="disk")
-    with pytest.raises(ValueError, match="come from the 'disk' front end, but this matcher is trained for 'xfeat'"):
+    with pytest.raises(ValueError, match="come from the 'disk' front end, but this matcher takes 'xfeat' features"):
         m.match_features(from_numpy, other)
     with pytest.raises(ValueError, match="'disk' front end"):
         m.prepare(other)

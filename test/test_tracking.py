@@ -183,7 +183,7 @@ def test_orb_empty_and_black_images(shape):
     assert feats.front_end == textured.front_end == "orb"
     learned = Features(textured.keypoints, textured.descriptors, textured.scores, textured.image_size,
                        front_end="xfeat")  # (the same numbers, tagged as another front end's)
-    with pytest.raises(ValueError, match="come from the 'xfeat' front end; OrbMatcher matches ORB's"):
+    with pytest.raises(ValueError, match="come from the 'xfeat' front end, but OrbMatcher takes 'orb' features"):
         orb.match_features(textured, learned)
 
 

@@ -783,6 +783,19 @@ regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (th
   "$PY" benchmarks/regressor_inputs.py --config config/ablations/xfeat_long3k_v2_regressor.yaml \
     --json out/regressor_inputs_xfeat.json
 }
+low_rank_aliked() {  # 2026-12-08 (issue 11): the ALIKED file (version 1) with its FFN's Mamba columns at rank d/4 (the
+                     # default since then, mamba_ffn_rank -1) against the same file dense (+dense), on the pairs and
+                     # keypoints of eval_aliked_long3k: alpha 0.95 and full depth, relative pose, paired intervals
+  "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
+    --methods mambaglue,mambaglue+dense,mambaglue+fulldepth,mambaglue+dense+fulldepth --json out/eval_low_rank_aliked.json \
+    --threads 1 --no-progress
+  "$M" eval-pose --features aliked --methods mambaglue,mambaglue+dense --json out/eval_pose_low_rank_aliked.json \
+    --threads 1 --no-progress
+  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue,mambaglue+dense --json out/compare_low_rank_aliked.json
+  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue+fulldepth,mambaglue+dense+fulldepth \
+    --json out/compare_low_rank_aliked_fulldepth.json
+  "$M" compare out/eval_pose_low_rank_aliked.json --methods mambaglue,mambaglue+dense --json out/compare_pose_low_rank_aliked.json
+}
 full_depth_flops() {  # 2026-12-07 (issue 11): full-depth time ratios with each design's FLOP ratio to LightGlue (quiet machine)
   "$PY" benchmarks/full_depth_ratio.py --configs xfeat:512:30,xfeat:1024:20,aliked:512:10,aliked:1024:8 --flops
 }
@@ -798,7 +811,7 @@ speed() {         # run on a quiet machine: ratios within one run are what to co
   "$PY" benchmarks/node_rate.py --configs mono:xfeat,stereo:xfeat,mono:aliked --precision bf16 --json out/node_rate_bf16.json
 }
 
-steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 xfeat_fresh eval_xfeat_fresh compare_xfeat_fresh xfeat_fresh3ep eval_xfeat_fresh3ep compare_xfeat_fresh3ep render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k compare_aliked_long3k ship_aliked_long3k regfresh_aliked_long3k eval_regfresh_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs full_depth_flops speed)
+steps=(train_xfeat train_xfeat_v1 xfeat_v1_weights train_aliked ablations design_xfeat eval_design_xfeat design_xfeat_long ablations_xfeat_long eval_design_xfeat_long regressor_xfeat_long eval_regressor_xfeat_long eval_ablations_xfeat_long regressor_aliked eval_regressor_aliked regressor_xfeat eval_regressor_xfeat aliked_control xfeat_v1_control eval_xfeat_v1_control aliked_control_fulldepth eval_aliked_control_fulldepth eval_aliked_control aliked_v2 eval_aliked_v2 xfeat_v1budget_v2 eval_xfeat_v1budget_v2 v1budget_v2_one_factor eval_v1budget_v2_one_factor xfeat_seed1 eval_xfeat_seed1 compare_xfeat_seed1 xfeat_seed2 eval_xfeat_seed2 compare_xfeat_seed2 seeds_xfeat xfeat_continue eval_xfeat_continue settle_xfeat_continue compare_xfeat_continue xfeat_long3k eval_xfeat_long3k xfeat_long3k_seed1 eval_xfeat_long3k_seed1 compare_xfeat_long3k_seed1 xfeat_fresh eval_xfeat_fresh compare_xfeat_fresh xfeat_fresh3ep eval_xfeat_fresh3ep compare_xfeat_fresh3ep render_xfeat eval_render_xfeat render3k_xfeat eval_render3k_xfeat aliked_long eval_aliked_long compare_aliked_long aliked_long3k eval_aliked_long3k compare_aliked_long3k ship_aliked_long3k regfresh_aliked_long3k eval_regfresh_aliked_long3k train_step eval_xfeat eval_xfeat_v1 eval_ablation_depth eval_aliked eval_pose replays precision_auto stereo_epipolar resolution_knob realtime_512 pose_settle mono_scale stereo_gaps bad_frames sharpness_gate track_gate live_floor_rate raw_stereo scan_kernel compressed_decode cpu_speed headline_time compare_headline video_sweep video_equal_precision video_pose regressor_inputs low_rank_aliked full_depth_flops speed)
 if [ "${1:-}" = all ]; then
   for s in "${steps[@]}"; do "$s"; done
 elif [ -n "${1:-}" ] && declare -F "$1" >/dev/null; then

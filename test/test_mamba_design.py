@@ -219,3 +219,7 @@ def test_eval_method_suffixes_turn_off_pruning_and_set_precision():
     full = build_matcher("lightglue+fulldepth", "xfeat")
     assert full.alpha is None and full.net.conf["early_exit"] is False
     assert build_matcher("lightglue", "xfeat").net.conf["early_exit"] is True
+    assert split_suffixes("mambaglue+dense+fulldepth") == ("mambaglue", {"precision": "fp32", "mamba_ffn_rank": 0,
+                                                                         "alpha": None})
+    assert build_matcher("mambaglue+dense", "xfeat").net.conf["mamba_ffn_rank"] == 0
+    assert build_matcher("mambaglue", "xfeat").net.conf["mamba_ffn_rank"] == -1

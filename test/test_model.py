@@ -484,6 +484,61 @@ def test_inference_constants_are_kept_until_a_weight_changes():
         assert fresh is not branch.inference_constants() and fresh["A"].requires_grad
 
 
+V1_DESIGN = {"scan_order": "score", "bidirectional": False, "mamba_message": "concat", "mamba_expand": 1.0}
+
+
+def test_low_rank_mamba_columns():
+    """``mamba_ffn_rank``: the automatic rank is d/4 for version-1 networks (2d-wide Mamba columns) and 0 otherwise;
+    at full rank the low-rank path gives the dense result; at a lower rank it is the truncated SVD of the folded
+    columns (the best approximation, so a rank-r product gives the same output as dense inputs through it); training
+    (autograd) runs the dense columns; the factors follow in-place weight updates; a rank below -1 is refused."""
+    torch.manual_seed(0)
+    small = {"input_dim": 32, "descriptor_dim": 64, "n_layers": 3, "num_heads": 2, "early_exit": False, "pruning": False}
+    ranks = {name: MambaGlue(**small, **design).transformers[0].self_attn.ffn_rank
+             for name, design in (("v1", V1_DESIGN), ("v2", {}), ("attention", {"mixer": "attention"}),
+                                  ("v1 set", {**V1_DESIGN, "mamba_ffn_rank": 8}), ("v1 off", {**V1_DESIGN, "mamba_ffn_rank": 0}))}
+    assert ranks == {"v1": 16, "v2": 0, "attention": 0, "v1 set": 8, "v1 off": 0}
+    with pytest.raises(ValueError, match="mamba_ffn_rank"):
+        MambaGlue(**small, mamba_ffn_rank=-2)
+    f0 = random_features(200, 32, seed=1)
+    f1 = perturbed(f0, seed=2)
+    data = {"keypoints0": f0.keypoints[None], "keypoints1": f1.keypoints[None], "descriptors0": f0.descriptors[None],
+            "descriptors1": f1.descriptors[None], "image_size0": torch.tensor([[640.0, 480.0]]),
+            "image_size1": torch.tensor([[640.0, 480.0]])}
+    dense = live_mamba(MambaGlue(**small, **V1_DESIGN, mamba_ffn_rank=0).eval())
+    nets = {r: MambaGlue(**small, **V1_DESIGN, mamba_ffn_rank=r).eval() for r in (4, 128)}
+    for net in nets.values():
+        net.load_state_dict(dense.state_dict())
+    with torch.inference_mode():
+        ref, full, low = dense(data), nets[128](data), nets[4](data)
+    # rank 128 >= the 128 folded Mamba columns: the same network, another order of sums
+    assert torch.allclose(full["log_assignment"], ref["log_assignment"], atol=1e-4)
+    assert torch.equal(full["matches0"], ref["matches0"])
+    assert not torch.allclose(low["log_assignment"], ref["log_assignment"], atol=1e-4)  # rank 4 of random columns: an approximation
+    block = nets[4].transformers[1].self_attn
+    with torch.inference_mode():
+        dense_w, up, down = block.low_rank_ffn_weight()
+        folded = block.ffn_weight()
+    n = dense_w.shape[1]
+    assert up.shape == (128, 4) and down.shape == (4, 128) and torch.equal(dense_w, folded[:, :n])
+    sv = torch.linalg.svdvals(folded[:, n:].double())
+    # Eckart-Young: the error of the best rank-4 approximation is the norm of the other singular values
+    assert torch.isclose((folded[:, n:] - up @ down).double().norm(), sv[4:].norm(), rtol=1e-4)
+    with torch.no_grad():  # an in-place update (an optimiser step) makes new factors
+        block.ffn[0].weight[:, n:].mul_(2.0)
+    with torch.inference_mode():
+        assert torch.allclose(block.low_rank_ffn_weight()[1] @ down, 2 * up @ down, atol=1e-5)
+    # under autograd the FFN runs as trained: gradients reach every Mamba column of the FFN's first layer
+    net = nets[4].train()
+    x = torch.randn(1, 50, 64)
+    enc = net.posenc(torch.rand(1, 50, 2)).detach()
+    for b in (net.transformers[0].self_attn, dense.transformers[0].self_attn):
+        b.ffn[0].weight.grad = None
+        b(x, enc).square().sum().backward()
+    g_low, g_dense = (b.ffn[0].weight.grad for b in (net.transformers[0].self_attn, dense.transformers[0].self_attn))
+    assert torch.allclose(g_low, g_dense, atol=1e-5) and g_low[:, n:].abs().sum() > 0
+
+
 @pytest.mark.parametrize("design", [{"scan_order": "score", "bidirectional": False, "mamba_message": "concat",
                                      "mamba_expand": 1.0},
                                     {"scan_order": "hilbert", "bidirectional": True, "mamba_message": "gated"}],

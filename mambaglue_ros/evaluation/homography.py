@@ -222,7 +222,7 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ methods
 METHOD_SUFFIXES = {"+bf16": {"precision": "bf16"}, "+noprune": {"pruning": False},
-                   "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}}
+                   "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}, "+dense": {"mamba_ffn_rank": 0}}
 
 
 ALPHA_SUFFIX = re.compile(r"\+alpha([0-9]*\.?[0-9]+)$")
@@ -232,6 +232,7 @@ def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
     """``"mambaglue+noprune+bf16"`` -> ``("mambaglue", {"pruning": False, "precision": "bf16"})``: the base
     method and the Matcher options of its suffixes (``+bf16`` autocast, ``+noprune`` pruning off,
     ``+meanexit`` the early exit's mean-confidence rule, ``+fulldepth`` early exit off: every layer runs,
+    ``+dense`` the Mamba columns of the FFN as trained (``mamba_ffn_rank`` 0, not their low-rank product),
     ``+alphaA`` the early exit at α = A instead of the default, e.g. ``mambaglue+alpha0.9``: two operating points
     timed in one interleaved pass)."""
     options: dict[str, Any] = {"precision": "fp32"}
@@ -257,7 +258,7 @@ def parse_methods(text: str) -> list[str]:
         base = split_suffixes(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
             raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH "
-                             "(+bf16, +noprune, +meanexit, +fulldepth, +alphaA)")
+                             "(+bf16, +noprune, +meanexit, +fulldepth, +dense, +alphaA)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):

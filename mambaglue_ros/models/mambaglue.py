@@ -379,6 +379,9 @@ class SelfBlock(nn.Module):
             n_mamba = self.mamba.num_outputs
         self.ffn = make_ffn((1 + self.use_attention + n_mamba) * dim, dim)
         self._folded: tuple | None = None  # ffn_weight()'s cache for inference
+        # > 0: eager inference runs the FFN's Mamba columns as a rank-r product (``low_rank_ffn_weight``)
+        self.ffn_rank = 0
+        self._low_rank: tuple | None = None
 
     def attention(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)  # LightGlue's layout
@@ -414,18 +417,50 @@ class SelfBlock(nn.Module):
 
         return cached_derived(self, "_folded", (w, wo), fold)
 
+    def low_rank_ffn_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ffn_weight`` as (dense, up, down): its columns of [x, message] as they are, (2d, n), and its Mamba
+        columns (out_proj folded in), (2d, k d_inner), as their best rank-r approximation up @ down (truncated SVD,
+        r = ``ffn_rank``): up (2d, r), down (r, k d_inner). Made from the current weights and kept as
+        ``ffn_weight`` keeps its product.
+
+        Why: version-1 networks feed y and silu(z) (d_inner = d each) into the FFN, 2d columns that cost as much as
+        the columns of [x, message]; trained from zero for a few hundred steps, they are close to low rank, and at
+        r = d/4 the product costs a quarter of them.
+        """
+        w, wo = self.ffn[0].weight, self.mamba.out_proj.weight
+        n = w.shape[1] - self.mamba.num_outputs * self.dim
+
+        def factorize() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            folded = self.ffn_weight()
+            U, S, Vh = torch.linalg.svd(folded[:, n:].double(), full_matrices=False)
+            r = min(self.ffn_rank, S.shape[0])
+            return (folded[:, :n].contiguous(), (U[:, :r] * S[:r]).to(w.dtype).contiguous(),
+                    Vh[:r].to(w.dtype).contiguous())
+
+        return cached_derived(self, "_low_rank", (w, wo), factorize)
+
     def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x]
         if self.use_attention:
             parts.append(self.attention(x, encoding, mask))
-        if self.use_mamba:
-            parts.extend(self.mamba(x, mask))
-        return x + self.feed_forward(torch.cat(parts, -1))
+        mamba = self.mamba(x, mask) if self.use_mamba else ()
+        return x + self.feed_forward(parts, mamba)
 
-    def feed_forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The message FFN on [x, message, Mamba output(s)], its first layer with ``ffn_weight``."""
+    def feed_forward(self, parts: list[torch.Tensor], mamba: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """The message FFN on [x, message] (``parts``) and the Mamba output(s), its first layer with ``ffn_weight``.
+
+        With ``ffn_rank`` > 0, in eager inference, the Mamba columns run as their rank-r product
+        (``low_rank_ffn_weight``); under autograd (training), compile or export the network runs as trained.
+        """
         first, rest = self.ffn[0], self.ffn[1:]
-        return rest(F.linear(inputs, self.ffn_weight(), first.bias))
+        if (self.ffn_rank and mamba and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing()):
+            dense, up, down = self.low_rank_ffn_weight()
+            h = F.linear(torch.cat(parts, -1), dense, first.bias)
+            h = h + F.linear(F.linear(torch.cat(mamba, -1), down), up)
+        else:
+            h = F.linear(torch.cat([*parts, *mamba], -1), self.ffn_weight(), first.bias)
+        return rest(h)
 
 
 class CrossBlock(nn.Module):
@@ -666,6 +701,10 @@ class MambaGlue(nn.Module):
         "mamba_message": "gated",  # 'gated' out_proj(y * silu(z)), 3d FFN input | 'concat' [y, silu(z)], 4d (v1)
         "bidirectional": True,  # a second scan over the reversed sequence (shared parameters)
         "scan_order": "hilbert",  # keypoint order of the scan: 'hilbert' (spatial) | 'score' (detection score, v1)
+        # inference only: the self blocks' FFN columns of the Mamba output(s) as a rank-r product (truncated SVD of
+        # the trained weights; SelfBlock.low_rank_ffn_weight): r > 0, 0 = as trained, -1 = d/4 where the columns
+        # are 2d wide (the version-1 'concat' message: a quarter of those columns' products), else 0
+        "mamba_ffn_rank": -1,
         "early_exit": True,
         "alpha": 0.95,  # exit when the fraction of confident points >= alpha
         "exit_rule": "count",  # how that fraction is read off the confidences (check_if_stop): 'count' | 'mean'
@@ -695,6 +734,13 @@ class MambaGlue(nn.Module):
                  "mamba_message": c["mamba_message"]}
         self.transformers = nn.ModuleList([TransformerLayer(d, h, c["mixer"], c["d_state"], **mamba)
                                            for _ in range(n)])
+        rank = int(c["mamba_ffn_rank"])
+        if rank < -1:
+            raise ValueError(f"mamba_ffn_rank must be > 0, 0 (as trained) or -1 (automatic), got {rank}")
+        if rank == -1:
+            rank = d // 4 if c["mamba_message"] == "concat" and "mamba" in c["mixer"] else 0
+        for layer in self.transformers:
+            layer.self_attn.ffn_rank = rank
         self.log_assignment = nn.ModuleList([MatchAssignment(d) for _ in range(n)])
         self.token_confidence = nn.ModuleList([ConfidenceRegressor(d, c["regressor"]) for _ in range(n - 1)])
         self.register_buffer("confidence_thresholds",

@@ -345,7 +345,9 @@ def load_batch(cache: PairCache, idx: list[int], cfg: dict[str, Any]) -> dict[st
 # ------------------------------------------------------------------------------------------ model / optimiser
 def build_model(cfg: dict[str, Any]) -> MambaGlue:
     torch.manual_seed(int(cfg["seed"]))  # the fresh Mamba branch and regressor initialisation
-    net, _ = build_network(cfg["features"], "lightglue", **cfg["model"], early_exit=False, pruning=False)
+    # (mamba_ffn_rank 0: trained and validated as it is, not with the inference-time low-rank Mamba columns)
+    net, _ = build_network(cfg["features"], "lightglue", **{**cfg["model"], "mamba_ffn_rank": 0}, early_exit=False,
+                           pruning=False)
     return net
 
 
@@ -746,7 +748,8 @@ def continued_provenance(path: str, ckpt: dict[str, Any]) -> dict[str, Any]:
 
 def export(net: MambaGlue, cfg: dict[str, Any], out: Path, meta: dict[str, Any]) -> Path:
     """The release checkpoint (fp16) in the run folder, and its copy at ``cfg['export']`` if set."""
-    conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"]}
+    conf = {**net.conf, "early_exit": True, "pruning": True, "alpha": MambaGlue.default_conf["alpha"],
+            "mamba_ffn_rank": MambaGlue.default_conf["mamba_ffn_rank"]}  # the inference defaults, not training's
     path = out / f"mambaglue_{cfg['features']}.pt"
     _write_atomically(path, lambda tmp: W.save_checkpoint(tmp, net, cfg["features"], conf, meta=meta, half=True))
     if cfg.get("export"):
@@ -865,7 +868,7 @@ def train(cfg: dict[str, Any], stage: str = "both", resume: bool = False, out_di
                                "stage1_config": (matcher_meta.get("config") or {}).get("stage1"),
                                **{k: matcher_meta[k] for k in ("matcher_data", "note", "matcher") if k in matcher_meta}}
         path = export(net, cfg, out, meta)
-        reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False)
+        reloaded, _ = build_network(cfg["features"], str(path), early_exit=False, pruning=False, mamba_ffn_rank=0)
         summary["export"] = {"path": str(path), "copied_to": cfg.get("export"), "size_mb": round(path.stat().st_size / 2**20, 2),
                              "validation_fp16": validate(reloaded, val_cache, cfg)}
         _write_json(summary_path, summary)

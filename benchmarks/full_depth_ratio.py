@@ -11,6 +11,9 @@ matrix products and attention, not the scan, conv or elementwise work), for the 
 designs (version 1: score order, one-way scan, [y, silu(z)] into a 4d FFN input, inner width d; version 2: Hilbert
 order, two-way scan, gated 3d input, inner width d/2). Their ratio to LightGlue's is what a design costs before any
 kernel: a time ratio well below it is not to be expected.
+
+Where the shipped file runs its FFN's Mamba columns at low rank (``mamba_ffn_rank``, the version-1 ALIKED file by
+default), the same file with dense columns (``mamba_ffn_rank=0``, as trained) is timed beside it: ``dense``.
 """
 from __future__ import annotations
 
@@ -58,21 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         feat, kp, reps = cfg.split(":")
         kp, reps = int(kp), int(reps)
         if feat not in nets:
-            nets[feat] = (bench.build(feat, None, dev, adaptive=False)[0],
-                          bench.build(feat, "lightglue", dev, adaptive=False, mixer="attention", regressor="linear")[0])
-        mamba, lightglue = nets[feat]
+            mamba = bench.build(feat, None, dev, adaptive=False)[0]
+            low_rank = mamba.transformers[0].self_attn.ffn_rank > 0
+            nets[feat] = {"mambaglue": mamba,
+                          "lightglue": bench.build(feat, "lightglue", dev, adaptive=False, mixer="attention",
+                                                   regressor="linear")[0],
+                          **({"dense": bench.build(feat, None, dev, adaptive=False, mamba_ffn_rank=0)[0]}
+                             if low_rank else {})}
         img0, img1 = bench.photo_pair(kp)
         data = bench.network_inputs(*bench.extract_pair(feat, kp, img0, img1, dev), dev)
         with torch.inference_mode():
-            ms = bench.interleaved({"mambaglue": lambda: mamba(data), "lightglue": lambda: lightglue(data)}, reps,
-                                   dev, warmup=3)
+            ms = bench.interleaved({name: (lambda net=net: net(data)) for name, net in nets[feat].items()}, reps, dev,
+                                   warmup=3)
         m, lg = ms["mambaglue"], ms["lightglue"]
         line = f"{feat} {kp}: {m:.2f} / {lg:.2f} ms = {m / lg:.3f}"
+        if "dense" in ms:
+            line += f" (dense columns: {ms['dense']:.2f} ms = {ms['dense'] / lg:.3f})"
         if args.flops:
-            base = counted_flops(lightglue, data)
-            ratios = {"shipped": counted_flops(mamba, data) / base}
+            base = counted_flops(nets[feat]["lightglue"], data)
+            ratios = {"shipped": counted_flops(nets[feat]["mambaglue"], data) / base}
+            if "dense" in nets[feat]:
+                ratios["shipped dense"] = counted_flops(nets[feat]["dense"], data) / base
             for name, design in DESIGNS.items():  # the warm start with a fresh branch: FLOPs do not depend on weights
-                net = bench.build(feat, "lightglue", dev, adaptive=False, **design)[0]
+                net = bench.build(feat, "lightglue", dev, adaptive=False, mamba_ffn_rank=0, **design)[0]  # as trained
                 ratios[name] = counted_flops(net, data) / base
             line += f" (FLOPs / LightGlue's: {', '.join(f'{k} {v:.3f}' for k, v in ratios.items())})"
         out.append(line)

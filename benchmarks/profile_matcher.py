@@ -8,10 +8,10 @@ percent of the instrumented total:
     attention     self attention (qkv projection where not fused, rotary, SDPA, output projection)
     mamba branch  the Mamba side (in_proj where not fused, conv, x/dt projections, scan, out_proj)
       scan        the selective scan inside it
-    ffn           the self block's message FFN
+    ffn           the self block's message FFN (with its input concat since 2026-12-08)
     cross block   the whole cross block (projections, shared similarity, two softmaxes, FFN)
     assignment    the final log assignment and the mutual-nearest-neighbour filter
-    other         the rest (FFN input concat, input projection, positional encoding, Python)
+    other         the rest (input projection, positional encoding, Python)
 
 On the CPU parts are timed with perf_counter around the calls (ops are synchronous there); on CUDA
 with a synchronize at every boundary, which slows the whole. Then, in the same run and interleaved,

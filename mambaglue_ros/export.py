@@ -185,7 +185,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     if args.keypoints < 1 or args.batch < 1:
         raise ValueError("--keypoints and --batch must be >= 1")
-    net, source = build_network(args.features, args.weights)
+    # the network as trained: the graph runs dense Mamba columns (traced), and so must the PyTorch run it is checked against
+    net, source = build_network(args.features, args.weights, mamba_ffn_rank=0)
     start = time.perf_counter()
     path = export_onnx(net, args.out, args.features, args.keypoints, args.layers, args.batch, args.opset)
     layers = args.layers or net.conf["n_layers"]

@@ -16,6 +16,9 @@ ALPHAS=0.8,0.85,0.9,0.95,1.0,none
 # The packaged XFeat file was the version-1 network until 2026-12-05 (commit b3789ae); xfeat_v1_weights puts it here.
 # Steps written before then compare against "mambaglue" (the packaged file): re-run now, they compare the version-2 file.
 XFEAT_V1=out/weights/mambaglue_xfeat_v1.pt
+# Since 2026-12-08 version-1 networks (the packaged ALIKED file, the XFeat file above, version-1 runs) run their FFN's
+# Mamba columns at rank d/4 by default (mamba_ffn_rank, low_rank_aliked); steps written before then measured them dense:
+# a method with +dense (mambaglue+dense, mambaglue@PATH+dense) reproduces those rows.
 
 train_xfeat() {   # shipped mambaglue_ros/weights/mambaglue_xfeat.pt since 2026-12-05: the version-2 network, 3000 matcher steps
                   # on 3000 homography pairs + the 600-step video-aware regressor (xfeat_long3k v2), then its release file

@@ -524,10 +524,22 @@ def test_low_rank_mamba_columns():
     sv = torch.linalg.svdvals(folded[:, n:].double())
     # Eckart-Young: the error of the best rank-4 approximation is the norm of the other singular values
     assert torch.isclose((folded[:, n:] - up @ down).double().norm(), sv[4:].norm(), rtol=1e-4)
+    with torch.inference_mode():  # kept between calls, made again when the rank changes
+        assert block.low_rank_ffn_weight()[1] is up
+        block.ffn_rank = 2
+        assert block.low_rank_ffn_weight()[1].shape == (128, 2)
+        block.ffn_rank = 4
+        assert torch.allclose(block.low_rank_ffn_weight()[1] @ block.low_rank_ffn_weight()[2], up @ down, atol=1e-6)
     with torch.no_grad():  # an in-place update (an optimiser step) makes new factors
         block.ffn[0].weight[:, n:].mul_(2.0)
     with torch.inference_mode():
         assert torch.allclose(block.low_rank_ffn_weight()[1] @ down, 2 * up @ down, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # made outside autocast: the same factors as in fp32
+            block._low_rank = None
+            assert block.low_rank_ffn_weight()[1].dtype == torch.float32
+    block.double()
+    with torch.inference_mode():
+        assert block.low_rank_ffn_weight()[1].dtype == torch.float64
     # under autograd the FFN runs as trained: gradients reach every Mamba column of the FFN's first layer
     net = nets[4].train()
     x = torch.randn(1, 50, 64)

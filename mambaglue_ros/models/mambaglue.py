@@ -409,13 +409,12 @@ class SelfBlock(nn.Module):
         if not self.use_mamba:
             return w
         wo = self.mamba.out_proj.weight
+        return cached_derived(self, "_folded", (w, wo), lambda: self._fold(w, wo))
+
+    def _fold(self, w: torch.Tensor, wo: torch.Tensor) -> torch.Tensor:
         k = self.mamba.num_outputs
         n = w.shape[1] - k * self.dim
-
-        def fold() -> torch.Tensor:
-            return torch.cat([w[:, :n]] + [w[:, n + j * self.dim: n + (j + 1) * self.dim] @ wo for j in range(k)], 1)
-
-        return cached_derived(self, "_folded", (w, wo), fold)
+        return torch.cat([w[:, :n]] + [w[:, n + j * self.dim: n + (j + 1) * self.dim] @ wo for j in range(k)], 1)
 
     def low_rank_ffn_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``ffn_weight`` as (dense, up, down): its columns of [x, message] as they are, (2d, n), and its Mamba
@@ -430,14 +429,19 @@ class SelfBlock(nn.Module):
         w, wo = self.ffn[0].weight, self.mamba.out_proj.weight
         n = w.shape[1] - self.mamba.num_outputs * self.dim
 
-        def factorize() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            folded = self.ffn_weight()
-            U, S, Vh = torch.linalg.svd(folded[:, n:].double(), full_matrices=False)
+        def factorize() -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+            # the fold in double, outside any autocast: the SVD of a bf16 product would keep its rounding
+            with torch.autocast(w.device.type, enabled=False):
+                folded = self._fold(w.double(), wo.double())
+            U, S, Vh = torch.linalg.svd(folded[:, n:], full_matrices=False)
             r = min(self.ffn_rank, S.shape[0])
-            return (folded[:, :n].contiguous(), (U[:, :r] * S[:r]).to(w.dtype).contiguous(),
+            return (self.ffn_rank, folded[:, :n].to(w.dtype).contiguous(), (U[:, :r] * S[:r]).to(w.dtype).contiguous(),
                     Vh[:r].to(w.dtype).contiguous())
 
-        return cached_derived(self, "_low_rank", (w, wo), factorize)
+        kept = self.__dict__.get("_low_rank")
+        if kept is not None and kept[2][0] != self.ffn_rank:  # ffn_rank changed since: not the rank asked for
+            self._low_rank = None
+        return cached_derived(self, "_low_rank", (w, wo), factorize)[1:]
 
     def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x]
@@ -703,7 +707,7 @@ class MambaGlue(nn.Module):
         "scan_order": "hilbert",  # keypoint order of the scan: 'hilbert' (spatial) | 'score' (detection score, v1)
         # inference only: the self blocks' FFN columns of the Mamba output(s) as a rank-r product (truncated SVD of
         # the trained weights; SelfBlock.low_rank_ffn_weight): r > 0, 0 = as trained, -1 = d/4 where the columns
-        # are 2d wide (the version-1 'concat' message: a quarter of those columns' products), else 0
+        # are 2d wide (version 1: 'concat' message at expand 1; a quarter of those columns' products), else 0
         "mamba_ffn_rank": -1,
         "early_exit": True,
         "alpha": 0.95,  # exit when the fraction of confident points >= alpha
@@ -738,7 +742,9 @@ class MambaGlue(nn.Module):
         if rank < -1:
             raise ValueError(f"mamba_ffn_rank must be > 0, 0 (as trained) or -1 (automatic), got {rank}")
         if rank == -1:
-            rank = d // 4 if c["mamba_message"] == "concat" and "mamba" in c["mixer"] else 0
+            block = self.transformers[0].self_attn
+            wide = block.use_mamba and block.mamba.num_outputs * block.mamba.inner >= 2 * d
+            rank = d // 4 if wide else 0
         for layer in self.transformers:
             layer.self_attn.ffn_rank = rank
         self.log_assignment = nn.ModuleList([MatchAssignment(d) for _ in range(n)])

@@ -25,7 +25,7 @@ from .node import MatcherNode, build_matcher
 
 # parameters that decide the network itself (and the process's torch threads): every camera of one process must
 # agree on them at start, and none may change them at run time (the node refuses, naming this reason)
-SHARED_PARAMETERS = ("matcher", "weights", "extractor_weights", "device", "precision", "filter_threshold",
+SHARED_PARAMETERS = ("matcher", "weights", "extractor_weights", "mamba_ffn_rank", "device", "precision", "filter_threshold",
                      "detection_threshold", "resize_max", "early_exit", "num_threads")
 
 

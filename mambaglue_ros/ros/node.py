@@ -111,7 +111,7 @@ def build_matcher(p: dict[str, Any], features: str):
         return OrbMatcher(max_keypoints=p["max_keypoints"])
     from ..matcher import Matcher
 
-    options: dict[str, Any] = {"filter_threshold": p["filter_threshold"]}
+    options: dict[str, Any] = {"filter_threshold": p["filter_threshold"], "mamba_ffn_rank": p["mamba_ffn_rank"]}
     weights = p["weights"] or None
     if p["matcher"] == "lightglue":  # LightGlue = our network with the attention mixer and its own head
         options.update(mixer="attention", regressor="linear")

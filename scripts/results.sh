@@ -16,9 +16,6 @@ ALPHAS=0.8,0.85,0.9,0.95,1.0,none
 # The packaged XFeat file was the version-1 network until 2026-12-05 (commit b3789ae); xfeat_v1_weights puts it here.
 # Steps written before then compare against "mambaglue" (the packaged file): re-run now, they compare the version-2 file.
 XFEAT_V1=out/weights/mambaglue_xfeat_v1.pt
-# Since 2026-12-08 version-1 networks (the packaged ALIKED file, the XFeat file above, version-1 runs) run their FFN's
-# Mamba columns at rank d/4 by default (mamba_ffn_rank, low_rank_aliked); steps written before then measured them dense:
-# a method with +dense (mambaglue+dense, mambaglue@PATH+dense) reproduces those rows.
 
 train_xfeat() {   # shipped mambaglue_ros/weights/mambaglue_xfeat.pt since 2026-12-05: the version-2 network, 3000 matcher steps
                   # on 3000 homography pairs + the 600-step video-aware regressor (xfeat_long3k v2), then its release file
@@ -786,18 +783,20 @@ regressor_inputs() {  # 2026-12-07 (issue 11): what the deep regressor reads (th
   "$PY" benchmarks/regressor_inputs.py --config config/ablations/xfeat_long3k_v2_regressor.yaml \
     --json out/regressor_inputs_xfeat.json
 }
-low_rank_aliked() {  # 2026-12-08 (issue 11): the ALIKED file (version 1) with its FFN's Mamba columns at rank d/4 (the
-                     # default since then, mamba_ffn_rank -1) against the same file dense (+dense), on the pairs and
-                     # keypoints of eval_aliked_long3k: alpha 0.95 and full depth, relative pose, paired intervals
+low_rank_aliked() {  # 2026-12-08 (issue 11): the ALIKED file (version 1) with its FFN's Mamba columns at rank d/4
+                     # (+lowrank, mamba_ffn_rank -1) against the same file as trained, on the pairs and keypoints of
+                     # eval_aliked_long3k: alpha 0.95 and full depth, relative pose, paired intervals. (Run on 2026-12-08
+                     # while -1 was the default: there the methods were named mambaglue and mambaglue+dense.)
   "$M" eval-homography --images "$VAL" --pairs 200 --seed 0 --features aliked \
-    --methods mambaglue,mambaglue+dense,mambaglue+fulldepth,mambaglue+dense+fulldepth --json out/eval_low_rank_aliked.json \
+    --methods mambaglue+lowrank,mambaglue,mambaglue+lowrank+fulldepth,mambaglue+fulldepth \
+    --json out/eval_low_rank_aliked.json --threads 1 --no-progress
+  "$M" eval-pose --features aliked --methods mambaglue+lowrank,mambaglue --json out/eval_pose_low_rank_aliked.json \
     --threads 1 --no-progress
-  "$M" eval-pose --features aliked --methods mambaglue,mambaglue+dense --json out/eval_pose_low_rank_aliked.json \
-    --threads 1 --no-progress
-  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue,mambaglue+dense --json out/compare_low_rank_aliked.json
-  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue+fulldepth,mambaglue+dense+fulldepth \
+  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue+lowrank,mambaglue --json out/compare_low_rank_aliked.json
+  "$M" compare out/eval_low_rank_aliked.json --methods mambaglue+lowrank+fulldepth,mambaglue+fulldepth \
     --json out/compare_low_rank_aliked_fulldepth.json
-  "$M" compare out/eval_pose_low_rank_aliked.json --methods mambaglue,mambaglue+dense --json out/compare_pose_low_rank_aliked.json
+  "$M" compare out/eval_pose_low_rank_aliked.json --methods mambaglue+lowrank,mambaglue \
+    --json out/compare_pose_low_rank_aliked.json
 }
 full_depth_flops() {  # 2026-12-07 (issue 11): full-depth time ratios with each design's FLOP ratio to LightGlue (quiet machine)
   "$PY" benchmarks/full_depth_ratio.py --configs xfeat:512:30,xfeat:1024:20,aliked:512:10,aliked:1024:8 --flops

@@ -222,6 +222,7 @@ def test_eval_method_suffixes_turn_off_pruning_and_set_precision():
     assert split_suffixes("mambaglue+dense+fulldepth") == ("mambaglue", {"precision": "fp32", "mamba_ffn_rank": 0,
                                                                          "alpha": None})
     assert build_matcher("mambaglue+dense", "xfeat").net.conf["mamba_ffn_rank"] == 0
-    assert build_matcher("mambaglue", "xfeat").net.conf["mamba_ffn_rank"] == -1
-    assert build_matcher("mambaglue+dense", "aliked").net.transformers[0].self_attn.ffn_rank == 0
-    assert build_matcher("mambaglue", "aliked").net.transformers[0].self_attn.ffn_rank == 64  # version 1: d / 4
+    assert build_matcher("mambaglue", "xfeat").net.conf["mamba_ffn_rank"] == 0
+    assert split_suffixes("mambaglue+lowrank")[1]["mamba_ffn_rank"] == -1
+    assert build_matcher("mambaglue", "aliked").net.transformers[0].self_attn.ffn_rank == 0
+    assert build_matcher("mambaglue+lowrank", "aliked").net.transformers[0].self_attn.ffn_rank == 64  # v1: d / 4

@@ -488,7 +488,8 @@ V1_DESIGN = {"scan_order": "score", "bidirectional": False, "mamba_message": "co
 
 
 def test_low_rank_mamba_columns():
-    """``mamba_ffn_rank``: the automatic rank is d/4 for version-1 networks (2d-wide Mamba columns) and 0 otherwise;
+    """``mamba_ffn_rank``: 0 (dense) unless asked; the automatic rank (-1) is d/4 where the Mamba columns are 2d wide
+    (version 1) and 0 otherwise;
     at full rank the low-rank path gives the dense result; at a lower rank it is the truncated SVD of the folded
     columns (the best approximation, so a rank-r product gives the same output as dense inputs through it); training
     (autograd) runs the dense columns; the factors follow in-place weight updates; a rank below -1 is refused."""
@@ -496,8 +497,11 @@ def test_low_rank_mamba_columns():
     small = {"input_dim": 32, "descriptor_dim": 64, "n_layers": 3, "num_heads": 2, "early_exit": False, "pruning": False}
     ranks = {name: MambaGlue(**small, **design).transformers[0].self_attn.ffn_rank
              for name, design in (("v1", V1_DESIGN), ("v2", {}), ("attention", {"mixer": "attention"}),
-                                  ("v1 set", {**V1_DESIGN, "mamba_ffn_rank": 8}), ("v1 off", {**V1_DESIGN, "mamba_ffn_rank": 0}))}
-    assert ranks == {"v1": 16, "v2": 0, "attention": 0, "v1 set": 8, "v1 off": 0}
+                                  ("v1 set", {**V1_DESIGN, "mamba_ffn_rank": 8}),
+                                  ("v1 auto", {**V1_DESIGN, "mamba_ffn_rank": -1}), ("v2 auto", {"mamba_ffn_rank": -1}),
+                                  ("v1 concat at expand 0.5", {**V1_DESIGN, "mamba_expand": 0.5, "mamba_ffn_rank": -1}))}
+    assert ranks == {"v1": 0, "v2": 0, "attention": 0, "v1 set": 8, "v1 auto": 16, "v2 auto": 0,
+                     "v1 concat at expand 0.5": 0}
     with pytest.raises(ValueError, match="mamba_ffn_rank"):
         MambaGlue(**small, mamba_ffn_rank=-2)
     f0 = random_features(200, 32, seed=1)

@@ -29,7 +29,7 @@ def test_defaults_are_valid_and_as_specified():
     assert (d["max_keypoints"], d["alpha"], d["queue_size"], d["qos_depth"]) == (512, 0.95, 1, 5)
     assert d["max_image_pixels"] == 4096 * 4096
     assert len(params.PARAMETERS) == len(params.SPECS) == 59
-    assert d["mamba_ffn_rank"] == -1  # the network's own default (version-1 networks at low rank)
+    assert d["mamba_ffn_rank"] == 0  # the network's own default: as trained
     assert d["camera_to_base_from_tf"] is False  # the camera_to_base parameter unless asked
     assert d["cuda_graph"] is False  # unmeasured in the node: opt-in
     assert (d["precision"], d["stereo_matching"]) == ("auto", "network")
@@ -40,7 +40,7 @@ def test_the_mamba_ffn_rank_parameter_reaches_the_network():
 
     p = {**params.defaults(), "mamba_ffn_rank": 8}
     assert build_matcher(p, "xfeat").net.transformers[0].self_attn.ffn_rank == 8
-    assert build_matcher(params.defaults(), "xfeat").net.transformers[0].self_attn.ffn_rank == 0  # version 2: dense
+    assert build_matcher(params.defaults(), "xfeat").net.transformers[0].self_attn.ffn_rank == 0  # as trained
     assert params.validate("mamba_ffn_rank", -2) is not None
 
 

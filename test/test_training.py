@@ -388,7 +388,7 @@ def test_train_resume_regressor_stage_and_export(photo_dir, tmp_path):
     assert ckpt["meta"]["steps"] == {"stage1": 5, "stage2": 2}
     # trained as it is (no low-rank Mamba columns), released with the inference default
     assert build_model(load_config(None, **base)).conf["mamba_ffn_rank"] == 0
-    assert ckpt["config"]["mamba_ffn_rank"] == MambaGlue.default_conf["mamba_ffn_rank"] == -1
+    assert ckpt["config"]["mamba_ffn_rank"] == MambaGlue.default_conf["mamba_ffn_rank"] == 0
     net, src = build_network("xfeat", str(path))
     assert src.startswith("checkpoint:") and net.conf["mixer"] == "attention+mamba" and net.conf["regressor"] == "deep"
     exported = torch.load(tmp_path / "run" / "stage2_best.pt", weights_only=True)["model"]

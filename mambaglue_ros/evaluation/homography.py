@@ -222,7 +222,8 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ methods
 METHOD_SUFFIXES = {"+bf16": {"precision": "bf16"}, "+noprune": {"pruning": False},
-                   "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}, "+dense": {"mamba_ffn_rank": 0}}
+                   "+meanexit": {"exit_rule": "mean"}, "+fulldepth": {"alpha": None}, "+dense": {"mamba_ffn_rank": 0},
+                   "+lowrank": {"mamba_ffn_rank": -1}}
 
 
 ALPHA_SUFFIX = re.compile(r"\+alpha([0-9]*\.?[0-9]+)$")
@@ -232,7 +233,8 @@ def split_suffixes(method: str) -> tuple[str, dict[str, Any]]:
     """``"mambaglue+noprune+bf16"`` -> ``("mambaglue", {"pruning": False, "precision": "bf16"})``: the base
     method and the Matcher options of its suffixes (``+bf16`` autocast, ``+noprune`` pruning off,
     ``+meanexit`` the early exit's mean-confidence rule, ``+fulldepth`` early exit off: every layer runs,
-    ``+dense`` the Mamba columns of the FFN as trained (``mamba_ffn_rank`` 0, not their low-rank product),
+    ``+dense`` the Mamba columns of the FFN as trained (``mamba_ffn_rank`` 0, the default), ``+lowrank`` at
+    their automatic low rank (``mamba_ffn_rank`` -1: d/4 for version-1 networks),
     ``+alphaA`` the early exit at α = A instead of the default, e.g. ``mambaglue+alpha0.9``: two operating points
     timed in one interleaved pass)."""
     options: dict[str, Any] = {"precision": "fp32"}
@@ -258,7 +260,7 @@ def parse_methods(text: str) -> list[str]:
         base = split_suffixes(m)[0]
         if base not in ("mambaglue", "lightglue") and not base.startswith("mambaglue@"):
             raise ValueError(f"unknown method {m!r}: use mambaglue, lightglue or mambaglue@PATH "
-                             "(+bf16, +noprune, +meanexit, +fulldepth, +dense, +alphaA)")
+                             "(+bf16, +noprune, +meanexit, +fulldepth, +dense, +lowrank, +alphaA)")
         if base.startswith("mambaglue@") and not Path(base.split("@", 1)[1]).is_file():
             raise FileNotFoundError(f"checkpoint of method {m!r} not found")
     if len(set(methods)) != len(methods):

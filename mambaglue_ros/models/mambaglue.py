@@ -706,9 +706,11 @@ class MambaGlue(nn.Module):
         "bidirectional": True,  # a second scan over the reversed sequence (shared parameters)
         "scan_order": "hilbert",  # keypoint order of the scan: 'hilbert' (spatial) | 'score' (detection score, v1)
         # inference only: the self blocks' FFN columns of the Mamba output(s) as a rank-r product (truncated SVD of
-        # the trained weights; SelfBlock.low_rank_ffn_weight): r > 0, 0 = as trained, -1 = d/4 where the columns
-        # are 2d wide (version 1: 'concat' message at expand 1; a quarter of those columns' products), else 0
-        "mamba_ffn_rank": -1,
+        # the trained weights; SelfBlock.low_rank_ffn_weight): 0 = as trained, r > 0, -1 = d/4 where the columns are
+        # 2d wide (version 1: 'concat' message at expand 1; a quarter of those columns' products), else 0. Off by
+        # default: on the version-1 ALIKED file -1 took 0.94x the time at full depth for -0.0024 AUC@3px there
+        # (docs/results.md, "The version-1 ALIKED file's Mamba columns at low rank")
+        "mamba_ffn_rank": 0,
         "early_exit": True,
         "alpha": 0.95,  # exit when the fraction of confident points >= alpha
         "exit_rule": "count",  # how that fraction is read off the confidences (check_if_stop): 'count' | 'mean'

@@ -379,9 +379,7 @@ class SelfBlock(nn.Module):
             n_mamba = self.mamba.num_outputs
         self.ffn = make_ffn((1 + self.use_attention + n_mamba) * dim, dim)
         self._folded: tuple | None = None  # ffn_weight()'s cache for inference
-        # > 0: eager inference runs the FFN's Mamba columns as a rank-r product (``low_rank_ffn_weight``)
-        self.ffn_rank = 0
-        self._low_rank: tuple | None = None
+        self.ffn_rank = 0  # > 0: eager inference runs the FFN's Mamba columns as a rank-r product
 
     def attention(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         qkv = self.Wqkv(x).unflatten(-1, (self.num_heads, -1, 3)).transpose(1, 2)  # LightGlue's layout
@@ -416,11 +414,21 @@ class SelfBlock(nn.Module):
         n = w.shape[1] - k * self.dim
         return torch.cat([w[:, :n]] + [w[:, n + j * self.dim: n + (j + 1) * self.dim] @ wo for j in range(k)], 1)
 
+    @property
+    def ffn_rank(self) -> int:
+        """r > 0: eager inference runs the FFN's Mamba columns as their rank-r product (``low_rank_ffn_weight``)."""
+        return self._ffn_rank
+
+    @ffn_rank.setter
+    def ffn_rank(self, rank: int) -> None:
+        self._ffn_rank = int(rank)
+        self._low_rank: tuple | None = None  # factors of another rank: made again when next asked for
+
     def low_rank_ffn_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``ffn_weight`` as (dense, up, down): its columns of [x, message] as they are, (2d, n), and its Mamba
         columns (out_proj folded in), (2d, k d_inner), as their best rank-r approximation up @ down (truncated SVD,
         r = ``ffn_rank``): up (2d, r), down (r, k d_inner). Made from the current weights and kept as
-        ``ffn_weight`` keeps its product.
+        ``ffn_weight`` keeps its product (and until ``ffn_rank`` is set again).
 
         Why: version-1 networks feed y and silu(z) (d_inner = d each) into the FFN, 2d columns that cost as much as
         the columns of [x, message]; trained from zero for a few hundred steps, they are close to low rank, and at
@@ -429,19 +437,16 @@ class SelfBlock(nn.Module):
         w, wo = self.ffn[0].weight, self.mamba.out_proj.weight
         n = w.shape[1] - self.mamba.num_outputs * self.dim
 
-        def factorize() -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        def factorize() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             # the fold in double, outside any autocast: the SVD of a bf16 product would keep its rounding
             with torch.autocast(w.device.type, enabled=False):
                 folded = self._fold(w.double(), wo.double())
             U, S, Vh = torch.linalg.svd(folded[:, n:], full_matrices=False)
             r = min(self.ffn_rank, S.shape[0])
-            return (self.ffn_rank, folded[:, :n].to(w.dtype).contiguous(), (U[:, :r] * S[:r]).to(w.dtype).contiguous(),
+            return (folded[:, :n].to(w.dtype).contiguous(), (U[:, :r] * S[:r]).to(w.dtype).contiguous(),
                     Vh[:r].to(w.dtype).contiguous())
 
-        kept = self.__dict__.get("_low_rank")
-        if kept is not None and kept[2][0] != self.ffn_rank:  # ffn_rank changed since: not the rank asked for
-            self._low_rank = None
-        return cached_derived(self, "_low_rank", (w, wo), factorize)[1:]
+        return cached_derived(self, "_low_rank", (w, wo), factorize)
 
     def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         parts = [x]
